@@ -1,0 +1,16 @@
+"""qresearch: a pluggable framework for research on quantization algorithms.
+
+Importing qresearch sets up Keras 2 (tf_keras) for tfmot before TensorFlow loads.
+"""
+from qresearch._compat import keras, tf, tfmot  # noqa: F401  (must come first)
+from qresearch import quantizers  # noqa: F401
+from qresearch.errors import (ConfigError, IncompatibleTargetError, KerasVersionError, QResearchError,
+                              UnknownNameError, UnsupportedLayerError)
+from qresearch.registry import Registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError", "IncompatibleTargetError", "KerasVersionError", "QResearchError", "Registry",
+    "UnknownNameError", "UnsupportedLayerError", "keras", "quantizers", "tf", "tfmot",
+]

@@ -1,0 +1,185 @@
+"""The base class every quantizer plugin derives from.
+
+A quantizer does the math on one tensor (tfmot's split: a ``QuantizeConfig``
+says which tensors of a layer, a ``Quantizer`` how). Subclasses store every
+``__init__`` argument as an attribute of the same name; ``get_config`` reads
+them back from the signature, so a plugin round-trips without extra code.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
+
+from qresearch._compat import tf, tfmot
+from qresearch.errors import ConfigError
+from qresearch.quantizers import ops
+from qresearch.quantizers.channels import channel_axes_for
+
+SCALE_FORMATS = ("float32", "pot")
+MIN_BITS, MAX_BITS = 2, 16
+
+
+class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
+    """A tfmot ``Quantizer`` with the common spec fields.
+
+    Args:
+      bits: bit width, 2–16.
+      symmetric: zero point fixed at 0 (signed) or at the grid's bottom (unsigned).
+      narrow_range: drop the most negative level (``[-127, 127]`` at 8 bits).
+      per_channel: one set of parameters per output channel (weights only).
+      axis: channel axis or axes; ``None`` picks them from the layer
+        (Dense/Conv: last; Conv*Transpose: -2; depthwise: in·multiplier).
+      signed: signed grid (weights, pre-activations) or unsigned (after ReLU).
+      scale_format: ``"float32"`` or ``"pot"`` (scales rounded to powers of two).
+    """
+
+    #: Name in the quantizer registry; set by ``qresearch.quantizers.register``.
+    registry_name: ClassVar[str] = ""
+    #: Defaults applied by ``create(spec, role=...)`` for "weights" / "activations".
+    role_defaults: ClassVar[Dict[str, Dict[str, Any]]] = {}
+    #: Whether this algorithm can honour ``scale_format="pot"``.
+    supports_pot_scales: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        bits: int = 8,
+        symmetric: bool = False,
+        narrow_range: bool = False,
+        per_channel: bool = False,
+        axis: Optional[Sequence[int] | int] = None,
+        signed: bool = True,
+        scale_format: str = "float32",
+    ):
+        name = self.registry_name or type(self).__name__
+        if isinstance(bits, bool) or not isinstance(bits, (int,)) or not MIN_BITS <= bits <= MAX_BITS:
+            raise ConfigError(f"quantizer {name!r}: bits must be an integer in [{MIN_BITS}, {MAX_BITS}], got {bits!r}")
+        for flag, value in (("symmetric", symmetric), ("narrow_range", narrow_range),
+                            ("per_channel", per_channel), ("signed", signed)):
+            if not isinstance(value, bool):
+                raise ConfigError(f"quantizer {name!r}: {flag} must be true or false, got {value!r}")
+        if scale_format not in SCALE_FORMATS:
+            raise ConfigError(f"quantizer {name!r}: scale_format must be one of {SCALE_FORMATS}, got {scale_format!r}")
+        if scale_format == "pot" and not self.supports_pot_scales:
+            raise ConfigError(f"quantizer {name!r} cannot use power-of-two scales; use scale_format: float32 "
+                              "or the 'pot' quantizer")
+        if axis is not None:
+            axis = [int(a) for a in axis] if isinstance(axis, (list, tuple)) else int(axis)
+        self.bits = int(bits)
+        self.symmetric = symmetric
+        self.narrow_range = narrow_range
+        self.per_channel = per_channel
+        self.axis = axis
+        self.signed = signed
+        self.scale_format = scale_format
+
+    # ----------------------------------------------------------------- grids
+    @property
+    def grid(self) -> Tuple[int, int]:
+        """``(qn, qp)``: integers lie in ``[-qn, qp]`` (symmetric signed) or ``[0, qp]``."""
+        return ops.integer_grid(self.bits, self.signed and self.symmetric, self.narrow_range)
+
+    def pot(self, scale):
+        """Apply the power-of-two scale format, if configured."""
+        return ops.pot_ste(scale) if self.scale_format == "pot" else scale
+
+    # ------------------------------------------------------------- channels
+    def channel_axes(self, tensor_shape, name: str, layer) -> Optional[Tuple[int, ...]]:
+        """Sorted, non-negative channel axes for this tensor, or None (per-tensor)."""
+        if not self.per_channel:
+            return None
+        if tensor_shape is None:
+            raise ConfigError(
+                f"quantizer {self.registry_name!r}: per_channel is for weights; tfmot gives activation "
+                f"quantizers no tensor shape (tensor {name!r}). Set per_channel: false for activations."
+            )
+        rank = len(tensor_shape)
+        if self.axis is None:
+            axes = channel_axes_for(layer, name)
+        else:
+            axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        try:
+            return tuple(sorted(a % rank if -rank <= a < rank else _bad_axis(a) for a in axes))
+        except IndexError:
+            raise ConfigError(
+                f"quantizer {self.registry_name!r}: axis {self.axis!r} is out of range for tensor {name!r} "
+                f"of shape {tuple(tensor_shape)}"
+            ) from None
+
+    @staticmethod
+    def param_shape(tensor_shape, axes) -> Tuple[int, ...]:
+        return () if axes is None else tuple(int(tensor_shape[a]) for a in axes)
+
+    @staticmethod
+    def reduce_axes(x, axes):
+        """Axes to reduce over for statistics: all but the channel axes."""
+        rank = x.shape.rank
+        return list(range(rank)) if axes is None else [a for a in range(rank) if a not in axes]
+
+    @staticmethod
+    def broadcast(param, x, axes):
+        """Reshape a per-channel parameter so it broadcasts against ``x``."""
+        if axes is None:
+            return param
+        shape = [param.shape[axes.index(i)] if i in axes else 1 for i in range(x.shape.rank)]
+        return tf.reshape(param, shape)
+
+    # ----------------------------------------------------------- tfmot API
+    def build(self, tensor_shape, name, layer):
+        axes = self.channel_axes(tensor_shape, name, layer)
+        weights = dict(self.build_params(self.param_shape(tensor_shape, axes), name, layer))
+        weights["channel_axes"] = axes
+        return weights
+
+    def build_params(self, shape: Tuple[int, ...], name: str, layer) -> Dict[str, Any]:
+        """Create this quantizer's variables on ``layer``; override in subclasses."""
+        return {}
+
+    def __call__(self, inputs, training, weights, **kwargs):
+        return self.quantize(inputs, bool(training), weights, weights.get("channel_axes"))
+
+    def quantize(self, x, training: bool, weights: Dict[str, Any], axes):
+        """Fake-quantize ``x``. ``training`` is a Python bool (tfmot's smart_cond branches)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement quantize()")
+
+    def get_config(self) -> Dict[str, Any]:
+        params = inspect.signature(type(self).__init__).parameters
+        return {k: getattr(self, k) for k, p in params.items()
+                if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __ne__(self, other):
+        return not self == other
+
+    def __hash__(self):
+        return hash((type(self), repr(sorted(self.get_config().items()))))
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+    # ------------------------------------------------------------- helpers
+    @staticmethod
+    def add_variable(layer, name: str, shape, init: float, trainable: bool, regularizer=None):
+        from qresearch._compat import keras
+
+        return layer.add_weight(
+            name, shape=shape, initializer=keras.initializers.Constant(init),
+            trainable=trainable, regularizer=regularizer,
+        )
+
+    @staticmethod
+    def add_flag(layer, name: str):
+        """A non-trainable 0/1 scalar: set once the quantizer has seen data."""
+        from qresearch._compat import keras
+
+        return layer.add_weight(name, shape=(), initializer=keras.initializers.Constant(0.0), trainable=False)
+
+
+def _bad_axis(a):
+    raise IndexError(a)

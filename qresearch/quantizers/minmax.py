@@ -1,0 +1,93 @@
+"""Uniform affine quantization with observed (min, max) ranges.
+
+Ranges follow the data as a moving average (activations) or the last batch's
+values (weights), asymmetric or symmetric, per tensor or per channel. The
+forward pass is TensorFlow's FakeQuant, so at 8 bits it is exactly what tfmot
+and the TFLite converter use (nudged zero point, half-up rounding on the
+shifted grid; ``../shared/docs/tflite-int8-spec.md`` §4).
+"""
+from __future__ import annotations
+
+from qresearch._compat import tf
+from qresearch.errors import ConfigError
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.registry import register
+
+RANGE_TRACKING = ("ema", "last_value")
+
+
+@register("minmax")
+class MinMaxQuantizer(Quantizer):
+    """Min-max uniform quantizer.
+
+    Args (besides the common ones):
+      range_tracking: ``"ema"`` (moving average, decay ``ema_decay``) or ``"last_value"``.
+      ema_decay: moving-average decay; the first batch sets the range directly.
+      init_min, init_max: range before any data is seen (tfmot's ±6).
+    """
+
+    role_defaults = {
+        "weights": {"symmetric": True, "narrow_range": True, "range_tracking": "last_value"},
+        "activations": {"range_tracking": "ema"},
+    }
+
+    def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
+                 signed=True, scale_format="float32", range_tracking="ema", ema_decay=0.99,
+                 init_min=-6.0, init_max=6.0):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        if range_tracking not in RANGE_TRACKING:
+            raise ConfigError(f"quantizer 'minmax': range_tracking must be one of {RANGE_TRACKING}, "
+                              f"got {range_tracking!r}")
+        if not 0.0 <= float(ema_decay) < 1.0:
+            raise ConfigError(f"quantizer 'minmax': ema_decay must be in [0, 1), got {ema_decay!r}")
+        if scale_format == "pot" and not symmetric:
+            raise ConfigError("quantizer 'minmax': power-of-two scales need symmetric: true "
+                              "(or use the 'pot' quantizer)")
+        if not float(init_min) <= 0.0 <= float(init_max):
+            raise ConfigError("quantizer 'minmax': need init_min <= 0 <= init_max "
+                              f"(got {init_min}, {init_max})")
+        self.range_tracking = range_tracking
+        self.ema_decay = float(ema_decay)
+        self.init_min = float(init_min)
+        self.init_max = float(init_max)
+
+    def build_params(self, shape, name, layer):
+        return {
+            "min": self.add_variable(layer, f"{name}_min", shape, self.init_min, trainable=False),
+            "max": self.add_variable(layer, f"{name}_max", shape, self.init_max, trainable=False),
+            "seen": self.add_flag(layer, f"{name}_seen"),
+        }
+
+    def observe(self, x, weights, axes):
+        """Update the tracked range from a batch (finite values only)."""
+        reduce = self.reduce_axes(x, axes)
+        batch_min = ops.reduce_finite(tf.reduce_min, x, reduce, empty=0.0)
+        batch_max = ops.reduce_finite(tf.reduce_max, x, reduce, empty=0.0)
+        lo, hi, seen = weights["min"], weights["max"], weights["seen"]
+        if self.range_tracking == "ema":
+            d = self.ema_decay
+            first = tf.equal(seen, 0.0)
+            batch_min = tf.where(first, batch_min, d * lo + (1 - d) * batch_min)
+            batch_max = tf.where(first, batch_max, d * hi + (1 - d) * batch_max)
+        return tf.group(lo.assign(batch_min), hi.assign(batch_max), seen.assign(1.0))
+
+    def fake_quant_range(self, lo, hi):
+        """The (min, max) handed to FakeQuant for a tracked range."""
+        if self.symmetric:
+            max_abs = tf.maximum(-lo, hi)
+            if self.scale_format == "pot":
+                qn, qp = self.grid
+                scale = self.pot(tf.maximum(max_abs, ops.EPS) / qp)
+                return -qn * scale, qp * scale
+            return ops.symmetric_range(max_abs, self.bits, self.signed, self.narrow_range)
+        return tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
+
+    def quantize(self, x, training, weights, axes):
+        if training:
+            with tf.control_dependencies([self.observe(x, weights, axes)]):
+                lo, hi = tf.identity(weights["min"]), tf.identity(weights["max"])
+        else:
+            lo, hi = weights["min"], weights["max"]
+        fq_min, fq_max = self.fake_quant_range(lo, hi)
+        return ops.fake_quant(x, fq_min, fq_max, self.bits, self.narrow_range, axes)

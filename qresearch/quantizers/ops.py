@@ -1,0 +1,121 @@
+"""Shared quantization math, written once and used by every quantizer.
+
+Rounding with straight-through gradients, gradient scaling, power-of-two
+scales, integer grids, finite-only statistics and the TensorFlow FakeQuant
+call that the TFLite converter recognises.
+"""
+from __future__ import annotations
+
+from typing import Sequence, Tuple
+
+from qresearch._compat import tf
+
+EPS = 1e-8
+
+
+def integer_grid(bits: int, signed: bool, narrow_range: bool) -> Tuple[int, int]:
+    """Return ``(qn, qp)``: quantized integers lie in ``[-qn, qp]``.
+
+    Signed grids are two's complement (``[-2^(b-1), 2^(b-1)-1]``), or
+    ``[-(2^(b-1)-1), 2^(b-1)-1]`` with ``narrow_range``; unsigned grids are
+    ``[0, 2^b-1]`` (``narrow_range`` drops the top level, keeping 2^b-1 levels).
+    """
+    if signed:
+        qp = 2 ** (bits - 1) - 1
+        qn = qp if narrow_range else qp + 1
+    else:
+        qn = 0
+        qp = 2**bits - 2 if narrow_range else 2**bits - 1
+    return qn, qp
+
+
+def round_ste(x):
+    """Round half to even forward; identity gradient (straight-through)."""
+    return x + tf.stop_gradient(tf.round(x) - x)
+
+
+def grad_scale(x, scale):
+    """Forward ``x``; backward multiplies the gradient by ``scale`` (LSQ, Esser et al. 2020)."""
+    y = x * scale
+    return tf.stop_gradient(x - y) + y
+
+
+def pot_ste(scale, mode: str = "ceil"):
+    """Round a positive scale to a power of two; straight-through gradient.
+
+    ``ceil`` never shrinks the range (no extra clipping), as in TQT (Jain et al. 2019);
+    ``round`` picks the nearest power in the log domain.
+    """
+    log2 = tf.math.log(tf.maximum(scale, EPS)) / tf.math.log(2.0)
+    k = {"ceil": tf.math.ceil, "round": tf.round, "floor": tf.math.floor}[mode](log2)
+    return scale + tf.stop_gradient(tf.pow(2.0, k) - scale)
+
+
+def finite_only(x, fill):
+    """Replace NaN/Inf by ``fill`` so statistics are not corrupted by them."""
+    return tf.where(tf.math.is_finite(x), x, tf.cast(fill, x.dtype) * tf.ones_like(x))
+
+
+def reduce_finite(fn, x, axes, empty):
+    """``fn`` (tf.reduce_min/max/mean) over finite entries of ``x``; ``empty`` if none."""
+    finite = tf.math.is_finite(x)
+    if fn is tf.reduce_mean:
+        count = tf.reduce_sum(tf.cast(finite, x.dtype), axis=axes)
+        total = tf.reduce_sum(tf.where(finite, x, tf.zeros_like(x)), axis=axes)
+        return tf.where(count > 0, total / tf.maximum(count, 1.0), tf.cast(empty, x.dtype))
+    neutral = {tf.reduce_min: x.dtype.max, tf.reduce_max: x.dtype.min}[fn]
+    out = fn(tf.where(finite, x, tf.cast(neutral, x.dtype) * tf.ones_like(x)), axis=axes)
+    any_finite = tf.reduce_any(finite, axis=axes)
+    return tf.where(any_finite, out, tf.cast(empty, x.dtype))
+
+
+def move_channels_last(x, channel_axes: Sequence[int]):
+    """Transpose ``channel_axes`` to the end and flatten them into one axis.
+
+    Returns the reshaped tensor and a function that undoes it. Used so every
+    per-channel layout (Dense, Conv, Conv-transpose, depthwise in·mult) can use
+    TensorFlow's per-channel FakeQuant, which wants channels last.
+    """
+    rank = x.shape.rank
+    axes = [a % rank for a in channel_axes]
+    others = [a for a in range(rank) if a not in axes]
+    perm = others + axes
+    moved = tf.transpose(x, perm) if perm != list(range(rank)) else x
+    moved_shape = tf.shape(moved)
+    flat = tf.reshape(moved, tf.concat([moved_shape[: len(others)], [-1]], 0))
+    inverse = [perm.index(i) for i in range(rank)]
+
+    def restore(y):
+        y = tf.reshape(y, moved_shape)
+        return tf.transpose(y, inverse) if perm != list(range(rank)) else y
+
+    return flat, restore
+
+
+def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_axes=None):
+    """TensorFlow FakeQuant (nudged range, TFLite-convertible) per tensor or per channel.
+
+    ``range_min``/``range_max`` are scalars, or have the shape of ``channel_axes``.
+    Uses ``tf.quantization.fake_quant_with_min_max_vars[_per_channel]``, the ops the
+    TFLite converter reads, so 8-bit models convert unchanged.
+    """
+    if channel_axes is None:
+        return tf.quantization.fake_quant_with_min_max_vars(
+            x, range_min, range_max, num_bits=bits, narrow_range=narrow_range
+        )
+    flat, restore = move_channels_last(x, channel_axes)
+    y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
+        flat, tf.reshape(range_min, [-1]), tf.reshape(range_max, [-1]), num_bits=bits, narrow_range=narrow_range
+    )
+    return restore(y)
+
+
+def symmetric_range(max_abs, bits: int, signed: bool, narrow_range: bool):
+    """FakeQuant ``(min, max)`` whose nudged zero point is exact for a symmetric grid.
+
+    The scale is ``max_abs / qp`` and the range ``[-qn·s, qp·s]``: the zero point
+    lands on an integer, so TFLite stores Z = 0 (signed) and no nudging shifts it.
+    """
+    qn, qp = integer_grid(bits, signed, narrow_range)
+    scale = tf.maximum(max_abs, 0.0) / qp
+    return -qn * scale, qp * scale

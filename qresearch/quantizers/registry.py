@@ -1,0 +1,94 @@
+"""The quantizer registry: ``register``, ``get``, ``names``, ``create``."""
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Dict, Mapping, Optional, Union
+
+from qresearch._compat import keras
+from qresearch.errors import ConfigError, QResearchError
+from qresearch.registry import Registry
+
+QUANTIZERS: Registry = Registry("quantizer")
+ROLES = ("weights", "activations")
+SPEC_NAME_KEYS = ("name", "quantizer")
+
+
+def register(name: str, *, overwrite: bool = False):
+    """Class decorator: register a ``qresearch.quantizers.Quantizer`` subclass under ``name``.
+
+    Also registers it as Keras-serializable, so models using it save and load.
+    """
+    from qresearch.quantizers.base import Quantizer
+
+    def add(cls):
+        if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
+            raise QResearchError(f"quantizer {name!r}: {cls!r} must subclass qresearch.quantizers.Quantizer")
+        cls.registry_name = name
+        keras.utils.register_keras_serializable(package="qresearch", name=f"quantizer:{name}")(cls)
+        QUANTIZERS.register(name, cls, overwrite=overwrite)
+        return cls
+
+    return add
+
+
+def get(name: str):
+    """The quantizer class registered under ``name``."""
+    return QUANTIZERS.get(name)
+
+
+def names():
+    """Sorted names of every registered quantizer."""
+    return QUANTIZERS.names()
+
+
+def parameters(cls) -> Dict[str, Any]:
+    """A quantizer class's spec fields and their defaults."""
+    sig = inspect.signature(cls.__init__)
+    return {k: p.default for k, p in sig.parameters.items()
+            if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+
+def create(spec: Union[str, Mapping[str, Any], Any], role: Optional[str] = None, **overrides):
+    """Build a quantizer from a name, a dict spec or an instance.
+
+    ``spec`` is e.g. ``"lsq"`` or ``{"name": "lsq", "bits": 4, "per_channel": True}``
+    (``"quantizer"`` is accepted for ``"name"``). ``role`` ("weights" or "activations")
+    applies the algorithm's defaults for that role before the spec's own fields.
+    """
+    from qresearch.quantizers.base import Quantizer
+
+    if isinstance(spec, Quantizer):
+        return spec
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"a quantizer spec must be a name or a dict with a 'name', got {spec!r}")
+    fields = dict(spec)
+    fields.update(overrides)
+    name = None
+    for key in SPEC_NAME_KEYS:
+        if key in fields:
+            name = fields.pop(key)
+    if name is None:
+        raise ConfigError(f"quantizer spec {dict(spec)!r} has no 'name'; known quantizers: {', '.join(names())}")
+    cls = get(name)
+    if role is not None and role not in ROLES:
+        raise ConfigError(f"role must be one of {ROLES}, got {role!r}")
+    kwargs = dict(cls.role_defaults.get(role, {})) if role else {}
+    kwargs.update(fields)
+    valid = parameters(cls)
+    unknown = [k for k in kwargs if k not in valid]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(valid), n=1)
+            hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(f"quantizer {name!r} has no field {', '.join(hints)}. "
+                          f"Valid fields: {', '.join(valid)}.")
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"quantizer {name!r}: bad spec {kwargs!r}: {exc}") from exc
