@@ -128,6 +128,9 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         axes = self.channel_axes(tensor_shape, name, layer)
         weights = dict(self.build_params(self.param_shape(tensor_shape, axes), name, layer))
         weights["channel_axes"] = axes
+        # tfmot builds activation quantizers with no shape and output quantizers with an
+        # unknown batch dimension; weights always have a full static shape.
+        weights["per_example"] = _is_per_example(tensor_shape)
         return weights
 
     def build_params(self, shape: Tuple[int, ...], name: str, layer) -> Dict[str, Any]:
@@ -165,6 +168,22 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     # ------------------------------------------------------------- helpers
     @staticmethod
+    def init_from_data(flag, pairs, valid):
+        """Data-dependent initialisation, once: ``var.assign(estimate)`` for each pair.
+
+        Runs while ``flag`` is 0. Only entries where ``valid`` holds (a finite, usable
+        estimate; e.g. not from an all-zero or all-NaN batch) are written, and ``flag``
+        is set once any entry was, so a dead first batch defers initialisation.
+        Returns the op; read the variables under ``tf.control_dependencies([op])``.
+        """
+        need = tf.equal(flag, 0.0)
+        write = tf.logical_and(need, valid)
+        assigns = [var.assign(tf.where(write, tf.cast(est, var.dtype), var)) for var, est in pairs]
+        done = tf.logical_and(need, tf.reduce_any(valid))
+        assigns.append(flag.assign(tf.where(done, 1.0, flag)))
+        return tf.group(*assigns)
+
+    @staticmethod
     def add_variable(layer, name: str, shape, init: float, trainable: bool, regularizer=None):
         from qresearch._compat import keras
 
@@ -179,6 +198,13 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         from qresearch._compat import keras
 
         return layer.add_weight(name, shape=(), initializer=keras.initializers.Constant(0.0), trainable=False)
+
+
+def _is_per_example(tensor_shape) -> bool:
+    if tensor_shape is None:
+        return True
+    dims = tf.TensorShape(tensor_shape)
+    return dims.rank is None or (dims.rank > 0 and dims[0] is None)
 
 
 def _bad_axis(a):

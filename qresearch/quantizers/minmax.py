@@ -36,16 +36,17 @@ class MinMaxQuantizer(Quantizer):
                  signed=True, scale_format="float32", range_tracking="ema", ema_decay=0.99,
                  init_min=-6.0, init_max=6.0):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        name = self.registry_name
         if range_tracking not in RANGE_TRACKING:
-            raise ConfigError(f"quantizer 'minmax': range_tracking must be one of {RANGE_TRACKING}, "
+            raise ConfigError(f"quantizer {name!r}: range_tracking must be one of {RANGE_TRACKING}, "
                               f"got {range_tracking!r}")
         if not 0.0 <= float(ema_decay) < 1.0:
-            raise ConfigError(f"quantizer 'minmax': ema_decay must be in [0, 1), got {ema_decay!r}")
+            raise ConfigError(f"quantizer {name!r}: ema_decay must be in [0, 1), got {ema_decay!r}")
         if scale_format == "pot" and not symmetric:
-            raise ConfigError("quantizer 'minmax': power-of-two scales need symmetric: true "
+            raise ConfigError(f"quantizer {name!r}: power-of-two scales need symmetric: true "
                               "(or use the 'pot' quantizer)")
         if not float(init_min) <= 0.0 <= float(init_max):
-            raise ConfigError("quantizer 'minmax': need init_min <= 0 <= init_max "
+            raise ConfigError(f"quantizer {name!r}: need init_min <= 0 <= init_max "
                               f"(got {init_min}, {init_max})")
         self.range_tracking = range_tracking
         self.ema_decay = float(ema_decay)

@@ -119,3 +119,52 @@ def symmetric_range(max_abs, bits: int, signed: bool, narrow_range: bool):
     qn, qp = integer_grid(bits, signed, narrow_range)
     scale = tf.maximum(max_abs, 0.0) / qp
     return -qn * scale, qp * scale
+
+
+def uniform_ste(x, scale, qn, qp, offset=None):
+    """``round(clip((x - offset) / scale, -qn, qp)) * scale + offset`` with STE rounding.
+
+    The LSQ/LSQ+ forward (Esser et al. 2020, eq. 1-2; Bhalgat et al. 2020, eq. 3).
+    Gradients flow through the division and the clip, so autodiff gives the
+    published step-size gradient: ``round(x/s) - x/s`` inside the range, ``-qn`` /
+    ``qp`` outside it, and ``1`` (inside) / ``0`` (clipped) for ``x``.
+    """
+    shifted = x if offset is None else x - offset
+    q = round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp)))
+    y = q * scale
+    return y if offset is None else y + offset
+
+
+def lsq_grad_factor(n_elements, qp):
+    """LSQ's gradient scale ``g = 1 / sqrt(N · Qp)`` (Esser et al. 2020, §2.2)."""
+    n = tf.cast(n_elements, tf.float32)
+    return tf.math.rsqrt(tf.maximum(n, 1.0) * float(max(qp, 1)))
+
+
+def quantize_unit_ste(r, bits: int):
+    """DoReFa's ``quantize_k``: ``round((2^k - 1) r) / (2^k - 1)`` for ``r`` in [0, 1], STE."""
+    levels = float(2**bits - 1)
+    return round_ste(r * levels) / levels
+
+
+def nudged_offset(offset, scale, qn, qp):
+    """The offset moved so real 0 falls on the grid ``[-qn, qp]`` (TFLite needs an integer Z).
+
+    Returns ``-clip(round(-offset / scale), -qn, qp) · scale`` — what TF FakeQuant's
+    nudging (``tflite-int8-spec.md`` §4.1) does to a range ``[offset - qn·s, offset + qp·s]``.
+    """
+    zero_index = tf.clip_by_value(tf.round(-offset / scale), -float(qn), float(qp))
+    return -zero_index * scale
+
+
+def count_per_param(x, n_params, per_example: bool):
+    """How many elements of ``x`` share one parameter (LSQ's ``N``).
+
+    Weights: ``size(x) / n_params``. Activations (``per_example``): features of one
+    example, ``size(x) / (batch · n_params)``.
+    """
+    size = tf.cast(tf.size(x), tf.float32)
+    denom = float(max(int(n_params), 1))
+    if per_example and x.shape.rank:
+        denom = denom * tf.cast(tf.maximum(tf.shape(x)[0], 1), tf.float32)
+    return size / denom

@@ -1,0 +1,65 @@
+"""DoReFa-Net quantizers (Zhou et al., 2016, arXiv:1606.06160).
+
+Weights (eq. 9): ``w_q = 2·quantize_k(tanh(w) / (2·max|tanh(w)|) + 1/2) - 1``;
+activations (§2.6): ``quantize_k(clip(x, 0, 1))``; ``quantize_k(r) =
+round((2^k-1)·r)/(2^k-1)`` with a straight-through round. The max is taken per
+channel with ``per_channel`` and, as in the authors' tensorpack code, is part of
+the graph (it receives gradient).
+
+Not TFLite-exact: the weight grid ``{2i/(2^k-1) - 1}`` has no exact zero
+(at 2 bits: ±1/3, ±1) and lies in ``[-1, 1]`` whatever the weights' scale, so no
+integer zero point reproduces it. Activations are: their grid is FakeQuant over
+``[0, 1]``, which the inference path uses. No power-of-two scale format.
+"""
+from __future__ import annotations
+
+from qresearch._compat import tf
+from qresearch.errors import ConfigError
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.registry import register
+
+MODES = ("auto", "weights", "activations")
+
+
+@register("dorefa")
+class DoReFaQuantizer(Quantizer):
+    """DoReFa weight or activation quantizer, picked by ``mode``.
+
+    Args (besides the common ones; ``symmetric`` and ``signed`` do not apply, the grids
+    are fixed, and ``narrow_range`` must be false):
+      mode: ``"weights"``, ``"activations"`` or ``"auto"`` (activations when tfmot builds
+        the quantizer without a static shape, weights otherwise). ``create(..., role=)``
+        sets it from the role.
+    """
+
+    supports_pot_scales = False
+    role_defaults = {"weights": {"mode": "weights"}, "activations": {"mode": "activations"}}
+
+    def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
+                 signed=True, scale_format="float32", mode="auto"):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        if mode not in MODES:
+            raise ConfigError(f"quantizer 'dorefa': mode must be one of {MODES}, got {mode!r}")
+        if narrow_range:
+            raise ConfigError("quantizer 'dorefa': narrow_range must be false (DoReFa's grid has 2^bits levels)")
+        self.mode = mode
+
+    def is_weights(self, weights) -> bool:
+        if self.mode == "auto":
+            return not weights.get("per_example", False)
+        return self.mode == "weights"
+
+    def quantize(self, x, training, weights, axes):
+        if self.is_weights(weights):
+            return self.quantize_weights(x, axes)
+        if not training:
+            return ops.fake_quant(x, 0.0, 1.0, self.bits, False)
+        return ops.quantize_unit_ste(tf.clip_by_value(x, 0.0, 1.0), self.bits)
+
+    def quantize_weights(self, w, axes):
+        t = tf.tanh(w)
+        reduce = self.reduce_axes(w, axes)
+        m = ops.reduce_finite(tf.reduce_max, tf.abs(t), reduce, empty=0.0)
+        m = self.broadcast(tf.maximum(m, ops.EPS), w, axes)
+        return 2.0 * ops.quantize_unit_ste(t / (2.0 * m) + 0.5, self.bits) - 1.0

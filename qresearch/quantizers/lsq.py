@@ -1,0 +1,102 @@
+"""LSQ: Learned Step Size Quantization (Esser et al., ICLR 2020, arXiv:1902.08153).
+
+Forward ``v = round(clip(x/s, -Qn, Qp)) · s`` with a trainable step ``s`` and a
+straight-through round; autodiff through the clip gives the paper's step
+gradient (eq. 3), scaled by ``g = 1/sqrt(N·Qp)`` (§2.2): ``N`` is the number of
+weights sharing one step, or the features of one example for activations.
+The step starts at ``2·mean(|x|)/sqrt(Qp)`` from the first training batch.
+
+In inference the same grid is expressed as TF FakeQuant over
+``[-Qn·s, Qp·s]`` (an exact zero point), so the TFLite converter reads it; it
+equals the training forward except at exact rounding ties (FakeQuant rounds half
+up on the shifted grid, the training forward half to even).
+"""
+from __future__ import annotations
+
+import math
+
+from qresearch._compat import tf
+from qresearch.errors import ConfigError
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.registry import register
+
+#: Floor on learned steps, so an optimizer step past zero cannot divide by zero.
+MIN_STEP = 1e-8
+
+
+def check_positive(name: str, field: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"quantizer {name!r}: {field} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, field: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"quantizer {name!r}: {field} must be true or false, got {value!r}")
+    return value
+
+
+@register("lsq")
+class LSQQuantizer(Quantizer):
+    """Learned step size quantizer (symmetric grid, zero point 0).
+
+    Weights use the signed grid ``[-2^(b-1), 2^(b-1)-1]`` (``narrow_range`` drops the
+    bottom level, as TFLite int8 weights need); activations the unsigned ``[0, 2^b-1]``.
+
+    Args (besides the common ones):
+      step_init: the step before data are seen (and kept if ``data_init`` is false).
+      data_init: set the step from the first training batch, ``2·mean(|x|)/sqrt(Qp)``
+        over finite values (per channel when ``per_channel``).
+      grad_scaling: scale the step gradient by ``1/sqrt(N·Qp)`` (the paper's rule).
+    """
+
+    role_defaults = {"weights": {"signed": True}, "activations": {"signed": False}}
+
+    def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
+                 signed=True, scale_format="float32", step_init=1.0, data_init=True, grad_scaling=True):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        name = self.registry_name
+        if not symmetric:
+            raise ConfigError(f"quantizer {name!r}: symmetric must be true (LSQ has no offset; "
+                              "use 'lsq_plus' for a learned offset)")
+        self.step_init = check_positive(name, "step_init", step_init)
+        self.data_init = check_bool(name, "data_init", data_init)
+        self.grad_scaling = check_bool(name, "grad_scaling", grad_scaling)
+
+    def build_params(self, shape, name, layer):
+        return {
+            "step": self.add_variable(layer, f"{name}_step", shape, self.step_init, trainable=True),
+            "initialized": self.add_flag(layer, f"{name}_step_initialized"),
+        }
+
+    def initial_step(self, x, axes):
+        """``2·mean(|x|)/sqrt(Qp)`` over finite values (Esser et al. 2020, §2.1)."""
+        _, qp = self.grid
+        mean_abs = ops.reduce_finite(tf.reduce_mean, tf.abs(x), self.reduce_axes(x, axes), empty=0.0)
+        return 2.0 * mean_abs / math.sqrt(qp)
+
+    def grad_factor(self, x, weights, axes):
+        """LSQ's ``g``, or 1 when ``grad_scaling`` is off."""
+        if not self.grad_scaling:
+            return 1.0
+        n_params = math.prod(weights["step"].shape)
+        n = ops.count_per_param(x, n_params, weights.get("per_example", False))
+        return ops.lsq_grad_factor(n, self.grid[1])
+
+    def quantize(self, x, training, weights, axes):
+        qn, qp = self.grid
+        step = weights["step"]
+        if not training:
+            s = self.pot(tf.maximum(tf.convert_to_tensor(step), MIN_STEP))
+            return ops.fake_quant(x, -qn * s, qp * s, self.bits, self.narrow_range, axes)
+        if self.data_init:
+            est = self.initial_step(x, axes)
+            valid = tf.logical_and(tf.math.is_finite(est), est > 0.0)
+            with tf.control_dependencies([self.init_from_data(weights["initialized"], [(step, est)], valid)]):
+                s = tf.identity(step)
+        else:
+            s = tf.convert_to_tensor(step)
+        s = ops.grad_scale(s, self.grad_factor(x, weights, axes))
+        s = self.pot(tf.maximum(s, MIN_STEP))
+        return ops.uniform_ste(x, self.broadcast(s, x, axes), qn, qp)

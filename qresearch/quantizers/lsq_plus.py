@@ -1,0 +1,123 @@
+"""LSQ+: learned step and learned offset (Bhalgat et al., CVPR-W 2020, arXiv:2004.09576).
+
+``v = round(clip((x - β)/s, -Qn, Qp)) · s + β`` with trainable step ``s`` and offset
+``β`` for asymmetric activations (eq. 3); both gradients are scaled by LSQ's
+``g = 1/sqrt(N·Qp)``. With ``symmetric: true`` (weights) there is no offset and
+LSQ+ is LSQ with the paper's weight initialisation.
+
+Initialisation from the first training batch (paper §3.3; finite values only):
+  * asymmetric: ``s = (max - min) / (Qp + Qn)`` and ``β = min + Qn·s`` — the paper's
+    min/max rule ``s = (max - min)/(p - n)``, ``β = min - n·s`` with ``n = -Qn``,
+    ``p = Qp`` (the paper also offers an MSE-optimal start; not implemented here);
+  * symmetric: ``s = max(|μ - 3σ|, |μ + 3σ|) / 2^(b-1)`` (``/ 2^b`` for unsigned grids).
+
+Deviation (default ``nudge_zero_point: true``): the forward moves ``β`` to the
+nearest value that puts real 0 on the grid, the integer zero point TFLite needs
+— exactly what TF FakeQuant's nudging does at inference. The gradient still
+reaches ``β`` straight through, so the paper's gradients are unchanged. With
+``nudge_zero_point: false`` the forward is the paper's, and the inference
+FakeQuant (which always nudges) then differs from it by less than one step.
+"""
+from __future__ import annotations
+
+import math
+
+from qresearch._compat import tf
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.lsq import MIN_STEP, check_bool, check_positive
+from qresearch.quantizers.registry import register
+from qresearch.errors import ConfigError
+
+
+@register("lsq_plus")
+class LSQPlusQuantizer(Quantizer):
+    """Learned step and offset quantizer.
+
+    Asymmetric (default): the unsigned grid ``[0, 2^b-1]`` shifted by ``β``.
+    Symmetric: LSQ's zero-centred grid (signed or unsigned) and no offset.
+
+    Args (besides the common ones):
+      step_init, offset_init: values before data are seen (kept if ``data_init`` is false).
+      data_init: initialise ``s`` (and ``β``) from the first training batch.
+      grad_scaling: scale the gradients by ``1/sqrt(N·Qp)``.
+      nudge_zero_point: keep real 0 on the grid in training too (see module docstring).
+    """
+
+    role_defaults = {"weights": {"symmetric": True, "signed": True},
+                     "activations": {"symmetric": False}}
+
+    def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
+                 signed=True, scale_format="float32", step_init=1.0, offset_init=0.0, data_init=True,
+                 grad_scaling=True, nudge_zero_point=True):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        name = self.registry_name
+        self.step_init = check_positive(name, "step_init", step_init)
+        if isinstance(offset_init, bool) or not isinstance(offset_init, (int, float)) \
+                or not math.isfinite(offset_init):
+            raise ConfigError(f"quantizer {name!r}: offset_init must be a finite number, got {offset_init!r}")
+        self.offset_init = float(offset_init)
+        self.data_init = check_bool(name, "data_init", data_init)
+        self.grad_scaling = check_bool(name, "grad_scaling", grad_scaling)
+        self.nudge_zero_point = check_bool(name, "nudge_zero_point", nudge_zero_point)
+
+    @property
+    def has_offset(self) -> bool:
+        return not self.symmetric
+
+    def build_params(self, shape, name, layer):
+        params = {
+            "step": self.add_variable(layer, f"{name}_step", shape, self.step_init, trainable=True),
+            "initialized": self.add_flag(layer, f"{name}_step_initialized"),
+        }
+        if self.has_offset:
+            params["offset"] = self.add_variable(layer, f"{name}_offset", shape, self.offset_init, trainable=True)
+        return params
+
+    def initial_values(self, x, axes):
+        """``(step, offset or None, valid)`` from a batch (see module docstring)."""
+        qn, qp = self.grid
+        reduce = self.reduce_axes(x, axes)
+        if self.has_offset:
+            lo = ops.reduce_finite(tf.reduce_min, x, reduce, empty=0.0)
+            hi = ops.reduce_finite(tf.reduce_max, x, reduce, empty=0.0)
+            step = (hi - lo) / float(qp + qn)
+            offset = lo + qn * step
+            valid = tf.logical_and(tf.math.is_finite(step), step > 0.0) & tf.math.is_finite(offset)
+            return step, offset, valid
+        mean = ops.reduce_finite(tf.reduce_mean, x, reduce, empty=0.0)
+        centred = x - self.broadcast(mean, x, axes)
+        std = tf.sqrt(ops.reduce_finite(tf.reduce_mean, tf.square(centred), reduce, empty=0.0))
+        step = tf.maximum(tf.abs(mean - 3.0 * std), tf.abs(mean + 3.0 * std)) / float(qp + 1)
+        return step, None, tf.logical_and(tf.math.is_finite(step), step > 0.0)
+
+    def grad_factor(self, x, weights, axes):
+        if not self.grad_scaling:
+            return 1.0
+        n = ops.count_per_param(x, math.prod(weights["step"].shape), weights.get("per_example", False))
+        return ops.lsq_grad_factor(n, self.grid[1])
+
+    def quantize(self, x, training, weights, axes):
+        qn, qp = self.grid
+        step, offset = weights["step"], weights.get("offset")
+        if not training:
+            s = self.pot(tf.maximum(tf.convert_to_tensor(step), MIN_STEP))
+            b = 0.0 if offset is None else tf.convert_to_tensor(offset)
+            return ops.fake_quant(x, b - qn * s, b + qp * s, self.bits, self.narrow_range, axes)
+        variables = [step] if offset is None else [step, offset]
+        if self.data_init:
+            s0, b0, valid = self.initial_values(x, axes)
+            pairs = [(step, s0)] + ([] if offset is None else [(offset, b0)])
+            with tf.control_dependencies([self.init_from_data(weights["initialized"], pairs, valid)]):
+                values = [tf.identity(v) for v in variables]
+        else:
+            values = [tf.convert_to_tensor(v) for v in variables]
+        g = self.grad_factor(x, weights, axes)
+        s = self.pot(tf.maximum(ops.grad_scale(values[0], g), MIN_STEP))
+        s = self.broadcast(s, x, axes)
+        if offset is None:
+            return ops.uniform_ste(x, s, qn, qp)
+        b = self.broadcast(ops.grad_scale(values[1], g), x, axes)
+        if self.nudge_zero_point:
+            b = b + tf.stop_gradient(ops.nudged_offset(b, s, qn, qp) - b)
+        return ops.uniform_ste(x, s, qn, qp, offset=b)

@@ -1,0 +1,86 @@
+"""PACT: Parameterized Clipping Activation (Choi et al., 2018, arXiv:1805.06085).
+
+``y = clip(x, 0, α)`` with a trainable clipping level ``α`` (eq. 1), quantized on
+``2^b - 1`` levels of step ``α/(2^b - 1)`` (eq. 2). The rounding is straight
+through and the step is held constant in the backward pass, so
+``∂y_q/∂α = 1`` where ``x ≥ α`` and 0 elsewhere (eq. 3). ``alpha_decay`` adds the
+paper's L2 penalty ``λ_α·α²`` through the variable's regularizer (it appears in
+``model.losses``).
+
+Extension (not in the paper): ``signed: true`` clips to ``[-α, α]`` on the symmetric
+signed grid (a common way to use PACT for weights or pre-activations); then
+``∂y/∂α`` is also ``-1`` where ``x ≤ -α``.
+
+Inference is TF FakeQuant over ``[0, α]`` (or ``[-α, α]``): the same grid, so the
+TFLite converter reads it; it equals the training forward except at rounding ties.
+"""
+from __future__ import annotations
+
+from qresearch._compat import keras, tf
+from qresearch.errors import ConfigError
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.lsq import check_positive
+from qresearch.quantizers.registry import register
+
+MIN_ALPHA = 1e-6
+
+
+@register("pact")
+class PACTQuantizer(Quantizer):
+    """Learned clipping level quantizer.
+
+    The grid is fixed by ``signed``: ``[0, 2^b-1]`` (``narrow_range``: ``2^b-2``
+    levels) or ``[-(2^(b-1)-1), 2^(b-1)-1]`` scaled by ``α/Qp``; ``symmetric`` is
+    implied (zero is always exact).
+
+    Args (besides the common ones):
+      alpha_init: initial clipping level. PACT (§3) starts α large relative to the
+        activations and lets training (and the L2 decay) shrink it; 6.0 is the ReLU6
+        bound, tfmot's initial activation range too.
+      alpha_decay: L2 coefficient ``λ_α`` on α (0 disables it).
+    """
+
+    role_defaults = {"weights": {"signed": True}, "activations": {"signed": False}}
+
+    def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
+                 signed=False, scale_format="float32", alpha_init=6.0, alpha_decay=0.0):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        name = self.registry_name
+        self.alpha_init = check_positive(name, "alpha_init", alpha_init)
+        if isinstance(alpha_decay, bool) or not isinstance(alpha_decay, (int, float)) \
+                or not 0.0 <= float(alpha_decay) < float("inf"):
+            raise ConfigError(f"quantizer {name!r}: alpha_decay must be a number >= 0, got {alpha_decay!r}")
+        self.alpha_decay = float(alpha_decay)
+
+    @property
+    def grid(self):
+        return ops.integer_grid(self.bits, self.signed, self.narrow_range)
+
+    def build_params(self, shape, name, layer):
+        reg = keras.regularizers.l2(self.alpha_decay) if self.alpha_decay > 0 else None
+        return {"alpha": self.add_variable(layer, f"{name}_alpha", shape, self.alpha_init, trainable=True,
+                                           regularizer=reg)}
+
+    def clip_level(self, alpha):
+        """α floored at a tiny positive value, rounded so α/Qp is a power of two if asked."""
+        qp = self.grid[1]
+        alpha = tf.maximum(alpha, MIN_ALPHA)
+        return self.pot(alpha / qp) * qp if self.scale_format == "pot" else alpha
+
+    def quantize(self, x, training, weights, axes):
+        qn, qp = self.grid
+        alpha = self.clip_level(tf.convert_to_tensor(weights["alpha"]))
+        if not training:
+            s = alpha / qp
+            a = self.broadcast(alpha, x, axes)
+            if qn > qp:  # non-narrow signed grid: the bottom level lies below -α
+                x = tf.maximum(x, -a)
+            return ops.fake_quant(x, -qn * s, qp * s, self.bits, self.narrow_range, axes)
+        a = self.broadcast(alpha, x, axes)
+        # tf.where, not clip_by_value/minimum: those send the gradient at x == α to x, PACT to α.
+        y = tf.where(x >= a, a * tf.ones_like(x), tf.nn.relu(x) if not self.signed else x)
+        if self.signed:
+            y = tf.where(x <= -a, -a * tf.ones_like(x), y)
+        step = tf.stop_gradient(a / qp)
+        return ops.round_ste(y / step) * step
