@@ -4,6 +4,7 @@ Importing qresearch sets up Keras 2 (tf_keras) for tfmot before TensorFlow loads
 """
 from qresearch._compat import keras, tf, tfmot  # noqa: F401  (must come first)
 from qresearch import quantizers  # noqa: F401
+from qresearch import hardware  # noqa: F401
 from qresearch.errors import (ConfigError, IncompatibleTargetError, KerasVersionError, QResearchError,
                               UnknownNameError, UnsupportedLayerError)
 from qresearch.registry import Registry

@@ -1,0 +1,223 @@
+"""Verified deployment to TFLite: convert a QAT model, run it with integer I/O, compare.
+
+``verify(qat_model, target, x, y)`` converts with ``TFLiteConverter.from_keras_model`` to an
+integer-only model, runs it with LiteRT's *builtin* kernels (no XNNPACK delegate: the reference
+rounding of tflite-int8-spec.md §2.2), feeds inputs quantized by the spec's QUANTIZE rule
+(``clamp(round_half_away(x / S) + Z)``), and compares with the QAT model in inference mode.
+The structure of the flatbuffer is checked against the target (see ``inspect_model``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from qresearch.errors import ConfigError
+from qresearch.hardware.errors import NoRuntimeError
+from qresearch.hardware.registry import get as get_target
+from qresearch.hardware.structure import inspect_model
+
+KERNELS = "builtin_without_default_delegates"
+IO_DTYPES = {"tflite_int8": np.int8, "tflite_int16x8": np.int16}
+
+
+def _require_runtime(target):
+    if not target.has_runtime:
+        raise NoRuntimeError(
+            f"target {target.name!r} has no runtime here (runtime: none): it can be simulated and its "
+            f"constraints checked, but not deployed or verified. Record the deployed result as 'n/a'; "
+            f"targets that deploy: {', '.join(n for n in _runtime_targets())}.")
+
+
+def _runtime_targets() -> List[str]:
+    from qresearch.hardware.registry import TARGETS
+
+    return [n for n in TARGETS.names() if TARGETS.get(n).has_runtime]
+
+
+def _representative(x, n: int = 64):
+    sample = np.asarray(x[:n], dtype=np.float32)
+
+    def gen():
+        for i in range(len(sample)):
+            yield [sample[i:i + 1]]
+
+    return gen
+
+
+def convert(qat_model, target, representative_data=None) -> bytes:
+    """The integer-only ``.tflite`` flatbuffer of ``qat_model`` for a TFLite ``target``.
+
+    int8: ``optimizations=[DEFAULT]`` and int8 I/O; ``supported_ops`` is left at its default
+    (TFLITE_BUILTINS_INT8 without a representative dataset raises in TF 2.21 for QAT models) and
+    the ops are checked afterwards by ``inspect_model``. 16x8: the
+    EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 op set with int16 I/O (it wants a
+    representative dataset: pass ``representative_data``, a few input samples).
+    """
+    from qresearch._compat import tf
+
+    target = get_target(target)
+    _require_runtime(target)
+    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if target.runtime == "tflite_int16x8":
+        converter.target_spec.supported_ops = [
+            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
+        converter.inference_input_type = tf.int16
+        converter.inference_output_type = tf.int16
+        if representative_data is not None:
+            converter.representative_dataset = _representative(representative_data)
+    else:
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+        if representative_data is not None:
+            converter.representative_dataset = _representative(representative_data)
+    return converter.convert()
+
+
+def make_interpreter(tflite_model: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    return Interpreter(model_content=tflite_model,
+                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+
+
+def round_half_away(v):
+    return np.sign(v) * np.floor(np.abs(v) + 0.5)
+
+
+def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
+    """TFLite QUANTIZE: ``clamp(round_half_away(x / S) + Z)`` with a float32 division."""
+    info = np.iinfo(dtype)
+    q = round_half_away(np.asarray(x, np.float32) / np.float32(scale)) + zero_point
+    return np.clip(q, info.min, info.max).astype(dtype)
+
+
+def run_tflite(tflite_model: bytes, x, batch_size: int = 256):
+    """Run the model on float ``x``; returns (integer outputs, input (S, Z), output (S, Z))."""
+    interp = make_interpreter(tflite_model)
+    inp = interp.get_input_details()
+    out = interp.get_output_details()
+    if len(inp) != 1 or len(out) != 1:
+        raise ConfigError(f"verify handles models with one input and one output; this one has "
+                          f"{len(inp)} inputs and {len(out)} outputs")
+    inp, out = inp[0], out[0]
+    in_dtype = inp["dtype"]
+    s_in, z_in = inp["quantization"]
+    s_out, z_out = out["quantization"]
+    if not np.issubdtype(in_dtype, np.integer) or s_in == 0:
+        raise ConfigError(f"the converted model's input is {np.dtype(in_dtype).name} with scale {s_in}: "
+                          "the QAT model needs an input quantizer so the input can be integer")
+    x = np.asarray(x)
+    n = len(x)
+    xq = quantize_input(x, s_in, z_in, in_dtype)
+    batch = max(1, min(batch_size, n))
+    try:
+        interp.resize_tensor_input(inp["index"], [batch] + list(x.shape[1:]), strict=False)
+        interp.allocate_tensors()
+    except Exception:  # a graph that cannot take a batch: one sample at a time
+        batch = 1
+        interp = make_interpreter(tflite_model)
+        interp.allocate_tensors()
+    inp_index = interp.get_input_details()[0]["index"]
+    out_index = interp.get_output_details()[0]["index"]
+    results = []
+    for start in range(0, n, batch):
+        chunk = xq[start:start + batch]
+        m = len(chunk)
+        if m < batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch - m, axis=0)])
+        interp.set_tensor(inp_index, chunk)
+        interp.invoke()
+        results.append(np.array(interp.get_tensor(out_index))[:m])
+    return np.concatenate(results), (float(s_in), int(z_in)), (float(s_out), int(z_out))
+
+
+def _labels(y, n_classes_hint: Optional[int] = None) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim > 1 and y.shape[-1] > 1:
+        return np.argmax(y, axis=-1)
+    return y.reshape(len(y)).astype(np.int64)
+
+
+def _predictions(out: np.ndarray) -> np.ndarray:
+    out = out.reshape(len(out), -1)
+    if out.shape[1] == 1:  # one logit / probability: binary
+        return (out[:, 0] > 0.5).astype(np.int64)
+    return np.argmax(out, axis=1)
+
+
+def simulate(qat_model, x, batch_size: int = 256) -> np.ndarray:
+    """The QAT model's outputs in inference mode (training=False)."""
+    from qresearch._compat import tf
+
+    outs = []
+    for start in range(0, len(x), batch_size):
+        xb = tf.convert_to_tensor(np.asarray(x[start:start + batch_size], np.float32))
+        outs.append(np.asarray(qat_model(xb, training=False)))
+    return np.concatenate(outs)
+
+
+def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = False,
+           batch_size: int = 256, representative_data=None) -> Dict[str, Any]:
+    """Deploy ``qat_model`` to ``target`` (a TFLite target) and compare with the simulation.
+
+    Returns a dict with: deployed_accuracy, simulated_accuracy (fractions of ``y``), argmax_agreement,
+    max_abs_diff_lsb and within_1lsb_fraction (|simulated - deployed| output in units of the output
+    scale), model_size_bytes, integer_only, structural_issues, runtime, kernels, ops (op histogram),
+    input/output (scale, zero_point), n_samples, convert_s/run_s; plus ``tflite_path`` with
+    ``save_path`` and ``tflite_model`` (bytes) with ``return_model=True``.
+    Raises ``NoRuntimeError`` for targets with ``runtime: none``.
+    """
+    target = get_target(target)
+    _require_runtime(target)
+    x = np.asarray(x, np.float32)
+    if len(x) == 0:
+        raise ConfigError("verify needs at least one sample")
+    t0 = time.perf_counter()
+    if representative_data is None and target.runtime == "tflite_int16x8":
+        representative_data = x
+    tflite_model = convert(qat_model, target, representative_data)
+    t1 = time.perf_counter()
+    q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size)
+    t2 = time.perf_counter()
+    sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)
+
+    deq = (q_out.astype(np.float64) - z_out) * s_out
+    labels = _labels(y)
+    pred_dep, pred_sim = _predictions(deq), _predictions(sim)
+    if s_out > 0:
+        diff_lsb = np.abs(sim.astype(np.float64) - deq) / s_out
+    else:  # float output (should not happen with integer I/O)
+        diff_lsb = np.abs(sim.astype(np.float64) - q_out)
+    report = inspect_model(tflite_model, target)
+    result = {
+        "target": target.name,
+        "runtime": target.runtime,
+        "kernels": KERNELS,
+        "n_samples": int(len(x)),
+        "deployed_accuracy": float(np.mean(pred_dep == labels)),
+        "simulated_accuracy": float(np.mean(pred_sim == labels)),
+        "argmax_agreement": float(np.mean(pred_dep == pred_sim)),
+        "max_abs_diff_lsb": float(diff_lsb.max()),
+        "mean_abs_diff_lsb": float(diff_lsb.mean()),
+        "within_1lsb_fraction": float(np.mean(diff_lsb <= 1.0 + 1e-3)),
+        "model_size_bytes": int(len(tflite_model)),
+        "integer_only": report["integer_only"],
+        "structural_issues": report["issues"],
+        "ops": report["ops"],
+        "input_quantization": (s_in, z_in),
+        "output_quantization": (s_out, z_out),
+        "convert_s": round(t1 - t0, 3),
+        "run_s": round(t2 - t1, 3),
+    }
+    if save_path is not None:
+        path = Path(save_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(tflite_model)
+        result["tflite_path"] = str(path)
+    if return_model:
+        result["tflite_model"] = tflite_model
+    return result
