@@ -23,6 +23,13 @@ def _as_target(obj, name: str | None = None) -> Target:
     if isinstance(obj, (str, Path)) and str(obj).endswith((".yaml", ".yml")):
         return Target.from_yaml(obj)
     if isinstance(obj, Mapping) or hasattr(obj, "items"):
+        try:  # Hydra/OmegaConf node -> plain data
+            from omegaconf import OmegaConf
+
+            if OmegaConf.is_config(obj):
+                obj = OmegaConf.to_container(obj, resolve=True)
+        except ImportError:  # pragma: no cover
+            pass
         d = dict(obj)
         if name is not None:
             d.setdefault("name", name)

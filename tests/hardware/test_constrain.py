@@ -1,0 +1,173 @@
+"""constrain(): every built-in target refuses what it cannot run, names each conflict, and coerces
+with adapt=True (reporting every coercion); target-driven scheme fields are filled in."""
+import pytest
+
+from qresearch import hardware as hw
+from qresearch.errors import IncompatibleTargetError
+
+
+def spec(w=None, a=None, **extra):
+    d = {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True, "narrow_range": True,
+                     "symmetric": True, **(w or {})},
+         "activations": {"quantizer": "minmax", "bits": 8, **(a or {})}}
+    d.update(extra)
+    return d
+
+
+def as_dict(s):
+    return s.to_dict() if hasattr(s, "to_dict") else s
+
+
+def conflicts(s, target):
+    with pytest.raises(IncompatibleTargetError) as exc:
+        hw.constrain(s, target)
+    return exc.value
+
+
+# A scheme each target accepts unchanged (apart from target-driven fields).
+COMPLIANT = {
+    "tflite_int8": spec(),
+    "tflite_int16x8": spec(a={"bits": 16, "symmetric": True}),
+    "academic": spec(w={"bits": 4, "per_channel": False}, a={"quantizer": "lsq", "bits": 4}),
+    "tensorrt": spec(a={"symmetric": True, "narrow_range": True}),
+    "snpe": spec(w={"per_channel": False, "symmetric": False, "narrow_range": False}),
+    "pot_dsp": spec(w={"quantizer": "pot", "per_channel": False},
+                    a={"quantizer": "pot", "symmetric": True}),
+    "npu_w4a8": spec(w={"quantizer": "lsq", "bits": 4, "narrow_range": True}),
+}
+
+
+@pytest.mark.parametrize("target", sorted(COMPLIANT))
+def test_compliant_scheme_passes_and_gets_target_fields(target):
+    t = hw.get(target)
+    out, coercions = hw.constrain(COMPLIANT[target], target)
+    d = as_dict(out)
+    assert d["weights"] == {**COMPLIANT[target]["weights"]} or d["weights"]["bits"] == COMPLIANT[target]["weights"]["bits"]
+    assert d["quantize_ops"] == t.quantize_ops
+    if t.bn_folding != "any":
+        assert d["bn_folding"] == t.bn_folding
+    assert d["first_last_bits"] == t.first_last_bits
+    for op, rng in t.fixed_output_ranges.items():
+        assert d["fixed_output_ranges"][op] == rng
+    assert all("set by target" in c for c in coercions), coercions
+
+
+# (target, scheme, conflicting fields, a fragment of the "allowed" text)
+CASES = [
+    ("tflite_int8", spec(a={"bits": 4}), ["activations.bits"], "[8]"),
+    ("tflite_int8", spec(w={"bits": 4}, a={"bits": 4}), ["weights.bits", "activations.bits"], "[8]"),
+    ("tflite_int8", spec(w={"symmetric": False}), ["weights.symmetric"], "symmetric only"),
+    ("tflite_int8", spec(w={"narrow_range": False}), ["weights.narrow_range"], "narrow_range: true"),
+    ("tflite_int8", spec(skip=["dense_1"]), ["skip"], "integer-only"),
+    ("tflite_int8", spec(activations=None), ["activations"], "quantized activations"),
+    ("tflite_int16x8", spec(), ["activations.bits", "activations.symmetric"], "[16]"),
+    ("academic", spec(), ["weights.per_channel", "activations.symmetric"], "per_tensor"),
+    ("tensorrt", spec(w={"per_channel": False}, a={"symmetric": True, "narrow_range": True}),
+     ["weights.per_channel"], "per_channel"),
+    ("tensorrt", spec(), ["activations.symmetric", "activations.narrow_range"], "symmetric only"),
+    ("snpe", spec(), ["weights.per_channel"], "per_tensor"),
+    ("pot_dsp", spec(w={"per_channel": False}, a={"symmetric": True}),
+     ["weights.scale_format", "activations.scale_format"], "[pot]"),
+    ("npu_w4a8", spec(), ["weights.bits"], "[4]"),
+    ("npu_w4a8", spec(w={"bits": 4}, a={"bits": 4}), ["activations.bits"], "[8]"),
+]
+
+
+@pytest.mark.parametrize("target, scheme, fields, allowed", CASES)
+def test_conflicts_are_each_named_with_value_allowed_and_fix(target, scheme, fields, allowed):
+    err = conflicts(scheme, target)
+    msg = str(err)
+    assert repr(target) in msg and f"{len(fields)} conflict" in msg
+    assert sorted(c.field for c in err.conflicts) == sorted(fields)
+    for c in err.conflicts:
+        assert f"  - {c.field}: scheme has {c.scheme_value!r}, target allows" in msg
+    assert allowed in msg
+    assert "adapt=True" in msg
+
+
+@pytest.mark.parametrize("target, scheme, fields, allowed", CASES)
+def test_adapt_coerces_and_reports_each(target, scheme, fields, allowed):
+    out, coercions = hw.constrain(scheme, target, adapt=True)
+    for f in fields:
+        assert any(c.startswith(f) for c in coercions), (f, coercions)
+    # The adapted scheme is now compliant: constraining it again changes nothing.
+    again, more = hw.constrain(out, target)
+    assert as_dict(again) == as_dict(out) and more == []
+
+
+def test_adapt_values():
+    t = "pot_dsp"
+    out, c = hw.constrain(spec(a={"quantizer": "lsq", "bits": 5}), t, adapt=True)
+    d = as_dict(out)
+    assert d["weights"]["scale_format"] == "pot" and d["weights"]["per_channel"] is False
+    assert d["activations"]["scale_format"] == "pot" and d["activations"]["bits"] == 8
+    out, _ = hw.constrain(spec(w={"bits": 6}), "npu_w4a8", adapt=True)
+    assert as_dict(out)["weights"]["bits"] == 4
+    out, _ = hw.constrain(spec(a={"bits": 12}), "snpe", adapt=True)  # 12 -> nearest of [8, 16]; tie -> 16
+    assert as_dict(out)["activations"]["bits"] == 16
+    out, _ = hw.constrain(spec(), "tflite_int16x8", adapt=True)
+    assert as_dict(out)["activations"]["bits"] == 16 and as_dict(out)["activations"]["symmetric"] is True
+    out, _ = hw.constrain(spec(w={"quantizer": "lsq"}), "tflite_int8", adapt=True)
+    assert as_dict(out)["weights"]["narrow_range"] is True
+
+
+def test_quantizer_defaults_are_what_is_checked():
+    # lsq weights default to narrow_range false: TFLite int8 weights must avoid -128.
+    s = {"weights": {"quantizer": "lsq", "bits": 8}, "activations": {"quantizer": "pact", "bits": 8}}
+    err = conflicts(s, "tflite_int8")
+    assert [c.field for c in err.conflicts] == ["weights.narrow_range"]
+    # minmax activations default to asymmetric: fine on tflite, refused on tensorrt.
+    err = conflicts({"weights": {"quantizer": "minmax", "per_channel": True}, "activations": {"quantizer": "minmax"}},
+                    "tensorrt")
+    assert "activations.symmetric" in [c.field for c in err.conflicts]
+
+
+def test_uncoercible_conflict_is_raised_even_with_adapt():
+    s = spec(w={"quantizer": "dorefa", "per_channel": False}, a={"quantizer": "pot", "symmetric": True})
+    with pytest.raises(IncompatibleTargetError, match="cannot use power-of-two scales"):
+        hw.constrain(s, "pot_dsp", adapt=True)
+
+
+def test_overrides_are_checked():
+    s = spec(overrides=[{"match": "Dense", "weights": {"bits": 4}},
+                        {"match": "conv_.*", "activations": {"bits": 6}}])
+    err = conflicts(s, "tflite_int8")
+    fields = [c.field for c in err.conflicts]
+    assert fields == ["overrides[0] (match 'Dense').weights.bits", "overrides[1] (match 'conv_.*').activations.bits"]
+    out, coercions = hw.constrain(s, "tflite_int8", adapt=True)
+    ovs = as_dict(out)["overrides"]
+    assert ovs[0]["weights"]["bits"] == 8 and ovs[1]["activations"]["bits"] == 8
+    assert len([c for c in coercions if c.startswith("overrides")]) == 2
+    # An override that keeps layers float is a conflict on integer-only targets.
+    err = conflicts(spec(overrides=[{"match": "Dense", "weights": None}]), "tflite_int8")
+    assert err.conflicts[0].field == "overrides[0] (match 'Dense').weights"
+
+
+def test_per_layer_kind_granularity():
+    d = hw.get("tflite_int8").to_dict()
+    d["name"] = "test_micro_like"
+    d["weights"]["granularity"] = {"conv": ["per_channel"], "dense": ["per_tensor"]}
+    hw.register("test_micro_like", d, overwrite=True)
+    err = conflicts(spec(), "test_micro_like")
+    assert [c.field for c in err.conflicts] == ["weights.per_channel (dense layers)"]
+    assert "override" in str(err)
+    # An override for Dense layers settles it.
+    ok = spec(overrides=[{"match": "Dense", "weights": {"per_channel": False}}])
+    hw.constrain(ok, "test_micro_like")
+    out, coercions = hw.constrain(spec(), "test_micro_like", adapt=True)
+    assert as_dict(out)["overrides"][-1]["match"] == "Dense"
+    assert as_dict(out)["overrides"][-1]["weights"]["per_channel"] is False
+    hw.constrain(out, "test_micro_like")
+
+
+def test_first_last_bits():
+    out, coercions = hw.constrain(COMPLIANT["academic"], "academic")
+    assert as_dict(out)["first_last_bits"] == 8 and "first_last_bits: None -> 8 (set by target academic)" in coercions
+    err = conflicts(spec(first_last_bits=4), "tflite_int8")
+    assert [c.field for c in err.conflicts] == ["first_last_bits"]
+
+
+def test_unknown_quantizer_fails_clearly():
+    from qresearch.errors import UnknownNameError, ConfigError
+    with pytest.raises((UnknownNameError, ConfigError), match="lsqq"):
+        hw.constrain(spec(w={"quantizer": "lsqq"}), "tflite_int8")
