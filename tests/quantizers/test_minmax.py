@@ -1,0 +1,112 @@
+"""minmax: ranges observed from data, forward = TF FakeQuant (nudged zero point)."""
+import numpy as np
+import pytest
+
+from . import reference as ref
+from .conftest import BITS, build, grads, run
+from qresearch._compat import keras, tf
+from qresearch.quantizers import create
+
+rng = np.random.RandomState(0)
+
+
+@pytest.mark.parametrize("narrow", [False, True])
+def test_8bit_equals_tf_fake_quant_and_numpy_nudging(narrow):
+    x = (rng.randn(64, 9) * 3 + 0.7).astype("float32")
+    q = create({"name": "minmax", "bits": 8, "narrow_range": narrow, "range_tracking": "last_value"})
+    w = build(q, None)
+    y = run(q, x, w)
+    lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+    tf_y = tf.quantization.fake_quant_with_min_max_vars(x, lo, hi, num_bits=8, narrow_range=narrow).numpy()
+    np.testing.assert_array_equal(y, tf_y)
+    np.testing.assert_array_equal(y, ref.fake_quant(x, lo, hi, 8, narrow))
+    # Inference reads the stored range and gives the same numbers.
+    np.testing.assert_array_equal(run(q, x, w, training=False), y)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_per_tensor_matches_numpy(bits, symmetric):
+    x = (rng.randn(32, 5) * 2 + 0.3).astype("float32")
+    q = create({"name": "minmax", "bits": bits, "symmetric": symmetric, "narrow_range": symmetric,
+                "range_tracking": "last_value"})
+    y = run(q, x, build(q, None))
+    if symmetric:
+        qn, qp = ref.grid(bits, True, narrow=True)
+        m = np.float32(np.abs(x).max())
+        lo, hi = -qn * (m / qp), qp * (m / qp)
+    else:
+        lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
+    np.testing.assert_array_equal(y, ref.fake_quant(x, lo, hi, bits, symmetric))
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_per_channel_matches_numpy(bits):
+    x = (rng.randn(3, 3, 4, 6) * np.linspace(0.1, 3, 6)).astype("float32")
+    q = create({"name": "minmax", "bits": bits, "per_channel": True}, role="weights")
+    layer = keras.layers.Conv2D(6, 3)
+    layer.build((None, 8, 8, 4))
+    w = build(q, x.shape, layer)
+    assert w["min"].shape == (6,)
+    y = run(q, x, w)
+    qn, qp = ref.grid(bits, True, narrow=True)
+    m = np.abs(x).max(axis=(0, 1, 2)).astype("float32")
+    s = m / np.float32(qp)
+    np.testing.assert_array_equal(y, ref.fake_quant_per_channel(x, -qn * s, qp * s, bits, True))
+
+
+def test_ema_tracking():
+    q = create({"name": "minmax", "ema_decay": 0.9})
+    w = build(q, None)
+    a = np.array([-1.0, 2.0], "float32")
+    b = np.array([-3.0, 4.0], "float32")
+    run(q, a, w)
+    assert (w["min"].numpy(), w["max"].numpy()) == (-1.0, 2.0)  # first batch sets the range
+    run(q, b, w)
+    np.testing.assert_allclose([w["min"].numpy(), w["max"].numpy()], [-1.2, 2.2], rtol=1e-6)
+    run(q, b, w, training=False)  # inference does not move the range
+    np.testing.assert_allclose([w["min"].numpy(), w["max"].numpy()], [-1.2, 2.2], rtol=1e-6)
+
+
+def test_gradient_is_straight_through_inside_the_nudged_range():
+    x = (rng.randn(200) * 2).astype("float32")
+    q = create({"name": "minmax", "bits": 4, "range_tracking": "last_value"})
+    w = build(q, None)
+    run(q, x * 0.5, w)  # range from a narrower batch, so some of x is clipped
+    q2 = create({"name": "minmax", "bits": 4, "range_tracking": "last_value"})
+    r = rng.randn(200).astype("float32")
+    (gx,) = grads(q2, x, build(q2, None), r, [])
+    np.testing.assert_array_equal(gx, r * ref.fake_quant_ste_mask(x, min(x.min(), 0), max(x.max(), 0), 4, False))
+    (gx,) = grads(q, x, w, r, [], training=False)
+    lo, hi = w["min"].numpy(), w["max"].numpy()
+    np.testing.assert_array_equal(gx, r * ref.fake_quant_ste_mask(x, lo, hi, 4, False))
+    assert (gx == 0).any()
+
+
+@pytest.mark.parametrize("case", ["zeros", "constant", "huge", "nan"])
+def test_edge_cases(case):
+    x = rng.randn(40).astype("float32")
+    if case == "zeros":
+        x[:] = 0
+    elif case == "constant":
+        x[:] = 2.5
+    elif case == "huge":
+        x[3] = 1e30
+    else:
+        x[[1, 7]] = np.nan
+        x[5] = np.inf
+    q = create({"name": "minmax", "bits": 8, "range_tracking": "last_value"})
+    w = build(q, None)
+    y = run(q, x, w)
+    lo, hi = w["min"].numpy(), w["max"].numpy()
+    assert np.isfinite([lo, hi]).all()
+    finite = np.isfinite(x)
+    assert np.isfinite(y[finite]).all()
+    if case == "zeros":
+        np.testing.assert_array_equal(y, 0.0)
+    elif case == "constant":
+        assert (lo, hi) == (2.5, 2.5)
+        np.testing.assert_allclose(y, 2.5, rtol=1e-6)
+    elif case == "nan":
+        assert (lo, hi) == (x[finite].min(), x[finite].max())
+        np.testing.assert_array_equal(y[finite], ref.fake_quant(x, min(lo, 0), max(hi, 0), 8, False)[finite])
