@@ -8,10 +8,13 @@ from qresearch import hardware  # noqa: F401
 from qresearch.errors import (ConfigError, IncompatibleTargetError, KerasVersionError, QResearchError,
                               UnknownNameError, UnsupportedLayerError)
 from qresearch.registry import Registry
+from qresearch import schemes  # noqa: F401
+from qresearch.schemes import load_model, quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "IncompatibleTargetError", "KerasVersionError", "QResearchError", "Registry",
-    "UnknownNameError", "UnsupportedLayerError", "keras", "quantizers", "tf", "tfmot",
+    "UnknownNameError", "UnsupportedLayerError", "keras", "load_model", "quantize", "quantizers", "schemes",
+    "tf", "tfmot",
 ]

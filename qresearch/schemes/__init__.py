@@ -1,0 +1,19 @@
+"""Quantization schemes: SchemeSpec, presets, layer configs, the graph rewrite and reports.
+
+Public API: ``SchemeSpec``, ``register``/``get``/``names`` (presets), ``register_layer``,
+``layer_spec``, ``quantize``, ``calibrate``, ``describe``, ``load_model``.
+"""
+from qresearch.schemes.spec import Override, SchemeSpec
+from qresearch.schemes.layers import LayerSpec, layer_spec, register_layer, registered_layers
+from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
+                                        QuantizeWrapper)
+from qresearch.schemes.presets import get, names, register
+from qresearch.schemes.apply import calibrate, quantize
+from qresearch.schemes.describe import describe
+from qresearch.schemes.io import load_model
+
+__all__ = [
+    "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeWrapper",
+    "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize", "register",
+    "register_layer", "registered_layers",
+]

@@ -1,0 +1,530 @@
+"""``quantize``: a float tf_keras model + a scheme → a tfmot QAT model.
+
+The rewrite works on the flattened layer graph (nested models inlined):
+
+1. every layer gets its ``LayerSpec`` (or is skipped); a layer with neither raises
+   ``UnsupportedLayerError`` before anything is built;
+2. ``bn_folding: fold`` folds each BatchNormalization into the conv/dense before it
+   (``w' = w·γ/√(σ²+ε)``, ``b' = β + (b-μ)·γ/√(σ²+ε)``), so the weight quantizer sees the
+   kernel TFLite deploys (tflite-int8-spec.md §8);
+3. quantizers are resolved per layer (scheme → first/last bits → overrides), and output
+   quantizers placed by TFLite's rules (§6): none between conv/dense/add and a ReLU/ReLU6
+   after it, one after a concat instead of on its producers, fixed ranges for softmax/
+   sigmoid/tanh, none on SAME-scale ops (reshape, pooling, padding);
+4. float tensors entering quantized layers get a ``QuantizeInput``;
+5. the model is rebuilt with ``QuantizeWrapper`` (tfmot ``QuantizeWrapperV2``) layers and the
+   float weights copied in; optional calibration initialises ranges and step sizes.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from qresearch._compat import ensure_keras2_model, keras, tf
+from qresearch.errors import ConfigError, UnsupportedLayerError
+from qresearch.quantizers import create
+from qresearch.schemes import layers as L
+from qresearch.schemes.graph import GNode, Graph, flatten
+from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
+from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
+                                        QuantizeWrapper, calibration_mode)
+
+_log = logging.getLogger(__name__)
+K = keras.layers
+FOLDABLE = (K.Dense, K.Conv1D, K.Conv2D, K.Conv3D, K.DepthwiseConv2D, K.DepthwiseConv1D,
+            K.SeparableConv1D, K.SeparableConv2D)  # Conv*Transpose subclass Conv*
+WRAPPER_PREFIX = "quant_"
+
+
+def resolve_scheme(scheme) -> SchemeSpec:
+    if isinstance(scheme, SchemeSpec):
+        return copy.deepcopy(scheme)
+    if isinstance(scheme, str):
+        from qresearch.schemes.presets import get
+        return get(scheme)
+    if scheme is None:
+        raise ConfigError("quantize needs a scheme: a preset name (see qresearch.schemes.names()), "
+                          "a dict or a SchemeSpec")
+    return SchemeSpec.from_dict(scheme)
+
+
+# --------------------------------------------------------------------- plan
+class _Plan:
+    """Per-node decisions."""
+
+    def __init__(self, node: GNode):
+        self.node = node
+        self.spec: Optional[L.LayerSpec] = None
+        self.kind = "float"
+        self.float_reason: Optional[str] = None
+        self.folded_bn: Optional[keras.layers.Layer] = None
+        self.removed = False            # a BN folded away
+        self.weights_spec = None
+        self.acts_spec = None
+        self.output = False
+        self.fixed_name: Optional[str] = None
+        self.overrides: List[str] = []
+
+    @property
+    def layer(self):
+        return self.node.layer
+
+
+def _fixed_name(layer, kind) -> Optional[str]:
+    if isinstance(layer, K.Softmax):
+        return "softmax"
+    if kind == "fixed":
+        return L.activation_name(getattr(layer, "activation", None))
+    return None
+
+
+def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
+    plans = [_Plan(n) for n in graph.nodes]
+    unsupported = []
+    counts: Dict[int, int] = {}
+    for p in plans:
+        counts[id(p.layer)] = counts.get(id(p.layer), 0) + 1
+    for p in plans:
+        layer = p.layer
+        if any(layer_matches(s, layer) for s in spec.skip):
+            p.float_reason = "skipped by the scheme"
+            continue
+        p.spec = L.layer_spec(layer)
+        if p.spec is None:
+            if isinstance(layer, keras.Model):
+                unsupported.append(
+                    f"layer {layer.name!r} is a subclassed model ({type(layer).__name__}), which cannot be "
+                    f"rewritten: build it with the functional API, or add {layer.name!r} to the scheme's skip "
+                    "list to keep it in float")
+            else:
+                unsupported.append(f"layer {layer.name!r} of class {type(layer).__module__}.{type(layer).__name__} "
+                                   f"has no quantization config. Fix: {L.register_fix(layer)}")
+            continue
+        p.kind = p.spec.kind_of(layer)
+        if counts[id(layer)] > 1 and p.kind in ("compute", "bn"):
+            pass  # shared layers: one wrapper, no folding (handled below)
+    if unsupported:
+        raise UnsupportedLayerError("; ".join(unsupported))
+    if spec.activations is None and spec.weights is None:
+        raise ConfigError("the scheme quantizes nothing (weights and activations are both null)")
+
+    producers = {r: p for p in plans for r in p.node.out_refs}
+    consumers: Dict[str, List[_Plan]] = {}
+    for p in plans:
+        for r in dict.fromkeys(p.node.in_refs):
+            consumers.setdefault(r, []).append(p)
+    outputs = set(graph.output_refs)
+
+    # BN folding
+    for p in plans:
+        if p.kind != "bn":
+            continue
+        bn = p.layer
+        if spec.bn_folding != "fold":
+            continue
+        if len(p.node.in_refs) != 1 or counts[id(bn)] > 1:
+            continue
+        src = p.node.in_refs[0]
+        prod = producers.get(src)
+        if (prod is None or prod.kind != "compute" or not isinstance(prod.layer, FOLDABLE)
+                or counts[id(prod.layer)] > 1 or len(consumers.get(src, [])) != 1 or src in outputs
+                or L.activation_name(getattr(prod.layer, "activation", None)) != "linear"
+                or prod.folded_bn is not None):
+            continue
+        axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+        out_rank = len(prod.layer.output_shape) if not isinstance(prod.layer.output_shape, list) else None
+        if out_rank is None or len(axis) != 1 or axis[0] % out_rank != out_rank - 1:
+            continue
+        if getattr(prod.layer, "data_format", "channels_last") == "channels_first":
+            continue
+        prod.folded_bn = bn
+        p.removed = True
+        p.kind = "folded"
+        p.float_reason = f"folded into {prod.layer.name}"
+
+    # rewire: consumers of a folded BN read the conv's output directly
+    alias = {p.node.out_refs[0]: p.node.in_refs[0] for p in plans if p.removed}
+    if alias:
+        for p in plans:
+            p.node.in_slots = [(alias.get(r, r), i) for r, i in p.node.in_slots]
+        graph.output_refs = [alias.get(r, r) for r in graph.output_refs]
+        outputs = set(graph.output_refs)
+        consumers = {}
+        for p in plans:
+            if p.removed:
+                continue
+            for r in dict.fromkeys(p.node.in_refs):
+                consumers.setdefault(r, []).append(p)
+
+    # quantizer specs per layer
+    compute = [p for p in plans if p.kind == "compute"]
+    first_last = {id(compute[0]), id(compute[-1])} if compute and spec.first_last_bits else set()
+    for p in plans:
+        if p.spec is None or p.removed:
+            continue
+        w, a = spec.weights, spec.activations
+        if id(p) in first_last:
+            w = None if w is None else dict(w, bits=spec.first_last_bits)
+            a = None if a is None else dict(a, bits=spec.first_last_bits)
+            p.overrides.append("first_last_bits")
+        for o in spec.overrides:
+            if o.matches(p.layer):
+                if o.weights is None:
+                    w = None
+                elif o.weights:
+                    w = merge_quantizer_spec(w, o.weights)
+                if o.activations is None:
+                    a = None
+                elif o.activations:
+                    a = merge_quantizer_spec(a, o.activations)
+                p.overrides.append(o.match)
+        p.weights_spec = w if p.spec.weights else None
+        p.acts_spec = a if spec.quantize_ops != "weights_only" else None
+
+    # output quantizers
+    def has_acts(q: _Plan) -> bool:
+        return q.spec is not None and not q.removed and q.acts_spec is not None
+
+    def sole_consumer(q: _Plan) -> Optional[_Plan]:
+        outs = q.node.out_refs
+        if len(outs) != 1 or outs[0] in outputs:
+            return None
+        cs = consumers.get(outs[0], [])
+        return cs[0] if len(cs) == 1 else None
+
+    def fused_into_next(q: _Plan) -> bool:
+        nxt = sole_consumer(q)
+        if nxt is None or not has_acts(nxt) or counts[id(q.layer)] > 1:
+            return False
+        if nxt.kind == "activation" and q.kind in ("compute", "merge", "bn"):
+            return True
+        return nxt.kind == "bn" and q.kind == "compute"
+
+    fused_tail = set()
+    for p in plans:
+        if has_acts(p) and fused_into_next(p) and p.kind == "compute":
+            nxt = sole_consumer(p)
+            fused_tail.add(id(nxt))
+            if nxt.kind == "bn" and fused_into_next(nxt):
+                fused_tail.add(id(sole_consumer(nxt)))
+    for p in plans:
+        if not has_acts(p):
+            continue
+        if p.kind == "compute":
+            want = p.spec.quantize_output
+        elif p.kind in ("activation", "bn"):
+            want = spec.quantize_ops == "all" or id(p) in fused_tail
+        elif p.kind in ("merge", "output", "fixed", "concat"):
+            want = spec.quantize_ops == "all" and p.spec.quantize_output
+        else:
+            want = False
+        if want and fused_into_next(p):
+            want = False
+        p.output = want
+        if p.kind == "fixed" or (p.kind == "compute" and L.activation_name(
+                getattr(p.layer, "activation", None)) in spec.fixed_output_ranges):
+            p.fixed_name = _fixed_name(p.layer, "fixed") if p.kind == "fixed" else \
+                L.activation_name(p.layer.activation)
+    # concat: one shared range after the concat, none on its producers
+    for p in plans:
+        if p.kind != "concat" or not p.output:
+            continue
+        for r in p.node.in_refs:
+            prod = producers.get(r)
+            if prod is None or not prod.output:
+                continue
+            if all(c.kind == "concat" and c.output for c in consumers.get(r, [])) and r not in outputs \
+                    and len(prod.node.out_refs) == 1 and counts[id(prod.layer)] == 1:
+                prod.output = False
+                prod.float_reason = None
+                prod.concat_shared = p.layer.name
+    return plans
+
+
+# -------------------------------------------------------------------- build
+def _clone_layer(layer, name: str):
+    try:
+        config = layer.get_config()
+        config["name"] = name
+        return type(layer).from_config(config)
+    except Exception as exc:  # noqa: BLE001 - custom layers fail in many ways
+        raise ConfigError(
+            f"cannot copy layer {layer.name!r} ({type(layer).__name__}): {exc}. Fix: give "
+            f"{type(layer).__name__} a get_config() that returns every __init__ argument") from exc
+
+
+def _quantizer(spec_dict, role, where):
+    try:
+        return create(spec_dict, role=role)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
+    layer = p.layer
+    weights = {}
+    if p.weights_spec is not None:
+        for attr in p.spec.weights:
+            if not hasattr(layer, attr):
+                raise ConfigError(
+                    f"layer {layer.name!r} ({type(layer).__name__}) has no attribute {attr!r} named in its layer "
+                    f"config; fix the weights list in qresearch.schemes.register_layer({type(layer).__name__}, ...)")
+            if getattr(layer, attr) is None:
+                continue
+            weights[attr] = _quantizer(p.weights_spec, "weights", f"layer {layer.name!r} weights")
+    acts = {}
+    a = p.acts_spec
+    if a is not None:
+        act_q = dict(a, per_channel=False)
+        for attr in p.spec.activations:
+            fn = getattr(layer, attr, None)
+            name = L.activation_name(fn)
+            entry = {"pre": None, "post": None}
+            if fn is not None and name not in L.FUSABLE_ACTIVATIONS:
+                entry["pre"] = _quantizer(act_q, "activations", f"layer {layer.name!r} activations")
+            if not p.spec.quantize_output and fn is not None:
+                entry["post"] = _quantizer(act_q, "activations", f"layer {layer.name!r} activations")
+            if entry["pre"] or entry["post"]:
+                acts[attr] = entry
+    output = None
+    if p.output:
+        bits = a.get("bits", 8)
+        if p.fixed_name and p.fixed_name in scheme.fixed_output_ranges:
+            lo, hi = scheme.fixed_output_ranges[p.fixed_name]
+            output = FixedRangeQuantizer(bits=bits, range_min=lo, range_max=hi)
+        else:
+            output = _quantizer(dict(a, per_channel=False), "activations", f"layer {layer.name!r} output")
+    info = {"kind": p.kind}
+    if p.folded_bn is not None:
+        info["folded_bn"] = p.folded_bn.name
+    if getattr(p, "concat_shared", None):
+        info["output_shared_with"] = p.concat_shared
+    if p.overrides:
+        info["overrides"] = list(p.overrides)
+    return LayerQuantizeConfig(weights=weights, activations=acts, output=output, info=info)
+
+
+def _fold_weights(layer, bn) -> Dict[str, np.ndarray]:
+    """Folded ``{kernel attr: w', "bias": b'}`` for ``layer`` followed by ``bn``."""
+    gamma = bn.gamma.numpy() if bn.gamma is not None else 1.0
+    beta = bn.beta.numpy() if bn.beta is not None else 0.0
+    mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    g = gamma / np.sqrt(var + bn.epsilon)
+    g = np.broadcast_to(g, mean.shape).astype(np.float32)
+    bias = layer.bias.numpy() if getattr(layer, "use_bias", False) and layer.bias is not None else 0.0
+    out = {"bias": (beta + (bias - mean) * g).astype(np.float32)}
+    if isinstance(layer, (K.SeparableConv1D, K.SeparableConv2D)):
+        out["pointwise_kernel"] = layer.pointwise_kernel.numpy() * g
+    elif isinstance(layer, (K.DepthwiseConv2D, K.DepthwiseConv1D)):
+        k = layer.depthwise_kernel.numpy()
+        out["depthwise_kernel"] = k * g.reshape(k.shape[-2], k.shape[-1])
+    elif isinstance(layer, (K.Conv1DTranspose, K.Conv2DTranspose, K.Conv3DTranspose)):
+        k = layer.kernel.numpy()
+        out["kernel"] = k * g.reshape(-1, 1)
+    else:
+        out["kernel"] = layer.kernel.numpy() * g
+    return out
+
+
+def _short(var) -> str:
+    return var.name.split("/")[-1].split(":")[0]
+
+
+def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
+    used = set()
+
+    def unique(name):
+        base, i = name, 1
+        while name in used:
+            name = f"{base}_{i}"
+            i += 1
+        used.add(name)
+        return name
+
+    new_inputs = []
+    tensors: Dict[str, Any] = {}
+    input_names: Dict[str, str] = {}
+    for t, ref in zip(graph.inputs, graph.input_refs):
+        name = unique(t._keras_history.layer.name)
+        input_names[ref] = name
+        x = keras.Input(type_spec=t.type_spec, name=name)
+        new_inputs.append(x)
+        tensors[ref] = x
+    producers = {r: p for p in plans for r in p.node.out_refs}
+    quantized_refs = set()
+
+    def is_quantized(ref):
+        return ref in quantized_refs
+
+    made: Dict[int, Any] = {}          # id(original layer) -> new layer (wrapper or copy)
+    copies = []                        # (new inner layer, original, plan)
+    input_quantizers: Dict[str, Any] = {}
+    alias: Dict[str, str] = {}
+    for p in plans:
+        node = p.node
+        if p.removed:  # folded BN: its consumers were rewired to the conv's output
+            continue
+        quantized = p.spec is not None and (p.weights_spec is not None or p.acts_spec is not None)
+        # float inputs of quantized layers get an input quantizer
+        needs_q = quantized and p.acts_spec is not None and (
+            (p.kind == "compute" and p.spec.quantized_input)
+            or (scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")))
+        for ref in dict.fromkeys(node.in_refs):
+            t = tensors[ref]
+            if needs_q and not is_quantized(ref) and t.dtype.is_floating:
+                if ref not in input_quantizers:
+                    a = dict(p.acts_spec, per_channel=False)
+                    src = producers.get(ref)
+                    base = src.layer.name if src is not None else input_names.get(ref, "input")
+                    q = QuantizeInput(_quantizer(a, "activations", "input quantizer"),
+                                      name=unique(f"quantize_{base}"))
+                    input_quantizers[ref] = q(t)
+                tensors[ref + "#q"] = input_quantizers[ref]
+        if id(p.layer) not in made:
+            name = unique(node.prefix + p.layer.name) if node.prefix and p.layer.name in used \
+                else unique(p.layer.name)
+            inner = _clone_layer(p.layer, name)
+            if p.folded_bn is not None:
+                cfg = inner.get_config()
+                cfg["use_bias"] = True
+                inner = type(inner).from_config(cfg)
+            if quantized:
+                cfg = _layer_config(p, scheme)
+                layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
+            else:
+                layer = inner
+            made[id(p.layer)] = layer
+            copies.append((inner, p))
+        layer = made[id(p.layer)]
+        view = dict(tensors)
+        for ref in node.in_refs:
+            if ref + "#q" in tensors:
+                view[ref] = tensors[ref + "#q"]
+        args, kwargs = node.pack(view)
+        out = layer(*args, **kwargs)
+        flat = tf.nest.flatten(out)
+        for ref, t in zip(node.out_refs, flat):
+            tensors[ref] = t
+            if quantized and p.output:
+                quantized_refs.add(ref)
+            elif p.kind == "passthrough" and all(is_quantized(r) or r + "#q" in tensors for r in node.in_refs):
+                quantized_refs.add(ref)
+        for ref in node.in_refs:
+            tensors.pop(ref + "#q", None)
+
+    outputs = [tensors[r] for r in graph.output_refs]
+    outputs = tf.nest.pack_sequence_as(graph.nested_outputs, outputs)
+    qmodel = keras.Model(new_inputs, outputs, name=graph.name)
+
+    for inner, p in copies:
+        src = p.layer
+        values = {_short(w): w.numpy() for w in src.weights}
+        if p.folded_bn is not None:
+            values.update(_fold_weights(src, p.folded_bn))
+        targets = inner.weights
+        names = [_short(w) for w in targets]
+        if len(set(names)) == len(names) and set(names) <= set(values):
+            for w, n in zip(targets, names):
+                w.assign(values[n])
+        elif targets:
+            inner.set_weights(src.get_weights())
+    return qmodel
+
+
+# --------------------------------------------------------------- calibrate
+def _batches(data, max_batches: int, batch_size: int = 32):
+    if isinstance(data, tf.data.Dataset):
+        for i, item in enumerate(data):
+            if i >= max_batches:
+                break
+            yield item[0] if isinstance(item, (tuple, list)) else item
+        return
+    if isinstance(data, tuple) and len(data) in (2, 3) and not isinstance(data[0], (int, float)):
+        data = data[0]  # (x, y)
+    if isinstance(data, dict) or isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape") \
+            and not isinstance(data, np.ndarray) and _looks_like_inputs(data):
+        n = len(tf.nest.flatten(data)[0])
+        for i in range(0, min(n, max_batches * batch_size), batch_size):
+            yield tf.nest.map_structure(lambda a: a[i:i + batch_size], data)
+        return
+    if isinstance(data, (list, tuple)):  # a list of batches
+        for i, item in enumerate(data):
+            if i >= max_batches:
+                break
+            yield item[0] if isinstance(item, tuple) else item
+        return
+    arr = np.asarray(data)
+    for i in range(0, min(len(arr), max_batches * batch_size), batch_size):
+        yield arr[i:i + batch_size]
+
+
+def _looks_like_inputs(data) -> bool:
+    lens = {len(a) for a in tf.nest.flatten(data) if hasattr(a, "__len__")}
+    return len(lens) == 1
+
+
+def calibrate(qat_model, data, max_batches: int = 8) -> int:
+    """Initialise ranges and step sizes: quantizers in training mode, layers (BN, dropout) in
+    inference mode, no weight update. Returns the number of batches seen."""
+    n = 0
+    with calibration_mode():
+        for x in _batches(data, max_batches):
+            qat_model(x, training=False)
+            n += 1
+    if n == 0:
+        raise ConfigError("calibration_data gave no batches; pass an array, (x, y), a list of batches "
+                          "or a tf.data.Dataset")
+    return n
+
+
+# ----------------------------------------------------------------- quantize
+def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = False):
+    """Quantize a tf_keras model for QAT.
+
+    Args:
+      model: a built tf_keras Sequential or functional model (nested models are inlined).
+      scheme: a preset name (``qresearch.schemes.names()``), a scheme dict or a ``SchemeSpec``.
+      hardware: a hardware target (name or ``Target``); the scheme is checked (and with
+        ``adapt=True`` coerced) against it first.
+      calibration_data: array, ``(x, y)``, list of batches or ``tf.data.Dataset``; a few batches
+        initialise every quantizer's range/step size, so the model is accurate before training.
+    Returns:
+      the QAT model (its layers are tfmot ``QuantizeWrapperV2`` subclasses); ``qresearch_info``
+      holds the scheme, hardware and coercions.
+    """
+    ensure_keras2_model(model)
+    spec = resolve_scheme(scheme)
+    coercions: List[str] = []
+    hw_name = None
+    if hardware is not None:
+        try:
+            from qresearch import hardware as hw_mod
+            constrain = getattr(hw_mod, "constrain")
+        except (ImportError, AttributeError):
+            _log.warning("qresearch.hardware.constrain is not available: hardware %r is not checked", hardware)
+            constrain = None
+        if constrain is not None:
+            spec, coercions = constrain(spec, hardware, adapt=adapt)
+            spec = resolve_scheme(spec)
+        hw_name = hardware if isinstance(hardware, str) else getattr(hardware, "name", str(hardware))
+    if not model.built:
+        raise ConfigError(f"model {model.name!r} is not built: call model.build(input_shape) or give the "
+                          "first layer an input_shape before quantizing")
+    graph = flatten(model)
+    plans = _make_plans(graph, spec)
+    qmodel = _build(graph, plans, spec)
+    float_reasons = {}
+    for p in plans:
+        if p.float_reason and not p.removed:
+            float_reasons[p.layer.name] = p.float_reason
+        elif p.removed:
+            float_reasons[p.layer.name] = p.float_reason
+    # plain attribute (not tracked by Keras, so it never reaches the SavedModel object graph)
+    object.__setattr__(qmodel, "qresearch_info", {"scheme": spec.to_dict(), "hardware": hw_name,
+                                                  "coercions": list(coercions), "float_layers": float_reasons})
+    if calibration_data is not None:
+        calibrate(qmodel, calibration_data)
+    return qmodel

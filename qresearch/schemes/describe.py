@@ -1,0 +1,119 @@
+"""``describe``: what a QAT model quantizes, what stays float and why, and its weight memory."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from qresearch.schemes import layers as L
+from qresearch.schemes.wrappers import QuantizeInput, QuantizeWrapper
+
+
+def _short(var) -> str:
+    return var.name.split("/")[-1].split(":")[0]
+
+
+def _qinfo(q) -> Dict[str, Any]:
+    if q is None:
+        return None
+    d = {"quantizer": getattr(q, "registry_name", "") or type(q).__name__, "bits": getattr(q, "bits", None)}
+    if getattr(q, "per_channel", False):
+        d["per_channel"] = True
+    if hasattr(q, "range_min") and type(q).__name__ == "FixedRangeQuantizer":
+        d["fixed_range"] = [q.range_min, q.range_max]
+    return d
+
+
+def _fmt(d) -> str:
+    if d is None:
+        return "-"
+    s = f"{d['quantizer']}{d['bits']}"
+    if d.get("per_channel"):
+        s += "/ch"
+    if d.get("fixed_range"):
+        s += f"[{d['fixed_range'][0]:g},{d['fixed_range'][1]:g}]"
+    return s
+
+
+class Report(dict):
+    """A dict with a readable ``str``."""
+
+    def __str__(self) -> str:
+        lines = [f"{'layer':32} {'class':22} {'weights':34} {'act-in':12} {'output':18}"]
+        for row in self["layers"]:
+            w = ", ".join(f"{k}:{_fmt(v)}" for k, v in row["weights"].items()) or "-"
+            a = ", ".join(f"{k}:{_fmt(v.get('pre') or v.get('post'))}" for k, v in row["activations"].items()) or "-"
+            extra = []
+            if row.get("folded_bn"):
+                extra.append(f"BN {row['folded_bn']} folded")
+            if row.get("output_shared_with"):
+                extra.append(f"output range shared with {row['output_shared_with']}")
+            lines.append(f"{row['name']:32} {row['class']:22} {w:34} {a:12} {_fmt(row['output']):18} "
+                         + "; ".join(extra))
+        if self["float_layers"]:
+            lines.append("float layers:")
+            for row in self["float_layers"]:
+                lines.append(f"  {row['name']:30} {row['class']:22} {row['reason']}")
+        m = self["memory"]
+        lines.append(f"weight memory: {m['quantized_bits']} bits vs {m['float32_bits']} bits float32 "
+                     f"({m['ratio']:.3f}x, {m['quantized_bytes']:.0f} B vs {m['float32_bytes']:.0f} B)")
+        return "\n".join(lines)
+
+
+def describe(qat_model, print_report: bool = False) -> Report:
+    """Every layer with its quantizers and bit widths, the float layers and why, and weight memory."""
+    info = getattr(qat_model, "qresearch_info", {}) or {}
+    reasons = dict(info.get("float_layers", {}))
+    rows: List[Dict[str, Any]] = []
+    floats: List[Dict[str, Any]] = []
+    qbits = fbits = 0
+    for layer in qat_model.layers:
+        if isinstance(layer, QuantizeWrapper):
+            cfg = layer.quantize_config
+            inner = layer.layer
+            row = {"name": inner.name, "class": type(inner).__name__, "wrapper": layer.name,
+                   "kind": cfg.info.get("kind"),
+                   "weights": {k: _qinfo(q) for k, q in cfg.weights.items()},
+                   "activations": {k: {w: _qinfo(q) for w, q in v.items() if q is not None}
+                                   for k, v in cfg.activations.items()},
+                   "output": _qinfo(cfg.output)}
+            for key in ("folded_bn", "output_shared_with", "overrides"):
+                if key in cfg.info:
+                    row[key] = cfg.info[key]
+            rows.append(row)
+            for var in inner.weights:
+                n = int(np.prod(var.shape))
+                q = cfg.weights.get(_short(var))
+                qbits += n * (q.bits if q is not None else 32)
+                fbits += n * 32
+            continue
+        if isinstance(layer, QuantizeInput):
+            rows.append({"name": layer.name, "class": "QuantizeInput", "kind": "input", "weights": {},
+                         "activations": {}, "output": _qinfo(layer.quantizer)})
+            continue
+        if type(layer).__name__ == "InputLayer":
+            continue
+        n = sum(int(np.prod(v.shape)) for v in layer.weights)
+        qbits += n * 32
+        fbits += n * 32
+        reason = reasons.get(layer.name)
+        if reason is None:
+            spec = L.layer_spec(layer)
+            if spec is None:
+                reason = "no layer config"
+            elif spec.kind_of(layer) == "passthrough":
+                reason = "pass-through: shares its input's range (no quantizer needed)"
+            else:
+                reason = "not quantized by this scheme"
+        floats.append({"name": layer.name, "class": type(layer).__name__, "reason": reason})
+    for name, reason in reasons.items():
+        if reason.startswith("folded into") and not any(f["name"] == name for f in floats):
+            floats.append({"name": name, "class": "BatchNormalization", "reason": reason})
+    memory = {"quantized_bits": int(qbits), "float32_bits": int(fbits),
+              "quantized_bytes": qbits / 8.0, "float32_bytes": fbits / 8.0,
+              "ratio": (qbits / fbits) if fbits else 1.0}
+    report = Report(layers=rows, float_layers=floats, memory=memory,
+                    scheme=info.get("scheme"), hardware=info.get("hardware"))
+    if print_report:
+        print(report)
+    return report

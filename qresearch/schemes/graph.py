@@ -1,0 +1,116 @@
+"""A flat view of a tf_keras Sequential/functional model's layer graph.
+
+Nested models (a functional or Sequential model used as a layer) are inlined,
+so the rewrite sees every real layer. Tensors are named by opaque string refs.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from qresearch._compat import keras, tf
+from qresearch.errors import UnsupportedLayerError
+
+
+@dataclasses.dataclass(eq=False)
+class GNode:
+    layer: keras.layers.Layer
+    call_args: tuple
+    call_kwargs: dict
+    flat_args: list
+    in_slots: List[Tuple[str, int]]   # (tensor ref, index into flat_args)
+    out_refs: List[str]
+    prefix: str = ""                  # name prefix of the nested model it came from
+
+    @property
+    def in_refs(self) -> List[str]:
+        return [r for r, _ in self.in_slots]
+
+    def pack(self, tensors: Dict[str, object]):
+        flat = copy.copy(self.flat_args)
+        for ref, idx in self.in_slots:
+            flat[idx] = tensors[ref]
+        args, kwargs = tf.nest.pack_sequence_as((self.call_args, self.call_kwargs.values()), flat)
+        return args, dict(zip(self.call_kwargs.keys(), kwargs))
+
+
+@dataclasses.dataclass
+class Graph:
+    inputs: List[keras.layers.Layer]   # original input KerasTensors
+    input_refs: List[str]
+    output_refs: List[str]
+    nested_outputs: object
+    nodes: List[GNode]
+    name: str
+
+    def producers(self) -> Dict[str, GNode]:
+        return {r: n for n in self.nodes for r in n.out_refs}
+
+    def consumers(self) -> Dict[str, List[GNode]]:
+        out: Dict[str, List[GNode]] = {}
+        for n in self.nodes:
+            for r in dict.fromkeys(n.in_refs):
+                out.setdefault(r, []).append(n)
+        return out
+
+
+def _kid(t) -> str:
+    return str(id(t))
+
+
+def is_graph_model(layer) -> bool:
+    return isinstance(layer, keras.Model) and (isinstance(layer, keras.Sequential) or layer._is_graph_network) \
+        and getattr(layer, "_nodes_by_depth", None) is not None and layer.inputs is not None
+
+
+def flatten(model) -> Graph:
+    """The model's layer calls in execution order, with nested models inlined."""
+    if not is_graph_model(model):
+        if isinstance(model, keras.Sequential):
+            raise UnsupportedLayerError(
+                f"Sequential model {model.name!r} is not built: give its first layer an input_shape, "
+                "or call model.build((None, ...)) before quantizing")
+        raise UnsupportedLayerError(
+            f"model {model.name!r} ({type(model).__name__}) is a subclassed model: qresearch rewrites the layer "
+            "graph, which only Sequential and functional models expose. Build it with the functional API "
+            "(keras.Model(inputs, outputs)); subclassed models used as layers inside a functional model can be "
+            "kept in float with the scheme's skip list")
+    nodes: List[GNode] = []
+    alias: Dict[str, str] = {}
+
+    def resolve(ref: str) -> str:
+        while ref in alias:
+            ref = alias[ref]
+        return ref
+
+    def walk(m, prefix: str):
+        for depth in sorted(m._nodes_by_depth, reverse=True):
+            for node in m._nodes_by_depth[depth]:
+                layer = node.layer
+                if isinstance(layer, keras.layers.InputLayer):
+                    continue
+                if is_graph_model(layer):
+                    inner_in = tf.nest.flatten(layer._nested_inputs) if hasattr(layer, "_nested_inputs") \
+                        else list(layer.inputs)
+                    outer_in = [t for t in tf.nest.flatten(node.call_args[0]) if hasattr(t, "_keras_history")]
+                    if len(inner_in) != len(outer_in):
+                        raise UnsupportedLayerError(
+                            f"nested model {layer.name!r} is called with {len(outer_in)} tensors but has "
+                            f"{len(inner_in)} inputs; call it with its inputs as one list")
+                    for ti, to in zip(inner_in, outer_in):
+                        alias[_kid(ti)] = resolve(_kid(to))
+                    walk(layer, prefix + layer.name + "_")
+                    for to, ti in zip(tf.nest.flatten(node.outputs), tf.nest.flatten(layer.outputs)):
+                        alias[_kid(to)] = resolve(_kid(ti))
+                    continue
+                flat_args = list(node._flat_arguments)
+                slots = [(resolve(kt_id), idx) for kt_id, idx in node._keras_inputs_ids_and_indices]
+                outs = [_kid(t) for t in tf.nest.flatten(node.outputs)]
+                nodes.append(GNode(layer, node.call_args, dict(node.call_kwargs), flat_args, slots, outs, prefix))
+
+    walk(model, "")
+    inputs = list(model.inputs)
+    outputs = [resolve(_kid(t)) for t in model.outputs]
+    nested = getattr(model, "_nested_outputs", model.outputs)
+    return Graph(inputs, [_kid(t) for t in inputs], outputs, nested, nodes, model.name)

@@ -1,0 +1,171 @@
+"""Layer configs: for each layer class, what quantizes.
+
+A ``LayerSpec`` says which weights (by attribute name) carry a weight
+quantizer, which activation-function attributes are simulated as separate
+ops, whether the layer's output gets a quantizer, and the layer's role in the
+graph rewrite (``kind``):
+
+- ``compute``: has quantized weights (Conv, Dense, ...); BN can fold into it, a ReLU after it fuses.
+- ``activation``: ReLU/ReLU6/linear; fuses into a preceding compute/merge/BN layer (one output quantizer
+  after the activation, none between).
+- ``merge``: Add, Subtract, Multiply, ... (own output quantizer; a ReLU after it fuses).
+- ``concat``: one output quantizer after the concat, producers' output quantizers removed (TFLite SAME rule).
+- ``fixed``: softmax/sigmoid/tanh: output range fixed by the scheme's ``fixed_output_ranges``.
+- ``bn``: BatchNormalization (folded per the scheme's ``bn_folding``, else float with a quantized output).
+- ``output``: float math, quantized output (GlobalAveragePooling → TFLite MEAN, LayerNormalization, ...).
+- ``passthrough``: data movement or SAME-scale ops (Reshape, Flatten, Dropout, padding, max/avg pooling):
+  no quantizer, the output shares the input's range.
+
+Users teach qresearch a custom layer once with ``register_layer``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+
+from qresearch._compat import keras
+from qresearch.errors import ConfigError, QResearchError
+
+KINDS = ("compute", "activation", "merge", "concat", "fixed", "bn", "output", "passthrough")
+FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSpec:
+    weights: Tuple[str, ...] = ()
+    activations: Tuple[str, ...] = ()
+    quantize_output: bool = True
+    kind: Union[str, Callable] = "output"
+    #: Whether a float input must be quantized before this layer (compute layers read int8 tensors).
+    quantized_input: bool = False
+
+    def kind_of(self, layer) -> str:
+        return self.kind(layer) if callable(self.kind) else self.kind
+
+
+_LAYERS: Dict[type, LayerSpec] = {}
+
+
+def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
+                   quantize_output: bool = True, kind: Optional[Union[str, Callable]] = None,
+                   quantized_input: Optional[bool] = None, overwrite: bool = True) -> LayerSpec:
+    """Teach qresearch how ``layer_class`` quantizes.
+
+    Args:
+      weights: attribute names of the weights to fake-quantize (e.g. ``["kernel"]``); the layer's ``call``
+        must read them through those attributes.
+      activations: attribute names holding activation functions (e.g. ``["activation"]``). A ReLU/ReLU6/
+        linear activation is fused (the output quantizer covers it); any other function is simulated as
+        TFLite runs it, as a separate op: its input is quantized, and its output by the output quantizer
+        (or by a fixed range for softmax/sigmoid/tanh).
+      quantize_output: put a quantizer on the layer's output.
+      kind: graph role (see module doc); default "compute" with weights, else "output" or "passthrough".
+      quantized_input: insert an input quantizer when the input is float (default: true with weights).
+    """
+    if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
+        raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
+                             "(build it with `import tf_keras as keras`)")
+    if isinstance(weights, str):
+        weights = [weights]
+    if isinstance(activations, str):
+        activations = [activations]
+    if kind is None:
+        kind = "compute" if weights else ("output" if quantize_output else "passthrough")
+    if isinstance(kind, str) and kind not in KINDS:
+        raise ConfigError(f"register_layer: kind must be one of {KINDS}, got {kind!r}")
+    if quantized_input is None:
+        quantized_input = bool(weights)
+    spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input))
+    if layer_class in _LAYERS and not overwrite:
+        raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
+    _LAYERS[layer_class] = spec
+    return spec
+
+
+def layer_spec(layer) -> Optional[LayerSpec]:
+    """The config for ``layer`` (an instance or a class), looked up along its class hierarchy."""
+    cls = layer if isinstance(layer, type) else type(layer)
+    for base in cls.__mro__:
+        if base in _LAYERS:
+            return _LAYERS[base]
+    return None
+
+
+def registered_layers():
+    return sorted(c.__name__ for c in _LAYERS)
+
+
+def activation_name(fn) -> str:
+    if fn is None:
+        return "linear"
+    if isinstance(fn, str):
+        return fn
+    return getattr(fn, "__name__", type(fn).__name__)
+
+
+def register_fix(layer) -> str:
+    """The one-line fix printed when a layer has no config."""
+    cls = type(layer).__name__
+    return (f"qresearch.schemes.register_layer({cls}, weights=['kernel'], activations=['activation'], "
+            f"quantize_output=True)  # list your layer's weight and activation attributes; "
+            f"or add {layer.name!r} to the scheme's skip list to keep it in float")
+
+
+# ----------------------------------------------------------------- built-ins
+L = keras.layers
+
+
+def _activation_layer_kind(layer) -> str:
+    name = activation_name(getattr(layer, "activation", None))
+    if name in FUSABLE_ACTIVATIONS:
+        return "activation"
+    if name in FIXED_ACTIVATIONS:
+        return "fixed"
+    return "output"
+
+
+def _relu_kind(layer) -> str:
+    max_value = getattr(layer, "max_value", None)
+    slope = float(getattr(layer, "negative_slope", 0.0) or 0.0)
+    threshold = float(getattr(layer, "threshold", 0.0) or 0.0)
+    if slope == 0.0 and threshold == 0.0 and (max_value is None or float(max_value) in (6.0,)):
+        return "activation"
+    return "output"
+
+
+_COMPUTE = {
+    L.Dense: ("kernel",),
+    L.Conv1D: ("kernel",),
+    L.Conv2D: ("kernel",),
+    L.Conv3D: ("kernel",),
+    L.Conv1DTranspose: ("kernel",),
+    L.Conv2DTranspose: ("kernel",),
+    L.Conv3DTranspose: ("kernel",),
+    L.DepthwiseConv2D: ("depthwise_kernel",),
+    L.DepthwiseConv1D: ("depthwise_kernel",),
+    L.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
+    L.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
+}
+for _cls, _w in _COMPUTE.items():
+    register_layer(_cls, weights=_w, activations=["activation"], kind="compute")
+
+register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False)
+register_layer(L.BatchNormalization, kind="bn")
+register_layer(L.ReLU, kind=_relu_kind)
+register_layer(L.Activation, kind=_activation_layer_kind)
+register_layer(L.Softmax, kind="fixed")
+for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling,
+             L.Normalization, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
+             L.UnitNormalization):
+    register_layer(_cls, kind="output")
+for _cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Dot):
+    register_layer(_cls, kind="merge")
+register_layer(L.Concatenate, kind="concat")
+for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+             L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+             L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
+             L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
+             L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+             L.Permute, L.RepeatVector, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Masking):
+    register_layer(_cls, quantize_output=False, kind="passthrough")

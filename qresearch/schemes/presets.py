@@ -1,0 +1,59 @@
+"""Named schemes: ``register``, ``get``, ``names``; built-ins come from ``conf/scheme/*.yaml``.
+
+Presets are stored as plain dicts and validated when fetched, so a preset naming a quantizer
+plugin that registers later (or never) fails only when used, with the list of known quantizers.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, List, Mapping, Union
+
+import yaml
+
+from qresearch.errors import ConfigError
+from qresearch.paths import CONF_DIR
+from qresearch.registry import Registry
+from qresearch.schemes.spec import SchemeSpec
+
+SCHEMES: Registry = Registry("scheme")
+_loaded = False
+
+
+def _load_builtin() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    folder = CONF_DIR / "scheme"
+    for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+        data = {k: v for k, v in data.items() if not str(k).startswith("_") and k != "defaults"}
+        if path.stem not in SCHEMES._items:
+            SCHEMES.register(path.stem, data)
+
+
+def register(name: str, spec: Union[Mapping[str, Any], SchemeSpec], *, overwrite: bool = False):
+    """Register a scheme preset (a dict or a SchemeSpec) under ``name``."""
+    _load_builtin()
+    data = spec.to_dict() if isinstance(spec, SchemeSpec) else dict(spec)
+    if not isinstance(data, dict):
+        raise ConfigError(f"scheme preset {name!r} must be a dict or SchemeSpec")
+    SCHEMES.register(name, data, overwrite=overwrite)
+    return spec
+
+
+def get(name: str) -> SchemeSpec:
+    """The preset ``name`` as a validated SchemeSpec."""
+    _load_builtin()
+    data = copy.deepcopy(SCHEMES.get(name))
+    data.setdefault("name", name)
+    try:
+        return SchemeSpec.from_dict(data)
+    except ConfigError as exc:
+        raise ConfigError(f"scheme preset {name!r}: {exc}") from None
+
+
+def names() -> List[str]:
+    _load_builtin()
+    return SCHEMES.names()

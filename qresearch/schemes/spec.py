@@ -1,0 +1,302 @@
+"""SchemeSpec: what a quantization scheme asks for, as plain data.
+
+A scheme names a weight quantizer and an activation quantizer (each a
+``qresearch.quantizers`` spec dict), per-layer overrides, layers to leave in
+float, and a few graph-level policies (BN folding, which tensors to quantize,
+fixed output ranges). It is validated when built; the graph rewrite in
+``qresearch.schemes.apply`` turns it into tfmot wrappers.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import re
+from typing import Any, Dict, List, Mapping, Optional
+
+from qresearch.errors import ConfigError
+
+BN_FOLDING = ("fold", "no_fold")
+QUANTIZE_OPS = ("weights_only", "compute", "all")
+# TFLite's fixed int8 output ranges (tflite-int8-spec.md §5): softmax/logistic (1/256, -128), tanh (1/128, 0).
+DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
+    "softmax": [0.0, 0.99609375],
+    "sigmoid": [0.0, 0.99609375],
+    "tanh": [-1.0, 0.9921875],
+}
+NAME_KEYS = ("quantizer", "name")
+COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
+FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "quantize_ops",
+          "fixed_output_ranges", "name")
+
+
+def _quantizer_name(part: Mapping[str, Any]) -> Optional[str]:
+    for key in NAME_KEYS:
+        if key in part:
+            return part[key]
+    return None
+
+
+def _check_quantizer_spec(value, where: str, partial: bool) -> Optional[Dict[str, Any]]:
+    """Validate a quantizer spec dict; return a normalised copy ('quantizer' key)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = {"quantizer": value}
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"scheme key {where!r} must be a dict like {{quantizer: minmax, bits: 8}} or null, "
+                          f"got {value!r}")
+    out = dict(value)
+    name = None
+    for key in NAME_KEYS:
+        if key in out:
+            name = out.pop(key)
+    if name is not None:
+        out["quantizer"] = name
+    elif not partial:
+        raise ConfigError(f"scheme key {where!r} has no 'quantizer' (e.g. quantizer: minmax); got {dict(value)!r}")
+    return out
+
+
+def _check_bits(value, where: str):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= 16:
+        raise ConfigError(f"scheme key {where!r} must be an integer bit width in [2, 16] or null, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass
+class Override:
+    """Per-layer change: ``match`` is a regex on the layer name or a layer class name."""
+
+    match: str
+    weights: Any = dataclasses.field(default_factory=dict)      # partial dict, or None = float weights
+    activations: Any = dataclasses.field(default_factory=dict)  # partial dict, or None = float outputs
+
+    def matches(self, layer) -> bool:
+        return layer_matches(self.match, layer)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"match": self.match, "weights": copy.deepcopy(self.weights),
+                "activations": copy.deepcopy(self.activations)}
+
+
+def layer_matches(pattern: str, layer) -> bool:
+    """True when ``pattern`` names one of the layer's classes or fully matches its name."""
+    inner = getattr(layer, "layer", layer) if type(layer).__name__ == "QuantizeWrapperV2" else layer
+    for cls in type(inner).__mro__:
+        if pattern == cls.__name__ or pattern == f"{cls.__module__}.{cls.__name__}":
+            return True
+    try:
+        return re.fullmatch(pattern, inner.name) is not None
+    except re.error:
+        return False
+
+
+@dataclasses.dataclass
+class SchemeSpec:
+    """A quantization scheme, built from a dict with ``SchemeSpec.from_dict``.
+
+    weights / activations: quantizer specs (``{quantizer: lsq, bits: 4, ...}``) or None (float).
+    overrides: ``[{match, weights, activations}]`` applied in order (later wins).
+    skip: regexes on layer names or layer class names left in float.
+    first_last_bits: bit width of the first and last compute layers (weights and outputs).
+    bn_folding: "fold" (BN folded into the preceding conv/dense kernel) or "no_fold".
+    quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
+    fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
+    """
+
+    weights: Optional[Dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"quantizer": "minmax", "bits": 8})
+    activations: Optional[Dict[str, Any]] = dataclasses.field(
+        default_factory=lambda: {"quantizer": "minmax", "bits": 8})
+    overrides: List[Override] = dataclasses.field(default_factory=list)
+    skip: List[str] = dataclasses.field(default_factory=list)
+    first_last_bits: Optional[int] = None
+    bn_folding: str = "fold"
+    quantize_ops: str = "all"
+    fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
+        default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
+    name: Optional[str] = None
+
+    def __post_init__(self):
+        self.validate()
+
+    # ------------------------------------------------------------ building
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | "SchemeSpec") -> "SchemeSpec":
+        if isinstance(d, SchemeSpec):
+            return copy.deepcopy(d)
+        if not isinstance(d, Mapping):
+            raise ConfigError(f"a scheme must be a dict, a SchemeSpec or a preset name, got {type(d).__name__}")
+        d = dict(d)
+        # Hydra/OmegaConf containers arrive as DictConfig: turn them into plain data.
+        try:
+            from omegaconf import DictConfig, OmegaConf
+            d = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v) for k, v in d.items()}
+            del DictConfig
+        except ImportError:  # pragma: no cover
+            pass
+        unknown = [k for k in d if k not in FIELDS and not k.startswith("_")]
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, FIELDS, n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError(f"unknown scheme key {', '.join(hints)}; valid keys: {', '.join(FIELDS)}")
+        kwargs = {k: v for k, v in d.items() if k in FIELDS}
+        if "overrides" in kwargs:
+            kwargs["overrides"] = _parse_overrides(kwargs["overrides"])
+        if "fixed_output_ranges" in kwargs and kwargs["fixed_output_ranges"] is not None:
+            merged = copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES)
+            merged.update(kwargs["fixed_output_ranges"])
+            kwargs["fixed_output_ranges"] = merged
+        return cls(**kwargs)
+
+    def to_dict(self) -> Dict[str, Any]:
+        out = {
+            "weights": copy.deepcopy(self.weights),
+            "activations": copy.deepcopy(self.activations),
+            "overrides": [o.to_dict() for o in self.overrides],
+            "skip": list(self.skip),
+            "first_last_bits": self.first_last_bits,
+            "bn_folding": self.bn_folding,
+            "quantize_ops": self.quantize_ops,
+            "fixed_output_ranges": {k: list(v) for k, v in self.fixed_output_ranges.items()},
+        }
+        if self.name is not None:
+            out["name"] = self.name
+        return out
+
+    def replace(self, **changes) -> "SchemeSpec":
+        d = self.to_dict()
+        d.update(changes)
+        return SchemeSpec.from_dict(d)
+
+    # ---------------------------------------------------------- validation
+    def validate(self) -> None:
+        self.weights = _check_quantizer_spec(self.weights, "weights", partial=False)
+        self.activations = _check_quantizer_spec(self.activations, "activations", partial=False)
+        if not isinstance(self.overrides, list):
+            raise ConfigError(f"scheme key 'overrides' must be a list of {{match, weights, activations}}, "
+                              f"got {self.overrides!r}")
+        self.overrides = _parse_overrides(self.overrides)
+        if isinstance(self.skip, str):
+            self.skip = [self.skip]
+        if self.skip is None:
+            self.skip = []
+        if not isinstance(self.skip, (list, tuple)) or not all(isinstance(s, str) for s in self.skip):
+            raise ConfigError(f"scheme key 'skip' must be a list of layer-name regexes or class names, "
+                              f"got {self.skip!r}")
+        self.skip = list(self.skip)
+        for pattern in self.skip:
+            _check_regex(pattern, "skip")
+        self.first_last_bits = _check_bits(self.first_last_bits, "first_last_bits")
+        if self.bn_folding not in BN_FOLDING:
+            raise ConfigError(f"scheme key 'bn_folding' must be one of {BN_FOLDING}, got {self.bn_folding!r}")
+        if self.quantize_ops not in QUANTIZE_OPS:
+            raise ConfigError(f"scheme key 'quantize_ops' must be one of {QUANTIZE_OPS}, got {self.quantize_ops!r}")
+        if self.fixed_output_ranges is None:
+            self.fixed_output_ranges = {}
+        if not isinstance(self.fixed_output_ranges, Mapping):
+            raise ConfigError("scheme key 'fixed_output_ranges' must map an activation name to [min, max], "
+                              f"got {self.fixed_output_ranges!r}")
+        ranges = {}
+        for op, rng in self.fixed_output_ranges.items():
+            if (not isinstance(rng, (list, tuple)) or len(rng) != 2
+                    or not all(isinstance(v, (int, float)) for v in rng) or not rng[0] <= 0.0 <= rng[1]
+                    or rng[0] >= rng[1]):
+                raise ConfigError(f"scheme key 'fixed_output_ranges.{op}' must be [min, max] with "
+                                  f"min <= 0 <= max and min < max, got {rng!r}")
+            ranges[str(op)] = [float(rng[0]), float(rng[1])]
+        self.fixed_output_ranges = ranges
+        self._check_quantizers()
+
+    def _check_quantizers(self) -> None:
+        """Build every quantizer the scheme can ask for once, so bad fields fail now."""
+        from qresearch.quantizers import create
+
+        for role in ("weights", "activations"):
+            base = getattr(self, role)
+            if base is not None:
+                _create(base, role, role)
+            for i, o in enumerate(self.overrides):
+                part = getattr(o, role)
+                if part is None or not part:
+                    continue
+                merged = merge_quantizer_spec(base, part)
+                if merged is None or _quantizer_name(merged) is None:
+                    raise ConfigError(f"scheme key 'overrides[{i}].{role}' names no quantizer and the scheme has "
+                                      f"no base {role} quantizer: add quantizer: <name>")
+                _create(merged, role, f"overrides[{i}].{role}")
+            if base is not None and self.first_last_bits is not None:
+                _create(dict(base, bits=self.first_last_bits), role, "first_last_bits")
+        del create
+
+
+def _create(spec, role, where):
+    from qresearch.quantizers import create
+
+    try:
+        return create(spec, role=role)
+    except ConfigError as exc:
+        raise ConfigError(f"scheme key {where!r}: {exc}") from None
+    except KeyError as exc:  # UnknownNameError
+        raise ConfigError(f"scheme key {where!r}: {exc}") from None
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"scheme key {where!r}: {pattern!r} is not a valid regex ({exc})") from None
+
+
+def _parse_overrides(items) -> List[Override]:
+    if items is None:
+        return []
+    if not isinstance(items, (list, tuple)):
+        raise ConfigError(f"scheme key 'overrides' must be a list of {{match, weights, activations}}, got {items!r}")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, Override):
+            out.append(item)
+            continue
+        if not isinstance(item, Mapping) or "match" not in item:
+            raise ConfigError(f"scheme key 'overrides[{i}]' must be a dict with 'match' (a layer-name regex or "
+                              f"class name) and 'weights'/'activations', got {item!r}")
+        extra = [k for k in item if k not in ("match", "weights", "activations")]
+        if extra:
+            raise ConfigError(f"scheme key 'overrides[{i}]' has unknown keys {extra}; "
+                              "valid: match, weights, activations")
+        match = item["match"]
+        if not isinstance(match, str):
+            raise ConfigError(f"scheme key 'overrides[{i}].match' must be a string, got {match!r}")
+        _check_regex(match, f"overrides[{i}].match")
+        parts = {}
+        for role in ("weights", "activations"):
+            if role not in item:
+                parts[role] = {}
+            else:
+                parts[role] = _check_quantizer_spec(item[role], f"overrides[{i}].{role}", partial=True)
+        out.append(Override(match=match, **parts))
+    return out
+
+
+def merge_quantizer_spec(base: Optional[Dict[str, Any]], part: Optional[Dict[str, Any]]):
+    """``base`` updated by the partial ``part``; a new quantizer name starts from ``part`` alone."""
+    if part is None:
+        return None
+    part = dict(part)
+    name = _quantizer_name(part)
+    if base is None:
+        return part
+    if name is not None and name != _quantizer_name(base):
+        # Another algorithm: keep only the fields every quantizer has (bits, per_channel, ...).
+        merged = {k: v for k, v in base.items() if k in COMMON_QUANTIZER_FIELDS}
+        merged.update(part)
+        return merged
+    merged = dict(base)
+    merged.update(part)
+    return merged

@@ -1,0 +1,250 @@
+"""The tfmot pieces a quantized model is made of.
+
+- ``LayerQuantizeConfig``: a tfmot ``QuantizeConfig`` built from a ``LayerSpec`` and quantizer
+  instances (weights by attribute name, activation functions, output).
+- ``QuantizeWrapper``: tfmot's ``QuantizeWrapperV2`` with two changes: activation functions are
+  simulated by our own code (tfmot's ``QuantizeAwareActivation`` rejects relu6, elu, hard-swish and
+  custom functions), and a calibration switch runs quantizers in training mode while the wrapped
+  layer (BatchNormalization, Dropout) stays in inference mode.
+- ``QuantizeInput``: tfmot's ``QuantizeLayer`` with the same calibration switch.
+- ``FixedRangeQuantizer``: the fixed output range of softmax/sigmoid/tanh (TFLite's fixed (S, Z)).
+
+All are registered as Keras-serializable, so saved models load without ``quantize_scope``.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from typing import Any, Dict, Optional
+
+from qresearch._compat import keras, tf, tfmot
+from qresearch.quantizers import ops
+from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.registry import register as register_quantizer
+
+_QW = tfmot.quantization.keras.QuantizeWrapperV2
+_QL = tfmot.quantization.keras.quantize_layer.QuantizeLayer if hasattr(
+    tfmot.quantization.keras, "quantize_layer") else None
+if _QL is None:  # pragma: no cover - tfmot layout differs
+    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer as _QL
+
+from tensorflow_model_optimization.python.core.keras.utils import smart_cond  # noqa: E402
+
+_state = threading.local()
+
+
+def calibrating() -> bool:
+    return getattr(_state, "calibrating", False)
+
+
+@contextlib.contextmanager
+def calibration_mode():
+    """Quantizers observe data (training mode); the layers themselves run in inference mode."""
+    old = calibrating()
+    _state.calibrating = True
+    try:
+        yield
+    finally:
+        _state.calibrating = old
+
+
+def _ser(q):
+    return None if q is None else keras.utils.legacy.serialize_keras_object(q)
+
+
+def _de(c):
+    return None if c is None else keras.utils.legacy.deserialize_keras_object(c)
+
+
+@register_quantizer("fixed_range")
+class FixedRangeQuantizer(Quantizer):
+    """Fake-quantize onto a fixed real range ``[range_min, range_max]`` (no learned parameters).
+
+    At 8 bits with [0, 255/256] this is TFLite's softmax/logistic output (S=1/256, Z=-128),
+    with [-1, 127/128] its tanh output (S=1/128, Z=0).
+    """
+
+    supports_pot_scales = False
+
+    def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
+                 signed=True, scale_format="float32", range_min=0.0, range_max=0.99609375):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        self.range_min = float(range_min)
+        self.range_max = float(range_max)
+
+    def quantize(self, x, training, weights, axes):
+        return ops.fake_quant(x, self.range_min, self.range_max, self.bits, self.narrow_range)
+
+
+@keras.utils.register_keras_serializable(package="qresearch")
+class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
+    """Which tensors of one layer quantize, and with which quantizers.
+
+    Args:
+      weights: ``{attribute name: Quantizer}``.
+      activations: ``{attribute name: {"pre": Quantizer|None, "post": Quantizer|None}}``: quantizers on
+        the input and output of the activation function held in that attribute.
+      output: the output quantizer, or None.
+      info: plain-data notes for reports (kind, folded BN, bit widths).
+    """
+
+    def __init__(self, weights: Optional[Dict[str, Any]] = None, activations: Optional[Dict[str, Any]] = None,
+                 output=None, info: Optional[Dict[str, Any]] = None):
+        self.weights = dict(weights or {})
+        self.activations = {k: dict(v) for k, v in (activations or {}).items()}
+        self.output = output
+        self.info = dict(info or {})
+
+    # tfmot API
+    def get_weights_and_quantizers(self, layer):
+        return [(getattr(layer, attr), q) for attr, q in self.weights.items()]
+
+    def set_quantize_weights(self, layer, quantize_weights):
+        for attr, w in zip(self.weights, quantize_weights):
+            setattr(layer, attr, w)
+
+    def get_activations_and_quantizers(self, layer):
+        return []  # simulated by QuantizeWrapper itself
+
+    def set_quantize_activations(self, layer, quantize_activations):
+        pass
+
+    def get_output_quantizers(self, layer):
+        return [self.output] if self.output is not None else []
+
+    def get_config(self):
+        return {
+            "weights": {k: _ser(q) for k, q in self.weights.items()},
+            "activations": {k: {"pre": _ser(v.get("pre")), "post": _ser(v.get("post"))}
+                            for k, v in self.activations.items()},
+            "output": _ser(self.output),
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(
+            weights={k: _de(c) for k, c in config.get("weights", {}).items()},
+            activations={k: {"pre": _de(v.get("pre")), "post": _de(v.get("post"))}
+                         for k, v in config.get("activations", {}).items()},
+            output=_de(config.get("output")),
+            info=config.get("info"),
+        )
+
+    def __eq__(self, other):
+        return isinstance(other, LayerQuantizeConfig) and self.get_config() == other.get_config()
+
+
+@keras.utils.register_keras_serializable(package="qresearch")
+class QuantizeWrapper(_QW):
+    """tfmot ``QuantizeWrapperV2`` driven by a ``LayerQuantizeConfig``."""
+
+    def build(self, input_shape):
+        self._trainable_weights.extend(self.layer.trainable_weights)  # QuantizeWrapperV2's weight order
+        keras.layers.Wrapper.build(self, input_shape)
+        self.optimizer_step = self.add_weight(
+            "optimizer_step", initializer=keras.initializers.Constant(-1), dtype=tf.int32, trainable=False)
+        cfg = self.quantize_config
+        self._weight_vars = []
+        for attr, quantizer in cfg.weights.items():
+            weight = getattr(self.layer, attr)
+            qvars = quantizer.build(weight.shape, attr, self)
+            self._weight_vars.append((weight, quantizer, qvars))
+            self._trainable_weights.append(weight)
+        self._activation_vars = {}
+        for attr, qs in cfg.activations.items():
+            built = {}
+            for where in ("pre", "post"):
+                q = qs.get(where)
+                if q is not None:
+                    built[where] = (q, q.build(None, f"{attr}_{where}", self))
+            self._activation_vars[attr] = built
+        self._quantize_activations = []
+        self._output_quantizers = cfg.get_output_quantizers(self.layer)
+        if self._output_quantizers:
+            self._output_quantizer_vars = self._output_quantizers[0].build(None, "output", self)
+        self.built = True
+
+    @staticmethod
+    def _q(quantizer, x, training, qvars):
+        return smart_cond(training, lambda: quantizer(x, True, weights=qvars),
+                          lambda: quantizer(x, False, weights=qvars))
+
+    def call(self, inputs, training=None, **kwargs):
+        if training is None:
+            training = keras.backend.learning_phase()
+        layer_training = training
+        if calibrating():
+            training, layer_training = True, False
+        quantized = [self._q(q, w, training, v) for w, q, v in self._weight_vars]
+        self.quantize_config.set_quantize_weights(self.layer, quantized)
+        weight_attrs = {attr: w for attr, (w, _, _) in zip(self.quantize_config.weights, self._weight_vars)}
+
+        originals = {}
+        for attr, built in self._activation_vars.items():
+            fn = getattr(self.layer, attr)
+            originals[attr] = fn
+            setattr(self.layer, attr, self._quantized_activation(fn, built, training))
+        try:
+            if "training" in inspect.signature(self.layer.call).parameters:
+                outputs = self.layer.call(inputs, training=layer_training, **kwargs)
+            else:
+                outputs = self.layer.call(inputs, **kwargs)
+        finally:
+            # Put the variables and functions back: the wrapped layer stays a normal layer between calls
+            # (its weights list, get_weights and get_config unchanged).
+            for attr, fn in originals.items():
+                setattr(self.layer, attr, fn)
+            for attr, var in weight_attrs.items():
+                setattr(self.layer, attr, var)
+
+        if not self._output_quantizers:
+            return outputs
+        if isinstance(outputs, (list, tuple)):
+            raise RuntimeError(f"layer {self.layer.name!r} returns several tensors; give it "
+                               "quantize_output=False in register_layer")
+        return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
+
+    def _quantized_activation(self, fn, built, training):
+        def activation(x, *args, **kwargs):
+            if "pre" in built:
+                q, v = built["pre"]
+                x = self._q(q, x, training, v)
+            x = fn(x, *args, **kwargs)
+            if "post" in built:
+                q, v = built["post"]
+                x = self._q(q, x, training, v)
+            return x
+
+        return activation
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        quantize_config = keras.utils.legacy.deserialize_keras_object(config.pop("quantize_config"))
+        layer = keras.layers.deserialize(config.pop("layer"))
+        return cls(layer=layer, quantize_config=quantize_config, **config)
+
+
+@keras.utils.register_keras_serializable(package="qresearch")
+class QuantizeInput(_QL):
+    """Quantizes a float tensor entering quantized layers (model inputs, outputs of float layers)."""
+
+    def call(self, inputs, training=None):
+        if calibrating():
+            training = True
+        return super().call(inputs, training=training)
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        quantizer = keras.utils.legacy.deserialize_keras_object(config.pop("quantizer"))
+        return cls(quantizer=quantizer, **config)
+
+
+CUSTOM_OBJECTS = {
+    "qresearch>QuantizeWrapper": QuantizeWrapper,
+    "qresearch>QuantizeInput": QuantizeInput,
+    "qresearch>LayerQuantizeConfig": LayerQuantizeConfig,
+}
