@@ -1,0 +1,97 @@
+"""DoReFa-Net (Zhou et al. 2016): tanh-normalised weights, clipped activations."""
+import numpy as np
+import pytest
+
+from . import reference as ref
+from .conftest import BITS, assert_grid_close, build, grads, run
+from qresearch.errors import ConfigError
+from qresearch.quantizers import create
+
+rng = np.random.RandomState(4)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_weights_forward(bits, per_channel):
+    x = (rng.randn(3, 4, 6) * np.linspace(0.1, 2, 6)).astype("float32")
+    axes = (2,) if per_channel else None
+    q = create({"name": "dorefa", "bits": bits, "per_channel": per_channel}, role="weights")
+    w = build(q, x.shape)
+    y = run(q, x, w)
+    step = 2 / (2**bits - 1)
+    assert_grid_close(y, ref.dorefa_weights(x, bits, axes), step)
+    assert y.min() >= -1 and y.max() <= 1
+    if per_channel:  # every channel's largest |w| reaches ±1
+        np.testing.assert_allclose(np.abs(y).max(axis=(0, 1)), 1.0, rtol=1e-6)
+    assert_grid_close(run(q, x, w, training=False), y, step)
+
+
+@pytest.mark.parametrize("bits", BITS)
+def test_activations_forward(bits):
+    x = (rng.randn(8, 12) * 0.8 + 0.4).astype("float32")
+    q = create({"name": "dorefa", "bits": bits}, role="activations")
+    w = build(q, None)
+    y = run(q, x, w)
+    step = 1 / (2**bits - 1)
+    assert_grid_close(y, ref.dorefa_activations(x, bits), step)
+    # Inference: FakeQuant over [0, 1], the same grid.
+    assert_grid_close(run(q, x, w, training=False), ref.fake_quant(x, 0.0, 1.0, bits, False), step)
+
+
+def test_auto_mode_follows_how_tfmot_builds():
+    q = create({"name": "dorefa", "bits": 2})
+    assert q.mode == "auto"
+    x = np.array([[-2.0, 0.3], [0.5, 1.5]], "float32")
+    np.testing.assert_allclose(run(q, x, build(q, x.shape)), ref.dorefa_weights(x, 2), rtol=1e-6)
+    np.testing.assert_allclose(run(q, x, build(q, None)), ref.dorefa_activations(x, 2), rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_weight_gradient_through_tanh_and_max(per_channel):
+    x = (rng.randn(7, 5) * 0.7).astype("float32")
+    axes = (1,) if per_channel else None
+    q = create({"name": "dorefa", "bits": 3, "per_channel": per_channel}, role="weights")
+    r = rng.randn(*x.shape).astype("float32")
+    (gx,) = grads(q, x, build(q, x.shape), r, [])
+    np.testing.assert_allclose(gx, ref.dorefa_weights_grad(x, r, axes), rtol=1e-4, atol=1e-6)
+
+
+def test_activation_gradient_is_straight_through_in_0_1():
+    x = np.array([-0.5, 0.1, 0.49, 0.9, 1.7], "float32")
+    q = create({"name": "dorefa", "bits": 2}, role="activations")
+    (gx,) = grads(q, x, build(q, None), np.full(5, 2.0, "float32"), [])
+    np.testing.assert_array_equal(gx, [0, 2, 2, 2, 0])
+
+
+@pytest.mark.parametrize("case", ["zeros", "constant", "huge", "nan"])
+def test_edge_cases(case):
+    x = rng.randn(12, 3).astype("float32")
+    if case == "zeros":
+        x[:] = 0
+    elif case == "constant":
+        x[:] = -0.4
+    elif case == "huge":
+        x[0, 0] = 1e30
+    else:
+        x[2, 2] = np.nan
+    q = create({"name": "dorefa", "bits": 2, "per_channel": True}, role="weights")
+    y = run(q, x, build(q, x.shape))
+    finite = np.isfinite(x)
+    assert np.isfinite(y[finite]).all()
+    if case == "zeros":  # no zero on DoReFa's grid: tanh(0)/0 -> 1/2 -> round(1.5)/3 -> 1/3
+        np.testing.assert_allclose(y, 1 / 3, rtol=1e-6)
+    elif case == "nan":
+        np.testing.assert_allclose(y[:, :2], ref.dorefa_weights(x[:, :2], 2, (1,)), rtol=1e-6)
+        col = x[:, 2][finite[:, 2]]
+        np.testing.assert_allclose(y[:, 2][finite[:, 2]], ref.dorefa_weights(col, 2), rtol=1e-6)
+    else:
+        np.testing.assert_allclose(y, ref.dorefa_weights(x, 2, (1,)), rtol=1e-6)
+
+
+def test_no_pot_scales_and_no_narrow_range():
+    with pytest.raises(ConfigError, match="power-of-two"):
+        create({"name": "dorefa", "scale_format": "pot"})
+    with pytest.raises(ConfigError, match="narrow_range"):
+        create({"name": "dorefa", "narrow_range": True})
+    with pytest.raises(ConfigError, match="mode"):
+        create({"name": "dorefa", "mode": "both"})
