@@ -1,0 +1,266 @@
+"""Structured config of an experiment: types, valid values, and checks that fail at start.
+
+The dataclasses below are registered in Hydra's ConfigStore as ``qresearch_schema``, the
+first entry of ``conf/config.yaml``'s defaults list: every YAML file merges onto it, so a
+wrong type (``training.qat.epochs=abc``) or a value outside an enum
+(``training.qat.optimizer=adamm``) fails when Hydra composes the config, before any job
+runs (the basic sweeper composes every job of a batch before launching it).
+``check_overrides`` adds "did you mean" hints for misspelt keys, and ``validate`` checks
+what only the code knows (registered dataset/model names, logger modes).
+"""
+from __future__ import annotations
+
+import difflib
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+
+import yaml
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from qresearch.errors import ConfigError
+from qresearch.paths import CONF_DIR
+
+SCHEMA_NAME = "qresearch_schema"
+#: Config groups a user picks options from (``dataset=mnist``).
+GROUPS = ("dataset", "model", "scheme", "hardware", "training", "logger", "paths")
+#: Groups whose options are ``# @package _global_`` files added with ``+group=option``.
+GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search")
+#: Keys that do not change what a run computes: left out of its identity hash.
+NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads")
+#: Override keys that name a run's coordinates; the others make its "variant" label.
+COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
+                   "scheme.activations.bits", "sweep", "experiment", "hparams_search")
+LOGGER_MODES = ("auto", "online", "offline", "disabled")
+
+
+class Optimizer(enum.Enum):
+    adam = "adam"
+    adamw = "adamw"
+    sgd = "sgd"
+    rmsprop = "rmsprop"
+
+
+class Schedule(enum.Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
+@dataclass
+class PhaseConfig:
+    """One training phase (float pre-training or quantization-aware fine-tuning)."""
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Optimizer = Optimizer.adam
+    learning_rate: float = 1e-3
+    momentum: float = 0.9          # sgd / rmsprop
+    nesterov: bool = False         # sgd
+    weight_decay: float = 0.0      # decoupled weight decay (every optimizer)
+    schedule: Schedule = Schedule.constant
+    steps_per_epoch: Optional[int] = None  # cap batches per epoch (quick experiments); null = all
+    clipnorm: Optional[float] = None
+
+
+@dataclass
+class TrainingConfig:
+    qat: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, learning_rate=1e-4))
+    calibration_samples: int = 256  # training images for PTQ calibration (range set-up)
+    eval_batch_size: int = 256
+    timing_steps: int = 20           # steps of the float model timed against QAT steps
+    verbose: int = 2                 # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    # Declared last: in this class body the field name shadows the builtin ``float``.
+    float: PhaseConfig = field(default_factory=PhaseConfig)
+
+
+@dataclass
+class LoggerConfig:
+    mode: str = "auto"               # auto | online | offline | disabled
+    project: str = "qresearch"
+    entity: Optional[str] = None
+    group: Optional[str] = None      # default: the sweep name
+    tags: List[str] = field(default_factory=list)
+    dir: Optional[str] = None        # default: the job's output folder
+    log_history: bool = True
+
+
+@dataclass
+class PathsConfig:
+    output_dir: str = "outputs"
+    cache_dir: str = "outputs/cache"
+    data_dir: Optional[str] = None
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    sweep_name: str = "adhoc"
+    resume: bool = True              # multirun: skip jobs whose result.json is completed with the same hash
+    deterministic: bool = True       # tf.config.experimental.enable_op_determinism()
+    adapt: bool = True               # coerce the scheme's details to the target instead of failing
+    adapt_bits: bool = False         # ... bit widths included (off: a width the target lacks fails the run)
+    bits: Optional[int] = None       # shorthand: bit width of the scheme's weights and activations
+    deploy: bool = True              # run the target's deployment check where it has a runtime
+    save_model: bool = False         # save the QAT model (SavedModel) in the job folder
+    threads: Optional[int] = None    # TensorFlow intra-op threads (null: TensorFlow's default)
+    dataset: Any = MISSING
+    model: Any = MISSING
+    scheme: Any = MISSING
+    hardware: Any = MISSING
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+
+
+def register_configs() -> None:
+    """Put the schema into Hydra's ConfigStore (idempotent)."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=Config)
+
+
+def _subdir(override_dirname: str) -> str:
+    """A job's folder name in a sweep: its sorted overrides, or a hash when that is too long."""
+    name = str(override_dirname or "").replace("/", "_")
+    if not name:
+        return "default"
+    if len(name) > 200:
+        return name[:150] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    return name
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("qr_subdir", _subdir, replace=True)
+
+
+register_configs()
+register_resolvers()
+
+
+# ------------------------------------------------------------------ plain data and identity
+def to_dict(cfg) -> Dict[str, Any]:
+    """The resolved config as plain data (enums as their names, no ``hydra`` node)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    else:
+        data = json.loads(json.dumps(cfg, default=str))
+    if isinstance(data, dict):
+        data.pop("hydra", None)
+    return data
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def config_hash(cfg) -> str:
+    """The run's identity: a hash of everything in the resolved config that changes its results."""
+    data = to_dict(cfg)
+    return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
+
+
+# ------------------------------------------------------------------ override pre-check
+def _known_keys(node: Any, prefix: str = "") -> List[str]:
+    keys = []
+    if isinstance(node, Mapping):
+        for k, v in node.items():
+            if str(k) == "defaults":
+                continue
+            path = f"{prefix}.{k}" if prefix else str(k)
+            keys.append(path)
+            keys.extend(_known_keys(v, path))
+    return keys
+
+
+def _schema_keys() -> List[str]:
+    return _known_keys(OmegaConf.to_container(OmegaConf.structured(Config), enum_to_str=True))
+
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> List[str]:
+    folder = Path(conf_dir) / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _group_keys(group: str, conf_dir: Path) -> List[str]:
+    keys = set()
+    for option in group_options(group, conf_dir):
+        try:
+            data = yaml.safe_load((Path(conf_dir) / group / f"{option}.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        keys.update(f"{group}.{k}" for k in _known_keys(data))
+    return sorted(keys)
+
+
+def check_overrides(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
+    """Fail fast, with suggestions, on command-line overrides of keys that exist nowhere.
+
+    Hydra rejects them too ("Key 'epoch' is not in struct"); this check names the closest
+    valid keys. It looks at the schema and at every option of every group, so it accepts a
+    key that only some options have (Hydra then checks it against the chosen one).
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [a for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
+    if not candidates:
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:  # Hydra reports syntax errors itself, with its own message
+        return
+    known = set(_schema_keys())
+    for group in GROUPS:
+        known.add(group)
+        known.update(_group_keys(group, conf_dir))
+    problems = []
+    for ov in overrides:
+        key = ov.key_or_group
+        if ov.package or key.startswith("hydra") or key in GLOBAL_GROUPS or key in known:
+            continue
+        top = key.split(".")[0]
+        if top in ("scheme", "hardware") and "." in key:
+            continue  # free-form specs: their own validation names the valid fields
+        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+        siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0] and "." in k) \
+            if "." in key else sorted(k for k in known if "." not in k)
+        msg = f"unknown config key {key!r}."
+        if close:
+            msg += f" Did you mean {' or '.join(repr(c) for c in close)}?"
+        if siblings:
+            msg += f" Valid keys here: {', '.join(siblings)}."
+        msg += f" To add a new key on purpose, write +{ov.input_line}."
+        problems.append(msg)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+# ------------------------------------------------------------------ semantic validation
+def _choice_error(what: str, value: Any, valid: Iterable[str]) -> ConfigError:
+    valid = sorted(valid)
+    close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"{what} {value!r} is not valid.{hint} Valid values: {', '.join(valid)}.")
+
+
+def validate(cfg) -> None:
+    """Checks only the code can make (registries, modes); raises ConfigError listing valid values."""
+    from qresearch import data, models
+
+    dcfg = cfg.dataset
+    if dcfg.get("name") not in data.DATASETS:
+        raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names())
+    mcfg = cfg.model
+    if not mcfg.get("_target_") and mcfg.get("name") not in models.MODELS:
+        raise _choice_error("model.name", mcfg.get("name"), models.MODELS.names())
+    if cfg.logger.mode not in LOGGER_MODES:
+        raise _choice_error("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    for phase in ("float", "qat"):
+        p = cfg.training[phase]
+        if p.epochs < 0:
+            raise ConfigError(f"training.{phase}.epochs must be >= 0, got {p.epochs}")
+        if p.batch_size < 1:
+            raise ConfigError(f"training.{phase}.batch_size must be >= 1, got {p.batch_size}")
+    if cfg.training.calibration_samples < 1:
+        raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")

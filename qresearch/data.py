@@ -1,0 +1,274 @@
+"""Datasets: real arrays in memory, and tf.data pipelines over them.
+
+Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits: needs nothing else), ``mnist`` and
+``cifar10``. MNIST and CIFAR-10 come from a local mirror folder when one is given
+(``dataset.data_dir``, else the ``QRESEARCH_DATA_DIR`` environment variable, else
+``../shared/datasets`` next to the project when that exists), otherwise from
+``keras.datasets`` (which downloads once into ``~/.keras/datasets``).
+
+A plugin dataset is a function ``loader(cfg: dict) -> Dataset`` registered with
+``@register_dataset("name")``; ``cfg`` is the ``dataset`` config node as a dict.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import tarfile
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from qresearch._compat import keras, tf
+from qresearch.errors import QResearchError
+from qresearch.paths import REPO_DIR
+from qresearch.registry import Registry
+
+log = logging.getLogger(__name__)
+
+DATA_DIR_ENV = "QRESEARCH_DATA_DIR"
+DATASETS: Registry = Registry("dataset")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
+CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
+
+
+class DataUnavailableError(QResearchError, FileNotFoundError):
+    """A dataset is neither in a local mirror nor downloadable."""
+
+
+@dataclass
+class Dataset:
+    """Train and test arrays: images float32 (N, H, W, C), labels int32 (N,)."""
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    augment: bool = False
+
+    @property
+    def input_shape(self) -> Tuple[int, ...]:
+        return tuple(int(d) for d in self.x_train.shape[1:])
+
+    def train_pipeline(self, batch_size: int, seed: int, steps_per_epoch: Optional[int] = None,
+                       augment: Optional[bool] = None) -> tf.data.Dataset:
+        """Shuffled (seeded, reshuffled each epoch), optionally augmented, batched, prefetched."""
+        ds = tf.data.Dataset.from_tensor_slices((self.x_train, self.y_train))
+        ds = ds.shuffle(len(self.x_train), seed=seed, reshuffle_each_iteration=True)
+        if self.augment if augment is None else augment:
+            ds = ds.enumerate().map(_augmenter(seed, self.input_shape), num_parallel_calls=tf.data.AUTOTUNE,
+                                    deterministic=True)
+        ds = ds.batch(batch_size)
+        if steps_per_epoch:
+            ds = ds.take(int(steps_per_epoch))
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def test_pipeline(self, batch_size: int = 256) -> tf.data.Dataset:
+        return tf.data.Dataset.from_tensor_slices((self.x_test, self.y_test)).batch(batch_size).prefetch(
+            tf.data.AUTOTUNE)
+
+    def calibration(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` training images picked at random (seeded), for PTQ range calibration."""
+        idx = np.random.default_rng(seed).permutation(len(self.x_train))[: max(1, int(n))]
+        return self.x_train[np.sort(idx)]
+
+    def describe(self) -> Dict[str, Any]:
+        return {"name": self.name, "train": int(len(self.x_train)), "test": int(len(self.x_test)),
+                "input_shape": list(self.input_shape), "num_classes": int(self.num_classes)}
+
+
+def _augmenter(seed: int, shape):
+    """Random horizontal flip and 4-pixel pad-and-crop (the standard CIFAR recipe), stateless."""
+    h, w = shape[0], shape[1]
+
+    def aug(i, xy):
+        x, y = xy
+        s = tf.stack([tf.cast(seed, tf.int64), i])
+        x = tf.image.stateless_random_flip_left_right(x, seed=s)
+        x = tf.image.resize_with_crop_or_pad(x, h + 8, w + 8)
+        x = tf.image.stateless_random_crop(x, size=shape, seed=s + 1)
+        return x, y
+
+    return aug
+
+
+# ------------------------------------------------------------------ registry
+def register_dataset(name: str, loader: Optional[Callable[[Mapping[str, Any]], Dataset]] = None, *,
+                     overwrite: bool = False):
+    """Register ``loader(cfg) -> Dataset`` under ``name`` (usable as a decorator)."""
+    return DATASETS.register(name, loader, overwrite=overwrite)
+
+
+def load_dataset(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dataset:
+    """Build the dataset a ``dataset`` config node describes.
+
+    Common keys: ``name``; ``data_dir`` (local mirror); ``train_samples``/``test_samples``
+    (keep a seeded random subset; null = all); ``split_seed``; ``augment``; ``download``.
+    """
+    cfg = dict(cfg)
+    if cache_dir is not None:
+        cfg.setdefault("cache_dir", cache_dir)
+    ds = DATASETS.get(cfg.get("name"))(cfg)
+    ds = _subset(ds, cfg)
+    if cfg.get("augment") is not None:
+        ds.augment = bool(cfg["augment"])
+    return ds
+
+
+def _subset(ds: Dataset, cfg: Mapping[str, Any]) -> Dataset:
+    rng_seed = int(cfg.get("split_seed") or 0)
+    for split in ("train", "test"):
+        n = cfg.get(f"{split}_samples")
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        if n and int(n) < len(x):
+            idx = np.sort(np.random.default_rng(rng_seed).permutation(len(x))[: int(n)])
+            setattr(ds, f"x_{split}", x[idx])
+            setattr(ds, f"y_{split}", y[idx])
+    return ds
+
+
+def candidate_dirs(cfg: Mapping[str, Any]) -> List[Path]:
+    """Local mirror folders to look in, in order."""
+    dirs = []
+    for d in (cfg.get("data_dir"), os.environ.get(DATA_DIR_ENV)):
+        if d:
+            dirs.append(Path(os.path.expanduser(str(d))))
+    shared = REPO_DIR.parent / "shared" / "datasets"
+    if shared.is_dir():
+        dirs.append(shared)
+    return dirs
+
+
+def _find(cfg: Mapping[str, Any], filenames) -> Optional[Path]:
+    for d in candidate_dirs(cfg):
+        for f in filenames:
+            if (d / f).is_file():
+                return d / f
+    return None
+
+
+def _unavailable(name: str, cfg, files: str, exc: Optional[BaseException]) -> DataUnavailableError:
+    looked = ", ".join(str(d) for d in candidate_dirs(cfg)) or "(no folder configured)"
+    why = f"downloading with keras.datasets failed ({type(exc).__name__}: {exc})" if exc else \
+        "downloading is off (dataset.download=false)"
+    return DataUnavailableError(
+        f"dataset {name!r} is not available: no {files} in the local mirror folders ({looked}), and {why}. "
+        f"Fix: put {files} in a folder and pass dataset.data_dir=/that/folder (or set {DATA_DIR_ENV}), or run "
+        f"once on a machine with internet access (keras caches the download in ~/.keras/datasets). "
+        f"The 'digits' dataset needs no files."
+    )
+
+
+def _keras_download(fn: Callable, timeout: float = 60.0):
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)
+    try:
+        return fn()
+    finally:
+        socket.setdefaulttimeout(old)
+
+
+def _images(x: np.ndarray) -> np.ndarray:
+    return x[..., None] if x.ndim == 3 else x
+
+
+# ------------------------------------------------------------------ built-ins
+@register_dataset("digits")
+def load_digits(cfg: Mapping[str, Any]) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1797 images): a stratified, seeded train/test split."""
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = sk_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[..., None]
+    y = bunch.target.astype(np.int32)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=float(cfg.get("test_fraction", 0.25)), random_state=int(cfg.get("split_seed") or 0),
+        stratify=y)
+    return Dataset("digits", x_tr, y_tr, x_te, y_te, num_classes=10)
+
+
+@register_dataset("mnist")
+def load_mnist(cfg: Mapping[str, Any]) -> Dataset:
+    path = _find(cfg, ["mnist.npz"])
+    if path is not None:
+        with np.load(path) as f:
+            (x_tr, y_tr), (x_te, y_te) = (f["x_train"], f["y_train"]), (f["x_test"], f["y_test"])
+    elif cfg.get("download", True):
+        try:
+            (x_tr, y_tr), (x_te, y_te) = _keras_download(keras.datasets.mnist.load_data)
+        except Exception as exc:
+            raise _unavailable("mnist", cfg, "mnist.npz", exc) from exc
+    else:
+        raise _unavailable("mnist", cfg, "mnist.npz", None)
+    norm = lambda a: _images(a.astype(np.float32) / 255.0)  # noqa: E731
+    return Dataset("mnist", norm(x_tr), y_tr.astype(np.int32).ravel(), norm(x_te), y_te.astype(np.int32).ravel(),
+                   num_classes=10)
+
+
+@register_dataset("cifar10")
+def load_cifar10(cfg: Mapping[str, Any]) -> Dataset:
+    arrays = None
+    npz = _find(cfg, ["cifar10.npz"])
+    tar = _find(cfg, ["cifar10-jpeg.tar.gz"])
+    if npz is not None:
+        with np.load(npz) as f:
+            arrays = (f["x_train"], f["y_train"], f["x_test"], f["y_test"])
+    elif tar is not None:
+        arrays = decode_cifar10_jpeg(tar, cfg.get("cache_dir"))
+    elif cfg.get("download", True):
+        try:
+            (x_tr, y_tr), (x_te, y_te) = _keras_download(keras.datasets.cifar10.load_data, timeout=120.0)
+            arrays = (x_tr, y_tr, x_te, y_te)
+        except Exception as exc:
+            raise _unavailable("cifar10", cfg, "cifar10.npz or cifar10-jpeg.tar.gz", exc) from exc
+    else:
+        raise _unavailable("cifar10", cfg, "cifar10.npz or cifar10-jpeg.tar.gz", None)
+    x_tr, y_tr, x_te, y_te = arrays
+    norm = lambda a: ((a.astype(np.float32) / 255.0) - CIFAR10_MEAN) / CIFAR10_STD  # noqa: E731
+    return Dataset("cifar10", norm(x_tr), y_tr.astype(np.int32).ravel(), norm(x_te), y_te.astype(np.int32).ravel(),
+                   num_classes=10, augment=True)
+
+
+def decode_cifar10_jpeg(tar_path: Path, cache_dir: Optional[str] = None):
+    """Decode ``train/<class>/NNNN.jpg`` and ``test/<class>/NNNN.jpg`` once; cache uint8 arrays as .npz."""
+    from PIL import Image
+
+    st = Path(tar_path).stat()
+    cache_root = Path(cache_dir or Path.home() / ".cache" / "qresearch").expanduser()
+    cache = cache_root / "data" / f"cifar10-jpeg-{st.st_size}-{int(st.st_mtime)}.npz"
+    if cache.is_file():
+        with np.load(cache) as f:
+            return f["x_train"], f["y_train"], f["x_test"], f["y_test"]
+    log.info("decoding %s once (cached in %s)", tar_path, cache)
+    splits: Dict[str, List[Tuple[str, int, np.ndarray]]] = {"train": [], "test": []}
+    with tarfile.open(tar_path, "r:gz") as tf_:
+        for member in tf_:
+            parts = member.name.strip("./").split("/")
+            if not member.isfile() or len(parts) != 3 or not parts[2].lower().endswith(".jpg"):
+                continue
+            split, cls, fname = parts
+            if split not in splits or cls not in CIFAR10_CLASSES:
+                continue
+            img = Image.open(io.BytesIO(tf_.extractfile(member).read())).convert("RGB")
+            splits[split].append((f"{CIFAR10_CLASSES.index(cls):02d}/{fname}", CIFAR10_CLASSES.index(cls),
+                                  np.asarray(img, dtype=np.uint8)))
+    out = []
+    for split in ("train", "test"):
+        items = sorted(splits[split], key=lambda t: t[0])
+        if not items:
+            raise DataUnavailableError(f"{tar_path} has no {split}/<class>/*.jpg images")
+        out += [np.stack([t[2] for t in items]), np.array([t[1] for t in items], np.int32)]
+    x_tr, y_tr, x_te, y_te = out
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=cache.parent, suffix=".npz.tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    os.replace(tmp, cache)
+    return x_tr, y_tr, x_te, y_te

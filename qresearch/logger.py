@@ -1,0 +1,208 @@
+"""Weights & Biases logging for one job, and a reader of wandb's ``.wandb`` record files.
+
+Mode (``logger.mode``): ``online``, ``offline``, ``disabled``, or ``auto`` (the default:
+online when ``WANDB_API_KEY`` is set, otherwise offline, so nothing ever waits on the
+network without credentials). One wandb run per job, grouped by sweep name, with the
+resolved config. A logging failure never fails the experiment: the logger warns and
+becomes a no-op. ``finish()`` is safe to call more than once; call it in ``finally``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import zlib
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+API_KEY_ENV = "WANDB_API_KEY"
+
+
+def have_credentials() -> bool:
+    """A wandb API key in the environment, or a ``wandb login`` entry in ~/.netrc."""
+    if os.environ.get(API_KEY_ENV):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_mode(mode: Optional[str]) -> str:
+    mode = (mode or "auto").lower()
+    if mode == "dryrun":
+        mode = "offline"
+    if mode == "auto":
+        return "online" if have_credentials() else "offline"
+    if mode == "online" and not have_credentials():
+        log.warning("logger.mode=online but %s is not set: wandb may prompt or fail; "
+                    "falling back to offline (sync later with `wandb sync`)", API_KEY_ENV)
+        return "offline"
+    return mode
+
+
+class RunLogger:
+    """One wandb run for one job."""
+
+    def __init__(self, cfg: Mapping[str, Any], config: Dict[str, Any], name: str, group: Optional[str],
+                 job_dir: Optional[str] = None, job_type: str = "qat"):
+        cfg = dict(cfg or {})
+        self.mode = resolve_mode(cfg.get("mode"))
+        self.log_history = bool(cfg.get("log_history", True))
+        self.run = None
+        self.dir: Optional[str] = None
+        if self.mode == "disabled":
+            return
+        try:
+            import wandb
+
+            self.dir = str(Path(cfg.get("dir") or job_dir or ".").expanduser().resolve())
+            Path(self.dir).mkdir(parents=True, exist_ok=True)
+            settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
+                                      save_code=False, init_timeout=60.0)
+            self.run = wandb.init(
+                project=cfg.get("project") or "qresearch", entity=cfg.get("entity"), group=group,
+                name=name, job_type=job_type, tags=list(cfg.get("tags") or []), config=config,
+                dir=self.dir, mode=self.mode, reinit="finish_previous", settings=settings)
+        except Exception as exc:  # logging must not break the experiment
+            log.warning("wandb.init failed (%s: %s); continuing without wandb", type(exc).__name__, exc)
+            self.run = None
+
+    @property
+    def active(self) -> bool:
+        return self.run is not None
+
+    def log(self, row: Dict[str, Any]) -> None:
+        if self.run is not None and self.log_history:
+            try:
+                self.run.log(row)
+            except Exception as exc:
+                log.warning("wandb log failed: %s", exc)
+
+    def summary(self, values: Dict[str, Any]) -> None:
+        if self.run is None:
+            return
+        try:
+            for k, v in _flatten(values).items():
+                self.run.summary[k] = v
+        except Exception as exc:
+            log.warning("wandb summary failed: %s", exc)
+
+    def finish(self, exit_code: int = 0) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            try:
+                run.finish(exit_code=exit_code)
+            except Exception as exc:
+                log.warning("wandb finish failed: %s", exc)
+
+    def run_file(self) -> Optional[str]:
+        """Path of this run's .wandb file (offline mode), for reading back."""
+        if self.dir is None:
+            return None
+        files = sorted(Path(self.dir).glob("wandb/*run-*/run-*.wandb"), key=os.path.getmtime)
+        return str(files[-1]) if files else None
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}/{k}" if prefix else str(k)
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v, default=str)
+        else:
+            out[key] = v
+    return out
+
+
+# ------------------------------------------------------------------ .wandb reader
+# A .wandb file is a LevelDB-style log: a 7-byte file header (":W&B", magic 0xBEE1,
+# version), then 32 KiB blocks of chunks, each with a 7-byte header (CRC-32, length,
+# type: 1 full, 2 first, 3 middle, 4 last) and a slice of a serialised protobuf Record.
+_HEADER = struct.Struct("<4sHB")
+_CHUNK = struct.Struct("<IHB")
+_BLOCK = 32768
+FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+
+
+def iter_wandb_records(path) -> Iterator[bytes]:
+    """Raw serialised records of a .wandb file (CRC-checked)."""
+    data = Path(path).read_bytes()
+    ident, magic, _version = _HEADER.unpack_from(data, 0)
+    if ident != b":W&B" or magic != 0xBEE1:
+        raise ValueError(f"{path} is not a wandb record file")
+    pos, pending = _HEADER.size, b""
+    while pos + _CHUNK.size <= len(data):
+        space = _BLOCK - pos % _BLOCK
+        if space < _CHUNK.size:  # block trailer: padding
+            pos += space
+            continue
+        crc, length, kind = _CHUNK.unpack_from(data, pos)
+        if kind == 0 and length == 0:  # zero padding / unwritten tail
+            pos += space
+            continue
+        pos += _CHUNK.size
+        chunk = data[pos:pos + length]
+        pos += length
+        if len(chunk) < length:
+            break  # truncated (run still being written)
+        if zlib.crc32(chunk, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF != crc:
+            raise ValueError(f"{path}: bad checksum at byte {pos - length}")
+        if kind == FULL:
+            yield chunk
+        elif kind == FIRST:
+            pending = chunk
+        elif kind == MIDDLE:
+            pending += chunk
+        elif kind == LAST:
+            yield pending + chunk
+            pending = b""
+
+
+def _items(items) -> Dict[str, Any]:
+    out = {}
+    for it in items:
+        key = "/".join(list(it.nested_key)) if len(it.nested_key) else it.key
+        try:
+            out[key] = json.loads(it.value_json)
+        except ValueError:
+            out[key] = it.value_json
+    return out
+
+
+def read_wandb_run(path) -> Dict[str, Any]:
+    """Recover a run from its .wandb file: ids, group, name, config, history rows and summary."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    out: Dict[str, Any] = {"config": {}, "summary": {}, "history": [], "run": {}, "exit_code": None}
+    for raw in iter_wandb_records(path):
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out["run"] = {"id": r.run_id, "project": r.project, "group": r.run_group, "name": r.display_name,
+                          "job_type": r.job_type, "tags": list(r.tags)}
+            out["config"].update(_items(r.config.update))
+        elif kind == "config":
+            out["config"].update(_items(rec.config.update))
+            for it in rec.config.remove:
+                out["config"].pop(it.key, None)
+        elif kind == "history":
+            out["history"].append(_items(rec.history.item))
+        elif kind == "summary":
+            out["summary"].update(_items(rec.summary.update))
+        elif kind == "exit":
+            out["exit_code"] = rec.exit.exit_code
+    out["config"].pop("_wandb", None)
+    return out
+
+
+def find_wandb_files(folder) -> List[str]:
+    return sorted(str(p) for p in Path(folder).rglob("run-*.wandb"))

@@ -1,0 +1,428 @@
+"""One experiment: ``python -m qresearch.run [overrides]``; a sweep: ``python -m qresearch.run -m ...``.
+
+A job: check the config and the scheme against the hardware target (fails in milliseconds,
+before any data is loaded) → load data → float baseline (trained, or loaded from the cache
+shared by every job with the same dataset, model, float training and seed) → float accuracy
+→ PTQ baseline (quantize with calibration only) → QAT fine-tuning → QAT accuracy → the
+target's deployment check where it has a runtime. ``result.json`` in the job folder is
+rewritten (atomically) after every stage, so nothing computed is lost; its ``status`` ends as
+``completed`` or ``failed`` (with the error's type, message, traceback and stage). A failed job
+never stops a sweep: the task returns NaN. Re-running a sweep skips jobs whose result.json
+is completed with the same config hash. Every job is also one wandb run, grouped by sweep.
+
+The Hydra task function ``main`` returns the QAT accuracy, which sweepers (Optuna) maximise.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import hydra
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from qresearch import config as qconfig
+from qresearch.config import COORDINATE_KEYS, NON_SEMANTIC_KEYS, config_hash, to_dict
+from qresearch.errors import ConfigError, IncompatibleTargetError
+from qresearch.paths import CONF_DIR
+from qresearch.results import (COMPLETED, FAILED, RESULT_FILE, RUNNING, STORE_FILE, append_jsonl,
+                               completed_result, load_results, write_json_atomic)
+
+log = logging.getLogger("qresearch.run")
+ROLES = ("weights", "activations")
+
+
+# ------------------------------------------------------------------ job context
+class JobContext:
+    """Where a job writes and how it was launched (from Hydra, or defaults for direct calls)."""
+
+    def __init__(self, cfg: DictConfig):
+        self.multirun = False
+        self.overrides: List[str] = []
+        self.choices: Dict[str, Any] = {}
+        self.name = "run"
+        self.sweep_dir: Optional[Path] = None
+        try:
+            from hydra.core.hydra_config import HydraConfig
+
+            hc = HydraConfig.get()
+        except Exception:  # called directly with a composed config (tests, notebooks)
+            hc = None
+        if hc is not None:
+            self.multirun = str(hc.mode).endswith("MULTIRUN")
+            self.output_dir = Path(hc.runtime.output_dir)
+            self.overrides = list(hc.overrides.task)
+            self.choices = {k: v for k, v in dict(hc.runtime.choices).items()}
+            self.name = hc.job.override_dirname or hc.job.name
+            if self.multirun:
+                self.sweep_dir = Path(hc.sweep.dir)
+        else:
+            stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+            self.output_dir = Path(cfg.paths.output_dir) / "runs" / stamp
+        self.output_dir = self.output_dir.resolve()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def store(self) -> Path:
+        """The append-only results store: one per sweep folder (runs: one under outputs/runs)."""
+        if self.sweep_dir is not None:
+            return self.sweep_dir.resolve() / STORE_FILE
+        return self.output_dir.parent.parent / STORE_FILE
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def variant_label(algorithm: str, overrides: List[str]) -> str:
+    """The algorithm, plus every override that is not a run coordinate (seed, bits, target, ...)."""
+    extra = sorted(o.lstrip("+~") for o in overrides
+                   if _key(o) not in COORDINATE_KEYS and _key(o).split(".")[0] not in NON_SEMANTIC_KEYS
+                   and not _key(o).startswith("hydra"))
+    return f"{algorithm}[{','.join(extra)}]" if extra else algorithm
+
+
+# ------------------------------------------------------------------ scheme x target
+def scheme_dict(cfg) -> Dict[str, Any]:
+    """The scheme config as a dict, with the ``bits`` shorthand applied."""
+    spec = to_dict(cfg.scheme)
+    if cfg.get("bits") is not None:
+        for role in ROLES:
+            if isinstance(spec.get(role), dict):
+                spec[role]["bits"] = int(cfg.bits)
+    return spec
+
+
+def _bits(spec: Dict[str, Any], role: str) -> Optional[int]:
+    q = spec.get(role)
+    return int(q["bits"]) if isinstance(q, dict) and q.get("bits") is not None else None
+
+
+def check_scheme(cfg, spec: Dict[str, Any]):
+    """Validate the scheme and check it against the target. Returns (target, effective spec, coercions)."""
+    from qresearch import hardware, schemes
+
+    schemes.SchemeSpec.from_dict(spec)
+    if not cfg.get("hardware"):
+        return None, spec, []
+    target = hardware.get(to_dict(cfg.hardware))
+    constrained, coercions = hardware.constrain(spec, target, adapt=bool(cfg.adapt))
+    eff = constrained.to_dict() if hasattr(constrained, "to_dict") else dict(constrained)
+    if cfg.adapt and not cfg.get("adapt_bits", False):
+        changed = []
+        for role in ROLES:
+            want, got = _bits(spec, role), _bits(eff, role)
+            if want is not None and got is not None and want != got:
+                allowed = list(target.rules(role).bits)
+                changed.append(f"{role} at {want} bits (allowed: {allowed})")
+        if changed:
+            raise IncompatibleTargetError(
+                f"target {target.name!r} cannot run {' and '.join(changed)}. Pick a bit width the target "
+                f"supports, another hardware target, or set adapt_bits=true to snap to the nearest allowed width.")
+    return target, eff, list(coercions)
+
+
+# ------------------------------------------------------------------ the job
+def _setup_tf(cfg) -> None:
+    from qresearch._compat import keras, tf
+
+    keras.backend.clear_session()  # jobs sharing a process must not share Keras state
+    keras.utils.set_random_seed(int(cfg.seed))
+    if cfg.get("deterministic", True):
+        tf.config.experimental.enable_op_determinism()
+    if cfg.get("threads"):
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(int(cfg.threads))
+            tf.config.threading.set_inter_op_parallelism_threads(int(cfg.threads))
+        except RuntimeError:  # TensorFlow already started in this process: keep its setting
+            pass
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("qresearch", "tensorflow", "tf-keras", "tensorflow-model-optimization", "hydra-core", "wandb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class Job:
+    """State of one job: its record (result.json) and its wandb run."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.ctx = JobContext(cfg)
+        self.config = to_dict(cfg)
+        self.hash = config_hash(cfg)
+        self.t0 = time.perf_counter()
+        self.stage = "setup"
+        algorithm = self.ctx.choices.get("scheme") or "custom"
+        hw = self.config.get("hardware") or {}
+        model = self.config.get("model") or {}
+        self.record: Dict[str, Any] = {
+            "status": RUNNING, "config": self.config, "config_hash": self.hash, "overrides": self.ctx.overrides,
+            "choices": self.ctx.choices, "output_dir": str(self.ctx.output_dir),
+            "labels": {
+                "sweep": self.config.get("sweep_name") if self.ctx.multirun else None,
+                "dataset": (self.config.get("dataset") or {}).get("name"),
+                "model": model.get("name") or model.get("_target_"),
+                "algorithm": algorithm,
+                "variant": variant_label(algorithm, self.ctx.overrides),
+                "target": hw.get("name") if hw else "none",
+                "weight_bits": None, "activation_bits": None,
+                "seed": self.config.get("seed"),
+            },
+            "metrics": {}, "times": {}, "coercions": [], "error": None,
+            "started_at": _now(), "finished_at": None,
+            "host": socket.gethostname(), "pid": os.getpid(), "versions": _versions(),
+        }
+        self.logger = None
+
+    @property
+    def path(self) -> Path:
+        return self.ctx.output_dir / RESULT_FILE
+
+    def save(self) -> None:
+        write_json_atomic(self.path, self.record)
+
+    def timed(self, name: str):
+        job = self
+
+        class _T:
+            def __enter__(self_):
+                job.stage = name
+                self_.t = time.perf_counter()
+
+            def __exit__(self_, *exc):
+                job.record["times"][f"{name}_s"] = round(time.perf_counter() - self_.t, 4)
+                if exc[0] is None:
+                    job.save()
+                return False
+
+        return _T()
+
+    def metric(self, **values) -> None:
+        self.record["metrics"].update(values)
+
+    # -------------------------------------------------------------- stages
+    def execute(self) -> None:
+        import qresearch
+        from qresearch import data as qdata
+        from qresearch import hardware, models, schemes, training
+
+        cfg = self.cfg
+        with self.timed("setup"):
+            _setup_tf(cfg)
+            qconfig.validate(cfg)
+            spec = scheme_dict(cfg)
+            target, eff, coercions = check_scheme(cfg, spec)
+            self.record["scheme"] = eff
+            self.record["coercions"] = coercions
+            self.record["labels"].update(weight_bits=_bits(eff, "weights"), activation_bits=_bits(eff, "activations"))
+            if self.logger is not None:
+                self.logger.summary({"labels": self.record["labels"]})
+
+        with self.timed("data"):
+            cache_dir = cfg.paths.cache_dir
+            ds = qdata.load_dataset(to_dict(cfg.dataset), cache_dir=cache_dir)
+            self.record["dataset"] = ds.describe()
+
+        with self.timed("float"):
+            tcfg = cfg.training
+            float_phase, qat_phase = to_dict(tcfg.float), to_dict(tcfg.qat)
+            seed = int(cfg.seed)
+            key = training.baseline_key(to_dict(cfg.dataset), to_dict(cfg.model), float_phase, seed)
+
+            def build():
+                _setup_tf(cfg)
+                return models.build_model(to_dict(cfg.model), ds.input_shape, ds.num_classes)
+
+            def train(model):
+                self.stage = "float"
+                return training.fit(model, ds, float_phase, "float", seed, verbose=int(tcfg.verbose),
+                                    log_fn=self._log)
+
+            float_model, info = training.float_baseline(build, train, key, cache_dir or None)
+            self.record["float_baseline"] = {k: info.get(k) for k in ("cache", "key", "path", "wall_s", "epochs",
+                                                                      "step_time_s")}
+            # Same random state after this stage whether the baseline came from the cache or not.
+            from qresearch._compat import keras
+
+            keras.utils.set_random_seed(seed + 1)
+
+        with self.timed("float_eval"):
+            ebs = int(tcfg.eval_batch_size)
+            float_acc = training.accuracy(float_model, ds.x_test, ds.y_test, ebs)
+            float_step = training.time_float_steps(float_model, ds, qat_phase, int(tcfg.timing_steps), seed)
+            self.metric(float_accuracy=float_acc, float_step_time_s=float_step,
+                        float_params=int(float_model.count_params()))
+            log.info("float accuracy %.4f (baseline %s)", float_acc, info.get("cache"))
+
+        with self.timed("ptq"):
+            self.stage = "ptq"
+            calib = ds.calibration(int(tcfg.calibration_samples), seed)
+            qat_model = qresearch.quantize(float_model, spec, hardware=target, calibration_data=calib,
+                                           adapt=bool(cfg.adapt))
+            ptq_acc = training.accuracy(qat_model, ds.x_test, ds.y_test, ebs)
+            report = schemes.describe(qat_model)
+            memory = dict(report.get("memory") or {})
+            self.metric(ptq_accuracy=ptq_acc, weight_memory_bits=memory.get("quantized_bits"),
+                        float_weight_memory_bits=memory.get("float32_bits"), weight_memory_ratio=memory.get("ratio"))
+            self.record["quantized_layers"] = len(report.get("layers") or [])
+            self.record["float_layers"] = report.get("float_layers")
+            log.info("PTQ accuracy %.4f", ptq_acc)
+
+        with self.timed("qat"):
+            fit = training.fit(qat_model, ds, qat_phase, "qat", seed, verbose=int(tcfg.verbose), log_fn=self._log)
+            self.record["qat_history"] = fit["history"]
+            qat_step = fit["step_time_s"]
+            self.metric(qat_step_time_s=qat_step,
+                        step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
+
+        with self.timed("qat_eval"):
+            qat_acc = training.accuracy(qat_model, ds.x_test, ds.y_test, ebs)
+            self.metric(qat_accuracy=qat_acc)
+            log.info("QAT accuracy %.4f", qat_acc)
+            if cfg.get("save_model"):
+                qat_model.save(str(self.ctx.output_dir / "qat_model"))
+
+        self.metric(deployed_accuracy=None)
+        if target is not None and cfg.get("deploy", True) and target.has_runtime:
+            with self.timed("deploy"):
+                try:
+                    rep = hardware.verify(qat_model, target, ds.x_test, ds.y_test,
+                                          batch_size=int(tcfg.eval_batch_size))
+                    rep = {k: v for k, v in rep.items() if k not in ("tflite_model",)}
+                    self.record["deploy"] = rep
+                    self.metric(deployed_accuracy=rep.get("deployed_accuracy"),
+                                deploy_argmax_agreement=rep.get("argmax_agreement"),
+                                deploy_integer_only=rep.get("integer_only"),
+                                deploy_model_size_bytes=rep.get("model_size_bytes"))
+                    log.info("deployed (%s) accuracy %.4f", target.runtime, rep.get("deployed_accuracy"))
+                except Exception as exc:  # a conversion failure is a finding about the QAT model, not a crash
+                    self.record["deploy"] = {"error": _error(exc, "deploy")}
+                    log.warning("deployment check on %s failed: %s: %s", target.name, type(exc).__name__, exc)
+        else:
+            self.record["deploy"] = {"skipped": "target has no runtime here" if target is not None
+                                     and not target.has_runtime else "deploy disabled or no target"}
+
+    def _log(self, row: Dict[str, Any]) -> None:
+        if self.logger is not None:
+            self.logger.log(row)
+
+
+def _error(exc: BaseException, stage: str) -> Dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc), "stage": stage,
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+
+
+def run_job(cfg: DictConfig) -> float:
+    """Run one job (never raises for an experiment failure; returns the QAT accuracy or NaN)."""
+    from qresearch.logger import RunLogger
+
+    job = Job(cfg)
+    if job.ctx.multirun and cfg.get("resume", True):
+        prev = completed_result(job.ctx.output_dir, job.hash)
+        if prev is not None:
+            acc = (prev.get("metrics") or {}).get("qat_accuracy")
+            log.info("skipping %s: completed earlier with the same config (qat_accuracy=%s)", job.ctx.name, acc)
+            return float(acc) if acc is not None else math.nan
+    job.save()
+    status, exit_code = FAILED, 1
+    interrupted: Optional[BaseException] = None
+    try:
+        job.logger = RunLogger(to_dict(cfg.logger), {**job.config, "labels": job.record["labels"],
+                                                      "config_hash": job.hash},
+                               name=job.ctx.name, group=cfg.logger.get("group") or cfg.get("sweep_name"),
+                               job_dir=str(job.ctx.output_dir))
+        job.execute()
+        status, exit_code = COMPLETED, 0
+    except (KeyboardInterrupt, SystemExit) as exc:
+        job.record["error"] = _error(exc, job.stage)
+        status, interrupted = "interrupted", exc
+    except Exception as exc:  # recorded; a sweep goes on
+        job.record["error"] = _error(exc, job.stage)
+        log.error("job %s failed at stage %s: %s: %s", job.ctx.name, job.stage, type(exc).__name__, exc)
+    finally:
+        job.record["status"] = status
+        job.record["finished_at"] = _now()
+        job.record["times"]["total_s"] = round(time.perf_counter() - job.t0, 4)
+        job.save()
+        try:
+            append_jsonl(job.ctx.store, {k: v for k, v in job.record.items() if k not in ("qat_history",)})
+        except OSError as exc:
+            log.warning("could not append to %s: %s", job.ctx.store, exc)
+        if job.logger is not None:
+            err = job.record.get("error") or {}
+            job.logger.summary({"status": status, "config_hash": job.hash, **job.record["metrics"],
+                                **{f"time/{k}": v for k, v in job.record["times"].items()},
+                                **({"error/type": err.get("type"), "error/message": err.get("message")}
+                                   if err else {})})
+            job.logger.finish(exit_code)
+    if interrupted is not None:
+        raise interrupted
+    acc = job.record["metrics"].get("qat_accuracy")
+    if status != COMPLETED:
+        if not job.ctx.multirun and job.ctx.choices:  # a single CLI run: exit non-zero after recording
+            err = job.record["error"]
+            print(f"\nrun failed at stage {err['stage']}: {err['type']}: {err['message']}\n"
+                  f"(traceback and partial results in {job.path})", file=sys.stderr)
+            raise SystemExit(1)
+        return math.nan
+    print(f"result: {job.path}  qat_accuracy={acc:.4f}")
+    return float(acc)
+
+
+# ------------------------------------------------------------------ Hydra entry points
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
+def main(cfg: DictConfig) -> float:
+    """The Hydra task function: one job; returns its QAT accuracy (NaN when it failed)."""
+    return run_job(cfg)
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a multirun, count the sweep's results and say how to report them."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        records = load_results([sweep_dir])
+        counts: Dict[str, int] = {}
+        for r in records:
+            counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
+        summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no results"
+        print(f"\nsweep {sweep_dir}: {summary}.\nreport: python -m qresearch.report {sweep_dir}")
+
+
+def cli(argv: Optional[List[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        qconfig.check_overrides(args)
+    except ConfigError as exc:
+        print(f"Error in the overrides: {exc}", file=sys.stderr)
+        raise SystemExit(2)
+    main()
+
+
+if __name__ == "__main__":
+    # Run through the importable module, so launchers that pickle the task function
+    # (joblib, submitit, ray) find it as qresearch.run.main.
+    from qresearch.run import cli as _cli
+
+    _cli()

@@ -1,0 +1,230 @@
+"""Training: optimizers from config, ``fit`` with callbacks, accuracy, step timing, and the
+float-baseline cache.
+
+The float baseline of a sweep point depends only on (dataset, model, float training, seed):
+it is trained once, saved under ``<cache_dir>/float/<key>/`` (written to a temporary folder
+and renamed into place, under a file lock so parallel jobs wait instead of training it twice)
+and loaded by every other point with the same key.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import math
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from qresearch._compat import keras, tf
+from qresearch.config import stable_hash
+from qresearch.errors import ConfigError, QResearchError
+from qresearch.results import write_json_atomic
+
+log = logging.getLogger(__name__)
+
+#: Bump when the way a baseline is trained changes, so old cache entries are not reused.
+CACHE_VERSION = 1
+#: Dataset keys that say where data comes from, not what it is: not part of the cache key.
+DATA_LOCATION_KEYS = ("data_dir", "download", "cache_dir")
+
+
+class NaNLossError(QResearchError, FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+# ------------------------------------------------------------------ callbacks
+class NaNGuard(keras.callbacks.Callback):
+    """Stops training with NaNLossError as soon as the loss is not finite."""
+
+    def __init__(self, phase: str):
+        super().__init__()
+        self.phase, self.epoch = phase, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NaNLossError(f"{self.phase} training: loss became {float(loss)} at epoch {self.epoch + 1}, "
+                               f"batch {batch + 1} (lower training.{self.phase}.learning_rate or check the scheme)")
+
+
+class BatchTimer(keras.callbacks.Callback):
+    """Wall time of every training step (the logs' conversion to numpy synchronises each step)."""
+
+    def __init__(self):
+        super().__init__()
+        self.times: List[float] = []
+        self._t = 0.0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter() - self._t)
+
+    def median(self, skip: int = 2) -> Optional[float]:
+        """Median step time, leaving out the first ``skip`` steps (tracing, warm-up)."""
+        t = self.times[skip:] if len(self.times) > skip + 2 else self.times
+        return statistics.median(t) if t else None
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Hands each epoch's logs, prefixed by phase, to ``log_fn`` (e.g. wandb.log)."""
+
+    def __init__(self, phase: str, log_fn: Callable[[Dict[str, float]], None]):
+        super().__init__()
+        self.phase, self.log_fn = phase, log_fn
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {f"{self.phase}/{k}": float(v) for k, v in (logs or {}).items()}
+        row[f"{self.phase}/epoch"] = epoch + 1
+        self.log_fn(row)
+
+
+# ------------------------------------------------------------------ optimisation
+def _get(p, key, default=None):
+    v = p.get(key, default) if isinstance(p, Mapping) else getattr(p, key, default)
+    return getattr(v, "value", v)  # enums to their names
+
+
+def make_optimizer(phase: Mapping[str, Any], total_steps: int):
+    """A tf_keras optimizer for one phase's config (optimizer, learning_rate, schedule, ...)."""
+    lr: Any = float(_get(phase, "learning_rate"))
+    if _get(phase, "schedule", "constant") == "cosine" and total_steps > 0:
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(total_steps))
+    kw: Dict[str, Any] = {"learning_rate": lr}
+    if _get(phase, "clipnorm"):
+        kw["clipnorm"] = float(_get(phase, "clipnorm"))
+    wd = float(_get(phase, "weight_decay", 0.0) or 0.0)
+    if wd:
+        kw["weight_decay"] = wd  # decoupled weight decay (Keras 2.11+ optimizers)
+    name = _get(phase, "optimizer", "adam")
+    momentum = float(_get(phase, "momentum", 0.9))
+    if name == "adam":
+        return keras.optimizers.Adam(**kw)
+    if name == "adamw":
+        kw.setdefault("weight_decay", 0.0)
+        return keras.optimizers.AdamW(**kw)
+    if name == "sgd":
+        return keras.optimizers.SGD(momentum=momentum, nesterov=bool(_get(phase, "nesterov", False)), **kw)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(momentum=momentum, **kw)
+    raise ConfigError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, rmsprop")
+
+
+def compile_model(model, phase: Mapping[str, Any], steps_per_epoch: int):
+    total = int(_get(phase, "epochs")) * int(steps_per_epoch)
+    model.compile(optimizer=make_optimizer(phase, total),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    return model
+
+
+def steps_per_epoch(n: int, phase: Mapping[str, Any]) -> int:
+    steps = math.ceil(n / int(_get(phase, "batch_size")))
+    cap = _get(phase, "steps_per_epoch")
+    return min(steps, int(cap)) if cap else steps
+
+
+def fit(model, dataset, phase: Mapping[str, Any], name: str, seed: int, verbose: int = 2,
+        log_fn: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, Any]:
+    """Compile and train ``model`` for one phase; return history, wall time and median step time."""
+    spe = steps_per_epoch(len(dataset.x_train), phase)
+    compile_model(model, phase, spe)
+    timer = BatchTimer()
+    callbacks: List[Any] = [NaNGuard(name), timer]
+    if log_fn is not None:
+        callbacks.append(EpochLogger(name, log_fn))
+    epochs = int(_get(phase, "epochs"))
+    t0 = time.perf_counter()
+    hist = {}
+    if epochs > 0:
+        ds = dataset.train_pipeline(int(_get(phase, "batch_size")), seed=seed,
+                                    steps_per_epoch=_get(phase, "steps_per_epoch"))
+        hist = model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=verbose).history
+    wall = time.perf_counter() - t0
+    return {"epochs": epochs, "steps": len(timer.times), "wall_s": wall, "step_time_s": timer.median(),
+            "history": {k: [float(x) for x in v] for k, v in hist.items()}}
+
+
+def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> float:
+    logits = model.predict(x, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).ravel()))
+
+
+def time_float_steps(model, dataset, phase: Mapping[str, Any], steps: int, seed: int) -> Optional[float]:
+    """Median step time of a throw-away copy of ``model`` trained under ``phase`` (weights untouched)."""
+    clone = keras.models.clone_model(model)
+    compile_model(clone, phase, max(1, steps))
+    timer = BatchTimer()
+    ds = dataset.train_pipeline(int(_get(phase, "batch_size")), seed=seed, steps_per_epoch=None).repeat()
+    clone.fit(ds, epochs=1, steps_per_epoch=int(steps) + 2, callbacks=[timer], verbose=0)
+    return timer.median()
+
+
+# ------------------------------------------------------------------ float-baseline cache
+def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], float_cfg: Mapping[str, Any],
+                 seed: int) -> str:
+    data = {k: v for k, v in dict(dataset_cfg).items() if k not in DATA_LOCATION_KEYS}
+    return stable_hash({"version": CACHE_VERSION, "dataset": data, "model": dict(model_cfg),
+                        "float": dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def float_baseline(build: Callable[[], Any], train: Callable[[Any], Dict[str, Any]], key: str,
+                   cache_dir: Optional[str]) -> Tuple[Any, Dict[str, Any]]:
+    """The trained float model for ``key``: loaded from the cache, or built, trained and cached.
+
+    ``build()`` returns a fresh (seeded) float model; ``train(model)`` trains it in place and
+    returns facts to keep (history, times). With ``cache_dir`` None nothing is cached.
+    Returns ``(model, info)``; ``info["cache"]`` says "hit", "miss" or "off".
+    """
+    if not cache_dir:
+        model = build()
+        return model, {**train(model), "cache": "off", "key": key}
+    root = Path(cache_dir).expanduser().resolve() / "float"
+    entry = root / key
+    with file_lock(root / f"{key}.lock"):
+        meta_path, weights = entry / "meta.json", entry / "weights.h5"
+        if meta_path.is_file() and weights.is_file():
+            try:
+                model = build()
+                model.load_weights(str(weights))
+                meta = json.loads(meta_path.read_text())
+                return model, {**meta, "cache": "hit", "key": key, "path": str(entry)}
+            except Exception as exc:  # a corrupt entry is retrained, not fatal
+                log.warning("float cache entry %s unreadable (%s); retraining", entry, exc)
+                shutil.rmtree(entry, ignore_errors=True)
+        model = build()
+        info = train(model)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
+        try:
+            model.save_weights(str(tmp / "weights.h5"))
+            write_json_atomic(tmp / "meta.json", {**info, "key": key, "created": time.time()})
+            if entry.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            os.replace(tmp, entry)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return model, {**info, "cache": "miss", "key": key, "path": str(entry)}
