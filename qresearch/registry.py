@@ -60,11 +60,13 @@ class Registry(Generic[T]):
         return add(obj) if obj is not None else add
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):  # also keeps unhashable specs (lists, dicts) out of the dict lookup
+            raise UnknownNameError(self.unknown_message(name))
         if name not in self._items:
             load_entry_point_plugins()
         try:
             return self._items[name]
-        except (KeyError, TypeError):
+        except KeyError:
             raise UnknownNameError(self.unknown_message(name)) from None
 
     def unknown_message(self, name) -> str:
