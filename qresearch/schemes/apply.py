@@ -417,7 +417,9 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
 
     outputs = [tensors[r] for r in graph.output_refs]
     outputs = tf.nest.pack_sequence_as(graph.nested_outputs, outputs)
-    qmodel = keras.Model(new_inputs, outputs, name=graph.name)
+    from qresearch.schemes.io import QATModel
+
+    qmodel = QATModel(new_inputs, outputs, name=graph.name)
 
     for inner, p in copies:
         src = p.layer

@@ -28,12 +28,48 @@ def check_format(path) -> None:
             raise ConfigError(_FORMAT_MSG.format(path=path, stem=path[: -len(suffix)]))
 
 
+@keras.utils.register_keras_serializable(package="qresearch")
+class QATModel(keras.Model):
+    """The functional model ``quantize`` returns.
+
+    Refuses ``.keras``/``.h5`` files with a message naming the fix, and keeps
+    ``qresearch_info`` (scheme, hardware, coercions, float layers) in its config,
+    so ``describe`` works on a loaded model too.
+    """
+
+    def save(self, filepath, *args, **kwargs):
+        check_format(filepath)
+        return super().save(filepath, *args, **kwargs)
+
+    def save_weights(self, filepath, *args, **kwargs):
+        check_format(filepath)
+        return super().save_weights(filepath, *args, **kwargs)
+
+    def load_weights(self, filepath, *args, **kwargs):
+        check_format(filepath)
+        return super().load_weights(filepath, *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["qresearch_info"] = getattr(self, "qresearch_info", None)
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        info = config.pop("qresearch_info", None)
+        model = super().from_config(config, custom_objects=custom_objects)
+        object.__setattr__(model, "qresearch_info", info or {})
+        return model
+
+
 def custom_objects():
     """Every qresearch class a QAT model may contain (wrapper, input layer, config, quantizers)."""
     from qresearch.quantizers.registry import QUANTIZERS
     from qresearch.schemes import wrappers
 
     objs = dict(wrappers.CUSTOM_OBJECTS)
+    objs["qresearch>QATModel"] = QATModel
     for name in QUANTIZERS.names():
         objs[f"qresearch>quantizer:{name}"] = QUANTIZERS.get(name)
     return objs
@@ -45,4 +81,11 @@ def load_model(path, compile: bool = True):
     from qresearch import schemes  # noqa: F401  (registers the built-in layer configs and wrappers)
 
     with tfmot.quantization.keras.quantize_scope(), keras.utils.custom_object_scope(custom_objects()):
-        return keras.models.load_model(path, compile=compile)
+        model = keras.models.load_model(path, compile=compile)
+    ckpt = os.path.join(os.fspath(path), "variables", "variables")
+    if compile and getattr(model, "optimizer", None) is not None and os.path.exists(ckpt + ".index"):
+        # tf_keras revives the optimizer of a SavedModel without its state (iterations, Adam moments),
+        # so a resumed run would diverge. Restore it from the SavedModel's own checkpoint; slot
+        # variables are restored when the optimizer creates them on the first step.
+        keras.Model.load_weights(model, ckpt).expect_partial()
+    return model
