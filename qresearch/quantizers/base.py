@@ -8,6 +8,7 @@ them back from the signature, so a plugin round-trips without extra code.
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 from qresearch._compat import tf, tfmot
@@ -63,7 +64,11 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
             raise ConfigError(f"quantizer {name!r} cannot use power-of-two scales; use scale_format: float32 "
                               "or the 'pot' quantizer")
         if axis is not None:
-            axis = [int(a) for a in axis] if isinstance(axis, (list, tuple)) else int(axis)
+            items = list(axis) if isinstance(axis, (list, tuple)) else [axis]
+            if not items or any(isinstance(a, bool) or not isinstance(a, int) for a in items):
+                raise ConfigError(f"quantizer {name!r}: axis must be null, an integer or a list of integers, "
+                                  f"got {axis!r}")
+            axis = items if isinstance(axis, (list, tuple)) else int(axis)
         self.bits = int(bits)
         self.symmetric = symmetric
         self.narrow_range = narrow_range
@@ -198,6 +203,40 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         from qresearch._compat import keras
 
         return layer.add_weight(name, shape=(), initializer=keras.initializers.Constant(0.0), trainable=False)
+
+
+def check_number(quantizer: str, field: str, value, *, low=None, high=None, low_open=False,
+                 high_open=False) -> float:
+    """A finite real number in the given bounds, or a ConfigError naming the field."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low}")
+        if high is not None:
+            bounds.append(f"{'<' if high_open else '<='} {high}")
+        want = "a finite number" + (f" {' and '.join(bounds)}" if bounds else "")
+        raise ConfigError(f"quantizer {quantizer!r}: {field} must be {want}, got {value!r}")
+    return float(value)
+
+
+def check_bool(quantizer: str, field: str, value) -> bool:
+    """A bool, or a ConfigError naming the field."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"quantizer {quantizer!r}: {field} must be true or false, got {value!r}")
+    return value
+
+
+def check_choice(quantizer: str, field: str, value, choices):
+    """One of ``choices``, or a ConfigError naming the field and the valid values."""
+    if value not in choices:
+        raise ConfigError(f"quantizer {quantizer!r}: {field} must be one of {', '.join(map(repr, choices))}, "
+                          f"got {value!r}")
+    return value
 
 
 def _is_per_example(tensor_shape) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.base import Quantizer, check_choice
 from qresearch.quantizers.registry import register
 
 MODES = ("auto", "weights", "activations")
@@ -39,11 +39,9 @@ class DoReFaQuantizer(Quantizer):
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", mode="auto"):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
-        if mode not in MODES:
-            raise ConfigError(f"quantizer 'dorefa': mode must be one of {MODES}, got {mode!r}")
         if narrow_range:
             raise ConfigError("quantizer 'dorefa': narrow_range must be false (DoReFa's grid has 2^bits levels)")
-        self.mode = mode
+        self.mode = check_choice(self.registry_name, "mode", mode, MODES)
 
     def is_weights(self, weights) -> bool:
         if self.mode == "auto":

@@ -18,23 +18,11 @@ import math
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.base import Quantizer, check_bool, check_number
 from qresearch.quantizers.registry import register
 
 #: Floor on learned steps, so an optimizer step past zero cannot divide by zero.
 MIN_STEP = 1e-8
-
-
-def check_positive(name: str, field: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"quantizer {name!r}: {field} must be a positive number, got {value!r}")
-    return float(value)
-
-
-def check_bool(name: str, field: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"quantizer {name!r}: {field} must be true or false, got {value!r}")
-    return value
 
 
 @register("lsq")
@@ -60,7 +48,7 @@ class LSQQuantizer(Quantizer):
         if not symmetric:
             raise ConfigError(f"quantizer {name!r}: symmetric must be true (LSQ has no offset; "
                               "use 'lsq_plus' for a learned offset)")
-        self.step_init = check_positive(name, "step_init", step_init)
+        self.step_init = check_number(name, "step_init", step_init, low=0.0, low_open=True)
         self.data_init = check_bool(name, "data_init", data_init)
         self.grad_scaling = check_bool(name, "grad_scaling", grad_scaling)
 

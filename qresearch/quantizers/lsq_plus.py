@@ -24,10 +24,9 @@ import math
 
 from qresearch._compat import tf
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer
-from qresearch.quantizers.lsq import MIN_STEP, check_bool, check_positive
+from qresearch.quantizers.base import Quantizer, check_bool, check_number
+from qresearch.quantizers.lsq import MIN_STEP
 from qresearch.quantizers.registry import register
-from qresearch.errors import ConfigError
 
 
 @register("lsq_plus")
@@ -52,11 +51,8 @@ class LSQPlusQuantizer(Quantizer):
                  grad_scaling=True, nudge_zero_point=True):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
-        self.step_init = check_positive(name, "step_init", step_init)
-        if isinstance(offset_init, bool) or not isinstance(offset_init, (int, float)) \
-                or not math.isfinite(offset_init):
-            raise ConfigError(f"quantizer {name!r}: offset_init must be a finite number, got {offset_init!r}")
-        self.offset_init = float(offset_init)
+        self.step_init = check_number(name, "step_init", step_init, low=0.0, low_open=True)
+        self.offset_init = check_number(name, "offset_init", offset_init)
         self.data_init = check_bool(name, "data_init", data_init)
         self.grad_scaling = check_bool(name, "grad_scaling", grad_scaling)
         self.nudge_zero_point = check_bool(name, "nudge_zero_point", nudge_zero_point)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer
+from qresearch.quantizers.base import Quantizer, check_choice, check_number
 from qresearch.quantizers.registry import register
 
 RANGE_TRACKING = ("ema", "last_value")
@@ -37,21 +37,17 @@ class MinMaxQuantizer(Quantizer):
                  init_min=-6.0, init_max=6.0):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
-        if range_tracking not in RANGE_TRACKING:
-            raise ConfigError(f"quantizer {name!r}: range_tracking must be one of {RANGE_TRACKING}, "
-                              f"got {range_tracking!r}")
-        if not 0.0 <= float(ema_decay) < 1.0:
-            raise ConfigError(f"quantizer {name!r}: ema_decay must be in [0, 1), got {ema_decay!r}")
+        check_choice(name, "range_tracking", range_tracking, RANGE_TRACKING)
+        ema_decay = check_number(name, "ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
+        init_min = check_number(name, "init_min", init_min, high=0.0)
+        init_max = check_number(name, "init_max", init_max, low=0.0)
         if scale_format == "pot" and not symmetric:
             raise ConfigError(f"quantizer {name!r}: power-of-two scales need symmetric: true "
                               "(or use the 'pot' quantizer)")
-        if not float(init_min) <= 0.0 <= float(init_max):
-            raise ConfigError(f"quantizer {name!r}: need init_min <= 0 <= init_max "
-                              f"(got {init_min}, {init_max})")
         self.range_tracking = range_tracking
-        self.ema_decay = float(ema_decay)
-        self.init_min = float(init_min)
-        self.init_max = float(init_max)
+        self.ema_decay = ema_decay
+        self.init_min = init_min
+        self.init_max = init_max
 
     def build_params(self, shape, name, layer):
         return {

@@ -17,10 +17,8 @@ TFLite converter reads it; it equals the training forward except at rounding tie
 from __future__ import annotations
 
 from qresearch._compat import keras, tf
-from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer
-from qresearch.quantizers.lsq import check_positive
+from qresearch.quantizers.base import Quantizer, check_number
 from qresearch.quantizers.registry import register
 
 MIN_ALPHA = 1e-6
@@ -47,11 +45,8 @@ class PACTQuantizer(Quantizer):
                  signed=False, scale_format="float32", alpha_init=6.0, alpha_decay=0.0):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
-        self.alpha_init = check_positive(name, "alpha_init", alpha_init)
-        if isinstance(alpha_decay, bool) or not isinstance(alpha_decay, (int, float)) \
-                or not 0.0 <= float(alpha_decay) < float("inf"):
-            raise ConfigError(f"quantizer {name!r}: alpha_decay must be a number >= 0, got {alpha_decay!r}")
-        self.alpha_decay = float(alpha_decay)
+        self.alpha_init = check_number(name, "alpha_init", alpha_init, low=0.0, low_open=True)
+        self.alpha_decay = check_number(name, "alpha_decay", alpha_decay, low=0.0)
 
     @property
     def grid(self):

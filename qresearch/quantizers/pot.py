@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
+from qresearch.quantizers.base import check_choice
 from qresearch.quantizers.minmax import MinMaxQuantizer
 from qresearch.quantizers.registry import register
 
@@ -38,9 +39,7 @@ class PotQuantizer(MinMaxQuantizer):
         if scale_format != "pot":
             raise ConfigError(f"quantizer 'pot': scale_format must be 'pot', got {scale_format!r}; "
                               "use 'minmax' for float scales")
-        if pot_rounding not in POT_ROUNDING:
-            raise ConfigError(f"quantizer 'pot': pot_rounding must be one of {POT_ROUNDING}, got {pot_rounding!r}")
-        self.pot_rounding = pot_rounding
+        self.pot_rounding = check_choice("pot", "pot_rounding", pot_rounding, POT_ROUNDING)
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format,
                          range_tracking, ema_decay, init_min, init_max)
 
