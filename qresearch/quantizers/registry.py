@@ -24,9 +24,11 @@ def register(name: str, *, overwrite: bool = False):
     def add(cls):
         if not (isinstance(cls, type) and issubclass(cls, Quantizer)):
             raise QResearchError(f"quantizer {name!r}: {cls!r} must subclass qresearch.quantizers.Quantizer")
+        # The name is claimed first: a refused duplicate must not replace the Keras
+        # deserialization entry of the class that owns the name.
+        QUANTIZERS.register(name, cls, overwrite=overwrite)
         cls.registry_name = name
         keras.utils.register_keras_serializable(package="qresearch", name=f"quantizer:{name}")(cls)
-        QUANTIZERS.register(name, cls, overwrite=overwrite)
         return cls
 
     return add
