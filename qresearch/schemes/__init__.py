@@ -9,11 +9,11 @@ from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig
                                         QuantizeWrapper)
 from qresearch.schemes.presets import get, names, register
 from qresearch.schemes.apply import calibrate, quantize
-from qresearch.schemes.describe import describe
+from qresearch.schemes.describe import describe, quantized_weights
 from qresearch.schemes.io import load_model
 
 __all__ = [
     "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeWrapper",
-    "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize", "register",
-    "register_layer", "registered_layers",
+    "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize",
+    "quantized_weights", "register", "register_layer", "registered_layers",
 ]

@@ -228,6 +228,34 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
                 getattr(p.layer, "activation", None)) in spec.fixed_output_ranges):
             p.fixed_name = _fixed_name(p.layer, "fixed") if p.kind == "fixed" else \
                 L.activation_name(p.layer.activation)
+    # sign of every tensor: unsigned grids (LSQ/PACT activations) only where values are >= 0
+    nonneg: Dict[str, bool] = {r: False for r in graph.input_refs}
+    for p in plans:
+        if p.removed:
+            continue
+        ins = [nonneg.get(r, False) for r in p.node.in_refs]
+        act = L.activation_name(getattr(p.layer, "activation", None))
+        if p.spec is None:
+            value = False
+        elif p.kind == "activation":
+            value = act in ("relu", "relu6") or (isinstance(p.layer, K.ReLU)) or (act == "linear" and all(ins))
+        elif p.kind == "compute":
+            value = act in ("relu", "relu6", "softmax", "sigmoid")
+        elif p.kind == "fixed":
+            value = p.fixed_name in ("softmax", "sigmoid")
+        elif p.kind in ("passthrough", "concat") or isinstance(p.layer, (K.GlobalAveragePooling1D,
+                                                                          K.GlobalAveragePooling2D,
+                                                                          K.GlobalAveragePooling3D,
+                                                                          K.Multiply, K.Maximum,
+                                                                          K.Average, K.Add)):
+            value = bool(ins) and all(ins)
+        else:
+            value = False
+        for r in p.node.out_refs:
+            nonneg[r] = bool(value)
+        p.nonneg_out = bool(value)
+        p.nonneg_in = {r: nonneg.get(r, False) for r in p.node.in_refs}
+
     # concat: one shared range after the concat, none on its producers
     for p in plans:
         if p.kind != "concat" or not p.output:
@@ -263,6 +291,15 @@ def _quantizer(spec_dict, role, where):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _act_spec(a: Dict[str, Any], nonneg: bool) -> Dict[str, Any]:
+    """An activation quantizer spec for one tensor: per-tensor, and a signed grid unless the tensor is
+    known to be non-negative (after ReLU/ReLU6) or the scheme sets ``signed`` itself."""
+    out = dict(a, per_channel=False)
+    if "signed" not in a:
+        out["signed"] = not nonneg
+    return out
+
+
 def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
     layer = p.layer
     weights = {}
@@ -278,7 +315,7 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
     acts = {}
     a = p.acts_spec
     if a is not None:
-        act_q = dict(a, per_channel=False)
+        act_q = _act_spec(a, nonneg=False)  # pre-activation values are signed
         for attr in p.spec.activations:
             fn = getattr(layer, attr, None)
             name = L.activation_name(fn)
@@ -286,7 +323,8 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             if fn is not None and name not in L.FUSABLE_ACTIVATIONS:
                 entry["pre"] = _quantizer(act_q, "activations", f"layer {layer.name!r} activations")
             if not p.spec.quantize_output and fn is not None:
-                entry["post"] = _quantizer(act_q, "activations", f"layer {layer.name!r} activations")
+                post = _act_spec(a, nonneg=name in ("relu", "relu6", "softmax", "sigmoid"))
+                entry["post"] = _quantizer(post, "activations", f"layer {layer.name!r} activations")
             if entry["pre"] or entry["post"]:
                 acts[attr] = entry
     output = None
@@ -296,7 +334,8 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             lo, hi = scheme.fixed_output_ranges[p.fixed_name]
             output = FixedRangeQuantizer(bits=bits, range_min=lo, range_max=hi)
         else:
-            output = _quantizer(dict(a, per_channel=False), "activations", f"layer {layer.name!r} output")
+            output = _quantizer(_act_spec(a, getattr(p, "nonneg_out", False)), "activations",
+                                f"layer {layer.name!r} output")
     info = {"kind": p.kind}
     if p.folded_bn is not None:
         info["folded_bn"] = p.folded_bn.name
@@ -376,7 +415,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             t = tensors[ref]
             if needs_q and not is_quantized(ref) and t.dtype.is_floating:
                 if ref not in input_quantizers:
-                    a = dict(p.acts_spec, per_channel=False)
+                    a = _act_spec(p.acts_spec, getattr(p, "nonneg_in", {}).get(ref, False))
                     src = producers.get(ref)
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     q = QuantizeInput(_quantizer(a, "activations", "input quantizer"),

@@ -117,3 +117,17 @@ def describe(qat_model, print_report: bool = False) -> Report:
     if print_report:
         print(report)
     return report
+
+
+def quantized_weights(qat_model) -> Dict[str, Dict[str, np.ndarray]]:
+    """``{layer name: {weight attribute: fake-quantized value}}`` as inference would use them."""
+    out: Dict[str, Dict[str, np.ndarray]] = {}
+    for layer in qat_model.layers:
+        if not isinstance(layer, QuantizeWrapper) or not layer.built:
+            continue
+        values = {}
+        for attr, (weight, quantizer, qvars) in zip(layer.quantize_config.weights, layer._weight_vars):
+            values[attr] = np.asarray(quantizer(weight, False, weights=qvars))
+        if values:
+            out[layer.layer.name] = values
+    return out

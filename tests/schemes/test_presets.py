@@ -1,0 +1,46 @@
+"""Every model in models.py, with every preset scheme: quantize, calibrate, train a few steps."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import keras, schemes
+
+from . import models as M
+from .helpers import compute_layer_names, wrappers
+
+PRESETS = ["tflite_int8", "minmax_nbit", "lsq", "lsq_plus", "pact_lsq", "dorefa", "pot"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def custom_layer_registered():
+    schemes.register_layer(M.ScaledDense, weights=["kernel"], activations=["activation"], quantize_output=True)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("model_name", list(M.BUILDERS))
+def test_preset_quantizes_and_trains(model_name, preset):
+    keras.utils.set_random_seed(0)
+    model = M.BUILDERS[model_name]()
+    x, y = M.data(32)
+    q = qresearch.quantize(model, preset, calibration_data=x[:16])
+    spec = schemes.get(preset)
+
+    # every compute layer's weights carry the scheme's weight quantizer
+    ws = wrappers(q)
+    for name in compute_layer_names(model):
+        assert name in ws, f"{name} not quantized with {preset}"
+        cfg = ws[name].quantize_config
+        assert cfg.weights, f"{name}: no weight quantizer"
+        for quantizer in cfg.weights.values():
+            assert quantizer.registry_name == spec.weights["quantizer"]
+    assert not any(isinstance(l, keras.Model) for l in q.layers)  # nested models are flattened
+
+    variables = list(q.trainable_weights)
+    before = [v.numpy().copy() for v in variables]
+    M.compile_model(q, from_logits=model_name != "concat_multiply")
+    q.run_eagerly = True  # a few tiny steps: eager is faster than tracing
+    hist = q.fit(x, y, batch_size=16, epochs=1, verbose=0, shuffle=False)
+    assert np.isfinite(hist.history["loss"][0])
+    assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)), "no weight changed"
+    report = schemes.describe(q)
+    assert report["memory"]["quantized_bits"] < report["memory"]["float32_bits"]
