@@ -189,6 +189,11 @@ class _Checker:
             text = "narrow_range: true ([-(2^(b-1)-1), 2^(b-1)-1])" if nr else "narrow_range: false"
             require("narrow_range", nr, text, f"use narrow_range: {str(nr).lower()}")
 
+        sg = rules.signed
+        if sg is not None and "signed" in qspec and bool(qspec["signed"]) != sg:
+            require("signed", sg, f"signed: {str(sg).lower()} (the runtime stores this grid "
+                    f"{'signed with zero point 0' if sg else 'unsigned'})", f"use signed: {str(sg).lower()}")
+
         sf = eff.get("scale_format", "float32")
         if sf not in rules.scale_format:
             want = rules.scale_format[0]
@@ -283,6 +288,11 @@ class _Checker:
                 raise ConfigError(f"scheme field {role!r} must be a quantizer spec dict or null, got {q!r}")
             self.base_level = True
             self.check_quantizer(role, role, q, {}, None)
+            sg = t.rules(role).signed
+            if sg is not None and "signed" not in q:
+                # Schemes pick unsigned grids after ReLU unless told; a signed-only runtime must be told.
+                q["signed"] = sg
+                self.coercions.append(f"{role}.signed: (auto) -> {str(sg).lower()} (set by target {t.name})")
         self.base_level = False
 
         for i, ov in enumerate(self.overrides):

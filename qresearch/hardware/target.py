@@ -16,6 +16,7 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
       symmetry: symmetric           # symmetric (zero point 0) | asymmetric (zero point free)
       zero_point: zero              # zero | any   (must agree with symmetry)
       narrow_range: true            # true (required) | false (forbidden) | any
+      signed: any                   # true: signed grid required (zero point 0 in signed storage) | false | any
       scale_format: [float32, pot]  # allowed scale forms
     activations: {...same keys; granularity is always per_tensor...}
     quantize_ops: all               # weights_only | compute | all
@@ -106,6 +107,7 @@ class TensorRules:
     symmetry: str = "asymmetric"
     zero_point: str = "any"
     narrow_range: Optional[bool] = None
+    signed: Optional[bool] = None
     scale_format: Tuple[str, ...] = ("float32",)
     granularity: Dict[str, Tuple[str, ...]] = field(
         default_factory=lambda: {k: ("per_tensor",) for k in LAYER_KINDS})
@@ -121,7 +123,7 @@ class TensorRules:
     def from_dict(cls, d: Mapping[str, Any], role: str, source: Optional[str] = None) -> "TensorRules":
         if not isinstance(d, Mapping):
             raise ConfigError(f"{_where(source, role)}: must be a mapping, got {d!r}")
-        keys = ("bits", "symmetry", "zero_point", "narrow_range", "scale_format", "granularity")
+        keys = ("bits", "symmetry", "zero_point", "narrow_range", "signed", "scale_format", "granularity")
         _unknown_keys(d, keys, source, f"{role}.")
         if "bits" not in d:
             raise ConfigError(f"{_where(source, role + '.bits')}: missing (list the allowed bit widths)")
@@ -134,6 +136,7 @@ class TensorRules:
                               f"symmetry {symmetry!r} (symmetric grids have zero point 0; asymmetric ones "
                               "a free zero point)")
         narrow = _tristate(d.get("narrow_range", "any"), source, f"{role}.narrow_range")
+        signed = _tristate(d.get("signed", "any"), source, f"{role}.signed")
         scale_format = _choices(d.get("scale_format", ["float32"]), SCALE_FORMATS, source,
                                 f"{role}.scale_format")
         gran_raw = d.get("granularity", "per_tensor")
@@ -149,13 +152,14 @@ class TensorRules:
         if role == "activations" and any(g != ("per_tensor",) for g in gran.values()):
             raise ConfigError(f"{_where(source, role + '.granularity')}: activations are per_tensor "
                               "(tfmot gives activation quantizers no channel axis)")
-        return cls(bits=bits, symmetry=symmetry, zero_point=zero_point, narrow_range=narrow,
+        return cls(bits=bits, symmetry=symmetry, zero_point=zero_point, narrow_range=narrow, signed=signed,
                    scale_format=scale_format, granularity=gran)
 
     def to_dict(self) -> Dict[str, Any]:
         return {
             "bits": list(self.bits), "symmetry": self.symmetry, "zero_point": self.zero_point,
             "narrow_range": "any" if self.narrow_range is None else self.narrow_range,
+            "signed": "any" if self.signed is None else self.signed,
             "scale_format": list(self.scale_format),
             "granularity": {k: list(v) for k, v in self.granularity.items()},
         }

@@ -171,3 +171,15 @@ def test_unknown_quantizer_fails_clearly():
     from qresearch.errors import UnknownNameError, ConfigError
     with pytest.raises((UnknownNameError, ConfigError), match="lsqq"):
         hw.constrain(spec(w={"quantizer": "lsqq"}), "tflite_int8")
+
+
+def test_signed_only_activations():
+    # 16x8 stores activations as int16 with zero point 0: an unsigned grid after ReLU would give Z=-32768.
+    out, coercions = hw.constrain(COMPLIANT["tflite_int16x8"], "tflite_int16x8")
+    assert as_dict(out)["activations"]["signed"] is True
+    assert any(c.startswith("activations.signed") for c in coercions)
+    err = conflicts(spec(a={"bits": 16, "symmetric": True, "signed": False}), "tflite_int16x8")
+    assert [c.field for c in err.conflicts] == ["activations.signed"]
+    # TFLite int8 activations are asymmetric: unsigned grids are fine and left to the scheme.
+    out, _ = hw.constrain(spec(a={"quantizer": "pact"}), "tflite_int8")
+    assert "signed" not in as_dict(out)["activations"]
