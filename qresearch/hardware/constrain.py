@@ -228,11 +228,13 @@ class _Checker:
             for k in bad:
                 if self.override_fixes(k, want):
                     continue
-                cls_name = KIND_CLASSES[k][0] if k == "dense" else None
-                match = cls_name or "|".join(KIND_CLASSES[k])
+                # Overrides match a class name (or a regex on layer names): one per class of the kind.
+                classes = [c for c in KIND_CLASSES[k] if not c.startswith("Convolution")]
+                match = classes[0] if len(classes) == 1 else " | ".join(classes)
 
-                def apply(k=k, match=match):
-                    self.new_overrides.append({"match": match, "weights": {"per_channel": want == "per_channel"}})
+                def apply(classes=classes):
+                    for c in classes:
+                        self.new_overrides.append({"match": c, "weights": {"per_channel": want == "per_channel"}})
 
                 self.conflict(f"{where}.per_channel ({k} layers)", eff.get("per_channel", False), allowed,
                               f"add an override {{match: {match!r}, weights: {{per_channel: "

@@ -14,6 +14,15 @@ def spec(w=None, a=None, **extra):
     return d
 
 
+DENSE_PER_TENSOR = [{"match": "Dense", "weights": {"per_channel": False}}]
+
+
+def tfl(w=None, a=None, **extra):
+    """A scheme for the TFLite targets: Dense kernels per-tensor (see conf/hardware/tflite_int8.yaml)."""
+    extra.setdefault("overrides", DENSE_PER_TENSOR)
+    return spec(w, a, **extra)
+
+
 def as_dict(s):
     return s.to_dict() if hasattr(s, "to_dict") else s
 
@@ -26,8 +35,8 @@ def conflicts(s, target):
 
 # A scheme each target accepts unchanged (apart from target-driven fields).
 COMPLIANT = {
-    "tflite_int8": spec(),
-    "tflite_int16x8": spec(a={"bits": 16, "symmetric": True}),
+    "tflite_int8": tfl(),
+    "tflite_int16x8": tfl(a={"bits": 16, "symmetric": True}),
     "academic": spec(w={"bits": 4, "per_channel": False}, a={"quantizer": "lsq", "bits": 4}),
     "tensorrt": spec(a={"symmetric": True, "narrow_range": True}),
     "snpe": spec(w={"per_channel": False, "symmetric": False, "narrow_range": False}),
@@ -54,13 +63,13 @@ def test_compliant_scheme_passes_and_gets_target_fields(target):
 
 # (target, scheme, conflicting fields, a fragment of the "allowed" text)
 CASES = [
-    ("tflite_int8", spec(a={"bits": 4}), ["activations.bits"], "[8]"),
-    ("tflite_int8", spec(w={"bits": 4}, a={"bits": 4}), ["weights.bits", "activations.bits"], "[8]"),
-    ("tflite_int8", spec(w={"symmetric": False}), ["weights.symmetric"], "symmetric only"),
-    ("tflite_int8", spec(w={"narrow_range": False}), ["weights.narrow_range"], "narrow_range: true"),
-    ("tflite_int8", spec(skip=["dense_1"]), ["skip"], "integer-only"),
-    ("tflite_int8", spec(activations=None), ["activations"], "quantized activations"),
-    ("tflite_int16x8", spec(), ["activations.bits", "activations.symmetric"], "[16]"),
+    ("tflite_int8", tfl(a={"bits": 4}), ["activations.bits"], "[8]"),
+    ("tflite_int8", tfl(w={"bits": 4}, a={"bits": 4}), ["weights.bits", "activations.bits"], "[8]"),
+    ("tflite_int8", tfl(w={"symmetric": False}), ["weights.symmetric"], "symmetric only"),
+    ("tflite_int8", tfl(w={"narrow_range": False}), ["weights.narrow_range"], "narrow_range: true"),
+    ("tflite_int8", tfl(skip=["dense_1"]), ["skip"], "integer-only"),
+    ("tflite_int8", tfl(activations=None), ["activations"], "quantized activations"),
+    ("tflite_int16x8", tfl(), ["activations.bits", "activations.symmetric"], "[16]"),
     ("academic", spec(), ["weights.per_channel", "activations.symmetric"], "per_tensor"),
     ("tensorrt", spec(w={"per_channel": False}, a={"symmetric": True, "narrow_range": True}),
      ["weights.per_channel"], "per_channel"),
@@ -105,15 +114,15 @@ def test_adapt_values():
     assert as_dict(out)["weights"]["bits"] == 4
     out, _ = hw.constrain(spec(a={"bits": 12}), "snpe", adapt=True)  # 12 -> nearest of [8, 16]; tie -> 16
     assert as_dict(out)["activations"]["bits"] == 16
-    out, _ = hw.constrain(spec(), "tflite_int16x8", adapt=True)
+    out, _ = hw.constrain(tfl(), "tflite_int16x8", adapt=True)
     assert as_dict(out)["activations"]["bits"] == 16 and as_dict(out)["activations"]["symmetric"] is True
-    out, _ = hw.constrain(spec(w={"quantizer": "lsq"}), "tflite_int8", adapt=True)
+    out, _ = hw.constrain(tfl(w={"quantizer": "lsq"}), "tflite_int8", adapt=True)
     assert as_dict(out)["weights"]["narrow_range"] is True
 
 
 def test_quantizer_defaults_are_what_is_checked():
     # lsq weights default to narrow_range false: TFLite int8 weights must avoid -128.
-    s = {"weights": {"quantizer": "lsq", "bits": 8}, "activations": {"quantizer": "pact", "bits": 8}}
+    s = {"weights": {"quantizer": "lsq", "bits": 8}, "activations": {"quantizer": "pact", "bits": 8}}  # per-tensor
     err = conflicts(s, "tflite_int8")
     assert [c.field for c in err.conflicts] == ["weights.narrow_range"]
     # minmax activations default to asymmetric: fine on tflite, refused on tensorrt.
@@ -129,7 +138,7 @@ def test_uncoercible_conflict_is_raised_even_with_adapt():
 
 
 def test_overrides_are_checked():
-    s = spec(overrides=[{"match": "Dense", "weights": {"bits": 4}},
+    s = spec(overrides=[{"match": "Dense", "weights": {"bits": 4, "per_channel": False}},
                         {"match": "conv_.*", "activations": {"bits": 6}}])
     err = conflicts(s, "tflite_int8")
     fields = [c.field for c in err.conflicts]
@@ -139,7 +148,7 @@ def test_overrides_are_checked():
     assert ovs[0]["weights"]["bits"] == 8 and ovs[1]["activations"]["bits"] == 8
     assert len([c for c in coercions if c.startswith("overrides")]) == 2
     # An override that keeps layers float is a conflict on integer-only targets.
-    err = conflicts(spec(overrides=[{"match": "Dense", "weights": None}]), "tflite_int8")
+    err = conflicts(spec(w={"per_channel": False}, overrides=[{"match": "Dense", "weights": None}]), "tflite_int8")
     assert err.conflicts[0].field == "overrides[0] (match 'Dense').weights"
 
 
@@ -155,15 +164,15 @@ def test_per_layer_kind_granularity():
     ok = spec(overrides=[{"match": "Dense", "weights": {"per_channel": False}}])
     hw.constrain(ok, "test_micro_like")
     out, coercions = hw.constrain(spec(), "test_micro_like", adapt=True)
-    assert as_dict(out)["overrides"][-1]["match"] == "Dense"
-    assert as_dict(out)["overrides"][-1]["weights"]["per_channel"] is False
+    added = {o["match"]: o["weights"] for o in as_dict(out)["overrides"]}
+    assert added == {"Dense": {"per_channel": False}, "EinsumDense": {"per_channel": False}}
     hw.constrain(out, "test_micro_like")
 
 
 def test_first_last_bits():
     out, coercions = hw.constrain(COMPLIANT["academic"], "academic")
     assert as_dict(out)["first_last_bits"] == 8 and "first_last_bits: None -> 8 (set by target academic)" in coercions
-    err = conflicts(spec(first_last_bits=4), "tflite_int8")
+    err = conflicts(tfl(first_last_bits=4), "tflite_int8")
     assert [c.field for c in err.conflicts] == ["first_last_bits"]
 
 
@@ -178,8 +187,16 @@ def test_signed_only_activations():
     out, coercions = hw.constrain(COMPLIANT["tflite_int16x8"], "tflite_int16x8")
     assert as_dict(out)["activations"]["signed"] is True
     assert any(c.startswith("activations.signed") for c in coercions)
-    err = conflicts(spec(a={"bits": 16, "symmetric": True, "signed": False}), "tflite_int16x8")
+    err = conflicts(tfl(a={"bits": 16, "symmetric": True, "signed": False}), "tflite_int16x8")
     assert [c.field for c in err.conflicts] == ["activations.signed"]
     # TFLite int8 activations are asymmetric: unsigned grids are fine and left to the scheme.
-    out, _ = hw.constrain(spec(a={"quantizer": "pact"}), "tflite_int8")
+    out, _ = hw.constrain(tfl(a={"quantizer": "pact"}), "tflite_int8")
     assert "signed" not in as_dict(out)["activations"]
+
+
+def test_tflite_dense_kernels_per_tensor():
+    err = conflicts(spec(), "tflite_int8")
+    assert [c.field for c in err.conflicts] == ["weights.per_channel (dense layers)"]
+    out, coercions = hw.constrain(spec(), "tflite_int8", adapt=True)
+    assert {o["match"]: o["weights"] for o in as_dict(out)["overrides"]}["Dense"] == {"per_channel": False}
+    hw.constrain("tflite_int8", "tflite_int8")  # the scheme preset of the same name fits the target
