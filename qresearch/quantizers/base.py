@@ -158,6 +158,14 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
     def from_config(cls, config):
         return cls(**config)
 
+    def to_spec(self) -> Dict[str, Any]:
+        """The plain-data spec ``create()`` rebuilds this quantizer from: ``{"name": ..., **config}``.
+
+        Format-independent (JSON, YAML, Keras h5 configs), unlike Keras' registered-name
+        serialization, which legacy h5 loading does not resolve.
+        """
+        return {"name": self.registry_name, **self.get_config()}
+
     def __eq__(self, other):
         return type(self) is type(other) and self.get_config() == other.get_config()
 

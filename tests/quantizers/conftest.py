@@ -51,9 +51,11 @@ class KernelActivationConfig(QuantizeConfig):
         return []
 
     def get_config(self):
+        # Plain specs: they survive every save format (h5's legacy loader does not
+        # resolve Keras registered names of nested objects).
         return {
-            "weight_quantizer": keras.utils.serialize_keras_object(self.weight_quantizer),
-            "activation_quantizer": keras.utils.serialize_keras_object(self.activation_quantizer),
+            "weight_quantizer": None if self.weight_quantizer is None else self.weight_quantizer.to_spec(),
+            "activation_quantizer": None if self.activation_quantizer is None else self.activation_quantizer.to_spec(),
             "kernel_attr": self.kernel_attr,
         }
 
@@ -62,7 +64,7 @@ class KernelActivationConfig(QuantizeConfig):
         config = dict(config)
         for key in ("weight_quantizer", "activation_quantizer"):
             if config.get(key) is not None:
-                config[key] = keras.utils.deserialize_keras_object(config[key])
+                config[key] = create(config[key])
         return cls(**config)
 
 
@@ -135,3 +137,24 @@ def grads(quantizer, x, weights, upstream, variables, training=True):
 def assert_grid_close(actual, expected, step, rtol=1e-5):
     """Equal up to float32 round-off of the grid values."""
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=float(np.max(step)) * 1e-4)
+
+
+class BuildInnerFirstWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
+    """QuantizeWrapperV2 that builds the wrapped layer before its own variables.
+
+    tfmot's V2 wrapper snapshots the inner layer's weights at build; loading from a
+    config the inner layer is not built yet, so trainable quantizer variables (LSQ
+    steps, PACT alphas) come first and an h5 load assigns weights to the wrong
+    variables. tfmot's own quantizers have no trainable variables, so it never shows there.
+    """
+
+    def build(self, input_shape):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        super().build(input_shape)
+
+
+def load_qat_model(path):
+    with tfmot.quantization.keras.quantize_scope({"KernelActivationConfig": KernelActivationConfig}):
+        with keras.utils.custom_object_scope({"QuantizeWrapperV2": BuildInnerFirstWrapper}):
+            return keras.models.load_model(path, compile=False)
