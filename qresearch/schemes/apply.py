@@ -291,6 +291,20 @@ def _quantizer(spec_dict, role, where):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _float_reason(p: _Plan) -> str:
+    if p.kind == "passthrough":
+        return "pass-through: shares its input's range (no quantizer needed)"
+    if p.kind in ("activation", "bn"):
+        return "fused: the quantizer after it or after its producer covers it"
+    if p.kind == "compute" and getattr(p, "concat_shared", None):
+        return f"output range shared with {p.concat_shared}"
+    if getattr(p, "concat_shared", None):
+        return f"output range shared with {p.concat_shared}"
+    if p.acts_spec is None and p.weights_spec is None:
+        return "the scheme quantizes nothing here (weights/activations null or weights_only)"
+    return "no quantizer needed by this scheme's quantize_ops"
+
+
 def _act_spec(a: Dict[str, Any], nonneg: bool) -> Dict[str, Any]:
     """An activation quantizer spec for one tensor: per-tensor, and a signed grid unless the tensor is
     known to be non-negative (after ReLU/ReLU6) or the scheme sets ``signed`` itself."""
@@ -430,11 +444,13 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 cfg = inner.get_config()
                 cfg["use_bias"] = True
                 inner = type(inner).from_config(cfg)
-            if quantized:
-                cfg = _layer_config(p, scheme)
+            cfg = _layer_config(p, scheme) if quantized else None
+            if cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
                 layer = inner
+                if p.float_reason is None:
+                    p.float_reason = _float_reason(p)
             made[id(p.layer)] = layer
             copies.append((inner, p))
         layer = made[id(p.layer)]
@@ -557,12 +573,7 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
     graph = flatten(model)
     plans = _make_plans(graph, spec)
     qmodel = _build(graph, plans, spec)
-    float_reasons = {}
-    for p in plans:
-        if p.float_reason and not p.removed:
-            float_reasons[p.layer.name] = p.float_reason
-        elif p.removed:
-            float_reasons[p.layer.name] = p.float_reason
+    float_reasons = {p.layer.name: p.float_reason for p in plans if p.float_reason}
     # plain attribute (not tracked by Keras, so it never reaches the SavedModel object graph)
     object.__setattr__(qmodel, "qresearch_info", {"scheme": spec.to_dict(), "hardware": hw_name,
                                                   "coercions": list(coercions), "float_layers": float_reasons})
