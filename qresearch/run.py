@@ -91,6 +91,15 @@ def variant_label(algorithm: str, overrides: List[str]) -> str:
     return f"{algorithm}[{','.join(extra)}]" if extra else algorithm
 
 
+def algorithm_name(scheme: Dict[str, Any]) -> str:
+    """A name for a scheme given as data (no preset name): its quantizers, e.g. "pact/lsq"."""
+    names = []
+    for role in ROLES:
+        q = scheme.get(role)
+        names.append((q.get("quantizer") or q.get("name") or "?") if isinstance(q, dict) else "float")
+    return names[0] if names[0] == names[1] else f"{names[0]}/{names[1]}"
+
+
 # ------------------------------------------------------------------ scheme x target
 def scheme_dict(cfg) -> Dict[str, Any]:
     """The scheme config as a dict, with the ``bits`` shorthand applied."""
@@ -173,7 +182,7 @@ class Job:
         self.hash = config_hash(cfg)
         self.t0 = time.perf_counter()
         self.stage = "setup"
-        algorithm = self.ctx.choices.get("scheme") or "custom"
+        algorithm = self.ctx.choices.get("scheme") or algorithm_name(self.config.get("scheme") or {})
         hw = self.config.get("hardware") or {}
         model = self.config.get("model") or {}
         self.record: Dict[str, Any] = {

@@ -1,0 +1,128 @@
+"""Every config group composes; bad values and keys fail at start with the valid choices."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from qresearch import config as qconfig
+from qresearch.errors import ConfigError
+from qresearch.paths import CONF_DIR
+
+
+def _compose(overrides=(), hydra_node=False):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+def _options(group):
+    return qconfig.group_options(group)
+
+
+def test_defaults_compose_and_validate():
+    cfg = _compose()
+    assert cfg.dataset.name == "digits" and cfg.model.name == "mlp" and cfg.seed == 0
+    assert cfg.training.qat.optimizer.name in ("adam", "sgd", "adamw", "rmsprop")
+    qconfig.validate(cfg)
+
+
+@pytest.mark.parametrize("group", ["dataset", "model", "scheme", "hardware", "training", "logger", "paths"])
+def test_every_group_option_composes(group):
+    options = _options(group)
+    assert options, f"conf/{group}/ is empty"
+    for option in options:
+        cfg = _compose([f"{group}={option}"])
+        assert cfg[group] is not None
+        if group in ("dataset", "model", "logger", "training"):
+            qconfig.validate(cfg)
+
+
+@pytest.mark.parametrize("group", ["experiment", "sweep", "hparams_search"])
+def test_global_groups_compose_with_hydra_node(group):
+    for option in _options(group):
+        cfg = _compose([f"+{group}={option}"], hydra_node=True)
+        qconfig.validate(cfg)
+        if group != "experiment":
+            assert cfg.hydra.mode.name == "MULTIRUN"
+            assert cfg.sweep_name != "adhoc"
+
+
+def test_sweep_folder_is_deterministic_from_the_sweep_name():
+    cfg = _compose(["+sweep=bitwidth"], hydra_node=True)
+    assert cfg.hydra.sweep.dir == "outputs/multirun/bitwidth"
+    assert "qr_subdir" in OmegaConf.to_container(cfg.hydra.sweep)["subdir"]
+    assert cfg.hydra.sweeper.params["hardware"] == "academic,tflite_int8"
+    assert qconfig._subdir("") == "default"
+    long = qconfig._subdir("x" * 300)
+    assert len(long) < 200 and long == qconfig._subdir("x" * 300)
+
+
+def test_launchers_compose():
+    cfg = _compose(["hydra/launcher=parallel"], hydra_node=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    cfg = _compose(["hydra/launcher=joblib"], hydra_node=True)
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+
+
+@pytest.mark.parametrize("launcher,plugin", [("slurm", "hydra_plugins.hydra_submitit_launcher"),
+                                             ("ray", "hydra_plugins.hydra_ray_launcher")])
+def test_optional_cluster_launchers(launcher, plugin):
+    pytest.importorskip(plugin)
+    cfg = _compose([f"hydra/launcher={launcher}"], hydra_node=True)
+    assert "Launcher" in cfg.hydra.launcher._target_
+
+
+def test_experiment_overrides_groups():
+    cfg = _compose(["+experiment=cifar10_resnet20_lsq4"])
+    assert (cfg.dataset.name, cfg.model.name, cfg.bits) == ("cifar10", "resnet20", 4)
+    assert cfg.training.float.optimizer.name == "sgd"
+
+
+def test_bad_enum_value_lists_choices():
+    with pytest.raises(Exception) as e:
+        _compose(["training.qat.optimizer=adamm"])
+    text = f"{e.value} {e.value.__cause__}"
+    assert "adamw" in text and "sgd" in text and "rmsprop" in text
+
+
+def test_bad_type_fails_at_compose():
+    with pytest.raises(Exception, match="epochs"):
+        _compose(["training.float.epochs=many"])
+
+
+def test_unknown_group_option_lists_options():
+    with pytest.raises(Exception) as e:
+        _compose(["model=resnet"])
+    assert "resnet20" in str(e.value)
+
+
+def test_check_overrides_suggests_close_keys():
+    with pytest.raises(ConfigError) as e:
+        qconfig.check_overrides(["training.qat.epoch=3"])
+    assert "training.qat.epochs" in str(e.value)
+    with pytest.raises(ConfigError, match="seed"):
+        qconfig.check_overrides(["sed=1"])
+    # valid keys, sweeps, appends, hydra keys and group choices pass
+    qconfig.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
+                             "model.hidden=[8]", "scheme.weights.bits=2", "-m", "dataset.train_samples=100"])
+
+
+def test_validate_lists_registered_names():
+    cfg = _compose(["dataset.name=digitz"])
+    with pytest.raises(ConfigError) as e:
+        qconfig.validate(cfg)
+    assert "digits" in str(e.value) and "mnist" in str(e.value)
+    cfg = _compose(["logger.mode=sometimes"])
+    with pytest.raises(ConfigError, match="offline"):
+        qconfig.validate(cfg)
+
+
+def test_config_hash_ignores_logging_and_paths():
+    a = _compose()
+    b = _compose(["logger=disabled", "paths.output_dir=/tmp/elsewhere", "sweep_name=x"])
+    c = _compose(["seed=1"])
+    assert qconfig.config_hash(a) == qconfig.config_hash(b) != qconfig.config_hash(c)
+    d = qconfig.to_dict(a)
+    assert d["training"]["qat"]["optimizer"] == "adam" and "hydra" not in d

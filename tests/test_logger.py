@@ -1,0 +1,50 @@
+"""wandb: mode resolution, offline runs read back from their .wandb record files."""
+import pytest
+
+from qresearch import logger as qlog
+
+
+def test_mode_defaults_to_offline_without_credentials(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    assert qlog.resolve_mode("auto") == "offline"
+    assert qlog.resolve_mode("online") == "offline"
+    assert qlog.resolve_mode("disabled") == "disabled"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    assert qlog.resolve_mode("auto") == "online"
+
+
+def test_disabled_logger_is_a_no_op(tmp_path):
+    lg = qlog.RunLogger({"mode": "disabled"}, {"a": 1}, name="n", group="g", job_dir=str(tmp_path))
+    lg.log({"x": 1})
+    lg.summary({"y": 2})
+    lg.finish()
+    assert not lg.active and not list(tmp_path.iterdir())
+
+
+def test_offline_run_reads_back(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    config = {"seed": 3, "scheme": {"weights": {"bits": 4}}, "tags": [1, 2]}
+    lg = qlog.RunLogger({"mode": "offline", "project": "qtest"}, config, name="job-a", group="sweep-x",
+                        job_dir=str(tmp_path))
+    assert lg.active
+    for step in range(3):
+        lg.log({"qat/loss": 1.0 / (step + 1)})
+    lg.summary({"qat_accuracy": 0.9, "metrics": {"ptq_accuracy": 0.5}})
+    lg.finish()
+    lg.finish()  # idempotent
+    files = qlog.find_wandb_files(tmp_path)
+    assert len(files) == 1
+    run = qlog.read_wandb_run(files[0])
+    assert run["run"]["group"] == "sweep-x" and run["run"]["name"] == "job-a"
+    assert run["config"]["seed"] == 3 and run["config"]["scheme"] == {"weights": {"bits": 4}}
+    assert run["summary"]["qat_accuracy"] == 0.9 and run["summary"]["metrics/ptq_accuracy"] == 0.5
+    assert [h["qat/loss"] for h in run["history"]] == [1.0, 0.5, pytest.approx(1 / 3)]
+    assert run["exit_code"] == 0
+
+
+def test_reader_rejects_other_files(tmp_path):
+    p = tmp_path / "x.wandb"
+    p.write_bytes(b"not a wandb file")
+    with pytest.raises(ValueError):
+        list(qlog.iter_wandb_records(p))

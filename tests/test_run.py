@@ -1,0 +1,163 @@
+"""qresearch.run: a real single run, a real multirun with a failing job, resume, report, wandb."""
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from qresearch import config as qconfig  # noqa: F401  (registers the schema)
+from qresearch import logger as qlog
+from qresearch.paths import CONF_DIR, REPO_DIR
+from qresearch.report import make_report
+from qresearch.results import load_results
+from qresearch.run import check_scheme, run_job, scheme_dict
+
+FAST = ["dataset=digits", "model=mlp", "model.hidden=[32]", "training=fast", "dataset.train_samples=400",
+        "dataset.test_samples=200"]
+
+
+def _compose(tmp_path, overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=FAST + [
+            f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache"] + list(overrides))
+
+
+def _result(tmp_path):
+    files = sorted((tmp_path / "out" / "runs").rglob("result.json"), key=os.path.getmtime)
+    return json.loads(files[-1].read_text()), files[-1]
+
+
+def test_single_run_writes_result_and_wandb(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = _compose(tmp_path, ["logger=offline", "scheme=minmax_nbit", "bits=4", "seed=3"])
+    acc = run_job(cfg)
+    rec, path = _result(tmp_path)
+    assert rec["status"] == "completed" and rec["error"] is None
+    m = rec["metrics"]
+    assert acc == pytest.approx(m["qat_accuracy"]) and 0.0 <= acc <= 1.0
+    for key in ("float_accuracy", "ptq_accuracy", "weight_memory_bits", "qat_step_time_s", "float_step_time_s",
+                "step_time_ratio"):
+        assert m[key] is not None, key
+    assert m["deployed_accuracy"] is None and "no runtime" in rec["deploy"]["skipped"]
+    assert m["weight_memory_bits"] < m["float_weight_memory_bits"]
+    assert rec["labels"]["algorithm"] == "minmax" and rec["labels"]["weight_bits"] == 4
+    assert rec["config"]["seed"] == 3 and len(rec["config_hash"]) == 16
+    assert rec["float_baseline"]["cache"] == "miss"
+    for stage in ("setup", "data", "float", "float_eval", "ptq", "qat", "qat_eval", "total"):
+        assert rec["times"][f"{stage}_s"] >= 0
+    # wandb offline: one run in the job folder, config and summary recovered from the record stream
+    files = qlog.find_wandb_files(path.parent)
+    assert len(files) == 1
+    run = qlog.read_wandb_run(files[0])
+    assert run["config"]["seed"] == 3 and run["config"]["config_hash"] == rec["config_hash"]
+    assert run["config"]["training"]["qat"]["optimizer"] == "adam"
+    assert run["summary"]["qat_accuracy"] == pytest.approx(m["qat_accuracy"])
+    assert run["summary"]["status"] == "completed"
+    assert any("qat/loss" in h for h in run["history"])
+    assert run["exit_code"] == 0
+
+    # the next point with the same float config reuses the cached baseline
+    cfg2 = _compose(tmp_path, ["logger=disabled", "scheme=minmax_nbit", "bits=8", "seed=3"])
+    run_job(cfg2)
+    rec2, _ = _result(tmp_path)
+    assert rec2["float_baseline"]["cache"] == "hit"
+    assert rec2["float_baseline"]["key"] == rec["float_baseline"]["key"]
+    assert rec2["metrics"]["float_accuracy"] == pytest.approx(m["float_accuracy"])
+
+
+def test_nan_loss_is_recorded_as_failed(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    cfg = _compose(tmp_path, ["logger=offline", "scheme=minmax_nbit", "bits=8", "training.qat.learning_rate=nan"])
+    assert math.isnan(run_job(cfg))
+    rec, path = _result(tmp_path)
+    assert rec["status"] == "failed"
+    assert rec["error"]["type"] == "NaNLossError" and rec["error"]["stage"] == "qat"
+    assert "Traceback" in rec["error"]["traceback"]
+    assert rec["metrics"]["float_accuracy"] is not None and rec["metrics"]["ptq_accuracy"] is not None
+    run = qlog.read_wandb_run(qlog.find_wandb_files(path.parent)[0])
+    assert run["summary"]["status"] == "failed" and run["summary"]["error/type"] == "NaNLossError"
+    assert run["exit_code"] == 1
+
+
+def test_incompatible_bits_fail_before_training(tmp_path):
+    cfg = _compose(tmp_path, ["logger=disabled", "hardware=tflite_int8", "scheme=tflite_int8", "bits=4"])
+    with pytest.raises(Exception, match="tflite_int8.*4 bits"):
+        check_scheme(cfg, scheme_dict(cfg))
+    assert math.isnan(run_job(cfg))
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "setup"
+    assert rec["error"]["type"] == "IncompatibleTargetError" and "times" in rec and "data_s" not in rec["times"]
+
+
+def _multirun(tmp_path, *extra):
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env.pop("WANDB_API_KEY", None)
+    cmd = [sys.executable, "-m", "qresearch.run", "-m", *FAST, "logger=offline", "scheme=minmax_nbit",
+           "bits=8,4,3,1", "sweep_name=t4", f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+           *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out, time.perf_counter() - t0
+
+
+def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
+    # 4 jobs on two joblib workers; bits=1 fails on purpose (bit widths start at 2)
+    out, _ = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    sweep = tmp_path / "out" / "multirun" / "t4"
+    recs = {Path(r["_path"]).parent.name: r for r in load_results([sweep])}
+    assert sorted(recs) == [f"bits={b},dataset.test_samples=200,dataset.train_samples=400,dataset=digits,"
+                            f"model.hidden=[32],model=mlp,scheme=minmax_nbit,training=fast" for b in (1, 3, 4, 8)]
+    by_bits = {r["config"]["bits"]: r for r in recs.values()}
+    assert [by_bits[b]["status"] for b in (8, 4, 3, 1)] == ["completed"] * 3 + ["failed"]
+    err = by_bits[1]["error"]
+    assert err["type"] == "ConfigError" and "bits" in err["message"] and err["traceback"]
+    # one float baseline for the whole sweep, trained once
+    keys = {r["float_baseline"]["key"] for r in recs.values() if r["status"] == "completed"}
+    assert len(keys) == 1 and len(list((tmp_path / "cache" / "float").glob("*/meta.json"))) == 1
+    # the append-only store has one line per job
+    lines = (sweep / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    # one wandb run per job, grouped by the sweep
+    for r in recs.values():
+        run = qlog.read_wandb_run(qlog.find_wandb_files(Path(r["_path"]).parent)[0])
+        assert run["run"]["group"] == "t4"
+
+    # resume: a job "killed" mid-way (status running) re-runs, completed jobs are skipped
+    job4 = Path(by_bits[4]["_path"])
+    killed = json.loads(job4.read_text())
+    killed["status"] = "running"
+    job4.write_text(json.dumps(killed))
+    mtimes = {b: os.path.getmtime(by_bits[b]["_path"]) for b in (8, 3)}
+    out2, _ = _multirun(tmp_path)  # basic launcher: the same folders
+    assert out2.count("skipping") == 2
+    assert {b: os.path.getmtime(by_bits[b]["_path"]) for b in (8, 3)} == mtimes
+    rerun = json.loads(job4.read_text())
+    assert rerun["status"] == "completed" and rerun["finished_at"] != killed["finished_at"]
+    assert rerun["metrics"]["qat_accuracy"] == pytest.approx(killed["metrics"]["qat_accuracy"])  # deterministic
+    assert rerun["float_baseline"]["cache"] == "hit"
+
+    # report: numbers are the result.json numbers
+    rep = make_report([sweep], quiet=True)
+    assert len(rep["completed"]) == 3 and len(rep["failed"]) == 1
+    (table,) = rep["tables"]
+    assert table["target"] == "academic" and table["joint"]
+    qat_row = next(r for r in table["rows"] if r["kind"] == "qat")
+    ptq_row = next(r for r in table["rows"] if r["kind"] == "ptq")
+    for b in (8, 4, 3):
+        m = json.loads(Path(by_bits[b]["_path"]).read_text())["metrics"]
+        assert qat_row["cells"][(b, b)][0] == pytest.approx(m["qat_accuracy"])
+        assert ptq_row["cells"][(b, b)][0] == pytest.approx(m["ptq_accuracy"])
+        assert table["rows"][0]["cells"][(b, b)][0] == pytest.approx(m["float_accuracy"])
+    md = rep["markdown"].read_text()
+    assert f"{100 * by_bits[8]['metrics']['qat_accuracy']:.2f}" in md and "ConfigError" in md
+    assert rep["plot"].is_file() and rep["plot"].stat().st_size > 10000
+    assert rep["csv"].read_text().count("\n") == 5
