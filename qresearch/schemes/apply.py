@@ -492,35 +492,37 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
 
 
 # --------------------------------------------------------------- calibrate
-def _batches(data, max_batches: int, batch_size: int = 32):
+def _batches(data, n_inputs: int, max_batches: int, batch_size: int = 32):
+    """Input batches from: an array (split in batches), ``(x, y)``/``(x, y, w)``, a list of batches,
+    a dict or list of arrays for a multi-input model, or a ``tf.data.Dataset`` of ``x`` or ``(x, y)``."""
+    def first(item):
+        if isinstance(item, tuple) and len(item) in (2, 3) and not (n_inputs > 1 and len(item) == n_inputs):
+            return item[0]
+        return item
+
+    def split(x):
+        n = len(tf.nest.flatten(x)[0])
+        for i in range(0, min(n, max_batches * batch_size), batch_size):
+            yield tf.nest.map_structure(lambda a: a[i:i + batch_size], x)
+
     if isinstance(data, tf.data.Dataset):
         for i, item in enumerate(data):
             if i >= max_batches:
                 break
-            yield item[0] if isinstance(item, (tuple, list)) else item
+            yield first(item)
         return
-    if isinstance(data, tuple) and len(data) in (2, 3) and not isinstance(data[0], (int, float)):
-        data = data[0]  # (x, y)
-    if isinstance(data, dict) or isinstance(data, (list, tuple)) and data and hasattr(data[0], "shape") \
-            and not isinstance(data, np.ndarray) and _looks_like_inputs(data):
-        n = len(tf.nest.flatten(data)[0])
-        for i in range(0, min(n, max_batches * batch_size), batch_size):
-            yield tf.nest.map_structure(lambda a: a[i:i + batch_size], data)
+    data = first(data)
+    if isinstance(data, dict) or (isinstance(data, (list, tuple)) and n_inputs > 1 and len(data) == n_inputs
+                                  and all(hasattr(a, "shape") for a in data)):
+        yield from split(data)  # one structure of arrays for a multi-input model
         return
     if isinstance(data, (list, tuple)):  # a list of batches
         for i, item in enumerate(data):
             if i >= max_batches:
                 break
-            yield item[0] if isinstance(item, tuple) else item
+            yield first(item)
         return
-    arr = np.asarray(data)
-    for i in range(0, min(len(arr), max_batches * batch_size), batch_size):
-        yield arr[i:i + batch_size]
-
-
-def _looks_like_inputs(data) -> bool:
-    lens = {len(a) for a in tf.nest.flatten(data) if hasattr(a, "__len__")}
-    return len(lens) == 1
+    yield from split(np.asarray(data) if not tf.is_tensor(data) else data)
 
 
 def calibrate(qat_model, data, max_batches: int = 8) -> int:
@@ -528,7 +530,7 @@ def calibrate(qat_model, data, max_batches: int = 8) -> int:
     inference mode, no weight update. Returns the number of batches seen."""
     n = 0
     with calibration_mode():
-        for x in _batches(data, max_batches):
+        for x in _batches(data, len(qat_model.inputs), max_batches):
             qat_model(x, training=False)
             n += 1
     if n == 0:

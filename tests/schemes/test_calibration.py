@@ -1,0 +1,75 @@
+"""Calibration: a freshly quantized model predicts like the float model before any training step."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import keras, tfmot
+
+from . import models as M
+
+L = keras.layers
+
+
+@pytest.fixture(scope="module")
+def trained():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(M.SHAPE)
+    x = L.Conv2D(8, 3, padding="same", name="conv")(inp)
+    x = L.BatchNormalization(momentum=0.5, name="bn")(x)
+    x = L.ReLU()(x)
+    x = L.MaxPooling2D()(x)
+    x = L.Flatten()(x)
+    out = L.Dense(M.CLASSES, name="logits")(x)
+    model = M.compile_model(keras.Model(inp, out), lr=5e-3)
+    x_train, y_train = M.data(256, seed=1)
+    model.fit(x_train, y_train, batch_size=32, epochs=6, verbose=0)
+    x_test, y_test = M.data(128, seed=2)
+    acc = _accuracy(model, x_test, y_test)
+    assert acc > 0.8, f"float model did not learn the toy task ({acc})"
+    return model, x_train, x_test, y_test, acc
+
+
+def _accuracy(model, x, y):
+    return float(np.mean(np.argmax(model(x, training=False).numpy(), -1) == y))
+
+
+@pytest.mark.parametrize("scheme", ["tflite_int8", {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True},
+                                                    "activations": {"quantizer": "pact", "bits": 8}}])
+def test_calibrated_model_is_accurate_before_training(trained, scheme):
+    model, x_train, x_test, y_test, float_acc = trained
+    q = qresearch.quantize(model, scheme, calibration_data=x_train[:64])
+    assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
+
+
+def test_tfmot_model_is_at_chance_before_training(trained):
+    """The behaviour calibration fixes: tfmot's fresh QAT model starts from placeholder ranges."""
+    model, _, x_test, y_test, float_acc = trained
+    tq = tfmot.quantization.keras.quantize_model(model)
+    assert _accuracy(tq, x_test, y_test) < float_acc - 0.3
+
+
+def test_calibration_updates_ranges_not_weights(trained):
+    model, x_train, *_ = trained
+    scheme = {"weights": {"quantizer": "lsq", "bits": 4}, "activations": {"quantizer": "lsq", "bits": 4},
+              "bn_folding": "no_fold"}
+    q0 = qresearch.quantize(model, scheme)
+    q1 = qresearch.quantize(model, scheme, calibration_data=(x_train[:64], None))
+    for a, b in zip(q0.weights, q1.weights):
+        name = a.name.split("/")[-1]
+        if name.startswith(("kernel:", "bias:", "gamma", "beta", "moving_")):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)  # weights and BN statistics
+    steps0 = [v.numpy() for v in q0.weights if "kernel_step:" in v.name]
+    steps1 = [v.numpy() for v in q1.weights if "kernel_step:" in v.name]
+    assert steps0 and any(not np.array_equal(s0, s1) for s0, s1 in zip(steps0, steps1))
+    np.testing.assert_array_equal(q1.get_layer("bn").moving_mean.numpy(), model.get_layer("bn").moving_mean.numpy())
+
+
+def test_calibration_accepts_datasets_and_batches(trained):
+    model, x_train, x_test, y_test, float_acc = trained
+    import tensorflow as tf
+
+    ds = tf.data.Dataset.from_tensor_slices((x_train[:64], np.zeros(64))).batch(16)
+    q = qresearch.quantize(model, "tflite_int8", calibration_data=ds)
+    assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
+    q = qresearch.quantize(model, "tflite_int8", calibration_data=[x_train[:16], x_train[16:32]])
+    assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
