@@ -90,7 +90,10 @@ def quantize_model(model, weight_spec, activation_spec, **create_kwargs):
         if not hasattr(layer, "kernel") and not hasattr(layer, "depthwise_kernel"):
             return layer
         wq = create(weight_spec, role="weights") if weight_spec is not None else None
-        aq = create(activation_spec, role="activations") if activation_spec is not None else None
+        # Activation quantizers after ReLU only: role "activations" means unsigned grids for
+        # several algorithms, which would cut the (signed) logits.
+        relu = getattr(layer, "activation", None) is keras.activations.relu
+        aq = create(activation_spec, role="activations") if activation_spec is not None and relu else None
         attr = KERNEL_ATTR.get(type(layer), "kernel")
         return annotate(layer, quantize_config=KernelActivationConfig(wq, aq, attr))
 

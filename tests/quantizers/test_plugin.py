@@ -58,6 +58,7 @@ def fit_and_reload(tmp_path, weight_spec, activation_spec):
     return model, loaded, history.history["loss"], x
 
 
+@pytest.mark.filterwarnings("ignore:You are saving your model as an HDF5 file")
 def test_third_party_plugin_works_inside_tfmot_like_a_built_in(ternary_plugin, tmp_path):
     assert ternary_plugin in names() and get(ternary_plugin) is LearnedTernary
     assert create({"name": ternary_plugin, "scale_init": 0.2}, role="weights").scale_init == 0.2
