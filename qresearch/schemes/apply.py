@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -76,6 +77,8 @@ class _Plan:
 def _fixed_name(layer, kind) -> Optional[str]:
     if isinstance(layer, K.Softmax):
         return "softmax"
+    if L.op_name(layer) is not None:
+        return L.op_name(layer)
     if kind == "fixed":
         return L.activation_name(getattr(layer, "activation", None))
     return None
@@ -91,6 +94,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
         layer = p.layer
         if any(layer_matches(s, layer) for s in spec.skip):
             p.float_reason = "skipped by the scheme"
+            skipped_spec = L.layer_spec(layer)
+            p.skipped_kind = skipped_spec.kind_of(layer) if skipped_spec is not None else None
             continue
         p.spec = L.layer_spec(layer)
         if p.spec is None:
@@ -160,7 +165,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
                 consumers.setdefault(r, []).append(p)
 
     # quantizer specs per layer
-    compute = [p for p in plans if p.kind == "compute"]
+    # first/last compute layers of the model (a skipped one stays float; the width does not move inward)
+    compute = [p for p in plans if p.kind == "compute" or getattr(p, "skipped_kind", None) == "compute"]
     first_last = {id(compute[0]), id(compute[-1])} if compute and spec.first_last_bits else set()
     for p in plans:
         if p.spec is None or p.removed:
@@ -238,7 +244,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
         if p.spec is None:
             value = False
         elif p.kind == "activation":
-            value = act in ("relu", "relu6") or (isinstance(p.layer, K.ReLU)) or (act == "linear" and all(ins))
+            value = act in ("relu", "relu6") or isinstance(p.layer, K.ReLU) or \
+                L.op_name(p.layer) in ("relu", "relu6") or (act == "linear" and all(ins))
         elif p.kind == "compute":
             value = act in ("relu", "relu6", "softmax", "sigmoid")
         elif p.kind == "fixed":
@@ -262,8 +269,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             continue
         for r in p.node.in_refs:
             prod = producers.get(r)
-            if prod is None or not prod.output:
-                continue
+            if prod is None or not prod.output or prod.fixed_name:
+                continue  # a fixed-range producer (sigmoid, ...) keeps its range: TFLite fixes it
             if all(c.kind == "concat" and c.output for c in consumers.get(r, [])) and r not in outputs \
                     and len(prod.node.out_refs) == 1 and counts[id(prod.layer)] == 1:
                 prod.output = False
@@ -289,6 +296,10 @@ def _quantizer(spec_dict, role, where):
         return create(spec_dict, role=role)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
 def _float_reason(p: _Plan) -> str:
@@ -415,6 +426,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
     made: Dict[int, Any] = {}          # id(original layer) -> new layer (wrapper or copy)
     copies = []                        # (new inner layer, original, plan)
     input_quantizers: Dict[str, Any] = {}
+    after_ops: Dict[int, Any] = {}     # id(op layer) -> output quantizer applied after it
     alias: Dict[str, str] = {}
     for p in plans:
         node = p.node
@@ -433,7 +445,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                     src = producers.get(ref)
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     q = QuantizeInput(_quantizer(a, "activations", "input quantizer"),
-                                      name=unique(f"quantize_{base}"))
+                                      name=unique(_safe(f"quantize_{base}")))
                     input_quantizers[ref] = q(t)
                 tensors[ref + "#q"] = input_quantizers[ref]
         if id(p.layer) not in made:
@@ -445,6 +457,11 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 cfg["use_bias"] = True
                 inner = type(inner).from_config(cfg)
             cfg = _layer_config(p, scheme) if quantized else None
+            if cfg is not None and not p.spec.wrap:
+                # TF op layers: tfmot's wrapper cannot call them; quantize their output in a layer after them
+                if cfg.output is not None:
+                    after_ops[id(p.layer)] = cfg.output
+                cfg = None
             if cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
@@ -460,6 +477,11 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 view[ref] = tensors[ref + "#q"]
         args, kwargs = node.pack(view)
         out = layer(*args, **kwargs)
+        if id(p.layer) in after_ops and tf.is_tensor(out):
+            qname = unique(_safe(f"quantize_{p.layer.name}"))
+            out = QuantizeInput(after_ops[id(p.layer)], name=qname)(out)
+            quantized_refs.update(node.out_refs)
+            p.float_reason = f"TF op layer: computed in float, its output quantized by {qname}"
         flat = tf.nest.flatten(out)
         for ref, t in zip(node.out_refs, flat):
             tensors[ref] = t

@@ -39,6 +39,9 @@ class LayerSpec:
     kind: Union[str, Callable] = "output"
     #: Whether a float input must be quantized before this layer (compute layers read int8 tensors).
     quantized_input: bool = False
+    #: False for layers tfmot's wrapper cannot call (TF op layers): their output quantizer is a
+    #: separate layer after them.
+    wrap: bool = True
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -49,7 +52,7 @@ _LAYERS: Dict[type, LayerSpec] = {}
 
 def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
                    quantize_output: bool = True, kind: Optional[Union[str, Callable]] = None,
-                   quantized_input: Optional[bool] = None, overwrite: bool = True) -> LayerSpec:
+                   quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -76,7 +79,10 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         raise ConfigError(f"register_layer: kind must be one of {KINDS}, got {kind!r}")
     if quantized_input is None:
         quantized_input = bool(weights)
-    spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input))
+    if not wrap and weights:
+        raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
+    spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input),
+                     bool(wrap))
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec
@@ -94,6 +100,12 @@ def layer_spec(layer) -> Optional[LayerSpec]:
 
 def registered_layers():
     return sorted(c.__name__ for c in _LAYERS)
+
+
+def op_name(layer) -> Optional[str]:
+    """The TF op of a TFOpLambda/SlicingOpLambda layer (``x * 2``, ``tf.nn.relu(x)``, ``x[:, 1:]``)."""
+    symbol = getattr(layer, "symbol", None)
+    return symbol.split(".")[-1] if isinstance(symbol, str) else None
 
 
 def activation_name(fn) -> str:
@@ -134,6 +146,27 @@ def _relu_kind(layer) -> str:
     return "output"
 
 
+_OP_KINDS = {
+    "passthrough": ("reshape", "transpose", "squeeze", "expand_dims", "getitem", "strided_slice", "slice",
+                    "gather", "gather_nd", "pad", "identity", "split", "unstack", "tile", "reverse",
+                    "depth_to_space", "space_to_depth", "reduce_max", "reduce_min", "flatten", "max_pool2d",
+                    "cast", "stop_gradient", "broadcast_to", "ensure_shape"),
+    "concat": ("concat", "stack"),
+    "activation": ("relu", "relu6"),
+    "fixed": ("softmax", "sigmoid", "tanh", "log_softmax"),
+    "merge": ("add", "add_v2", "multiply", "subtract", "truediv", "divide", "maximum", "minimum", "matmul",
+              "add_n", "multiply_no_nan", "squared_difference"),
+}
+
+
+def _op_kind(layer) -> str:
+    name = op_name(layer)
+    for kind, ops in _OP_KINDS.items():
+        if name in ops:
+            return kind
+    return "output"
+
+
 _COMPUTE = {
     L.Dense: ("kernel",),
     L.Conv1D: ("kernel",),
@@ -162,6 +195,17 @@ for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalizatio
 for _cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Dot):
     register_layer(_cls, kind="merge")
 register_layer(L.Concatenate, kind="concat")
+# TF ops applied to Keras tensors (x * 2, tf.nn.relu(x), x[:, 1:], tf.concat): classified by op name.
+try:
+    from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
+    register_layer(TFOpLambda, kind=_op_kind, wrap=False)
+    register_layer(SlicingOpLambda, kind=_op_kind, wrap=False)
+except ImportError:  # pragma: no cover - tf_keras layout differs
+    pass
+try:
+    register_layer(L.EinsumDense, weights=["kernel"], activations=["activation"], kind="compute")
+except AttributeError:  # pragma: no cover
+    pass
 for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
              L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
              L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,

@@ -83,11 +83,12 @@ class Override:
 
 
 def layer_matches(pattern: str, layer) -> bool:
-    """True when ``pattern`` names one of the layer's classes or fully matches its name."""
-    inner = getattr(layer, "layer", layer) if type(layer).__name__ == "QuantizeWrapperV2" else layer
-    for cls in type(inner).__mro__:
-        if pattern == cls.__name__ or pattern == f"{cls.__module__}.{cls.__name__}":
-            return True
+    """True when ``pattern`` is the layer's class name or a regex fully matching its name."""
+    inner = getattr(layer, "layer", layer) if isinstance(getattr(layer, "layer", None), object) and \
+        type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2") else layer
+    cls = type(inner)
+    if pattern == cls.__name__ or pattern == f"{cls.__module__}.{cls.__name__}":
+        return True  # exact class: "Conv2D" does not match DepthwiseConv2D (a Conv2D subclass)
     try:
         return re.fullmatch(pattern, inner.name) is not None
     except re.error:

@@ -131,6 +131,19 @@ def custom_layer_model():
     return keras.Model(inp, out, name="custom")
 
 
+def tf_ops():
+    """TF ops on Keras tensors (TFOpLambda / SlicingOpLambda layers), which tfmot leaves unsupported."""
+    inp = keras.Input(SHAPE)
+    x = L.Conv2D(8, 3, padding="same", name="conv")(inp)
+    x = tf.nn.relu(x)
+    y = L.Conv2D(8, 1, name="conv_y")(x) * 0.5 + 0.1
+    x = tf.concat([x, tf.nn.sigmoid(y)], axis=-1)
+    x = x[:, 1:, 1:, :]
+    x = tf.reshape(x, (-1, 7 * 7 * 16))
+    out = L.Dense(CLASSES, name="logits")(x)
+    return keras.Model(inp, out, name="tf_ops")
+
+
 BUILDERS = {
     "mobilenet_like": mobilenet_like,
     "resnet_like": resnet_like,
@@ -138,6 +151,7 @@ BUILDERS = {
     "sequential": sequential,
     "nested": nested,
     "custom": custom_layer_model,
+    "tf_ops": tf_ops,
 }
 
 

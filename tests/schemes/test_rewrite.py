@@ -292,3 +292,22 @@ def test_describe_reports_layers_float_layers_and_memory(capsys):
     assert rows["conv0"]["weights"]["kernel"] == {"quantizer": "minmax", "bits": 8, "per_channel": True}
     m = report["memory"]
     assert 0.25 < m["ratio"] < 0.35  # 8-bit kernels, 32-bit biases
+
+
+def test_tf_op_layers_are_classified_not_rejected():
+    """x * 0.5, tf.nn.relu, tf.concat, slicing, tf.reshape (TFOpLambda layers tfmot rejects)."""
+    q = qresearch.quantize(M.tf_ops(), "tflite_int8", calibration_data=X)
+    names = " ".join(l.name for l in q.layers)
+    assert "quantize_tf_nn_relu" in names and "quantize_tf_concat" in names  # output quantizers after ops
+    assert "quantize_tf_reshape" not in names  # reshape / slicing share their input's range
+    assert not has_output_quantizer(q, "conv")  # conv → tf.nn.relu fused
+    floats = {r["name"].split("_")[0]: r["reason"] for r in schemes.describe(q)["float_layers"]}
+    assert floats["tf.reshape"].startswith("pass-through")
+
+
+def test_class_match_is_exact():
+    scheme = {"weights": {"quantizer": "minmax", "bits": 8}, "activations": {"quantizer": "minmax"},
+              "overrides": [{"match": "Conv2D", "weights": {"bits": 4}}]}
+    ws = wrappers(qresearch.quantize(M.mobilenet_like(), scheme))
+    assert ws["stem"].quantize_config.weights["kernel"].bits == 4
+    assert ws["dw"].quantize_config.weights["depthwise_kernel"].bits == 8  # DepthwiseConv2D subclasses Conv2D
