@@ -238,8 +238,12 @@ def plot(tables: List[Dict[str, Any]], rows: List[Dict[str, Any]], path: Path) -
     color = {v: cmap(i % 10) for i, v in enumerate(variants)}
     for ax, t in zip(axes.flat, tables):
         acts = sorted({a for _, a in t["columns"]}, key=lambda a: -(a or 99))
+        names = sorted({row["variant"] for row in t["rows"] if row.get("variant")})
+        span = max(1, max((w for w, _ in t["columns"] if w is not None), default=1)
+                   - min((w for w, _ in t["columns"] if w is not None), default=0))
+        dodge = {v: (i - (len(names) - 1) / 2) * 0.012 * max(span, 4) for i, v in enumerate(names)}
         for row in t["rows"]:
-            if row["kind"] not in ("qat", "ptq"):
+            if row["kind"] not in ("qat", "ptq", "deployed"):
                 continue
             for a in ([None] if t["joint"] else acts):
                 pts = sorted(((w, row["cells"][(w, aa)]) for (w, aa) in t["columns"]
@@ -247,22 +251,27 @@ def plot(tables: List[Dict[str, Any]], rows: List[Dict[str, Any]], path: Path) -
                              key=lambda p: p[0])
                 if not pts:
                     continue
-                xs = [p[0] for p in pts]
+                xs = [p[0] + dodge[row["variant"]] for p in pts]
                 ys = [100 * p[1][0] for p in pts]
                 es = [100 * p[1][1] for p in pts]
                 label = row["variant"] + ("" if t["joint"] else f" A{a}")
                 if row["kind"] == "qat":
                     ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, color=color[row["variant"]], label=label,
                                 linestyle="-" if t["joint"] or a == acts[0] else "--")
-                else:
+                elif row["kind"] == "ptq":
                     ax.plot(xs, ys, marker="x", linestyle=":", linewidth=1, alpha=0.6, color=color[row["variant"]],
                             label=f"{label} (PTQ)")
+                else:
+                    ax.plot(xs, ys, marker="^", linestyle="none", markerfacecolor="none", color=color[row["variant"]],
+                            label=f"{label} (deployed)")
         fl = [v[0] for v in t["rows"][0]["cells"].values() if v[0] is not None]
         if fl:
             ax.axhline(100 * statistics.fmean(fl), color="grey", linestyle="--", linewidth=1, label="float")
         ticks = sorted({w for w, _ in t["columns"] if w is not None})
         if ticks:
             ax.set_xticks(ticks)
+            if len(ticks) == 1:
+                ax.set_xlim(ticks[0] - 1, ticks[0] + 1)
         ax.set_xlabel("weight bits" if not t["joint"] else "bits (weights and activations)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{t['target']} — {t['dataset']}/{t['model']}")
