@@ -20,6 +20,11 @@ from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
 
 KERNELS = "builtin_without_default_delegates"
+# Kernel sets (LiteRT op resolvers). The default is the contract: TFLite's builtin kernels with the
+# reference double rounding (tflite-int8-spec.md §2.2). "builtin" adds the XNNPACK delegate (single
+# rounding, as most phones run it); "builtin_ref" the unoptimized reference kernels.
+KERNEL_SETS = {"builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "builtin": "BUILTIN",
+               "builtin_ref": "BUILTIN_REF"}
 IO_DTYPES = {"tflite_int8": np.int8, "tflite_int16x8": np.int16}
 
 
@@ -77,11 +82,13 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     return converter.convert()
 
 
-def make_interpreter(tflite_model: bytes):
+def make_interpreter(tflite_model: bytes, kernels: str = KERNELS):
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
+    if kernels not in KERNEL_SETS:
+        raise ConfigError(f"kernels must be one of {sorted(KERNEL_SETS)}, got {kernels!r}")
     return Interpreter(model_content=tflite_model,
-                       experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                       experimental_op_resolver_type=getattr(OpResolverType, KERNEL_SETS[kernels]))
 
 
 def round_half_away(v):
@@ -95,9 +102,9 @@ def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
     return np.clip(q, info.min, info.max).astype(dtype)
 
 
-def run_tflite(tflite_model: bytes, x, batch_size: int = 256):
+def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KERNELS):
     """Run the model on float ``x``; returns (integer outputs, input (S, Z), output (S, Z))."""
-    interp = make_interpreter(tflite_model)
+    interp = make_interpreter(tflite_model, kernels)
     inp = interp.get_input_details()
     out = interp.get_output_details()
     if len(inp) != 1 or len(out) != 1:
@@ -119,7 +126,7 @@ def run_tflite(tflite_model: bytes, x, batch_size: int = 256):
         interp.allocate_tensors()
     except Exception:  # a graph that cannot take a batch: one sample at a time
         batch = 1
-        interp = make_interpreter(tflite_model)
+        interp = make_interpreter(tflite_model, kernels)
         interp.allocate_tensors()
     inp_index = interp.get_input_details()[0]["index"]
     out_index = interp.get_output_details()[0]["index"]
@@ -161,7 +168,7 @@ def simulate(qat_model, x, batch_size: int = 256) -> np.ndarray:
 
 
 def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = False,
-           batch_size: int = 256, representative_data=None) -> Dict[str, Any]:
+           batch_size: int = 256, representative_data=None, kernels: str = KERNELS) -> Dict[str, Any]:
     """Deploy ``qat_model`` to ``target`` (a TFLite target) and compare with the simulation.
 
     Returns a dict with: deployed_accuracy, simulated_accuracy (fractions of ``y``), argmax_agreement,
@@ -169,6 +176,10 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     scale), model_size_bytes, integer_only, structural_issues, runtime, kernels, ops (op histogram),
     input/output (scale, zero_point), n_samples, convert_s/run_s; plus ``tflite_path`` with
     ``save_path`` and ``tflite_model`` (bytes) with ``return_model=True``.
+    ``kernels``: the LiteRT kernel set (see ``KERNEL_SETS``); the default, TFLite's builtin kernels
+    without delegates, rounds requantizations twice (SRDHM, then a rounding shift), so it differs from
+    the simulation's single rounding by 1 LSB on about ``0.5 / 2^shift`` of the outputs of a layer whose
+    multiplier ``S_in·S_w/S_out`` is ``~2^-shift``; "builtin" (XNNPACK) rounds once.
     Raises ``NoRuntimeError`` for targets with ``runtime: none``.
     """
     target = get_target(target)
@@ -181,7 +192,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
         representative_data = x
     tflite_model = convert(qat_model, target, representative_data)
     t1 = time.perf_counter()
-    q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size)
+    q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size, kernels)
     t2 = time.perf_counter()
     sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)
 
@@ -196,7 +207,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     result = {
         "target": target.name,
         "runtime": target.runtime,
-        "kernels": KERNELS,
+        "kernels": kernels,
         "n_samples": int(len(x)),
         "deployed_accuracy": float(np.mean(pred_dep == labels)),
         "simulated_accuracy": float(np.mean(pred_sim == labels)),
