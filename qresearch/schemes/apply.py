@@ -31,13 +31,14 @@ from qresearch.schemes import layers as L
 from qresearch.schemes.graph import GNode, Graph, flatten
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
 from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
-                                        QuantizeWrapper, calibration_mode)
+                                        QuantizeWrapper, calibration_mode, get_attr)
 
 _log = logging.getLogger(__name__)
 K = keras.layers
 FOLDABLE = (K.Dense, K.Conv1D, K.Conv2D, K.Conv3D, K.DepthwiseConv2D, K.DepthwiseConv1D,
             K.SeparableConv1D, K.SeparableConv2D)  # Conv*Transpose subclass Conv*
 WRAPPER_PREFIX = "quant_"
+_MISSING = object()
 
 
 def resolve_scheme(scheme) -> SchemeSpec:
@@ -207,7 +208,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             return False
         if nxt.kind == "activation" and q.kind in ("compute", "merge", "bn"):
             return True
-        return nxt.kind == "bn" and q.kind == "compute"
+        return nxt.kind == "bn" and q.kind == "compute" and \
+            L.activation_name(getattr(q.layer, "activation", None)) == "linear"
 
     fused_tail = set()
     for p in plans:
@@ -280,15 +282,22 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
 
 
 # -------------------------------------------------------------------- build
-def _clone_layer(layer, name: str):
+def _clone_layer(layer, name: str, must_copy: bool = False):
+    """A fresh copy of ``layer`` (from its config). A custom layer whose config cannot rebuild it is
+    reused as is (its weights then stay shared with the float model) with a warning naming the fix."""
     try:
         config = layer.get_config()
         config["name"] = name
         return type(layer).from_config(config)
     except Exception as exc:  # noqa: BLE001 - custom layers fail in many ways
-        raise ConfigError(
-            f"cannot copy layer {layer.name!r} ({type(layer).__name__}): {exc}. Fix: give "
-            f"{type(layer).__name__} a get_config() that returns every __init__ argument") from exc
+        fix = (f"give {type(layer).__name__} a get_config() that returns every __init__ argument "
+               "(also needed to save and load the model)")
+        if must_copy:
+            raise ConfigError(f"cannot copy layer {layer.name!r} ({type(layer).__name__}): {exc}. Fix: {fix}") \
+                from exc
+        _log.warning("layer %r (%s) cannot be rebuilt from its config (%s): the QAT model reuses it, so it shares "
+                     "its weights with the float model. Fix: %s", layer.name, type(layer).__name__, exc, fix)
+        return layer
 
 
 def _quantizer(spec_dict, role, where):
@@ -330,11 +339,15 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
     weights = {}
     if p.weights_spec is not None:
         for attr in p.spec.weights:
-            if not hasattr(layer, attr):
+            try:
+                value = get_attr(layer, attr)
+            except AttributeError:
+                value = _MISSING
+            if value is _MISSING:
                 raise ConfigError(
                     f"layer {layer.name!r} ({type(layer).__name__}) has no attribute {attr!r} named in its layer "
                     f"config; fix the weights list in qresearch.schemes.register_layer({type(layer).__name__}, ...)")
-            if getattr(layer, attr) is None:
+            if value is None:
                 continue
             weights[attr] = _quantizer(p.weights_spec, "weights", f"layer {layer.name!r} weights")
     acts = {}
@@ -451,7 +464,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         if id(p.layer) not in made:
             name = unique(node.prefix + p.layer.name) if node.prefix and p.layer.name in used \
                 else unique(p.layer.name)
-            inner = _clone_layer(p.layer, name)
+            inner = _clone_layer(p.layer, name, must_copy=p.folded_bn is not None)
             if p.folded_bn is not None:
                 cfg = inner.get_config()
                 cfg["use_bias"] = True
@@ -500,6 +513,8 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
 
     for inner, p in copies:
         src = p.layer
+        if inner is src:
+            continue
         values = {_short(w): w.numpy() for w in src.weights}
         if p.folded_bn is not None:
             values.update(_fold_weights(src, p.folded_bn))

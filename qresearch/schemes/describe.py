@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from qresearch.schemes import layers as L
-from qresearch.schemes.wrappers import QuantizeInput, QuantizeWrapper
+from qresearch.schemes.wrappers import QuantizeInput, QuantizeWrapper, get_attr
 
 
 def _short(var) -> str:
@@ -81,9 +81,15 @@ def describe(qat_model, print_report: bool = False) -> Report:
                 if key in cfg.info:
                     row[key] = cfg.info[key]
             rows.append(row)
+            by_var = {}
+            for attr, q in cfg.weights.items():
+                try:
+                    by_var[id(get_attr(inner, attr))] = q
+                except AttributeError:
+                    pass
             for var in inner.weights:
                 n = int(np.prod(var.shape))
-                q = cfg.weights.get(_short(var))
+                q = by_var.get(id(var))
                 qbits += n * (q.bits if q is not None else 32)
                 fbits += n * 32
             continue

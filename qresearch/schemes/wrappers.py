@@ -49,6 +49,19 @@ def calibration_mode():
         _state.calibrating = old
 
 
+def get_attr(layer, path: str):
+    """``layer.a.b`` for ``path`` "a.b": weights of sublayers are named by dotted paths."""
+    obj = layer
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def set_attr(layer, path: str, value) -> None:
+    head, _, last = path.rpartition(".")
+    setattr(get_attr(layer, head) if head else layer, last, value)
+
+
 def _ser(q):
     return None if q is None else keras.utils.legacy.serialize_keras_object(q)
 
@@ -98,11 +111,11 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
     # tfmot API
     def get_weights_and_quantizers(self, layer):
-        return [(getattr(layer, attr), q) for attr, q in self.weights.items()]
+        return [(get_attr(layer, attr), q) for attr, q in self.weights.items()]
 
     def set_quantize_weights(self, layer, quantize_weights):
         for attr, w in zip(self.weights, quantize_weights):
-            setattr(layer, attr, w)
+            set_attr(layer, attr, w)
 
     def get_activations_and_quantizers(self, layer):
         return []  # simulated by QuantizeWrapper itself
@@ -148,8 +161,8 @@ class QuantizeWrapper(_QW):
         cfg = self.quantize_config
         self._weight_vars = []
         for attr, quantizer in cfg.weights.items():
-            weight = getattr(self.layer, attr)
-            qvars = quantizer.build(weight.shape, attr, self)
+            weight = get_attr(self.layer, attr)
+            qvars = quantizer.build(weight.shape, attr.replace(".", "_"), self)
             self._weight_vars.append((weight, quantizer, qvars))
             self._trainable_weights.append(weight)
         self._activation_vars = {}
@@ -197,7 +210,7 @@ class QuantizeWrapper(_QW):
             for attr, fn in originals.items():
                 setattr(self.layer, attr, fn)
             for attr, var in weight_attrs.items():
-                setattr(self.layer, attr, var)
+                set_attr(self.layer, attr, var)
 
         if not self._output_quantizers:
             return outputs
