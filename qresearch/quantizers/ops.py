@@ -103,6 +103,13 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
         return tf.quantization.fake_quant_with_min_max_vars(
             x, range_min, range_max, num_bits=bits, narrow_range=narrow_range
         )
+    rank = x.shape.rank
+    if [a % rank for a in channel_axes] == [rank - 1]:
+        # Channels already last: no reshape, which would hide the quantized axis from the
+        # TFLite converter when the kernel is reshaped again (Conv1D's expand_dims).
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, tf.reshape(range_min, [-1]), tf.reshape(range_max, [-1]), num_bits=bits, narrow_range=narrow_range
+        )
     flat, restore = move_channels_last(x, channel_axes)
     y = tf.quantization.fake_quant_with_min_max_vars_per_channel(
         flat, tf.reshape(range_min, [-1]), tf.reshape(range_max, [-1]), num_bits=bits, narrow_range=narrow_range
