@@ -18,6 +18,7 @@ The rewrite works on the flattened layer graph (nested models inlined):
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import re
 from typing import Any, Dict, List, Optional
@@ -489,6 +490,11 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             if ref + "#q" in tensors:
                 view[ref] = tensors[ref + "#q"]
         args, kwargs = node.pack(view)
+        if isinstance(layer, QuantizeWrapper) and len(args) > 1:
+            # the wrapper's call is (inputs, training=None, **kwargs): pass extra positionals by name
+            names = [n for n in inspect.signature(layer.layer.call).parameters][1:]
+            kwargs = dict(zip(names, args[1:]), **kwargs)
+            args = args[:1]
         out = layer(*args, **kwargs)
         if id(p.layer) in after_ops and tf.is_tensor(out):
             qname = unique(_safe(f"quantize_{p.layer.name}"))

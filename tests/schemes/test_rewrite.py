@@ -311,3 +311,51 @@ def test_class_match_is_exact():
     ws = wrappers(qresearch.quantize(M.mobilenet_like(), scheme))
     assert ws["stem"].quantize_config.weights["kernel"].bits == 4
     assert ws["dw"].quantize_config.weights["depthwise_kernel"].bits == 8  # DepthwiseConv2D subclasses Conv2D
+
+
+class GatedBlock(L.Layer):
+    """A composite custom layer (a Dense sublayer and an own weight), a second positional input,
+    and no get_config: the kind of layer users write in a hurry."""
+
+    def __init__(self, units):
+        super().__init__()
+        self.units = units
+        self.inner = L.Dense(units)
+
+    def build(self, input_shape):
+        self.gate = self.add_weight("gate", shape=(self.units,), initializer="ones")
+
+    def call(self, x, bias):
+        return tf.nn.relu(self.inner(x) * self.gate + bias)
+
+
+def test_composite_custom_layer_with_sublayer_weights_and_two_inputs():
+    schemes.register_layer(GatedBlock, weights=["inner.kernel", "gate"], quantize_output=True)
+    inp, extra = keras.Input((12,)), keras.Input((16,))
+    x = GatedBlock(16)(inp, extra)
+    out = L.Dense(3, name="head")(x)
+    model = keras.Model([inp, extra], out)
+    xs = [np.random.randn(32, 12).astype("float32"), np.random.randn(32, 16).astype("float32")]
+    scheme = {"weights": {"quantizer": "lsq", "bits": 3}, "activations": {"quantizer": "pact", "bits": 8},
+              "overrides": [{"match": "GatedBlock", "weights": {"bits": 2}}]}
+    q = qresearch.quantize(model, scheme, calibration_data=xs)
+    block = [n for n in wrappers(q) if n.startswith("gated_block")][0]
+    qw = schemes.quantized_weights(q)[block]
+    assert channel_levels(qw["inner.kernel"], (-1,)).max() <= 4
+    assert len(np.unique(qw["gate"])) <= 4
+    assert len(input_quantizers(q)) == 2  # both float inputs quantized before the block reads them
+    q.compile("adam", "mse")
+    q.fit(xs, np.zeros((32, 3)), verbose=0, batch_size=16)
+
+
+def test_shared_layer_and_multi_output():
+    inp = keras.Input((6,))
+    shared = L.Dense(6, activation="relu", name="shared")
+    a = shared(inp)
+    b = shared(a)
+    model = keras.Model(inp, [L.Dense(2, name="out_a")(a), L.Dense(3, name="out_b")(b)])
+    x = np.random.randn(16, 6).astype("float32")
+    q = qresearch.quantize(model, HI_RES, calibration_data=x)
+    assert len([l for l in q.layers if l.name == "quant_shared"]) == 1
+    for r, o in zip(model(x), q(x, training=False)):
+        np.testing.assert_allclose(o.numpy(), r.numpy(), atol=1e-3)
