@@ -116,11 +116,38 @@ def activation_name(fn) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+def _weight_attrs(layer):
+    """Attributes of ``layer`` holding its own float weight variables (kernel-like first)."""
+    from qresearch._compat import tf
+
+    found = []
+    for name, value in vars(layer).items():
+        if name.startswith("_") or not isinstance(value, tf.Variable) or not value.trainable:
+            continue
+        if value.dtype.is_floating and len(value.shape) >= 2:
+            found.append(name)
+    return found
+
+
+def _activation_attrs(layer):
+    import types
+
+    return [name for name, value in vars(layer).items()
+            if not name.startswith("_") and isinstance(value, types.FunctionType)
+            and getattr(value, "__module__", "").endswith("activations")]
+
+
 def register_fix(layer) -> str:
-    """The one-line fix printed when a layer has no config."""
+    """The one-line fix printed when a layer has no config (its weight/activation attributes filled in)."""
     cls = type(layer).__name__
-    return (f"qresearch.schemes.register_layer({cls}, weights=['kernel'], activations=['activation'], "
-            f"quantize_output=True)  # list your layer's weight and activation attributes; "
+    weights = _weight_attrs(layer) if getattr(layer, "built", False) else ["kernel"]
+    acts = _activation_attrs(layer)
+    args = [cls, f"weights={weights!r}"]
+    if acts:
+        args.append(f"activations={acts!r}")
+    args.append("quantize_output=True")
+    return (f"qresearch.schemes.register_layer({', '.join(args)})  "
+            f"(list the attributes holding the weights to quantize and activation functions); "
             f"or add {layer.name!r} to the scheme's skip list to keep it in float")
 
 
@@ -195,6 +222,11 @@ for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalizatio
 for _cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Dot):
     register_layer(_cls, kind="merge")
 register_layer(L.Concatenate, kind="concat")
+for _name in ("Identity", "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
+              "RandomTranslation", "RandomContrast", "RandomCrop", "RandomBrightness", "RandomHeight",
+              "RandomWidth"):
+    if hasattr(L, _name):  # preprocessing/augmentation: data movement or identity at inference
+        register_layer(getattr(L, _name), quantize_output=False, kind="passthrough")
 # TF ops applied to Keras tensors (x * 2, tf.nn.relu(x), x[:, 1:], tf.concat): classified by op name.
 try:
     from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
