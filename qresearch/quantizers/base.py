@@ -181,20 +181,25 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     # ------------------------------------------------------------- helpers
     @staticmethod
-    def init_from_data(flag, pairs, valid):
-        """Data-dependent initialisation, once: ``var.assign(estimate)`` for each pair.
+    def init_from_data(flag, variables, estimate):
+        """Data-dependent initialisation, once: assign ``estimate()`` to ``variables``.
 
-        Runs while ``flag`` is 0. Only entries where ``valid`` holds (a finite, usable
-        estimate; e.g. not from an all-zero or all-NaN batch) are written, and ``flag``
-        is set once any entry was, so a dead first batch defers initialisation.
-        Returns the op; read the variables under ``tf.control_dependencies([op])``.
+        ``estimate()`` returns ``(values, valid)``: one value per variable and a mask of
+        usable entries (finite; e.g. not from an all-zero or all-NaN batch). It runs only
+        while ``flag`` is 0, so initialised quantizers pay nothing for it. Only valid
+        entries are written, and ``flag`` is set once any entry was, so a dead first
+        batch defers initialisation. Returns a tensor: read the variables under
+        ``tf.control_dependencies([result])``.
         """
-        need = tf.equal(flag, 0.0)
-        write = tf.logical_and(need, valid)
-        assigns = [var.assign(tf.where(write, tf.cast(est, var.dtype), var)) for var, est in pairs]
-        done = tf.logical_and(need, tf.reduce_any(valid))
-        assigns.append(flag.assign(tf.where(done, 1.0, flag)))
-        return tf.group(*assigns)
+
+        def initialise():
+            values, valid = estimate()
+            for var, value in zip(variables, values):
+                var.assign(tf.where(valid, tf.cast(value, var.dtype), var))
+            flag.assign(tf.where(tf.reduce_any(valid), 1.0, flag))
+            return tf.constant(True)
+
+        return tf.cond(tf.equal(flag, 0.0), initialise, lambda: tf.constant(False))
 
     @staticmethod
     def add_variable(layer, name: str, shape, init: float, trainable: bool, regularizer=None):

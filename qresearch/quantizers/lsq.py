@@ -79,9 +79,11 @@ class LSQQuantizer(Quantizer):
             s = self.pot(tf.maximum(tf.convert_to_tensor(step), MIN_STEP))
             return ops.fake_quant(x, -qn * s, qp * s, self.bits, self.narrow_range, axes)
         if self.data_init:
-            est = self.initial_step(x, axes)
-            valid = tf.logical_and(tf.math.is_finite(est), est > 0.0)
-            with tf.control_dependencies([self.init_from_data(weights["initialized"], [(step, est)], valid)]):
+            def estimate():
+                est = self.initial_step(x, axes)
+                return [est], tf.logical_and(tf.math.is_finite(est), est > 0.0)
+
+            with tf.control_dependencies([self.init_from_data(weights["initialized"], [step], estimate)]):
                 s = tf.identity(step)
         else:
             s = tf.convert_to_tensor(step)

@@ -102,9 +102,11 @@ class LSQPlusQuantizer(Quantizer):
             return ops.fake_quant(x, b - qn * s, b + qp * s, self.bits, self.narrow_range, axes)
         variables = [step] if offset is None else [step, offset]
         if self.data_init:
-            s0, b0, valid = self.initial_values(x, axes)
-            pairs = [(step, s0)] + ([] if offset is None else [(offset, b0)])
-            with tf.control_dependencies([self.init_from_data(weights["initialized"], pairs, valid)]):
+            def estimate():
+                s0, b0, valid = self.initial_values(x, axes)
+                return ([s0] if offset is None else [s0, b0]), valid
+
+            with tf.control_dependencies([self.init_from_data(weights["initialized"], variables, estimate)]):
                 values = [tf.identity(v) for v in variables]
         else:
             values = [tf.convert_to_tensor(v) for v in variables]

@@ -4,7 +4,7 @@ import pytest
 
 from . import reference as ref
 from .conftest import BITS, assert_grid_close, build, grads, run
-from qresearch._compat import keras
+from qresearch._compat import keras, tf
 from qresearch.quantizers import create
 
 rng = np.random.RandomState(1)
@@ -176,3 +176,16 @@ def test_depthwise_per_channel_steps_cover_in_times_multiplier():
     qn, qp = ref.grid(4, signed=True)
     s = ref.lsq_init(x, qp, (2, 3))
     assert_grid_close(y, ref.lsq_forward(x, ref.bcast(s, x, (2, 3)), qn, qp), s)
+
+
+def test_data_init_inside_tf_function():
+    q = create({"name": "lsq", "bits": 4}, role="activations")
+    w = build(q, None)
+    x = np.abs(rng.randn(4, 10)).astype("float32")
+    step = tf.function(lambda t: q(t, True, w))
+    y = step(tf.constant(x)).numpy()
+    s = ref.lsq_init(x, 15)
+    np.testing.assert_allclose(w["step"].numpy(), s, rtol=1e-6)
+    assert_grid_close(y, ref.lsq_forward(x, s, 0, 15), s)
+    step(tf.constant(3 * x))  # same graph, flag set: no second initialisation
+    np.testing.assert_allclose(w["step"].numpy(), s, rtol=1e-6)
