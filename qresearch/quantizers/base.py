@@ -130,6 +130,7 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     # ----------------------------------------------------------- tfmot API
     def build(self, tensor_shape, name, layer):
+        _keep_layer_weights_first(layer)
         axes = self.channel_axes(tensor_shape, name, layer)
         weights = dict(self.build_params(self.param_shape(tensor_shape, axes), name, layer))
         weights["channel_axes"] = axes
@@ -250,6 +251,25 @@ def check_choice(quantizer: str, field: str, value, choices):
         raise ConfigError(f"quantizer {quantizer!r}: {field} must be one of {', '.join(map(repr, choices))}, "
                           f"got {value!r}")
     return value
+
+
+def _keep_layer_weights_first(wrapper) -> None:
+    """List the wrapped layer's trainable weights before this quantizer's variables.
+
+    tfmot's ``QuantizeWrapperV2.build`` puts the inner layer's weights first only if the
+    inner layer is already built — true after ``quantize_apply``, false when a saved
+    model is rebuilt from its config. Trainable quantizer variables (LSQ steps, PACT α)
+    then change the weight order and an h5 load assigns values to the wrong variables.
+    tfmot's own quantizers have no trainable variables, so it never shows there.
+    """
+    inner = getattr(wrapper, "layer", None)
+    if inner is None or not getattr(inner, "built", False) \
+            or not isinstance(wrapper, tfmot.quantization.keras.QuantizeWrapperV2):
+        return
+    own = wrapper._trainable_weights
+    missing = [w for w in inner.trainable_weights if not any(w is v for v in own)]
+    for i, w in enumerate(missing):
+        own.insert(i, w)
 
 
 def _is_per_example(tensor_shape) -> bool:

@@ -142,22 +142,7 @@ def assert_grid_close(actual, expected, step, rtol=1e-5):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=float(np.max(step)) * 1e-4)
 
 
-class BuildInnerFirstWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
-    """QuantizeWrapperV2 that builds the wrapped layer before its own variables.
-
-    tfmot's V2 wrapper snapshots the inner layer's weights at build; loading from a
-    config the inner layer is not built yet, so trainable quantizer variables (LSQ
-    steps, PACT alphas) come first and an h5 load assigns weights to the wrong
-    variables. tfmot's own quantizers have no trainable variables, so it never shows there.
-    """
-
-    def build(self, input_shape):
-        if not self.layer.built:
-            self.layer.build(input_shape)
-        super().build(input_shape)
-
-
 def load_qat_model(path):
+    """Plain ``load_model`` in tfmot's scope: nothing qresearch-specific is needed."""
     with tfmot.quantization.keras.quantize_scope({"KernelActivationConfig": KernelActivationConfig}):
-        with keras.utils.custom_object_scope({"QuantizeWrapperV2": BuildInnerFirstWrapper}):
-            return keras.models.load_model(path, compile=False)
+        return keras.models.load_model(path, compile=False)
