@@ -58,8 +58,10 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     int8: ``optimizations=[DEFAULT]`` and int8 I/O; ``supported_ops`` is left at its default
     (TFLITE_BUILTINS_INT8 without a representative dataset raises in TF 2.21 for QAT models) and
     the ops are checked afterwards by ``inspect_model``. 16x8: the
-    EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 op set with int16 I/O (it wants a
-    representative dataset: pass ``representative_data``, a few input samples).
+    EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 op set with int16 I/O and no
+    representative dataset (with one, TF 2.21 runs its post-training calibrator over the already
+    quantized graph and fails: "Quantization to 16x8-bit not yet supported for op: 'DEQUANTIZE'").
+    ``representative_data`` is only for models whose FakeQuant ranges do not cover every tensor.
     """
     from qresearch._compat import tf
 
@@ -128,6 +130,19 @@ def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KER
         batch = 1
         interp = make_interpreter(tflite_model, kernels)
         interp.allocate_tensors()
+    try:
+        return _run_batches(interp, xq, batch), (float(s_in), int(z_in)), (float(s_out), int(z_out))
+    except Exception:
+        if batch == 1:
+            raise
+    # A graph with a fixed batch somewhere (e.g. a Reshape to a constant shape): one sample at a time.
+    interp = make_interpreter(tflite_model, kernels)
+    interp.allocate_tensors()
+    return _run_batches(interp, xq, 1), (float(s_in), int(z_in)), (float(s_out), int(z_out))
+
+
+def _run_batches(interp, xq, batch):
+    n = len(xq)
     inp_index = interp.get_input_details()[0]["index"]
     out_index = interp.get_output_details()[0]["index"]
     results = []
@@ -139,7 +154,7 @@ def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KER
         interp.set_tensor(inp_index, chunk)
         interp.invoke()
         results.append(np.array(interp.get_tensor(out_index))[:m])
-    return np.concatenate(results), (float(s_in), int(z_in)), (float(s_out), int(z_out))
+    return np.concatenate(results)
 
 
 def _labels(y, n_classes_hint: Optional[int] = None) -> np.ndarray:
@@ -149,10 +164,10 @@ def _labels(y, n_classes_hint: Optional[int] = None) -> np.ndarray:
     return y.reshape(len(y)).astype(np.int64)
 
 
-def _predictions(out: np.ndarray) -> np.ndarray:
+def _predictions(out: np.ndarray, threshold: float) -> np.ndarray:
     out = out.reshape(len(out), -1)
-    if out.shape[1] == 1:  # one logit / probability: binary
-        return (out[:, 0] > 0.5).astype(np.int64)
+    if out.shape[1] == 1:  # one unit: binary (a probability, or a logit)
+        return (out[:, 0] > threshold).astype(np.int64)
     return np.argmax(out, axis=1)
 
 
@@ -188,8 +203,6 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     if len(x) == 0:
         raise ConfigError("verify needs at least one sample")
     t0 = time.perf_counter()
-    if representative_data is None and target.runtime == "tflite_int16x8":
-        representative_data = x
     tflite_model = convert(qat_model, target, representative_data)
     t1 = time.perf_counter()
     q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size, kernels)
@@ -198,7 +211,9 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
 
     deq = (q_out.astype(np.float64) - z_out) * s_out
     labels = _labels(y)
-    pred_dep, pred_sim = _predictions(deq), _predictions(sim)
+    # One output unit: 0.5 for probabilities (all simulated outputs in [0, 1]), else 0 for a logit.
+    threshold = 0.5 if float(np.min(sim)) >= 0.0 and float(np.max(sim)) <= 1.0 else 0.0
+    pred_dep, pred_sim = _predictions(deq, threshold), _predictions(sim, threshold)
     if s_out > 0:
         diff_lsb = np.abs(sim.astype(np.float64) - deq) / s_out
     else:  # float output (should not happen with integer I/O)

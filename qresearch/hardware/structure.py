@@ -151,6 +151,9 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
         out.append(f"{where}: weights are {gran}; target {target.name} allows {list(allowed)} for {layer_kind}")
     if len(inputs) > b_pos and inputs[b_pos] >= 0 and in_idx in tensors:
         b = tensors[inputs[b_pos]]
+        if target.runtime == "tflite_int16x8" and layer_kind == "conv" and np.dtype(b["dtype"]) != np.int64:
+            out.append(f"{where}: bias {b['name']!r} is {np.dtype(b['dtype']).name}; the 16x8 spec "
+                       "quantizes conv bias to int64 (measured in TF 2.21: DEPTHWISE_CONV_2D refuses int32, CONV_2D gives wrong outputs)")
         s_b, _, _ = _q(b)
         s_in, _, _ = _q(tensors[in_idx])
         if len(s_b) and len(s_in) == 1:

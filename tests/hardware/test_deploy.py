@@ -180,3 +180,28 @@ def test_input_quantization_follows_the_quantize_rule():
     x = np.array([-1.5, -0.5, 0.5, 1.5, 2.49, 1000.0, -1000.0], np.float32)
     assert quantize_input(x, 1.0, 0, np.int8).tolist() == [-2, -1, 1, 2, 2, 127, -128]
     assert quantize_input(np.array([0.0, 1.0]), 1 / 255, -128, np.int8).tolist() == [-128, 127]
+
+
+def test_int16x8_mlp_parity():
+    """16x8: int16 symmetric activations (zero point 0), int8 weights, int16 I/O."""
+    from sklearn.datasets import load_breast_cancer
+
+    L = keras.layers
+    bc = load_breast_cancer()
+    x = ((bc.data - bc.data.mean(0)) / bc.data.std(0)).astype("float32")
+    y = bc.target
+    keras.utils.set_random_seed(0)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    m = keras.Sequential([L.Dense(16, activation="relu", input_shape=(30,)), L.Dense(2)])
+    m.compile("adam", loss)
+    m.fit(x[:400], y[:400], epochs=10, verbose=0)
+    scheme = {"weights": {"quantizer": "minmax", "bits": 8},
+              "activations": {"quantizer": "minmax", "bits": 16, "symmetric": True}}
+    q = qresearch.quantize(m, scheme, hardware="tflite_int16x8", calibration_data=x[:256])
+    q.compile("adam", loss)
+    q.fit(x[:400], y[:400], epochs=1, verbose=0)
+    r = hw.verify(q, "tflite_int16x8", x[400:], y[400:])
+    assert r["runtime"] == "tflite_int16x8" and r["integer_only"] and r["structural_issues"] == []
+    assert r["input_quantization"][1] == 0 and r["output_quantization"][1] == 0
+    assert r["argmax_agreement"] >= 0.995 and abs(r["deployed_accuracy"] - r["simulated_accuracy"]) <= 0.002
+    assert r["within_1lsb_fraction"] == 1.0
