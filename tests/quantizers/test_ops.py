@@ -1,0 +1,81 @@
+"""Shared math in qresearch.quantizers.ops, against numpy."""
+import numpy as np
+import pytest
+
+from . import reference as ref
+from qresearch._compat import tf
+from qresearch.quantizers import ops
+
+rng = np.random.RandomState(6)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 16])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("narrow", [False, True])
+def test_integer_grid(bits, signed, narrow):
+    assert ops.integer_grid(bits, signed, narrow) == ref.grid(bits, signed, narrow)
+    qn, qp = ops.integer_grid(bits, signed, narrow)
+    assert qn + qp + 1 == 2**bits - (1 if narrow else 0)  # levels
+
+
+def grad(fn, x):
+    x = tf.constant(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = fn(x)
+    return y.numpy(), tape.gradient(y, x).numpy()
+
+
+def test_round_ste_and_grad_scale():
+    x = np.array([-1.5, -0.4, 0.5, 1.5, 2.6], "float32")
+    y, g = grad(ops.round_ste, x)
+    np.testing.assert_array_equal(y, np.round(x))  # half to even, like numpy
+    np.testing.assert_array_equal(g, 1.0)
+    y, g = grad(lambda t: ops.grad_scale(t, 0.25), x)
+    np.testing.assert_array_equal(y, x)
+    np.testing.assert_array_equal(g, 0.25)
+
+
+@pytest.mark.parametrize("mode, fn", [("ceil", np.ceil), ("round", np.round), ("floor", np.floor)])
+def test_pot_ste(mode, fn):
+    s = np.array([0.003, 0.1, 0.25, 0.3, 5.0], "float32")
+    y, g = grad(lambda t: ops.pot_ste(t, mode), s)
+    np.testing.assert_array_equal(y, 2.0 ** fn(np.log2(s)))
+    np.testing.assert_array_equal(g, 1.0)
+
+
+def test_reduce_finite_ignores_nan_and_inf():
+    x = np.array([[1.0, np.nan, -2.0], [np.inf, np.nan, 4.0]], "float32")
+    finite = np.where(np.isfinite(x), x, np.nan)
+    for fn, npfn in ((tf.reduce_min, np.nanmin), (tf.reduce_max, np.nanmax), (tf.reduce_mean, np.nanmean)):
+        out = ops.reduce_finite(fn, tf.constant(x), [0], empty=-7.0).numpy()
+        np.testing.assert_allclose(out[[0, 2]], npfn(finite[:, [0, 2]], axis=0))
+        assert out[1] == -7.0  # a column with no finite value gets ``empty``
+
+
+def test_lsq_grad_factor_and_counts():
+    assert float(ops.lsq_grad_factor(100.0, 7)) == pytest.approx(1 / np.sqrt(700))
+    x = tf.zeros((8, 5, 3))
+    assert float(ops.count_per_param(x, 1, per_example=True)) == 15
+    assert float(ops.count_per_param(x, 3, per_example=False)) == 40
+
+
+def test_nudged_offset_puts_zero_on_the_grid():
+    s = np.float32(0.1)
+    for beta in (-0.37, 0.0, 0.26, 3.0, -30.0):
+        b = ops.nudged_offset(tf.constant(beta), s, 0, 15).numpy()
+        k = -b / s
+        assert abs(k - round(k)) < 1e-4 and 0 <= round(k) <= 15  # real 0 = grid point k
+
+
+@pytest.mark.parametrize("axes", [(3,), (2,), (2, 3), (0, 3)])
+def test_fake_quant_per_channel_layouts(axes):
+    x = rng.randn(3, 2, 4, 5).astype("float32")
+    shape = [x.shape[a] for a in axes]
+    hi = rng.uniform(0.5, 2, size=shape).astype("float32")
+    lo = -hi
+    y = ops.fake_quant(tf.constant(x), lo, hi, 4, True, axes).numpy()
+    moved = np.moveaxis(x, axes, list(range(4 - len(axes), 4))).reshape(-1, int(np.prod(shape)))
+    expected = ref.fake_quant_per_channel(moved, lo.reshape(-1), hi.reshape(-1), 4, True)
+    restore = expected.reshape([x.shape[a] for a in range(4) if a not in axes] + shape)
+    np.testing.assert_array_equal(y, np.moveaxis(restore, list(range(4 - len(axes), 4)), axes))
