@@ -30,9 +30,9 @@ from qresearch.hardware.target import Target
 
 # Layer classes per kind, for per-kind weight granularity and for reading override matches.
 KIND_CLASSES = {
-    "conv": ("Conv1D", "Conv2D", "Conv3D", "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D",
-             "SeparableConv2D", "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-             "Convolution1D", "Convolution2D", "Convolution3D"),
+    "conv": ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv3D", "Convolution2D", "Convolution3D"),
+    "conv1d": ("Conv1D", "SeparableConv1D", "Convolution1D"),
+    "conv_transpose": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
     "dense": ("Dense", "EinsumDense"),
 }
 ROLES = ("weights", "activations")
@@ -224,23 +224,18 @@ class _Checker:
         want = "per_tensor" if gran == "per_channel" else "per_channel"
         allowed = ", ".join(f"{k}: {_fmt(rules.allowed_granularity(k))}" for k in kinds)
         if kind is None and len(bad) < len(kinds) and self.base_level:
-            # Base scheme: fine for some layer kinds; an override can fix the others.
+            # The scheme's granularity fits the target's main layer kinds but not these ones (e.g.
+            # TFLite: per-channel conv, per-tensor Dense): the target fills one override per layer
+            # class of each such kind, unless the scheme already has one. Reported, not refused.
             for k in bad:
                 if self.override_fixes(k, want):
                     continue
-                # Overrides match a class name (or a regex on layer names): one per class of the kind.
                 classes = [c for c in KIND_CLASSES[k] if not c.startswith("Convolution")]
-                match = classes[0] if len(classes) == 1 else " | ".join(classes)
-
-                def apply(classes=classes):
-                    for c in classes:
-                        self.new_overrides.append({"match": c, "weights": {"per_channel": want == "per_channel"}})
-
-                self.conflict(f"{where}.per_channel ({k} layers)", eff.get("per_channel", False), allowed,
-                              f"add an override {{match: {match!r}, weights: {{per_channel: "
-                              f"{str(want == 'per_channel').lower()}}}}}", apply=apply,
-                              note=f"{where}.per_channel: {k} layers -> {want} via a new override "
-                                   f"(target {self.t.name} allows {allowed})")
+                for c in classes:
+                    self.new_overrides.append({"match": c, "weights": {"per_channel": want == "per_channel"}})
+                self.coercions.append(
+                    f"{where}.per_channel: {k} layers ({', '.join(classes)}) -> {want} via overrides (set by "
+                    f"target {self.t.name}: {k}: {_fmt(rules.allowed_granularity(k))})")
             return
         if not settable("per_channel"):
             self.conflict(f"{where}.per_channel", eff.get("per_channel"), allowed,

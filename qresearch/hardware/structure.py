@@ -19,7 +19,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 WEIGHT_OPS = {"CONV_2D": ("conv", 1, 2), "DEPTHWISE_CONV_2D": ("conv", 1, 2),
-              "FULLY_CONNECTED": ("dense", 1, 2), "TRANSPOSE_CONV": ("conv", 1, 3)}
+              "FULLY_CONNECTED": ("dense", 1, 2), "TRANSPOSE_CONV": ("conv_transpose", 1, 3)}
 FIXED_OPS = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid", "TANH": "tanh", "LOG_SOFTMAX": "log_softmax",
              "L2_NORMALIZATION": "l2_normalization"}
 SAME_OPS = {"CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD",

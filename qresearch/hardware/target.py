@@ -12,7 +12,8 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
     runtime: tflite_int8            # tflite_int8 | tflite_int16x8 | none
     weights:
       bits: [8]                     # allowed bit widths
-      granularity: {conv: [per_channel, per_tensor], dense: [per_channel, per_tensor]}
+      granularity: {conv: [per_channel, per_tensor], conv1d: [per_tensor], conv_transpose: [per_tensor],
+                    dense: [per_tensor]}     # per layer kind (see constrain.KIND_CLASSES), or one list
       symmetry: symmetric           # symmetric (zero point 0) | asymmetric (zero point free)
       zero_point: zero              # zero | any   (must agree with symmetry)
       narrow_range: true            # true (required) | false (forbidden) | any
@@ -40,7 +41,7 @@ RUNTIMES = ("tflite_int8", "tflite_int16x8", "none")
 QUANTIZE_OPS = ("weights_only", "compute", "all")
 BN_FOLDING = ("fold", "no_fold", "any")
 GRANULARITIES = ("per_channel", "per_tensor")
-LAYER_KINDS = ("conv", "dense")
+LAYER_KINDS = ("conv", "conv1d", "conv_transpose", "dense")
 SYMMETRIES = ("symmetric", "asymmetric")
 ZERO_POINTS = ("zero", "any")
 SCALE_FORMATS = ("float32", "pot")

@@ -157,16 +157,25 @@ def test_per_layer_kind_granularity():
     d["name"] = "test_micro_like"
     d["weights"]["granularity"] = {"conv": ["per_channel"], "dense": ["per_tensor"]}
     hw.register("test_micro_like", d, overwrite=True)
-    err = conflicts(spec(), "test_micro_like")
-    assert [c.field for c in err.conflicts] == ["weights.per_channel (dense layers)"]
-    assert "override" in str(err)
-    # An override for Dense layers settles it.
-    ok = spec(overrides=[{"match": "Dense", "weights": {"per_channel": False}}])
-    hw.constrain(ok, "test_micro_like")
-    out, coercions = hw.constrain(spec(), "test_micro_like", adapt=True)
+    # Per-channel fits conv layers; the target fills per-tensor overrides for Dense (reported).
+    out, coercions = hw.constrain(spec(), "test_micro_like")
     added = {o["match"]: o["weights"] for o in as_dict(out)["overrides"]}
     assert added == {"Dense": {"per_channel": False}, "EinsumDense": {"per_channel": False}}
+    assert any("dense layers" in c and "set by target" in c for c in coercions)
     hw.constrain(out, "test_micro_like")
+    # A scheme override already settling Dense is kept as is.
+    out, _ = hw.constrain(spec(overrides=[{"match": "Dense", "weights": {"per_channel": False}}]), "test_micro_like")
+    assert [o["match"] for o in as_dict(out)["overrides"]] == ["Dense"]
+    # An explicit override asking for what the kind cannot do is a conflict.
+    err = conflicts(spec(overrides=[{"match": "Dense", "weights": {"per_channel": True}}]), "test_micro_like")
+    assert [c.field for c in err.conflicts] == ["overrides[0] (match 'Dense').weights.per_channel"]
+    # Per-tensor conv on a per-channel-only conv kind: no kind allows it for conv -> conflict at the base.
+    d["weights"]["granularity"] = {"conv": ["per_channel"], "conv1d": ["per_channel"],
+                                   "conv_transpose": ["per_channel"], "dense": ["per_channel"]}
+    d["name"] = "test_pc_only"
+    hw.register("test_pc_only", d, overwrite=True)
+    err = conflicts(spec(w={"per_channel": False}), "test_pc_only")
+    assert [c.field for c in err.conflicts] == ["weights.per_channel"]
 
 
 def test_first_last_bits():
@@ -194,9 +203,10 @@ def test_signed_only_activations():
     assert "signed" not in as_dict(out)["activations"]
 
 
-def test_tflite_dense_kernels_per_tensor():
-    err = conflicts(spec(), "tflite_int8")
-    assert [c.field for c in err.conflicts] == ["weights.per_channel (dense layers)"]
-    out, coercions = hw.constrain(spec(), "tflite_int8", adapt=True)
-    assert {o["match"]: o["weights"] for o in as_dict(out)["overrides"]}["Dense"] == {"per_channel": False}
+def test_tflite_per_tensor_kinds_are_filled():
+    out, coercions = hw.constrain(spec(), "tflite_int8")
+    added = {o["match"]: o["weights"]["per_channel"] for o in as_dict(out)["overrides"]}
+    for cls in ("Dense", "Conv1D", "Conv2DTranspose"):
+        assert added[cls] is False
+    assert "Conv2D" not in added and "DepthwiseConv2D" not in added
     hw.constrain("tflite_int8", "tflite_int8")  # the scheme preset of the same name fits the target
