@@ -9,7 +9,7 @@ import pytest
 
 import qresearch.registry as registry_module
 from .conftest import KernelActivationConfig, load_qat_model, quantize_model, small_cnn, toy_data
-from qresearch._compat import keras, tf, tfmot
+from qresearch._compat import keras, tf
 from qresearch.quantizers import Quantizer, create, get, names, register
 from qresearch.quantizers.registry import QUANTIZERS
 
