@@ -14,6 +14,7 @@ import difflib
 import enum
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
@@ -109,7 +110,7 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     scheme: Any = MISSING
-    hardware: Any = MISSING
+    hardware: Any = None             # null: no target (the scheme as written, nothing deployed)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -262,5 +263,12 @@ def validate(cfg) -> None:
             raise ConfigError(f"training.{phase}.epochs must be >= 0, got {p.epochs}")
         if p.batch_size < 1:
             raise ConfigError(f"training.{phase}.batch_size must be >= 1, got {p.batch_size}")
+        lr = float(p.learning_rate)
+        if not lr > 0 and not math.isnan(lr):  # NaN passes: it is how tests exercise the NaN-loss path
+            raise ConfigError(f"training.{phase}.learning_rate must be > 0, got {p.learning_rate}")
+    for split in ("train", "test"):
+        n = dcfg.get(f"{split}_samples")
+        if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+            raise ConfigError(f"dataset.{split}_samples must be a positive integer or null (all), got {n!r}")
     if cfg.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")

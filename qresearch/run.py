@@ -141,6 +141,16 @@ def check_scheme(cfg, spec: Dict[str, Any]):
 
 
 # ------------------------------------------------------------------ the job
+class _DropRetracingWarnings(logging.Filter):
+    """Every job builds new models, so Keras' "triggered tf.function retracing" warning is expected noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "triggered tf.function retracing" not in record.getMessage()
+
+
+logging.getLogger("tensorflow").addFilter(_DropRetracingWarnings())
+
+
 def _setup_tf(cfg) -> None:
     from qresearch._compat import keras, tf
 
@@ -407,7 +417,13 @@ def main(cfg: DictConfig) -> float:
 
 
 class SweepSummary(Callback):
-    """Hydra callback: after a multirun, count the sweep's results and say how to report them."""
+    """Hydra callback: check the sweep's shared config before any job starts; afterwards, count
+    the sweep's results and say how to report them."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # The config with the non-swept overrides: a bad value there would fail every job, so
+        # fail once, now, with the valid choices (swept values are checked by each job).
+        qconfig.validate(config)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -205,6 +205,8 @@ def float_baseline(build: Callable[[], Any], train: Callable[[Any], Dict[str, An
     root = Path(cache_dir).expanduser().resolve() / "float"
     entry = root / key
     with file_lock(root / f"{key}.lock"):
+        for stale in root.glob(f".{key}.*"):  # left by a killed job (we hold the key's lock)
+            shutil.rmtree(stale, ignore_errors=True)
         meta_path, weights = entry / "meta.json", entry / "weights.h5"
         if meta_path.is_file() and weights.is_file():
             try:
