@@ -29,7 +29,7 @@ from qresearch._compat import ensure_keras2_model, keras, tf
 from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.quantizers import create
 from qresearch.schemes import layers as L
-from qresearch.schemes.graph import GNode, Graph, flatten
+from qresearch.schemes.graph import GNode, Graph, flatten, split_separable
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
 from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
                                         QuantizeWrapper, calibration_mode, get_attr)
@@ -86,6 +86,12 @@ def _fixed_name(layer, kind) -> Optional[str]:
     return None
 
 
+def _matches_any(patterns, p: "_Plan") -> bool:
+    """A pattern matches the layer, or the user's layer it was split from (SeparableConv)."""
+    layers = [p.layer] + ([p.node.origin] if p.node.origin is not None else [])
+    return any(layer_matches(s, layer) for s in patterns for layer in layers)
+
+
 def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
     plans = [_Plan(n) for n in graph.nodes]
     unsupported = []
@@ -94,7 +100,7 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
         counts[id(p.layer)] = counts.get(id(p.layer), 0) + 1
     for p in plans:
         layer = p.layer
-        if any(layer_matches(s, layer) for s in spec.skip):
+        if _matches_any(spec.skip, p):
             p.float_reason = "skipped by the scheme"
             skipped_spec = L.layer_spec(layer)
             p.skipped_kind = skipped_spec.kind_of(layer) if skipped_spec is not None else None
@@ -142,7 +148,8 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
                 or prod.folded_bn is not None):
             continue
         axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
-        out_rank = len(prod.layer.output_shape) if not isinstance(prod.layer.output_shape, list) else None
+        bn_in = bn.input_shape
+        out_rank = len(bn_in) if isinstance(bn_in, tuple) else None
         if out_rank is None or len(axis) != 1 or axis[0] % out_rank != out_rank - 1:
             continue
         if getattr(prod.layer, "data_format", "channels_last") == "channels_first":
@@ -179,7 +186,7 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             a = None if a is None else dict(a, bits=spec.first_last_bits)
             p.overrides.append("first_last_bits")
         for o in spec.overrides:
-            if o.matches(p.layer):
+            if _matches_any([o.match], p):
                 if o.weights is None:
                     w = None
                 elif o.weights:
@@ -616,6 +623,7 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         raise ConfigError(f"model {model.name!r} is not built: call model.build(input_shape) or give the "
                           "first layer an input_shape before quantizing")
     graph = flatten(model)
+    split_separable(graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip))
     plans = _make_plans(graph, spec)
     qmodel = _build(graph, plans, spec)
     float_reasons = {p.layer.name: p.float_reason for p in plans if p.float_reason}

@@ -22,6 +22,7 @@ class GNode:
     in_slots: List[Tuple[str, int]]   # (tensor ref, index into flat_args)
     out_refs: List[str]
     prefix: str = ""                  # name prefix of the nested model it came from
+    origin: Optional[keras.layers.Layer] = None  # the user's layer this node was split from
 
     @property
     def in_refs(self) -> List[str]:
@@ -114,3 +115,39 @@ def flatten(model) -> Graph:
     outputs = [resolve(_kid(t)) for t in model.outputs]
     nested = getattr(model, "_nested_outputs", model.outputs)
     return Graph(inputs, [_kid(t) for t in inputs], outputs, nested, nodes, model.name)
+
+
+def split_separable(graph: Graph, keep=lambda layer: False) -> None:
+    """Replace each SeparableConv1D/2D by a DepthwiseConv + 1x1 Conv pair, as TFLite runs it, so the
+    tensor between them gets its own quantizer (tfmot does the same in its layout transform).
+    ``keep(layer)`` true leaves a layer as is (e.g. skipped layers)."""
+    K = keras.layers
+    counts: Dict[int, int] = {}
+    for n in graph.nodes:
+        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+    out: List[GNode] = []
+    for n in graph.nodes:
+        layer = n.layer
+        if type(layer) not in (K.SeparableConv1D, K.SeparableConv2D) or counts[id(layer)] > 1 or keep(layer) \
+                or getattr(layer, "data_format", "channels_last") != "channels_last" or len(n.in_refs) != 1:
+            out.append(n)
+            continue
+        two_d = isinstance(layer, K.SeparableConv2D)
+        dw_cls, pw_cls = (K.DepthwiseConv2D, K.Conv2D) if two_d else (K.DepthwiseConv1D, K.Conv1D)
+        dw = dw_cls(layer.kernel_size, strides=layer.strides, padding=layer.padding,
+                    depth_multiplier=layer.depth_multiplier, dilation_rate=layer.dilation_rate, use_bias=False,
+                    name=f"{layer.name}_depthwise")
+        pw = pw_cls(layer.filters, 1, use_bias=layer.use_bias, activation=layer.activation,
+                    name=f"{layer.name}_pointwise")
+        in_shape = layer.input_shape
+        dw.build(in_shape)
+        dw.depthwise_kernel.assign(layer.depthwise_kernel)
+        mid_shape = dw.compute_output_shape(in_shape)
+        pw.build(mid_shape)
+        pw.kernel.assign(tf.reshape(layer.pointwise_kernel, pw.kernel.shape))
+        if layer.use_bias:
+            pw.bias.assign(layer.bias)
+        mid = f"{n.out_refs[0]}#depthwise"
+        out.append(GNode(dw, n.call_args, n.call_kwargs, n.flat_args, n.in_slots, [mid], n.prefix, layer))
+        out.append(GNode(pw, (None,), {}, [None], [(mid, 0)], list(n.out_refs), n.prefix, layer))
+    graph.nodes = out

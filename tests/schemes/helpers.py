@@ -59,9 +59,11 @@ def _all_layers(model):
 
 
 def compute_layer_names(model):
-    """Names of the layers with weights a scheme quantizes (built-in compute layers and ScaledDense)."""
+    """Names of the QAT layers with weights a scheme quantizes (compute layers and ScaledDense)."""
     out = []
     for layer in _all_layers(model):
-        if isinstance(layer, COMPUTE) or type(layer).__name__ == "ScaledDense":
+        if isinstance(layer, (keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)):
+            out += [f"{layer.name}_depthwise", f"{layer.name}_pointwise"]  # split as TFLite runs it
+        elif isinstance(layer, COMPUTE) or type(layer).__name__ == "ScaledDense":
             out.append(layer.name)
     return out

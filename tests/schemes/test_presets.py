@@ -21,7 +21,7 @@ def custom_layer_registered():
 def test_preset_quantizes_and_trains(model_name, preset):
     keras.utils.set_random_seed(0)
     model = M.BUILDERS[model_name]()
-    x, y = M.data(32)
+    x, y = M.data(16)
     q = qresearch.quantize(model, preset, calibration_data=x[:16])
     spec = schemes.get(preset)
 

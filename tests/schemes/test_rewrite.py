@@ -359,3 +359,17 @@ def test_shared_layer_and_multi_output():
     assert len([l for l in q.layers if l.name == "quant_shared"]) == 1
     for r, o in zip(model(x), q(x, training=False)):
         np.testing.assert_allclose(o.numpy(), r.numpy(), atol=1e-3)
+
+
+def test_separable_conv_split_like_tflite_and_overrides_follow():
+    scheme = {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True},
+              "activations": {"quantizer": "minmax", "bits": 8},
+              "overrides": [{"match": "sep", "weights": {"bits": 4}}]}
+    model = randomize_bn(M.sequential())
+    q = qresearch.quantize(model, scheme, calibration_data=X)
+    ws = wrappers(q)
+    assert ws["sep_depthwise"].quantize_config.weights["depthwise_kernel"].bits == 4
+    assert ws["sep_pointwise"].quantize_config.weights["kernel"].bits == 4
+    assert has_output_quantizer(q, "sep_depthwise")  # the tensor between the halves is int8 in TFLite
+    assert ws["sep_pointwise"].quantize_config.info["folded_bn"] == "sep_bn"
+    np.testing.assert_allclose(q(X, training=False).numpy(), model(X, training=False).numpy(), atol=0.15)

@@ -1,0 +1,28 @@
+"""The rewrite is what TFLite runs: tflite_int8 QAT models convert to integer-only models whose outputs
+match the simulation (BN folded, ReLU fused, no requantize ops)."""
+import pytest
+
+import qresearch
+
+from . import models as M
+
+hardware = pytest.importorskip("qresearch.hardware")
+
+
+@pytest.mark.parametrize("model_name", ["mobilenet_like", "sequential"])
+def test_tflite_int8_converts_integer_only_and_matches(model_name):
+    if not hasattr(hardware, "verify"):
+        pytest.skip("qresearch.hardware.verify not available")
+    x, y = M.data(64)
+    q = qresearch.quantize(M.BUILDERS[model_name](), "tflite_int8", calibration_data=x)
+    M.compile_model(q)
+    q.run_eagerly = True
+    q.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    r = hardware.verify(q, "tflite_int8", x, y)
+    assert r["integer_only"], r["structural_issues"]
+    assert not r["structural_issues"]
+    assert r["argmax_agreement"] >= 0.95
+    if model_name == "mobilenet_like":
+        assert r["max_abs_diff_lsb"] <= 1.01  # requantization rounding only
+    else:  # AVERAGE_POOL_2D rounds its int8 average; the simulation keeps the float average (SAME scale)
+        assert r["within_1lsb_fraction"] >= 0.6
