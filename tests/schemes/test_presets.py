@@ -44,3 +44,15 @@ def test_preset_quantizes_and_trains(model_name, preset):
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)), "no weight changed"
     report = schemes.describe(q)
     assert report["memory"]["quantized_bits"] < report["memory"]["float32_bits"]
+
+
+@pytest.mark.parametrize("model_name, preset", [("mobilenet_like", "lsq_plus"), ("concat_multiply", "pact_lsq")])
+def test_compiled_training(model_name, preset):
+    """Graph-mode (tf.function) training, as fit runs by default."""
+    keras.utils.set_random_seed(0)
+    x, y = M.data(32)
+    q = qresearch.quantize(M.BUILDERS[model_name](), preset, calibration_data=x[:16])
+    M.compile_model(q, from_logits=model_name != "concat_multiply")
+    hist = q.fit(x, y, batch_size=16, epochs=2, verbose=0)
+    assert all(np.isfinite(hist.history["loss"]))
+    assert np.isfinite(q.evaluate(x, y, verbose=0)[0])
