@@ -239,6 +239,7 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             want = False
         if want and fused_into_next(p):
             want = False
+            p.fused_with = sole_consumer(p).layer.name
         p.output = want
         if p.kind == "fixed" or (p.kind == "compute" and L.activation_name(
                 getattr(p.layer, "activation", None)) in spec.fixed_output_ranges):
@@ -322,6 +323,8 @@ def _safe(name: str) -> str:
 def _float_reason(p: _Plan) -> str:
     if p.kind == "passthrough":
         return "pass-through: shares its input's range (no quantizer needed)"
+    if getattr(p, "fused_with", None):
+        return f"fused with {p.fused_with}: one quantizer after it"
     if p.kind in ("activation", "bn"):
         return "fused: the quantizer after it or after its producer covers it"
     if p.kind == "compute" and getattr(p, "concat_shared", None):
