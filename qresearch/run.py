@@ -423,7 +423,12 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # The config with the non-swept overrides: a bad value there would fail every job, so
         # fail once, now, with the valid choices (swept values are checked by each job).
-        qconfig.validate(config)
+        # Hydra turns a callback's exceptions into warnings, so stop with SystemExit.
+        try:
+            qconfig.validate(config)
+        except ConfigError as exc:
+            print(f"Error in the sweep's config (no job was started): {exc}", file=sys.stderr)
+            raise SystemExit(2)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

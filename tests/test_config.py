@@ -126,3 +126,13 @@ def test_config_hash_ignores_logging_and_paths():
     assert qconfig.config_hash(a) == qconfig.config_hash(b) != qconfig.config_hash(c)
     d = qconfig.to_dict(a)
     assert d["training"]["qat"]["optimizer"] == "adam" and "hydra" not in d
+
+
+def test_sweep_config_is_checked_before_any_job(capsys):
+    from qresearch.run import SweepSummary
+
+    cfg = _compose(["+sweep=smoke", "dataset.train_samples=-3"], hydra_node=True)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(cfg)
+    assert "no job was started" in capsys.readouterr().err
+    SweepSummary().on_multirun_start(_compose(["+sweep=smoke"], hydra_node=True))
