@@ -373,3 +373,22 @@ def test_separable_conv_split_like_tflite_and_overrides_follow():
     assert has_output_quantizer(q, "sep_depthwise")  # the tensor between the halves is int8 in TFLite
     assert ws["sep_pointwise"].quantize_config.info["folded_bn"] == "sep_bn"
     np.testing.assert_allclose(q(X, training=False).numpy(), model(X, training=False).numpy(), atol=0.15)
+
+
+def test_unbuilt_model_and_wrong_attribute_errors_name_the_fix():
+    model = keras.Sequential([L.Dense(3)])
+    with pytest.raises(qresearch.ConfigError, match="build"):
+        qresearch.quantize(model, "tflite_int8")
+
+    class Odd(L.Layer):
+        def build(self, s):
+            self.w = self.add_weight("w", shape=(int(s[-1]), 2))
+
+        def call(self, x):
+            return tf.matmul(x, self.w)
+
+    schemes.register_layer(Odd, weights=["kernel"])
+    inp = keras.Input((3,))
+    with pytest.raises(qresearch.ConfigError) as exc:
+        qresearch.quantize(keras.Model(inp, Odd(name="odd")(inp)), "tflite_int8")
+    assert "'kernel'" in str(exc.value) and "register_layer(Odd" in str(exc.value)
