@@ -323,7 +323,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
                                                  if dupes else "") + ".", ""]
     parts = [table_markdown(t) for t in tables] or ["No completed runs."]
     failed_md = failed_markdown(failed)
-    md = "\n".join(header) + "\n\n".join(parts) + "\n"
+    md = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
     if failed_md:
         md += "\n" + failed_md + "\n"
     if png:

@@ -1,0 +1,80 @@
+"""Reports from synthetic result.json files: exact means and stds, failures listed, not averaged."""
+import csv
+import statistics
+
+import pytest
+
+from qresearch import report
+from qresearch.results import write_json_atomic
+
+
+def _record(path, algorithm, bits, seed, qat, ptq, flt, target="academic", status="completed", lr=0.001,
+            error=None, chash=None):
+    write_json_atomic(path / "result.json", {
+        "status": status, "config_hash": chash or f"{algorithm}-{bits}-{seed}-{target}-{lr}",
+        "config": {"seed": seed, "bits": bits, "scheme": {"weights": {"bits": bits}}, "training": {"qat": {"lr": lr}}},
+        "labels": {"dataset": "digits", "model": "mlp", "algorithm": algorithm, "target": target,
+                   "weight_bits": bits, "activation_bits": bits, "seed": seed},
+        "metrics": {"qat_accuracy": qat, "ptq_accuracy": ptq, "float_accuracy": flt,
+                    "deployed_accuracy": qat if target == "tflite_int8" else None},
+        "float_baseline": {"key": f"base{seed}"}, "times": {"total_s": 1.0}, "error": error,
+        "finished_at": f"2026-01-01T00:00:0{seed}"})
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    vals = {}
+    for alg in ("lsq", "pact"):
+        for bits in (8, 4):
+            for seed in (0, 1, 2):
+                q = 0.9 - 0.01 * seed - (0.1 if bits == 4 else 0) - (0.05 if alg == "pact" else 0)
+                vals[(alg, bits, seed)] = q
+                _record(tmp_path / f"{alg}-{bits}-{seed}", alg, bits, seed, q, q - 0.2, 0.95 - 0.01 * seed)
+    _record(tmp_path / "tfl", "lsq", 8, 0, 0.91, 0.9, 0.95, target="tflite_int8")
+    _record(tmp_path / "bad", "lsq", 2, 0, None, None, None, status="failed",
+            error={"type": "NaNLossError", "message": "qat training: loss became nan", "stage": "qat"})
+    _record(tmp_path / "copy", "lsq", 8, 0, vals[("lsq", 8, 0)], 0.7, 0.95, chash="lsq-8-0-academic-0.001")
+    _record(tmp_path / "lr", "lsq", 4, 0, 0.5, 0.4, 0.95, lr=0.1)
+    return tmp_path, vals
+
+
+def test_table_numbers(sweep):
+    path, vals = sweep
+    rep = report.make_report([path], quiet=True)
+    assert len(rep["failed"]) == 1 and rep["duplicates"] == 1
+    academic = next(t for t in rep["tables"] if t["target"] == "academic")
+    assert academic["columns"] == [(8, 8), (4, 4)] and academic["seeds"] == 3
+    rows = {r["name"]: r for r in academic["rows"]}
+    lsq = rows["lsq[training.qat.lr=0.001]"]["cells"][(4, 4)]
+    expected = [vals[("lsq", 4, s)] for s in range(3)]
+    assert lsq[0] == pytest.approx(statistics.fmean(expected))
+    assert lsq[1] == pytest.approx(statistics.stdev(expected)) and lsq[2] == 3
+    assert rows["pact"]["cells"][(8, 8)][0] == pytest.approx(statistics.fmean(vals[("pact", 8, s)] for s in range(3)))
+    assert rows["pact (PTQ)"]["cells"][(8, 8)][0] == pytest.approx(
+        statistics.fmean(vals[("pact", 8, s)] - 0.2 for s in range(3)))
+    assert rows["float (reference)"]["cells"][(4, 4)][0] == pytest.approx(0.94)
+    # the run with another learning rate is its own line, not averaged into lsq
+    assert rows["lsq[training.qat.lr=0.1]"]["cells"][(4, 4)] == (0.5, 0.0, 1)
+    tfl = next(t for t in rep["tables"] if t["target"] == "tflite_int8")
+    assert any(r["kind"] == "deployed" for r in tfl["rows"])
+
+
+def test_outputs(sweep):
+    path, _ = sweep
+    rep = report.make_report([path], out=path / "rep", quiet=True)
+    md = (path / "rep" / "report.md").read_text()
+    assert "target `academic`" in md and "target `tflite_int8`" in md
+    assert "79.00 ± 1.00" in md  # lsq at 4 bits: 0.80, 0.79, 0.78
+    assert "Failed runs (1; not averaged)" in md and "NaNLossError" in md
+    rows = list(csv.DictReader(open(path / "rep" / "results.csv")))
+    assert len(rows) == len(rep["rows"]) == 15
+    assert sum(r["status"] == "failed" for r in rows) == 1
+    assert (path / "rep" / "accuracy_vs_bits.png").stat().st_size > 5000
+
+
+def test_cli(sweep, capsys):
+    path, _ = sweep
+    assert report.main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| algorithm |" in out and "accuracy_vs_bits.png" in out
+    assert report.main([str(path / "missing")]) == 2
