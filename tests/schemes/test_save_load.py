@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 import qresearch
-from qresearch import keras, schemes
+from qresearch import keras, schemes, tf
 from qresearch.errors import ConfigError
+from qresearch.quantizers import Quantizer, ops
+from qresearch.quantizers import register as register_quantizer
 from qresearch.schemes import QuantizeInput, QuantizeWrapper
 
 from . import models as M
@@ -106,3 +108,39 @@ def test_the_keras_format_trap_we_refuse(tmp_path):
         return
     same = all(np.array_equal(a.numpy(), b.numpy()) for a, b in zip(q.weights, loaded.weights))
     assert not same or len(q.weights) != len(loaded.weights)  # ...or as shuffled weights
+
+
+# A user's plugin quantizer: learned scale, straight-through rounding. Registering it is all it takes.
+
+
+@register_quantizer("test_learned_scale", overwrite=True)
+class LearnedScale(Quantizer):
+    def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None, signed=True,
+                 scale_format="float32", init_scale=0.05):
+        super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        self.init_scale = float(init_scale)
+
+    def build_params(self, shape, name, layer):
+        return {"scale": self.add_variable(layer, f"{name}_scale", shape, self.init_scale, trainable=True)}
+
+    def quantize(self, x, training, weights, axes):
+        qn, qp = self.grid
+        s = self.broadcast(tf.abs(weights["scale"]) + 1e-8, x, axes)
+        return ops.round_ste(tf.clip_by_value(x / s, -float(qn), float(qp))) * s
+
+
+def test_plugin_quantizer_saves_loads_and_resumes(tmp_path):
+    scheme = {"weights": {"quantizer": "test_learned_scale", "bits": 4, "per_channel": True},
+              "activations": {"quantizer": "test_learned_scale", "bits": 8, "init_scale": 0.1},
+              "overrides": [{"match": "logits", "weights": {"bits": 8}}]}
+    q = _qat(M.mobilenet_like, scheme)
+    _train(q, BATCHES[:2])
+    path = str(tmp_path / "plugin")
+    q.save(path)
+    loaded = qresearch.load_model(path)
+    loaded.run_eagerly = True
+    cfg = [l for l in loaded.layers if isinstance(l, QuantizeWrapper) and l.layer.name == "stem"][0].quantize_config
+    assert isinstance(cfg.weights["kernel"], LearnedScale) and cfg.weights["kernel"].bits == 4
+    np.testing.assert_array_equal(loaded.predict(X, verbose=0), q.predict(X, verbose=0))
+    assert _train(q, BATCHES[2:]) == _train(loaded, BATCHES[2:])
+    _assert_same_state(q, loaded)
