@@ -70,6 +70,11 @@ class _Plan:
         self.output = False
         self.fixed_name: Optional[str] = None
         self.overrides: List[str] = []
+        self.skipped_kind: Optional[str] = None       # kind of a skipped layer (first/last detection)
+        self.nonneg_out = False                       # output known >= 0 (unsigned activation grid)
+        self.nonneg_in: Dict[str, bool] = {}
+        self.concat_shared: Optional[str] = None      # output range given to this concat
+        self.fused_with: Optional[str] = None         # the activation this layer's output fuses into
 
     @property
     def layer(self):
@@ -86,6 +91,24 @@ def _fixed_name(layer, kind) -> Optional[str]:
     return None
 
 
+def _unsupported_message(unsupported) -> str:
+    """One line per layer class with no config: the layers, the class and the fix."""
+    lines = []
+    for cls, plans in unsupported.items():
+        names = ", ".join(repr(p.layer.name) for p in plans[:5]) + (f" and {len(plans) - 5} more"
+                                                                      if len(plans) > 5 else "")
+        first = plans[0].layer
+        if isinstance(first, keras.Model):
+            lines.append(f"layer {names} is a subclassed model ({cls.__name__}), which cannot be rewritten: build it "
+                         f"with the functional API, or add {first.name!r} to the scheme's skip list to keep it "
+                         "in float")
+        else:
+            what = "layer" if len(plans) == 1 else "layers"
+            lines.append(f"{what} {names} of class {cls.__module__}.{cls.__name__} has no quantization config. "
+                         f"Fix: {L.register_fix(first)}")
+    return "; ".join(lines)
+
+
 def _matches_any(patterns, p: "_Plan") -> bool:
     """A pattern matches the layer, or the user's layer it was split from (SeparableConv)."""
     layers = [p.layer] + ([p.node.origin] if p.node.origin is not None else [])
@@ -94,7 +117,7 @@ def _matches_any(patterns, p: "_Plan") -> bool:
 
 def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
     plans = [_Plan(n) for n in graph.nodes]
-    unsupported = []
+    unsupported: Dict[type, List[_Plan]] = {}
     counts: Dict[int, int] = {}
     for p in plans:
         counts[id(p.layer)] = counts.get(id(p.layer), 0) + 1
@@ -107,20 +130,11 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             continue
         p.spec = L.layer_spec(layer)
         if p.spec is None:
-            if isinstance(layer, keras.Model):
-                unsupported.append(
-                    f"layer {layer.name!r} is a subclassed model ({type(layer).__name__}), which cannot be "
-                    f"rewritten: build it with the functional API, or add {layer.name!r} to the scheme's skip "
-                    "list to keep it in float")
-            else:
-                unsupported.append(f"layer {layer.name!r} of class {type(layer).__module__}.{type(layer).__name__} "
-                                   f"has no quantization config. Fix: {L.register_fix(layer)}")
+            unsupported.setdefault(type(layer), []).append(p)
             continue
         p.kind = p.spec.kind_of(layer)
-        if counts[id(layer)] > 1 and p.kind in ("compute", "bn"):
-            pass  # shared layers: one wrapper, no folding (handled below)
     if unsupported:
-        raise UnsupportedLayerError("; ".join(unsupported))
+        raise UnsupportedLayerError(_unsupported_message(unsupported))
     if spec.activations is None and spec.weights is None:
         raise ConfigError("the scheme quantizes nothing (weights and activations are both null)")
 
@@ -175,7 +189,7 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
 
     # quantizer specs per layer
     # first/last compute layers of the model (a skipped one stays float; the width does not move inward)
-    compute = [p for p in plans if p.kind == "compute" or getattr(p, "skipped_kind", None) == "compute"]
+    compute = [p for p in plans if p.kind == "compute" or p.skipped_kind == "compute"]
     first_last = {id(compute[0]), id(compute[-1])} if compute and spec.first_last_bits else set()
     for p in plans:
         if p.spec is None or p.removed:
@@ -323,13 +337,11 @@ def _safe(name: str) -> str:
 def _float_reason(p: _Plan) -> str:
     if p.kind == "passthrough":
         return "pass-through: shares its input's range (no quantizer needed)"
-    if getattr(p, "fused_with", None):
+    if p.fused_with:
         return f"fused with {p.fused_with}: one quantizer after it"
     if p.kind in ("activation", "bn"):
         return "fused: the quantizer after it or after its producer covers it"
-    if p.kind == "compute" and getattr(p, "concat_shared", None):
-        return f"output range shared with {p.concat_shared}"
-    if getattr(p, "concat_shared", None):
+    if p.concat_shared:
         return f"output range shared with {p.concat_shared}"
     if p.acts_spec is None and p.weights_spec is None:
         return "the scheme quantizes nothing here (weights/activations null or weights_only)"
@@ -383,12 +395,12 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             lo, hi = scheme.fixed_output_ranges[p.fixed_name]
             output = FixedRangeQuantizer(bits=bits, range_min=lo, range_max=hi)
         else:
-            output = _quantizer(_act_spec(a, getattr(p, "nonneg_out", False)), "activations",
+            output = _quantizer(_act_spec(a, p.nonneg_out), "activations",
                                 f"layer {layer.name!r} output")
     info = {"kind": p.kind}
     if p.folded_bn is not None:
         info["folded_bn"] = p.folded_bn.name
-    if getattr(p, "concat_shared", None):
+    if p.concat_shared:
         info["output_shared_with"] = p.concat_shared
     if p.overrides:
         info["overrides"] = list(p.overrides)
@@ -465,7 +477,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             t = tensors[ref]
             if needs_q and not is_quantized(ref) and t.dtype.is_floating:
                 if ref not in input_quantizers:
-                    a = _act_spec(p.acts_spec, getattr(p, "nonneg_in", {}).get(ref, False))
+                    a = _act_spec(p.acts_spec, p.nonneg_in.get(ref, False))
                     src = producers.get(ref)
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     q = QuantizeInput(_quantizer(a, "activations", "input quantizer"),

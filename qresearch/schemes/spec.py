@@ -84,8 +84,8 @@ class Override:
 
 def layer_matches(pattern: str, layer) -> bool:
     """True when ``pattern`` is the layer's class name or a regex fully matching its name."""
-    inner = getattr(layer, "layer", layer) if isinstance(getattr(layer, "layer", None), object) and \
-        type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2") else layer
+    wrapped = type(layer).__name__ in ("QuantizeWrapper", "QuantizeWrapperV2")
+    inner = layer.layer if wrapped else layer
     cls = type(inner)
     if pattern == cls.__name__ or pattern == f"{cls.__module__}.{cls.__name__}":
         return True  # exact class: "Conv2D" does not match DepthwiseConv2D (a Conv2D subclass)
@@ -134,9 +134,8 @@ class SchemeSpec:
         d = dict(d)
         # Hydra/OmegaConf containers arrive as DictConfig: turn them into plain data.
         try:
-            from omegaconf import DictConfig, OmegaConf
+            from omegaconf import OmegaConf
             d = {k: (OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v) for k, v in d.items()}
-            del DictConfig
         except ImportError:  # pragma: no cover
             pass
         unknown = [k for k in d if k not in FIELDS and not k.startswith("_")]
@@ -216,8 +215,6 @@ class SchemeSpec:
 
     def _check_quantizers(self) -> None:
         """Build every quantizer the scheme can ask for once, so bad fields fail now."""
-        from qresearch.quantizers import create
-
         for role in ("weights", "activations"):
             base = getattr(self, role)
             if base is not None:
@@ -233,7 +230,6 @@ class SchemeSpec:
                 _create(merged, role, f"overrides[{i}].{role}")
             if base is not None and self.first_last_bits is not None:
                 _create(dict(base, bits=self.first_last_bits), role, "first_last_bits")
-        del create
 
 
 def _create(spec, role, where):
