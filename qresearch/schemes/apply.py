@@ -330,6 +330,13 @@ def _quantizer(spec_dict, role, where):
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _has_attrs(layer, attrs) -> bool:
+    try:
+        return all(get_attr(layer, a) is not None for a in attrs)
+    except AttributeError:
+        return False
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
@@ -433,6 +440,12 @@ def _short(var) -> str:
     return var.name.split("/")[-1].split(":")[0]
 
 
+def _relative(var) -> str:
+    """The variable's path inside its layer ("query/kernel" for "mha/query/kernel:0")."""
+    parts = var.name.split(":")[0].split("/")
+    return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
 def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
     used = set()
 
@@ -484,6 +497,11 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                                       name=unique(_safe(f"quantize_{base}")))
                     input_quantizers[ref] = q(t)
                 tensors[ref + "#q"] = input_quantizers[ref]
+        view = dict(tensors)
+        for ref in node.in_refs:
+            if ref + "#q" in tensors:
+                view[ref] = tensors[ref + "#q"]
+        args, kwargs = node.pack(view)
         if id(p.layer) not in made:
             name = unique(node.prefix + p.layer.name) if node.prefix and p.layer.name in used \
                 else unique(p.layer.name)
@@ -498,6 +516,8 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 if cfg.output is not None:
                     after_ops[id(p.layer)] = cfg.output
                 cfg = None
+            if cfg is not None and cfg.weights and not _has_attrs(inner, cfg.weights):
+                inner(*args, **kwargs)  # layers that create weights on first call (MultiHeadAttention)
             if cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
@@ -507,11 +527,6 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             made[id(p.layer)] = layer
             copies.append((inner, p))
         layer = made[id(p.layer)]
-        view = dict(tensors)
-        for ref in node.in_refs:
-            if ref + "#q" in tensors:
-                view[ref] = tensors[ref + "#q"]
-        args, kwargs = node.pack(view)
         if isinstance(layer, QuantizeWrapper) and len(args) > 1:
             # the wrapper's call is (inputs, training=None, **kwargs): pass extra positionals by name
             names = [n for n in inspect.signature(layer.layer.call).parameters][1:]
@@ -543,16 +558,19 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         src = p.layer
         if inner is src:
             continue
-        values = {_short(w): w.numpy() for w in src.weights}
-        if p.folded_bn is not None:
-            values.update(_fold_weights(src, p.folded_bn))
         targets = inner.weights
-        names = [_short(w) for w in targets]
-        if len(set(names)) == len(names) and set(names) <= set(values):
-            for w, n in zip(targets, names):
-                w.assign(values[n])
-        elif targets:
-            inner.set_weights(src.get_weights())
+        for key in (_short, _relative):  # by weight name, then by path inside the layer (sublayers)
+            values = {key(w): w.numpy() for w in src.weights}
+            if p.folded_bn is not None:
+                values.update(_fold_weights(src, p.folded_bn))
+            names = [key(w) for w in targets]
+            if len(set(names)) == len(names) and set(names) <= set(values):
+                for w, n in zip(targets, names):
+                    w.assign(values[n])
+                break
+        else:
+            if targets:
+                inner.set_weights(src.get_weights())
     return qmodel
 
 

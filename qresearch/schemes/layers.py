@@ -124,8 +124,12 @@ def _weight_attrs(layer):
     for name, value in vars(layer).items():
         if name.startswith("_") or not isinstance(value, tf.Variable) or not value.trainable:
             continue
-        if value.dtype.is_floating and len(value.shape) >= 2:
+        if value.dtype.is_floating and len(value.shape) >= 2 and "bias" not in name:
             found.append(name)
+    if not found:  # weights held by sublayers (MultiHeadAttention's dense projections): dotted paths
+        for name, value in vars(layer).items():
+            if isinstance(value, keras.layers.Layer) and name not in ("_self_unconditional_checkpoint_dependencies",):
+                found += [f"{name}.{w}" for w in _weight_attrs(value)]
     return found
 
 

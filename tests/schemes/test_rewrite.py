@@ -392,3 +392,26 @@ def test_unbuilt_model_and_wrong_attribute_errors_name_the_fix():
     with pytest.raises(qresearch.ConfigError) as exc:
         qresearch.quantize(keras.Model(inp, Odd(name="odd")(inp)), "tflite_int8")
     assert "'kernel'" in str(exc.value) and "register_layer(Odd" in str(exc.value)
+
+
+def test_multi_head_attention_by_registration_with_sublayer_paths():
+    """Weights held by sublayers and created on first call (MultiHeadAttention): the error's fix works."""
+    inp = keras.Input((5, 8))
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(L.MultiHeadAttention(2, 4, name="mha")(inp, inp))))
+    x = np.random.randn(8, 5, 8).astype("float32")
+    with pytest.raises(UnsupportedLayerError) as exc:
+        qresearch.quantize(model, "tflite_int8")
+    assert "'_query_dense.kernel'" in str(exc.value)
+    spec = schemes.layer_spec(L.MultiHeadAttention)
+    try:
+        schemes.register_layer(L.MultiHeadAttention, weights=["_query_dense.kernel", "_key_dense.kernel",
+                                                              "_value_dense.kernel", "_output_dense.kernel"])
+        q = qresearch.quantize(model, HI_RES, calibration_data=x)
+        np.testing.assert_allclose(q(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-3)
+        q = qresearch.quantize(model, {"weights": {"quantizer": "lsq", "bits": 2},
+                                       "activations": {"quantizer": "lsq", "bits": 8}}, calibration_data=x)
+        assert all(len(np.unique(v)) <= 4 for v in schemes.quantized_weights(q)["mha"].values())
+    finally:  # leave the global registry as we found it
+        from qresearch.schemes.layers import _LAYERS
+        _LAYERS.pop(L.MultiHeadAttention, None)
+        assert spec is None
