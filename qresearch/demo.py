@@ -57,7 +57,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\n=== demo part {i}/{len(PARTS)}: {label} ===", flush=True)
         cmd = [sys.executable, "-m", "qresearch.run", "-m", f"+sweep={SWEEP}", f"paths.output_dir={output_dir}",
                *overrides, *args.overrides]
-        print("$ " + " ".join(cmd[1:]), flush=True)
+        print("$ python " + " ".join(cmd[1:]), flush=True)
         rc = _stream(cmd, env)
         if rc != 0:
             print(f"demo: the sweep stopped with exit code {rc} (results so far are kept in {sweep_dir})",

@@ -251,6 +251,8 @@ class Job:
             _setup_tf(cfg)
             qconfig.validate(cfg)
             spec = scheme_dict(cfg)
+            # requested widths first, so a run the target rejects is still labelled by them
+            self.record["labels"].update(weight_bits=_bits(spec, "weights"), activation_bits=_bits(spec, "activations"))
             target, eff, coercions = check_scheme(cfg, spec)
             self.record["scheme"] = eff
             self.record["coercions"] = coercions
@@ -352,11 +354,31 @@ def _error(exc: BaseException, stage: str) -> Dict[str, Any]:
             "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
 
 
+def _unresolvable(cfg: DictConfig, exc: Exception) -> float:
+    from omegaconf import OmegaConf
+
+    ctx = JobContext(cfg) if not isinstance(exc, OSError) else None
+    err = _error(exc, "config")
+    log.error("job config cannot be resolved: %s: %s", err["type"], err["message"])
+    if ctx is not None:
+        write_json_atomic(ctx.output_dir / RESULT_FILE, {
+            "status": FAILED, "config": OmegaConf.to_container(cfg, resolve=False), "config_hash": None,
+            "overrides": ctx.overrides, "labels": {}, "metrics": {}, "times": {}, "error": err,
+            "started_at": _now(), "finished_at": _now()})
+        if not ctx.multirun and ctx.choices:
+            print(f"\nrun failed: {err['type']}: {err['message']}", file=sys.stderr)
+            raise SystemExit(1)
+    return math.nan
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run one job (never raises for an experiment failure; returns the QAT accuracy or NaN)."""
     from qresearch.logger import RunLogger
 
-    job = Job(cfg)
+    try:
+        job = Job(cfg)
+    except Exception as exc:  # the config itself cannot be resolved: still record it, still no crash
+        return _unresolvable(cfg, exc)
     if job.ctx.multirun and cfg.get("resume", True):
         prev = completed_result(job.ctx.output_dir, job.hash)
         if prev is not None:
