@@ -214,6 +214,14 @@ _COMPUTE = {
 for _cls, _w in _COMPUTE.items():
     register_layer(_cls, weights=_w, activations=["activation"], kind="compute")
 
+# Recurrent layers: the cell's kernels are quantized (dotted paths); gate math stays float (TFLite's
+# fully-int8 LSTM kernel, with a 16-bit cell state, is not simulated).
+_RNN_WEIGHTS = ["cell.kernel", "cell.recurrent_kernel"]
+for _cls in (L.LSTM, L.GRU, L.SimpleRNN, getattr(L, "ConvLSTM2D", None)):
+    if _cls is not None:
+        register_layer(_cls, weights=_RNN_WEIGHTS, kind="compute")
+register_layer(L.Bidirectional, weights=[f"{d}_layer.{w}" for d in ("forward", "backward") for w in _RNN_WEIGHTS],
+               kind="compute")
 register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False)
 register_layer(L.BatchNormalization, kind="bn")
 register_layer(L.ReLU, kind=_relu_kind)

@@ -415,3 +415,19 @@ def test_multi_head_attention_by_registration_with_sublayer_paths():
         from qresearch.schemes.layers import _LAYERS
         _LAYERS.pop(L.MultiHeadAttention, None)
         assert spec is None
+
+
+@pytest.mark.parametrize("make", [lambda: L.LSTM(4), lambda: L.GRU(4), lambda: L.Bidirectional(L.LSTM(4))],
+                         ids=["lstm", "gru", "bidirectional"])
+def test_recurrent_layers(make):
+    """tfmot leaves RNN cells unsupported; here their kernels quantize and mixed bits apply."""
+    inp = keras.Input((6, 5))
+    model = keras.Model(inp, L.Dense(2, name="head")(make()(inp)))
+    x = np.random.randn(8, 6, 5).astype("float32")
+    q = qresearch.quantize(model, HI_RES, calibration_data=x)
+    np.testing.assert_allclose(q(x, training=False).numpy(), model(x, training=False).numpy(), atol=1e-3)
+    q = qresearch.quantize(model, {"weights": {"quantizer": "lsq", "bits": 2},
+                                   "activations": {"quantizer": "lsq", "bits": 8}}, calibration_data=x)
+    rnn = [n for n in schemes.quantized_weights(q) if n != "head"][0]
+    values = schemes.quantized_weights(q)[rnn]
+    assert len(values) in (2, 4) and all(len(np.unique(v)) <= 4 for v in values.values())
