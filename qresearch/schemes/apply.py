@@ -31,7 +31,7 @@ from qresearch.quantizers import create
 from qresearch.schemes import layers as L
 from qresearch.schemes.graph import GNode, Graph, flatten, split_separable
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
-from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
+from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput, QuantizeLike,
                                         QuantizeWrapper, calibration_mode, get_attr)
 
 _log = logging.getLogger(__name__)
@@ -533,6 +533,9 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             kwargs = dict(zip(names, args[1:]), **kwargs)
             args = args[:1]
         out = layer(*args, **kwargs)
+        if (p.spec is not None and p.spec.same_grid and scheme.quantize_ops == "all" and p.acts_spec is not None
+                and tf.is_tensor(out) and all(is_quantized(r) for r in node.in_refs)):
+            out = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))(out)
         if id(p.layer) in after_ops and tf.is_tensor(out):
             qname = unique(_safe(f"quantize_{p.layer.name}"))
             out = QuantizeInput(after_ops[id(p.layer)], name=qname)(out)

@@ -6,7 +6,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from qresearch.schemes import layers as L
-from qresearch.schemes.wrappers import QuantizeInput, QuantizeWrapper, get_attr
+from qresearch.schemes.wrappers import QuantizeInput, QuantizeLike, QuantizeWrapper, get_attr
 
 
 def _short(var) -> str:
@@ -96,6 +96,12 @@ def describe(qat_model, print_report: bool = False) -> Report:
         if isinstance(layer, QuantizeInput):
             rows.append({"name": layer.name, "class": "QuantizeInput", "kind": "input", "weights": {},
                          "activations": {}, "output": _qinfo(layer.quantizer)})
+            continue
+        if isinstance(layer, QuantizeLike):
+            source = layer._source
+            rows.append({"name": layer.name, "class": "QuantizeLike", "kind": "same_grid", "weights": {},
+                         "activations": {}, "output": _qinfo(source[0]) if source else None,
+                         "output_shared_with": layer.source_name})
             continue
         if type(layer).__name__ == "InputLayer":
             continue

@@ -42,6 +42,9 @@ class LayerSpec:
     #: False for layers tfmot's wrapper cannot call (TF op layers): their output quantizer is a
     #: separate layer after them.
     wrap: bool = True
+    #: SAME-scale op whose float result leaves the input's grid (average pooling): re-quantize the output
+    #: onto the input's grid, as the int8 kernel does.
+    same_grid: bool = False
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -52,7 +55,8 @@ _LAYERS: Dict[type, LayerSpec] = {}
 
 def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
                    quantize_output: bool = True, kind: Optional[Union[str, Callable]] = None,
-                   quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True) -> LayerSpec:
+                   quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True,
+                   same_grid: bool = False) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -82,7 +86,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
     if not wrap and weights:
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
     spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input),
-                     bool(wrap))
+                     bool(wrap), bool(same_grid))
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec
@@ -256,4 +260,5 @@ for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropo
              L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
              L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
              L.Permute, L.RepeatVector, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Masking):
-    register_layer(_cls, quantize_output=False, kind="passthrough")
+    register_layer(_cls, quantize_output=False, kind="passthrough",
+                   same_grid=_cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D))

@@ -256,8 +256,67 @@ class QuantizeInput(_QL):
         return cls(quantizer=quantizer, **config)
 
 
+
+
+def _range_source(tensor, depth: int = 8):
+    """(quantizer, variables, layer name) of the quantizer that produced ``tensor`` (a KerasTensor), looking
+    back through single-input layers without quantizers (max pooling, reshape, ...)."""
+    for _ in range(depth):
+        history = getattr(tensor, "_keras_history", None)
+        if history is None:
+            return None
+        layer = history.layer
+        if isinstance(layer, QuantizeWrapper):
+            if layer._output_quantizers:
+                return layer._output_quantizers[0], layer._output_quantizer_vars, layer.name
+            return None
+        if isinstance(layer, QuantizeInput):
+            return (layer.quantizer, layer.quantizer_vars, layer.name) if layer.quantizer else None
+        if isinstance(layer, QuantizeLike):
+            return layer._source
+        node = layer._inbound_nodes[history.node_index]
+        inputs = node.keras_inputs
+        if len(inputs) != 1:
+            return None
+        tensor = inputs[0]
+    return None
+
+
+@keras.utils.register_keras_serializable(package="qresearch")
+class QuantizeLike(keras.layers.Layer):
+    """Re-quantizes a tensor onto its input's grid (same scale and zero point, shared variables).
+
+    After ops whose int8 kernel keeps the input's (S, Z) but whose float result leaves the grid
+    (AVERAGE_POOL_2D, bilinear resize), so the simulation rounds where TFLite rounds. The range is
+    the producer's: read, never updated here.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._source = None
+
+    def __call__(self, inputs, *args, **kwargs):
+        if self._source is None and hasattr(inputs, "_keras_history"):
+            layer = inputs._keras_history.layer
+            node = layer._inbound_nodes[inputs._keras_history.node_index] if layer._inbound_nodes else None
+            if node is not None and len(node.keras_inputs) == 1:
+                self._source = _range_source(node.keras_inputs[0])
+        return super().__call__(inputs, *args, **kwargs)
+
+    @property
+    def source_name(self):
+        return self._source[2] if self._source else None
+
+    def call(self, inputs):
+        if self._source is None:
+            return inputs
+        quantizer, qvars, _ = self._source
+        return quantizer(inputs, False, weights=qvars)
+
+
 CUSTOM_OBJECTS = {
     "qresearch>QuantizeWrapper": QuantizeWrapper,
     "qresearch>QuantizeInput": QuantizeInput,
+    "qresearch>QuantizeLike": QuantizeLike,
     "qresearch>LayerQuantizeConfig": LayerQuantizeConfig,
 }

@@ -431,3 +431,14 @@ def test_recurrent_layers(make):
     rnn = [n for n in schemes.quantized_weights(q) if n != "head"][0]
     values = schemes.quantized_weights(q)[rnn]
     assert len(values) in (2, 4) and all(len(np.unique(v)) <= 4 for v in values.values())
+
+
+def test_average_pooling_requantized_onto_its_input_grid():
+    q = qresearch.quantize(M.sequential(), "tflite_int8", calibration_data=X)
+    like = [l for l in q.layers if isinstance(l, schemes.QuantizeLike)]
+    assert len(like) == 1 and like[0].source_name == "quant_up"
+    pooled = keras.Model(q.inputs, like[0].output)(X, training=False).numpy()
+    src = q.get_layer("quant_up")
+    lo, hi = (v.numpy() for v in (src._output_quantizer_vars["min"], src._output_quantizer_vars["max"]))
+    scale = (hi - lo) / 255.0
+    assert np.unique(np.round((pooled - lo) / scale, 3) % 1.0).size <= 2  # on the producer's grid

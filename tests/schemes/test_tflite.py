@@ -24,5 +24,5 @@ def test_tflite_int8_converts_integer_only_and_matches(model_name):
     assert r["argmax_agreement"] >= 0.95
     if model_name == "mobilenet_like":
         assert r["max_abs_diff_lsb"] <= 1.01  # requantization rounding only
-    else:  # AVERAGE_POOL_2D rounds its int8 average; the simulation keeps the float average (SAME scale)
-        assert r["within_1lsb_fraction"] >= 0.6
+    else:  # AVERAGE_POOL_2D rounds ties away from zero on raw int8; FakeQuant rounds them up
+        assert r["within_1lsb_fraction"] >= 0.75
