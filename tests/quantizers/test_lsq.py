@@ -39,6 +39,21 @@ def test_weights_forward_and_init(bits, per_channel):
     assert_grid_close(y_inf, y, s)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_max_abs_init_rule_covers_the_whole_range(per_channel):
+    x, axes = weight_case(per_channel)
+    q = create({"name": "lsq", "bits": 8, "per_channel": per_channel, "init_rule": "max_abs"}, role="weights")
+    w = build(q, x.shape)
+    y = run(q, x, w)
+    red = tuple(a for a in range(x.ndim) if axes is None or a not in axes)
+    s = np.abs(x).max(axis=red) / 127.0
+    np.testing.assert_allclose(w["step"].numpy(), s, rtol=1e-6)
+    # Nothing is clipped: the largest magnitude of each channel lands on ±Qp·s.
+    np.testing.assert_allclose(np.abs(y).max(axis=red), 127.0 * s, rtol=1e-5)
+    with pytest.raises(Exception, match="init_rule must be one of 'mean_abs', 'max_abs'"):
+        create({"name": "lsq", "init_rule": "mse"})
+
+
 @pytest.mark.parametrize("bits", BITS)
 def test_activations_unsigned_forward(bits):
     x = np.maximum(rng.randn(8, 6, 3) * 2, 0).astype("float32")
