@@ -23,13 +23,12 @@ from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer
 from qresearch.quantizers.registry import register as register_quantizer
 
-_QW = tfmot.quantization.keras.QuantizeWrapperV2
-_QL = tfmot.quantization.keras.quantize_layer.QuantizeLayer if hasattr(
-    tfmot.quantization.keras, "quantize_layer") else None
-if _QL is None:  # pragma: no cover - tfmot layout differs
-    from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import QuantizeLayer as _QL
-
+# tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
 from tensorflow_model_optimization.python.core.keras.utils import smart_cond  # noqa: E402
+from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
+    QuantizeLayer as _QL)
+
+_QW = tfmot.quantization.keras.QuantizeWrapperV2
 
 _state = threading.local()
 
