@@ -110,7 +110,7 @@ class Config:
     dataset: Any = MISSING
     model: Any = MISSING
     scheme: Any = MISSING
-    hardware: Any = None             # null: no target (the scheme as written, nothing deployed)
+    hardware: Any = None             # none (`~hardware` on the command line): the scheme as written, no deployment
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
