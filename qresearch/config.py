@@ -36,7 +36,7 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads")
 #: Override keys that name a run's coordinates; the others make its "variant" label.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search")
-LOGGER_MODES = ("auto", "online", "offline", "disabled")
+LOGGER_MODES = ("auto", "online", "offline", "disabled", "dryrun", "run")  # last two: wandb's aliases
 
 
 class Optimizer(enum.Enum):

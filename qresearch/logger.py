@@ -34,8 +34,7 @@ def have_credentials() -> bool:
 
 def resolve_mode(mode: Optional[str]) -> str:
     mode = (mode or "auto").lower()
-    if mode == "dryrun":
-        mode = "offline"
+    mode = {"dryrun": "offline", "run": "online"}.get(mode, mode)
     if mode == "auto":
         return "online" if have_credentials() else "offline"
     if mode == "online" and not have_credentials():
