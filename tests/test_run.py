@@ -161,3 +161,36 @@ def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
     assert f"{100 * by_bits[8]['metrics']['qat_accuracy']:.2f}" in md and "ConfigError" in md
     assert rep["plot"].is_file() and rep["plot"].stat().st_size > 10000
     assert rep["csv"].read_text().count("\n") == 5
+
+
+def _cli(tmp_path, *args):
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "qresearch.run", *args, f"paths.output_dir={tmp_path}/out",
+           f"paths.cache_dir={tmp_path}/cache"]
+    return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_cli_single_run_failure_exits_nonzero_after_recording(tmp_path):
+    proc = _cli(tmp_path, "hardware=tflite_int8", "bits=4", "training=fast")
+    assert proc.returncode == 1
+    assert "cannot run weights at 4 bits" in proc.stderr
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "failed" and rec["labels"]["weight_bits"] == 4
+    assert rec["choices"]["hardware"] == "tflite_int8"
+
+
+def test_cli_misspelt_key_fails_with_suggestion(tmp_path):
+    proc = _cli(tmp_path, "training.qat.epoch=3")
+    assert proc.returncode == 2 and "training.qat.epochs" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path):
+    env = {**os.environ, "QRESEARCH_OUTPUT_DIR": str(tmp_path / "out"), "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    proc = subprocess.run([sys.executable, "-m", "qresearch.demo"], cwd=REPO_DIR, env=env, capture_output=True,
+                          text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "target `academic`" in proc.stdout and "target `tflite_int8`" in proc.stdout
+    assert (tmp_path / "out" / "multirun" / "demo" / "accuracy_vs_bits.png").is_file()
