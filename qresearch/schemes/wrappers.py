@@ -61,6 +61,13 @@ def set_attr(layer, path: str, value) -> None:
     setattr(get_attr(layer, head) if head else layer, last, value)
 
 
+def _has_weights(layer, attrs) -> bool:
+    try:
+        return all(get_attr(layer, a) is not None for a in attrs)
+    except AttributeError:
+        return False
+
+
 def _ser(q):
     return None if q is None else keras.utils.legacy.serialize_keras_object(q)
 
@@ -151,6 +158,13 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 @keras.utils.register_keras_serializable(package="qresearch")
 class QuantizeWrapper(_QW):
     """tfmot ``QuantizeWrapperV2`` driven by a ``LayerQuantizeConfig``."""
+
+    def __call__(self, inputs, *args, **kwargs):
+        if not self.built and not _has_weights(self.layer, self.quantize_config.weights):
+            # a layer that creates its weights on its first call (MultiHeadAttention): build it with the real
+            # arguments, which build(input_shape) alone cannot (also when a saved model is rebuilt)
+            self.layer(inputs, *args, **{k: v for k, v in kwargs.items() if k != "training"})
+        return super().__call__(inputs, *args, **kwargs)
 
     def build(self, input_shape):
         self._trainable_weights.extend(self.layer.trainable_weights)  # QuantizeWrapperV2's weight order

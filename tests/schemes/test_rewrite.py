@@ -394,7 +394,7 @@ def test_unbuilt_model_and_wrong_attribute_errors_name_the_fix():
     assert "'kernel'" in str(exc.value) and "register_layer(Odd" in str(exc.value)
 
 
-def test_multi_head_attention_by_registration_with_sublayer_paths():
+def test_multi_head_attention_by_registration_with_sublayer_paths(tmp_path):
     """Weights held by sublayers and created on first call (MultiHeadAttention): the error's fix works."""
     inp = keras.Input((5, 8))
     model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(L.MultiHeadAttention(2, 4, name="mha")(inp, inp))))
@@ -411,6 +411,9 @@ def test_multi_head_attention_by_registration_with_sublayer_paths():
         q = qresearch.quantize(model, {"weights": {"quantizer": "lsq", "bits": 2},
                                        "activations": {"quantizer": "lsq", "bits": 8}}, calibration_data=x)
         assert all(len(np.unique(v)) <= 4 for v in schemes.quantized_weights(q)["mha"].values())
+        path = str(tmp_path / "mha")
+        q.save(path)
+        np.testing.assert_array_equal(qresearch.load_model(path)(x).numpy(), q(x).numpy())
     finally:  # leave the global registry as we found it
         from qresearch.schemes.layers import _LAYERS
         _LAYERS.pop(L.MultiHeadAttention, None)
