@@ -1,6 +1,6 @@
 """``make demo``: a small bit-width sweep on the embedded digits dataset, then the report.
 
-Runs ``conf/sweep/demo.yaml`` (LeNet-5 on digits; minmax, LSQ and PACT+LSQ; 2 seeds) twice
+Runs ``sweeps/demo.yaml`` (LeNet-5 on digits; minmax, LSQ and PACT+LSQ; 2 seeds) twice
 into one sweep folder: on the ``academic`` target at 8, 4 and 2 bits, and on ``tflite_int8``
 at 8 bits (the only width its int8 runtime takes), where each QAT model is also converted to
 TFLite and run in the interpreter. Ends with the accuracy table per target and the plot.
