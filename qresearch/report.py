@@ -205,14 +205,20 @@ def table_markdown(t: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def one_line(message: str, limit: int = 400) -> str:
+    """An error message on one line (its whole text, whitespace collapsed): a multi-line message
+    ("... (1 conflict):" then the conflict) keeps its reason; cut at ``limit`` characters."""
+    text = " ".join(message.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def failed_markdown(failed: List[Dict[str, Any]], limit: int = 40) -> str:
     if not failed:
         return ""
     lines = [f"## Failed runs ({len(failed)}; not averaged)", "",
              "| target | algorithm | bits (W/A) | seed | stage | error | folder |", "|---|---|---|---|---|---|---|"]
     for r in sorted(failed, key=lambda r: (str(r["target"]), str(r["variant"]), bits_key(r), str(r["seed"])))[:limit]:
-        msg = (r.get("error_message") or "").splitlines()[0][:140] if r.get("error_message") else ""
-        msg = msg.replace("|", "\\|")
+        msg = one_line(r.get("error_message") or "").replace("|", "\\|")
         lines.append(f"| {r['target']} | {r['variant']} | {r.get('weight_bits')}/{r.get('activation_bits')} | "
                      f"{r.get('seed')} | {r.get('error_stage') or r['status']} | {r.get('error_type') or r['status']}: "
                      f"{msg} | {Path(r['path']).parent.name if r.get('path') else ''} |")

@@ -78,3 +78,16 @@ def test_cli(sweep, capsys):
     out = capsys.readouterr().out
     assert "| algorithm |" in out and "accuracy_vs_bits.png" in out
     assert report.main([str(path / "missing")]) == 2
+
+
+def test_failed_run_keeps_the_reason_of_a_multi_line_error(tmp_path):
+    # hardware.constrain's errors put the reason on the lines after "(1 conflict):"
+    msg = ("scheme is incompatible with hardware target 'academic' (1 conflict):\n"
+           "  - weights: quantizer 'pot': scale_format must be 'pot', got 'float32'")
+    _record(tmp_path / "ok", "lsq", 8, 0, 0.9, 0.8, 0.95)
+    _record(tmp_path / "pot", "pot", 8, 0, None, None, None, status="failed",
+            error={"type": "IncompatibleTargetError", "message": msg, "stage": "setup"})
+    report.make_report([tmp_path], quiet=True)
+    md = (tmp_path / "report.md").read_text()
+    line = next(li for li in md.splitlines() if "IncompatibleTargetError" in li)
+    assert "scale_format must be 'pot', got 'float32'" in line and "(1 conflict): - weights:" in line
