@@ -36,6 +36,10 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads")
 #: Override keys that name a run's coordinates; the others make its "variant" label.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search")
+#: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).
+KEY_ALIASES = {"lr": "learning_rate", "learning-rate": "learning_rate", "bs": "batch_size", "batch": "batch_size",
+               "wd": "weight_decay", "optim": "optimizer", "opt": "optimizer", "epoch": "epochs",
+               "n_epochs": "epochs", "num_epochs": "epochs", "seeds": "seed", "bit": "bits", "nbits": "bits"}
 LOGGER_MODES = ("auto", "online", "offline", "disabled", "dryrun", "run")  # last two: wandb's aliases
 
 
@@ -224,6 +228,10 @@ def check_overrides(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         if top in ("scheme", "hardware") and "." in key:
             continue  # free-form specs: their own validation names the valid fields
         close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
+        head, _, last = key.rpartition(".")
+        alias = f"{head}.{KEY_ALIASES[last]}" if head and last in KEY_ALIASES else KEY_ALIASES.get(key)
+        if alias in known:  # a usual abbreviation (lr, bs, wd) names its key first
+            close = [alias] + [c for c in close if c != alias][:2]
         siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0] and "." in k) \
             if "." in key else sorted(k for k in known if "." not in k)
         msg = f"unknown config key {key!r}."

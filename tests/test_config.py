@@ -104,6 +104,12 @@ def test_check_overrides_suggests_close_keys():
     assert "training.qat.epochs" in str(e.value)
     with pytest.raises(ConfigError, match="seed"):
         qconfig.check_overrides(["sed=1"])
+    # usual abbreviations name the key they stand for first
+    for key, meant in (("training.qat.lr", "training.qat.learning_rate"), ("training.float.bs", "training.float.batch_size"),
+                       ("training.qat.wd", "training.qat.weight_decay")):
+        with pytest.raises(ConfigError) as e:
+            qconfig.check_overrides([f"{key}=1"])
+        assert f"Did you mean {meant!r}" in str(e.value)
     # valid keys, sweeps, appends, hydra keys and group choices pass
     qconfig.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
                              "model.hidden=[8]", "scheme.weights.bits=2", "-m", "dataset.train_samples=100"])
