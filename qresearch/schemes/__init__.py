@@ -5,7 +5,7 @@ Public API: ``SchemeSpec``, ``register``/``get``/``names`` (presets), ``register
 """
 from qresearch.schemes.spec import Override, SchemeSpec
 from qresearch.schemes.layers import LayerSpec, layer_spec, register_layer, registered_layers
-from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput, QuantizeLike,
+from qresearch.schemes.wrappers import (ChannelAffine, FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput, QuantizeLike,
                                         QuantizeWrapper)
 from qresearch.schemes.presets import get, names, register
 from qresearch.schemes.apply import calibrate, quantize
@@ -13,7 +13,7 @@ from qresearch.schemes.describe import describe, quantized_weights
 from qresearch.schemes.io import load_model
 
 __all__ = [
-    "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeLike",
+    "ChannelAffine", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeLike",
     "QuantizeWrapper",
     "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize",
     "quantized_weights", "register", "register_layer", "registered_layers",

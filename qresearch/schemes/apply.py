@@ -31,8 +31,8 @@ from qresearch.quantizers import create
 from qresearch.schemes import layers as L
 from qresearch.schemes.graph import GNode, Graph, flatten, split_separable
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
-from qresearch.schemes.wrappers import (FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput, QuantizeLike,
-                                        QuantizeWrapper, calibration_mode, get_attr)
+from qresearch.schemes.wrappers import (ChannelAffine, FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput,
+                                        QuantizeLike, QuantizeWrapper, calibration_mode, get_attr)
 
 _log = logging.getLogger(__name__)
 K = keras.layers
@@ -64,6 +64,7 @@ class _Plan:
         self.kind = "float"
         self.float_reason: Optional[str] = None
         self.folded_bn: Optional[keras.layers.Layer] = None
+        self.affine = False             # an unfoldable BN deployed as a per-channel affine (ChannelAffine)
         self.removed = False            # a BN folded away
         self.weights_spec = None
         self.acts_spec = None
@@ -173,6 +174,16 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
         p.kind = "folded"
         p.float_reason = f"folded into {prod.layer.name}"
 
+    # A BN that cannot be folded (after a non-linearity, a pooling, at the input, ...) would deploy as float
+    # MUL/ADD: when every op is integer (quantize_ops: all) it becomes a per-channel affine with quantized
+    # weights, which TFLite runs as an int8 1x1 DEPTHWISE_CONV_2D.
+    if spec.bn_folding == "fold" and spec.quantize_ops == "all" and spec.weights is not None:
+        for p in plans:
+            if p.kind == "bn" and not p.removed and _affine_ok(p.layer, counts):
+                p.affine = True
+                p.kind = "compute"
+                p.spec = AFFINE_SPEC
+
     # rewire: consumers of a folded BN read the conv's output directly
     alias = {p.node.out_refs[0]: p.node.in_refs[0] for p in plans if p.removed}
     if alias:
@@ -189,7 +200,7 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
 
     # quantizer specs per layer
     # first/last compute layers of the model (a skipped one stays float; the width does not move inward)
-    compute = [p for p in plans if p.kind == "compute" or p.skipped_kind == "compute"]
+    compute = [p for p in plans if (p.kind == "compute" and not p.affine) or p.skipped_kind == "compute"]
     first_last = {id(compute[0]), id(compute[-1])} if compute and spec.first_last_bits else set()
     for p in plans:
         if p.spec is None or p.removed:
@@ -304,6 +315,30 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
     return plans
 
 
+AFFINE_SPEC = L.LayerSpec(weights=("depthwise_kernel",), activations=(), quantize_output=True, kind="compute",
+                          quantized_input=True)
+
+
+def _affine_ok(bn, counts) -> bool:
+    """A BN over the last axis of a rank 2-5 input, called once: it can become a ``ChannelAffine``."""
+    if counts[id(bn)] > 1:
+        return False
+    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    shape = bn.input_shape
+    if not isinstance(shape, tuple) or not 2 <= len(shape) <= 5 or shape[-1] is None:
+        return False
+    return len(axis) == 1 and axis[0] % len(shape) == len(shape) - 1
+
+
+def _affine_weights(bn) -> List[np.ndarray]:
+    """``[kernel (1, 1, C, 1), bias (C,)]`` of the affine ``bn`` computes in inference mode."""
+    mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
+    gamma = bn.gamma.numpy() if bn.gamma is not None else np.ones_like(mean)
+    beta = bn.beta.numpy() if bn.beta is not None else np.zeros_like(mean)
+    g = (gamma / np.sqrt(var + bn.epsilon)).astype(np.float32)
+    return [g.reshape(1, 1, -1, 1), (beta - mean * g).astype(np.float32)]
+
+
 # -------------------------------------------------------------------- build
 def _clone_layer(layer, name: str, must_copy: bool = False):
     """A fresh copy of ``layer`` (from its config). A custom layer whose config cannot rebuild it is
@@ -369,6 +404,9 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
     weights = {}
     if p.weights_spec is not None:
         for attr in p.spec.weights:
+            if p.affine:  # the ChannelAffine built for this BN has these weights
+                weights[attr] = _quantizer(p.weights_spec, "weights", f"layer {layer.name!r} weights")
+                continue
             try:
                 value = get_attr(layer, attr)
             except AttributeError:
@@ -405,6 +443,8 @@ def _layer_config(p: _Plan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             output = _quantizer(_act_spec(a, p.nonneg_out), "activations",
                                 f"layer {layer.name!r} output")
     info = {"kind": p.kind}
+    if p.affine:
+        info["bn_affine"] = True
     if p.folded_bn is not None:
         info["folded_bn"] = p.folded_bn.name
     if p.concat_shared:
@@ -505,7 +545,10 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         if id(p.layer) not in made:
             name = unique(node.prefix + p.layer.name) if node.prefix and p.layer.name in used \
                 else unique(p.layer.name)
-            inner = _clone_layer(p.layer, name, must_copy=p.folded_bn is not None)
+            if p.affine:
+                inner = ChannelAffine(name=name, dtype=p.layer.dtype)
+            else:
+                inner = _clone_layer(p.layer, name, must_copy=p.folded_bn is not None)
             if p.folded_bn is not None:
                 cfg = inner.get_config()
                 cfg["use_bias"] = True
@@ -560,6 +603,11 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
     for inner, p in copies:
         src = p.layer
         if inner is src:
+            continue
+        if p.affine:  # by attribute: the wrapper re-tracks variables, so the weights list order may differ
+            kernel, bias = _affine_weights(src)
+            inner.depthwise_kernel.assign(kernel)
+            inner.bias.assign(bias)
             continue
         targets = inner.weights
         for key in (_short, _relative):  # by weight name, then by path inside the layer (sublayers)

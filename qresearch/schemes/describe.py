@@ -46,6 +46,8 @@ class Report(dict):
             extra = []
             if row.get("folded_bn"):
                 extra.append(f"BN {row['folded_bn']} folded")
+            if row.get("bn_affine"):
+                extra.append("unfoldable BN as a per-channel affine (int8 DEPTHWISE_CONV_2D 1x1)")
             if row.get("output_shared_with"):
                 extra.append(f"output range shared with {row['output_shared_with']}")
             lines.append(f"{row['name']:32} {row['class']:22} {w:34} {a:12} {_fmt(row['output']):18} "
@@ -77,7 +79,7 @@ def describe(qat_model, print_report: bool = False) -> Report:
                    "activations": {k: {w: _qinfo(q) for w, q in v.items() if q is not None}
                                    for k, v in cfg.activations.items()},
                    "output": _qinfo(cfg.output)}
-            for key in ("folded_bn", "output_shared_with", "overrides"):
+            for key in ("folded_bn", "bn_affine", "output_shared_with", "overrides"):
                 if key in cfg.info:
                     row[key] = cfg.info[key]
             rows.append(row)

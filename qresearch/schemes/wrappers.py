@@ -327,7 +327,53 @@ class QuantizeLike(keras.layers.Layer):
         return quantizer(inputs, False, weights=qvars)
 
 
+@keras.utils.register_keras_serializable(package="qresearch")
+class ChannelAffine(keras.layers.DepthwiseConv2D):
+    """``y = x·k[c] + b[c]`` on the last axis: a BatchNormalization that cannot be folded, in the form
+    TFLite runs in int8 (a 1x1 DEPTHWISE_CONV_2D with per-channel weights, tflite-int8-spec.md §5).
+
+    Inputs of rank 2 to 5 (channels last); ranks other than 4 are reshaped to 4-D around the depthwise
+    conv (RESHAPE keeps (S, Z)). The weights are ``depthwise_kernel`` (1, 1, C, 1) = γ/√(σ²+ε) and
+    ``bias`` (C,) = β - μ·γ/√(σ²+ε), so a weight quantizer sees what TFLite deploys.
+    """
+
+    def __init__(self, kernel_size=1, **kwargs):
+        kwargs.pop("depth_multiplier", None)
+        super().__init__(kernel_size=1, depth_multiplier=1, **kwargs)
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, max_ndim=5)
+
+    def build(self, input_shape):
+        shape = tf.TensorShape(input_shape)
+        if shape.rank is None or shape.rank < 2 or shape.rank > 5 or shape[-1] is None:
+            raise ValueError(f"ChannelAffine needs a rank 2-5 input with a known last axis, got {shape}")
+        super().build(tf.TensorShape([None, 1, 1, shape[-1]]))
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, max_ndim=5, axes={-1: shape[-1]})
+
+    def call(self, inputs):
+        rank = inputs.shape.rank
+        if rank == 4:
+            return super().call(inputs)
+        channels = inputs.shape[-1]
+        if rank == 2:
+            x = tf.reshape(inputs, [-1, 1, 1, channels])
+        elif rank == 3:
+            x = tf.expand_dims(inputs, 2)
+        else:  # (N, D, H, W, C) -> (N, D·H, W, C)
+            s = tf.shape(inputs)
+            x = tf.reshape(inputs, [-1, s[1] * s[2], s[3], channels])
+        y = super().call(x)
+        if rank == 2:
+            return tf.reshape(y, [-1, channels])
+        if rank == 3:
+            return tf.squeeze(y, 2)
+        return tf.reshape(y, tf.shape(inputs))
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape(input_shape)
+
+
 CUSTOM_OBJECTS = {
+    "qresearch>ChannelAffine": ChannelAffine,
     "qresearch>QuantizeWrapper": QuantizeWrapper,
     "qresearch>QuantizeInput": QuantizeInput,
     "qresearch>QuantizeLike": QuantizeLike,
