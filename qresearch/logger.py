@@ -44,6 +44,36 @@ def resolve_mode(mode: Optional[str]) -> str:
     return mode
 
 
+_REACHABLE: Dict[str, bool] = {}
+
+
+def wandb_reachable(timeout: float = 3.0) -> bool:
+    """Whether wandb's server answers a TCP connect within ``timeout`` s (checked once per process).
+
+    Without it, an online ``wandb.init`` with a key but no network waits ``init_timeout`` (60 s)
+    in every job of a sweep, then logs nothing; the logger goes offline at once instead."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = os.environ.get("WANDB_BASE_URL") or ""
+    if not url:
+        try:
+            import wandb
+
+            url = str(wandb.Settings().base_url)
+        except Exception:
+            url = "https://api.wandb.ai"
+    if url not in _REACHABLE:
+        parsed = urlparse(url)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+            _REACHABLE[url] = True
+        except (OSError, ValueError):
+            _REACHABLE[url] = False
+    return _REACHABLE[url]
+
+
 class RunLogger:
     """One wandb run for one job."""
 
@@ -56,6 +86,9 @@ class RunLogger:
         self.dir: Optional[str] = None
         if self.mode == "disabled":
             return
+        if self.mode == "online" and not wandb_reachable():
+            log.warning("wandb's server cannot be reached: logging offline instead (sync later with `wandb sync`)")
+            self.mode = "offline"
         try:
             import wandb
 
@@ -63,10 +96,22 @@ class RunLogger:
             Path(self.dir).mkdir(parents=True, exist_ok=True)
             settings = wandb.Settings(console="off", silent=True, x_disable_stats=True, disable_git=True,
                                       save_code=False, init_timeout=60.0)
-            self.run = wandb.init(
-                project=cfg.get("project") or "qresearch", entity=cfg.get("entity"), group=group,
-                name=name, job_type=job_type, tags=list(cfg.get("tags") or []), config=config,
-                dir=self.dir, mode=self.mode, reinit="finish_previous", settings=settings)
+
+            def init(mode: str):
+                return wandb.init(
+                    project=cfg.get("project") or "qresearch", entity=cfg.get("entity"), group=group,
+                    name=name, job_type=job_type, tags=list(cfg.get("tags") or []), config=config,
+                    dir=self.dir, mode=mode, reinit="finish_previous", settings=settings)
+
+            try:
+                self.run = init(self.mode)
+            except Exception as exc:
+                if self.mode != "online":
+                    raise
+                # server reached but init failed (bad key, quota): keep the log, offline
+                log.warning("wandb.init online failed (%s: %s); logging offline instead", type(exc).__name__, exc)
+                self.mode = "offline"
+                self.run = init("offline")
         except Exception as exc:  # logging must not break the experiment
             log.warning("wandb.init failed (%s: %s); continuing without wandb", type(exc).__name__, exc)
             self.run = None

@@ -48,3 +48,20 @@ def test_reader_rejects_other_files(tmp_path):
     p.write_bytes(b"not a wandb file")
     with pytest.raises(ValueError):
         list(qlog.iter_wandb_records(p))
+
+
+def test_online_without_network_logs_offline_at_once(tmp_path, monkeypatch):
+    # a key but no route to the server: no 60 s init_timeout per job, and the run is still logged
+    import time
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setattr(qlog, "_REACHABLE", {})
+    t = time.perf_counter()
+    lg = qlog.RunLogger({"mode": "online", "project": "qtest"}, {"a": 1}, name="n", group="g", job_dir=str(tmp_path))
+    lg.summary({"qat_accuracy": 0.5})
+    lg.finish()
+    assert time.perf_counter() - t < 30
+    assert lg.mode == "offline"
+    files = qlog.find_wandb_files(tmp_path)
+    assert len(files) == 1 and qlog.read_wandb_run(files[0])["summary"]["qat_accuracy"] == 0.5
