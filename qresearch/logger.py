@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 import struct
 import zlib
 from pathlib import Path
@@ -220,8 +221,26 @@ def _items(items) -> Dict[str, Any]:
     return out
 
 
-def read_wandb_run(path) -> Dict[str, Any]:
-    """Recover a run from its .wandb file: ids, group, name, config, history rows and summary."""
+def read_wandb_run(path, wait_s: float = 30.0) -> Dict[str, Any]:
+    """Recover a run from its .wandb file: ids, group, name, config, history rows and summary.
+
+    wandb's service process writes the file asynchronously and may still be flushing it after
+    ``finish()`` returns, so this waits (up to ``wait_s``) for the run's exit record.
+    """
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            out = _read_wandb_records(path)
+        except Exception:  # a record cut off mid-write: read again
+            if time.monotonic() > deadline:
+                raise
+            out = None
+        if out is not None and (out["exit_code"] is not None or time.monotonic() > deadline):
+            return out
+        time.sleep(0.2)
+
+
+def _read_wandb_records(path) -> Dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
     out: Dict[str, Any] = {"config": {}, "summary": {}, "history": [], "run": {}, "exit_code": None}
