@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import struct
+import time
 import zlib
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional
@@ -144,6 +145,27 @@ class RunLogger:
                 run.finish(exit_code=exit_code)
             except Exception as exc:
                 log.warning("wandb finish failed: %s", exc)
+                return
+            if self.mode == "offline":
+                self._wait_written(getattr(getattr(run, "settings", None), "sync_file", None))
+
+    def _wait_written(self, path: Optional[str], timeout: float = 15.0) -> None:
+        """wandb's writer can still be flushing the .wandb file when ``finish`` returns (seen on a
+        loaded machine: a read right after it found no records); wait until its exit record is there."""
+        path = path if path and Path(path).is_file() else self.run_file()
+        if not path:
+            return
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if read_wandb_run(path)["exit_code"] is not None:
+                    return
+            except Exception:  # partly written
+                pass
+            if time.monotonic() > deadline:
+                log.warning("wandb run file %s has no exit record after %.0f s", path, timeout)
+                return
+            time.sleep(0.1)
 
     def run_file(self) -> Optional[str]:
         """Path of this run's .wandb file (offline mode), for reading back."""

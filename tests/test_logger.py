@@ -65,3 +65,25 @@ def test_online_without_network_logs_offline_at_once(tmp_path, monkeypatch):
     assert lg.mode == "offline"
     files = qlog.find_wandb_files(tmp_path)
     assert len(files) == 1 and qlog.read_wandb_run(files[0])["summary"]["qat_accuracy"] == 0.5
+
+
+def test_finish_waits_until_the_run_file_is_complete(tmp_path, monkeypatch):
+    # wandb's writer may still flush the .wandb file after finish() returns: finish waits for its exit record
+    import shutil
+    import threading
+    import time
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    lg = qlog.RunLogger({"mode": "offline", "project": "qtest"}, {"seed": 1}, name="a", group="g",
+                        job_dir=str(tmp_path / "a"))
+    lg.finish()
+    done = qlog.find_wandb_files(tmp_path / "a")[0]
+    late = tmp_path / "late.wandb"
+    data = open(done, "rb").read()
+    late.write_bytes(data[:7])  # the header only: no records yet
+    threading.Timer(0.5, lambda: shutil.copy(done, late)).start()
+    t = time.perf_counter()
+    qlog.RunLogger({"mode": "disabled"}, {}, name="b", group="g")._wait_written(str(late), timeout=10)
+    assert 0.4 < time.perf_counter() - t < 9
+    run = qlog.read_wandb_run(late)
+    assert run["exit_code"] == 0 and run["config"]["seed"] == 1
