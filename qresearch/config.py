@@ -280,3 +280,19 @@ def validate(cfg) -> None:
             raise ConfigError(f"dataset.{split}_samples must be a positive integer or null (all), got {n!r}")
     if cfg.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")
+
+
+ROLE_BITS_KEYS = ("scheme.weights.bits", "scheme.activations.bits")
+
+
+def check_bits_shorthand(bits: Any, override_keys: Iterable[str]) -> None:
+    """``bits`` sets both roles' widths; with ``scheme.weights.bits``/``scheme.activations.bits``
+    also given, one of the two would be silently ignored, so refuse the pair."""
+    if bits is None:
+        return
+    keys = sorted({str(k).lstrip("+~") for k in override_keys} & set(ROLE_BITS_KEYS))
+    if keys:
+        raise ConfigError(
+            f"bits={bits} sets the bit width of both weights and activations, and {' and '.join(keys)} "
+            f"{'is' if len(keys) == 1 else 'are'} set too: bits would replace {'it' if len(keys) == 1 else 'them'}. "
+            f"Use either bits=N, or scheme.weights.bits / scheme.activations.bits with bits=null.")

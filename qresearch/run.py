@@ -250,6 +250,7 @@ class Job:
         with self.timed("setup"):
             _setup_tf(cfg)
             qconfig.validate(cfg)
+            qconfig.check_bits_shorthand(cfg.get("bits"), [_key(o) for o in self.ctx.overrides])
             spec = scheme_dict(cfg)
             # requested widths first, so a run the target rejects is still labelled by them
             self.record["labels"].update(weight_bits=_bits(spec, "weights"), activation_bits=_bits(spec, "activations"))
@@ -448,6 +449,15 @@ class SweepSummary(Callback):
         # Hydra turns a callback's exceptions into warnings, so stop with SystemExit.
         try:
             qconfig.validate(config)
+            # the sweep's grid (file) and command-line values: key -> value text
+            hc = config.get("hydra") or {}
+            given = {str(k): str(v) for k, v in dict((hc.get("sweeper") or {}).get("params") or {}).items()}
+            for o in (hc.get("overrides") or {}).get("task") or []:
+                given[_key(o)] = o.split("=", 1)[1] if "=" in o else ""
+            bits = config.get("bits")
+            if bits is None and given.get("bits", "null") not in ("null", ""):
+                bits = given["bits"]
+            qconfig.check_bits_shorthand(bits, given)
         except ConfigError as exc:
             print(f"Error in the sweep's config (no job was started): {exc}", file=sys.stderr)
             raise SystemExit(2)

@@ -142,3 +142,23 @@ def test_sweep_config_is_checked_before_any_job(capsys):
         SweepSummary().on_multirun_start(cfg)
     assert "no job was started" in capsys.readouterr().err
     SweepSummary().on_multirun_start(_compose(["+sweep=smoke"], hydra_node=True))
+
+
+def test_bits_shorthand_with_role_bits_is_refused(capsys):
+    from qresearch.run import SweepSummary
+
+    qconfig.check_bits_shorthand(None, ["scheme.weights.bits", "seed"])
+    qconfig.check_bits_shorthand(4, ["seed", "scheme.weights.quantizer"])
+    with pytest.raises(ConfigError, match="scheme.weights.bits"):
+        qconfig.check_bits_shorthand(4, ["scheme.weights.bits"])
+    # +sweep=bitwidth sweeps the role widths: adding bits=4 would flatten the grid; stop before any job
+    cfg = _compose(["+sweep=bitwidth", "bits=4"], hydra_node=True)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(cfg)
+    assert "no job was started" in capsys.readouterr().err
+    # a sweep over bits with a role width on the command line
+    cfg = _compose(["+sweep=smoke", "scheme.activations.bits=8"], hydra_node=True)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(cfg)
+    SweepSummary().on_multirun_start(_compose(["+sweep=bitwidth"], hydra_node=True))
+    SweepSummary().on_multirun_start(_compose(["+sweep=smoke", "bits=null", "scheme.weights.bits=3"], hydra_node=True))
