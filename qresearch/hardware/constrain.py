@@ -36,6 +36,41 @@ KIND_CLASSES = {
     "dense": ("Dense", "EinsumDense"),
 }
 ROLES = ("weights", "activations")
+
+
+def layer_kind(layer) -> Optional[str]:
+    """The target layer kind of ``layer`` (a subclass counts as its base: ``MyDense(Dense)`` is dense),
+    or None for a layer of no known kind (a custom layer, RNN, Embedding)."""
+    for cls in type(getattr(layer, "layer", layer)).__mro__:
+        for kind, classes in KIND_CLASSES.items():
+            if cls.__name__ in classes:
+                return kind
+    return None
+
+
+def layer_granularity(target, layer, per_channel: bool) -> Optional[str]:
+    """A note when ``target`` does not allow ``layer``'s weight granularity, else None.
+
+    The scheme-level check covers the built-in classes by name; this one runs per layer at quantize
+    time. A layer of no known kind gets only what the target allows for every kind (TFLite converts
+    per-channel weights on CONV_2D/DEPTHWISE_CONV_2D only: a custom matmul layer with per-channel
+    weights does not convert)."""
+    from qresearch.hardware.registry import get
+
+    t = get(target)
+    kind = layer_kind(layer)
+    if kind is not None:
+        allowed = tuple(t.weights.allowed_granularity(kind))
+    else:
+        allowed = tuple(g for g in ("per_channel", "per_tensor")
+                        if all(g in t.weights.allowed_granularity(k) for k in KIND_CLASSES))
+    gran = "per_channel" if per_channel else "per_tensor"
+    if not allowed or gran in allowed:
+        return None
+    inner = getattr(layer, "layer", layer)
+    what = f"{kind} layers" if kind else "layers of no known kind (custom layers, RNN, Embedding)"
+    return (f"layer {inner.name!r} ({type(inner).__name__}).weights.per_channel: {gran} -> {allowed[0]} "
+            f"(target {t.name} allows {list(allowed)} for {what})")
 NAME_KEYS = ("quantizer", "name")
 # Plain defaults when a quantizer class cannot be looked up (mirrors quantizers.base.Quantizer).
 BASE_DEFAULTS = {"bits": 8, "symmetric": False, "narrow_range": False, "per_channel": False,

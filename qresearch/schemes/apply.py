@@ -673,6 +673,26 @@ def calibrate(qat_model, data, max_batches: int = 8) -> int:
     return n
 
 
+def _constrain_layers(plans: List[_Plan], hardware) -> List[str]:
+    """Per-layer weight granularity the target allows (subclasses, custom layers: see
+    ``hardware.constrain.layer_granularity``); returns a note per layer changed."""
+    try:
+        from qresearch.hardware.constrain import layer_granularity
+    except ImportError:  # pragma: no cover
+        return []
+    notes = []
+    for p in plans:
+        if p.weights_spec is None or p.removed or p.spec is None or not p.spec.weights:
+            continue
+        layer = ChannelAffine(name=p.layer.name) if p.affine else p.layer
+        note = layer_granularity(hardware, layer, bool(p.weights_spec.get("per_channel", False)))
+        if note is not None:
+            p.weights_spec = dict(p.weights_spec, per_channel=not p.weights_spec.get("per_channel", False))
+            notes.append(note)
+            _log.warning("%s", note)
+    return notes
+
+
 # ----------------------------------------------------------------- quantize
 def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = False):
     """Quantize a tf_keras model for QAT.
@@ -709,6 +729,8 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
     graph = flatten(model)
     split_separable(graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip))
     plans = _make_plans(graph, spec)
+    if hardware is not None:
+        coercions += _constrain_layers(plans, hardware)
     qmodel = _build(graph, plans, spec)
     float_reasons = {p.layer.name: p.float_reason for p in plans if p.float_reason}
     # plain attribute (not tracked by Keras, so it never reaches the SavedModel object graph)
