@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 import struct
 import time
 import zlib
@@ -155,17 +154,12 @@ class RunLogger:
         path = path if path and Path(path).is_file() else self.run_file()
         if not path:
             return
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if read_wandb_run(path)["exit_code"] is not None:
-                    return
-            except Exception:  # partly written
-                pass
-            if time.monotonic() > deadline:
-                log.warning("wandb run file %s has no exit record after %.0f s", path, timeout)
-                return
-            time.sleep(0.1)
+        try:
+            done = read_wandb_run(path, wait_s=timeout)["exit_code"] is not None
+        except Exception:  # still cut off mid-record after the timeout
+            done = False
+        if not done:
+            log.warning("wandb run file %s has no exit record after %.0f s", path, timeout)
 
     def run_file(self) -> Optional[str]:
         """Path of this run's .wandb file (offline mode), for reading back."""
