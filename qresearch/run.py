@@ -472,8 +472,19 @@ class SweepSummary(Callback):
         print(f"\nsweep {sweep_dir}: {summary}.\nreport: python -m qresearch.report {sweep_dir}")
 
 
+#: Hydra's flags that take no value: accepted anywhere on the line (argparse wants them before the overrides).
+_BARE_FLAGS = ("-m", "--multirun")
+
+
+def flags_first(args: List[str]) -> List[str]:
+    """``scheme=lsq -m bits=4,2`` -> ``-m scheme=lsq bits=4,2`` (Hydra's parser refuses the first form)."""
+    return [a for a in args if a in _BARE_FLAGS] + [a for a in args if a not in _BARE_FLAGS]
+
+
 def cli(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    args = flags_first(list(args))
+    sys.argv[1:] = args
     try:
         qconfig.check_overrides(args)
     except ConfigError as exc:

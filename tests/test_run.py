@@ -185,6 +185,21 @@ def test_cli_misspelt_key_fails_with_suggestion(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_cli_multirun_flag_after_overrides_and_bits_conflict(tmp_path):
+    # "-m" is accepted after overrides; bits=N with a role width stops the sweep before any job
+    proc = _cli(tmp_path, "bits=4,2", "-m", "scheme.weights.bits=3", "sweep_name=t")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "no job was started" in proc.stderr and "scheme.weights.bits" in proc.stderr
+    assert not list((tmp_path / "out" / "multirun" / "t").glob("*/result.json"))
+
+
+def test_flags_first():
+    from qresearch.run import flags_first
+
+    assert flags_first(["scheme=lsq", "-m", "bits=4,2"]) == ["-m", "scheme=lsq", "bits=4,2"]
+    assert flags_first(["--cfg", "job", "seed=1"]) == ["--cfg", "job", "seed=1"]
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path):
     env = {**os.environ, "QRESEARCH_OUTPUT_DIR": str(tmp_path / "out"), "WANDB_MODE": "offline"}
