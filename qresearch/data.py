@@ -136,9 +136,12 @@ def _subset(ds: Dataset, cfg: Mapping[str, Any]) -> Dataset:
 def candidate_dirs(cfg: Mapping[str, Any]) -> List[Path]:
     """Local mirror folders to look in, in order."""
     dirs = []
-    for d in (cfg.get("data_dir"), os.environ.get(DATA_DIR_ENV)):
+    for what, d in (("dataset.data_dir", cfg.get("data_dir")), (DATA_DIR_ENV, os.environ.get(DATA_DIR_ENV))):
         if d:
-            dirs.append(Path(os.path.expanduser(str(d))))
+            path = Path(os.path.expanduser(str(d)))
+            if not path.is_dir():  # a typo would otherwise fall through to another copy or a download, silently
+                log.warning("%s=%s is not a folder: looking for the dataset elsewhere", what, d)
+            dirs.append(path)
     shared = REPO_DIR.parent / "shared" / "datasets"
     if shared.is_dir():
         dirs.append(shared)

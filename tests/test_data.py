@@ -52,6 +52,15 @@ def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
     assert "mnist.npz" in msg and "dataset.data_dir" in msg and data.DATA_DIR_ENV in msg
 
 
+def test_missing_mirror_folder_is_reported(tmp_path, monkeypatch, caplog):
+    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.setattr(data, "REPO_DIR", tmp_path / "nowhere")
+    with caplog.at_level("WARNING", logger="qresearch.data"):
+        with pytest.raises(data.DataUnavailableError):
+            data.load_dataset({"name": "mnist", "data_dir": str(tmp_path / "typo"), "download": False})
+    assert "dataset.data_dir=" in caplog.text and "typo is not a folder" in caplog.text
+
+
 def test_plugin_dataset(tmp_path):
     @data.register_dataset("tiny_random_test", overwrite=True)
     def tiny(cfg):
