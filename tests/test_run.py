@@ -193,6 +193,14 @@ def test_cli_multirun_flag_after_overrides_and_bits_conflict(tmp_path):
     assert not list((tmp_path / "out" / "multirun" / "t").glob("*/result.json"))
 
 
+def test_cli_help_names_groups_and_common_keys(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "qresearch.run", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0
+    for text in ("Common keys", "bits=N", "~hardware", "sweep_name", "scheme: dorefa", "hardware: academic"):
+        assert text in proc.stdout, text
+
+
 def test_flags_first():
     from qresearch.run import flags_first
 
