@@ -1,4 +1,4 @@
-"""Reports: ``python -m qresearch.report PATH [PATH...] [--out DIR] [--metric qat_accuracy]``.
+"""Reports: ``python -m qresearch.report PATH [PATH...] [--out DIR]``.
 
 Gathers every ``result.json`` under the paths and writes, into ``--out`` (default: the first
 path when it is a folder):
@@ -353,6 +353,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                 "(default: the first path)")
     args = ap.parse_args(argv)
     try:
+        missing = [p for p in args.paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+        if not load_results([Path(p) for p in args.paths]):  # write no empty report next to nothing
+            print(f"error: no result.json under {', '.join(args.paths)} (a sweep's folder is "
+                  f"<paths.output_dir>/multirun/<sweep_name>; single runs are under <paths.output_dir>/runs)",
+                  file=sys.stderr)
+            return 1
         rep = make_report(args.paths, Path(args.out) if args.out else None)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -91,3 +91,9 @@ def test_failed_run_keeps_the_reason_of_a_multi_line_error(tmp_path):
     md = (tmp_path / "report.md").read_text()
     line = next(li for li in md.splitlines() if "IncompatibleTargetError" in li)
     assert "scale_format must be 'pot', got 'float32'" in line and "(1 conflict): - weights:" in line
+
+
+def test_cli_without_results_says_where_they_are_and_writes_nothing(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 1
+    assert "no result.json" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
