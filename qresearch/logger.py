@@ -155,7 +155,7 @@ class RunLogger:
         if not path:
             return
         try:
-            done = read_wandb_run(path, wait_s=timeout)["exit_code"] is not None
+            done = read_wandb_run(path, wait_s=timeout, recent_s=None)["exit_code"] is not None
         except Exception:  # still cut off mid-record after the timeout
             done = False
         if not done:
@@ -237,21 +237,32 @@ def _items(items) -> Dict[str, Any]:
     return out
 
 
-def read_wandb_run(path, wait_s: float = 30.0) -> Dict[str, Any]:
+def read_wandb_run(path, wait_s: float = 30.0, recent_s: Optional[float] = 10.0) -> Dict[str, Any]:
     """Recover a run from its .wandb file: ids, group, name, config, history rows and summary.
 
     wandb's service process writes the file asynchronously and may still be flushing it after
-    ``finish()`` returns, so this waits (up to ``wait_s``) for the run's exit record.
+    ``finish()`` returns, so this waits (up to ``wait_s``) for the run's exit record, while the
+    file was written in the last ``recent_s`` seconds (None: always): a killed run's file, never
+    finished, is read at once.
     """
     deadline = time.monotonic() + wait_s
+
+    def waiting() -> bool:
+        if time.monotonic() > deadline:
+            return False
+        try:
+            return recent_s is None or time.time() - os.path.getmtime(path) < recent_s
+        except OSError:
+            return False
+
     while True:
         try:
             out = _read_wandb_records(path)
         except Exception:  # a record cut off mid-write: read again
-            if time.monotonic() > deadline:
+            if not waiting():
                 raise
             out = None
-        if out is not None and (out["exit_code"] is not None or time.monotonic() > deadline):
+        if out is not None and (out["exit_code"] is not None or not waiting()):
             return out
         time.sleep(0.2)
 

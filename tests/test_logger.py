@@ -87,3 +87,22 @@ def test_finish_waits_until_the_run_file_is_complete(tmp_path, monkeypatch):
     assert 0.4 < time.perf_counter() - t < 9
     run = qlog.read_wandb_run(late)
     assert run["exit_code"] == 0 and run["config"]["seed"] == 1
+
+
+def test_a_killed_runs_file_is_read_at_once(tmp_path, monkeypatch):
+    # no exit record and not written lately (its process was killed): no 30 s wait for a record that never comes
+    import os
+    import time
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    lg = qlog.RunLogger({"mode": "offline", "project": "qtest"}, {"seed": 2}, name="a", group="g",
+                        job_dir=str(tmp_path / "a"))
+    lg.finish()
+    data = open(qlog.find_wandb_files(tmp_path / "a")[0], "rb").read()
+    killed = tmp_path / "killed.wandb"
+    killed.write_bytes(data[:7])  # header only
+    old = time.time() - 3600
+    os.utime(killed, (old, old))
+    t = time.perf_counter()
+    run = qlog.read_wandb_run(killed)
+    assert time.perf_counter() - t < 5 and run["exit_code"] is None and run["config"] == {}
