@@ -29,7 +29,7 @@ CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "
                "seed", "float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy", "weight_memory_bits",
                "float_weight_memory_bits", "qat_step_time_s", "float_step_time_s", "step_time_ratio",
                "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
-               "sweep", "path"]
+               "git_commit", "sweep", "path"]
 METRICS = ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy")
 #: Config keys that are a run's coordinates (or do not change its numbers): never part of a variant label.
 COORDINATES = ("seed", "bits", "sweep_name", "resume", "threads", "deploy", "save_model", "logger", "paths",
@@ -53,6 +53,9 @@ def flatten(rec: Dict[str, Any]) -> Dict[str, Any]:
                error_type=err.get("type"), error_stage=err.get("stage"),
                error_message=(err.get("message") or "").strip(),
                path=rec.get("_path"), finished_at=rec.get("finished_at") or "")
+    ver = rec.get("versions") or {}
+    row["git_commit"] = (ver.get("git_commit") or "")[:12] + ("+dirty" if ver.get("git_dirty") == "true" else "") \
+        if ver.get("git_commit") else ""
     row["algorithm"] = row.get("algorithm") or "?"
     row["variant"] = row["algorithm"]
     row["_config"] = dotted(rec.get("config") or {})
@@ -327,6 +330,10 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     header = [f"# qresearch report", "", f"Sources: {', '.join(str(p) for p in paths)}", "",
               f"Runs: {len(rows)} ({counts})" + (f"; {dupes} duplicate record(s) of the same config ignored"
                                                  if dupes else "") + ".", ""]
+    codes = sorted({r["git_commit"] for r in completed if r.get("git_commit")})
+    if len(codes) > 1:  # a resumed sweep keeps results computed by earlier code
+        header += [f"Note: the completed runs come from {len(codes)} code versions ({', '.join(codes)}; column "
+                   f"git_commit in results.csv). Re-run the sweep with resume=false to recompute them all.", ""]
     parts = [table_markdown(t) for t in tables] or ["No completed runs."]
     failed_md = failed_markdown(failed)
     md = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"

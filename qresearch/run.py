@@ -166,10 +166,33 @@ def _setup_tf(cfg) -> None:
             pass
 
 
+_GIT: Dict[str, str] = {}
+
+
+def code_version() -> Dict[str, str]:
+    """The checkout's git commit (and ``dirty`` when tracked files differ from it): a resumed sweep
+    keeps results of earlier code, so each result says which code computed it. Empty outside git."""
+    if not _GIT:
+        import subprocess
+
+        from qresearch.paths import REPO_DIR
+
+        try:
+            def git(*args: str) -> str:
+                return subprocess.run(["git", "-C", str(REPO_DIR), *args], capture_output=True, text=True,
+                                      timeout=10, check=True).stdout.strip()
+
+            _GIT["git_commit"] = git("rev-parse", "HEAD")
+            _GIT["git_dirty"] = "true" if git("status", "--porcelain", "--untracked-files=no") else "false"
+        except (OSError, subprocess.SubprocessError):
+            _GIT["git_commit"] = ""
+    return {k: v for k, v in _GIT.items() if v}
+
+
 def _versions() -> Dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {"python": platform.python_version()}
+    out = {"python": platform.python_version(), **code_version()}
     for pkg in ("qresearch", "tensorflow", "tf-keras", "tensorflow-model-optimization", "hydra-core", "wandb"):
         try:
             out[pkg] = version(pkg)

@@ -97,3 +97,17 @@ def test_cli_without_results_says_where_they_are_and_writes_nothing(tmp_path, ca
     assert report.main([str(tmp_path)]) == 1
     assert "no result.json" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_runs_from_several_code_versions_are_flagged(tmp_path):
+    from qresearch.results import write_json_atomic as w
+    import json
+
+    for i, commit in enumerate(("a" * 40, "b" * 40)):
+        _record(tmp_path / f"r{i}", "lsq", 8, i, 0.9, 0.8, 0.95)
+        rec = json.loads((tmp_path / f"r{i}" / "result.json").read_text())
+        rec["versions"] = {"git_commit": commit, "git_dirty": "false"}
+        w(tmp_path / f"r{i}" / "result.json", rec)
+    rep = report.make_report([tmp_path], quiet=True)
+    assert "2 code versions (aaaaaaaaaaaa, bbbbbbbbbbbb" in rep["markdown"].read_text()
+    assert {r["git_commit"] for r in csv.DictReader(open(rep["csv"]))} == {"a" * 12, "b" * 12}

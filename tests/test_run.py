@@ -201,6 +201,15 @@ def test_cli_help_names_groups_and_common_keys(tmp_path):
         assert text in proc.stdout, text
 
 
+def test_results_record_the_code_version():
+    from qresearch.run import _versions, code_version
+
+    v = code_version()
+    if (Path(__file__).resolve().parents[1] / ".git").exists():
+        assert len(v["git_commit"]) == 40 and v["git_dirty"] in ("true", "false")
+    assert _versions().get("git_commit") == v.get("git_commit")
+
+
 def test_flags_first():
     from qresearch.run import flags_first
 
