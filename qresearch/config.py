@@ -278,6 +278,12 @@ def validate(cfg) -> None:
         n = dcfg.get(f"{split}_samples")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"dataset.{split}_samples must be a positive integer or null (all), got {n!r}")
+    seed = cfg.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
+    frac = dcfg.get("test_fraction")
+    if frac is not None and not (isinstance(frac, (int, float)) and 0 < float(frac) < 1):
+        raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     if cfg.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")
 

@@ -162,3 +162,10 @@ def test_bits_shorthand_with_role_bits_is_refused(capsys):
         SweepSummary().on_multirun_start(cfg)
     SweepSummary().on_multirun_start(_compose(["+sweep=bitwidth"], hydra_node=True))
     SweepSummary().on_multirun_start(_compose(["+sweep=smoke", "bits=null", "scheme.weights.bits=3"], hydra_node=True))
+
+
+@pytest.mark.parametrize("override,message", [("seed=-1", "seed must be an integer in"),
+                                               ("dataset.test_fraction=1.5", "dataset.test_fraction must be between")])
+def test_out_of_range_values_name_their_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        qconfig.validate(_compose([override]))
