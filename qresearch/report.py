@@ -85,11 +85,18 @@ def assign_variants(rows: List[Dict[str, Any]]) -> None:
     for r in rows:
         groups[(r["dataset"], r["model"], r["target"], r["algorithm"])].append(r)
     for grp in groups.values():
+        # Keys that vary among the completed runs name their lines; a failed run (often failed
+        # *because* of an odd value) adds only its own odd values to its label, not to the others'.
+        done = [r for r in grp if r["status"] == COMPLETED] or grp
         keys = set().union(*(r["_config"].keys() for r in grp))
         varying = sorted(k for k in keys if not _is_coordinate(k)
-                         and len({r["_config"].get(k) for r in grp}) > 1)
+                         and len({r["_config"].get(k) for r in done}) > 1)
+        seen = {k: {r["_config"].get(k) for r in done} for k in keys if not _is_coordinate(k)}
         for r in grp:
-            extra = [f"{k}={r['_config'].get(k)}" for k in varying]
+            extra = [k for k in varying]
+            if r["status"] != COMPLETED:
+                extra += [k for k in sorted(seen) if k not in varying and r["_config"].get(k) not in seen[k]]
+            extra = [f"{k}={r['_config'].get(k)}" for k in sorted(extra)]
             r["variant"] = f"{r['algorithm']}[{','.join(extra)}]" if extra else r["algorithm"]
 
 
@@ -164,16 +171,30 @@ def build_tables(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
             cells[(r["variant"], (r.get("weight_bits"), r.get("activation_bits")))].append(r)
         seeds = max(len({r.get("seed") for r in c}) for c in cells.values())
 
-        def float_stats(col):
+        def float_stats(col, runs):
             # one value per float baseline (a seed's baseline is shared by every algorithm)
             baselines = {}
-            for r in grp:
+            for r in runs:
                 if (r.get("weight_bits"), r.get("activation_bits")) == col:
                     baselines[r.get("float_baseline") or (r.get("seed"), r["variant"])] = r
             return seed_stats(list(baselines.values()), "float_accuracy")
 
-        body = [{"name": "float (reference)", "kind": "float",
-                 "cells": {col: float_stats(col) for col in col_keys}}]
+        # Variants trained from different float baselines (float epochs, dataset subset, model options)
+        # get a float row each: one row averaging different float models would describe none of them.
+        per_seed: Dict[Any, set] = defaultdict(set)
+        for r in grp:
+            per_seed[r.get("seed")].add(r.get("float_baseline"))
+        by_baselines: Dict[frozenset, List[str]] = OrderedDict()
+        for v in variants:
+            key = frozenset((r.get("seed"), r.get("float_baseline")) for r in grp if r["variant"] == v)
+            by_baselines.setdefault(key, []).append(v)
+        if all(len(b) <= 1 for b in per_seed.values()):  # one float model per seed: one row
+            body = [{"name": "float (reference)", "kind": "float",
+                     "cells": {col: float_stats(col, grp) for col in col_keys}}]
+        else:
+            body = [{"name": f"float (reference) for {', '.join(vs)}", "kind": "float", "variants": vs,
+                     "cells": {col: float_stats(col, [r for r in grp if r["variant"] in vs]) for col in col_keys}}
+                    for vs in by_baselines.values()]
         for v in variants:
             body.append({"name": v, "kind": "qat", "variant": v,
                          "cells": {col: seed_stats(cells.get((v, col), []), "qat_accuracy")

@@ -111,3 +111,31 @@ def test_runs_from_several_code_versions_are_flagged(tmp_path):
     rep = report.make_report([tmp_path], quiet=True)
     assert "2 code versions (aaaaaaaaaaaa, bbbbbbbbbbbb" in rep["markdown"].read_text()
     assert {r["git_commit"] for r in csv.DictReader(open(rep["csv"]))} == {"a" * 12, "b" * 12}
+
+
+def test_float_row_per_float_baseline_and_failed_runs_do_not_relabel(tmp_path):
+    import json
+
+    from qresearch.results import write_json_atomic as w
+
+    def rec(name, qat, flt, base, status="completed", epochs=10, lr=0.001):
+        _record(tmp_path / name, "lsq", 4, 0, qat, qat, flt, status=status, lr=lr,
+                error=None if status == "completed" else {"type": "ConfigError", "message": "bad", "stage": "setup"})
+        r = json.loads((tmp_path / name / "result.json").read_text())
+        r["config"]["training"]["float"] = {"epochs": epochs}
+        r["float_baseline"] = {"key": base}
+        r["config_hash"] = name
+        w(tmp_path / name / "result.json", r)
+
+    rec("e10", 0.8, 0.9, "b10")
+    rec("e1", 0.3, 0.2, "b1", epochs=1)
+    rec("bad", None, None, None, status="failed", lr=-1.0)
+    rep = report.make_report([tmp_path], quiet=True)
+    (table,) = rep["tables"]
+    floats = {r["name"]: r["cells"][(4, 4)][0] for r in table["rows"] if r["kind"] == "float"}
+    # two float models for seed 0: a row each, never their mean (0.55)
+    assert floats == {"float (reference) for lsq[training.float.epochs=1]": pytest.approx(0.2),
+                      "float (reference) for lsq[training.float.epochs=10]": pytest.approx(0.9)}
+    # the failed run's lr=-1 names only its own line
+    assert {r["variant"] for r in rep["completed"]} == {"lsq[training.float.epochs=1]", "lsq[training.float.epochs=10]"}
+    assert rep["failed"][0]["variant"] == "lsq[training.float.epochs=10,training.qat.lr=-1.0]"
