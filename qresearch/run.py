@@ -272,11 +272,15 @@ class Job:
         cfg = self.cfg
         with self.timed("setup"):
             _setup_tf(cfg)
+            spec = scheme_dict(cfg)
+            # requested widths first, so a run the checks reject is still labelled by them
+            try:
+                self.record["labels"].update(weight_bits=_bits(spec, "weights"),
+                                             activation_bits=_bits(spec, "activations"))
+            except (TypeError, ValueError):  # not a number: validation below names it
+                pass
             qconfig.validate(cfg)
             qconfig.check_bits_shorthand(cfg.get("bits"), [_key(o) for o in self.ctx.overrides])
-            spec = scheme_dict(cfg)
-            # requested widths first, so a run the target rejects is still labelled by them
-            self.record["labels"].update(weight_bits=_bits(spec, "weights"), activation_bits=_bits(spec, "activations"))
             target, eff, coercions = check_scheme(cfg, spec)
             self.record["scheme"] = eff
             self.record["coercions"] = coercions

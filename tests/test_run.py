@@ -170,6 +170,14 @@ def _cli(tmp_path, *args):
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
+def test_a_run_failing_validation_is_labelled_by_its_bit_widths(tmp_path):
+    cfg = _compose(tmp_path, ["logger=disabled", "bits=3", "training.qat.learning_rate=-1"])
+    assert math.isnan(run_job(cfg))
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "failed" and "learning_rate" in rec["error"]["message"]
+    assert rec["labels"]["weight_bits"] == 3 and rec["labels"]["activation_bits"] == 3
+
+
 def test_cli_single_run_failure_exits_nonzero_after_recording(tmp_path):
     proc = _cli(tmp_path, "hardware=tflite_int8", "bits=4", "training=fast")
     assert proc.returncode == 1
