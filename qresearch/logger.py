@@ -2,7 +2,7 @@
 
 Mode (``logger.mode``): ``online``, ``offline``, ``disabled``, or ``auto`` (the default:
 online when ``WANDB_API_KEY`` is set, otherwise offline, so nothing ever waits on the
-network without credentials). One wandb run per job, grouped by sweep name, with the
+network without credentials; with a key but no route to the server it logs offline at once). One wandb run per job, grouped by sweep name, with the
 resolved config. A logging failure never fails the experiment: the logger warns and
 becomes a no-op. ``finish()`` is safe to call more than once; call it in ``finally``.
 """
