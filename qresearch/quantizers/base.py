@@ -102,13 +102,12 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
             axes = channel_axes_for(layer, name)
         else:
             axes = self.axis if isinstance(self.axis, list) else [self.axis]
-        try:
-            return tuple(sorted(a % rank if -rank <= a < rank else _bad_axis(a) for a in axes))
-        except IndexError:
+        if any(not -rank <= a < rank for a in axes):
             raise ConfigError(
                 f"quantizer {self.registry_name!r}: axis {self.axis!r} is out of range for tensor {name!r} "
                 f"of shape {tuple(tensor_shape)}"
-            ) from None
+            )
+        return tuple(sorted(a % rank for a in axes))
 
     @staticmethod
     def param_shape(tensor_shape, axes) -> Tuple[int, ...]:
@@ -277,7 +276,3 @@ def _is_per_example(tensor_shape) -> bool:
         return True
     dims = tf.TensorShape(tensor_shape)
     return dims.rank is None or (dims.rank > 0 and dims[0] is None)
-
-
-def _bad_axis(a):
-    raise IndexError(a)

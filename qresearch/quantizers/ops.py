@@ -51,11 +51,6 @@ def pot_ste(scale, mode: str = "ceil"):
     return scale + tf.stop_gradient(tf.pow(2.0, k) - scale)
 
 
-def finite_only(x, fill):
-    """Replace NaN/Inf by ``fill`` so statistics are not corrupted by them."""
-    return tf.where(tf.math.is_finite(x), x, tf.cast(fill, x.dtype) * tf.ones_like(x))
-
-
 def reduce_finite(fn, x, axes, empty):
     """``fn`` (tf.reduce_min/max/mean) over finite entries of ``x``; ``empty`` if none."""
     finite = tf.math.is_finite(x)
