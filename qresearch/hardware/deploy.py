@@ -25,6 +25,9 @@ KERNELS = "builtin_without_default_delegates"
 # rounding, as most phones run it); "builtin_ref" the unoptimized reference kernels.
 KERNEL_SETS = {"builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "builtin": "BUILTIN",
                "builtin_ref": "BUILTIN_REF"}
+# The simulation's integer-kernel emulation (schemes/integer.py) that matches each kernel set.
+EMULATIONS = {"builtin_without_default_delegates": "tflite_builtin", "builtin_ref": "tflite_reference",
+              "builtin": "xnnpack"}
 IO_DTYPES = {"tflite_int8": np.int8, "tflite_int16x8": np.int16}
 
 
@@ -81,7 +84,10 @@ def convert(qat_model, target, representative_data=None) -> bytes:
         converter.inference_output_type = tf.int8
         if representative_data is not None:
             converter.representative_dataset = _representative(representative_data)
-    return converter.convert()
+    from qresearch.schemes.integer import export_mode
+
+    with export_mode():  # the plain FakeQuant graph the converter reads, not the integer-kernel emulation
+        return converter.convert()
 
 
 def make_interpreter(tflite_model: bytes, kernels: str = KERNELS):
@@ -182,6 +188,14 @@ def simulate(qat_model, x, batch_size: int = 256) -> np.ndarray:
     return np.concatenate(outs)
 
 
+def _emulated_kernels(qat_model, kernels: str):
+    """The emulation matching ``kernels`` if the model emulates integer kernels at all, else None."""
+    layers = getattr(qat_model, "layers", [])
+    own = any((getattr(getattr(layer, "quantize_config", None), "info", None) or {}).get("kernels")
+              or getattr(layer, "kernels", None) for layer in layers)
+    return EMULATIONS[kernels] if own else None
+
+
 def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = False,
            batch_size: int = 256, representative_data=None, kernels: str = KERNELS) -> Dict[str, Any]:
     """Deploy ``qat_model`` to ``target`` (a TFLite target) and compare with the simulation.
@@ -191,10 +205,11 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     scale), model_size_bytes, integer_only, structural_issues, runtime, kernels, ops (op histogram),
     input/output (scale, zero_point), n_samples, convert_s/run_s; plus ``tflite_path`` with
     ``save_path`` and ``tflite_model`` (bytes) with ``return_model=True``.
-    ``kernels``: the LiteRT kernel set (see ``KERNEL_SETS``); the default, TFLite's builtin kernels
-    without delegates, rounds requantizations twice (SRDHM, then a rounding shift), so it differs from
-    the simulation's single rounding by 1 LSB on about ``0.5 / 2^shift`` of the outputs of a layer whose
-    multiplier ``S_in·S_w/S_out`` is ``~2^-shift``; "builtin" (XNNPACK) rounds once.
+    ``kernels``: the LiteRT kernel set (see ``KERNEL_SETS``). A model quantized for a target with
+    ``kernels`` (tflite_int8) emulates integer kernels in inference; the simulation is then run with the
+    emulation of this kernel set (``EMULATIONS``, reported as ``simulated_kernels``): bit-exact for the
+    default and "builtin_ref" on the ops schemes/integer.py covers. With the emulation off the float
+    simulation rounds once per tensor and keeps biases float, so outputs differ by a few LSB.
     Raises ``NoRuntimeError`` for targets with ``runtime: none``.
     """
     target = get_target(target)
@@ -207,7 +222,11 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     t1 = time.perf_counter()
     q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size, kernels)
     t2 = time.perf_counter()
-    sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)
+    emulated = _emulated_kernels(qat_model, kernels)
+    from qresearch.schemes.integer import emulated_kernels
+
+    with emulated_kernels(emulated):
+        sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)
 
     deq = (q_out.astype(np.float64) - z_out) * s_out
     labels = _labels(y)
@@ -223,6 +242,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
         "target": target.name,
         "runtime": target.runtime,
         "kernels": kernels,
+        "simulated_kernels": emulated or "none (float fake-quant)",
         "n_samples": int(len(x)),
         "deployed_accuracy": float(np.mean(pred_dep == labels)),
         "simulated_accuracy": float(np.mean(pred_sim == labels)),

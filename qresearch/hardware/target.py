@@ -25,6 +25,8 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
     first_last_bits: null           # int: first/last compute layers run at this precision
     accumulator_bits: 32
     rounding: half_away_from_zero   # the runtime's rounding (documentation + reports)
+    kernels: tflite_builtin         # integer kernel set the simulation emulates in inference
+                                    # (schemes/integer.py KERNELS) | none: float fake-quant only
     fixed_output_ranges:            # op -> stored (scale, zero_point) of its output
       softmax: {scale: 0.00390625, zero_point: -128}
 """
@@ -192,6 +194,7 @@ class Target:
     first_last_bits: Optional[int] = None
     accumulator_bits: int = 32
     rounding: str = "half_away_from_zero"
+    kernels: str = "none"
     fixed_output_params: Dict[str, FixedRange] = field(default_factory=dict)
     source: Optional[str] = None
 
@@ -235,7 +238,7 @@ class Target:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source or 'hardware target'}: must be a mapping, got {type(d).__name__}")
         known = ("name", "description", "runtime", "weights", "activations", "quantize_ops", "bn_folding",
-                 "first_last_bits", "accumulator_bits", "rounding", "fixed_output_ranges")
+                 "first_last_bits", "accumulator_bits", "rounding", "kernels", "fixed_output_ranges")
         _unknown_keys(d, known, source, "")
         name = d.get("name")
         if not isinstance(name, str) or not name:
@@ -249,6 +252,11 @@ class Target:
         quantize_ops = _choice(d.get("quantize_ops", "compute"), QUANTIZE_OPS, source, "quantize_ops")
         bn_folding = _choice(d.get("bn_folding", "any"), BN_FOLDING, source, "bn_folding")
         rounding = _choice(d.get("rounding", "half_away_from_zero"), ROUNDINGS, source, "rounding")
+        kernels = d.get("kernels", "none")
+        if kernels != "none":
+            from qresearch.schemes.integer import KERNELS
+
+            _choice(kernels, tuple(KERNELS.names()), source, "kernels")
         flb = d.get("first_last_bits")
         if flb is not None:
             if isinstance(flb, bool) or not isinstance(flb, int) or not MIN_BITS <= flb <= MAX_BITS:
@@ -281,7 +289,7 @@ class Target:
             fixed[op_name] = FixedRange(float(scale), int(zp))
         return cls(name=name, weights=weights, activations=acts, runtime=runtime, description=desc.strip(),
                    quantize_ops=quantize_ops, bn_folding=bn_folding, first_last_bits=flb,
-                   accumulator_bits=acc, rounding=rounding, fixed_output_params=fixed, source=source)
+                   accumulator_bits=acc, rounding=rounding, kernels=kernels, fixed_output_params=fixed, source=source)
 
     @classmethod
     def from_yaml(cls, path) -> "Target":
@@ -304,7 +312,7 @@ class Target:
             "weights": self.weights.to_dict(), "activations": self.activations.to_dict(),
             "quantize_ops": self.quantize_ops, "bn_folding": self.bn_folding,
             "first_last_bits": self.first_last_bits, "accumulator_bits": self.accumulator_bits,
-            "rounding": self.rounding,
+            "rounding": self.rounding, "kernels": self.kernels,
             "fixed_output_ranges": {op: {"scale": p.scale, "zero_point": p.zero_point}
                                     for op, p in self.fixed_output_params.items()},
         }

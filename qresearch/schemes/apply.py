@@ -694,7 +694,36 @@ def _constrain_layers(plans: List[_Plan], hardware) -> List[str]:
 
 
 # ----------------------------------------------------------------- quantize
-def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = False):
+def _kernel_set(kernels, hardware) -> Optional[str]:
+    if kernels == "target":
+        if hardware is None:
+            return None
+        from qresearch.hardware import get as get_target
+
+        kernels = get_target(hardware).kernels
+    if kernels in (None, "none"):
+        return None
+    from qresearch.schemes.integer import KERNELS
+
+    KERNELS.get(kernels)  # unknown names fail here, with the known ones listed
+    return kernels
+
+
+def set_kernels(qmodel, kernels: Optional[str]) -> None:
+    """Make ``qmodel``'s inference pass emulate integer kernel set ``kernels`` (None: float simulation).
+    Takes effect in new eager calls and new traces (``predict``/``evaluate`` retrace on a new model)."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeWrapper):
+            if kernels:
+                layer.quantize_config.info["kernels"] = kernels
+            else:
+                layer.quantize_config.info.pop("kernels", None)
+        elif isinstance(layer, (QuantizeInput, QuantizeLike)):
+            layer.kernels = kernels
+
+
+def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = False,
+             kernels: Optional[str] = "target"):
     """Quantize a tf_keras model for QAT.
 
     Args:
@@ -704,6 +733,9 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         ``adapt=True`` coerced) against it first.
       calibration_data: array, ``(x, y)``, list of batches or ``tf.data.Dataset``; a few batches
         initialise every quantizer's range/step size, so the model is accurate before training.
+      kernels: the integer kernel set the inference pass emulates (``qresearch.schemes.integer.KERNELS``):
+        "target" takes the hardware target's (``tflite_int8``: LiteRT's builtin kernels), None or
+        "none" keeps the float fake-quant simulation. Training always runs the float forward.
     Returns:
       the QAT model (its layers are tfmot ``QuantizeWrapperV2`` subclasses); ``qresearch_info``
       holds the scheme, hardware and coercions.
@@ -732,10 +764,14 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
     if hardware is not None:
         coercions += _constrain_layers(plans, hardware)
     qmodel = _build(graph, plans, spec)
+    kernel_set = _kernel_set(kernels, hardware)
+    if kernel_set:
+        set_kernels(qmodel, kernel_set)
     float_reasons = {p.layer.name: p.float_reason for p in plans if p.float_reason}
     # plain attribute (not tracked by Keras, so it never reaches the SavedModel object graph)
     object.__setattr__(qmodel, "qresearch_info", {"scheme": spec.to_dict(), "hardware": hw_name,
-                                                  "coercions": list(coercions), "float_layers": float_reasons})
+                                                  "coercions": list(coercions), "float_layers": float_reasons,
+                                                  "kernels": kernel_set})
     if calibration_data is not None:
         calibrate(qmodel, calibration_data)
     return qmodel

@@ -21,6 +21,7 @@ from typing import Any, Dict, Optional
 from qresearch._compat import keras, tf, tfmot
 from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer
+from qresearch.schemes import integer
 from qresearch.quantizers.registry import register as register_quantizer
 
 # tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
@@ -164,6 +165,15 @@ class QuantizeWrapper(_QW):
             # a layer that creates its weights on its first call (MultiHeadAttention): build it with the real
             # arguments, which build(input_shape) alone cannot (also when a saved model is rebuilt)
             self.layer(inputs, *args, **{k: v for k, v in kwargs.items() if k != "training"})
+        if getattr(self, "_input_source", None) is None and hasattr(inputs, "_keras_history"):
+            # the grid of this layer's input and its producer, for the integer-kernel emulation
+            object.__setattr__(self, "_input_source", _range_source(inputs) or False)
+            object.__setattr__(self, "_producer", inputs._keras_history.layer)
+            object.__setattr__(self, "_input_shape_for_mean", tuple(inputs.shape[1:-1]))
+        elif getattr(self, "_input_sources", None) is None and isinstance(inputs, (list, tuple)) \
+                and all(hasattr(t, "_keras_history") for t in inputs):
+            object.__setattr__(self, "_input_sources", [_range_source(t) for t in inputs])
+            object.__setattr__(self, "_input_shapes", [tuple(t.shape[1:]) for t in inputs])
         return super().__call__(inputs, *args, **kwargs)
 
     def build(self, input_shape):
@@ -200,6 +210,18 @@ class QuantizeWrapper(_QW):
     def call(self, inputs, training=None, **kwargs):
         if training is None:
             training = keras.backend.learning_phase()
+        kernels = None if calibrating() else integer.active_kernels(self.quantize_config.info.get("kernels"))
+        plan = self._integer_plan() if kernels is not None else None
+        if plan is not None:
+            static = training if isinstance(training, (bool, int)) else tf.get_static_value(training)
+            if static is not None and not bool(static):
+                return self._integer_call(inputs, kwargs, kernels, plan)
+            if static is None:
+                return smart_cond(training, lambda: self._float_call(inputs, training, kwargs),
+                                  lambda: self._integer_call(inputs, kwargs, kernels, plan))
+        return self._float_call(inputs, training, kwargs)
+
+    def _float_call(self, inputs, training, kwargs):
         layer_training = training
         if calibrating():
             training, layer_training = True, False
@@ -232,6 +254,107 @@ class QuantizeWrapper(_QW):
                                "quantize_output=False in register_layer")
         return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
 
+    # ------------------------------------------------------------------ integer-kernel emulation
+    def _integer_plan(self):
+        """What the emulation needs (schemes/integer.py), or None where this layer keeps the float
+        simulation. Each case is one int8 TFLite kernel:
+
+        - "conv": a conv / depthwise / dense (or unfoldable-BN affine) wrapper with one symmetric weight
+          quantizer and a known input grid, with a fusable activation (linear/relu/relu6) before its
+          output quantizer, or a quantized pre-activation (a LUT activation such as sigmoid follows);
+        - "mean": GlobalAveragePooling1D/2D (keepdims=False) -> MEAN;
+        - "add": Add of two same-shape quantized tensors -> ADD;
+        - a ReLU/ReLU6 layer right after a "conv" layer that has no output quantizer of its own (the
+          converter fuses the two): the producer's case, with this layer's output grid. An "add" layer
+          followed by such a ReLU computes the fused result itself, with the ReLU's output grid (the
+          ReLU then leaves those values as they are).
+        """
+        cached = getattr(self, "_integer_plan_cache", None)
+        if cached is not None:
+            return cached or None
+        plan = None
+        out = (self._output_quantizers[0], self._output_quantizer_vars) if self._output_quantizers else None
+        if self._weight_vars:
+            base = _integer_conv_base(self)
+            acts = self._activation_vars.get("activation", {})
+            fused = _activation_name(getattr(self.layer, "activation", None))
+            if base is not None and set(self.quantize_config.activations) <= {"activation"}:
+                if not acts and out and fused in integer.FUSED_ACTIVATIONS:
+                    plan = dict(base, out=out, fused=fused, after=False)
+                elif set(acts) == {"pre"}:
+                    plan = dict(base, out=acts["pre"], fused="linear", after=False)
+        elif out and not self._activation_vars:
+            fused = _fused_activation(self.layer)
+            producer = getattr(self, "_producer", None)
+            if fused is not None and isinstance(producer, QuantizeWrapper) and not producer._output_quantizers \
+                    and not producer._activation_vars:
+                base = _integer_conv_base(producer)
+                if base is not None and _activation_name(getattr(producer.layer, "activation", None)) == "linear":
+                    plan = dict(base, out=out, fused=fused, after=True)
+            else:
+                base = _integer_mean_base(self) or _integer_add_base(self)
+                if base is not None:
+                    plan = dict(base, out=out, fused="linear", after=False)
+        elif not out and not self._activation_vars and _integer_add_base(self) is not None:
+            consumer = _sole_consumer(self)
+            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers \
+                    and not consumer._activation_vars and _fused_activation(consumer.layer) is not None:
+                plan = dict(_integer_add_base(self), out=(consumer._output_quantizers[0],
+                                                          consumer._output_quantizer_vars),
+                            fused=_fused_activation(consumer.layer), after=False)
+        object.__setattr__(self, "_integer_plan_cache", plan or False)
+        return plan
+
+    def _integer_call(self, inputs, kwargs, kernels, plan):
+        if plan["op"] == "add" and kernels.add_vector is None or plan["op"] == "mean" and not kernels.mean:
+            return self._float_call(inputs, False, kwargs)
+        out_grid = _grid(plan["out"])
+        sources = [_grid(src[:2]) for src in plan["sources"]]
+        if out_grid is None or None in sources:
+            return self._float_call(inputs, False, kwargs)
+        out_q, out_v = plan["out"]
+        if plan["op"] == "mean":
+            y = integer.mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
+            return out_q(y, False, weights=out_v)  # identity on its grid, plus any clip it applies first
+        if plan["op"] == "add":
+            x1, x2 = inputs
+            y = integer.add(kernels, x1, x2, sources[0], sources[1], out_grid, plan["fused"])
+            return out_q(y, False, weights=out_v)
+        weight, wq, wv = plan["weight"]
+        w_range = integer.fake_quant_range(wq, wv, weight)
+        if w_range is None:
+            return self._float_call(inputs, False, kwargs)
+        fn = None
+        if plan["after"]:
+            y = inputs  # the producer's float output: its accumulator times S_in·S_w
+        else:
+            attr = next(iter(self.quantize_config.weights))
+            set_attr(self.layer, attr, self._q(wq, weight, False, wv))
+            fn = getattr(self.layer, "activation", None)
+            if fn is not None:
+                self.layer.activation = keras.activations.linear
+            try:
+                if "training" in inspect.signature(self.layer.call).parameters:
+                    y = self.layer.call(inputs, training=False, **kwargs)
+                else:
+                    y = self.layer.call(inputs, **kwargs)
+            finally:
+                set_attr(self.layer, attr, weight)
+                if fn is not None:
+                    self.layer.activation = fn
+        w_scale = tf.reshape(integer.grid_of(*w_range).scale, [-1])
+        y = integer.accumulate_and_requantize(kernels, y, sources[0], w_scale, out_grid, plan["fused"],
+                                              fully_connected=plan["fully_connected"])
+        # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
+        # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
+        y = out_q(y, False, weights=out_v)
+        if plan["after"] or fn is None or _activation_name(fn) in integer.FUSED_ACTIVATIONS:
+            return y
+        y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
+        if not self._output_quantizers:
+            return y
+        return self._q(self._output_quantizers[0], y, False, self._output_quantizer_vars)
+
     def _quantized_activation(self, fn, built, training):
         def activation(x, *args, **kwargs):
             if "pre" in built:
@@ -257,10 +380,31 @@ class QuantizeWrapper(_QW):
 class QuantizeInput(_QL):
     """Quantizes a float tensor entering quantized layers (model inputs, outputs of float layers)."""
 
+    def __init__(self, quantizer, kernels=None, **kwargs):
+        super().__init__(quantizer, **kwargs)
+        self.kernels = kernels  # integer kernel set emulated in inference (schemes/integer.py)
+
     def call(self, inputs, training=None):
         if calibrating():
             training = True
-        return super().call(inputs, training=training)
+        if training is None:
+            training = keras.backend.learning_phase()
+        kernels = None if training is True or not self.quantizer else integer.active_kernels(self.kernels)
+        if kernels is None:
+            return super().call(inputs, training=training)
+        return smart_cond(training, lambda: super(QuantizeInput, self).call(inputs, training=True),
+                          lambda: self._quantize_op(inputs))
+
+    def _quantize_op(self, inputs):
+        """TFLite QUANTIZE's rounding (half away from zero on x / S), where FakeQuant rounds half up."""
+        rng = integer.fake_quant_range(self.quantizer, self.quantizer_vars, inputs)
+        if rng is None or not inputs.dtype.is_floating:
+            return super().call(inputs, training=False)
+        y = integer.quantize_input(tf.cast(inputs, tf.float32), integer.grid_of(*rng))
+        return tf.cast(self.quantizer(y, False, weights=self.quantizer_vars), inputs.dtype)
+
+    def get_config(self):
+        return dict(super().get_config(), kernels=self.kernels)
 
     @classmethod
     def from_config(cls, config):
@@ -269,6 +413,76 @@ class QuantizeInput(_QL):
         return cls(quantizer=quantizer, **config)
 
 
+
+
+def _grid(source) -> Optional["integer.Grid"]:
+    """The integer grid of a (quantizer, variables) pair, or None if it is not one FakeQuant."""
+    rng = integer.fake_quant_range(source[0], source[1], tf.zeros([1]))
+    return integer.grid_of(*rng) if rng is not None else None
+
+
+def _sole_consumer(layer):
+    nodes = getattr(layer, "_outbound_nodes", [])
+    return nodes[0].outbound_layer if len(nodes) == 1 else None
+
+
+def _integer_conv_base(wrapper):
+    """The "conv" case of ``QuantizeWrapper._integer_plan``: the weight and the input's range source."""
+    if wrapper.quantize_config.info.get("kind") != "compute" or len(wrapper._weight_vars) != 1:
+        return None
+    if not isinstance(wrapper.layer, INTEGER_LAYERS) or isinstance(wrapper.layer, INTEGER_EXCLUDED):
+        return None
+    weight, quantizer, qvars = wrapper._weight_vars[0]
+    source = getattr(wrapper, "_input_source", None)
+    if not source or not getattr(quantizer, "symmetric", False):
+        return None
+    return {"op": "conv", "weight": (weight, quantizer, qvars), "sources": [source],
+            "fully_connected": isinstance(wrapper.layer, keras.layers.Dense)}
+
+
+def _integer_mean_base(wrapper):
+    layer = wrapper.layer
+    if not isinstance(layer, (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D)) \
+            or getattr(layer, "keepdims", False) or layer.data_format != "channels_last":
+        return None
+    source = getattr(wrapper, "_input_source", None)
+    shape = getattr(wrapper, "_input_shape_for_mean", None)
+    if not source or shape is None or None in shape:
+        return None
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return {"op": "mean", "sources": [source], "count": count}
+
+
+def _integer_add_base(wrapper):
+    sources = getattr(wrapper, "_input_sources", None)
+    shapes = getattr(wrapper, "_input_shapes", None)
+    if type(wrapper.layer) is not keras.layers.Add or not sources or len(sources) != 2 or not all(sources) \
+            or shapes is None or shapes[0] != shapes[1]:
+        return None
+    return {"op": "add", "sources": sources}
+
+
+def _fused_activation(layer) -> Optional[str]:
+    """relu/relu6 for a ReLU or Activation layer TFLite fuses into the conv before it, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        slope = float(layer.negative_slope or 0.0)
+        threshold = float(layer.threshold or 0.0)
+        max_value = None if layer.max_value is None else float(layer.max_value)
+        if slope == 0.0 and threshold == 0.0 and max_value in (None, 6.0):
+            return "relu" if max_value is None else "relu6"
+        return None
+    if isinstance(layer, keras.layers.Activation):
+        name = _activation_name(layer.activation)
+        return name if name in ("relu", "relu6") else None
+    return None
+
+
+def _activation_name(fn) -> str:
+    if fn is None:
+        return "linear"
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _range_source(tensor, depth: int = 8):
@@ -304,9 +518,13 @@ class QuantizeLike(keras.layers.Layer):
     the producer's: read, never updated here.
     """
 
-    def __init__(self, **kwargs):
+    def __init__(self, kernels=None, **kwargs):
         super().__init__(**kwargs)
         self._source = None
+        self.kernels = kernels  # integer kernel set emulated in inference (schemes/integer.py)
+
+    def get_config(self):
+        return dict(super().get_config(), kernels=self.kernels)
 
     def __call__(self, inputs, *args, **kwargs):
         if self._source is None and hasattr(inputs, "_keras_history"):
@@ -314,6 +532,11 @@ class QuantizeLike(keras.layers.Layer):
             node = layer._inbound_nodes[inputs._keras_history.node_index] if layer._inbound_nodes else None
             if node is not None and len(node.keras_inputs) == 1:
                 self._source = _range_source(node.keras_inputs[0])
+                shape = node.keras_inputs[0].shape
+                if isinstance(layer, keras.layers.AveragePooling2D) and layer.data_format == "channels_last" \
+                        and shape.rank == 4 and None not in (shape[1], shape[2]):
+                    object.__setattr__(self, "_pool_counts", integer.average_pool_counts(
+                        int(shape[1]), int(shape[2]), layer.pool_size, layer.strides, layer.padding))
         return super().__call__(inputs, *args, **kwargs)
 
     @property
@@ -324,6 +547,11 @@ class QuantizeLike(keras.layers.Layer):
         if self._source is None:
             return inputs
         quantizer, qvars, _ = self._source
+        counts = getattr(self, "_pool_counts", None)
+        if counts is not None and integer.active_kernels(self.kernels) is not None:
+            grid = _grid(self._source[:2])
+            if grid is not None:  # AVERAGE_POOL_2D's own rounding (half away from raw 0)
+                return quantizer(integer.average_pool(inputs, counts, grid), False, weights=qvars)
         return quantizer(inputs, False, weights=qvars)
 
 
@@ -371,6 +599,11 @@ class ChannelAffine(keras.layers.DepthwiseConv2D):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)
 
+
+# layers whose int8 kernel is the conv / fully-connected inner loop the emulation reproduces
+INTEGER_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
+INTEGER_EXCLUDED = (keras.layers.Conv1DTranspose, keras.layers.Conv3DTranspose,
+                    keras.layers.Conv3D, keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
 
 CUSTOM_OBJECTS = {
     "qresearch>ChannelAffine": ChannelAffine,

@@ -1,0 +1,123 @@
+"""The simulation's integer-kernel emulation against the TFLite interpreter: bit-exact outputs.
+
+MobileNet-like (conv + folded BN + ReLU6, depthwise, residual ADD, MEAN, fully connected) and an
+average-pooling CNN, quantized with LSQ at its paper init (coarse 8-bit steps, where a float simulation
+drifts from the deployed model) and with PACT; every op of these models is emulated, so the
+simulated int8 outputs equal the deployed ones exactly.
+"""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import hardware as hw
+from qresearch._compat import keras
+from qresearch.schemes.apply import set_kernels
+
+from models import digits, mobilenet_like, train
+
+PAPER_LSQ = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
+             "activations": {"quantizer": "lsq", "bits": 8},
+             "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
+PACT = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
+        "activations": {"quantizer": "pact", "bits": 8},
+        "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
+
+
+def avgpool_cnn():
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False)(inp)
+    h = L.BatchNormalization()(h)
+    h = L.ReLU()(h)
+    h = L.AveragePooling2D(3, strides=1, padding="same")(h)  # windows of 4, 6 and 9 valid taps
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(h)
+    h = L.AveragePooling2D(2)(h)
+    h = L.Flatten()(h)
+    return keras.Model(inp, L.Dense(10)(h))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return digits()
+
+
+_MODELS = {}
+
+
+def qat(data, builder, scheme):
+    key = (builder.__name__, str(scheme))
+    if key not in _MODELS:
+        xtr, ytr, _, _ = data
+        keras.utils.set_random_seed(0)
+        m = train(builder(), xtr, ytr, epochs=4)
+        q = qresearch.quantize(m, scheme, hardware="tflite_int8", calibration_data=xtr[:256])
+        _MODELS[key] = train(q, xtr, ytr, epochs=1, lr=1e-3)
+    return _MODELS[key]
+
+
+@pytest.mark.parametrize("builder, scheme", [(mobilenet_like, PAPER_LSQ), (mobilenet_like, PACT),
+                                             (avgpool_cnn, PAPER_LSQ)],
+                         ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq"])
+def test_simulated_outputs_equal_deployed_bit_for_bit(data, builder, scheme):
+    q = qat(data, builder, scheme)
+    assert q.qresearch_info["kernels"] == "tflite_builtin"
+    r = hw.verify(q, "tflite_int8", data[2], data[3])
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert r["max_abs_diff_lsb"] < 1e-3, r  # every output integer equal
+    assert r["argmax_agreement"] == 1.0 and r["deployed_accuracy"] == r["simulated_accuracy"]
+    assert r["simulated_accuracy"] > 0.2  # above chance (10 classes): a working model, not a constant
+
+
+def test_float_simulation_drifts_where_the_emulation_does_not(data):
+    """The same model with the emulation off (float fake-quant inference) is not bit-exact: the
+    emulation, not luck, makes the test above pass."""
+    q = qat(data, mobilenet_like, PAPER_LSQ)
+    try:
+        set_kernels(q, None)
+        r = hw.verify(q, "tflite_int8", data[2], data[3])
+    finally:
+        set_kernels(q, "tflite_builtin")
+    assert r["max_abs_diff_lsb"] >= 1.0, r
+
+
+def test_training_forward_is_unchanged(data):
+    """Only inference is emulated: the training forward (and so every gradient) is the float one."""
+    q = qat(data, mobilenet_like, PACT)
+    x = data[0][:64]
+    with_kernels = np.asarray(q(x, training=True))
+    set_kernels(q, None)
+    try:
+        without = np.asarray(q(x, training=True))
+        float_inference = np.asarray(q(x, training=False))
+    finally:
+        set_kernels(q, "tflite_builtin")
+    assert np.array_equal(with_kernels, without)
+    assert not np.array_equal(float_inference, np.asarray(q(x, training=False)))
+
+
+def test_verify_emulates_the_kernel_set_it_runs(data):
+    q = qat(data, mobilenet_like, PAPER_LSQ)
+    x, y = data[2][:256], data[3][:256]
+    ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref")
+    assert ref["max_abs_diff_lsb"] < 1e-3, ref
+    xnn = hw.verify(q, "tflite_int8", x, y, kernels="builtin")  # XNNPACK: conv/MEAN emulated, ADD not
+    assert xnn["max_abs_diff_lsb"] <= 4 and xnn["argmax_agreement"] >= 0.99
+
+
+def test_emulation_survives_save_and_load(data, tmp_path):
+    q = qat(data, mobilenet_like, PAPER_LSQ)
+    q.save(str(tmp_path / "m"))
+    loaded = qresearch.load_model(str(tmp_path / "m"))
+    x = data[2][:64]
+    assert np.array_equal(np.asarray(loaded(x, training=False)), np.asarray(q(x, training=False)))
+    r = hw.verify(loaded, "tflite_int8", data[2], data[3])
+    assert r["max_abs_diff_lsb"] < 1e-3
+
+
+def test_quantize_without_emulation(data):
+    m = mobilenet_like()
+    q = qresearch.quantize(m, "tflite_int8", hardware="tflite_int8", kernels=None)
+    assert q.qresearch_info["kernels"] is None
+    assert all("kernels" not in getattr(getattr(layer, "quantize_config", None), "info", {}) for layer in q.layers)
+    with pytest.raises(qresearch.UnknownNameError, match="unknown integer kernel set 'arm'"):
+        qresearch.quantize(m, "tflite_int8", hardware="tflite_int8", kernels="arm")

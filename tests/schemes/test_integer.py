@@ -1,0 +1,142 @@
+"""The integer-kernel arithmetic (qresearch/schemes/integer.py) against independent references: Python
+integers (arbitrary precision, written from tflite-int8-spec.md §2) and closed-form cases."""
+import math
+
+import numpy as np
+import pytest
+
+from qresearch._compat import tf
+from qresearch.schemes import integer
+
+
+def ref_quantize_multiplier(m: float):
+    if m <= 0:
+        return 0, 0
+    q, shift = math.frexp(m)
+    fixed = int(math.floor(q * 2 ** 31 + 0.5))
+    if fixed == 2 ** 31:
+        fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return fixed, shift
+
+
+def ref_srdhm(a: int, b: int) -> int:
+    ab = a * b
+    nudge = 2 ** 30 if ab >= 0 else 1 - 2 ** 30
+    total = ab + nudge
+    return int(total / 2 ** 31) if abs(total) < 2 ** 52 else (abs(total) // 2 ** 31) * (1 if total >= 0 else -1)
+
+
+def ref_shift_away(x: int, e: int) -> int:
+    if e == 0:
+        return x
+    q, r = divmod(abs(x), 2 ** e)
+    q += 1 if 2 * r >= 2 ** e else 0
+    return q if x >= 0 else -q
+
+
+def ref_shift_up(x: int, e: int) -> int:
+    return (x + (2 ** (e - 1) if e > 0 else 0)) >> e
+
+
+def ref_requantize(x: int, m: float, kind: str) -> int:
+    fixed, shift = ref_quantize_multiplier(m)
+    if kind == "xnnpack":
+        total = 31 - shift
+        return (x * fixed + 2 ** (total - 1)) >> total
+    y = ref_srdhm(x * 2 ** max(shift, 0), fixed)
+    return (ref_shift_up if kind == "tflite_builtin" else ref_shift_away)(y, max(-shift, 0))
+
+
+@pytest.mark.parametrize("m", [1e-12, 3.1e-5, 0.0007, 0.0123, 0.25, 0.5, 0.7071, 0.999999999, 1.0, 1.5, 3.75])
+def test_quantize_multiplier_matches_frexp(m):
+    fixed, shift = integer.quantize_multiplier(tf.constant([m], tf.float64))
+    assert (int(fixed[0]), int(shift[0])) == ref_quantize_multiplier(m)
+    if fixed[0] > 0:
+        assert 2 ** 30 <= int(fixed[0]) < 2 ** 31
+
+
+def test_quantize_multiplier_flushes_tiny_and_zero():
+    fixed, shift = integer.quantize_multiplier(tf.constant([0.0, 1e-11, 2.0 ** -40], tf.float64))
+    assert fixed.numpy().tolist() == [0, ref_quantize_multiplier(1e-11)[0], 0]
+    assert shift.numpy().tolist()[::2] == [0, 0]
+
+
+@pytest.mark.parametrize("kind", ["tflite_builtin", "tflite_reference", "xnnpack"])
+def test_requantize_matches_integer_reference(kind):
+    rng = np.random.RandomState(1)
+    multipliers = [0.0031, 0.047, 0.25, 0.3333, 0.9, 1.7]
+    acc = np.concatenate([rng.randint(-2 ** 20, 2 ** 20, size=400), np.arange(-40, 41),
+                          # exact ties of the final shift for m = 0.25 (x / 4 = k + 0.5)
+                          np.array([2, 6, -2, -6, 10, -10])]).astype(np.int64)
+    kernels = integer.KERNELS.get(kind)
+    for m in multipliers:
+        got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
+        want = [ref_requantize(int(a), m, kind) for a in acc]
+        assert got.tolist() == want, (kind, m)
+
+
+def test_rounding_rules_differ_only_where_they_should():
+    """m = 0.25 is (2^30, shift -1): SRDHM halves, the shift halves again. -2/4 = -0.5 rounds to 0 (ties
+    up) or -1 (half away); -7/4 = -1.75 rounds twice, -3.5 -> -3 -> -1.5, to -1 (ties up) or -2."""
+    acc = tf.constant([-2, 2, -7, 7], tf.int64)
+    up = integer.KERNELS.get("tflite_builtin").rescale(acc, tf.constant(0.25, tf.float64)).numpy().tolist()
+    away = integer.KERNELS.get("tflite_reference").rescale(acc, tf.constant(0.25, tf.float64)).numpy().tolist()
+    assert up == [0, 1, -1, 2] and away == [-1, 1, -2, 2]
+
+
+def test_grid_of_follows_the_converter():
+    g = integer.grid_of(tf.constant(0.0), tf.constant(6.0), 8, False)       # ReLU6 range
+    assert np.isclose(float(g.scale), np.float32(6 / 255)) and float(g.zero_point) == -128.0
+    g = integer.grid_of(tf.constant(-127 * 0.02), tf.constant(127 * 0.02), 8, True)  # symmetric weights
+    assert float(g.zero_point) == 0.0 and (g.qmin, g.qmax) == (-127, 127)
+    g = integer.grid_of(tf.constant(-1.0), tf.constant(3.0), 8, False)
+    assert float(g.zero_point) == round(-128 + 1.0 / (4.0 / 255))  # -64.25 -> -64
+    g = integer.grid_of(tf.constant(0.0), tf.constant(0.0), 8, False)       # all-zero tensor
+    assert float(g.scale) == 1.0
+
+
+def test_average_pool_counts_skip_padding():
+    counts = integer.average_pool_counts(4, 4, (3, 3), (1, 1), "same")[0, :, :, 0]
+    assert counts.tolist() == [[4, 6, 6, 4], [6, 9, 9, 6], [6, 9, 9, 6], [4, 6, 6, 4]]
+    assert integer.average_pool_counts(4, 6, (2, 2), (2, 2), "valid").shape == (1, 2, 3, 1)
+    assert np.all(integer.average_pool_counts(5, 5, (2, 2), (2, 2), "valid") == 4)
+
+
+def test_average_pool_rounds_half_away_from_raw_zero():
+    """Raw sums -6 and -2 over 4 taps (-1.5 and -0.5) round to -2 and -1 (away from raw 0), where
+    FakeQuant would round up about the zero point."""
+    g = integer.Grid(tf.constant(0.5, tf.float64), tf.constant(-3.0, tf.float64), -128, 127)
+    raw_sums = np.array([-6.0, -2.0, 6.0, 2.0])
+    y_avg = (raw_sums / 4 - (-3.0)) * 0.5  # the float average of on-grid values
+    out = integer.average_pool(tf.constant(y_avg, tf.float32), tf.constant(4.0, tf.float64), g).numpy()
+    assert ((out / 0.5) + (-3.0)).round().tolist() == [-2.0, -1.0, 2.0, 1.0]
+
+
+def test_mean_divides_the_multiplier_by_the_count():
+    """MEAN of 64 values with S_in = S_out: multiplier (2^30 << 6) // 64, then one rounding."""
+    g = integer.Grid(tf.constant(0.1, tf.float64), tf.constant(0.0, tf.float64), -128, 127)
+    kernels = integer.KERNELS.get("tflite_builtin")
+    for total in (0, 31, 32, 33, -32, -33, 6400):
+        y = integer.mean(kernels, tf.constant([total * 0.1 / 64], tf.float32), 64, g, g).numpy()
+        fixed, shift = ref_quantize_multiplier(1.0)
+        k = min(6, 32, 31 + shift)
+        want = ref_shift_away(ref_srdhm(total * 2 ** max(shift - k, 0), (fixed << k) // 64), max(k - shift, 0))
+        assert round(float(y[0]) / 0.1) == max(-128, min(127, want)), total
+
+
+def test_unknown_kernel_set_is_named():
+    from qresearch.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="unknown integer kernel set 'arm'.*tflite_builtin"):
+        integer.KERNELS.get("arm")
+
+
+def test_reference_fully_connected_rounds_once():
+    """Measured on LiteRT's BUILTIN_REF kernels: FULLY_CONNECTED requantizes with one rounding."""
+    acc = np.arange(-300, 300, 7).astype(np.int64)
+    kernels = integer.KERNELS.get("tflite_reference")
+    got = kernels.rescale(tf.constant(acc), tf.constant(0.0123, tf.float64), fully_connected=True).numpy()
+    assert got.tolist() == [ref_requantize(int(a), 0.0123, "xnnpack") for a in acc]
