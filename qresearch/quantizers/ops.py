@@ -115,12 +115,20 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
 def symmetric_range(max_abs, bits: int, signed: bool, narrow_range: bool):
     """FakeQuant ``(min, max)`` whose nudged zero point is exact for a symmetric grid.
 
-    The scale is ``max_abs / qp`` and the range ``[-qn·s, qp·s]``: the zero point
+    The scale is ``max_abs · (1/qp)`` and the range ``[-qn·s, qp·s]``: the zero point
     lands on an integer, so TFLite stores Z = 0 (signed) and no nudging shifts it.
     """
     qn, qp = integer_grid(bits, signed, narrow_range)
-    scale = tf.maximum(max_abs, 0.0) / qp
+    scale = tf.maximum(max_abs, 0.0) * reciprocal(qp)
     return -qn * scale, qp * scale
+
+
+def reciprocal(n: int):
+    """``1/n`` as a float32 constant. Scales are formed as ``x * (1/n)``, never ``x / n``: the TFLite
+    converter's graph optimizations may turn a division by a constant into a multiplication by its
+    reciprocal, which rounds differently (one float32 ulp), and the deployed scale must be the one the
+    simulation uses."""
+    return tf.constant(1.0 / n, tf.float32)
 
 
 def uniform_ste(x, scale, qn, qp, offset=None):

@@ -67,7 +67,7 @@ class PACTQuantizer(Quantizer):
         qn, qp = self.grid
         alpha = self.clip_level(tf.convert_to_tensor(weights["alpha"]))
         if not training:
-            s = alpha / qp
+            s = alpha * ops.reciprocal(qp)  # see ops.reciprocal
             a = self.broadcast(alpha, x, axes)
             if qn > qp:  # non-narrow signed grid: the bottom level lies below -α
                 x = tf.maximum(x, -a)

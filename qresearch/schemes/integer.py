@@ -5,9 +5,9 @@ int8 runtime accumulates in int32 with the bias on the grid ``S_in·S_w`` and re
 fixed-point multiplier, rounding twice. Each difference moves an output by one LSB now and then, and
 on coarse grids (learned steps, few taps) one LSB in an early layer flips argmaxes later. So, in
 inference only (training keeps the float straight-through forward its gradients need), layers whose
-target names a kernel set compute what those kernels compute: the accumulator is recovered exactly
-from the float result (``acc = round(y / (S_in·S_w))``, an integer below 2^24 in practice) and
-requantized in int64 by the runtime's own rule. The TFLite converter never sees this: ``deploy.convert``
+target names a kernel set compute what those kernels compute: a conv's int32 accumulator comes from
+running the layer on integer inputs and weights (exact in float32 below 2^24) plus the bias rounded
+onto ``S_in·S_w``, and is requantized in int64 by the runtime's own rule. The TFLite converter never sees this: ``deploy.convert``
 traces the model in export mode, where every layer is the plain FakeQuant graph the converter reads.
 
 Kernel sets are data (``KERNELS``); each names its requantization rule. Measured against LiteRT
@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from qresearch._compat import tf
 from qresearch.quantizers import ops
@@ -191,25 +191,25 @@ class IntegerKernels:
     scalar_requantize: Callable
     add_vector: Optional[bool] = None
     mean: bool = True
-    fully_connected_requantize: Optional[Callable] = None  # None: as ``requantize``
+    op_requantize: Optional[Dict[str, Callable]] = None  # per TFLite op where it differs from ``requantize``
     description: str = ""
 
-    def rescale(self, acc, real_multiplier, fully_connected: bool = False):
-        """``acc`` (int64) times the real multiplier, as the conv (or fully connected) kernels round it."""
+    def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):
+        """``acc`` (int64) times the real multiplier, as the kernel of TFLite op ``op`` rounds it."""
         multiplier, shift = quantize_multiplier(real_multiplier)
-        fn = (self.fully_connected_requantize if fully_connected else None) or self.requantize
+        fn = (self.op_requantize or {}).get(op, self.requantize)
         return fn(acc, multiplier, shift)
 
 
 KERNELS: Registry[IntegerKernels] = Registry("integer kernel set")
 _AWAY = _double_rounding("away")
 KERNELS.register("tflite_builtin", IntegerKernels(
-    "tflite_builtin", _double_rounding("up"), _AWAY, add_vector=True,
+    "tflite_builtin", _double_rounding("up"), _AWAY, add_vector=True, op_requantize={"TRANSPOSE_CONV": _AWAY},
     description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
-                "requantize with SRDHM then a shift rounding ties up; MEAN and ADD's output with SRDHM then "
-                "RoundingDivideByPOT (half away)"))
+                "requantize with SRDHM then a shift rounding ties up; TRANSPOSE_CONV, MEAN and ADD's output "
+                "with SRDHM then RoundingDivideByPOT (half away)"))
 KERNELS.register("tflite_reference", IntegerKernels(
-    "tflite_reference", _AWAY, _AWAY, add_vector=False, fully_connected_requantize=_single_rounding,
+    "tflite_reference", _AWAY, _AWAY, add_vector=False, op_requantize={"FULLY_CONNECTED": _single_rounding},
     description="LiteRT reference kernels (BUILTIN_REF): SRDHM then RoundingDivideByPOT, except fully "
                 "connected, which rounds once (measured)"))
 KERNELS.register("xnnpack", IntegerKernels(
@@ -222,17 +222,13 @@ KERNELS.register("xnnpack", IntegerKernels(
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 
 
-def accumulate_and_requantize(kernels: IntegerKernels, y_linear, in_grid: Grid, weight_scale, out_grid: Grid,
-                              activation: str = "linear", fully_connected: bool = False):
-    """A conv / depthwise / fully connected output as the int8 kernel computes it (tflite-int8-spec §2.3).
-
-    ``y_linear``: the float layer output on quantized inputs and weights, bias included, before the
-    activation; ``weight_scale``: per output channel (last axis) or scalar. Returns the dequantized
-    float32 output on ``out_grid``, the fused activation applied as the kernel's integer clamp.
-    """
-    s_acc = in_grid.scale * weight_scale                       # the bias grid
-    acc = tf.cast(round_half_away(tf.cast(y_linear, tf.float64) / s_acc), tf.int64)
-    q = kernels.rescale(acc, in_grid.scale * weight_scale / out_grid.scale, fully_connected)
+def requantize_accumulator(kernels: IntegerKernels, acc, in_grid: Grid, weight_scale, out_grid: Grid,
+                           activation: str = "linear", op: str = "CONV_2D"):
+    """A conv / depthwise / fully connected output as the int8 kernel computes it (tflite-int8-spec §2.3)
+    from its int32 accumulator ``acc`` (int64, bias included): requantized by ``S_in·S_w[c]/S_out`` (per
+    output channel, the last axis, or a scalar), the output zero point added, the fused activation
+    applied as the kernel's integer clamp. Returns the dequantized float32 output on ``out_grid``."""
+    q = kernels.rescale(acc, in_grid.scale * weight_scale / out_grid.scale, op)
     return _clamp_dequantize(tf.cast(q, tf.float64) + out_grid.zero_point, out_grid, activation)
 
 
@@ -283,24 +279,43 @@ def average_pool_counts(height: int, width: int, pool, strides, padding: str):
     return (rows[:, None] * cols[None, :]).astype("float64")[None, :, :, None]
 
 
-def add(kernels: IntegerKernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
-    """ADD of two int8 tensors (tflite-int8-spec §5): inputs rescaled to ``2·max(S1, S2)/2^20``, summed,
-    requantized to the output. ``x1``/``x2``: float tensors on their grids (same shape)."""
+def _offsets(x, g: Grid):
+    """``q - Z`` of float values on grid ``g`` (int64)."""
+    return tf.cast(round_half_away(tf.cast(x, tf.float64) / g.scale), tf.int64)
+
+
+def add(kernels: IntegerKernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear",
+        subtract: bool = False):
+    """ADD / SUB of two same-shape int8 tensors (tflite-int8-spec §5): inputs rescaled to
+    ``2·max(S1, S2)/2^20``, summed, requantized to the output. ``x1``/``x2``: float tensors on their
+    grids. SUB always takes the scalar path (measured)."""
     twice_max = 2.0 * tf.maximum(g1.scale, g2.scale)
 
     def rescaled(x, g):
-        q = tf.cast(round_half_away(tf.cast(x, tf.float64) / g.scale), tf.int64)  # q - Z
+        q = _offsets(x, g)
         multiplier, shift = quantize_multiplier(g.scale / twice_max)
-        if kernels.add_vector:
+        if kernels.add_vector and not subtract:
             left = 20 + shift
             shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
                                tf.bitwise.right_shift(q, tf.maximum(-left, 0)))
             return _srdhm(shifted, multiplier)
         return kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
 
-    total = rescaled(x1, g1) + rescaled(x2, g2)
+    a, b = rescaled(x1, g1), rescaled(x2, g2)
+    total = a - b if subtract else a + b
     multiplier, shift = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
     q = tf.cast(kernels.scalar_requantize(total, multiplier, shift), tf.float64) + out_grid.zero_point
+    return _clamp_dequantize(q, out_grid, fused)
+
+
+def multiply(kernels: IntegerKernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
+    """MUL of two same-shape int8 tensors: ``MBQM((q1 - Z1)(q2 - Z2), S1·S2/S_out)`` with the multiplier
+    formed in float32 (``float(float(S1·S2) / S_out)``, measured), scalar rounding."""
+    s1, s2, so = (tf.cast(tf.cast(g.scale, tf.float32), tf.float32) for g in (g1, g2, out_grid))
+    real = tf.cast((s1 * s2) / so, tf.float64)
+    product = _offsets(x1, g1) * _offsets(x2, g2)
+    multiplier, shift = quantize_multiplier(real)
+    q = tf.cast(kernels.scalar_requantize(product, multiplier, shift), tf.float64) + out_grid.zero_point
     return _clamp_dequantize(q, out_grid, fused)
 
 
@@ -313,3 +328,28 @@ def _clamp_dequantize(q, out_grid: Grid, fused: str):
         hi = tf.minimum(hi, out_grid.zero_point + round_half_away(6.0 / out_grid.scale))
     q = tf.clip_by_value(q, lo, hi)
     return tf.cast((q - out_grid.zero_point) * out_grid.scale, tf.float32)
+
+
+MAX_SOFTMAX_CLASSES = 1024  # the emulated sum is unrolled over the classes
+
+
+def softmax(x, in_grid: Grid, out_grid: Grid):
+    """int8 SOFTMAX (beta 1, last axis) as LiteRT's x86 kernel computes it (measured bit-exact against
+    ai-edge-litert 2.x builtin kernels): a float32 table ``T[d] = expf(-S_in·d)`` indexed by
+    ``d = max(q) - q``, the row sum accumulated in float32 in class order, ``inv = 1/(sum·S_out)``, and
+    ``q_out = round_half_away(T[d]·inv) + Z_out``. The exp is float64 rounded to float32 (glibc's expf is
+    correctly rounded in all but rare cases). ``x``: float input on ``in_grid``; at most
+    ``MAX_SOFTMAX_CLASSES`` classes (static)."""
+    classes = int(x.shape[-1])
+    q = round_half_away(tf.cast(x, tf.float64) / in_grid.scale)                   # q - Z_in (Z cancels)
+    d = tf.reduce_max(q, axis=-1, keepdims=True) - q
+    s_in = tf.cast(in_grid.scale, tf.float32)
+    table = tf.cast(tf.exp(tf.cast(-s_in * tf.cast(d, tf.float32), tf.float64)), tf.float32)
+    total = table[..., 0]
+    for j in range(1, classes):
+        total = total + table[..., j]
+    inv = 1.0 / (total * tf.cast(out_grid.scale, tf.float32))
+    scaled = table * inv[..., None]
+    qo = round_half_away(tf.cast(scaled, tf.float64)) + out_grid.zero_point
+    qo = tf.clip_by_value(qo, float(out_grid.qmin), float(out_grid.qmax))
+    return tf.cast((qo - out_grid.zero_point) * out_grid.scale, tf.float32)

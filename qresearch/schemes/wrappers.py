@@ -170,6 +170,7 @@ class QuantizeWrapper(_QW):
             object.__setattr__(self, "_input_source", _range_source(inputs) or False)
             object.__setattr__(self, "_producer", inputs._keras_history.layer)
             object.__setattr__(self, "_input_shape_for_mean", tuple(inputs.shape[1:-1]))
+            object.__setattr__(self, "_input_classes", inputs.shape[-1])
         elif getattr(self, "_input_sources", None) is None and isinstance(inputs, (list, tuple)) \
                 and all(hasattr(t, "_keras_history") for t in inputs):
             object.__setattr__(self, "_input_sources", [_range_source(t) for t in inputs])
@@ -263,50 +264,52 @@ class QuantizeWrapper(_QW):
           quantizer and a known input grid, with a fusable activation (linear/relu/relu6) before its
           output quantizer, or a quantized pre-activation (a LUT activation such as sigmoid follows);
         - "mean": GlobalAveragePooling1D/2D (keepdims=False) -> MEAN;
-        - "add": Add of two same-shape quantized tensors -> ADD;
-        - a ReLU/ReLU6 layer right after a "conv" layer that has no output quantizer of its own (the
-          converter fuses the two): the producer's case, with this layer's output grid. An "add" layer
-          followed by such a ReLU computes the fused result itself, with the ReLU's output grid (the
-          ReLU then leaves those values as they are).
+        - "add"/"subtract"/"multiply": Add/Subtract/Multiply of two same-shape quantized tensors;
+        - a "conv" or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer
+          (the converter fuses the two) computes the fused result itself, with the ReLU's output grid;
+          the ReLU then leaves those values as they are.
         """
         cached = getattr(self, "_integer_plan_cache", None)
         if cached is not None:
             return cached or None
         plan = None
         out = (self._output_quantizers[0], self._output_quantizer_vars) if self._output_quantizers else None
+        fused_consumer = None
+        if not out and not self._activation_vars:
+            consumer = _sole_consumer(self)
+            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers \
+                    and not consumer._activation_vars and _fused_activation(consumer.layer) is not None:
+                fused_consumer = ((consumer._output_quantizers[0], consumer._output_quantizer_vars),
+                                  _fused_activation(consumer.layer))
+        if not out and self.quantize_config.info.get("output_shared_with"):
+            # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
+            # that one grid, so this layer's kernel requantizes straight onto it
+            consumer = _sole_consumer(self)
+            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers:
+                out = (consumer._output_quantizers[0], consumer._output_quantizer_vars)
         if self._weight_vars:
             base = _integer_conv_base(self)
             acts = self._activation_vars.get("activation", {})
             fused = _activation_name(getattr(self.layer, "activation", None))
             if base is not None and set(self.quantize_config.activations) <= {"activation"}:
                 if not acts and out and fused in integer.FUSED_ACTIVATIONS:
-                    plan = dict(base, out=out, fused=fused, after=False)
+                    plan = dict(base, out=out, fused=fused)
                 elif set(acts) == {"pre"}:
-                    plan = dict(base, out=acts["pre"], fused="linear", after=False)
+                    plan = dict(base, out=acts["pre"], fused="linear")
+                elif fused_consumer is not None and fused == "linear":
+                    plan = dict(base, out=fused_consumer[0], fused=fused_consumer[1])
         elif out and not self._activation_vars:
-            fused = _fused_activation(self.layer)
-            producer = getattr(self, "_producer", None)
-            if fused is not None and isinstance(producer, QuantizeWrapper) and not producer._output_quantizers \
-                    and not producer._activation_vars:
-                base = _integer_conv_base(producer)
-                if base is not None and _activation_name(getattr(producer.layer, "activation", None)) == "linear":
-                    plan = dict(base, out=out, fused=fused, after=True)
-            else:
-                base = _integer_mean_base(self) or _integer_add_base(self)
-                if base is not None:
-                    plan = dict(base, out=out, fused="linear", after=False)
-        elif not out and not self._activation_vars and _integer_add_base(self) is not None:
-            consumer = _sole_consumer(self)
-            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers \
-                    and not consumer._activation_vars and _fused_activation(consumer.layer) is not None:
-                plan = dict(_integer_add_base(self), out=(consumer._output_quantizers[0],
-                                                          consumer._output_quantizer_vars),
-                            fused=_fused_activation(consumer.layer), after=False)
-        object.__setattr__(self, "_integer_plan_cache", plan or False)
+            base = _integer_mean_base(self) or _integer_add_base(self) or _integer_softmax_base(self)
+            if base is not None:
+                plan = dict(base, out=out, fused="linear")
+        elif fused_consumer is not None and _integer_add_base(self) is not None:
+            plan = dict(_integer_add_base(self), out=fused_consumer[0], fused=fused_consumer[1])
+        if getattr(self, "_outbound_nodes", None):  # decided once the graph around it is complete
+            object.__setattr__(self, "_integer_plan_cache", plan or False)
         return plan
 
     def _integer_call(self, inputs, kwargs, kernels, plan):
-        if plan["op"] == "add" and kernels.add_vector is None or plan["op"] == "mean" and not kernels.mean:
+        if plan["op"] in ELEMENTWISE and kernels.add_vector is None or plan["op"] == "mean" and not kernels.mean:
             return self._float_call(inputs, False, kwargs)
         out_grid = _grid(plan["out"])
         sources = [_grid(src[:2]) for src in plan["sources"]]
@@ -316,44 +319,71 @@ class QuantizeWrapper(_QW):
         if plan["op"] == "mean":
             y = integer.mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
             return out_q(y, False, weights=out_v)  # identity on its grid, plus any clip it applies first
-        if plan["op"] == "add":
+        if plan["op"] == "softmax":
+            return out_q(integer.softmax(inputs, sources[0], out_grid), False, weights=out_v)
+        if plan["op"] in ELEMENTWISE:
             x1, x2 = inputs
-            y = integer.add(kernels, x1, x2, sources[0], sources[1], out_grid, plan["fused"])
+            y = ELEMENTWISE[plan["op"]](kernels, x1, x2, sources[0], sources[1], out_grid, plan["fused"])
             return out_q(y, False, weights=out_v)
         weight, wq, wv = plan["weight"]
         w_range = integer.fake_quant_range(wq, wv, weight)
         if w_range is None:
             return self._float_call(inputs, False, kwargs)
-        fn = None
-        if plan["after"]:
-            y = inputs  # the producer's float output: its accumulator times S_in·S_w
-        else:
-            attr = next(iter(self.quantize_config.weights))
-            set_attr(self.layer, attr, self._q(wq, weight, False, wv))
-            fn = getattr(self.layer, "activation", None)
-            if fn is not None:
-                self.layer.activation = keras.activations.linear
-            try:
-                if "training" in inspect.signature(self.layer.call).parameters:
-                    y = self.layer.call(inputs, training=False, **kwargs)
-                else:
-                    y = self.layer.call(inputs, **kwargs)
-            finally:
-                set_attr(self.layer, attr, weight)
-                if fn is not None:
-                    self.layer.activation = fn
-        w_scale = tf.reshape(integer.grid_of(*w_range).scale, [-1])
-        y = integer.accumulate_and_requantize(kernels, y, sources[0], w_scale, out_grid, plan["fused"],
-                                              fully_connected=plan["fully_connected"])
+        w_grid = integer.grid_of(*w_range)
+        fn = getattr(self.layer, "activation", None)
+        y = self._integer_accumulator(inputs, kwargs, plan, sources[0], w_grid)
+        y = integer.requantize_accumulator(kernels, y, sources[0], tf.reshape(w_grid.scale, [-1]), out_grid,
+                                           plan["fused"], op=plan["tflite_op"])
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         y = out_q(y, False, weights=out_v)
-        if plan["after"] or fn is None or _activation_name(fn) in integer.FUSED_ACTIVATIONS:
+        if fn is None or _activation_name(fn) in integer.FUSED_ACTIVATIONS:
             return y
-        y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
         if not self._output_quantizers:
-            return y
+            return fn(y)
+        if _activation_name(fn) == "softmax" and _softmax_ok(y):
+            return self._q(self._output_quantizers[0], integer.softmax(y, _grid(plan["out"]), _grid(
+                (self._output_quantizers[0], self._output_quantizer_vars))), False, self._output_quantizer_vars)
+        y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
         return self._q(self._output_quantizers[0], y, False, self._output_quantizer_vars)
+
+    def _integer_accumulator(self, inputs, kwargs, plan, in_grid, w_grid):
+        """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
+        offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
+        rounded onto ``S_in·S_w`` as the converter stores it."""
+        weight, wq, wv = plan["weight"]
+        attr = next(iter(self.quantize_config.weights))
+        w_scale = tf.cast(w_grid.scale, tf.float32)
+        try:
+            w_scale = Quantizer.broadcast(w_scale, weight, wv.get("channel_axes"))
+        except (ValueError, IndexError):
+            w_scale = tf.reshape(w_scale, [-1]) if w_scale.shape.rank else w_scale
+        w_int = tf.round(self._q(wq, weight, False, wv) / w_scale)
+        x_int = tf.cast(integer.round_half_away(tf.cast(inputs, tf.float32) / tf.cast(in_grid.scale, tf.float32)),
+                        inputs.dtype)
+        bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) else None
+        fn = getattr(self.layer, "activation", None)
+        set_attr(self.layer, attr, w_int)
+        if bias is not None:
+            self.layer.bias = tf.zeros_like(bias)
+        if fn is not None:
+            self.layer.activation = keras.activations.linear
+        try:
+            if "training" in inspect.signature(self.layer.call).parameters:
+                y = self.layer.call(x_int, training=False, **kwargs)
+            else:
+                y = self.layer.call(x_int, **kwargs)
+        finally:
+            set_attr(self.layer, attr, weight)
+            if bias is not None:
+                self.layer.bias = bias
+            if fn is not None:
+                self.layer.activation = fn
+        acc = tf.cast(tf.round(y), tf.int64)
+        if bias is not None:
+            s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
+            acc += tf.cast(integer.round_half_away(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias), tf.int64)
+        return acc
 
     def _quantized_activation(self, fn, built, training):
         def activation(x, *args, **kwargs):
@@ -437,7 +467,17 @@ def _integer_conv_base(wrapper):
     if not source or not getattr(quantizer, "symmetric", False):
         return None
     return {"op": "conv", "weight": (weight, quantizer, qvars), "sources": [source],
-            "fully_connected": isinstance(wrapper.layer, keras.layers.Dense)}
+            "tflite_op": _tflite_op(wrapper.layer)}
+
+
+def _tflite_op(layer) -> str:
+    if isinstance(layer, keras.layers.Dense):
+        return "FULLY_CONNECTED"
+    if isinstance(layer, keras.layers.Conv2DTranspose):
+        return "TRANSPOSE_CONV"
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        return "DEPTHWISE_CONV_2D"
+    return "CONV_2D"
 
 
 def _integer_mean_base(wrapper):
@@ -455,13 +495,36 @@ def _integer_mean_base(wrapper):
     return {"op": "mean", "sources": [source], "count": count}
 
 
+def _softmax_ok(x) -> bool:
+    return x.shape.rank is not None and x.shape[-1] is not None and x.shape[-1] <= integer.MAX_SOFTMAX_CLASSES
+
+
+def _integer_softmax_base(wrapper):
+    """A Softmax layer (or Activation("softmax")) over the last axis of a quantized input -> SOFTMAX."""
+    layer = wrapper.layer
+    if isinstance(layer, keras.layers.Softmax):
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        rank = len(getattr(wrapper, "_input_shape_for_mean", ())) + 2
+        if axis not in (-1, rank - 1):
+            return None
+    elif not (isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "softmax"):
+        return None
+    source = getattr(wrapper, "_input_source", None)
+    classes = getattr(wrapper, "_input_classes", None)
+    if not source or classes is None or classes > integer.MAX_SOFTMAX_CLASSES:
+        return None
+    return {"op": "softmax", "sources": [source]}
+
+
 def _integer_add_base(wrapper):
+    """ADD / SUB / MUL of two quantized same-shape tensors (no broadcasting: other kernel paths)."""
     sources = getattr(wrapper, "_input_sources", None)
     shapes = getattr(wrapper, "_input_shapes", None)
-    if type(wrapper.layer) is not keras.layers.Add or not sources or len(sources) != 2 or not all(sources) \
-            or shapes is None or shapes[0] != shapes[1]:
+    op = ELEMENTWISE_LAYERS.get(type(wrapper.layer))
+    if op is None or not sources or len(sources) != 2 or not all(sources) or shapes is None \
+            or shapes[0] != shapes[1]:
         return None
-    return {"op": "add", "sources": sources}
+    return {"op": op, "sources": sources}
 
 
 def _fused_activation(layer) -> Optional[str]:
@@ -604,6 +667,13 @@ class ChannelAffine(keras.layers.DepthwiseConv2D):
 INTEGER_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
 INTEGER_EXCLUDED = (keras.layers.Conv1DTranspose, keras.layers.Conv3DTranspose,
                     keras.layers.Conv3D, keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+
+ELEMENTWISE_LAYERS = {keras.layers.Add: "add", keras.layers.Subtract: "subtract", keras.layers.Multiply: "multiply"}
+ELEMENTWISE = {
+    "add": integer.add,
+    "subtract": lambda k, x1, x2, g1, g2, go, fused: integer.add(k, x1, x2, g1, g2, go, fused, subtract=True),
+    "multiply": integer.multiply,
+}
 
 CUSTOM_OBJECTS = {
     "qresearch>ChannelAffine": ChannelAffine,

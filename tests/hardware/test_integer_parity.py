@@ -1,7 +1,7 @@
 """The simulation's integer-kernel emulation against the TFLite interpreter: bit-exact outputs.
 
-MobileNet-like (conv + folded BN + ReLU6, depthwise, residual ADD, MEAN, fully connected) and an
-average-pooling CNN, quantized with LSQ at its paper init (coarse 8-bit steps, where a float simulation
+MobileNet-like (conv + folded BN + ReLU6, depthwise, residual ADD, MEAN, fully connected), an
+average-pooling CNN and a gated CNN (sigmoid LUT, MUL, SUB), quantized with LSQ at its paper init (coarse 8-bit steps, where a float simulation
 drifts from the deployed model) and with PACT; every op of these models is emulated, so the
 simulated int8 outputs equal the deployed ones exactly.
 """
@@ -36,6 +36,18 @@ def avgpool_cnn():
     return keras.Model(inp, L.Dense(10)(h))
 
 
+def gated_cnn():
+    """Multiply (ReLU branch x sigmoid gate) and Subtract of two conv branches: MUL and SUB."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    a = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    b = L.Conv2D(8, 3, padding="same", activation="sigmoid")(inp)
+    c = L.Conv2D(8, 1)(inp)
+    h = L.Subtract()([L.Multiply()([a, b]), c])
+    h = L.Flatten()(h)
+    return keras.Model(inp, L.Dense(10)(h))
+
+
 @pytest.fixture(scope="module")
 def data():
     return digits()
@@ -56,8 +68,8 @@ def qat(data, builder, scheme):
 
 
 @pytest.mark.parametrize("builder, scheme", [(mobilenet_like, PAPER_LSQ), (mobilenet_like, PACT),
-                                             (avgpool_cnn, PAPER_LSQ)],
-                         ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq"])
+                                             (avgpool_cnn, PAPER_LSQ), (gated_cnn, PACT)],
+                         ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact"])
 def test_simulated_outputs_equal_deployed_bit_for_bit(data, builder, scheme):
     q = qat(data, builder, scheme)
     assert q.qresearch_info["kernels"] == "tflite_builtin"

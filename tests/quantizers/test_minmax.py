@@ -34,7 +34,8 @@ def test_per_tensor_matches_numpy(bits, symmetric):
     if symmetric:
         qn, qp = ref.grid(bits, True, narrow=True)
         m = np.float32(np.abs(x).max())
-        lo, hi = -qn * (m / qp), qp * (m / qp)
+        s = m * np.float32(1 / qp)  # the scale is formed by a multiplication (ops.reciprocal)
+        lo, hi = -qn * s, qp * s
     else:
         lo, hi = min(x.min(), 0.0), max(x.max(), 0.0)
     np.testing.assert_array_equal(y, ref.fake_quant(x, lo, hi, bits, symmetric))
@@ -51,7 +52,7 @@ def test_per_channel_matches_numpy(bits):
     y = run(q, x, w)
     qn, qp = ref.grid(bits, True, narrow=True)
     m = np.abs(x).max(axis=(0, 1, 2)).astype("float32")
-    s = m / np.float32(qp)
+    s = m * np.float32(1 / qp)
     np.testing.assert_array_equal(y, ref.fake_quant_per_channel(x, -qn * s, qp * s, bits, True))
 
 

@@ -138,5 +138,17 @@ def test_reference_fully_connected_rounds_once():
     """Measured on LiteRT's BUILTIN_REF kernels: FULLY_CONNECTED requantizes with one rounding."""
     acc = np.arange(-300, 300, 7).astype(np.int64)
     kernels = integer.KERNELS.get("tflite_reference")
-    got = kernels.rescale(tf.constant(acc), tf.constant(0.0123, tf.float64), fully_connected=True).numpy()
+    got = kernels.rescale(tf.constant(acc), tf.constant(0.0123, tf.float64), "FULLY_CONNECTED").numpy()
     assert got.tolist() == [ref_requantize(int(a), 0.0123, "xnnpack") for a in acc]
+
+
+def test_softmax_closed_form_cases():
+    out_grid = integer.Grid(tf.constant(1 / 256, tf.float64), tf.constant(-128.0, tf.float64), -128, 127)
+    in_grid = integer.Grid(tf.constant(1.0, tf.float64), tf.constant(0.0, tf.float64), -128, 127)
+    equal = integer.softmax(tf.constant([[3.0, 3.0, 3.0, 3.0]]), in_grid, out_grid).numpy()
+    assert np.allclose(equal, 0.25)  # 64/256 each
+    dominant = integer.softmax(tf.constant([[100.0, 0.0]]), in_grid, out_grid).numpy()
+    assert dominant.tolist() == [[255 / 256, 0.0]]  # 256/256 saturates at q = 127
+    half = integer.softmax(tf.constant([[0.0, -2.0, -2.0]]), in_grid, out_grid).numpy()
+    e = np.exp(-2.0)
+    assert np.allclose(half * 256, np.round(np.array([1, e, e]) / (1 + 2 * e) * 256))

@@ -14,15 +14,13 @@ def test_tflite_int8_converts_integer_only_and_matches(model_name):
     if not hasattr(hardware, "verify"):
         pytest.skip("qresearch.hardware.verify not available")
     x, y = M.data(64)
-    q = qresearch.quantize(M.BUILDERS[model_name](), "tflite_int8", calibration_data=x)
+    q = qresearch.quantize(M.BUILDERS[model_name](), "tflite_int8", hardware="tflite_int8", calibration_data=x)
     M.compile_model(q)
     q.run_eagerly = True
     q.fit(x, y, batch_size=16, epochs=1, verbose=0)
     r = hardware.verify(q, "tflite_int8", x, y)
     assert r["integer_only"], r["structural_issues"]
     assert not r["structural_issues"]
-    assert r["argmax_agreement"] >= 0.95
-    if model_name == "mobilenet_like":
-        assert r["max_abs_diff_lsb"] <= 1.01  # requantization rounding only
-    else:  # AVERAGE_POOL_2D rounds ties away from zero on raw int8; FakeQuant rounds them up
-        assert r["within_1lsb_fraction"] >= 0.75
+    # the integer-kernel emulation (tflite_int8's kernels) makes the simulation compute the deployed integers
+    assert r["max_abs_diff_lsb"] < 1e-3, r
+    assert r["argmax_agreement"] == 1.0
