@@ -256,7 +256,7 @@ class Target:
         if kernels != "none":
             from qresearch.schemes.integer import KERNELS
 
-            _choice(kernels, tuple(KERNELS.names()), source, "kernels")
+            _choice(kernels, tuple(KERNELS.names()) + ("none",), source, "kernels")
         flb = d.get("first_last_bits")
         if flb is not None:
             if isinstance(flb, bool) or not isinstance(flb, int) or not MIN_BITS <= flb <= MAX_BITS:

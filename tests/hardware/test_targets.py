@@ -38,6 +38,7 @@ def test_facts_of_builtins():
     assert t8.zero_point_rules == {"weights": "zero", "activations": "any"}
     assert t8.runtime == "tflite_int8" and t8.has_runtime and t8.integer_only
     assert t8.bn_folding == "fold" and t8.quantize_ops == "all"
+    assert t8.kernels == "tflite_builtin" and hw.get("academic").kernels == "none"  # emulated in inference
     t16 = hw.get("tflite_int16x8")
     assert t16.activations.bits == (16,) and t16.activations.symmetric_required and t16.weights.bits == (8,)
     ac = hw.get("academic")
@@ -95,6 +96,7 @@ def _valid(name="mine"):
     (lambda d: d.update(fixed_output_ranges={"relu": {"scale": 1.0, "zero_point": 0}}), "fixed_output_ranges.relu"),
     (lambda d: d.update(fixed_output_ranges={"tanh": {"scale": 1.0, "zero_point": 300}}),
      "fixed_output_ranges.tanh.zero_point"),
+    (lambda d: d.update(kernels="arm_neon"), "kernels"),
     (lambda d: d.update(colour="red"), "colour"),
     (lambda d: d["weights"].update(bitz=[8]), "weights.bitz"),
     (lambda d: d.pop("activations"), "activations"),
