@@ -353,3 +353,13 @@ def softmax(x, in_grid: Grid, out_grid: Grid):
     qo = round_half_away(tf.cast(scaled, tf.float64)) + out_grid.zero_point
     qo = tf.clip_by_value(qo, float(out_grid.qmin), float(out_grid.qmax))
     return tf.cast((qo - out_grid.zero_point) * out_grid.scale, tf.float32)
+
+
+def leaky_relu(kernels: IntegerKernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
+    """LEAKY_RELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else times ``alpha·S_in/S_out``
+    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``."""
+    q = _offsets(x, in_grid)
+    identity = kernels.scalar_requantize(q, *quantize_multiplier(in_grid.scale / out_grid.scale))
+    scaled = kernels.scalar_requantize(q, *quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
+    y = tf.cast(tf.where(q >= 0, identity, scaled), tf.float64) + out_grid.zero_point
+    return _clamp_dequantize(y, out_grid, "linear")

@@ -299,7 +299,8 @@ class QuantizeWrapper(_QW):
                 elif fused_consumer is not None and fused == "linear":
                     plan = dict(base, out=fused_consumer[0], fused=fused_consumer[1])
         elif out and not self._activation_vars:
-            base = _integer_mean_base(self) or _integer_add_base(self) or _integer_softmax_base(self)
+            base = _integer_mean_base(self) or _integer_add_base(self) or _integer_softmax_base(self) \
+                or _integer_leaky_base(self)
             if base is not None:
                 plan = dict(base, out=out, fused="linear")
         elif fused_consumer is not None and _integer_add_base(self) is not None:
@@ -319,6 +320,9 @@ class QuantizeWrapper(_QW):
         if plan["op"] == "mean":
             y = integer.mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
             return out_q(y, False, weights=out_v)  # identity on its grid, plus any clip it applies first
+        if plan["op"] == "leaky_relu":
+            y = integer.leaky_relu(kernels, inputs, plan["alpha"], sources[0], out_grid)
+            return out_q(y, False, weights=out_v)
         if plan["op"] == "softmax":
             return out_q(integer.softmax(inputs, sources[0], out_grid), False, weights=out_v)
         if plan["op"] in ELEMENTWISE:
@@ -497,6 +501,14 @@ def _integer_mean_base(wrapper):
 
 def _softmax_ok(x) -> bool:
     return x.shape.rank is not None and x.shape[-1] is not None and x.shape[-1] <= integer.MAX_SOFTMAX_CLASSES
+
+
+def _integer_leaky_base(wrapper):
+    layer = wrapper.layer
+    source = getattr(wrapper, "_input_source", None)
+    if type(layer) is not keras.layers.LeakyReLU or not source:
+        return None
+    return {"op": "leaky_relu", "sources": [source], "alpha": float(layer.alpha)}
 
 
 def _integer_softmax_base(wrapper):

@@ -30,7 +30,8 @@ def avgpool_cnn():
     h = L.BatchNormalization()(h)
     h = L.ReLU()(h)
     h = L.AveragePooling2D(3, strides=1, padding="same")(h)  # windows of 4, 6 and 9 valid taps
-    h = L.Conv2D(8, 3, strides=2, activation="relu")(h)
+    h = L.Conv2D(8, 3, strides=2)(h)
+    h = L.LeakyReLU(0.1)(h)  # LEAKY_RELU: two fixed-point multipliers
     h = L.AveragePooling2D(2)(h)
     h = L.Flatten()(h)
     return keras.Model(inp, L.Dense(10)(h))
