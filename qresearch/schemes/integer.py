@@ -192,6 +192,7 @@ class IntegerKernels:
     add_vector: Optional[bool] = None
     mean: bool = True
     op_requantize: Optional[Dict[str, Callable]] = None  # per TFLite op where it differs from ``requantize``
+    mean_keepdims: bool = False  # the keepdims=True 4-D MEAN kernel (per-16-channel rounding) is emulated
     description: str = ""
 
     def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):
@@ -205,6 +206,7 @@ KERNELS: Registry[IntegerKernels] = Registry("integer kernel set")
 _AWAY = _double_rounding("away")
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", _double_rounding("up"), _AWAY, add_vector=True, op_requantize={"TRANSPOSE_CONV": _AWAY},
+    mean_keepdims=True,
     description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
                 "requantize with SRDHM then a shift rounding ties up; TRANSPOSE_CONV, MEAN and ADD's output "
                 "with SRDHM then RoundingDivideByPOT (half away)"))
@@ -363,3 +365,28 @@ def leaky_relu(kernels: IntegerKernels, x, alpha: float, in_grid: Grid, out_grid
     scaled = kernels.scalar_requantize(q, *quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
     y = tf.cast(tf.where(q >= 0, identity, scaled), tf.float64) + out_grid.zero_point
     return _clamp_dequantize(y, out_grid, "linear")
+
+
+def mean_keepdims(kernels: IntegerKernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
+    """MEAN over H, W with keepdims=True on a 4-D tensor (GlobalAveragePooling2D(keepdims=True)): LiteRT's
+    optimized kernel (measured bit-exact): the raw sum ``Σq`` (zero point not subtracted) times
+    ``Q(float32(S_in / float32(n·S_out)))``, plus ``Z_out - trunc(float32(Z_in·S_in)/S_out ± 0.5)``.
+    Channels run 16 at a time with a shift rounding ties up; the last ``C % 16`` channels take the scalar
+    path (half away). Single-threaded interpreter (the default)."""
+    f32 = tf.float32
+    s_in, s_out = tf.cast(in_grid.scale, f32), tf.cast(out_grid.scale, f32)
+    t = (tf.cast(in_grid.zero_point, f32) * s_in) / s_out
+    t = tf.where(t > 0, t + 0.5, t - 0.5)
+    bias = out_grid.zero_point - tf.cast(tf.sign(t) * tf.floor(tf.abs(t)), tf.float64)  # C++ truncation
+    real = tf.cast(s_in / (tf.constant(float(count), f32) * s_out), tf.float64)
+    multiplier, shift = quantize_multiplier(real)
+    acc = tf.cast(round_half_away(float(count) * (tf.cast(y_mean, tf.float64) / in_grid.scale + in_grid.zero_point)),
+                  tf.int64)
+    channels = int(y_mean.shape[-1])
+    vector = (channels // 16) * 16
+    up = _double_rounding("up")(acc, multiplier, shift)
+    away = _AWAY(acc, multiplier, shift)
+    mask = tf.constant([c < vector for c in range(channels)])
+    q = tf.cast(tf.where(mask, up, away), tf.float64) + bias
+    q = tf.clip_by_value(q, float(out_grid.qmin), float(out_grid.qmax))
+    return tf.cast((q - out_grid.zero_point) * out_grid.scale, tf.float32)

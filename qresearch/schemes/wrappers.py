@@ -318,7 +318,10 @@ class QuantizeWrapper(_QW):
             return self._float_call(inputs, False, kwargs)
         out_q, out_v = plan["out"]
         if plan["op"] == "mean":
-            y = integer.mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
+            if plan["keepdims"] and not kernels.mean_keepdims:
+                return self._float_call(inputs, False, kwargs)
+            mean = integer.mean_keepdims if plan["keepdims"] else integer.mean
+            y = mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
             return out_q(y, False, weights=out_v)  # identity on its grid, plus any clip it applies first
         if plan["op"] == "leaky_relu":
             y = integer.leaky_relu(kernels, inputs, plan["alpha"], sources[0], out_grid)
@@ -487,8 +490,11 @@ def _tflite_op(layer) -> str:
 def _integer_mean_base(wrapper):
     layer = wrapper.layer
     if not isinstance(layer, (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D)) \
-            or getattr(layer, "keepdims", False) or layer.data_format != "channels_last":
+            or layer.data_format != "channels_last":
         return None
+    keepdims = bool(getattr(layer, "keepdims", False))
+    if keepdims and not isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        return None  # 3-D keepdims MEAN: not measured
     source = getattr(wrapper, "_input_source", None)
     shape = getattr(wrapper, "_input_shape_for_mean", None)
     if not source or shape is None or None in shape:
@@ -496,7 +502,7 @@ def _integer_mean_base(wrapper):
     count = 1
     for d in shape:
         count *= int(d)
-    return {"op": "mean", "sources": [source], "count": count}
+    return {"op": "mean", "sources": [source], "count": count, "keepdims": keepdims}
 
 
 def _softmax_ok(x) -> bool:
