@@ -395,7 +395,15 @@ class _Checker:
         old = d.get(key)
         if old != value:
             d[key] = copy.deepcopy(value)
-            if old is not None:
+            if isinstance(old, Mapping) and isinstance(value, Mapping):
+                # entries the target adds are no change to the scheme: report the ones it replaces
+                changed = {k: v for k, v in value.items() if k in old and old[k] != v}
+                for k in set(old) - set(value):
+                    d[key][k] = copy.deepcopy(old[k])
+                if changed:
+                    was = {k: old[k] for k in changed}
+                    self.coercions.append(f"{key}: {was!r} -> {changed!r} (set by target {self.t.name})")
+            elif old is not None:
                 self.coercions.append(f"{key}: {old!r} -> {value!r} (set by target {self.t.name})")
 
     def validate_builds(self, d):
