@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from qresearch._compat import keras, tf
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer, check_number
+from qresearch.quantizers.base import Quantizer, check_bool, check_number
 from qresearch.quantizers.registry import register
 
 MIN_ALPHA = 1e-6
@@ -37,16 +37,21 @@ class PACTQuantizer(Quantizer):
         activations and lets training (and the L2 decay) shrink it; 6.0 is the ReLU6
         bound, tfmot's initial activation range too.
       alpha_decay: L2 coefficient ``λ_α`` on α (0 disables it).
+      data_init: set α from the first training (or calibration) batch: ``max(x)`` (``max|x|`` when
+        signed), per channel when ``per_channel`` — no clipping at the start, as with a large α, but on
+        the data's scale. Off by default (the paper's fixed start); ``quantize`` turns it on for model
+        inputs, where a fixed α = 6 would clip unnormalised data (pixels in [0, 255]) to nothing.
     """
 
     role_defaults = {"weights": {"signed": True}, "activations": {"signed": False}}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
-                 signed=False, scale_format="float32", alpha_init=6.0, alpha_decay=0.0):
+                 signed=False, scale_format="float32", alpha_init=6.0, alpha_decay=0.0, data_init=False):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
         self.alpha_init = check_number(name, "alpha_init", alpha_init, low=0.0, low_open=True)
         self.alpha_decay = check_number(name, "alpha_decay", alpha_decay, low=0.0)
+        self.data_init = check_bool(name, "data_init", data_init)
 
     @property
     def grid(self):
@@ -54,8 +59,11 @@ class PACTQuantizer(Quantizer):
 
     def build_params(self, shape, name, layer):
         reg = keras.regularizers.l2(self.alpha_decay) if self.alpha_decay > 0 else None
-        return {"alpha": self.add_variable(layer, f"{name}_alpha", shape, self.alpha_init, trainable=True,
-                                           regularizer=reg)}
+        params = {"alpha": self.add_variable(layer, f"{name}_alpha", shape, self.alpha_init, trainable=True,
+                                             regularizer=reg)}
+        if self.data_init:
+            params["initialized"] = self.add_flag(layer, f"{name}_alpha_initialized")
+        return params
 
     def clip_level(self, alpha):
         """α floored at a tiny positive value, rounded so α/Qp is a power of two if asked."""
@@ -72,6 +80,15 @@ class PACTQuantizer(Quantizer):
             if qn > qp:  # non-narrow signed grid: the bottom level lies below -α
                 x = tf.maximum(x, -a)
             return ops.fake_quant(x, -qn * s, qp * s, self.bits, self.narrow_range, axes)
+        if self.data_init:
+            def estimate():
+                values = tf.abs(x) if self.signed else x
+                est = ops.reduce_finite(tf.reduce_max, values, self.reduce_axes(x, axes), empty=0.0)
+                return [est], tf.logical_and(tf.math.is_finite(est), est > 0.0)
+
+            with tf.control_dependencies([self.init_from_data(weights["initialized"], [weights["alpha"]],
+                                                              estimate)]):
+                alpha = self.clip_level(tf.identity(weights["alpha"]))
         a = self.broadcast(alpha, x, axes)
         # tf.where, not clip_by_value/minimum: those send the gradient at x == α to x, PACT to α.
         y = tf.where(x >= a, a * tf.ones_like(x), tf.nn.relu(x) if not self.signed else x)

@@ -390,6 +390,19 @@ def _float_reason(p: _Plan) -> str:
     return "no quantizer needed by this scheme's quantize_ops"
 
 
+def _model_input_spec(a: Dict[str, Any]) -> Dict[str, Any]:
+    """A model input's quantizer starts from the data where the quantizer can (``data_init``): inputs
+    come at any scale (pixels in [0, 255]), and a fixed start such as PACT's α = 6 would clip them."""
+    from qresearch.quantizers.registry import get as get_quantizer, parameters
+
+    name = a.get("quantizer") or a.get("name")
+    try:
+        known = parameters(get_quantizer(name)) if isinstance(name, str) else {}
+    except Exception:  # unknown names are reported where the quantizer is created
+        known = {}
+    return dict(a, data_init=True) if "data_init" in known and "data_init" not in a else a
+
+
 def _act_spec(a: Dict[str, Any], nonneg: bool) -> Dict[str, Any]:
     """An activation quantizer spec for one tensor: per-tensor, and a signed grid unless the tensor is
     known to be non-negative (after ReLU/ReLU6) or the scheme sets ``signed`` itself."""
@@ -532,6 +545,8 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 if ref not in input_quantizers:
                     a = _act_spec(p.acts_spec, p.nonneg_in.get(ref, False))
                     src = producers.get(ref)
+                    if src is None:
+                        a = _model_input_spec(a)
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     q = QuantizeInput(_quantizer(a, "activations", "input quantizer"),
                                       name=unique(_safe(f"quantize_{base}")))

@@ -106,3 +106,26 @@ def test_edge_cases(case):
     # clip form of eq. 1: the paper's 0.5(|x| - |x-α| + α) cancels catastrophically at |x| = 1e30
     assert_grid_close(y[finite], ref.quantize_k(np.clip(x[finite], 0, 1), 4), 1 / 15)
     assert np.isfinite(run(q, x, w, training=False)[finite]).all()
+
+
+def test_data_init_sets_alpha_from_the_first_batch():
+    x = (rng.rand(16, 6) * 200.0).astype("float32")  # unnormalised, e.g. pixels
+    q = create({"name": "pact", "bits": 8, "data_init": True}, role="activations")
+    w = build(q, None)
+    assert float(w["alpha"].numpy()) == 6.0
+    y = run(q, x, w)
+    assert float(w["alpha"].numpy()) == float(x.max())  # no clipping at the start
+    assert_grid_close(y, ref.pact_forward(x, np.float32(x.max()), 8), x.max() / 255)
+    run(q, x * 3, w)
+    assert float(w["alpha"].numpy()) == float(x.max())  # once only
+    signed = create({"name": "pact", "bits": 8, "data_init": True, "signed": True})
+    ws = build(signed, None)
+    run(signed, x - 150.0, ws)
+    assert np.isclose(float(ws["alpha"].numpy()), float(np.abs(x - 150.0).max()))
+
+
+def test_data_init_is_off_by_default():
+    q = create({"name": "pact", "bits": 8}, role="activations")
+    w = build(q, None)
+    run(q, np.full((4, 3), 50.0, "float32"), w)
+    assert float(w["alpha"].numpy()) == 6.0 and "initialized" not in w

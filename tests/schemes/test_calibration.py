@@ -73,3 +73,18 @@ def test_calibration_accepts_datasets_and_batches(trained):
     assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
     q = qresearch.quantize(model, "tflite_int8", calibration_data=[x_train[:16], x_train[16:32]])
     assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
+
+
+def test_model_inputs_start_from_the_data_with_pact(trained):
+    """PACT starts at α = 6; on a model input that would clip unnormalised data, so the input quantizer
+    takes α from the calibration batch instead (the layers' own PACT quantizers keep the paper's start)."""
+    model, x_train, *_ = trained
+    raw = x_train * 200.0  # inputs on a [0, 200]-ish scale
+    q = qresearch.quantize(model, {"weights": {"quantizer": "lsq", "bits": 8},
+                                   "activations": {"quantizer": "pact", "bits": 8}}, calibration_data=raw[:64])
+    inputs = [layer for layer in q.layers if isinstance(layer, qresearch.schemes.QuantizeInput)]
+    assert len(inputs) == 1 and inputs[0].quantizer.data_init
+    alpha = [v for v in inputs[0].weights if v.name.endswith("alpha:0")][0]
+    assert np.isclose(float(alpha.numpy()), float(np.abs(raw[:64]).max()), rtol=1e-6)
+    others = [l for l in q.layers if isinstance(l, qresearch.schemes.QuantizeWrapper) and l._output_quantizers]
+    assert others and not any(l._output_quantizers[0].data_init for l in others)
