@@ -236,10 +236,7 @@ class QuantizeWrapper(_QW):
             originals[attr] = fn
             setattr(self.layer, attr, self._quantized_activation(fn, built, training))
         try:
-            if "training" in inspect.signature(self.layer.call).parameters:
-                outputs = self.layer.call(inputs, training=layer_training, **kwargs)
-            else:
-                outputs = self.layer.call(inputs, **kwargs)
+            outputs = self._call_layer(inputs, layer_training, kwargs)
         finally:
             # Put the variables and functions back: the wrapped layer stays a normal layer between calls
             # (its weights list, get_weights and get_config unchanged).
@@ -354,6 +351,12 @@ class QuantizeWrapper(_QW):
         y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
         return self._q(self._output_quantizers[0], y, False, self._output_quantizer_vars)
 
+    def _call_layer(self, inputs, training, kwargs):
+        """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""
+        if "training" in inspect.signature(self.layer.call).parameters:
+            return self.layer.call(inputs, training=training, **kwargs)
+        return self.layer.call(inputs, **kwargs)
+
     def _integer_accumulator(self, inputs, kwargs, plan, in_grid, w_grid):
         """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
         offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
@@ -376,10 +379,7 @@ class QuantizeWrapper(_QW):
         if fn is not None:
             self.layer.activation = keras.activations.linear
         try:
-            if "training" in inspect.signature(self.layer.call).parameters:
-                y = self.layer.call(x_int, training=False, **kwargs)
-            else:
-                y = self.layer.call(x_int, **kwargs)
+            y = self._call_layer(x_int, False, kwargs)
         finally:
             set_attr(self.layer, attr, weight)
             if bias is not None:
