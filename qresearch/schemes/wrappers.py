@@ -166,11 +166,9 @@ class QuantizeWrapper(_QW):
             # arguments, which build(input_shape) alone cannot (also when a saved model is rebuilt)
             self.layer(inputs, *args, **{k: v for k, v in kwargs.items() if k != "training"})
         if getattr(self, "_input_source", None) is None and hasattr(inputs, "_keras_history"):
-            # the grid of this layer's input and its producer, for the integer-kernel emulation
+            # the grid and shape of this layer's input, for the integer-kernel emulation
             object.__setattr__(self, "_input_source", _range_source(inputs) or False)
-            object.__setattr__(self, "_producer", inputs._keras_history.layer)
-            object.__setattr__(self, "_input_shape_for_mean", tuple(inputs.shape[1:-1]))
-            object.__setattr__(self, "_input_classes", inputs.shape[-1])
+            object.__setattr__(self, "_input_shape", tuple(inputs.shape))
         elif getattr(self, "_input_sources", None) is None and isinstance(inputs, (list, tuple)) \
                 and all(hasattr(t, "_keras_history") for t in inputs):
             object.__setattr__(self, "_input_sources", [_range_source(t) for t in inputs])
@@ -496,7 +494,8 @@ def _integer_mean_base(wrapper):
     if keepdims and not isinstance(layer, keras.layers.GlobalAveragePooling2D):
         return None  # 3-D keepdims MEAN: not measured
     source = getattr(wrapper, "_input_source", None)
-    shape = getattr(wrapper, "_input_shape_for_mean", None)
+    shape = getattr(wrapper, "_input_shape", None)
+    shape = shape[1:-1] if shape else None  # the averaged axes
     if not source or shape is None or None in shape:
         return None
     count = 1
@@ -522,13 +521,14 @@ def _integer_softmax_base(wrapper):
     layer = wrapper.layer
     if isinstance(layer, keras.layers.Softmax):
         axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
-        rank = len(getattr(wrapper, "_input_shape_for_mean", ())) + 2
+        rank = len(getattr(wrapper, "_input_shape", ()))
         if axis not in (-1, rank - 1):
             return None
     elif not (isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "softmax"):
         return None
     source = getattr(wrapper, "_input_source", None)
-    classes = getattr(wrapper, "_input_classes", None)
+    shape = getattr(wrapper, "_input_shape", None)
+    classes = shape[-1] if shape else None
     if not source or classes is None or classes > integer.MAX_SOFTMAX_CLASSES:
         return None
     return {"op": "softmax", "sources": [source]}
