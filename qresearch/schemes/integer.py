@@ -183,14 +183,14 @@ class IntegerKernels:
     kernels' scalar MultiplyByQuantizedMultiplier (MEAN, ADD's output); ``add_vector``: ADD rescales its
     inputs with the vector path's single rounding (``SRDHM(x << (20 + e), M)``) rather than the scalar
     double rounding (LiteRT's x86 build runs ADD 16 elements at a time; the last ``size % 16`` elements of
-    a buffer take the scalar path, which batched inference of 16·k elements never reaches).
+    a buffer take the scalar path, which batched inference of 16·k elements never reaches); None: ADD,
+    SUB and MUL keep the float simulation. ``mean_keepdims``: the keepdims MEAN kernel is emulated.
     """
 
     name: str
     requantize: Callable
     scalar_requantize: Callable
     add_vector: Optional[bool] = None
-    mean: bool = True
     op_requantize: Optional[Dict[str, Callable]] = None  # per TFLite op where it differs from ``requantize``
     mean_keepdims: bool = False  # the keepdims=True 4-D MEAN kernel (per-16-channel rounding) is emulated
     description: str = ""

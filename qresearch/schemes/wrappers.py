@@ -258,8 +258,10 @@ class QuantizeWrapper(_QW):
         - "conv": a conv / depthwise / dense (or unfoldable-BN affine) wrapper with one symmetric weight
           quantizer and a known input grid, with a fusable activation (linear/relu/relu6) before its
           output quantizer, or a quantized pre-activation (a LUT activation such as sigmoid follows);
-        - "mean": GlobalAveragePooling1D/2D (keepdims=False) -> MEAN;
+        - "mean": GlobalAveragePooling1D/2D -> MEAN (keepdims=True: 2-D only, its own kernel);
         - "add"/"subtract"/"multiply": Add/Subtract/Multiply of two same-shape quantized tensors;
+        - "softmax": Softmax / Activation("softmax") over the last axis; "leaky_relu": LeakyReLU;
+        - a "conv" feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
         - a "conv" or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer
           (the converter fuses the two) computes the fused result itself, with the ReLU's output grid;
           the ReLU then leaves those values as they are.
@@ -305,7 +307,7 @@ class QuantizeWrapper(_QW):
         return plan
 
     def _integer_call(self, inputs, kwargs, kernels, plan):
-        if plan["op"] in ELEMENTWISE and kernels.add_vector is None or plan["op"] == "mean" and not kernels.mean:
+        if plan["op"] in ELEMENTWISE and kernels.add_vector is None:
             return self._float_call(inputs, False, kwargs)
         out_grid = _grid(plan["out"])
         sources = [_grid(src[:2]) for src in plan["sources"]]
