@@ -460,10 +460,34 @@ def run_job(cfg: DictConfig) -> float:
 
 
 # ------------------------------------------------------------------ Hydra entry points
+class TrialFailed(RuntimeError):
+    """A job failed in a sweeper that marks failed trials by an exception (its result.json has the error)."""
+
+
+#: Sweepers that take a failed job's exception as "this trial failed" and go on (up to their
+#: max_failure_rate), but crash on a NaN value: hydra-optuna-sweeper 1.3 tells optuna the NaN,
+#: optuna refuses it, and the sweeper's fallback tells it again and raises out of the sweep.
+#: Other sweepers (the basic one) stop at a raised job, so for them a failure is NaN.
+RAISE_ON_FAILURE_SWEEPERS = ("hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper",)
+
+
+def _sweeper_target() -> str:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return str(HydraConfig.get().sweeper.get("_target_") or "")
+    except Exception:  # called without Hydra (tests, notebooks)
+        return ""
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float:
-    """The Hydra task function: one job; returns its QAT accuracy (NaN when it failed)."""
-    return run_job(cfg)
+    """The Hydra task function: one job; returns its QAT accuracy (NaN when it failed; an Optuna
+    sweep gets TrialFailed instead, which marks the trial failed)."""
+    value = run_job(cfg)
+    if math.isnan(value) and _sweeper_target() in RAISE_ON_FAILURE_SWEEPERS:
+        raise TrialFailed(f"job failed (error and partial results in its result.json under {cfg.paths.output_dir})")
+    return value
 
 
 class SweepSummary(Callback):
@@ -497,6 +521,29 @@ class SweepSummary(Callback):
             counts[r.get("status", "?")] = counts.get(r.get("status", "?"), 0) + 1
         summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no results"
         print(f"\nsweep {sweep_dir}: {summary}.\nreport: python -m qresearch.report {sweep_dir}")
+        if records:
+            log_sweep_report(sweep_dir, config)
+
+
+def log_sweep_report(sweep_dir: Path, config: DictConfig) -> None:
+    """Write the sweep's report next to its runs and log it to wandb in the sweep's group, so the
+    comparison (accuracy against bit width) lives where the runs do. Never fails the sweep."""
+    lcfg = to_dict(config.get("logger") or {})
+    if str(lcfg.get("mode", "auto")).lower() == "disabled":
+        return
+    try:
+        from qresearch.logger import log_report
+        from qresearch.report import make_report
+
+        rep = make_report([sweep_dir], quiet=True)
+        group = lcfg.get("group") or config.get("sweep_name")
+        where = log_report(rep, lcfg, group, str(sweep_dir))
+        print(f"wandb: the sweep's report (table, plot, results.csv) is logged in group {group!r}")
+        if where:  # offline: one command uploads the jobs' runs and the report
+            print(f"wandb offline: upload the whole sweep later with `wandb sync {sweep_dir}/*/wandb/offline-run-* "
+                  f"{sweep_dir}/wandb/offline-run-*`")
+    except Exception as exc:  # the results on disk are the record; the report can be made again
+        log.warning("the sweep's report could not be logged to wandb: %s: %s", type(exc).__name__, exc)
 
 
 #: Hydra's flags that take no value: accepted anywhere on the line (argparse wants them before the overrides).

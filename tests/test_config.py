@@ -59,19 +59,31 @@ def test_sweep_folder_is_deterministic_from_the_sweep_name():
     assert len(long) < 200 and long == qconfig._subdir("x" * 300)
 
 
-def test_launchers_compose():
-    cfg = _compose(["hydra/launcher=parallel"], hydra_node=True)
-    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
-    cfg = _compose(["hydra/launcher=joblib"], hydra_node=True)
-    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+def test_launchers_compose(monkeypatch):
+    # the joblib launcher takes n_jobs from $QRESEARCH_JOBS (default 2), under both names
+    monkeypatch.delenv("QRESEARCH_JOBS", raising=False)
+    for name in ("parallel", "joblib"):
+        cfg = _compose([f"hydra/launcher={name}"], hydra_node=True)
+        assert cfg.hydra.launcher._target_.endswith("JoblibLauncher") and cfg.hydra.launcher.n_jobs == 2
+    monkeypatch.setenv("QRESEARCH_JOBS", "5")
+    assert _compose(["hydra/launcher=joblib"], hydra_node=True).hydra.launcher.n_jobs == 5
 
 
-@pytest.mark.parametrize("launcher,plugin", [("slurm", "hydra_plugins.hydra_submitit_launcher"),
-                                             ("ray", "hydra_plugins.hydra_ray_launcher")])
-def test_optional_cluster_launchers(launcher, plugin):
-    pytest.importorskip(plugin)
+@pytest.mark.parametrize("launcher,target", [("slurm", "SlurmLauncher"), ("submitit_local", "LocalLauncher"),
+                                             ("ray", "RayLauncher")])
+def test_cluster_launchers_compose(launcher, target):
+    # ray composes without its plugin installed (our file is complete: it used to include itself)
     cfg = _compose([f"hydra/launcher={launcher}"], hydra_node=True)
-    assert "Launcher" in cfg.hydra.launcher._target_
+    assert cfg.hydra.launcher._target_.endswith(target)
+
+
+def test_optuna_storage_comes_from_the_environment(monkeypatch):
+    monkeypatch.delenv("QRESEARCH_OPTUNA_STORAGE", raising=False)
+    cfg = _compose(["+hparams_search=pact_optuna"], hydra_node=True)
+    assert cfg.hydra.sweeper.storage is None
+    monkeypatch.setenv("QRESEARCH_OPTUNA_STORAGE", "sqlite:////tmp/s.db")
+    cfg = _compose(["+hparams_search=pact_optuna"], hydra_node=True)
+    assert cfg.hydra.sweeper.storage == "sqlite:////tmp/s.db"
 
 
 def test_experiment_overrides_groups():

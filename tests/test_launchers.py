@@ -1,0 +1,59 @@
+"""Launchers and sweepers beyond the basic one, run for real: submitit (the SLURM launcher's code
+path, on this machine), Optuna with a persistent database shared by two searches, Ray when its
+optional extra is installed."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from qresearch.results import load_results
+
+FAST = ["dataset=digits", "model=mlp", "model.hidden=[16]", "training=fast", "dataset.train_samples=300",
+        "dataset.test_samples=100", "logger=disabled"]
+
+
+def _run(tmp_path, *args, timeout=600):
+    env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "qresearch.run", *FAST, f"paths.output_dir={tmp_path}/out",
+           f"paths.cache_dir={tmp_path}/cache", *args]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+def _completed(tmp_path, sweep):
+    recs = load_results([tmp_path / "out" / "multirun" / sweep])
+    return sorted((r["config"]["bits"], r["status"]) for r in recs)
+
+
+def test_submitit_local_runs_a_two_job_sweep(tmp_path):
+    # submitit_local pickles the task, starts one process per job and collects results: what the
+    # SLURM launcher does, without a scheduler
+    _run(tmp_path, "-m", "scheme=minmax_nbit", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "bits=8,4",
+         "sweep_name=sub")
+    assert _completed(tmp_path, "sub") == [(4, "completed"), (8, "completed")]
+    assert list((tmp_path / "out" / "multirun" / "sub" / ".submitit").rglob("*_result.pkl"))
+
+
+def test_optuna_study_in_sqlite_is_shared_by_two_searches(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    db = f"sqlite:///{tmp_path}/study.db"
+    search = ["+hparams_search=lsq_lr_optuna", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=shared",
+              "hydra.sweeper.sampler.n_startup_trials=1"]
+    _run(tmp_path, *search, "hydra.sweeper.n_trials=2", "sweep_name=a", "bits=4")
+    # another machine, the same study; its trials fail (1-bit widths are refused in each job), which marks
+    # them failed and does not stop the search
+    _run(tmp_path, *search, "hydra.sweeper.n_trials=2", "sweep_name=b", "bits=1")
+    study = optuna.load_study(study_name="shared", storage=db)
+    states = [t.state for t in study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2 and states.count(optuna.trial.TrialState.FAIL) == 2
+    qat = [r["metrics"]["qat_accuracy"] for r in load_results([tmp_path / "out" / "multirun" / "a"])]
+    assert sorted(t.value for t in study.trials if t.value is not None) == pytest.approx(sorted(qat))
+
+
+def test_ray_launcher_runs_a_sweep_when_installed(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_ray_launcher")
+    _run(tmp_path, "-m", "hydra/launcher=ray", "hydra.launcher.ray.remote.num_cpus=1", "scheme=minmax_nbit", "bits=8,4", "sweep_name=ray")
+    assert _completed(tmp_path, "ray") == [(4, "completed"), (8, "completed")]
