@@ -116,6 +116,8 @@ class RunLogger:
         except Exception as exc:  # logging must not break the experiment
             log.warning("wandb.init failed (%s: %s); continuing without wandb", type(exc).__name__, exc)
             self.run = None
+        if self.run is not None and self.mode == "offline":
+            log.info(offline_notice(getattr(self.run.settings, "sync_dir", None) or self.dir))
 
     @property
     def active(self) -> bool:
@@ -167,6 +169,72 @@ class RunLogger:
             return None
         files = sorted(Path(self.dir).glob("wandb/*run-*/run-*.wandb"), key=os.path.getmtime)
         return str(files[-1]) if files else None
+
+
+def offline_notice(run_dir: Optional[str]) -> str:
+    """The one line that tells a user their run was logged offline, where, and how to upload it."""
+    why = "no wandb API key" if not have_credentials() else "offline mode or no route to wandb"
+    return f"wandb offline ({why}): run saved in {run_dir}; upload it later with `wandb sync {run_dir}`"
+
+
+# ------------------------------------------------------------------ a sweep's report
+#: Columns of the report's run table in wandb (the results.csv columns that are not file paths).
+REPORT_COLUMNS_DROPPED = ("path",)
+
+
+def log_report(report: Mapping[str, Any], cfg: Mapping[str, Any], group: Optional[str],
+               directory: Optional[str] = None, name: str = "report") -> Optional[str]:
+    """Log a report (``qresearch.report.make_report``'s result) as one wandb run of job type
+    ``report`` in the sweep's group: every run as a ``wandb.Table``, the accuracy table (mean ±
+    std per cell) as another, ``accuracy_vs_bits.png`` as an image, results.csv and report.md as
+    an artifact. So the comparison lives next to the runs it summarises, offline too.
+    Returns the run's .wandb file (offline) or None; never raises.
+    """
+    from qresearch.report import CSV_COLUMNS, summary_rows
+
+    logger = RunLogger(cfg, {"sources": [str(s) for s in report.get("sources") or []],
+                             "runs": len(report.get("rows") or [])},
+                       name=name, group=group, job_dir=directory, job_type="report")
+    if logger.run is None:
+        return None
+    try:
+        import wandb
+
+        columns = [c for c in CSV_COLUMNS if c not in REPORT_COLUMNS_DROPPED]
+        runs = wandb.Table(columns=columns, data=[[_cell(r.get(c)) for c in columns] for r in report["rows"]])
+        summary = summary_rows(report["tables"])
+        sum_cols = list(summary[0]) if summary else ["target"]
+        row: Dict[str, Any] = {"report/runs": runs,
+                               "report/accuracy": wandb.Table(columns=sum_cols,
+                                                              data=[[_cell(s[c]) for c in sum_cols] for s in summary])}
+        if report.get("plot"):
+            row["report/accuracy_vs_bits"] = wandb.Image(str(report["plot"]))
+        logger.run.log(row)
+        artifact = wandb.Artifact(_artifact_name(f"{group or 'runs'}-results"), type="results")
+        for path in (report.get("csv"), report.get("markdown")):
+            if path and Path(path).is_file():
+                artifact.add_file(str(path))
+        logger.run.log_artifact(artifact)
+        logger.summary({"completed": len(report.get("completed") or []), "failed": len(report.get("failed") or [])})
+    except Exception as exc:  # the report on disk is the record; wandb is a copy
+        log.warning("logging the report to wandb failed (%s: %s)", type(exc).__name__, exc)
+    sync_file = getattr(getattr(logger.run, "settings", None), "sync_file", None)
+    mode = logger.mode
+    logger.finish()
+    return str(sync_file) if mode == "offline" and sync_file else None
+
+
+def _cell(v: Any) -> Any:
+    """A table cell wandb accepts in a typed column: numbers and text, None for missing."""
+    if v is None or isinstance(v, (int, float, str, bool)):
+        return v
+    return str(v)
+
+
+def _artifact_name(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:128]
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -270,7 +338,8 @@ def read_wandb_run(path, wait_s: float = 30.0, recent_s: Optional[float] = 10.0)
 def _read_wandb_records(path) -> Dict[str, Any]:
     from wandb.proto import wandb_internal_pb2 as pb
 
-    out: Dict[str, Any] = {"config": {}, "summary": {}, "history": [], "run": {}, "exit_code": None}
+    out: Dict[str, Any] = {"config": {}, "summary": {}, "history": [], "run": {}, "artifacts": [],
+                          "exit_code": None}
     for raw in iter_wandb_records(path):
         rec = pb.Record()
         rec.ParseFromString(raw)
@@ -288,6 +357,9 @@ def _read_wandb_records(path) -> Dict[str, Any]:
             out["history"].append(_items(rec.history.item))
         elif kind == "summary":
             out["summary"].update(_items(rec.summary.update))
+        elif kind == "artifact":
+            out["artifacts"].append({"name": rec.artifact.name, "type": rec.artifact.type,
+                                     "files": [m.path for m in rec.artifact.manifest.contents]})
         elif kind == "exit":
             out["exit_code"] = rec.exit.exit_code
     out["config"].pop("_wandb", None)

@@ -9,6 +9,9 @@ path when it is a folder):
   runtime checked it), then the failed runs, listed and never averaged;
 * ``accuracy_vs_bits.png``: one panel per target, one line per algorithm, error bars (std).
 
+With ``--wandb`` it also logs them to Weights & Biases as one run of job type ``report`` (what a
+sweep does by itself when it ends).
+
 It prints the tables and the plot's path. Two records with the same config hash (the same
 experiment reported twice) count once: the most recent.
 """
@@ -213,6 +216,19 @@ def build_tables(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return tables
 
 
+def summary_rows(tables: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The report's tables as flat rows (one per table row x bit-width column), for wandb.Table and CSV."""
+    out = []
+    for t in tables:
+        for row in t["rows"]:
+            for w, a in t["columns"]:
+                m, s, n = row["cells"][(w, a)]
+                out.append({"dataset": t["dataset"], "model": t["model"], "target": t["target"], "row": row["name"],
+                            "kind": row["kind"], "weight_bits": w, "activation_bits": a,
+                            "accuracy_mean": m, "accuracy_std": s, "seeds": n})
+    return out
+
+
 # ------------------------------------------------------------------ rendering
 def table_markdown(t: Dict[str, Any]) -> str:
     heads = [bits_label(w, a, t["joint"]) for w, a in t["columns"]]
@@ -371,7 +387,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
         print(f"table: {md_path}\ncsv:   {csv_path}")
         print(f"plot:  {png}" if png else "plot:  (nothing to plot)")
     return {"rows": rows, "tables": tables, "completed": completed, "failed": failed, "csv": csv_path,
-            "markdown": md_path, "plot": png, "duplicates": dupes}
+            "markdown": md_path, "plot": png, "duplicates": dupes, "sources": paths}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -379,6 +395,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("paths", nargs="+", help="sweep or run folders (searched recursively) or result.json files")
     ap.add_argument("--out", default=None, help="folder for results.csv, report.md and the plot "
                                                 "(default: the first path)")
+    ap.add_argument("--wandb", action="store_true",
+                    help="also log the report to Weights & Biases: the tables as wandb.Tables, the plot as an "
+                         "image, results.csv and report.md as an artifact (offline without an API key)")
+    ap.add_argument("--wandb-group", default=None, help="wandb group (default: the sweep name of the runs, else "
+                                                        "the folder's name)")
+    ap.add_argument("--wandb-mode", default="auto", help="auto (default), online, offline")
+    ap.add_argument("--wandb-project", default="qresearch")
     args = ap.parse_args(argv)
     try:
         missing = [p for p in args.paths if not Path(p).exists()]
@@ -393,6 +416,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.wandb:
+        from qresearch.logger import log_report
+
+        out = rep["csv"].parent
+        sweeps = sorted({str(r["sweep"]) for r in rep["rows"] if r.get("sweep")})
+        group = args.wandb_group or (sweeps[0] if len(sweeps) == 1 else out.name)
+        where = log_report(rep, {"mode": args.wandb_mode, "project": args.wandb_project}, group, str(out))
+        print(f"wandb: report logged in group {group!r}" + (f" (offline: {where})" if where else ""))
     return 0 if rep["rows"] else 1
 
 

@@ -106,3 +106,17 @@ def test_a_killed_runs_file_is_read_at_once(tmp_path, monkeypatch):
     t = time.perf_counter()
     run = qlog.read_wandb_run(killed)
     assert time.perf_counter() - t < 5 and run["exit_code"] is None and run["config"] == {}
+
+
+def test_offline_run_says_where_it_is_and_how_to_sync(tmp_path, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with caplog.at_level(logging.INFO, logger="qresearch.logger"):
+        lg = qlog.RunLogger({"mode": "auto"}, {}, name="n", group="g", job_dir=str(tmp_path))
+        lg.finish()
+    (line,) = [r.getMessage() for r in caplog.records if "wandb offline" in r.getMessage()]
+    run_dir = str(tmp_path / "wandb" / line.split("wandb/", 1)[1].split(";")[0])
+    assert "no wandb API key" in line and f"`wandb sync {run_dir}`" in line
+    assert qlog.find_wandb_files(run_dir)

@@ -139,3 +139,32 @@ def test_float_row_per_float_baseline_and_failed_runs_do_not_relabel(tmp_path):
     # the failed run's lr=-1 names only its own line
     assert {r["variant"] for r in rep["completed"]} == {"lsq[training.float.epochs=1]", "lsq[training.float.epochs=10]"}
     assert rep["failed"][0]["variant"] == "lsq[training.float.epochs=10,training.qat.lr=-1.0]"
+
+
+def test_cli_wandb_logs_the_report_in_the_sweeps_group(sweep, capsys, monkeypatch):
+    from qresearch import logger as qlog
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    path, _ = sweep
+    assert report.main([str(path), "--wandb", "--wandb-mode", "offline", "--wandb-group", "grid"]) == 0
+    assert "report logged in group 'grid'" in capsys.readouterr().out
+    (f,) = qlog.find_wandb_files(path / "wandb")
+    run = qlog.read_wandb_run(f)
+    assert run["run"]["group"] == "grid" and run["run"]["job_type"] == "report" and run["exit_code"] == 0
+    (row,) = run["history"]
+    assert row["report/runs/_type"] == "table-file" and row["report/runs/nrows"] == 15
+    # the accuracy table: one row per (table row x bit-width column) of report.md
+    rep = report.make_report([path], out=path / "again", quiet=True)
+    assert row["report/accuracy/nrows"] == len(report.summary_rows(rep["tables"]))
+    assert row["report/accuracy_vs_bits/_type"] == "image-file"
+    results = [a for a in run["artifacts"] if a["type"] == "results"]
+    assert results and sorted(results[0]["files"]) == ["report.md", "results.csv"]
+    assert run["summary"]["completed"] == 14 and run["summary"]["failed"] == 1
+
+
+def test_summary_rows_are_the_table_cells(sweep):
+    path, _ = sweep
+    rep = report.make_report([path], out=path / "rep", quiet=True)
+    rows = report.summary_rows(rep["tables"])
+    lsq4 = [r for r in rows if r["row"] == "lsq[training.qat.lr=0.001]" and r["weight_bits"] == 4 and r["target"] == "academic"]
+    assert len(lsq4) == 1 and lsq4[0]["accuracy_mean"] == pytest.approx(0.79) and lsq4[0]["seeds"] == 3

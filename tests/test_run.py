@@ -130,6 +130,14 @@ def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
     for r in recs.values():
         run = qlog.read_wandb_run(qlog.find_wandb_files(Path(r["_path"]).parent)[0])
         assert run["run"]["group"] == "t4"
+    # ... and at its end the sweep's report (runs and accuracy tables, plot, results.csv) in the same group
+    (report_file,) = qlog.find_wandb_files(sweep / "wandb")
+    rep_run = qlog.read_wandb_run(report_file)
+    assert rep_run["run"]["group"] == "t4" and rep_run["run"]["job_type"] == "report"
+    assert rep_run["history"][0]["report/runs/nrows"] == 4
+    assert rep_run["history"][0]["report/accuracy_vs_bits/_type"] == "image-file"
+    assert [a["files"] for a in rep_run["artifacts"] if a["type"] == "results"] == [["report.md", "results.csv"]]
+    assert (sweep / "report.md").is_file() and "wandb offline" in out and f"wandb sync {sweep}" in out
 
     # resume: a job "killed" mid-way (status running) re-runs, completed jobs are skipped
     job4 = Path(by_bits[4]["_path"])
