@@ -2,9 +2,10 @@
 float-baseline cache.
 
 The float baseline of a sweep point depends only on (dataset, model, float training, seed),
-the dataset both as configured and as loaded (its fingerprint): it is trained once, saved under ``<cache_dir>/float/<key>/`` (written to a temporary folder
-and renamed into place, under a file lock so parallel jobs wait instead of training it twice)
-and loaded by every other point with the same key. A model with NaN or infinite weights is
+the dataset both as configured and as loaded (its fingerprint): it is trained once, saved
+under ``<cache_dir>/float/<key>/`` (written to a temporary folder and renamed into place,
+under a file lock so parallel jobs wait instead of training it twice) and loaded by every
+other point with the same key. A model with NaN or infinite weights is
 never cached, and an entry holding any is discarded when read.
 """
 from __future__ import annotations
