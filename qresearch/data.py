@@ -155,7 +155,7 @@ def _check_labels(name: str, split: str, y: np.ndarray, n: int, num_classes: int
         top = int(np.max(y))
         raise DataError(
             f"{what}[{i}] = {y[i].item()!r} is outside [0, {num_classes}) ({int(outside.sum())} of {len(y)} labels "
-            f"in the {split} split are). Fix: labels must be class indices 0..{num_classes - 1}: remap them in "
+            f"in the {split} split are out of range). Fix: labels must be class indices 0..{num_classes - 1}: remap them in "
             f"the loader, or have it declare num_classes={top + 1} if there are that many classes")
 
 
