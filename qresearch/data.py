@@ -7,23 +7,26 @@ Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits: needs nothing else), `
 ``keras.datasets`` (which downloads once into ``~/.keras/datasets``).
 
 A plugin dataset is a function ``loader(cfg: dict) -> Dataset`` registered with
-``@register_dataset("name")``; ``cfg`` is the ``dataset`` config node as a dict.
+``@register_dataset("name")``; ``cfg`` is the ``dataset`` config node as a dict. Whatever the
+loader returns is validated (``Dataset.validate``) before anything trains on it.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
 import socket
 import tarfile
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from qresearch._compat import keras, tf
+from qresearch.checks import DataError, require_finite
 from qresearch.errors import QResearchError
 from qresearch.paths import REPO_DIR
 from qresearch.registry import Registry
@@ -51,6 +54,10 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int
     augment: bool = False
+    # (identities of the arrays, their fingerprint): recomputed when an array is replaced
+    _fingerprint: Optional[Tuple[Tuple[int, ...], str]] = field(default=None, init=False, repr=False, compare=False)
+
+    SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
     @property
     def input_shape(self) -> Tuple[int, ...]:
@@ -80,7 +87,76 @@ class Dataset:
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "train": int(len(self.x_train)), "test": int(len(self.x_test)),
-                "input_shape": list(self.input_shape), "num_classes": int(self.num_classes)}
+                "input_shape": list(self.input_shape), "num_classes": int(self.num_classes),
+                "fingerprint": self.fingerprint()}
+
+    def validate(self) -> "Dataset":
+        """Refuse data that would train or evaluate silently wrong: NaN or infinite images, labels
+        that are not class indices in ``[0, num_classes)``. Raises DataError naming the array, the
+        offending value and its index in the arrays as the loader returned them."""
+        _check_num_classes(self.name, self.num_classes)
+        fix = (f"repair or drop those samples in the {self.name!r} dataset loader (or the file it reads), "
+               f"e.g. with np.nan_to_num or a mask of np.isfinite")
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            require_finite(f"dataset {self.name!r}: x_{split}", [x], fix)
+            _check_labels(self.name, split, np.asarray(y), len(x), int(self.num_classes))
+        return self
+
+    def fingerprint(self) -> str:
+        """A hash of the arrays (shapes, dtypes, bytes) and ``num_classes``: the identity of the data
+        itself, which a config cannot give (a file rewritten in place keeps its path). Part of the
+        float-baseline cache key and of the resume check. Cached until an array is replaced
+        (CIFAR-10 as float32, 740 MB: about 0.6 s; MNIST: 0.15 s)."""
+        arrays = [getattr(self, a) for a in self.SPLITS]
+        ident = tuple(id(a) for a in arrays) + (int(self.num_classes),)
+        if self._fingerprint is None or self._fingerprint[0] != ident:
+            h = hashlib.sha256(f"num_classes={int(self.num_classes)}".encode())
+            for name, a in zip(self.SPLITS, arrays):
+                a = np.ascontiguousarray(a)
+                h.update(f";{name}:{a.dtype.str}:{a.shape}:".encode())
+                h.update(a.data if a.dtype.kind != "O" else repr(a.tolist()).encode())
+            self._fingerprint = (ident, h.hexdigest()[:16])
+        return self._fingerprint[1]
+
+
+def _check_num_classes(name: str, num_classes: Any) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise DataError(f"dataset {name!r}: num_classes must be a positive integer, got {num_classes!r}. "
+                        f"Fix: have the loader pass the number of classes (max label + 1)")
+
+
+def _check_labels(name: str, split: str, y: np.ndarray, n: int, num_classes: int) -> None:
+    """Labels must be one class index per sample: Keras would otherwise fail deep in a graph
+    (``indices[35] = 12 is not in [0, 10)``) or, for fractional labels, train on truncated ones."""
+    what = f"dataset {name!r}: y_{split}"
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{what} has shape {y.shape}: expected one class index per sample, shape ({n},). "
+                        f"Fix: for one-hot labels pass y.argmax(axis=1) from the loader")
+    if len(y) != n:
+        raise DataError(f"{what} has {len(y)} labels for {n} samples in x_{split}. Fix: the loader must return "
+                        f"one label per image")
+    if y.dtype.kind not in "iubf":
+        raise DataError(f"{what} holds {y.dtype} values ({y[0]!r} at index 0): labels must be integer class "
+                        f"indices 0..{num_classes - 1}. Fix: map class names to indices in the loader")
+    if y.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            fractional = ~np.isfinite(y) | (y != np.round(y))
+        if fractional.any():
+            i = int(np.argmax(fractional))
+            raise DataError(f"{what}[{i}] = {y[i].item()!r} is not a class index ({int(fractional.sum())} of "
+                            f"{len(y)} labels in the {split} split are not whole numbers). Fix: labels must be "
+                            f"integers 0..{num_classes - 1}: repair them in the loader, then y.astype(np.int32)")
+    outside = (y < 0) | (y >= num_classes)
+    if outside.any():
+        i = int(np.argmax(outside))
+        top = int(np.max(y))
+        raise DataError(
+            f"{what}[{i}] = {y[i].item()!r} is outside [0, {num_classes}) ({int(outside.sum())} of {len(y)} labels "
+            f"in the {split} split are out of range). Fix: labels must be class indices 0..{num_classes - 1}: remap them in "
+            f"the loader, or have it declare num_classes={top + 1} if there are that many classes")
 
 
 def _augmenter(seed: int, shape):
@@ -115,7 +191,10 @@ def load_dataset(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dat
     if cache_dir is not None:
         cfg.setdefault("cache_dir", cache_dir)
     ds = DATASETS.get(cfg.get("name"))(cfg)
-    ds = _subset(ds, cfg)
+    if not isinstance(ds, Dataset):
+        raise DataError(f"dataset loader {cfg.get('name')!r} returned {type(ds).__name__}, expected a "
+                        f"qresearch.data.Dataset")
+    ds = _subset(ds.validate(), cfg)  # validated whole: indices in errors are the loader's
     if cfg.get("augment") is not None:
         ds.augment = bool(cfg["augment"])
     return ds

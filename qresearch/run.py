@@ -8,7 +8,8 @@ target's deployment check where it has a runtime. ``result.json`` in the job fol
 rewritten (atomically) after every stage, so nothing computed is lost; its ``status`` ends as
 ``completed`` or ``failed`` (with the error's type, message, traceback and stage). A failed job
 never stops a sweep: the task returns NaN. Re-running a sweep skips jobs whose result.json
-is completed with the same config hash. Every job is also one wandb run, grouped by sweep.
+is completed with the same config hash and the same data (fingerprint of the arrays loaded).
+Every job is also one wandb run, grouped by sweep.
 
 The Hydra task function ``main`` returns the QAT accuracy, which sweepers (Optuna) maximise.
 """
@@ -297,7 +298,8 @@ class Job:
             tcfg = cfg.training
             float_phase, qat_phase = to_dict(tcfg.float), to_dict(tcfg.qat)
             seed = int(cfg.seed)
-            key = training.baseline_key(to_dict(cfg.dataset), to_dict(cfg.model), float_phase, seed)
+            key = training.baseline_key(to_dict(cfg.dataset), to_dict(cfg.model), float_phase, seed,
+                                        data_fingerprint=ds.fingerprint())
 
             def build():
                 _setup_tf(cfg)
@@ -399,6 +401,25 @@ def _unresolvable(cfg: DictConfig, exc: Exception) -> float:
     return math.nan
 
 
+def same_data(cfg: DictConfig, prev: Dict[str, Any]) -> bool:
+    """Whether this job's data is the data ``prev`` (a completed result) was computed on. The config
+    hash cannot tell: a dataset file rewritten in place keeps its path. So load the data and compare
+    fingerprints: loading takes seconds, the job it may skip minutes. A record without a fingerprint
+    (older code) or data that fails to load (the job then records why) means: run again."""
+    from qresearch import data as qdata
+
+    recorded = (prev.get("dataset") or {}).get("fingerprint")
+    if not recorded:
+        return False
+    try:
+        now = qdata.load_dataset(to_dict(cfg.dataset), cache_dir=cfg.paths.cache_dir).fingerprint()
+    except Exception:
+        return False
+    if now != recorded:
+        log.info("re-running: the data changed since the job completed (fingerprint %s, now %s)", recorded, now)
+    return now == recorded
+
+
 def run_job(cfg: DictConfig) -> float:
     """Run one job (never raises for an experiment failure; returns the QAT accuracy or NaN)."""
     from qresearch.logger import RunLogger
@@ -409,9 +430,10 @@ def run_job(cfg: DictConfig) -> float:
         return _unresolvable(cfg, exc)
     if job.ctx.multirun and cfg.get("resume", True):
         prev = completed_result(job.ctx.output_dir, job.hash)
-        if prev is not None:
+        if prev is not None and same_data(cfg, prev):
             acc = (prev.get("metrics") or {}).get("qat_accuracy")
-            log.info("skipping %s: completed earlier with the same config (qat_accuracy=%s)", job.ctx.name, acc)
+            log.info("skipping %s: completed earlier with the same config and data (qat_accuracy=%s)",
+                     job.ctx.name, acc)
             return float(acc) if acc is not None else math.nan
     job.save()
     status, exit_code = FAILED, 1

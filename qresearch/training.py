@@ -1,10 +1,12 @@
 """Training: optimizers from config, ``fit`` with callbacks, accuracy, step timing, and the
 float-baseline cache.
 
-The float baseline of a sweep point depends only on (dataset, model, float training, seed):
-it is trained once, saved under ``<cache_dir>/float/<key>/`` (written to a temporary folder
-and renamed into place, under a file lock so parallel jobs wait instead of training it twice)
-and loaded by every other point with the same key.
+The float baseline of a sweep point depends only on (dataset, model, float training, seed),
+the dataset both as configured and as loaded (its fingerprint): it is trained once, saved
+under ``<cache_dir>/float/<key>/`` (written to a temporary folder and renamed into place,
+under a file lock so parallel jobs wait instead of training it twice) and loaded by every
+other point with the same key. A model with NaN or infinite weights is
+never cached, and an entry holding any is discarded when read.
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ DATA_LOCATION_KEYS = ("data_dir", "download", "cache_dir")
 
 class NaNLossError(QResearchError, FloatingPointError):
     """The training loss became NaN or infinite."""
+
+
+class NonFiniteWeightsError(QResearchError, FloatingPointError):
+    """Training left NaN or infinite weights (the loss can stay finite while they appear)."""
 
 
 # ------------------------------------------------------------------ callbacks
@@ -174,10 +180,34 @@ def time_float_steps(model, dataset, phase: Mapping[str, Any], steps: int, seed:
 
 # ------------------------------------------------------------------ float-baseline cache
 def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], float_cfg: Mapping[str, Any],
-                 seed: int) -> str:
+                 seed: int, data_fingerprint: Optional[str] = None) -> str:
+    """``data_fingerprint`` (``Dataset.fingerprint()``): the data as loaded, so a dataset file
+    rewritten in place (same config) trains a new baseline instead of reusing the old one."""
     data = {k: v for k, v in dict(dataset_cfg).items() if k not in DATA_LOCATION_KEYS}
-    return stable_hash({"version": CACHE_VERSION, "dataset": data, "model": dict(model_cfg),
+    return stable_hash({"version": CACHE_VERSION, "dataset": data, "data": data_fingerprint, "model": dict(model_cfg),
                         "float": dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
+
+
+def nonfinite_weights(model) -> List[str]:
+    """``name (count of size)`` for each of ``model``'s weights that holds NaN or infinity."""
+    bad = []
+    for var, value in zip(model.weights, model.get_weights()):
+        value = np.asarray(value)
+        if value.dtype.kind in "fc":
+            n = int(np.size(value) - np.count_nonzero(np.isfinite(value)))
+            if n:
+                bad.append(f"{var.name} ({n} of {value.size})")
+    return bad
+
+
+def _require_finite_weights(model) -> None:
+    bad = nonfinite_weights(model)
+    if bad:
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        raise NonFiniteWeightsError(
+            f"float training left non-finite weights in {', '.join(bad[:5])}{more}; the baseline is not cached. "
+            f"Fix: lower training.float.learning_rate or set training.float.clipnorm, and check the model's "
+            f"custom layers and the data")
 
 
 @contextlib.contextmanager
@@ -201,7 +231,9 @@ def float_baseline(build: Callable[[], Any], train: Callable[[Any], Dict[str, An
     """
     if not cache_dir:
         model = build()
-        return model, {**train(model), "cache": "off", "key": key}
+        info = train(model)
+        _require_finite_weights(model)
+        return model, {**info, "cache": "off", "key": key}
     root = Path(cache_dir).expanduser().resolve() / "float"
     entry = root / key
     with file_lock(root / f"{key}.lock"):
@@ -213,12 +245,17 @@ def float_baseline(build: Callable[[], Any], train: Callable[[Any], Dict[str, An
                 model = build()
                 model.load_weights(str(weights))
                 meta = json.loads(meta_path.read_text())
-                return model, {**meta, "cache": "hit", "key": key, "path": str(entry)}
+                bad = nonfinite_weights(model)  # written by older code, or damaged: would poison every job
+                if not bad:
+                    return model, {**meta, "cache": "hit", "key": key, "path": str(entry)}
+                log.warning("float cache entry %s holds non-finite weights (%s); discarding it and retraining",
+                            entry, ", ".join(bad[:5]))
             except Exception as exc:  # a corrupt entry is retrained, not fatal
                 log.warning("float cache entry %s unreadable (%s); retraining", entry, exc)
-                shutil.rmtree(entry, ignore_errors=True)
+            shutil.rmtree(entry, ignore_errors=True)
         model = build()
         info = train(model)
+        _require_finite_weights(model)
         tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{key}."))
         try:
             model.save_weights(str(tmp / "weights.h5"))

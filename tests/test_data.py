@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import qresearch
 from qresearch import data
 from qresearch.paths import REPO_DIR
 
@@ -89,3 +90,99 @@ def test_cifar10_jpeg_decoded_once_and_cached(tmp_path):
     assert len(cached) == 1
     again = data.load_dataset(cfg, cache_dir=str(tmp_path))
     np.testing.assert_array_equal(ds.y_train, again.y_train)
+
+
+# ------------------------------------------------------------------ data safety
+def _digits_with(change):
+    """A plugin dataset: the digits, edited by ``change(ds)`` the way a broken file or loader would be."""
+    @data.register_dataset("digits_edited_test", overwrite=True)
+    def edited(cfg):
+        ds = data.load_digits(cfg)
+        change(ds)
+        return ds
+
+    return {"name": "digits_edited_test"}
+
+
+def test_nan_in_training_images_is_refused_with_array_count_and_sample(caplog):
+    def change(ds):
+        ds.x_train[17, 3, 4, 0] = np.nan
+
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset({**_digits_with(change), "train_samples": 100})  # refused whole, before the subset
+    msg = str(e.value)
+    assert "x_train holds 1 non-finite value" in msg and "sample 17 (element [17, 3, 4, 0])" in msg
+    assert "Fix:" in msg and isinstance(e.value, ValueError) and isinstance(e.value, qresearch.QResearchError)
+
+
+def test_infinity_in_test_images_is_refused():
+    def change(ds):
+        ds.x_test[40, 0, 0, 0] = np.inf
+        ds.x_test[41, 2, 2, 0] = -np.inf
+
+    with pytest.raises(data.DataError, match=r"x_test holds 2 non-finite values .* sample 40 \(element \[40, 0, 0, 0"):
+        data.load_dataset(_digits_with(change))
+
+
+def test_label_out_of_range_is_refused_naming_value_index_and_split():
+    def change(ds):
+        ds.y_test[35] = 12
+
+    with pytest.raises(data.DataError) as e:
+        data.load_dataset(_digits_with(change))
+    msg = str(e.value)
+    assert "y_test[35] = 12 is outside [0, 10)" in msg and "test split" in msg
+    assert "num_classes=13" in msg and "remap" in msg
+
+
+def test_fractional_labels_are_refused():
+    def change(ds):
+        ds.y_train = ds.y_train.astype(np.float32)
+        ds.y_train[3] = 2.5
+
+    with pytest.raises(data.DataError, match=r"y_train\[3\] = 2.5 is not a class index"):
+        data.load_dataset(_digits_with(change))
+
+
+def test_whole_float_labels_and_column_labels_are_accepted():
+    def change(ds):  # Keras takes both; only their values matter
+        ds.y_train = ds.y_train.astype(np.float32)
+        ds.y_test = ds.y_test[:, None]
+
+    assert data.load_dataset(_digits_with(change)).num_classes == 10
+
+
+def test_fingerprint_is_stable_and_changes_with_one_label():
+    a = data.load_dataset({"name": "digits", "train_samples": 300})
+    b = data.load_dataset({"name": "digits", "train_samples": 300})
+    assert a.fingerprint() == b.fingerprint() == a.describe()["fingerprint"] and len(a.fingerprint()) == 16
+    y = a.y_train.copy()
+    y[7] = (y[7] + 1) % 10
+    b.y_train = y  # a replaced array is fingerprinted again, not served from the cached value
+    assert b.fingerprint() != a.fingerprint()
+    assert data.load_dataset({"name": "digits", "train_samples": 299}).fingerprint() != a.fingerprint()
+
+
+def _tiny_model():
+    from qresearch import keras
+
+    inp = keras.Input((8, 8, 1))
+    out = keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(inp))
+    return keras.Model(inp, out)
+
+
+def test_nan_calibration_data_is_refused():
+    x = data.load_dataset({"name": "digits"}).x_train[:64].copy()
+    x[:] = np.nan
+    with pytest.raises(data.DataError, match=r"calibration_data holds 4096 non-finite values .* sample 0 "):
+        qresearch.quantize(_tiny_model(), "tflite_int8", calibration_data=x)
+
+
+def test_nan_in_a_later_calibration_batch_names_its_sample():
+    import qresearch.schemes
+
+    x = data.load_dataset({"name": "digits"}).x_train[:64].copy()
+    x[37, 1, 1, 0] = np.nan
+    q = qresearch.quantize(_tiny_model(), "tflite_int8")
+    with pytest.raises(data.DataError, match=r"1 non-finite value .* sample 37 \(element \[37, 1, 1, 0\]\)"):
+        qresearch.schemes.calibrate(q, [x[:32], x[32:]])

@@ -242,3 +242,86 @@ def test_demo_end_to_end(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "target `academic`" in proc.stdout and "target `tflite_int8`" in proc.stdout
     assert (tmp_path / "out" / "multirun" / "demo" / "accuracy_vs_bits.png").is_file()
+
+
+# ------------------------------------------------------------------ data identity
+def _npz_dataset(path, shift):
+    """Write a tiny digits dataset to ``path``; labels shifted by ``shift`` (a file rewritten in place)."""
+    import numpy as np
+
+    from qresearch import data
+
+    ds = data.load_dataset({"name": "digits", "train_samples": 300, "test_samples": 100})
+    np.savez(path, x_train=ds.x_train, y_train=(ds.y_train + shift) % 10, x_test=ds.x_test,
+             y_test=(ds.y_test + shift) % 10)
+
+
+def _register_npz_dataset():
+    import numpy as np
+
+    from qresearch import data
+
+    @data.register_dataset("npz_file_test", overwrite=True)
+    def npz_file(cfg):
+        with np.load(cfg["path"]) as f:
+            return data.Dataset("npz_file_test", f["x_train"], f["y_train"], f["x_test"], f["y_test"], 10)
+
+
+def _multirun_in_process(tmp_path, monkeypatch, *overrides):
+    """A real Hydra multirun (basic launcher: jobs run in this process, so the plugin dataset
+    registered here is found)."""
+    from qresearch import run
+
+    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["qresearch.run", "-m", "model=mlp", "model.hidden=[16]", "training=fast",
+                                      "logger=disabled", "scheme=minmax_nbit", "bits=8", "sweep_name=data",
+                                      f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+                                      *overrides])
+    run.main()
+    GlobalHydra.instance().clear()
+    (result,) = (tmp_path / "out" / "multirun" / "data").rglob("result.json")
+    return result
+
+
+def test_a_dataset_rewritten_in_place_is_not_resumed_from_nor_its_baseline_reused(tmp_path, monkeypatch):
+    _register_npz_dataset()
+    path = tmp_path / "digits.npz"
+    args = ["dataset=digits", "dataset.name=npz_file_test", f"+dataset.path={path}"]
+    _npz_dataset(path, 0)
+    result = _multirun_in_process(tmp_path, monkeypatch, *args)
+    first = json.loads(result.read_text())
+    assert first["status"] == "completed" and first["float_baseline"]["cache"] == "miss"
+    assert len(first["dataset"]["fingerprint"]) == 16
+
+    # same file: skipped (resume still works)
+    mtime = os.path.getmtime(result)
+    _multirun_in_process(tmp_path, monkeypatch, *args)
+    assert os.path.getmtime(result) == mtime
+
+    # same path, new labels: the job runs again and trains a new baseline
+    _npz_dataset(path, 1)
+    _multirun_in_process(tmp_path, monkeypatch, *args)
+    second = json.loads(result.read_text())
+    assert second["status"] == "completed" and second["config_hash"] == first["config_hash"]
+    assert second["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]
+    assert second["float_baseline"]["cache"] == "miss"
+    assert second["float_baseline"]["key"] != first["float_baseline"]["key"]
+
+
+def test_bad_labels_fail_the_run_at_the_data_stage_with_the_cause(tmp_path):
+    import numpy as np
+
+    _register_npz_dataset()
+    path = tmp_path / "digits.npz"
+    _npz_dataset(path, 0)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["y_train"][35] = 12
+    arrays["x_test"][3, 2, 2, 0] = np.nan
+    np.savez(path, **arrays)
+    cfg = _compose(tmp_path, ["logger=disabled", "dataset.name=npz_file_test", f"+dataset.path={path}"])
+    assert math.isnan(run_job(cfg))
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "data" and rec["error"]["type"] == "DataError"
+    assert "y_train[35] = 12 is outside [0, 10)" in rec["error"]["message"]
+    assert "float_s" not in rec["times"]

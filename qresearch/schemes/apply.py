@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from qresearch._compat import ensure_keras2_model, keras, tf
+from qresearch.checks import require_finite
 from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.quantizers import create
 from qresearch.schemes import layers as L
@@ -674,12 +675,25 @@ def _batches(data, n_inputs: int, max_batches: int, batch_size: int = 32):
     yield from split(np.asarray(data) if not tf.is_tensor(data) else data)
 
 
+def _require_finite_batches(batches) -> None:
+    """A NaN in calibration data makes every range it reaches NaN: the model predicts at chance, silently."""
+    flat = [tf.nest.flatten(x) for x in batches]
+    n_inputs = len(flat[0]) if flat else 0
+    for i in range(n_inputs):
+        require_finite("calibration_data" if n_inputs == 1 else f"calibration_data (model input {i})",
+                       [f[i] for f in flat],
+                       "pass calibration samples without NaN or infinity (e.g. the training images, once "
+                       "cleaned; x[np.isfinite(x).reshape(len(x), -1).all(axis=1)] keeps the finite ones)")
+
+
 def calibrate(qat_model, data, max_batches: int = 8) -> int:
     """Initialise ranges and step sizes: quantizers in training mode, layers (BN, dropout) in
     inference mode, no weight update. Returns the number of batches seen."""
+    batches = list(_batches(data, len(qat_model.inputs), max_batches))  # a few batches: checked before use
+    _require_finite_batches(batches)
     n = 0
     with calibration_mode():
-        for x in _batches(data, len(qat_model.inputs), max_batches):
+        for x in batches:
             qat_model(x, training=False)
             n += 1
     if n == 0:
