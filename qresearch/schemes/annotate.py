@@ -157,6 +157,40 @@ def check_target(configured, hardware) -> List[str]:
     return notes
 
 
+def require_annotated(graph, annotations: Annotations, hardware, adapt: bool) -> List[str]:
+    """On an integer-only target a float layer cannot run, so a layer left out of the annotations is a
+    conflict, as a scheme's ``skip`` list is (``hardware.constrain``): raised, or with ``adapt`` annotated
+    (the scheme then quantizes it) and noted. Pass-throughs (reshape, max pooling) keep their input's
+    grid and are no conflict."""
+    from qresearch.hardware.registry import get
+    from qresearch.schemes.layers import layer_spec
+
+    target = get(hardware)
+    if not annotations.active or not target.integer_only:
+        return []
+    left = {}
+    for node in graph.nodes:
+        spec = layer_spec(node.layer)
+        if annotations.annotated(node) or (spec is not None and spec.kind_of(node.layer) == "passthrough"
+                                           and not spec.same_grid):
+            continue
+        left[id(node.layer)] = node.layer
+    if not left:
+        return []
+    names = [layer.name for layer in left.values()]
+    if not adapt:
+        raise IncompatibleTargetError(
+            f"layers {names} are not annotated, so they would stay float, which hardware target {target.name!r} "
+            "(integer-only) cannot run. Fix: annotate them (quantize_annotate_layer, or quantize_annotate_model "
+            "for the whole model), or pass adapt=True to let the scheme quantize them, or quantize without "
+            "hardware=")
+    for layer_id in left:
+        annotations.configs[layer_id] = None
+    note = f"not annotated: {names} -> quantized by the scheme (target {target.name} runs integer-only)"
+    _log.warning("%s", note)
+    return [note]
+
+
 def wrapper_problem(layer) -> Optional[str]:
     """The message for a tfmot wrapper that reached planning, where registering it would be wrong."""
     if isinstance(layer, QuantizeAnnotate):

@@ -820,6 +820,8 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
                           "first layer an input_shape before quantizing")
     graph = flatten(model)
     annotations = A.unwrap(graph)
+    if hardware is not None:
+        coercions += A.require_annotated(graph, annotations, hardware, adapt)
     split_separable(graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
                     or annotations.keeps_whole(layer))
     plans = _make_plans(graph, spec, annotations)
