@@ -579,8 +579,9 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         needs_q = quantized and p.acts_spec is not None and (
             (p.kind == "compute" and p.spec.quantized_input)
             or (scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")))
-        in_spec = p.input_spec if p.user_config is not None else p.acts_spec
-        needs_q = needs_q or in_spec is not None and p.user_config is not None
+        in_spec = p.acts_spec
+        if p.user_config is not None:  # the user's config quantizes the layer; the scheme its float input
+            in_spec, needs_q = p.input_spec, p.input_spec is not None
         for ref in dict.fromkeys(node.in_refs):
             t = tensors[ref]
             if needs_q and not is_quantized(ref) and t.dtype.is_floating:
