@@ -8,12 +8,13 @@ from qresearch.schemes.layers import LayerSpec, layer_spec, register_layer, regi
 from qresearch.schemes.wrappers import (ChannelAffine, FixedRangeQuantizer, LayerQuantizeConfig, QuantizeInput, QuantizeLike,
                                         QuantizeWrapper)
 from qresearch.schemes.presets import get, names, register
+from qresearch.schemes.annotate import ConfigWrapper
 from qresearch.schemes.apply import calibrate, quantize
 from qresearch.schemes.describe import describe, quantized_weights
 from qresearch.schemes.io import load_model
 
 __all__ = [
-    "ChannelAffine", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeLike",
+    "ChannelAffine", "ConfigWrapper", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeLike",
     "QuantizeWrapper",
     "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize",
     "quantized_weights", "register", "register_layer", "registered_layers",

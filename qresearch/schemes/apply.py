@@ -29,6 +29,7 @@ from qresearch._compat import ensure_keras2_model, keras, tf
 from qresearch.checks import require_finite
 from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.quantizers import create
+from qresearch.schemes import annotate as A
 from qresearch.schemes import layers as L
 from qresearch.schemes.graph import GNode, Graph, flatten, split_separable
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
@@ -77,6 +78,8 @@ class _Plan:
         self.nonneg_in: Dict[str, bool] = {}
         self.concat_shared: Optional[str] = None      # output range given to this concat
         self.fused_with: Optional[str] = None         # the activation this layer's output fuses into
+        self.user_config = None                       # a tfmot QuantizeConfig given with quantize_annotate_layer
+        self.input_spec = None                        # the scheme's input quantizer for a user_config layer
 
     @property
     def layer(self):
@@ -93,21 +96,26 @@ def _fixed_name(layer, kind) -> Optional[str]:
     return None
 
 
-def _unsupported_message(unsupported) -> str:
+def _unsupported_message(unsupported, annotated: bool = False) -> str:
     """One line per layer class with no config: the layers, the class and the fix."""
     lines = []
     for cls, plans in unsupported.items():
         names = ", ".join(repr(p.layer.name) for p in plans[:5]) + (f" and {len(plans) - 5} more"
                                                                       if len(plans) > 5 else "")
         first = plans[0].layer
-        if isinstance(first, keras.Model):
+        problem = A.wrapper_problem(first)
+        if problem is not None:  # registering a tfmot wrapper class would be the wrong fix
+            lines.append(problem)
+        elif isinstance(first, keras.Model):
             lines.append(f"layer {names} is a subclassed model ({cls.__name__}), which cannot be rewritten: build it "
                          f"with the functional API, or add {first.name!r} to the scheme's skip list to keep it "
                          "in float")
         else:
             what = "layer" if len(plans) == 1 else "layers"
             lines.append(f"{what} {names} of class {cls.__module__}.{cls.__name__} has no quantization config. "
-                         f"Fix: {L.register_fix(first)}")
+                         f"Fix: {L.register_fix(first)}"
+                         + ("; or give it a tfmot QuantizeConfig: quantize_annotate_layer(layer, quantize_config=...)"
+                            if annotated else ""))
     return "; ".join(lines)
 
 
@@ -117,7 +125,8 @@ def _matches_any(patterns, p: "_Plan") -> bool:
     return any(layer_matches(s, layer) for s in patterns for layer in layers)
 
 
-def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
+def _make_plans(graph: Graph, spec: SchemeSpec, annotations: Optional[A.Annotations] = None) -> List[_Plan]:
+    annotations = annotations or A.Annotations()
     plans = [_Plan(n) for n in graph.nodes]
     unsupported: Dict[type, List[_Plan]] = {}
     counts: Dict[int, int] = {}
@@ -130,13 +139,19 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
             skipped_spec = L.layer_spec(layer)
             p.skipped_kind = skipped_spec.kind_of(layer) if skipped_spec is not None else None
             continue
+        if not annotations.annotated(p.node):
+            _not_annotated(p)
+            continue
+        if annotations.config(p.node) is not None:
+            _user_configured(p, annotations.config(p.node), spec)
+            continue
         p.spec = L.layer_spec(layer)
         if p.spec is None:
             unsupported.setdefault(type(layer), []).append(p)
             continue
         p.kind = p.spec.kind_of(layer)
     if unsupported:
-        raise UnsupportedLayerError(_unsupported_message(unsupported))
+        raise UnsupportedLayerError(_unsupported_message(unsupported, annotations.active))
     if spec.activations is None and spec.weights is None:
         raise ConfigError("the scheme quantizes nothing (weights and activations are both null)")
 
@@ -314,6 +329,31 @@ def _make_plans(graph: Graph, spec: SchemeSpec) -> List[_Plan]:
                 prod.float_reason = None
                 prod.concat_shared = p.layer.name
     return plans
+
+
+def _not_annotated(p: _Plan) -> None:
+    """A layer left out of an annotated model stays float. A pure pass-through (reshape, max pooling, ...)
+    still carries its input's grid, so the next quantized layer needs no new input quantizer."""
+    spec = L.layer_spec(p.layer)
+    p.skipped_kind = spec.kind_of(p.layer) if spec is not None else None
+    p.float_reason = A.NOT_ANNOTATED
+    if p.skipped_kind == "passthrough" and not spec.same_grid:
+        p.kind = "passthrough"
+        p.float_reason = f"{A.NOT_ANNOTATED} (pass-through: keeps its input's range)"
+
+
+def _user_configured(p: _Plan, config, spec: SchemeSpec) -> None:
+    """A layer annotated with its own QuantizeConfig: the config decides its quantizers; the scheme only
+    quantizes a float input of a layer with quantized weights (tfmot quantizes annotated layers' inputs).
+    It keeps its place among the compute layers (first/last bits do not move past it)."""
+    p.user_config = config
+    p.kind = "user_config"
+    layer_spec = L.layer_spec(p.layer)
+    weights = A.quantizes_weights(config, p.layer)
+    p.skipped_kind = layer_spec.kind_of(p.layer) if layer_spec is not None else ("compute" if weights else None)
+    reads_int = layer_spec.quantized_input if layer_spec is not None else weights
+    if reads_int and spec.activations is not None and spec.quantize_ops != "weights_only":
+        p.input_spec = spec.activations
 
 
 AFFINE_SPEC = L.LayerSpec(weights=("depthwise_kernel",), activations=(), quantize_output=True, kind="compute",
@@ -540,11 +580,14 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         needs_q = quantized and p.acts_spec is not None and (
             (p.kind == "compute" and p.spec.quantized_input)
             or (scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")))
+        in_spec = p.acts_spec
+        if p.user_config is not None:  # the user's config quantizes the layer; the scheme its float input
+            in_spec, needs_q = p.input_spec, p.input_spec is not None
         for ref in dict.fromkeys(node.in_refs):
             t = tensors[ref]
             if needs_q and not is_quantized(ref) and t.dtype.is_floating:
                 if ref not in input_quantizers:
-                    a = _act_spec(p.acts_spec, p.nonneg_in.get(ref, False))
+                    a = _act_spec(in_spec, p.nonneg_in.get(ref, False))
                     src = producers.get(ref)
                     if src is None:
                         a = _model_input_spec(a)
@@ -577,7 +620,9 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
                 cfg = None
             if cfg is not None and cfg.weights and not _has_attrs(inner, cfg.weights):
                 inner(*args, **kwargs)  # layers that create weights on first call (MultiHeadAttention)
-            if cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
+            if p.user_config is not None:  # the user's own QuantizeConfig decides this layer
+                layer = A.ConfigWrapper(inner, p.user_config, name=unique(WRAPPER_PREFIX + inner.name))
+            elif cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
                 layer = inner
@@ -586,7 +631,7 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
             made[id(p.layer)] = layer
             copies.append((inner, p))
         layer = made[id(p.layer)]
-        if isinstance(layer, QuantizeWrapper) and len(args) > 1:
+        if isinstance(layer, (QuantizeWrapper, A.ConfigWrapper)) and len(args) > 1:
             # the wrapper's call is (inputs, training=None, **kwargs): pass extra positionals by name
             names = [n for n in inspect.signature(layer.layer.call).parameters][1:]
             kwargs = dict(zip(names, args[1:]), **kwargs)
@@ -603,7 +648,8 @@ def _build(graph: Graph, plans: List[_Plan], scheme: SchemeSpec):
         flat = tf.nest.flatten(out)
         for ref, t in zip(node.out_refs, flat):
             tensors[ref] = t
-            if quantized and p.output:
+            if (quantized and p.output) or (p.user_config is not None
+                                            and A.output_quantized(p.user_config, layer.layer)):
                 quantized_refs.add(ref)
             elif p.kind == "passthrough" and all(is_quantized(r) or r + "#q" in tensors for r in node.in_refs):
                 quantized_refs.add(ref)
@@ -788,10 +834,17 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         raise ConfigError(f"model {model.name!r} is not built: call model.build(input_shape) or give the "
                           "first layer an input_shape before quantizing")
     graph = flatten(model)
-    split_separable(graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip))
-    plans = _make_plans(graph, spec)
+    annotations = A.unwrap(graph)
+    if hardware is not None:
+        coercions += A.require_annotated(graph, annotations, hardware, adapt)
+    split_separable(graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
+                    or annotations.keeps_whole(layer))
+    plans = _make_plans(graph, spec, annotations)
     if hardware is not None:
         coercions += _constrain_layers(plans, hardware)
+        configured = [(p.layer, p.user_config) for p in plans if p.user_config is not None]
+        if configured:
+            coercions += A.check_target(configured, hardware)
     qmodel = _build(graph, plans, spec)
     kernel_set = _kernel_set(kernels, hardware)
     if kernel_set:

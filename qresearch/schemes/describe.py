@@ -6,6 +6,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from qresearch.schemes import layers as L
+from qresearch.schemes.annotate import ConfigWrapper
 from qresearch.schemes.wrappers import QuantizeInput, QuantizeLike, QuantizeWrapper, get_attr
 
 
@@ -16,8 +17,10 @@ def _short(var) -> str:
 def _qinfo(q) -> Dict[str, Any]:
     if q is None:
         return None
-    d = {"quantizer": getattr(q, "registry_name", "") or type(q).__name__, "bits": getattr(q, "bits", None)}
-    if getattr(q, "per_channel", False):
+    # tfmot's own quantizers (a user's QuantizeConfig) say num_bits/per_axis
+    bits = getattr(q, "bits", None) or getattr(q, "num_bits", None)
+    d = {"quantizer": getattr(q, "registry_name", "") or type(q).__name__, "bits": bits}
+    if getattr(q, "per_channel", False) or getattr(q, "per_axis", False):
         d["per_channel"] = True
     if hasattr(q, "range_min") and type(q).__name__ == "FixedRangeQuantizer":
         d["fixed_range"] = [q.range_min, q.range_max]
@@ -27,7 +30,7 @@ def _qinfo(q) -> Dict[str, Any]:
 def _fmt(d) -> str:
     if d is None:
         return "-"
-    s = f"{d['quantizer']}{d['bits']}"
+    s = f"{d['quantizer']}{d['bits'] if d['bits'] is not None else '?'}"
     if d.get("per_channel"):
         s += "/ch"
     if d.get("fixed_range"):
@@ -95,6 +98,12 @@ def describe(qat_model, print_report: bool = False) -> Report:
                 qbits += n * (q.bits if q is not None else 32)
                 fbits += n * 32
             continue
+        if isinstance(layer, ConfigWrapper):
+            row, q_bits, f_bits = _user_config_row(layer)
+            rows.append(row)
+            qbits += q_bits
+            fbits += f_bits
+            continue
         if isinstance(layer, QuantizeInput):
             rows.append({"name": layer.name, "class": "QuantizeInput", "kind": "input", "weights": {},
                          "activations": {}, "output": _qinfo(layer.quantizer)})
@@ -133,10 +142,33 @@ def describe(qat_model, print_report: bool = False) -> Report:
     return report
 
 
+def _user_config_row(layer):
+    """The row of a layer quantized by a user's QuantizeConfig, and its weight bits (quantized, float32).
+    A quantizer that does not say its bit width counts as 32 bits."""
+    inner, cfg = layer.layer, layer.quantize_config
+    row = {"name": inner.name, "class": type(inner).__name__, "wrapper": layer.name, "kind": "user_config",
+           "quantize_config": type(cfg).__name__,
+           "weights": {_short(w): _qinfo(q) for w, q, _ in getattr(layer, "_weight_vars", [])},
+           "activations": {f"activation{i or ''}": {"post": _qinfo(a.quantizer)}
+                           for i, a in enumerate(getattr(layer, "_quantize_activations", []))},
+           "output": _qinfo(layer._output_quantizers[0]) if getattr(layer, "_output_quantizers", None) else None}
+    by_var = {id(w): q for w, q, _ in getattr(layer, "_weight_vars", [])}
+    q_bits = f_bits = 0
+    for var in inner.weights:
+        n = int(np.prod(var.shape))
+        q = by_var.get(id(var))
+        q_bits += n * ((_qinfo(q)["bits"] or 32) if q is not None else 32)
+        f_bits += n * 32
+    return row, q_bits, f_bits
+
+
 def quantized_weights(qat_model) -> Dict[str, Dict[str, np.ndarray]]:
     """``{layer name: {weight attribute: fake-quantized value}}`` as inference would use them."""
     out: Dict[str, Dict[str, np.ndarray]] = {}
     for layer in qat_model.layers:
+        if isinstance(layer, ConfigWrapper) and layer.built:  # keyed by the weight's own name
+            out[layer.layer.name] = {_short(w): np.asarray(q(w, False, weights=v)) for w, q, v in layer._weight_vars}
+            continue
         if not isinstance(layer, QuantizeWrapper) or not layer.built:
             continue
         values = {}

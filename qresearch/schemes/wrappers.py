@@ -584,6 +584,8 @@ def _range_source(tensor, depth: int = 8):
             return (layer.quantizer, layer.quantizer_vars, layer.name) if layer.quantizer else None
         if isinstance(layer, QuantizeLike):
             return layer._source
+        if isinstance(layer, _QW):  # a wrapper with a user's QuantizeConfig (annotate.py): its grid is unknown
+            return None
         node = layer._inbound_nodes[history.node_index]
         inputs = node.keras_inputs
         if len(inputs) != 1:
