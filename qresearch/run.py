@@ -34,6 +34,7 @@ from qresearch import config as qconfig
 from qresearch.config import COORDINATE_KEYS, NON_SEMANTIC_KEYS, config_hash, to_dict
 from qresearch.errors import ConfigError, IncompatibleTargetError
 from qresearch.paths import CONF_DIR
+from qresearch.plugins import PluginImportError, import_plugins, overrides_plugins
 from qresearch.results import (COMPLETED, FAILED, RESULT_FILE, RUNNING, STORE_FILE, append_jsonl,
                                completed_result, load_results, write_json_atomic)
 
@@ -421,6 +422,8 @@ def run_job(cfg: DictConfig) -> float:
                                                       "config_hash": job.hash},
                                name=job.ctx.name, group=cfg.logger.get("group") or cfg.get("sweep_name"),
                                job_dir=str(job.ctx.output_dir))
+        job.stage = "plugins"
+        import_plugins(cfg.get("plugins"))  # launcher workers get only the config, not the parent's imports
         job.execute()
         status, exit_code = COMPLETED, 0
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -475,6 +478,7 @@ class SweepSummary(Callback):
         # fail once, now, with the valid choices (swept values are checked by each job).
         # Hydra turns a callback's exceptions into warnings, so stop with SystemExit.
         try:
+            import_plugins(config.get("plugins"))  # also those an experiment file or conf/local names
             qconfig.validate(config)
             # the sweep's grid (file) and command-line values: key -> value text
             hc = config.get("hydra") or {}
@@ -485,7 +489,7 @@ class SweepSummary(Callback):
             if bits is None and given.get("bits", "null") not in ("null", ""):
                 bits = given["bits"]
             qconfig.check_bits_shorthand(bits, given)
-        except ConfigError as exc:
+        except (ConfigError, PluginImportError) as exc:
             print(f"Error in the sweep's config (no job was started): {exc}", file=sys.stderr)
             raise SystemExit(2)
 
@@ -510,8 +514,16 @@ def flags_first(args: List[str]) -> List[str]:
 
 def cli(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    args = flags_first(list(args))
+    # model._target_=... (or dataset._target_) alone also picks model=custom: see with_implied_groups
+    args = qconfig.with_implied_groups(flags_first(list(args)))
     sys.argv[1:] = args
+    try:
+        # Before Hydra composes: every check from here on (override keys, the sweep's shared
+        # config, the scheme) must already see the names the plugins register.
+        import_plugins(overrides_plugins(args))
+    except PluginImportError as exc:
+        print(f"Error importing plugins (nothing was run): {exc}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         qconfig.check_overrides(args)
     except ConfigError as exc:
