@@ -279,8 +279,11 @@ def _choice_error(what: str, value: Any, valid: Iterable[str], how_to_add: str =
     return ConfigError(f"{what} {value!r} is not valid.{hint} Valid values: {', '.join(valid)}.{add}")
 
 
-def validate(cfg) -> None:
-    """Checks only the code can make (registries, modes); raises ConfigError listing valid values."""
+def validate(cfg, check_data: bool = True) -> None:
+    """Checks only the code can make (registries, modes); raises ConfigError listing valid values.
+
+    ``check_data=False`` skips the dataset loader's own check (its file or target), for a sweep's
+    shared config in which a swept dataset key is not set yet."""
     from qresearch import data, models
     from qresearch.plugins import import_object
 
@@ -288,7 +291,7 @@ def validate(cfg) -> None:
     if dcfg.get("name") not in data.DATASETS:
         raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names(), data.DATASETS.how_to_add)
     check = getattr(data.DATASETS.get(dcfg.get("name")), "check_config", None)
-    if check is not None:  # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
+    if check is not None and check_data:  # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
         check(to_dict(dcfg))
     mcfg = cfg.model
     if mcfg.get("_target_"):  # imported now, so a typo fails before any data is loaded

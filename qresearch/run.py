@@ -479,9 +479,12 @@ class SweepSummary(Callback):
         # Hydra turns a callback's exceptions into warnings, so stop with SystemExit.
         try:
             import_plugins(config.get("plugins"))  # also those an experiment file or conf/local names
-            qconfig.validate(config)
-            # the sweep's grid (file) and command-line values: key -> value text
             hc = config.get("hydra") or {}
+            # A swept dataset key (dataset.path=a.npz,b.npz) is unset in this shared config: leave
+            # the dataset's own check (its file, its target) to each job, which has its value.
+            swept = self._swept_keys(hc)
+            qconfig.validate(config, check_data=not any(k.split(".")[0] == "dataset" for k in swept))
+            # the sweep's grid (file) and command-line values: key -> value text
             given = {str(k): str(v) for k, v in dict((hc.get("sweeper") or {}).get("params") or {}).items()}
             for o in (hc.get("overrides") or {}).get("task") or []:
                 given[_key(o)] = o.split("=", 1)[1] if "=" in o else ""
@@ -492,6 +495,18 @@ class SweepSummary(Callback):
         except (ConfigError, PluginImportError) as exc:
             print(f"Error in the sweep's config (no job was started): {exc}", file=sys.stderr)
             raise SystemExit(2)
+
+    @staticmethod
+    def _swept_keys(hc: Any) -> set:
+        """Keys the sweep gives several values (its file's grid and the command line)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        lines = [f"{k}={v}" for k, v in dict((hc.get("sweeper") or {}).get("params") or {}).items()]
+        lines += [str(o) for o in (hc.get("overrides") or {}).get("task") or []]
+        try:
+            return {o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()}
+        except Exception:  # an unparsable grid is Hydra's to report
+            return set()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from qresearch import config as qconfig
 from qresearch.errors import ConfigError
@@ -284,3 +284,17 @@ def _npz_with(folder, **arrays):
     path = folder / "other.npz"
     np.savez(path, **arrays)
     return path
+
+
+def test_a_sweep_over_dataset_files_is_checked_per_job(tmp_path, capsys):
+    from qresearch.run import SweepSummary
+
+    a, b = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", single=True)
+    # what Hydra hands the callback for `-m dataset=npz dataset.path=a.npz,b.npz`: the swept key unset
+    cfg = _compose(["+sweep=smoke", "dataset=npz"], hydra_node=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task.append(f"dataset.path={a},{b}")
+    SweepSummary().on_multirun_start(cfg)
+    with pytest.raises(SystemExit):  # not swept and not given: stopped before any job
+        SweepSummary().on_multirun_start(_compose(["+sweep=smoke", "dataset=npz"], hydra_node=True))
+    assert "dataset=npz needs dataset.path=" in capsys.readouterr().err
