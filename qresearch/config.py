@@ -290,8 +290,9 @@ def validate(cfg, check_data: bool = True) -> None:
     dcfg = cfg.dataset
     if dcfg.get("name") not in data.DATASETS:
         raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names(), data.DATASETS.how_to_add)
+    # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
     check = getattr(data.DATASETS.get(dcfg.get("name")), "check_config", None)
-    if check is not None and check_data:  # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
+    if check is not None and check_data:
         check(to_dict(dcfg))
     mcfg = cfg.model
     if mcfg.get("_target_"):  # imported now, so a typo fails before any data is loaded

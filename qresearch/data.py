@@ -347,7 +347,8 @@ def dataset_from_arrays(name: str, x_train: Any, y_train: Any, x_test: Any, y_te
         out += [x, _labels(y, split, len(x), where)]
     x_tr, y_tr, x_te, y_te = out
     if x_tr.shape[1:] != x_te.shape[1:]:
-        raise ConfigError(f"x_train and x_test{where} have different image shapes: {x_tr.shape[1:]} and {x_te.shape[1:]}")
+        raise ConfigError(f"x_train and x_test{where} have different image shapes: "
+                          f"{x_tr.shape[1:]} and {x_te.shape[1:]}")
     top = int(max(y_tr.max(), y_te.max()))
     if num_classes is None:
         num_classes = top + 1

@@ -19,7 +19,7 @@ import importlib
 import os
 import sys
 import traceback
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, List, Sequence
 
 from qresearch.errors import ConfigError, QResearchError
 
@@ -123,20 +123,11 @@ def import_object(path: Any, what: str, contract: str) -> Callable[..., Any]:
     obj = getattr(mod, attr, None)
     if obj is None:
         public = sorted(n for n in vars(mod) if not n.startswith("_") and callable(getattr(mod, n)))
-        raise ConfigError(f"{what} {path!r}: module {module!r} has no {attr!r} (it has: {', '.join(public) or 'nothing'})"
-                          f"; the function is {contract}")
+        raise ConfigError(f"{what} {path!r}: module {module!r} has no {attr!r} "
+                          f"(it has: {', '.join(public) or 'nothing'}); the function is {contract}")
     if not callable(obj):
         raise ConfigError(f"{what} {path!r} is a {type(obj).__name__}, not a function; it should be {contract}")
     return obj
 
 
-def names_in(cfg: Optional[Any]) -> List[str]:
-    """``cfg.plugins`` as a list of names (a Hydra node, a dict or nothing)."""
-    if cfg is None:
-        return []
-    value = cfg.get(PLUGINS_KEY) if hasattr(cfg, "get") else None
-    return _names(list(value) if value is not None and not isinstance(value, str) else value)
-
-
-__all__ = ["PLUGINS_ENV", "PluginImportError", "from_env", "import_object", "import_plugins", "names_in",
-           "overrides_plugins"]
+__all__ = ["PLUGINS_ENV", "PluginImportError", "from_env", "import_object", "import_plugins", "overrides_plugins"]
