@@ -37,7 +37,9 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plug
 #: Override keys that name a run's coordinates; the others make its "variant" label.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
-                   "dataset.path", "dataset._target_", "model._target_")  # your own data or model: which one
+                   # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
+                   # dataset.path and dataset._target_ stay in the variant label, which then names the data
+                   "model._target_")
 #: Groups whose ``custom`` option is picked when only ``GROUP._target_=...`` is given (``with_implied_groups``).
 TARGET_GROUPS = ("dataset", "model")
 #: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).

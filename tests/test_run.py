@@ -263,3 +263,11 @@ def test_a_plugin_that_cannot_be_imported_fails_the_job_with_a_record(tmp_path):
     assert rec["status"] == "failed" and rec["error"]["stage"] == "plugins"
     assert rec["error"]["type"] == "PluginImportError" and "'qr_plugin_not_there' could not be imported" in \
         rec["error"]["message"]
+
+
+def test_variant_label_names_your_data_but_not_plugins():
+    from qresearch.run import variant_label
+
+    # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
+    assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",
+                                 "+model.width=8", "plugins=[my_quant]"]) == "lsq[dataset.path=a.npz,model.width=8]"
