@@ -32,10 +32,16 @@ GROUPS = ("dataset", "model", "scheme", "hardware", "training", "logger", "paths
 #: Groups whose options are ``# @package _global_`` files added with ``+group=option``.
 GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search")
 #: Keys that do not change what a run computes: left out of its identity hash.
-NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads")
+# ``plugins`` only makes names available; the names a run uses (scheme.weights.quantizer=...) are in its config.
+NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plugins")
 #: Override keys that name a run's coordinates; the others make its "variant" label.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
-                   "scheme.activations.bits", "sweep", "experiment", "hparams_search")
+                   "scheme.activations.bits", "sweep", "experiment", "hparams_search",
+                   # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
+                   # dataset.path and dataset._target_ stay in the variant label, which then names the data
+                   "model._target_")
+#: Groups whose ``custom`` option is picked when only ``GROUP._target_=...`` is given (``with_implied_groups``).
+TARGET_GROUPS = ("dataset", "model")
 #: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).
 KEY_ALIASES = {"lr": "learning_rate", "learning-rate": "learning_rate", "bs": "batch_size", "batch": "batch_size",
                "wd": "weight_decay", "optim": "optimizer", "opt": "optimizer", "epoch": "epochs",
@@ -111,6 +117,7 @@ class Config:
     deploy: bool = True              # run the target's deployment check where it has a runtime
     save_model: bool = False         # save the QAT model (SavedModel) in the job folder
     threads: Optional[int] = None    # TensorFlow intra-op threads (null: TensorFlow's default)
+    plugins: List[str] = field(default_factory=list)  # modules imported before validation (qresearch.plugins)
     dataset: Any = MISSING
     model: Any = MISSING
     scheme: Any = MISSING
@@ -245,24 +252,55 @@ def check_overrides(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def with_implied_groups(args: Sequence[str]) -> List[str]:
+    """``model._target_=pkg.build`` (or ``dataset._target_=...``) alone also picks ``model=custom``.
+
+    The other options of the group (mlp, digits, ...) have no ``_target_`` key, so Hydra would
+    refuse the override ("Key '_target_' is not in struct"), and their keys (mlp's hidden sizes)
+    are not options of the user's function; ``custom`` holds only the target (and, for datasets,
+    qresearch's own keys). An explicit group choice on the line is left alone.
+    """
+    out = list(args)
+    keys = [a.split("=", 1)[0] for a in args if "=" in a]
+    for group in TARGET_GROUPS:
+        target_key = f"{group}._target_"
+        if any(k.lstrip("+~") == group for k in keys) or not any(k.lstrip("+") == target_key for k in keys):
+            continue
+        # custom has the key, so an append (+model._target_) would collide with it: set it instead
+        out = [a.lstrip("+") if a.split("=", 1)[0].lstrip("+") == target_key else a for a in out]
+        out.append(f"{group}=custom")
+    return out
+
+
 # ------------------------------------------------------------------ semantic validation
-def _choice_error(what: str, value: Any, valid: Iterable[str]) -> ConfigError:
+def _choice_error(what: str, value: Any, valid: Iterable[str], how_to_add: str = "") -> ConfigError:
     valid = sorted(valid)
     close = difflib.get_close_matches(str(value), valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
-    return ConfigError(f"{what} {value!r} is not valid.{hint} Valid values: {', '.join(valid)}.")
+    add = f" To add one: {how_to_add}" if how_to_add else ""
+    return ConfigError(f"{what} {value!r} is not valid.{hint} Valid values: {', '.join(valid)}.{add}")
 
 
-def validate(cfg) -> None:
-    """Checks only the code can make (registries, modes); raises ConfigError listing valid values."""
+def validate(cfg, check_data: bool = True) -> None:
+    """Checks only the code can make (registries, modes); raises ConfigError listing valid values.
+
+    ``check_data=False`` skips the dataset loader's own check (its file or target), for a sweep's
+    shared config in which a swept dataset key is not set yet."""
     from qresearch import data, models
+    from qresearch.plugins import import_object
 
     dcfg = cfg.dataset
     if dcfg.get("name") not in data.DATASETS:
-        raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names())
+        raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names(), data.DATASETS.how_to_add)
+    # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
+    check = getattr(data.DATASETS.get(dcfg.get("name")), "check_config", None)
+    if check is not None and check_data:
+        check(to_dict(dcfg))
     mcfg = cfg.model
-    if not mcfg.get("_target_") and mcfg.get("name") not in models.MODELS:
-        raise _choice_error("model.name", mcfg.get("name"), models.MODELS.names())
+    if mcfg.get("_target_"):  # imported now, so a typo fails before any data is loaded
+        import_object(mcfg.get("_target_"), "model._target_", models.BUILDER_CONTRACT)
+    elif mcfg.get("name") not in models.MODELS:
+        raise _choice_error("model.name", mcfg.get("name"), models.MODELS.names(), models.MODELS.how_to_add)
     if cfg.logger.mode not in LOGGER_MODES:
         raise _choice_error("logger.mode", cfg.logger.mode, LOGGER_MODES)
     for phase in ("float", "qat"):

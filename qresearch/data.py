@@ -13,6 +13,7 @@ loader returns is validated (``Dataset.validate``) before anything trains on it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import logging
 import os
@@ -20,21 +21,26 @@ import socket
 import tarfile
 import tempfile
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from qresearch._compat import keras, tf
 from qresearch.checks import DataError, require_finite
-from qresearch.errors import QResearchError
+from qresearch.errors import ConfigError, QResearchError
 from qresearch.paths import REPO_DIR
+from qresearch.plugins import import_object
 from qresearch.registry import Registry
 
 log = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "QRESEARCH_DATA_DIR"
-DATASETS: Registry = Registry("dataset")
+DATASETS: Registry = Registry(
+    "dataset", how_to_add="dataset=npz dataset.path=/path/data.npz (arrays in a file), "
+    "dataset._target_=your_module.load (a function returning the arrays), or "
+    "@qresearch.data.register_dataset('NAME') on a loader(cfg) -> Dataset in a module passed as plugins=[your_module].")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 CIFAR10_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
 CIFAR10_STD = np.array([0.2470, 0.2435, 0.2616], np.float32)
@@ -354,3 +360,190 @@ def decode_cifar10_jpeg(tar_path: Path, cache_dir: Optional[str] = None):
         np.savez(f, x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
     os.replace(tmp, cache)
     return x_tr, y_tr, x_te, y_te
+
+
+# ------------------------------------------------------------------ your own data: a file, or a function
+# A loader may carry ``check_config(cfg)``: ``config.validate`` calls it, so a missing file or
+# target fails before any job starts (a sweep's shared config is validated once, up front).
+
+#: Arrays a file (or a ``_target_`` function's dict) holds: a fixed split, or one set split here.
+SPLIT_KEYS = ("x_train", "y_train", "x_test", "y_test")
+SINGLE_KEYS = ("x", "y")
+#: Keys of the dataset node qresearch itself reads; all others are options of a ``_target_`` function.
+OWN_KEYS = ("name", "_target_", "num_classes", "scale", "test_fraction", "split_seed", "train_samples",
+            "test_samples", "augment", "cache_dir")
+TARGET_CONTRACT = ("load(**options) returning a qresearch.data.Dataset, a tuple (x_train, y_train, x_test, "
+                   "y_test), or a dict of those arrays (or of x, y: split by dataset.test_fraction)")
+
+
+def _scale(value: Any) -> Optional[float]:
+    """``dataset.scale`` as a number; text fractions too ("1/255"), since an override cannot compute."""
+    if value is None:
+        return None
+    try:
+        return float(Fraction(str(value).strip()))
+    except (ValueError, ZeroDivisionError):
+        raise ConfigError(f"dataset.scale must be a number or a fraction like 1/255, got {value!r}") from None
+
+
+def _labels(y: Any, split: str, n: int, where: str) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:  # (N, 1), as keras.datasets.cifar10 stores them
+        y = y[:, 0]
+    if y.ndim != 1 or len(y) != n:
+        raise ConfigError(f"y_{split}{where} has shape {y.shape}: labels must be class indices of shape ({n},), "
+                          f"one per image (one-hot labels: save y.argmax(1))")
+    if not np.issubdtype(y.dtype, np.integer):
+        integral = np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y))
+        if not integral:
+            raise ConfigError(f"y_{split}{where} has dtype {y.dtype} with non-integer values: labels must be "
+                              f"class indices 0..num_classes-1")
+    if len(y) and y.min() < 0:
+        raise ConfigError(f"y_{split}{where} has negative labels ({int(y.min())}): labels must be 0..num_classes-1")
+    return y.astype(np.int32)
+
+
+def dataset_from_arrays(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
+                        num_classes: Optional[int] = None, scale: Any = None, source: str = "") -> Dataset:
+    """A Dataset from plain arrays: images (N, H, W) or (N, H, W, C) of any numeric dtype, integer labels.
+
+    Images become float32 multiplied by ``scale`` (None: the values as given); ``num_classes``
+    defaults to the largest label + 1. ``source`` (a file, a function) is named in errors.
+    """
+    where = f" in {source}" if source else ""
+    factor = _scale(scale)
+    out = []
+    for split, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        x = np.asarray(x)
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ConfigError(f"x_{split}{where} has dtype {x.dtype}: images must be numeric arrays")
+        if x.ndim not in (3, 4) or len(x) == 0:
+            raise ConfigError(f"x_{split}{where} has shape {x.shape}: images must be a non-empty (N, H, W) or "
+                              f"(N, H, W, C) array")
+        x = _images(x).astype(np.float32)
+        if factor is not None:
+            x *= np.float32(factor)
+        out += [x, _labels(y, split, len(x), where)]
+    x_tr, y_tr, x_te, y_te = out
+    if x_tr.shape[1:] != x_te.shape[1:]:
+        raise ConfigError(f"x_train and x_test{where} have different image shapes: "
+                          f"{x_tr.shape[1:]} and {x_te.shape[1:]}")
+    top = int(max(y_tr.max(), y_te.max()))
+    if num_classes is None:
+        num_classes = top + 1
+    elif not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
+        raise ConfigError(f"dataset.num_classes must be a positive integer or null (inferred), got {num_classes!r}")
+    elif top >= num_classes:
+        raise ConfigError(f"labels{where} go up to {top} but dataset.num_classes={num_classes}: set it to at least "
+                          f"{top + 1}, or to null to infer it")
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=int(num_classes))
+
+
+def _split_single(x: Any, y: Any, cfg: Mapping[str, Any], source: str) -> Tuple[np.ndarray, ...]:
+    """``x, y`` -> train and test sets: a seeded random ``test_fraction`` (default 0.2) held out."""
+    x, y = np.asarray(x), np.asarray(y)
+    frac = float(cfg.get("test_fraction") or 0.2)
+    n_test = int(round(len(x) * frac))
+    if not 0 < n_test < len(x) or len(y) != len(x):
+        raise ConfigError(f"{source}: cannot hold out test_fraction={frac} of {len(x)} images ({len(y)} labels) "
+                          f"as a test set; give more images, another dataset.test_fraction, or a fixed split "
+                          f"(x_train, y_train, x_test, y_test)")
+    idx = np.random.default_rng(int(cfg.get("split_seed") or 0)).permutation(len(x))
+    test, train = np.sort(idx[:n_test]), np.sort(idx[n_test:])
+    return x[train], y[train], x[test], y[test]
+
+
+def _arrays_from_keys(found: Mapping[str, Any], keys: Sequence[str], cfg: Mapping[str, Any], source: str):
+    if tuple(keys) == SINGLE_KEYS:
+        return _split_single(found["x"], found["y"], cfg, source)
+    return tuple(found[k] for k in SPLIT_KEYS)
+
+
+def _layout(keys: Sequence[str]) -> Optional[Tuple[str, ...]]:
+    for layout in (SPLIT_KEYS, SINGLE_KEYS):
+        if all(k in keys for k in layout):
+            return layout
+    return None
+
+
+def _npz_file(cfg: Mapping[str, Any]) -> Tuple[Path, Tuple[str, ...]]:
+    """The file ``dataset.path`` names and the arrays to read from it; errors name the file, its keys and the fix."""
+    given = cfg.get("path")
+    if not given:
+        raise ConfigError("dataset=npz needs dataset.path=/path/to/data.npz: a numpy file saved with "
+                          "np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) (or x=..., y=...)")
+    path = Path(os.path.expanduser(str(given)))
+    if not path.is_file():
+        raise DataUnavailableError(f"dataset.path={given}: no such file ({path.resolve()}; a relative path is read "
+                                   f"from the folder you run in, {os.getcwd()}). Fix: give the path of the .npz file.")
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise ConfigError(f"dataset.path={given} is not a numpy .npz file ({type(exc).__name__}: {exc}); save the "
+                          f"arrays with np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ConfigError(f"dataset.path={given} holds a single array (.npy), not named arrays; save them with "
+                          f"np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...) (or x=..., y=...)")
+    with archive:
+        keys = list(archive.files)
+    layout = _layout(keys)
+    if layout is None:
+        missing = [k for k in SPLIT_KEYS if k not in keys]
+        raise ConfigError(f"{path} has arrays {keys}, not x_train, y_train, x_test, y_test (missing: "
+                          f"{', '.join(missing)}) nor x, y. Fix: save it with np.savez({str(path)!r}, x_train=..., "
+                          f"y_train=..., x_test=..., y_test=...), or np.savez(..., x=..., y=...) to have "
+                          f"dataset.test_fraction of it held out as the test set.")
+    return path, layout
+
+
+@register_dataset("npz")
+def load_npz(cfg: Mapping[str, Any]) -> Dataset:
+    """Arrays from a numpy .npz file (``dataset.path``): x_train, y_train, x_test, y_test, or x, y split here."""
+    path, layout = _npz_file(cfg)
+    with np.load(path, allow_pickle=False) as f:
+        found = {k: f[k] for k in layout}
+    arrays = _arrays_from_keys(found, layout, cfg, str(path))
+    return dataset_from_arrays(path.stem, *arrays, num_classes=cfg.get("num_classes"), scale=cfg.get("scale"),
+                               source=str(path))
+
+
+load_npz.check_config = _npz_file
+
+
+def _target_function(cfg: Mapping[str, Any]) -> Callable[..., Any]:
+    target = cfg.get("_target_")
+    if not target:
+        raise ConfigError(f"dataset=custom needs dataset._target_=your_module.load: a function {TARGET_CONTRACT}")
+    return import_object(target, "dataset._target_", TARGET_CONTRACT)
+
+
+@register_dataset("custom")
+def load_custom(cfg: Mapping[str, Any]) -> Dataset:
+    """What a function of yours returns (``dataset._target_``); the node's other keys are its options."""
+    fn, target = _target_function(cfg), str(cfg["_target_"])
+    options = {k: v for k, v in cfg.items() if k not in OWN_KEYS}
+    try:
+        inspect.signature(fn).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"dataset._target_ {target!r} does not take the options {options}: {exc}. Its options are "
+                          f"the dataset keys other than {', '.join(OWN_KEYS)}") from None
+    except ValueError:  # no signature to check (a builtin): call it and see
+        pass
+    out = fn(**options)
+    if isinstance(out, Dataset):
+        return out
+    if isinstance(out, Mapping):
+        layout = _layout(list(out))
+        if layout is None:
+            raise ConfigError(f"dataset._target_ {target!r} returned a dict with keys {sorted(out)}; expected "
+                              f"x_train, y_train, x_test, y_test (or x, y)")
+        arrays = _arrays_from_keys(out, layout, cfg, target)
+        num_classes = cfg.get("num_classes") if cfg.get("num_classes") is not None else out.get("num_classes")
+    elif isinstance(out, (tuple, list)) and len(out) == 4:
+        arrays, num_classes = tuple(out), cfg.get("num_classes")
+    else:
+        raise ConfigError(f"dataset._target_ {target!r} returned {type(out).__name__}; expected {TARGET_CONTRACT}")
+    return dataset_from_arrays(target, *arrays, num_classes=num_classes, scale=cfg.get("scale"), source=target)
+
+
+load_custom.check_config = _target_function

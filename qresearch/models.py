@@ -11,15 +11,18 @@ patterns tfmot quantizes (a bare Conv2D→ReLU would leave the kernel unquantize
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Mapping, Sequence, Tuple
 
 from qresearch._compat import keras
 from qresearch.errors import ConfigError
+from qresearch.plugins import import_object
 from qresearch.registry import Registry
 
 layers = keras.layers
-MODELS: Registry = Registry("model")
+MODELS: Registry = Registry(
+    "model", how_to_add="model._target_=your_module.build on the command line (a function "
+    "build(input_shape, num_classes, **options) -> tf_keras.Model; options as +model.KEY=VALUE), or "
+    "@qresearch.models.register_model('NAME') on that function in a module passed as plugins=[your_module].")
 BN_MOMENTUM = 0.9  # Keras' 0.99 leaves moving statistics unconverged after short trainings
 RESERVED_KEYS = ("name", "_target_")
 
@@ -29,16 +32,11 @@ def register_model(name: str, builder: Callable[..., Any] = None, *, overwrite: 
     return MODELS.register(name, builder, overwrite=overwrite)
 
 
+BUILDER_CONTRACT = "build(input_shape, num_classes, **options) -> tf_keras.Model"
+
+
 def _import(path: str) -> Callable[..., Any]:
-    module, _, attr = str(path).rpartition(".")
-    try:
-        obj = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"model._target_ {path!r} cannot be imported ({exc}); give a dotted path "
-                          f"'package.module.function' to a builder fn(input_shape, num_classes, **options)") from exc
-    if not callable(obj):
-        raise ConfigError(f"model._target_ {path!r} is not callable")
-    return obj
+    return import_object(path, "model._target_", BUILDER_CONTRACT)
 
 
 def build_model(cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int):

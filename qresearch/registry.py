@@ -39,8 +39,11 @@ def load_entry_point_plugins() -> None:
 class Registry(Generic[T]):
     """Maps names to plugins of one kind."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, how_to_add: str = ""):
         self.kind = kind
+        # Said after the known names when a lookup fails: how a user adds a plugin of this kind
+        # (each registry knows its own decorator, config key or file), so the fix is in the message.
+        self.how_to_add = how_to_add
         self._items: Dict[str, T] = {}
 
     def register(self, name: str, obj: T | None = None, *, overwrite: bool = False):
@@ -73,7 +76,8 @@ class Registry(Generic[T]):
         known = self.names()
         close = difflib.get_close_matches(str(name), known, n=1, cutoff=0.5)
         hint = f" Did you mean {close[0]!r}?" if close else ""
-        return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}."
+        add = f" To add one: {self.how_to_add}" if self.how_to_add else ""
+        return f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}.{add}"
 
     def names(self) -> List[str]:
         load_entry_point_plugins()

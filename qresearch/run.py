@@ -35,6 +35,7 @@ from qresearch import config as qconfig
 from qresearch.config import COORDINATE_KEYS, NON_SEMANTIC_KEYS, config_hash, to_dict
 from qresearch.errors import ConfigError, IncompatibleTargetError
 from qresearch.paths import CONF_DIR
+from qresearch.plugins import PluginImportError, import_plugins, overrides_plugins
 from qresearch.results import (COMPLETED, FAILED, RESULT_FILE, RUNNING, STORE_FILE, append_jsonl,
                                completed_result, load_results, write_json_atomic)
 
@@ -443,6 +444,8 @@ def run_job(cfg: DictConfig) -> float:
                                                       "config_hash": job.hash},
                                name=job.ctx.name, group=cfg.logger.get("group") or cfg.get("sweep_name"),
                                job_dir=str(job.ctx.output_dir))
+        job.stage = "plugins"
+        import_plugins(cfg.get("plugins"))  # launcher workers get only the config, not the parent's imports
         job.execute()
         status, exit_code = COMPLETED, 0
     except (KeyboardInterrupt, SystemExit) as exc:
@@ -521,9 +524,13 @@ class SweepSummary(Callback):
         # fail once, now, with the valid choices (swept values are checked by each job).
         # Hydra turns a callback's exceptions into warnings, so stop with SystemExit.
         try:
-            qconfig.validate(config)
-            # the sweep's grid (file) and command-line values: key -> value text
+            import_plugins(config.get("plugins"))  # also those an experiment file or conf/local names
             hc = config.get("hydra") or {}
+            # A swept dataset key (dataset.path=a.npz,b.npz) is unset in this shared config: leave
+            # the dataset's own check (its file, its target) to each job, which has its value.
+            swept = self._swept_keys(hc)
+            qconfig.validate(config, check_data=not any(k.split(".")[0] == "dataset" for k in swept))
+            # the sweep's grid (file) and command-line values: key -> value text
             given = {str(k): str(v) for k, v in dict((hc.get("sweeper") or {}).get("params") or {}).items()}
             for o in (hc.get("overrides") or {}).get("task") or []:
                 given[_key(o)] = o.split("=", 1)[1] if "=" in o else ""
@@ -531,9 +538,21 @@ class SweepSummary(Callback):
             if bits is None and given.get("bits", "null") not in ("null", ""):
                 bits = given["bits"]
             qconfig.check_bits_shorthand(bits, given)
-        except ConfigError as exc:
+        except (ConfigError, PluginImportError) as exc:
             print(f"Error in the sweep's config (no job was started): {exc}", file=sys.stderr)
             raise SystemExit(2)
+
+    @staticmethod
+    def _swept_keys(hc: Any) -> set:
+        """Keys the sweep gives several values (its file's grid and the command line)."""
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        lines = [f"{k}={v}" for k, v in dict((hc.get("sweeper") or {}).get("params") or {}).items()]
+        lines += [str(o) for o in (hc.get("overrides") or {}).get("task") or []]
+        try:
+            return {o.key_or_group for o in OverridesParser.create().parse_overrides(lines) if o.is_sweep_override()}
+        except Exception:  # an unparsable grid is Hydra's to report
+            return set()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -579,8 +598,16 @@ def flags_first(args: List[str]) -> List[str]:
 
 def cli(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    args = flags_first(list(args))
+    # model._target_=... (or dataset._target_) alone also picks model=custom: see with_implied_groups
+    args = qconfig.with_implied_groups(flags_first(list(args)))
     sys.argv[1:] = args
+    try:
+        # Before Hydra composes: every check from here on (override keys, the sweep's shared
+        # config, the scheme) must already see the names the plugins register.
+        import_plugins(overrides_plugins(args))
+    except PluginImportError as exc:
+        print(f"Error importing plugins (nothing was run): {exc}", file=sys.stderr)
+        raise SystemExit(2)
     try:
         qconfig.check_overrides(args)
     except ConfigError as exc:

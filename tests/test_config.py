@@ -1,14 +1,16 @@
 """Every config group composes; bad values and keys fail at start with the valid choices."""
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from qresearch import config as qconfig
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
+from user_code import write_data_and_models, write_npz, write_quantizer
 
 
 def _compose(overrides=(), hydra_node=False):
@@ -29,11 +31,16 @@ def test_defaults_compose_and_validate():
 
 
 @pytest.mark.parametrize("group", ["dataset", "model", "scheme", "hardware", "training", "logger", "paths"])
-def test_every_group_option_composes(group):
+def test_every_group_option_composes(group, tmp_path, monkeypatch):
     options = _options(group)
     assert options, f"conf/{group}/ is empty"
+    # the options for your own data need it named: a file, a function
+    write_data_and_models(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    needs = {"dataset=npz": [f"dataset.path={write_npz(tmp_path / 'd.npz')}"],
+             "dataset=custom": ["dataset._target_=user_data.as_tuple"]}
     for option in options:
-        cfg = _compose([f"{group}={option}"])
+        cfg = _compose([f"{group}={option}"] + needs.get(f"{group}={option}", []))
         assert cfg[group] is not None
         if group in ("dataset", "model", "logger", "training"):
             qconfig.validate(cfg)
@@ -181,3 +188,125 @@ def test_bits_shorthand_with_role_bits_is_refused(capsys):
 def test_out_of_range_values_name_their_key(override, message):
     with pytest.raises(ConfigError, match=message):
         qconfig.validate(_compose([override]))
+
+
+# ------------------------------------------------------------------ your own code: plugins, _target_, npz
+def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch, capsys):
+    from qresearch import quantizers
+    from qresearch.run import SweepSummary, check_scheme, scheme_dict
+
+    write_quantizer(tmp_path, "qr_plugin_sweep", "qr_rule_sweep")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = _compose(["+sweep=smoke", "plugins=[qr_plugin_sweep]", "scheme.weights.quantizer=qr_rule_sweep"],
+                   hydra_node=True)
+    assert "qr_rule_sweep" not in quantizers.names()
+    with pytest.raises(Exception, match="unknown quantizer 'qr_rule_sweep'.*plugins=\\[your_module\\]"):
+        check_scheme(cfg, scheme_dict(cfg))  # what a job would meet without the plugin
+    SweepSummary().on_multirun_start(cfg)  # imports the plugins, then checks the sweep's config
+    assert "qr_rule_sweep" in quantizers.names()
+    target, eff, _ = check_scheme(cfg, scheme_dict(cfg))
+    assert eff["weights"]["quantizer"] == "qr_rule_sweep"
+    # a plugin that cannot be imported stops the sweep before any job, naming it
+    bad = _compose(["+sweep=smoke", "plugins=[qr_no_such_module]"], hydra_node=True)
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(bad)
+    err = capsys.readouterr().err
+    assert "no job was started" in err and "'qr_no_such_module' could not be imported" in err and "PYTHONPATH" in err
+
+
+def test_plugins_from_the_command_line_and_the_environment(tmp_path, monkeypatch):
+    from qresearch import plugins, quantizers
+
+    assert plugins.overrides_plugins(["plugins=[a,b.c]", "+plugins=[d]", "seed=1", "plugins=[e],[f]"]) == \
+        ["a", "b.c", "d", "e", "f"]
+    write_quantizer(tmp_path, "qr_plugin_env", "qr_rule_env")
+    monkeypatch.chdir(tmp_path)  # the folder a user runs from is importable, without PYTHONPATH
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.setenv(plugins.PLUGINS_ENV, " qr_plugin_env , ")
+    assert plugins.import_plugins([]) == ["qr_plugin_env"]
+    assert "qr_rule_env" in quantizers.names()
+    assert _compose(["plugins=[x,y]"]).plugins == ["x", "y"]
+    # plugins do not change what a run computes: not in its identity, nor in its folder name
+    assert qconfig.config_hash(_compose(["plugins=[x]"])) == qconfig.config_hash(_compose())
+    assert "plugins" in _compose(hydra_node=True).hydra.job.config.override_dirname.exclude_keys
+
+
+def test_failing_plugin_import_names_the_module_and_the_fix(tmp_path, monkeypatch):
+    from qresearch.plugins import PluginImportError, import_plugins
+
+    (tmp_path / "qr_broken_plugin.py").write_text("import numpy\nraise RuntimeError('bad constant')\n")
+    (tmp_path / "qr_needs_dep.py").write_text("import qr_dependency_not_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(PluginImportError) as e:
+        import_plugins(["qr_missing_plugin"], env=False)
+    msg = str(e.value)
+    assert "plugin module 'qr_missing_plugin' could not be imported: ModuleNotFoundError" in msg
+    assert "PYTHONPATH" in msg and "pip install -e ." in msg and "plugins=[...]" in msg
+    with pytest.raises(PluginImportError, match=r"'qr_broken_plugin' was found but failed while importing: "
+                                                r"RuntimeError: bad constant \(at .*qr_broken_plugin.py:2\)"):
+        import_plugins(["qr_broken_plugin"], env=False)
+    with pytest.raises(PluginImportError, match="'qr_needs_dep' was found but failed.*qr_dependency_not_installed"):
+        import_plugins(["qr_needs_dep"], env=False)
+
+
+def test_a_target_alone_picks_the_custom_option(tmp_path, monkeypatch):
+    from qresearch import data, models
+
+    write_data_and_models(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    args = ["model._target_=user_models.build", "+model.width=8", "dataset._target_=user_data.as_dict",
+            "+dataset.classes=4"]
+    with pytest.raises(Exception, match="_target_"):  # the problem: the default options have no such key
+        _compose(args)
+    implied = qconfig.with_implied_groups(args)
+    assert implied[-2:] == ["dataset=custom", "model=custom"]
+    cfg = _compose(implied)
+    qconfig.validate(cfg)
+    assert qconfig.to_dict(cfg.model) == {"_target_": "user_models.build", "width": 8}  # no mlp options leak in
+    ds = data.load_dataset(qconfig.to_dict(cfg.dataset))
+    model = models.build_model(qconfig.to_dict(cfg.model), ds.input_shape, ds.num_classes)
+    assert model.name == "user_mlp" and model.get_layer("hidden").units == 8 and ds.num_classes == 4
+    # an append (+model._target_) is turned into a set, an explicit choice is left alone
+    assert qconfig.with_implied_groups(["+model._target_=a.b"]) == ["model._target_=a.b", "model=custom"]
+    assert qconfig.with_implied_groups(["model=custom", "model._target_=a.b"]) == ["model=custom", "model._target_=a.b"]
+    assert qconfig.with_implied_groups(["seed=1"]) == ["seed=1"]
+    # a typo in a target fails at validation, before any data is loaded
+    with pytest.raises(ConfigError, match=r"model._target_ 'user_models.biuld': module 'user_models' has no 'biuld'"):
+        qconfig.validate(_compose(qconfig.with_implied_groups(["model._target_=user_models.biuld"])))
+    with pytest.raises(ConfigError, match="dataset=custom needs dataset._target_="):
+        qconfig.validate(_compose(["dataset=custom"]))
+
+
+def test_npz_dataset_is_checked_at_validation(tmp_path):
+    path = write_npz(tmp_path / "d.npz")
+    qconfig.validate(_compose(["dataset=npz", f"dataset.path={path}", "dataset.scale=1/255"]))
+    with pytest.raises(ConfigError, match="dataset=npz needs dataset.path="):
+        qconfig.validate(_compose(["dataset=npz"]))
+    with pytest.raises(ConfigError, match="not x_train, y_train, x_test, y_test"):
+        qconfig.validate(_compose(["dataset=npz", f"dataset.path={_npz_with(tmp_path, images=[[[1]]])}"]))
+    with pytest.raises(ConfigError, match="To add one: dataset=npz dataset.path="):
+        qconfig.validate(_compose(["dataset.name=mine"]))
+    with pytest.raises(ConfigError, match="To add one: model._target_="):
+        qconfig.validate(_compose(["model.name=mine"]))
+
+
+def _npz_with(folder, **arrays):
+    import numpy as np
+
+    path = folder / "other.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def test_a_sweep_over_dataset_files_is_checked_per_job(tmp_path, capsys):
+    from qresearch.run import SweepSummary
+
+    a, b = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", single=True)
+    # what Hydra hands the callback for `-m dataset=npz dataset.path=a.npz,b.npz`: the swept key unset
+    cfg = _compose(["+sweep=smoke", "dataset=npz"], hydra_node=True)
+    with open_dict(cfg):
+        cfg.hydra.overrides.task.append(f"dataset.path={a},{b}")
+    SweepSummary().on_multirun_start(cfg)
+    with pytest.raises(SystemExit):  # not swept and not given: stopped before any job
+        SweepSummary().on_multirun_start(_compose(["+sweep=smoke", "dataset=npz"], hydra_node=True))
+    assert "dataset=npz needs dataset.path=" in capsys.readouterr().err

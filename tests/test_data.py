@@ -186,3 +186,75 @@ def test_nan_in_a_later_calibration_batch_names_its_sample():
     q = qresearch.quantize(_tiny_model(), "tflite_int8")
     with pytest.raises(data.DataError, match=r"1 non-finite value .* sample 37 \(element \[37, 1, 1, 0\]\)"):
         qresearch.schemes.calibrate(q, [x[:32], x[32:]])
+# ------------------------------------------------------------------ your own data: dataset=npz, dataset._target_
+from qresearch.errors import ConfigError  # noqa: E402
+from user_code import write_data_and_models, write_npz  # noqa: E402
+
+
+def test_npz_fixed_split_with_inferred_classes_and_scale(tmp_path):
+    path = write_npz(tmp_path / "mine.npz", n=90, classes=5)
+    ds = data.load_dataset({"name": "npz", "path": str(path), "scale": "1/255"})
+    with np.load(path) as f:
+        x_train, y_test = f["x_train"], f["y_test"]
+    assert ds.num_classes == 5 and ds.name == "mine"  # the largest label + 1
+    assert ds.x_train.shape == (60, 8, 8, 1) and ds.x_train.dtype == np.float32 and len(ds.x_test) == 30
+    np.testing.assert_allclose(ds.x_train[..., 0], x_train / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ds.y_test, y_test)
+    assert ds.y_train.dtype == np.int32
+    raw = data.load_dataset({"name": "npz", "path": str(path), "train_samples": 10})  # no scale: values as stored
+    assert raw.x_train.max() > 1 and len(raw.x_train) == 10
+
+
+def test_npz_single_set_is_split_by_a_seeded_fraction_and_classes_can_be_given(tmp_path):
+    path = write_npz(tmp_path / "one.npz", n=100, classes=4, single=True)
+    cfg = {"name": "npz", "path": str(path), "test_fraction": 0.25, "split_seed": 3, "num_classes": 10}
+    a, b = data.load_dataset(cfg), data.load_dataset(cfg)
+    assert (len(a.x_train), len(a.x_test), a.num_classes) == (75, 25, 10)
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+    other = data.load_dataset({**cfg, "split_seed": 4})
+    assert not np.array_equal(a.x_test, other.x_test)
+    with pytest.raises(ConfigError, match=r"labels in .*one.npz go up to 3 but dataset.num_classes=2.*at least 4"):
+        data.load_dataset({**cfg, "num_classes": 2})
+
+
+def test_npz_file_errors_name_the_file_the_keys_and_the_fix(tmp_path):
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, images=np.zeros((4, 2, 2)), x_train=np.zeros((4, 2, 2)))
+    with pytest.raises(ConfigError) as e:
+        data.load_dataset({"name": "npz", "path": str(wrong)})
+    msg = str(e.value)
+    assert str(wrong) in msg and "['images', 'x_train']" in msg and "missing: y_train, x_test, y_test" in msg
+    assert "np.savez(" in msg
+    with pytest.raises(data.DataUnavailableError, match=r"dataset.path=nowhere.npz: no such file .*give the path"):
+        data.load_dataset({"name": "npz", "path": "nowhere.npz"})
+    with pytest.raises(ConfigError, match="dataset=npz needs dataset.path="):
+        data.load_dataset({"name": "npz", "path": None})
+    flat = tmp_path / "flat.npz"
+    np.savez(flat, x=np.zeros((10, 3)), y=np.zeros(10))
+    with pytest.raises(ConfigError, match=r"shape \(\d+, 3\): images must be a non-empty \(N, H, W\)"):
+        data.load_dataset({"name": "npz", "path": str(flat)})
+    frac = tmp_path / "frac.npz"
+    np.savez(frac, x=np.zeros((10, 2, 2)), y=np.full(10, 0.5))
+    with pytest.raises(ConfigError, match="non-integer values"):
+        data.load_dataset({"name": "npz", "path": str(frac)})
+
+
+def test_dataset_target_returns_a_dict_a_tuple_or_a_dataset(tmp_path, monkeypatch):
+    write_data_and_models(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ds = data.load_dataset({"name": "custom", "_target_": "user_data.as_dict", "n": 80, "classes": 4,
+                            "test_fraction": 0.25, "scale": 0.5, "train_samples": 30})
+    assert (len(ds.x_train), len(ds.x_test), ds.num_classes, ds.input_shape) == (30, 20, 4, (6, 6, 1))
+    assert ds.name == "user_data.as_dict" and ds.x_train.max() <= 127.5
+    ds = data.load_dataset({"name": "custom", "_target_": "user_data.as_tuple", "num_classes": 3})
+    assert (len(ds.x_train), len(ds.x_test), ds.num_classes) == (40, 20, 3)
+    ds = data.load_dataset({"name": "custom", "_target_": "user_data.as_dataset"})
+    assert ds.name == "mine" and ds.num_classes == 3
+    with pytest.raises(ConfigError, match=r"user_data.as_tuple' does not take the options \{'colour': 1\}"):
+        data.load_dataset({"name": "custom", "_target_": "user_data.as_tuple", "colour": 1})
+    with pytest.raises(ConfigError, match="returned list; expected load"):
+        data.load_dataset({"name": "custom", "_target_": "user_data.wrong"})
+    with pytest.raises(ConfigError, match=r"module 'user_data' has no 'missing' \(it has: .*as_dict"):
+        data.load_dataset({"name": "custom", "_target_": "user_data.missing"})
+    with pytest.raises(ConfigError, match="dataset=custom needs dataset._target_=your_module.load"):
+        data.load_dataset({"name": "custom", "_target_": None})

@@ -54,3 +54,33 @@ def test_unknown_name_lists_known_names_and_the_closest():
 
 def test_entry_point_group_name():
     assert registry_module.ENTRY_POINT_GROUP == "qresearch.plugins"
+
+
+def test_unknown_name_says_how_to_add_one():
+    reg = Registry("widget", how_to_add="decorate it with @widgets.register('NAME').")
+    reg.register("a", 1)
+    with pytest.raises(UnknownNameError) as info:
+        reg.get("b")
+    assert str(info.value).endswith("Known widgets: a. To add one: decorate it with @widgets.register('NAME').")
+    assert "To add one" not in Registry("widget").unknown_message("b")  # no hint given: none said
+
+
+@pytest.mark.parametrize("lookup,hints", [
+    (lambda: __import__("qresearch.quantizers", fromlist=["get"]).get("nope"),
+     ["@qresearch.quantizers.register('NAME')", "plugins=[your_module]", "scheme.weights.quantizer=NAME"]),
+    (lambda: __import__("qresearch.data", fromlist=["load_dataset"]).load_dataset({"name": "nope"}),
+     ["dataset=npz dataset.path=", "dataset._target_=", "register_dataset", "plugins=[your_module]"]),
+    (lambda: __import__("qresearch.models", fromlist=["MODELS"]).MODELS.get("nope"),
+     ["model._target_=your_module.build", "register_model", "plugins=[your_module]"]),
+    (lambda: __import__("qresearch.schemes.presets", fromlist=["get"]).get("nope"),
+     ["qresearch.schemes.register(", "hydra.searchpath", "scheme.weights.quantizer="]),
+    (lambda: __import__("qresearch.hardware", fromlist=["get"]).get("nope"),
+     ["qresearch.hardware.register(", "conf/hardware/", "plugins=[your_module]"]),
+])
+def test_every_registry_says_how_to_add_one(lookup, hints):
+    with pytest.raises(UnknownNameError) as info:
+        lookup()
+    msg = str(info.value)
+    assert "To add one:" in msg
+    for hint in hints:
+        assert hint in msg, (hint, msg)

@@ -325,3 +325,38 @@ def test_bad_labels_fail_the_run_at_the_data_stage_with_the_cause(tmp_path):
     assert rec["status"] == "failed" and rec["error"]["stage"] == "data" and rec["error"]["type"] == "DataError"
     assert "y_train[35] = 12 is outside [0, 10)" in rec["error"]["message"]
     assert "float_s" not in rec["times"]
+def test_cli_brings_your_own_quantizer_data_and_model(tmp_path):
+    """One fresh process, as a user runs it from their project folder: a plugin quantizer, an npz file
+    (uint8 pixels, classes inferred), a model builder by _target_ (model=custom picked for it)."""
+    from user_code import write_data_and_models, write_npz, write_quantizer
+
+    write_quantizer(tmp_path, "qr_cli_plugin", "qr_cli_rule")
+    write_data_and_models(tmp_path)
+    write_npz(tmp_path / "pixels.npz", n=120, classes=3)
+    proc = _cli(tmp_path, "plugins=[qr_cli_plugin]", "scheme.weights.quantizer=qr_cli_rule", "dataset=npz",
+                "dataset.path=pixels.npz", "dataset.scale=1/255", "model._target_=user_models.build",
+                "+model.width=8", "training=fast", "logger=disabled")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed"
+    assert rec["scheme"]["weights"]["quantizer"] == "qr_cli_rule"
+    assert rec["dataset"]["num_classes"] == 3 and rec["dataset"]["input_shape"] == [8, 8, 1]
+    assert rec["labels"]["model"] == "user_models.build" and rec["choices"]["model"] == "custom"
+    assert rec["config"]["plugins"] == ["qr_cli_plugin"]
+
+
+def test_a_plugin_that_cannot_be_imported_fails_the_job_with_a_record(tmp_path):
+    cfg = _compose(tmp_path, ["logger=disabled", "plugins=[qr_plugin_not_there]"])
+    assert math.isnan(run_job(cfg))
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "plugins"
+    assert rec["error"]["type"] == "PluginImportError" and "'qr_plugin_not_there' could not be imported" in \
+        rec["error"]["message"]
+
+
+def test_variant_label_names_your_data_but_not_plugins():
+    from qresearch.run import variant_label
+
+    # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
+    assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",
+                                 "+model.width=8", "plugins=[my_quant]"]) == "lsq[dataset.path=a.npz,model.width=8]"

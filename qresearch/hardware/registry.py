@@ -13,7 +13,10 @@ from qresearch.hardware.target import Target
 from qresearch.paths import CONF_DIR
 from qresearch.registry import Registry
 
-TARGETS: Registry = Registry("hardware target")
+TARGETS: Registry = Registry(
+    "hardware target", how_to_add="qresearch.hardware.register('NAME', Target | dict | 'NAME.yaml') in a module "
+    "passed as plugins=[your_module] (or imported in Python); on the command line, a file NAME.yaml in "
+    "conf/hardware/ or in a folder's hardware/ added with hydra.searchpath=[file://FOLDER].")
 BUILTIN_DIR = CONF_DIR / "hardware"
 
 

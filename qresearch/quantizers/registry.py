@@ -9,7 +9,10 @@ from qresearch._compat import keras
 from qresearch.errors import ConfigError, QResearchError
 from qresearch.registry import Registry
 
-QUANTIZERS: Registry = Registry("quantizer")
+QUANTIZERS: Registry = Registry(
+    "quantizer", how_to_add="decorate a Quantizer subclass with @qresearch.quantizers.register('NAME') in a "
+    "module of yours, then pass plugins=[your_module] on the command line (or import the module in Python) "
+    "and use it as scheme.weights.quantizer=NAME.")
 ROLES = ("weights", "activations")
 SPEC_NAME_KEYS = ("name", "quantizer")
 

@@ -202,7 +202,9 @@ class IntegerKernels:
         return fn(acc, multiplier, shift)
 
 
-KERNELS: Registry[IntegerKernels] = Registry("integer kernel set")
+KERNELS: Registry[IntegerKernels] = Registry(
+    "integer kernel set", how_to_add="qresearch.schemes.integer.KERNELS.register('NAME', IntegerKernels(...)) "
+    "in a module passed as plugins=[your_module] (or imported in Python).")
 _AWAY = _double_rounding("away")
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", _double_rounding("up"), _AWAY, add_vector=True, op_requantize={"TRANSPOSE_CONV": _AWAY},

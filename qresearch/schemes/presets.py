@@ -15,7 +15,11 @@ from qresearch.paths import CONF_DIR
 from qresearch.registry import Registry
 from qresearch.schemes.spec import SchemeSpec
 
-SCHEMES: Registry = Registry("scheme")
+SCHEMES: Registry = Registry(
+    "scheme", how_to_add="qresearch.schemes.register('NAME', {...}) in a module passed as plugins=[your_module] "
+    "(or imported in Python); on the command line, a file NAME.yaml in conf/scheme/ or in a folder's scheme/ "
+    "added with hydra.searchpath=[file://FOLDER]; or give the scheme as data: scheme.weights.quantizer=..., "
+    "scheme.weights.bits=....")
 _loaded = False
 
 
