@@ -37,6 +37,16 @@ class QATModel(keras.Model):
     so ``describe`` works on a loaded model too.
     """
 
+    def __call__(self, *args, **kwargs):
+        from qresearch.schemes import integer
+
+        if integer.in_saving_trace():
+            # A saving trace (the serving signature of model.save / the TFLite converter) calls the model;
+            # Keras opens a fresh call context for this call, so carry "export" down to the layers.
+            with integer.export_mode():
+                return super().__call__(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
+
     def save(self, filepath, *args, **kwargs):
         check_format(filepath)
         return super().save(filepath, *args, **kwargs)
