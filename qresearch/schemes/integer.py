@@ -77,8 +77,8 @@ def export_mode():
 def emulated_kernels(name: Optional[str]):
     """Emulate kernel set ``name`` (or none: ``"none"``) instead of each layer's own, e.g. to compare
     with another LiteRT kernel set (``verify(kernels=...)``). Applies to eager calls and new traces."""
-    if name is not None:
-        KERNELS.get(name)
+    if name not in (None, "none"):
+        KERNELS.get(name)  # an unknown name fails here, with the known ones listed
     old = getattr(_state, "override", None)
     _state.override = name
     try:
