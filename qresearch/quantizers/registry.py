@@ -10,6 +10,8 @@ from qresearch.errors import ConfigError, QResearchError
 from qresearch.registry import Registry
 
 QUANTIZERS: Registry = Registry("quantizer")
+# Each quantizer is Keras-serializable as "qresearch>quantizer:<name>": the name a saved model stores.
+KERAS_PACKAGE, KERAS_PREFIX = "qresearch", "quantizer:"
 ROLES = ("weights", "activations")
 SPEC_NAME_KEYS = ("name", "quantizer")
 
@@ -28,10 +30,15 @@ def register(name: str, *, overwrite: bool = False):
         # deserialization entry of the class that owns the name.
         QUANTIZERS.register(name, cls, overwrite=overwrite)
         cls.registry_name = name
-        keras.utils.register_keras_serializable(package="qresearch", name=f"quantizer:{name}")(cls)
+        keras.utils.register_keras_serializable(package=KERAS_PACKAGE, name=KERAS_PREFIX + name)(cls)
         return cls
 
     return add
+
+
+def keras_name(name: str) -> str:
+    """The name a saved model stores for the quantizer registered as ``name``."""
+    return f"{KERAS_PACKAGE}>{KERAS_PREFIX}{name}"
 
 
 def get(name: str):
