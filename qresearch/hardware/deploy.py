@@ -84,10 +84,9 @@ def convert(qat_model, target, representative_data=None) -> bytes:
         converter.inference_output_type = tf.int8
         if representative_data is not None:
             converter.representative_dataset = _representative(representative_data)
-    from qresearch.schemes.integer import export_mode
-
-    with export_mode():  # the plain FakeQuant graph the converter reads, not the integer-kernel emulation
-        return converter.convert()
+    # The converter saves the model to a SavedModel first: Keras traces it for saving, where every layer
+    # builds the plain FakeQuant graph, not the integer-kernel emulation (schemes/integer.py `exporting`).
+    return converter.convert()
 
 
 def make_interpreter(tflite_model: bytes, kernels: str = KERNELS):

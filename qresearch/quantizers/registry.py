@@ -13,6 +13,8 @@ QUANTIZERS: Registry = Registry(
     "quantizer", how_to_add="decorate a Quantizer subclass with @qresearch.quantizers.register('NAME') in a "
     "module of yours, then pass plugins=[your_module] on the command line (or import the module in Python) "
     "and use it as scheme.weights.quantizer=NAME.")
+# Each quantizer is Keras-serializable as "qresearch>quantizer:<name>": the name a saved model stores.
+KERAS_PACKAGE, KERAS_PREFIX = "qresearch", "quantizer:"
 ROLES = ("weights", "activations")
 SPEC_NAME_KEYS = ("name", "quantizer")
 
@@ -31,10 +33,15 @@ def register(name: str, *, overwrite: bool = False):
         # deserialization entry of the class that owns the name.
         QUANTIZERS.register(name, cls, overwrite=overwrite)
         cls.registry_name = name
-        keras.utils.register_keras_serializable(package="qresearch", name=f"quantizer:{name}")(cls)
+        keras.utils.register_keras_serializable(package=KERAS_PACKAGE, name=KERAS_PREFIX + name)(cls)
         return cls
 
     return add
+
+
+def keras_name(name: str) -> str:
+    """The name a saved model stores for the quantizer registered as ``name``."""
+    return f"{KERAS_PACKAGE}>{KERAS_PREFIX}{name}"
 
 
 def get(name: str):

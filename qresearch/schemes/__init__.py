@@ -11,11 +11,11 @@ from qresearch.schemes.presets import get, names, register
 from qresearch.schemes.annotate import ConfigWrapper
 from qresearch.schemes.apply import calibrate, quantize
 from qresearch.schemes.describe import describe, quantized_weights
-from qresearch.schemes.io import load_model
+from qresearch.schemes.io import UnregisteredClassError, load_model
 
 __all__ = [
     "ChannelAffine", "ConfigWrapper", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override", "QuantizeInput", "QuantizeLike",
     "QuantizeWrapper",
-    "SchemeSpec", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize",
+    "SchemeSpec", "UnregisteredClassError", "calibrate", "describe", "get", "layer_spec", "load_model", "names", "quantize",
     "quantized_weights", "register", "register_layer", "registered_layers",
 ]

@@ -7,8 +7,9 @@ on coarse grids (learned steps, few taps) one LSB in an early layer flips argmax
 inference only (training keeps the float straight-through forward its gradients need), layers whose
 target names a kernel set compute what those kernels compute: a conv's int32 accumulator comes from
 running the layer on integer inputs and weights (exact in float32 below 2^24) plus the bias rounded
-onto ``S_in·S_w``, and is requantized in int64 by the runtime's own rule. The TFLite converter never sees this: ``deploy.convert``
-traces the model in export mode, where every layer is the plain FakeQuant graph the converter reads.
+onto ``S_in·S_w``, and is requantized in int64 by the runtime's own rule. Exports never see this: inside a
+Keras saving trace (``model.save``, ``tf.saved_model.save``, ``TFLiteConverter.from_keras_model``) every layer
+builds the plain FakeQuant graph the TFLite converter reads (``exporting``).
 
 Kernel sets are data (``KERNELS``); each names its requantization rule. Measured against LiteRT
 (TF 2.21) on CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs, bit-exact:
@@ -33,10 +34,38 @@ _state = threading.local()
 
 
 # ----------------------------------------------------------------------------- modes
+def exporting() -> bool:
+    """True while layers must build the plain FakeQuant graph (what the TFLite converter reads), not the
+    emulation: inside a Keras saving trace, or inside ``export_mode``.
+
+    Every export goes through such a trace: ``model.save`` and ``tf.saved_model.save`` trace each layer's
+    call and the serving signature under Keras' call context with ``saving=True``, and TF 2.21's
+    ``TFLiteConverter.from_keras_model`` saves the model to a temporary SavedModel (its fallback,
+    ``trace_model_call``, sets the same flag). ``predict``/``model(x)`` never run with it, so inference
+    keeps the emulation and a SavedModel's graphs (what ``from_saved_model`` reads) are FakeQuant graphs.
+    """
+    return getattr(_state, "exporting", False) or in_saving_trace()
+
+
+def in_saving_trace() -> bool:
+    """True while TensorFlow or Keras traces a model for export.
+
+    TF's save context covers all of ``tf.saved_model.save`` (so also ``model.save`` and the converter's
+    SavedModel step, and a QAT model nested in another model). Keras' call-context ``saving`` flag covers
+    ``trace_model_call``, which the converter falls back to when saving fails: Keras sets it around the model
+    call, whose ``__call__`` then opens a fresh context without it, so ``QATModel`` carries it down to its
+    layers with ``export_mode``."""
+    from tensorflow.python.saved_model import save_context
+    from tf_keras.src.engine import base_layer_utils
+
+    return save_context.in_save_context() or bool(base_layer_utils.call_context().saving)
+
+
 @contextlib.contextmanager
 def export_mode():
-    """Layers build the plain FakeQuant graph (what the TFLite converter reads), not the emulation."""
-    old = exporting()
+    """Layers build the plain FakeQuant graph, not the emulation (entered by ``QATModel`` when a saving trace
+    calls it; also usable to trace an export function by hand)."""
+    old = getattr(_state, "exporting", False)
     _state.exporting = True
     try:
         yield
@@ -44,16 +73,12 @@ def export_mode():
         _state.exporting = old
 
 
-def exporting() -> bool:
-    return getattr(_state, "exporting", False)
-
-
 @contextlib.contextmanager
 def emulated_kernels(name: Optional[str]):
     """Emulate kernel set ``name`` (or none: ``"none"``) instead of each layer's own, e.g. to compare
     with another LiteRT kernel set (``verify(kernels=...)``). Applies to eager calls and new traces."""
-    if name is not None:
-        KERNELS.get(name)
+    if name not in (None, "none"):
+        KERNELS.get(name)  # an unknown name fails here, with the known ones listed
     old = getattr(_state, "override", None)
     _state.override = name
     try:

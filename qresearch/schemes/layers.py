@@ -90,7 +90,26 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec
+    make_loadable(layer_class)
     return spec
+
+
+# A user's layer class is saved under the Keras name "qresearch>layer:<ClassName>" (quantizer plugins under
+# "qresearch>quantizer:<name>"), so a load that misses it can say which class and how to get it.
+LAYER_KEY_PACKAGE, LAYER_KEY_PREFIX = "qresearch", "layer:"
+
+
+def make_loadable(layer_class: type) -> None:
+    """Register a user's layer class as Keras-serializable, so saved models containing it load with
+    ``keras.models.load_model`` and ``qresearch.load_model`` (Keras finds unregistered classes only in its own
+    modules). Keras' own layers, and a class the user already registered under their own name, are left as
+    they are: their saved name stays what it was."""
+    if layer_class.__module__.split(".")[0] == "tf_keras":
+        return
+    if ">" in keras.utils.get_registered_name(layer_class):  # registered names are "package>name"
+        return
+    keras.utils.register_keras_serializable(package=LAYER_KEY_PACKAGE,
+                                            name=LAYER_KEY_PREFIX + layer_class.__name__)(layer_class)
 
 
 def layer_spec(layer) -> Optional[LayerSpec]:
