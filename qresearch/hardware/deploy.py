@@ -227,15 +227,15 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     with emulated_kernels(emulated):
         sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)
 
-    deq = (q_out.astype(np.float64) - z_out) * s_out
+    # A float output (the last layer left float: skipped, or not annotated) has scale 0: its values
+    # are already real numbers.
+    deq = (q_out.astype(np.float64) - z_out) * s_out if s_out > 0 else q_out.astype(np.float64)
     labels = _labels(y)
     # One output unit: 0.5 for probabilities (all simulated outputs in [0, 1]), else 0 for a logit.
     threshold = 0.5 if float(np.min(sim)) >= 0.0 and float(np.max(sim)) <= 1.0 else 0.0
     pred_dep, pred_sim = _predictions(deq, threshold), _predictions(sim, threshold)
-    if s_out > 0:
-        diff_lsb = np.abs(sim.astype(np.float64) - deq) / s_out
-    else:  # float output (should not happen with integer I/O)
-        diff_lsb = np.abs(sim.astype(np.float64) - q_out)
+    # In units of the output grid; for a float output, the plain difference.
+    diff_lsb = np.abs(sim.astype(np.float64) - deq) / (s_out if s_out > 0 else 1.0)
     report = inspect_model(tflite_model, target)
     result = {
         "target": target.name,

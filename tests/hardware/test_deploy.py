@@ -197,3 +197,20 @@ def test_int16x8_mlp_parity():
     assert r["input_quantization"][1] == 0 and r["output_quantization"][1] == 0
     assert r["argmax_agreement"] >= 0.995 and abs(r["deployed_accuracy"] - r["simulated_accuracy"]) <= 0.002
     assert r["within_1lsb_fraction"] == 1.0
+
+
+def test_a_float_output_layer_is_compared_as_floats(data):
+    # the last layer left float (skipped): the deployed output tensor is float32 with scale 0, and its
+    # values are compared as they are (they were multiplied by that 0 scale: argmax agreement 0.06)
+    xtr, ytr, xte, yte = data
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    h = keras.layers.Dense(32, activation="relu", name="hidden")(keras.layers.Flatten()(inp))
+    model = train(keras.Model(inp, keras.layers.Dense(10, name="logits")(h)), xtr, ytr, epochs=3, from_logits=True)
+    q = qresearch.quantize(model, {"weights": {"quantizer": "minmax", "bits": 8},
+                                   "activations": {"quantizer": "minmax", "bits": 8}, "skip": ["logits"]},
+                           calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["output_quantization"][0] == 0  # a float output
+    assert r["argmax_agreement"] > 0.99 and r["max_abs_diff_lsb"] < 0.05  # logits differ by float rounding
+    assert abs(r["deployed_accuracy"] - r["simulated_accuracy"]) < 0.01 and r["deployed_accuracy"] > 0.8
