@@ -294,6 +294,7 @@ class Job:
             cache_dir = cfg.paths.cache_dir
             ds = qdata.load_dataset(to_dict(cfg.dataset), cache_dir=cache_dir)
             self.record["dataset"] = ds.describe()
+            self.record["labels"]["dataset"] = ds.name  # npz: the file's name; _target_: the function
 
         with self.timed("float"):
             tcfg = cfg.training

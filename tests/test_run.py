@@ -342,6 +342,7 @@ def test_cli_brings_your_own_quantizer_data_and_model(tmp_path):
     assert rec["scheme"]["weights"]["quantizer"] == "qr_cli_rule"
     assert rec["dataset"]["num_classes"] == 3 and rec["dataset"]["input_shape"] == [8, 8, 1]
     assert rec["labels"]["model"] == "user_models.build" and rec["choices"]["model"] == "custom"
+    assert rec["labels"]["dataset"] == "pixels"  # the file, not "npz"
     assert rec["config"]["plugins"] == ["qr_cli_plugin"]
 
 
