@@ -109,7 +109,7 @@ class PathsConfig:
 class Config:
     seed: int = 0
     sweep_name: str = "adhoc"
-    resume: bool = True              # multirun: skip jobs whose result.json is completed with the same hash
+    resume: bool = True              # multirun: skip jobs completed with the same config hash and data
     deterministic: bool = True       # tf.config.experimental.enable_op_determinism()
     adapt: bool = True               # coerce the scheme's details to the target instead of failing
     adapt_bits: bool = False         # ... bit widths included (off: a width the target lacks fails the run)
