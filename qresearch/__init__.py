@@ -7,14 +7,16 @@ from qresearch import quantizers  # noqa: F401
 from qresearch import hardware  # noqa: F401
 from qresearch.errors import (ConfigError, IncompatibleTargetError, KerasVersionError, QResearchError,
                               UnknownNameError, UnsupportedLayerError)
+from qresearch.checks import DataError
+from qresearch.plugins import PluginImportError, import_plugins
 from qresearch.registry import Registry
 from qresearch import schemes  # noqa: F401
-from qresearch.schemes import load_model, quantize
+from qresearch.schemes import UnregisteredClassError, load_model, quantize
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ConfigError", "IncompatibleTargetError", "KerasVersionError", "QResearchError", "Registry",
-    "UnknownNameError", "UnsupportedLayerError", "keras", "load_model", "quantize", "quantizers", "schemes",
-    "tf", "tfmot",
+    "ConfigError", "DataError", "IncompatibleTargetError", "KerasVersionError", "PluginImportError",
+    "QResearchError", "Registry", "UnknownNameError", "UnregisteredClassError", "UnsupportedLayerError",
+    "import_plugins", "keras", "load_model", "quantize", "quantizers", "schemes", "tf", "tfmot",
 ]
