@@ -431,12 +431,33 @@ def dataset_from_arrays(name: str, x_train: Any, y_train: Any, x_test: Any, y_te
     top = int(max(y_tr.max(), y_te.max()))
     if num_classes is None:
         num_classes = top + 1
+        _check_inferred_classes(y_tr, y_te, num_classes, where)
     elif not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise ConfigError(f"dataset.num_classes must be a positive integer or null (inferred), got {num_classes!r}")
     elif top >= num_classes:
         raise ConfigError(f"labels{where} go up to {top} but dataset.num_classes={num_classes}: set it to at least "
                           f"{top + 1}, or to null to infer it")
     return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes=int(num_classes))
+
+
+def _check_inferred_classes(y_train: np.ndarray, y_test: np.ndarray, num_classes: int, where: str) -> None:
+    """Inferring ``num_classes`` from the largest label turns a stray label (12 among 0..9) into extra,
+    empty classes, silently. So an inferred count must see every class in the data; a dataset whose
+    classes really are sparse says so with ``dataset.num_classes``."""
+    present = np.zeros(num_classes, bool)
+    present[np.concatenate([y_train, y_test])] = True
+    if present.all():
+        return
+    missing = np.flatnonzero(~present)
+    top = num_classes - 1
+    stray = [(split, int(i)) for split, y in (("train", y_train), ("test", y_test))
+             for i in np.flatnonzero(y > missing[0])[:3]]
+    first = ", ".join(f"y_{split}[{i}] = {(y_train if split == 'train' else y_test)[i]}" for split, i in stray)
+    raise DataError(
+        f"labels{where} go up to {top}, so {num_classes} classes would be inferred, but "
+        f"{', '.join(str(m) for m in missing[:10])}{' ...' if len(missing) > 10 else ''} never occur: "
+        f"a stray label? Labels above the gap: {first}{' ...' if len(stray) >= 3 else ''}. "
+        f"Fix: correct those labels, or set dataset.num_classes={num_classes} if the classes really are sparse.")
 
 
 def _split_single(x: Any, y: Any, cfg: Mapping[str, Any], source: str) -> Tuple[np.ndarray, ...]:

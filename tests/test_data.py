@@ -217,6 +217,21 @@ def test_npz_single_set_is_split_by_a_seeded_fraction_and_classes_can_be_given(t
         data.load_dataset({**cfg, "num_classes": 2})
 
 
+def test_a_stray_label_is_not_taken_for_extra_classes(tmp_path):
+    # labels 0..9 plus one 12: inferring 13 classes would leave 10 and 11 empty, silently
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 256, (60, 4, 4), dtype=np.uint8), np.arange(60) % 10
+    y_bad = y.copy()
+    y_bad[35] = 12
+    path = tmp_path / "stray.npz"
+    np.savez(path, x_train=x[:40], y_train=y_bad[:40], x_test=x[40:], y_test=y[40:])
+    with pytest.raises(data.DataError, match=r"up to 12, so 13 classes .* 10, 11 never occur.*y_train\[35\] = 12"
+                                             r".*dataset.num_classes=13"):
+        data.load_dataset({"name": "npz", "path": str(path)})
+    sparse = data.load_dataset({"name": "npz", "path": str(path), "num_classes": 13})  # said on purpose
+    assert sparse.num_classes == 13
+
+
 def test_npz_file_errors_name_the_file_the_keys_and_the_fix(tmp_path):
     wrong = tmp_path / "wrong.npz"
     np.savez(wrong, images=np.zeros((4, 2, 2)), x_train=np.zeros((4, 2, 2)))
