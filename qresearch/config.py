@@ -10,6 +10,8 @@ what only the code knows (registered dataset/model names, logger modes).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import enum
 import hashlib
@@ -31,15 +33,35 @@ SCHEMA_NAME = "qresearch_schema"
 GROUPS = ("dataset", "model", "scheme", "hardware", "training", "logger", "paths")
 #: Groups whose options are ``# @package _global_`` files added with ``+group=option``.
 GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search")
-#: Keys that do not change what a run computes: left out of its identity hash.
+# ---- The one list of keys by role (identity hash, variant labels, sweep folder names, the report).
+#: Keys that do not change what a run computes: left out of its identity hash and its variant label.
 # ``plugins`` only makes names available; the names a run uses (scheme.weights.quantizer=...) are in its config.
 NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plugins")
-#: Override keys that name a run's coordinates; the others make its "variant" label.
+#: Keys (and their sub-keys) that change how a run is carried out or described, not its numbers:
+#: in its identity hash, but never in its variant label.
+NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download", "dataset.cache_dir",
+                  "hardware.description", "training.verbose")
+#: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
                    # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
                    "model._target_")
+#: Override keys left out of a sweep job's folder name: conf/config.yaml's
+#: ``hydra.job.config.override_dirname.exclude_keys`` must equal this list (a test checks). Hydra
+#: matches them exactly, so the non-semantic keys are listed with the sub-keys a user sets.
+FOLDER_EXCLUDED_KEYS = ("sweep", "sweep_name", "resume", "plugins", "logger", "logger.mode", "logger.project",
+                        "logger.group", "paths", "paths.output_dir", "paths.cache_dir", "paths.data_dir", "threads",
+                        "hydra/launcher", "hydra.launcher.n_jobs", "experiment", "hparams_search")
+
+
+def is_coordinate(key: str) -> bool:
+    """Whether a config or override key stays out of a variant label (a coordinate, or no effect on results)."""
+    key = key.lstrip("+~")
+    return (key in COORDINATE_KEYS or key.startswith("hydra") or key.split(".")[0] in NON_SEMANTIC_KEYS
+            or any(key == k or key.startswith(k + ".") for k in NO_RESULT_KEYS))
+
+
 #: Groups whose ``custom`` option is picked when only ``GROUP._target_=...`` is given (``with_implied_groups``).
 TARGET_GROUPS = ("dataset", "model")
 #: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).
@@ -153,6 +175,9 @@ register_resolvers()
 # ------------------------------------------------------------------ plain data and identity
 def to_dict(cfg) -> Dict[str, Any]:
     """The resolved config as plain data (enums as their names, no ``hydra`` node)."""
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:
+        # left out before resolving: its ${hydra:...} values resolve only inside a running Hydra job
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     if isinstance(cfg, (DictConfig, ListConfig)):
         data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     else:
@@ -169,8 +194,83 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 def config_hash(cfg) -> str:
     """The run's identity: a hash of everything in the resolved config that changes its results."""
-    data = to_dict(cfg)
+    return _hash_of(to_dict(cfg))
+
+
+def _hash_of(data: Mapping[str, Any]) -> str:
     return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
+
+
+# ------------------------------------------------------------------ the typed boundary
+@dataclass(frozen=True)
+class Experiment:
+    """One job's config as typed objects, built once from the Hydra config by ``experiment(cfg)``;
+    everything below the run takes these (no OmegaConf past this point)."""
+    config: Dict[str, Any]            # the resolved config as plain data: recorded, logged, hashed
+    hash: str                         # config_hash: the run's identity
+    seed: Any                         # as given: validate() names a bad one
+    dataset: Dict[str, Any]
+    model: Dict[str, Any]
+    scheme: Dict[str, Any]            # the ``bits`` shorthand applied
+    hardware: Optional[Dict[str, Any]]
+    training: TrainingConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+    sweep_name: str = "adhoc"
+    resume: bool = True
+    deterministic: bool = True
+    adapt: bool = True
+    adapt_bits: bool = False
+    bits: Optional[int] = None
+    deploy: bool = True
+    save_model: bool = False
+    threads: Optional[int] = None
+    plugins: List[str] = field(default_factory=list)
+
+
+def _typed(cls, data: Optional[Mapping[str, Any]], **fixed):
+    """``cls`` from plain data: its own fields only (a ``+key`` added on the command line stays in
+    ``Experiment.config``, and so in the hash, without breaking the typed view)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(data or {}).items() if k in names}, **fixed)
+
+
+def phase_config(data: Mapping[str, Any]) -> PhaseConfig:
+    """A PhaseConfig from plain data (``{"optimizer": "sgd", ...}``; enums from their names)."""
+    d = {k: v for k, v in dict(data).items() if k not in ("optimizer", "schedule")}
+    return _typed(PhaseConfig, d, optimizer=Optimizer(data.get("optimizer", "adam")),
+                  schedule=Schedule(data.get("schedule", "constant")))
+
+
+def phase_dict(phase: PhaseConfig) -> Dict[str, Any]:
+    """A phase as plain data (enums as their names), e.g. for a cache key."""
+    return {k: getattr(v, "value", v) for k, v in dataclasses.asdict(phase).items()}
+
+
+def with_bits(scheme: Mapping[str, Any], bits: Optional[int]) -> Dict[str, Any]:
+    """The scheme with the ``bits`` shorthand applied to both roles' widths."""
+    spec = copy.deepcopy(dict(scheme or {}))
+    if bits is not None:
+        for key in ROLE_BITS_KEYS:
+            role = key.split(".")[1]
+            if isinstance(spec.get(role), dict):
+                spec[role]["bits"] = int(bits)
+    return spec
+
+
+def experiment(cfg) -> Experiment:
+    """The typed objects of one job, from a composed Hydra config (or its plain-data form)."""
+    data = to_dict(cfg)
+    t = data.get("training") or {}
+    training = _typed(TrainingConfig, {k: v for k, v in t.items() if k not in ("float", "qat")},
+                      float=phase_config(t.get("float") or {}), qat=phase_config(t.get("qat") or {}))
+    flags = {k: data[k] for k in ("sweep_name", "resume", "deterministic", "adapt", "adapt_bits", "bits", "deploy",
+                                  "save_model", "threads", "plugins") if data.get(k) is not None}
+    return Experiment(config=data, hash=_hash_of(data), seed=data.get("seed"), dataset=dict(data.get("dataset") or {}),
+                      model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
+                      hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
+                      logger=_typed(LoggerConfig, data.get("logger")), paths=_typed(PathsConfig, data.get("paths")),
+                      **flags)
 
 
 # ------------------------------------------------------------------ override pre-check
@@ -289,22 +389,23 @@ def validate(cfg, check_data: bool = True) -> None:
     from qresearch import data, models
     from qresearch.plugins import import_object
 
-    dcfg = cfg.dataset
+    exp = cfg if isinstance(cfg, Experiment) else experiment(cfg)
+    dcfg = exp.dataset
     if dcfg.get("name") not in data.DATASETS:
         raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names(), data.DATASETS.how_to_add)
     # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
     check = getattr(data.DATASETS.get(dcfg.get("name")), "check_config", None)
     if check is not None and check_data:
-        check(to_dict(dcfg))
-    mcfg = cfg.model
+        check(dcfg)
+    mcfg = exp.model
     if mcfg.get("_target_"):  # imported now, so a typo fails before any data is loaded
         import_object(mcfg.get("_target_"), "model._target_", models.BUILDER_CONTRACT)
     elif mcfg.get("name") not in models.MODELS:
         raise _choice_error("model.name", mcfg.get("name"), models.MODELS.names(), models.MODELS.how_to_add)
-    if cfg.logger.mode not in LOGGER_MODES:
-        raise _choice_error("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    if exp.logger.mode not in LOGGER_MODES:
+        raise _choice_error("logger.mode", exp.logger.mode, LOGGER_MODES)
     for phase in ("float", "qat"):
-        p = cfg.training[phase]
+        p = getattr(exp.training, phase)
         if p.epochs < 0:
             raise ConfigError(f"training.{phase}.epochs must be >= 0, got {p.epochs}")
         if p.batch_size < 1:
@@ -316,14 +417,14 @@ def validate(cfg, check_data: bool = True) -> None:
         n = dcfg.get(f"{split}_samples")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"dataset.{split}_samples must be a positive integer or null (all), got {n!r}")
-    seed = cfg.get("seed")
+    seed = exp.seed
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     frac = dcfg.get("test_fraction")
     if frac is not None and not (isinstance(frac, (int, float)) and 0 < float(frac) < 1):
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
-    if cfg.training.calibration_samples < 1:
-        raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")
+    if exp.training.calibration_samples < 1:
+        raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
 
 
 ROLE_BITS_KEYS = ("scheme.weights.bits", "scheme.activations.bits")

@@ -66,6 +66,31 @@ def test_sweep_folder_is_deterministic_from_the_sweep_name():
     assert len(long) < 200 and long == qconfig._subdir("x" * 300)
 
 
+def test_one_list_of_keys_that_do_not_name_a_run():
+    # a sweep job's folder name leaves out exactly the Python list, which holds every non-semantic key
+    excluded = list(_compose(hydra_node=True).hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == list(qconfig.FOLDER_EXCLUDED_KEYS)
+    assert set(qconfig.NON_SEMANTIC_KEYS) <= set(excluded)
+    # ... and the variant labels (run and report) leave out coordinates and keys that change no number
+    for key in ("seed", "bits", "scheme.weights.bits", "logger.mode", "paths.output_dir", "training.verbose",
+                "deploy", "hydra.launcher.n_jobs", "+plugins"):
+        assert qconfig.is_coordinate(key), key
+    for key in ("dataset.path", "model.width", "training.qat.learning_rate", "scheme.weights.quantizer"):
+        assert not qconfig.is_coordinate(key), key
+
+
+def test_the_typed_config_is_built_once_from_the_hydra_config():
+    cfg = _compose(["bits=3", "training.qat.optimizer=sgd", "~hardware"])
+    exp = qconfig.experiment(cfg)
+    assert isinstance(exp.training.float, qconfig.PhaseConfig) and exp.training.qat.optimizer is qconfig.Optimizer.sgd
+    assert exp.scheme["weights"]["bits"] == exp.scheme["activations"]["bits"] == 3 and exp.hardware is None
+    assert exp.config == qconfig.to_dict(cfg) and exp.hash == qconfig.config_hash(cfg)
+    assert qconfig.phase_dict(exp.training.qat)["optimizer"] == "sgd"
+    assert exp.logger.mode == cfg.logger.mode and exp.paths.cache_dir == cfg.paths.cache_dir
+    # a sweep's shared config (with its hydra node) converts too: the hydra node is left out unresolved
+    assert "hydra" not in qconfig.experiment(_compose(["+sweep=smoke"], hydra_node=True)).config
+
+
 def test_launchers_compose(monkeypatch):
     # the joblib launcher takes n_jobs from $QRESEARCH_JOBS (default 2), under both names
     monkeypatch.delenv("QRESEARCH_JOBS", raising=False)
@@ -154,7 +179,7 @@ def test_config_hash_ignores_logging_and_paths():
 
 
 def test_sweep_config_is_checked_before_any_job(capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     cfg = _compose(["+sweep=smoke", "dataset.train_samples=-3"], hydra_node=True)
     with pytest.raises(SystemExit):
@@ -164,7 +189,7 @@ def test_sweep_config_is_checked_before_any_job(capsys):
 
 
 def test_bits_shorthand_with_role_bits_is_refused(capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     qconfig.check_bits_shorthand(None, ["scheme.weights.bits", "seed"])
     qconfig.check_bits_shorthand(4, ["seed", "scheme.weights.quantizer"])
@@ -193,7 +218,8 @@ def test_out_of_range_values_name_their_key(override, message):
 # ------------------------------------------------------------------ your own code: plugins, _target_, npz
 def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch, capsys):
     from qresearch import quantizers
-    from qresearch.run import SweepSummary, check_scheme, scheme_dict
+    from qresearch.stages import check_scheme
+    from qresearch.sweep_callback import SweepSummary
 
     write_quantizer(tmp_path, "qr_plugin_sweep", "qr_rule_sweep")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -201,10 +227,10 @@ def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch,
                    hydra_node=True)
     assert "qr_rule_sweep" not in quantizers.names()
     with pytest.raises(Exception, match="unknown quantizer 'qr_rule_sweep'.*plugins=\\[your_module\\]"):
-        check_scheme(cfg, scheme_dict(cfg))  # what a job would meet without the plugin
+        check_scheme(qconfig.experiment(cfg))  # what a job would meet without the plugin
     SweepSummary().on_multirun_start(cfg)  # imports the plugins, then checks the sweep's config
     assert "qr_rule_sweep" in quantizers.names()
-    target, eff, _ = check_scheme(cfg, scheme_dict(cfg))
+    target, eff, _ = check_scheme(qconfig.experiment(cfg))
     assert eff["weights"]["quantizer"] == "qr_rule_sweep"
     # a plugin that cannot be imported stops the sweep before any job, naming it
     bad = _compose(["+sweep=smoke", "plugins=[qr_no_such_module]"], hydra_node=True)
@@ -299,7 +325,7 @@ def _npz_with(folder, **arrays):
 
 
 def test_a_sweep_over_dataset_files_is_checked_per_job(tmp_path, capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     a, b = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", single=True)
     # what Hydra hands the callback for `-m dataset=npz dataset.path=a.npz,b.npz`: the swept key unset

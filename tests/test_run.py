@@ -16,7 +16,9 @@ from qresearch import logger as qlog
 from qresearch.paths import CONF_DIR, REPO_DIR
 from qresearch.report import make_report
 from qresearch.results import load_results
-from qresearch.run import check_scheme, run_job, scheme_dict
+from qresearch.config import experiment
+from qresearch.run import run_job
+from qresearch.stages import check_scheme
 
 FAST = ["dataset=digits", "model=mlp", "model.hidden=[32]", "training=fast", "dataset.train_samples=400",
         "dataset.test_samples=200"]
@@ -89,7 +91,7 @@ def test_nan_loss_is_recorded_as_failed(tmp_path, monkeypatch):
 def test_incompatible_bits_fail_before_training(tmp_path):
     cfg = _compose(tmp_path, ["logger=disabled", "hardware=tflite_int8", "scheme=tflite_int8", "bits=4"])
     with pytest.raises(Exception, match="tflite_int8.*4 bits"):
-        check_scheme(cfg, scheme_dict(cfg))
+        check_scheme(experiment(cfg))
     assert math.isnan(run_job(cfg))
     rec, _ = _result(tmp_path)
     assert rec["status"] == "failed" and rec["error"]["stage"] == "setup"
@@ -218,12 +220,12 @@ def test_cli_help_names_groups_and_common_keys(tmp_path):
 
 
 def test_results_record_the_code_version():
-    from qresearch.run import _versions, code_version
+    from qresearch.versions import code_version, versions
 
     v = code_version()
     if (Path(__file__).resolve().parents[1] / ".git").exists():
         assert len(v["git_commit"]) == 40 and v["git_dirty"] in ("true", "false")
-    assert _versions().get("git_commit") == v.get("git_commit")
+    assert versions().get("git_commit") == v.get("git_commit")
 
 
 def test_flags_first():
@@ -356,7 +358,7 @@ def test_a_plugin_that_cannot_be_imported_fails_the_job_with_a_record(tmp_path):
 
 
 def test_variant_label_names_your_data_but_not_plugins():
-    from qresearch.run import variant_label
+    from qresearch.labels import variant_label
 
     # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
     assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",
