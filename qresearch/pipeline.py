@@ -119,7 +119,8 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         fit = stages.qat(exp, qat_model, ds, log_fn)
         rec["qat_history"] = fit["history"]
         qat_step, float_step = fit["step_time_s"], rec["metrics"]["float_step_time_s"]
-        rec.metric(qat_step_time_s=qat_step, step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
+        rec.metric(qat_step_time_s=qat_step,
+                   step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
 
     with rec.stage("qat_eval"):
         rec.metric(qat_accuracy=stages.evaluate_qat(exp, qat_model, ds))
@@ -136,8 +137,10 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         try:
             rep = stages.deploy(exp, qat_model, target, ds)
             rec["deploy"] = rep
-            rec.metric(deployed_accuracy=rep.get("deployed_accuracy"), deploy_argmax_agreement=rep.get("argmax_agreement"),
-                       deploy_integer_only=rep.get("integer_only"), deploy_model_size_bytes=rep.get("model_size_bytes"))
+            rec.metric(deployed_accuracy=rep.get("deployed_accuracy"),
+                       deploy_argmax_agreement=rep.get("argmax_agreement"),
+                       deploy_integer_only=rep.get("integer_only"),
+                       deploy_model_size_bytes=rep.get("model_size_bytes"))
             log.info("deployed (%s) accuracy %.4f", target.runtime, rep.get("deployed_accuracy"))
         except Exception as exc:  # a conversion failure is a finding about the QAT model, not a crash
             rec["deploy"] = {"error": error_info(exc, "deploy")}

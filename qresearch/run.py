@@ -14,7 +14,7 @@ from typing import List, Optional
 import hydra
 from omegaconf import DictConfig
 
-from qresearch import config as qconfig
+from qresearch import overrides
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
 from qresearch.pipeline import run_job
@@ -67,7 +67,7 @@ def flags_first(args: List[str]) -> List[str]:
 def cli(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     # model._target_=... (or dataset._target_) alone also picks model=custom: see with_implied_groups
-    args = qconfig.with_implied_groups(flags_first(list(args)))
+    args = overrides.with_implied_groups(flags_first(list(args)))
     sys.argv[1:] = args
     try:
         # Before Hydra composes: every check from here on (override keys, the sweep's shared
@@ -77,7 +77,7 @@ def cli(argv: Optional[List[str]] = None) -> None:
         print(f"Error importing plugins (nothing was run): {exc}", file=sys.stderr)
         raise SystemExit(2)
     try:
-        qconfig.check_overrides(args)
+        overrides.check_overrides(args)
     except ConfigError as exc:
         print(f"Error in the overrides: {exc}", file=sys.stderr)
         raise SystemExit(2)

@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from qresearch import config as qconfig
+from qresearch import overrides as qoverrides
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
 from user_code import write_data_and_models, write_npz, write_quantizer
@@ -20,7 +21,7 @@ def _compose(overrides=(), hydra_node=False):
 
 
 def _options(group):
-    return qconfig.group_options(group)
+    return qoverrides.group_options(group)
 
 
 def test_defaults_compose_and_validate():
@@ -144,18 +145,18 @@ def test_unknown_group_option_lists_options():
 
 def test_check_overrides_suggests_close_keys():
     with pytest.raises(ConfigError) as e:
-        qconfig.check_overrides(["training.qat.epoch=3"])
+        qoverrides.check_overrides(["training.qat.epoch=3"])
     assert "training.qat.epochs" in str(e.value)
     with pytest.raises(ConfigError, match="seed"):
-        qconfig.check_overrides(["sed=1"])
+        qoverrides.check_overrides(["sed=1"])
     # usual abbreviations name the key they stand for first
     for key, meant in (("training.qat.lr", "training.qat.learning_rate"), ("training.float.bs", "training.float.batch_size"),
                        ("training.qat.wd", "training.qat.weight_decay")):
         with pytest.raises(ConfigError) as e:
-            qconfig.check_overrides([f"{key}=1"])
+            qoverrides.check_overrides([f"{key}=1"])
         assert f"Did you mean {meant!r}" in str(e.value)
     # valid keys, sweeps, appends, hydra keys and group choices pass
-    qconfig.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
+    qoverrides.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
                              "model.hidden=[8]", "scheme.weights.bits=2", "-m", "dataset.train_samples=100"])
 
 
@@ -284,7 +285,7 @@ def test_a_target_alone_picks_the_custom_option(tmp_path, monkeypatch):
             "+dataset.classes=4"]
     with pytest.raises(Exception, match="_target_"):  # the problem: the default options have no such key
         _compose(args)
-    implied = qconfig.with_implied_groups(args)
+    implied = qoverrides.with_implied_groups(args)
     assert implied[-2:] == ["dataset=custom", "model=custom"]
     cfg = _compose(implied)
     qconfig.validate(cfg)
@@ -293,12 +294,12 @@ def test_a_target_alone_picks_the_custom_option(tmp_path, monkeypatch):
     model = models.build_model(qconfig.to_dict(cfg.model), ds.input_shape, ds.num_classes)
     assert model.name == "user_mlp" and model.get_layer("hidden").units == 8 and ds.num_classes == 4
     # an append (+model._target_) is turned into a set, an explicit choice is left alone
-    assert qconfig.with_implied_groups(["+model._target_=a.b"]) == ["model._target_=a.b", "model=custom"]
-    assert qconfig.with_implied_groups(["model=custom", "model._target_=a.b"]) == ["model=custom", "model._target_=a.b"]
-    assert qconfig.with_implied_groups(["seed=1"]) == ["seed=1"]
+    assert qoverrides.with_implied_groups(["+model._target_=a.b"]) == ["model._target_=a.b", "model=custom"]
+    assert qoverrides.with_implied_groups(["model=custom", "model._target_=a.b"]) == ["model=custom", "model._target_=a.b"]
+    assert qoverrides.with_implied_groups(["seed=1"]) == ["seed=1"]
     # a typo in a target fails at validation, before any data is loaded
     with pytest.raises(ConfigError, match=r"model._target_ 'user_models.biuld': module 'user_models' has no 'biuld'"):
-        qconfig.validate(_compose(qconfig.with_implied_groups(["model._target_=user_models.biuld"])))
+        qconfig.validate(_compose(qoverrides.with_implied_groups(["model._target_=user_models.biuld"])))
     with pytest.raises(ConfigError, match="dataset=custom needs dataset._target_="):
         qconfig.validate(_compose(["dataset=custom"]))
 
