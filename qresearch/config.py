@@ -5,47 +5,59 @@ first entry of ``conf/config.yaml``'s defaults list: every YAML file merges onto
 wrong type (``training.qat.epochs=abc``) or a value outside an enum
 (``training.qat.optimizer=adamm``) fails when Hydra composes the config, before any job
 runs (the basic sweeper composes every job of a batch before launching it).
-``check_overrides`` adds "did you mean" hints for misspelt keys, and ``validate`` checks
-what only the code knows (registered dataset/model names, logger modes).
+``validate`` checks what only the code knows (registered dataset/model names, logger modes);
+``qresearch.overrides`` adds "did you mean" hints for misspelt command-line keys.
+
+Also here: the one list of keys by role (identity hash, variant labels, sweep folder names) and
+the typed boundary: ``experiment(cfg) -> Experiment``, built once per job; below it, no OmegaConf.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import enum
 import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional
 
-import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from qresearch.errors import ConfigError
-from qresearch.paths import CONF_DIR
 
 SCHEMA_NAME = "qresearch_schema"
-#: Config groups a user picks options from (``dataset=mnist``).
-GROUPS = ("dataset", "model", "scheme", "hardware", "training", "logger", "paths")
-#: Groups whose options are ``# @package _global_`` files added with ``+group=option``.
-GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search")
-#: Keys that do not change what a run computes: left out of its identity hash.
+# ---- The one list of keys by role (identity hash, variant labels, sweep folder names, the report).
+#: Keys that do not change what a run computes: left out of its identity hash and its variant label.
 # ``plugins`` only makes names available; the names a run uses (scheme.weights.quantizer=...) are in its config.
 NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plugins")
-#: Override keys that name a run's coordinates; the others make its "variant" label.
+#: Keys (and their sub-keys) that change how a run is carried out or described, not its numbers:
+#: in its identity hash, but never in its variant label.
+NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download", "dataset.cache_dir",
+                  "hardware.description", "training.verbose")
+#: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
                    # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
                    "model._target_")
-#: Groups whose ``custom`` option is picked when only ``GROUP._target_=...`` is given (``with_implied_groups``).
-TARGET_GROUPS = ("dataset", "model")
-#: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).
-KEY_ALIASES = {"lr": "learning_rate", "learning-rate": "learning_rate", "bs": "batch_size", "batch": "batch_size",
-               "wd": "weight_decay", "optim": "optimizer", "opt": "optimizer", "epoch": "epochs",
-               "n_epochs": "epochs", "num_epochs": "epochs", "seeds": "seed", "bit": "bits", "nbits": "bits"}
+#: Override keys left out of a sweep job's folder name: conf/config.yaml's
+#: ``hydra.job.config.override_dirname.exclude_keys`` must equal this list (a test checks). Hydra
+#: matches them exactly, so the non-semantic keys are listed with the sub-keys a user sets.
+FOLDER_EXCLUDED_KEYS = ("sweep", "sweep_name", "resume", "plugins", "logger", "logger.mode", "logger.project",
+                        "logger.group", "paths", "paths.output_dir", "paths.cache_dir", "paths.data_dir", "threads",
+                        "hydra/launcher", "hydra.launcher.n_jobs", "experiment", "hparams_search")
+
+
+def is_coordinate(key: str) -> bool:
+    """Whether a config or override key stays out of a variant label (a coordinate, or no effect on results)."""
+    key = key.lstrip("+~")
+    return (key in COORDINATE_KEYS or key.startswith("hydra") or key.split(".")[0] in NON_SEMANTIC_KEYS
+            or any(key == k or key.startswith(k + ".") for k in NO_RESULT_KEYS))
+
+
 LOGGER_MODES = ("auto", "online", "offline", "disabled", "dryrun", "run")  # last two: wandb's aliases
 
 
@@ -153,6 +165,9 @@ register_resolvers()
 # ------------------------------------------------------------------ plain data and identity
 def to_dict(cfg) -> Dict[str, Any]:
     """The resolved config as plain data (enums as their names, no ``hydra`` node)."""
+    if isinstance(cfg, DictConfig) and "hydra" in cfg:
+        # left out before resolving: its ${hydra:...} values resolve only inside a running Hydra job
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"])
     if isinstance(cfg, (DictConfig, ListConfig)):
         data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     else:
@@ -169,107 +184,83 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 def config_hash(cfg) -> str:
     """The run's identity: a hash of everything in the resolved config that changes its results."""
-    data = to_dict(cfg)
+    return _hash_of(to_dict(cfg))
+
+
+def _hash_of(data: Mapping[str, Any]) -> str:
     return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
 
 
-# ------------------------------------------------------------------ override pre-check
-def _known_keys(node: Any, prefix: str = "") -> List[str]:
-    keys = []
-    if isinstance(node, Mapping):
-        for k, v in node.items():
-            if str(k) == "defaults":
-                continue
-            path = f"{prefix}.{k}" if prefix else str(k)
-            keys.append(path)
-            keys.extend(_known_keys(v, path))
-    return keys
+# ------------------------------------------------------------------ the typed boundary
+@dataclass(frozen=True)
+class Experiment:
+    """One job's config as typed objects, built once from the Hydra config by ``experiment(cfg)``;
+    everything below the run takes these (no OmegaConf past this point)."""
+    config: Dict[str, Any]            # the resolved config as plain data: recorded, logged, hashed
+    hash: str                         # config_hash: the run's identity
+    seed: Any                         # as given: validate() names a bad one
+    dataset: Dict[str, Any]
+    model: Dict[str, Any]
+    scheme: Dict[str, Any]            # the ``bits`` shorthand applied
+    hardware: Optional[Dict[str, Any]]
+    training: TrainingConfig
+    logger: LoggerConfig
+    paths: PathsConfig
+    sweep_name: str = "adhoc"
+    resume: bool = True
+    deterministic: bool = True
+    adapt: bool = True
+    adapt_bits: bool = False
+    bits: Optional[int] = None
+    deploy: bool = True
+    save_model: bool = False
+    threads: Optional[int] = None
+    plugins: List[str] = field(default_factory=list)
 
 
-def _schema_keys() -> List[str]:
-    return _known_keys(OmegaConf.to_container(OmegaConf.structured(Config), enum_to_str=True))
+def _typed(cls, data: Optional[Mapping[str, Any]], **fixed):
+    """``cls`` from plain data: its own fields only (a ``+key`` added on the command line stays in
+    ``Experiment.config``, and so in the hash, without breaking the typed view)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in dict(data or {}).items() if k in names}, **fixed)
 
 
-def group_options(group: str, conf_dir: Path = CONF_DIR) -> List[str]:
-    folder = Path(conf_dir) / group
-    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+def phase_config(data: Mapping[str, Any]) -> PhaseConfig:
+    """A PhaseConfig from plain data (``{"optimizer": "sgd", ...}``; enums from their names)."""
+    d = {k: v for k, v in dict(data).items() if k not in ("optimizer", "schedule")}
+    return _typed(PhaseConfig, d, optimizer=Optimizer(data.get("optimizer", "adam")),
+                  schedule=Schedule(data.get("schedule", "constant")))
 
 
-def _group_keys(group: str, conf_dir: Path) -> List[str]:
-    keys = set()
-    for option in group_options(group, conf_dir):
-        try:
-            data = yaml.safe_load((Path(conf_dir) / group / f"{option}.yaml").read_text()) or {}
-        except (OSError, yaml.YAMLError):
-            continue
-        keys.update(f"{group}.{k}" for k in _known_keys(data))
-    return sorted(keys)
+def phase_dict(phase: PhaseConfig) -> Dict[str, Any]:
+    """A phase as plain data (enums as their names), e.g. for a cache key."""
+    return {k: getattr(v, "value", v) for k, v in dataclasses.asdict(phase).items()}
 
 
-def check_overrides(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
-    """Fail fast, with suggestions, on command-line overrides of keys that exist nowhere.
-
-    Hydra rejects them too ("Key 'epoch' is not in struct"); this check names the closest
-    valid keys. It looks at the schema and at every option of every group, so it accepts a
-    key that only some options have (Hydra then checks it against the chosen one).
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    candidates = [a for a in args if "=" in a and not a.startswith(("-", "+", "~"))]
-    if not candidates:
-        return
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except Exception:  # Hydra reports syntax errors itself, with its own message
-        return
-    known = set(_schema_keys())
-    for group in GROUPS:
-        known.add(group)
-        known.update(_group_keys(group, conf_dir))
-    problems = []
-    for ov in overrides:
-        key = ov.key_or_group
-        if ov.package or key.startswith("hydra") or key in GLOBAL_GROUPS or key in known:
-            continue
-        top = key.split(".")[0]
-        if top in ("scheme", "hardware") and "." in key:
-            continue  # free-form specs: their own validation names the valid fields
-        close = difflib.get_close_matches(key, sorted(known), n=3, cutoff=0.6)
-        head, _, last = key.rpartition(".")
-        alias = f"{head}.{KEY_ALIASES[last]}" if head and last in KEY_ALIASES else KEY_ALIASES.get(key)
-        if alias in known:  # a usual abbreviation (lr, bs, wd) names its key first
-            close = [alias] + [c for c in close if c != alias][:2]
-        siblings = sorted(k for k in known if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0] and "." in k) \
-            if "." in key else sorted(k for k in known if "." not in k)
-        msg = f"unknown config key {key!r}."
-        if close:
-            msg += f" Did you mean {' or '.join(repr(c) for c in close)}?"
-        if siblings:
-            msg += f" Valid keys here: {', '.join(siblings)}."
-        msg += f" To add a new key on purpose, write +{ov.input_line}."
-        problems.append(msg)
-    if problems:
-        raise ConfigError("\n".join(problems))
+def with_bits(scheme: Mapping[str, Any], bits: Optional[int]) -> Dict[str, Any]:
+    """The scheme with the ``bits`` shorthand applied to both roles' widths."""
+    spec = copy.deepcopy(dict(scheme or {}))
+    if bits is not None:
+        for key in ROLE_BITS_KEYS:
+            role = key.split(".")[1]
+            if isinstance(spec.get(role), dict):
+                spec[role]["bits"] = int(bits)
+    return spec
 
 
-def with_implied_groups(args: Sequence[str]) -> List[str]:
-    """``model._target_=pkg.build`` (or ``dataset._target_=...``) alone also picks ``model=custom``.
-
-    The other options of the group (mlp, digits, ...) have no ``_target_`` key, so Hydra would
-    refuse the override ("Key '_target_' is not in struct"), and their keys (mlp's hidden sizes)
-    are not options of the user's function; ``custom`` holds only the target (and, for datasets,
-    qresearch's own keys). An explicit group choice on the line is left alone.
-    """
-    out = list(args)
-    keys = [a.split("=", 1)[0] for a in args if "=" in a]
-    for group in TARGET_GROUPS:
-        target_key = f"{group}._target_"
-        if any(k.lstrip("+~") == group for k in keys) or not any(k.lstrip("+") == target_key for k in keys):
-            continue
-        # custom has the key, so an append (+model._target_) would collide with it: set it instead
-        out = [a.lstrip("+") if a.split("=", 1)[0].lstrip("+") == target_key else a for a in out]
-        out.append(f"{group}=custom")
-    return out
+def experiment(cfg) -> Experiment:
+    """The typed objects of one job, from a composed Hydra config (or its plain-data form)."""
+    data = to_dict(cfg)
+    t = data.get("training") or {}
+    training = _typed(TrainingConfig, {k: v for k, v in t.items() if k not in ("float", "qat")},
+                      float=phase_config(t.get("float") or {}), qat=phase_config(t.get("qat") or {}))
+    flags = {k: data[k] for k in ("sweep_name", "resume", "deterministic", "adapt", "adapt_bits", "bits", "deploy",
+                                  "save_model", "threads", "plugins") if data.get(k) is not None}
+    return Experiment(config=data, hash=_hash_of(data), seed=data.get("seed"), dataset=dict(data.get("dataset") or {}),
+                      model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
+                      hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
+                      logger=_typed(LoggerConfig, data.get("logger")), paths=_typed(PathsConfig, data.get("paths")),
+                      **flags)
 
 
 # ------------------------------------------------------------------ semantic validation
@@ -289,22 +280,23 @@ def validate(cfg, check_data: bool = True) -> None:
     from qresearch import data, models
     from qresearch.plugins import import_object
 
-    dcfg = cfg.dataset
+    exp = cfg if isinstance(cfg, Experiment) else experiment(cfg)
+    dcfg = exp.dataset
     if dcfg.get("name") not in data.DATASETS:
         raise _choice_error("dataset.name", dcfg.get("name"), data.DATASETS.names(), data.DATASETS.how_to_add)
     # the loader's own early check (dataset=npz: the file and its arrays; custom: the target)
     check = getattr(data.DATASETS.get(dcfg.get("name")), "check_config", None)
     if check is not None and check_data:
-        check(to_dict(dcfg))
-    mcfg = cfg.model
+        check(dcfg)
+    mcfg = exp.model
     if mcfg.get("_target_"):  # imported now, so a typo fails before any data is loaded
         import_object(mcfg.get("_target_"), "model._target_", models.BUILDER_CONTRACT)
     elif mcfg.get("name") not in models.MODELS:
         raise _choice_error("model.name", mcfg.get("name"), models.MODELS.names(), models.MODELS.how_to_add)
-    if cfg.logger.mode not in LOGGER_MODES:
-        raise _choice_error("logger.mode", cfg.logger.mode, LOGGER_MODES)
+    if exp.logger.mode not in LOGGER_MODES:
+        raise _choice_error("logger.mode", exp.logger.mode, LOGGER_MODES)
     for phase in ("float", "qat"):
-        p = cfg.training[phase]
+        p = getattr(exp.training, phase)
         if p.epochs < 0:
             raise ConfigError(f"training.{phase}.epochs must be >= 0, got {p.epochs}")
         if p.batch_size < 1:
@@ -316,14 +308,14 @@ def validate(cfg, check_data: bool = True) -> None:
         n = dcfg.get(f"{split}_samples")
         if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
             raise ConfigError(f"dataset.{split}_samples must be a positive integer or null (all), got {n!r}")
-    seed = cfg.get("seed")
+    seed = exp.seed
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 32:
         raise ConfigError(f"seed must be an integer in [0, 2**32 - 1], got {seed!r}")
     frac = dcfg.get("test_fraction")
     if frac is not None and not (isinstance(frac, (int, float)) and 0 < float(frac) < 1):
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
-    if cfg.training.calibration_samples < 1:
-        raise ConfigError(f"training.calibration_samples must be >= 1, got {cfg.training.calibration_samples}")
+    if exp.training.calibration_samples < 1:
+        raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
 
 
 ROLE_BITS_KEYS = ("scheme.weights.bits", "scheme.activations.bits")

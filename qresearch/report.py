@@ -26,6 +26,8 @@ from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from qresearch.config import is_coordinate
+from qresearch.labels import variant_label
 from qresearch.results import COMPLETED, load_results
 
 CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "weight_bits", "activation_bits",
@@ -34,10 +36,6 @@ CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "
                "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
                "git_commit", "sweep", "path"]
 METRICS = ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy")
-#: Config keys that are a run's coordinates (or do not change its numbers): never part of a variant label.
-COORDINATES = ("seed", "bits", "sweep_name", "resume", "threads", "deploy", "save_model", "logger", "paths",
-               "scheme.weights.bits", "scheme.activations.bits", "dataset.data_dir", "dataset.download",
-               "dataset.cache_dir", "hardware.description", "training.verbose")
 
 
 # ------------------------------------------------------------------ rows
@@ -76,10 +74,6 @@ def dotted(d: Any, prefix: str = "") -> Dict[str, str]:
     return out
 
 
-def _is_coordinate(key: str) -> bool:
-    return any(key == c or key.startswith(c + ".") for c in COORDINATES)
-
-
 def assign_variants(rows: List[Dict[str, Any]]) -> None:
     """Label each run "algorithm[k=v,...]" by the config keys that vary among the runs of the same
     algorithm on the same (dataset, model, target), coordinates (seed, bit widths) left out; so runs
@@ -92,15 +86,14 @@ def assign_variants(rows: List[Dict[str, Any]]) -> None:
         # *because* of an odd value) adds only its own odd values to its label, not to the others'.
         done = [r for r in grp if r["status"] == COMPLETED] or grp
         keys = set().union(*(r["_config"].keys() for r in grp))
-        varying = sorted(k for k in keys if not _is_coordinate(k)
+        varying = sorted(k for k in keys if not is_coordinate(k)
                          and len({r["_config"].get(k) for r in done}) > 1)
-        seen = {k: {r["_config"].get(k) for r in done} for k in keys if not _is_coordinate(k)}
+        seen = {k: {r["_config"].get(k) for r in done} for k in keys if not is_coordinate(k)}
         for r in grp:
-            extra = [k for k in varying]
+            extra = list(varying)
             if r["status"] != COMPLETED:
                 extra += [k for k in sorted(seen) if k not in varying and r["_config"].get(k) not in seen[k]]
-            extra = [f"{k}={r['_config'].get(k)}" for k in sorted(extra)]
-            r["variant"] = f"{r['algorithm']}[{','.join(extra)}]" if extra else r["algorithm"]
+            r["variant"] = variant_label(r["algorithm"], [f"{k}={r['_config'].get(k)}" for k in extra])
 
 
 def dedupe(rows: List[Dict[str, Any]]) -> Tuple[List[Dict[str, Any]], int]:

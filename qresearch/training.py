@@ -21,12 +21,12 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
 from qresearch._compat import keras, tf
-from qresearch.config import stable_hash
+from qresearch.config import Optimizer, PhaseConfig, Schedule, phase_dict, stable_hash
 from qresearch.errors import ConfigError, QResearchError
 from qresearch.results import write_json_atomic
 
@@ -98,51 +98,43 @@ class EpochLogger(keras.callbacks.Callback):
 
 
 # ------------------------------------------------------------------ optimisation
-def _get(p, key, default=None):
-    v = p.get(key, default) if isinstance(p, Mapping) else getattr(p, key, default)
-    return getattr(v, "value", v)  # enums to their names
-
-
-def make_optimizer(phase: Mapping[str, Any], total_steps: int):
+def make_optimizer(phase: PhaseConfig, total_steps: int):
     """A tf_keras optimizer for one phase's config (optimizer, learning_rate, schedule, ...)."""
-    lr: Any = float(_get(phase, "learning_rate"))
-    if _get(phase, "schedule", "constant") == "cosine" and total_steps > 0:
+    lr: Any = float(phase.learning_rate)
+    if phase.schedule is Schedule.cosine and total_steps > 0:
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=int(total_steps))
     kw: Dict[str, Any] = {"learning_rate": lr}
-    if _get(phase, "clipnorm"):
-        kw["clipnorm"] = float(_get(phase, "clipnorm"))
-    wd = float(_get(phase, "weight_decay", 0.0) or 0.0)
-    if wd:
-        kw["weight_decay"] = wd  # decoupled weight decay (Keras 2.11+ optimizers)
-    name = _get(phase, "optimizer", "adam")
-    momentum = float(_get(phase, "momentum", 0.9))
-    if name == "adam":
+    if phase.clipnorm:
+        kw["clipnorm"] = float(phase.clipnorm)
+    if phase.weight_decay:
+        kw["weight_decay"] = float(phase.weight_decay)  # decoupled weight decay (Keras 2.11+ optimizers)
+    if phase.optimizer is Optimizer.adam:
         return keras.optimizers.Adam(**kw)
-    if name == "adamw":
+    if phase.optimizer is Optimizer.adamw:
         kw.setdefault("weight_decay", 0.0)
         return keras.optimizers.AdamW(**kw)
-    if name == "sgd":
-        return keras.optimizers.SGD(momentum=momentum, nesterov=bool(_get(phase, "nesterov", False)), **kw)
-    if name == "rmsprop":
-        return keras.optimizers.RMSprop(momentum=momentum, **kw)
-    raise ConfigError(f"unknown optimizer {name!r}; valid: adam, adamw, sgd, rmsprop")
+    if phase.optimizer is Optimizer.sgd:
+        return keras.optimizers.SGD(momentum=float(phase.momentum), nesterov=bool(phase.nesterov), **kw)
+    if phase.optimizer is Optimizer.rmsprop:
+        return keras.optimizers.RMSprop(momentum=float(phase.momentum), **kw)
+    raise ConfigError(f"unknown optimizer {phase.optimizer!r}; valid: {', '.join(o.value for o in Optimizer)}")
 
 
-def compile_model(model, phase: Mapping[str, Any], steps_per_epoch: int):
-    total = int(_get(phase, "epochs")) * int(steps_per_epoch)
+def compile_model(model, phase: PhaseConfig, steps_per_epoch: int):
+    total = int(phase.epochs) * int(steps_per_epoch)
     model.compile(optimizer=make_optimizer(phase, total),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
 
 
-def steps_per_epoch(n: int, phase: Mapping[str, Any]) -> int:
-    steps = math.ceil(n / int(_get(phase, "batch_size")))
-    cap = _get(phase, "steps_per_epoch")
+def steps_per_epoch(n: int, phase: PhaseConfig) -> int:
+    steps = math.ceil(n / int(phase.batch_size))
+    cap = phase.steps_per_epoch
     return min(steps, int(cap)) if cap else steps
 
 
-def fit(model, dataset, phase: Mapping[str, Any], name: str, seed: int, verbose: int = 2,
+def fit(model, dataset, phase: PhaseConfig, name: str, seed: int, verbose: int = 2,
         log_fn: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, Any]:
     """Compile and train ``model`` for one phase; return history, wall time and median step time."""
     spe = steps_per_epoch(len(dataset.x_train), phase)
@@ -151,12 +143,11 @@ def fit(model, dataset, phase: Mapping[str, Any], name: str, seed: int, verbose:
     callbacks: List[Any] = [NaNGuard(name), timer]
     if log_fn is not None:
         callbacks.append(EpochLogger(name, log_fn))
-    epochs = int(_get(phase, "epochs"))
+    epochs = int(phase.epochs)
     t0 = time.perf_counter()
     hist = {}
     if epochs > 0:
-        ds = dataset.train_pipeline(int(_get(phase, "batch_size")), seed=seed,
-                                    steps_per_epoch=_get(phase, "steps_per_epoch"))
+        ds = dataset.train_pipeline(int(phase.batch_size), seed=seed, steps_per_epoch=phase.steps_per_epoch)
         hist = model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=verbose).history
     wall = time.perf_counter() - t0
     return {"epochs": epochs, "steps": len(timer.times), "wall_s": wall, "step_time_s": timer.median(),
@@ -168,24 +159,24 @@ def accuracy(model, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> floa
     return float(np.mean(np.argmax(logits, axis=-1) == np.asarray(y).ravel()))
 
 
-def time_float_steps(model, dataset, phase: Mapping[str, Any], steps: int, seed: int) -> Optional[float]:
+def time_float_steps(model, dataset, phase: PhaseConfig, steps: int, seed: int) -> Optional[float]:
     """Median step time of a throw-away copy of ``model`` trained under ``phase`` (weights untouched)."""
     clone = keras.models.clone_model(model)
     compile_model(clone, phase, max(1, steps))
     timer = BatchTimer()
-    ds = dataset.train_pipeline(int(_get(phase, "batch_size")), seed=seed, steps_per_epoch=None).repeat()
+    ds = dataset.train_pipeline(int(phase.batch_size), seed=seed, steps_per_epoch=None).repeat()
     clone.fit(ds, epochs=1, steps_per_epoch=int(steps) + 2, callbacks=[timer], verbose=0)
     return timer.median()
 
 
 # ------------------------------------------------------------------ float-baseline cache
-def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], float_cfg: Mapping[str, Any],
+def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], float_cfg: PhaseConfig,
                  seed: int, data_fingerprint: Optional[str] = None) -> str:
     """``data_fingerprint`` (``Dataset.fingerprint()``): the data as loaded, so a dataset file
     rewritten in place (same config) trains a new baseline instead of reusing the old one."""
     data = {k: v for k, v in dict(dataset_cfg).items() if k not in DATA_LOCATION_KEYS}
     return stable_hash({"version": CACHE_VERSION, "dataset": data, "data": data_fingerprint, "model": dict(model_cfg),
-                        "float": dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
+                        "float": phase_dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
 
 
 def nonfinite_weights(model) -> List[str]:

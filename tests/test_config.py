@@ -8,6 +8,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from qresearch import config as qconfig
+from qresearch import overrides as qoverrides
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
 from user_code import write_data_and_models, write_npz, write_quantizer
@@ -20,7 +21,7 @@ def _compose(overrides=(), hydra_node=False):
 
 
 def _options(group):
-    return qconfig.group_options(group)
+    return qoverrides.group_options(group)
 
 
 def test_defaults_compose_and_validate():
@@ -64,6 +65,31 @@ def test_sweep_folder_is_deterministic_from_the_sweep_name():
     assert qconfig._subdir("") == "default"
     long = qconfig._subdir("x" * 300)
     assert len(long) < 200 and long == qconfig._subdir("x" * 300)
+
+
+def test_one_list_of_keys_that_do_not_name_a_run():
+    # a sweep job's folder name leaves out exactly the Python list, which holds every non-semantic key
+    excluded = list(_compose(hydra_node=True).hydra.job.config.override_dirname.exclude_keys)
+    assert excluded == list(qconfig.FOLDER_EXCLUDED_KEYS)
+    assert set(qconfig.NON_SEMANTIC_KEYS) <= set(excluded)
+    # ... and the variant labels (run and report) leave out coordinates and keys that change no number
+    for key in ("seed", "bits", "scheme.weights.bits", "logger.mode", "paths.output_dir", "training.verbose",
+                "deploy", "hydra.launcher.n_jobs", "+plugins"):
+        assert qconfig.is_coordinate(key), key
+    for key in ("dataset.path", "model.width", "training.qat.learning_rate", "scheme.weights.quantizer"):
+        assert not qconfig.is_coordinate(key), key
+
+
+def test_the_typed_config_is_built_once_from_the_hydra_config():
+    cfg = _compose(["bits=3", "training.qat.optimizer=sgd", "~hardware"])
+    exp = qconfig.experiment(cfg)
+    assert isinstance(exp.training.float, qconfig.PhaseConfig) and exp.training.qat.optimizer is qconfig.Optimizer.sgd
+    assert exp.scheme["weights"]["bits"] == exp.scheme["activations"]["bits"] == 3 and exp.hardware is None
+    assert exp.config == qconfig.to_dict(cfg) and exp.hash == qconfig.config_hash(cfg)
+    assert qconfig.phase_dict(exp.training.qat)["optimizer"] == "sgd"
+    assert exp.logger.mode == cfg.logger.mode and exp.paths.cache_dir == cfg.paths.cache_dir
+    # a sweep's shared config (with its hydra node) converts too: the hydra node is left out unresolved
+    assert "hydra" not in qconfig.experiment(_compose(["+sweep=smoke"], hydra_node=True)).config
 
 
 def test_launchers_compose(monkeypatch):
@@ -119,18 +145,18 @@ def test_unknown_group_option_lists_options():
 
 def test_check_overrides_suggests_close_keys():
     with pytest.raises(ConfigError) as e:
-        qconfig.check_overrides(["training.qat.epoch=3"])
+        qoverrides.check_overrides(["training.qat.epoch=3"])
     assert "training.qat.epochs" in str(e.value)
     with pytest.raises(ConfigError, match="seed"):
-        qconfig.check_overrides(["sed=1"])
+        qoverrides.check_overrides(["sed=1"])
     # usual abbreviations name the key they stand for first
     for key, meant in (("training.qat.lr", "training.qat.learning_rate"), ("training.float.bs", "training.float.batch_size"),
                        ("training.qat.wd", "training.qat.weight_decay")):
         with pytest.raises(ConfigError) as e:
-            qconfig.check_overrides([f"{key}=1"])
+            qoverrides.check_overrides([f"{key}=1"])
         assert f"Did you mean {meant!r}" in str(e.value)
     # valid keys, sweeps, appends, hydra keys and group choices pass
-    qconfig.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
+    qoverrides.check_overrides(["training.qat.epochs=3", "seed=0,1", "+foo=1", "hydra.verbose=true", "model=lenet5",
                              "model.hidden=[8]", "scheme.weights.bits=2", "-m", "dataset.train_samples=100"])
 
 
@@ -154,7 +180,7 @@ def test_config_hash_ignores_logging_and_paths():
 
 
 def test_sweep_config_is_checked_before_any_job(capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     cfg = _compose(["+sweep=smoke", "dataset.train_samples=-3"], hydra_node=True)
     with pytest.raises(SystemExit):
@@ -164,7 +190,7 @@ def test_sweep_config_is_checked_before_any_job(capsys):
 
 
 def test_bits_shorthand_with_role_bits_is_refused(capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     qconfig.check_bits_shorthand(None, ["scheme.weights.bits", "seed"])
     qconfig.check_bits_shorthand(4, ["seed", "scheme.weights.quantizer"])
@@ -193,7 +219,8 @@ def test_out_of_range_values_name_their_key(override, message):
 # ------------------------------------------------------------------ your own code: plugins, _target_, npz
 def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch, capsys):
     from qresearch import quantizers
-    from qresearch.run import SweepSummary, check_scheme, scheme_dict
+    from qresearch.stages import check_scheme
+    from qresearch.sweep_callback import SweepSummary
 
     write_quantizer(tmp_path, "qr_plugin_sweep", "qr_rule_sweep")
     monkeypatch.syspath_prepend(str(tmp_path))
@@ -201,10 +228,10 @@ def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch,
                    hydra_node=True)
     assert "qr_rule_sweep" not in quantizers.names()
     with pytest.raises(Exception, match="unknown quantizer 'qr_rule_sweep'.*plugins=\\[your_module\\]"):
-        check_scheme(cfg, scheme_dict(cfg))  # what a job would meet without the plugin
+        check_scheme(qconfig.experiment(cfg))  # what a job would meet without the plugin
     SweepSummary().on_multirun_start(cfg)  # imports the plugins, then checks the sweep's config
     assert "qr_rule_sweep" in quantizers.names()
-    target, eff, _ = check_scheme(cfg, scheme_dict(cfg))
+    target, eff, _ = check_scheme(qconfig.experiment(cfg))
     assert eff["weights"]["quantizer"] == "qr_rule_sweep"
     # a plugin that cannot be imported stops the sweep before any job, naming it
     bad = _compose(["+sweep=smoke", "plugins=[qr_no_such_module]"], hydra_node=True)
@@ -258,7 +285,7 @@ def test_a_target_alone_picks_the_custom_option(tmp_path, monkeypatch):
             "+dataset.classes=4"]
     with pytest.raises(Exception, match="_target_"):  # the problem: the default options have no such key
         _compose(args)
-    implied = qconfig.with_implied_groups(args)
+    implied = qoverrides.with_implied_groups(args)
     assert implied[-2:] == ["dataset=custom", "model=custom"]
     cfg = _compose(implied)
     qconfig.validate(cfg)
@@ -267,12 +294,12 @@ def test_a_target_alone_picks_the_custom_option(tmp_path, monkeypatch):
     model = models.build_model(qconfig.to_dict(cfg.model), ds.input_shape, ds.num_classes)
     assert model.name == "user_mlp" and model.get_layer("hidden").units == 8 and ds.num_classes == 4
     # an append (+model._target_) is turned into a set, an explicit choice is left alone
-    assert qconfig.with_implied_groups(["+model._target_=a.b"]) == ["model._target_=a.b", "model=custom"]
-    assert qconfig.with_implied_groups(["model=custom", "model._target_=a.b"]) == ["model=custom", "model._target_=a.b"]
-    assert qconfig.with_implied_groups(["seed=1"]) == ["seed=1"]
+    assert qoverrides.with_implied_groups(["+model._target_=a.b"]) == ["model._target_=a.b", "model=custom"]
+    assert qoverrides.with_implied_groups(["model=custom", "model._target_=a.b"]) == ["model=custom", "model._target_=a.b"]
+    assert qoverrides.with_implied_groups(["seed=1"]) == ["seed=1"]
     # a typo in a target fails at validation, before any data is loaded
     with pytest.raises(ConfigError, match=r"model._target_ 'user_models.biuld': module 'user_models' has no 'biuld'"):
-        qconfig.validate(_compose(qconfig.with_implied_groups(["model._target_=user_models.biuld"])))
+        qconfig.validate(_compose(qoverrides.with_implied_groups(["model._target_=user_models.biuld"])))
     with pytest.raises(ConfigError, match="dataset=custom needs dataset._target_="):
         qconfig.validate(_compose(["dataset=custom"]))
 
@@ -299,7 +326,7 @@ def _npz_with(folder, **arrays):
 
 
 def test_a_sweep_over_dataset_files_is_checked_per_job(tmp_path, capsys):
-    from qresearch.run import SweepSummary
+    from qresearch.sweep_callback import SweepSummary
 
     a, b = write_npz(tmp_path / "a.npz"), write_npz(tmp_path / "b.npz", single=True)
     # what Hydra hands the callback for `-m dataset=npz dataset.path=a.npz,b.npz`: the swept key unset

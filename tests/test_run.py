@@ -16,7 +16,9 @@ from qresearch import logger as qlog
 from qresearch.paths import CONF_DIR, REPO_DIR
 from qresearch.report import make_report
 from qresearch.results import load_results
-from qresearch.run import check_scheme, run_job, scheme_dict
+from qresearch.config import experiment
+from qresearch.run import run_job
+from qresearch.stages import check_scheme
 
 FAST = ["dataset=digits", "model=mlp", "model.hidden=[32]", "training=fast", "dataset.train_samples=400",
         "dataset.test_samples=200"]
@@ -89,19 +91,22 @@ def test_nan_loss_is_recorded_as_failed(tmp_path, monkeypatch):
 def test_incompatible_bits_fail_before_training(tmp_path):
     cfg = _compose(tmp_path, ["logger=disabled", "hardware=tflite_int8", "scheme=tflite_int8", "bits=4"])
     with pytest.raises(Exception, match="tflite_int8.*4 bits"):
-        check_scheme(cfg, scheme_dict(cfg))
+        check_scheme(experiment(cfg))
     assert math.isnan(run_job(cfg))
     rec, _ = _result(tmp_path)
     assert rec["status"] == "failed" and rec["error"]["stage"] == "setup"
     assert rec["error"]["type"] == "IncompatibleTargetError" and "times" in rec and "data_s" not in rec["times"]
 
 
+MULTIRUN = [*FAST, "logger=offline", "scheme=minmax_nbit", "bits=8,4,3,1", "sweep_name=t4"]
+
+
 def _multirun(tmp_path, *extra):
+    """A fresh process: the joblib launcher's worker processes are the point."""
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     env.pop("WANDB_API_KEY", None)
-    cmd = [sys.executable, "-m", "qresearch.run", "-m", *FAST, "logger=offline", "scheme=minmax_nbit",
-           "bits=8,4,3,1", "sweep_name=t4", f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
-           *extra]
+    cmd = [sys.executable, "-m", "qresearch.run", "-m", *MULTIRUN, f"paths.output_dir={tmp_path}/out",
+           f"paths.cache_dir={tmp_path}/cache", *extra]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     out = proc.stdout + proc.stderr
@@ -109,7 +114,7 @@ def _multirun(tmp_path, *extra):
     return out, time.perf_counter() - t0
 
 
-def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
+def test_multirun_with_a_failing_job_resume_and_report(tmp_path, monkeypatch):
     # 4 jobs on two joblib workers; bits=1 fails on purpose (bit widths start at 2)
     out, _ = _multirun(tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
     sweep = tmp_path / "out" / "multirun" / "t4"
@@ -145,8 +150,8 @@ def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
     killed["status"] = "running"
     job4.write_text(json.dumps(killed))
     mtimes = {b: os.path.getmtime(by_bits[b]["_path"]) for b in (8, 3)}
-    out2, _ = _multirun(tmp_path)  # basic launcher: the same folders
-    assert out2.count("skipping") == 2
+    _multirun_in_process(tmp_path, monkeypatch, *MULTIRUN)  # basic launcher, in this process: the same folders
+    assert sum(p.read_text().count("skipping") for p in sweep.glob("*/run.log")) == 2  # Hydra logs each job there
     assert {b: os.path.getmtime(by_bits[b]["_path"]) for b in (8, 3)} == mtimes
     rerun = json.loads(job4.read_text())
     assert rerun["status"] == "completed" and rerun["finished_at"] != killed["finished_at"]
@@ -172,10 +177,31 @@ def test_multirun_with_a_failing_job_resume_and_report(tmp_path):
 
 
 def _cli(tmp_path, *args):
+    """A fresh process, where that is the point: the argv as a shell passes it, imports from the user's folder."""
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cmd = [sys.executable, "-m", "qresearch.run", *args, f"paths.output_dir={tmp_path}/out",
            f"paths.cache_dir={tmp_path}/cache"]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+
+def _cli_in_process(tmp_path, monkeypatch, capsys, *args):
+    """``qresearch.run.cli`` in this process (no TensorFlow start-up): returns (exit code, stderr)."""
+    from qresearch import run
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setattr(sys, "argv", ["qresearch.run"])  # cli rewrites sys.argv for Hydra: restored after
+    GlobalHydra.instance().clear()
+    code = 0
+    try:
+        # Hydra's logging set-up (dictConfig) would close pytest's capture handlers; the job's logs
+        # are not what these tests read
+        run.cli([*args, f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+                 "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    except SystemExit as exc:
+        code = exc.code
+    finally:
+        GlobalHydra.instance().clear()
+    return code, capsys.readouterr().err
 
 
 def test_a_run_failing_validation_is_labelled_by_its_bit_widths(tmp_path):
@@ -186,18 +212,18 @@ def test_a_run_failing_validation_is_labelled_by_its_bit_widths(tmp_path):
     assert rec["labels"]["weight_bits"] == 3 and rec["labels"]["activation_bits"] == 3
 
 
-def test_cli_single_run_failure_exits_nonzero_after_recording(tmp_path):
-    proc = _cli(tmp_path, "hardware=tflite_int8", "bits=4", "training=fast")
-    assert proc.returncode == 1
-    assert "cannot run weights at 4 bits" in proc.stderr
+def test_cli_single_run_failure_exits_nonzero_after_recording(tmp_path, monkeypatch, capsys):
+    code, stderr = _cli_in_process(tmp_path, monkeypatch, capsys, "hardware=tflite_int8", "bits=4", "training=fast")
+    assert code == 1
+    assert "cannot run weights at 4 bits" in stderr
     rec, _ = _result(tmp_path)
     assert rec["status"] == "failed" and rec["labels"]["weight_bits"] == 4
     assert rec["choices"]["hardware"] == "tflite_int8"
 
 
-def test_cli_misspelt_key_fails_with_suggestion(tmp_path):
-    proc = _cli(tmp_path, "training.qat.epoch=3")
-    assert proc.returncode == 2 and "training.qat.epochs" in proc.stderr
+def test_cli_misspelt_key_fails_with_suggestion(tmp_path, monkeypatch, capsys):
+    code, stderr = _cli_in_process(tmp_path, monkeypatch, capsys, "training.qat.epoch=3")
+    assert code == 2 and "training.qat.epochs" in stderr
     assert not (tmp_path / "out").exists()
 
 
@@ -218,12 +244,12 @@ def test_cli_help_names_groups_and_common_keys(tmp_path):
 
 
 def test_results_record_the_code_version():
-    from qresearch.run import _versions, code_version
+    from qresearch.versions import code_version, versions
 
     v = code_version()
     if (Path(__file__).resolve().parents[1] / ".git").exists():
         assert len(v["git_commit"]) == 40 and v["git_dirty"] in ("true", "false")
-    assert _versions().get("git_commit") == v.get("git_commit")
+    assert versions().get("git_commit") == v.get("git_commit")
 
 
 def test_flags_first():
@@ -268,17 +294,24 @@ def _register_npz_dataset():
 
 
 def _multirun_in_process(tmp_path, monkeypatch, *overrides):
-    """A real Hydra multirun (basic launcher: jobs run in this process, so the plugin dataset
+    """A real Hydra multirun (basic launcher: jobs run in this process, so a plugin dataset
     registered here is found)."""
     from qresearch import run
 
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("WANDB_MODE", "offline")
     GlobalHydra.instance().clear()
-    monkeypatch.setattr(sys, "argv", ["qresearch.run", "-m", "model=mlp", "model.hidden=[16]", "training=fast",
-                                      "logger=disabled", "scheme=minmax_nbit", "bits=8", "sweep_name=data",
-                                      f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
-                                      *overrides])
-    run.main()
-    GlobalHydra.instance().clear()
+    monkeypatch.setattr(sys, "argv", ["qresearch.run", "-m", f"paths.output_dir={tmp_path}/out",
+                                      f"paths.cache_dir={tmp_path}/cache", *overrides])
+    try:
+        run.main()
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _data_multirun(tmp_path, monkeypatch, *overrides):
+    _multirun_in_process(tmp_path, monkeypatch, "model=mlp", "model.hidden=[16]", "training=fast", "logger=disabled",
+                         "scheme=minmax_nbit", "bits=8", "sweep_name=data", *overrides)
     (result,) = (tmp_path / "out" / "multirun" / "data").rglob("result.json")
     return result
 
@@ -288,19 +321,19 @@ def test_a_dataset_rewritten_in_place_is_not_resumed_from_nor_its_baseline_reuse
     path = tmp_path / "digits.npz"
     args = ["dataset=digits", "dataset.name=npz_file_test", f"+dataset.path={path}"]
     _npz_dataset(path, 0)
-    result = _multirun_in_process(tmp_path, monkeypatch, *args)
+    result = _data_multirun(tmp_path, monkeypatch, *args)
     first = json.loads(result.read_text())
     assert first["status"] == "completed" and first["float_baseline"]["cache"] == "miss"
     assert len(first["dataset"]["fingerprint"]) == 16
 
     # same file: skipped (resume still works)
     mtime = os.path.getmtime(result)
-    _multirun_in_process(tmp_path, monkeypatch, *args)
+    _data_multirun(tmp_path, monkeypatch, *args)
     assert os.path.getmtime(result) == mtime
 
     # same path, new labels: the job runs again and trains a new baseline
     _npz_dataset(path, 1)
-    _multirun_in_process(tmp_path, monkeypatch, *args)
+    _data_multirun(tmp_path, monkeypatch, *args)
     second = json.loads(result.read_text())
     assert second["status"] == "completed" and second["config_hash"] == first["config_hash"]
     assert second["dataset"]["fingerprint"] != first["dataset"]["fingerprint"]
@@ -356,7 +389,7 @@ def test_a_plugin_that_cannot_be_imported_fails_the_job_with_a_record(tmp_path):
 
 
 def test_variant_label_names_your_data_but_not_plugins():
-    from qresearch.run import variant_label
+    from qresearch.labels import variant_label
 
     # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
     assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",

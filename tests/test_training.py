@@ -2,9 +2,12 @@
 import numpy as np
 import pytest
 
-from qresearch import data, keras, models, training
+import dataclasses
 
-PHASE = {"epochs": 1, "batch_size": 64, "learning_rate": 1e-3, "optimizer": "adam"}
+from qresearch import data, keras, models, training
+from qresearch.config import PhaseConfig
+
+PHASE = PhaseConfig(epochs=1, batch_size=64, learning_rate=1e-3)
 
 
 def _baseline(ds, cache_dir, phase=PHASE, key="k"):
@@ -35,7 +38,7 @@ def test_training_to_nan_weights_is_refused_and_not_cached(tmp_path):
 
 def test_a_non_finite_cache_entry_is_discarded_and_retrained(tmp_path, caplog):
     ds = data.load_dataset({"name": "digits", "train_samples": 256})
-    phase = {**PHASE, "steps_per_epoch": 2}
+    phase = dataclasses.replace(PHASE, steps_per_epoch=2)
     model, info = _baseline(ds, str(tmp_path), phase)
     assert info["cache"] == "miss"
     weights = [w.copy() for w in model.get_weights()]

@@ -426,20 +426,25 @@ class _Checker:
                                                f"the constrained spec does not build: {exc}", coercible=False))
 
 
-def constrain(spec, target, adapt: bool = False) -> Tuple[Any, List[str]]:
+def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tuple[Any, List[str]]:
     """Check ``spec`` against ``target``; return ``(constrained spec, coercions)``.
 
     ``spec``: SchemeSpec | dict | preset name. ``target``: Target | name | dict.
     Returns a SchemeSpec when ``qresearch.schemes.spec.SchemeSpec`` exists, else a dict.
     Raises ``IncompatibleTargetError`` naming every conflict (all of them; with ``adapt`` only
-    the ones no coercion can fix).
+    the ones no coercion can fix). ``adapt_bits=False`` (with ``adapt``): the scheme's weight or
+    activation width is never snapped, since a run labelled "4 bits" must not silently train at 8;
+    a width the target lacks raises instead.
     """
     from qresearch.hardware.registry import get
 
     t = get(target)
     d = _spec_to_dict(spec)
+    wanted = _role_bits(d)  # before the checker, which edits ``d`` in place
     checker = _Checker(t, adapt)
     out = checker.run(d)
+    if adapt and not adapt_bits and not checker.conflicts:
+        _refuse_snapped_bits(wanted, _role_bits(out), t)
     if checker.conflicts:
         n = len(checker.conflicts)
         lines = "\n".join(f"  - {c}" for c in checker.conflicts)
@@ -455,3 +460,17 @@ def constrain(spec, target, adapt: bool = False) -> Tuple[Any, List[str]]:
     if cls is not None:
         return cls.from_dict(out), checker.coercions
     return out, checker.coercions
+
+
+def _role_bits(spec: Mapping[str, Any]) -> Dict[str, Optional[int]]:
+    return {role: int(q["bits"]) if isinstance(q, Mapping) and q.get("bits") is not None else None
+            for role, q in ((role, spec.get(role)) for role in ROLES)}
+
+
+def _refuse_snapped_bits(wanted: Dict[str, Optional[int]], got: Dict[str, Optional[int]], t: Target) -> None:
+    changed = [f"{role} at {wanted[role]} bits (allowed: {list(t.rules(role).bits)})" for role in ROLES
+               if None not in (wanted[role], got[role]) and wanted[role] != got[role]]
+    if changed:
+        raise IncompatibleTargetError(
+            f"target {t.name!r} cannot run {' and '.join(changed)}. Pick a bit width the target supports, "
+            f"another hardware target, or set adapt_bits=true to snap to the nearest allowed width.")

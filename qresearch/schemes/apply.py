@@ -798,7 +798,7 @@ def set_kernels(qmodel, kernels: Optional[str]) -> None:
 
 
 def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = False,
-             kernels: Optional[str] = "target"):
+             kernels: Optional[str] = "target", constrained: bool = False):
     """Quantize a tf_keras model for QAT.
 
     Args:
@@ -811,6 +811,8 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
       kernels: the integer kernel set the inference pass emulates (``qresearch.schemes.integer.KERNELS``):
         "target" takes the hardware target's (``tflite_int8``: LiteRT's builtin kernels), None or
         "none" keeps the float fake-quant simulation. Training always runs the float forward.
+      constrained: ``scheme`` is already ``hardware.constrain``'s output for this ``hardware`` (the run
+        checks it before loading data): the scheme-level check is not repeated; per-layer checks still run.
     Returns:
       the QAT model (its layers are tfmot ``QuantizeWrapperV2`` subclasses); ``qresearch_info``
       holds the scheme, hardware and coercions.
@@ -819,7 +821,7 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
     spec = resolve_scheme(scheme)
     coercions: List[str] = []
     hw_name = None
-    if hardware is not None:
+    if hardware is not None and not constrained:
         try:
             from qresearch import hardware as hw_mod
             constrain = getattr(hw_mod, "constrain")
@@ -829,6 +831,7 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         if constrain is not None:
             spec, coercions = constrain(spec, hardware, adapt=adapt)
             spec = resolve_scheme(spec)
+    if hardware is not None:
         hw_name = hardware if isinstance(hardware, str) else getattr(hardware, "name", str(hardware))
     if not model.built:
         raise ConfigError(f"model {model.name!r} is not built: call model.build(input_shape) or give the "

@@ -210,3 +210,15 @@ def test_tflite_per_tensor_kinds_are_filled():
         assert added[cls] is False
     assert "Conv2D" not in added and "DepthwiseConv2D" not in added
     hw.constrain("tflite_int8", "tflite_int8")  # the scheme preset of the same name fits the target
+
+
+def test_adapt_bits_false_refuses_a_width_the_target_lacks():
+    # the rule the runner's adapt_bits=false applies: other details are coerced, bit widths never
+    spec = {"weights": {"quantizer": "minmax", "bits": 4, "per_channel": True},
+            "activations": {"quantizer": "minmax", "bits": 8}}
+    with pytest.raises(IncompatibleTargetError, match=r"'tflite_int8' cannot run weights at 4 bits \(allowed: \[8\]\)"):
+        hw.constrain(spec, "tflite_int8", adapt=True, adapt_bits=False)
+    out, notes = hw.constrain(spec, "tflite_int8", adapt=True)  # default: snapped, and said so
+    assert out.weights["bits"] == 8 and any("bits" in n for n in notes)
+    ok = {**spec, "weights": {**spec["weights"], "bits": 8}}
+    assert hw.constrain(ok, "tflite_int8", adapt=True, adapt_bits=False)[0].weights["bits"] == 8
