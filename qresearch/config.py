@@ -20,6 +20,7 @@ import enum
 import hashlib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Mapping, Optional
 
@@ -160,6 +161,10 @@ def register_resolvers() -> None:
 
 register_configs()
 register_resolvers()
+# conf/hydra/launcher/joblib.yaml replaces the plugin's own `joblib` config (to set n_jobs) and Hydra
+# still type-checks it against the plugin's schema of that name, warning that this matching is
+# deprecated. The file sets every field itself, so it works with or without the matching.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/joblib' is validated against ConfigStore schema")
 
 
 # ------------------------------------------------------------------ plain data and identity
