@@ -19,16 +19,14 @@ hardware target is the target's job (``hardware.layer_checks``).
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from typing import Dict, Optional
 
 from qresearch._compat import keras, tf, tfmot
-from qresearch.schemes.wrappers import calibrating
+from qresearch.schemes.wrappers import QuantizeWrapper, calibrating
 
 # tfmot's public API does not export the annotation wrapper; it lives here in 0.8.
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_annotate import (  # noqa: E402
     QuantizeAnnotate)
-from tensorflow_model_optimization.python.core.keras.utils import smart_cond  # noqa: E402
 from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer import (  # noqa: E402
     QuantizeLayer as _TfmotQuantizeLayer)
 
@@ -118,10 +116,9 @@ class ConfigWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
     are not known FakeQuant grids).
     """
 
-    @staticmethod
-    def _q(quantizer, x, training, qvars):
-        return smart_cond(training, lambda: quantizer(x, True, weights=qvars),
-                          lambda: quantizer(x, False, weights=qvars))
+    # the same quantizer forward and layer call as our own wrapper's float path
+    _q = staticmethod(QuantizeWrapper._q)
+    _call_layer = QuantizeWrapper._call_layer
 
     def call(self, inputs, training=None, **kwargs):
         if training is None:
@@ -147,8 +144,3 @@ class ConfigWrapper(tfmot.quantization.keras.QuantizeWrapperV2):
             raise RuntimeError(f"layer {self.layer.name!r} returns several tensors; its QuantizeConfig's "
                                "get_output_quantizers must return []")
         return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
-
-    def _call_layer(self, inputs, training, kwargs):
-        if "training" in inspect.signature(self.layer.call).parameters:
-            return self.layer.call(inputs, training=training, **kwargs)
-        return self.layer.call(inputs, **kwargs)

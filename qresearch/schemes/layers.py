@@ -73,6 +73,7 @@ class LayerSpec:
 
 
 _LAYERS: Dict[type, LayerSpec] = {}
+_DECLARED_KIND: Dict[type, str] = {}  # classes given a target_kind themselves (not inherited from a base)
 
 
 def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
@@ -95,7 +96,8 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       quantized_input: insert an input quantizer when the input is float (default: true with weights).
       channel_axes: ``{weight attr: axes}`` of the weights' output channels (default: the last axis).
       target_kind: the kind hardware targets constrain it as: one of ``TARGET_KINDS`` or None.
-      fold: ``(weight attr, rule)`` to fold a following BatchNormalization (rules in ``folding.py``).
+      fold: ``(weight attr, rule)`` to fold a following BatchNormalization (rules in ``folding.py``); the
+        folded copy is rebuilt with ``use_bias=True``, so the layer's config must take ``use_bias``.
       keeps_sign: its output is non-negative when every input is.
       integer_op: the TFLite op the integer-kernel emulation runs it as (see ``wrappers.py``).
     The last five default to the nearest registered base class's values (else empty/None/False).
@@ -129,6 +131,9 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec
+    _DECLARED_KIND.pop(layer_class, None)
+    if target_kind is not _INHERIT and target_kind is not None:
+        _DECLARED_KIND[layer_class] = target_kind
     for weight, axes in spec.channel_axes.items():  # the quantizers read axes there (they sit below schemes)
         register_channel_axes(layer_class, weight, axes)
     make_loadable(layer_class)
@@ -190,8 +195,9 @@ def target_kind_of_name(class_name: Any) -> Optional[str]:
 
 
 def classes_of_target_kind(kind: str) -> List[str]:
-    """Names of the registered layer classes of target kind ``kind``, in registration order."""
-    return [cls.__name__ for cls, spec in _LAYERS.items() if spec.target_kind == kind]
+    """Names of the layer classes registered as target kind ``kind`` (declared, not inherited: a subclass
+    counts as its base where a class name is matched), in registration order."""
+    return [cls.__name__ for cls, k in _DECLARED_KIND.items() if k == kind]
 
 
 def fused_relu(layer) -> Optional[str]:
