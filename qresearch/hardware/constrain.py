@@ -24,6 +24,7 @@ import copy
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from qresearch import quantizers
 from qresearch.errors import ConfigError, IncompatibleTargetError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.target import Target
@@ -75,8 +76,6 @@ def _quantizer_info(qspec: Mapping[str, Any], role: str):
     cls = None
     eff = dict(BASE_DEFAULTS)
     if name is not None:
-        from qresearch import quantizers
-
         cls = quantizers.get(name)  # unknown names fail here, with the known ones listed
         eff = dict(quantizers.parameters(cls))
         eff.update(getattr(cls, "role_defaults", {}).get(role, {}))
@@ -127,8 +126,6 @@ class _Checker:
         name, cls, eff = _quantizer_info(merged, role)
         valid = None
         if cls is not None:
-            from qresearch import quantizers
-
             valid = set(quantizers.parameters(cls))
         tname = self.t.name
 
@@ -353,8 +350,6 @@ class _Checker:
                 self.coercions.append(f"{key}: {old!r} -> {value!r} (set by target {self.t.name})")
 
     def validate_builds(self, d):
-        from qresearch import quantizers
-
         specs = [(r, r, d.get(r)) for r in ROLES]
         for i, ov in enumerate(d.get("overrides") or []):
             for r in ROLES:
