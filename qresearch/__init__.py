@@ -11,7 +11,8 @@ from qresearch.checks import DataError
 from qresearch.plugins import PluginImportError, import_plugins
 from qresearch.registry import Registry
 from qresearch import schemes  # noqa: F401
-from qresearch.schemes import UnregisteredClassError, load_model, quantize
+from qresearch.schemes import UnregisteredClassError, load_model
+from qresearch.api import quantize
 
 __version__ = "0.1.0"
 

@@ -21,56 +21,18 @@ the class defaults, then the algorithm's role defaults, then the scheme's fields
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from qresearch import quantizers
 from qresearch.errors import ConfigError, IncompatibleTargetError
+from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.target import Target
+from qresearch.quantizers.registry import ROLES
+from qresearch.schemes import presets
+from qresearch.schemes.layers import TARGET_KINDS, classes_of_target_kind, target_kind_of_name
+from qresearch.schemes.spec import SchemeSpec
 
-# Layer classes per kind, for per-kind weight granularity and for reading override matches.
-KIND_CLASSES = {
-    "conv": ("Conv2D", "DepthwiseConv2D", "SeparableConv2D", "Conv3D", "Convolution2D", "Convolution3D"),
-    "conv1d": ("Conv1D", "SeparableConv1D", "Convolution1D"),
-    "conv_transpose": ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose"),
-    "dense": ("Dense", "EinsumDense"),
-}
-ROLES = ("weights", "activations")
-
-
-def layer_kind(layer) -> Optional[str]:
-    """The target layer kind of ``layer`` (a subclass counts as its base: ``MyDense(Dense)`` is dense),
-    or None for a layer of no known kind (a custom layer, RNN, Embedding)."""
-    for cls in type(getattr(layer, "layer", layer)).__mro__:
-        for kind, classes in KIND_CLASSES.items():
-            if cls.__name__ in classes:
-                return kind
-    return None
-
-
-def layer_granularity(target, layer, per_channel: bool) -> Optional[str]:
-    """A note when ``target`` does not allow ``layer``'s weight granularity, else None.
-
-    The scheme-level check covers the built-in classes by name; this one runs per layer at quantize
-    time. A layer of no known kind gets only what the target allows for every kind (TFLite converts
-    per-channel weights on CONV_2D/DEPTHWISE_CONV_2D only: a custom matmul layer with per-channel
-    weights does not convert)."""
-    from qresearch.hardware.registry import get
-
-    t = get(target)
-    kind = layer_kind(layer)
-    if kind is not None:
-        allowed = tuple(t.weights.allowed_granularity(kind))
-    else:
-        allowed = tuple(g for g in ("per_channel", "per_tensor")
-                        if all(g in t.weights.allowed_granularity(k) for k in KIND_CLASSES))
-    gran = "per_channel" if per_channel else "per_tensor"
-    if not allowed or gran in allowed:
-        return None
-    inner = getattr(layer, "layer", layer)
-    what = f"{kind} layers" if kind else "layers of no known kind (custom layers, RNN, Embedding)"
-    return (f"layer {inner.name!r} ({type(inner).__name__}).weights.per_channel: {gran} -> {allowed[0]} "
-            f"(target {t.name} allows {list(allowed)} for {what})")
 NAME_KEYS = ("quantizer", "name")
 # Plain defaults when a quantizer class cannot be looked up (mirrors quantizers.base.Quantizer).
 BASE_DEFAULTS = {"bits": 8, "symmetric": False, "narrow_range": False, "per_channel": False,
@@ -104,12 +66,7 @@ def nearest(value: int, allowed) -> int:
 
 def kind_of_match(match: Any) -> Optional[str]:
     """'conv' / 'dense' when an override's ``match`` names a layer class of that kind, else None."""
-    if not isinstance(match, str):
-        return None
-    for kind, classes in KIND_CLASSES.items():
-        if match in classes:
-            return kind
-    return None
+    return target_kind_of_name(match)
 
 
 # ----------------------------------------------------------------- quantizer fields
@@ -119,8 +76,6 @@ def _quantizer_info(qspec: Mapping[str, Any], role: str):
     cls = None
     eff = dict(BASE_DEFAULTS)
     if name is not None:
-        from qresearch import quantizers
-
         cls = quantizers.get(name)  # unknown names fail here, with the known ones listed
         eff = dict(quantizers.parameters(cls))
         eff.update(getattr(cls, "role_defaults", {}).get(role, {}))
@@ -130,9 +85,7 @@ def _quantizer_info(qspec: Mapping[str, Any], role: str):
 
 def _spec_to_dict(spec) -> Dict[str, Any]:
     if isinstance(spec, str):
-        from qresearch import schemes
-
-        spec = schemes.get(spec)
+        spec = presets.get(spec)
     if hasattr(spec, "to_dict"):
         return copy.deepcopy(spec.to_dict())
     if hasattr(spec, "items") and not isinstance(spec, dict):  # OmegaConf
@@ -145,14 +98,6 @@ def _spec_to_dict(spec) -> Dict[str, Any]:
     if isinstance(spec, Mapping):
         return copy.deepcopy(dict(spec))
     raise ConfigError(f"a scheme must be a SchemeSpec, a dict or a preset name, got {type(spec).__name__}")
-
-
-def _scheme_spec_class():
-    try:
-        from qresearch.schemes.spec import SchemeSpec
-    except Exception:
-        return None
-    return SchemeSpec
 
 
 # ----------------------------------------------------------------- the checker
@@ -181,8 +126,6 @@ class _Checker:
         name, cls, eff = _quantizer_info(merged, role)
         valid = None
         if cls is not None:
-            from qresearch import quantizers
-
             valid = set(quantizers.parameters(cls))
         tname = self.t.name
 
@@ -252,7 +195,7 @@ class _Checker:
     def check_granularity(self, where, qspec, eff, kind, settable, name):
         gran = "per_channel" if eff.get("per_channel", False) else "per_tensor"
         rules = self.t.weights
-        kinds = [kind] if kind else list(KIND_CLASSES)
+        kinds = [kind] if kind else list(TARGET_KINDS)
         bad = [k for k in kinds if gran not in rules.allowed_granularity(k)]
         if not bad:
             return
@@ -265,7 +208,7 @@ class _Checker:
             for k in bad:
                 if self.override_fixes(k, want):
                     continue
-                classes = [c for c in KIND_CLASSES[k] if not c.startswith("Convolution")]
+                classes = classes_of_target_kind(k)
                 for c in classes:
                     self.new_overrides.append({"match": c, "weights": {"per_channel": want == "per_channel"}})
                 self.coercions.append(
@@ -407,8 +350,6 @@ class _Checker:
                 self.coercions.append(f"{key}: {old!r} -> {value!r} (set by target {self.t.name})")
 
     def validate_builds(self, d):
-        from qresearch import quantizers
-
         specs = [(r, r, d.get(r)) for r in ROLES]
         for i, ov in enumerate(d.get("overrides") or []):
             for r in ROLES:
@@ -426,19 +367,16 @@ class _Checker:
                                                f"the constrained spec does not build: {exc}", coercible=False))
 
 
-def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tuple[Any, List[str]]:
-    """Check ``spec`` against ``target``; return ``(constrained spec, coercions)``.
+def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tuple[SchemeSpec, List[str]]:
+    """Check ``spec`` against ``target``; return ``(constrained SchemeSpec, coercions)``.
 
     ``spec``: SchemeSpec | dict | preset name. ``target``: Target | name | dict.
-    Returns a SchemeSpec when ``qresearch.schemes.spec.SchemeSpec`` exists, else a dict.
     Raises ``IncompatibleTargetError`` naming every conflict (all of them; with ``adapt`` only
     the ones no coercion can fix). ``adapt_bits=False`` (with ``adapt``): the scheme's weight or
     activation width is never snapped, since a run labelled "4 bits" must not silently train at 8;
     a width the target lacks raises instead.
     """
-    from qresearch.hardware.registry import get
-
-    t = get(target)
+    t = get_target(target)
     d = _spec_to_dict(spec)
     wanted = _role_bits(d)  # before the checker, which edits ``d`` in place
     checker = _Checker(t, adapt)
@@ -456,10 +394,7 @@ def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tup
         err.conflicts = checker.conflicts
         err.target = t.name
         raise err
-    cls = _scheme_spec_class()
-    if cls is not None:
-        return cls.from_dict(out), checker.coercions
-    return out, checker.coercions
+    return SchemeSpec.from_dict(out), checker.coercions
 
 
 def _role_bits(spec: Mapping[str, Any]) -> Dict[str, Optional[int]]:

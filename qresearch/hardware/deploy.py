@@ -28,7 +28,6 @@ KERNEL_SETS = {"builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DEL
 # The simulation's integer-kernel emulation (schemes/integer.py) that matches each kernel set.
 EMULATIONS = {"builtin_without_default_delegates": "tflite_builtin", "builtin_ref": "tflite_reference",
               "builtin": "xnnpack"}
-IO_DTYPES = {"tflite_int8": np.int8, "tflite_int16x8": np.int16}
 
 
 def _require_runtime(target):
@@ -72,18 +71,12 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     _require_runtime(target)
     converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if target.runtime == "tflite_int16x8":
-        converter.target_spec.supported_ops = [
-            tf.lite.OpsSet.EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8]
-        converter.inference_input_type = tf.int16
-        converter.inference_output_type = tf.int16
-        if representative_data is not None:
-            converter.representative_dataset = _representative(representative_data)
-    else:
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        if representative_data is not None:
-            converter.representative_dataset = _representative(representative_data)
+    facts = target.runtime_facts
+    if facts.converter_ops is not None:
+        converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, facts.converter_ops)]
+    converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
+    if representative_data is not None:
+        converter.representative_dataset = _representative(representative_data)
     # The converter saves the model to a SavedModel first: Keras traces it for saving, where every layer
     # builds the plain FakeQuant graph, not the integer-kernel emulation (schemes/integer.py `exporting`).
     return converter.convert()

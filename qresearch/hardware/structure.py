@@ -18,10 +18,12 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS
+
+# TFLite ops with int8 weights: (the target layer kind whose granularity applies, weight input, bias input).
+# The target kinds are LayerSpec.target_kind; a TFLite op is not a Keras layer, so this is TFLite's table.
 WEIGHT_OPS = {"CONV_2D": ("conv", 1, 2), "DEPTHWISE_CONV_2D": ("conv", 1, 2),
               "FULLY_CONNECTED": ("dense", 1, 2), "TRANSPOSE_CONV": ("conv_transpose", 1, 3)}
-FIXED_OPS = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid", "TANH": "tanh", "LOG_SOFTMAX": "log_softmax",
-             "L2_NORMALIZATION": "l2_normalization"}
 SAME_OPS = {"CONCATENATION", "MAX_POOL_2D", "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "TRANSPOSE", "PAD",
             "PADV2", "SLICE", "STRIDED_SLICE", "SPACE_TO_DEPTH", "DEPTH_TO_SPACE", "EXPAND_DIMS"}
 # Inputs that are not activations (shapes, paddings, axes, ...): only input 0 (and all inputs for
@@ -35,9 +37,7 @@ def _q(t) -> tuple:
 
 
 def _allowed_dtypes(target):
-    if target.runtime == "tflite_int16x8":
-        return {np.dtype(np.int16), np.dtype(np.int8), np.dtype(np.int32), np.dtype(np.int64)}
-    return {np.dtype(np.int8), np.dtype(np.int32)}
+    return {np.dtype(d) for d in target.runtime_facts.tensor_dtypes}
 
 
 def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
@@ -53,7 +53,7 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
     graph_inputs = {d["index"] for d in interp.get_input_details()}
     graph_outputs = {d["index"] for d in interp.get_output_details()}
     allowed = _allowed_dtypes(target)
-    act_dtype = np.dtype(np.int16 if target.runtime == "tflite_int16x8" else np.int8)
+    act_dtype = np.dtype(target.runtime_facts.activation_dtype)
     issues: List[str] = []
     float_ops = 0
     hist = Counter(op["op_name"] for op in ops)
@@ -82,8 +82,8 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
                           (" (float weights kept: an unquantized layer)" if const else ""))
         if kind in WEIGHT_OPS:
             issues += _check_weights(interp, tensors, op, kind, where, target)
-        if kind in FIXED_OPS and outs:
-            fixed = target.fixed_output_params.get(FIXED_OPS[kind])
+        if kind in FIXED_OUTPUT_OPS and outs:
+            fixed = target.fixed_output_params.get(FIXED_OUTPUT_OPS[kind])
             s, z, _ = _q(tensors[outs[0]])
             if fixed is not None and len(s) == 1:
                 if abs(s[0] - fixed.scale) > 1e-6 * fixed.scale or int(z[0]) != fixed.zero_point:
@@ -100,10 +100,10 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
                     issues.append(f"{where}: input {name(i)!r} (scale {s_i[0]:.6g}, zp {int(z_i[0])}) differs "
                                   f"from the output (scale {s_o[0]:.6g}, zp {int(z_o[0])}); {kind} needs equal "
                                   "parameters")
-        if target.runtime == "tflite_int16x8":
+        if target.runtime_facts.symmetric_activations:
             for i in ins + outs:
                 t = tensors.get(i)
-                if t is not None and np.dtype(t["dtype"]) == np.int16:
+                if t is not None and np.dtype(t["dtype"]) == act_dtype:
                     _, z, _ = _q(t)
                     if np.any(z != 0):
                         issues.append(f"{where}: int16 tensor {name(i)!r} has zero point {z.tolist()} (16x8 "
@@ -151,9 +151,11 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
         out.append(f"{where}: weights are {gran}; target {target.name} allows {list(allowed)} for {layer_kind}")
     if len(inputs) > b_pos and inputs[b_pos] >= 0 and in_idx in tensors:
         b = tensors[inputs[b_pos]]
-        if target.runtime == "tflite_int16x8" and layer_kind == "conv" and np.dtype(b["dtype"]) != np.int64:
-            out.append(f"{where}: bias {b['name']!r} is {np.dtype(b['dtype']).name}; the 16x8 spec "
-                       "quantizes conv bias to int64 (measured in TF 2.21: DEPTHWISE_CONV_2D refuses int32, CONV_2D gives wrong outputs)")
+        bias_dtype = target.runtime_facts.conv_bias_dtype
+        if bias_dtype is not None and layer_kind == "conv" and np.dtype(b["dtype"]) != np.dtype(bias_dtype):
+            out.append(f"{where}: bias {b['name']!r} is {np.dtype(b['dtype']).name}; runtime {target.runtime} "
+                       f"quantizes conv bias to {bias_dtype} (16x8, measured in TF 2.21: DEPTHWISE_CONV_2D "
+                       "refuses int32, CONV_2D gives wrong outputs)")
         s_b, _, _ = _q(b)
         s_in, _, _ = _q(tensors[in_idx])
         if len(s_b) and len(s_in) == 1:

@@ -9,11 +9,11 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
 
     name: tflite_int8               # equal to the file name
     description: ...
-    runtime: tflite_int8            # tflite_int8 | tflite_int16x8 | none
+    runtime: tflite_int8            # a name in runtimes.RUNTIMES: tflite_int8 | tflite_int16x8 | none
     weights:
       bits: [8]                     # allowed bit widths
       granularity: {conv: [per_channel, per_tensor], conv1d: [per_tensor], conv_transpose: [per_tensor],
-                    dense: [per_tensor]}     # per layer kind (see constrain.KIND_CLASSES), or one list
+                    dense: [per_tensor]}     # per layer kind (LayerSpec.target_kind), or one list
       symmetry: symmetric           # symmetric (zero point 0) | asymmetric (zero point free)
       zero_point: zero              # zero | any   (must agree with symmetry)
       narrow_range: true            # true (required) | false (forbidden) | any
@@ -32,17 +32,17 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from qresearch.errors import ConfigError
-
-RUNTIMES = ("tflite_int8", "tflite_int16x8", "none")
+from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS, RUNTIMES, Runtime
 QUANTIZE_OPS = ("weights_only", "compute", "all")
 BN_FOLDING = ("fold", "no_fold", "any")
 GRANULARITIES = ("per_channel", "per_tensor")
+# The per-kind keys of ``granularity``; equal to schemes.layers.TARGET_KINDS (a test checks), kept here so
+# a Target is plain data that loads without the schemes (tfmot).
 LAYER_KINDS = ("conv", "conv1d", "conv_transpose", "dense")
 SYMMETRIES = ("symmetric", "asymmetric")
 ZERO_POINTS = ("zero", "any")
@@ -50,7 +50,7 @@ SCALE_FORMATS = ("float32", "pot")
 ROUNDINGS = ("half_away_from_zero", "half_up", "half_even")
 MIN_BITS, MAX_BITS = 2, 16
 # Keras activation names for TFLite's fixed-output ops (LOGISTIC is Keras' sigmoid).
-FIXED_OPS = ("softmax", "sigmoid", "tanh", "log_softmax", "l2_normalization")
+FIXED_OPS = tuple(FIXED_OUTPUT_OPS.values())
 _OP_ALIASES = {"logistic": "sigmoid"}
 
 
@@ -200,13 +200,17 @@ class Target:
 
     # ------------------------------------------------------------ derived facts
     @property
+    def runtime_facts(self) -> Runtime:
+        return RUNTIMES.get(self.runtime)
+
+    @property
     def has_runtime(self) -> bool:
-        return self.runtime != "none"
+        return self.runtime_facts.deploys
 
     @property
     def integer_only(self) -> bool:
         """Every tensor integer at deployment (TFLite full-integer runtimes)."""
-        return self.runtime in ("tflite_int8", "tflite_int16x8")
+        return self.runtime_facts.integer_only
 
     @property
     def activation_storage_bits(self) -> int:
@@ -248,7 +252,7 @@ class Target:
                 raise ConfigError(f"{_where(source, role)}: missing (a mapping with at least 'bits')")
         weights = TensorRules.from_dict(d["weights"], "weights", source)
         acts = TensorRules.from_dict(d["activations"], "activations", source)
-        runtime = _choice(d.get("runtime", "none"), RUNTIMES, source, "runtime")
+        runtime = _choice(d.get("runtime", "none"), tuple(RUNTIMES.names()), source, "runtime")
         quantize_ops = _choice(d.get("quantize_ops", "compute"), QUANTIZE_OPS, source, "quantize_ops")
         bn_folding = _choice(d.get("bn_folding", "any"), BN_FOLDING, source, "bn_folding")
         rounding = _choice(d.get("rounding", "half_away_from_zero"), ROUNDINGS, source, "rounding")
@@ -316,9 +320,6 @@ class Target:
             "fixed_output_ranges": {op: {"scale": p.scale, "zero_point": p.zero_point}
                                     for op, p in self.fixed_output_params.items()},
         }
-
-    def replace(self, **changes) -> "Target":
-        return dataclasses.replace(self, **changes)
 
     def __repr__(self) -> str:
         return (f"Target({self.name!r}, runtime={self.runtime!r}, w{list(self.weights.bits)}"

@@ -1,13 +1,13 @@
 """Which axes of a layer's weight are its output channels, for per-channel quantizers.
 
-Keyed by layer class and weight name; a custom layer registers its own with
-``register_channel_axes``. Unknown layers default to the last axis.
+Keyed by layer class and weight name and looked up along the class hierarchy. The layer registry
+(``qresearch.schemes.register_layer(..., channel_axes=...)``) fills it for the built-in layers and a
+user's; this table is where the quantizers, which sit below the schemes, read it. Unknown weights
+default to the last axis.
 """
 from __future__ import annotations
 
 from typing import Dict, Tuple
-
-from qresearch._compat import keras
 
 _AXES: Dict[Tuple[type, str], Tuple[int, ...]] = {}
 DEFAULT_AXES: Tuple[int, ...] = (-1,)
@@ -26,14 +26,3 @@ def channel_axes_for(layer, weight_name: str) -> Tuple[int, ...]:
         if (cls, short) in _AXES:
             return _AXES[(cls, short)]
     return DEFAULT_AXES
-
-
-# Depthwise kernels are (kh, kw, in, multiplier): every in·multiplier pair is an output channel
-# (TFLite quantized_dimension 3 of [1, H, W, in·mult]); transposed convs are (kh, kw, out, in).
-register_channel_axes(keras.layers.DepthwiseConv2D, "depthwise_kernel", (2, 3))
-register_channel_axes(keras.layers.SeparableConv2D, "depthwise_kernel", (2, 3))
-register_channel_axes(keras.layers.SeparableConv1D, "depthwise_kernel", (1, 2))
-register_channel_axes(keras.layers.DepthwiseConv1D, "depthwise_kernel", (1, 2))
-register_channel_axes(keras.layers.Conv2DTranspose, "kernel", (-2,))
-register_channel_axes(keras.layers.Conv1DTranspose, "kernel", (-2,))
-register_channel_axes(keras.layers.Conv3DTranspose, "kernel", (-2,))

@@ -1,9 +1,11 @@
-"""Layer configs: for each layer class, what quantizes.
+"""The one layer registry: for each layer class, everything qresearch knows about it.
 
-A ``LayerSpec`` says which weights (by attribute name) carry a weight
-quantizer, which activation-function attributes are simulated as separate
-ops, whether the layer's output gets a quantizer, and the layer's role in the
-graph rewrite (``kind``):
+A ``LayerSpec`` says which weights (by attribute name) carry a weight quantizer and their
+output-channel axes, which activation-function attributes are simulated as separate ops, whether
+the layer's output gets a quantizer, the layer's role in the graph rewrite (``kind``), the kind a
+hardware target constrains it as (``target_kind``), how a following BatchNormalization folds into it
+(``fold``), whether its output is non-negative when its inputs are (``keeps_sign``) and the TFLite
+op the integer-kernel emulation reproduces for it (``integer_op``). The roles (``kind``):
 
 - ``compute``: has quantized weights (Conv, Dense, ...); BN can fold into it, a ReLU after it fuses.
 - ``activation``: ReLU/ReLU6/linear; fuses into a preceding compute/merge/BN layer (one output quantizer
@@ -16,19 +18,29 @@ graph rewrite (``kind``):
 - ``passthrough``: data movement or SAME-scale ops (Reshape, Flatten, Dropout, padding, max/avg pooling):
   no quantizer, the output shares the input's range.
 
-Users teach qresearch a custom layer once with ``register_layer``.
+Users teach qresearch a custom layer once with ``register_layer``; the built-ins are registered the
+same way (``builtin_layers.py``). A fact not given is inherited from the nearest registered base class
+(a ``MyDense(Dense)`` registered with its own weights is still a dense layer for targets, folds BN and
+runs as FULLY_CONNECTED), as lookups of unregistered subclasses do.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from qresearch._compat import keras
 from qresearch.errors import ConfigError, QResearchError
+from qresearch.quantizers.channels import register_channel_axes
 
 KINDS = ("compute", "activation", "merge", "concat", "fixed", "bn", "output", "passthrough")
+# What a hardware target constrains per layer kind (weight granularity): conf/hardware/*.yaml's keys.
+TARGET_KINDS = ("conv", "conv1d", "conv_transpose", "dense")
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
+# Ops whose output range the runtime fixes (the scheme's fixed_output_ranges keys).
 FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
+# Outputs that are >= 0 whatever the input (unsigned activation grids after them).
+NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "softmax", "sigmoid")
+_INHERIT: Any = object()  # a fact not given to register_layer: taken from the nearest registered base
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,18 +57,31 @@ class LayerSpec:
     #: SAME-scale op whose float result leaves the input's grid (average pooling): re-quantize the output
     #: onto the input's grid, as the int8 kernel does.
     same_grid: bool = False
+    #: weight attr -> its output-channel axes (per-channel quantizers); unlisted weights use the last axis.
+    channel_axes: Mapping[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    #: the layer kind a hardware target constrains ("conv", "conv1d", "conv_transpose", "dense"), or None.
+    target_kind: Optional[str] = None
+    #: (weight attr, rule): how a BatchNormalization after the layer folds into it (folding.py), or None.
+    fold: Optional[Tuple[str, Callable]] = None
+    #: output >= 0 when every input is (Add, Maximum, average pooling, ...): unsigned grids stay unsigned.
+    keeps_sign: bool = False
+    #: the TFLite op whose int8 kernel the integer emulation reproduces for this layer (wrappers.py), or None.
+    integer_op: Optional[str] = None
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
 
 
 _LAYERS: Dict[type, LayerSpec] = {}
+_DECLARED_KIND: Dict[type, str] = {}  # classes given a target_kind themselves (not inherited from a base)
 
 
 def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
                    quantize_output: bool = True, kind: Optional[Union[str, Callable]] = None,
                    quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True,
-                   same_grid: bool = False) -> LayerSpec:
+                   same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
+                   target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
+                   keeps_sign: bool = _INHERIT, integer_op: Optional[str] = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -69,6 +94,13 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       quantize_output: put a quantizer on the layer's output.
       kind: graph role (see module doc); default "compute" with weights, else "output" or "passthrough".
       quantized_input: insert an input quantizer when the input is float (default: true with weights).
+      channel_axes: ``{weight attr: axes}`` of the weights' output channels (default: the last axis).
+      target_kind: the kind hardware targets constrain it as: one of ``TARGET_KINDS`` or None.
+      fold: ``(weight attr, rule)`` to fold a following BatchNormalization (rules in ``folding.py``); the
+        folded copy is rebuilt with ``use_bias=True``, so the layer's config must take ``use_bias``.
+      keeps_sign: its output is non-negative when every input is.
+      integer_op: the TFLite op the integer-kernel emulation runs it as (see ``wrappers.py``).
+    The last five default to the nearest registered base class's values (else empty/None/False).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
         raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
@@ -85,11 +117,25 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         quantized_input = bool(weights)
     if not wrap and weights:
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
+    base = next((_LAYERS[c] for c in layer_class.__mro__[1:] if c in _LAYERS), LayerSpec())
+    facts = {"channel_axes": channel_axes, "target_kind": target_kind, "fold": fold, "keeps_sign": keeps_sign,
+             "integer_op": integer_op}
+    facts = {k: getattr(base, k) if v is _INHERIT else v for k, v in facts.items()}
+    if facts["target_kind"] not in TARGET_KINDS + (None,):
+        raise ConfigError(f"register_layer: target_kind must be one of {TARGET_KINDS} or None, "
+                          f"got {facts['target_kind']!r}")
+    facts["channel_axes"] = {w: (tuple(a) if isinstance(a, (list, tuple)) else (int(a),))
+                             for w, a in dict(facts["channel_axes"]).items()}
     spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input),
-                     bool(wrap), bool(same_grid))
+                     bool(wrap), bool(same_grid), **facts)
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec
+    _DECLARED_KIND.pop(layer_class, None)
+    if target_kind is not _INHERIT and target_kind is not None:
+        _DECLARED_KIND[layer_class] = target_kind
+    for weight, axes in spec.channel_axes.items():  # the quantizers read axes there (they sit below schemes)
+        register_channel_axes(layer_class, weight, axes)
     make_loadable(layer_class)
     return spec
 
@@ -123,6 +169,49 @@ def layer_spec(layer) -> Optional[LayerSpec]:
 
 def registered_layers():
     return sorted(c.__name__ for c in _LAYERS)
+
+
+def own_spec(layer_class: type) -> Optional[LayerSpec]:
+    """The spec registered for exactly ``layer_class`` (no lookup along its bases)."""
+    return _LAYERS.get(layer_class)
+
+
+def target_kind(layer) -> Optional[str]:
+    """The target layer kind of ``layer`` (a tfmot wrapper counts as its inner layer), or None."""
+    spec = layer_spec(getattr(layer, "layer", layer))
+    return spec.target_kind if spec is not None else None
+
+
+def target_kind_of_name(class_name: Any) -> Optional[str]:
+    """The target kind of the registered layer class named ``class_name`` (a scheme override's ``match``
+    naming a class, or a Keras alias of one such as "Convolution2D"), else None."""
+    if not isinstance(class_name, str):
+        return None
+    alias = getattr(keras.layers, class_name, None)
+    for cls, spec in _LAYERS.items():
+        if cls.__name__ == class_name or cls is alias:
+            return spec.target_kind
+    return None
+
+
+def classes_of_target_kind(kind: str) -> List[str]:
+    """Names of the layer classes registered as target kind ``kind`` (declared, not inherited: a subclass
+    counts as its base where a class name is matched), in registration order."""
+    return [cls.__name__ for cls, k in _DECLARED_KIND.items() if k == kind]
+
+
+def fused_relu(layer) -> Optional[str]:
+    """"relu"/"relu6" for a ReLU or Activation layer that TFLite fuses into the op before it, else None."""
+    if isinstance(layer, keras.layers.ReLU):
+        max_value = None if layer.max_value is None else float(layer.max_value)
+        if float(layer.negative_slope or 0.0) == 0.0 and float(layer.threshold or 0.0) == 0.0 \
+                and max_value in (None, 6.0):
+            return "relu" if max_value is None else "relu6"
+        return None
+    if isinstance(layer, keras.layers.Activation):
+        name = activation_name(layer.activation)
+        return name if name in ("relu", "relu6") else None
+    return None
 
 
 def op_name(layer) -> Optional[str]:
@@ -178,106 +267,3 @@ def register_fix(layer) -> str:
             f"or add {layer.name!r} to the scheme's skip list to keep it in float")
 
 
-# ----------------------------------------------------------------- built-ins
-L = keras.layers
-
-
-def _activation_layer_kind(layer) -> str:
-    name = activation_name(getattr(layer, "activation", None))
-    if name in FUSABLE_ACTIVATIONS:
-        return "activation"
-    if name in FIXED_ACTIVATIONS:
-        return "fixed"
-    return "output"
-
-
-def _relu_kind(layer) -> str:
-    max_value = getattr(layer, "max_value", None)
-    slope = float(getattr(layer, "negative_slope", 0.0) or 0.0)
-    threshold = float(getattr(layer, "threshold", 0.0) or 0.0)
-    if slope == 0.0 and threshold == 0.0 and (max_value is None or float(max_value) in (6.0,)):
-        return "activation"
-    return "output"
-
-
-_OP_KINDS = {
-    "passthrough": ("reshape", "transpose", "squeeze", "expand_dims", "getitem", "strided_slice", "slice",
-                    "gather", "gather_nd", "pad", "identity", "split", "unstack", "tile", "reverse",
-                    "depth_to_space", "space_to_depth", "reduce_max", "reduce_min", "flatten", "max_pool2d",
-                    "cast", "stop_gradient", "broadcast_to", "ensure_shape"),
-    "concat": ("concat", "stack"),
-    "activation": ("relu", "relu6"),
-    "fixed": ("softmax", "sigmoid", "tanh", "log_softmax"),
-    "merge": ("add", "add_v2", "multiply", "subtract", "truediv", "divide", "maximum", "minimum", "matmul",
-              "add_n", "multiply_no_nan", "squared_difference"),
-}
-
-
-def _op_kind(layer) -> str:
-    name = op_name(layer)
-    for kind, ops in _OP_KINDS.items():
-        if name in ops:
-            return kind
-    return "output"
-
-
-_COMPUTE = {
-    L.Dense: ("kernel",),
-    L.Conv1D: ("kernel",),
-    L.Conv2D: ("kernel",),
-    L.Conv3D: ("kernel",),
-    L.Conv1DTranspose: ("kernel",),
-    L.Conv2DTranspose: ("kernel",),
-    L.Conv3DTranspose: ("kernel",),
-    L.DepthwiseConv2D: ("depthwise_kernel",),
-    L.DepthwiseConv1D: ("depthwise_kernel",),
-    L.SeparableConv1D: ("depthwise_kernel", "pointwise_kernel"),
-    L.SeparableConv2D: ("depthwise_kernel", "pointwise_kernel"),
-}
-for _cls, _w in _COMPUTE.items():
-    register_layer(_cls, weights=_w, activations=["activation"], kind="compute")
-
-# Recurrent layers: the cell's kernels are quantized (dotted paths); gate math stays float (TFLite's
-# fully-int8 LSTM kernel, with a 16-bit cell state, is not simulated).
-_RNN_WEIGHTS = ["cell.kernel", "cell.recurrent_kernel"]
-for _cls in (L.LSTM, L.GRU, L.SimpleRNN, getattr(L, "ConvLSTM2D", None)):
-    if _cls is not None:
-        register_layer(_cls, weights=_RNN_WEIGHTS, kind="compute")
-register_layer(L.Bidirectional, weights=[f"{d}_layer.{w}" for d in ("forward", "backward") for w in _RNN_WEIGHTS],
-               kind="compute")
-register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False)
-register_layer(L.BatchNormalization, kind="bn")
-register_layer(L.ReLU, kind=_relu_kind)
-register_layer(L.Activation, kind=_activation_layer_kind)
-register_layer(L.Softmax, kind="fixed")
-for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling,
-             L.Normalization, L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D,
-             L.UnitNormalization):
-    register_layer(_cls, kind="output")
-for _cls in (L.Add, L.Subtract, L.Multiply, L.Average, L.Maximum, L.Minimum, L.Dot):
-    register_layer(_cls, kind="merge")
-register_layer(L.Concatenate, kind="concat")
-for _name in ("Identity", "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
-              "RandomTranslation", "RandomContrast", "RandomCrop", "RandomBrightness", "RandomHeight",
-              "RandomWidth"):
-    if hasattr(L, _name):  # preprocessing/augmentation: data movement or identity at inference
-        register_layer(getattr(L, _name), quantize_output=False, kind="passthrough")
-# TF ops applied to Keras tensors (x * 2, tf.nn.relu(x), x[:, 1:], tf.concat): classified by op name.
-try:
-    from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
-    register_layer(TFOpLambda, kind=_op_kind, wrap=False)
-    register_layer(SlicingOpLambda, kind=_op_kind, wrap=False)
-except ImportError:  # pragma: no cover - tf_keras layout differs
-    pass
-try:
-    register_layer(L.EinsumDense, weights=["kernel"], activations=["activation"], kind="compute")
-except AttributeError:  # pragma: no cover
-    pass
-for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
-             L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
-             L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
-             L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
-             L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
-             L.Permute, L.RepeatVector, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Masking):
-    register_layer(_cls, quantize_output=False, kind="passthrough",
-                   same_grid=_cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D))

@@ -61,3 +61,15 @@ def get(name: str) -> SchemeSpec:
 def names() -> List[str]:
     _load_builtin()
     return SCHEMES.names()
+
+
+def resolve(scheme) -> SchemeSpec:
+    """A SchemeSpec (copied) from a SchemeSpec, a preset name or a scheme dict."""
+    if isinstance(scheme, SchemeSpec):
+        return copy.deepcopy(scheme)
+    if isinstance(scheme, str):
+        return get(scheme)
+    if scheme is None:
+        raise ConfigError("quantize needs a scheme: a preset name (see qresearch.schemes.names()), "
+                          "a dict or a SchemeSpec")
+    return SchemeSpec.from_dict(scheme)

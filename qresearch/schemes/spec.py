@@ -3,8 +3,8 @@
 A scheme names a weight quantizer and an activation quantizer (each a
 ``qresearch.quantizers`` spec dict), per-layer overrides, layers to leave in
 float, and a few graph-level policies (BN folding, which tensors to quantize,
-fixed output ranges). It is validated when built; the graph rewrite in
-``qresearch.schemes.apply`` turns it into tfmot wrappers.
+fixed output ranges). It is validated when built; the planning passes
+(``qresearch.schemes.passes``) and the rebuild (``build.py``) turn it into tfmot wrappers.
 """
 from __future__ import annotations
 

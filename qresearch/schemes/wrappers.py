@@ -22,6 +22,7 @@ from qresearch._compat import keras, tf, tfmot
 from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes import integer
+from qresearch.schemes.layers import activation_name, fused_relu, layer_spec, own_spec
 from qresearch.quantizers.registry import register as register_quantizer
 
 # tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
@@ -62,7 +63,8 @@ def set_attr(layer, path: str, value) -> None:
     setattr(get_attr(layer, head) if head else layer, last, value)
 
 
-def _has_weights(layer, attrs) -> bool:
+def has_attrs(layer, attrs) -> bool:
+    """Whether every (dotted) attribute in ``attrs`` is set on ``layer`` (weights built)."""
     try:
         return all(get_attr(layer, a) is not None for a in attrs)
     except AttributeError:
@@ -161,7 +163,7 @@ class QuantizeWrapper(_QW):
     """tfmot ``QuantizeWrapperV2`` driven by a ``LayerQuantizeConfig``."""
 
     def __call__(self, inputs, *args, **kwargs):
-        if not self.built and not _has_weights(self.layer, self.quantize_config.weights):
+        if not self.built and not has_attrs(self.layer, self.quantize_config.weights):
             # a layer that creates its weights on its first call (MultiHeadAttention): build it with the real
             # arguments, which build(input_shape) alone cannot (also when a saved model is rebuilt)
             self.layer(inputs, *args, **{k: v for k, v in kwargs.items() if k != "training"})
@@ -275,9 +277,9 @@ class QuantizeWrapper(_QW):
         if not out and not self._activation_vars:
             consumer = _sole_consumer(self)
             if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers \
-                    and not consumer._activation_vars and _fused_activation(consumer.layer) is not None:
+                    and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
                 fused_consumer = ((consumer._output_quantizers[0], consumer._output_quantizer_vars),
-                                  _fused_activation(consumer.layer))
+                                  fused_relu(consumer.layer))
         if not out and self.quantize_config.info.get("output_shared_with"):
             # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
             # that one grid, so this layer's kernel requantizes straight onto it
@@ -287,7 +289,7 @@ class QuantizeWrapper(_QW):
         if self._weight_vars:
             base = _integer_conv_base(self)
             acts = self._activation_vars.get("activation", {})
-            fused = _activation_name(getattr(self.layer, "activation", None))
+            fused = activation_name(getattr(self.layer, "activation", None))
             if base is not None and set(self.quantize_config.activations) <= {"activation"}:
                 if not acts and out and fused in integer.FUSED_ACTIVATIONS:
                     plan = dict(base, out=out, fused=fused)
@@ -341,11 +343,11 @@ class QuantizeWrapper(_QW):
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         y = out_q(y, False, weights=out_v)
-        if fn is None or _activation_name(fn) in integer.FUSED_ACTIVATIONS:
+        if fn is None or activation_name(fn) in integer.FUSED_ACTIVATIONS:
             return y
         if not self._output_quantizers:
             return fn(y)
-        if _activation_name(fn) == "softmax" and _softmax_ok(y):
+        if activation_name(fn) == "softmax" and _softmax_ok(y):
             return self._q(self._output_quantizers[0], integer.softmax(y, _grid(plan["out"]), _grid(
                 (self._output_quantizers[0], self._output_quantizer_vars))), False, self._output_quantizer_vars)
         y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
@@ -467,24 +469,16 @@ def _integer_conv_base(wrapper):
     """The "conv" case of ``QuantizeWrapper._integer_plan``: the weight and the input's range source."""
     if wrapper.quantize_config.info.get("kind") != "compute" or len(wrapper._weight_vars) != 1:
         return None
-    if not isinstance(wrapper.layer, INTEGER_LAYERS) or isinstance(wrapper.layer, INTEGER_EXCLUDED):
+    spec = layer_spec(wrapper.layer)
+    tflite_op = spec.integer_op if spec is not None else None
+    if tflite_op not in CONV_OPS:
         return None
     weight, quantizer, qvars = wrapper._weight_vars[0]
     source = getattr(wrapper, "_input_source", None)
     if not source or not getattr(quantizer, "symmetric", False):
         return None
     return {"op": "conv", "weight": (weight, quantizer, qvars), "sources": [source],
-            "tflite_op": _tflite_op(wrapper.layer)}
-
-
-def _tflite_op(layer) -> str:
-    if isinstance(layer, keras.layers.Dense):
-        return "FULLY_CONNECTED"
-    if isinstance(layer, keras.layers.Conv2DTranspose):
-        return "TRANSPOSE_CONV"
-    if isinstance(layer, keras.layers.DepthwiseConv2D):
-        return "DEPTHWISE_CONV_2D"
-    return "CONV_2D"
+            "tflite_op": tflite_op}
 
 
 def _integer_mean_base(wrapper):
@@ -526,7 +520,7 @@ def _integer_softmax_base(wrapper):
         rank = len(getattr(wrapper, "_input_shape", ()))
         if axis not in (-1, rank - 1):
             return None
-    elif not (isinstance(layer, keras.layers.Activation) and _activation_name(layer.activation) == "softmax"):
+    elif not (isinstance(layer, keras.layers.Activation) and activation_name(layer.activation) == "softmax"):
         return None
     source = getattr(wrapper, "_input_source", None)
     shape = getattr(wrapper, "_input_shape", None)
@@ -540,32 +534,12 @@ def _integer_add_base(wrapper):
     """ADD / SUB / MUL of two quantized same-shape tensors (no broadcasting: other kernel paths)."""
     sources = getattr(wrapper, "_input_sources", None)
     shapes = getattr(wrapper, "_input_shapes", None)
-    op = ELEMENTWISE_LAYERS.get(type(wrapper.layer))
+    spec = own_spec(type(wrapper.layer))  # the class itself: a subclass may compute something else
+    op = ELEMENTWISE_OPS.get(spec.integer_op if spec is not None else None)
     if op is None or not sources or len(sources) != 2 or not all(sources) or shapes is None \
             or shapes[0] != shapes[1]:
         return None
     return {"op": op, "sources": sources}
-
-
-def _fused_activation(layer) -> Optional[str]:
-    """relu/relu6 for a ReLU or Activation layer TFLite fuses into the conv before it, else None."""
-    if isinstance(layer, keras.layers.ReLU):
-        slope = float(layer.negative_slope or 0.0)
-        threshold = float(layer.threshold or 0.0)
-        max_value = None if layer.max_value is None else float(layer.max_value)
-        if slope == 0.0 and threshold == 0.0 and max_value in (None, 6.0):
-            return "relu" if max_value is None else "relu6"
-        return None
-    if isinstance(layer, keras.layers.Activation):
-        name = _activation_name(layer.activation)
-        return name if name in ("relu", "relu6") else None
-    return None
-
-
-def _activation_name(fn) -> str:
-    if fn is None:
-        return "linear"
-    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _range_source(tensor, depth: int = 8):
@@ -685,12 +659,10 @@ class ChannelAffine(keras.layers.DepthwiseConv2D):
         return tf.TensorShape(input_shape)
 
 
-# layers whose int8 kernel is the conv / fully-connected inner loop the emulation reproduces
-INTEGER_LAYERS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.DepthwiseConv2D, keras.layers.Dense)
-INTEGER_EXCLUDED = (keras.layers.Conv1DTranspose, keras.layers.Conv3DTranspose,
-                    keras.layers.Conv3D, keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
-
-ELEMENTWISE_LAYERS = {keras.layers.Add: "add", keras.layers.Subtract: "subtract", keras.layers.Multiply: "multiply"}
+# TFLite ops (LayerSpec.integer_op, layers.py) whose int8 kernel is the conv / fully-connected inner loop
+# the emulation reproduces, and the elementwise ones it emulates
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+ELEMENTWISE_OPS = {"ADD": "add", "SUB": "subtract", "MUL": "multiply"}
 ELEMENTWISE = {
     "add": integer.add,
     "subtract": lambda k, x1, x2, g1, g2, go, fused: integer.add(k, x1, x2, g1, g2, go, fused, subtract=True),

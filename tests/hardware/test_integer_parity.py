@@ -11,7 +11,7 @@ import pytest
 import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras
-from qresearch.schemes.apply import set_kernels
+from qresearch.schemes.build import set_kernels
 
 from models import digits, mobilenet_like, train
 

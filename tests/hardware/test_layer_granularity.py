@@ -7,7 +7,7 @@ import numpy as np
 import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras, tf
-from qresearch.hardware.constrain import layer_kind
+from qresearch.hardware.layer_checks import layer_kind
 from qresearch.schemes import QuantizeWrapper
 
 from models import digits

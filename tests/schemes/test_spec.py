@@ -73,5 +73,6 @@ def test_register_and_unknown_preset():
 
 
 def test_public_api():
-    assert qresearch.quantize is qresearch.schemes.quantize
+    assert qresearch.quantize is qresearch.api.quantize  # the composition; schemes never import hardware
+    assert not hasattr(qresearch.schemes, "quantize")
     assert callable(qresearch.load_model)

@@ -1,0 +1,48 @@
+"""What each deployment runtime is, as data: one ``Runtime`` per ``runtime:`` value of a target.
+
+Deployment (``deploy.convert``) and the structural checks (``structure.inspect_model``) read these facts
+instead of comparing runtime names; a new runtime is one ``RUNTIMES.register`` call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from qresearch.registry import Registry
+
+
+@dataclass(frozen=True)
+class Runtime:
+    name: str
+    #: a converter and interpreter exist here (``verify`` can deploy to it)
+    deploys: bool = False
+    #: every tensor is integer at deployment (a float layer cannot run)
+    integer_only: bool = False
+    #: the dtype of activation tensors and of the model's input/output (numpy names)
+    activation_dtype: Optional[str] = None
+    #: every dtype a tensor of a deployed op may have
+    tensor_dtypes: Tuple[str, ...] = ()
+    #: the converter's op set (a ``tf.lite.OpsSet`` member), None for its default
+    converter_ops: Optional[str] = None
+    #: integer activations must have zero point 0 (TFLite 16x8)
+    symmetric_activations: bool = False
+    #: the dtype conv biases must be stored in (the 16x8 spec: int64), None: not checked
+    conv_bias_dtype: Optional[str] = None
+
+
+RUNTIMES: Registry[Runtime] = Registry(
+    "runtime", how_to_add="qresearch.hardware.runtimes.RUNTIMES.register('NAME', Runtime(...))")
+RUNTIMES.register("none", Runtime("none"))
+RUNTIMES.register("tflite_int8", Runtime("tflite_int8", deploys=True, integer_only=True, activation_dtype="int8",
+                                         tensor_dtypes=("int8", "int32")))
+# Measured in TF 2.21: DEPTHWISE_CONV_2D refuses an int32 bias, CONV_2D gives wrong outputs with one.
+RUNTIMES.register("tflite_int16x8", Runtime(
+    "tflite_int16x8", deploys=True, integer_only=True, activation_dtype="int16",
+    tensor_dtypes=("int16", "int8", "int32", "int64"),
+    converter_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", symmetric_activations=True,
+    conv_bias_dtype="int64"))
+
+# TFLite ops whose output (scale, zero_point) the runtime fixes, and the Keras activation name of each
+# (the keys of a target's and a scheme's fixed_output_ranges).
+FIXED_OUTPUT_OPS = {"SOFTMAX": "softmax", "LOGISTIC": "sigmoid", "TANH": "tanh", "LOG_SOFTMAX": "log_softmax",
+                    "L2_NORMALIZATION": "l2_normalization"}

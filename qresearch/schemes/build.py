@@ -1,0 +1,222 @@
+"""Rebuild a planned model: ``QuantizeWrapper`` layers (tfmot ``QuantizeWrapperV2``) with the planned
+``LayerQuantizeConfig``, ``QuantizeInput`` on float tensors entering quantized layers, and the float
+weights (folded where a BN was folded) copied in."""
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from typing import Any, Dict, Optional
+
+from qresearch._compat import keras, tf
+from qresearch.errors import ConfigError
+from qresearch.schemes import annotate as A
+from qresearch.schemes.configs import act_spec, layer_config, model_input_spec, quantizer
+from qresearch.schemes.folding import affine_weights, fold_weights
+from qresearch.schemes.io import QATModel
+from qresearch.schemes.plan import LayerPlan, ModelPlan
+from qresearch.schemes.wrappers import ChannelAffine, QuantizeInput, QuantizeLike, QuantizeWrapper, has_attrs
+
+_log = logging.getLogger(__name__)
+WRAPPER_PREFIX = "quant_"
+
+
+def _clone_layer(layer, name: str, must_copy: bool = False):
+    """A fresh copy of ``layer`` (from its config). A custom layer whose config cannot rebuild it is
+    reused as is (its weights then stay shared with the float model) with a warning naming the fix."""
+    try:
+        config = layer.get_config()
+        config["name"] = name
+        return type(layer).from_config(config)
+    except Exception as exc:  # noqa: BLE001 - custom layers fail in many ways
+        fix = (f"give {type(layer).__name__} a get_config() that returns every __init__ argument "
+               "(also needed to save and load the model)")
+        if must_copy:
+            raise ConfigError(f"cannot copy layer {layer.name!r} ({type(layer).__name__}): {exc}. Fix: {fix}") \
+                from exc
+        _log.warning("layer %r (%s) cannot be rebuilt from its config (%s): the QAT model reuses it, so it shares "
+                     "its weights with the float model. Fix: %s", layer.name, type(layer).__name__, exc, fix)
+        return layer
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _float_reason(p: LayerPlan) -> str:
+    if p.kind == "passthrough":
+        return "pass-through: shares its input's range (no quantizer needed)"
+    if p.fused_with:
+        return f"fused with {p.fused_with}: one quantizer after it"
+    if p.kind in ("activation", "bn"):
+        return "fused: the quantizer after it or after its producer covers it"
+    if p.concat_shared:
+        return f"output range shared with {p.concat_shared}"
+    if p.acts_spec is None and p.weights_spec is None:
+        return "the scheme quantizes nothing here (weights/activations null or weights_only)"
+    return "no quantizer needed by this scheme's quantize_ops"
+
+
+def _short(var) -> str:
+    return var.name.split("/")[-1].split(":")[0]
+
+
+def _relative(var) -> str:
+    """The variable's path inside its layer ("query/kernel" for "mha/query/kernel:0")."""
+    parts = var.name.split(":")[0].split("/")
+    return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def build(plan: ModelPlan):
+    """The QAT model (``io.QATModel``) of ``plan``, with the float model's weights."""
+    graph, plans, scheme = plan.graph, plan.layers, plan.scheme
+    used = set()
+
+    def unique(name):
+        base, i = name, 1
+        while name in used:
+            name = f"{base}_{i}"
+            i += 1
+        used.add(name)
+        return name
+
+    new_inputs = []
+    tensors: Dict[str, Any] = {}
+    input_names: Dict[str, str] = {}
+    for t, ref in zip(graph.inputs, graph.input_refs):
+        name = unique(t._keras_history.layer.name)
+        input_names[ref] = name
+        x = keras.Input(type_spec=t.type_spec, name=name)
+        new_inputs.append(x)
+        tensors[ref] = x
+    producers = plan.producers
+    quantized_refs = set()
+
+    def is_quantized(ref):
+        return ref in quantized_refs
+
+    made: Dict[int, Any] = {}          # id(original layer) -> new layer (wrapper or copy)
+    copies = []                        # (new inner layer, original, plan)
+    input_quantizers: Dict[str, Any] = {}
+    after_ops: Dict[int, Any] = {}     # id(op layer) -> output quantizer applied after it
+    for p in plans:
+        node = p.node
+        if p.removed:  # folded BN: its consumers were rewired to the conv's output
+            continue
+        quantized = p.quantized
+        for ref in dict.fromkeys(node.in_refs):
+            t = tensors[ref]
+            if p.input_spec is not None and not is_quantized(ref) and t.dtype.is_floating:
+                if ref not in input_quantizers:
+                    a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
+                    src = producers.get(ref)
+                    if src is None:
+                        a = model_input_spec(a)
+                    base = src.layer.name if src is not None else input_names.get(ref, "input")
+                    q = QuantizeInput(quantizer(a, "activations", "input quantizer"),
+                                      name=unique(_safe(f"quantize_{base}")))
+                    input_quantizers[ref] = q(t)
+                tensors[ref + "#q"] = input_quantizers[ref]
+        view = dict(tensors)
+        for ref in node.in_refs:
+            if ref + "#q" in tensors:
+                view[ref] = tensors[ref + "#q"]
+        args, kwargs = node.pack(view)
+        if id(p.layer) not in made:
+            name = unique(node.prefix + p.layer.name) if node.prefix and p.layer.name in used \
+                else unique(p.layer.name)
+            if p.affine:
+                inner = ChannelAffine(name=name, dtype=p.layer.dtype)
+            else:
+                inner = _clone_layer(p.layer, name, must_copy=p.folded_bn is not None)
+            if p.folded_bn is not None:
+                cfg = inner.get_config()
+                cfg["use_bias"] = True
+                inner = type(inner).from_config(cfg)
+            cfg = layer_config(p, scheme) if quantized else None
+            if cfg is not None and not p.spec.wrap:
+                # TF op layers: tfmot's wrapper cannot call them; quantize their output in a layer after them
+                if cfg.output is not None:
+                    after_ops[id(p.layer)] = cfg.output
+                cfg = None
+            if cfg is not None and cfg.weights and not has_attrs(inner, cfg.weights):
+                inner(*args, **kwargs)  # layers that create weights on first call (MultiHeadAttention)
+            if p.user_config is not None:  # the user's own QuantizeConfig decides this layer
+                layer = A.ConfigWrapper(inner, p.user_config, name=unique(WRAPPER_PREFIX + inner.name))
+            elif cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
+                layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
+            else:
+                layer = inner
+                if p.float_reason is None:
+                    p.float_reason = _float_reason(p)
+            made[id(p.layer)] = layer
+            copies.append((inner, p))
+        layer = made[id(p.layer)]
+        if isinstance(layer, (QuantizeWrapper, A.ConfigWrapper)) and len(args) > 1:
+            # the wrapper's call is (inputs, training=None, **kwargs): pass extra positionals by name
+            names = [n for n in inspect.signature(layer.layer.call).parameters][1:]
+            kwargs = dict(zip(names, args[1:]), **kwargs)
+            args = args[:1]
+        out = layer(*args, **kwargs)
+        if (p.spec is not None and p.spec.same_grid and scheme.quantize_ops == "all" and p.acts_spec is not None
+                and tf.is_tensor(out) and all(is_quantized(r) for r in node.in_refs)):
+            out = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))(out)
+        if id(p.layer) in after_ops and tf.is_tensor(out):
+            qname = unique(_safe(f"quantize_{p.layer.name}"))
+            out = QuantizeInput(after_ops[id(p.layer)], name=qname)(out)
+            quantized_refs.update(node.out_refs)
+            p.float_reason = f"TF op layer: computed in float, its output quantized by {qname}"
+        flat = tf.nest.flatten(out)
+        for ref, t in zip(node.out_refs, flat):
+            tensors[ref] = t
+            if (quantized and p.output) or (p.user_config is not None
+                                            and A.output_quantized(p.user_config, layer.layer)):
+                quantized_refs.add(ref)
+            elif p.kind == "passthrough" and all(is_quantized(r) or r + "#q" in tensors for r in node.in_refs):
+                quantized_refs.add(ref)
+        for ref in node.in_refs:
+            tensors.pop(ref + "#q", None)
+
+    outputs = [tensors[r] for r in graph.output_refs]
+    outputs = tf.nest.pack_sequence_as(graph.nested_outputs, outputs)
+    qmodel = QATModel(new_inputs, outputs, name=graph.name)
+    for inner, p in copies:
+        _copy_weights(inner, p)
+    return qmodel
+
+
+def _copy_weights(inner, p: LayerPlan) -> None:
+    src = p.layer
+    if inner is src:
+        return
+    if p.affine:  # by attribute: the wrapper re-tracks variables, so the weights list order may differ
+        kernel, bias = affine_weights(src)
+        inner.depthwise_kernel.assign(kernel)
+        inner.bias.assign(bias)
+        return
+    targets = inner.weights
+    for key in (_short, _relative):  # by weight name, then by path inside the layer (sublayers)
+        values = {key(w): w.numpy() for w in src.weights}
+        if p.folded_bn is not None:
+            values.update(fold_weights(src, p.folded_bn, p.spec.fold))
+        names = [key(w) for w in targets]
+        if len(set(names)) == len(names) and set(names) <= set(values):
+            for w, n in zip(targets, names):
+                w.assign(values[n])
+            break
+    else:
+        if targets:
+            inner.set_weights(src.get_weights())
+
+
+def set_kernels(qmodel, kernels: Optional[str]) -> None:
+    """Make ``qmodel``'s inference pass emulate integer kernel set ``kernels`` (None: float simulation).
+    Takes effect in new eager calls and new traces (``predict``/``evaluate`` retrace on a new model)."""
+    for layer in qmodel.layers:
+        if isinstance(layer, QuantizeWrapper):
+            if kernels:
+                layer.quantize_config.info["kernels"] = kernels
+            else:
+                layer.quantize_config.info.pop("kernels", None)
+        elif isinstance(layer, (QuantizeInput, QuantizeLike)):
+            layer.kernels = kernels

@@ -1,0 +1,124 @@
+"""The built-in layer configs: Keras' layers, registered with ``register_layer`` as a user's layer is.
+
+Each line says everything qresearch knows about a kind: its weights and their channel axes, the kind
+a hardware target constrains, how BN folds into it, and the TFLite op the integer emulation runs it as.
+"""
+from __future__ import annotations
+
+from qresearch._compat import keras
+from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
+from qresearch.schemes.layers import (FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name, fused_relu, op_name,
+                                      register_layer)
+
+L = keras.layers
+
+
+def _activation_layer_kind(layer) -> str:
+    name = activation_name(getattr(layer, "activation", None))
+    if name in FUSABLE_ACTIVATIONS:
+        return "activation"
+    if name in FIXED_ACTIVATIONS:
+        return "fixed"
+    return "output"
+
+
+def _relu_kind(layer) -> str:
+    return "activation" if fused_relu(layer) else "output"
+
+
+_OP_KINDS = {
+    "passthrough": ("reshape", "transpose", "squeeze", "expand_dims", "getitem", "strided_slice", "slice",
+                    "gather", "gather_nd", "pad", "identity", "split", "unstack", "tile", "reverse",
+                    "depth_to_space", "space_to_depth", "reduce_max", "reduce_min", "flatten", "max_pool2d",
+                    "cast", "stop_gradient", "broadcast_to", "ensure_shape"),
+    "concat": ("concat", "stack"),
+    "activation": ("relu", "relu6"),
+    "fixed": FIXED_ACTIVATIONS,
+    "merge": ("add", "add_v2", "multiply", "subtract", "truediv", "divide", "maximum", "minimum", "matmul",
+              "add_n", "multiply_no_nan", "squared_difference"),
+}
+
+
+def _op_kind(layer) -> str:
+    name = op_name(layer)
+    for kind, ops in _OP_KINDS.items():
+        if name in ops:
+            return kind
+    return "output"
+
+
+# ------------------------------------------------------------------ compute layers
+# Depthwise kernels are (k.., in, multiplier): every in·multiplier pair is an output channel (TFLite
+# quantized_dimension 3 of [1, H, W, in·mult]); transposed convs are (k.., out, in).
+_KERNEL = ("kernel", scale_last_axis)
+
+
+def _compute(cls, weights=("kernel",), **facts):
+    register_layer(cls, weights=weights, activations=["activation"], kind="compute", **facts)
+
+
+# Order within a target kind is the order constrain() lists (and adds overrides for) that kind's classes.
+_compute(L.Conv2D, target_kind="conv", fold=_KERNEL, integer_op="CONV_2D")
+_compute(L.DepthwiseConv2D, weights=("depthwise_kernel",), channel_axes={"depthwise_kernel": (2, 3)},
+         target_kind="conv", fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D")
+_compute(L.SeparableConv2D, weights=("depthwise_kernel", "pointwise_kernel"),
+         channel_axes={"depthwise_kernel": (2, 3)}, target_kind="conv",
+         fold=("pointwise_kernel", scale_last_axis), integer_op=None)  # split in two ops by graph.py
+_compute(L.Conv3D, target_kind="conv", fold=_KERNEL, integer_op=None)
+_compute(L.Conv1D, target_kind="conv1d", fold=_KERNEL, integer_op="CONV_2D")
+_compute(L.SeparableConv1D, weights=("depthwise_kernel", "pointwise_kernel"),
+         channel_axes={"depthwise_kernel": (1, 2)}, target_kind="conv1d",
+         fold=("pointwise_kernel", scale_last_axis), integer_op=None)
+_compute(L.DepthwiseConv1D, weights=("depthwise_kernel",), channel_axes={"depthwise_kernel": (1, 2)},
+         target_kind=None, fold=("depthwise_kernel", scale_depthwise), integer_op=None)
+for _cls, _op in ((L.Conv1DTranspose, None), (L.Conv2DTranspose, "TRANSPOSE_CONV"), (L.Conv3DTranspose, None)):
+    _compute(_cls, channel_axes={"kernel": (-2,)}, target_kind="conv_transpose",
+             fold=("kernel", scale_transposed), integer_op=_op)
+_compute(L.Dense, target_kind="dense", fold=_KERNEL, integer_op="FULLY_CONNECTED")
+if hasattr(L, "EinsumDense"):
+    _compute(L.EinsumDense, target_kind="dense")
+
+# Recurrent layers: the cell's kernels are quantized (dotted paths); gate math stays float (TFLite's
+# fully-int8 LSTM kernel, with a 16-bit cell state, is not simulated).
+_RNN_WEIGHTS = ["cell.kernel", "cell.recurrent_kernel"]
+for _cls in (L.LSTM, L.GRU, L.SimpleRNN, getattr(L, "ConvLSTM2D", None)):
+    if _cls is not None:
+        register_layer(_cls, weights=_RNN_WEIGHTS, kind="compute")
+register_layer(L.Bidirectional, weights=[f"{d}_layer.{w}" for d in ("forward", "backward") for w in _RNN_WEIGHTS],
+               kind="compute")
+register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False)
+
+# ------------------------------------------------------------------ everything else
+register_layer(L.BatchNormalization, kind="bn")
+register_layer(L.ReLU, kind=_relu_kind)
+register_layer(L.Activation, kind=_activation_layer_kind)
+register_layer(L.Softmax, kind="fixed")
+for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling,
+             L.Normalization, L.UnitNormalization):
+    register_layer(_cls, kind="output")
+for _cls in (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D):
+    register_layer(_cls, kind="output", keeps_sign=True)
+for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None),
+                  (L.Maximum, None), (L.Minimum, None), (L.Dot, None)):
+    register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average, L.Maximum))
+register_layer(L.Concatenate, kind="concat")
+for _name in ("Identity", "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
+              "RandomTranslation", "RandomContrast", "RandomCrop", "RandomBrightness", "RandomHeight",
+              "RandomWidth"):
+    if hasattr(L, _name):  # preprocessing/augmentation: data movement or identity at inference
+        register_layer(getattr(L, _name), quantize_output=False, kind="passthrough")
+# TF ops applied to Keras tensors (x * 2, tf.nn.relu(x), x[:, 1:], tf.concat): classified by op name.
+try:
+    from tf_keras.src.layers.core.tf_op_layer import SlicingOpLambda, TFOpLambda
+    register_layer(TFOpLambda, kind=_op_kind, wrap=False)
+    register_layer(SlicingOpLambda, kind=_op_kind, wrap=False)
+except ImportError:  # pragma: no cover - tf_keras layout differs
+    pass
+for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropout2D, L.SpatialDropout3D,
+             L.GaussianNoise, L.GaussianDropout, L.AlphaDropout, L.ActivityRegularization,
+             L.ZeroPadding1D, L.ZeroPadding2D, L.ZeroPadding3D, L.Cropping1D, L.Cropping2D, L.Cropping3D,
+             L.MaxPooling1D, L.MaxPooling2D, L.MaxPooling3D, L.AveragePooling1D, L.AveragePooling2D,
+             L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
+             L.Permute, L.RepeatVector, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Masking):
+    register_layer(_cls, quantize_output=False, kind="passthrough",
+                   same_grid=_cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D))

@@ -1,0 +1,339 @@
+"""Planning as named, ordered passes over a ``ModelPlan``: each pass makes one kind of decision.
+
+``PASSES`` is the order ``make_plan`` runs them in; a researcher can run a prefix, test one pass, or
+insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])``). Before them,
+``read_model`` flattens the model (nested models inlined) and unwraps tfmot annotations
+(``annotate.unwrap``).
+
+1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
+   them needs its own int8 range).
+2. ``classify``: every layer gets its ``LayerSpec`` and kind, or is skipped/left float; a layer with
+   neither raises ``UnsupportedLayerError`` naming the ``register_layer`` fix.
+3. ``fold_batch_norms``: ``bn_folding: fold`` folds a BN into the linear conv/dense before it
+   (``LayerSpec.fold``; maths in ``folding.py``).
+4. ``affine_batch_norms``: with ``quantize_ops: all`` a BN that cannot be folded becomes a
+   ``ChannelAffine`` (TFLite runs an int8 1x1 DEPTHWISE_CONV_2D instead of float MUL/ADD).
+5. ``rewire_folded``: consumers of a folded BN read the conv's output.
+6. ``resolve_quantizers``: each layer's weight/activation specs (scheme, first/last bits, overrides).
+7. ``place_output_quantizers``: TFLite's rules: none between conv/dense/add/BN and a ReLU after it,
+   fixed ranges for softmax/sigmoid/tanh, none on SAME-scale ops.
+8. ``infer_signs``: unsigned activation grids only where a tensor is known non-negative.
+9. ``share_concat_ranges``: one range after a concat, none on its producers.
+10. ``place_input_quantizers``: float tensors entering quantized layers get a ``QuantizeInput``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Sequence
+
+from qresearch._compat import keras
+from qresearch.errors import ConfigError, UnsupportedLayerError
+from qresearch.schemes import annotate as A
+from qresearch.schemes import layers as L
+from qresearch.schemes.graph import Graph, flatten, split_separable as _split_graph
+from qresearch.schemes.plan import LayerPlan, ModelPlan
+from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
+
+# The per-channel affine an unfoldable BN becomes (ChannelAffine: a 1x1 DepthwiseConv2D).
+AFFINE_SPEC = L.LayerSpec(weights=("depthwise_kernel",), activations=(), quantize_output=True, kind="compute",
+                          quantized_input=True)
+
+
+def read_model(model):
+    """Pass 0: the flattened graph of a built model and its tfmot annotations (``annotate.unwrap``)."""
+    if not model.built:
+        raise ConfigError(f"model {model.name!r} is not built: call model.build(input_shape) or give the "
+                          "first layer an input_shape before quantizing")
+    graph = flatten(model)
+    return graph, A.unwrap(graph)
+
+
+def _activation(layer) -> str:
+    return L.activation_name(getattr(layer, "activation", None))
+
+
+# ------------------------------------------------------------------ 1-2: what each layer is
+def split_separable(plan: ModelPlan) -> None:
+    spec, annotations = plan.scheme, plan.annotations
+    _split_graph(plan.graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
+                 or annotations.keeps_whole(layer))
+
+
+def classify(plan: ModelPlan) -> None:
+    spec, annotations = plan.scheme, plan.annotations
+    plan.layers = [LayerPlan(n) for n in plan.graph.nodes]
+    unsupported: Dict[type, List[LayerPlan]] = {}
+    for p in plan.layers:
+        if p.matches(spec.skip):
+            p.float_reason = "skipped by the scheme"
+            skipped_spec = L.layer_spec(p.layer)
+            p.skipped_kind = skipped_spec.kind_of(p.layer) if skipped_spec is not None else None
+        elif not annotations.annotated(p.node):
+            _not_annotated(p)
+        elif annotations.config(p.node) is not None:
+            _user_configured(p, annotations.config(p.node), spec)
+        else:
+            p.spec = L.layer_spec(p.layer)
+            if p.spec is None:
+                unsupported.setdefault(type(p.layer), []).append(p)
+            else:
+                p.kind = p.spec.kind_of(p.layer)
+    if unsupported:
+        raise UnsupportedLayerError(_unsupported_message(unsupported, annotations.active))
+    if spec.activations is None and spec.weights is None:
+        raise ConfigError("the scheme quantizes nothing (weights and activations are both null)")
+    plan.index()
+
+
+def _not_annotated(p: LayerPlan) -> None:
+    """A layer left out of an annotated model stays float. A pure pass-through (reshape, max pooling, ...)
+    still carries its input's grid, so the next quantized layer needs no new input quantizer."""
+    spec = L.layer_spec(p.layer)
+    p.skipped_kind = spec.kind_of(p.layer) if spec is not None else None
+    p.float_reason = A.NOT_ANNOTATED
+    if p.skipped_kind == "passthrough" and not spec.same_grid:
+        p.kind = "passthrough"
+        p.float_reason = f"{A.NOT_ANNOTATED} (pass-through: keeps its input's range)"
+
+
+def _user_configured(p: LayerPlan, config, spec: SchemeSpec) -> None:
+    """A layer annotated with its own QuantizeConfig: the config decides its quantizers; the scheme only
+    quantizes a float input of a layer with quantized weights (tfmot quantizes annotated layers' inputs).
+    It keeps its place among the compute layers (first/last bits do not move past it)."""
+    p.user_config = config
+    p.kind = "user_config"
+    layer_spec = L.layer_spec(p.layer)
+    weights = A.quantizes_weights(config, p.layer)
+    p.skipped_kind = layer_spec.kind_of(p.layer) if layer_spec is not None else ("compute" if weights else None)
+    reads_int = layer_spec.quantized_input if layer_spec is not None else weights
+    if reads_int and spec.activations is not None and spec.quantize_ops != "weights_only":
+        p.input_spec = spec.activations
+
+
+def _unsupported_message(unsupported, annotated: bool = False) -> str:
+    """One line per layer class with no config: the layers, the class and the fix."""
+    lines = []
+    for cls, plans in unsupported.items():
+        names = ", ".join(repr(p.layer.name) for p in plans[:5]) + (f" and {len(plans) - 5} more"
+                                                                      if len(plans) > 5 else "")
+        first = plans[0].layer
+        problem = A.wrapper_problem(first)
+        if problem is not None:  # registering a tfmot wrapper class would be the wrong fix
+            lines.append(problem)
+        elif isinstance(first, keras.Model):
+            lines.append(f"layer {names} is a subclassed model ({cls.__name__}), which cannot be rewritten: build it "
+                         f"with the functional API, or add {first.name!r} to the scheme's skip list to keep it "
+                         "in float")
+        else:
+            what = "layer" if len(plans) == 1 else "layers"
+            lines.append(f"{what} {names} of class {cls.__module__}.{cls.__name__} has no quantization config. "
+                         f"Fix: {L.register_fix(first)}"
+                         + ("; or give it a tfmot QuantizeConfig: quantize_annotate_layer(layer, quantize_config=...)"
+                            if annotated else ""))
+    return "; ".join(lines)
+
+
+# ------------------------------------------------------------------ 3-5: batch normalization
+def fold_batch_norms(plan: ModelPlan) -> None:
+    if plan.scheme.bn_folding != "fold":
+        return
+    for p in plan.layers:
+        if p.kind != "bn":
+            continue
+        bn = p.layer
+        if len(p.node.in_refs) != 1 or plan.calls[id(bn)] > 1:
+            continue
+        src = p.node.in_refs[0]
+        prod = plan.producers.get(src)
+        if (prod is None or prod.kind != "compute" or prod.spec.fold is None
+                or plan.calls[id(prod.layer)] > 1 or len(plan.consumers.get(src, [])) != 1 or src in plan.outputs
+                or _activation(prod.layer) != "linear" or prod.folded_bn is not None):
+            continue
+        if not _over_last_axis(bn, ranks=None):
+            continue
+        if getattr(prod.layer, "data_format", "channels_last") == "channels_first":
+            continue
+        prod.folded_bn = bn
+        p.removed = True
+        p.kind = "folded"
+        p.float_reason = f"folded into {prod.layer.name}"
+
+
+def _over_last_axis(bn, ranks) -> bool:
+    """A BN normalising the last axis of its input (of a rank in ``ranks``, with a known channel count)."""
+    axis = bn.axis if isinstance(bn.axis, (list, tuple)) else [bn.axis]
+    shape = bn.input_shape
+    if not isinstance(shape, tuple) or (ranks is not None and (len(shape) not in ranks or shape[-1] is None)):
+        return False
+    return len(axis) == 1 and axis[0] % len(shape) == len(shape) - 1
+
+
+def affine_batch_norms(plan: ModelPlan) -> None:
+    """A BN that cannot be folded (after a non-linearity, a pooling, at the input, ...) would deploy as float
+    MUL/ADD: when every op is integer (quantize_ops: all) it becomes a per-channel affine with quantized
+    weights, which TFLite runs as an int8 1x1 DEPTHWISE_CONV_2D."""
+    s = plan.scheme
+    if s.bn_folding != "fold" or s.quantize_ops != "all" or s.weights is None:
+        return
+    for p in plan.layers:
+        if p.kind == "bn" and not p.removed and plan.calls[id(p.layer)] == 1 and _over_last_axis(p.layer, (2, 3, 4, 5)):
+            p.affine = True
+            p.kind = "compute"
+            p.spec = AFFINE_SPEC
+
+
+def rewire_folded(plan: ModelPlan) -> None:
+    alias = {p.node.out_refs[0]: p.node.in_refs[0] for p in plan.layers if p.removed}
+    if not alias:
+        return
+    for p in plan.layers:
+        p.node.in_slots = [(alias.get(r, r), i) for r, i in p.node.in_slots]
+    plan.graph.output_refs = [alias.get(r, r) for r in plan.graph.output_refs]
+    plan.index()
+
+
+# ------------------------------------------------------------------ 6-10: quantizers
+def resolve_quantizers(plan: ModelPlan) -> None:
+    """Scheme → first/last bits → overrides, per layer. The first/last compute layers are those of the
+    model: a skipped one stays float and the width does not move inward."""
+    spec = plan.scheme
+    compute = [p for p in plan.layers if (p.kind == "compute" and not p.affine) or p.skipped_kind == "compute"]
+    first_last = {id(compute[0]), id(compute[-1])} if compute and spec.first_last_bits else set()
+    for p in plan.layers:
+        if p.spec is None or p.removed:
+            continue
+        w, a = spec.weights, spec.activations
+        if id(p) in first_last:
+            w = None if w is None else dict(w, bits=spec.first_last_bits)
+            a = None if a is None else dict(a, bits=spec.first_last_bits)
+            p.overrides.append("first_last_bits")
+        for o in spec.overrides:
+            if p.matches([o.match]):
+                if o.weights is None:
+                    w = None
+                elif o.weights:
+                    w = merge_quantizer_spec(w, o.weights)
+                if o.activations is None:
+                    a = None
+                elif o.activations:
+                    a = merge_quantizer_spec(a, o.activations)
+                p.overrides.append(o.match)
+        p.weights_spec = w if p.spec.weights else None
+        p.acts_spec = a if spec.quantize_ops != "weights_only" else None
+
+
+def _fused_into_next(plan: ModelPlan, q: LayerPlan) -> bool:
+    """TFLite fuses a ReLU (and a BN after a linear conv) into the op before it: one quantizer after."""
+    nxt = plan.sole_consumer(q)
+    if nxt is None or not nxt.has_acts or plan.calls[id(q.layer)] > 1:
+        return False
+    if nxt.kind == "activation" and q.kind in ("compute", "merge", "bn"):
+        return True
+    return nxt.kind == "bn" and q.kind == "compute" and _activation(q.layer) == "linear"
+
+
+def place_output_quantizers(plan: ModelPlan) -> None:
+    spec = plan.scheme
+    fused_tail = set()  # an activation/BN that ends a fused chain after a compute layer quantizes its output
+    for p in plan.layers:
+        if p.has_acts and _fused_into_next(plan, p) and p.kind == "compute":
+            nxt = plan.sole_consumer(p)
+            fused_tail.add(id(nxt))
+            if nxt.kind == "bn" and _fused_into_next(plan, nxt):
+                fused_tail.add(id(plan.sole_consumer(nxt)))
+    for p in plan.layers:
+        if not p.has_acts:
+            continue
+        if p.kind == "compute":
+            want = p.spec.quantize_output
+        elif p.kind in ("activation", "bn"):
+            want = spec.quantize_ops == "all" or id(p) in fused_tail
+        elif p.kind in ("merge", "output", "fixed", "concat"):
+            want = spec.quantize_ops == "all" and p.spec.quantize_output
+        else:
+            want = False
+        if want and _fused_into_next(plan, p):
+            want = False
+            p.fused_with = plan.sole_consumer(p).layer.name
+        p.output = want
+        if p.kind == "fixed":
+            p.fixed_name = _fixed_name(p.layer)
+        elif p.kind == "compute" and _activation(p.layer) in spec.fixed_output_ranges:
+            p.fixed_name = _activation(p.layer)
+
+
+def _fixed_name(layer):
+    if isinstance(layer, keras.layers.Softmax):
+        return "softmax"
+    if L.op_name(layer) is not None:
+        return L.op_name(layer)
+    return _activation(layer)
+
+
+def infer_signs(plan: ModelPlan) -> None:
+    """Sign of every tensor: unsigned grids (LSQ/PACT activations) only where values are >= 0."""
+    nonneg: Dict[str, bool] = {r: False for r in plan.graph.input_refs}
+    for p in plan.layers:
+        if p.removed:
+            continue
+        ins = [nonneg.get(r, False) for r in p.node.in_refs]
+        act = _activation(p.layer)
+        if p.spec is None:
+            value = False
+        elif p.kind == "activation":
+            value = act in ("relu", "relu6") or isinstance(p.layer, keras.layers.ReLU) or \
+                L.op_name(p.layer) in ("relu", "relu6") or (act == "linear" and all(ins))
+        elif p.kind == "compute":
+            value = act in L.NON_NEGATIVE_ACTIVATIONS
+        elif p.kind == "fixed":
+            value = p.fixed_name in L.NON_NEGATIVE_ACTIVATIONS
+        elif p.kind in ("passthrough", "concat") or p.spec.keeps_sign:
+            value = bool(ins) and all(ins)
+        else:
+            value = False
+        for r in p.node.out_refs:
+            nonneg[r] = bool(value)
+        p.nonneg_out = bool(value)
+        p.nonneg_in = {r: nonneg.get(r, False) for r in p.node.in_refs}
+
+
+def share_concat_ranges(plan: ModelPlan) -> None:
+    """One shared range after a concat, none on its producers (TFLite's CONCATENATION keeps one grid)."""
+    for p in plan.layers:
+        if p.kind != "concat" or not p.output:
+            continue
+        for r in p.node.in_refs:
+            prod = plan.producers.get(r)
+            if prod is None or not prod.output or prod.fixed_name:
+                continue  # a fixed-range producer (sigmoid, ...) keeps its range: TFLite fixes it
+            if all(c.kind == "concat" and c.output for c in plan.consumers.get(r, [])) and r not in plan.outputs \
+                    and len(prod.node.out_refs) == 1 and plan.calls[id(prod.layer)] == 1:
+                prod.output = False
+                prod.float_reason = None
+                prod.concat_shared = p.layer.name
+
+
+def place_input_quantizers(plan: ModelPlan) -> None:
+    """Which layers quantize their float inputs, with which spec: compute layers read integer tensors, and
+    with ``quantize_ops: all`` so do merges, outputs, fixed-range ops and BNs. A user-configured layer keeps
+    the spec ``classify`` gave it."""
+    for p in plan.layers:
+        if p.removed or p.user_config is not None:
+            continue
+        needs = p.quantized and p.acts_spec is not None and (
+            (p.kind == "compute" and p.spec.quantized_input)
+            or (plan.scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")))
+        p.input_spec = p.acts_spec if needs else None
+
+
+Pass = Callable[[ModelPlan], None]
+PASSES: Sequence[Pass] = (split_separable, classify, fold_batch_norms, affine_batch_norms, rewire_folded,
+                          resolve_quantizers, place_output_quantizers, infer_signs, share_concat_ranges,
+                          place_input_quantizers)
+
+
+def make_plan(graph: Graph, scheme: SchemeSpec, annotations=None, passes: Sequence[Pass] = PASSES) -> ModelPlan:
+    """Run ``passes`` in order over a new plan of ``graph`` (from ``read_model``)."""
+    plan = ModelPlan(graph, scheme, annotations)
+    for run in passes:
+        run(plan)
+    return plan

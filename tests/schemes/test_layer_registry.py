@@ -1,0 +1,142 @@
+"""The one layer registry: a new layer kind is one ``register_layer`` call, and every part reads it
+(per-channel axes, BN folding, the target's granularity rules, the integer emulation's op)."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import hardware as hw
+from qresearch import keras, schemes, tf
+from qresearch.hardware.layer_checks import layer_kind
+from qresearch.quantizers import channels
+from qresearch.schemes import folding
+from qresearch.schemes import layers as registry
+
+from .helpers import channel_levels, randomize_bn
+
+L = keras.layers
+
+
+class OutInDense(L.Layer):
+    """y = x @ kernelᵀ + bias with the kernel stored (out, in): its output channels are axis 0."""
+
+    def __init__(self, units, use_bias=False, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.use_bias = units, use_bias
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight("kernel", (self.units, int(input_shape[-1])))
+        self.bias = self.add_weight("bias", (self.units,), initializer="zeros") if self.use_bias else None
+
+    def call(self, x):
+        y = tf.matmul(x, self.kernel, transpose_b=True)
+        return y + self.bias if self.use_bias else y
+
+    def get_config(self):
+        return dict(super().get_config(), units=self.units, use_bias=self.use_bias)
+
+
+def _fold_out_in(kernel, g):
+    return kernel * g[:, None]
+
+
+class MyDense(L.Dense):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def restore_registry():
+    """Registrations here must not leak into other tests (constrain lists the declared classes)."""
+    saved = dict(registry._LAYERS), dict(registry._DECLARED_KIND), dict(channels._AXES)
+    yield
+    for table, old in zip((registry._LAYERS, registry._DECLARED_KIND, channels._AXES), saved):
+        table.clear()
+        table.update(old)
+
+
+def _register_out_in():
+    return schemes.register_layer(OutInDense, weights=["kernel"], channel_axes={"kernel": (0,)},
+                                  target_kind="dense", fold=("kernel", _fold_out_in))
+
+
+def _model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    x = L.BatchNormalization(name="bn")(OutInDense(5, name="oi")(inp))
+    return keras.Model(inp, L.Dense(3, name="head")(L.ReLU()(x)))
+
+
+def test_one_call_teaches_every_part():
+    spec = _register_out_in()
+    assert spec.target_kind == "dense" and spec.channel_axes == {"kernel": (0,)}
+    assert channels.channel_axes_for(OutInDense(2), "kernel") == (0,)
+    model = _model()
+    randomize_bn(model)
+    x = np.random.default_rng(0).normal(size=(16, 6)).astype("float32")
+    scheme = {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True},
+              "activations": {"quantizer": "minmax", "bits": 16}}
+    q = qresearch.quantize(model, scheme, calibration_data=x, kernels=None)
+    assert q.qresearch_info["float_layers"]["bn"] == "folded into oi"
+    kernel = schemes.quantized_weights(q)["oi"]["kernel"]
+    # symmetric per-channel grid along axis 0: each row is a multiple of its own max|w|/127
+    step = np.abs(kernel).max(axis=1, keepdims=True) / 127
+    assert kernel.shape == (5, 6) and np.allclose(kernel / step, np.round(kernel / step), atol=1e-2)
+    assert (channel_levels(kernel, (0,)) <= 255).all()
+    # the folded kernel keeps the float model's outputs (BN folded exactly, 8-bit weights)
+    assert np.abs(q.predict(x, verbose=0) - model.predict(x, verbose=0)).max() < 0.1
+    # the target reads the same registration: dense granularity (TFLite: per-tensor), declared class named
+    assert layer_kind(OutInDense(2)) == "dense"
+    out, notes = hw.constrain(scheme, "tflite_int8", adapt=True)
+    added = {o["match"]: o["weights"] for o in out.to_dict()["overrides"]}
+    assert added["OutInDense"] == {"per_channel": False} and added["Dense"] == {"per_channel": False}
+
+
+def test_a_subclass_inherits_its_base_facts():
+    spec = schemes.register_layer(MyDense, weights=["kernel"], activations=["activation"])
+    base = schemes.layer_spec(L.Dense)
+    assert (spec.target_kind, spec.fold, spec.integer_op) == (base.target_kind, base.fold, "FULLY_CONNECTED")
+    assert registry.own_spec(MyDense) is spec and registry.own_spec(OutInDense) is None
+    assert "MyDense" not in registry.classes_of_target_kind("dense")  # the per-layer check covers it
+    assert layer_kind(MyDense(2)) == "dense"
+
+
+def test_target_kind_is_checked_and_keras_aliases_resolve():
+    with pytest.raises(qresearch.ConfigError, match="target_kind"):
+        schemes.register_layer(OutInDense, weights=["kernel"], target_kind="matmul")
+    assert registry.target_kind_of_name("Convolution2D") == "conv"
+    assert registry.target_kind_of_name("Conv2DTranspose") == "conv_transpose"
+    assert registry.classes_of_target_kind("dense") == ["Dense", "EinsumDense"]
+
+
+@pytest.mark.parametrize("make, rule", [
+    (lambda: L.Conv2D(4, 3), folding.scale_last_axis),
+    (lambda: L.DepthwiseConv2D(3, depth_multiplier=2), folding.scale_depthwise),
+    (lambda: L.Conv2DTranspose(4, 3), folding.scale_transposed),
+])
+def test_fold_rules_equal_the_layer_then_bn(make, rule):
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((6, 6, 3))
+    conv = make()
+    bn = L.BatchNormalization()
+    model = keras.Model(inp, bn(conv(inp)))
+    randomize_bn(model)
+    attr = schemes.layer_spec(conv).fold[0]
+    assert schemes.layer_spec(conv).fold[1] is rule
+    folded = folding.fold_weights(conv, bn, schemes.layer_spec(conv).fold)
+    cfg = dict(conv.get_config(), use_bias=True)
+    copy = type(conv).from_config(cfg)
+    x = np.random.default_rng(1).normal(size=(2, 6, 6, 3)).astype("float32")
+    copy(x)
+    getattr(copy, attr).assign(folded[attr])
+    copy.bias.assign(folded["bias"])
+    np.testing.assert_allclose(copy(x).numpy(), model(x, training=False).numpy(), atol=1e-4)
+
+
+def test_bn_affine_is_bn_in_inference():
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((5,))
+    bn = L.BatchNormalization()
+    model = keras.Model(inp, bn(inp))
+    randomize_bn(model)
+    g, b = folding.bn_affine(bn)
+    x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
+    np.testing.assert_allclose(x * g + b, model(x, training=False).numpy(), atol=1e-5)
