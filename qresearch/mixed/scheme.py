@@ -16,14 +16,17 @@ def base_spec(scheme) -> SchemeSpec:
     return SchemeSpec.from_dict(scheme)
 
 
-def to_scheme(base_scheme, widths: Mapping[str, int], model=None, name: Optional[str] = None) -> Dict[str, Any]:
+def to_scheme(base_scheme, widths: Mapping[str, int], model=None, name: Optional[str] = None,
+              base_bits: Optional[int] = 8) -> Dict[str, Any]:
     """``base_scheme`` with one override per layer in ``widths``: ``weights.bits`` and
     ``activations.bits`` = the layer's width.
 
     ``match`` is the layer's exact, escaped name; given ``model``, it also names the layer's chain
     (the non-compute layers whose output carries its activation quantizer, e.g. a ReLU after a
     folded BN: ``qresearch.mixed.graph``), so the next layer's input is at this width.
-    ``first_last_bits`` is cleared: the overrides say every compute layer's width.
+    ``first_last_bits`` is cleared: the overrides say every compute layer's width. The base
+    weights/activations widths become ``base_bits`` (None: kept), so what no override covers (an
+    ``Add``, a ``Concatenate``) runs at the width the cost model assumes for it (8 by default).
     A base scheme without weight or activation quantizer keeps that role float.
     """
     spec = base_spec(base_scheme).to_dict()
@@ -42,6 +45,9 @@ def to_scheme(base_scheme, widths: Mapping[str, int], model=None, name: Optional
         if spec["activations"] is not None:
             o["activations"] = {"bits": int(bits)}
         overrides.append(o)
+    for role in ("weights", "activations"):
+        if base_bits is not None and spec[role] is not None:
+            spec[role] = dict(spec[role], bits=int(base_bits))
     spec["overrides"] = list(spec.get("overrides", [])) + overrides
     spec["first_last_bits"] = None
     if name is not None:
