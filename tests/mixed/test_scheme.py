@@ -47,3 +47,17 @@ def test_mobilenet_bn_relu_chain_and_add_realised():
     assert {c.name: c.source for c in layers}["block1_expand_conv"] is None
     assert got["block1_expand_conv"].a_in == 8
     assert qat_cost(model, q)["totals"]["bops"] == cost(model, choice)["totals"]["bops"]
+
+
+@pytest.mark.parametrize("preset", ["lsq", "tflite_int8"])
+def test_resnet_add_relu_realised(preset):
+    """ResNet: BN folded into each conv, ReLU layers, residual Adds (the ReLU after an Add belongs to no
+    compute layer: base 8 bits), 1x1 shortcut convs reading a block's input."""
+    model = build_model({"name": "resnet20", "depth": 8, "width": 4}, (8, 8, 3), 10)
+    rng = np.random.default_rng(1)
+    choice = {c.name: int(rng.choice([8, 4, 3, 2])) for c in compute_layers(model)}
+    q = qresearch.quantize(model, to_scheme(preset, choice, model),
+                           calibration_data=rng.random((8, 8, 8, 3), "float32"))
+    got = qat_widths(q)
+    for r in cost(model, choice)["layers"]:
+        assert got[r["name"]] == Widths(r["w_bits"], r["a_in_bits"], r["a_out_bits"]), r["name"]
