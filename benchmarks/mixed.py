@@ -119,6 +119,7 @@ def main(argv=None):
     p.add_argument("--qat-epochs", type=int, default=5)
     p.add_argument("--train-samples", type=int, default=0, help="a seeded subset of the training images (0: all)")
     p.add_argument("--test-samples", type=int, default=0, help="a seeded subset of the test images (0: all)")
+    p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
     p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (CIFAR-10 JPEGs)")
     p.add_argument("--out", default="outputs/benchmarks")
     p.add_argument("--all-layers", action="store_true",
@@ -129,7 +130,7 @@ def main(argv=None):
     from qresearch.data import load_dataset
 
     ds = load_dataset({"name": args.dataset, "train_samples": args.train_samples or None,
-                       "test_samples": args.test_samples or None}, cache_dir=args.cache_dir)
+                       "test_samples": args.test_samples or None, "data_dir": args.data_dir}, cache_dir=args.cache_dir)
     per_seed = [run_seed(ds, s, args.float_epochs, args.qat_epochs, lambda m: print(m, flush=True),
                          first_last=not args.all_layers) for s in args.seeds]
     table = summarize(per_seed)
