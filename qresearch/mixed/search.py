@@ -1,7 +1,7 @@
 """End to end in Python: cost model, sensitivity, allocation, scheme."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Sequence
 
 from qresearch.errors import ConfigError
 from qresearch.mixed.allocate import allocate

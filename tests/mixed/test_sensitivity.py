@@ -7,7 +7,7 @@ import qresearch
 from qresearch import keras, tf
 from qresearch.data import load_dataset
 from qresearch.models import build_model
-from qresearch.mixed import (compute_layers, cost, hessian_sensitivity, hutchinson_traces, qat_cost, search,
+from qresearch.mixed import (compute_layers, hessian_sensitivity, hutchinson_traces, qat_cost, search,
                              sensitivity)
 from qresearch.mixed.sensitivity import quantize_weights
 
