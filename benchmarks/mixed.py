@@ -9,7 +9,8 @@ the same QAT recipe (Adam, cosine from lr 5e-4, batch 64, same data order). The 
 preset (LSQ weights per channel and activations; first and last layers at 8 bits, as uniform rows
 and mixed rows alike; ``--all-layers``: every layer at the chosen width). Mixed rows: per-layer widths from {8, 6, 4, 3, 2} chosen by the integer program
 with the measured (post-training, one layer at a time, on 512 training images) or the Hessian
-(HAWQ-V2) sensitivity, under a BOPs budget equal to uniform W3A3's BOPs, or 80% of uniform W4A4's, or uniform W2A2's.
+(HAWQ-V2) sensitivity, under a BOPs budget equal to uniform W3A3's BOPs, or 80% of uniform W4A4's, or uniform W2A2's, and under
+uniform W3A3's BOPs and weight memory together.
 BOPs are the realised ones (``qresearch.mixed.qat_cost`` of each QAT model). Reports test accuracy
 mean ± std over seeds and writes JSON under ``outputs/benchmarks/mixed_<dataset>.json``.
 """
@@ -87,15 +88,17 @@ def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last:
             "hessian": mixed.hessian_sensitivity(fmodel, measure, "lsq", bits=BITS, samples=32)}
     first, last = mixed.compute_layers(fmodel)[0].name, mixed.compute_layers(fmodel)[-1].name
     frows = mixed.cost(fmodel)["layers"]
-    for label, frac in budgets.items():
+    budgets = {k: {"bops": v} for k, v in budgets.items()}
+    budgets["@W3A3 BOPs+memory"] = {"bops": rows["uniform W3A3"]["bops_rel"], "memory": rows["uniform W3A3"]["memory_rel"]}
+    for label, budget in budgets.items():
         for method, s in sens.items():
             if label != "@W3A3 BOPs" and method == "hessian":
                 continue
             fixed = {first: 8, last: 8} if first_last else {}
-            alloc = mixed.allocate(frows, s["scores"], {"bops": frac}, BITS, fixed=fixed)
+            alloc = mixed.allocate(frows, s["scores"], budget, BITS, fixed=fixed)
             scheme = mixed.to_scheme(base, alloc["widths"], fmodel)
             train(f"mixed {method} {label}", scheme, {"widths": alloc["widths"], "solver": alloc["solver"],
-                                                      "budget_rel": frac})
+                                                      "budget": budget})
     return rows
 
 

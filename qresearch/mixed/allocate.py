@@ -4,7 +4,7 @@ Problem (as in HAWQ-V3, Yao et al. ICML 2021, Eq. 11, and Sony MCT's mixed-preci
 choose one width b_l from the allowed set B for every compute layer l to
 
     minimise   sum_l  S_l(b_l)                                  (S: sensitivity, any additive score)
-    subject to sum_l  C_l(b_l, b_src(l))  <=  f * C_ref         (f: budget fraction)
+    subject to sum_l  C_l(b_l, b_src(l))  <=  f * C_ref         (f: budget fraction; one row per budget)
 
 where C is BOPs (MACs_l * b_l * b_src(l): a layer's input width is its source's width, see
 ``qresearch.mixed.graph``) or weight memory (params_l * b_l + bias_l * 32), and C_ref the cost
@@ -16,7 +16,8 @@ z_{l,k,j} = x_{l,k} * x_{s,j}, linearised exactly by sum_j z_{l,k,j} = x_{l,k} a
 sum_k z_{l,k,j} = x_{s,j} (with one-hot x, the only feasible z is the product). Solved with
 ``scipy.optimize.milp`` (HiGHS branch and bound). The greedy fallback lowers, one step at a time,
 the layer with the smallest sensitivity increase per unit of cost saved until the budget holds,
-then raises layers back while the budget allows.
+then raises layers back while the budget allows (with several budgets, the excess and the cost
+added are summed relative to each limit).
 """
 from __future__ import annotations
 
@@ -34,22 +35,25 @@ COST_KINDS = ("bops", "memory")
 REFERENCE_BITS = 8
 
 
-def parse_budget(budget) -> Tuple[str, float]:
-    """``{"bops": 0.25}`` / ``("memory", 0.3)`` -> (kind, fraction of the 8-bit cost)."""
+def parse_budget(budget) -> Dict[str, float]:
+    """``{"bops": 0.25}``, ``{"bops": 0.15, "memory": 0.4}`` (every one must hold) or ``("memory", 0.3)``
+    -> ``{kind: fraction of the 8-bit cost}``."""
     if isinstance(budget, Mapping):
         items = [(k, v) for k, v in budget.items() if v is not None]
-        if len(items) != 1:
-            raise ConfigError(f"give one budget, e.g. {{bops: 0.25}} or {{memory: 0.3}}, got {dict(budget)!r}")
-        kind, frac = items[0]
-    elif isinstance(budget, (tuple, list)) and len(budget) == 2:
-        kind, frac = budget
+    elif isinstance(budget, (tuple, list)) and len(budget) == 2 and isinstance(budget[0], str):
+        items = [tuple(budget)]
     else:
-        raise ConfigError(f"a budget is {{bops: fraction}} or {{memory: fraction}}, got {budget!r}")
-    if kind not in COST_KINDS:
-        raise ConfigError(f"budget kind must be one of {COST_KINDS}, got {kind!r}")
-    if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac:
-        raise ConfigError(f"budget {kind} must be a positive fraction of the 8-bit cost, got {frac!r}")
-    return kind, float(frac)
+        raise ConfigError(f"a budget is {{bops: fraction}}, {{memory: fraction}} or both, got {budget!r}")
+    if not items:
+        raise ConfigError(f"give a budget, e.g. {{bops: 0.25}} or {{memory: 0.3}}, got {budget!r}")
+    out = {}
+    for kind, frac in items:
+        if kind not in COST_KINDS:
+            raise ConfigError(f"budget kind must be one of {COST_KINDS}, got {kind!r}")
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac:
+            raise ConfigError(f"budget {kind} must be a positive fraction of the 8-bit cost, got {frac!r}")
+        out[str(kind)] = float(frac)
+    return out
 
 
 def layer_cost(row: Mapping[str, Any], kind: str, b: int, b_src: int) -> float:
@@ -97,27 +101,29 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
       rows: the cost model's per-layer rows (``qresearch.mixed.cost.cost(model)["layers"]``: name,
         source, macs, params, bias_params).
       sensitivities: ``{layer: {bits: score}}`` (lower is better); a fixed layer needs its width only.
-      budget: ``{"bops": f}`` or ``{"memory": f}``: f x the all-8-bit cost.
+      budget: ``{"bops": f}``, ``{"memory": f}`` or both (each must hold): f x the all-8-bit cost.
       allowed_bits: candidate widths (e.g. a target's allowed weight widths that are also allowed
         activation widths).
       fixed: ``{layer: bits}`` held constant (e.g. first and last layers at 8).
       method: "ilp" (scipy.optimize.milp; falls back to greedy when scipy is missing, the solver
         fails or runs out of ``time_limit`` without a solution) or "greedy".
     Returns:
-      ``{"widths", "objective", "cost", "budget", "kind", "fraction", "reference", "solver", "feasible"}``.
+      ``{"widths", "objective", "budgets": {kind: {fraction, limit, cost, reference, relative_cost}},
+      "solver", "status", "feasible"}``, and for the first budget kind ``kind``, ``fraction``, ``cost``,
+      ``budget`` (the limit), ``reference``, ``relative_cost``.
     """
-    kind, frac = parse_budget(budget)
+    fracs = parse_budget(budget)
     fixed = {k: int(v) for k, v in (fixed or {}).items()}
     options = _options(rows, allowed_bits, fixed)
     missing = [(n, b) for n, bs in options.items() for b in bs if b not in sensitivities.get(n, {})]
     if missing:
         raise ConfigError(f"no sensitivity for (layer, bits) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    ref = reference_cost(rows, kind)
-    limit = frac * ref
+    refs = {k: reference_cost(rows, k) for k in fracs}
+    limits = {k: fracs[k] * refs[k] for k in fracs}
     result = None
     if method == "ilp":
         try:
-            result = _milp(rows, sensitivities, options, kind, limit, base_bits, time_limit)
+            result = _milp(rows, sensitivities, options, limits, base_bits, time_limit)
         except ImportError:
             _log.warning("scipy is not installed: allocating bits greedily")
         if result is None:
@@ -125,15 +131,22 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
     elif method != "greedy":
         raise ConfigError(f"allocation method must be 'ilp' or 'greedy', got {method!r}")
     if result is None:
-        result = _greedy(rows, sensitivities, options, kind, limit, base_bits)
+        result = _greedy(rows, sensitivities, options, limits, base_bits)
     widths, solver, status = result
-    c = assignment_cost(rows, widths, kind, base_bits)
-    return {"widths": widths, "objective": objective(sensitivities, widths), "cost": c, "budget": limit,
-            "kind": kind, "fraction": frac, "reference": ref, "relative_cost": c / ref if ref else 0.0,
-            "solver": solver, "status": status, "feasible": c <= limit * (1 + 1e-9)}
+    budgets = {}
+    for k in fracs:
+        c = assignment_cost(rows, widths, k, base_bits)
+        budgets[k] = {"fraction": fracs[k], "limit": limits[k], "cost": c, "reference": refs[k],
+                      "relative_cost": c / refs[k] if refs[k] else 0.0, "feasible": c <= limits[k] * (1 + 1e-9)}
+    first = next(iter(fracs))
+    b0 = budgets[first]
+    return {"widths": widths, "objective": objective(sensitivities, widths), "budgets": budgets,
+            "kind": first, "fraction": b0["fraction"], "cost": b0["cost"], "budget": b0["limit"],
+            "reference": b0["reference"], "relative_cost": b0["relative_cost"],
+            "solver": solver, "status": status, "feasible": all(b["feasible"] for b in budgets.values())}
 
 
-def _milp(rows, sens, options, kind, limit, base_bits, time_limit):
+def _milp(rows, sens, options, limits, base_bits, time_limit):
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     index: Dict[Tuple, int] = {}
@@ -150,19 +163,23 @@ def _milp(rows, sens, options, kind, limit, base_bits, time_limit):
                 index[("z", r["name"], b, bs)] = len(index)
     n = len(index)
     c = np.zeros(n)
-    cost_row = np.zeros(n)
     for r in rows:
-        name, src = r["name"], r.get("source")
-        for b in options[name]:
-            c[index[("x", name, b)]] = sens[name][b]
-            if src is None:
-                cost_row[index[("x", name, b)]] = layer_cost(r, kind, b, base_bits)
-            elif src == name or kind == "memory":
-                cost_row[index[("x", name, b)]] = layer_cost(r, kind, b, b)
-        if src is not None and src != name and kind == "bops":
-            for b, bs in itertools.product(options[name], options[src]):
-                cost_row[index[("z", name, b, bs)]] = layer_cost(r, kind, b, bs)
-    a_rows, lb, ub = [cost_row], [-np.inf], [limit]
+        for b in options[r["name"]]:
+            c[index[("x", r["name"], b)]] = sens[r["name"]][b]
+    a_rows, lb, ub = [], [], []
+    for kind, limit in limits.items():  # one row per budget: sum of layer costs <= limit
+        cost_row = np.zeros(n)
+        for r in rows:
+            name, src = r["name"], r.get("source")
+            paired = src is not None and src != name and kind == "bops"
+            for b in options[name]:
+                if paired:
+                    for bs in options[src]:
+                        cost_row[index[("z", name, b, bs)]] = layer_cost(r, kind, b, bs)
+                else:  # no source width in the cost (memory), or a constant / its own width
+                    b_src = base_bits if src is None else b
+                    cost_row[index[("x", name, b)]] = layer_cost(r, kind, b, b_src)
+        a_rows.append(cost_row); lb.append(-np.inf); ub.append(limit)
     for r in rows:
         name, src = r["name"], r.get("source")
         one_hot = np.zeros(n)
@@ -194,57 +211,64 @@ def _milp(rows, sens, options, kind, limit, base_bits, time_limit):
     return widths, "milp", "optimal" if res.status == 0 else f"time limit ({res.message})"
 
 
-def _greedy(rows, sens, options, kind, limit, base_bits):
+def _greedy(rows, sens, options, limits, base_bits):
     choice = {n: max(bs) for n, bs in options.items()}
-    cost = assignment_cost(rows, choice, kind, base_bits)
+
+    def costs(ch):
+        return {k: assignment_cost(rows, ch, k, base_bits) for k in limits}
+
+    def excess(cs):  # how far over the budgets, each relative to its limit
+        return sum(max(0.0, cs[k] / limits[k] - 1.0) for k in limits)
+
+    def within(cs):
+        return all(cs[k] <= limits[k] * (1 + 1e-9) for k in limits)
 
     def moves(direction):
         for n, bs in options.items():
             i = bs.index(choice[n]) + direction
             if 0 <= i < len(bs):
-                new = dict(choice, **{n: bs[i]})
-                yield n, bs[i], sens[n][bs[i]] - sens[n][choice[n]], assignment_cost(rows, new, kind, base_bits)
+                yield n, bs[i], sens[n][bs[i]] - sens[n][choice[n]], costs(dict(choice, **{n: bs[i]}))
 
-    while cost > limit:  # lower: least sensitivity added per unit of cost saved
+    cur = costs(choice)
+    while not within(cur):  # lower: least sensitivity added per unit of (relative) excess removed
         best = None
-        for n, b, d_sens, new_cost in moves(-1):
-            saved = cost - new_cost
+        for n, b, d_sens, new in moves(-1):
+            saved = excess(cur) - excess(new)
             if saved <= 0:
                 continue
             score = d_sens / saved
             if best is None or score < best[0]:
-                best = (score, n, b, new_cost)
+                best = (score, n, b, new)
         if best is None:
             return choice, "greedy", "infeasible: every layer at its lowest width exceeds the budget"
-        _, n, b, cost = best
+        _, n, b, cur = best
         choice[n] = b
-    improved = True
-    while improved:  # raise back: most sensitivity removed per unit of cost added, within the budget
-        improved, best = False, None
-        for n, b, d_sens, new_cost in moves(+1):
-            if new_cost > limit or d_sens >= 0:
+    while True:  # raise back: most sensitivity removed per unit of (relative) cost added, within budget
+        best = None
+        for n, b, d_sens, new in moves(+1):
+            if not within(new) or d_sens >= 0:
                 continue
-            score = d_sens / max(new_cost - cost, 1e-12)
+            added = sum(max(new[k] - cur[k], 0.0) / limits[k] for k in limits)
+            score = d_sens / max(added, 1e-12)
             if best is None or score < best[0]:
-                best = (score, n, b, new_cost)
-        if best is not None:
-            _, n, b, cost = best
-            choice[n] = b
-            improved = True
-    return choice, "greedy", "heuristic"
+                best = (score, n, b, new)
+        if best is None:
+            return choice, "greedy", "heuristic"
+        _, n, b, cur = best
+        choice[n] = b
 
 
 def brute_force(rows, sensitivities, budget, allowed_bits, fixed=None, base_bits: int = REFERENCE_BITS):
     """Every assignment, for tests and tiny models: ``(widths, objective)`` of the best feasible one."""
-    kind, frac = parse_budget(budget)
+    fracs = parse_budget(budget)
     fixed = {k: int(v) for k, v in (fixed or {}).items()}
     options = _options(rows, allowed_bits, fixed)
-    limit = frac * reference_cost(rows, kind)
+    limits = {k: f * reference_cost(rows, k) for k, f in fracs.items()}
     names = [r["name"] for r in rows]
     best = None
     for combo in itertools.product(*(options[n] for n in names)):
         choice = dict(zip(names, combo))
-        if assignment_cost(rows, choice, kind, base_bits) <= limit * (1 + 1e-9):
+        if all(assignment_cost(rows, choice, k, base_bits) <= lim * (1 + 1e-9) for k, lim in limits.items()):
             obj = objective(sensitivities, choice)
             if best is None or obj < best[1] - 1e-12:
                 best = (choice, obj)

@@ -34,7 +34,7 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
     """Choose per-layer widths for ``model`` within ``budget`` and return them as a plain scheme.
 
     Args:
-      budget: ``{"bops": f}`` or ``{"memory": f}``, f = fraction of the all-8-bit cost.
+      budget: ``{"bops": f}``, ``{"memory": f}`` or both, f = fraction of the all-8-bit cost.
       bits: candidate widths (intersected with the target's allowed widths).
       method: "measured" (``sensitivity``) or "hessian" (``hessian_sensitivity``).
       fixed: ``{layer: bits}`` held; default: when the scheme (or target) sets ``first_last_bits``,
@@ -62,6 +62,6 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
     rows = cost(model)["layers"]
     alloc = allocate(rows, sens["scores"], budget, allowed, fixed=fixed, method=solver)
     widths = alloc["widths"]
-    return {"scheme": to_scheme(spec, widths, model, name=f"mixed_{alloc['kind']}{alloc['fraction']:g}"),
+    return {"scheme": to_scheme(spec, widths, model, name="mixed_" + "_".join(f"{k}{b['fraction']:g}" for k, b in alloc["budgets"].items())),
             "widths": widths, "allocation": alloc, "cost": cost(model, widths),
             "reference": cost(model, {c.name: 8 for c in layers}), "sensitivity": sens}
