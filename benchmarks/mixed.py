@@ -1,0 +1,155 @@
+"""Mixed precision at the BOPs of uniform W3A3 against uniform W3A3 and W4A4 (issue #14's target).
+
+``python -m benchmarks.mixed [--dataset digits|mnist|cifar10] [--seeds 0 1] [--float-epochs 30] [--qat-epochs 5]
+[--train-samples N] [--test-samples N] [--all-layers]``
+
+Protocol (docs/benchmark-protocol.md): per seed, one float LeNet-5 trained once; every contestant
+starts from a copy of its weights, is calibrated on the same 512 training images and fine-tuned with
+the same QAT recipe (Adam, cosine from lr 5e-4, batch 64, same data order). The scheme is the ``lsq``
+preset (LSQ weights per channel and activations; first and last layers at 8 bits, as uniform rows
+and mixed rows alike; ``--all-layers``: every layer at the chosen width). Mixed rows: per-layer widths from {8, 6, 4, 3, 2} chosen by the integer program
+with the measured (post-training, one layer at a time, on 512 training images) or the Hessian
+(HAWQ-V2) sensitivity, under a BOPs budget equal to uniform W3A3's BOPs, or 80% of uniform W4A4's, or uniform W2A2's, and under
+uniform W3A3's BOPs and weight memory together.
+BOPs are the realised ones (``qresearch.mixed.qat_cost`` of each QAT model). Reports test accuracy
+mean ± std over seeds and writes JSON under ``outputs/benchmarks/mixed_<dataset>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+BITS = (8, 6, 4, 3, 2)
+
+
+def _fit(model, x, y, epochs: int, lr: float, seed: int, batch_size: int = 64):
+    from qresearch import keras
+
+    steps = int(np.ceil(len(x) / batch_size)) * epochs
+    keras.utils.set_random_seed(seed)  # same data order for every contestant
+    model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(lr, max(steps, 1))),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    if epochs:
+        model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=True, verbose=0)
+    return model
+
+
+def _acc(model, x, y) -> float:
+    logits = model.predict(x, batch_size=500, verbose=0)
+    return float(np.mean(np.argmax(logits, -1) == y.ravel()))
+
+
+def _clone(model):
+    from qresearch import keras
+
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last: bool = True
+             ) -> Dict[str, Dict[str, Any]]:
+    import qresearch
+    from qresearch import keras, mixed
+    from qresearch.models import build_model
+
+    keras.utils.set_random_seed(seed)
+    fmodel = build_model({"name": "lenet5"}, ds.x_train.shape[1:], ds.num_classes)
+    _fit(fmodel, ds.x_train, ds.y_train, float_epochs, 3e-3, seed)
+    rows: Dict[str, Dict[str, Any]] = {"float": {"accuracy": _acc(fmodel, ds.x_test, ds.y_test), "bops_rel": 1.0}}
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(ds.x_train))[:512]
+    calib, measure = ds.x_train[idx], (ds.x_train[idx], ds.y_train[idx])
+    ref = mixed.cost(fmodel)["totals"]
+
+    def train(name, scheme, extra=None):
+        t0 = time.perf_counter()
+        q = qresearch.quantize(_clone(fmodel), scheme, calibration_data=calib)
+        ptq = _acc(q, ds.x_test, ds.y_test)
+        _fit(q, ds.x_train, ds.y_train, qat_epochs, 5e-4, seed)
+        t = mixed.qat_cost(fmodel, q)["totals"]
+        rows[name] = dict(extra or {}, accuracy=_acc(q, ds.x_test, ds.y_test), ptq_accuracy=ptq,
+                          bops_rel=t["bops"] / ref["bops"], memory_rel=t["weight_bits"] / ref["weight_bits"])
+        log(f"seed {seed} {name:22} acc {rows[name]['accuracy']:.4f} (ptq {ptq:.4f}) "
+            f"BOPs {rows[name]['bops_rel']:.4f} mem {rows[name]['memory_rel']:.4f} ({time.perf_counter() - t0:.0f}s)")
+
+    base = dict(qresearch.schemes.get("lsq").to_dict(), first_last_bits=8 if first_last else None)
+    for b in (8, 4, 3, 2):
+        train(f"uniform W{b}A{b}", dict(base, weights={"quantizer": "lsq", "bits": b, "per_channel": True},
+                                        activations={"quantizer": "lsq", "bits": b}))
+    budgets = {"@W3A3 BOPs": rows["uniform W3A3"]["bops_rel"], "@0.8xW4A4 BOPs": 0.8 * rows["uniform W4A4"]["bops_rel"],
+               "@W2A2 BOPs": rows["uniform W2A2"]["bops_rel"]}
+    sens = {"measured": mixed.sensitivity(fmodel, measure, "lsq", bits=BITS, calibration_data=calib),
+            "hessian": mixed.hessian_sensitivity(fmodel, measure, "lsq", bits=BITS, samples=32)}
+    first, last = mixed.compute_layers(fmodel)[0].name, mixed.compute_layers(fmodel)[-1].name
+    frows = mixed.cost(fmodel)["layers"]
+    budgets = {k: {"bops": v} for k, v in budgets.items()}
+    budgets["@W3A3 BOPs+memory"] = {"bops": rows["uniform W3A3"]["bops_rel"], "memory": rows["uniform W3A3"]["memory_rel"]}
+    for label, budget in budgets.items():
+        for method, s in sens.items():
+            if label != "@W3A3 BOPs" and method == "hessian":
+                continue
+            fixed = {first: 8, last: 8} if first_last else {}
+            alloc = mixed.allocate(frows, s["scores"], budget, BITS, fixed=fixed)
+            scheme = mixed.to_scheme(base, alloc["widths"], fmodel)
+            train(f"mixed {method} {label}", scheme, {"widths": alloc["widths"], "solver": alloc["solver"],
+                                                      "budget": budget})
+    return rows
+
+
+def summarize(per_seed: List[Dict[str, Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    out = []
+    for name in per_seed[0]:
+        accs = np.array([r[name]["accuracy"] for r in per_seed]) * 100
+        bops = np.array([r[name]["bops_rel"] for r in per_seed])
+        mem = np.array([r[name].get("memory_rel", 1.0) for r in per_seed])
+        out.append({"name": name, "accuracy_mean": float(accs.mean()), "accuracy_std": float(accs.std(ddof=1))
+                    if len(accs) > 1 else 0.0, "bops_rel": float(bops.mean()), "memory_rel": float(mem.mean()),
+                    "widths": [r[name].get("widths") for r in per_seed]})
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="digits")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--float-epochs", type=int, default=30)
+    p.add_argument("--qat-epochs", type=int, default=5)
+    p.add_argument("--train-samples", type=int, default=0, help="a seeded subset of the training images (0: all)")
+    p.add_argument("--test-samples", type=int, default=0, help="a seeded subset of the test images (0: all)")
+    p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
+    p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (CIFAR-10 JPEGs)")
+    p.add_argument("--out", default="outputs/benchmarks")
+    p.add_argument("--all-layers", action="store_true",
+                   help="every layer at the allocated/uniform width (default: first and last layers 8-bit)")
+    args = p.parse_args(argv)
+
+    import qresearch  # noqa: F401
+    from qresearch.data import load_dataset
+
+    ds = load_dataset({"name": args.dataset, "train_samples": args.train_samples or None,
+                       "test_samples": args.test_samples or None, "data_dir": args.data_dir}, cache_dir=args.cache_dir)
+    per_seed = [run_seed(ds, s, args.float_epochs, args.qat_epochs, lambda m: print(m, flush=True),
+                         first_last=not args.all_layers) for s in args.seeds]
+    table = summarize(per_seed)
+    layers = "every layer n-bit" if args.all_layers else "first/last layers 8-bit"
+    print(f"\nLeNet-5 on {args.dataset} ({len(ds.x_train)} train / {len(ds.x_test)} test images), lsq ({layers}), {len(args.seeds)} seeds, "
+          f"float {args.float_epochs} + QAT {args.qat_epochs} epochs; chance {100 / ds.num_classes:.0f}%")
+    print(f"{'contestant':30} {'test acc %':>16} {'BOPs / W8A8':>12} {'weights / W8':>13}")
+    for r in table:
+        print(f"{r['name']:30} {r['accuracy_mean']:>9.2f} ± {r['accuracy_std']:<4.2f} {r['bops_rel']:>12.4f} "
+              f"{r['memory_rel']:>13.4f}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"mixed_{args.dataset}{'_all_layers' if args.all_layers else ''}.json"
+    path.write_text(json.dumps({"args": vars(args), "summary": table, "per_seed": per_seed}, indent=1, default=str))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""Cost model: per layer MACs, weight memory, activation memory and BOPs of a float tf_keras model
+under a bit assignment.
+
+Definitions (per inference of one sample, batch 1):
+
+- MACs: multiply-accumulates of the layer, from its config and its input/output shapes, by a rule
+  registered per layer class in ``MAC_RULES`` (below, each rule states its formula).
+- weight memory [bits] = (quantized weight elements) x w_bits + (bias elements) x 32.
+  The bias stays 32-bit (it is added in the int32 accumulator: TFLite int8 spec, Jacob et al.
+  2018 §2.4). Parameters of non-compute layers (BatchNormalization, ...) are not counted:
+  a folded BN lives in the conv's kernel and bias.
+- activation memory [bits] = output elements x a_out bits (the layer's output tensor).
+- BOPs = MACs x w_bits x a_in_bits (Baskin et al., "UNIQ", 2021, Eq. 10; van Baalen et al.,
+  "Bayesian Bits", NeurIPS 2020, §4; HAWQ-V3, Yao et al. ICML 2021, §3.4), a_in = the width of
+  the layer's *input* activation. (UNIQ's BOPs also count the accumulator's additions; like
+  Bayesian Bits and HAWQ-V3 we count the multiplications' bit products only.)
+
+A per-op cost table (energy or latency of one MAC at a (w, a) width pair) can replace the
+BOPs proxy; see ``table_cost`` for its layout.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+
+from qresearch.errors import ConfigError
+from qresearch.registry import Registry
+
+FLOAT_BITS = 32
+BIAS_BITS = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Part:
+    """One multiply stage of a layer (a SeparableConv has two)."""
+
+    name: str
+    macs: int
+    weights: Tuple[str, ...]     # attributes quantized at w_bits
+
+
+@dataclasses.dataclass(frozen=True)
+class MacRule:
+    parts: Callable[[Any, Tuple, Tuple], List[Part]]
+
+
+def _prod(xs) -> int:
+    return int(np.prod([int(v) for v in xs])) if len(xs) else 1
+
+
+def _channels_axis(layer) -> int:
+    return 1 if getattr(layer, "data_format", "channels_last") == "channels_first" else -1
+
+
+def _out_elements(out_shape) -> int:
+    return _prod(out_shape[1:])
+
+
+def _dense(layer, in_shape, out_shape):
+    # every output element: in_features products (leading dims of a >2-D input are independent rows)
+    return [Part("dense", _out_elements(out_shape) * int(in_shape[-1]), ("kernel",))]
+
+
+def _conv(layer, in_shape, out_shape):
+    # every output element: kernel volume x input channels per group
+    c_in = int(in_shape[_channels_axis(layer)])
+    groups = int(getattr(layer, "groups", 1) or 1)
+    return [Part("conv", _out_elements(out_shape) * _prod(layer.kernel_size) * (c_in // groups), ("kernel",))]
+
+
+def _depthwise(layer, in_shape, out_shape):
+    # every output element (C_in x depth_multiplier channels) reads one input channel's window
+    return [Part("depthwise", _out_elements(out_shape) * _prod(layer.kernel_size), ("depthwise_kernel",))]
+
+
+def _separable(layer, in_shape, out_shape):
+    # depthwise stage at the output's spatial size (the stride is applied there), then a 1x1 pointwise
+    axis = _channels_axis(layer)
+    c_in, c_out = int(in_shape[axis]), int(out_shape[axis])
+    mid = c_in * int(layer.depth_multiplier)
+    spatial = _out_elements(out_shape) // c_out
+    return [Part("depthwise", spatial * mid * _prod(layer.kernel_size), ("depthwise_kernel",)),
+            Part("pointwise", spatial * c_out * mid, ("pointwise_kernel",))]
+
+
+def _transpose(layer, in_shape, out_shape):
+    # every input element scatters its value times a kernel window into C_out outputs
+    axis = _channels_axis(layer)
+    c_out = int(out_shape[axis])
+    groups = int(getattr(layer, "groups", 1) or 1)
+    return [Part("conv_transpose", _out_elements(in_shape) * _prod(layer.kernel_size) * (c_out // groups),
+                 ("kernel",))]
+
+
+MAC_RULES = Registry("MAC rule")
+
+
+def register_mac_rule(cls_name: str, parts: Callable[[Any, Tuple, Tuple], List[Part]]) -> None:
+    """Register how a layer class counts MACs: ``parts(layer, input_shape, output_shape) -> [Part]``."""
+    MAC_RULES.register(cls_name, MacRule(parts), overwrite=True)
+
+
+for _name, _rule in (("Dense", _dense), ("Conv1D", _conv), ("Conv2D", _conv), ("Conv3D", _conv),
+                     ("DepthwiseConv1D", _depthwise), ("DepthwiseConv2D", _depthwise),
+                     ("SeparableConv1D", _separable), ("SeparableConv2D", _separable),
+                     ("Conv1DTranspose", _transpose), ("Conv2DTranspose", _transpose),
+                     ("Conv3DTranspose", _transpose)):
+    register_mac_rule(_name, _rule)
+
+
+def mac_rule(layer) -> Optional[MacRule]:
+    """The rule of the layer's exact class (a subclass registers its own: its MACs may differ)."""
+    name = type(layer).__name__
+    return MAC_RULES.get(name) if name in MAC_RULES else None
+
+
+# ------------------------------------------------------------------ widths
+@dataclasses.dataclass(frozen=True)
+class Widths:
+    """A compute layer's bit widths: weights, input activations, output activations (32 = float)."""
+
+    w: int
+    a_in: int
+    a_out: int
+
+
+def resolve_widths(layers, choice: Mapping[str, int], base_bits: int = 8) -> Dict[str, Widths]:
+    """Explicit widths from a per-layer choice ``{name: b}`` (weights and output activations at b),
+    the input width from each layer's source (``qresearch.mixed.graph``); a layer missing from
+    ``choice`` is at ``base_bits``; an input from a merge is at ``base_bits``."""
+    b = {c.name: int(choice.get(c.name, base_bits)) for c in layers}
+    return {c.name: Widths(b[c.name], b[c.source] if c.source is not None else int(base_bits), b[c.name])
+            for c in layers}
+
+
+# ------------------------------------------------------------------ the table
+def _param_count(layer, attr) -> int:
+    var = getattr(layer, attr, None)
+    return 0 if var is None else _prod(var.shape)
+
+
+def layer_rows(model, widths: Mapping[str, Widths], layers=None) -> List[Dict[str, Any]]:
+    """One row per compute layer: class, MACs, parameters, weight/activation memory and BOPs."""
+    from qresearch.mixed.graph import compute_layers
+
+    layers = compute_layers(model) if layers is None else layers
+    rows = []
+    for c in layers:
+        wd = widths.get(c.name) or Widths(FLOAT_BITS, FLOAT_BITS, FLOAT_BITS)
+        parts = mac_rule(c.layer).parts(c.layer, c.input_shape, c.output_shape)
+        macs = sum(p.macs for p in parts)
+        qparams = sum(_param_count(c.layer, a) for p in parts for a in p.weights)
+        bias = _param_count(c.layer, "bias") if getattr(c.layer, "use_bias", False) else 0
+        out_elems = _out_elements(c.output_shape)
+        rows.append({
+            "name": c.name, "class": type(c.layer).__name__, "source": c.source,
+            "parts": {p.name: p.macs for p in parts},
+            "macs": macs, "params": qparams, "bias_params": bias,
+            "w_bits": wd.w, "a_in_bits": wd.a_in, "a_out_bits": wd.a_out,
+            "weight_bits": qparams * wd.w + bias * BIAS_BITS,
+            "activation_bits": out_elems * wd.a_out,
+            "bops": macs * wd.w * wd.a_in,
+        })
+    return rows
+
+
+TOTAL_KEYS = ("macs", "params", "bias_params", "weight_bits", "activation_bits", "bops")
+
+
+def totals(rows: List[Mapping[str, Any]]) -> Dict[str, int]:
+    """Sums over the rows; ``activation_peak_bits`` is the largest single output tensor."""
+    out = {k: int(sum(r[k] for r in rows)) for k in TOTAL_KEYS}
+    out["activation_peak_bits"] = int(max((r["activation_bits"] for r in rows), default=0))
+    return out
+
+
+def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, table=None) -> Dict[str, Any]:
+    """``{"layers": rows, "totals": {...}}`` for ``choice`` = ``{layer: bits}`` (missing: ``base_bits``).
+
+    ``choice`` may also map a layer to ``Widths`` (explicit weight/input/output widths).
+    With ``table`` (see ``table_cost``), each row and the totals also carry ``table_cost``.
+    """
+    from qresearch.mixed.graph import compute_layers
+
+    layers = compute_layers(model)
+    choice = dict(choice or {})
+    explicit = {k: v for k, v in choice.items() if isinstance(v, Widths)}
+    widths = resolve_widths(layers, {k: v for k, v in choice.items() if not isinstance(v, Widths)}, base_bits)
+    widths.update(explicit)
+    rows = layer_rows(model, widths, layers)
+    out = {"layers": rows, "totals": totals(rows)}
+    if table is not None:
+        ct = CostTable.from_dict(table) if not isinstance(table, CostTable) else table
+        for r in rows:
+            r["table_cost"] = ct.layer_cost(r)
+        out["totals"]["table_cost"] = float(sum(r["table_cost"] for r in rows))
+        out["totals"]["table_unit"] = ct.unit
+    return out
+
+
+def format_table(report: Mapping[str, Any]) -> str:
+    """The per-layer table and totals as text (MACs, kbit of weights/activations, MBOPs)."""
+    lines = [f"{'layer':24} {'class':18} {'W':>3} {'Ain':>4} {'Aout':>4} {'MACs':>10} {'weights kbit':>13} "
+             f"{'acts kbit':>10} {'MBOPs':>10}"]
+    for r in report["layers"]:
+        lines.append(f"{r['name']:24} {r['class']:18} {r['w_bits']:>3} {r['a_in_bits']:>4} {r['a_out_bits']:>4} "
+                     f"{r['macs']:>10} {r['weight_bits'] / 1e3:>13.2f} {r['activation_bits'] / 1e3:>10.2f} "
+                     f"{r['bops'] / 1e6:>10.3f}")
+    t = report["totals"]
+    lines.append(f"{'total':24} {'':18} {'':>3} {'':>4} {'':>4} {t['macs']:>10} {t['weight_bits'] / 1e3:>13.2f} "
+                 f"{t['activation_bits'] / 1e3:>10.2f} {t['bops'] / 1e6:>10.3f}")
+    lines.append("weight memory counts the bias at 32 bits; activation memory is each output tensor (batch 1)")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ a target's own cost table
+@dataclasses.dataclass(frozen=True)
+class CostTable:
+    """A target's cost of one MAC per op class and (weight, activation) width pair.
+
+    Layout (proposed key ``costs`` in ``conf/hardware/<name>.yaml``; the ``Target`` class does not
+    accept it yet, so pass the mapping itself)::
+
+        costs:
+          unit: pJ                       # what one entry measures (energy, cycles, ...)
+          mac:                           # per op class (the Keras class name) or "default"
+            default: {w8a8: 0.23, w4a8: 0.12, w4a4: 0.07, w2a2: 0.03}
+            DepthwiseConv2D: {w8a8: 0.30}
+          weight_bit: 0.0                # optional: cost of storing/reading one weight bit
+          activation_bit: 0.0            # optional: cost of writing one activation bit
+
+    A (w, a) pair missing from a class's entry falls back to "default"; missing there, it is an
+    error naming the pair (no silent extrapolation).
+    """
+
+    unit: str
+    mac: Mapping[str, Mapping[str, float]]
+    weight_bit: float = 0.0
+    activation_bit: float = 0.0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CostTable":
+        if not isinstance(d, Mapping) or "mac" not in d:
+            raise ConfigError(f"a cost table needs 'mac': {{op class or default: {{w8a8: cost, ...}}}}, got {d!r}")
+        extra = sorted(set(d) - {"unit", "mac", "weight_bit", "activation_bit"})
+        if extra:
+            raise ConfigError(f"cost table: unknown keys {extra}; valid: unit, mac, weight_bit, activation_bit")
+        mac = {}
+        for op, entries in d["mac"].items():
+            if not isinstance(entries, Mapping):
+                raise ConfigError(f"cost table 'mac.{op}' must map 'w<bits>a<bits>' to a number, got {entries!r}")
+            for key, v in entries.items():
+                if not _pair(key) or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+                    raise ConfigError(f"cost table 'mac.{op}.{key}': keys are 'w<bits>a<bits>' (e.g. w4a8) and "
+                                      f"values non-negative numbers, got {key!r}: {v!r}")
+            mac[str(op)] = {str(k): float(v) for k, v in entries.items()}
+        return cls(unit=str(d.get("unit", "")), mac=mac, weight_bit=float(d.get("weight_bit", 0.0)),
+                   activation_bit=float(d.get("activation_bit", 0.0)))
+
+    def mac_cost(self, op: str, w: int, a: int) -> float:
+        key = f"w{w}a{a}"
+        for entry in (self.mac.get(op, {}), self.mac.get("default", {})):
+            if key in entry:
+                return entry[key]
+        raise ConfigError(f"cost table has no entry {key!r} for {op!r} nor under 'default'")
+
+    def layer_cost(self, row: Mapping[str, Any]) -> float:
+        return (row["macs"] * self.mac_cost(row["class"], row["w_bits"], row["a_in_bits"])
+                + row["weight_bits"] * self.weight_bit + row["activation_bits"] * self.activation_bit)
+
+
+def _pair(key) -> bool:
+    import re
+
+    return isinstance(key, str) and re.fullmatch(r"w\d+a\d+", key) is not None

@@ -1,0 +1,105 @@
+"""Which layers of a float tf_keras model compute, and whose output feeds each one.
+
+A mixed-precision choice gives each *compute* layer (one with a MAC rule in
+``qresearch.mixed.cost.MAC_RULES``) one width ``b``: its weights and its output
+activations at ``b`` bits — exactly what one scheme override
+``{match: <layer>, weights: {bits: b}, activations: {bits: b}}`` does. A compute layer's
+*input* width is then the width of its **source**: walk back from its input through
+single-input, non-compute layers (ReLU, BatchNormalization, pooling, Flatten, Dropout, ...)
+
+- to a compute layer ``P``: the input width is ``b_P``; the layers walked through form ``P``'s
+  *chain* and take ``P``'s activation width too (a ReLU after a folded BN carries the quantizer);
+- to the model input: the input quantizer takes the activation spec of its first consumer, i.e.
+  of the layer itself, so the source is the layer itself (input width = its own ``b``);
+- to anything else (an ``Add``, a ``Concatenate``: several inputs): the scheme's base activation
+  width, a constant (``source = None``).
+
+Only flat Sequential/functional models whose layers are each called once are traced; nested
+models and shared layers are refused with a message.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from qresearch.errors import ConfigError
+
+SELF = "<self>"
+
+
+@dataclasses.dataclass
+class ComputeLayer:
+    name: str
+    layer: object
+    input_shape: Tuple
+    output_shape: Tuple
+    source: Optional[str]          # a compute layer's name, SELF, or None (base activation width)
+    chain: List[str]               # non-compute layers whose output width follows this layer's
+
+
+def _inbound(layer) -> List[object]:
+    nodes = layer.inbound_nodes
+    if len(nodes) > 1:
+        raise ConfigError(f"layer {layer.name!r} is called {len(nodes)} times: mixed precision traces "
+                          "models whose layers are each called once")
+    if not nodes:
+        return []
+    inbound = nodes[0].inbound_layers
+    return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
+
+
+def _shape(s):
+    if isinstance(s, list):
+        if len(s) != 1:
+            raise ConfigError(f"a compute layer with {len(s)} inputs/outputs is not supported")
+        s = s[0]
+    return tuple(s)
+
+
+def compute_layers(model) -> List[ComputeLayer]:
+    """The compute layers of ``model`` in graph order, each with its shapes, source and chain."""
+    from qresearch._compat import keras
+    from qresearch.mixed.cost import mac_rule
+
+    if not model.built:
+        raise ConfigError(f"model {model.name!r} is not built: build it before measuring its cost")
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            raise ConfigError(f"layer {layer.name!r} is a nested model: mixed precision needs a flat model "
+                              "(inline it, e.g. build the functional graph without sub-models)")
+    is_compute = {layer.name: mac_rule(layer) is not None for layer in model.layers}
+    roots: Dict[str, Optional[str]] = {}
+
+    def root_of(layer) -> Optional[str]:
+        """The compute layer (or SELF/None) whose output reaches ``layer``'s input."""
+        inbound = _inbound(layer)
+        if len(inbound) != 1:
+            return None
+        prev = inbound[0]
+        if type(prev).__name__ == "InputLayer":
+            return SELF
+        if is_compute.get(prev.name):
+            return prev.name
+        if len(_inbound(prev)) != 1:
+            return None
+        if prev.name not in roots:
+            roots[prev.name] = root_of(prev)
+        return roots[prev.name]
+
+    out = []
+    chains: Dict[str, List[str]] = {}
+    for layer in model.layers:
+        if type(layer).__name__ == "InputLayer":
+            continue
+        if not is_compute[layer.name]:
+            if len(_inbound(layer)) == 1:
+                root = roots.setdefault(layer.name, root_of(layer))
+                if root not in (None, SELF):
+                    chains.setdefault(root, []).append(layer.name)
+            continue
+        src = root_of(layer)
+        out.append(ComputeLayer(layer.name, layer, _shape(layer.input_shape), _shape(layer.output_shape),
+                                source=layer.name if src == SELF else src, chain=[]))
+    for c in out:
+        c.chain = chains.get(c.name, [])
+    return out

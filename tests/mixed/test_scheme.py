@@ -1,0 +1,63 @@
+"""A width choice becomes a plain scheme that quantizes each layer at exactly its width."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import schemes
+from qresearch.models import build_model
+from qresearch.mixed import Widths, compute_layers, cost, qat_cost, qat_widths, to_scheme
+
+
+def _choice(model, widths):
+    return {c.name: b for c, b in zip(compute_layers(model), widths)}
+
+
+@pytest.mark.parametrize("preset", ["lsq", "minmax_nbit"])
+def test_lenet_widths_realised(preset):
+    model = build_model({"name": "lenet5"}, (8, 8, 1), 10)
+    choice = _choice(model, [8, 3, 2, 4, 8])
+    spec = to_scheme(preset, choice, model)
+    assert spec["first_last_bits"] is None
+    # one override per compute layer, naming it and its chain (pooling, flatten) exactly
+    assert [o["match"] for o in spec["overrides"]] == ["(?:conv_0|pool_0)", "(?:conv_1|pool_1|flatten)",
+                                                      "dense_0", "dense_1", "logits"]
+    assert [(o["weights"]["bits"], o["activations"]["bits"]) for o in spec["overrides"]] == \
+        [(b, b) for b in choice.values()]
+    q = qresearch.quantize(model, spec, calibration_data=np.random.default_rng(0).random((16, 8, 8, 1), "float32"))
+    rows = {r["name"]: r for r in schemes.describe(q)["layers"]}
+    for name, b in choice.items():      # describe: every compute layer's weights at its width
+        assert [v["bits"] for v in rows[name]["weights"].values()] == [b]
+    got = qat_widths(q)                 # and its input at its source's width, its output at its own
+    assert got == {"conv_0": Widths(8, 8, 8), "conv_1": Widths(3, 8, 3), "dense_0": Widths(2, 3, 2),
+                   "dense_1": Widths(4, 2, 4), "logits": Widths(8, 4, 8)}
+    assert qat_cost(model, q)["totals"] == cost(model, choice)["totals"]
+
+
+def test_mobilenet_bn_relu_chain_and_add_realised():
+    model = build_model({"name": "mobilenet_tiny", "blocks": [[16, 1], [24, 2]]}, (8, 8, 1), 10)
+    layers = compute_layers(model)
+    choice = _choice(model, [8, 4, 3, 2, 4, 3, 2, 8, 4])
+    q = qresearch.quantize(model, to_scheme("lsq", choice, model),
+                           calibration_data=np.random.default_rng(0).random((16, 8, 8, 1), "float32"))
+    got = qat_widths(q)
+    expected = cost(model, choice)["layers"]
+    for r in expected:   # the cost model's widths are the ones the QAT model has
+        assert got[r["name"]] == Widths(r["w_bits"], r["a_in_bits"], r["a_out_bits"]), r["name"]
+    # the Add (not allocated) runs at the base 8 bits, which its consumer's input width assumes
+    assert {c.name: c.source for c in layers}["block1_expand_conv"] is None
+    assert got["block1_expand_conv"].a_in == 8
+    assert qat_cost(model, q)["totals"]["bops"] == cost(model, choice)["totals"]["bops"]
+
+
+@pytest.mark.parametrize("preset", ["lsq", "tflite_int8"])
+def test_resnet_add_relu_realised(preset):
+    """ResNet: BN folded into each conv, ReLU layers, residual Adds (the ReLU after an Add belongs to no
+    compute layer: base 8 bits), 1x1 shortcut convs reading a block's input."""
+    model = build_model({"name": "resnet20", "depth": 8, "width": 4}, (8, 8, 3), 10)
+    rng = np.random.default_rng(1)
+    choice = {c.name: int(rng.choice([8, 4, 3, 2])) for c in compute_layers(model)}
+    q = qresearch.quantize(model, to_scheme(preset, choice, model),
+                           calibration_data=rng.random((8, 8, 8, 3), "float32"))
+    got = qat_widths(q)
+    for r in cost(model, choice)["layers"]:
+        assert got[r["name"]] == Widths(r["w_bits"], r["a_in_bits"], r["a_out_bits"]), r["name"]
