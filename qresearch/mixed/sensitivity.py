@@ -80,7 +80,7 @@ def sensitivity(model, data, scheme, bits: Sequence[int] = (8, 4, 3, 2), calibra
       ``{"scores": {layer: {bits: loss increase}}, "accuracy_drop": {layer: {bits: points}},
       "float": {"loss", "accuracy"}, "method": "measured"}``.
     """
-    from qresearch.schemes import quantize
+    from qresearch.api import quantize
 
     x, y = _xy(data)
     calib = x[:512] if calibration_data is None else calibration_data
