@@ -53,11 +53,22 @@ def pot_ste(scale, mode: str = "ceil"):
 
 def reduce_finite(fn, x, axes, empty):
     """``fn`` (tf.reduce_min/max/mean) over finite entries of ``x``; ``empty`` if none."""
-    finite = tf.math.is_finite(x)
     if fn is tf.reduce_mean:
+        finite = tf.math.is_finite(x)
         count = tf.reduce_sum(tf.cast(finite, x.dtype), axis=axes)
         total = tf.reduce_sum(tf.where(finite, x, tf.zeros_like(x)), axis=axes)
         return tf.where(count > 0, total / tf.maximum(count, 1.0), tf.cast(empty, x.dtype))
+    # Fast path (every training step of a min-max quantizer): the plain reduction. TF's min/max
+    # propagate NaN and an infinity is its own extreme, so a finite result per slice means that slice's
+    # finite-only extreme is this very value. The masked pass (five more passes over ``x``, measured as
+    # most of minmax's step overhead over tfmot) runs only when some slice's result is not finite.
+    plain = fn(x, axis=axes)
+    return tf.cond(tf.reduce_all(tf.math.is_finite(plain)), lambda: plain,
+                   lambda: _reduce_finite_masked(fn, x, axes, empty))
+
+
+def _reduce_finite_masked(fn, x, axes, empty):
+    finite = tf.math.is_finite(x)
     neutral = {tf.reduce_min: x.dtype.max, tf.reduce_max: x.dtype.min}[fn]
     out = fn(tf.where(finite, x, tf.cast(neutral, x.dtype) * tf.ones_like(x)), axis=axes)
     any_finite = tf.reduce_any(finite, axis=axes)
