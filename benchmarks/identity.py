@@ -1,4 +1,4 @@
-"""``python -m benchmarks.identity save|compare DIR``: results that must stay bit-identical across a
+"""``python -m benchmarks.identity save|compare DIR [preset,preset...]``: results that must stay bit-identical across a
 speed change. For every preset on LeNet-5 and mobilenet_tiny: calibrate, train a few steps (Adam, fixed
 data), then save the trained weights, the training-mode outputs and the inference outputs (the
 integer-kernel emulation for tflite_int8; the fake-quant path for the others) and the export-mode
@@ -45,9 +45,12 @@ def main(argv):
     folder.mkdir(parents=True, exist_ok=True)
     from qresearch import schemes
 
+    only = set(argv[2].split(",")) if len(argv) > 2 else None
     bad = 0
     for model_name, shape in MODELS.items():
         for preset in schemes.names():
+            if only and preset not in only:
+                continue
             res = results(model_name, shape, preset)
             path = folder / f"{model_name}-{preset}.npz"
             if mode == "save":
