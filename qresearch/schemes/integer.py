@@ -149,10 +149,12 @@ def _pow2(e):
 
 
 def _srdhm(x, multiplier):
-    """gemmlowp SaturatingRoundingDoublingHighMul: ``round_half_away(x·M / 2^31)`` (int64 in and out)."""
-    ab = x * multiplier
-    nudge = tf.where(ab >= 0, tf.constant(2 ** 30, tf.int64), tf.constant(1 - 2 ** 30, tf.int64))
-    return tf.truncatediv(ab + nudge, tf.constant(2 ** 31, tf.int64))
+    """gemmlowp SaturatingRoundingDoublingHighMul (int64 in and out): ``(x·M + nudge) / 2^31`` truncated,
+    with nudge ``2^30`` for ``x·M >= 0`` and ``1 - 2^30`` below. For negative ``v = x·M + 1 - 2^30``,
+    truncation is ``floor((v + 2^31 - 1) / 2^31) = floor((x·M + 2^30) / 2^31)``, the very expression of the
+    non-negative case: so it is one add and one arithmetic shift, no int64 division and no select
+    (tests/schemes/test_integer.py checks it against the gemmlowp formula)."""
+    return tf.bitwise.right_shift(x * multiplier + tf.constant(2 ** 30, tf.int64), tf.constant(31, tf.int64))
 
 
 def _double_rounding(ties: str):
