@@ -215,7 +215,7 @@ def memory_peaks(model_name: str, input_shape, batch_size: int, steps: int = 3) 
     cmd = [sys.executable, "-m", "benchmarks", "--memory-worker", model_name,
            "--input", ",".join(map(str, input_shape)), "--batch", str(batch_size), "--steps", str(steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
     if not lines:  # (TF may exit non-zero at interpreter shutdown after printing its result)
         raise RuntimeError(f"memory worker failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
     rows = json.loads(lines[-1])

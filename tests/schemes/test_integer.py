@@ -92,6 +92,16 @@ def test_requantize_matches_integer_reference(kind):
         assert got.tolist() == want, (kind, m)
 
 
+@pytest.mark.parametrize("kind", ["tflite_builtin", "tflite_reference"])
+def test_requantize_over_the_int32_range_and_many_multipliers(kind):
+    rng = np.random.RandomState(7)
+    acc = np.concatenate([rng.randint(-2 ** 31, 2 ** 31, size=300), rng.randint(-300, 300, size=100)]).astype(np.int64)
+    kernels = integer.KERNELS.get(kind)
+    for m in np.exp2(rng.uniform(-30, 2, size=12)).tolist() + [2.0 ** -20 * 3]:
+        got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
+        assert got.tolist() == [ref_requantize(int(a), m, kind) for a in acc], (kind, m)
+
+
 def test_rounding_rules_differ_only_where_they_should():
     """m = 0.25 is (2^30, shift -1): SRDHM halves, the shift halves again. -2/4 = -0.5 rounds to 0 (ties
     up) or -1 (half away); -7/4 = -1.75 rounds twice, -3.5 -> -3 -> -1.5, to -1 (ties up) or -2."""
