@@ -75,11 +75,12 @@ def clipped_unit_ste(x, bits: int):
     def forward(x):
         c = tf.maximum(tf.minimum(x, 1.0), 0.0)   # tf.clip_by_value's two ops
         y = ops.quantize_unit_ste(c, bits)
+        kept = tf.equal(c, x)   # both clip masks in one; the backward keeps this 1-byte mask, not x and c
 
         def backward(dy):
             levels = float(2**bits - 1)
             g = (dy / levels) * levels   # RealDiv's, then Mul's gradient (round_ste passes it through)
-            return tf.where(tf.equal(c, x), g, tf.zeros([], dy.dtype))   # both clip masks in one
+            return tf.where(kept, g, tf.zeros([], dy.dtype))
 
         return y, backward
 

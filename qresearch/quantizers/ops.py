@@ -168,32 +168,35 @@ def uniform_ste(x, scale, qn, qp, offset=None):
         y = q * scale
         if offset:
             y = y + offset[0]
+        # The backward keeps t, q and this 1-byte mask alive, not x, the shifted x and c as well.
+        kept = tf.equal(c, t)
 
         def backward(dy):
-            return _uniform_ste_grads(dy, shifted, t, c, q, scale, offset)
+            return _uniform_ste_grads(dy, t, kept, q, scale, offset)
 
         return y, backward
 
     return forward(x, scale, *extra)
 
 
-def _uniform_ste_grads(dy, shifted, t, c, q, scale, offset):
+def _uniform_ste_grads(dy, t, kept, q, scale, offset):
     """Autodiff's gradients of ``uniform_ste``, op for op where it matters for the bits:
-    Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the gradient where the input was kept, else +0),
-    RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to s), Sub/Add (``-g`` / ``g`` to the offset),
-    each reduced over the broadcast axes by TF's own helper. A sum of negated terms is the negated sum
-    (rounding to nearest is symmetric), so negations are applied after the reductions, on small tensors."""
+    Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the gradient where the clip kept its input, else
+    +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to s), Sub/Add (``-g`` / ``g`` to the offset),
+    each reduced over the broadcast axes by TF's own helper (``q`` stands for every full-shape tensor: only
+    its static shape is read). A sum of negated terms is the negated sum (rounding to nearest is
+    symmetric), so negations are applied after the reductions, on small tensors."""
     from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
 
-    def reduced(full, param, g):
-        return math_grad._ReduceGradientArgs(full, param, None, g)[1]
+    def reduced(param, g):
+        return math_grad._ReduceGradientArgs(q, param, None, g)[1]
 
-    g_t = tf.where(tf.equal(c, t), dy * scale, tf.zeros([], dy.dtype))
+    g_t = tf.where(kept, dy * scale, tf.zeros([], dy.dtype))
     g_shifted = g_t / scale
-    g_scale = reduced(q, scale, q * dy) - reduced(shifted, scale, g_t * (t / scale))
+    g_scale = reduced(scale, q * dy) - reduced(scale, g_t * (t / scale))
     if not offset:
         return g_shifted, g_scale
-    g_offset = reduced(q, offset[0], dy) - reduced(shifted, offset[0], g_shifted)
+    g_offset = reduced(offset[0], dy) - reduced(offset[0], g_shifted)
     return g_shifted, g_scale, g_offset
 
 

@@ -119,7 +119,7 @@ def pact_ste(x, a, qp: int, signed: bool):
             from tensorflow.python.ops import math_grad  # TF's broadcast reduction, for identical sums
 
             def to_alpha(g):
-                return math_grad._ReduceGradientArgs(a, x, g, None)[0]
+                return math_grad._ReduceGradientArgs(a, inner, g, None)[0]   # inner: x's shape, kept anyway
 
             zero = tf.zeros([], dy.dtype)
             g_y = (dy * step) / step                    # Mul's then RealDiv's gradient (step held constant)
