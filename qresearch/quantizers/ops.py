@@ -53,26 +53,32 @@ def pot_ste(scale, mode: str = "ceil"):
 
 def reduce_finite(fn, x, axes, empty):
     """``fn`` (tf.reduce_min/max/mean) over finite entries of ``x``; ``empty`` if none."""
+    finite = tf.math.is_finite(x)
     if fn is tf.reduce_mean:
-        finite = tf.math.is_finite(x)
         count = tf.reduce_sum(tf.cast(finite, x.dtype), axis=axes)
         total = tf.reduce_sum(tf.where(finite, x, tf.zeros_like(x)), axis=axes)
         return tf.where(count > 0, total / tf.maximum(count, 1.0), tf.cast(empty, x.dtype))
-    # Fast path (every training step of a min-max quantizer): the plain reduction. TF's min/max
-    # propagate NaN and an infinity is its own extreme, so a finite result per slice means that slice's
-    # finite-only extreme is this very value. The masked pass (five more passes over ``x``, measured as
-    # most of minmax's step overhead over tfmot) runs only when some slice's result is not finite.
-    plain = fn(x, axis=axes)
-    return tf.cond(tf.reduce_all(tf.math.is_finite(plain)), lambda: plain,
-                   lambda: _reduce_finite_masked(fn, x, axes, empty))
-
-
-def _reduce_finite_masked(fn, x, axes, empty):
-    finite = tf.math.is_finite(x)
     neutral = {tf.reduce_min: x.dtype.max, tf.reduce_max: x.dtype.min}[fn]
     out = fn(tf.where(finite, x, tf.cast(neutral, x.dtype) * tf.ones_like(x)), axis=axes)
     any_finite = tf.reduce_any(finite, axis=axes)
     return tf.where(any_finite, out, tf.cast(empty, x.dtype))
+
+
+def reduce_finite_range(x, axes, empty):
+    """``(reduce_finite(tf.reduce_min, ...), reduce_finite(tf.reduce_max, ...))`` in 5 passes over ``x``
+    instead of 12 (a min-max quantizer's statistics, every training step): one finiteness mask for both,
+    the neutral values as scalars (not ``neutral * ones_like(x)``), and no ``reduce_any``: a slice has
+    no finite entry exactly when its masked min is still ``+max`` and its masked max still ``-max`` (a
+    finite ``v`` would give ``min <= v <= max``). Same values as the two calls. No tf.cond: a cheaper
+    variant that skipped the mask for finite batches under a tf.cond doubled mobilenet_tiny's step peak
+    memory (measured), for about 3 passes fewer."""
+    finite = tf.math.is_finite(x)
+    top, bottom = tf.constant(x.dtype.max, x.dtype), tf.constant(x.dtype.min, x.dtype)
+    lo = tf.reduce_min(tf.where(finite, x, top), axis=axes)
+    hi = tf.reduce_max(tf.where(finite, x, bottom), axis=axes)
+    none = tf.logical_and(tf.equal(lo, top), tf.equal(hi, bottom))
+    fill = tf.cast(empty, x.dtype)
+    return tf.where(none, fill, lo), tf.where(none, fill, hi)
 
 
 def move_channels_last(x, channel_axes: Sequence[int]):
