@@ -1,10 +1,16 @@
-"""``python -m benchmarks [--only steps|sweep] [--model lenet5] [--steps 30]``.
+"""``python -m benchmarks [--only steps,eval,memory,sweep] [--models lenet5,mobilenet_tiny] [--steps 20]``.
 
-1. QAT step time over float step time for every built-in scheme preset and for tfmot's stock
-   ``quantize_model``, all measured in this one process on the same model, data and optimizer
-   (median training-step time, in interleaved rounds so that a change of machine load hits
-   every model alike; each ratio is the median over rounds of time / float time in that round).
-2. A sweep's wall time with a cold and a warm float-baseline cache (and a resumed re-run),
+1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
+   ``quantize_model`` and experimental n-bit scheme (4/4 bits), all measured in one process per model on
+   the same model, data and optimizer (median training-step time, in interleaved rounds so that a change
+   of machine load hits every model alike; each ratio is the median over rounds of time / float time in
+   that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
+2. eval: inference of the tflite_int8 preset through the integer-kernel emulation, over the plain
+   fake-quant graph (export mode) and the LiteRT interpreter (builtin kernels, as ``verify`` runs it) on
+   the same images; graph (tf.function, as ``predict``/``evaluate``) and eager (as ``verify``) calls.
+3. memory: peak bytes in use during a training step (TF's allocator statistics; the CPU allocator is
+   switched to BFC in a subprocess so that they exist), QAT over float, per model and contestant.
+4. sweep: a sweep's wall time with a cold and a warm float-baseline cache (and a resumed re-run),
    each a real ``python -m qresearch.run -m`` in a subprocess.
 
 Prints tables of ratios and writes them as JSON under ``outputs/benchmarks/``.
@@ -39,38 +45,65 @@ def _time_steps(model, ds, steps: int) -> float:
     return timer.median(skip=0)
 
 
+#: zoo models measured, with their input shapes (10 classes)
+MODELS = {"lenet5": (28, 28, 1), "mobilenet_tiny": (32, 32, 3)}
+
+
+def _fresh(model_name: str, input_shape):
+    from qresearch import models
+    from qresearch._compat import keras
+
+    keras.utils.set_random_seed(0)
+    return models.build_model({"name": model_name}, input_shape, 10)
+
+
+def _contestants(calibration) -> List[Any]:
+    """(name, build(float model) -> QAT model): tfmot's stock 8-bit and experimental n-bit (4/4) schemes,
+    then every built-in preset (calibrated on the same images)."""
+    import qresearch
+    from qresearch import schemes
+    from qresearch._compat import tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
+        default_n_bit_quantize_scheme as n_bit)
+
+    qk = tfmot.quantization.keras
+    out = [("tfmot quantize_model (stock 8-bit)", qk.quantize_model),
+           ("tfmot DefaultNBitQuantizeScheme 4/4",
+            lambda m: qk.quantize_apply(qk.quantize_annotate_model(m), n_bit.DefaultNBitQuantizeScheme(
+                num_bits_weight=4, num_bits_activation=4)))]
+    for preset in schemes.names():
+        out.append((f"qresearch {preset}",
+                    lambda m, p=preset: qresearch.quantize(m, p, calibration_data=calibration)))
+    return out
+
+
+def _data(input_shape, batch_size: int, batches: int = 8):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = batch_size * batches
+    x = rng.random((n,) + tuple(input_shape), dtype=np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    return x, y
+
+
 def step_times(model_name: str, input_shape, steps: int, batch_size: int, rounds: int = 3) -> List[Dict[str, Any]]:
     """Median step time of every model, in ``rounds`` interleaved rounds (float first in each), so a
     change of machine load hits every model alike; the ratio is taken per round, then the median."""
     import statistics
 
-    import numpy as np
-
-    import qresearch
     import qresearch.run  # noqa: F401  (drops Keras' expected "retracing" warnings)
-    from qresearch import models, schemes
-    from qresearch._compat import keras, tf, tfmot
+    from qresearch._compat import keras, tf
 
-    rng = np.random.default_rng(0)
-    n = batch_size * 8
-    x = rng.random((n,) + tuple(input_shape), dtype=np.float32)
-    y = rng.integers(0, 10, n).astype(np.int32)
+    x, y = _data(input_shape, batch_size)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size, drop_remainder=True).repeat().prefetch(2)
     keras.backend.clear_session()
 
-    def fresh():
-        keras.utils.set_random_seed(0)
-        return models.build_model({"name": model_name}, input_shape, 10)
-
-    built: Dict[str, Any] = {"float": _compile(fresh())}
+    built: Dict[str, Any] = {"float": _compile(_fresh(model_name, input_shape))}
     errors: Dict[str, str] = {}
-    candidates = [("tfmot quantize_model (stock 8-bit)", lambda m: tfmot.quantization.keras.quantize_model(m))]
-    for preset in schemes.names():
-        candidates.append((f"qresearch {preset}",
-                           lambda m, p=preset: qresearch.quantize(m, p, calibration_data=x[:batch_size])))
-    for name, make in candidates:
+    for name, make in _contestants(x[:batch_size]):
         try:
-            built[name] = _compile(make(fresh()))
+            built[name] = _compile(make(_fresh(model_name, input_shape)))
         except Exception as exc:  # report, keep measuring the others
             errors[name] = f"{type(exc).__name__}: {exc}"[:200]
     for name, model in built.items():  # trace and warm up
@@ -91,6 +124,127 @@ def step_times(model_name: str, input_shape, steps: int, batch_size: int, rounds
              "ratios": ratios[name]} for name in built]
     rows += [{"name": name, "step_s": None, "ratio": None, "error": err} for name, err in errors.items()]
     return rows
+
+
+def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, preset: str = "tflite_int8",
+               batches: int = 8) -> List[Dict[str, Any]]:
+    """Inference time of ``preset`` on the same images: fake-quant graph (export mode), integer-kernel
+    emulation, float model, LiteRT interpreter; graph calls (tf.function) and eager calls. Interleaved
+    rounds; each ratio is the median over rounds of time / fake-quant graph time in that round."""
+    import statistics
+
+    import numpy as np
+
+    import qresearch
+    from qresearch._compat import keras, tf
+    from qresearch.hardware import deploy
+    from qresearch.schemes import integer
+
+    x, _ = _data(input_shape, batch_size, batches)
+    keras.backend.clear_session()
+    float_model = _fresh(model_name, input_shape)
+    q = qresearch.quantize(_fresh(model_name, input_shape), preset, hardware=preset,
+                           calibration_data=x[:batch_size])
+    chunks = [tf.constant(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    spec = tf.TensorSpec((batch_size,) + tuple(input_shape), tf.float32)
+
+    def graph(model, export=False):
+        fn = tf.function(lambda t: model(t, training=False))
+        if export:
+            with integer.export_mode():  # traced here: the plain FakeQuant graph the converter reads
+                fn.get_concrete_function(spec)
+        else:
+            fn.get_concrete_function(spec)
+        return fn
+
+    def eager(model, export=False):
+        def run(t):
+            if export:
+                with integer.export_mode():
+                    return model(t, training=False)
+            return model(t, training=False)
+        return run
+
+    interp = deploy.make_interpreter(deploy.convert(q, preset))
+    inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+    interp.resize_tensor_input(inp["index"], [batch_size] + list(input_shape), strict=False)
+    interp.allocate_tensors()
+    s_in, z_in = inp["quantization"]
+    xq = [deploy.quantize_input(c.numpy(), s_in, z_in, inp["dtype"]) for c in chunks]
+
+    def litert(_):
+        for c in xq:
+            interp.set_tensor(inp["index"], c)
+            interp.invoke()
+            interp.get_tensor(out["index"])
+
+    def over_chunks(fn):
+        def run(_):
+            for c in chunks:
+                np.asarray(fn(c))
+        return run
+
+    modes = {
+        "fake-quant eval, graph (export mode)": over_chunks(graph(q, export=True)),
+        "emulated integer eval, graph": over_chunks(graph(q)),
+        "float model eval, graph": over_chunks(graph(float_model)),
+        "LiteRT interpreter (builtin kernels)": litert,
+        "fake-quant eval, eager (export mode)": over_chunks(eager(q, export=True)),
+        "emulated integer eval, eager (as verify)": over_chunks(eager(q)),
+    }
+    for fn in modes.values():  # warm up
+        fn(None)
+    times: Dict[str, List[float]] = {name: [] for name in modes}
+    for _ in range(rounds):
+        for name, fn in modes.items():
+            t0 = time.perf_counter()
+            fn(None)
+            times[name].append(time.perf_counter() - t0)
+    base = next(iter(times))
+    return [{"name": name, "s_per_image": statistics.median(ts) / len(x),
+             "ratio": statistics.median([t / b for t, b in zip(ts, times[base])])} for name, ts in times.items()]
+
+
+def memory_peaks(model_name: str, input_shape, batch_size: int, steps: int = 3) -> List[Dict[str, Any]]:
+    """Peak bytes in use during training steps, per contestant, measured in a subprocess whose CPU
+    allocator keeps statistics (``TF_CPU_ALLOCATOR_USE_BFC``). For each contestant: bytes in use before
+    it is built, then the peak over ``steps`` steps after a warm-up step; its footprint is the
+    difference (weights, quantizer variables, optimizer slots, the step's activations and gradients).
+    oneDNN's own scratch buffers are not in TF's allocator and not counted."""
+    env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, "-m", "benchmarks", "--memory-worker", model_name,
+           "--input", ",".join(map(str, input_shape)), "--batch", str(batch_size), "--steps", str(steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+    if not lines:  # (TF may exit non-zero at interpreter shutdown after printing its result)
+        raise RuntimeError(f"memory worker failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+    rows = json.loads(lines[-1])
+    base = rows[0]["peak_bytes"]
+    for r in rows:
+        r["ratio"] = r["peak_bytes"] / base if r.get("peak_bytes") else None
+    return rows
+
+
+def _memory_worker(model_name: str, input_shape, batch_size: int, steps: int) -> None:
+    import gc
+
+    from qresearch._compat import keras, tf
+
+    x, y = _data(input_shape, batch_size, 1)
+    ds = tf.data.Dataset.from_tensors((tf.constant(x), tf.constant(y))).repeat()
+    rows = []
+    for name, make in [("float", lambda m: m)] + _contestants(x):
+        keras.backend.clear_session()
+        gc.collect()
+        before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+        model = _compile(make(_fresh(model_name, input_shape)))
+        model.fit(ds, epochs=1, steps_per_epoch=1, verbose=0)
+        tf.config.experimental.reset_memory_stats("CPU:0")
+        model.fit(ds, epochs=1, steps_per_epoch=steps, verbose=0)
+        peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+        rows.append({"name": name, "peak_bytes": peak - before})
+        del model
+    print(json.dumps(rows))
 
 
 def sweep_times(work: Path, float_epochs: int = 60) -> List[Dict[str, Any]]:
@@ -123,33 +277,60 @@ def sweep_times(work: Path, float_epochs: int = 60) -> List[Dict[str, Any]]:
     return rows
 
 
+def _table(title: str, rows, value_key: str, value_label: str, scale: float, fmt: str) -> None:
+    print(f"\n{title}\n| {'':44s} | {value_label:>9s} | x ref |\n|{'-' * 46}|{'-' * 11}|------:|")
+    for r in rows:
+        v = f"{scale * r[value_key]:{fmt}}" if r.get(value_key) else "failed"
+        ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "–"
+        print(f"| {r['name']:44s} | {v:>9s} | {ratio:>5s} |")
+        if r.get("error"):
+            print(f"|   {r['error'][:100]}")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--only", choices=["steps", "sweep"], default=None)
-    ap.add_argument("--model", default="lenet5", help="zoo model for step times (default lenet5)")
-    ap.add_argument("--input", default="28,28,1", help="input shape, e.g. 32,32,3")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per model and round (median)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated subset of steps,eval,memory,sweep (default: all)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per model and round (median)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--float-epochs", type=int, default=60, help="float epochs in the sweep benchmark")
+    ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--input", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.memory_worker:
+        _memory_worker(args.memory_worker, tuple(int(s) for s in args.input.split(",")), args.batch, args.steps)
+        return 0
+    parts = set(args.only.split(",")) if args.only else {"steps", "eval", "memory", "sweep"}
+    unknown = parts - {"steps", "eval", "memory", "sweep"}
+    if unknown:
+        ap.error(f"--only: unknown {sorted(unknown)}")
+    names = [m for m in args.models.split(",") if m]
     report: Dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count()}
 
-    if args.only in (None, "steps"):
-        shape = tuple(int(s) for s in args.input.split(","))
-        print(f"QAT step time / float step time: {args.model}, input {shape}, batch {args.batch}, "
-              f"median of {args.steps} steps x {args.rounds} rounds, Adam", flush=True)
-        rows = step_times(args.model, shape, args.steps, args.batch, args.rounds)
-        report["step_times"] = {"model": args.model, "input": shape, "batch": args.batch, "rows": rows}
-        print(f"\n| {'training step':42s} | ms/step | x float |\n|{'-' * 44}|--------:|--------:|")
-        for r in rows:
-            ms = f"{1e3 * r['step_s']:.2f}" if r.get("step_s") else "failed"
-            ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "–"
-            print(f"| {r['name']:42s} | {ms:>7s} | {ratio:>7s} |")
-            if r.get("error"):
-                print(f"|   {r['error'][:100]}")
+    for model in names:
+        shape = MODELS.get(model, (28, 28, 1))
+        if "steps" in parts:
+            print(f"\nQAT step time / float step time: {model}, input {shape}, batch {args.batch}, "
+                  f"median of {args.steps} steps x {args.rounds} rounds, Adam", flush=True)
+            rows = step_times(model, shape, args.steps, args.batch, args.rounds)
+            report.setdefault("step_times", {})[model] = rows
+            _table(f"training step, {model} (x ref = x float)", rows, "step_s", "ms/step", 1e3, ".2f")
+        if "eval" in parts:
+            print(f"\nInference of tflite_int8, {model}: 8 batches of {args.batch}", flush=True)
+            rows = eval_times(model, shape, args.batch)
+            report.setdefault("eval_times", {})[model] = rows
+            _table(f"inference, {model} (x ref = x fake-quant graph eval)", rows, "s_per_image", "us/image",
+                   1e6, ".1f")
+        if "memory" in parts:
+            print(f"\nPeak memory of a training step, {model}, batch {args.batch} (subprocess)", flush=True)
+            rows = memory_peaks(model, shape, args.batch)
+            report.setdefault("memory", {})[model] = rows
+            _table(f"peak bytes in use during a training step, {model} (x ref = x float)", rows, "peak_bytes",
+                   "MiB", 1 / 2 ** 20, ".2f")
 
-    if args.only in (None, "sweep"):
+    if "sweep" in parts:
         print(f"\nSweep wall time (smoke sweep: 2 schemes x 2 bit widths x 2 seeds = 8 jobs, lenet5 on digits, "
               f"{args.float_epochs} float epochs, 1 QAT epoch, basic launcher)", flush=True)
         work = Path(tempfile.mkdtemp(prefix="qresearch-bench-"))

@@ -192,6 +192,12 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         ``tf.control_dependencies([result])``.
         """
 
+        if _already_set(flag):
+            # A graph traced after initialisation (a training step after calibration) carries no
+            # initialisation at all: the tf.cond, its control dependency and the flag read cost every
+            # step. The flag is only ever set, never cleared, by this code.
+            return tf.constant(False)
+
         def initialise():
             values, valid = estimate()
             for var, value in zip(variables, values):
@@ -269,6 +275,18 @@ def _keep_layer_weights_first(wrapper) -> None:
     missing = [w for w in inner.trainable_weights if not any(w is v for v in own)]
     for i, w in enumerate(missing):
         own.insert(i, w)
+
+
+def _already_set(flag) -> bool:
+    """Whether ``flag`` is already 1 where a graph is being traced (never inside an eager call: there the
+    tf.cond costs nothing and reads the value anyway). Read outside the graph, at trace time."""
+    if tf.executing_eagerly():
+        return False
+    try:
+        with tf.init_scope():
+            return bool(tf.executing_eagerly() and float(flag.numpy()) != 0.0)
+    except (AttributeError, TypeError, ValueError, tf.errors.OpError):
+        return False
 
 
 def _is_per_example(tensor_shape) -> bool:

@@ -59,8 +59,7 @@ class MinMaxQuantizer(Quantizer):
     def observe(self, x, weights, axes):
         """Update the tracked range from a batch (finite values only)."""
         reduce = self.reduce_axes(x, axes)
-        batch_min = ops.reduce_finite(tf.reduce_min, x, reduce, empty=0.0)
-        batch_max = ops.reduce_finite(tf.reduce_max, x, reduce, empty=0.0)
+        batch_min, batch_max = ops.reduce_finite_range(x, reduce, empty=0.0)
         lo, hi, seen = weights["min"], weights["max"], weights["seen"]
         if self.range_tracking == "ema":
             d = self.ema_decay

@@ -64,6 +64,23 @@ def reduce_finite(fn, x, axes, empty):
     return tf.where(any_finite, out, tf.cast(empty, x.dtype))
 
 
+def reduce_finite_range(x, axes, empty):
+    """``(reduce_finite(tf.reduce_min, ...), reduce_finite(tf.reduce_max, ...))`` in 5 passes over ``x``
+    instead of 12 (a min-max quantizer's statistics, every training step): one finiteness mask for both,
+    the neutral values as scalars (not ``neutral * ones_like(x)``), and no ``reduce_any``: a slice has
+    no finite entry exactly when its masked min is still ``+max`` and its masked max still ``-max`` (a
+    finite ``v`` would give ``min <= v <= max``). Same values as the two calls. No tf.cond: a cheaper
+    variant that skipped the mask for finite batches under a tf.cond doubled mobilenet_tiny's step peak
+    memory (measured), for about 3 passes fewer."""
+    finite = tf.math.is_finite(x)
+    top, bottom = tf.constant(x.dtype.max, x.dtype), tf.constant(x.dtype.min, x.dtype)
+    lo = tf.reduce_min(tf.where(finite, x, top), axis=axes)
+    hi = tf.reduce_max(tf.where(finite, x, bottom), axis=axes)
+    none = tf.logical_and(tf.equal(lo, top), tf.equal(hi, bottom))
+    fill = tf.cast(empty, x.dtype)
+    return tf.where(none, fill, lo), tf.where(none, fill, hi)
+
+
 def move_channels_last(x, channel_axes: Sequence[int]):
     """Transpose ``channel_axes`` to the end and flatten them into one axis.
 
@@ -138,11 +155,55 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     Gradients flow through the division and the clip, so autodiff gives the
     published step-size gradient: ``round(x/s) - x/s`` inside the range, ``-qn`` /
     ``qp`` outside it, and ``1`` (inside) / ``0`` (clipped) for ``x``.
+
+    The backward pass is written out (``tf.custom_gradient``) with the very float operations autodiff
+    builds for this graph, minus its redundant passes over ``x``: one mask for the clip instead of two
+    (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
+    exactly, so the divide is not redone). Gradients and trained values are bit-identical to plain
+    autodiff (``tests/quantizers/test_ops.py`` compares them), at about 2/3 of its cost.
     """
-    shifted = x if offset is None else x - offset
-    q = round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp)))
-    y = q * scale
-    return y if offset is None else y + offset
+    lo, hi = -float(qn), float(qp)
+    extra = () if offset is None else (offset,)
+
+    @tf.custom_gradient
+    def forward(x, scale, *offset):
+        shifted = x - offset[0] if offset else x
+        t = shifted / scale
+        c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
+        q = c + (tf.round(c) - c)               # round_ste's forward value, bit for bit
+        y = q * scale
+        if offset:
+            y = y + offset[0]
+        # The backward keeps t, q and this 1-byte mask alive, not x, the shifted x and c as well.
+        kept = tf.equal(c, t)
+
+        def backward(dy):
+            return _uniform_ste_grads(dy, t, kept, q, scale, offset)
+
+        return y, backward
+
+    return forward(x, scale, *extra)
+
+
+def _uniform_ste_grads(dy, t, kept, q, scale, offset):
+    """Autodiff's gradients of ``uniform_ste``, op for op where it matters for the bits:
+    Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the gradient where the clip kept its input, else
+    +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to s), Sub/Add (``-g`` / ``g`` to the offset),
+    each reduced over the broadcast axes by TF's own helper (``q`` stands for every full-shape tensor: only
+    its static shape is read). A sum of negated terms is the negated sum (rounding to nearest is
+    symmetric), so negations are applied after the reductions, on small tensors."""
+    from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
+
+    def reduced(param, g):
+        return math_grad._ReduceGradientArgs(q, param, None, g)[1]
+
+    g_t = tf.where(kept, dy * scale, tf.zeros([], dy.dtype))
+    g_shifted = g_t / scale
+    g_scale = reduced(scale, q * dy) - reduced(scale, g_t * (t / scale))
+    if not offset:
+        return g_shifted, g_scale
+    g_offset = reduced(offset[0], dy) - reduced(offset[0], g_shifted)
+    return g_shifted, g_scale, g_offset
 
 
 def lsq_grad_factor(n_elements, qp):

@@ -174,19 +174,28 @@ def _pow2(e):
 
 
 def _srdhm(x, multiplier):
-    """gemmlowp SaturatingRoundingDoublingHighMul: ``round_half_away(x·M / 2^31)`` (int64 in and out)."""
-    ab = x * multiplier
-    nudge = tf.where(ab >= 0, tf.constant(2 ** 30, tf.int64), tf.constant(1 - 2 ** 30, tf.int64))
-    return tf.truncatediv(ab + nudge, tf.constant(2 ** 31, tf.int64))
+    """gemmlowp SaturatingRoundingDoublingHighMul (int64 in and out): ``(x·M + nudge) / 2^31`` truncated,
+    with nudge ``2^30`` for ``x·M >= 0`` and ``1 - 2^30`` below. For negative ``v = x·M + 1 - 2^30``,
+    truncation is ``floor((v + 2^31 - 1) / 2^31) = floor((x·M + 2^30) / 2^31)``, the very expression of the
+    non-negative case: so it is one add and one arithmetic shift, no int64 division and no select
+    (tests/schemes/test_integer.py checks it against the gemmlowp formula)."""
+    return tf.bitwise.right_shift(x * multiplier + tf.constant(2 ** 30, tf.int64), tf.constant(31, tf.int64))
 
 
 def _double_rounding(ties: str):
     def requantize(x, multiplier, shift):
         left = tf.maximum(shift, 0)
         right = tf.maximum(-shift, 0)
-        y = _srdhm(x * _pow2(left), multiplier)
         if ties == "up":
-            return tf.bitwise.right_shift(y + tf.bitwise.right_shift(_pow2(right), 1), right)
+            # floor((floor((x·2^l·M + 2^30) / 2^31) + h) / 2^r), h = 2^(r-1) (0 if r = 0), is
+            # floor((x·(M·2^l) + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one,
+            # an integer added inside a floor moves out of it, and the product is the same integer. So the
+            # whole requantization is one multiply, one add and one shift of the accumulator; the
+            # constants are per-channel vectors (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
+            offset = tf.constant(2 ** 30, tf.int64) + tf.bitwise.left_shift(
+                tf.bitwise.right_shift(_pow2(right), 1), tf.constant(31, tf.int64))
+            return tf.bitwise.right_shift(x * (multiplier * _pow2(left)) + offset, right + 31)
+        y = _srdhm(x * _pow2(left), multiplier)
         mask = _pow2(right) - 1
         remainder = tf.bitwise.bitwise_and(y, mask)
         threshold = tf.bitwise.right_shift(mask, 1) + tf.cast(y < 0, tf.int64)
@@ -258,7 +267,7 @@ def requantize_accumulator(kernels: IntegerKernels, acc, in_grid: Grid, weight_s
     output channel, the last axis, or a scalar), the output zero point added, the fused activation
     applied as the kernel's integer clamp. Returns the dequantized float32 output on ``out_grid``."""
     q = kernels.rescale(acc, in_grid.scale * weight_scale / out_grid.scale, op)
-    return _clamp_dequantize(tf.cast(q, tf.float64) + out_grid.zero_point, out_grid, activation)
+    return _clamp_dequantize_offsets(tf.cast(q, tf.float64), out_grid, activation)
 
 
 def quantize_input(x, grid: Grid):
@@ -348,15 +357,30 @@ def multiply(kernels: IntegerKernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid
     return _clamp_dequantize(q, out_grid, fused)
 
 
-def _clamp_dequantize(q, out_grid: Grid, fused: str):
+def _clamp_bounds(out_grid: Grid, fused: str):
+    """The kernel's integer clamp ``[lo, hi]`` on ``q`` (output range, fused ReLU/ReLU6)."""
     lo = tf.constant(float(out_grid.qmin), tf.float64)
     hi = tf.constant(float(out_grid.qmax), tf.float64)
     if fused in ("relu", "relu6"):
         lo = tf.maximum(lo, out_grid.zero_point)
     if fused == "relu6":
         hi = tf.minimum(hi, out_grid.zero_point + round_half_away(6.0 / out_grid.scale))
+    return lo, hi
+
+
+def _clamp_dequantize(q, out_grid: Grid, fused: str):
+    lo, hi = _clamp_bounds(out_grid, fused)
     q = tf.clip_by_value(q, lo, hi)
     return tf.cast((q - out_grid.zero_point) * out_grid.scale, tf.float32)
+
+
+def _clamp_dequantize_offsets(offsets, out_grid: Grid, fused: str):
+    """``_clamp_dequantize(offsets + Z)`` without adding and removing ``Z`` on the whole tensor: every value
+    is an integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``
+    (the bounds are per-tensor scalars)."""
+    lo, hi = _clamp_bounds(out_grid, fused)
+    q = tf.clip_by_value(offsets, lo - out_grid.zero_point, hi - out_grid.zero_point)
+    return tf.cast(q * out_grid.scale, tf.float32)
 
 
 MAX_SOFTMAX_CLASSES = 1024  # the emulated sum is unrolled over the classes

@@ -95,3 +95,29 @@ def test_no_pot_scales_and_no_narrow_range():
         create({"name": "dorefa", "narrow_range": True})
     with pytest.raises(ConfigError, match="mode"):
         create({"name": "dorefa", "mode": "both"})
+
+
+def test_activation_gradient_bit_identical_to_autodiff():
+    from qresearch._compat import tf
+    from qresearch.quantizers import ops
+    from qresearch.quantizers.dorefa import clipped_unit_ste
+
+    r = np.random.default_rng(5)
+    x = (r.standard_normal((8, 5, 5, 3)) * 0.8 + 0.5).astype("float32")
+    x.flat[:4] = [0.0, 1.0, -0.0, 0.5 / 15]
+    dy = r.standard_normal(x.shape).astype("float32")
+
+    def run(fn):
+        @tf.function
+        def step(xt, dyt):
+            with tf.GradientTape() as tape:
+                tape.watch(xt)
+                y = fn(xt)
+            return [y, tape.gradient(y, xt, output_gradients=dyt)]
+
+        spec = tf.TensorSpec([None, 5, 5, 3], tf.float32)
+        return [t.numpy() for t in step.get_concrete_function(spec, spec)(tf.constant(x), tf.constant(dy))]
+
+    reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), 4))
+    for got, want in zip(run(lambda t: clipped_unit_ste(t, 4)), reference):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

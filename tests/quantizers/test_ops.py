@@ -53,6 +53,26 @@ def test_reduce_finite_ignores_nan_and_inf():
         assert out[1] == -7.0  # a column with no finite value gets ``empty``
 
 
+def test_reduce_finite_range_equals_the_two_reductions():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((16, 5, 5, 8)).astype("float32")
+    x[3, 1, 2, 5], x[0, 0, 0, 2], x[1, 1, 1, 2] = np.nan, np.inf, -np.inf
+    x[..., 6] = np.nan                      # a channel without a finite value
+    x[..., 7] = np.finfo(np.float32).max    # a finite channel at the neutral value
+    x[0, 0, 0, 7] = np.inf
+
+    @tf.function
+    def both(t):
+        lo, hi = ops.reduce_finite_range(t, [0, 1, 2], -7.0)
+        return lo, hi, ops.reduce_finite(tf.reduce_min, t, [0, 1, 2], -7.0), \
+            ops.reduce_finite(tf.reduce_max, t, [0, 1, 2], -7.0)
+
+    lo, hi, want_lo, want_hi = both(tf.constant(x))
+    np.testing.assert_array_equal(lo.numpy(), want_lo.numpy())
+    np.testing.assert_array_equal(hi.numpy(), want_hi.numpy())
+    assert lo.numpy()[6] == hi.numpy()[6] == -7.0
+
+
 def test_lsq_grad_factor_and_counts():
     assert float(ops.lsq_grad_factor(100.0, 7)) == pytest.approx(1 / np.sqrt(700))
     x = tf.zeros((8, 5, 3))
@@ -79,3 +99,47 @@ def test_fake_quant_per_channel_layouts(axes):
     expected = ref.fake_quant_per_channel(moved, lo.reshape(-1), hi.reshape(-1), 4, True)
     restore = expected.reshape([x.shape[a] for a in range(4) if a not in axes] + shape)
     np.testing.assert_array_equal(y, np.moveaxis(restore, list(range(4 - len(axes), 4)), axes))
+
+
+def _uniform_ste_autodiff(x, scale, qn, qp, offset=None):
+    """The plain autodiff graph ``uniform_ste`` replaced: the reference its gradients must equal bit for bit."""
+    shifted = x if offset is None else x - offset
+    q = ops.round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp)))
+    y = q * scale
+    return y if offset is None else y + offset
+
+
+@pytest.mark.parametrize("case", ["per_tensor", "per_channel", "offset", "unsigned"])
+def test_uniform_ste_gradients_bit_identical_to_autodiff(case):
+    rng = np.random.default_rng(3)
+    qn, qp = {"unsigned": (0, 15)}.get(case, (8, 7))
+    if case == "per_channel":
+        x = rng.standard_normal((3, 3, 4, 6)).astype("float32")
+        s = (0.05 + rng.random((1, 1, 1, 6))).astype("float32") * 0.3
+    else:
+        x = rng.standard_normal((16, 5, 5, 3)).astype("float32") * 2
+        s = np.float32(0.23)
+    x.flat[:7] = np.float32(s.flat[0]) * np.array([0.5, 1.5, -2.5, 7.0, -8.0, 9.0, 0.0], "float32")  # ties, edges
+    b = np.float32(-0.4) if case == "offset" else None
+    dy = rng.standard_normal(x.shape).astype("float32")
+
+    def run(fn):
+        # every input a placeholder, as in a model (the scale comes from a variable): grappler rewrites
+        # a division by a constant into a multiplication by its reciprocal, which rounds differently
+        @tf.function
+        def step(xt, st, bt, dyt):
+            bt = None if b is None else bt
+            with tf.GradientTape() as tape:
+                tape.watch([xt, st] + ([bt] if bt is not None else []))
+                y = fn(xt, st, qn, qp, bt)
+            return [y] + tape.gradient(y, [xt, st] + ([bt] if bt is not None else []), output_gradients=dyt)
+
+        spec = tf.TensorSpec([None] + list(x.shape[1:]), tf.float32)
+        concrete = step.get_concrete_function(spec, tf.TensorSpec(np.shape(s), tf.float32),
+                                              tf.TensorSpec([], tf.float32), spec)
+        return [t.numpy() for t in concrete(tf.constant(x), tf.constant(s), tf.constant(b or 0.0, tf.float32),
+                                            tf.constant(dy))]
+
+    fused, reference = run(ops.uniform_ste), run(_uniform_ste_autodiff)
+    for a, r in zip(fused, reference):
+        np.testing.assert_array_equal(a.view(np.uint32), r.view(np.uint32))

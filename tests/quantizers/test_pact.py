@@ -4,7 +4,8 @@ import pytest
 
 from . import reference as ref
 from .conftest import BITS, assert_grid_close, build, grads, run
-from qresearch._compat import keras
+from qresearch._compat import keras, tf
+from qresearch.quantizers import ops
 from qresearch.quantizers import create
 
 rng = np.random.RandomState(3)
@@ -129,3 +130,40 @@ def test_data_init_is_off_by_default():
     w = build(q, None)
     run(q, np.full((4, 3), 50.0, "float32"), w)
     assert float(w["alpha"].numpy()) == 6.0 and "initialized" not in w
+
+
+def _pact_autodiff(x, a, qp, signed):
+    """The plain autodiff graph ``pact_ste`` replaced: its gradients must be equal bit for bit."""
+    y = tf.where(x >= a, a * tf.ones_like(x), tf.nn.relu(x) if not signed else x)
+    if signed:
+        y = tf.where(x <= -a, -a * tf.ones_like(x), y)
+    step = tf.stop_gradient(a / qp)
+    return ops.round_ste(y / step) * step
+
+
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_pact_ste_gradients_bit_identical_to_autodiff(signed, per_channel):
+    from qresearch.quantizers.pact import pact_ste
+
+    r = np.random.default_rng(4)
+    x = (r.standard_normal((8, 4, 4, 3)) * 3).astype("float32")
+    a = (np.array([[[[1.7, 2.5, 0.9]]]]) if per_channel else np.array(2.1)).astype("float32")
+    x.flat[:4] = [a.flat[0], -a.flat[0], 0.0, a.flat[0] / 2]   # the clip edges, zero, a rounding tie
+    dy = r.standard_normal(x.shape).astype("float32")
+    qp = 7 if signed else 15
+
+    def run(fn):
+        @tf.function
+        def step(xt, at, dyt):
+            with tf.GradientTape() as tape:
+                tape.watch([xt, at])
+                y = fn(xt, at, qp, signed)
+            return [y] + tape.gradient(y, [xt, at], output_gradients=dyt)
+
+        spec = tf.TensorSpec([None, 4, 4, 3], tf.float32)   # placeholders, as in a model
+        concrete = step.get_concrete_function(spec, tf.TensorSpec(a.shape, tf.float32), spec)
+        return [t.numpy() for t in concrete(tf.constant(x), tf.constant(a), tf.constant(dy))]
+
+    for got, want in zip(run(pact_ste), run(_pact_autodiff)):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

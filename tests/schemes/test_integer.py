@@ -50,6 +50,20 @@ def ref_requantize(x: int, m: float, kind: str) -> int:
     return (ref_shift_up if kind == "tflite_builtin" else ref_shift_away)(y, max(-shift, 0))
 
 
+def test_srdhm_is_the_gemmlowp_formula():
+    rng = np.random.RandomState(2)
+    acc = np.concatenate([rng.randint(-2 ** 31, 2 ** 31, size=2000), np.arange(-70, 71)]).astype(np.int64)
+    for m in [2 ** 30, 2 ** 30 + 1, 1518500250, 2 ** 31 - 1]:
+        ties = np.array([k * 2 ** 31 // m for k in range(-8, 9)] + [2 ** 30 // m, -(2 ** 30 // m)], np.int64)
+        x = np.concatenate([acc, ties, ties + 1, ties - 1])
+        got = integer._srdhm(tf.constant(x), tf.constant(m, tf.int64)).numpy()
+        assert got.tolist() == [ref_srdhm(int(a), m) for a in x], m
+    # exact halves: x·M = ±2^30 (1 + 2k)
+    x = np.array([1, -1, 3, -3, 5, -5], np.int64)
+    got = integer._srdhm(tf.constant(x), tf.constant(2 ** 30, tf.int64)).numpy()
+    assert got.tolist() == [ref_srdhm(int(a), 2 ** 30) for a in x]
+
+
 @pytest.mark.parametrize("m", [1e-12, 3.1e-5, 0.0007, 0.0123, 0.25, 0.5, 0.7071, 0.999999999, 1.0, 1.5, 3.75])
 def test_quantize_multiplier_matches_frexp(m):
     fixed, shift = integer.quantize_multiplier(tf.constant([m], tf.float64))
@@ -76,6 +90,16 @@ def test_requantize_matches_integer_reference(kind):
         got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
         want = [ref_requantize(int(a), m, kind) for a in acc]
         assert got.tolist() == want, (kind, m)
+
+
+@pytest.mark.parametrize("kind", ["tflite_builtin", "tflite_reference"])
+def test_requantize_over_the_int32_range_and_many_multipliers(kind):
+    rng = np.random.RandomState(7)
+    acc = np.concatenate([rng.randint(-2 ** 31, 2 ** 31, size=300), rng.randint(-300, 300, size=100)]).astype(np.int64)
+    kernels = integer.KERNELS.get(kind)
+    for m in np.exp2(rng.uniform(-30, 2, size=12)).tolist() + [2.0 ** -20 * 3]:
+        got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
+        assert got.tolist() == [ref_requantize(int(a), m, kind) for a in acc], (kind, m)
 
 
 def test_rounding_rules_differ_only_where_they_should():
