@@ -11,7 +11,7 @@ import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras, tf
 
-from models import concat_softmax, digits, mobilenet_like, train
+from deploy_models import concat_softmax, digits, mobilenet_like, train
 
 DENSE_PER_TENSOR = [{"match": "Dense", "weights": {"per_channel": False}}]
 SCHEMES = {

@@ -13,7 +13,7 @@ from qresearch import hardware as hw
 from qresearch._compat import keras
 from qresearch.schemes.build import set_kernels
 
-from models import digits, mobilenet_like, train
+from deploy_models import digits, mobilenet_like, train
 
 PAPER_LSQ = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
              "activations": {"quantizer": "lsq", "bits": 8},
