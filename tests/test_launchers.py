@@ -23,6 +23,27 @@ def _run(tmp_path, *args, timeout=600):
     return out
 
 
+def _run_in_process(tmp_path, monkeypatch, *args):
+    """``qresearch.run.cli`` in this process, for sweepers that run their jobs in the calling process
+    anyway (Optuna's): no TensorFlow start-up per search."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from qresearch import run
+
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["qresearch.run"])  # cli rewrites sys.argv for Hydra: restored after
+    GlobalHydra.instance().clear()
+    try:
+        # Hydra's logging set-up (dictConfig) would close pytest's capture handlers
+        run.cli([*FAST, f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", *args,
+                 "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    except SystemExit as exc:  # Hydra exits on an error; a search that ran returns
+        assert exc.code in (0, None), exc
+    finally:
+        GlobalHydra.instance().clear()
+
+
 def _completed(tmp_path, sweep):
     recs = load_results([tmp_path / "out" / "multirun" / sweep])
     return sorted((r["config"]["bits"], r["status"]) for r in recs)
@@ -37,15 +58,15 @@ def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     assert list((tmp_path / "out" / "multirun" / "sub" / ".submitit").rglob("*_result.pkl"))
 
 
-def test_optuna_study_in_sqlite_is_shared_by_two_searches(tmp_path):
+def test_optuna_study_in_sqlite_is_shared_by_two_searches(tmp_path, monkeypatch):
     optuna = pytest.importorskip("optuna")
     db = f"sqlite:///{tmp_path}/study.db"
     search = ["+hparams_search=lsq_lr_optuna", f"hydra.sweeper.storage={db}", "hydra.sweeper.study_name=shared",
               "hydra.sweeper.sampler.n_startup_trials=1"]
-    _run(tmp_path, *search, "hydra.sweeper.n_trials=1", "sweep_name=a", "bits=4")
+    _run_in_process(tmp_path, monkeypatch, *search, "hydra.sweeper.n_trials=1", "sweep_name=a", "bits=4")
     # another machine, the same study; its trials fail (1-bit widths are refused in each job), which marks
     # them failed and does not stop the search
-    _run(tmp_path, *search, "hydra.sweeper.n_trials=2", "sweep_name=b", "bits=1")
+    _run_in_process(tmp_path, monkeypatch, *search, "hydra.sweeper.n_trials=2", "sweep_name=b", "bits=1")
     study = optuna.load_study(study_name="shared", storage=db)
     states = [t.state for t in study.trials]
     assert states.count(optuna.trial.TrialState.COMPLETE) == 1 and states.count(optuna.trial.TrialState.FAIL) == 2

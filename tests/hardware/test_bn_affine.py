@@ -10,7 +10,7 @@ from qresearch import hardware as hw
 from qresearch._compat import keras
 from qresearch.schemes import ChannelAffine, QuantizeWrapper
 
-from models import digits
+from deploy_models import digits
 
 L = keras.layers
 

@@ -13,7 +13,7 @@ from qresearch._compat import keras, tf
 from qresearch.hardware.deploy import make_interpreter, quantize_input, run_tflite
 from qresearch.schemes.integer import emulated_kernels
 
-from models import digits, mobilenet_like, train
+from deploy_models import digits, mobilenet_like, train
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 

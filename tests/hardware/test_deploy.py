@@ -11,51 +11,7 @@ import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras, tf
 
-from models import concat_softmax, digits, mobilenet_like, train
-
-DENSE_PER_TENSOR = [{"match": "Dense", "weights": {"per_channel": False}}]
-SCHEMES = {
-    "minmax": {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True},
-               "activations": {"quantizer": "minmax", "bits": 8}, "overrides": DENSE_PER_TENSOR},
-    # LSQ at the paper's init (2·mean|x|/sqrt(Qp)): steps several times coarser than min-max at 8 bits,
-    # where a float simulation drifts from the deployed model (97.5% argmax agreement on mobilenet_like
-    # before the integer-kernel emulation); the emulation makes it exact.
-    "lsq": {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
-            "activations": {"quantizer": "lsq", "bits": 8}, "overrides": DENSE_PER_TENSOR},
-    "pact": {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
-             "activations": {"quantizer": "pact", "bits": 8}, "overrides": DENSE_PER_TENSOR},
-}
-BUILDERS = {"mobilenet_like": (mobilenet_like, True), "concat_softmax": (concat_softmax, False)}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
-@pytest.fixture(scope="module")
-def float_models(data):
-    xtr, ytr, _, _ = data
-    out = {}
-    for name, (builder, logits) in BUILDERS.items():
-        keras.utils.set_random_seed(0)
-        out[name] = train(builder(), xtr, ytr, epochs=6, from_logits=logits)
-    return out
-
-
-_QAT = {}
-
-
-def qat_model(float_models, data, model_name, quantizer, epochs=2):
-    """QAT model for (model, quantizer) on tflite_int8, fine-tuned ``epochs`` epochs (cached per module)."""
-    key = (model_name, quantizer)
-    if key not in _QAT:
-        xtr, ytr, _, _ = data
-        keras.utils.set_random_seed(0)
-        q = qresearch.quantize(float_models[model_name], SCHEMES[quantizer], hardware="tflite_int8",
-                               calibration_data=xtr[:256])
-        _QAT[key] = train(q, xtr, ytr, epochs=epochs, lr=1e-3, from_logits=BUILDERS[model_name][1])
-    return _QAT[key]
+from deploy_models import BUILDERS, qat_model, train
 
 
 def test_targets_without_runtime_refuse_to_pretend(data):

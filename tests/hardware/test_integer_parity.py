@@ -13,14 +13,9 @@ from qresearch import hardware as hw
 from qresearch._compat import keras
 from qresearch.schemes.build import set_kernels
 
-from models import digits, mobilenet_like, train
+import deploy_models
+from deploy_models import SCHEMES, qat_model, train
 
-PAPER_LSQ = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
-             "activations": {"quantizer": "lsq", "bits": 8},
-             "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
-PACT = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "narrow_range": True},
-        "activations": {"quantizer": "pact", "bits": 8},
-        "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
 
 
 def avgpool_cnn():
@@ -59,12 +54,12 @@ def keepdims_pool_cnn():
     return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
 
 
-@pytest.fixture(scope="module")
-def data():
-    return digits()
-
-
 _MODELS = {}
+
+
+def mobilenet_qat(float_models, data, quantizer):
+    """The session's MobileNet-like QAT model (6 float epochs, 2 QAT epochs), shared with test_deploy."""
+    return qat_model(float_models, data, "mobilenet_like", quantizer)
 
 
 def qat(data, builder, scheme):
@@ -78,12 +73,15 @@ def qat(data, builder, scheme):
     return _MODELS[key]
 
 
-@pytest.mark.parametrize("builder, scheme", [(mobilenet_like, PAPER_LSQ), (mobilenet_like, PACT),
-                                             (avgpool_cnn, PAPER_LSQ), (gated_cnn, PACT),
-                                             (keepdims_pool_cnn, PAPER_LSQ)],
+@pytest.mark.parametrize("builder, scheme", [(mobilenet_qat, "lsq"), (mobilenet_qat, "pact"),
+                                             (avgpool_cnn, "lsq"), (gated_cnn, "pact"),
+                                             (keepdims_pool_cnn, "lsq")],
                          ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact", "keepdims-lsq"])
-def test_simulated_outputs_equal_deployed_bit_for_bit(data, builder, scheme):
-    q = qat(data, builder, scheme)
+def test_simulated_outputs_equal_deployed_bit_for_bit(float_models, data, builder, scheme):
+    if builder is mobilenet_qat:
+        q = mobilenet_qat(float_models, data, scheme)
+    else:
+        q = qat(data, builder, SCHEMES[scheme])
     assert q.qresearch_info["kernels"] == "tflite_builtin"
     r = hw.verify(q, "tflite_int8", data[2], data[3])
     assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
@@ -92,10 +90,10 @@ def test_simulated_outputs_equal_deployed_bit_for_bit(data, builder, scheme):
     assert r["simulated_accuracy"] > 0.15  # above chance (10 classes): a working model, not a constant
 
 
-def test_float_simulation_drifts_where_the_emulation_does_not(data):
+def test_float_simulation_drifts_where_the_emulation_does_not(float_models, data):
     """The same model with the emulation off (float fake-quant inference) is not bit-exact: the
     emulation, not luck, makes the test above pass."""
-    q = qat(data, mobilenet_like, PAPER_LSQ)
+    q = mobilenet_qat(float_models, data, "lsq")
     try:
         set_kernels(q, None)
         r = hw.verify(q, "tflite_int8", data[2], data[3])
@@ -104,9 +102,9 @@ def test_float_simulation_drifts_where_the_emulation_does_not(data):
     assert r["max_abs_diff_lsb"] >= 1.0, r
 
 
-def test_training_forward_is_unchanged(data):
+def test_training_forward_is_unchanged(float_models, data):
     """Only inference is emulated: the training forward (and so every gradient) is the float one."""
-    q = qat(data, mobilenet_like, PACT)
+    q = mobilenet_qat(float_models, data, "pact")
     x = data[0][:64]
     with_kernels = np.asarray(q(x, training=True))
     set_kernels(q, None)
@@ -120,7 +118,9 @@ def test_training_forward_is_unchanged(data):
 
 
 def test_verify_emulates_the_kernel_set_it_runs(data):
-    q = qat(data, mobilenet_like, PAPER_LSQ)
+    # its own model (4 float epochs, 1 QAT epoch): XNNPACK's unemulated ADD gives 98.8% argmax agreement
+    # on the session's longer-trained one, under this test's 99% bound
+    q = qat(data, deploy_models.mobilenet_like, SCHEMES["lsq"])
     x, y = data[2][:256], data[3][:256]
     ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref")
     assert ref["max_abs_diff_lsb"] < 1e-3, ref
@@ -128,8 +128,8 @@ def test_verify_emulates_the_kernel_set_it_runs(data):
     assert xnn["max_abs_diff_lsb"] <= 4 and xnn["argmax_agreement"] >= 0.99
 
 
-def test_emulation_survives_save_and_load(data, tmp_path):
-    q = qat(data, mobilenet_like, PAPER_LSQ)
+def test_emulation_survives_save_and_load(float_models, data, tmp_path):
+    q = mobilenet_qat(float_models, data, "lsq")
     q.save(str(tmp_path / "m"))
     loaded = qresearch.load_model(str(tmp_path / "m"))
     x = data[2][:64]
@@ -138,8 +138,8 @@ def test_emulation_survives_save_and_load(data, tmp_path):
     assert r["max_abs_diff_lsb"] < 1e-3
 
 
-def test_quantize_without_emulation(data):
-    m = mobilenet_like()
+def test_quantize_without_emulation():
+    m = deploy_models.mobilenet_like()
     q = qresearch.quantize(m, "tflite_int8", hardware="tflite_int8", kernels=None)
     assert q.qresearch_info["kernels"] is None
     assert all("kernels" not in getattr(getattr(layer, "quantize_config", None), "info", {}) for layer in q.layers)

@@ -10,7 +10,7 @@ from qresearch._compat import keras, tf
 from qresearch.hardware.layer_checks import layer_kind
 from qresearch.schemes import QuantizeWrapper
 
-from models import digits
+from deploy_models import digits
 
 L = keras.layers
 

@@ -5,9 +5,17 @@ import numpy as np
 import pytest
 
 from qresearch._compat import keras, tf, tfmot
-from qresearch.quantizers import create
+from qresearch.quantizers import create, get, names
 
 QuantizeConfig = tfmot.quantization.keras.QuantizeConfig
+
+
+
+def built_in_quantizers():
+    """The quantizers qresearch itself registers (its own modules), without any plugin a test adds:
+    tests that cover every built-in take their list from the registry, so a new built-in needs no edit."""
+    return [n for n in names() if get(n).__module__.startswith("qresearch.quantizers.")]
+
 
 #: The weight each test layer quantizes.
 KERNEL_ATTR = {keras.layers.DepthwiseConv2D: "depthwise_kernel"}

@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
-from .conftest import build, run
+from .conftest import build, built_in_quantizers, run
 from qresearch._compat import keras
 from qresearch.quantizers import create
 
@@ -29,6 +29,10 @@ SPECS = {
     "dorefa": ({"name": "dorefa", "bits": 3}, None),
     "pot": ({"name": "pot", "bits": 4}, "min"),
 }
+
+
+def test_every_built_in_has_a_spec():
+    assert {spec["name"] for spec, _ in SPECS.values()} == set(built_in_quantizers())
 
 
 @pytest.mark.parametrize("layer_name", list(LAYERS))

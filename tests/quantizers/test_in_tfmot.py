@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from .conftest import KernelActivationConfig, quantize_model, small_cnn, toy_data
+from .conftest import KernelActivationConfig, built_in_quantizers, quantize_model, small_cnn, toy_data
 from qresearch._compat import keras
 
 CASES = {
@@ -25,8 +25,14 @@ def snapshot(model, fragments):
     return {v.name: v.numpy().copy() for v in model.weights if any(f in v.name for f in fragments)}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def test_every_built_in_has_a_case():
+    assert set(CASES) == set(built_in_quantizers())
+
+
+@pytest.mark.parametrize("name", built_in_quantizers())
 def test_trains_inside_tfmot(name):
+    if name not in CASES:
+        pytest.fail(f"built-in quantizer {name!r} has no case in CASES")
     weight_spec, act_spec, learned = CASES[name]
     x, y = toy_data(64)
     model = quantize_model(small_cnn(transpose=True), weight_spec, act_spec)
