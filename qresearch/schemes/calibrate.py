@@ -53,11 +53,27 @@ def _require_finite_batches(batches) -> None:
                        "cleaned; x[np.isfinite(x).reshape(len(x), -1).all(axis=1)] keeps the finite ones)")
 
 
+def _require_input_shapes(qat_model, batches) -> None:
+    """Keras' own message for a wrong shape ("Input 0 of layer ... is incompatible") names no fix."""
+    for x in batches[:1]:
+        if isinstance(x, dict):  # matched to inputs by name, in Keras' own way: leave it to Keras
+            return
+        for i, (arr, inp) in enumerate(zip(tf.nest.flatten(x), qat_model.inputs)):
+            want, got = tuple(inp.shape[1:]), tuple(np.shape(arr)[1:])
+            if len(want) != len(got) or any(w is not None and w != g for w, g in zip(want, got)):
+                which = "calibration_data" if len(qat_model.inputs) == 1 else f"calibration_data (model input {i})"
+                raise ConfigError(
+                    f"{which} has samples of shape {got}, but the model takes {want}. Fix: pass samples shaped "
+                    f"like the model's input (the training images, preprocessed the same way), as an array "
+                    f"(N, {', '.join(str(d) for d in want)}), (x, y), a list of batches or a tf.data.Dataset.")
+
+
 def calibrate(qat_model, data, max_batches: int = 8) -> int:
     """Initialise ranges and step sizes: quantizers in training mode, layers (BN, dropout) in
     inference mode, no weight update. Returns the number of batches seen."""
     batches = list(_batches(data, len(qat_model.inputs), max_batches))  # a few batches: checked before use
     _require_finite_batches(batches)
+    _require_input_shapes(qat_model, batches)
     n = 0
     with calibration_mode():
         for x in batches:

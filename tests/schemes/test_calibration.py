@@ -1,4 +1,6 @@
 """Calibration: a freshly quantized model predicts like the float model before any training step."""
+import re
+
 import numpy as np
 import pytest
 
@@ -73,6 +75,15 @@ def test_calibration_accepts_datasets_and_batches(trained):
     assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
     q = qresearch.quantize(model, "tflite_int8", calibration_data=[x_train[:16], x_train[16:32]])
     assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
+
+
+def test_calibration_data_of_another_shape_names_both_shapes_and_the_fix(trained):
+    model, x_train, *_ = trained
+    wrong = np.zeros((16, 5, 5, 2), np.float32)
+    shape = "(" + ", ".join(str(d) for d in M.SHAPE) + ")"
+    with pytest.raises(qresearch.ConfigError, match=rf"samples of shape \(5, 5, 2\), but the model takes "
+                                                     rf"{re.escape(shape)}\. Fix: pass samples shaped"):
+        qresearch.quantize(model, "tflite_int8", calibration_data=wrong)
 
 
 def test_model_inputs_start_from_the_data_with_pact(trained):
