@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--only steps,eval,memory,sweep] [--models lenet5,mobilenet_tiny] [--steps 20]``.
+"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed] [--models lenet5,mobilenet_tiny] [--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
    ``quantize_model`` and experimental n-bit scheme (4/4 bits), all measured in one process per model on
@@ -287,10 +287,14 @@ def _table(title: str, rows, value_key: str, value_label: str, scale: float, fmt
             print(f"|   {r['error'][:100]}")
 
 
+#: What ``make bench`` runs (``--only`` picks a subset).
+PARTS = ("steps", "eval", "memory", "sweep", "mixed")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None,
-                    help="comma-separated subset of steps,eval,memory,sweep (default: all)")
+                    help="comma-separated subset of steps,eval,memory,sweep,mixed (default: all)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model and round (median)")
@@ -302,8 +306,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.memory_worker:
         _memory_worker(args.memory_worker, tuple(int(s) for s in args.input.split(",")), args.batch, args.steps)
         return 0
-    parts = set(args.only.split(",")) if args.only else {"steps", "eval", "memory", "sweep"}
-    unknown = parts - {"steps", "eval", "memory", "sweep"}
+    parts = set(args.only.split(",")) if args.only else set(PARTS)
+    unknown = parts - set(PARTS)
     if unknown:
         ap.error(f"--only: unknown {sorted(unknown)}")
     names = [m for m in args.models.split(",") if m]
@@ -329,6 +333,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report.setdefault("memory", {})[model] = rows
             _table(f"peak bytes in use during a training step, {model} (x ref = x float)", rows, "peak_bytes",
                    "MiB", 1 / 2 ** 20, ".2f")
+
+    if "mixed" in parts:  # issue #14's comparison: mixed at uniform W3A3's BOPs vs uniform W3A3 and W4A4
+        from benchmarks import mixed
+
+        print("\nMixed precision (benchmarks/mixed.py, digits LeNet-5, every layer allocated, 2 seeds)", flush=True)
+        mixed.main(["--dataset", "digits", "--all-layers"])
 
     if "sweep" in parts:
         print(f"\nSweep wall time (smoke sweep: 2 schemes x 2 bit widths x 2 seeds = 8 jobs, lenet5 on digits, "
