@@ -104,6 +104,22 @@ def check_overrides(args: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
         raise ConfigError("\n".join(problems))
 
 
+def plugins_as_list(args: Sequence[str]) -> List[str]:
+    """``plugins=my_mod`` (or ``plugins=a,b``) -> ``plugins=[my_mod]`` / ``plugins=[a,b]``.
+
+    ``plugins`` is a list, and Hydra refuses a bare name for it ("Value 'str' is not a ListConfig"),
+    while one module without brackets is what users type first. A comma list here means several
+    modules together, not a sweep over plugin sets.
+    """
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        if sep and key.lstrip("+") == "plugins" and value and not value.startswith("["):
+            a = f"{key}=[{value}]"
+        out.append(a)
+    return out
+
+
 def with_implied_groups(args: Sequence[str]) -> List[str]:
     """``model._target_=pkg.build`` (or ``dataset._target_=...``) alone also picks ``model=custom``.
 

@@ -66,8 +66,9 @@ def flags_first(args: List[str]) -> List[str]:
 
 def cli(argv: Optional[List[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    # model._target_=... (or dataset._target_) alone also picks model=custom: see with_implied_groups
-    args = overrides.with_implied_groups(flags_first(list(args)))
+    # model._target_=... (or dataset._target_) alone also picks model=custom: see with_implied_groups;
+    # plugins=my_mod is read as plugins=[my_mod]
+    args = overrides.plugins_as_list(overrides.with_implied_groups(flags_first(list(args))))
     sys.argv[1:] = args
     try:
         # Before Hydra composes: every check from here on (override keys, the sweep's shared

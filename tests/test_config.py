@@ -241,6 +241,14 @@ def test_plugins_are_imported_before_the_sweep_is_checked(tmp_path, monkeypatch,
     assert "no job was started" in err and "'qr_no_such_module' could not be imported" in err and "PYTHONPATH" in err
 
 
+def test_a_plugin_without_brackets_is_a_list_of_one():
+    assert qoverrides.plugins_as_list(["plugins=my_mod", "seed=1"]) == ["plugins=[my_mod]", "seed=1"]
+    assert qoverrides.plugins_as_list(["+plugins=a,b.c"]) == ["+plugins=[a,b.c]"]
+    assert qoverrides.plugins_as_list(["plugins=[a]", "plugins="]) == ["plugins=[a]", "plugins="]
+    cfg = _compose(qoverrides.plugins_as_list(["plugins=json"]))  # composes: a list, as the schema wants
+    assert list(cfg.plugins) == ["json"]
+
+
 def test_plugins_from_the_command_line_and_the_environment(tmp_path, monkeypatch):
     from qresearch import plugins, quantizers
 
