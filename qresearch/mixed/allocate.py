@@ -188,17 +188,13 @@ def _milp(rows, sens, options, limits, base_bits, time_limit):
         a_rows.append(one_hot); lb.append(1); ub.append(1)
         if src is None or src == name:
             continue
-        for b in options[name]:  # sum_j z_{l,b,j} = x_{l,b}
+        # z_{l,b,bs} = x_{l,b} * x_{s,bs}, linearised: its row sums are x_{l,b}, its column sums x_{s,bs}
+        links = [(("x", name, b), [("z", name, b, bs) for bs in options[src]]) for b in options[name]]
+        links += [(("x", src, bs), [("z", name, b, bs) for b in options[name]]) for bs in options[src]]
+        for x_key, z_keys in links:  # sum of the z's = the x they belong to
             row = np.zeros(n)
-            row[index[("x", name, b)]] = -1
-            for bs in options[src]:
-                row[index[("z", name, b, bs)]] = 1
-            a_rows.append(row); lb.append(0); ub.append(0)
-        for bs in options[src]:  # sum_k z_{l,k,bs} = x_{s,bs}
-            row = np.zeros(n)
-            row[index[("x", src, bs)]] = -1
-            for b in options[name]:
-                row[index[("z", name, b, bs)]] = 1
+            row[index[x_key]] = -1
+            row[[index[z] for z in z_keys]] = 1
             a_rows.append(row); lb.append(0); ub.append(0)
     start = time.perf_counter()
     res = milp(c, constraints=LinearConstraint(np.array(a_rows), lb, ub), integrality=np.ones(n),
