@@ -26,7 +26,7 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
     accumulator_bits: 32
     rounding: half_away_from_zero   # the runtime's rounding (documentation + reports)
     kernels: tflite_builtin         # integer kernel set the simulation emulates in inference
-                                    # (schemes/integer.py KERNELS) | none: float fake-quant only
+                                    # (qresearch.kernels KERNELS) | none: float fake-quant only
     fixed_output_ranges:            # op -> stored (scale, zero_point) of its output
       softmax: {scale: 0.00390625, zero_point: -128}
 """
@@ -258,7 +258,7 @@ class Target:
         rounding = _choice(d.get("rounding", "half_away_from_zero"), ROUNDINGS, source, "rounding")
         kernels = d.get("kernels", "none")
         if kernels != "none":
-            from qresearch.schemes.integer import KERNELS
+            from qresearch.kernels import KERNELS  # here, not at the top: target data loads without TensorFlow
 
             _choice(kernels, tuple(KERNELS.names()) + ("none",), source, "kernels")
         flb = d.get("first_last_bits")

@@ -11,7 +11,7 @@ import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras, tf
 from qresearch.hardware.deploy import make_interpreter, quantize_input, run_tflite
-from qresearch.schemes.integer import emulated_kernels
+from qresearch.kernels import emulated_kernels
 
 from deploy_models import digits, mobilenet_like, train
 
