@@ -21,7 +21,7 @@ def exporting() -> bool:
     ``trace_model_call``, sets the same flag). ``predict``/``model(x)`` never run with it, so inference
     keeps the emulation and a SavedModel's graphs (what ``from_saved_model`` reads) are FakeQuant graphs.
     """
-    return getattr(_state, "exporting", False) or in_saving_trace()
+    return bool(getattr(_state, "exporting", False)) or in_saving_trace()
 
 
 def in_saving_trace() -> bool:
@@ -39,29 +39,28 @@ def in_saving_trace() -> bool:
 
 
 @contextlib.contextmanager
+def _state_set(key: str, value):
+    old = getattr(_state, key, None)
+    setattr(_state, key, value)
+    try:
+        yield
+    finally:
+        setattr(_state, key, old)
+
+
 def export_mode():
     """Layers build the plain FakeQuant graph, not the emulation (entered by ``QATModel`` when a saving trace
-    calls it; also usable to trace an export function by hand)."""
-    old = getattr(_state, "exporting", False)
-    _state.exporting = True
-    try:
-        yield
-    finally:
-        _state.exporting = old
+    calls it; also usable to trace an export function by hand). A context manager."""
+    return _state_set("exporting", True)
 
 
-@contextlib.contextmanager
 def emulated_kernels(name: Optional[str]):
     """Emulate kernel set ``name`` (or none: ``"none"``) instead of each layer's own, e.g. to compare
-    with another LiteRT kernel set (``verify(kernels=...)``). Applies to eager calls and new traces."""
+    with another LiteRT kernel set (``verify(kernels=...)``). Applies to eager calls and new traces.
+    A context manager."""
     if name not in (None, "none"):
         KERNELS.get(name)  # an unknown name fails here, with the known ones listed
-    old = getattr(_state, "override", None)
-    _state.override = name
-    try:
-        yield
-    finally:
-        _state.override = old
+    return _state_set("override", name)
 
 
 def active_kernels(own: Optional[str]) -> Optional[IntegerKernels]:
