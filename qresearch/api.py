@@ -12,7 +12,7 @@ from typing import List, Optional
 from qresearch._compat import ensure_keras2_model
 from qresearch.hardware import layer_checks
 from qresearch.hardware.constrain import constrain
-from qresearch.hardware.registry import get as get_target
+from qresearch.hardware.registry import get as get_target, register_kernels
 from qresearch.schemes import presets
 from qresearch.schemes.build import build, set_kernels
 from qresearch.schemes.calibrate import calibrate
@@ -22,7 +22,7 @@ from qresearch.schemes.passes import make_plan, read_model
 
 def _kernel_set(kernels, target) -> Optional[str]:
     if kernels == "target":
-        kernels = target.kernels if target is not None else None
+        kernels = register_kernels(target).kernels if target is not None else None
     if kernels in (None, "none"):
         return None
     KERNELS.get(kernels)  # unknown names fail here, with the known ones listed

@@ -41,6 +41,7 @@ NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download"
 #: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
+                   "hardware.pipeline.accumulator_bits",  # the x-axis of the accumulator-width panel
                    # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
                    "model._target_")

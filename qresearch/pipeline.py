@@ -94,6 +94,8 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         target, spec, rec["coercions"] = stages.check_scheme(exp)
         rec["scheme"] = spec
         rec["labels"].update(stages.role_bits(spec))
+        if target is not None and target.pipeline is not None:  # the simulated hardware's accumulator width
+            rec["labels"]["accumulator_bits"] = target.pipeline.accumulator_bits
         if rec.logger is not None:
             rec.logger.summary({"labels": rec["labels"]})
 
@@ -123,8 +125,14 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
                    step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
 
     with rec.stage("qat_eval"):
-        rec.metric(qat_accuracy=stages.evaluate_qat(exp, qat_model, ds))
-        log.info("QAT accuracy %.4f", rec["metrics"]["qat_accuracy"])
+        metrics, hardware_facts = stages.evaluate_qat(exp, qat_model, ds, target)
+        rec.metric(**metrics)
+        rec.data.update(hardware_facts)
+        if "qat_fakequant_accuracy" in metrics:
+            log.info("QAT accuracy %.4f (%s; float fake-quant %.4f)", metrics["qat_accuracy"],
+                     hardware_facts["simulated"], metrics["qat_fakequant_accuracy"])
+        else:
+            log.info("QAT accuracy %.4f", rec["metrics"]["qat_accuracy"])
         if exp.save_model:
             qat_model.save(str(rec.ctx.output_dir / "qat_model"))
 

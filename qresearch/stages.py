@@ -133,10 +133,28 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
                         log_fn=log_fn)
 
 
-def evaluate_qat(exp: Experiment, qat_model, ds) -> float:
-    from qresearch import training
+ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)
 
-    return training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+
+def evaluate_qat(exp: Experiment, qat_model, ds, target) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """QAT accuracy (for a target whose kernels the model emulates: the simulated hardware's integer
+    result) and, then, the float fake-quant accuracy beside it and the per-layer accumulator statistics
+    on the first test images. Returns (metrics, {"accumulators": ...} or {})."""
+    from qresearch import kernels, training
+
+    batch = int(exp.training.eval_batch_size)
+    metrics: Dict[str, Any] = {"qat_accuracy": training.accuracy(qat_model, ds.x_test, ds.y_test, batch)}
+    emulated = (getattr(qat_model, "qresearch_info", None) or {}).get("kernels")
+    if not emulated:
+        return metrics, {}
+    with kernels.emulated_kernels("none"):
+        metrics["qat_fakequant_accuracy"] = training.accuracy(qat_model, ds.x_test, ds.y_test, batch)
+    stats = kernels.accumulator_stats(qat_model, ds.x_test[:ACCUMULATOR_SAMPLES], batch_size=batch)
+    if stats:
+        metrics["accumulator_overflow_fraction"] = max(s["overflow_fraction"] for s in stats.values())
+        metrics["accumulator_bits_needed"] = max(s["bits_needed"] for s in stats.values())
+    return metrics, {"simulated": f"simulated {target.name if target is not None else emulated} ({emulated} kernels)",
+                     "accumulators": stats}
 
 
 def deploy(exp: Experiment, qat_model, target, ds) -> Dict[str, Any]:

@@ -12,7 +12,10 @@ Layout (one job each):
 - ``grid``: integer grids from FakeQuant ranges; ``fixed_point``: multipliers and requantization roundings;
 - ``tflite_ops``: the int8 arithmetic of each TFLite op and the table of op handlers ``TFLITE_OPS``;
 - ``runtime``: ``IntegerKernels`` (a kernel set: rounding rules + op table) and the ``KERNELS`` registry;
-- ``builtin``: the registered TFLite kernel sets; ``modes``: when the emulation runs.
+- ``builtin``: the registered TFLite kernel sets; ``modes``: when the emulation runs;
+- ``pipeline``: kernel sets built from a hardware target's ``pipeline:`` data (accumulator width and
+  overflow, bias width, fixed-point or shift requantization and its rounding, which ops run integer);
+- ``stats``: per-layer accumulator statistics on real data (``accumulator_stats``).
 
 This package sits between ``quantizers`` and ``schemes``: it imports only ``quantizers`` and below.
 """
@@ -22,11 +25,13 @@ from qresearch.kernels.modes import active_kernels, emulated_kernels, export_mod
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
 from qresearch.kernels.tflite_ops import (CONV_OPS, FUSED_ACTIVATIONS, MAX_SOFTMAX_CLASSES, TFLITE_OPS, OpCall,
                                           average_pool, average_pool_counts, mean, mean_keepdims, softmax)
+from qresearch.kernels.pipeline import PipelineKernels, pipeline_kernels
+from qresearch.kernels.stats import accumulator_stats
 from qresearch.kernels import builtin  # noqa: F401  (registers the TFLite kernel sets)
 
 __all__ = [
     "CONV_OPS", "FUSED_ACTIVATIONS", "Grid", "IntegerKernels", "KERNELS", "MAX_SOFTMAX_CLASSES", "OpCall",
-    "TFLITE_OPS", "active_kernels", "average_pool", "average_pool_counts", "emulated_kernels", "export_mode",
+    "PipelineKernels", "TFLITE_OPS", "accumulator_stats", "active_kernels", "pipeline_kernels", "average_pool", "average_pool_counts", "emulated_kernels", "export_mode",
     "exporting", "fake_quant_range", "grid_of", "grid_of_quantizer", "in_saving_trace", "mean", "mean_keepdims",
     "quantize_multiplier", "round_half_away", "softmax", "srdhm",
 ]

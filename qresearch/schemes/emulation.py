@@ -106,9 +106,9 @@ class IntegerEmulation:
         if w_range is None:
             return self._float_call(inputs, False, kwargs)
         w_grid = K.grid_of(*w_range)
-        acc = self._integer_accumulator(inputs, kwargs, plan, in_grid, w_grid)
+        acc = self._integer_accumulator(inputs, kwargs, kernels, plan, in_grid, w_grid)
         out_q, out_v = plan.out
-        attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]))
+        attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name)
         y = out_q(handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs)), False, weights=out_v)
         fn = getattr(self.layer, "activation", None)
         if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
@@ -123,10 +123,10 @@ class IntegerEmulation:
             y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
         return self._q(final[0], y, False, final[1])
 
-    def _integer_accumulator(self, inputs, kwargs, plan: Plan, in_grid, w_grid):
+    def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
         """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
         offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
-        rounded onto ``S_in·S_w`` as the converter stores it."""
+        quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores it)."""
         weight, wq, wv = plan.weight
         attr = next(iter(self.quantize_config.weights))
         w_scale = tf.cast(w_grid.scale, tf.float32)
@@ -155,7 +155,7 @@ class IntegerEmulation:
         acc = tf.cast(tf.round(y), tf.int64)
         if bias is not None:
             s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
-            acc += tf.cast(K.round_half_away(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias), tf.int64)
+            acc += kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
         return acc
 
 
