@@ -43,7 +43,9 @@ COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "sc
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
                    # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
-                   "model._target_")
+                   "model._target_",
+                   # a mixed run's budget and base algorithm place it on the accuracy-vs-cost axes
+                   "mixed.budget.bops", "mixed.budget.memory", "mixed.algorithm", "precision")
 #: Override keys left out of a sweep job's folder name: conf/config.yaml's
 #: ``hydra.job.config.override_dirname.exclude_keys`` must equal this list (a test checks). Hydra
 #: matches them exactly, so the non-semantic keys are listed with the sub-keys a user sets.
@@ -119,6 +121,33 @@ class PathsConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """A mixed-precision budget: ONE of the two, a fraction in (0, 1] of the all-8-bit cost."""
+    bops: Optional[float] = None     # bit operations (MACs x weight bits x input activation bits)
+    memory: Optional[float] = None   # weight memory (bits)
+
+
+@dataclass
+class MixedConfig:
+    """Mixed precision (``scheme=mixed mixed.budget.bops=0.25``): per-layer widths chosen under a budget by
+    ``qresearch.mixed.search`` between the float baseline and PTQ. Off while no budget is set."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    algorithm: Optional[str] = None  # scheme preset whose quantizers the widths use; null: the run's scheme
+    bits: Optional[List[int]] = None  # candidate widths; null: the target's allowed widths (no target: 8,4,3,2)
+    sensitivity: str = "measured"    # a name in qresearch.mixed.search.SENSITIVITY: measured | hessian
+    samples: int = 256               # seeded training images the sensitivity is measured on
+    solver: str = "ilp"              # ilp (scipy milp; greedy when it finds nothing) | greedy
+
+    @property
+    def enabled(self) -> bool:
+        return self.budget.bops is not None or self.budget.memory is not None
+
+    def budget_dict(self) -> Dict[str, float]:
+        """``{"bops": f}`` or ``{"memory": f}``, as ``qresearch.mixed.allocate`` takes it."""
+        return {k: v for k, v in dataclasses.asdict(self.budget).items() if v is not None}
+
+
+@dataclass
 class Config:
     seed: int = 0
     sweep_name: str = "adhoc"
@@ -135,6 +164,7 @@ class Config:
     model: Any = MISSING
     scheme: Any = MISSING
     hardware: Any = None             # none (`~hardware` on the command line): the scheme as written, no deployment
+    mixed: MixedConfig = field(default_factory=MixedConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -193,7 +223,11 @@ def config_hash(cfg) -> str:
 
 
 def _hash_of(data: Mapping[str, Any]) -> str:
-    return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
+    # mixed precision off (no budget): its node changes nothing, and leaving it out keeps the hashes of
+    # runs recorded before it existed (a resumed sweep still finds them)
+    mixed = data.get("mixed") or {}
+    off = not any(v is not None for v in (mixed.get("budget") or {}).values())
+    return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and off)})
 
 
 # ------------------------------------------------------------------ the typed boundary
@@ -210,6 +244,7 @@ class Experiment:
     hardware: Optional[Dict[str, Any]]
     training: TrainingConfig
     logger: LoggerConfig
+    mixed: MixedConfig
     paths: PathsConfig
     sweep_name: str = "adhoc"
     resume: bool = True
@@ -265,7 +300,18 @@ def experiment(cfg) -> Experiment:
                       model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
                       hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
                       logger=_typed(LoggerConfig, data.get("logger")), paths=_typed(PathsConfig, data.get("paths")),
-                      **flags)
+                      mixed=mixed_config(data.get("mixed")), **flags)
+
+
+def mixed_config(data: Optional[Mapping[str, Any]]) -> MixedConfig:
+    """A MixedConfig from plain data; keys it does not have are kept for ``validate`` to name."""
+    d = dict(data or {})
+    budget = d.pop("budget", None) or {}
+    cfg = _typed(MixedConfig, d, budget=_typed(BudgetConfig, budget) if isinstance(budget, Mapping) else budget)
+    object.__setattr__(cfg, "_unknown", sorted(set(d) - {f.name for f in dataclasses.fields(MixedConfig)})
+                       + [f"budget.{k}" for k in (sorted(set(budget) - {"bops", "memory"})
+                                                  if isinstance(budget, Mapping) else [])])
+    return cfg
 
 
 # ------------------------------------------------------------------ semantic validation
@@ -321,6 +367,45 @@ def validate(cfg, check_data: bool = True) -> None:
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     if exp.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
+    validate_mixed(exp.mixed)
+
+
+def validate_mixed(m: MixedConfig) -> None:
+    """The ``mixed`` node's checks (no data needed): each error names the field and the fix."""
+    example = "e.g. mixed.budget.bops=0.25 (a quarter of the all-8-bit BOPs) or mixed.budget.memory=0.3"
+    unknown = getattr(m, "_unknown", [])
+    if unknown:
+        valid = "budget.bops, budget.memory" if unknown[0].startswith("budget.") else \
+            ", ".join(f.name for f in dataclasses.fields(MixedConfig))
+        raise ConfigError(f"mixed.{unknown[0]} is not a mixed-precision setting; valid: {valid} ({example})")
+    if not isinstance(m.budget, BudgetConfig):
+        raise ConfigError(f"mixed.budget must be a mapping with bops or memory, got {m.budget!r} ({example})")
+    given = m.budget_dict()
+    if len(given) > 1:
+        raise ConfigError(f"mixed.budget sets both bops ({m.budget.bops}) and memory ({m.budget.memory}): give one "
+                          f"of them (set the other to null), {example}")
+    for kind, frac in given.items():
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise ConfigError(f"mixed.budget.{kind} must be a fraction in (0, 1] of the all-8-bit cost, got {frac!r} "
+                              f"({example}; 1 = the 8-bit cost itself)")
+    if not m.enabled:
+        return
+    from qresearch.mixed.search import SENSITIVITY, SOLVERS
+    from qresearch.schemes import names as scheme_names
+
+    if m.sensitivity not in SENSITIVITY:
+        raise _choice_error("mixed.sensitivity", m.sensitivity, SENSITIVITY)
+    if m.solver not in SOLVERS:
+        raise _choice_error("mixed.solver", m.solver, SOLVERS)
+    if m.algorithm is not None and m.algorithm not in scheme_names():
+        raise _choice_error("mixed.algorithm", m.algorithm, scheme_names(),
+                            "a scheme preset (conf/scheme/NAME.yaml or qresearch.schemes.register)")
+    if m.bits is not None:
+        if not m.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16 for b in m.bits):
+            raise ConfigError(f"mixed.bits must be a non-empty list of integer widths in [2, 16], got {m.bits!r} "
+                              f"(e.g. mixed.bits=[8,4,3,2]; null: the target's allowed widths)")
+    if isinstance(m.samples, bool) or not isinstance(m.samples, int) or m.samples < 1:
+        raise ConfigError(f"mixed.samples must be a positive integer (training images), got {m.samples!r}")
 
 
 ROLE_BITS_KEYS = ("scheme.weights.bits", "scheme.activations.bits")

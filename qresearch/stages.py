@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from qresearch.config import Experiment
 
 log = logging.getLogger("qresearch.run")
@@ -58,18 +60,88 @@ def setup_tf(exp: Experiment) -> None:
             pass
 
 
-def check_scheme(exp: Experiment) -> Tuple[Any, Dict[str, Any], List[str]]:
-    """Validate the scheme and check it against the target, the one time a run does (``quantize`` is
-    told so). Returns (target or None, effective scheme dict, coercions); fails in milliseconds."""
+def base_scheme(exp: Experiment) -> Dict[str, Any]:
+    """The scheme as configured: ``mixed.algorithm``'s preset when set (its quantizers, the ``bits``
+    shorthand applied), else the ``scheme`` node."""
+    if not exp.mixed.algorithm:
+        return exp.scheme
+    from qresearch import schemes
+    from qresearch.config import with_bits
+
+    return with_bits(schemes.get(exp.mixed.algorithm).to_dict(), exp.bits)
+
+
+def check_scheme(exp: Experiment, scheme: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, Any], List[str]]:
+    """Validate the scheme (default: ``base_scheme``) and check it against the target, the one time a run
+    does (``quantize`` is told so). Returns (target or None, effective scheme dict, coercions); fails in
+    milliseconds."""
     from qresearch import hardware, schemes
 
-    schemes.SchemeSpec.from_dict(exp.scheme)
+    scheme = base_scheme(exp) if scheme is None else scheme
+    schemes.SchemeSpec.from_dict(scheme)
     if not exp.hardware:
-        return None, exp.scheme, []
+        return None, scheme, []
     target = hardware.get(exp.hardware)
-    constrained, coercions = hardware.constrain(exp.scheme, target, adapt=exp.adapt, adapt_bits=exp.adapt_bits)
+    constrained, coercions = hardware.constrain(scheme, target, adapt=exp.adapt, adapt_bits=exp.adapt_bits)
     eff = constrained.to_dict() if hasattr(constrained, "to_dict") else dict(constrained)
     return target, eff, list(coercions)
+
+
+def mixed_search(exp: Experiment, float_model, ds, spec: Dict[str, Any], target
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any], List[str]]:
+    """Per-layer widths under ``exp.mixed``'s budget (``qresearch.mixed.search`` on the float model and
+    seeded training images), as a plain scheme checked against the target like any other.
+    Returns (the scheme PTQ/QAT use, the record's ``mixed`` entry, the check's coercions)."""
+    from qresearch import mixed
+
+    m = exp.mixed
+    seed = int(exp.seed)
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(ds.x_train))[: int(m.samples)])
+    data = (ds.x_train[idx], ds.y_train[idx])
+    calib = ds.calibration(int(exp.training.calibration_samples), seed)
+    bits = mixed.candidate_widths(m.bits, target)
+    out = mixed.search(float_model, data, spec, m.budget_dict(), bits=bits, target=target, method=m.sensitivity,
+                       solver=m.solver, calibration_data=calib)
+    _, checked, coercions = check_scheme(exp, out["scheme"])  # per-layer widths against the target
+    alloc = out["allocation"]
+    record = {"budget": m.budget_dict(), "algorithm": m.algorithm or algorithm_name(spec), "bits": bits,
+              "sensitivity_method": m.sensitivity, "samples": int(len(idx)),
+              "solver": alloc["solver"], "widths": out["widths"],
+              "totals": out["cost"]["totals"], "reference": out["reference"]["totals"],
+              "allocation": {k: v for k, v in alloc.items() if k != "widths"},
+              "sensitivity": out["sensitivity"].get("scores")}
+    return checked, _plain(record), coercions
+
+
+def _plain(obj):
+    """JSON-safe: numpy scalars to Python numbers, int keys (widths in scores) to strings."""
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def budget_label(budget: Dict[str, float]) -> str:
+    """``{"bops": 0.25}`` -> ``"bops=0.25"``: a mixed run's place on the cost axes."""
+    return ",".join(f"{k}={v:g}" for k, v in sorted(budget.items()))
+
+
+def model_cost(float_model, qat_model, target) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """The cost model at the widths the QAT model really has (every scheme, not only mixed): totals, per
+    layer, the all-8-bit reference and the text table; and the metrics the report plots (ratios against
+    all-8-bit). A target with a ``costs:`` table adds ``table_cost``."""
+    from qresearch import mixed
+
+    c = mixed.qat_cost(float_model, qat_model, table=target)
+    ref = mixed.cost(float_model, table=target)["totals"]
+    t = c["totals"]
+    ratio = lambda k: (t[k] / ref[k]) if ref.get(k) else None  # noqa: E731
+    metrics = {"bops": t["bops"], "bops_ratio": ratio("bops"), "cost_weight_bits": t["weight_bits"],
+               "weight_bits_ratio": ratio("weight_bits"), "activation_bits": t["activation_bits"],
+               "activation_peak_bits": t["activation_peak_bits"], "macs": t["macs"]}
+    if "table_cost" in t:
+        metrics.update(table_cost=t["table_cost"], table_cost_ratio=ratio("table_cost"))
+    return {"totals": t, "layers": c["layers"], "reference": ref, "text": mixed.format_table(c)}, metrics
 
 
 def load_data(exp: Experiment):

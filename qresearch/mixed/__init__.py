@@ -11,8 +11,8 @@ from qresearch.mixed.allocate import allocate, assignment_cost, brute_force, par
 from qresearch.mixed.scheme import to_scheme
 from qresearch.mixed.realized import qat_cost, qat_widths
 from qresearch.mixed.sensitivity import evaluate, hessian_sensitivity, hutchinson_traces, sensitivity
-from qresearch.mixed.search import allowed_widths, search
+from qresearch.mixed.search import DEFAULT_BITS, allowed_widths, candidate_widths, search
 
-__all__ = ["CostTable", "Widths", "allocate", "allowed_widths", "assignment_cost", "brute_force",
+__all__ = ["CostTable", "DEFAULT_BITS", "Widths", "allocate", "allowed_widths", "candidate_widths", "assignment_cost", "brute_force",
            "compute_layers", "cost", "evaluate", "format_table", "hessian_sensitivity", "hutchinson_traces",
            "parse_budget", "qat_cost", "qat_widths", "reference_cost", "register_mac_rule", "search", "sensitivity", "to_scheme", "totals"]

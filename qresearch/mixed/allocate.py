@@ -32,6 +32,7 @@ from qresearch.errors import ConfigError
 
 _log = logging.getLogger(__name__)
 COST_KINDS = ("bops", "memory")
+SOLVERS = ("ilp", "greedy")
 REFERENCE_BITS = 8
 
 

@@ -4,13 +4,22 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence
 
 from qresearch.errors import ConfigError
-from qresearch.mixed.allocate import allocate
+from qresearch.mixed.allocate import SOLVERS, allocate  # noqa: F401  (SOLVERS: the config's valid names)
 from qresearch.mixed.cost import cost
 from qresearch.mixed.graph import compute_layers
 from qresearch.mixed.scheme import base_spec, to_scheme
 from qresearch.mixed.sensitivity import hessian_sensitivity, sensitivity
 
 SENSITIVITY = {"measured": sensitivity, "hessian": hessian_sensitivity}
+DEFAULT_BITS = (8, 4, 3, 2)  # candidates when neither the run nor its target says
+
+
+def candidate_widths(bits=None, target=None) -> list:
+    """The run's candidates: ``bits`` if given, else the target's widths for weights and activations
+    both, else ``DEFAULT_BITS``; always intersected with the target's (``allowed_widths``)."""
+    if bits is None and target is not None:
+        bits = sorted(set(target.weights.bits) & set(target.activations.bits)) or DEFAULT_BITS
+    return allowed_widths(DEFAULT_BITS if bits is None else bits, target)
 
 
 def allowed_widths(bits: Sequence[int], target=None) -> list:
