@@ -137,10 +137,6 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         rec.metric(**metrics)
         rec.data.update(facts)
         log.info("PTQ accuracy %.4f", metrics["ptq_accuracy"])
-        cost, cost_metrics = stages.model_cost(float_model, qat_model, target)
-        log.info("cost at the widths the QAT model has:\n%s", cost.pop("text"))
-        rec["cost"] = cost
-        rec.metric(**cost_metrics)
 
     with rec.stage("qat"):
         fit = stages.qat(exp, qat_model, ds, log_fn)

@@ -126,14 +126,11 @@ def budget_label(budget: Dict[str, float]) -> str:
     return ",".join(f"{k}={v:g}" for k, v in sorted(budget.items()))
 
 
-def model_cost(float_model, qat_model, target) -> Tuple[Dict[str, Any], Dict[str, Any]]:
-    """The cost model at the widths the QAT model really has (every scheme, not only mixed): totals, per
-    layer, the all-8-bit reference and the text table; and the metrics the report plots (ratios against
-    all-8-bit). A target with a ``costs:`` table adds ``table_cost``."""
-    from qresearch import mixed
-
-    c = mixed.qat_cost(float_model, qat_model, table=target)
-    ref = mixed.cost(float_model, table=target)["totals"]
+def cost_facts(report: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """From ``mixed.describe``'s report: the record's ``cost`` (totals at the widths the QAT model really
+    has, per layer, the all-8-bit reference) and the metrics the report plots (ratios against all-8-bit;
+    ``table_cost`` when the target has a ``costs:`` table). Every scheme has them, not only mixed."""
+    c, ref = report["cost"], report["cost_reference"]
     t = c["totals"]
     ratio = lambda k: (t[k] / ref[k]) if ref.get(k) else None  # noqa: E731
     metrics = {"bops": t["bops"], "bops_ratio": ratio("bops"), "cost_weight_bits": t["weight_bits"],
@@ -141,7 +138,7 @@ def model_cost(float_model, qat_model, target) -> Tuple[Dict[str, Any], Dict[str
                "activation_peak_bits": t["activation_peak_bits"], "macs": t["macs"]}
     if "table_cost" in t:
         metrics.update(table_cost=t["table_cost"], table_cost_ratio=ratio("table_cost"))
-    return {"totals": t, "layers": c["layers"], "reference": ref, "text": mixed.format_table(c)}, metrics
+    return {"totals": t, "layers": c["layers"], "reference": ref}, metrics
 
 
 def load_data(exp: Experiment):
@@ -181,20 +178,24 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
 
 
 def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
-    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts)."""
+    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts);
+    the facts hold ``cost`` (``cost_facts``) and the metrics its totals."""
     import qresearch
-    from qresearch import schemes, training
+    from qresearch import mixed, training
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
     qat_model = qresearch.quantize(float_model, spec, hardware=target, calibration_data=calib, adapt=exp.adapt,
                                    constrained=True)
     acc = training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
-    report = schemes.describe(qat_model)
+    report = mixed.describe(qat_model, float_model, table=target)
+    log.info("%s", report["sections"]["cost"])
     memory = dict(report.get("memory") or {})
+    cost, cost_metrics = cost_facts(report)
     metrics = {"ptq_accuracy": acc, "weight_memory_bits": memory.get("quantized_bits"),
-               "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio")}
+               "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio"),
+               **cost_metrics}
     return qat_model, metrics, {"quantized_layers": len(report.get("layers") or []),
-                                "float_layers": report.get("float_layers")}
+                                "float_layers": report.get("float_layers"), "cost": cost}
 
 
 def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
