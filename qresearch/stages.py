@@ -135,6 +135,7 @@ def cost_facts(report: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     ratio = lambda k: (t[k] / ref[k]) if ref.get(k) else None  # noqa: E731
     metrics = {"bops": t["bops"], "bops_ratio": ratio("bops"), "cost_weight_bits": t["weight_bits"],
                "weight_bits_ratio": ratio("weight_bits"), "activation_bits": t["activation_bits"],
+               "activation_bits_ratio": ratio("activation_bits"),
                "activation_peak_bits": t["activation_peak_bits"], "macs": t["macs"]}
     if "table_cost" in t:
         metrics.update(table_cost=t["table_cost"], table_cost_ratio=ratio("table_cost"))
