@@ -37,7 +37,7 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plug
 #: Keys (and their sub-keys) that change how a run is carried out or described, not its numbers:
 #: in its identity hash, but never in its variant label.
 NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download", "dataset.cache_dir",
-                  "hardware.description", "training.verbose")
+                  "hardware.description", "training.verbose", "scheme.name")
 #: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",

@@ -67,8 +67,14 @@ def flatten(rec: Dict[str, Any]) -> Dict[str, Any]:
         if ver.get("git_commit") else ""
     row["algorithm"] = row.get("algorithm") or "?"
     row["variant"] = row["algorithm"]
-    row["_config"] = dotted(rec.get("config") or {})
+    config = dotted(rec.get("config") or {})
+    if not row.get("mixed_budget"):  # mixed precision off: its settings changed nothing in this run
+        config = {k: v for k, v in config.items() if not k.startswith(MIXED_PREFIX)}
+    row["_config"] = config
     return row
+
+
+MIXED_PREFIX = "mixed."
 
 
 def dotted(d: Any, prefix: str = "") -> Dict[str, str]:
@@ -94,8 +100,10 @@ def assign_variants(rows: List[Dict[str, Any]]) -> None:
         # *because* of an odd value) adds only its own odd values to its label, not to the others'.
         done = [r for r in grp if r["status"] == COMPLETED] or grp
         keys = set().union(*(r["_config"].keys() for r in grp))
+        # a mixed-precision setting (mixed.bits) tells mixed runs apart, not a mixed run from a uniform one
+        among = lambda k: [r for r in done if r.get("mixed_budget")] if k.startswith(MIXED_PREFIX) else done  # noqa
         varying = sorted(k for k in keys if not is_coordinate(k)
-                         and len({r["_config"].get(k) for r in done}) > 1)
+                         and len({r["_config"].get(k) for r in among(k)}) > 1)
         seen = {k: {r["_config"].get(k) for r in done} for k in keys if not is_coordinate(k)}
         for r in grp:
             extra = list(varying)
