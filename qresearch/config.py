@@ -122,9 +122,10 @@ class PathsConfig:
 
 @dataclass
 class BudgetConfig:
-    """A mixed-precision budget: ONE of the two, a fraction in (0, 1] of the all-8-bit cost."""
+    """A mixed-precision budget: ONE of these, a fraction in (0, 1] of the all-8-bit cost."""
     bops: Optional[float] = None     # bit operations (MACs x weight bits x input activation bits)
     memory: Optional[float] = None   # weight memory (bits)
+    table_cost: Optional[float] = None  # the target's own cost table (its YAML's costs:)
 
 
 @dataclass
@@ -309,7 +310,7 @@ def mixed_config(data: Optional[Mapping[str, Any]]) -> MixedConfig:
     budget = d.pop("budget", None) or {}
     cfg = _typed(MixedConfig, d, budget=_typed(BudgetConfig, budget) if isinstance(budget, Mapping) else budget)
     object.__setattr__(cfg, "_unknown", sorted(set(d) - {f.name for f in dataclasses.fields(MixedConfig)})
-                       + [f"budget.{k}" for k in (sorted(set(budget) - {"bops", "memory"})
+                       + [f"budget.{k}" for k in (sorted(set(budget) - {f.name for f in dataclasses.fields(BudgetConfig)})
                                                   if isinstance(budget, Mapping) else [])])
     return cfg
 
@@ -375,15 +376,15 @@ def validate_mixed(m: MixedConfig) -> None:
     example = "e.g. mixed.budget.bops=0.25 (a quarter of the all-8-bit BOPs) or mixed.budget.memory=0.3"
     unknown = getattr(m, "_unknown", [])
     if unknown:
-        valid = "budget.bops, budget.memory" if unknown[0].startswith("budget.") else \
+        valid = "budget.bops, budget.memory, budget.table_cost" if unknown[0].startswith("budget.") else \
             ", ".join(f.name for f in dataclasses.fields(MixedConfig))
         raise ConfigError(f"mixed.{unknown[0]} is not a mixed-precision setting; valid: {valid} ({example})")
     if not isinstance(m.budget, BudgetConfig):
         raise ConfigError(f"mixed.budget must be a mapping with bops or memory, got {m.budget!r} ({example})")
     given = m.budget_dict()
     if len(given) > 1:
-        raise ConfigError(f"mixed.budget sets both bops ({m.budget.bops}) and memory ({m.budget.memory}): give one "
-                          f"of them (set the other to null), {example}")
+        raise ConfigError(f"mixed.budget sets {' and '.join(f'{k} ({v})' for k, v in given.items())}: give one of "
+                          f"them (set the others to null), {example}")
     for kind, frac in given.items():
         if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
             raise ConfigError(f"mixed.budget.{kind} must be a fraction in (0, 1] of the all-8-bit cost, got {frac!r} "

@@ -87,6 +87,17 @@ def check_scheme(exp: Experiment, scheme: Optional[Dict[str, Any]] = None) -> Tu
     return target, eff, list(coercions)
 
 
+def check_mixed(exp: Experiment, target) -> None:
+    """What ``config.validate_mixed`` cannot see: a ``table_cost`` budget needs a target with a cost table."""
+    from qresearch.errors import ConfigError
+
+    if exp.mixed.budget.table_cost is not None and (target is None or target.costs is None):
+        name = target.name if target is not None else "none"
+        raise ConfigError(f"mixed.budget.table_cost needs a hardware target with a costs: table, and hardware="
+                          f"{name} has none: add one to its YAML (notes/mixed.md) or use mixed.budget.bops / "
+                          f"mixed.budget.memory")
+
+
 def mixed_search(exp: Experiment, float_model, ds, spec: Dict[str, Any], target
                  ) -> Tuple[Dict[str, Any], Dict[str, Any], List[str]]:
     """Per-layer widths under ``exp.mixed``'s budget (``qresearch.mixed.search`` on the float model and

@@ -86,7 +86,11 @@ class CostTable:
         raise ConfigError(f"cost table has no entry {key!r} for {op!r} nor under 'default': add it to the "
                           f"target's costs.mac (the table is never extrapolated)")
 
+    def cost_at(self, op: str, macs: float, w: int, a_in: int, weight_bits: float, activation_bits: float) -> float:
+        """One layer's cost: MACs x the cost of one MAC at (w, a_in) + its stored weight and written activation bits."""
+        return macs * self.mac_cost(op, w, a_in) + weight_bits * self.weight_bit + activation_bits * self.activation_bit
+
     def layer_cost(self, row: Mapping[str, Any]) -> float:
-        """A cost-model row's cost: MACs x cost of one MAC at its (w, a_in) + its memory terms."""
-        return (row["macs"] * self.mac_cost(row["class"], row["w_bits"], row["a_in_bits"])
-                + row["weight_bits"] * self.weight_bit + row["activation_bits"] * self.activation_bit)
+        """A cost-model row's cost at its widths."""
+        return self.cost_at(row["class"], row["macs"], row["w_bits"], row["a_in_bits"], row["weight_bits"],
+                            row["activation_bits"])

@@ -159,6 +159,7 @@ def layer_rows(model, widths: Mapping[str, Widths], layers=None) -> List[Dict[st
             "parts": {p.name: p.macs for p in parts},
             "macs": macs, "params": qparams, "bias_params": bias,
             "w_bits": wd.w, "a_in_bits": wd.a_in, "a_out_bits": wd.a_out,
+            "out_elements": out_elems,
             "weight_bits": qparams * wd.w + bias * BIAS_BITS,
             "activation_bits": out_elems * wd.a_out,
             "bops": macs * wd.w * wd.a_in,
