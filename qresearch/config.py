@@ -141,7 +141,7 @@ class MixedConfig:
 
     @property
     def enabled(self) -> bool:
-        return self.budget.bops is not None or self.budget.memory is not None
+        return bool(self.budget_dict()) if isinstance(self.budget, BudgetConfig) else bool(self.budget)
 
     def budget_dict(self) -> Dict[str, float]:
         """``{"bops": f}`` or ``{"memory": f}``, as ``qresearch.mixed.allocate`` takes it."""

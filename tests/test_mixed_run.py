@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from qresearch import config as qconfig
-from qresearch import mixed, models
+from qresearch import hardware, mixed, models
 from qresearch.config import experiment
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
@@ -158,3 +158,27 @@ def test_a_target_cost_table_is_in_the_run_cost(runs, tmp_path):
     urec = runs["uniform"][0]
     assert "table_cost" not in urec["cost"]["totals"] and "table_cost" not in urec["metrics"]
     assert {k: v for k, v in rec["cost"]["totals"].items() if not k.startswith("table")} == urec["cost"]["totals"]
+
+
+def test_a_table_cost_budget_allocates_on_the_target_table(tmp_path):
+    # a MAC with 2-bit weights costs nothing here, one with 8-bit weights a unit whatever its input: all-8-bit
+    # = 2048 + 1024 + 320 MACs; dense_1 (the free layer) at 2 bits gives (2048 + 320) / 3392 = 0.698
+    table = "{mac:{default:{w8a8:1.0,w2a8:0.0,w8a2:1.0}}}"
+    rec, cfg = _run(tmp_path, MIXED + ["mixed.bits=[8,2]", "mixed.samples=32", "mixed.budget.table_cost=0.7",
+                                       f"+hardware.costs={table}"])
+    assert rec["status"] == "completed", rec["error"]
+    assert rec["mixed"]["widths"] == {"dense_0": 8, "dense_1": 2, "logits": 8}
+    assert rec["mixed"]["allocation"]["feasible"] and rec["mixed"]["solver"] == "milp"
+    assert rec["metrics"]["table_cost_ratio"] == pytest.approx((2048 + 320) / 3392)
+    target = hardware.Target.from_dict(experiment(cfg).hardware)
+    direct = mixed.cost(_model(cfg), rec["mixed"]["widths"], table=target)["totals"]
+    assert rec["cost"]["totals"] == direct
+    assert rec["mixed"]["allocation"]["budgets"]["table_cost"]["cost"] == pytest.approx(direct["table_cost"])
+
+
+def test_a_table_cost_budget_without_a_table_fails_at_setup(tmp_path):
+    cfg = _compose(tmp_path, MIXED + ["mixed.budget.table_cost=0.5"])
+    assert math.isnan(run_job(cfg))
+    rec = json.loads(next((tmp_path / "out" / "runs").rglob("result.json")).read_text())
+    assert rec["status"] == "failed" and rec["error"]["stage"] == "setup"
+    assert "hardware=academic has none" in rec["error"]["message"] and "data_s" not in rec["times"]
