@@ -45,7 +45,8 @@ COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "sc
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
                    "model._target_",
                    # a mixed run's budget and base algorithm place it on the accuracy-vs-cost axes
-                   "mixed.budget.bops", "mixed.budget.memory", "mixed.algorithm", "precision")
+                   "mixed.budget.bops", "mixed.budget.memory", "mixed.budget.table_cost", "mixed.algorithm",
+                   "precision")
 #: Override keys left out of a sweep job's folder name: conf/config.yaml's
 #: ``hydra.job.config.override_dirname.exclude_keys`` must equal this list (a test checks). Hydra
 #: matches them exactly, so the non-semantic keys are listed with the sub-keys a user sets.
@@ -305,14 +306,22 @@ def experiment(cfg) -> Experiment:
 
 
 def mixed_config(data: Optional[Mapping[str, Any]]) -> MixedConfig:
-    """A MixedConfig from plain data; keys it does not have are kept for ``validate`` to name."""
+    """A MixedConfig from plain data (its own fields; ``validate_mixed`` names any other key)."""
     d = dict(data or {})
     budget = d.pop("budget", None) or {}
-    cfg = _typed(MixedConfig, d, budget=_typed(BudgetConfig, budget) if isinstance(budget, Mapping) else budget)
-    object.__setattr__(cfg, "_unknown", sorted(set(d) - {f.name for f in dataclasses.fields(MixedConfig)})
-                       + [f"budget.{k}" for k in (sorted(set(budget) - {f.name for f in dataclasses.fields(BudgetConfig)})
-                                                  if isinstance(budget, Mapping) else [])])
-    return cfg
+    return _typed(MixedConfig, d, budget=_typed(BudgetConfig, budget) if isinstance(budget, Mapping) else budget)
+
+
+def _unknown_keys(cls, data: Any, prefix: str = "") -> List[str]:
+    """Keys of ``data`` that are not fields of the dataclass ``cls``, nested dataclass fields included."""
+    if not isinstance(data, Mapping):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = [prefix + str(k) for k in data if k not in fields]
+    for k, f in fields.items():
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            out += _unknown_keys(f.default_factory, data.get(k), f"{prefix}{k}.")
+    return sorted(out)
 
 
 # ------------------------------------------------------------------ semantic validation
@@ -368,19 +377,21 @@ def validate(cfg, check_data: bool = True) -> None:
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     if exp.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
-    validate_mixed(exp.mixed)
+    validate_mixed(exp.mixed, exp.config.get("mixed"))
 
 
-def validate_mixed(m: MixedConfig) -> None:
-    """The ``mixed`` node's checks (no data needed): each error names the field and the fix."""
+def validate_mixed(m: MixedConfig, raw: Optional[Mapping[str, Any]] = None) -> None:
+    """The ``mixed`` node's checks (no data needed): each error names the field and the fix. ``raw``: the node as
+    plain data, whose keys are checked too (Hydra's schema refuses unknown ones; a dict config does not)."""
     example = "e.g. mixed.budget.bops=0.25 (a quarter of the all-8-bit BOPs) or mixed.budget.memory=0.3"
-    unknown = getattr(m, "_unknown", [])
+    unknown = _unknown_keys(MixedConfig, raw)
     if unknown:
         valid = "budget.bops, budget.memory, budget.table_cost" if unknown[0].startswith("budget.") else \
             ", ".join(f.name for f in dataclasses.fields(MixedConfig))
         raise ConfigError(f"mixed.{unknown[0]} is not a mixed-precision setting; valid: {valid} ({example})")
     if not isinstance(m.budget, BudgetConfig):
-        raise ConfigError(f"mixed.budget must be a mapping with bops or memory, got {m.budget!r} ({example})")
+        raise ConfigError(f"mixed.budget must be a mapping with bops, memory or table_cost, got {m.budget!r} "
+                          f"({example})")
     given = m.budget_dict()
     if len(given) > 1:
         raise ConfigError(f"mixed.budget sets {' and '.join(f'{k} ({v})' for k, v in given.items())}: give one of "

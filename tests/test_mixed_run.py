@@ -141,7 +141,11 @@ def test_unknown_budget_key_is_named_before_anything_runs(tmp_path, monkeypatch,
     assert not (tmp_path / "out").exists()
     # in Python (plain data, no Hydra schema): the same key is named by validate
     with pytest.raises(ConfigError, match=r"mixed\.budget\.latency.*budget\.bops, budget\.memory"):
-        qconfig.validate_mixed(qconfig.mixed_config({"budget": {"latency": 0.3}}))
+        raw = {"budget": {"latency": 0.3}}
+        qconfig.validate_mixed(qconfig.mixed_config(raw), raw)
+    with pytest.raises(ConfigError, match=r"mixed\.sensitivty is not a mixed-precision setting; valid: budget, "):
+        raw = {"budget": {"bops": 0.3}, "sensitivty": "hessian"}
+        qconfig.validate_mixed(qconfig.mixed_config(raw), raw)
 
 
 def test_a_target_cost_table_is_in_the_run_cost(runs, tmp_path):
