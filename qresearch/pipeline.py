@@ -97,7 +97,7 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         qconfig.validate(exp)
         qconfig.check_bits_shorthand(exp.bits, [setting_key(o) for o in rec.ctx.overrides])
         target, spec, rec["coercions"] = stages.check_scheme(exp)
-        stages.check_mixed(exp, target)
+        stages.check_mixed(exp, target, rec.ctx.choices.get("scheme"))
         rec["scheme"] = spec
         if not exp.mixed.enabled:  # a mixed run has no one width: its label is its budget
             rec["labels"].update(stages.role_bits(spec))

@@ -87,9 +87,15 @@ def check_scheme(exp: Experiment, scheme: Optional[Dict[str, Any]] = None) -> Tu
     return target, eff, list(coercions)
 
 
-def check_mixed(exp: Experiment, target) -> None:
-    """What ``config.validate_mixed`` cannot see: a ``table_cost`` budget needs a target with a cost table."""
+def check_mixed(exp: Experiment, target, scheme_choice: Optional[str] = None) -> None:
+    """What ``config.validate_mixed`` cannot see: ``scheme=mixed`` (Hydra's choice) needs a budget, and a
+    ``table_cost`` budget a target with a cost table."""
     from qresearch.errors import ConfigError
+
+    if scheme_choice == "mixed" and not exp.mixed.enabled:
+        raise ConfigError("scheme=mixed chooses per-layer widths under a budget, and none is set: add "
+                          "mixed.budget.bops=F or mixed.budget.memory=F (F in (0, 1], a fraction of the all-8-bit "
+                          "cost), or use scheme=lsq for uniform widths")
 
     if exp.mixed.budget.table_cost is not None and (target is None or target.costs is None):
         name = target.name if target is not None else "none"

@@ -126,17 +126,31 @@ def test_both_budgets_are_refused_with_the_fix(tmp_path):
         qconfig.validate(experiment(cfg))
 
 
-def test_unknown_budget_key_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+def _cli(tmp_path, monkeypatch, capsys, *args):
+    """``qresearch.run.cli`` in this process: (exit code, stderr)."""
     from qresearch import run
 
     monkeypatch.setattr(sys, "argv", ["qresearch.run"])
     GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as exc:
-        run.cli([*MIXED, "mixed.budget.latency=0.3", f"paths.output_dir={tmp_path}/out",
-                 "hydra/job_logging=none", "hydra/hydra_logging=none"])
-    GlobalHydra.instance().clear()
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    try:
+        with pytest.raises(SystemExit) as exc:
+            run.cli([*FAST, *args, f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+                     "hydra/job_logging=none", "hydra/hydra_logging=none"])
+    finally:
+        GlobalHydra.instance().clear()
+    return exc.value.code, capsys.readouterr().err
+
+
+def test_scheme_mixed_without_a_budget_fails_at_setup(tmp_path, monkeypatch, capsys):
+    code, err = _cli(tmp_path, monkeypatch, capsys, "scheme=mixed")
+    assert code == 1 and "scheme=mixed chooses per-layer widths under a budget" in err and "mixed.budget.bops" in err
+    rec = json.loads(next((tmp_path / "out" / "runs").rglob("result.json")).read_text())
+    assert rec["error"]["stage"] == "setup" and "data_s" not in rec["times"]
+
+
+def test_unknown_budget_key_is_named_before_anything_runs(tmp_path, monkeypatch, capsys):
+    code, err = _cli(tmp_path, monkeypatch, capsys, *MIXED, "mixed.budget.latency=0.3")
+    assert code == 2
     assert "mixed.budget.latency" in err and "mixed.budget.bops" in err and "mixed.budget.memory" in err
     assert not (tmp_path / "out").exists()
     # in Python (plain data, no Hydra schema): the same key is named by validate
