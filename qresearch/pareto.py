@@ -109,6 +109,7 @@ def plot(axis: str, by_panel, path: Path) -> Optional[Path]:
     variants = sorted({p["variant"] for pts in by_panel.values() for p in pts})
     color = {v: cmap(i % 10) for i, v in enumerate(variants)}
     for ax, ((dataset, model, target), pts) in zip(axes.flat, by_panel.items()):
+        labelled: Dict[Tuple[float, float], int] = defaultdict(int)  # labels already at a place: stack the next
         for v in variants:
             for kind, marker in (("uniform", "s"), ("mixed", "o")):
                 sel = sorted((p for p in pts if p["variant"] == v and p["kind"] == kind), key=lambda p: p["cost"])
@@ -119,8 +120,10 @@ def plot(axis: str, by_panel, path: Path) -> Optional[Path]:
                             marker=marker, linestyle="none", capsize=2, color=color[v],
                             markerfacecolor=color[v] if kind == "mixed" else "none", label=f"{v} ({kind})")
                 for p in sel:
-                    ax.annotate(p["label"], (p["cost"], 100 * p["accuracy"]), fontsize=6, xytext=(3, 3),
-                                textcoords="offset points")
+                    at = (round(p["cost"], 4), round(100 * p["accuracy"], 2))
+                    ax.annotate(p["label"], (p["cost"], 100 * p["accuracy"]), fontsize=6,
+                                xytext=(3, 3 + 7 * labelled[at]), textcoords="offset points")
+                    labelled[at] += 1
         front = sorted((p for p in pts if p.get("front")), key=lambda p: p["cost"])
         if front:
             ax.step([p["cost"] for p in front], [100 * p["accuracy"] for p in front], where="post", color="black",
