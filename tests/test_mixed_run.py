@@ -200,3 +200,19 @@ def test_a_table_cost_budget_without_a_table_fails_at_setup(tmp_path):
     rec = json.loads(next((tmp_path / "out" / "runs").rglob("result.json")).read_text())
     assert rec["status"] == "failed" and rec["error"]["stage"] == "setup"
     assert "hardware=academic has none" in rec["error"]["message"] and "data_s" not in rec["times"]
+
+
+def test_every_precision_point_composes_to_a_uniform_width_or_one_budget(tmp_path):
+    from qresearch.overrides import group_options
+
+    options = group_options("precision")
+    assert {"w8", "w4", "w3", "w2", "bops0.4", "memory0.3"} <= set(options)
+    for option in options:
+        exp = experiment(_compose(tmp_path, ["scheme=pact_lsq", f"+precision={option}"]))
+        qconfig.validate(exp)
+        if option.startswith("w"):
+            assert exp.bits == int(option[1:]) and not exp.mixed.enabled
+        else:
+            kind, frac = ("bops", option[4:]) if option.startswith("bops") else ("memory", option[6:])
+            assert exp.bits is None and exp.mixed.budget_dict() == {kind: float(frac)}
+        assert exp.scheme["activations"]["quantizer"] == "pact"  # the algorithm stays the run's scheme
