@@ -225,11 +225,11 @@ def config_hash(cfg) -> str:
 
 
 def _hash_of(data: Mapping[str, Any]) -> str:
-    # mixed precision off (no budget): its node changes nothing, and leaving it out keeps the hashes of
-    # runs recorded before it existed (a resumed sweep still finds them)
-    mixed = data.get("mixed") or {}
-    off = not any(v is not None for v in (mixed.get("budget") or {}).values())
-    return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and off)})
+    # the mixed node at its defaults (mixed precision off) is left out: runs recorded before it existed keep
+    # their hashes, so a resumed sweep still finds them; any setting of it (mixed.algorithm too) counts
+    default_mixed = data.get("mixed") in (None, dataclasses.asdict(MixedConfig()))
+    return stable_hash({k: v for k, v in data.items()
+                        if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and default_mixed)})
 
 
 # ------------------------------------------------------------------ the typed boundary

@@ -216,3 +216,14 @@ def test_every_precision_point_composes_to_a_uniform_width_or_one_budget(tmp_pat
             kind, frac = ("bops", option[4:]) if option.startswith("bops") else ("memory", option[6:])
             assert exp.bits is None and exp.mixed.budget_dict() == {kind: float(frac)}
         assert exp.scheme["activations"]["quantizer"] == "pact"  # the algorithm stays the run's scheme
+
+
+def test_the_mixed_node_at_its_defaults_keeps_old_hashes_and_any_setting_counts(tmp_path):
+    plain = qconfig.to_dict(_compose(tmp_path, ["scheme=lsq"]))
+    assert plain["mixed"]["budget"] == {"bops": None, "memory": None, "table_cost": None}
+    old = {k: v for k, v in plain.items() if k != "mixed"}  # a record from before the node existed
+    assert qconfig.config_hash(plain) == qconfig.stable_hash({k: v for k, v in old.items()
+                                                              if k not in qconfig.NON_SEMANTIC_KEYS})
+    hashes = {qconfig.config_hash(_compose(tmp_path, ["scheme=lsq", o])) for o in
+              ("mixed.algorithm=pact_lsq", "mixed.samples=64", "mixed.budget.bops=0.3", "mixed.budget.bops=0.4")}
+    assert len(hashes) == 4 and qconfig.config_hash(plain) not in hashes
