@@ -14,6 +14,7 @@ from qresearch.mixed.sensitivity import evaluate, hessian_sensitivity, hutchinso
 from qresearch.mixed.describe import describe
 from qresearch.mixed.search import DEFAULT_BITS, allowed_widths, candidate_widths, search
 
-__all__ = ["CostTable", "DEFAULT_BITS", "Widths", "allocate", "allowed_widths", "candidate_widths", "assignment_cost", "brute_force",
-           "compute_layers", "cost", "describe", "evaluate", "format_table", "hessian_sensitivity", "hutchinson_traces",
-           "parse_budget", "qat_cost", "qat_widths", "reference_cost", "register_mac_rule", "search", "sensitivity", "to_scheme", "totals"]
+__all__ = ["CostTable", "DEFAULT_BITS", "Widths", "allocate", "allowed_widths", "assignment_cost", "brute_force",
+           "candidate_widths", "compute_layers", "cost", "describe", "evaluate", "format_table",
+           "hessian_sensitivity", "hutchinson_traces", "parse_budget", "qat_cost", "qat_widths", "reference_cost",
+           "register_mac_rule", "search", "sensitivity", "to_scheme", "totals"]
