@@ -31,6 +31,9 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
                                     # its kernel set is registered under the target's name
     fixed_output_ranges:            # op -> stored (scale, zero_point) of its output
       softmax: {scale: 0.00390625, zero_point: -128}
+    costs:                          # optional: per-op cost table (hardware/costs.py), used by the cost model
+      unit: pJ
+      mac: {default: {w8a8: 0.23, w4a4: 0.07}}
 """
 from __future__ import annotations
 
@@ -39,6 +42,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from qresearch.errors import ConfigError
+from qresearch.hardware.costs import CostTable
 from qresearch.hardware.pipeline import PipelineSpec, parse_pipeline
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS, RUNTIMES, Runtime
 QUANTIZE_OPS = ("weights_only", "compute", "all")
@@ -199,6 +203,7 @@ class Target:
     rounding: str = "half_away_from_zero"
     kernels: str = "none"
     fixed_output_params: Dict[str, FixedRange] = field(default_factory=dict)
+    costs: Optional[CostTable] = None   # the target's own per-op cost table, when its YAML has one
     source: Optional[str] = None
     pipeline: Optional[PipelineSpec] = None
 
@@ -246,7 +251,8 @@ class Target:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source or 'hardware target'}: must be a mapping, got {type(d).__name__}")
         known = ("name", "description", "runtime", "weights", "activations", "quantize_ops", "bn_folding",
-                 "first_last_bits", "accumulator_bits", "rounding", "kernels", "fixed_output_ranges", "pipeline")
+                 "first_last_bits", "accumulator_bits", "rounding", "kernels", "fixed_output_ranges", "costs",
+                 "pipeline")
         _unknown_keys(d, known, source, "")
         name = d.get("name")
         if not isinstance(name, str) or not name:
@@ -303,10 +309,14 @@ class Target:
                 raise ConfigError(f"{_where(source, key + '.zero_point')}: an integer in [{lo}, {hi}] "
                                   f"(the {bits}-bit activation grid), got {zp!r}")
             fixed[op_name] = FixedRange(float(scale), int(zp))
+        costs = d.get("costs")
+        if costs is not None:
+            costs = CostTable.from_dict(costs, where=_where(source, "costs"))
         return cls(name=name, weights=weights, activations=acts, runtime=runtime, description=desc.strip(),
                    quantize_ops=quantize_ops, bn_folding=bn_folding, first_last_bits=flb,
                    accumulator_bits=pipeline.accumulator_bits if pipeline else acc, rounding=rounding,
-                   kernels=name if pipeline else kernels, fixed_output_params=fixed, source=source, pipeline=pipeline)
+                   kernels=name if pipeline else kernels, fixed_output_params=fixed, costs=costs, source=source,
+                   pipeline=pipeline)
 
     @classmethod
     def from_yaml(cls, path) -> "Target":
@@ -333,6 +343,7 @@ class Target:
             **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {}),
             "fixed_output_ranges": {op: {"scale": p.scale, "zero_point": p.zero_point}
                                     for op, p in self.fixed_output_params.items()},
+            **({"costs": self.costs.to_dict()} if self.costs is not None else {}),
         }
 
     def __repr__(self) -> str:
