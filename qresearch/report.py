@@ -39,7 +39,8 @@ CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "
                "seed", "float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy", "weight_memory_bits",
                "float_weight_memory_bits", "qat_step_time_s", "float_step_time_s", "step_time_ratio",
                "mixed_budget", "bops", "bops_ratio", "cost_weight_bits", "weight_bits_ratio", "activation_peak_bits",
-               "activation_bits_ratio", "table_cost", "table_cost_ratio", "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
+               "activation_bits_ratio", "table_cost", "table_cost_ratio", "accumulator_bits", "qat_fakequant_accuracy",
+               "accumulator_overflow_fraction", "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
                "git_commit", "sweep", "path"]
 METRICS = ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy")
 
@@ -50,12 +51,13 @@ def flatten(rec: Dict[str, Any]) -> Dict[str, Any]:
     metrics = rec.get("metrics") or {}
     err = rec.get("error") or {}
     row = {k: labels.get(k) for k in ("dataset", "model", "target", "algorithm", "variant", "weight_bits",
-                                      "activation_bits", "seed", "sweep", "mixed_budget")}
+                                      "activation_bits", "seed", "sweep", "mixed_budget", "accumulator_bits")}
     row.update({k: metrics.get(k) for k in ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy",
                                             "weight_memory_bits", "float_weight_memory_bits", "qat_step_time_s",
                                             "float_step_time_s", "step_time_ratio", "bops", "bops_ratio",
                                             "cost_weight_bits", "weight_bits_ratio", "activation_peak_bits",
-                                            "activation_bits_ratio", "table_cost", "table_cost_ratio")})
+                                            "activation_bits_ratio", "table_cost", "table_cost_ratio",
+                                            "qat_fakequant_accuracy", "accumulator_overflow_fraction")})
     row.update(status=rec.get("status"), config_hash=rec.get("config_hash"),
                float_baseline=(rec.get("float_baseline") or {}).get("key"),
                total_s=(rec.get("times") or {}).get("total_s"),
@@ -356,7 +358,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
                 cost_axes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Gather results under ``paths``, write results.csv, report.md, accuracy_vs_bits.png and (runs with cost
     data) pareto_<axis>.png for each of ``cost_axes`` (default ``pareto.DEFAULT_AXES``) into ``out``."""
-    from qresearch import pareto
+    from qresearch import pareto, views
 
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
@@ -367,6 +369,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     out = Path(out)
     records = load_results(paths)
     rows, dupes = dedupe([flatten(r) for r in records])
+    views.mark_accumulator_widths(rows)
     assign_variants(rows)
     completed = [r for r in rows if r["status"] == COMPLETED]
     failed = [r for r in rows if r["status"] != COMPLETED]
@@ -375,6 +378,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     write_csv(rows, csv_path)
     png = plot(tables, rows, png_path)
     costs = pareto.report(rows, out, cost_axes)
+    hardware_views = views.report(rows, out)
     status_counts: Dict[str, int] = defaultdict(int)
     for r in rows:
         status_counts[str(r["status"])] += 1
@@ -386,7 +390,8 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     if len(codes) > 1:  # a resumed sweep keeps results computed by earlier code
         header += [f"Note: the completed runs come from {len(codes)} code versions ({', '.join(codes)}; column "
                    f"git_commit in results.csv). Re-run the sweep with resume=false to recompute them all.", ""]
-    parts = [table_markdown(t) for t in tables] + [c["markdown"] for c in costs] or ["No completed runs."]
+    parts = [table_markdown(t) for t in tables] + [c["markdown"] for c in costs] + \
+        [v["markdown"] for v in hardware_views] or ["No completed runs."]
     failed_md = failed_markdown(failed)
     md = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
     if failed_md:
@@ -395,6 +400,8 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
         md += f"\n![accuracy vs bits]({png.name})\n"
     for c in costs:
         md += f"\n![accuracy vs {c['axis']}]({c['plot'].name})\n"
+    for v in hardware_views:
+        md += f"\n![{v['view']}]({v['plot'].name})\n"
     md_path.write_text(md)
     if not quiet:
         print("\n\n".join(parts))
@@ -403,9 +410,9 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
         print(f"\nruns: {len(rows)} ({counts})")
         print(f"table: {md_path}\ncsv:   {csv_path}")
         print(f"plot:  {png}" if png else "plot:  (nothing to plot)")
-        for c in costs:
+        for c in costs + hardware_views:
             print(f"plot:  {c['plot']}")
-    return {"rows": rows, "tables": tables, "pareto": costs, "pareto_plots": [c["plot"] for c in costs], "completed": completed, "failed": failed, "csv": csv_path,
+    return {"rows": rows, "tables": tables, "pareto": costs, "pareto_plots": [c["plot"] for c in costs], "views": hardware_views, "completed": completed, "failed": failed, "csv": csv_path,
             "markdown": md_path, "plot": png, "duplicates": dupes, "sources": paths}
 
 
