@@ -5,6 +5,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from qresearch.kernels import accumulator_stats
 from qresearch.schemes import layers as L
 from qresearch.schemes.annotate import ConfigWrapper
 from qresearch.schemes.wrappers import QuantizeInput, QuantizeLike, QuantizeWrapper, get_attr
@@ -67,8 +68,10 @@ class Report(dict):
         return "\n".join(lines)
 
 
-def describe(qat_model, print_report: bool = False) -> Report:
-    """Every layer with its quantizers and bit widths, the float layers and why, and weight memory."""
+def describe(qat_model, print_report: bool = False, data=None) -> Report:
+    """Every layer with its quantizers and bit widths, the float layers and why, and weight memory.
+    ``data`` (inputs): with a model that emulates integer kernels (a target's pipeline, tflite_int8), also
+    each layer's accumulators on those inputs (``accumulators``: max |acc|, bits needed, overflow fraction)."""
     info = getattr(qat_model, "qresearch_info", {}) or {}
     reasons = dict(info.get("float_layers", {}))
     rows: List[Dict[str, Any]] = []
@@ -139,9 +142,22 @@ def describe(qat_model, print_report: bool = False) -> Report:
               "ratio": (qbits / fbits) if fbits else 1.0}
     report = Report(layers=rows, float_layers=floats, memory=memory,
                     scheme=info.get("scheme"), hardware=info.get("hardware"))
+    if data is not None and info.get("kernels"):
+        report["accumulators"] = accumulator_stats(qat_model, data)
+        report.setdefault("sections", {})["accumulators"] = _accumulator_section(report["accumulators"],
+                                                                                 info["kernels"])
     if print_report:
         print(report)
     return report
+
+
+def _accumulator_section(stats, kernels: str) -> str:
+    lines = [f"accumulators ({kernels} kernels; on the data given):",
+             f"  {'layer':<28} {'width':>5} {'max |acc|':>12} {'bits needed':>11} {'overflowing':>12}"]
+    for name, s in stats.items():
+        lines.append(f"  {name:<28} {s['accumulator_bits']:>5} {s['max_abs']:>12} {s['bits_needed']:>11} "
+                     f"{100 * s['overflow_fraction']:>11.2f}%")
+    return "\n".join(lines)
 
 
 def _user_config_row(layer):

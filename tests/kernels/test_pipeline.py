@@ -283,3 +283,13 @@ def test_a_pipeline_and_a_kernel_set_together_are_refused():
     d = dict(_bad(accumulator_bits=32), kernels="tflite_builtin")
     with pytest.raises(qresearch.ConfigError, match="remove kernels: tflite_builtin"):
         hw.Target.from_dict(d)
+
+
+def test_describe_shows_the_accumulators_on_given_data():
+    q, x = quantized(cnn, target("described", accumulator_bits=12, overflow="saturate"))
+    report = qresearch.schemes.describe(q, data=x)
+    assert report["accumulators"] == accumulator_stats(q, x)
+    text = str(report)
+    assert "accumulators (described kernels; on the data given):" in text
+    assert all(name in text for name in report["accumulators"])
+    assert "accumulators" not in qresearch.schemes.describe(q)  # no data: no accumulators
