@@ -168,3 +168,6 @@ def small_cnn(input_shape: Tuple[int, ...], num_classes: int, filters: int = 16)
     x = layers.Conv2D(int(filters), 3, padding="same", activation="relu", name="conv")(inp)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
     return keras.Model(inp, layers.Dense(num_classes, name="logits")(x), name="small_cnn")
+
+
+from qresearch import imagenet_models  # noqa: E402,F401  (registers resnet18, resnet50, mobilenet_v2)

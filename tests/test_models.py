@@ -57,3 +57,45 @@ def test_zoo_quantizes(name, shape):
     x = np.random.default_rng(0).random((8,) + shape).astype(np.float32)
     q = qresearch.quantize(m, "lsq", hardware="academic", adapt=True, calibration_data=x)
     assert q(x).shape == (8, 10)
+
+
+# ------------------------------------------------------------------ ImageNet-class models
+@pytest.mark.parametrize("name, trainable", [("resnet18", 11_689_512), ("resnet50", 25_557_032),
+                                             ("mobilenet_v2", 3_504_872)])
+def test_imagenet_models_have_the_published_parameter_counts(name, trainable):
+    m = models.build_model({"name": name}, (224, 224, 3), 1000)
+    assert sum(int(np.prod(w.shape)) for w in m.trainable_weights) == trainable
+    assert m.layers[-1].name == "logits" and m.output_shape == (None, 1000)
+    # ImageNet stem at 224 (stride 2 first), CIFAR stem at 32 (stride 1): the same model runs on both
+    assert m.get_layer("stem_conv").strides == (2, 2)
+    small = models.build_model({"name": name}, (32, 32, 3), 10)
+    assert small.get_layer("stem_conv").strides == (1, 1) and small.output_shape == (None, 10)
+    with pytest.raises(ConfigError, match="stem must be one of"):
+        models.build_model({"name": name, "stem": "big"}, (32, 32, 3), 10)
+
+
+TINY = {"resnet18": {"width": 8}, "resnet50": {"width": 4}, "mobilenet_v2": {"width_multiplier": 0.25}}
+
+
+def _quantize_tiny(name, preset):
+    m = models.build_model({"name": name, **TINY[name]}, (32, 32, 3), 10)
+    x = np.random.default_rng(0).random((8, 32, 32, 3)).astype(np.float32)
+    q = qresearch.quantize(m, preset, calibration_data=x)
+    assert q(x).shape == (8, 10)
+    report = qresearch.schemes.describe(q)
+    convs = [l for l in report["layers"] if l["class"] in ("Conv2D", "DepthwiseConv2D")]
+    n_convs = sum(isinstance(l, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) for l in m.layers)
+    assert len(convs) == n_convs and all(l["weights"] for l in convs)  # every conv quantized
+    assert all(f["class"] not in ("Conv2D", "DepthwiseConv2D", "Dense") for f in report["float_layers"])
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_imagenet_models_quantize(name):
+    _quantize_tiny(name, "lsq")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", qresearch.schemes.names())
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_imagenet_models_quantize_with_every_preset(name, preset):
+    _quantize_tiny(name, preset)
