@@ -356,3 +356,64 @@ def test_trains_inside_a_scheme_and_keeps_the_bound():
             checked += 1
     assert checked == 2
     assert np.isfinite(qmodel(x, training=False).numpy()).all()
+
+
+# ------------------------------------------------------------------------- TFLite
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+def test_tflite_stores_the_bounded_integers():
+    """The converter reads the one FakeQuant per channel: the int8 filters it stores are A2Q's integers, within
+    the budget, and the converted model computes what the Keras model computes."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from .conftest import KernelActivationConfig, toy_data
+    from qresearch._compat import tfmot
+
+    p, n = 18, 8
+    L = budget(p, n, False)
+    inputs = keras.Input((6, 6, 2))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.Conv2D(4, 3, activation="relu", name="conv2")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(h)))
+
+    def annotate(layer):
+        if not hasattr(layer, "kernel"):
+            return layer
+        per_channel = not isinstance(layer, keras.layers.Dense)  # per-channel Dense does not convert (TF 2.21)
+        act = create({"name": "minmax", "bits": 8}, role="activations") if layer.name != "logits" else None
+        config = KernelActivationConfig(a2q(8, p, n, per_channel=per_channel), act)
+        return tfmot.quantization.keras.quantize_annotate_layer(layer, quantize_config=config)
+
+    annotated = keras.models.clone_model(model, clone_function=annotate)
+    with tfmot.quantization.keras.quantize_scope({"KernelActivationConfig": KernelActivationConfig}):
+        qmodel = tfmot.quantization.keras.quantize_apply(annotated)
+    x, y = toy_data(32)
+    qmodel.compile(keras.optimizers.SGD(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    converter = tf.lite.TFLiteConverter.from_keras_model(qmodel)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interpreter = Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    kernel_ops = [op for op in interpreter._get_ops_details() if op["op_name"] in ("CONV_2D", "FULLY_CONNECTED")]
+    filters = {op["op_name"]: details[op["inputs"][1]] for op in kernel_ops}
+    # The convolutions run int8; the logits (no output quantizer here) stay float, on A2Q's grid values.
+    convs = [details[op["inputs"][1]] for op in kernel_ops if op["op_name"] == "CONV_2D"]
+    assert len(convs) == 2 and all(t["dtype"] == np.int8 for t in convs)
+    for t in convs:
+        ints = interpreter.get_tensor(t["index"]).astype(np.int64)
+        per_out = np.abs(ints.reshape(ints.shape[0], -1)).sum(axis=1)  # TFLite filters: output channels first
+        assert (per_out <= L).all(), (t["name"], per_out, L)
+        assert (per_out * 255 <= 2 ** (p - 1) - 1).all()
+        assert per_out.max() > L // 2  # the budget is used, not trivially met
+    fc = interpreter.get_tensor(filters["FULLY_CONNECTED"]["index"])  # (out, in)
+    wrapper = qmodel.get_layer("quant_logits")
+    (_, _, qvars), = wrapper._weight_vars
+    ints = integers_of(fc.T, np.exp2(np.float64(qvars["log2_step"].numpy())).astype(np.float32))
+    assert (np.abs(ints).sum(axis=0) <= L).all()
+    inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.resize_tensor_input(inp["index"], [8, 6, 6, 2])
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(inp["index"], x[:8])
+    interpreter.invoke()
+    want = qmodel(x[:8], training=False).numpy()
+    np.testing.assert_allclose(interpreter.get_tensor(out["index"]), want, atol=0.03 * np.abs(want).max())
