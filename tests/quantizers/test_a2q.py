@@ -329,7 +329,12 @@ def test_refused_for_activations():
 
 
 # -------------------------------------------------------------------- in a scheme
-def test_trains_inside_a_scheme_and_keeps_the_bound():
+SCHEME = {"weights": {"quantizer": "a2q", "bits": 4, "accumulator_bits": 16},
+          "activations": {"quantizer": "minmax", "bits": 8}}
+
+
+@pytest.mark.parametrize("scheme", [SCHEME, "a2q"], ids=["dict", "preset"])
+def test_trains_inside_a_scheme_and_keeps_the_bound(scheme):
     import qresearch
 
     rng = np.random.RandomState(0)
@@ -338,9 +343,7 @@ def test_trains_inside_a_scheme_and_keeps_the_bound():
     inputs = keras.Input((16,))
     h = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
-    qmodel = qresearch.quantize(model, {"weights": {"quantizer": "a2q", "bits": 4, "accumulator_bits": 16},
-                                        "activations": {"quantizer": "minmax", "bits": 8}},
-                                calibration_data=x[:32])
+    qmodel = qresearch.quantize(model, scheme, calibration_data=x[:32])
     qmodel.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     hist = qmodel.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False).history["loss"]
     assert np.isfinite(hist).all() and hist[-1] < hist[0], hist
@@ -356,6 +359,34 @@ def test_trains_inside_a_scheme_and_keeps_the_bound():
             checked += 1
     assert checked == 2
     assert np.isfinite(qmodel(x, training=False).numpy()).all()
+
+
+def test_integer_emulation_reads_the_grid():
+    """On tflite_int8 (per-tensor Dense weights, forced by the target) the integer-kernel emulation reads A2Q's
+    grid from its one FakeQuant and computes what the float simulation computes, up to requantization."""
+    import qresearch
+    from qresearch.kernels import fake_quant_range
+
+    x = np.random.RandomState(0).rand(32, 8, 8, 3).astype("float32")
+    inputs = keras.Input((8, 8, 3))
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = keras.layers.Conv2D(8, 3, activation="relu", name="conv2")(h)
+    model = keras.Model(inputs, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(h)))
+    scheme = {"weights": {"quantizer": "a2q", "bits": 8, "accumulator_bits": 18},
+              "activations": {"quantizer": "minmax", "bits": 8}}
+    outs = {}
+    for kernels in ("target", None):
+        qm = qresearch.quantize(model, scheme, hardware="tflite_int8", calibration_data=x, kernels=kernels,
+                                adapt=True)
+        assert qm.qresearch_info["kernels"] == ("tflite_builtin" if kernels else None)
+        outs[kernels] = qm(x, training=False).numpy()
+        a2q_weights = [(w, q, v) for layer in qm.layers for w, q, v in getattr(layer, "_weight_vars", [])
+                       if q.registry_name == "a2q"]
+        assert len(a2q_weights) == 3
+        for weight, quantizer, qvars in a2q_weights:  # the emulation's reading of the grid: one FakeQuant
+            assert fake_quant_range(quantizer, qvars, weight) is not None
+    scale = np.abs(outs[None]).max()
+    np.testing.assert_allclose(outs["target"], outs[None], atol=0.05 * scale)
 
 
 # ------------------------------------------------------------------------- TFLite
