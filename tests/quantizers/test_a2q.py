@@ -448,3 +448,17 @@ def test_tflite_stores_the_bounded_integers():
     interpreter.invoke()
     want = qmodel(x[:8], training=False).numpy()
     np.testing.assert_allclose(interpreter.get_tensor(out["index"]), want, atol=0.03 * np.abs(want).max())
+
+
+def test_saves_and_loads(tmp_path):
+    import qresearch
+
+    x = np.random.RandomState(0).randn(64, 16).astype("float32")
+    inputs = keras.Input((16,))
+    model = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Dense(8, activation="relu")(inputs)))
+    qmodel = qresearch.quantize(model, "a2q", calibration_data=x)
+    qmodel.compile(keras.optimizers.Adam(0.01), "mse")
+    qmodel.fit(x, np.ones((64, 2), "float32"), epochs=1, verbose=0)
+    qmodel.save(str(tmp_path / "m"))
+    loaded = qresearch.load_model(str(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded(x, training=False).numpy(), qmodel(x, training=False).numpy())
