@@ -30,7 +30,8 @@ exactly, not up to float32 round-off.
 
 Gradients: straight-through rounding (both roundings), autodiff through the clip, the normalisation, ``2^t``,
 ``2^d`` and the ``min`` (while the constraint binds, ``g`` follows ``t`` and ``d`` gets no gradient, as in the
-paper; its penalty that pulls ``d`` back to ``T + t`` is not implemented).
+paper; its penalty ``λ·Σ max(d - T - t, 0)`` that pulls ``d`` back to ``T + t`` is added to the layer's losses
+when ``norm_penalty`` λ > 0).
 
 Initialisation (first training or calibration batch, once): ``s = max|v| / Qp`` and ``g = ||v||_1`` per channel,
 so ``w = v`` and, with a loose accumulator, the grid is the min-max one. Until then the inference pass uses the
@@ -47,7 +48,7 @@ import math
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
-from qresearch.quantizers.base import Quantizer, check_bool
+from qresearch.quantizers.base import Quantizer, check_bool, check_number
 from qresearch.quantizers.channels import channel_axes_for
 from qresearch.quantizers.registry import register
 
@@ -82,6 +83,9 @@ class A2QQuantizer(Quantizer):
       input_bits: N, the bit width of the layer's integer input (its activation quantizer's bits).
       input_signed: false for unsigned inputs (post-ReLU, or any asymmetric grid: ``max|x| = 2^N - 1``),
         true for symmetric signed inputs (``max|x| = 2^(N-1)``).
+      norm_penalty: weight λ of the paper's penalty ``λ·Σ_c max(d_c - T - t_c, 0)`` added to the layer's losses:
+        it pulls the log2 norm ``d`` back to the clamp ``T + t`` while the bound binds (there ``d`` has no other
+        gradient). 0 (default) adds no loss.
 
     ``per_channel: false`` keeps one step for the tensor; the l1 constraint is still per output channel
     (it is a property of each dot product).
@@ -90,7 +94,7 @@ class A2QQuantizer(Quantizer):
     role_defaults = {"weights": {"signed": True, "symmetric": True, "narrow_range": True, "per_channel": True}}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=True, per_channel=True, axis=None, signed=True,
-                 scale_format="float32", accumulator_bits=32, input_bits=8, input_signed=False):
+                 scale_format="float32", accumulator_bits=32, input_bits=8, input_signed=False, norm_penalty=0.0):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
         if not symmetric or not signed:
@@ -98,6 +102,7 @@ class A2QQuantizer(Quantizer):
                               "l1 bound; use symmetric: true and signed: true")
         self.input_bits = _check_int(name, "input_bits", input_bits, MIN_INPUT_BITS, MAX_INPUT_BITS)
         self.input_signed = check_bool(name, "input_signed", input_signed)
+        self.norm_penalty = check_number(name, "norm_penalty", norm_penalty, low=0.0)
         self.accumulator_bits = _check_int(name, "accumulator_bits", accumulator_bits, MIN_ACCUMULATOR_BITS,
                                            MAX_ACCUMULATOR_BITS)
         if self.budget < 1:
@@ -127,7 +132,17 @@ class A2QQuantizer(Quantizer):
         weights["log2_norm"] = self.add_variable(layer, f"{name}_log2_norm",
                                                  self.param_shape(tensor_shape, norm_axes), 0.0, trainable=True)
         weights["norm_axes"] = norm_axes
+        if self.norm_penalty > 0.0:
+            layer.add_loss(self._penalty(weights["log2_step"], weights["log2_norm"]))
         return weights
+
+    def _penalty(self, t_var, d_var):
+        lam, log2_budget = self.norm_penalty, math.log2(self.budget)
+
+        def penalty():
+            return lam * tf.reduce_sum(tf.nn.relu(tf.convert_to_tensor(d_var) - log2_budget - t_var))
+
+        return penalty
 
     def build_params(self, shape, name, layer):
         return {

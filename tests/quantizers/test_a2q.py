@@ -329,7 +329,7 @@ def test_refused_for_activations():
 
 
 # -------------------------------------------------------------------- in a scheme
-SCHEME = {"weights": {"quantizer": "a2q", "bits": 4, "accumulator_bits": 16},
+SCHEME = {"weights": {"quantizer": "a2q", "bits": 4, "accumulator_bits": 16, "norm_penalty": 1e-3},
           "activations": {"quantizer": "minmax", "bits": 8}}
 
 
@@ -344,6 +344,7 @@ def test_trains_inside_a_scheme_and_keeps_the_bound(scheme):
     h = keras.layers.Dense(32, activation="relu", name="hidden")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(2, name="logits")(h))
     qmodel = qresearch.quantize(model, scheme, calibration_data=x[:32])
+    assert len(qmodel.losses) == (2 if scheme is SCHEME else 0)  # the norm penalty of each A2Q layer, if asked
     qmodel.compile(keras.optimizers.Adam(0.01), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     hist = qmodel.fit(x, y, batch_size=32, epochs=4, verbose=0, shuffle=False).history["loss"]
     assert np.isfinite(hist).all() and hist[-1] < hist[0], hist
@@ -462,3 +463,25 @@ def test_saves_and_loads(tmp_path):
     qmodel.save(str(tmp_path / "m"))
     loaded = qresearch.load_model(str(tmp_path / "m"))
     np.testing.assert_array_equal(loaded(x, training=False).numpy(), qmodel(x, training=False).numpy())
+
+
+def test_norm_penalty_pulls_the_clamped_norm_back():
+    """The paper's penalty λ·Σ max(d - T - t, 0): a layer loss with gradient λ on d (-λ on t) where the norm
+    is clamped, 0 elsewhere; absent when norm_penalty is 0."""
+    x = kernel((3, 3, 16, 6), seed=4)
+    layer = keras.layers.Layer()
+    q = a2q(4, 16, 8, norm_penalty=0.01)
+    w = build(q, x.shape, layer=layer)
+    run(q, x, w)  # initialise: g = ||v||_1, above L·s in the channels where the bound binds
+    t, d = w["log2_step"].numpy().astype(np.float64), w["log2_norm"].numpy().astype(np.float64)
+    excess = d - np.log2(budget(16, 8, False)) - t
+    assert (excess > 0).any()
+    with tf.GradientTape() as tape:
+        loss = tf.add_n(layer.losses)
+    gt, gd = tape.gradient(loss, [w["log2_step"], w["log2_norm"]])
+    np.testing.assert_allclose(loss.numpy(), 0.01 * np.maximum(excess, 0).sum(), rtol=1e-5)
+    np.testing.assert_allclose(gd.numpy(), 0.01 * (excess > 0))
+    np.testing.assert_allclose(gt.numpy(), -0.01 * (excess > 0))
+    plain = keras.layers.Layer()
+    build(a2q(4, 16, 8), x.shape, layer=plain)
+    assert plain.losses == []
