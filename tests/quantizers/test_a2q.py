@@ -485,3 +485,15 @@ def test_norm_penalty_pulls_the_clamped_norm_back():
     plain = keras.layers.Layer()
     build(a2q(4, 16, 8), x.shape, layer=plain)
     assert plain.losses == []
+
+
+def test_power_of_two_steps_keep_the_bound():
+    x = kernel((3, 3, 16, 6), seed=9)
+    q = a2q(4, 15, 8, scale_format="pot")
+    w = build(q, x.shape)
+    y = run(q, x, w)
+    s = np.exp2(np.ceil(w["log2_step"].numpy().astype(np.float64))).astype(np.float32)
+    assert (s >= np.abs(x).max(axis=(0, 1, 2)) / 7 * (1 - 1e-6)).all()  # ceil: never a finer step
+    ints = integers_of(y, s)
+    assert (np.abs(ints).sum(axis=(0, 1, 2)) <= budget(15, 8, False)).all()
+    np.testing.assert_array_equal(integers_of(run(q, x, w, training=False), s), ints)
