@@ -7,6 +7,6 @@ from qresearch.quantizers.channels import register_channel_axes
 from qresearch.quantizers.registry import create, get, names, parameters, register
 
 # Built-ins register themselves on import, exactly like a user's plugin.
-from qresearch.quantizers import dorefa, lsq, lsq_plus, minmax, pact, pot  # noqa: E402,F401
+from qresearch.quantizers import a2q, dorefa, lsq, lsq_plus, minmax, pact, pot  # noqa: E402,F401
 
 __all__ = ["Quantizer", "create", "get", "names", "parameters", "register", "register_channel_axes"]

@@ -17,6 +17,8 @@ SAMPLE_SPECS = [
     {"name": "pact", "bits": 2, "alpha_init": 4.0, "alpha_decay": 1e-4, "signed": True, "narrow_range": True},
     {"name": "dorefa", "bits": 7, "mode": "activations"},
     {"name": "pot", "bits": 4, "pot_rounding": "round", "range_tracking": "last_value", "per_channel": True},
+    {"name": "a2q", "bits": 4, "accumulator_bits": 14, "input_bits": 6, "input_signed": True, "per_channel": False,
+     "narrow_range": False, "norm_penalty": 0.001},
 ]
 
 
@@ -59,6 +61,7 @@ def test_spec_forms():
     ("minmax", "weights", {"symmetric": True, "narrow_range": True, "range_tracking": "last_value"}),
     ("pot", "weights", {"narrow_range": True, "range_tracking": "last_value", "scale_format": "pot"}),
     ("pot", "activations", {"range_tracking": "ema"}),
+    ("a2q", "weights", {"symmetric": True, "narrow_range": True, "per_channel": True, "signed": True}),
 ])
 def test_role_defaults(name, role, expected):
     cfg = create(name, role=role).get_config()
@@ -94,6 +97,7 @@ def test_spec_fields_beat_role_defaults():
     ({"name": "dorefa", "mode": "both"}, ["mode", "'auto'", "'weights'", "'activations'"]),
     ({"name": "dorefa", "scale_format": "pot"}, ["power-of-two"]),
     ({"name": "pot", "pot_rounding": "floor"}, ["pot_rounding", "'ceil'", "'round'"]),
+    ({"name": "a2q", "norm_penalty": -1.0}, ["norm_penalty", ">= 0.0"]),
 ])
 def test_bad_fields_name_the_field(spec, fragments):
     with pytest.raises(ConfigError) as info:

@@ -18,6 +18,9 @@ CASES = {
     "dorefa": ({"name": "dorefa", "bits": 4, "per_channel": True}, {"name": "dorefa", "bits": 4}, []),
     "pot": ({"name": "pot", "bits": 4, "per_channel": True}, {"name": "pot", "bits": 8},
             ["kernel_max", "post_activation_max"]),
+    "a2q": ({"name": "a2q", "bits": 4, "accumulator_bits": 16, "norm_penalty": 1e-3},
+            {"name": "minmax", "bits": 8},
+            ["kernel_log2_step", "kernel_log2_norm"]),
 }
 
 
