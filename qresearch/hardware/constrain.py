@@ -394,7 +394,27 @@ def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tup
         err.conflicts = checker.conflicts
         err.target = t.name
         raise err
+    _accumulator_aware(out, t, checker.coercions)
     return SchemeSpec.from_dict(out), checker.coercions
+
+
+def _accumulator_aware(d: Dict[str, Any], t: Target, notes: List[str]) -> None:
+    """A weight quantizer that bounds the accumulator (``accumulator_bits``/``input_bits`` parameters, e.g.
+    A2Q) takes the width of the target's integer pipeline and the scheme's activation width, so sweeping
+    ``hardware.pipeline.accumulator_bits`` moves the bound with the hardware."""
+    w, a = d.get("weights"), d.get("activations")
+    if not isinstance(w, dict) or t.pipeline is None:
+        return
+    _, cls, _ = _quantizer_info(w, "weights")
+    params = quantizers.parameters(cls) if cls is not None else {}
+    updates = {"accumulator_bits": t.pipeline.accumulator_bits}
+    if isinstance(a, dict) and a.get("bits") is not None:
+        updates["input_bits"] = int(a["bits"])
+    for key, value in updates.items():
+        if key in params and w.get(key) != value:
+            notes.append(f"weights.{key}: {w.get(key, params[key])!r} -> {value!r} (from target {t.name!r}'s "
+                         f"{'pipeline accumulator' if key == 'accumulator_bits' else 'activation width'})")
+            w[key] = value
 
 
 def _role_bits(spec: Mapping[str, Any]) -> Dict[str, Optional[int]]:

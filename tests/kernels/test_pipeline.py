@@ -293,3 +293,24 @@ def test_describe_shows_the_accumulators_on_given_data():
     assert "accumulators (described kernels; on the data given):" in text
     assert all(name in text for name in report["accumulators"])
     assert "accumulators" not in qresearch.schemes.describe(q)  # no data: no accumulators
+
+
+def cnn_without_bias():
+    inp = keras.Input((6, 6, 3))
+    h = L.Conv2D(16, 3, activation="relu", use_bias=False)(inp)
+    h = L.Conv2D(16, 3, use_bias=False)(h)
+    return keras.Model(inp, L.Dense(4, use_bias=False)(L.Flatten()(h)))
+
+
+def test_a2q_takes_the_pipeline_width_and_never_overflows_it():
+    """A2Q bounds each channel's integer l1 norm for the target's accumulator (bias excluded: these layers have
+    none); min-max weights on the same model and hardware overflow it."""
+    tgt = target("a2q_acc13", accumulator_bits=13, overflow="wrap")
+    a2q = {"weights": {"quantizer": "a2q", "bits": 4}, "activations": {"quantizer": "minmax", "bits": 8}}
+    q, x = quantized(cnn_without_bias, tgt, a2q)
+    notes = q.qresearch_info["coercions"]
+    assert any(n.startswith("weights.accumulator_bits: 32 -> 13") for n in notes), notes
+    stats = accumulator_stats(q, x)
+    assert stats and all(s["overflowing"] == 0 and s["bits_needed"] <= 13 for s in stats.values()), stats
+    plain, _ = quantized(cnn_without_bias, tgt)
+    assert sum(s["overflowing"] for s in accumulator_stats(plain, x).values()) > 0
