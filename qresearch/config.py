@@ -90,6 +90,34 @@ class PhaseConfig:
 
 
 @dataclass
+class QuantizerTraining:
+    """How quantizer parameters (steps, clips, offsets) train; set per scheme (``scheme.quantizer_*``)."""
+    lr_multiplier: float = 1.0       # scheme.quantizer_lr_multiplier: their learning rate over the model's
+    weight_decay: bool = False       # scheme.quantizer_weight_decay: the phase's weight decay applies to them
+    freeze_steps: int = 0            # scheme.freeze_quantizer_steps: held at their initial values this long
+
+    @property
+    def changes_updates(self) -> bool:
+        return self.lr_multiplier != 1.0 or self.freeze_steps > 0
+
+
+#: Scheme keys of ``QuantizerTraining``'s fields.
+QUANTIZER_TRAINING_KEYS = {"quantizer_lr_multiplier": "lr_multiplier", "quantizer_weight_decay": "weight_decay",
+                           "freeze_quantizer_steps": "freeze_steps"}
+
+
+def quantizer_training(scheme: Optional[Mapping[str, Any]]) -> QuantizerTraining:
+    """The typed quantizer-training settings of a scheme dict (checked as SchemeSpec checks them)."""
+    from types import SimpleNamespace
+
+    from qresearch.schemes.spec import TRAINING_FIELDS, check_training_fields
+
+    values = SimpleNamespace(**{k: (scheme or {}).get(k, default) for k, default in TRAINING_FIELDS.items()})
+    check_training_fields(values)
+    return QuantizerTraining(**{QUANTIZER_TRAINING_KEYS[k]: v for k, v in vars(values).items()})
+
+
+@dataclass
 class TrainingConfig:
     qat: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, learning_rate=1e-4))
     calibration_samples: int = 256  # training images for PTQ calibration (range set-up)
@@ -221,6 +249,10 @@ class Experiment:
     save_model: bool = False
     threads: Optional[int] = None
     plugins: List[str] = field(default_factory=list)
+
+    @property
+    def quantizer_training(self) -> QuantizerTraining:
+        return quantizer_training(self.scheme)
 
 
 def _typed(cls, data: Optional[Mapping[str, Any]], **fixed):

@@ -130,7 +130,7 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     from qresearch import training
 
     return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn)
+                        log_fn=log_fn, quantizer=exp.quantizer_training)
 
 
 def evaluate_qat(exp: Experiment, qat_model, ds) -> float:
