@@ -61,8 +61,9 @@ def parameters(cls) -> Dict[str, Any]:
     sig = inspect.signature(cls.__init__)
     fields = {k: p.default for k, p in sig.parameters.items()
               if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    if getattr(cls, "init_params", None):  # accepted by every constructor (Quantizer.__init_subclass__)
-        fields.update({k: v for k, v in INIT_FIELDS.items() if k not in fields})
+    # Accepted by every constructor (Quantizer.__init_subclass__): ``init: paper`` is valid for any
+    # quantizer, so a scheme can switch algorithms and keep it; other rules need declared parameters.
+    fields.update({k: v for k, v in INIT_FIELDS.items() if k not in fields})
     return fields
 
 

@@ -102,12 +102,13 @@ def percentile(values, p: float):
     """``np.percentile(values, p, axis=0)`` (linear interpolation between the closest ranks)."""
     ordered = tf.sort(values, axis=0)
     n = tf.shape(ordered)[0]
-    pos = (float(p) / 100.0) * tf.cast(n - 1, tf.float32)
+    # the rank in float64: in float32 its rounding, times a wide gap between neighbours, is visible
+    pos = (float(p) / 100.0) * tf.cast(n - 1, tf.float64)
     below = tf.cast(tf.floor(pos), tf.int32)
     above = tf.minimum(below + 1, n - 1)
-    frac = pos - tf.cast(below, tf.float32)
-    a, b = tf.gather(ordered, below), tf.gather(ordered, above)
-    return a + frac * (b - a)
+    frac = pos - tf.cast(below, tf.float64)
+    a, b = tf.cast(tf.gather(ordered, below), tf.float64), tf.cast(tf.gather(ordered, above), tf.float64)
+    return tf.cast(a + frac * (b - a), values.dtype)
 
 
 @register_init_rule("percentile")
