@@ -10,11 +10,13 @@ then ``values_from_range`` turns it into the parameters by their kind (``PARAM_K
   2020, §2.1), LSQ+'s min/max or μ±3σ (Bhalgat et al. 2020, §3.3), PACT's fixed α (Choi et al. 2018, §3),
   min-max tracking for ``minmax``/``pot``.
 - ``max``: the full range, nothing clipped (max|x|, or min/max).
-- ``percentile``: the ``init_percentile``-th percentile of |x| (or of x and its mirror for asymmetric
-  ranges), the calibration rule of e.g. McKinstry et al. 2019 and Wu et al. 2020 (§4.1).
-- ``mse``: the clip minimising the quantization MSE ``Σ (x - Q_c(x))²`` on the quantizer's own grid, searched
-  over ``MSE_CANDIDATES`` clips ``c = k/K · max`` (Banner et al. 2019's objective; the grid search of Nagel
-  et al. 2021, "A White Paper on Neural Network Quantization", §3.4 "MSE-based" range setting), per channel.
+- ``percentile``: the ``init_percentile``-th percentile of |x| (asymmetric: the ``100-p`` and ``p``
+  percentiles of x), the percentile calibration of e.g. Wu et al. 2020, "Integer Quantization for Deep
+  Learning Inference".
+- ``mse``: the clip minimising the quantization MSE ``Σ (x - Q_c(x))²`` on the quantizer's own grid,
+  searched over ``MSE_CANDIDATES`` clips ``c = k/K · max``, per channel (Banner et al. 2019's objective;
+  the grid search of Nagel et al. 2021, "A White Paper on Neural Network Quantization", §3.1, MSE range
+  setting).
 """
 from __future__ import annotations
 
