@@ -109,8 +109,13 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         rec.metric(**stages.evaluate_float(exp, float_model, ds))
         log.info("float accuracy %.4f (baseline %s)", rec["metrics"]["float_accuracy"], rec["float_baseline"]["cache"])
 
+    start = None
+    if exp.progressive_bits:
+        with rec.stage("progressive"):
+            start, rec["progressive"] = stages.progressive(exp, float_model, ds, target, log_fn)
+
     with rec.stage("ptq"):
-        qat_model, metrics, facts = stages.ptq(exp, float_model, ds, spec, target)
+        qat_model, metrics, facts = stages.ptq(exp, float_model, ds, spec, target, start=start)
         rec.metric(**metrics)
         rec.data.update(facts)
         log.info("PTQ accuracy %.4f", metrics["ptq_accuracy"])

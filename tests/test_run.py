@@ -394,3 +394,15 @@ def test_variant_label_names_your_data_but_not_plugins():
     # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
     assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",
                                  "+model.width=8", "plugins=[my_quant]"]) == "lsq[dataset.path=a.npz,model.width=8]"
+
+
+def test_progressive_bits_start_the_run_from_a_higher_width(tmp_path):
+    cfg = _compose(tmp_path, ["logger=disabled", "scheme=lsq", "bits=2", "progressive_bits=[4]",
+                              "hardware=academic"])
+    run_job(cfg)
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec["error"]
+    assert [p["bits"] for p in rec["progressive"]] == [4] and 0 <= rec["progressive"][0]["qat_accuracy"] <= 1
+    assert rec["labels"]["weight_bits"] == 2 and rec["times"]["progressive_s"] >= 0
+    with pytest.raises(Exception, match="progressive_bits must be a list of bit widths"):
+        qconfig.validate(_compose(tmp_path, ["progressive_bits=[1]"]))

@@ -24,12 +24,19 @@ INIT_FIELDS = {"init": "paper", "init_percentile": 99.99}
 #: Attribute marking a trainable variable as a quantizer parameter (step, clip, offset): the training
 #: settings (learning-rate multiplier, no weight decay, freezing) find them by it.
 QUANTIZER_PARAM_ATTR = "_qresearch_quantizer_param"
+#: Attribute marking every variable a quantizer built (parameters, ranges, flags).
+QUANTIZER_VAR_ATTR = "_qresearch_quantizer_variable"
 _UNSET = object()
 
 
 def is_quantizer_param(variable) -> bool:
     """Whether ``variable`` is a trainable quantizer parameter (a step, clip or offset)."""
     return bool(getattr(variable, QUANTIZER_PARAM_ATTR, False))
+
+
+def is_quantizer_variable(variable) -> bool:
+    """Whether a quantizer built ``variable`` (its parameters, tracked ranges, flags)."""
+    return bool(getattr(variable, QUANTIZER_VAR_ATTR, False))
 
 
 class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
@@ -203,12 +210,14 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         _keep_layer_weights_first(layer)
         axes = self.channel_axes(tensor_shape, name, layer)
         weights = dict(self.build_params(self.param_shape(tensor_shape, axes), name, layer))
-        for value in weights.values():
-            if isinstance(value, tf.Variable) and value.trainable:
-                setattr(value, QUANTIZER_PARAM_ATTR, True)
         if self.init_active() and self.init_flag not in weights and self.init_keys(weights):
             first = self.init_keys(weights)[0]
             weights[self.init_flag] = self.add_flag(layer, f"{name}_{first}_initialized")
+        for value in weights.values():
+            if isinstance(value, tf.Variable):
+                setattr(value, QUANTIZER_VAR_ATTR, True)
+                if value.trainable:
+                    setattr(value, QUANTIZER_PARAM_ATTR, True)
         weights["channel_axes"] = axes
         # tfmot builds activation quantizers with no shape and output quantizers with an
         # unknown batch dimension; weights always have a full static shape.
