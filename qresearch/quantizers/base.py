@@ -19,7 +19,7 @@ from qresearch.quantizers.channels import channel_axes_for
 
 SCALE_FORMATS = ("float32", "pot")
 MIN_BITS, MAX_BITS = 2, 16
-#: Initialisation fields every quantizer that declares ``init_params`` accepts, and their defaults.
+#: Initialisation fields every quantizer accepts (``paper``: its own start), and their defaults.
 INIT_FIELDS = {"init": "paper", "init_percentile": 99.99}
 #: Attribute marking a trainable variable as a quantizer parameter (step, clip, offset): the training
 #: settings (learning-rate multiplier, no weight decay, freezing) find them by it.
@@ -293,7 +293,11 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
         flag = weights[self.init_flag]
         if _already_set(flag):
+            # A graph traced after initialisation (a training step after calibration) carries no
+            # initialisation at all: the tf.cond and the flag read would cost every step.
             return tf.constant(False)
+        # Only usable entries are written and the flag is set once any was, so a dead batch (all zeros,
+        # all NaN) defers initialisation to the next one.
         return tf.cond(tf.equal(flag, 0.0), lambda: self.assign_init(weights, stats_of(as_rows(x, axes))),
                        lambda: tf.constant(False))
 
@@ -305,7 +309,7 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         params = inspect.signature(type(self).__init__).parameters
         config = {k: getattr(self, k) for k, p in params.items()
                   if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if self.init_params:
+        if self.init_params:  # accepted by every constructor without being in its signature
             config.update({k: getattr(self, k) for k in INIT_FIELDS})
         return config
 
