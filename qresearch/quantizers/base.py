@@ -19,7 +19,7 @@ from qresearch.quantizers.channels import channel_axes_for
 
 SCALE_FORMATS = ("float32", "pot")
 MIN_BITS, MAX_BITS = 2, 16
-#: Initialisation fields every quantizer accepts (``paper``: its own start), and their defaults.
+#: Initialisation fields every quantizer accepts (ignored by one with nothing to initialise), and defaults.
 INIT_FIELDS = {"init": "paper", "init_percentile": 99.99}
 #: Attribute marking a trainable variable as a quantizer parameter (step, clip, offset): the training
 #: settings (learning-rate multiplier, no weight decay, freezing) find them by it.
@@ -147,9 +147,8 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         if not isinstance(self.init, str) or self.init not in INIT_RULES.names():
             raise ConfigError(f"quantizer {name!r}: init must be one of {', '.join(map(repr, INIT_RULES.names()))}, "
                               f"got {self.init!r}")
-        if self.init != "paper" and not self.init_params:
-            raise ConfigError(f"quantizer {name!r} declares no step, clip or range to initialise (init_params); "
-                              f"init: {self.init!r} does not apply. Leave init at 'paper'")
+        # A quantizer with nothing to initialise (no init_params; DoReFa's weights) ignores ``init``: a scheme
+        # that sets it for a role keeps working when a sweep swaps that role's quantizer.
         self.check_init()
 
     def check_init(self) -> None:

@@ -14,6 +14,7 @@ integer zero point reproduces it. Activations are: their grid is FakeQuant over
 Activation clip ``c`` (an extension; the paper clips at 1 and relies on the preceding layers' scale):
 with ``init: paper`` it is the paper's 1 and no variable exists; any other ``init`` rule adds a
 non-trainable clip ``c`` set from the data, and the forward is ``c·quantize_k(clip(x/c, 0, 1))``.
+Weights have nothing to initialise (tanh-normalised to [-1, 1]): ``init`` is ignored for them.
 """
 from __future__ import annotations
 
@@ -47,12 +48,6 @@ class DoReFaQuantizer(Quantizer):
         if narrow_range:
             raise ConfigError("quantizer 'dorefa': narrow_range must be false (DoReFa's grid has 2^bits levels)")
         self.mode = check_choice(self.registry_name, "mode", mode, MODES)
-
-    def check_init(self):
-        if self.init != "paper" and self.mode == "weights":
-            raise ConfigError("quantizer 'dorefa': weights have no step or clip to initialise (tanh-normalised "
-                              f"to [-1, 1]); init: {self.init!r} applies to activations only. Leave weights' "
-                              "init at 'paper'")
 
     @property
     def init_range(self):

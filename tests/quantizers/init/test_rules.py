@@ -123,8 +123,10 @@ def test_dorefa_activation_clip_from_the_data():
     np.testing.assert_allclose(v["clip"].numpy(), c, rtol=1e-6)
     np.testing.assert_allclose(y, np.round(np.clip(x / c, 0, 1) * 3) / 3 * c, rtol=1e-5, atol=1e-6)
     assert "clip" not in build(create({"name": "dorefa", "bits": 2}, role="activations"), None)  # paper: fixed 1
-    with pytest.raises(ConfigError, match="applies to activations only"):
-        create({"name": "dorefa", "init": "mse"}, role="weights")
+    weights = create({"name": "dorefa", "bits": 2, "init": "mse"}, role="weights")  # nothing to set: ignored
+    w = rng.randn(3, 4).astype("float32")
+    np.testing.assert_array_equal(run(weights, w, build(weights, w.shape)),
+                                  run(create({"name": "dorefa", "bits": 2}, role="weights"), w, build(weights, w.shape)))
 
 
 def test_pot_range_from_the_rule():
