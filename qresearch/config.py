@@ -94,6 +94,34 @@ class PhaseConfig:
 
 
 @dataclass
+class QuantizerTraining:
+    """How quantizer parameters (steps, clips, offsets) train; set per scheme (``scheme.quantizer_*``)."""
+    lr_multiplier: float = 1.0       # scheme.quantizer_lr_multiplier: their learning rate over the model's
+    weight_decay: bool = False       # scheme.quantizer_weight_decay: the phase's weight decay applies to them
+    freeze_steps: int = 0            # scheme.freeze_quantizer_steps: held at their initial values this long
+
+    @property
+    def changes_updates(self) -> bool:
+        return self.lr_multiplier != 1.0 or self.freeze_steps > 0
+
+
+#: Scheme keys of ``QuantizerTraining``'s fields.
+QUANTIZER_TRAINING_KEYS = {"quantizer_lr_multiplier": "lr_multiplier", "quantizer_weight_decay": "weight_decay",
+                           "freeze_quantizer_steps": "freeze_steps"}
+
+
+def quantizer_training(scheme: Optional[Mapping[str, Any]]) -> QuantizerTraining:
+    """The typed quantizer-training settings of a scheme dict (checked as SchemeSpec checks them)."""
+    from types import SimpleNamespace
+
+    from qresearch.schemes.spec import TRAINING_FIELDS, check_training_fields
+
+    values = SimpleNamespace(**{k: (scheme or {}).get(k, default) for k, default in TRAINING_FIELDS.items()})
+    check_training_fields(values)
+    return QuantizerTraining(**{QUANTIZER_TRAINING_KEYS[k]: v for k, v in vars(values).items()})
+
+
+@dataclass
 class TrainingConfig:
     qat: PhaseConfig = field(default_factory=lambda: PhaseConfig(epochs=3, learning_rate=1e-4))
     calibration_samples: int = 256  # training images for PTQ calibration (range set-up)
@@ -163,6 +191,9 @@ class Config:
     save_model: bool = False         # save the QAT model (SavedModel) in the job folder
     threads: Optional[int] = None    # TensorFlow intra-op threads (null: TensorFlow's default)
     plugins: List[str] = field(default_factory=list)  # modules imported before validation (qresearch.plugins)
+    # Progressive bit reduction: QAT at each of these widths in turn (both roles), the run's own width last,
+    # each starting from the previous one's weights (APoT: [4] before 2 bits). Empty: off.
+    progressive_bits: List[int] = field(default_factory=list)
     dataset: Any = MISSING
     model: Any = MISSING
     scheme: Any = MISSING
@@ -259,6 +290,11 @@ class Experiment:
     save_model: bool = False
     threads: Optional[int] = None
     plugins: List[str] = field(default_factory=list)
+    progressive_bits: List[int] = field(default_factory=list)
+
+    @property
+    def quantizer_training(self) -> QuantizerTraining:
+        return quantizer_training(self.scheme)
 
 
 def _typed(cls, data: Optional[Mapping[str, Any]], **fixed):
@@ -298,7 +334,7 @@ def experiment(cfg) -> Experiment:
     training = _typed(TrainingConfig, {k: v for k, v in t.items() if k not in ("float", "qat")},
                       float=phase_config(t.get("float") or {}), qat=phase_config(t.get("qat") or {}))
     flags = {k: data[k] for k in ("sweep_name", "resume", "deterministic", "adapt", "adapt_bits", "bits", "deploy",
-                                  "save_model", "threads", "plugins") if data.get(k) is not None}
+                                  "save_model", "threads", "plugins", "progressive_bits") if data.get(k) is not None}
     return Experiment(config=data, hash=_hash_of(data), seed=data.get("seed"), dataset=dict(data.get("dataset") or {}),
                       model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
                       hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
@@ -378,6 +414,11 @@ def validate(cfg, check_data: bool = True) -> None:
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     if exp.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
+    widths = list(exp.progressive_bits or [])
+    if any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16 for b in widths):
+        raise ConfigError(f"progressive_bits must be a list of bit widths in [2, 16] (e.g. [4] to start a 2-bit run "
+                          f"from a 4-bit one), got {widths!r}")
+    quantizer_training(exp.scheme)
     validate_mixed(exp.mixed, exp.config.get("mixed"))
 
 

@@ -135,8 +135,13 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
             if rec.logger is not None:
                 rec.logger.summary({"mixed/widths": m["widths"], "mixed/solver": m["solver"]})
 
+    start = None
+    if exp.progressive_bits:
+        with rec.stage("progressive"):
+            start, rec["progressive"] = stages.progressive(exp, float_model, ds, target, log_fn)
+
     with rec.stage("ptq"):
-        qat_model, metrics, facts = stages.ptq(exp, float_model, ds, spec, target)
+        qat_model, metrics, facts = stages.ptq(exp, float_model, ds, spec, target, start=start)
         rec.metric(**metrics)
         rec.data.update(facts)
         log.info("PTQ accuracy %.4f", metrics["ptq_accuracy"])

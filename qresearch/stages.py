@@ -195,15 +195,51 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
     return {"float_accuracy": acc, "float_step_time_s": step, "float_params": int(model.count_params())}
 
 
-def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
-    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts);
-    the facts hold ``cost`` (``cost_facts``) and the metrics its totals."""
+def progressive(exp: Experiment, float_model, ds, target, log_fn: LogFn) -> Tuple[Any, List[Dict[str, Any]]]:
+    """QAT at each of ``exp.progressive_bits`` in turn, each from the previous model's weights. Returns the
+    last QAT model (the run's own width starts from it in ``ptq``) and, per width, its accuracy and time."""
+    import dataclasses
+
+    from qresearch import training
+    from qresearch.config import with_bits
+
+    model, facts = None, []
+    for bits in exp.progressive_bits:
+        step = dataclasses.replace(exp, scheme=with_bits(exp.scheme, bits), bits=bits)
+        _, spec, _ = check_scheme(step)
+        model = _quantize(step, float_model, ds, spec, target, start=model)
+        fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
+                           verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
+        facts.append({"bits": bits, "qat_accuracy": evaluate_qat(step, model, ds, target)[0]["qat_accuracy"],
+                      "wall_s": fit["wall_s"]})
+        log.info("progressive: %d-bit QAT accuracy %.4f", bits, facts[-1]["qat_accuracy"])
+    return model, facts
+
+
+def _quantize(exp: Experiment, float_model, ds, spec: Dict[str, Any], target, start=None):
+    """The calibrated QAT model; with ``start`` (a QAT model of the same float model at another width),
+    its layer weights first, then calibration sets the quantizers at this width."""
     import qresearch
-    from qresearch import mixed, training
+    from qresearch import schemes
+    from qresearch.schemes.transfer import copy_layer_weights
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
-    qat_model = qresearch.quantize(float_model, spec, hardware=target, calibration_data=calib, adapt=exp.adapt,
-                                   constrained=True)
+    qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
+                                   calibration_data=calib if start is None else None)
+    if start is not None:
+        copy_layer_weights(start, qat_model)
+        schemes.calibrate(qat_model, calib)
+    return qat_model
+
+
+def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,
+        start=None) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
+    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts).
+    ``start``: a higher-bit QAT model whose weights this one starts from (``progressive``). The facts hold
+    ``cost`` (``cost_facts``) and the metrics its totals."""
+    from qresearch import mixed, training
+
+    qat_model = _quantize(exp, float_model, ds, spec, target, start)
     acc = training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
     report = mixed.describe(qat_model, float_model, table=target)
     log.info("%s", report["sections"]["cost"])
@@ -221,7 +257,7 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     from qresearch import training
 
     return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn)
+                        log_fn=log_fn, quantizer=exp.quantizer_training)
 
 
 ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 
 from qresearch._compat import keras, tf
-from qresearch.config import Optimizer, PhaseConfig, Schedule, phase_dict, stable_hash
+from qresearch.config import Optimizer, PhaseConfig, QuantizerTraining, Schedule, phase_dict, stable_hash
 from qresearch.errors import ConfigError, QResearchError
 from qresearch.results import write_json_atomic
 
@@ -120,9 +120,13 @@ def make_optimizer(phase: PhaseConfig, total_steps: int):
     raise ConfigError(f"unknown optimizer {phase.optimizer!r}; valid: {', '.join(o.value for o in Optimizer)}")
 
 
-def compile_model(model, phase: PhaseConfig, steps_per_epoch: int):
+def compile_model(model, phase: PhaseConfig, steps_per_epoch: int, quantizer: Optional[QuantizerTraining] = None):
+    """``quantizer``: how quantizer parameters train (``quantizer_training``); default: no weight decay on them."""
+    from qresearch import quantizer_training
+
     total = int(phase.epochs) * int(steps_per_epoch)
-    model.compile(optimizer=make_optimizer(phase, total),
+    optimizer = quantizer_training.configure(make_optimizer(phase, total), model, quantizer or QuantizerTraining())
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
     return model
@@ -135,10 +139,11 @@ def steps_per_epoch(n: int, phase: PhaseConfig) -> int:
 
 
 def fit(model, dataset, phase: PhaseConfig, name: str, seed: int, verbose: int = 2,
-        log_fn: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, Any]:
+        log_fn: Optional[Callable[[Dict[str, float]], None]] = None,
+        quantizer: Optional[QuantizerTraining] = None) -> Dict[str, Any]:
     """Compile and train ``model`` for one phase; return history, wall time and median step time."""
     spe = steps_per_epoch(len(dataset.x_train), phase)
-    compile_model(model, phase, spe)
+    compile_model(model, phase, spe, quantizer)
     timer = BatchTimer()
     callbacks: List[Any] = [NaNGuard(name), timer]
     if log_fn is not None:

@@ -419,3 +419,15 @@ def test_a_target_with_an_integer_pipeline_reports_the_simulated_hardware(tmp_pa
     assert results[32]["accumulator_overflow_fraction"] == 0.0 < results[14]["accumulator_overflow_fraction"]
     assert results[32]["accumulator_bits_needed"] > 14
     assert results[14]["qat_accuracy"] < results[32]["qat_accuracy"]
+
+
+def test_progressive_bits_start_the_run_from_a_higher_width(tmp_path):
+    cfg = _compose(tmp_path, ["logger=disabled", "scheme=lsq", "bits=2", "progressive_bits=[4]",
+                              "hardware=academic"])
+    run_job(cfg)
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec["error"]
+    assert [p["bits"] for p in rec["progressive"]] == [4] and 0 <= rec["progressive"][0]["qat_accuracy"] <= 1
+    assert rec["labels"]["weight_bits"] == 2 and rec["times"]["progressive_s"] >= 0
+    with pytest.raises(Exception, match="progressive_bits must be a list of bit widths"):
+        qconfig.validate(_compose(tmp_path, ["progressive_bits=[1]"]))

@@ -7,6 +7,7 @@ them back from the signature, so a plugin round-trips without extra code.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
@@ -18,6 +19,24 @@ from qresearch.quantizers.channels import channel_axes_for
 
 SCALE_FORMATS = ("float32", "pot")
 MIN_BITS, MAX_BITS = 2, 16
+#: Initialisation fields every quantizer accepts (ignored by one with nothing to initialise), and defaults.
+INIT_FIELDS = {"init": "paper", "init_percentile": 99.99}
+#: Attribute marking a trainable variable as a quantizer parameter (step, clip, offset): the training
+#: settings (learning-rate multiplier, no weight decay, freezing) find them by it.
+QUANTIZER_PARAM_ATTR = "_qresearch_quantizer_param"
+#: Attribute marking every variable a quantizer built (parameters, ranges, flags).
+QUANTIZER_VAR_ATTR = "_qresearch_quantizer_variable"
+_UNSET = object()
+
+
+def is_quantizer_param(variable) -> bool:
+    """Whether ``variable`` is a trainable quantizer parameter (a step, clip or offset)."""
+    return bool(getattr(variable, QUANTIZER_PARAM_ATTR, False))
+
+
+def is_quantizer_variable(variable) -> bool:
+    """Whether a quantizer built ``variable`` (its parameters, tracked ranges, flags)."""
+    return bool(getattr(variable, QUANTIZER_VAR_ATTR, False))
 
 
 class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
@@ -32,6 +51,15 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         (Dense/Conv: last; Conv*Transpose: -2; depthwise: in·multiplier).
       signed: signed grid (weights, pre-activations) or unsigned (after ReLU).
       scale_format: ``"float32"`` or ``"pot"`` (scales rounded to powers of two).
+      init: how the declared parameters (``init_params``) start: ``paper`` (the algorithm's own rule),
+        ``max``, ``percentile`` or ``mse`` (``qresearch.quantizers.init.rules``); from the calibration
+        data (every batch) when given, else from the first training batch; weights from their tensor.
+      init_percentile: the percentile of ``init: percentile``.
+
+    A plugin gets every init rule by declaring ``init_params`` (``{weights-dict key: kind}``, kinds
+    ``step``, ``clip``, ``offset``, ``min``, ``max``): the base class accepts ``init``/``init_percentile``
+    in its constructor, serialises them, adds the "initialised" flag and sets the variables before
+    ``quantize`` runs. ``paper_init`` supplies the algorithm's own rule.
     """
 
     #: Name in the quantizer registry; set by ``qresearch.quantizers.register``.
@@ -40,6 +68,25 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
     role_defaults: ClassVar[Dict[str, Dict[str, Any]]] = {}
     #: Whether this algorithm can honour ``scale_format="pot"``.
     supports_pot_scales: ClassVar[bool] = True
+    #: Variables the init rules set: ``{key in the weights dict: kind}`` (see ``init.rules.PARAM_KINDS``).
+    init_params: ClassVar[Dict[str, str]] = {}
+    #: Key of the 0/1 flag set once the parameters were initialised (added by ``build`` if missing).
+    init_flag: ClassVar[str] = "initialized"
+
+    def __init_subclass__(cls, **kwargs):
+        """Every subclass constructor accepts ``init``/``init_percentile`` without declaring them."""
+        super().__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__init__")
+        if own is None or getattr(own, "_takes_init_fields", False):
+            return
+
+        @functools.wraps(own)
+        def __init__(self, *args, init=_UNSET, init_percentile=_UNSET, **kw):
+            own(self, *args, **kw)
+            self._set_init_fields(init, init_percentile, check=type(self).__init__ is __init__)
+
+        __init__._takes_init_fields = True
+        cls.__init__ = __init__
 
     def __init__(
         self,
@@ -50,6 +97,9 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         axis: Optional[Sequence[int] | int] = None,
         signed: bool = True,
         scale_format: str = "float32",
+        *,
+        init: str = INIT_FIELDS["init"],
+        init_percentile: float = INIT_FIELDS["init_percentile"],
     ):
         name = self.registry_name or type(self).__name__
         if isinstance(bits, bool) or not isinstance(bits, (int,)) or not MIN_BITS <= bits <= MAX_BITS:
@@ -76,6 +126,33 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         self.axis = axis
         self.signed = signed
         self.scale_format = scale_format
+        self._set_init_fields(init, init_percentile, check=type(self).__init__ is Quantizer.__init__)
+
+    def _set_init_fields(self, init, init_percentile, check: bool) -> None:
+        """Set the init fields (the outermost constructor's values win); the constructor the instance's
+        class resolves to checks them, once every other field is set."""
+        if init is not _UNSET:
+            self.init = init
+        if init_percentile is not _UNSET:
+            self.init_percentile = init_percentile
+        if check:
+            self._check_init_fields()
+
+    def _check_init_fields(self) -> None:
+        from qresearch.quantizers.init.rules import INIT_RULES
+
+        name = self.registry_name or type(self).__name__
+        self.init_percentile = check_number(name, "init_percentile", self.init_percentile, low=0.0, high=100.0,
+                                            low_open=True)
+        if not isinstance(self.init, str) or self.init not in INIT_RULES.names():
+            raise ConfigError(f"quantizer {name!r}: init must be one of {', '.join(map(repr, INIT_RULES.names()))}, "
+                              f"got {self.init!r}")
+        # A quantizer with nothing to initialise (no init_params; DoReFa's weights) ignores ``init``: a scheme
+        # that sets it for a role keeps working when a sweep swaps that role's quantizer.
+        self.check_init()
+
+    def check_init(self) -> None:
+        """Quantizer-specific checks of ``init`` against the other fields; override to refuse a pair."""
 
     # ----------------------------------------------------------------- grids
     @property
@@ -132,6 +209,14 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         _keep_layer_weights_first(layer)
         axes = self.channel_axes(tensor_shape, name, layer)
         weights = dict(self.build_params(self.param_shape(tensor_shape, axes), name, layer))
+        if self.init_active() and self.init_flag not in weights and self.init_keys(weights):
+            first = self.init_keys(weights)[0]
+            weights[self.init_flag] = self.add_flag(layer, f"{name}_{first}_initialized")
+        for value in weights.values():
+            if isinstance(value, tf.Variable):
+                setattr(value, QUANTIZER_VAR_ATTR, True)
+                if value.trainable:
+                    setattr(value, QUANTIZER_PARAM_ATTR, True)
         weights["channel_axes"] = axes
         # tfmot builds activation quantizers with no shape and output quantizers with an
         # unknown batch dimension; weights always have a full static shape.
@@ -143,7 +228,77 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return {}
 
     def __call__(self, inputs, training, weights, **kwargs):
-        return self.quantize(inputs, bool(training), weights, weights.get("channel_axes"))
+        axes = weights.get("channel_axes")
+        if not (training and self.init_active() and self.init_keys(weights)):
+            return self.quantize(inputs, bool(training), weights, axes)
+        from qresearch.quantizers.init import collect
+
+        collector = collect.current()
+        if collector is not None and weights.get("per_example", False):
+            collector.observe(self, inputs, weights, axes)  # set after the last calibration batch
+            return inputs
+        with tf.control_dependencies([self.init_in_graph(inputs, weights, axes)]):
+            return self.quantize(inputs, True, weights, axes)
+
+    # ------------------------------------------------------ initialisation
+    def init_active(self) -> bool:
+        """Whether the parameters start from data (any rule but a ``paper`` rule that reads none)."""
+        return self.init != "paper" or self.paper_uses_data()
+
+    def paper_uses_data(self) -> bool:
+        """Whether ``paper_init`` reads the data; False: the constructor's values are the paper's start."""
+        return False
+
+    def paper_init(self, stats):
+        """The algorithm's own rule: ``(values, valid)`` from ``stats`` (``init.stats.Stats``), or None."""
+        return None
+
+    @property
+    def init_range(self) -> str:
+        """The range the rules fit: ``symmetric`` (|x| <= c), ``unsigned`` (0..c) or ``asymmetric``."""
+        if not self.symmetric:
+            return "asymmetric"
+        return "symmetric" if self.signed else "unsigned"
+
+    @property
+    def init_grid(self) -> Tuple[int, int]:
+        """``(qn, qp)`` of the grid the MSE rule measures against."""
+        return self.grid
+
+    def init_keys(self, weights):
+        """The declared parameters this instance built (an asymmetric offset, an activation-only clip)."""
+        return [k for k in self.init_params if k in weights]
+
+    def assign_init(self, weights, stats):
+        """Evaluate the init rule on ``stats`` and write the usable entries; returns whether any was."""
+        from qresearch.quantizers.init.rules import evaluate
+
+        result = evaluate(self, stats)
+        flag = weights[self.init_flag]
+        if result is None:
+            return tf.constant(False)
+        values, valid = result
+        for key in self.init_keys(weights):
+            var = weights[key]
+            value = tf.reshape(tf.cast(values[key], var.dtype), var.shape)
+            ok = tf.reshape(valid, var.shape)
+            var.assign(tf.where(ok, value, var))
+        flag.assign(tf.where(tf.reduce_any(valid), 1.0, flag))
+        return tf.reduce_any(valid)
+
+    def init_in_graph(self, x, weights, axes):
+        """Initialise once from ``x`` (the weight tensor, or the first training batch without calibration)."""
+        from qresearch.quantizers.init.stats import as_rows, stats_of
+
+        flag = weights[self.init_flag]
+        if _already_set(flag):
+            # A graph traced after initialisation (a training step after calibration) carries no
+            # initialisation at all: the tf.cond and the flag read would cost every step.
+            return tf.constant(False)
+        # Only usable entries are written and the flag is set once any was, so a dead batch (all zeros,
+        # all NaN) defers initialisation to the next one.
+        return tf.cond(tf.equal(flag, 0.0), lambda: self.assign_init(weights, stats_of(as_rows(x, axes))),
+                       lambda: tf.constant(False))
 
     def quantize(self, x, training: bool, weights: Dict[str, Any], axes):
         """Fake-quantize ``x``. ``training`` is a Python bool (tfmot's smart_cond branches)."""
@@ -151,8 +306,11 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def get_config(self) -> Dict[str, Any]:
         params = inspect.signature(type(self).__init__).parameters
-        return {k: getattr(self, k) for k, p in params.items()
-                if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        config = {k: getattr(self, k) for k, p in params.items()
+                  if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if self.init_params:  # accepted by every constructor without being in its signature
+            config.update({k: getattr(self, k) for k in INIT_FIELDS})
+        return config
 
     @classmethod
     def from_config(cls, config):
@@ -180,33 +338,6 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return f"{type(self).__name__}({args})"
 
     # ------------------------------------------------------------- helpers
-    @staticmethod
-    def init_from_data(flag, variables, estimate):
-        """Data-dependent initialisation, once: assign ``estimate()`` to ``variables``.
-
-        ``estimate()`` returns ``(values, valid)``: one value per variable and a mask of
-        usable entries (finite; e.g. not from an all-zero or all-NaN batch). It runs only
-        while ``flag`` is 0, so initialised quantizers pay nothing for it. Only valid
-        entries are written, and ``flag`` is set once any entry was, so a dead first
-        batch defers initialisation. Returns a tensor: read the variables under
-        ``tf.control_dependencies([result])``.
-        """
-
-        if _already_set(flag):
-            # A graph traced after initialisation (a training step after calibration) carries no
-            # initialisation at all: the tf.cond, its control dependency and the flag read cost every
-            # step. The flag is only ever set, never cleared, by this code.
-            return tf.constant(False)
-
-        def initialise():
-            values, valid = estimate()
-            for var, value in zip(variables, values):
-                var.assign(tf.where(valid, tf.cast(value, var.dtype), var))
-            flag.assign(tf.where(tf.reduce_any(valid), 1.0, flag))
-            return tf.constant(True)
-
-        return tf.cond(tf.equal(flag, 0.0), initialise, lambda: tf.constant(False))
-
     @staticmethod
     def add_variable(layer, name: str, shape, init: float, trainable: bool, regularizer=None):
         from qresearch._compat import keras

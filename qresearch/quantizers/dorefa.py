@@ -9,7 +9,12 @@ the graph (it receives gradient).
 Not TFLite-exact: the weight grid ``{2i/(2^k-1) - 1}`` has no exact zero
 (at 2 bits: ±1/3, ±1) and lies in ``[-1, 1]`` whatever the weights' scale, so no
 integer zero point reproduces it. Activations are: their grid is FakeQuant over
-``[0, 1]``, which the inference path uses. No power-of-two scale format.
+``[0, c]``, which the inference path uses. No power-of-two scale format.
+
+Activation clip ``c`` (an extension; the paper clips at 1 and relies on the preceding layers' scale):
+with ``init: paper`` it is the paper's 1 and no variable exists; any other ``init`` rule adds a
+non-trainable clip ``c`` set from the data, and the forward is ``c·quantize_k(clip(x/c, 0, 1))``.
+Weights have nothing to initialise (tanh-normalised to [-1, 1]): ``init`` is ignored for them.
 """
 from __future__ import annotations
 
@@ -35,6 +40,7 @@ class DoReFaQuantizer(Quantizer):
 
     supports_pot_scales = False
     role_defaults = {"weights": {"mode": "weights"}, "activations": {"mode": "activations"}}
+    init_params = {"clip": "clip"}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", mode="auto"):
@@ -42,6 +48,19 @@ class DoReFaQuantizer(Quantizer):
         if narrow_range:
             raise ConfigError("quantizer 'dorefa': narrow_range must be false (DoReFa's grid has 2^bits levels)")
         self.mode = check_choice(self.registry_name, "mode", mode, MODES)
+
+    @property
+    def init_range(self):
+        return "unsigned"
+
+    @property
+    def init_grid(self):
+        return 0, 2**self.bits - 1
+
+    def build_params(self, shape, name, layer):
+        if self.init == "paper" or self.mode == "weights":
+            return {}  # the paper's fixed clip at 1: no variable, the graph of before
+        return {"clip": self.add_variable(layer, f"{name}_clip", shape, 1.0, trainable=False)}
 
     def is_weights(self, weights) -> bool:
         if self.mode == "auto":
@@ -51,9 +70,12 @@ class DoReFaQuantizer(Quantizer):
     def quantize(self, x, training, weights, axes):
         if self.is_weights(weights):
             return self.quantize_weights(x, axes)
+        if "clip" not in weights:
+            return ops.fake_quant(x, 0.0, 1.0, self.bits, False) if not training else clipped_unit_ste(x, self.bits)
+        c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS)
         if not training:
-            return ops.fake_quant(x, 0.0, 1.0, self.bits, False)
-        return clipped_unit_ste(x, self.bits)
+            return ops.fake_quant(x, 0.0, c, self.bits, False)
+        return clipped_unit_ste(x / c, self.bits) * c
 
     def quantize_weights(self, w, axes):
         t = tf.tanh(w)

@@ -5,7 +5,8 @@
 ``g = 1/sqrt(N·Qp)``. With ``symmetric: true`` (weights) there is no offset and
 LSQ+ is LSQ with the paper's weight initialisation.
 
-Initialisation from the first training batch (paper §3.3; finite values only):
+``init: paper`` (paper §3.3; finite values; over every calibration batch, or the first training batch
+without calibration data; ``init`` picks another rule, see the base class):
   * asymmetric: ``s = (max - min) / (Qp + Qn)`` and ``β = min + Qn·s`` — the paper's
     min/max rule ``s = (max - min)/(p - n)``, ``β = min - n·s`` with ``n = -Qn``,
     ``p = Qp`` (the paper also offers an MSE-optimal start; not implemented here);
@@ -23,6 +24,7 @@ from __future__ import annotations
 import math
 
 from qresearch._compat import tf
+from qresearch.errors import ConfigError
 from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer, check_bool, check_number
 from qresearch.quantizers.lsq import MIN_STEP
@@ -38,13 +40,14 @@ class LSQPlusQuantizer(Quantizer):
 
     Args (besides the common ones):
       step_init, offset_init: values before data are seen (kept if ``data_init`` is false).
-      data_init: initialise ``s`` (and ``β``) from the first training batch.
+      data_init: start ``s`` (and ``β``) from the data by the ``init`` rule; false keeps the values above.
       grad_scaling: scale the gradients by ``1/sqrt(N·Qp)``.
       nudge_zero_point: keep real 0 on the grid in training too (see module docstring).
     """
 
     role_defaults = {"weights": {"symmetric": True, "signed": True},
                      "activations": {"symmetric": False}}
+    init_params = {"step": "step", "offset": "offset"}
 
     def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", step_init=1.0, offset_init=0.0, data_init=True,
@@ -70,22 +73,25 @@ class LSQPlusQuantizer(Quantizer):
             params["offset"] = self.add_variable(layer, f"{name}_offset", shape, self.offset_init, trainable=True)
         return params
 
-    def initial_values(self, x, axes):
-        """``(step, offset or None, valid)`` from a batch (see module docstring)."""
+    def check_init(self):
+        if self.init != "paper" and not self.data_init:
+            raise ConfigError(f"quantizer {self.registry_name!r}: data_init: false keeps step_init/offset_init, so "
+                              f"init: {self.init!r} would not apply; drop data_init: false or use init: paper")
+
+    def paper_uses_data(self):
+        return self.data_init
+
+    def paper_init(self, stats):
+        """The paper's §3.3 rules (see the module docstring)."""
         qn, qp = self.grid
-        reduce = self.reduce_axes(x, axes)
         if self.has_offset:
-            lo = ops.reduce_finite(tf.reduce_min, x, reduce, empty=0.0)
-            hi = ops.reduce_finite(tf.reduce_max, x, reduce, empty=0.0)
-            step = (hi - lo) / float(qp + qn)
-            offset = lo + qn * step
+            step = (stats.max - stats.min) / float(qp + qn)
+            offset = stats.min + qn * step
             valid = tf.logical_and(tf.math.is_finite(step), step > 0.0) & tf.math.is_finite(offset)
-            return step, offset, valid
-        mean = ops.reduce_finite(tf.reduce_mean, x, reduce, empty=0.0)
-        centred = x - self.broadcast(mean, x, axes)
-        std = tf.sqrt(ops.reduce_finite(tf.reduce_mean, tf.square(centred), reduce, empty=0.0))
-        step = tf.maximum(tf.abs(mean - 3.0 * std), tf.abs(mean + 3.0 * std)) / float(qp + 1)
-        return step, None, tf.logical_and(tf.math.is_finite(step), step > 0.0)
+            return {"step": step, "offset": offset}, valid
+        spread = tf.maximum(tf.abs(stats.mean - 3.0 * stats.std), tf.abs(stats.mean + 3.0 * stats.std))
+        step = spread / float(qp + 1)
+        return {"step": step}, tf.logical_and(tf.math.is_finite(step), step > 0.0)
 
     def grad_factor(self, x, weights, axes):
         if not self.grad_scaling:
@@ -100,16 +106,7 @@ class LSQPlusQuantizer(Quantizer):
             s = self.pot(tf.maximum(tf.convert_to_tensor(step), MIN_STEP))
             b = 0.0 if offset is None else tf.convert_to_tensor(offset)
             return ops.fake_quant(x, b - qn * s, b + qp * s, self.bits, self.narrow_range, axes)
-        variables = [step] if offset is None else [step, offset]
-        if self.data_init:
-            def estimate():
-                s0, b0, valid = self.initial_values(x, axes)
-                return ([s0] if offset is None else [s0, b0]), valid
-
-            with tf.control_dependencies([self.init_from_data(weights["initialized"], variables, estimate)]):
-                values = [tf.identity(v) for v in variables]
-        else:
-            values = [tf.convert_to_tensor(v) for v in variables]
+        values = [tf.convert_to_tensor(v) for v in ([step] if offset is None else [step, offset])]
         g = self.grad_factor(x, weights, axes)
         s = self.pot(tf.maximum(ops.grad_scale(values[0], g), MIN_STEP))
         s = self.broadcast(s, x, axes)

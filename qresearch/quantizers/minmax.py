@@ -5,6 +5,11 @@ values (weights), asymmetric or symmetric, per tensor or per channel. The
 forward pass is TensorFlow's FakeQuant, so at 8 bits it is exactly what tfmot
 and the TFLite converter use (nudged zero point, half-up rounding on the
 shifted grid; ``../shared/docs/tflite-int8-spec.md`` §4).
+
+``init: paper`` is that tracking itself. Another ``init`` rule sets the range once from the data (every
+calibration batch, or the first training batch) instead of tracking it during calibration; in training
+the range is then tracked from there (``last_value`` ranges follow each step's weights, so for weights
+the rule matters for post-training quantization only).
 """
 from __future__ import annotations
 
@@ -31,6 +36,8 @@ class MinMaxQuantizer(Quantizer):
         "weights": {"symmetric": True, "narrow_range": True, "range_tracking": "last_value"},
         "activations": {"range_tracking": "ema"},
     }
+    init_params = {"min": "min", "max": "max"}
+    init_flag = "seen"
 
     def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", range_tracking="ema", ema_decay=0.99,
@@ -80,6 +87,10 @@ class MinMaxQuantizer(Quantizer):
         return tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
 
     def quantize(self, x, training, weights, axes):
+        from qresearch.quantizers.init import collect
+
+        if training and self.init != "paper" and collect.current() is not None:
+            training = False  # calibrating with an init rule: the rule, not the tracking, sets the range
         if training:
             with tf.control_dependencies([self.observe(x, weights, axes)]):
                 lo, hi = tf.identity(weights["min"]), tf.identity(weights["max"])

@@ -37,13 +37,15 @@ class PACTQuantizer(Quantizer):
         activations and lets training (and the L2 decay) shrink it; 6.0 is the ReLU6
         bound, tfmot's initial activation range too.
       alpha_decay: L2 coefficient ``λ_α`` on α (0 disables it).
-      data_init: set α from the first training (or calibration) batch: ``max(x)`` (``max|x|`` when
-        signed), per channel when ``per_channel`` — no clipping at the start, as with a large α, but on
-        the data's scale. Off by default (the paper's fixed start); ``quantize`` turns it on for model
-        inputs, where a fixed α = 6 would clip unnormalised data (pixels in [0, 255]) to nothing.
+      data_init: with ``init: paper``, set α from the data instead: ``max(x)`` (``max|x|`` when signed) over
+        the calibration data (or the first training batch), per channel when ``per_channel`` — no clipping
+        at the start, as with a large α, but on the data's scale. Off by default (the paper's fixed
+        start); ``quantize`` turns it on for model inputs, where a fixed α = 6 would clip unnormalised
+        data (pixels in [0, 255]) to nothing. Other ``init`` rules always start α from the data.
     """
 
     role_defaults = {"weights": {"signed": True}, "activations": {"signed": False}}
+    init_params = {"alpha": "clip"}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
                  signed=False, scale_format="float32", alpha_init=6.0, alpha_decay=0.0, data_init=False):
@@ -57,13 +59,22 @@ class PACTQuantizer(Quantizer):
     def grid(self):
         return ops.integer_grid(self.bits, self.signed, self.narrow_range)
 
+    def paper_uses_data(self):
+        return self.data_init
+
+    def paper_init(self, stats):
+        """The paper's fixed start (``alpha_init``: None keeps it); with ``data_init``, the data's max."""
+        if not self.data_init:
+            return None
+        from qresearch.quantizers.init.rules import INIT_RULES
+
+        return INIT_RULES.get("max")(self, stats)
+
     def build_params(self, shape, name, layer):
+        # The "initialized" flag is added by the base class when α starts from data.
         reg = keras.regularizers.l2(self.alpha_decay) if self.alpha_decay > 0 else None
-        params = {"alpha": self.add_variable(layer, f"{name}_alpha", shape, self.alpha_init, trainable=True,
-                                             regularizer=reg)}
-        if self.data_init:
-            params["initialized"] = self.add_flag(layer, f"{name}_alpha_initialized")
-        return params
+        return {"alpha": self.add_variable(layer, f"{name}_alpha", shape, self.alpha_init, trainable=True,
+                                           regularizer=reg)}
 
     def clip_level(self, alpha):
         """α floored at a tiny positive value, rounded so α/Qp is a power of two if asked."""
@@ -80,15 +91,6 @@ class PACTQuantizer(Quantizer):
             if qn > qp:  # non-narrow signed grid: the bottom level lies below -α
                 x = tf.maximum(x, -a)
             return ops.fake_quant(x, -qn * s, qp * s, self.bits, self.narrow_range, axes)
-        if self.data_init:
-            def estimate():
-                values = tf.abs(x) if self.signed else x
-                est = ops.reduce_finite(tf.reduce_max, values, self.reduce_axes(x, axes), empty=0.0)
-                return [est], tf.logical_and(tf.math.is_finite(est), est > 0.0)
-
-            with tf.control_dependencies([self.init_from_data(weights["initialized"], [weights["alpha"]],
-                                                              estimate)]):
-                alpha = self.clip_level(tf.identity(weights["alpha"]))
         return pact_ste(x, self.broadcast(alpha, x, axes), qp, self.signed)
 
 

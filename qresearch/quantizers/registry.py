@@ -56,9 +56,15 @@ def names():
 
 def parameters(cls) -> Dict[str, Any]:
     """A quantizer class's spec fields and their defaults."""
+    from qresearch.quantizers.base import INIT_FIELDS
+
     sig = inspect.signature(cls.__init__)
-    return {k: p.default for k, p in sig.parameters.items()
-            if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    fields = {k: p.default for k, p in sig.parameters.items()
+              if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    # Accepted by every constructor (Quantizer.__init_subclass__): ``init: paper`` is valid for any
+    # quantizer, so a scheme can switch algorithms and keep it; other rules need declared parameters.
+    fields.update({k: v for k, v in INIT_FIELDS.items() if k not in fields})
+    return fields
 
 
 def create(spec: Union[str, Mapping[str, Any], Any], role: Optional[str] = None, **overrides):

@@ -1,4 +1,8 @@
-"""Calibration: a few batches initialise every quantizer's range and step size before training."""
+"""Calibration: a few batches initialise every quantizer's range and step size before training.
+
+Quantizers whose init rule reads data (``qresearch.quantizers.init``) accumulate statistics over every
+batch and are set once after the last one; min-max ranges with ``init: paper`` track each batch as before.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -6,6 +10,7 @@ import numpy as np
 from qresearch._compat import tf
 from qresearch.checks import require_finite
 from qresearch.errors import ConfigError
+from qresearch.quantizers.init import collecting
 from qresearch.schemes.wrappers import calibration_mode
 
 
@@ -74,12 +79,11 @@ def calibrate(qat_model, data, max_batches: int = 8) -> int:
     batches = list(_batches(data, len(qat_model.inputs), max_batches))  # a few batches: checked before use
     _require_finite_batches(batches)
     _require_input_shapes(qat_model, batches)
-    n = 0
-    with calibration_mode():
-        for x in batches:
-            qat_model(x, training=False)
-            n += 1
-    if n == 0:
+    if not batches:
         raise ConfigError("calibration_data gave no batches; pass an array, (x, y), a list of batches "
                           "or a tf.data.Dataset")
-    return n
+    with calibration_mode(), collecting() as collector:
+        for x in batches:
+            qat_model(x, training=False)
+    collector.apply()
+    return len(batches)

@@ -26,8 +26,10 @@ DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
 }
 NAME_KEYS = ("quantizer", "name")
 COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
+#: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
+TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "quantize_ops",
-          "fixed_output_ranges", "name")
+          "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
 
 
 def _quantizer_name(part: Mapping[str, Any]) -> Optional[str]:
@@ -106,6 +108,10 @@ class SchemeSpec:
     bn_folding: "fold" (BN folded into the preceding conv/dense kernel) or "no_fold".
     quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
     fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
+    quantizer_lr_multiplier: learning rate of quantizer parameters (steps, clips, offsets) over the model's.
+    quantizer_weight_decay: whether the optimizer's weight decay applies to them (off: steps are not
+      pulled towards 0).
+    freeze_quantizer_steps: training steps during which they stay at their initial values (warm-up).
     """
 
     weights: Optional[Dict[str, Any]] = dataclasses.field(
@@ -120,6 +126,9 @@ class SchemeSpec:
     fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
     name: Optional[str] = None
+    quantizer_lr_multiplier: float = TRAINING_FIELDS["quantizer_lr_multiplier"]
+    quantizer_weight_decay: bool = TRAINING_FIELDS["quantizer_weight_decay"]
+    freeze_quantizer_steps: int = TRAINING_FIELDS["freeze_quantizer_steps"]
 
     def __post_init__(self):
         self.validate()
@@ -164,6 +173,7 @@ class SchemeSpec:
             "bn_folding": self.bn_folding,
             "quantize_ops": self.quantize_ops,
             "fixed_output_ranges": {k: list(v) for k, v in self.fixed_output_ranges.items()},
+            **{k: getattr(self, k) for k in TRAINING_FIELDS},
         }
         if self.name is not None:
             out["name"] = self.name
@@ -211,6 +221,7 @@ class SchemeSpec:
                                   f"min <= 0 <= max and min < max, got {rng!r}")
             ranges[str(op)] = [float(rng[0]), float(rng[1])]
         self.fixed_output_ranges = ranges
+        check_training_fields(self)
         self._check_quantizers()
 
     def _check_quantizers(self) -> None:
@@ -230,6 +241,23 @@ class SchemeSpec:
                 _create(merged, role, f"overrides[{i}].{role}")
             if base is not None and self.first_last_bits is not None:
                 _create(dict(base, bits=self.first_last_bits), role, "first_last_bits")
+
+
+def check_training_fields(obj) -> None:
+    """The quantizer-training fields of a scheme (attributes of ``obj``), checked and normalised."""
+    import math
+
+    m = obj.quantizer_lr_multiplier
+    if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0:
+        raise ConfigError(f"scheme key 'quantizer_lr_multiplier' must be a finite number >= 0 (1: the model's "
+                          f"learning rate), got {m!r}")
+    if not isinstance(obj.quantizer_weight_decay, bool):
+        raise ConfigError(f"scheme key 'quantizer_weight_decay' must be true or false, got "
+                          f"{obj.quantizer_weight_decay!r}")
+    n = obj.freeze_quantizer_steps
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ConfigError(f"scheme key 'freeze_quantizer_steps' must be an integer >= 0, got {n!r}")
+    obj.quantizer_lr_multiplier = float(m)
 
 
 def _create(spec, role, where):

@@ -99,3 +99,51 @@ def test_model_inputs_start_from_the_data_with_pact(trained):
     assert np.isclose(float(alpha.numpy()), float(np.abs(raw[:64]).max()), rtol=1e-6)
     others = [l for l in q.layers if isinstance(l, qresearch.schemes.QuantizeWrapper) and l._output_quantizers]
     assert others and not any(l._output_quantizers[0].data_init for l in others)
+
+
+def test_calibration_statistics_cover_every_batch(trained):
+    """A value that appears only in the last calibration batch sets the input's max and percentile."""
+    model, x_train, *_ = trained
+    calib = x_train[:64].copy()
+    calib[-1, 0, 0, 0] = 50.0   # the last of 2 batches of 32
+    scheme = {"weights": {"quantizer": "lsq", "bits": 8}, "activations": {"quantizer": "lsq", "bits": 8, "init": "max"}}
+
+    def input_step(q):
+        layer, = [l for l in q.layers if isinstance(l, qresearch.schemes.QuantizeInput)]
+        return layer.quantizer_vars["step"].numpy()
+
+    q = qresearch.quantize(model, scheme, calibration_data=calib)
+    np.testing.assert_allclose(input_step(q), 50.0 / 127, rtol=1e-6)  # signed input grid, Qp = 127
+    scheme["activations"].update(init="percentile", init_percentile=99.9)
+    q = qresearch.quantize(model, scheme, calibration_data=calib)
+    np.testing.assert_allclose(input_step(q), np.percentile(np.abs(calib), 99.9) / 127, rtol=1e-5)
+
+
+@pytest.mark.parametrize("init", ["max", "percentile", "mse"])
+def test_every_learned_parameter_starts_from_the_data(trained, init):
+    model, x_train, x_test, y_test, float_acc = trained
+    scheme = {"weights": {"quantizer": "lsq", "bits": 8, "per_channel": True, "init": init},
+              "activations": {"quantizer": "pact", "bits": 8, "init": init}}
+    q = qresearch.quantize(model, scheme, calibration_data=x_train[:64])
+    alphas = [v for v in q.weights if v.name.endswith("_alpha:0")]
+    assert alphas and all(float(np.max(a.numpy())) != 6.0 for a in alphas)
+    assert all(float(v.numpy()) == 1.0 for v in q.weights if v.name.endswith("_initialized:0"))
+    assert _accuracy(q, x_test, y_test) >= float_acc - 0.1
+
+
+def test_save_and_load_with_init_and_training_fields(trained, tmp_path):
+    model, x_train, x_test, *_ = trained
+    scheme = {"weights": {"quantizer": "lsq", "bits": 4, "per_channel": True, "init": "mse"},
+              "activations": {"quantizer": "lsq_plus", "bits": 4, "init": "percentile", "init_percentile": 99.0},
+              "quantizer_lr_multiplier": 5.0, "freeze_quantizer_steps": 10}
+    q = qresearch.quantize(model, scheme, calibration_data=x_train[:64])
+    assert q.qresearch_info["scheme"]["quantizer_lr_multiplier"] == 5.0
+    path = str(tmp_path / "qat")
+    q.save(path)
+    loaded = qresearch.load_model(path)
+    wrappers = [l for l in loaded.layers if isinstance(l, qresearch.schemes.QuantizeWrapper)]
+    quantizers = [qz for l in wrappers for _, qz, _ in l._weight_vars]
+    assert quantizers and all(qz.init == "mse" for qz in quantizers)
+    outputs = [l._output_quantizers[0] for l in wrappers if l._output_quantizers]
+    assert outputs and all((o.init, o.init_percentile) == ("percentile", 99.0) for o in outputs)
+    np.testing.assert_array_equal(loaded.predict(x_test, verbose=0), q.predict(x_test, verbose=0))

@@ -1,0 +1,45 @@
+"""Carry a trained QAT model's layer weights into another QAT model of the same float model.
+
+For progressive bit reduction (Zhuang et al. 2018 train at decreasing widths; APoT, Li et al. 2020,
+starts its 2-bit models from the 4-bit ones): the lower-bit model is built from the same float model and
+scheme (same layers, same folding) and takes the higher-bit model's kernels, biases and float-layer
+weights; its quantizer parameters are left alone, to be set by calibration at the new width.
+"""
+from __future__ import annotations
+
+from typing import List
+
+from qresearch.errors import ConfigError
+from qresearch.quantizers.base import is_quantizer_variable
+
+
+def _own_weights(layer) -> list:
+    """The layer's weights that are not quantizer state (for a wrapper: its inner layer's)."""
+    inner = getattr(layer, "layer", None)
+    weights = inner.weights if inner is not None and hasattr(layer, "quantize_config") else layer.weights
+    return [w for w in weights if not is_quantizer_variable(w)]
+
+
+def copy_layer_weights(source, target) -> List[str]:
+    """Assign ``source``'s layer weights to ``target``'s layers, in order; returns the layers' names.
+
+    Both models must come from one float model through one scheme (apart from bit widths), so their layers
+    correspond one to one (names may differ: Keras numbers repeated names). A layer of another type or a
+    weight of another shape is refused, naming it."""
+    if len(source.layers) != len(target.layers):
+        raise ConfigError(f"progressive bits: the models have {len(source.layers)} and {len(target.layers)} "
+                          "layers; both must be built from the same model and scheme")
+    copied = []
+    for src_layer, layer in zip(source.layers, target.layers):
+        src, dst = _own_weights(src_layer), _own_weights(layer)
+        kinds = (type(getattr(src_layer, "layer", src_layer)).__name__, type(getattr(layer, "layer", layer)).__name__)
+        shapes = ([tuple(w.shape) for w in src], [tuple(w.shape) for w in dst])
+        if kinds[0] != kinds[1] or shapes[0] != shapes[1]:
+            raise ConfigError(f"progressive bits: layer {layer.name!r} ({kinds[1]}, weights {shapes[1]}) does not "
+                              f"match {src_layer.name!r} ({kinds[0]}, weights {shapes[0]}) of the higher-bit "
+                              "model; both must be built from the same model and scheme")
+        for s, d in zip(src, dst):
+            d.assign(s)
+        if dst:
+            copied.append(layer.name)
+    return copied

@@ -1,0 +1,150 @@
+"""Each init rule against an independent numpy reference, per tensor and per channel."""
+import numpy as np
+import pytest
+
+from . import reference as ref
+from ..conftest import build, run
+from qresearch._compat import tf
+from qresearch.errors import ConfigError
+from qresearch.quantizers import create
+from qresearch.quantizers.init import INIT_RULES
+
+rng = np.random.RandomState(3)
+
+
+def weights(shape=(3, 3, 4, 5)):
+    # heavy tails (Laplace) and a different scale per output channel: MSE clips well inside the max
+    return (rng.laplace(size=shape) * np.linspace(0.1, 2.0, shape[-1])).astype("float32")
+
+
+def test_the_known_rules_are_registered():
+    assert set(INIT_RULES.names()) >= {"paper", "max", "percentile", "mse"}
+
+
+def test_unknown_init_name_names_the_known_ones():
+    with pytest.raises(ConfigError, match=r"init must be one of .*'max'.*'mse'.*'paper'.*'percentile'.*got 'msee'"):
+        create({"name": "lsq", "init": "msee"})
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_max_is_the_largest_magnitude_over_qp(per_channel):
+    w = weights()
+    q = create({"name": "lsq", "bits": 4, "per_channel": per_channel, "init": "max"}, role="weights")
+    v = build(q, w.shape)
+    run(q, w, v)
+    x = ref.rows(w, 3 if per_channel else None)
+    np.testing.assert_allclose(v["step"].numpy().reshape(-1), np.abs(x).max(0) / 7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_percentile_is_numpys(per_channel):
+    w = weights()
+    q = create({"name": "pact", "bits": 4, "signed": True, "per_channel": per_channel, "init": "percentile",
+                "init_percentile": 97.5}, role="weights")
+    v = build(q, w.shape)
+    run(q, w, v)
+    x = ref.rows(w, 3 if per_channel else None)
+    np.testing.assert_allclose(v["alpha"].numpy().reshape(-1), np.percentile(np.abs(x), 97.5, axis=0), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mse_picks_the_argmin_of_a_brute_force_search(bits, per_channel):
+    w = weights()
+    q = create({"name": "lsq", "bits": bits, "per_channel": per_channel, "init": "mse"}, role="weights")
+    v = build(q, w.shape)
+    run(q, w, v)
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    x = ref.rows(w, 3 if per_channel else None)
+    errors, top = ref.mse_clip(x, qn, qp)
+    chosen = v["step"].numpy().reshape(-1) * qp
+    # the chosen clip is one of the candidates and its error is the least (float32 vs float64: ties aside)
+    k = np.round(chosen / top * ref.K).astype(int)
+    np.testing.assert_allclose(chosen, k / ref.K * top, rtol=1e-5)
+    best = errors.min(0)
+    np.testing.assert_allclose(ref.sym_error(x, chosen, qn, qp), best, rtol=1e-5)
+    if bits <= 4:  # at low bit widths the optimum clips: the rule is not max
+        assert np.all(chosen < top * 0.99)
+
+
+def test_mse_per_channel_differs_from_per_tensor():
+    w = weights()
+    w[..., 0] *= 0.01
+    per_tensor = create({"name": "lsq", "bits": 3, "init": "mse"}, role="weights")
+    per_channel = create({"name": "lsq", "bits": 3, "per_channel": True, "init": "mse"}, role="weights")
+    vt, vc = build(per_tensor, w.shape), build(per_channel, w.shape)
+    run(per_tensor, w, vt)
+    run(per_channel, w, vc)
+    assert vc["step"].numpy()[0] < 0.1 * float(vt["step"].numpy())
+
+
+def test_unsigned_and_asymmetric_ranges():
+    x = (rng.randn(64, 10) * 2 + 1).astype("float32")
+    # unsigned (after ReLU-like data): the clip bounds the positive part; negative values are cut anyway
+    pact = create({"name": "pact", "bits": 4, "init": "max"}, role="activations")
+    v = build(pact, None)
+    run(pact, x, v)
+    np.testing.assert_allclose(v["alpha"].numpy(), x.max(), rtol=1e-6)
+    # asymmetric (LSQ+): step (max - min)/(2^b - 1), offset at min (zero kept in the range)
+    lsqp = create({"name": "lsq_plus", "bits": 4, "init": "max"}, role="activations")
+    v = build(lsqp, None)
+    run(lsqp, x, v)
+    np.testing.assert_allclose(v["step"].numpy(), (x.max() - x.min()) / 15, rtol=1e-6)
+    np.testing.assert_allclose(v["offset"].numpy(), x.min(), rtol=1e-6)
+    # asymmetric MSE: the best of k/K·[min, max] by brute force
+    lsqp = create({"name": "lsq_plus", "bits": 3, "init": "mse"}, role="activations")
+    v = build(lsqp, None)
+    run(lsqp, x, v)
+    lo, hi = float(x.min()), float(x.max())
+    flat = x.reshape(-1, 1).astype(np.float64)
+    errors = [ref.asym_error(flat, k / ref.K * lo, k / ref.K * hi, 0, 7)[0] for k in range(1, ref.K + 1)]
+    k = int(np.argmin(errors)) + 1
+    np.testing.assert_allclose(v["step"].numpy(), k / ref.K * (hi - lo) / 7, rtol=1e-5)
+
+
+def test_paper_rules_are_unchanged():
+    w = weights()
+    lsq = create({"name": "lsq", "bits": 4}, role="weights")
+    v = build(lsq, w.shape)
+    run(lsq, w, v)
+    np.testing.assert_allclose(v["step"].numpy(), 2 * np.abs(w).mean() / np.sqrt(7), rtol=1e-6)
+    pact = create({"name": "pact", "bits": 4}, role="activations")
+    v = build(pact, None)
+    run(pact, np.abs(w) * 100, v)
+    assert float(v["alpha"].numpy()) == 6.0 and "initialized" not in v   # PACT's fixed start
+
+
+def test_dorefa_activation_clip_from_the_data():
+    x = np.abs(rng.randn(32, 8) * 3).astype("float32")
+    q = create({"name": "dorefa", "bits": 2, "init": "max"}, role="activations")
+    v = build(q, None)
+    y = run(q, x, v)
+    c = x.max()
+    np.testing.assert_allclose(v["clip"].numpy(), c, rtol=1e-6)
+    np.testing.assert_allclose(y, np.round(np.clip(x / c, 0, 1) * 3) / 3 * c, rtol=1e-5, atol=1e-6)
+    assert "clip" not in build(create({"name": "dorefa", "bits": 2}, role="activations"), None)  # paper: fixed 1
+    weights = create({"name": "dorefa", "bits": 2, "init": "mse"}, role="weights")  # nothing to set: ignored
+    w = rng.randn(3, 4).astype("float32")
+    np.testing.assert_array_equal(run(weights, w, build(weights, w.shape)),
+                                  run(create({"name": "dorefa", "bits": 2}, role="weights"), w, build(weights, w.shape)))
+
+
+def test_pot_range_from_the_rule():
+    w = weights()
+    q = create({"name": "pot", "bits": 4, "init": "percentile", "init_percentile": 90.0}, role="activations")
+    v = build(q, None)
+    run(q, w, v)  # first training batch: the rule sets the range, then EMA tracking continues from it
+    c = np.percentile(np.abs(w), 90.0)
+    assert float(v["seen"].numpy()) == 1.0
+    assert float(v["max"].numpy()) < np.abs(w).max()
+    np.testing.assert_allclose(v["max"].numpy(), 0.99 * c + 0.01 * w.max(), rtol=1e-5)
+
+
+def test_init_fields_round_trip_through_the_config():
+    q = create({"name": "lsq_plus", "bits": 3, "init": "percentile", "init_percentile": 99.0})
+    assert q.get_config()["init"] == "percentile" and q.get_config()["init_percentile"] == 99.0
+    assert create(q.to_spec()) == q
+    with pytest.raises(ConfigError, match="init_percentile must be"):
+        create({"name": "lsq", "init": "percentile", "init_percentile": 150})
+    with pytest.raises(ConfigError, match="data_init: false keeps step_init"):
+        create({"name": "lsq", "init": "mse", "data_init": False})
