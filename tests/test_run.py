@@ -239,8 +239,10 @@ def test_cli_help_names_groups_and_common_keys(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "qresearch.run", "--help"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0
-    for text in ("Common keys", "bits=N", "~hardware", "sweep_name", "scheme: dorefa", "hardware: academic"):
+    for text in ("Common keys", "bits=N", "~hardware", "sweep_name", "hardware: academic"):
         assert text in proc.stdout, text
+    (schemes,) = [line for line in proc.stdout.splitlines() if line.startswith("scheme: ")]
+    assert {"dorefa", "lsq", "tflite_int8"} <= set(schemes[len("scheme: "):].split(", "))
 
 
 def test_results_record_the_code_version():

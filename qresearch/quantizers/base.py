@@ -286,6 +286,24 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         flag.assign(tf.where(tf.reduce_any(valid), 1.0, flag))
         return tf.reduce_any(valid)
 
+    @staticmethod
+    def init_from_data(flag, variables, estimate):
+        """A quantizer's own data-dependent initialisation outside the ``init`` rules (A2Q's norm and step),
+        once: assign ``estimate()`` -> ``(values, valid)`` to ``variables`` while ``flag`` is 0, writing only
+        valid entries and setting ``flag`` once any was. Read the variables under
+        ``tf.control_dependencies([result])``."""
+        if _already_set(flag):
+            return tf.constant(False)  # traced after initialisation: no tf.cond in the step
+
+        def initialise():
+            values, valid = estimate()
+            for var, value in zip(variables, values):
+                var.assign(tf.where(valid, tf.cast(value, var.dtype), var))
+            flag.assign(tf.where(tf.reduce_any(valid), 1.0, flag))
+            return tf.constant(True)
+
+        return tf.cond(tf.equal(flag, 0.0), initialise, lambda: tf.constant(False))
+
     def init_in_graph(self, x, weights, axes):
         """Initialise once from ``x`` (the weight tensor, or the first training batch without calibration)."""
         from qresearch.quantizers.init.stats import as_rows, stats_of
@@ -308,8 +326,8 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         params = inspect.signature(type(self).__init__).parameters
         config = {k: getattr(self, k) for k, p in params.items()
                   if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-        if self.init_params:  # accepted by every constructor without being in its signature
-            config.update({k: getattr(self, k) for k in INIT_FIELDS})
+        # accepted by every constructor without being in its signature (registry.parameters lists them too)
+        config.update({k: getattr(self, k, v) for k, v in INIT_FIELDS.items()})
         return config
 
     @classmethod

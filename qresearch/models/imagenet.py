@@ -15,7 +15,7 @@ functional, logits out), any input size and width.
 
 ``stem="auto"`` keeps the ImageNet stem for inputs of at least 64 pixels a side and uses a CIFAR-style stem
 below (ResNet: 3x3/1 conv, no pooling; MobileNetV2: stride 1), so the same models run on 32x32 data;
-``stem="imagenet"`` / ``"cifar"`` force one. BN momentum 0.9 (``models.BN_MOMENTUM``).
+``stem="imagenet"`` / ``"cifar"`` force one. BN momentum 0.9 (``models.registry.BN_MOMENTUM``).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Sequence, Tuple
 
 from qresearch._compat import keras
 from qresearch.errors import ConfigError
-from qresearch.models import BN_MOMENTUM, register_model
+from qresearch.models.registry import BN_MOMENTUM, register_model
 
 layers = keras.layers
 STEMS = ("auto", "imagenet", "cifar")
