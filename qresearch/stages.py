@@ -102,8 +102,9 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
 def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
     """Float accuracy, and the float step time under the QAT phase's optimizer and batch size."""
     from qresearch import training
+    from qresearch.evaluation import test_accuracy
 
-    acc = training.accuracy(model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+    acc = test_accuracy(model, ds, int(exp.training.eval_batch_size))
     step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
     return {"float_accuracy": acc, "float_step_time_s": step, "float_params": int(model.count_params())}
 
@@ -111,12 +112,13 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
 def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
     """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts)."""
     import qresearch
-    from qresearch import schemes, training
+    from qresearch import schemes
+    from qresearch.evaluation import test_accuracy
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
     qat_model = qresearch.quantize(float_model, spec, hardware=target, calibration_data=calib, adapt=exp.adapt,
                                    constrained=True)
-    acc = training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+    acc = test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
     report = schemes.describe(qat_model)
     memory = dict(report.get("memory") or {})
     metrics = {"ptq_accuracy": acc, "weight_memory_bits": memory.get("quantized_bits"),
@@ -134,16 +136,17 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
 
 
 def evaluate_qat(exp: Experiment, qat_model, ds) -> float:
-    from qresearch import training
+    from qresearch.evaluation import test_accuracy
 
-    return training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+    return test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
 
 
 def deploy(exp: Experiment, qat_model, target, ds) -> Dict[str, Any]:
     """The target's deployment check (convert, run its runtime, compare); the report without the model bytes."""
     from qresearch import hardware
 
-    rep = hardware.verify(qat_model, target, ds.x_test, ds.y_test, batch_size=int(exp.training.eval_batch_size))
+    x, y = ds.test_arrays()  # in memory: all; streamed: the first dataset.deploy_samples
+    rep = hardware.verify(qat_model, target, x, y, batch_size=int(exp.training.eval_batch_size))
     return {k: v for k, v in rep.items() if k != "tflite_model"}
 
 

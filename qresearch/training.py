@@ -137,7 +137,7 @@ def steps_per_epoch(n: int, phase: PhaseConfig) -> int:
 def fit(model, dataset, phase: PhaseConfig, name: str, seed: int, verbose: int = 2,
         log_fn: Optional[Callable[[Dict[str, float]], None]] = None) -> Dict[str, Any]:
     """Compile and train ``model`` for one phase; return history, wall time and median step time."""
-    spe = steps_per_epoch(len(dataset.x_train), phase)
+    spe = steps_per_epoch(dataset.train_size, phase)
     compile_model(model, phase, spe)
     timer = BatchTimer()
     callbacks: List[Any] = [NaNGuard(name), timer]

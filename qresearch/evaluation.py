@@ -1,0 +1,22 @@
+"""Accuracy of a model on a dataset's test split, streamed batch by batch from its tf.data pipeline.
+
+One path for in-memory and streaming datasets: labels come with the images, so nothing but a
+running count is kept (memory stays flat as the test set grows).
+"""
+from __future__ import annotations
+
+from qresearch._compat import tf
+
+
+def test_accuracy(model, dataset, batch_size: int = 256) -> float:
+    """Top-1 accuracy of ``model`` (logits or probabilities) on ``dataset.test_pipeline(batch_size)``."""
+    @tf.function(reduce_retracing=True)
+    def correct(x, y):
+        pred = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
+        return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int64))
+
+    hits = total = 0
+    for x, y in dataset.test_pipeline(int(batch_size)):
+        hits += int(correct(x, y))
+        total += int(tf.shape(y)[0])
+    return hits / total if total else float("nan")
