@@ -45,6 +45,9 @@ class FileList(Source):
             ds = ds.shuffle(max(1, len(paths)), seed=shuffle_seed, reshuffle_each_iteration=True)
         return ds.map(lambda p, y: (tf.io.read_file(p), y, p), num_parallel_calls=AUTOTUNE, deterministic=True)
 
+    def pick(self, indices: Sequence[int]) -> "FileList":
+        return FileList(self.root, [self.entries[int(i)] for i in indices])
+
     def digest(self) -> str:
         return files_digest([(e[0], e[1], e[2]) for e in self.entries])
 

@@ -11,6 +11,7 @@ Normalising before the padding makes the padding the mean pixel, as the in-memor
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Tuple
 
@@ -44,6 +45,19 @@ def _per_channel(value: Any, channels: int, what: str) -> Optional[Tuple[float, 
     if len(vals) != channels:
         raise ConfigError(f"{what} has {len(vals)} values for {channels} channels: give one per channel or one for all")
     return tuple(vals)
+
+
+def _check(ok, message):
+    """An assertion whose error message is ``message`` (one string tensor) and nothing else."""
+    return tf.debugging.Assert(ok, [message], summarize=1)
+
+
+def assertion_text(exc: BaseException) -> str:
+    """The message of a failed ``_check`` inside a tf.data pipeline, from TensorFlow's error text."""
+    msg = str(getattr(exc, "message", exc))
+    found = re.search(r"assertion failed: \[(.*?)\]\s*(\[\[|$)", msg, re.S)
+    text = found.group(1) if found else msg
+    return text.replace('\\"', '"').replace("\\'", "'")
 
 
 @dataclass(frozen=True)
@@ -103,9 +117,8 @@ class Preprocess:
         """Encoded bytes -> float32 image in [0, 1] of ``image_size``, deterministic (evaluation's)."""
         header = tf.strings.substr(encoded, 0, 4)
         known = tf.reduce_any([tf.strings.substr(header, 0, len(m)) == m for m in MAGIC.values()])
-        with tf.control_dependencies([tf.debugging.Assert(known, [
-                "unreadable image: not a JPEG, PNG, GIF or BMP file:", origin,
-                "Fix: convert or remove it"], summarize=1)]):
+        with tf.control_dependencies([_check(known, tf.strings.format(
+                "unreadable image {}: not a JPEG, PNG, GIF or BMP file. Fix: convert or remove it", origin))]):
             img = tf.io.decode_image(encoded, channels=self.channels, expand_animations=False)
         img = tf.image.convert_image_dtype(img, tf.float32)
         return self._resize(img, origin)
@@ -115,10 +128,10 @@ class Preprocess:
         if self.resize is None:
             shape = tf.shape(img)
             ok = tf.logical_and(tf.equal(shape[0], h), tf.equal(shape[1], w))
-            with tf.control_dependencies([tf.debugging.Assert(ok, [
-                    "image", origin, "is (height, width, channels)", shape, f"but dataset.image_size is [{h}, {w}].",
-                    "Fix: set dataset.image_size to the images' size, or dataset.resize to resize them"],
-                    summarize=3)]):
+            with tf.control_dependencies([_check(ok, tf.strings.format(
+                    "image {} is {} (height, width, channels) but dataset.image_size is [%d, %d]. Fix: set "
+                    "dataset.image_size to the size of the images, or dataset.resize to resize them" % (h, w),
+                    (origin, shape)))]):
                 img = tf.identity(img)
         elif self.resize[0] == "exact":
             img = tf.image.resize(img, self.resize[1])

@@ -17,7 +17,7 @@ import numpy as np
 
 from qresearch._compat import tf
 from qresearch.checks import DataError
-from qresearch.data.preprocess import Preprocess
+from qresearch.data.preprocess import Preprocess, assertion_text
 
 AUTOTUNE = tf.data.AUTOTUNE
 #: Test images a deployment check (TFLite interpreter, in memory) runs on by default.
@@ -96,9 +96,17 @@ class StreamingDataset:
         return self._eval_pipeline(self.test, batch_size)
 
     def calibration(self, n: int, seed: int = 0) -> np.ndarray:
-        """The first ``n`` images of the training stream shuffled by ``seed`` (a file list sorted by
-        class would give one class only), with evaluation's preprocessing: an array, ``n`` is small."""
-        ds = self._eval_pipeline(self.train, 256, shuffle_seed=int(seed), limit=max(1, int(n)))
+        """``n`` training images with evaluation's preprocessing, as an array (``n`` is small). A split
+        whose files can be picked (a folder) gives the in-memory rule's images: ``n`` indices drawn by
+        ``seed``, in listed order; shards give the first ``n`` of the stream shuffled by ``seed`` (the
+        listed order alone, sorted by class, would give one class)."""
+        n = max(1, int(n))
+        pick = getattr(self.train, "pick", None)
+        if pick is not None:
+            idx = np.sort(np.random.default_rng(seed).permutation(self.train_size)[:n])
+            ds = self._eval_pipeline(pick(idx), 256)
+        else:
+            ds = self._eval_pipeline(self.train, 256, shuffle_seed=int(seed), limit=n)
         return np.concatenate([x.numpy() for x, _ in ds])
 
     def test_arrays(self, limit: Optional[int] = -1) -> Tuple[np.ndarray, np.ndarray]:
@@ -138,19 +146,11 @@ class StreamingDataset:
             if src.size < 1:
                 raise DataError(f"dataset {self.name!r}: the {split} split has no images. "
                                 f"Fix: check the dataset's path or globs ({src.describe()})")
-        pre = self.preprocess
-        first = next(iter(self.train.records().take(1)))
-        try:
-            pre.eval_image(first[0], first[2])
+        try:  # through the pipeline (graph mode), as training will read it
+            next(iter(self._eval_pipeline(self.train, 1, limit=1)))
         except tf.errors.InvalidArgumentError as exc:
-            raise DataError(f"dataset {self.name!r}: {_assert_text(exc)}") from None
+            raise DataError(f"dataset {self.name!r}: {assertion_text(exc)}") from None
         return self
-
-
-def _assert_text(exc: Exception) -> str:
-    """The readable part of a failed tf.debugging.Assert's message."""
-    msg = str(getattr(exc, "message", exc))
-    return msg.split("assertion failed: ", 1)[-1].replace("] [", " ").strip("[] \n")
 
 
 def files_digest(rows: List[Tuple[str, int, int]]) -> str:

@@ -61,9 +61,9 @@ class Shards(Source):
             ex = tf.io.parse_single_example(record, spec)
             label = tf.cast(ex[self.label_key], tf.int32) + offset
             ok = tf.logical_and(label >= 0, label < n)
-            with tf.control_dependencies([tf.debugging.Assert(ok, [
-                    "a record of", shard, "has label", label, f"(after label_offset={offset}), outside [0, {n}).",
-                    "Fix: set dataset.num_classes or dataset.label_offset"])]):
+            with tf.control_dependencies([tf.debugging.Assert(ok, [tf.strings.format(
+                    "a record of {} has label {} (after label_offset=%d), outside [0, %d). Fix: set "
+                    "dataset.num_classes or dataset.label_offset" % (offset, n), (shard, label))], summarize=1)]):
                 return ex[self.image_key], tf.identity(label), shard
 
         return ds.map(parse, num_parallel_calls=AUTOTUNE, deterministic=True)
