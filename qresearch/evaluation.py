@@ -10,13 +10,16 @@ from qresearch._compat import tf
 
 def test_accuracy(model, dataset, batch_size: int = 256) -> float:
     """Top-1 accuracy of ``model`` (logits or probabilities) on ``dataset.test_pipeline(batch_size)``."""
-    @tf.function(reduce_retracing=True)
+    pipeline = dataset.test_pipeline(int(batch_size))
+
+    # traced once, for any batch size (the last batch is smaller): tracing a QAT model takes seconds
+    @tf.function(input_signature=list(pipeline.element_spec))
     def correct(x, y):
         pred = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
         return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int64))
 
     hits = total = 0
-    for x, y in dataset.test_pipeline(int(batch_size)):
+    for x, y in pipeline:
         hits += int(correct(x, y))
         total += int(tf.shape(y)[0])
     return hits / total if total else float("nan")
