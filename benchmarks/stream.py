@@ -11,6 +11,9 @@ JPEGs written there. The in-memory contestant holds the same images as decoded b
    median over ``--epochs`` epochs after a warm-up epoch; no model.
 2. training: median step time of ``--model`` fed by each pipeline (same batches, Adam). Streaming
    starves training when its step time exceeds the in-memory one: the "x memory" column says by how much.
+3. evaluation of in-memory data: test accuracy through the test pipeline (``qresearch.evaluation``, what
+   the runner uses) against ``model.predict`` on the arrays (the runner's former path), float and
+   tflite_int8 QAT ``--model``, in interleaved rounds; the accuracies must be equal.
 Also the process's resident memory after each contestant (streaming first: it must not grow with the data).
 Writes JSON under ``outputs/benchmarks/stream.json``.
 """
@@ -94,7 +97,40 @@ def _step_time(model_name: str, pipe, steps: int) -> float:
     return timer.median(skip=0)
 
 
-def run(images: int, batch: int, epochs: int, model: str, steps: int) -> Dict[str, Any]:
+def eval_paths(model_name: str, n: int = 2000, rounds: int = 3) -> List[Dict[str, Any]]:
+    """Seconds per test-set evaluation of in-memory data: the pipeline path against predict on arrays."""
+    import qresearch
+    from qresearch import data, models, training
+    from qresearch._compat import keras
+    from qresearch.evaluation import test_accuracy
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+    ds = data.Dataset("random", x[:256], y[:256], x, y, 10)
+    keras.utils.set_random_seed(0)
+    fm = models.build_model({"name": model_name}, (32, 32, 3), 10)
+    qm = qresearch.quantize(models.build_model({"name": model_name}, (32, 32, 3), 10), "tflite_int8",
+                            hardware="tflite_int8", calibration_data=x[:256])
+    rows = []
+    for label, m in (("float", fm), ("tflite_int8 QAT", qm)):
+        t_old, t_new = [], []
+        for _ in range(rounds):  # interleaved; each call traces anew, as each runner stage does
+            t0 = time.perf_counter()
+            a_old = training.accuracy(m, x, y, 256)
+            t_old.append(time.perf_counter() - t0)
+            m.predict_function = None  # predict would otherwise reuse the first call's trace
+            t0 = time.perf_counter()
+            a_new = test_accuracy(m, ds, 256)
+            t_new.append(time.perf_counter() - t0)
+        rows.append({"model": f"{model_name} {label}", "predict_s": statistics.median(t_old),
+                     "pipeline_s": statistics.median(t_new), "equal": a_old == a_new})
+        print(f"  eval {model_name} {label}: predict {rows[-1]['predict_s']:.2f} s, pipeline "
+              f"{rows[-1]['pipeline_s']:.2f} s, equal accuracy: {a_old == a_new}", flush=True)
+    return rows
+
+
+def run(images: int, batch: int, epochs: int, model: str, steps: int, eval_rounds: int = 3) -> Dict[str, Any]:
     from qresearch import data
     from qresearch.data import tfrecord
 
@@ -134,20 +170,27 @@ def run(images: int, batch: int, epochs: int, model: str, steps: int) -> Dict[st
         for r in rows:
             r.pop("ds")
         return {"source": source, "images": images, "batch": batch, "model": model, "cpus": os.cpu_count(),
-                "rows": rows}
+                "rows": rows, "eval": eval_paths(model, rounds=eval_rounds) if eval_rounds else [], "rss_note": "MiB over the start"}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
 def print_table(rep: Dict[str, Any]) -> None:
     print(f"\nInput pipeline, {rep['images']} training images from {rep['source']}, batch {rep['batch']}, "
-          f"{rep['cpus']} CPUs\n| {'pipeline':28s} | images/s | x memory | {rep['model']} ms/step | x memory |"
-          f"\n|{'-' * 30}|---------:|---------:|{'-' * (len(rep['model']) + 10)}:|---------:|")
+          f"{rep['cpus']} CPUs\n| {'pipeline':28s} | images/s | x memory | {rep['model']} ms/step | x memory | RSS MiB |"
+          f"\n|{'-' * 30}|---------:|---------:|{'-' * (len(rep['model']) + 10)}:|---------:|--------:|")
     for r in rep["rows"]:
         step = f"{1e3 * r['step_s']:.1f}" if r.get("step_s") else "–"
         sr = f"{r['step_ratio']:.2f}" if r.get("step_ratio") else "–"
         print(f"| {r['name']:28s} | {r['images_per_s']:8.0f} | {r['ratio']:8.2f} | {step:>{len(rep['model']) + 8}s} "
-              f"| {sr:>8s} |")
+              f"| {sr:>8s} | {r['rss_mib']:7.0f} |")
+    print("(RSS: the process's resident memory over its start, after each pipeline's passes: streaming first)")
+    if rep.get("eval"):
+        print("\nTest accuracy of in-memory data, 2000 images: the pipeline path (the runner's) against predict on arrays"
+              "\n| model                          | predict s | pipeline s | equal |\n|--------------------------------|"
+              "----------:|-----------:|:-----:|")
+        for r in rep["eval"]:
+            print(f"| {r['model']:30s} | {r['predict_s']:9.2f} | {r['pipeline_s']:10.2f} | {'yes' if r['equal'] else 'NO'} |")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -157,8 +200,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--epochs", type=int, default=3, help="timed passes (after one warm-up pass)")
     ap.add_argument("--model", default="mobilenet_tiny", help="zoo model trained from each pipeline")
     ap.add_argument("--steps", type=int, default=30, help="timed training steps per pipeline (0: none)")
+    ap.add_argument("--eval-rounds", type=int, default=3, help="rounds of the evaluation comparison (0: none)")
     args = ap.parse_args(argv)
-    rep = run(args.images, args.batch, args.epochs, args.model, args.steps)
+    rep = run(args.images, args.batch, args.epochs, args.model, args.steps, args.eval_rounds)
     print_table(rep)
     out = Path(os.environ.get("QRESEARCH_OUTPUT_DIR", "outputs")) / "benchmarks"
     out.mkdir(parents=True, exist_ok=True)
