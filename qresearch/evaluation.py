@@ -14,12 +14,14 @@ def test_accuracy(model, dataset, batch_size: int = 256) -> float:
 
     # traced once, for any batch size (the last batch is smaller): tracing a QAT model takes seconds
     @tf.function(input_signature=list(pipeline.element_spec))
-    def correct(x, y):
+    def count(x, y):
         pred = tf.argmax(model(x, training=False), axis=-1, output_type=tf.int32)
-        return tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int64))
+        hits = tf.reduce_sum(tf.cast(tf.equal(pred, tf.cast(tf.reshape(y, [-1]), tf.int32)), tf.int64))
+        return tf.stack([hits, tf.cast(tf.shape(pred)[0], tf.int64)])
 
-    hits = total = 0
+    # summed as tensors: no wait for each batch, so reading the next one overlaps this one (as predict does)
+    total = tf.zeros([2], tf.int64)
     for x, y in pipeline:
-        hits += int(correct(x, y))
-        total += int(tf.shape(y)[0])
-    return hits / total if total else float("nan")
+        total += count(x, y)
+    hits, n = (int(v) for v in total.numpy())
+    return hits / n if n else float("nan")
