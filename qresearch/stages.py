@@ -91,7 +91,8 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
         return models.build_model(exp.model, ds.input_shape, ds.num_classes)
 
     def train(model):
-        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn)
+        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
+                            checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
 
     model, info = training.float_baseline(build, train, key, exp.paths.cache_dir or None)
     # Same random state after this stage whether the baseline came from the cache or not.
@@ -131,8 +132,17 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     """Quantization-aware fine-tuning in place: history, wall time, median step time."""
     from qresearch import training
 
+    key = f"{exp.hash}-{ds.fingerprint()}"  # the run and its data: a resumed job finds its own checkpoint
     return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn)
+                        log_fn=log_fn, checkpoint_dir=checkpoint_dir(exp, "qat", key), checkpoint_id=key)
+
+
+def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
+    """Where a phase's checkpoints go (``training.<phase>.checkpoint_every``): the cache folder, so a
+    single run started again finds them as a sweep's job does; none without a cache folder."""
+    import os
+
+    return os.path.join(exp.paths.cache_dir, "checkpoints", phase, key) if exp.paths.cache_dir else None
 
 
 def evaluate_qat(exp: Experiment, qat_model, ds) -> float:
