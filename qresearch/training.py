@@ -182,8 +182,10 @@ def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], f
     """``data_fingerprint`` (``Dataset.fingerprint()``): the data as loaded, so a dataset file
     rewritten in place (same config) trains a new baseline instead of reusing the old one."""
     data = {k: v for k, v in dict(dataset_cfg).items() if k not in DATA_LOCATION_KEYS}
+    # checkpointing off leaves the key as it was before the option existed: cached baselines stay valid
+    phase = {k: v for k, v in phase_dict(float_cfg).items() if not (k == "checkpoint_every" and v is None)}
     return stable_hash({"version": CACHE_VERSION, "dataset": data, "data": data_fingerprint, "model": dict(model_cfg),
-                        "float": phase_dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
+                        "float": phase, "seed": int(seed), "tensorflow": tf.__version__})
 
 
 def nonfinite_weights(model) -> List[str]:
