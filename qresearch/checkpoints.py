@@ -10,7 +10,7 @@ iteration count, hence the learning-rate schedule) is written with ``state.json`
 the history so far. The folder is removed when the phase completes.
 
 Exact for models without random layers (a Dropout's masks come from Keras' generator, which is not
-saved). The per-epoch seeds make a checkpointed run's data order differ from an unchekpointed one's,
+saved). The per-epoch seeds make a checkpointed run's data order differ from an uncheckpointed one's,
 like another seed: ``checkpoint_every`` is part of the phase config, hence of the cache key and hash.
 """
 from __future__ import annotations
