@@ -9,7 +9,7 @@ from qresearch import data
 from qresearch.checks import DataError
 from qresearch.errors import ConfigError
 
-from conftest import N_TEST, N_TRAIN, write_folder
+from image_fixtures import N_TEST, N_TRAIN, write_folder
 
 
 def _memory(d):

@@ -6,7 +6,7 @@ from qresearch import data
 from qresearch.data.preprocess import Preprocess
 from qresearch.errors import ConfigError
 
-from conftest import write_folder
+from image_fixtures import write_folder
 
 
 @pytest.fixture(scope="module")
