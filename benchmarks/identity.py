@@ -19,7 +19,7 @@ def results(model_name, shape, preset):
     import qresearch
     from qresearch import models
     from qresearch._compat import keras, tf
-    from qresearch.schemes import integer
+    from qresearch import kernels as integer
 
     rng = np.random.default_rng(1)
     x = rng.random((128,) + shape, dtype=np.float32)

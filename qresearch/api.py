@@ -12,17 +12,17 @@ from typing import List, Optional
 from qresearch._compat import ensure_keras2_model
 from qresearch.hardware import layer_checks
 from qresearch.hardware.constrain import constrain
-from qresearch.hardware.registry import get as get_target
+from qresearch.hardware.registry import get as get_target, register_kernels
 from qresearch.schemes import presets
 from qresearch.schemes.build import build, set_kernels
 from qresearch.schemes.calibrate import calibrate
-from qresearch.schemes.integer import KERNELS
+from qresearch.kernels import KERNELS
 from qresearch.schemes.passes import make_plan, read_model
 
 
 def _kernel_set(kernels, target) -> Optional[str]:
     if kernels == "target":
-        kernels = target.kernels if target is not None else None
+        kernels = register_kernels(target).kernels if target is not None else None
     if kernels in (None, "none"):
         return None
     KERNELS.get(kernels)  # unknown names fail here, with the known ones listed
@@ -40,7 +40,7 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         ``adapt=True`` coerced) against it first.
       calibration_data: array, ``(x, y)``, list of batches or ``tf.data.Dataset``; a few batches
         initialise every quantizer's range/step size, so the model is accurate before training.
-      kernels: the integer kernel set the inference pass emulates (``qresearch.schemes.integer.KERNELS``):
+      kernels: the integer kernel set the inference pass emulates (``qresearch.kernels.KERNELS``):
         "target" takes the hardware target's (``tflite_int8``: LiteRT's builtin kernels), None or
         "none" keeps the float fake-quant simulation. Training always runs the float forward.
       constrained: ``scheme`` is already ``hardware.constrain``'s output for this ``hardware`` (the run

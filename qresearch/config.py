@@ -37,13 +37,17 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plug
 #: Keys (and their sub-keys) that change how a run is carried out or described, not its numbers:
 #: in its identity hash, but never in its variant label.
 NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download", "dataset.cache_dir",
-                  "hardware.description", "training.verbose")
+                  "hardware.description", "training.verbose", "scheme.name")
 #: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
+                   "hardware.pipeline.accumulator_bits",  # the x-axis of the accumulator-width panel
                    # labels.model names a model's _target_; labels.dataset says only "npz"/"custom", so
                    # dataset.path and dataset._target_ stay in the variant label, which then names the data
-                   "model._target_")
+                   "model._target_",
+                   # a mixed run's budget and base algorithm place it on the accuracy-vs-cost axes
+                   "mixed.budget.bops", "mixed.budget.memory", "mixed.budget.table_cost", "mixed.algorithm",
+                   "precision")
 #: Override keys left out of a sweep job's folder name: conf/config.yaml's
 #: ``hydra.job.config.override_dirname.exclude_keys`` must equal this list (a test checks). Hydra
 #: matches them exactly, so the non-semantic keys are listed with the sub-keys a user sets.
@@ -121,6 +125,34 @@ class PathsConfig:
 
 
 @dataclass
+class BudgetConfig:
+    """A mixed-precision budget: ONE of these, a fraction in (0, 1] of the all-8-bit cost."""
+    bops: Optional[float] = None     # bit operations (MACs x weight bits x input activation bits)
+    memory: Optional[float] = None   # weight memory (bits)
+    table_cost: Optional[float] = None  # the target's own cost table (its YAML's costs:)
+
+
+@dataclass
+class MixedConfig:
+    """Mixed precision (``scheme=mixed mixed.budget.bops=0.25``): per-layer widths chosen under a budget by
+    ``qresearch.mixed.search`` between the float baseline and PTQ. Off while no budget is set."""
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    algorithm: Optional[str] = None  # scheme preset whose quantizers the widths use; null: the run's scheme
+    bits: Optional[List[int]] = None  # candidate widths; null: the target's allowed widths (no target: 8,4,3,2)
+    sensitivity: str = "measured"    # a name in qresearch.mixed.search.SENSITIVITY: measured | hessian
+    samples: int = 256               # seeded training images the sensitivity is measured on
+    solver: str = "ilp"              # ilp (scipy milp; greedy when it finds nothing) | greedy
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.budget_dict()) if isinstance(self.budget, BudgetConfig) else bool(self.budget)
+
+    def budget_dict(self) -> Dict[str, float]:
+        """``{"bops": f}`` or ``{"memory": f}``, as ``qresearch.mixed.allocate`` takes it."""
+        return {k: v for k, v in dataclasses.asdict(self.budget).items() if v is not None}
+
+
+@dataclass
 class Config:
     seed: int = 0
     sweep_name: str = "adhoc"
@@ -137,6 +169,7 @@ class Config:
     model: Any = MISSING
     scheme: Any = MISSING
     hardware: Any = None             # none (`~hardware` on the command line): the scheme as written, no deployment
+    mixed: MixedConfig = field(default_factory=MixedConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -195,7 +228,11 @@ def config_hash(cfg) -> str:
 
 
 def _hash_of(data: Mapping[str, Any]) -> str:
-    return stable_hash({k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS})
+    # the mixed node at its defaults (mixed precision off) is left out: runs recorded before it existed keep
+    # their hashes, so a resumed sweep still finds them; any setting of it (mixed.algorithm too) counts
+    default_mixed = data.get("mixed") in (None, dataclasses.asdict(MixedConfig()))
+    return stable_hash({k: v for k, v in data.items()
+                        if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and default_mixed)})
 
 
 # ------------------------------------------------------------------ the typed boundary
@@ -212,6 +249,7 @@ class Experiment:
     hardware: Optional[Dict[str, Any]]
     training: TrainingConfig
     logger: LoggerConfig
+    mixed: MixedConfig
     paths: PathsConfig
     sweep_name: str = "adhoc"
     resume: bool = True
@@ -267,7 +305,26 @@ def experiment(cfg) -> Experiment:
                       model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
                       hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
                       logger=_typed(LoggerConfig, data.get("logger")), paths=_typed(PathsConfig, data.get("paths")),
-                      **flags)
+                      mixed=mixed_config(data.get("mixed")), **flags)
+
+
+def mixed_config(data: Optional[Mapping[str, Any]]) -> MixedConfig:
+    """A MixedConfig from plain data (its own fields; ``validate_mixed`` names any other key)."""
+    d = dict(data or {})
+    budget = d.pop("budget", None) or {}
+    return _typed(MixedConfig, d, budget=_typed(BudgetConfig, budget) if isinstance(budget, Mapping) else budget)
+
+
+def _unknown_keys(cls, data: Any, prefix: str = "") -> List[str]:
+    """Keys of ``data`` that are not fields of the dataclass ``cls``, nested dataclass fields included."""
+    if not isinstance(data, Mapping):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out = [prefix + str(k) for k in data if k not in fields]
+    for k, f in fields.items():
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            out += _unknown_keys(f.default_factory, data.get(k), f"{prefix}{k}.")
+    return sorted(out)
 
 
 # ------------------------------------------------------------------ semantic validation
@@ -323,6 +380,47 @@ def validate(cfg, check_data: bool = True) -> None:
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     if exp.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
+    validate_mixed(exp.mixed, exp.config.get("mixed"))
+
+
+def validate_mixed(m: MixedConfig, raw: Optional[Mapping[str, Any]] = None) -> None:
+    """The ``mixed`` node's checks (no data needed): each error names the field and the fix. ``raw``: the node as
+    plain data, whose keys are checked too (Hydra's schema refuses unknown ones; a dict config does not)."""
+    example = "e.g. mixed.budget.bops=0.25 (a quarter of the all-8-bit BOPs) or mixed.budget.memory=0.3"
+    unknown = _unknown_keys(MixedConfig, raw)
+    if unknown:
+        valid = "budget.bops, budget.memory, budget.table_cost" if unknown[0].startswith("budget.") else \
+            ", ".join(f.name for f in dataclasses.fields(MixedConfig))
+        raise ConfigError(f"mixed.{unknown[0]} is not a mixed-precision setting; valid: {valid} ({example})")
+    if not isinstance(m.budget, BudgetConfig):
+        raise ConfigError(f"mixed.budget must be a mapping with bops, memory or table_cost, got {m.budget!r} "
+                          f"({example})")
+    given = m.budget_dict()
+    if len(given) > 1:
+        raise ConfigError(f"mixed.budget sets {' and '.join(f'{k} ({v})' for k, v in given.items())}: give one of "
+                          f"them (set the others to null), {example}")
+    for kind, frac in given.items():
+        if isinstance(frac, bool) or not isinstance(frac, (int, float)) or not 0 < frac <= 1:
+            raise ConfigError(f"mixed.budget.{kind} must be a fraction in (0, 1] of the all-8-bit cost, got {frac!r} "
+                              f"({example}; 1 = the 8-bit cost itself)")
+    if not m.enabled:
+        return
+    from qresearch.mixed.search import SENSITIVITY, SOLVERS
+    from qresearch.schemes import names as scheme_names
+
+    if m.sensitivity not in SENSITIVITY:
+        raise _choice_error("mixed.sensitivity", m.sensitivity, SENSITIVITY)
+    if m.solver not in SOLVERS:
+        raise _choice_error("mixed.solver", m.solver, SOLVERS)
+    if m.algorithm is not None and m.algorithm not in scheme_names():
+        raise _choice_error("mixed.algorithm", m.algorithm, scheme_names(),
+                            "a scheme preset (conf/scheme/NAME.yaml or qresearch.schemes.register)")
+    if m.bits is not None:
+        if not m.bits or any(isinstance(b, bool) or not isinstance(b, int) or not 2 <= b <= 16 for b in m.bits):
+            raise ConfigError(f"mixed.bits must be a non-empty list of integer widths in [2, 16], got {m.bits!r} "
+                              f"(e.g. mixed.bits=[8,4,3,2]; null: the target's allowed widths)")
+    if isinstance(m.samples, bool) or not isinstance(m.samples, int) or m.samples < 1:
+        raise ConfigError(f"mixed.samples must be a positive integer (training images), got {m.samples!r}")
 
 
 ROLE_BITS_KEYS = ("scheme.weights.bits", "scheme.activations.bits")

@@ -209,6 +209,9 @@ def log_report(report: Mapping[str, Any], cfg: Mapping[str, Any], group: Optiona
                                                               data=[[_cell(s[c]) for c in sum_cols] for s in summary])}
         if report.get("plot"):
             row["report/accuracy_vs_bits"] = wandb.Image(str(report["plot"]))
+        for panel in report.get("pareto") or []:  # accuracy vs cost (qresearch.pareto), when runs have cost data
+            if panel.get("plot"):
+                row[f"report/pareto_{panel['axis']}"] = wandb.Image(str(panel["plot"]))
         logger.run.log(row)
         artifact = wandb.Artifact(_artifact_name(f"{group or 'runs'}-results"), type="results")
         for path in (report.get("csv"), report.get("markdown")):

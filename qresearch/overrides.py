@@ -17,7 +17,7 @@ from qresearch.paths import CONF_DIR
 #: Config groups a user picks options from (``dataset=mnist``).
 GROUPS = ("dataset", "model", "scheme", "hardware", "training", "logger", "paths")
 #: Groups whose options are ``# @package _global_`` files added with ``+group=option``.
-GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search")
+GLOBAL_GROUPS = ("experiment", "sweep", "hparams_search", "precision")
 #: Groups whose ``custom`` option is picked when only ``GROUP._target_=...`` is given (``with_implied_groups``).
 TARGET_GROUPS = ("dataset", "model")
 #: Usual abbreviations of config keys, named first in "did you mean" (``training.qat.lr``).

@@ -68,7 +68,10 @@ def run_job(cfg: DictConfig) -> float:
 
 def new_record(exp: Experiment, ctx: JobContext) -> JobRecord:
     """The job's record before it runs: config, identity, labels (bit widths follow at setup)."""
-    algorithm = ctx.choices.get("scheme") or stages.algorithm_name(exp.scheme)
+    # a mixed run is labelled by its base algorithm (scheme=mixed is LSQ's, or mixed.algorithm's), so it
+    # lands on the same axes as that algorithm's uniform runs; its widths are its budget's
+    algorithm = exp.mixed.algorithm or (exp.scheme.get("name") if exp.mixed.enabled else None) \
+        or ctx.choices.get("scheme") or stages.algorithm_name(exp.scheme)
     return JobRecord(ctx, config=exp.config, config_hash=exp.hash, versions=versions(), labels={
         "sweep": exp.sweep_name if ctx.multirun else None,
         "dataset": exp.dataset.get("name"),
@@ -77,6 +80,7 @@ def new_record(exp: Experiment, ctx: JobContext) -> JobRecord:
         "variant": variant_label(algorithm, ctx.overrides),
         "target": exp.hardware.get("name") if exp.hardware else "none",
         "weight_bits": None, "activation_bits": None,
+        "mixed_budget": stages.budget_label(exp.mixed.budget_dict()) if exp.mixed.enabled else None,
         "seed": exp.seed})
 
 
@@ -86,14 +90,19 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
     with rec.stage("setup"):
         stages.setup_tf(exp)
         try:  # requested widths first, so a run the checks reject is still labelled by them
-            rec["labels"].update(stages.role_bits(exp.scheme))
+            if not exp.mixed.enabled:
+                rec["labels"].update(stages.role_bits(exp.scheme))
         except (TypeError, ValueError):  # not a number: validation below names it
             pass
         qconfig.validate(exp)
         qconfig.check_bits_shorthand(exp.bits, [setting_key(o) for o in rec.ctx.overrides])
         target, spec, rec["coercions"] = stages.check_scheme(exp)
+        stages.check_mixed(exp, target, rec.ctx.choices.get("scheme"))
         rec["scheme"] = spec
-        rec["labels"].update(stages.role_bits(spec))
+        if not exp.mixed.enabled:  # a mixed run has no one width: its label is its budget
+            rec["labels"].update(stages.role_bits(spec))
+        if target is not None and target.pipeline is not None:  # the simulated hardware's accumulator width
+            rec["labels"]["accumulator_bits"] = target.pipeline.accumulator_bits
         if rec.logger is not None:
             rec.logger.summary({"labels": rec["labels"]})
 
@@ -109,6 +118,23 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         rec.metric(**stages.evaluate_float(exp, float_model, ds))
         log.info("float accuracy %.4f (baseline %s)", rec["metrics"]["float_accuracy"], rec["float_baseline"]["cache"])
 
+    if exp.mixed.enabled:
+        with rec.stage("mixed"):
+            spec, rec["mixed"], coercions = stages.mixed_search(exp, float_model, ds, spec, target)
+            rec["scheme"] = spec
+            rec["coercions"] = list(dict.fromkeys(rec["coercions"] + coercions))
+            m = rec["mixed"]
+            log.info("mixed precision (%s, solver %s): widths %s; BOPs %.4f, weight memory %.4f of all-8-bit",
+                     rec["labels"]["mixed_budget"], m["solver"], m["widths"],
+                     m["totals"]["bops"] / m["reference"]["bops"],
+                     m["totals"]["weight_bits"] / m["reference"]["weight_bits"])
+            if not m["allocation"].get("feasible", True):  # kept: the report places it by its real cost
+                log.warning("mixed precision: no choice of widths meets %s (layers held at fixed widths cost "
+                            "more); the run goes on with the closest choice the greedy search found",
+                            rec["labels"]["mixed_budget"])
+            if rec.logger is not None:
+                rec.logger.summary({"mixed/widths": m["widths"], "mixed/solver": m["solver"]})
+
     with rec.stage("ptq"):
         qat_model, metrics, facts = stages.ptq(exp, float_model, ds, spec, target)
         rec.metric(**metrics)
@@ -123,8 +149,14 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
                    step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
 
     with rec.stage("qat_eval"):
-        rec.metric(qat_accuracy=stages.evaluate_qat(exp, qat_model, ds))
-        log.info("QAT accuracy %.4f", rec["metrics"]["qat_accuracy"])
+        metrics, hardware_facts = stages.evaluate_qat(exp, qat_model, ds, target)
+        rec.metric(**metrics)
+        rec.data.update(hardware_facts)
+        if "qat_fakequant_accuracy" in metrics:
+            log.info("QAT accuracy %.4f (%s; float fake-quant %.4f)", metrics["qat_accuracy"],
+                     hardware_facts["simulated"], metrics["qat_fakequant_accuracy"])
+        else:
+            log.info("QAT accuracy %.4f", rec["metrics"]["qat_accuracy"])
         if exp.save_model:
             qat_model.save(str(rec.ctx.output_dir / "qat_model"))
 

@@ -7,7 +7,11 @@ path when it is a folder):
 * ``report.md``: per (dataset, model, target) a table of algorithm x bit width, mean ± std of
   the accuracy over seeds, with float and PTQ reference rows (and deployed accuracy where a
   runtime checked it), then the failed runs, listed and never averaged;
-* ``accuracy_vs_bits.png``: one panel per target, one line per algorithm, error bars (std).
+* ``accuracy_vs_bits.png``: one panel per target, one line per algorithm, error bars (std);
+* ``pareto_<axis>.png`` (``qresearch.pareto``), when the runs carry cost data: accuracy against the
+  realised BOPs and weight memory (``--x`` names others, e.g. ``table_cost``), uniform and mixed-precision
+  points of every algorithm on the same axes, the Pareto front drawn; its table goes into ``report.md``.
+  Mixed-precision runs (no one bit width) appear there, not in the bit-width tables.
 
 With ``--wandb`` it also logs them to Weights & Biases as one run of job type ``report`` (what a
 sweep does by itself when it ends).
@@ -27,13 +31,15 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from qresearch.config import is_coordinate
+from qresearch.errors import QResearchError
 from qresearch.labels import variant_label
 from qresearch.results import COMPLETED, load_results
 
 CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "weight_bits", "activation_bits",
                "seed", "float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy", "weight_memory_bits",
                "float_weight_memory_bits", "qat_step_time_s", "float_step_time_s", "step_time_ratio",
-               "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
+               "mixed_budget", "bops", "bops_ratio", "cost_weight_bits", "weight_bits_ratio", "activation_peak_bits",
+               "activation_bits_ratio", "table_cost", "table_cost_ratio", "float_baseline", "total_s", "config_hash", "error_type", "error_stage", "error_message",
                "git_commit", "sweep", "path"]
 METRICS = ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy")
 
@@ -44,10 +50,12 @@ def flatten(rec: Dict[str, Any]) -> Dict[str, Any]:
     metrics = rec.get("metrics") or {}
     err = rec.get("error") or {}
     row = {k: labels.get(k) for k in ("dataset", "model", "target", "algorithm", "variant", "weight_bits",
-                                      "activation_bits", "seed", "sweep")}
+                                      "activation_bits", "seed", "sweep", "mixed_budget")}
     row.update({k: metrics.get(k) for k in ("float_accuracy", "ptq_accuracy", "qat_accuracy", "deployed_accuracy",
                                             "weight_memory_bits", "float_weight_memory_bits", "qat_step_time_s",
-                                            "float_step_time_s", "step_time_ratio")})
+                                            "float_step_time_s", "step_time_ratio", "bops", "bops_ratio",
+                                            "cost_weight_bits", "weight_bits_ratio", "activation_peak_bits",
+                                            "activation_bits_ratio", "table_cost", "table_cost_ratio")})
     row.update(status=rec.get("status"), config_hash=rec.get("config_hash"),
                float_baseline=(rec.get("float_baseline") or {}).get("key"),
                total_s=(rec.get("times") or {}).get("total_s"),
@@ -59,8 +67,14 @@ def flatten(rec: Dict[str, Any]) -> Dict[str, Any]:
         if ver.get("git_commit") else ""
     row["algorithm"] = row.get("algorithm") or "?"
     row["variant"] = row["algorithm"]
-    row["_config"] = dotted(rec.get("config") or {})
+    config = dotted(rec.get("config") or {})
+    if not row.get("mixed_budget"):  # mixed precision off: its settings changed nothing in this run
+        config = {k: v for k, v in config.items() if not k.startswith(MIXED_PREFIX)}
+    row["_config"] = config
     return row
+
+
+MIXED_PREFIX = "mixed."
 
 
 def dotted(d: Any, prefix: str = "") -> Dict[str, str]:
@@ -86,8 +100,10 @@ def assign_variants(rows: List[Dict[str, Any]]) -> None:
         # *because* of an odd value) adds only its own odd values to its label, not to the others'.
         done = [r for r in grp if r["status"] == COMPLETED] or grp
         keys = set().union(*(r["_config"].keys() for r in grp))
+        # a mixed-precision setting (mixed.bits) tells mixed runs apart, not a mixed run from a uniform one
+        among = lambda k: [r for r in done if r.get("mixed_budget")] if k.startswith(MIXED_PREFIX) else done  # noqa
         varying = sorted(k for k in keys if not is_coordinate(k)
-                         and len({r["_config"].get(k) for r in done}) > 1)
+                         and len({r["_config"].get(k) for r in among(k)}) > 1)
         seen = {k: {r["_config"].get(k) for r in done} for k in keys if not is_coordinate(k)}
         for r in grp:
             extra = list(varying)
@@ -153,7 +169,8 @@ def bits_label(w, a, joint: bool) -> str:
 def build_tables(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per (dataset, model, target): columns (bit widths), rows (float, algorithms, PTQ, deployed)."""
     groups: Dict[Tuple, List[Dict[str, Any]]] = OrderedDict()
-    for r in sorted((r for r in rows if r["status"] == COMPLETED),
+    # mixed-precision runs have no one bit width: they are points of the cost panels (qresearch.pareto)
+    for r in sorted((r for r in rows if r["status"] == COMPLETED and not r.get("mixed_budget")),
                     key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["target"]))):
         groups.setdefault((r["dataset"], r["model"], r["target"]), []).append(r)
     tables = []
@@ -335,8 +352,12 @@ def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:
             w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_COLUMNS})
 
 
-def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False) -> Dict[str, Any]:
-    """Gather results under ``paths``, write results.csv, report.md and accuracy_vs_bits.png into ``out``."""
+def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False,
+                cost_axes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """Gather results under ``paths``, write results.csv, report.md, accuracy_vs_bits.png and (runs with cost
+    data) pareto_<axis>.png for each of ``cost_axes`` (default ``pareto.DEFAULT_AXES``) into ``out``."""
+    from qresearch import pareto
+
     paths = [Path(p) for p in paths]
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
@@ -353,6 +374,7 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     csv_path, md_path, png_path = out / "results.csv", out / "report.md", out / "accuracy_vs_bits.png"
     write_csv(rows, csv_path)
     png = plot(tables, rows, png_path)
+    costs = pareto.report(rows, out, cost_axes)
     status_counts: Dict[str, int] = defaultdict(int)
     for r in rows:
         status_counts[str(r["status"])] += 1
@@ -364,13 +386,15 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
     if len(codes) > 1:  # a resumed sweep keeps results computed by earlier code
         header += [f"Note: the completed runs come from {len(codes)} code versions ({', '.join(codes)}; column "
                    f"git_commit in results.csv). Re-run the sweep with resume=false to recompute them all.", ""]
-    parts = [table_markdown(t) for t in tables] or ["No completed runs."]
+    parts = [table_markdown(t) for t in tables] + [c["markdown"] for c in costs] or ["No completed runs."]
     failed_md = failed_markdown(failed)
     md = "\n".join(header) + "\n" + "\n\n".join(parts) + "\n"
     if failed_md:
         md += "\n" + failed_md + "\n"
     if png:
         md += f"\n![accuracy vs bits]({png.name})\n"
+    for c in costs:
+        md += f"\n![accuracy vs {c['axis']}]({c['plot'].name})\n"
     md_path.write_text(md)
     if not quiet:
         print("\n\n".join(parts))
@@ -379,7 +403,9 @@ def make_report(paths: Sequence, out: Optional[Path] = None, quiet: bool = False
         print(f"\nruns: {len(rows)} ({counts})")
         print(f"table: {md_path}\ncsv:   {csv_path}")
         print(f"plot:  {png}" if png else "plot:  (nothing to plot)")
-    return {"rows": rows, "tables": tables, "completed": completed, "failed": failed, "csv": csv_path,
+        for c in costs:
+            print(f"plot:  {c['plot']}")
+    return {"rows": rows, "tables": tables, "pareto": costs, "pareto_plots": [c["plot"] for c in costs], "completed": completed, "failed": failed, "csv": csv_path,
             "markdown": md_path, "plot": png, "duplicates": dupes, "sources": paths}
 
 
@@ -388,6 +414,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("paths", nargs="+", help="sweep or run folders (searched recursively) or result.json files")
     ap.add_argument("--out", default=None, help="folder for results.csv, report.md and the plot "
                                                 "(default: the first path)")
+    ap.add_argument("--x", default=None, help="cost axes of the accuracy-vs-cost panels, comma-separated: "
+                                              "bops, weight_memory (default, when runs have cost data), "
+                                              "activation_memory, table_cost")
     ap.add_argument("--wandb", action="store_true",
                     help="also log the report to Weights & Biases: the tables as wandb.Tables, the plot as an "
                          "image, results.csv and report.md as an artifact (offline without an API key)")
@@ -405,8 +434,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                   f"<paths.output_dir>/multirun/<sweep_name>; single runs are under <paths.output_dir>/runs)",
                   file=sys.stderr)
             return 1
-        rep = make_report(args.paths, Path(args.out) if args.out else None)
-    except FileNotFoundError as exc:
+        axes = [a.strip() for a in args.x.split(",") if a.strip()] if args.x else None
+        rep = make_report(args.paths, Path(args.out) if args.out else None, cost_axes=axes)
+    except (FileNotFoundError, QResearchError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.wandb:

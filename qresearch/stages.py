@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+
 from qresearch.config import Experiment
 
 log = logging.getLogger("qresearch.run")
@@ -58,18 +59,101 @@ def setup_tf(exp: Experiment) -> None:
             pass
 
 
-def check_scheme(exp: Experiment) -> Tuple[Any, Dict[str, Any], List[str]]:
-    """Validate the scheme and check it against the target, the one time a run does (``quantize`` is
-    told so). Returns (target or None, effective scheme dict, coercions); fails in milliseconds."""
+def base_scheme(exp: Experiment) -> Dict[str, Any]:
+    """The scheme as configured: ``mixed.algorithm``'s preset when set (its quantizers, the ``bits``
+    shorthand applied), else the ``scheme`` node."""
+    if not exp.mixed.algorithm:
+        return exp.scheme
+    from qresearch import schemes
+    from qresearch.config import with_bits
+
+    return with_bits(schemes.get(exp.mixed.algorithm).to_dict(), exp.bits)
+
+
+def check_scheme(exp: Experiment, scheme: Optional[Dict[str, Any]] = None) -> Tuple[Any, Dict[str, Any], List[str]]:
+    """Validate the scheme (default: ``base_scheme``) and check it against the target, the one time a run
+    does (``quantize`` is told so). Returns (target or None, effective scheme dict, coercions); fails in
+    milliseconds."""
     from qresearch import hardware, schemes
 
-    schemes.SchemeSpec.from_dict(exp.scheme)
+    scheme = base_scheme(exp) if scheme is None else scheme
+    schemes.SchemeSpec.from_dict(scheme)
     if not exp.hardware:
-        return None, exp.scheme, []
+        return None, scheme, []
     target = hardware.get(exp.hardware)
-    constrained, coercions = hardware.constrain(exp.scheme, target, adapt=exp.adapt, adapt_bits=exp.adapt_bits)
+    constrained, coercions = hardware.constrain(scheme, target, adapt=exp.adapt, adapt_bits=exp.adapt_bits)
     eff = constrained.to_dict() if hasattr(constrained, "to_dict") else dict(constrained)
     return target, eff, list(coercions)
+
+
+def check_mixed(exp: Experiment, target, scheme_choice: Optional[str] = None) -> None:
+    """What ``config.validate_mixed`` cannot see: ``scheme=mixed`` (Hydra's choice) needs a budget, and a
+    ``table_cost`` budget a target with a cost table."""
+    from qresearch.errors import ConfigError
+
+    if scheme_choice == "mixed" and not exp.mixed.enabled:
+        raise ConfigError("scheme=mixed chooses per-layer widths under a budget, and none is set: add "
+                          "mixed.budget.bops=F or mixed.budget.memory=F (F in (0, 1], a fraction of the all-8-bit "
+                          "cost), or use scheme=lsq for uniform widths")
+
+    if exp.mixed.budget.table_cost is not None and (target is None or target.costs is None):
+        name = target.name if target is not None else "none"
+        raise ConfigError(f"mixed.budget.table_cost needs a hardware target with a costs: table, and hardware="
+                          f"{name} has none: add one to its YAML (notes/mixed.md) or use mixed.budget.bops / "
+                          f"mixed.budget.memory")
+
+
+def mixed_search(exp: Experiment, float_model, ds, spec: Dict[str, Any], target
+                 ) -> Tuple[Dict[str, Any], Dict[str, Any], List[str]]:
+    """Per-layer widths under ``exp.mixed``'s budget (``qresearch.mixed.search`` on the float model and
+    seeded training images), as a plain scheme checked against the target like any other.
+    Returns (the scheme PTQ/QAT use, the record's ``mixed`` entry, the check's coercions)."""
+    from qresearch import mixed
+
+    m = exp.mixed
+    seed = int(exp.seed)
+    data = ds.train_sample(int(m.samples), seed)  # seeded training images and labels (streamed: read now)
+    calib = ds.calibration(int(exp.training.calibration_samples), seed)
+    bits = mixed.candidate_widths(m.bits, target)
+    out = mixed.search(float_model, data, spec, m.budget_dict(), bits=bits, target=target, method=m.sensitivity,
+                       solver=m.solver, calibration_data=calib)
+    _, checked, coercions = check_scheme(exp, out["scheme"])  # per-layer widths against the target
+    alloc = out["allocation"]
+    record = {"budget": m.budget_dict(), "algorithm": m.algorithm or algorithm_name(spec), "bits": bits,
+              "sensitivity_method": m.sensitivity, "samples": int(len(data[1])),
+              "solver": alloc["solver"], "widths": out["widths"],
+              "totals": out["cost"]["totals"], "reference": out["reference"]["totals"],
+              "allocation": {k: v for k, v in alloc.items() if k != "widths"},
+              "sensitivity": out["sensitivity"].get("scores")}
+    return checked, _plain(record), coercions
+
+
+def _plain(obj):
+    """JSON-safe: numpy scalars to Python numbers, int keys (widths in scores) to strings."""
+    import json
+
+    return json.loads(json.dumps(obj, default=lambda o: o.item() if hasattr(o, "item") else str(o)))
+
+
+def budget_label(budget: Dict[str, float]) -> str:
+    """``{"bops": 0.25}`` -> ``"bops=0.25"``: a mixed run's place on the cost axes."""
+    return ",".join(f"{k}={v:g}" for k, v in sorted(budget.items()))
+
+
+def cost_facts(report: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """From ``mixed.describe``'s report: the record's ``cost`` (totals at the widths the QAT model really
+    has, per layer, the all-8-bit reference) and the metrics the report plots (ratios against all-8-bit;
+    ``table_cost`` when the target has a ``costs:`` table). Every scheme has them, not only mixed."""
+    c, ref = report["cost"], report["cost_reference"]
+    t = c["totals"]
+    ratio = lambda k: (t[k] / ref[k]) if ref.get(k) else None  # noqa: E731
+    metrics = {"bops": t["bops"], "bops_ratio": ratio("bops"), "cost_weight_bits": t["weight_bits"],
+               "weight_bits_ratio": ratio("weight_bits"), "activation_bits": t["activation_bits"],
+               "activation_bits_ratio": ratio("activation_bits"),
+               "activation_peak_bits": t["activation_peak_bits"], "macs": t["macs"]}
+    if "table_cost" in t:
+        metrics.update(table_cost=t["table_cost"], table_cost_ratio=ratio("table_cost"))
+    return {"totals": t, "layers": c["layers"], "reference": ref}, metrics
 
 
 def load_data(exp: Experiment):
@@ -111,21 +195,25 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
 
 
 def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
-    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts)."""
+    """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts);
+    the facts hold ``cost`` (``cost_facts``) and the metrics its totals."""
     import qresearch
-    from qresearch import schemes
+    from qresearch import mixed
     from qresearch.evaluation import test_accuracy
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
     qat_model = qresearch.quantize(float_model, spec, hardware=target, calibration_data=calib, adapt=exp.adapt,
                                    constrained=True)
     acc = test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
-    report = schemes.describe(qat_model)
+    report = mixed.describe(qat_model, float_model, table=target)
+    log.info("%s", report["sections"]["cost"])
     memory = dict(report.get("memory") or {})
+    cost, cost_metrics = cost_facts(report)
     metrics = {"ptq_accuracy": acc, "weight_memory_bits": memory.get("quantized_bits"),
-               "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio")}
+               "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio"),
+               **cost_metrics}
     return qat_model, metrics, {"quantized_layers": len(report.get("layers") or []),
-                                "float_layers": report.get("float_layers")}
+                                "float_layers": report.get("float_layers"), "cost": cost}
 
 
 def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
@@ -145,10 +233,30 @@ def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
     return os.path.join(exp.paths.cache_dir, "checkpoints", phase, key) if exp.paths.cache_dir else None
 
 
-def evaluate_qat(exp: Experiment, qat_model, ds) -> float:
+ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)
+
+
+def evaluate_qat(exp: Experiment, qat_model, ds, target) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """QAT accuracy (for a target whose kernels the model emulates: the simulated hardware's integer
+    result) and, then, the float fake-quant accuracy beside it and the per-layer accumulator statistics
+    on the first test images. Returns (metrics, {"accumulators": ...} or {})."""
+    from qresearch import kernels
     from qresearch.evaluation import test_accuracy
 
-    return test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
+    batch = int(exp.training.eval_batch_size)
+    metrics: Dict[str, Any] = {"qat_accuracy": test_accuracy(qat_model, ds, batch)}
+    emulated = (getattr(qat_model, "qresearch_info", None) or {}).get("kernels")
+    if not emulated:
+        return metrics, {}
+    with kernels.emulated_kernels("none"):
+        metrics["qat_fakequant_accuracy"] = test_accuracy(qat_model, ds, batch)
+    x_first, _ = ds.test_arrays(ACCUMULATOR_SAMPLES)
+    stats = kernels.accumulator_stats(qat_model, x_first, batch_size=batch)
+    if stats:
+        metrics["accumulator_overflow_fraction"] = max(s["overflow_fraction"] for s in stats.values())
+        metrics["accumulator_bits_needed"] = max(s["bits_needed"] for s in stats.values())
+    return metrics, {"simulated": f"simulated {target.name if target is not None else emulated} ({emulated} kernels)",
+                     "accumulators": stats}
 
 
 def deploy(exp: Experiment, qat_model, target, ds) -> Dict[str, Any]:

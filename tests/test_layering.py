@@ -1,4 +1,4 @@
-"""The import direction of docs/design.md: quantizers -> schemes -> hardware -> api -> the experiment.
+"""The import direction of docs/design.md: quantizers -> kernels -> schemes -> hardware -> api -> the experiment.
 
 Read from the source (every ``import``, also inside functions, so a late import cannot hide a cycle):
 each part imports only parts at or below its level, and the modules' top-level imports form no cycle.
@@ -11,8 +11,8 @@ import qresearch
 PKG = Path(qresearch.__file__).resolve().parent
 # Level of each part; a module may import its own level or lower ones only.
 LEVELS = {"_compat": 0, "errors": 0, "paths": 0, "registry": 0, "checks": 0, "plugins": 0,
-          "quantizers": 1, "schemes": 2, "hardware": 3, "api": 4}
-TOP = 5  # data, models, training, results, report, logger, config, run, demo: the experiment's parts
+          "quantizers": 1, "kernels": 2, "schemes": 3, "hardware": 4, "api": 5}
+TOP = 6  # data, models, training, results, report, logger, config, run, demo: the experiment's parts
 
 
 def _module_name(path: Path) -> str:

@@ -1,5 +1,6 @@
 """Reports from synthetic result.json files: exact means and stds, failures listed, not averaged."""
 import csv
+import json
 import statistics
 
 import pytest
@@ -168,3 +169,32 @@ def test_summary_rows_are_the_table_cells(sweep):
     rows = report.summary_rows(rep["tables"])
     lsq4 = [r for r in rows if r["row"] == "lsq[training.qat.lr=0.001]" and r["weight_bits"] == 4 and r["target"] == "academic"]
     assert len(lsq4) == 1 and lsq4[0]["accuracy_mean"] == pytest.approx(0.79) and lsq4[0]["seeds"] == 3
+
+
+def test_cost_panels_put_mixed_and_uniform_runs_together(tmp_path, capsys, monkeypatch):
+    from qresearch import logger as qlog
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    points = {"w4": (4, None, 0.25, 0.50, 0.90), "w3": (3, None, 0.14, 0.40, 0.80),
+              "mx": (None, "bops=0.14", 0.138, 0.37, 0.86)}   # the mixed run: no one width, cheaper and better
+    for name, (bits, budget, bops, mem, acc) in points.items():
+        for seed in (0, 1):
+            _record(tmp_path / f"{name}-{seed}", "lsq", bits, seed, acc + 0.01 * seed, acc - 0.1, 0.95,
+                    chash=f"{name}-{seed}")
+            rec = tmp_path / f"{name}-{seed}" / "result.json"
+            d = json.loads(rec.read_text())
+            d["labels"]["mixed_budget"] = budget
+            d["metrics"].update(bops_ratio=bops, weight_bits_ratio=mem)
+            if budget:
+                d["config"]["mixed"] = {"budget": {"bops": 0.14}, "bits": [8, 4, 3, 2]}
+            write_json_atomic(rec, d)
+    assert report.main([str(tmp_path), "--wandb", "--wandb-mode", "offline", "--x", "bops"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| lsq | bops=0.14 | 0.1380 | 86.50 ± 0.71 | 2 | ★ |" in md and "| lsq | W3A3 | 0.1400 |" in md
+    assert "accuracy vs weight_memory" not in md and (tmp_path / "pareto_bops.png").stat().st_size > 5000
+    rep = report.make_report([tmp_path], out=tmp_path / "again", quiet=True)
+    assert [t["columns"] for t in rep["tables"]] == [[(4, 4), (3, 3)]]   # the bit-width table: uniform runs only
+    assert {r["variant"] for r in rep["completed"]} == {"lsq"}          # mixed.* settings label mixed runs only
+    (f,) = qlog.find_wandb_files(tmp_path / "wandb")
+    assert qlog.read_wandb_run(f)["history"][0]["report/pareto_bops/_type"] == "image-file"
+    assert report.main([str(tmp_path), "--x", "flops"]) == 2 and "unknown cost axis 'flops'" in capsys.readouterr().err

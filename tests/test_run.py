@@ -394,3 +394,28 @@ def test_variant_label_names_your_data_but_not_plugins():
     # the model's target is in labels.model; the data file is not in labels.dataset ("npz"), so the label names it
     assert variant_label("lsq", ["dataset=npz", "dataset.path=a.npz", "model._target_=pkg.build", "model=custom",
                                  "+model.width=8", "plugins=[my_quant]"]) == "lsq[dataset.path=a.npz,model.width=8]"
+
+
+def test_a_target_with_an_integer_pipeline_reports_the_simulated_hardware(tmp_path):
+    """npu_w4a8_acc16 computes its 16-bit saturating pipeline in inference: the QAT accuracy is that
+    hardware's, the float fake-quant one stands beside it, and each layer's accumulators are measured."""
+    base = ["logger=disabled", "hardware=npu_w4a8_acc16", "scheme=minmax_nbit", "scheme.weights.bits=4",
+            "scheme.activations.bits=8"]
+    results = {}
+    for width in (32, 14):
+        assert run_job(_compose(tmp_path, base + [f"hardware.pipeline.accumulator_bits={width}"])) >= 0
+        rec, _ = _result(tmp_path)
+        assert rec["status"] == "completed", rec["error"]
+        assert rec["labels"]["accumulator_bits"] == width and "accumulator" not in rec["labels"]["variant"]
+        assert rec["simulated"].startswith("simulated npu_w4a8_acc16")
+        m = rec["metrics"]
+        assert 0.0 <= m["qat_fakequant_accuracy"] <= 1.0
+        layers = rec["accumulators"]
+        assert layers and all(s["accumulator_bits"] == width and s["outputs"] > 0 for s in layers.values())
+        assert m["accumulator_overflow_fraction"] == max(s["overflow_fraction"] for s in layers.values())
+        results[width] = m
+    # a 14-bit accumulator overflows on this model (8-bit first/last layers, 64 inputs: ~22 bits needed)
+    # where 32 bits do not, and the accuracy says so
+    assert results[32]["accumulator_overflow_fraction"] == 0.0 < results[14]["accumulator_overflow_fraction"]
+    assert results[32]["accumulator_bits_needed"] > 14
+    assert results[14]["qat_accuracy"] < results[32]["qat_accuracy"]

@@ -108,6 +108,11 @@ class Dataset:
         idx = np.random.default_rng(seed).permutation(len(self.x_train))[: max(1, int(n))]
         return self.x_train[np.sort(idx)]
 
+    def train_sample(self, n: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """``n`` training images and their labels drawn by ``seed`` (in array order): ``calibration``'s rule."""
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self.x_train))[: max(1, int(n))])
+        return self.x_train[idx], self.y_train[idx]
+
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "train": int(len(self.x_train)), "test": int(len(self.x_test)),
                 "input_shape": list(self.input_shape), "num_classes": int(self.num_classes),

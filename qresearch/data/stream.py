@@ -1,7 +1,7 @@
 """Datasets streamed from files by tf.data on every pass: never held in memory as a whole.
 
 A ``StreamingDataset`` has the in-memory ``Dataset``'s interface the runner uses (``train_pipeline``,
-``test_pipeline``, ``calibration``, ``test_arrays``, ``train_size``/``test_size``, ``input_shape``,
+``test_pipeline``, ``calibration``, ``train_sample``, ``test_arrays``, ``train_size``/``test_size``, ``input_shape``,
 ``num_classes``, ``fingerprint``, ``describe``, ``validate``), so training, calibration, evaluation and
 deployment take either. What differs per format is a ``Source`` per split: it hands out records
 ``(encoded image bytes, label, origin)`` (``origin``: the file or shard, named in errors) and a
@@ -95,10 +95,10 @@ class StreamingDataset:
         """The test split in its listed order (folder: class, then file name), center-cropped."""
         return self._eval_pipeline(self.test, batch_size)
 
-    def calibration(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` training images with evaluation's preprocessing, as an array (``n`` is small). A split
-        whose files can be picked (a folder) gives the in-memory rule's images: ``n`` indices drawn by
-        ``seed``, in listed order; shards give the first ``n`` of the stream shuffled by ``seed`` (the
+    def train_sample(self, n: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """``n`` training images and labels with evaluation's preprocessing, as arrays (``n`` is small). A
+        split whose files can be picked (a folder) gives the in-memory rule's images: ``n`` indices drawn
+        by ``seed``, in listed order; shards give the first ``n`` of the stream shuffled by ``seed`` (the
         listed order alone, sorted by class, would give one class)."""
         n = max(1, int(n))
         pick = getattr(self.train, "pick", None)
@@ -107,7 +107,12 @@ class StreamingDataset:
             ds = self._eval_pipeline(pick(idx), 256)
         else:
             ds = self._eval_pipeline(self.train, 256, shuffle_seed=int(seed), limit=n)
-        return np.concatenate([x.numpy() for x, _ in ds])
+        xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+        return np.concatenate(xs), np.concatenate(ys)
+
+    def calibration(self, n: int, seed: int = 0) -> np.ndarray:
+        """``train_sample``'s images: for PTQ range calibration."""
+        return self.train_sample(n, seed)[0]
 
     def test_arrays(self, limit: Optional[int] = -1) -> Tuple[np.ndarray, np.ndarray]:
         """The first ``limit`` test images and labels as arrays (default ``deploy_samples``; None: all),

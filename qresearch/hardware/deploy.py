@@ -25,7 +25,7 @@ KERNELS = "builtin_without_default_delegates"
 # rounding, as most phones run it); "builtin_ref" the unoptimized reference kernels.
 KERNEL_SETS = {"builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "builtin": "BUILTIN",
                "builtin_ref": "BUILTIN_REF"}
-# The simulation's integer-kernel emulation (schemes/integer.py) that matches each kernel set.
+# The simulation's integer-kernel emulation (qresearch/kernels) that matches each kernel set.
 EMULATIONS = {"builtin_without_default_delegates": "tflite_builtin", "builtin_ref": "tflite_reference",
               "builtin": "xnnpack"}
 
@@ -78,7 +78,7 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
     # The converter saves the model to a SavedModel first: Keras traces it for saving, where every layer
-    # builds the plain FakeQuant graph, not the integer-kernel emulation (schemes/integer.py `exporting`).
+    # builds the plain FakeQuant graph, not the integer-kernel emulation (qresearch/kernels `exporting`).
     return converter.convert()
 
 
@@ -200,7 +200,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     ``kernels``: the LiteRT kernel set (see ``KERNEL_SETS``). A model quantized for a target with
     ``kernels`` (tflite_int8) emulates integer kernels in inference; the simulation is then run with the
     emulation of this kernel set (``EMULATIONS``, reported as ``simulated_kernels``): bit-exact for the
-    default and "builtin_ref" on the ops schemes/integer.py covers. With the emulation off the float
+    default and "builtin_ref" on the ops qresearch/kernels covers. With the emulation off the float
     simulation rounds once per tensor and keeps biases float, so outputs differ by a few LSB.
     Raises ``NoRuntimeError`` for targets with ``runtime: none``.
     """
@@ -215,7 +215,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size, kernels)
     t2 = time.perf_counter()
     emulated = _emulated_kernels(qat_model, kernels)
-    from qresearch.schemes.integer import emulated_kernels
+    from qresearch.kernels import emulated_kernels
 
     with emulated_kernels(emulated):
         sim = simulate(qat_model, x, batch_size).reshape(q_out.shape)

@@ -40,9 +40,19 @@ def _as_target(obj, name: str | None = None) -> Target:
     raise ConfigError(f"a hardware target must be a Target, a dict or a .yaml path, got {obj!r}")
 
 
+def register_kernels(target: Target) -> Target:
+    """Register the kernel set of a target with a ``pipeline:`` under the target's name (its ``kernels``),
+    so models quantized for it emulate it, also after loading in a process that registered the target."""
+    if target.pipeline is not None:
+        from qresearch.kernels import KERNELS  # TensorFlow: only for targets that emulate a pipeline
+
+        KERNELS.register(target.name, target.pipeline.kernel_set(target.name, target.description), overwrite=True)
+    return target
+
+
 def register(name: str, target: Union[Target, Mapping, str, Path], *, overwrite: bool = False) -> Target:
     """Register a target under ``name`` (its ``name`` field must agree)."""
-    t = _as_target(target, name)
+    t = register_kernels(_as_target(target, name))
     if t.name != name:
         raise ConfigError(f"hardware target registered as {name!r} has name {t.name!r}; make them equal")
     TARGETS.register(name, t, overwrite=overwrite)
@@ -53,7 +63,7 @@ def get(target: Union[str, Target, Mapping]) -> Target:
     """A registered target by name; a ``Target`` or a dict (e.g. a Hydra node) is validated and returned."""
     if isinstance(target, str):
         return TARGETS.get(target)
-    return _as_target(target)
+    return register_kernels(_as_target(target))
 
 
 def names() -> List[str]:
@@ -63,4 +73,4 @@ def names() -> List[str]:
 def load_builtins(directory: Path = BUILTIN_DIR) -> None:
     for path in sorted(Path(directory).glob("*.yaml")):
         if path.stem not in TARGETS._items:
-            TARGETS.register(path.stem, Target.from_yaml(path))
+            TARGETS.register(path.stem, register_kernels(Target.from_yaml(path)))

@@ -26,9 +26,14 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
     accumulator_bits: 32
     rounding: half_away_from_zero   # the runtime's rounding (documentation + reports)
     kernels: tflite_builtin         # integer kernel set the simulation emulates in inference
-                                    # (schemes/integer.py KERNELS) | none: float fake-quant only
+                                    # (qresearch.kernels KERNELS) | none: float fake-quant only
+    pipeline: {...}                 # or: the target's own integer pipeline as data (hardware/pipeline.py);
+                                    # its kernel set is registered under the target's name
     fixed_output_ranges:            # op -> stored (scale, zero_point) of its output
       softmax: {scale: 0.00390625, zero_point: -128}
+    costs:                          # optional: per-op cost table (hardware/costs.py), used by the cost model
+      unit: pJ
+      mac: {default: {w8a8: 0.23, w4a4: 0.07}}
 """
 from __future__ import annotations
 
@@ -37,6 +42,8 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from qresearch.errors import ConfigError
+from qresearch.hardware.costs import CostTable
+from qresearch.hardware.pipeline import PipelineSpec, parse_pipeline
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS, RUNTIMES, Runtime
 QUANTIZE_OPS = ("weights_only", "compute", "all")
 BN_FOLDING = ("fold", "no_fold", "any")
@@ -196,7 +203,9 @@ class Target:
     rounding: str = "half_away_from_zero"
     kernels: str = "none"
     fixed_output_params: Dict[str, FixedRange] = field(default_factory=dict)
+    costs: Optional[CostTable] = None   # the target's own per-op cost table, when its YAML has one
     source: Optional[str] = None
+    pipeline: Optional[PipelineSpec] = None
 
     # ------------------------------------------------------------ derived facts
     @property
@@ -242,7 +251,8 @@ class Target:
         if not isinstance(d, Mapping):
             raise ConfigError(f"{source or 'hardware target'}: must be a mapping, got {type(d).__name__}")
         known = ("name", "description", "runtime", "weights", "activations", "quantize_ops", "bn_folding",
-                 "first_last_bits", "accumulator_bits", "rounding", "kernels", "fixed_output_ranges")
+                 "first_last_bits", "accumulator_bits", "rounding", "kernels", "fixed_output_ranges", "costs",
+                 "pipeline")
         _unknown_keys(d, known, source, "")
         name = d.get("name")
         if not isinstance(name, str) or not name:
@@ -257,8 +267,16 @@ class Target:
         bn_folding = _choice(d.get("bn_folding", "any"), BN_FOLDING, source, "bn_folding")
         rounding = _choice(d.get("rounding", "half_away_from_zero"), ROUNDINGS, source, "rounding")
         kernels = d.get("kernels", "none")
-        if kernels != "none":
-            from qresearch.schemes.integer import KERNELS
+        pipeline = None
+        if d.get("pipeline") is not None:
+            if kernels != "none":
+                raise ConfigError(f"{_where(source, 'kernels')}: a target with a pipeline emulates that pipeline; "
+                                  f"remove kernels: {kernels} (or the pipeline)")
+            pipeline = parse_pipeline(d["pipeline"], source=source, accumulator_bits=d.get("accumulator_bits", 32),
+                                      rounding=rounding, weight_bits=weights.bits, activation_bits=acts.bits,
+                                      weight_scales=weights.scale_format, activation_scales=acts.scale_format)
+        elif kernels != "none":
+            from qresearch.kernels import KERNELS  # here, not at the top: target data loads without TensorFlow
 
             _choice(kernels, tuple(KERNELS.names()) + ("none",), source, "kernels")
         flb = d.get("first_last_bits")
@@ -291,9 +309,14 @@ class Target:
                 raise ConfigError(f"{_where(source, key + '.zero_point')}: an integer in [{lo}, {hi}] "
                                   f"(the {bits}-bit activation grid), got {zp!r}")
             fixed[op_name] = FixedRange(float(scale), int(zp))
+        costs = d.get("costs")
+        if costs is not None:
+            costs = CostTable.from_dict(costs, where=_where(source, "costs"))
         return cls(name=name, weights=weights, activations=acts, runtime=runtime, description=desc.strip(),
                    quantize_ops=quantize_ops, bn_folding=bn_folding, first_last_bits=flb,
-                   accumulator_bits=acc, rounding=rounding, kernels=kernels, fixed_output_params=fixed, source=source)
+                   accumulator_bits=pipeline.accumulator_bits if pipeline else acc, rounding=rounding,
+                   kernels=name if pipeline else kernels, fixed_output_params=fixed, costs=costs, source=source,
+                   pipeline=pipeline)
 
     @classmethod
     def from_yaml(cls, path) -> "Target":
@@ -316,9 +339,11 @@ class Target:
             "weights": self.weights.to_dict(), "activations": self.activations.to_dict(),
             "quantize_ops": self.quantize_ops, "bn_folding": self.bn_folding,
             "first_last_bits": self.first_last_bits, "accumulator_bits": self.accumulator_bits,
-            "rounding": self.rounding, "kernels": self.kernels,
+            "rounding": self.rounding, "kernels": "none" if self.pipeline else self.kernels,
+            **({"pipeline": self.pipeline.to_dict()} if self.pipeline else {}),
             "fixed_output_ranges": {op: {"scale": p.scale, "zero_point": p.zero_point}
                                     for op, p in self.fixed_output_params.items()},
+            **({"costs": self.costs.to_dict()} if self.costs is not None else {}),
         }
 
     def __repr__(self) -> str:

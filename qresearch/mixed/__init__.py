@@ -3,7 +3,7 @@ budget, and the choice as a plain scheme. Formulas and sources: ``notes/mixed.md
 
 Public API: ``cost``, ``format_table``, ``CostTable``, ``register_mac_rule``, ``compute_layers``,
 ``sensitivity``, ``hessian_sensitivity``, ``hutchinson_traces``, ``allocate``, ``brute_force``,
-``to_scheme``, ``qat_widths``, ``qat_cost``, ``search``.
+``to_scheme``, ``qat_widths``, ``qat_cost``, ``describe`` (a QAT model with its cost table), ``search``.
 """
 from qresearch.mixed.cost import CostTable, Widths, cost, format_table, register_mac_rule, totals
 from qresearch.mixed.graph import compute_layers
@@ -11,8 +11,10 @@ from qresearch.mixed.allocate import allocate, assignment_cost, brute_force, par
 from qresearch.mixed.scheme import to_scheme
 from qresearch.mixed.realized import qat_cost, qat_widths
 from qresearch.mixed.sensitivity import evaluate, hessian_sensitivity, hutchinson_traces, sensitivity
-from qresearch.mixed.search import allowed_widths, search
+from qresearch.mixed.describe import describe
+from qresearch.mixed.search import DEFAULT_BITS, allowed_widths, candidate_widths, search
 
-__all__ = ["CostTable", "Widths", "allocate", "allowed_widths", "assignment_cost", "brute_force",
-           "compute_layers", "cost", "evaluate", "format_table", "hessian_sensitivity", "hutchinson_traces",
-           "parse_budget", "qat_cost", "qat_widths", "reference_cost", "register_mac_rule", "search", "sensitivity", "to_scheme", "totals"]
+__all__ = ["CostTable", "DEFAULT_BITS", "Widths", "allocate", "allowed_widths", "assignment_cost", "brute_force",
+           "candidate_widths", "compute_layers", "cost", "describe", "evaluate", "format_table",
+           "hessian_sensitivity", "hutchinson_traces", "parse_budget", "qat_cost", "qat_widths", "reference_cost",
+           "register_mac_rule", "search", "sensitivity", "to_scheme", "totals"]

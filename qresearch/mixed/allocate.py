@@ -7,8 +7,9 @@ choose one width b_l from the allowed set B for every compute layer l to
     subject to sum_l  C_l(b_l, b_src(l))  <=  f * C_ref         (f: budget fraction; one row per budget)
 
 where C is BOPs (MACs_l * b_l * b_src(l): a layer's input width is its source's width, see
-``qresearch.mixed.graph``) or weight memory (params_l * b_l + bias_l * 32), and C_ref the cost
-with every layer at 8 bits.
+``qresearch.mixed.graph``), weight memory (params_l * b_l + bias_l * 32) or a target's cost table
+(``table_cost``: MACs_l * mac_cost(class, b_l, b_src(l)) + memory terms; ``qresearch.hardware.costs``),
+and C_ref the cost with every layer at 8 bits.
 
 Integer program: one binary x_{l,k} per layer and width (one-hot: sum_k x_{l,k} = 1). A BOPs term
 couples two layers, so for a layer l whose source s is another layer we add pair binaries
@@ -31,7 +32,9 @@ import numpy as np
 from qresearch.errors import ConfigError
 
 _log = logging.getLogger(__name__)
-COST_KINDS = ("bops", "memory")
+COST_KINDS = ("bops", "memory", "table_cost")
+PAIRED_KINDS = ("bops", "table_cost")  # kinds whose layer cost depends on its source's width too
+SOLVERS = ("ilp", "greedy")
 REFERENCE_BITS = 8
 
 
@@ -56,25 +59,33 @@ def parse_budget(budget) -> Dict[str, float]:
     return out
 
 
-def layer_cost(row: Mapping[str, Any], kind: str, b: int, b_src: int) -> float:
+def layer_cost(row: Mapping[str, Any], kind: str, b: int, b_src: int, table=None) -> float:
+    """One layer's cost of ``kind`` at width ``b`` reading a ``b_src``-bit input (``table``: a CostTable,
+    needed by ``table_cost``)."""
     if kind == "bops":
         return float(row["macs"]) * b * b_src
-    return float(row["params"]) * b + float(row["bias_params"]) * 32
+    memory = float(row["params"]) * b + float(row["bias_params"]) * 32
+    if kind == "memory":
+        return memory
+    if table is None:
+        raise ConfigError("a table_cost budget needs a cost table: a target whose YAML has costs: "
+                          "(qresearch.hardware.costs), or pass table=")
+    return table.cost_at(row["class"], float(row["macs"]), b, b_src, memory, float(row["out_elements"]) * b)
 
 
 def assignment_cost(rows: Sequence[Mapping[str, Any]], choice: Mapping[str, int], kind: str,
-                    base_bits: int = REFERENCE_BITS) -> float:
+                    base_bits: int = REFERENCE_BITS, table=None) -> float:
     """Cost of ``choice`` (every row's layer must be in it); a merge-fed input is at ``base_bits``."""
     total = 0.0
     for r in rows:
         b = choice[r["name"]]
         src = r.get("source")
-        total += layer_cost(r, kind, b, choice[src] if src is not None else base_bits)
+        total += layer_cost(r, kind, b, choice[src] if src is not None else base_bits, table)
     return total
 
 
-def reference_cost(rows, kind: str) -> float:
-    return assignment_cost(rows, {r["name"]: REFERENCE_BITS for r in rows}, kind, REFERENCE_BITS)
+def reference_cost(rows, kind: str, table=None) -> float:
+    return assignment_cost(rows, {r["name"]: REFERENCE_BITS for r in rows}, kind, REFERENCE_BITS, table)
 
 
 def objective(sens: Mapping[str, Mapping[int, float]], choice: Mapping[str, int]) -> float:
@@ -94,17 +105,19 @@ def _options(rows, allowed_bits, fixed) -> Dict[str, List[int]]:
 
 def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapping[int, float]], budget,
              allowed_bits: Iterable[int], fixed: Optional[Mapping[str, int]] = None, method: str = "ilp",
-             base_bits: int = REFERENCE_BITS, time_limit: float = 30.0) -> Dict[str, Any]:
+             base_bits: int = REFERENCE_BITS, time_limit: float = 30.0, table=None) -> Dict[str, Any]:
     """Per-layer widths minimising summed sensitivity within ``budget``.
 
     Args:
       rows: the cost model's per-layer rows (``qresearch.mixed.cost.cost(model)["layers"]``: name,
         source, macs, params, bias_params).
       sensitivities: ``{layer: {bits: score}}`` (lower is better); a fixed layer needs its width only.
-      budget: ``{"bops": f}``, ``{"memory": f}`` or both (each must hold): f x the all-8-bit cost.
+      budget: ``{"bops": f}``, ``{"memory": f}``, ``{"table_cost": f}`` (needs ``table``) or several (each
+        must hold): f x the all-8-bit cost.
       allowed_bits: candidate widths (e.g. a target's allowed weight widths that are also allowed
         activation widths).
       fixed: ``{layer: bits}`` held constant (e.g. first and last layers at 8).
+      table: a ``CostTable`` (a target's ``costs:``), for a ``table_cost`` budget.
       method: "ilp" (scipy.optimize.milp; falls back to greedy when scipy is missing, the solver
         fails or runs out of ``time_limit`` without a solution) or "greedy".
     Returns:
@@ -118,12 +131,12 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
     missing = [(n, b) for n, bs in options.items() for b in bs if b not in sensitivities.get(n, {})]
     if missing:
         raise ConfigError(f"no sensitivity for (layer, bits) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    refs = {k: reference_cost(rows, k) for k in fracs}
+    refs = {k: reference_cost(rows, k, table) for k in fracs}
     limits = {k: fracs[k] * refs[k] for k in fracs}
     result = None
     if method == "ilp":
         try:
-            result = _milp(rows, sensitivities, options, limits, base_bits, time_limit)
+            result = _milp(rows, sensitivities, options, limits, base_bits, time_limit, table)
         except ImportError:
             _log.warning("scipy is not installed: allocating bits greedily")
         if result is None:
@@ -131,11 +144,11 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
     elif method != "greedy":
         raise ConfigError(f"allocation method must be 'ilp' or 'greedy', got {method!r}")
     if result is None:
-        result = _greedy(rows, sensitivities, options, limits, base_bits)
+        result = _greedy(rows, sensitivities, options, limits, base_bits, table)
     widths, solver, status = result
     budgets = {}
     for k in fracs:
-        c = assignment_cost(rows, widths, k, base_bits)
+        c = assignment_cost(rows, widths, k, base_bits, table)
         budgets[k] = {"fraction": fracs[k], "limit": limits[k], "cost": c, "reference": refs[k],
                       "relative_cost": c / refs[k] if refs[k] else 0.0, "feasible": c <= limits[k] * (1 + 1e-9)}
     first = next(iter(fracs))
@@ -146,7 +159,7 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
             "solver": solver, "status": status, "feasible": all(b["feasible"] for b in budgets.values())}
 
 
-def _milp(rows, sens, options, limits, base_bits, time_limit):
+def _milp(rows, sens, options, limits, base_bits, time_limit, table=None):
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     index: Dict[Tuple, int] = {}
@@ -171,14 +184,14 @@ def _milp(rows, sens, options, limits, base_bits, time_limit):
         cost_row = np.zeros(n)
         for r in rows:
             name, src = r["name"], r.get("source")
-            paired = src is not None and src != name and kind == "bops"
+            paired = src is not None and src != name and kind in PAIRED_KINDS
             for b in options[name]:
                 if paired:
                     for bs in options[src]:
-                        cost_row[index[("z", name, b, bs)]] = layer_cost(r, kind, b, bs)
+                        cost_row[index[("z", name, b, bs)]] = layer_cost(r, kind, b, bs, table)
                 else:  # no source width in the cost (memory), or a constant / its own width
                     b_src = base_bits if src is None else b
-                    cost_row[index[("x", name, b)]] = layer_cost(r, kind, b, b_src)
+                    cost_row[index[("x", name, b)]] = layer_cost(r, kind, b, b_src, table)
         a_rows.append(cost_row); lb.append(-np.inf); ub.append(limit)
     for r in rows:
         name, src = r["name"], r.get("source")
@@ -207,11 +220,11 @@ def _milp(rows, sens, options, limits, base_bits, time_limit):
     return widths, "milp", "optimal" if res.status == 0 else f"time limit ({res.message})"
 
 
-def _greedy(rows, sens, options, limits, base_bits):
+def _greedy(rows, sens, options, limits, base_bits, table=None):
     choice = {n: max(bs) for n, bs in options.items()}
 
     def costs(ch):
-        return {k: assignment_cost(rows, ch, k, base_bits) for k in limits}
+        return {k: assignment_cost(rows, ch, k, base_bits, table) for k in limits}
 
     def excess(cs):  # how far over the budgets, each relative to its limit
         return sum(max(0.0, cs[k] / limits[k] - 1.0) for k in limits)
@@ -254,17 +267,17 @@ def _greedy(rows, sens, options, limits, base_bits):
         choice[n] = b
 
 
-def brute_force(rows, sensitivities, budget, allowed_bits, fixed=None, base_bits: int = REFERENCE_BITS):
+def brute_force(rows, sensitivities, budget, allowed_bits, fixed=None, base_bits: int = REFERENCE_BITS, table=None):
     """Every assignment, for tests and tiny models: ``(widths, objective)`` of the best feasible one."""
     fracs = parse_budget(budget)
     fixed = {k: int(v) for k, v in (fixed or {}).items()}
     options = _options(rows, allowed_bits, fixed)
-    limits = {k: f * reference_cost(rows, k) for k, f in fracs.items()}
+    limits = {k: f * reference_cost(rows, k, table) for k, f in fracs.items()}
     names = [r["name"] for r in rows]
     best = None
     for combo in itertools.product(*(options[n] for n in names)):
         choice = dict(zip(names, combo))
-        if all(assignment_cost(rows, choice, k, base_bits) <= lim * (1 + 1e-9) for k, lim in limits.items()):
+        if all(assignment_cost(rows, choice, k, base_bits, table) <= lim * (1 + 1e-9) for k, lim in limits.items()):
             obj = objective(sensitivities, choice)
             if best is None or obj < best[1] - 1e-12:
                 best = (choice, obj)

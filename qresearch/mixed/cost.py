@@ -15,8 +15,8 @@ Definitions (per inference of one sample, batch 1):
   the layer's *input* activation. (UNIQ's BOPs also count the accumulator's additions; like
   Bayesian Bits and HAWQ-V3 we count the multiplications' bit products only.)
 
-A per-op cost table (energy or latency of one MAC at a (w, a) width pair) can replace the
-BOPs proxy; see ``table_cost`` for its layout.
+A target's per-op cost table (energy or latency of one MAC at a (w, a) width pair; the ``costs:`` key
+of its YAML, ``qresearch.hardware.costs.CostTable``) adds ``table_cost`` next to the BOPs proxy.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from qresearch.errors import ConfigError
+from qresearch.hardware.costs import CostTable
 from qresearch.registry import Registry
 
 FLOAT_BITS = 32
@@ -159,6 +159,7 @@ def layer_rows(model, widths: Mapping[str, Widths], layers=None) -> List[Dict[st
             "parts": {p.name: p.macs for p in parts},
             "macs": macs, "params": qparams, "bias_params": bias,
             "w_bits": wd.w, "a_in_bits": wd.a_in, "a_out_bits": wd.a_out,
+            "out_elements": out_elems,
             "weight_bits": qparams * wd.w + bias * BIAS_BITS,
             "activation_bits": out_elems * wd.a_out,
             "bops": macs * wd.w * wd.a_in,
@@ -180,7 +181,8 @@ def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, 
     """``{"layers": rows, "totals": {...}}`` for ``choice`` = ``{layer: bits}`` (missing: ``base_bits``).
 
     ``choice`` may also map a layer to ``Widths`` (explicit weight/input/output widths).
-    With ``table`` (see ``table_cost``), each row and the totals also carry ``table_cost``.
+    With ``table`` (a ``CostTable``, its dict, or a ``Target``: its ``costs``, if any), each row and the
+    totals also carry ``table_cost``.
     """
     from qresearch.mixed.graph import compute_layers
 
@@ -191,8 +193,8 @@ def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, 
     widths.update(explicit)
     rows = layer_rows(model, widths, layers)
     out = {"layers": rows, "totals": totals(rows)}
-    if table is not None:
-        ct = CostTable.from_dict(table) if not isinstance(table, CostTable) else table
+    ct = CostTable.of(table)
+    if ct is not None:
         for r in rows:
             r["table_cost"] = ct.layer_cost(r)
         out["totals"]["table_cost"] = float(sum(r["table_cost"] for r in rows))
@@ -215,63 +217,3 @@ def format_table(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------ a target's own cost table
-@dataclasses.dataclass(frozen=True)
-class CostTable:
-    """A target's cost of one MAC per op class and (weight, activation) width pair.
-
-    Layout (proposed key ``costs`` in ``conf/hardware/<name>.yaml``; the ``Target`` class does not
-    accept it yet, so pass the mapping itself)::
-
-        costs:
-          unit: pJ                       # what one entry measures (energy, cycles, ...)
-          mac:                           # per op class (the Keras class name) or "default"
-            default: {w8a8: 0.23, w4a8: 0.12, w4a4: 0.07, w2a2: 0.03}
-            DepthwiseConv2D: {w8a8: 0.30}
-          weight_bit: 0.0                # optional: cost of storing/reading one weight bit
-          activation_bit: 0.0            # optional: cost of writing one activation bit
-
-    A (w, a) pair missing from a class's entry falls back to "default"; missing there, it is an
-    error naming the pair (no silent extrapolation).
-    """
-
-    unit: str
-    mac: Mapping[str, Mapping[str, float]]
-    weight_bit: float = 0.0
-    activation_bit: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CostTable":
-        if not isinstance(d, Mapping) or "mac" not in d:
-            raise ConfigError(f"a cost table needs 'mac': {{op class or default: {{w8a8: cost, ...}}}}, got {d!r}")
-        extra = sorted(set(d) - {"unit", "mac", "weight_bit", "activation_bit"})
-        if extra:
-            raise ConfigError(f"cost table: unknown keys {extra}; valid: unit, mac, weight_bit, activation_bit")
-        mac = {}
-        for op, entries in d["mac"].items():
-            if not isinstance(entries, Mapping):
-                raise ConfigError(f"cost table 'mac.{op}' must map 'w<bits>a<bits>' to a number, got {entries!r}")
-            for key, v in entries.items():
-                if not _pair(key) or isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-                    raise ConfigError(f"cost table 'mac.{op}.{key}': keys are 'w<bits>a<bits>' (e.g. w4a8) and "
-                                      f"values non-negative numbers, got {key!r}: {v!r}")
-            mac[str(op)] = {str(k): float(v) for k, v in entries.items()}
-        return cls(unit=str(d.get("unit", "")), mac=mac, weight_bit=float(d.get("weight_bit", 0.0)),
-                   activation_bit=float(d.get("activation_bit", 0.0)))
-
-    def mac_cost(self, op: str, w: int, a: int) -> float:
-        key = f"w{w}a{a}"
-        for entry in (self.mac.get(op, {}), self.mac.get("default", {})):
-            if key in entry:
-                return entry[key]
-        raise ConfigError(f"cost table has no entry {key!r} for {op!r} nor under 'default'")
-
-    def layer_cost(self, row: Mapping[str, Any]) -> float:
-        return (row["macs"] * self.mac_cost(row["class"], row["w_bits"], row["a_in_bits"])
-                + row["weight_bits"] * self.weight_bit + row["activation_bits"] * self.activation_bit)
-
-
-def _pair(key) -> bool:
-    import re
-
-    return isinstance(key, str) and re.fullmatch(r"w\d+a\d+", key) is not None

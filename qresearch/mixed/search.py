@@ -4,13 +4,22 @@ from __future__ import annotations
 from typing import Any, Dict, Sequence
 
 from qresearch.errors import ConfigError
-from qresearch.mixed.allocate import allocate
+from qresearch.mixed.allocate import SOLVERS, allocate  # noqa: F401  (SOLVERS: the config's valid names)
 from qresearch.mixed.cost import cost
 from qresearch.mixed.graph import compute_layers
 from qresearch.mixed.scheme import base_spec, to_scheme
 from qresearch.mixed.sensitivity import hessian_sensitivity, sensitivity
 
 SENSITIVITY = {"measured": sensitivity, "hessian": hessian_sensitivity}
+DEFAULT_BITS = (8, 4, 3, 2)  # candidates when neither the run nor its target says
+
+
+def candidate_widths(bits=None, target=None) -> list:
+    """The run's candidates: ``bits`` if given, else the target's widths for weights and activations
+    both, else ``DEFAULT_BITS``; always intersected with the target's (``allowed_widths``)."""
+    if bits is None and target is not None:
+        bits = sorted(set(target.weights.bits) & set(target.activations.bits)) or DEFAULT_BITS
+    return allowed_widths(DEFAULT_BITS if bits is None else bits, target)
 
 
 def allowed_widths(bits: Sequence[int], target=None) -> list:
@@ -34,7 +43,8 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
     """Choose per-layer widths for ``model`` within ``budget`` and return them as a plain scheme.
 
     Args:
-      budget: ``{"bops": f}``, ``{"memory": f}`` or both, f = fraction of the all-8-bit cost.
+      budget: ``{"bops": f}``, ``{"memory": f}``, ``{"table_cost": f}`` (the target's ``costs:`` table) or
+        several, f = fraction of the all-8-bit cost.
       bits: candidate widths (intersected with the target's allowed widths).
       method: "measured" (``sensitivity``) or "hessian" (``hessian_sensitivity``).
       fixed: ``{layer: bits}`` held; default: when the scheme (or target) sets ``first_last_bits``,
@@ -59,9 +69,19 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
     if method == "measured":
         opts["calibration_data"] = calibration_data
     sens = SENSITIVITY[method](model, data, spec, bits=sorted(set(allowed) | set(fixed.values())), **opts)
+    table = _table(target)
     rows = cost(model)["layers"]
-    alloc = allocate(rows, sens["scores"], budget, allowed, fixed=fixed, method=solver)
+    alloc = allocate(rows, sens["scores"], budget, allowed, fixed=fixed, method=solver, table=table)
     widths = alloc["widths"]
     return {"scheme": to_scheme(spec, widths, model, name="mixed_" + "_".join(f"{k}{b['fraction']:g}" for k, b in alloc["budgets"].items())),
-            "widths": widths, "allocation": alloc, "cost": cost(model, widths),
-            "reference": cost(model, {c.name: 8 for c in layers}), "sensitivity": sens}
+            "widths": widths, "allocation": alloc, "cost": cost(model, widths, table=table),
+            "reference": cost(model, {c.name: 8 for c in layers}, table=table), "sensitivity": sens}
+
+
+def _table(target):
+    """The target's cost table, if any (a name or a Target)."""
+    if target is None:
+        return None
+    from qresearch import hardware
+
+    return (hardware.get(target) if isinstance(target, str) else target).costs

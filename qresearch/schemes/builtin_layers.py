@@ -91,13 +91,16 @@ register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind=
 # ------------------------------------------------------------------ everything else
 register_layer(L.BatchNormalization, kind="bn")
 register_layer(L.ReLU, kind=_relu_kind)
-register_layer(L.Activation, kind=_activation_layer_kind)
-register_layer(L.Softmax, kind="fixed")
-for _cls in (L.LeakyReLU, L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling,
-             L.Normalization, L.UnitNormalization):
+register_layer(L.Activation, kind=_activation_layer_kind,
+               integer_op=lambda layer: "SOFTMAX" if activation_name(layer.activation) == "softmax" else None)
+register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
+register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
+for _cls in (L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling, L.Normalization,
+             L.UnitNormalization):
     register_layer(_cls, kind="output")
-for _cls in (L.GlobalAveragePooling1D, L.GlobalAveragePooling2D, L.GlobalAveragePooling3D):
-    register_layer(_cls, kind="output", keeps_sign=True)
+for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),
+                  (L.GlobalAveragePooling3D, None)):
+    register_layer(_cls, kind="output", keeps_sign=True, integer_op=_op)
 for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None),
                   (L.Maximum, None), (L.Minimum, None), (L.Dot, None)):
     register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average, L.Maximum))

@@ -62,6 +62,8 @@ class Report(dict):
         m = self["memory"]
         lines.append(f"weight memory: {m['quantized_bits']} bits vs {m['float32_bits']} bits float32 "
                      f"({m['ratio']:.3f}x, {m['quantized_bytes']:.0f} B vs {m['float32_bytes']:.0f} B)")
+        # sections added by parts above the schemes (qresearch.mixed.describe: the cost table)
+        lines.extend(str(text) for text in self.get("sections", {}).values())
         return "\n".join(lines)
 
 

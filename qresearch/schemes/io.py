@@ -42,7 +42,7 @@ class QATModel(keras.Model):
     """
 
     def __call__(self, *args, **kwargs):
-        from qresearch.schemes import integer
+        from qresearch import kernels as integer
 
         if integer.in_saving_trace():
             # A saving trace (the serving signature of model.save / the TFLite converter) calls the model;

@@ -65,11 +65,15 @@ class LayerSpec:
     fold: Optional[Tuple[str, Callable]] = None
     #: output >= 0 when every input is (Add, Maximum, average pooling, ...): unsigned grids stay unsigned.
     keeps_sign: bool = False
-    #: the TFLite op whose int8 kernel the integer emulation reproduces for this layer (wrappers.py), or None.
-    integer_op: Optional[str] = None
+    #: the op (a kernel set's handler name, qresearch.kernels) the integer emulation runs this layer as, or
+    #: None; a function of the layer where its configuration decides (Activation("softmax") -> SOFTMAX).
+    integer_op: Union[None, str, Callable] = None
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
+
+    def integer_op_of(self, layer) -> Optional[str]:
+        return self.integer_op(layer) if callable(self.integer_op) else self.integer_op
 
 
 _LAYERS: Dict[type, LayerSpec] = {}
@@ -81,7 +85,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
                    quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True,
                    same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
-                   keeps_sign: bool = _INHERIT, integer_op: Optional[str] = _INHERIT) -> LayerSpec:
+                   keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -99,7 +103,8 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       fold: ``(weight attr, rule)`` to fold a following BatchNormalization (rules in ``folding.py``); the
         folded copy is rebuilt with ``use_bias=True``, so the layer's config must take ``use_bias``.
       keeps_sign: its output is non-negative when every input is.
-      integer_op: the TFLite op the integer-kernel emulation runs it as (see ``wrappers.py``).
+      integer_op: the op the integer-kernel emulation runs it as: a handler name of ``qresearch.kernels``
+        (e.g. "CONV_2D", "ADD"), or a function of the layer returning one; matched in ``emulation.py``.
     The last five default to the nearest registered base class's values (else empty/None/False).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):

@@ -30,11 +30,21 @@ def _load_builtin() -> None:
     _loaded = True
     folder = CONF_DIR / "scheme"
     for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-        with open(path) as f:
-            data = yaml.safe_load(f) or {}
-        data = {k: v for k, v in data.items() if not str(k).startswith("_") and k != "defaults"}
         if path.stem not in SCHEMES._items:
-            SCHEMES.register(path.stem, data)
+            SCHEMES.register(path.stem, _read(path))
+
+
+def _read(path, seen=()) -> dict:
+    """A scheme file as Hydra composes it: the sibling files its ``defaults`` name, then its own keys
+    (``scheme/mixed.yaml`` is ``defaults: [lsq]`` plus its name)."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    merged: dict = {}
+    for entry in data.get("defaults") or []:
+        if isinstance(entry, str) and entry != "_self_" and entry not in seen:
+            merged.update(_read(path.parent / f"{entry}.yaml", seen + (path.stem,)))
+    merged.update({k: v for k, v in data.items() if not str(k).startswith("_") and k != "defaults"})
+    return merged
 
 
 def register(name: str, spec: Union[Mapping[str, Any], SchemeSpec], *, overwrite: bool = False):

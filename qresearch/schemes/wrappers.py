@@ -21,8 +21,9 @@ from typing import Any, Dict, Optional
 from qresearch._compat import keras, tf, tfmot
 from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer
-from qresearch.schemes import integer
-from qresearch.schemes.layers import activation_name, fused_relu, layer_spec, own_spec
+from qresearch import kernels as K
+from qresearch.schemes.attrs import get_attr, has_attrs, set_attr  # noqa: F401  (re-exported)
+from qresearch.schemes.emulation import IntegerEmulation
 from qresearch.quantizers.registry import register as register_quantizer
 
 # tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
@@ -48,27 +49,6 @@ def calibration_mode():
         yield
     finally:
         _state.calibrating = old
-
-
-def get_attr(layer, path: str):
-    """``layer.a.b`` for ``path`` "a.b": weights of sublayers are named by dotted paths."""
-    obj = layer
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def set_attr(layer, path: str, value) -> None:
-    head, _, last = path.rpartition(".")
-    setattr(get_attr(layer, head) if head else layer, last, value)
-
-
-def has_attrs(layer, attrs) -> bool:
-    """Whether every (dotted) attribute in ``attrs`` is set on ``layer`` (weights built)."""
-    try:
-        return all(get_attr(layer, a) is not None for a in attrs)
-    except AttributeError:
-        return False
 
 
 def _ser(q):
@@ -159,8 +139,9 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
 
 
 @keras.utils.register_keras_serializable(package="qresearch")
-class QuantizeWrapper(_QW):
-    """tfmot ``QuantizeWrapperV2`` driven by a ``LayerQuantizeConfig``."""
+class QuantizeWrapper(IntegerEmulation, _QW):
+    """tfmot ``QuantizeWrapperV2`` driven by a ``LayerQuantizeConfig``; in inference, layers whose target
+    names a kernel set run as that set's integer kernel (``IntegerEmulation``, emulation.py)."""
 
     def __call__(self, inputs, *args, **kwargs):
         if not self.built and not has_attrs(self.layer, self.quantize_config.weights):
@@ -211,7 +192,7 @@ class QuantizeWrapper(_QW):
     def call(self, inputs, training=None, **kwargs):
         if training is None:
             training = keras.backend.learning_phase()
-        kernels = None if calibrating() else integer.active_kernels(self.quantize_config.info.get("kernels"))
+        kernels = None if calibrating() else K.active_kernels(self.quantize_config.info.get("kernels"))
         plan = self._integer_plan() if kernels is not None else None
         if plan is not None:
             static = training if isinstance(training, (bool, int)) else tf.get_static_value(training)
@@ -252,147 +233,11 @@ class QuantizeWrapper(_QW):
                                "quantize_output=False in register_layer")
         return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
 
-    # ------------------------------------------------------------------ integer-kernel emulation
-    def _integer_plan(self):
-        """What the emulation needs (schemes/integer.py), or None where this layer keeps the float
-        simulation. Each case is one int8 TFLite kernel:
-
-        - "conv": a conv / depthwise / dense (or unfoldable-BN affine) wrapper with one symmetric weight
-          quantizer and a known input grid, with a fusable activation (linear/relu/relu6) before its
-          output quantizer, or a quantized pre-activation (a LUT activation such as sigmoid follows);
-        - "mean": GlobalAveragePooling1D/2D -> MEAN (keepdims=True: 2-D only, its own kernel);
-        - "add"/"subtract"/"multiply": Add/Subtract/Multiply of two same-shape quantized tensors;
-        - "softmax": Softmax / Activation("softmax") over the last axis; "leaky_relu": LeakyReLU;
-        - a "conv" feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
-        - a "conv" or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer
-          (the converter fuses the two) computes the fused result itself, with the ReLU's output grid;
-          the ReLU then leaves those values as they are.
-        """
-        cached = getattr(self, "_integer_plan_cache", None)
-        if cached is not None:
-            return cached or None
-        plan = None
-        out = (self._output_quantizers[0], self._output_quantizer_vars) if self._output_quantizers else None
-        fused_consumer = None
-        if not out and not self._activation_vars:
-            consumer = _sole_consumer(self)
-            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers \
-                    and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
-                fused_consumer = ((consumer._output_quantizers[0], consumer._output_quantizer_vars),
-                                  fused_relu(consumer.layer))
-        if not out and self.quantize_config.info.get("output_shared_with"):
-            # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
-            # that one grid, so this layer's kernel requantizes straight onto it
-            consumer = _sole_consumer(self)
-            if isinstance(consumer, QuantizeWrapper) and consumer._output_quantizers:
-                out = (consumer._output_quantizers[0], consumer._output_quantizer_vars)
-        if self._weight_vars:
-            base = _integer_conv_base(self)
-            acts = self._activation_vars.get("activation", {})
-            fused = activation_name(getattr(self.layer, "activation", None))
-            if base is not None and set(self.quantize_config.activations) <= {"activation"}:
-                if not acts and out and fused in integer.FUSED_ACTIVATIONS:
-                    plan = dict(base, out=out, fused=fused)
-                elif set(acts) == {"pre"}:
-                    plan = dict(base, out=acts["pre"], fused="linear")
-                elif fused_consumer is not None and fused == "linear":
-                    plan = dict(base, out=fused_consumer[0], fused=fused_consumer[1])
-        elif out and not self._activation_vars:
-            base = _integer_mean_base(self) or _integer_add_base(self) or _integer_softmax_base(self) \
-                or _integer_leaky_base(self)
-            if base is not None:
-                plan = dict(base, out=out, fused="linear")
-        elif fused_consumer is not None and _integer_add_base(self) is not None:
-            plan = dict(_integer_add_base(self), out=fused_consumer[0], fused=fused_consumer[1])
-        if getattr(self, "_outbound_nodes", None):  # decided once the graph around it is complete
-            object.__setattr__(self, "_integer_plan_cache", plan or False)
-        return plan
-
-    def _integer_call(self, inputs, kwargs, kernels, plan):
-        if plan["op"] in ELEMENTWISE and kernels.add_vector is None:
-            return self._float_call(inputs, False, kwargs)
-        out_grid = _grid(plan["out"])
-        sources = [_grid(src[:2]) for src in plan["sources"]]
-        if out_grid is None or None in sources:
-            return self._float_call(inputs, False, kwargs)
-        out_q, out_v = plan["out"]
-        if plan["op"] == "mean":
-            if plan["keepdims"] and not kernels.mean_keepdims:
-                return self._float_call(inputs, False, kwargs)
-            mean = integer.mean_keepdims if plan["keepdims"] else integer.mean
-            y = mean(kernels, self.layer.call(inputs), plan["count"], sources[0], out_grid)
-            return out_q(y, False, weights=out_v)  # identity on its grid, plus any clip it applies first
-        if plan["op"] == "leaky_relu":
-            y = integer.leaky_relu(kernels, inputs, plan["alpha"], sources[0], out_grid)
-            return out_q(y, False, weights=out_v)
-        if plan["op"] == "softmax":
-            return out_q(integer.softmax(inputs, sources[0], out_grid), False, weights=out_v)
-        if plan["op"] in ELEMENTWISE:
-            x1, x2 = inputs
-            y = ELEMENTWISE[plan["op"]](kernels, x1, x2, sources[0], sources[1], out_grid, plan["fused"])
-            return out_q(y, False, weights=out_v)
-        weight, wq, wv = plan["weight"]
-        w_range = integer.fake_quant_range(wq, wv, weight)
-        if w_range is None:
-            return self._float_call(inputs, False, kwargs)
-        w_grid = integer.grid_of(*w_range)
-        fn = getattr(self.layer, "activation", None)
-        y = self._integer_accumulator(inputs, kwargs, plan, sources[0], w_grid)
-        y = integer.requantize_accumulator(kernels, y, sources[0], tf.reshape(w_grid.scale, [-1]), out_grid,
-                                           plan["fused"], op=plan["tflite_op"])
-        # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
-        # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
-        y = out_q(y, False, weights=out_v)
-        if fn is None or activation_name(fn) in integer.FUSED_ACTIVATIONS:
-            return y
-        if not self._output_quantizers:
-            return fn(y)
-        if activation_name(fn) == "softmax" and _softmax_ok(y):
-            return self._q(self._output_quantizers[0], integer.softmax(y, _grid(plan["out"]), _grid(
-                (self._output_quantizers[0], self._output_quantizer_vars))), False, self._output_quantizer_vars)
-        y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
-        return self._q(self._output_quantizers[0], y, False, self._output_quantizer_vars)
-
     def _call_layer(self, inputs, training, kwargs):
         """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""
         if "training" in inspect.signature(self.layer.call).parameters:
             return self.layer.call(inputs, training=training, **kwargs)
         return self.layer.call(inputs, **kwargs)
-
-    def _integer_accumulator(self, inputs, kwargs, plan, in_grid, w_grid):
-        """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
-        offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
-        rounded onto ``S_in·S_w`` as the converter stores it."""
-        weight, wq, wv = plan["weight"]
-        attr = next(iter(self.quantize_config.weights))
-        w_scale = tf.cast(w_grid.scale, tf.float32)
-        try:
-            w_scale = Quantizer.broadcast(w_scale, weight, wv.get("channel_axes"))
-        except (ValueError, IndexError):
-            w_scale = tf.reshape(w_scale, [-1]) if w_scale.shape.rank else w_scale
-        w_int = tf.round(self._q(wq, weight, False, wv) / w_scale)
-        x_int = tf.cast(integer.round_half_away(tf.cast(inputs, tf.float32) / tf.cast(in_grid.scale, tf.float32)),
-                        inputs.dtype)
-        bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) else None
-        fn = getattr(self.layer, "activation", None)
-        set_attr(self.layer, attr, w_int)
-        if bias is not None:
-            self.layer.bias = tf.zeros_like(bias)
-        if fn is not None:
-            self.layer.activation = keras.activations.linear
-        try:
-            y = self._call_layer(x_int, False, kwargs)
-        finally:
-            set_attr(self.layer, attr, weight)
-            if bias is not None:
-                self.layer.bias = bias
-            if fn is not None:
-                self.layer.activation = fn
-        acc = tf.cast(tf.round(y), tf.int64)
-        if bias is not None:
-            s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
-            acc += tf.cast(integer.round_half_away(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias), tf.int64)
-        return acc
 
     def _quantized_activation(self, fn, built, training):
         def activation(x, *args, **kwargs):
@@ -421,25 +266,27 @@ class QuantizeInput(_QL):
 
     def __init__(self, quantizer, kernels=None, **kwargs):
         super().__init__(quantizer, **kwargs)
-        self.kernels = kernels  # integer kernel set emulated in inference (schemes/integer.py)
+        self.kernels = kernels  # integer kernel set emulated in inference (qresearch.kernels)
 
     def call(self, inputs, training=None):
         if calibrating():
             training = True
         if training is None:
             training = keras.backend.learning_phase()
-        kernels = None if training is True or not self.quantizer else integer.active_kernels(self.kernels)
-        if kernels is None:
+        kernels = None if training is True or not self.quantizer else K.active_kernels(self.kernels)
+        handler = kernels.handler("QUANTIZE") if kernels is not None else None
+        if handler is None:
             return super().call(inputs, training=training)
         return smart_cond(training, lambda: super(QuantizeInput, self).call(inputs, training=True),
-                          lambda: self._quantize_op(inputs))
+                          lambda: self._quantize_op(inputs, kernels, handler))
 
-    def _quantize_op(self, inputs):
+    def _quantize_op(self, inputs, kernels, handler):
         """TFLite QUANTIZE's rounding (half away from zero on x / S), where FakeQuant rounds half up."""
-        rng = integer.fake_quant_range(self.quantizer, self.quantizer_vars, inputs)
+        rng = K.fake_quant_range(self.quantizer, self.quantizer_vars, inputs)
         if rng is None or not inputs.dtype.is_floating:
             return super().call(inputs, training=False)
-        y = integer.quantize_input(tf.cast(inputs, tf.float32), integer.grid_of(*rng))
+        g = K.grid_of(*rng)
+        y = handler(kernels, K.OpCall([tf.cast(inputs, tf.float32)], [], g))
         return tf.cast(self.quantizer(y, False, weights=self.quantizer_vars), inputs.dtype)
 
     def get_config(self):
@@ -452,94 +299,6 @@ class QuantizeInput(_QL):
         return cls(quantizer=quantizer, **config)
 
 
-
-
-def _grid(source) -> Optional["integer.Grid"]:
-    """The integer grid of a (quantizer, variables) pair, or None if it is not one FakeQuant."""
-    rng = integer.fake_quant_range(source[0], source[1], tf.zeros([1]))
-    return integer.grid_of(*rng) if rng is not None else None
-
-
-def _sole_consumer(layer):
-    nodes = getattr(layer, "_outbound_nodes", [])
-    return nodes[0].outbound_layer if len(nodes) == 1 else None
-
-
-def _integer_conv_base(wrapper):
-    """The "conv" case of ``QuantizeWrapper._integer_plan``: the weight and the input's range source."""
-    if wrapper.quantize_config.info.get("kind") != "compute" or len(wrapper._weight_vars) != 1:
-        return None
-    spec = layer_spec(wrapper.layer)
-    tflite_op = spec.integer_op if spec is not None else None
-    if tflite_op not in CONV_OPS:
-        return None
-    weight, quantizer, qvars = wrapper._weight_vars[0]
-    source = getattr(wrapper, "_input_source", None)
-    if not source or not getattr(quantizer, "symmetric", False):
-        return None
-    return {"op": "conv", "weight": (weight, quantizer, qvars), "sources": [source],
-            "tflite_op": tflite_op}
-
-
-def _integer_mean_base(wrapper):
-    layer = wrapper.layer
-    if not isinstance(layer, (keras.layers.GlobalAveragePooling1D, keras.layers.GlobalAveragePooling2D)) \
-            or layer.data_format != "channels_last":
-        return None
-    keepdims = bool(getattr(layer, "keepdims", False))
-    if keepdims and not isinstance(layer, keras.layers.GlobalAveragePooling2D):
-        return None  # 3-D keepdims MEAN: not measured
-    source = getattr(wrapper, "_input_source", None)
-    shape = getattr(wrapper, "_input_shape", None)
-    shape = shape[1:-1] if shape else None  # the averaged axes
-    if not source or shape is None or None in shape:
-        return None
-    count = 1
-    for d in shape:
-        count *= int(d)
-    return {"op": "mean", "sources": [source], "count": count, "keepdims": keepdims}
-
-
-def _softmax_ok(x) -> bool:
-    return x.shape.rank is not None and x.shape[-1] is not None and x.shape[-1] <= integer.MAX_SOFTMAX_CLASSES
-
-
-def _integer_leaky_base(wrapper):
-    layer = wrapper.layer
-    source = getattr(wrapper, "_input_source", None)
-    if type(layer) is not keras.layers.LeakyReLU or not source:
-        return None
-    return {"op": "leaky_relu", "sources": [source], "alpha": float(layer.alpha)}
-
-
-def _integer_softmax_base(wrapper):
-    """A Softmax layer (or Activation("softmax")) over the last axis of a quantized input -> SOFTMAX."""
-    layer = wrapper.layer
-    if isinstance(layer, keras.layers.Softmax):
-        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
-        rank = len(getattr(wrapper, "_input_shape", ()))
-        if axis not in (-1, rank - 1):
-            return None
-    elif not (isinstance(layer, keras.layers.Activation) and activation_name(layer.activation) == "softmax"):
-        return None
-    source = getattr(wrapper, "_input_source", None)
-    shape = getattr(wrapper, "_input_shape", None)
-    classes = shape[-1] if shape else None
-    if not source or classes is None or classes > integer.MAX_SOFTMAX_CLASSES:
-        return None
-    return {"op": "softmax", "sources": [source]}
-
-
-def _integer_add_base(wrapper):
-    """ADD / SUB / MUL of two quantized same-shape tensors (no broadcasting: other kernel paths)."""
-    sources = getattr(wrapper, "_input_sources", None)
-    shapes = getattr(wrapper, "_input_shapes", None)
-    spec = own_spec(type(wrapper.layer))  # the class itself: a subclass may compute something else
-    op = ELEMENTWISE_OPS.get(spec.integer_op if spec is not None else None)
-    if op is None or not sources or len(sources) != 2 or not all(sources) or shapes is None \
-            or shapes[0] != shapes[1]:
-        return None
-    return {"op": op, "sources": sources}
 
 
 def _range_source(tensor, depth: int = 8):
@@ -580,7 +339,7 @@ class QuantizeLike(keras.layers.Layer):
     def __init__(self, kernels=None, **kwargs):
         super().__init__(**kwargs)
         self._source = None
-        self.kernels = kernels  # integer kernel set emulated in inference (schemes/integer.py)
+        self.kernels = kernels  # integer kernel set emulated in inference (qresearch.kernels)
 
     def get_config(self):
         return dict(super().get_config(), kernels=self.kernels)
@@ -594,7 +353,7 @@ class QuantizeLike(keras.layers.Layer):
                 shape = node.keras_inputs[0].shape
                 if isinstance(layer, keras.layers.AveragePooling2D) and layer.data_format == "channels_last" \
                         and shape.rank == 4 and None not in (shape[1], shape[2]):
-                    object.__setattr__(self, "_pool_counts", integer.average_pool_counts(
+                    object.__setattr__(self, "_pool_counts", K.average_pool_counts(
                         int(shape[1]), int(shape[2]), layer.pool_size, layer.strides, layer.padding))
         return super().__call__(inputs, *args, **kwargs)
 
@@ -607,10 +366,13 @@ class QuantizeLike(keras.layers.Layer):
             return inputs
         quantizer, qvars, _ = self._source
         counts = getattr(self, "_pool_counts", None)
-        if counts is not None and integer.active_kernels(self.kernels) is not None:
-            grid = _grid(self._source[:2])
-            if grid is not None:  # AVERAGE_POOL_2D's own rounding (half away from raw 0)
-                return quantizer(integer.average_pool(inputs, counts, grid), False, weights=qvars)
+        kernels = K.active_kernels(self.kernels) if counts is not None else None
+        handler = kernels.handler("AVERAGE_POOL_2D") if kernels is not None else None
+        if handler is not None:
+            g = K.grid_of_quantizer(quantizer, qvars)
+            if g is not None:  # AVERAGE_POOL_2D's own rounding (half away from raw 0)
+                y = handler(kernels, K.OpCall([inputs], [g], g, attrs={"counts": counts}))
+                return quantizer(y, False, weights=qvars)
         return quantizer(inputs, False, weights=qvars)
 
 
@@ -658,16 +420,6 @@ class ChannelAffine(keras.layers.DepthwiseConv2D):
     def compute_output_shape(self, input_shape):
         return tf.TensorShape(input_shape)
 
-
-# TFLite ops (LayerSpec.integer_op, layers.py) whose int8 kernel is the conv / fully-connected inner loop
-# the emulation reproduces, and the elementwise ones it emulates
-CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
-ELEMENTWISE_OPS = {"ADD": "add", "SUB": "subtract", "MUL": "multiply"}
-ELEMENTWISE = {
-    "add": integer.add,
-    "subtract": lambda k, x1, x2, g1, g2, go, fused: integer.add(k, x1, x2, g1, g2, go, fused, subtract=True),
-    "multiply": integer.multiply,
-}
 
 CUSTOM_OBJECTS = {
     "qresearch>ChannelAffine": ChannelAffine,

@@ -11,22 +11,20 @@ import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras, tf
 from qresearch.hardware.deploy import make_interpreter, quantize_input, run_tflite
-from qresearch.schemes.integer import emulated_kernels
+from qresearch.kernels import emulated_kernels
 
-from deploy_models import digits, mobilenet_like, train
 
 WEIGHT_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")
 
 
 @pytest.fixture(scope="module")
-def setup():
-    """A small MobileNet-like (folded BN, ReLU6, depthwise, residual ADD, MEAN, dense) quantized for
-    tflite_int8, and test images snapped onto its input grid (so the float-input model's own QUANTIZE
+def setup(float_models, data):
+    """The session's MobileNet-like (folded BN, ReLU6, depthwise, residual ADD, MEAN, dense) quantized with the
+    tflite_int8 preset, and test images snapped onto its input grid (so the float-input model's own QUANTIZE
     and the integer input of ``convert``'s model carry the same integers)."""
-    xtr, ytr, xte, _ = digits()
-    keras.utils.set_random_seed(0)
-    model = train(mobilenet_like(width=8), xtr, ytr, epochs=2)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    xtr, _, xte, _ = data
+    q = qresearch.quantize(float_models["mobilenet_like"], "tflite_int8", hardware="tflite_int8",
+                           calibration_data=xtr[:256])
     reference = hw.convert(q, "tflite_int8")
     it = make_interpreter(reference)
     s_in, z_in = it.get_input_details()[0]["quantization"]

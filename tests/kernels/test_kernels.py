@@ -1,4 +1,4 @@
-"""The integer-kernel arithmetic (qresearch/schemes/integer.py) against independent references: Python
+"""The integer-kernel arithmetic (qresearch/kernels) against independent references: Python
 integers (arbitrary precision, written from tflite-int8-spec.md §2) and closed-form cases."""
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from qresearch._compat import tf
-from qresearch.schemes import integer
+from qresearch import kernels as integer
 
 
 def ref_quantize_multiplier(m: float):
@@ -56,11 +56,11 @@ def test_srdhm_is_the_gemmlowp_formula():
     for m in [2 ** 30, 2 ** 30 + 1, 1518500250, 2 ** 31 - 1]:
         ties = np.array([k * 2 ** 31 // m for k in range(-8, 9)] + [2 ** 30 // m, -(2 ** 30 // m)], np.int64)
         x = np.concatenate([acc, ties, ties + 1, ties - 1])
-        got = integer._srdhm(tf.constant(x), tf.constant(m, tf.int64)).numpy()
+        got = integer.srdhm(tf.constant(x), tf.constant(m, tf.int64)).numpy()
         assert got.tolist() == [ref_srdhm(int(a), m) for a in x], m
     # exact halves: x·M = ±2^30 (1 + 2k)
     x = np.array([1, -1, 3, -3, 5, -5], np.int64)
-    got = integer._srdhm(tf.constant(x), tf.constant(2 ** 30, tf.int64)).numpy()
+    got = integer.srdhm(tf.constant(x), tf.constant(2 ** 30, tf.int64)).numpy()
     assert got.tolist() == [ref_srdhm(int(a), 2 ** 30) for a in x]
 
 

@@ -1,0 +1,28 @@
+"""The kernel sets of TFLite/LiteRT, measured against ai-edge-litert 2.x (TF 2.21) on CONV_2D /
+DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs (and the other ops of ``tflite_ops``), bit-exact:
+
+- ``tflite_builtin`` (the interpreter's builtin kernels without delegates, ``verify``'s default):
+  SaturatingRoundingDoublingHighMul (half away from zero), then a right shift rounding ties up.
+- ``tflite_reference`` (``BUILTIN_REF`` kernels): the same, the shift rounding half away from zero
+  (gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2); fully connected rounds once.
+- ``xnnpack`` (the interpreter's default delegate): one rounding, ``(x·M + 2^(s-1)) >> s``.
+"""
+from qresearch.kernels.fixed_point import round_away, round_up, single_rounding
+from qresearch.kernels.runtime import KERNELS, IntegerKernels
+from qresearch.kernels.tflite_ops import TFLITE_OPS, without
+
+KERNELS.register("tflite_builtin", IntegerKernels(
+    "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
+    op_requantize={"TRANSPOSE_CONV": round_away},
+    description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
+                "requantize with SRDHM then a shift rounding ties up; TRANSPOSE_CONV, MEAN and ADD's output "
+                "with SRDHM then RoundingDivideByPOT (half away)"))
+KERNELS.register("tflite_reference", IntegerKernels(
+    "tflite_reference", round_away, round_away, ops=without(TFLITE_OPS, "MEAN_KEEPDIMS"), add_vector=False,
+    op_requantize={"FULLY_CONNECTED": single_rounding},
+    description="LiteRT reference kernels (BUILTIN_REF): SRDHM then RoundingDivideByPOT, except fully "
+                "connected, which rounds once (measured)"))
+KERNELS.register("xnnpack", IntegerKernels(
+    "xnnpack", single_rounding, round_away, ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL"),
+    description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; MEAN stays on the builtin "
+                "kernel; ADD/MUL are not emulated"))

@@ -1,0 +1,98 @@
+"""Integer grids: a tensor's (scale, zero point, qmin, qmax) as a runtime stores it, derived from the
+FakeQuant range a quantizer hands TensorFlow, and the moves between float values and grid offsets."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+from qresearch._compat import tf
+from qresearch.quantizers import ops
+
+
+def round_half_away(x):
+    return tf.sign(x) * tf.floor(tf.abs(x) + 0.5)
+
+
+def fake_quant_range(quantizer, qvars, like) -> Optional[Tuple]:
+    """``(min, max, bits, narrow_range)`` that ``quantizer`` hands TF FakeQuant in inference, or None if
+    its inference pass is not one FakeQuant call. Plain arithmetic on the quantizer's variables."""
+    seen = []
+    original = ops.fake_quant
+
+    def record(x, range_min, range_max, bits, narrow_range, channel_axes=None):
+        seen.append((range_min, range_max, bits, narrow_range))
+        return x
+
+    ops.fake_quant = record
+    try:
+        quantizer(like, False, weights=qvars)
+    finally:
+        ops.fake_quant = original
+    return seen[0] if len(seen) == 1 else None
+
+
+@dataclasses.dataclass
+class Grid:
+    """A tensor's integer grid as the TFLite converter derives it from a FakeQuant range."""
+
+    scale: tf.Tensor        # float64 holding the float32 scale stored in the flatbuffer
+    zero_point: tf.Tensor   # float64, integer-valued
+    qmin: int
+    qmax: int
+
+
+def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
+    """Scale ``(max - min) / (qmax - qmin)`` in double, stored as float32; the zero point from whichever
+    end has the smaller error, clamped and rounded half away (tflite-int8-spec.md §4.2). A zero range
+    gets scale 1 (the converter's rule)."""
+    qmin = -(2 ** (bits - 1)) + (1 if narrow_range else 0)
+    qmax = 2 ** (bits - 1) - 1
+    lo = tf.cast(tf.convert_to_tensor(range_min), tf.float64)
+    hi = tf.cast(tf.convert_to_tensor(range_max), tf.float64)
+    scale = (hi - lo) / float(qmax - qmin)
+    scale = tf.where(tf.abs(hi - lo) < 2.220446049250313e-16, tf.ones_like(scale), scale)
+    scale = tf.cast(tf.cast(scale, tf.float32), tf.float64)
+    zp_min, zp_max = qmin - lo / scale, qmax - hi / scale
+    err_min = abs(qmin) + tf.abs(lo / scale)
+    err_max = abs(qmax) + tf.abs(hi / scale)
+    zp = tf.where(err_min < err_max, zp_min, zp_max)
+    zp = round_half_away(tf.clip_by_value(zp, float(qmin), float(qmax)))
+    return Grid(scale, zp, qmin, qmax)
+
+
+def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:
+    """The integer grid of a quantizer's output, or None if its inference pass is not one FakeQuant."""
+    rng = fake_quant_range(quantizer, qvars, tf.zeros([1]))
+    return grid_of(*rng) if rng is not None else None
+
+
+def offsets(x, g: Grid):
+    """``q - Z`` of float values on grid ``g`` (int64)."""
+    return tf.cast(round_half_away(tf.cast(x, tf.float64) / g.scale), tf.int64)
+
+
+def clamp_bounds(out_grid: Grid, fused: str):
+    """The kernel's integer clamp ``[lo, hi]`` on ``q`` (output range, fused ReLU/ReLU6)."""
+    lo = tf.constant(float(out_grid.qmin), tf.float64)
+    hi = tf.constant(float(out_grid.qmax), tf.float64)
+    if fused in ("relu", "relu6"):
+        lo = tf.maximum(lo, out_grid.zero_point)
+    if fused == "relu6":
+        hi = tf.minimum(hi, out_grid.zero_point + round_half_away(6.0 / out_grid.scale))
+    return lo, hi
+
+
+def clamp_dequantize(q, out_grid: Grid, fused: str = "linear"):
+    """Integer values ``q`` (float64) clamped as the kernel clamps them, back to float32 on ``out_grid``."""
+    lo, hi = clamp_bounds(out_grid, fused)
+    q = tf.clip_by_value(q, lo, hi)
+    return tf.cast((q - out_grid.zero_point) * out_grid.scale, tf.float32)
+
+
+def clamp_dequantize_offsets(offsets_, out_grid: Grid, fused: str):
+    """``clamp_dequantize(offsets + Z)`` without adding and removing ``Z`` on the whole tensor: every value
+    is an integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``
+    (the bounds are per-tensor scalars)."""
+    lo, hi = clamp_bounds(out_grid, fused)
+    q = tf.clip_by_value(offsets_, lo - out_grid.zero_point, hi - out_grid.zero_point)
+    return tf.cast(q * out_grid.scale, tf.float32)

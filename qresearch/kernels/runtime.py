@@ -1,0 +1,61 @@
+"""A kernel set: how one runtime's integer kernels compute, as data — its rounding rules and a table of op
+handlers (op name -> function). The emulation runs an op through the active kernel set's handler for it;
+an op the table lacks keeps the float fake-quant simulation. ``KERNELS`` is the registry of kernel sets;
+``builtin.py`` registers the TFLite ones, and a plugin registers its own the same way."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Mapping, Optional
+
+from qresearch._compat import tf
+from qresearch.kernels import stats
+from qresearch.kernels.fixed_point import quantize_multiplier
+from qresearch.kernels.grid import round_half_away
+from qresearch.kernels.tflite_ops import Handler
+from qresearch.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegerKernels:
+    """One runtime's integer kernels.
+
+    ``ops``: op name -> handler (``tflite_ops.TFLITE_OPS`` lists the names); ``requantize(acc, M, shift)``:
+    conv / depthwise / fully connected outputs; ``op_requantize``: per op where it differs;
+    ``scalar_requantize``: the kernels' scalar MultiplyByQuantizedMultiplier (MEAN, ADD's output, ...);
+    ``add_vector``: ADD rescales its inputs with the vector path's single rounding (``tflite_ops.add``);
+    ``accumulator_bits``: the accumulators' width (TFLite: int32, never exceeded by its 8-bit ops in
+    practice, so not modelled here; ``pipeline.PipelineKernels`` models narrow ones).
+    """
+
+    name: str
+    requantize: Callable
+    scalar_requantize: Callable
+    ops: Mapping[str, Handler] = dataclasses.field(default_factory=dict)
+    add_vector: bool = False
+    op_requantize: Optional[Mapping[str, Callable]] = None
+    description: str = ""
+    accumulator_bits: int = 32
+
+    def handler(self, op: Optional[str]) -> Optional[Handler]:
+        """The handler of ``op``, or None: that op keeps the float simulation."""
+        return self.ops.get(op) if op else None
+
+    def accumulate(self, acc, layer: Optional[str] = None):
+        """The accumulator ``acc`` (int64, bias included) as the kernel holds it; recorded for ``stats``."""
+        stats.record(layer, acc, self.accumulator_bits)
+        return acc
+
+    def quantize_bias(self, bias_over_scale):
+        """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it."""
+        return tf.cast(round_half_away(bias_over_scale), tf.int64)
+
+    def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):
+        """``acc`` (int64) times the real multiplier, as the kernel of op ``op`` rounds it."""
+        multiplier, shift = quantize_multiplier(real_multiplier)
+        fn = (self.op_requantize or {}).get(op, self.requantize)
+        return fn(acc, multiplier, shift)
+
+
+KERNELS: Registry[IntegerKernels] = Registry(
+    "integer kernel set", how_to_add="qresearch.kernels.KERNELS.register('NAME', IntegerKernels(...)) "
+    "in a module passed as plugins=[your_module] (or imported in Python).")

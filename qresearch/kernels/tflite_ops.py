@@ -1,0 +1,232 @@
+"""The int8 arithmetic of TFLite ops, one function per kernel, and ``TFLITE_OPS``: the table of op handlers
+the TFLite kernel sets are made of (``builtin.py``).
+
+Each rule was measured element by element against LiteRT (ai-edge-litert 2.x, TF 2.21) with a numpy
+reference until 0 mismatches; where that differs from the spec text (tflite-int8-spec.md) the docstring
+says so. Inputs and outputs are float tensors on their grids (the simulation's representation);
+integers are carried as int64 or as integer-valued float64.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Mapping
+
+from qresearch._compat import tf
+from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
+from qresearch.kernels.grid import (Grid, clamp_dequantize, clamp_dequantize_offsets, offsets,
+                                    round_half_away)
+
+FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
+# TFLite ops whose int8 kernel is the conv / fully-connected inner loop: an int32 accumulator requantized
+CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
+MAX_SOFTMAX_CLASSES = 1024  # the emulated sum is unrolled over the classes
+
+
+@dataclasses.dataclass
+class OpCall:
+    """One op as the emulation hands it to a handler: its operands (float tensors on their grids, or the
+    int64 accumulator of a conv), the input and output grids, the fused activation and op attributes."""
+
+    operands: List[Any]
+    in_grids: List[Grid]
+    out_grid: Grid
+    fused: str = "linear"
+    attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+Handler = Callable[[Any, OpCall], Any]  # (kernel set, call) -> float32 output on call.out_grid
+
+
+# ----------------------------------------------------------------------------- conv / fully connected
+def requantize_accumulator(kernels, acc, in_grid: Grid, weight_scale, out_grid: Grid,
+                           activation: str = "linear", op: str = "CONV_2D"):
+    """A conv / depthwise / fully connected output as the int8 kernel computes it (tflite-int8-spec §2.3)
+    from its int32 accumulator ``acc`` (int64, bias included): requantized by ``S_in·S_w[c]/S_out`` (per
+    output channel, the last axis, or a scalar), the output zero point added, the fused activation
+    applied as the kernel's integer clamp. Returns the dequantized float32 output on ``out_grid``."""
+    q = kernels.rescale(acc, in_grid.scale * weight_scale / out_grid.scale, op)
+    return clamp_dequantize_offsets(tf.cast(q, tf.float64), out_grid, activation)
+
+
+# ----------------------------------------------------------------------------- QUANTIZE
+def quantize_input(x, grid: Grid):
+    """TFLite QUANTIZE (float -> int8): ``clamp(round_half_away(x / S) + Z)``, float32 division."""
+    scale32 = tf.cast(grid.scale, tf.float32)
+    q = round_half_away(tf.cast(x / scale32, tf.float64)) + grid.zero_point
+    return clamp_dequantize(q, grid)
+
+
+# ----------------------------------------------------------------------------- pooling
+def mean(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
+    """MEAN over ``count`` elements (keras GlobalAveragePooling1D/2D, keepdims=False), as TFLite's
+    QuantizedMeanOrSum computes it: ``(M, e) = Q(S_in/S_out)``, the multiplier divided by the count in
+    fixed point (``k = min(floor(log2 n), 32, 31 + e)``, ``M' = (M << k) // n``, ``e' = e - k``), then
+    ``MBQM(Σq - Z_in·n, M', e') + Z_out``. ``y_mean``: the float mean of on-grid inputs."""
+    acc = tf.cast(round_half_away(tf.cast(y_mean, tf.float64) * float(count) / in_grid.scale), tf.int64)
+    multiplier, shift = quantize_multiplier(in_grid.scale / out_grid.scale)
+    k = tf.minimum(tf.minimum(tf.constant(int(count).bit_length() - 1, tf.int64), tf.constant(32, tf.int64)),
+                   31 + shift)
+    multiplier = tf.math.floordiv(tf.bitwise.left_shift(multiplier, k), tf.constant(int(count), tf.int64))
+    q = tf.cast(kernels.scalar_requantize(acc, multiplier, shift - k), tf.float64) + out_grid.zero_point
+    return clamp_dequantize(q, out_grid)
+
+
+def mean_keepdims(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
+    """MEAN over H, W with keepdims=True on a 4-D tensor (GlobalAveragePooling2D(keepdims=True)): LiteRT's
+    optimized kernel (measured bit-exact): the raw sum ``Σq`` (zero point not subtracted) times
+    ``Q(float32(S_in / float32(n·S_out)))``, plus ``Z_out - trunc(float32(Z_in·S_in)/S_out ± 0.5)``.
+    Channels run 16 at a time with a shift rounding ties up; the last ``C % 16`` channels take the scalar
+    path (half away). Single-threaded interpreter (the default)."""
+    f32 = tf.float32
+    s_in, s_out = tf.cast(in_grid.scale, f32), tf.cast(out_grid.scale, f32)
+    t = (tf.cast(in_grid.zero_point, f32) * s_in) / s_out
+    t = tf.where(t > 0, t + 0.5, t - 0.5)
+    bias = out_grid.zero_point - tf.cast(tf.sign(t) * tf.floor(tf.abs(t)), tf.float64)  # C++ truncation
+    real = tf.cast(s_in / (tf.constant(float(count), f32) * s_out), tf.float64)
+    multiplier, shift = quantize_multiplier(real)
+    acc = tf.cast(round_half_away(float(count) * (tf.cast(y_mean, tf.float64) / in_grid.scale + in_grid.zero_point)),
+                  tf.int64)
+    channels = int(y_mean.shape[-1])
+    vector = (channels // 16) * 16
+    up = round_up(acc, multiplier, shift)
+    away = round_away(acc, multiplier, shift)
+    mask = tf.constant([c < vector for c in range(channels)])
+    q = tf.cast(tf.where(mask, up, away), tf.float64) + bias
+    return clamp_dequantize(q, out_grid)
+
+
+def average_pool(y_avg, counts, grid: Grid):
+    """AVERAGE_POOL_2D: the raw int8 sum over the window's valid taps divided by their number ``counts``,
+    rounded half away from raw 0 (not from Z); the output keeps the input's grid."""
+    counts = tf.cast(counts, tf.float64)
+    acc = round_half_away(counts * (tf.cast(y_avg, tf.float64) / grid.scale + grid.zero_point))
+    q = tf.sign(acc) * tf.math.floordiv(tf.abs(acc) + tf.math.floordiv(counts, 2.0), counts)
+    return clamp_dequantize(q, grid)
+
+
+def average_pool_counts(height: int, width: int, pool, strides, padding: str):
+    """Valid taps per output position of a 2-D pooling window (TFLite skips padded taps), shape (1, H', W', 1)."""
+    import numpy as np
+
+    def axis(n, k, s):
+        out = (n + s - 1) // s if padding == "same" else (n - k + s) // s
+        pad = max(0, ((out - 1) * s + k - n) // 2) if padding == "same" else 0
+        starts = np.arange(out) * s - pad
+        return np.minimum(starts + k, n) - np.maximum(starts, 0)
+
+    rows, cols = axis(height, pool[0], strides[0]), axis(width, pool[1], strides[1])
+    return (rows[:, None] * cols[None, :]).astype("float64")[None, :, :, None]
+
+
+# ----------------------------------------------------------------------------- elementwise
+def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", subtract: bool = False):
+    """ADD / SUB of two same-shape int8 tensors (tflite-int8-spec §5): inputs rescaled to
+    ``2·max(S1, S2)/2^20``, summed, requantized to the output. ``x1``/``x2``: float tensors on their
+    grids. SUB always takes the scalar path (measured). With ``kernels.add_vector`` ADD rescales its
+    inputs with the vector path's single rounding (``SRDHM(x << (20 + e), M)``): LiteRT's x86 build runs
+    ADD 16 elements at a time (the last ``size % 16`` elements of a buffer take the scalar path, which
+    batched inference of 16·k elements never reaches)."""
+    twice_max = 2.0 * tf.maximum(g1.scale, g2.scale)
+
+    def rescaled(x, g):
+        q = offsets(x, g)
+        multiplier, shift = quantize_multiplier(g.scale / twice_max)
+        if kernels.add_vector and not subtract:
+            left = 20 + shift
+            shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
+                               tf.bitwise.right_shift(q, tf.maximum(-left, 0)))
+            return srdhm(shifted, multiplier)
+        return kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
+
+    a, b = rescaled(x1, g1), rescaled(x2, g2)
+    total = a - b if subtract else a + b
+    multiplier, shift = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
+    q = tf.cast(kernels.scalar_requantize(total, multiplier, shift), tf.float64) + out_grid.zero_point
+    return clamp_dequantize(q, out_grid, fused)
+
+
+def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
+    """MUL of two same-shape int8 tensors: ``MBQM((q1 - Z1)(q2 - Z2), S1·S2/S_out)`` with the multiplier
+    formed in float32 (``float(float(S1·S2) / S_out)``, measured), scalar rounding."""
+    s1, s2, so = (tf.cast(tf.cast(g.scale, tf.float32), tf.float32) for g in (g1, g2, out_grid))
+    real = tf.cast((s1 * s2) / so, tf.float64)
+    product = offsets(x1, g1) * offsets(x2, g2)
+    multiplier, shift = quantize_multiplier(real)
+    q = tf.cast(kernels.scalar_requantize(product, multiplier, shift), tf.float64) + out_grid.zero_point
+    return clamp_dequantize(q, out_grid, fused)
+
+
+# ----------------------------------------------------------------------------- activations
+def softmax(x, in_grid: Grid, out_grid: Grid):
+    """int8 SOFTMAX (beta 1, last axis) as LiteRT's x86 kernel computes it (measured bit-exact against
+    ai-edge-litert 2.x builtin kernels): a float32 table ``T[d] = expf(-S_in·d)`` indexed by
+    ``d = max(q) - q``, the row sum accumulated in float32 in class order, ``inv = 1/(sum·S_out)``, and
+    ``q_out = round_half_away(T[d]·inv) + Z_out``. The exp is float64 rounded to float32 (glibc's expf is
+    correctly rounded in all but rare cases). ``x``: float input on ``in_grid``; at most
+    ``MAX_SOFTMAX_CLASSES`` classes (static)."""
+    classes = int(x.shape[-1])
+    q = round_half_away(tf.cast(x, tf.float64) / in_grid.scale)                   # q - Z_in (Z cancels)
+    d = tf.reduce_max(q, axis=-1, keepdims=True) - q
+    s_in = tf.cast(in_grid.scale, tf.float32)
+    table = tf.cast(tf.exp(tf.cast(-s_in * tf.cast(d, tf.float32), tf.float64)), tf.float32)
+    total = table[..., 0]
+    for j in range(1, classes):
+        total = total + table[..., j]
+    inv = 1.0 / (total * tf.cast(out_grid.scale, tf.float32))
+    scaled = table * inv[..., None]
+    qo = round_half_away(tf.cast(scaled, tf.float64)) + out_grid.zero_point
+    return clamp_dequantize(qo, out_grid)
+
+
+def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
+    """LEAKY_RELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else times ``alpha·S_in/S_out``
+    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``."""
+    q = offsets(x, in_grid)
+    identity = kernels.scalar_requantize(q, *quantize_multiplier(in_grid.scale / out_grid.scale))
+    scaled = kernels.scalar_requantize(q, *quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
+    y = tf.cast(tf.where(q >= 0, identity, scaled), tf.float64) + out_grid.zero_point
+    return clamp_dequantize(y, out_grid)
+
+
+# ----------------------------------------------------------------------------- the handler table
+def _conv(kernels, c: OpCall):
+    acc = kernels.accumulate(c.operands[0], c.attrs.get("layer"))
+    return requantize_accumulator(kernels, acc, c.in_grids[0], c.attrs["weight_scale"], c.out_grid,
+                                  c.fused, op=c.attrs["op"])
+
+
+def _two_inputs(fn, **fixed):
+    def handler(kernels, c: OpCall):
+        return fn(kernels, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid, c.fused, **fixed)
+    return handler
+
+
+def _mean(fn):
+    def handler(kernels, c: OpCall):
+        return fn(kernels, c.operands[0], c.attrs["count"], c.in_grids[0], c.out_grid)
+    return handler
+
+
+# Op name -> handler. Keys are the ``integer_op`` of the layer registry (schemes/layers.py), plus the
+# kernel variants a layer's attributes select (MEAN_KEEPDIMS: the keepdims=True 4-D MEAN path).
+TFLITE_OPS: Dict[str, Handler] = {
+    **{op: _conv for op in CONV_OPS},
+    "QUANTIZE": lambda k, c: quantize_input(c.operands[0], c.out_grid),
+    "MEAN": _mean(mean),
+    "MEAN_KEEPDIMS": _mean(mean_keepdims),
+    "AVERAGE_POOL_2D": lambda k, c: average_pool(c.operands[0], c.attrs["counts"], c.out_grid),
+    "ADD": _two_inputs(add),
+    "SUB": _two_inputs(add, subtract=True),
+    "MUL": _two_inputs(multiply),
+    "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
+    "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid),
+}
+
+
+def without(table: Mapping[str, Handler], *ops: str) -> Dict[str, Handler]:
+    """``table`` less ``ops`` (ops a kernel set leaves to the float simulation)."""
+    missing = [op for op in ops if op not in table]
+    if missing:
+        raise KeyError(f"ops {missing} are not in the table ({sorted(table)})")
+    return {op: h for op, h in table.items() if op not in ops}
+

@@ -1,0 +1,276 @@
+"""How a quantized layer runs through a kernel set in inference (``qresearch.kernels``).
+
+``IntegerEmulation`` is mixed into ``QuantizeWrapper``: once the graph around a wrapper is known it
+plans the one int8 kernel the layer is (``_integer_plan``), and in inference hands the op to the active
+kernel set's handler (``_integer_call``); a layer without a plan, or whose op the kernel set has no
+handler for, keeps the float fake-quant simulation. Which op a layer is comes from the layer registry
+(``LayerSpec.integer_op``); how to read its operands and attributes from the wrapper is a matcher
+registered here per op (``register_matcher``). The plans:
+
+- a conv / depthwise / dense (or unfoldable-BN affine) wrapper with one symmetric weight quantizer and a
+  known input grid, with a fusable activation (linear/relu/relu6) before its output quantizer, or a
+  quantized pre-activation (a LUT activation such as sigmoid follows): its int32 accumulator is
+  requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
+- MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
+  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU;
+- a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
+- a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
+  fuses the two) computes the fused result itself, with the ReLU's output grid; the ReLU then leaves
+  those values as they are.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from qresearch import kernels as K
+from qresearch._compat import keras, tf
+from qresearch.quantizers.base import Quantizer
+from qresearch.schemes.attrs import set_attr
+from qresearch.schemes.layers import activation_name, fused_relu, layer_spec, own_spec
+
+Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
+
+
+@dataclasses.dataclass
+class Plan:
+    """One layer as one integer kernel: the op (a handler name), where its inputs' grids come from, the
+    output quantizer whose grid it produces, the fused activation, and op attributes."""
+
+    op: str
+    sources: List[Source]
+    attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    operand: str = "inputs"  # "inputs" | "layer_output" (the float op result, e.g. MEAN) | "accumulator"
+    weight: Optional[Tuple] = None  # (variable, quantizer, its variables) of a conv's weight
+    out: Optional[Tuple] = None
+    fused: str = "linear"
+
+
+Matcher = Callable[[Any, str], Optional[Plan]]  # (wrapper, op) -> Plan without out/fused, or None
+_MATCHERS: Dict[str, Tuple[Matcher, bool]] = {}
+
+
+def register_matcher(op: str, matcher: Matcher, fuses_following_relu: bool = False) -> None:
+    """Teach the emulation to run layers whose ``integer_op`` is ``op`` (see ``layers.register_layer``);
+    ``fuses_following_relu``: a following ReLU layer fuses into the op (ADD/SUB/MUL)."""
+    _MATCHERS[op] = (matcher, fuses_following_relu)
+
+
+def grid(source) -> Optional[K.Grid]:
+    """The integer grid of a (quantizer, variables, ...) source."""
+    return K.grid_of_quantizer(source[0], source[1])
+
+
+def sole_consumer(layer):
+    nodes = getattr(layer, "_outbound_nodes", [])
+    return nodes[0].outbound_layer if len(nodes) == 1 else None
+
+
+class IntegerEmulation:
+    """Mixin of ``QuantizeWrapper`` (uses its quantizer state: ``_weight_vars``, ``_activation_vars``,
+    ``_output_quantizers``, ``_input_source(s)``, and its ``_q``/``_float_call``/``_call_layer``)."""
+
+    def _output_source(self):
+        return (self._output_quantizers[0], self._output_quantizer_vars) if self._output_quantizers else None
+
+    def _integer_plan(self) -> Optional[Plan]:
+        """This layer's ``Plan``, or None where it keeps the float simulation (decided once, when the
+        graph around it is complete)."""
+        cached = getattr(self, "_integer_plan_cache", None)
+        if cached is not None:
+            return cached or None
+        plan = _plan(self)
+        if getattr(self, "_outbound_nodes", None):
+            object.__setattr__(self, "_integer_plan_cache", plan or False)
+        return plan
+
+    def _integer_call(self, inputs, kwargs, kernels, plan: Plan):
+        handler = kernels.handler(plan.op)
+        out_grid = grid(plan.out)
+        in_grids = [grid(src) for src in plan.sources]
+        if handler is None or out_grid is None or None in in_grids:
+            return self._float_call(inputs, False, kwargs)
+        out_q, out_v = plan.out
+        if plan.operand == "accumulator":
+            return self._integer_conv(inputs, kwargs, kernels, handler, plan, in_grids[0], out_grid)
+        operands = [self.layer.call(inputs)] if plan.operand == "layer_output" else \
+            (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
+        y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs))
+        # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
+        # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
+        return out_q(y, False, weights=out_v)
+
+    def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
+        weight, wq, wv = plan.weight
+        w_range = K.fake_quant_range(wq, wv, weight)
+        if w_range is None:
+            return self._float_call(inputs, False, kwargs)
+        w_grid = K.grid_of(*w_range)
+        acc = self._integer_accumulator(inputs, kwargs, kernels, plan, in_grid, w_grid)
+        out_q, out_v = plan.out
+        attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name)
+        y = out_q(handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs)), False, weights=out_v)
+        fn = getattr(self.layer, "activation", None)
+        if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
+            return y
+        if not self._output_quantizers:
+            return fn(y)
+        final = self._output_source()
+        softmax = kernels.handler("SOFTMAX")
+        if activation_name(fn) == "softmax" and softmax is not None and _softmax_ok(y):
+            y = softmax(kernels, K.OpCall([y], [out_grid], grid(final)))
+        else:
+            y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
+        return self._q(final[0], y, False, final[1])
+
+    def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
+        """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
+        offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
+        quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores it)."""
+        weight, wq, wv = plan.weight
+        attr = next(iter(self.quantize_config.weights))
+        w_scale = tf.cast(w_grid.scale, tf.float32)
+        try:
+            w_scale = Quantizer.broadcast(w_scale, weight, wv.get("channel_axes"))
+        except (ValueError, IndexError):
+            w_scale = tf.reshape(w_scale, [-1]) if w_scale.shape.rank else w_scale
+        w_int = tf.round(self._q(wq, weight, False, wv) / w_scale)
+        x_int = tf.cast(K.round_half_away(tf.cast(inputs, tf.float32) / tf.cast(in_grid.scale, tf.float32)),
+                        inputs.dtype)
+        bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) else None
+        fn = getattr(self.layer, "activation", None)
+        set_attr(self.layer, attr, w_int)
+        if bias is not None:
+            self.layer.bias = tf.zeros_like(bias)
+        if fn is not None:
+            self.layer.activation = keras.activations.linear
+        try:
+            y = self._call_layer(x_int, False, kwargs)
+        finally:
+            set_attr(self.layer, attr, weight)
+            if bias is not None:
+                self.layer.bias = bias
+            if fn is not None:
+                self.layer.activation = fn
+        acc = tf.cast(tf.round(y), tf.int64)
+        if bias is not None:
+            s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
+            acc += kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
+        return acc
+
+
+# ----------------------------------------------------------------------------- planning
+def _plan(w) -> Optional[Plan]:
+    out = w._output_source()
+    fused_consumer = None
+    if not out and not w._activation_vars:
+        consumer = sole_consumer(w)
+        if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
+                and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
+            fused_consumer = (consumer._output_source(), fused_relu(consumer.layer))
+    if not out and w.quantize_config.info.get("output_shared_with"):
+        # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
+        # that one grid, so this layer's kernel requantizes straight onto it
+        consumer = sole_consumer(w)
+        if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers:
+            out = consumer._output_source()
+    if w._weight_vars:
+        base = _conv_plan(w)
+        if base is None or not set(w.quantize_config.activations) <= {"activation"}:
+            return None
+        acts = w._activation_vars.get("activation", {})
+        fused = activation_name(getattr(w.layer, "activation", None))
+        if not acts and out and fused in K.FUSED_ACTIVATIONS:
+            return dataclasses.replace(base, out=out, fused=fused)
+        if set(acts) == {"pre"}:
+            return dataclasses.replace(base, out=acts["pre"], fused="linear")
+        if fused_consumer is not None and fused == "linear":
+            return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1])
+        return None
+    if w._activation_vars:
+        return None
+    spec = layer_spec(w.layer)
+    op = spec.integer_op_of(w.layer) if spec is not None else None
+    matcher, fuses = _MATCHERS.get(op, (None, False))
+    base = matcher(w, op) if matcher is not None else None
+    if base is None:
+        return None
+    if out:
+        return dataclasses.replace(base, out=out)
+    if fused_consumer is not None and fuses:
+        return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1])
+    return None
+
+
+def _conv_plan(w) -> Optional[Plan]:
+    if w.quantize_config.info.get("kind") != "compute" or len(w._weight_vars) != 1:
+        return None
+    spec = layer_spec(w.layer)
+    op = spec.integer_op_of(w.layer) if spec is not None else None
+    weight, quantizer, qvars = w._weight_vars[0]
+    source = getattr(w, "_input_source", None)
+    if op not in K.CONV_OPS or not source or not getattr(quantizer, "symmetric", False):
+        return None
+    return Plan(op, [source], {"op": op}, operand="accumulator", weight=(weight, quantizer, qvars))
+
+
+# ----------------------------------------------------------------------------- matchers per op
+def _mean(w, op) -> Optional[Plan]:
+    layer = w.layer
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    keepdims = bool(getattr(layer, "keepdims", False))
+    if keepdims and not isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        return None  # 3-D keepdims MEAN: not measured
+    source = getattr(w, "_input_source", None)
+    shape = getattr(w, "_input_shape", None)
+    shape = shape[1:-1] if shape else None  # the averaged axes
+    if not source or shape is None or None in shape:
+        return None
+    count = 1
+    for d in shape:
+        count *= int(d)
+    return Plan("MEAN_KEEPDIMS" if keepdims else "MEAN", [source], {"count": count}, operand="layer_output")
+
+
+def _softmax_ok(x) -> bool:
+    return x.shape.rank is not None and x.shape[-1] is not None and x.shape[-1] <= K.MAX_SOFTMAX_CLASSES
+
+
+def _softmax(w, op) -> Optional[Plan]:
+    """Softmax over the last axis of a quantized input."""
+    layer = w.layer
+    if isinstance(layer, keras.layers.Softmax):
+        axis = layer.axis if isinstance(layer.axis, int) else (layer.axis[0] if len(layer.axis) == 1 else None)
+        if axis not in (-1, len(getattr(w, "_input_shape", ())) - 1):
+            return None
+    source = getattr(w, "_input_source", None)
+    shape = getattr(w, "_input_shape", None)
+    classes = shape[-1] if shape else None
+    if not source or classes is None or classes > K.MAX_SOFTMAX_CLASSES:
+        return None
+    return Plan(op, [source])
+
+
+def _leaky_relu(w, op) -> Optional[Plan]:
+    source = getattr(w, "_input_source", None)
+    if own_spec(type(w.layer)) is None or not source:  # a subclass may compute something else
+        return None
+    return Plan(op, [source], {"alpha": float(w.layer.alpha)})
+
+
+def _elementwise(w, op) -> Optional[Plan]:
+    """Two quantized same-shape tensors (no broadcasting: other kernel paths)."""
+    sources = getattr(w, "_input_sources", None)
+    shapes = getattr(w, "_input_shapes", None)
+    if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) \
+            or shapes is None or shapes[0] != shapes[1]:
+        return None
+    return Plan(op, list(sources))
+
+
+register_matcher("MEAN", _mean)
+register_matcher("SOFTMAX", _softmax)
+register_matcher("LEAKY_RELU", _leaky_relu)
+for _op in ("ADD", "SUB", "MUL"):
+    register_matcher(_op, _elementwise, fuses_following_relu=True)

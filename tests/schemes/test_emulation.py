@@ -1,0 +1,102 @@
+"""The emulation hands each layer's op to the active kernel set's handler table (qresearch.kernels): a kernel
+set is data, an op missing from its table keeps the float simulation, and a custom layer reaches an
+integer kernel with one registration."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import kernels as K
+from qresearch._compat import keras, tf
+from qresearch.kernels import KERNELS, IntegerKernels, emulated_kernels
+from qresearch.schemes import register_layer
+
+L = keras.layers
+
+
+class SumOfTwo(L.Layer):
+    """A user's own elementwise sum (not a keras Add): ADD in TFLite once registered as such."""
+
+    def call(self, inputs):
+        return inputs[0] + inputs[1]
+
+
+register_layer(SumOfTwo, kind="merge", integer_op="ADD", keeps_sign=True)
+
+
+def _model(merge):
+    inp = keras.Input((6, 6, 2))
+    a = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+    b = L.Conv2D(4, 1, activation="relu")(inp)
+    h = merge([a, b])
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, L.Softmax()(L.Dense(5)(h)))
+
+
+def _recording(base: str, name: str, drop=()):
+    """Kernel set ``name``: ``base``'s handlers, each recording the ops it runs; ``drop``: ops left out."""
+    seen = []
+    parent = KERNELS.get(base)
+
+    def record(op, handler):
+        def run(kernels, call):
+            seen.append(op)
+            return handler(kernels, call)
+        return run
+
+    ops = {op: record(op, h) for op, h in parent.ops.items() if op not in drop}
+    KERNELS.register(name, IntegerKernels(name, parent.requantize, parent.scalar_requantize, ops=ops,
+                                          add_vector=parent.add_vector, op_requantize=parent.op_requantize),
+                     overwrite=True)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    return rng.uniform(0, 1, (64, 6, 6, 2)).astype("float32")
+
+
+@pytest.fixture(scope="module")
+def pair(data):
+    keras.utils.set_random_seed(1)
+    add_model = _model(L.Add())
+    own = _model(SumOfTwo())
+    own.set_weights(add_model.get_weights())
+    quantize = lambda m: qresearch.quantize(m, "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    return quantize(add_model), quantize(own)
+
+
+def test_every_op_goes_through_the_table_and_equals_the_builtin_set(pair, data):
+    q, _ = pair
+    seen = _recording("tflite_builtin", "recorded_builtin")
+    with emulated_kernels("recorded_builtin"):
+        recorded = q(data, training=False).numpy()
+    assert set(seen) == {"QUANTIZE", "CONV_2D", "ADD", "MEAN", "FULLY_CONNECTED", "SOFTMAX"}
+    with emulated_kernels("tflite_builtin"):
+        np.testing.assert_array_equal(recorded, q(data, training=False).numpy())
+
+
+def test_an_op_missing_from_the_table_keeps_the_float_simulation(pair, data):
+    q, _ = pair
+    seen = _recording("tflite_builtin", "no_add", drop=("ADD",))
+    with emulated_kernels("no_add"):
+        q(data, training=False)
+    assert "ADD" not in seen and "CONV_2D" in seen and "MEAN" in seen
+    with pytest.raises(KeyError, match="not in the table"):
+        K.tflite_ops.without(K.TFLITE_OPS, "NOT_AN_OP")
+
+
+def test_a_custom_layer_registered_with_an_integer_op_runs_that_kernel(pair, data):
+    q_add, q_own = pair
+    seen = _recording("tflite_builtin", "recorded_own")
+    with emulated_kernels("recorded_own"):
+        own = q_own(data, training=False).numpy()
+    assert "ADD" in seen
+    with emulated_kernels("tflite_builtin"):
+        np.testing.assert_array_equal(own, q_add(data, training=False).numpy())
+
+
+def test_integer_op_may_depend_on_the_layer():
+    spec = qresearch.schemes.layer_spec(L.Activation("softmax"))
+    assert spec.integer_op_of(L.Activation("softmax")) == "SOFTMAX"
+    assert spec.integer_op_of(L.Activation("tanh")) is None
