@@ -105,13 +105,19 @@ def test_fingerprint_from_the_listing_only(tmp_path, digits_folder):
 
 
 def test_resume_check_sees_an_added_file(tmp_path, digits_folder):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
     from qresearch import stages
-    from qresearch.config import PathsConfig, TrainingConfig, Experiment
+    from qresearch.config import experiment
+    from qresearch.paths import CONF_DIR
 
     root = tmp_path / "copy"
     shutil.copytree(digits_folder.root, root)
-    exp = Experiment(config={}, hash="h", seed=0, dataset={**digits_folder.cfg(), "path": str(root)}, model={},
-                     scheme={}, hardware=None, training=TrainingConfig(), logger=None, paths=PathsConfig())
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        exp = experiment(compose(config_name="config", overrides=[
+            "dataset=image_folder", f"dataset.path={root}", "dataset.image_size=[8,8]", "dataset.channels=1"]))
     prev = {"dataset": {"fingerprint": stages.load_data(exp).fingerprint()}}
     assert stages.same_data(exp, prev)
     shutil.copy(root / "train" / "1" / os.listdir(root / "train" / "1")[0], root / "train" / "1" / "new.png")
