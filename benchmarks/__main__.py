@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed] [--models lenet5,mobilenet_tiny] [--steps 20]``.
+"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,mobilenet_tiny] [--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
    ``quantize_model`` and experimental n-bit scheme (4/4 bits), all measured in one process per model on
@@ -12,6 +12,9 @@
    switched to BFC in a subprocess so that they exist), QAT over float, per model and contestant.
 4. sweep: a sweep's wall time with a cold and a warm float-baseline cache (and a resumed re-run),
    each a real ``python -m qresearch.run -m`` in a subprocess.
+5. mixed: mixed precision at uniform W3A3's BOPs (benchmarks/mixed.py).
+6. stream: images/s of the streamed datasets (a JPEG folder, TFRecord shards) against the same images in
+   memory, and the step time of a model fed by each (benchmarks/stream.py).
 
 Prints tables of ratios and writes them as JSON under ``outputs/benchmarks/``.
 """
@@ -288,13 +291,13 @@ def _table(title: str, rows, value_key: str, value_label: str, scale: float, fmt
 
 
 #: What ``make bench`` runs (``--only`` picks a subset).
-PARTS = ("steps", "eval", "memory", "sweep", "mixed")
+PARTS = ("steps", "eval", "memory", "sweep", "mixed", "stream")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None,
-                    help="comma-separated subset of steps,eval,memory,sweep,mixed (default: all)")
+                    help="comma-separated subset of steps,eval,memory,sweep,mixed,stream (default: all)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model and round (median)")
@@ -349,6 +352,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 mixed.main(["--dataset", dataset, "--all-layers", *extra])
             except Exception as exc:  # a dataset that cannot be loaded here must not lose the other results
                 print(f"mixed precision on {dataset} skipped: {type(exc).__name__}: {exc}", flush=True)
+
+    if "stream" in parts:  # issue #15: streamed datasets against the same images in memory
+        from benchmarks import stream
+
+        print("\nInput pipeline throughput (benchmarks/stream.py: JPEG folder, TFRecord, in memory)", flush=True)
+        report["stream"] = stream.run(images=5000, batch=128, epochs=3, model="mobilenet_tiny", steps=30)
+        stream.print_table(report["stream"])
 
     if "sweep" in parts:
         print(f"\nSweep wall time (smoke sweep: 2 schemes x 2 bit widths x 2 seeds = 8 jobs, lenet5 on digits, "

@@ -91,6 +91,8 @@ class PhaseConfig:
     schedule: Schedule = Schedule.constant
     steps_per_epoch: Optional[int] = None  # cap batches per epoch (quick experiments); null = all
     clipnorm: Optional[float] = None
+    # resumable: a checkpoint every N batches and per epoch (qresearch.checkpoints); null = off
+    checkpoint_every: Optional[int] = None
 
 
 @dataclass

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 
 from qresearch.config import Experiment
 
@@ -113,9 +112,7 @@ def mixed_search(exp: Experiment, float_model, ds, spec: Dict[str, Any], target
 
     m = exp.mixed
     seed = int(exp.seed)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.permutation(len(ds.x_train))[: int(m.samples)])
-    data = (ds.x_train[idx], ds.y_train[idx])
+    data = ds.train_sample(int(m.samples), seed)  # seeded training images and labels (streamed: read now)
     calib = ds.calibration(int(exp.training.calibration_samples), seed)
     bits = mixed.candidate_widths(m.bits, target)
     out = mixed.search(float_model, data, spec, m.budget_dict(), bits=bits, target=target, method=m.sensitivity,
@@ -123,7 +120,7 @@ def mixed_search(exp: Experiment, float_model, ds, spec: Dict[str, Any], target
     _, checked, coercions = check_scheme(exp, out["scheme"])  # per-layer widths against the target
     alloc = out["allocation"]
     record = {"budget": m.budget_dict(), "algorithm": m.algorithm or algorithm_name(spec), "bits": bits,
-              "sensitivity_method": m.sensitivity, "samples": int(len(idx)),
+              "sensitivity_method": m.sensitivity, "samples": int(len(data[1])),
               "solver": alloc["solver"], "widths": out["widths"],
               "totals": out["cost"]["totals"], "reference": out["reference"]["totals"],
               "allocation": {k: v for k, v in alloc.items() if k != "widths"},
@@ -178,7 +175,8 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
         return models.build_model(exp.model, ds.input_shape, ds.num_classes)
 
     def train(model):
-        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn)
+        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
+                            checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
 
     model, info = training.float_baseline(build, train, key, exp.paths.cache_dir or None)
     # Same random state after this stage whether the baseline came from the cache or not.
@@ -189,8 +187,9 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
 def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
     """Float accuracy, and the float step time under the QAT phase's optimizer and batch size."""
     from qresearch import training
+    from qresearch.evaluation import test_accuracy
 
-    acc = training.accuracy(model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+    acc = test_accuracy(model, ds, int(exp.training.eval_batch_size))
     step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
     return {"float_accuracy": acc, "float_step_time_s": step, "float_params": int(model.count_params())}
 
@@ -237,10 +236,11 @@ def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,
     """Quantize with calibration only (the checked scheme: no second check). Returns (QAT model, metrics, facts).
     ``start``: a higher-bit QAT model whose weights this one starts from (``progressive``). The facts hold
     ``cost`` (``cost_facts``) and the metrics its totals."""
-    from qresearch import mixed, training
+    from qresearch import mixed
+    from qresearch.evaluation import test_accuracy
 
     qat_model = _quantize(exp, float_model, ds, spec, target, start)
-    acc = training.accuracy(qat_model, ds.x_test, ds.y_test, int(exp.training.eval_batch_size))
+    acc = test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
     report = mixed.describe(qat_model, float_model, table=target)
     log.info("%s", report["sections"]["cost"])
     memory = dict(report.get("memory") or {})
@@ -256,8 +256,18 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     """Quantization-aware fine-tuning in place: history, wall time, median step time."""
     from qresearch import training
 
+    key = f"{exp.hash}-{ds.fingerprint()}"  # the run and its data: a resumed job finds its own checkpoint
     return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn, quantizer=exp.quantizer_training)
+                        log_fn=log_fn, quantizer=exp.quantizer_training, checkpoint_dir=checkpoint_dir(exp, "qat", key),
+                        checkpoint_id=key)
+
+
+def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
+    """Where a phase's checkpoints go (``training.<phase>.checkpoint_every``): the cache folder, so a
+    single run started again finds them as a sweep's job does; none without a cache folder."""
+    import os
+
+    return os.path.join(exp.paths.cache_dir, "checkpoints", phase, key) if exp.paths.cache_dir else None
 
 
 ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)
@@ -267,16 +277,18 @@ def evaluate_qat(exp: Experiment, qat_model, ds, target) -> Tuple[Dict[str, Any]
     """QAT accuracy (for a target whose kernels the model emulates: the simulated hardware's integer
     result) and, then, the float fake-quant accuracy beside it and the per-layer accumulator statistics
     on the first test images. Returns (metrics, {"accumulators": ...} or {})."""
-    from qresearch import kernels, training
+    from qresearch import kernels
+    from qresearch.evaluation import test_accuracy
 
     batch = int(exp.training.eval_batch_size)
-    metrics: Dict[str, Any] = {"qat_accuracy": training.accuracy(qat_model, ds.x_test, ds.y_test, batch)}
+    metrics: Dict[str, Any] = {"qat_accuracy": test_accuracy(qat_model, ds, batch)}
     emulated = (getattr(qat_model, "qresearch_info", None) or {}).get("kernels")
     if not emulated:
         return metrics, {}
     with kernels.emulated_kernels("none"):
-        metrics["qat_fakequant_accuracy"] = training.accuracy(qat_model, ds.x_test, ds.y_test, batch)
-    stats = kernels.accumulator_stats(qat_model, ds.x_test[:ACCUMULATOR_SAMPLES], batch_size=batch)
+        metrics["qat_fakequant_accuracy"] = test_accuracy(qat_model, ds, batch)
+    x_first, _ = ds.test_arrays(ACCUMULATOR_SAMPLES)
+    stats = kernels.accumulator_stats(qat_model, x_first, batch_size=batch)
     if stats:
         metrics["accumulator_overflow_fraction"] = max(s["overflow_fraction"] for s in stats.values())
         metrics["accumulator_bits_needed"] = max(s["bits_needed"] for s in stats.values())
@@ -288,7 +300,8 @@ def deploy(exp: Experiment, qat_model, target, ds) -> Dict[str, Any]:
     """The target's deployment check (convert, run its runtime, compare); the report without the model bytes."""
     from qresearch import hardware
 
-    rep = hardware.verify(qat_model, target, ds.x_test, ds.y_test, batch_size=int(exp.training.eval_batch_size))
+    x, y = ds.test_arrays()  # in memory: all; streamed: the first dataset.deploy_samples
+    rep = hardware.verify(qat_model, target, x, y, batch_size=int(exp.training.eval_batch_size))
     return {k: v for k, v in rep.items() if k != "tflite_model"}
 
 

@@ -140,18 +140,25 @@ def steps_per_epoch(n: int, phase: PhaseConfig) -> int:
 
 def fit(model, dataset, phase: PhaseConfig, name: str, seed: int, verbose: int = 2,
         log_fn: Optional[Callable[[Dict[str, float]], None]] = None,
-        quantizer: Optional[QuantizerTraining] = None) -> Dict[str, Any]:
-    """Compile and train ``model`` for one phase; return history, wall time and median step time."""
-    spe = steps_per_epoch(len(dataset.x_train), phase)
+        quantizer: Optional[QuantizerTraining] = None, checkpoint_dir: Optional[str] = None,
+        checkpoint_id: str = "", callbacks: Optional[List[Any]] = None) -> Dict[str, Any]:
+    """Compile and train ``model`` for one phase; return history, wall time and median step time.
+    With ``phase.checkpoint_every`` and a ``checkpoint_dir``: resumable (``qresearch.checkpoints``)."""
+    spe = steps_per_epoch(dataset.train_size, phase)
     compile_model(model, phase, spe, quantizer)
     timer = BatchTimer()
-    callbacks: List[Any] = [NaNGuard(name), timer]
+    callbacks = [NaNGuard(name), timer, *(callbacks or [])]
     if log_fn is not None:
         callbacks.append(EpochLogger(name, log_fn))
     epochs = int(phase.epochs)
     t0 = time.perf_counter()
     hist = {}
-    if epochs > 0:
+    if epochs > 0 and phase.checkpoint_every and checkpoint_dir:
+        from qresearch import checkpoints
+
+        hist = checkpoints.fit(model, dataset, int(phase.batch_size), phase.steps_per_epoch, epochs, seed,
+                               checkpoint_dir, int(phase.checkpoint_every), callbacks, verbose, checkpoint_id)
+    elif epochs > 0:
         ds = dataset.train_pipeline(int(phase.batch_size), seed=seed, steps_per_epoch=phase.steps_per_epoch)
         hist = model.fit(ds, epochs=epochs, callbacks=callbacks, verbose=verbose).history
     wall = time.perf_counter() - t0
@@ -180,8 +187,10 @@ def baseline_key(dataset_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], f
     """``data_fingerprint`` (``Dataset.fingerprint()``): the data as loaded, so a dataset file
     rewritten in place (same config) trains a new baseline instead of reusing the old one."""
     data = {k: v for k, v in dict(dataset_cfg).items() if k not in DATA_LOCATION_KEYS}
+    # checkpointing off leaves the key as it was before the option existed: cached baselines stay valid
+    phase = {k: v for k, v in phase_dict(float_cfg).items() if not (k == "checkpoint_every" and v is None)}
     return stable_hash({"version": CACHE_VERSION, "dataset": data, "data": data_fingerprint, "model": dict(model_cfg),
-                        "float": phase_dict(float_cfg), "seed": int(seed), "tensorflow": tf.__version__})
+                        "float": phase, "seed": int(seed), "tensorflow": tf.__version__})
 
 
 def nonfinite_weights(model) -> List[str]:

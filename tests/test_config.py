@@ -11,7 +11,7 @@ from qresearch import config as qconfig
 from qresearch import overrides as qoverrides
 from qresearch.errors import ConfigError
 from qresearch.paths import CONF_DIR
-from user_code import write_data_and_models, write_npz, write_quantizer
+from user_code import write_data_and_models, write_image_folder, write_npz, write_quantizer
 
 
 def _compose(overrides=(), hydra_node=False):
@@ -40,6 +40,11 @@ def test_every_group_option_composes(group, tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     needs = {"dataset=npz": [f"dataset.path={write_npz(tmp_path / 'd.npz')}"],
              "dataset=custom": ["dataset._target_=user_data.as_tuple"]}
+    if group == "dataset":  # the streamed datasets: a folder of images, TFRecord shards of it
+        images = write_image_folder(tmp_path / "images")
+        needs["dataset=image_folder"] = [f"dataset.path={images}", "dataset.image_size=[8,8]"]
+        needs["dataset=tfrecord"] = [f"dataset.train={images}/shards/train-*", f"dataset.test={images}/shards/test-*",
+                                     "dataset.num_classes=3", "dataset.image_size=[8,8]"]
     for option in options:
         cfg = _compose([f"{group}={option}"] + needs.get(f"{group}={option}", []))
         assert cfg[group] is not None

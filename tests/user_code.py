@@ -90,3 +90,21 @@ def write_npz(path: Path, n=90, classes=3, size=8, single=False, **extra) -> Pat
         k = 2 * n // 3
         np.savez(path, x_train=x[:k], y_train=y[:k], x_test=x[k:], y_test=y[k:], **extra)
     return Path(path)
+
+
+def write_image_folder(root: Path, n=12, classes=3, size=8) -> Path:
+    """PNGs in ``root/train/<class>/`` and ``root/test/<class>/`` (dataset=image_folder), and the same
+    images as TFRecord shards ``root/shards/{train,test}-*`` (dataset=tfrecord)."""
+    from PIL import Image
+
+    from qresearch.data.tfrecord import folder_to_tfrecords
+
+    rng = np.random.default_rng(1)
+    for split in ("train", "test"):
+        for i in range(n):
+            d = root / split / f"c{i % classes}"
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(d / f"{i}.png")
+    for split in ("train", "test"):
+        folder_to_tfrecords(str(root), str(root / "shards" / split), 2, split)
+    return Path(root)

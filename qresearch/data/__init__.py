@@ -1,6 +1,6 @@
-"""Datasets: real arrays in memory, and tf.data pipelines over them.
+"""Datasets: real arrays in memory, and tf.data pipelines over them; or images streamed from files.
 
-Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits: needs nothing else), ``mnist`` and
+In memory (``Dataset``, this module): ``digits`` (scikit-learn's bundled 8x8 digits: needs nothing else), ``mnist`` and
 ``cifar10``. MNIST and CIFAR-10 come from a local mirror folder when one is given
 (``dataset.data_dir``, else the ``QRESEARCH_DATA_DIR`` environment variable, else
 ``../shared/datasets`` next to the project when that exists), otherwise from
@@ -9,6 +9,11 @@ Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits: needs nothing else), `
 A plugin dataset is a function ``loader(cfg: dict) -> Dataset`` registered with
 ``@register_dataset("name")``; ``cfg`` is the ``dataset`` config node as a dict. Whatever the
 loader returns is validated (``Dataset.validate``) before anything trains on it.
+
+Streamed (``StreamingDataset``, ``qresearch.data.stream``): ``image_folder`` (``data/folder.py``) and
+``tfrecord`` (``data/tfrecord.py``) read and decode images in the tf.data pipeline, batch by batch.
+Both kinds hand the runner the same interface: ``train_pipeline``, ``test_pipeline``, ``calibration``,
+``test_arrays``, ``train_size``, ``input_shape``, ``num_classes``, ``fingerprint``.
 """
 from __future__ import annotations
 
@@ -69,6 +74,18 @@ class Dataset:
     def input_shape(self) -> Tuple[int, ...]:
         return tuple(int(d) for d in self.x_train.shape[1:])
 
+    @property
+    def train_size(self) -> int:
+        return int(len(self.x_train))
+
+    @property
+    def test_size(self) -> int:
+        return int(len(self.x_test))
+
+    def test_arrays(self, limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The test arrays (the first ``limit``; None: all), as a streaming dataset hands them out."""
+        return (self.x_test, self.y_test) if limit is None else (self.x_test[:limit], self.y_test[:limit])
+
     def train_pipeline(self, batch_size: int, seed: int, steps_per_epoch: Optional[int] = None,
                        augment: Optional[bool] = None) -> tf.data.Dataset:
         """Shuffled (seeded, reshuffled each epoch), optionally augmented, batched, prefetched."""
@@ -90,6 +107,11 @@ class Dataset:
         """``n`` training images picked at random (seeded), for PTQ range calibration."""
         idx = np.random.default_rng(seed).permutation(len(self.x_train))[: max(1, int(n))]
         return self.x_train[np.sort(idx)]
+
+    def train_sample(self, n: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+        """``n`` training images and their labels drawn by ``seed`` (in array order): ``calibration``'s rule."""
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self.x_train))[: max(1, int(n))])
+        return self.x_train[idx], self.y_train[idx]
 
     def describe(self) -> Dict[str, Any]:
         return {"name": self.name, "train": int(len(self.x_train)), "test": int(len(self.x_test)),
@@ -187,7 +209,7 @@ def register_dataset(name: str, loader: Optional[Callable[[Mapping[str, Any]], D
     return DATASETS.register(name, loader, overwrite=overwrite)
 
 
-def load_dataset(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dataset:
+def load_dataset(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> "Dataset | StreamingDataset":
     """Build the dataset a ``dataset`` config node describes.
 
     Common keys: ``name``; ``data_dir`` (local mirror); ``train_samples``/``test_samples``
@@ -197,10 +219,13 @@ def load_dataset(cfg: Mapping[str, Any], cache_dir: Optional[str] = None) -> Dat
     if cache_dir is not None:
         cfg.setdefault("cache_dir", cache_dir)
     ds = DATASETS.get(cfg.get("name"))(cfg)
-    if not isinstance(ds, Dataset):
+    if isinstance(ds, Dataset):
+        ds = _subset(ds.validate(), cfg)  # validated whole: indices in errors are the loader's
+    elif isinstance(ds, StreamingDataset):
+        ds = ds.validate()  # subsets are the loader's: it lists the files
+    else:
         raise DataError(f"dataset loader {cfg.get('name')!r} returned {type(ds).__name__}, expected a "
-                        f"qresearch.data.Dataset")
-    ds = _subset(ds.validate(), cfg)  # validated whole: indices in errors are the loader's
+                        f"qresearch.data.Dataset or StreamingDataset")
     if cfg.get("augment") is not None:
         ds.augment = bool(cfg["augment"])
     return ds
@@ -568,3 +593,9 @@ def load_custom(cfg: Mapping[str, Any]) -> Dataset:
 
 
 load_custom.check_config = _target_function
+
+
+# ------------------------------------------------------------------ streamed from files
+# Imported last: these modules import the registry above, and register themselves on import.
+from qresearch.data.stream import StreamingDataset  # noqa: E402
+from qresearch.data import folder as _folder, tfrecord as _tfrecord  # noqa: E402,F401
