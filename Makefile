@@ -18,9 +18,11 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m qresearch.demo
 
-# Fast suite (long tests are marked `slow` and run by `make test-all` / `make bench`).
+# Fast suite (long tests are marked `slow` and run by `make test-all` / `make bench`), on two pytest-xdist
+# workers: one test file per worker at a time, the deployment tests together (tests/conftest.py).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''

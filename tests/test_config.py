@@ -53,9 +53,14 @@ def test_every_group_option_composes(group, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("group", ["experiment", "sweep", "hparams_search"])
-def test_global_groups_compose_with_hydra_node(group):
+def test_global_groups_compose_with_hydra_node(group, tmp_path):
     for option in _options(group):
-        cfg = _compose([f"+{group}={option}"], hydra_node=True)
+        extra = []
+        if option.startswith("imagenet"):  # needs a folder of images: ImageNet's layout, train/ and val/
+            images = write_image_folder(tmp_path / "imagenet")
+            (images / "test").rename(images / "val")
+            extra = [f"dataset.path={images}"]
+        cfg = _compose([f"+{group}={option}", *extra], hydra_node=True)
         qconfig.validate(cfg)
         if group != "experiment":
             assert cfg.hydra.mode.name == "MULTIRUN"
