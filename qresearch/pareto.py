@@ -70,6 +70,8 @@ def panels(rows: List[Dict[str, Any]], axis: str) -> "OrderedDict[Tuple, List[Di
         out.setdefault(key[:3], []).append({
             "variant": key[3], "label": key[4], "kind": "mixed" if runs[0].get("mixed_budget") else "uniform",
             "cost": cost, "cost_std": cost_std, "accuracy": acc, "accuracy_std": acc_std, "seeds": n})
+    # a trade-off needs two precision points: a sweep at one width (algorithms or targets compared) draws none
+    out = OrderedDict((k, pts) for k, pts in out.items() if len({p["label"] for p in pts}) > 1)
     for pts in out.values():
         for i in pareto_front([(p["cost"], p["accuracy"]) for p in pts]):
             pts[i]["front"] = True

@@ -43,3 +43,8 @@ def test_points_average_seeds_and_mark_the_front(tmp_path):
     assert pareto.report(rows, tmp_path, ["table_cost"]) == []  # no run has that cost: no panel
     with pytest.raises(UnknownNameError, match="bops"):
         pareto.report(rows, tmp_path, ["flops"])
+
+
+def test_one_precision_point_draws_no_trade_off(tmp_path):
+    rows = [_row("lsq", 0.9, 0.25, 0, w=4), _row("minmax", 0.8, 0.25, 0, w=4)]  # algorithms at one width
+    assert pareto.panels(rows, "bops") == {} and pareto.report(rows, tmp_path) == []
