@@ -402,7 +402,7 @@ def test_a_target_with_an_integer_pipeline_reports_the_simulated_hardware(tmp_pa
     """npu_w4a8_acc16 computes its 16-bit saturating pipeline in inference: the QAT accuracy is that
     hardware's, the float fake-quant one stands beside it, and each layer's accumulators are measured."""
     base = ["logger=disabled", "hardware=npu_w4a8_acc16", "scheme=minmax_nbit", "scheme.weights.bits=4",
-            "scheme.activations.bits=8"]
+            "scheme.activations.bits=8", "hardware.pipeline.bias_add=accumulator"]
     results = {}
     for width in (32, 14):
         assert run_job(_compose(tmp_path, base + [f"hardware.pipeline.accumulator_bits={width}"])) >= 0

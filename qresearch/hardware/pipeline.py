@@ -8,6 +8,8 @@ Example (``conf/hardware/npu_w4a8_acc16.yaml``)::
       accumulator_bits: 16        # 8-32; default: the target's accumulator_bits
       overflow: saturate          # saturate | wrap; required below 32 bits
       bias_bits: 16               # the bias is saturated to this signed width (default 32)
+      bias_add: accumulator       # accumulator: the sum starts at the bias (TFLite) | requantize: added after
+                                  # the MACs, in the wider requantization stage (the bias does not use the width)
       requantize: fixed_point     # fixed_point (31-bit multiplier + shift) | shift (power-of-two scales only)
       rounding: half_away_from_zero   # half_away_from_zero | half_up | half_even | floor | gemmlowp
       ops: [CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED]  # default: conv, depthwise, dense, transposed conv
@@ -20,9 +22,10 @@ from typing import Any, Mapping, Optional, Tuple
 from qresearch.errors import ConfigError
 
 OVERFLOWS = ("saturate", "wrap")
+BIAS_ADDS = ("accumulator", "requantize")
 REQUANTIZATIONS = ("fixed_point", "shift")
 ROUNDINGS = ("half_away_from_zero", "half_up", "half_even", "floor", "gemmlowp")
-KEYS = ("accumulator_bits", "overflow", "bias_bits", "requantize", "rounding", "ops")
+KEYS = ("accumulator_bits", "overflow", "bias_bits", "bias_add", "requantize", "rounding", "ops")
 MIN_ACC, MAX_ACC = 8, 32  # above 32 bits the int64 emulation of acc·M could overflow
 
 
@@ -34,6 +37,7 @@ class PipelineSpec:
     requantize: str = "fixed_point"
     rounding: str = "half_away_from_zero"
     ops: Optional[Tuple[str, ...]] = None
+    bias_add: str = "accumulator"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -45,7 +49,7 @@ class PipelineSpec:
         from qresearch.kernels import pipeline_kernels
 
         return pipeline_kernels(name, self.accumulator_bits, self.overflow, self.bias_bits, self.requantize,
-                                self.rounding, self.ops, description)
+                                self.rounding, self.ops, description, self.bias_add)
 
 
 def _where(source: Optional[str], key: str) -> str:
@@ -79,6 +83,9 @@ def parse_pipeline(d: Any, *, source: Optional[str], accumulator_bits: int, roun
     bias_bits = d.get("bias_bits", 32)
     if isinstance(bias_bits, bool) or not isinstance(bias_bits, int) or not 8 <= bias_bits <= 64:
         raise ConfigError(f"{_where(source, 'bias_bits')}: an integer in [8, 64], got {bias_bits!r}")
+    bias_add = d.get("bias_add", "accumulator")
+    if bias_add not in BIAS_ADDS:
+        raise ConfigError(f"{_where(source, 'bias_add')}: one of {BIAS_ADDS}, got {bias_add!r}")
     requantize = d.get("requantize", "fixed_point")
     if requantize not in REQUANTIZATIONS:
         raise ConfigError(f"{_where(source, 'requantize')}: one of {REQUANTIZATIONS}, got {requantize!r}")
@@ -103,4 +110,4 @@ def parse_pipeline(d: Any, *, source: Optional[str], accumulator_bits: int, roun
             raise ConfigError(f"{_where(source, 'ops')}: no integer handler for {missing}; known ops: "
                               f"{sorted(TFLITE_OPS)} (a new op: add a handler to a kernel set, qresearch.kernels)")
         ops = tuple(ops)
-    return PipelineSpec(acc, overflow, bias_bits, requantize, rnd, ops)
+    return PipelineSpec(acc, overflow, bias_bits, requantize, rnd, ops, bias_add)

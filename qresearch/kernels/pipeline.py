@@ -8,6 +8,9 @@ hardware would:
   to the width; modelled on the final sum: a MAC-by-MAC saturating accumulator can clip partial sums
   that the final sum would not, so this is the order-independent best case);
 - ``bias_bits``: the bias is rounded onto ``S_in·S_w`` and saturated to this signed width;
+- ``bias_add``: ``accumulator`` (the accumulator starts at the bias, as TFLite's kernels: the bias counts
+  against the width) or ``requantize`` (the bias is added after the MACs, at the wider precision of the
+  requantization stage: only the dot product lives in the accumulator);
 - ``requantize``: ``fixed_point`` (a 31-bit multiplier ``M`` and a shift, as ``quantize_multiplier``, one
   rounding of ``acc·M / 2^(31-shift)``) or ``shift`` (power-of-two scales only: ``acc / 2^k`` rounded,
   no multiplier);
@@ -29,6 +32,7 @@ from qresearch.kernels.runtime import IntegerKernels
 from qresearch.kernels.tflite_ops import CONV_OPS, TFLITE_OPS
 
 OVERFLOWS = ("saturate", "wrap")
+BIAS_ADDS = ("accumulator", "requantize")
 REQUANTIZATIONS = ("fixed_point", "shift")
 ROUNDINGS = ("half_away_from_zero", "half_up", "half_even", "floor", "gemmlowp")
 MAX_ACCUMULATOR_BITS = 32  # x·M stays below 2^63 in int64
@@ -81,12 +85,17 @@ class PipelineKernels(IntegerKernels):
 
     overflow: str = "saturate"
     bias_bits: int = 32
+    bias_add: str = "accumulator"
     requantization: str = "fixed_point"
     rounding: str = "half_away_from_zero"
 
-    def accumulate(self, acc, layer: Optional[str] = None):
-        stats.record(layer, acc, self.accumulator_bits)
-        return accumulate(acc, self.accumulator_bits, self.overflow)
+    def accumulate(self, dot, bias=None, layer: Optional[str] = None):
+        if bias is None or self.bias_add == "requantize":
+            stats.record(layer, dot, self.accumulator_bits)
+            held = accumulate(dot, self.accumulator_bits, self.overflow)
+            return held if bias is None else held + bias
+        stats.record(layer, dot + bias, self.accumulator_bits)
+        return accumulate(dot + bias, self.accumulator_bits, self.overflow)
 
     def quantize_bias(self, bias_over_scale):
         q = super().quantize_bias(bias_over_scale)
@@ -104,7 +113,8 @@ class PipelineKernels(IntegerKernels):
 
 def pipeline_kernels(name: str, accumulator_bits: int = 32, overflow: str = "saturate", bias_bits: int = 32,
                      requantize: str = "fixed_point", rounding: str = "half_away_from_zero",
-                     ops: Optional[Sequence[str]] = None, description: str = "") -> PipelineKernels:
+                     ops: Optional[Sequence[str]] = None, description: str = "",
+                     bias_add: str = "accumulator") -> PipelineKernels:
     """The kernel set of a pipeline (arguments as in the module doc; validated by the hardware target)."""
     ops = tuple(ops) if ops else CONV_OPS
     unknown = [op for op in ops if op not in TFLITE_OPS]
@@ -113,4 +123,5 @@ def pipeline_kernels(name: str, accumulator_bits: int = 32, overflow: str = "sat
     fn = fixed_point(rounding)
     return PipelineKernels(name, fn, fn, ops={op: TFLITE_OPS[op] for op in ops}, add_vector=False,
                            accumulator_bits=int(accumulator_bits), description=description, overflow=overflow,
-                           bias_bits=int(bias_bits), requantization=requantize, rounding=rounding)
+                           bias_bits=int(bias_bits), requantization=requantize, rounding=rounding,
+                           bias_add=bias_add)

@@ -40,8 +40,10 @@ class IntegerKernels:
         """The handler of ``op``, or None: that op keeps the float simulation."""
         return self.ops.get(op) if op else None
 
-    def accumulate(self, acc, layer: Optional[str] = None):
-        """The accumulator ``acc`` (int64, bias included) as the kernel holds it; recorded for ``stats``."""
+    def accumulate(self, dot, bias=None, layer: Optional[str] = None):
+        """The accumulator as the kernel holds it from the dot product ``dot`` and the integer ``bias`` (int64;
+        TFLite starts the accumulator at the bias); recorded for ``stats``."""
+        acc = dot if bias is None else dot + bias
         stats.record(layer, acc, self.accumulator_bits)
         return acc
 

@@ -190,7 +190,7 @@ def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
 
 # ----------------------------------------------------------------------------- the handler table
 def _conv(kernels, c: OpCall):
-    acc = kernels.accumulate(c.operands[0], c.attrs.get("layer"))
+    acc = kernels.accumulate(c.operands[0], c.attrs.get("bias"), c.attrs.get("layer"))
     return requantize_accumulator(kernels, acc, c.in_grids[0], c.attrs["weight_scale"], c.out_grid,
                                   c.fused, op=c.attrs["op"])
 

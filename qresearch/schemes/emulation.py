@@ -106,9 +106,9 @@ class IntegerEmulation:
         if w_range is None:
             return self._float_call(inputs, False, kwargs)
         w_grid = K.grid_of(*w_range)
-        acc = self._integer_accumulator(inputs, kwargs, kernels, plan, in_grid, w_grid)
+        acc, bias = self._integer_accumulator(inputs, kwargs, kernels, plan, in_grid, w_grid)
         out_q, out_v = plan.out
-        attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name)
+        attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name, bias=bias)
         y = out_q(handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs)), False, weights=out_v)
         fn = getattr(self.layer, "activation", None)
         if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
@@ -124,9 +124,10 @@ class IntegerEmulation:
         return self._q(final[0], y, False, final[1])
 
     def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
-        """The int32 accumulator (as int64) of this conv / dense layer: the layer run on the integer input
-        offsets ``q - Z`` and integer weights (float32 holds these sums exactly below 2^24), plus the bias
-        quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores it)."""
+        """``(dot, bias)`` of this conv / dense layer (int64): the layer run on the integer input offsets ``q - Z``
+        and integer weights (float32 holds these sums exactly below 2^24), and the integer bias (None without
+        one) quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores
+        it); the kernel set's ``accumulate`` adds them as its hardware does."""
         weight, wq, wv = plan.weight
         attr = next(iter(self.quantize_config.weights))
         w_scale = tf.cast(w_grid.scale, tf.float32)
@@ -153,10 +154,10 @@ class IntegerEmulation:
             if fn is not None:
                 self.layer.activation = fn
         acc = tf.cast(tf.round(y), tf.int64)
-        if bias is not None:
-            s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
-            acc += kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
-        return acc
+        if bias is None:
+            return acc, None
+        s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
+        return acc, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -113,10 +113,15 @@ def ref_layer(offsets, wrapper, in_grid, pipe, acc_log):
     s_in = in_grid[0]
     bias = half_away(np.asarray(layer.bias, np.float64) / (s_in * scales)).astype(np.int64)
     b_lo, b_hi = -(2 ** (pipe["bias_bits"] - 1)), 2 ** (pipe["bias_bits"] - 1) - 1
-    acc = acc + np.clip(bias, b_lo, b_hi)
+    bias = np.clip(bias, b_lo, b_hi)
+    after = pipe.get("bias_add", "accumulator") == "requantize"  # the bias joins after the accumulator
+    if not after:
+        acc = acc + bias
     acc_log[wrapper.name] = acc
     held = np.vectorize(lambda v: ref_wrap_or_saturate(int(v), pipe["accumulator_bits"], pipe["overflow"]),
                         otypes=[np.int64])(acc)
+    if after:
+        held = held + bias
     oq, ov = wrapper._output_quantizers[0], wrapper._output_quantizer_vars
     s_out, z_out, qmin, qmax = grid(*endpoints(oq, ov), oq.bits, oq.narrow_range)
     out = np.empty_like(held)
@@ -192,13 +197,16 @@ def quantized(builder, tgt, scheme=SCHEME, seed=0):
 PIPES = [dict(accumulator_bits=32, overflow="wrap", bias_bits=32, requantize="fixed_point", rounding="half_away_from_zero"),
          dict(accumulator_bits=12, overflow="saturate", bias_bits=16, requantize="fixed_point", rounding="half_up"),
          dict(accumulator_bits=12, overflow="wrap", bias_bits=10, requantize="fixed_point", rounding="half_even"),
-         dict(accumulator_bits=14, overflow="saturate", bias_bits=32, requantize="fixed_point", rounding="floor")]
+         dict(accumulator_bits=14, overflow="saturate", bias_bits=32, requantize="fixed_point", rounding="floor"),
+         dict(accumulator_bits=12, overflow="wrap", bias_bits=24, bias_add="requantize", requantize="fixed_point",
+              rounding="half_away_from_zero")]
 
 
 @pytest.mark.parametrize("builder", [mlp, cnn])
-@pytest.mark.parametrize("pipe", PIPES, ids=lambda p: f"acc{p['accumulator_bits']}-{p['overflow']}-{p['rounding']}")
+@pytest.mark.parametrize("pipe", PIPES, ids=lambda p: f"acc{p['accumulator_bits']}-{p['overflow']}-{p['rounding']}"
+                                                     f"-bias_{p.get('bias_add', 'accumulator')}")
 def test_pipeline_matches_the_numpy_reference_bit_for_bit(builder, pipe):
-    tgt = target(f"ref_{builder.__name__}_{pipe['accumulator_bits']}_{pipe['overflow']}", **pipe)
+    tgt = target(f"ref_{builder.__name__}_{pipe['accumulator_bits']}_{pipe['overflow']}_{pipe.get('bias_add')}", **pipe)
     q, x = quantized(builder, tgt)
     assert q.qresearch_info["kernels"] == tgt.name
     y = q(x, training=False).numpy()
@@ -271,6 +279,7 @@ def _bad(**pipe):
     (dict(requantize="shift"), "shift requantization needs power-of-two scales.*weights.scale_format: \\[pot\\]"),
     (dict(ops=["CONV_2D", "GELU"]), "no integer handler for \\['GELU'\\]"),
     (dict(overflow="clip"), "pipeline.overflow: one of"),
+    (dict(accumulator_bits=32, bias_add="later"), "pipeline.bias_add: one of"),
     (dict(accumulator_bits=40), "pipeline.accumulator_bits: an integer in \\[8, 32\\]"),
     (dict(colour="red"), "unknown pipeline keys \\['colour'\\]"),
 ])
@@ -313,4 +322,15 @@ def test_a2q_takes_the_pipeline_width_and_never_overflows_it():
     stats = accumulator_stats(q, x)
     assert stats and all(s["overflowing"] == 0 and s["bits_needed"] <= 13 for s in stats.values()), stats
     plain, _ = quantized(cnn_without_bias, tgt)
+    assert sum(s["overflowing"] for s in accumulator_stats(plain, x).values()) > 0
+
+
+def test_a2q_with_biases_never_overflows_when_the_bias_joins_after_the_accumulator():
+    """Layers with biases: on hardware that adds the bias in its requantization stage only the dot product
+    lives in the accumulator, which A2Q bounds; where the bias starts the accumulator it can push past it."""
+    a2q = {"weights": {"quantizer": "a2q", "bits": 4}, "activations": {"quantizer": "minmax", "bits": 8}}
+    after = target("a2q_bias_after", accumulator_bits=13, overflow="wrap", bias_add="requantize")
+    q, x = quantized(cnn, after, a2q)
+    assert all(s["overflowing"] == 0 for s in accumulator_stats(q, x).values())
+    plain, _ = quantized(cnn, after)
     assert sum(s["overflowing"] for s in accumulator_stats(plain, x).values()) > 0
