@@ -156,6 +156,14 @@ def cost_facts(report: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return {"totals": t, "layers": c["layers"], "reference": ref}, metrics
 
 
+def scope(exp: Experiment):
+    """``training.strategy``'s scope (``qresearch.distribute``), a no-op for ``none``: models, quantizer
+    variables, calibration and optimizers created in it are mirrored over the strategy's devices."""
+    from qresearch import distribute
+
+    return distribute.scope(distribute.strategy_for(exp.training))
+
+
 def load_data(exp: Experiment):
     from qresearch import data
 
@@ -171,12 +179,14 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
     key = training.baseline_key(exp.dataset, exp.model, phase, seed, data_fingerprint=ds.fingerprint())
 
     def build():
-        setup_tf(exp)
-        return models.build_model(exp.model, ds.input_shape, ds.num_classes)
+        setup_tf(exp)  # clears the Keras session: before the strategy's scope is entered
+        with scope(exp):
+            return models.build_model(exp.model, ds.input_shape, ds.num_classes)
 
     def train(model):
-        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
-                            checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
+        with scope(exp):
+            return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
+                                checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
 
     model, info = training.float_baseline(build, train, key, exp.paths.cache_dir or None)
     # Same random state after this stage whether the baseline came from the cache or not.
@@ -190,7 +200,8 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
     from qresearch.evaluation import test_accuracy
 
     acc = test_accuracy(model, ds, int(exp.training.eval_batch_size))
-    step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
+    with scope(exp):
+        step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
     return {"float_accuracy": acc, "float_step_time_s": step, "float_params": int(model.count_params())}
 
 
@@ -207,8 +218,9 @@ def progressive(exp: Experiment, float_model, ds, target, log_fn: LogFn) -> Tupl
         step = dataclasses.replace(exp, scheme=with_bits(exp.scheme, bits), bits=bits)
         _, spec, _ = check_scheme(step)
         model = _quantize(step, float_model, ds, spec, target, start=model)
-        fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
-                           verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
+        with scope(exp):
+            fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
+                               verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
         facts.append({"bits": bits, "qat_accuracy": evaluate_qat(step, model, ds, target)[0]["qat_accuracy"],
                       "wall_s": fit["wall_s"]})
         log.info("progressive: %d-bit QAT accuracy %.4f", bits, facts[-1]["qat_accuracy"])
@@ -223,11 +235,12 @@ def _quantize(exp: Experiment, float_model, ds, spec: Dict[str, Any], target, st
     from qresearch.schemes.transfer import copy_layer_weights
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
-    qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
-                                   calibration_data=calib if start is None else None)
-    if start is not None:
-        copy_layer_weights(start, qat_model)
-        schemes.calibrate(qat_model, calib)
+    with scope(exp):  # quantizer variables mirrored; calibration assigns them in the cross-replica context
+        qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
+                                       calibration_data=calib if start is None else None)
+        if start is not None:
+            copy_layer_weights(start, qat_model)
+            schemes.calibrate(qat_model, calib)
     return qat_model
 
 
@@ -257,9 +270,10 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     from qresearch import training
 
     key = f"{exp.hash}-{ds.fingerprint()}"  # the run and its data: a resumed job finds its own checkpoint
-    return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn, quantizer=exp.quantizer_training, checkpoint_dir=checkpoint_dir(exp, "qat", key),
-                        checkpoint_id=key)
+    with scope(exp):
+        return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
+                            log_fn=log_fn, quantizer=exp.quantizer_training,
+                            checkpoint_dir=checkpoint_dir(exp, "qat", key), checkpoint_id=key)
 
 
 def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
