@@ -48,6 +48,36 @@ def make(name: str, devices: Optional[Sequence[str]] = None) -> Optional[Any]:
     return _made[key]
 
 
+def configure_devices(training: Any) -> None:
+    """Split the CPU into logical devices when ``training.devices`` names more CPUs than exist
+    (``training.devices=[/cpu:0,/cpu:1]``: two replicas on one machine without GPUs, for checking that
+    a mirrored run matches one device). Must run before TensorFlow initialises its devices (the job's
+    first TensorFlow call: ``stages.setup_tf`` calls this first)."""
+    import re
+
+    devices = list(getattr(training, "devices", None) or [])
+    if getattr(training, "strategy", "none") != "mirrored" or not devices:
+        return
+    cpus = [re.fullmatch(r"/?(?:job:\w+/)?(?:replica:\d+/)?(?:task:\d+/)?(?:device:)?cpu:(\d+)", d.strip().lower())
+            for d in devices]
+    if not all(cpus):
+        return  # GPUs (or other devices): TensorFlow's own
+    from qresearch._compat import tf
+
+    wanted = max(int(m.group(1)) for m in cpus) + 1
+    physical = tf.config.list_physical_devices("CPU")[0]  # listing logical devices would initialise them
+    if len(tf.config.get_logical_device_configuration(physical) or [None]) >= wanted:
+        return
+    try:
+        tf.config.set_logical_device_configuration(physical, [tf.config.LogicalDeviceConfiguration()] * wanted)
+    except RuntimeError as exc:
+        if len(tf.config.list_logical_devices("CPU")) >= wanted:
+            return
+        raise ConfigError(f"training.devices={devices} needs {wanted} logical CPU devices, and TensorFlow already "
+                          f"started with {len(tf.config.list_logical_devices('CPU'))} in this process ({exc}); run "
+                          f"the job in a fresh process (hydra/launcher=submitit_local for a sweep)") from exc
+
+
 def scope(strategy: Optional[Any]):
     """``strategy.scope()``, or a no-op context for None."""
     return strategy.scope() if strategy is not None else contextlib.nullcontext()

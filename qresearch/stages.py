@@ -45,8 +45,10 @@ def algorithm_name(scheme: Dict[str, Any]) -> str:
 
 def setup_tf(exp: Experiment) -> None:
     """A clean, seeded, deterministic TensorFlow for this job."""
+    from qresearch import distribute
     from qresearch._compat import keras, tf
 
+    distribute.configure_devices(exp.training)  # logical CPUs for training.devices=[/cpu:0,/cpu:1]: first
     keras.backend.clear_session()  # jobs sharing a process must not share Keras state
     keras.utils.set_random_seed(int(exp.seed))
     if exp.deterministic:

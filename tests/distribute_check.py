@@ -5,19 +5,24 @@ logical devices before TensorFlow initialises them. Prints one JSON line: per (s
 replica count, the QAT history, the float/PTQ/QAT test loss and accuracy, and the quantizer variables.
 """
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
+from types import SimpleNamespace
+
+import numpy as np
 import tensorflow as tf
+from hydra import compose, initialize_config_dir
 
-cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from qresearch import config, distribute, stages
+from qresearch._compat import keras
+from qresearch.quantizers.base import is_quantizer_variable
 
-import numpy as np  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from qresearch import config, distribute, stages  # noqa: E402
-from qresearch.quantizers.base import is_quantizer_variable  # noqa: E402
+# what a job with training.devices=[/cpu:0,/cpu:1] does first (stages.setup_tf): split the CPU in two
+distribute.configure_devices(SimpleNamespace(strategy="mirrored", devices=["/cpu:0", "/cpu:1"]))
+assert len(tf.config.list_logical_devices("CPU")) == 2
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 # No BatchNorm (per replica in tf_keras), a global batch every step divides evenly (256 = 4 x 64), SGD
@@ -27,23 +32,22 @@ COMMON = ["dataset=digits", "dataset.train_samples=256", "model=mlp", "model.hid
           "training.float.epochs=2", "training.float.batch_size=64", "training.qat.epochs=2",
           "training.qat.batch_size=64", "training.qat.optimizer=sgd", "training.qat.learning_rate=0.05",
           "training.qat.schedule=constant", "training.calibration_samples=64", "training.timing_steps=1",
-          "paths.cache_dir=", "logger.mode=disabled"]
+          "logger.mode=disabled"]
 
 
 def loss_acc(model, ds):
     x, y = ds.test_arrays()
-    model.compile(loss=tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]) \
-        if model.optimizer is None else None
     logits = model.predict(x, batch_size=256, verbose=0)
-    loss = float(np.mean(tf.keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
+    loss = float(np.mean(keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)))
     return loss, int(np.sum(np.argmax(logits, -1) == y))
 
 
 def one(scheme: str, strategy: str, calibrate: bool):
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=COMMON + [f"scheme={scheme}", f"training.strategy={strategy}",
-                                                                "training.devices=[/cpu:0,/cpu:1]"
-                                                                if strategy == "mirrored" else "training.devices=null"])
+        devices = "training.devices=[/cpu:0,/cpu:1]" if strategy == "mirrored" else "training.devices=null"
+        cfg = compose(config_name="config",
+                      overrides=COMMON + [f"scheme={scheme}", f"training.strategy={strategy}", devices,
+                                          f"paths.cache_dir={CACHE}/{strategy}"])  # one float baseline each
     exp = config.experiment(cfg)
     config.validate(cfg)
     stages.setup_tf(exp)
@@ -82,6 +86,10 @@ def _replicas(model) -> int:
 
 
 if __name__ == "__main__":
+    CACHE = tempfile.mkdtemp(prefix="qresearch-distribute-")
     cases = [a.split(":") for a in sys.argv[1:]] or [["minmax_nbit", "1"], ["lsq", "0"]]
-    result = {f"{s}:{c}:{st}": one(s, st, c == "1") for s, c in cases for st in ("none", "mirrored")}
+    try:
+        result = {f"{s}:{c}:{st}": one(s, st, c == "1") for s, c in cases for st in ("none", "mirrored")}
+    finally:
+        shutil.rmtree(CACHE, ignore_errors=True)
     print("RESULT " + json.dumps(result))

@@ -40,6 +40,7 @@ def runs():
     return json.loads(lines[-1][len("RESULT "):])
 
 
+@pytest.mark.slow  # ~45 s on 2 cores (one subprocess, 4 runs): `pytest -m slow tests/test_distribute.py`
 @pytest.mark.parametrize("case", ["minmax_nbit:1", "lsq:0"])  # calibrated min-max; LSQ initialised in the step
 def test_two_replicas_match_one_device(runs, case):
     one, two = runs[f"{case}:none"], runs[f"{case}:mirrored"]
