@@ -58,3 +58,23 @@ def test_two_replicas_match_one_device(runs, case):
     rel = 1e-5 if case.startswith("minmax") else 0.1
     for name, value in one["quantizer_vars"].items():
         assert two["quantizer_vars"][name] == pytest.approx(value, rel=rel, abs=1e-6), name
+
+
+@pytest.mark.parametrize("scheme", ["lsq", "pact_lsq", "dorefa"])
+def test_calibration_under_a_mirrored_scope(scheme):
+    """Mirrored kernels and steps passed to the custom-gradient quantizers (eager calibration in the
+    scope) once failed with "grad_fn must accept keyword argument 'variables'" (ops.plain)."""
+    import numpy as np
+
+    import qresearch
+    from qresearch._compat import keras, tf
+    from qresearch.quantizers import replicas
+
+    strategy = distribute.make("mirrored", ["/cpu:0"])
+    x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")
+    with distribute.scope(strategy):
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(4)])
+        qmodel = qresearch.quantize(model, scheme, calibration_data=x)
+    assert isinstance(qmodel.weights[0], tf.distribute.DistributedValues)
+    assert np.isfinite(qmodel.predict(x, verbose=0)).all()
+    assert not replicas.active() and replicas.reduce_max(x) is x  # no strategy: inputs unchanged
