@@ -85,3 +85,12 @@ def scope(strategy: Optional[Any]):
 
 def replicas(strategy: Optional[Any]) -> int:
     return int(strategy.num_replicas_in_sync) if strategy is not None else 1
+
+
+def per_replica_batchnorm(model) -> list:
+    """Names of ``model``'s BatchNormalization layers that normalise per replica (not the Sync kind)."""
+    from qresearch._compat import keras
+
+    sync = getattr(getattr(keras.layers, "experimental", None), "SyncBatchNormalization", None)
+    return [layer.name for layer in getattr(model, "layers", [])
+            if isinstance(layer, keras.layers.BatchNormalization) and not (sync and isinstance(layer, sync))]

@@ -174,10 +174,11 @@ def load_data(exp: Experiment):
 
 def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, Any]]:
     """The trained float model (from the cache shared by every job with the same key) and facts about it."""
-    from qresearch import models, training
+    from qresearch import distribute, models, training
     from qresearch._compat import keras
 
     seed, phase = int(exp.seed), exp.training.float
+    replicas = distribute.replicas(distribute.strategy_for(exp.training))
     key = training.baseline_key(exp.dataset, exp.model, phase, seed, data_fingerprint=ds.fingerprint())
 
     def build():
@@ -186,6 +187,12 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
             return models.build_model(exp.model, ds.input_shape, ds.num_classes)
 
     def train(model):
+        bn = distribute.per_replica_batchnorm(model) if replicas > 1 else []
+        if bn:
+            log.warning("training.strategy=mirrored: %d BatchNormalization layers (%s...) normalise each replica's "
+                        "slice of the batch (%d per replica), so results differ from one device; use "
+                        "SyncBatchNormalization or a larger batch (notes/distribute.md)", len(bn), bn[0],
+                        int(phase.batch_size) // replicas)
         with scope(exp):
             return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
                                 checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
@@ -193,7 +200,8 @@ def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, A
     model, info = training.float_baseline(build, train, key, exp.paths.cache_dir or None)
     # Same random state after this stage whether the baseline came from the cache or not.
     keras.utils.set_random_seed(seed + 1)
-    return model, {k: info.get(k) for k in ("cache", "key", "path", "wall_s", "epochs", "step_time_s")}
+    facts = {k: info.get(k) for k in ("cache", "key", "path", "wall_s", "epochs", "step_time_s")}
+    return model, {**facts, "replicas": replicas} if replicas > 1 else facts
 
 
 def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:

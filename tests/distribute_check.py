@@ -53,8 +53,8 @@ def one(scheme: str, strategy: str, calibrate: bool):
     stages.setup_tf(exp)
     _, spec, _ = stages.check_scheme(exp)
     ds = stages.load_data(exp)
-    float_model, _ = stages.float_baseline(exp, ds, None)
-    out = {"replicas": distribute.replicas(distribute.strategy_for(exp.training)),
+    float_model, facts = stages.float_baseline(exp, ds, None)
+    out = {"replicas": facts.get("replicas", 1),
            "float": loss_acc(float_model, ds), "float_replicas": _replicas(float_model)}
     if calibrate:
         qat_model = stages._quantize(exp, float_model, ds, spec, None)

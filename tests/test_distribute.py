@@ -78,3 +78,12 @@ def test_calibration_under_a_mirrored_scope(scheme):
     assert isinstance(qmodel.weights[0], tf.distribute.DistributedValues)
     assert np.isfinite(qmodel.predict(x, verbose=0)).all()
     assert not replicas.active() and replicas.reduce_max(x) is x  # no strategy: inputs unchanged
+
+
+def test_per_replica_batchnorm_is_named():
+    from qresearch._compat import keras
+
+    sync = keras.layers.experimental.SyncBatchNormalization
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4), keras.layers.BatchNormalization(name="bn"),
+                              sync(name="sync_bn"), keras.layers.Dense(2)])
+    assert distribute.per_replica_batchnorm(model) == ["bn"]
