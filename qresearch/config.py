@@ -37,7 +37,8 @@ NON_SEMANTIC_KEYS = ("logger", "paths", "sweep_name", "resume", "threads", "plug
 #: Keys (and their sub-keys) that change how a run is carried out or described, not its numbers:
 #: in its identity hash, but never in its variant label.
 NO_RESULT_KEYS = ("deploy", "save_model", "dataset.data_dir", "dataset.download", "dataset.cache_dir",
-                  "hardware.description", "training.verbose", "scheme.name")
+                  "hardware.description", "training.verbose", "scheme.name", "training.strategy",
+                  "training.devices")
 #: Keys (exactly these) that name a run's coordinates: they place a run in a table, not in a variant.
 COORDINATE_KEYS = ("seed", "bits", "scheme", "hardware", "dataset", "model", "scheme.weights.bits",
                    "scheme.activations.bits", "sweep", "experiment", "hparams_search",
@@ -130,6 +131,8 @@ class TrainingConfig:
     eval_batch_size: int = 256
     timing_steps: int = 20           # steps of the float model timed against QAT steps
     verbose: int = 2                 # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
+    strategy: str = "none"           # none | mirrored (tf.distribute.MirroredStrategy; qresearch.distribute)
+    devices: Optional[List[str]] = None  # mirrored: the devices ("/gpu:0", ...); null = every GPU (else CPU)
     # Declared last: in this class body the field name shadows the builtin ``float``.
     float: PhaseConfig = field(default_factory=PhaseConfig)
 
@@ -262,8 +265,11 @@ def _hash_of(data: Mapping[str, Any]) -> str:
     # the mixed node at its defaults (mixed precision off) is left out: runs recorded before it existed keep
     # their hashes, so a resumed sweep still finds them; any setting of it (mixed.algorithm too) counts
     default_mixed = data.get("mixed") in (None, dataclasses.asdict(MixedConfig()))
-    return stable_hash({k: v for k, v in data.items()
-                        if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and default_mixed)})
+    data = {k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and default_mixed)}
+    if isinstance(data.get("training"), Mapping):  # one device (the default) keeps the hashes from before
+        data["training"] = {k: v for k, v in data["training"].items()
+                            if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)}
+    return stable_hash(data)
 
 
 # ------------------------------------------------------------------ the typed boundary
@@ -414,6 +420,13 @@ def validate(cfg, check_data: bool = True) -> None:
     frac = dcfg.get("test_fraction")
     if frac is not None and not (isinstance(frac, (int, float)) and 0 < float(frac) < 1):
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
+    from qresearch.distribute import STRATEGIES
+
+    if exp.training.strategy not in STRATEGIES:
+        raise _choice_error("training.strategy", exp.training.strategy, STRATEGIES)
+    if exp.training.devices and exp.training.strategy == "none":
+        raise ConfigError("training.devices is only read with training.strategy=mirrored: set both, or drop "
+                          "training.devices")
     if exp.training.calibration_samples < 1:
         raise ConfigError(f"training.calibration_samples must be >= 1, got {exp.training.calibration_samples}")
     widths = list(exp.progressive_bits or [])

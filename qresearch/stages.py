@@ -45,8 +45,10 @@ def algorithm_name(scheme: Dict[str, Any]) -> str:
 
 def setup_tf(exp: Experiment) -> None:
     """A clean, seeded, deterministic TensorFlow for this job."""
+    from qresearch import distribute
     from qresearch._compat import keras, tf
 
+    distribute.configure_devices(exp.training)  # logical CPUs for training.devices=[/cpu:0,/cpu:1]: first
     keras.backend.clear_session()  # jobs sharing a process must not share Keras state
     keras.utils.set_random_seed(int(exp.seed))
     if exp.deterministic:
@@ -156,6 +158,14 @@ def cost_facts(report: Dict[str, Any]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     return {"totals": t, "layers": c["layers"], "reference": ref}, metrics
 
 
+def scope(exp: Experiment):
+    """``training.strategy``'s scope (``qresearch.distribute``), a no-op for ``none``: models, quantizer
+    variables, calibration and optimizers created in it are mirrored over the strategy's devices."""
+    from qresearch import distribute
+
+    return distribute.scope(distribute.strategy_for(exp.training))
+
+
 def load_data(exp: Experiment):
     from qresearch import data
 
@@ -164,24 +174,34 @@ def load_data(exp: Experiment):
 
 def float_baseline(exp: Experiment, ds, log_fn: LogFn) -> Tuple[Any, Dict[str, Any]]:
     """The trained float model (from the cache shared by every job with the same key) and facts about it."""
-    from qresearch import models, training
+    from qresearch import distribute, models, training
     from qresearch._compat import keras
 
     seed, phase = int(exp.seed), exp.training.float
+    replicas = distribute.replicas(distribute.strategy_for(exp.training))
     key = training.baseline_key(exp.dataset, exp.model, phase, seed, data_fingerprint=ds.fingerprint())
 
     def build():
-        setup_tf(exp)
-        return models.build_model(exp.model, ds.input_shape, ds.num_classes)
+        setup_tf(exp)  # clears the Keras session: before the strategy's scope is entered
+        with scope(exp):
+            return models.build_model(exp.model, ds.input_shape, ds.num_classes)
 
     def train(model):
-        return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
-                            checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
+        bn = distribute.per_replica_batchnorm(model) if replicas > 1 else []
+        if bn:
+            log.warning("training.strategy=mirrored: %d BatchNormalization layers (%s...) normalise each replica's "
+                        "slice of the batch (%d per replica), so results differ from one device; use "
+                        "SyncBatchNormalization or a larger batch (notes/distribute.md)", len(bn), bn[0],
+                        int(phase.batch_size) // replicas)
+        with scope(exp):
+            return training.fit(model, ds, phase, "float", seed, verbose=int(exp.training.verbose), log_fn=log_fn,
+                                checkpoint_dir=checkpoint_dir(exp, "float", key), checkpoint_id=key)
 
     model, info = training.float_baseline(build, train, key, exp.paths.cache_dir or None)
     # Same random state after this stage whether the baseline came from the cache or not.
     keras.utils.set_random_seed(seed + 1)
-    return model, {k: info.get(k) for k in ("cache", "key", "path", "wall_s", "epochs", "step_time_s")}
+    facts = {k: info.get(k) for k in ("cache", "key", "path", "wall_s", "epochs", "step_time_s")}
+    return model, {**facts, "replicas": replicas} if replicas > 1 else facts
 
 
 def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
@@ -190,7 +210,8 @@ def evaluate_float(exp: Experiment, model, ds) -> Dict[str, Any]:
     from qresearch.evaluation import test_accuracy
 
     acc = test_accuracy(model, ds, int(exp.training.eval_batch_size))
-    step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
+    with scope(exp):
+        step = training.time_float_steps(model, ds, exp.training.qat, int(exp.training.timing_steps), int(exp.seed))
     return {"float_accuracy": acc, "float_step_time_s": step, "float_params": int(model.count_params())}
 
 
@@ -207,8 +228,9 @@ def progressive(exp: Experiment, float_model, ds, target, log_fn: LogFn) -> Tupl
         step = dataclasses.replace(exp, scheme=with_bits(exp.scheme, bits), bits=bits)
         _, spec, _ = check_scheme(step)
         model = _quantize(step, float_model, ds, spec, target, start=model)
-        fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
-                           verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
+        with scope(exp):
+            fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
+                               verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
         facts.append({"bits": bits, "qat_accuracy": evaluate_qat(step, model, ds, target)[0]["qat_accuracy"],
                       "wall_s": fit["wall_s"]})
         log.info("progressive: %d-bit QAT accuracy %.4f", bits, facts[-1]["qat_accuracy"])
@@ -223,11 +245,12 @@ def _quantize(exp: Experiment, float_model, ds, spec: Dict[str, Any], target, st
     from qresearch.schemes.transfer import copy_layer_weights
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
-    qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
-                                   calibration_data=calib if start is None else None)
-    if start is not None:
-        copy_layer_weights(start, qat_model)
-        schemes.calibrate(qat_model, calib)
+    with scope(exp):  # quantizer variables mirrored; calibration assigns them in the cross-replica context
+        qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
+                                       calibration_data=calib if start is None else None)
+        if start is not None:
+            copy_layer_weights(start, qat_model)
+            schemes.calibrate(qat_model, calib)
     return qat_model
 
 
@@ -257,9 +280,10 @@ def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:
     from qresearch import training
 
     key = f"{exp.hash}-{ds.fingerprint()}"  # the run and its data: a resumed job finds its own checkpoint
-    return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
-                        log_fn=log_fn, quantizer=exp.quantizer_training, checkpoint_dir=checkpoint_dir(exp, "qat", key),
-                        checkpoint_id=key)
+    with scope(exp):
+        return training.fit(qat_model, ds, exp.training.qat, "qat", int(exp.seed), verbose=int(exp.training.verbose),
+                            log_fn=log_fn, quantizer=exp.quantizer_training,
+                            checkpoint_dir=checkpoint_dir(exp, "qat", key), checkpoint_id=key)
 
 
 def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:

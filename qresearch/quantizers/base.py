@@ -14,7 +14,7 @@ from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
 from qresearch._compat import tf, tfmot
 from qresearch.errors import ConfigError
-from qresearch.quantizers import ops
+from qresearch.quantizers import ops, replicas
 from qresearch.quantizers.channels import channel_axes_for
 
 SCALE_FORMATS = ("float32", "pot")
@@ -315,6 +315,11 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
             return tf.constant(False)
         # Only usable entries are written and the flag is set once any was, so a dead batch (all zeros,
         # all NaN) defers initialisation to the next one.
+        if replicas.active():
+            # Several replicas: the whole batch's statistics, reduced outside the tf.cond (a sync point
+            # cannot sit in a branch), so every replica writes the same values.
+            stats = replicas.sync_stats(stats_of(as_rows(x, axes)))
+            return tf.cond(tf.equal(flag, 0.0), lambda: self.assign_init(weights, stats), lambda: tf.constant(False))
         return tf.cond(tf.equal(flag, 0.0), lambda: self.assign_init(weights, stats_of(as_rows(x, axes))),
                        lambda: tf.constant(False))
 

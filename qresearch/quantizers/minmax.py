@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
-from qresearch.quantizers import ops
+from qresearch.quantizers import ops, replicas
 from qresearch.quantizers.base import Quantizer, check_choice, check_number
 from qresearch.quantizers.registry import register
 
@@ -67,6 +67,8 @@ class MinMaxQuantizer(Quantizer):
         """Update the tracked range from a batch (finite values only)."""
         reduce = self.reduce_axes(x, axes)
         batch_min, batch_max = ops.reduce_finite_range(x, reduce, empty=0.0)
+        if replicas.active():  # the global batch's range on every replica (training.strategy=mirrored)
+            batch_min, batch_max = replicas.reduce_min(batch_min), replicas.reduce_max(batch_max)
         lo, hi, seen = weights["min"], weights["max"], weights["seen"]
         if self.range_tracking == "ema":
             d = self.ema_decay

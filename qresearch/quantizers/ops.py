@@ -182,7 +182,16 @@ def uniform_ste(x, scale, qn, qp, offset=None):
 
         return y, backward
 
-    return forward(x, scale, *extra)
+    return forward(*plain(x, scale, *extra))
+
+
+def plain(*values):
+    """``values`` with distributed variables (``tf.distribute``: a mirrored kernel or step) read as tensors.
+
+    ``tf.custom_gradient`` recognises a variable passed as an argument only by identity; a mirrored
+    variable's component is not the argument, so it would count as a captured variable and the eager
+    call (calibration under a strategy's scope) fails. Others are returned as they are."""
+    return tuple(tf.convert_to_tensor(v) if isinstance(v, tf.distribute.DistributedValues) else v for v in values)
 
 
 def _uniform_ste_grads(dy, t, kept, q, scale, offset):
