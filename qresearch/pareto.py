@@ -9,11 +9,12 @@ one of the two strictly better. ``qresearch.report`` draws it when the results c
 from __future__ import annotations
 
 import math
-import statistics
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from qresearch.figures import panel_grid, save
+from qresearch.report import mean_std
 from qresearch.registry import Registry
 from qresearch.results import COMPLETED
 
@@ -47,13 +48,6 @@ def point_label(row: Dict[str, Any]) -> str:
     return f"W{w if w is not None else 'fp'}A{a if a is not None else 'fp'}"
 
 
-def _stats(values) -> Tuple[Optional[float], Optional[float], int]:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None, 0
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
-
-
 def panels(rows: List[Dict[str, Any]], axis: str) -> "OrderedDict[Tuple, List[Dict[str, Any]]]":
     """Per (dataset, model, target): the points with cost data on ``axis``, each the mean ± std over its seeds,
     with ``front`` set for the non-dominated ones."""
@@ -65,8 +59,8 @@ def panels(rows: List[Dict[str, Any]], axis: str) -> "OrderedDict[Tuple, List[Di
     out: "OrderedDict[Tuple, List[Dict[str, Any]]]" = OrderedDict()
     for key in sorted(cells, key=lambda k: tuple(str(x) for x in k)):
         runs = cells[key]
-        cost, cost_std, _ = _stats(r[metric] for r in runs)
-        acc, acc_std, n = _stats(r["qat_accuracy"] for r in runs)
+        cost, cost_std, _ = mean_std(r[metric] for r in runs)
+        acc, acc_std, n = mean_std(r["qat_accuracy"] for r in runs)
         out.setdefault(key[:3], []).append({
             "variant": key[3], "label": key[4], "kind": "mixed" if runs[0].get("mixed_budget") else "uniform",
             "cost": cost, "cost_std": cost_std, "accuracy": acc, "accuracy_std": acc_std, "seeds": n})
@@ -98,19 +92,11 @@ def plot(axis: str, by_panel, path: Path) -> Optional[Path]:
     points with std error bars, labelled, and the panel's Pareto front as a step line."""
     if not by_panel:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(by_panel)
-    cols = min(n, 2)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(6.4 * cols, 4.6 * nrows), squeeze=False)
+    plt, fig, axes = panel_grid(len(by_panel), 2, 6.4, 4.6)
     cmap = plt.get_cmap("tab10")
     variants = sorted({p["variant"] for pts in by_panel.values() for p in pts})
     color = {v: cmap(i % 10) for i, v in enumerate(variants)}
-    for ax, ((dataset, model, target), pts) in zip(axes.flat, by_panel.items()):
+    for ax, ((dataset, model, target), pts) in zip(axes, by_panel.items()):
         labelled: Dict[Tuple[float, float], int] = defaultdict(int)  # labels already at a place: stack the next
         for v in variants:
             for kind, marker in (("uniform", "s"), ("mixed", "o")):
@@ -135,13 +121,7 @@ def plot(axis: str, by_panel, path: Path) -> Optional[Path]:
         ax.set_title(f"{target} — {dataset}/{model}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def report(rows: List[Dict[str, Any]], out: Path, axes: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:

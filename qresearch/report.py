@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 from qresearch.config import is_coordinate
 from qresearch.errors import QResearchError
 from qresearch.labels import variant_label
+from qresearch.figures import panel_grid, save
 from qresearch.results import COMPLETED, load_results
 
 CSV_COLUMNS = ["status", "dataset", "model", "target", "algorithm", "variant", "weight_bits", "activation_bits",
@@ -282,19 +283,11 @@ def failed_markdown(failed: List[Dict[str, Any]], limit: int = 40) -> str:
 def plot(tables: List[Dict[str, Any]], rows: List[Dict[str, Any]], path: Path) -> Optional[Path]:
     if not tables:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n = len(tables)
-    cols = min(n, 3)
-    nrows = math.ceil(n / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 4.0 * nrows), squeeze=False)
+    plt, fig, axes = panel_grid(len(tables), 3, 5.2, 4.0)
     cmap = plt.get_cmap("tab10")
     variants = sorted({r["variant"] for r in rows if r["status"] == COMPLETED})
     color = {v: cmap(i % 10) for i, v in enumerate(variants)}
-    for ax, t in zip(axes.flat, tables):
+    for ax, t in zip(axes, tables):
         acts = sorted({a for _, a in t["columns"]}, key=lambda a: -(a or 99))
         names = sorted({row["variant"] for row in t["rows"] if row.get("variant")})
         span = max(1, max((w for w, _ in t["columns"] if w is not None), default=1)
@@ -335,13 +328,7 @@ def plot(tables: List[Dict[str, Any]], rows: List[Dict[str, Any]], path: Path) -
         ax.set_title(f"{t['target']} — {t['dataset']}/{t['model']}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(plt, fig, path)
 
 
 def write_csv(rows: List[Dict[str, Any]], path: Path) -> None:

@@ -13,12 +13,13 @@
 """
 from __future__ import annotations
 
-import math
 import statistics
 from collections import OrderedDict, defaultdict
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from qresearch.figures import panel_grid, save
+from qresearch.report import mean_std
 from qresearch.registry import Registry
 from qresearch.results import COMPLETED
 
@@ -40,13 +41,6 @@ def mark_accumulator_widths(rows: List[Dict[str, Any]]) -> None:
             r["target"] = f"{r['base_target']} acc{r['accumulator_bits']}"
 
 
-def _stats(values) -> Tuple[Optional[float], Optional[float], int]:
-    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not vals:
-        return None, None, 0
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0), len(vals)
-
-
 def _pct(stats) -> str:
     mean, std, n = stats
     return "–" if mean is None else f"{100 * mean:.2f} ± {100 * std:.2f}" + (f" (n={n})" if n != 1 else "")
@@ -54,28 +48,6 @@ def _pct(stats) -> str:
 
 def _completed(rows):
     return [r for r in rows if r.get("status") == COMPLETED and r.get("qat_accuracy") is not None]
-
-
-def _figure(n: int, width: float = 6.0, height: float = 4.4):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    cols = min(n, 2)
-    fig, axes = plt.subplots(math.ceil(n / cols), cols, figsize=(width * cols, height * math.ceil(n / cols)),
-                             squeeze=False)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    return plt, fig, list(axes.flat)
-
-
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- accuracy vs accumulator width
@@ -89,10 +61,10 @@ def accumulator_panels(rows) -> "OrderedDict[Tuple, Dict[str, Dict[int, Dict[str
     for key in sorted(cells, key=lambda k: tuple(str(x) for x in k)):
         runs = cells[key]
         panels.setdefault(key[:3], {}).setdefault(key[3], {})[key[4]] = {
-            "qat": _stats(r["qat_accuracy"] for r in runs),
-            "fakequant": _stats(r.get("qat_fakequant_accuracy") for r in runs),
-            "overflow": _stats(r.get("accumulator_overflow_fraction") for r in runs),
-            "float": _stats(r.get("float_accuracy") for r in runs)}
+            "qat": mean_std(r["qat_accuracy"] for r in runs),
+            "fakequant": mean_std(r.get("qat_fakequant_accuracy") for r in runs),
+            "overflow": mean_std(r.get("accumulator_overflow_fraction") for r in runs),
+            "float": mean_std(r.get("float_accuracy") for r in runs)}
     return OrderedDict((k, v) for k, v in panels.items()
                        if len({w for by_w in v.values() for w in by_w}) > 1)  # a panel needs two widths
 
@@ -121,7 +93,7 @@ def accumulator_view(rows, out: Path) -> Optional[Dict[str, Any]]:
                              f"{'–' if over is None else f'{100 * over:.1f}%'}]")
             lines.append(f"| {variant} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-    plt, fig, axes = _figure(len(panels))
+    plt, fig, axes = panel_grid(len(panels), 2, 6.0, 4.4)
     cmap = plt.get_cmap("tab10")
     for ax, ((dataset, model, target), by_variant) in zip(axes, panels.items()):
         floats = []
@@ -143,7 +115,7 @@ def accumulator_view(rows, out: Path) -> Optional[Dict[str, Any]]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     return {"view": "accumulator", "markdown": "\n\n".join(parts),
-            "plot": _save(plt, fig, Path(out) / "accuracy_vs_accumulator_bits.png"), "panels": panels}
+            "plot": save(plt, fig, Path(out) / "accuracy_vs_accumulator_bits.png"), "panels": panels}
 
 
 # ----------------------------------------------------------------------------- targets at a glance
@@ -171,11 +143,11 @@ def target_tables(rows) -> "OrderedDict[Tuple, Dict[str, Any]]":
         cells: Dict[Tuple, List] = defaultdict(list)
         for (variant, target, widths), rs in sorted(groups.items()):
             for kind, metric, _ in KINDS:
-                stats = _stats(r.get(metric) for r in rs)
+                stats = mean_std(r.get(metric) for r in rs)
                 if stats[0] is not None:
                     cells[(variant, kind, target)].append((widths, stats))
         out[key] = {"targets": targets, "variants": sorted({r["variant"] for r in runs}), "cells": cells,
-                    "float": _stats(r.get("float_accuracy") for r in runs)}
+                    "float": mean_std(r.get("float_accuracy") for r in runs)}
     return out
 
 
@@ -198,7 +170,7 @@ def targets_view(rows, out: Path) -> Optional[Dict[str, Any]]:
                 cells = ["; ".join(f"{_pct(s)} [{w}]" for w, s in c) if c else "–" for c in row]
                 lines.append(f"| {variant} | {label} | " + " | ".join(cells) + " |")
         parts.append("\n".join(lines))
-    plt, fig, axes = _figure(len(tables), width=max(6.0, 1.3 * max(len(t["targets"]) for t in tables.values())))
+    plt, fig, axes = panel_grid(len(tables), 2, max(6.0, 1.3 * max(len(t["targets"]) for t in tables.values())), 4.4)
     cmap = plt.get_cmap("tab10")
     for ax, ((dataset, model), t) in zip(axes, tables.items()):
         xs = {x: i for i, x in enumerate(t["targets"])}
@@ -222,7 +194,7 @@ def targets_view(rows, out: Path) -> Optional[Dict[str, Any]]:
         ax.grid(alpha=0.3, axis="y")
         ax.legend(fontsize=7, loc="lower right")
     return {"view": "targets", "markdown": "\n\n".join(parts),
-            "plot": _save(plt, fig, Path(out) / "accuracy_by_target.png"), "tables": tables}
+            "plot": save(plt, fig, Path(out) / "accuracy_by_target.png"), "tables": tables}
 
 
 VIEWS.register("accumulator", accumulator_view)
