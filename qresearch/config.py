@@ -132,6 +132,8 @@ class TrainingConfig:
     timing_steps: int = 20           # steps of the float model timed against QAT steps
     verbose: int = 2                 # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
     strategy: str = "none"           # none | mirrored (tf.distribute.MirroredStrategy; qresearch.distribute)
+    bn_reestimation_batches: int = 0  # > 0: after QAT, BN layers that stay get moving statistics re-estimated
+                                      # over this many training batches (schemes/bn_reestimate.py)
     devices: Optional[List[str]] = None  # mirrored: the devices ("/gpu:0", ...); null = every GPU (else CPU)
     # Declared last: in this class body the field name shadows the builtin ``float``.
     float: PhaseConfig = field(default_factory=PhaseConfig)
@@ -268,7 +270,8 @@ def _hash_of(data: Mapping[str, Any]) -> str:
     data = {k: v for k, v in data.items() if k not in NON_SEMANTIC_KEYS and not (k == "mixed" and default_mixed)}
     if isinstance(data.get("training"), Mapping):  # one device (the default) keeps the hashes from before
         data["training"] = {k: v for k, v in data["training"].items()
-                            if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)}
+                            if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)
+                            and not (k == "bn_reestimation_batches" and not v)}
     return stable_hash(data)
 
 
@@ -422,6 +425,10 @@ def validate(cfg, check_data: bool = True) -> None:
         raise ConfigError(f"dataset.test_fraction must be between 0 and 1 (the share of images held out), got {frac!r}")
     from qresearch.distribute import STRATEGIES
 
+    bn = exp.training.bn_reestimation_batches
+    if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
+        raise ConfigError(f"training.bn_reestimation_batches must be an integer >= 0 (0: off; e.g. 50 batches of "
+                          f"training images after QAT), got {bn!r}")
     if exp.training.strategy not in STRATEGIES:
         raise _choice_error("training.strategy", exp.training.strategy, STRATEGIES)
     if exp.training.devices and exp.training.strategy == "none":

@@ -294,6 +294,16 @@ def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
     return os.path.join(exp.paths.cache_dir, "checkpoints", phase, key) if exp.paths.cache_dir else None
 
 
+def reestimate_bn(exp: Experiment, qat_model, ds) -> Dict[str, Any]:
+    """BN re-estimation after QAT (``training.bn_reestimation_batches``) on training images drawn by the seed."""
+    from qresearch.schemes.bn_reestimate import reestimate_batch_norm
+
+    batches, size = int(exp.training.bn_reestimation_batches), int(exp.training.qat.batch_size)
+    x, _ = ds.train_sample(batches * size, int(exp.seed))
+    return {"layers": reestimate_batch_norm(qat_model, x, batch_size=size, batches=batches), "batches": batches,
+            "images": int(len(x))}
+
+
 ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)
 
 

@@ -433,3 +433,21 @@ def test_progressive_bits_start_the_run_from_a_higher_width(tmp_path):
     assert rec["labels"]["weight_bits"] == 2 and rec["times"]["progressive_s"] >= 0
     with pytest.raises(Exception, match="progressive_bits must be a list of bit widths"):
         qconfig.validate(_compose(tmp_path, ["progressive_bits=[1]"]))
+
+
+def test_bn_reestimation_after_qat_where_bn_stays(tmp_path):
+    # academic forbids BN folding: mobilenet_tiny's BN layers stay, and get re-estimated after QAT
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "dataset=digits", "training=fast", "dataset.train_samples=400", "dataset.test_samples=200",
+            f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "logger=disabled", "scheme=lsq",
+            "bits=4", "hardware=academic", "model=mobilenet_tiny", "model.width=8",
+            "training.bn_reestimation_batches=2"])
+    assert run_job(cfg) >= 0
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec["error"]
+    assert rec["bn_reestimation"]["layers"] > 0 and rec["bn_reestimation"]["batches"] == 2
+    assert rec["times"]["bn_reestimation_s"] >= 0
+    with pytest.raises(Exception, match="bn_reestimation_batches must be an integer >= 0"):
+        qconfig.validate(_compose(tmp_path, ["training.bn_reestimation_batches=-1"]))

@@ -1,0 +1,53 @@
+"""BN re-estimation after QAT (schemes/bn_reestimate.py) against numpy: the moving statistics become the
+average of the batch statistics of the final quantized network; nothing else moves."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch._compat import keras
+from qresearch.schemes.bn_reestimate import batch_norm_layers, reestimate_batch_norm
+
+
+def _model():
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.Conv2D(4, 3)(inp)
+    h = keras.layers.ReLU()(h)
+    h = keras.layers.BatchNormalization(name="bn")(h)   # after a ReLU: kept (academic: no_fold)
+    return keras.Model(inp, keras.layers.Dense(3)(keras.layers.Flatten()(h)))
+
+
+@pytest.fixture(scope="module")
+def qat_and_data():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.random((256, 8, 8, 1)).astype("float32")
+    y = rng.integers(0, 3, 256)
+    q = qresearch.quantize(_model(), "lsq", hardware="academic", adapt=True, calibration_data=x[:64])
+    q.compile(keras.optimizers.SGD(0.5), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(x, y, epochs=1, batch_size=64, verbose=0)   # weights move: the moving statistics now lag
+    return q, x
+
+
+def test_moving_statistics_become_the_average_of_the_batch_statistics(qat_and_data):
+    q, x = qat_and_data
+    bn = q.get_layer("bn")
+    before = {v.name: np.asarray(v) for v in q.weights if "moving" not in v.name}
+    inputs = keras.Model(q.inputs, bn.input)   # the BN's input in the final quantized network (inference)
+    batches = [np.asarray(inputs(x[s:s + 32], training=False)) for s in range(0, 128, 32)]
+    means = np.mean([b.mean(axis=(0, 1, 2)) for b in batches], axis=0)
+    # Keras' fused BN keeps the unbiased (n - 1) batch variance in its moving statistics
+    variances = np.mean([b.reshape(-1, b.shape[-1]).var(axis=0, ddof=1) for b in batches], axis=0)
+    assert not np.allclose(np.asarray(bn.moving_mean), means, atol=1e-3)  # the lag the re-estimation removes
+    assert reestimate_batch_norm(q, x, batch_size=32, batches=4) == 1
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), means, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), variances, rtol=1e-4, atol=1e-6)
+    # quantizer variables, weights and BN's own momentum are as they were
+    assert all(np.array_equal(np.asarray(v), before[v.name]) for v in q.weights if "moving" not in v.name)
+    assert bn.momentum == pytest.approx(0.99)
+
+
+def test_nothing_to_do_without_batch_norm():
+    inp = keras.Input((4,))
+    q = qresearch.quantize(keras.Model(inp, keras.layers.Dense(2)(inp)), "minmax_nbit",
+                           calibration_data=np.ones((8, 4), "float32"))
+    assert batch_norm_layers(q) == [] and reestimate_batch_norm(q, np.ones((8, 4), "float32")) == 0
