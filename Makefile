@@ -22,7 +22,7 @@ demo: $(STAMP)
 # workers: one test file per worker at a time, the deployment tests together (tests/conftest.py).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ''
