@@ -18,7 +18,7 @@ STEPS = 4
 def results(model_name, shape, preset):
     import qresearch
     from qresearch import models
-    from qresearch._compat import keras, tf
+    from qresearch._compat import keras
     from qresearch import kernels as integer
 
     rng = np.random.default_rng(1)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import importlib.metadata
 import logging
-from typing import Callable, Dict, Generic, Iterator, List, TypeVar
+from typing import Dict, Generic, Iterator, List, TypeVar
 
 from qresearch.errors import QResearchError, UnknownNameError
 

@@ -31,11 +31,7 @@ from qresearch.kernels.fixed_point import pow2, round_away
 from qresearch.kernels.runtime import IntegerKernels
 from qresearch.kernels.tflite_ops import CONV_OPS, TFLITE_OPS
 
-OVERFLOWS = ("saturate", "wrap")
-BIAS_ADDS = ("accumulator", "requantize")
-REQUANTIZATIONS = ("fixed_point", "shift")
-ROUNDINGS = ("half_away_from_zero", "half_up", "half_even", "floor", "gemmlowp")
-MAX_ACCUMULATOR_BITS = 32  # x·M stays below 2^63 in int64
+# The names a pipeline may use are validated with the target (hardware/pipeline.py, which loads without TensorFlow).
 
 
 def round_shift(x, s, rounding: str):
@@ -56,7 +52,7 @@ def round_shift(x, s, rounding: str):
         up = tf.logical_or(rem > half, tf.logical_and(tf.logical_and(rem == half, right > 0),
                                                       tf.bitwise.bitwise_and(q, 1) == 1))
         return q + tf.cast(up, tf.int64)
-    raise ValueError(f"unknown rounding {rounding!r}; one of {ROUNDINGS}")
+    raise ValueError(f"unknown rounding {rounding!r} (hardware/pipeline.py lists the valid ones)")
 
 
 def fixed_point(rounding: str):

@@ -240,31 +240,28 @@ def _greedy(rows, sens, options, limits, base_bits, table=None):
 
     cur = costs(choice)
     while not within(cur):  # lower: least sensitivity added per unit of (relative) excess removed
-        best = None
-        for n, b, d_sens, new in moves(-1):
-            saved = excess(cur) - excess(new)
-            if saved <= 0:
-                continue
-            score = d_sens / saved
-            if best is None or score < best[0]:
-                best = (score, n, b, new)
+        best = _best((d_sens / (excess(cur) - excess(new)), n, b, new) for n, b, d_sens, new in moves(-1)
+                     if excess(cur) - excess(new) > 0)
         if best is None:
             return choice, "greedy", "infeasible: every layer at its lowest width exceeds the budget"
         _, n, b, cur = best
         choice[n] = b
     while True:  # raise back: most sensitivity removed per unit of (relative) cost added, within budget
-        best = None
-        for n, b, d_sens, new in moves(+1):
-            if not within(new) or d_sens >= 0:
-                continue
-            added = sum(max(new[k] - cur[k], 0.0) / limits[k] for k in limits)
-            score = d_sens / max(added, 1e-12)
-            if best is None or score < best[0]:
-                best = (score, n, b, new)
+        best = _best((d_sens / max(sum(max(new[k] - cur[k], 0.0) / limits[k] for k in limits), 1e-12), n, b, new)
+                     for n, b, d_sens, new in moves(+1) if within(new) and d_sens < 0)
         if best is None:
             return choice, "greedy", "heuristic"
         _, n, b, cur = best
         choice[n] = b
+
+
+def _best(candidates):
+    """The ``(score, ...)`` candidate of lowest score, the first of equals; None if there is none."""
+    best = None
+    for c in candidates:
+        if best is None or c[0] < best[0]:
+            best = c
+    return best
 
 
 def brute_force(rows, sensitivities, budget, allowed_bits, fixed=None, base_bits: int = REFERENCE_BITS, table=None):

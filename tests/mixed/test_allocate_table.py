@@ -4,7 +4,7 @@ import pytest
 
 from qresearch.errors import ConfigError
 from qresearch.hardware.costs import CostTable
-from qresearch.mixed import allocate, assignment_cost, brute_force, cost, reference_cost
+from qresearch.mixed import allocate, assignment_cost, brute_force, cost
 
 from .test_allocate import BITS, branch_model, chain_model, sensitivities
 

@@ -6,7 +6,7 @@ import pytest
 
 import qresearch
 from qresearch import kernels as K
-from qresearch._compat import keras, tf
+from qresearch._compat import keras
 from qresearch.kernels import KERNELS, IntegerKernels, emulated_kernels
 from qresearch.schemes import register_layer
 
