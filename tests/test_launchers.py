@@ -1,12 +1,14 @@
-"""Launchers and sweepers beyond the basic one, run for real: submitit (the SLURM launcher's code
-path, on this machine), Optuna with a persistent database shared by two searches, Ray when its
-optional extra is installed."""
+"""Launchers and sweepers beyond the basic one, run for real: joblib's worker processes, submitit (the
+SLURM launcher's code path, on this machine), Optuna with a persistent database shared by two searches,
+Ray when its optional extra is installed. The process-starting ones are ``slow`` (``make test-all``)."""
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from qresearch import logger as qlog
 from qresearch.results import load_results
 
 FAST = ["dataset=digits", "model=mlp", "model.hidden=[16]", "training=fast", "dataset.train_samples=300",
@@ -49,6 +51,32 @@ def _completed(tmp_path, sweep):
     return sorted((r["config"]["bits"], r["status"]) for r in recs)
 
 
+@pytest.mark.slow  # three TensorFlow processes: the in-process sweep in test_run.py checks the rest
+def test_joblib_workers_share_one_float_baseline_and_log_to_one_group(tmp_path):
+    # 4 jobs on two joblib worker processes; bits=1 fails on purpose and does not stop the others
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    env.pop("WANDB_API_KEY", None)
+    cmd = [sys.executable, "-m", "qresearch.run", "-m", *FAST, "logger=offline", "scheme=minmax_nbit",
+           "bits=8,4,3,1", "sweep_name=t4", f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache",
+           "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert _completed(tmp_path, "t4") == [(1, "failed"), (3, "completed"), (4, "completed"), (8, "completed")]
+    sweep = tmp_path / "out" / "multirun" / "t4"
+    recs = load_results([sweep])
+    assert len({r["float_baseline"]["key"] for r in recs if r["status"] == "completed"}) == 1
+    assert len(list((tmp_path / "cache" / "float").glob("*/meta.json"))) == 1  # trained once, under the lock
+    assert len((sweep / "results.jsonl").read_text().splitlines()) == 4
+    for r in recs:
+        (run_file,) = qlog.find_wandb_files(Path(r["_path"]).parent)
+        assert qlog.read_wandb_run(run_file)["run"]["group"] == "t4"
+    (report_file,) = qlog.find_wandb_files(sweep / "wandb")
+    assert qlog.read_wandb_run(report_file)["run"]["job_type"] == "report"
+    assert (sweep / "report.md").is_file() and "wandb offline" in out and f"wandb sync {sweep}" in out
+
+
+@pytest.mark.slow  # one process per job (three TensorFlow start-ups)
 def test_submitit_local_runs_a_two_job_sweep(tmp_path):
     # submitit_local pickles the task, starts one process per job and collects results: what the
     # SLURM launcher does, without a scheduler
