@@ -7,7 +7,7 @@ from ..conftest import build, run
 from qresearch._compat import tf
 from qresearch.errors import ConfigError
 from qresearch.quantizers import create
-from qresearch.quantizers.init import INIT_RULES
+from qresearch.quantizers.init import INIT_RULES, rules
 
 rng = np.random.RandomState(3)
 
@@ -148,3 +148,24 @@ def test_init_fields_round_trip_through_the_config():
         create({"name": "lsq", "init": "percentile", "init_percentile": 150})
     with pytest.raises(ConfigError, match="data_init: false keeps step_init"):
         create({"name": "lsq", "init": "mse", "data_init": False})
+
+
+@pytest.mark.parametrize("spec, role", [({"name": "lsq", "bits": 3}, "activations"),
+                                        ({"name": "lsq", "bits": 4, "per_channel": True}, "weights"),
+                                        ({"name": "lsq_plus", "bits": 2}, "activations")])
+def test_eager_mse_search_equals_the_per_candidate_graph_bit_for_bit(spec, role):
+    """Calibration runs the MSE search eagerly through one traced function; its errors are those of
+    ``quantization_error`` per candidate (as a graph traced for training computes them), to the bit."""
+    q = create({**spec, "init": "mse"}, role=role)
+    x = tf.constant((np.random.default_rng(1).standard_normal((777, 5)) * [0.1, 1, 3, 7, 0.01] + 0.3)
+                    .astype(np.float32))
+    lo, hi = tf.minimum(tf.reduce_min(x, 0), 0.0), tf.maximum(tf.reduce_max(x, 0), 0.0)
+    if q.init_range == "symmetric":
+        hi = tf.reduce_max(tf.abs(x), 0)
+        lo = -hi
+    elif q.init_range == "unsigned":
+        lo = tf.zeros_like(hi)
+    fractions = tf.range(1, rules.MSE_CANDIDATES + 1, dtype=tf.float32) / float(rules.MSE_CANDIDATES)
+    per_candidate = np.stack([rules.quantization_error(q, x, f * lo, f * hi).numpy() for f in fractions])
+    searched = rules._candidate_errors_eagerly(q, x, fractions, lo, hi).numpy()
+    assert np.array_equal(per_candidate.view(np.uint32), searched.view(np.uint32))
