@@ -92,6 +92,11 @@ class BatchStatsFold(QuantizeWrapper):
         self.bn_moving_variance.assign(bn.moving_variance.numpy())
 
     @property
+    def bn_weights(self):
+        """The BN's parameters and moving statistics (layer weights, not quantizer state: transfer.py)."""
+        return [self.bn_gamma, self.bn_beta, self.bn_moving_mean, self.bn_moving_variance]
+
+    @property
     def _kernel(self):
         return get_attr(self.layer, self._fold[0])
 

@@ -235,3 +235,14 @@ def test_bn_freeze_steps_is_checked():
         qresearch.schemes.SchemeSpec.from_dict(dict(SCHEME, bn_freeze_steps=-1))
     with pytest.raises(qresearch.ConfigError, match="bn_folding"):
         qresearch.schemes.SchemeSpec.from_dict(dict(SCHEME, bn_folding="fold_batch_statistics"))
+
+
+def test_progressive_bits_carry_the_bn_of_a_batch_stats_fold():
+    from qresearch.schemes.transfer import copy_layer_weights
+
+    m, q = _qat("conv")
+    q(_data("conv"), training=True)  # moves the statistics
+    low = qresearch.quantize(m, dict(SCHEME, weights=dict(SCHEME["weights"], bits=4)))
+    copy_layer_weights(q, low)
+    for a, b in zip(_wrapper(q).bn_weights + [_wrapper(q)._kernel], _wrapper(low).bn_weights + [_wrapper(low)._kernel]):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
