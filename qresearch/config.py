@@ -272,6 +272,10 @@ def _hash_of(data: Mapping[str, Any]) -> str:
         data["training"] = {k: v for k, v in data["training"].items()
                             if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)
                             and not (k == "bn_reestimation_batches" and not v)}
+    if isinstance(data.get("scheme"), Mapping) and data["scheme"].get("bn_folding") != "fold_batch_stats":
+        # bn_freeze_steps acts only with fold_batch_stats: elsewhere it changes nothing (and records from before
+        # the field keep their hashes)
+        data["scheme"] = {k: v for k, v in data["scheme"].items() if k != "bn_freeze_steps"}
     return stable_hash(data)
 
 

@@ -355,3 +355,13 @@ def test_a_sweep_over_dataset_files_is_checked_per_job(tmp_path, capsys):
     with pytest.raises(SystemExit):  # not swept and not given: stopped before any job
         SweepSummary().on_multirun_start(_compose(["+sweep=smoke", "dataset=npz"], hydra_node=True))
     assert "dataset=npz needs dataset.path=" in capsys.readouterr().err
+
+
+def test_bn_freeze_steps_counts_in_the_hash_only_with_fold_batch_stats():
+    base = qconfig.config_hash(_compose(["scheme=lsq"]))
+    plain = qconfig.to_dict(_compose(["scheme=lsq"]))
+    plain["scheme"].pop("bn_freeze_steps")  # a record from before the field
+    assert qconfig.config_hash(plain) == base == qconfig.config_hash(_compose(["scheme=lsq", "scheme.bn_freeze_steps=5"]))
+    a, b = (qconfig.config_hash(_compose(["scheme=lsq", "scheme.bn_folding=fold_batch_stats", f"scheme.bn_freeze_steps={n}"]))
+            for n in (5, 6))
+    assert len({base, a, b}) == 3

@@ -106,3 +106,10 @@ def test_target_kinds_agree():
     from qresearch.schemes.layers import TARGET_KINDS
 
     assert LAYER_KINDS == TARGET_KINDS
+
+
+def test_bn_folding_choices_agree():
+    from qresearch.hardware.target import BN_FOLDING as TARGET_BN_FOLDING
+    from qresearch.schemes.spec import BN_DEPLOYS_AS, BN_FOLDING
+
+    assert TARGET_BN_FOLDING == BN_FOLDING + ("any",) and set(BN_DEPLOYS_AS) == set(BN_FOLDING)

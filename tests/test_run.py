@@ -458,3 +458,20 @@ def test_bn_reestimation_after_qat_where_bn_stays(tmp_path):
     assert rec["times"]["bn_reestimation_s"] >= 0
     with pytest.raises(Exception, match="bn_reestimation_batches must be an integer >= 0"):
         qconfig.validate(_compose(tmp_path, ["training.bn_reestimation_batches=-1"]))
+
+
+def test_fold_batch_stats_through_the_runner_on_tflite_int8(tmp_path):
+    # tflite_int8 requires a fold: fold_batch_stats deploys as one, so the target keeps it (no coercion)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[
+            "dataset=digits", "training=fast", "dataset.train_samples=400", "dataset.test_samples=200",
+            f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "logger=disabled",
+            "scheme=tflite_int8", "hardware=tflite_int8", "model=resnet20", "model.depth=8", "model.width=4",
+            "scheme.bn_folding=fold_batch_stats", "scheme.bn_freeze_steps=3"])
+    assert run_job(cfg) >= 0
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec["error"]
+    assert rec["config"]["scheme"]["bn_folding"] == "fold_batch_stats"
+    assert not any("bn_folding" in c for c in rec.get("coercions", []))
+    assert rec["deploy"]["argmax_agreement"] == 1.0 and rec["deploy"]["max_abs_diff_lsb"] < 1e-3, rec["deploy"]

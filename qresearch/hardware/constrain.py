@@ -31,7 +31,7 @@ from qresearch.hardware.target import Target
 from qresearch.quantizers.registry import ROLES
 from qresearch.schemes import presets
 from qresearch.schemes.layers import TARGET_KINDS, classes_of_target_kind, target_kind_of_name
-from qresearch.schemes.spec import SchemeSpec
+from qresearch.schemes.spec import SchemeSpec, bn_folding_satisfies
 
 NAME_KEYS = ("quantizer", "name")
 # Plain defaults when a quantizer class cannot be looked up (mirrors quantizers.base.Quantizer).
@@ -324,7 +324,7 @@ class _Checker:
                               note=f"first_last_bits: {flb!r} -> {value!r} (target {t.name})")
 
         self.fill(d, "quantize_ops", t.quantize_ops)
-        if t.bn_folding != "any":
+        if not bn_folding_satisfies(d.get("bn_folding", "fold"), t.bn_folding):
             self.fill(d, "bn_folding", t.bn_folding)
         if t.fixed_output_params:
             self.fill(d, "fixed_output_ranges", t.fixed_output_ranges)

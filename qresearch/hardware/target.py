@@ -21,7 +21,8 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
       scale_format: [float32, pot]  # allowed scale forms
     activations: {...same keys; granularity is always per_tensor...}
     quantize_ops: all               # weights_only | compute | all
-    bn_folding: fold                # fold (required) | no_fold (required) | any
+    bn_folding: fold                # fold (required; fold_batch_stats deploys as one) | no_fold (required) |
+                                    # fold_batch_stats (required) | any
     first_last_bits: null           # int: first/last compute layers run at this precision
     accumulator_bits: 32
     rounding: half_away_from_zero   # the runtime's rounding (documentation + reports)
@@ -46,7 +47,9 @@ from qresearch.hardware.costs import CostTable
 from qresearch.hardware.pipeline import PipelineSpec, parse_pipeline
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS, RUNTIMES, Runtime
 QUANTIZE_OPS = ("weights_only", "compute", "all")
-BN_FOLDING = ("fold", "no_fold", "any")
+# schemes.spec.BN_FOLDING + "any" (a test checks). "fold" is satisfied by a scheme's fold_batch_stats too (it
+# deploys as a fold); "fold_batch_stats" requires training with batch statistics.
+BN_FOLDING = ("fold", "no_fold", "fold_batch_stats", "any")
 GRANULARITIES = ("per_channel", "per_tensor")
 # The per-kind keys of ``granularity``; equal to schemes.layers.TARGET_KINDS (a test checks), kept here so
 # a Target is plain data that loads without the schemes (tfmot).

@@ -11,12 +11,13 @@ from qresearch.schemes.wrappers import (ChannelAffine, FixedRangeQuantizer, Laye
                                         QuantizeLike, QuantizeWrapper)
 from qresearch.schemes.presets import get, names, register
 from qresearch.schemes.annotate import ConfigWrapper
+from qresearch.schemes.batch_stats_fold import BatchStatsFold
 from qresearch.schemes.calibrate import calibrate
 from qresearch.schemes.describe import describe, quantized_weights
 from qresearch.schemes.io import UnregisteredClassError, load_model
 
 __all__ = [
-    "ChannelAffine", "ConfigWrapper", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override",
+    "BatchStatsFold", "ChannelAffine", "ConfigWrapper", "FixedRangeQuantizer", "LayerQuantizeConfig", "LayerSpec", "Override",
     "QuantizeInput", "QuantizeLike", "QuantizeWrapper", "SchemeSpec", "UnregisteredClassError", "calibrate",
     "describe", "get", "layer_spec", "load_model", "names", "quantized_weights", "register", "register_layer",
     "registered_layers",

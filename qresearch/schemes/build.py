@@ -8,9 +8,12 @@ import logging
 import re
 from typing import Any, Dict, Optional
 
+import numpy as np
+
 from qresearch._compat import keras, tf
 from qresearch.errors import ConfigError
 from qresearch.schemes import annotate as A
+from qresearch.schemes.batch_stats_fold import BatchStatsFold, batch_norm_config
 from qresearch.schemes.configs import act_spec, layer_config, model_input_spec, quantizer
 from qresearch.schemes.folding import affine_weights, fold_weights
 from qresearch.schemes.io import QATModel
@@ -143,6 +146,9 @@ def build(plan: ModelPlan):
                 inner(*args, **kwargs)  # layers that create weights on first call (MultiHeadAttention)
             if p.user_config is not None:  # the user's own QuantizeConfig decides this layer
                 layer = A.ConfigWrapper(inner, p.user_config, name=unique(WRAPPER_PREFIX + inner.name))
+            elif p.batch_stats_fold:
+                layer = BatchStatsFold(inner, cfg, batch_norm=batch_norm_config(p.folded_bn),
+                                       freeze_steps=scheme.bn_freeze_steps, name=unique(WRAPPER_PREFIX + inner.name))
             elif cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
@@ -150,7 +156,7 @@ def build(plan: ModelPlan):
                 if p.float_reason is None:
                     p.float_reason = _float_reason(p)
             made[id(p.layer)] = layer
-            copies.append((inner, p))
+            copies.append((inner, p, layer))
         layer = made[id(p.layer)]
         if isinstance(layer, (QuantizeWrapper, A.ConfigWrapper)) and len(args) > 1:
             # the wrapper's call is (inputs, training=None, **kwargs): pass extra positionals by name
@@ -180,8 +186,10 @@ def build(plan: ModelPlan):
     outputs = [tensors[r] for r in graph.output_refs]
     outputs = tf.nest.pack_sequence_as(graph.nested_outputs, outputs)
     qmodel = QATModel(new_inputs, outputs, name=graph.name)
-    for inner, p in copies:
+    for inner, p, layer in copies:
         _copy_weights(inner, p)
+        if isinstance(layer, BatchStatsFold):
+            layer.set_batch_norm(p.folded_bn)
     return qmodel
 
 
@@ -197,7 +205,9 @@ def _copy_weights(inner, p: LayerPlan) -> None:
     targets = inner.weights
     for key in (_short, _relative):  # by weight name, then by path inside the layer (sublayers)
         values = {key(w): w.numpy() for w in src.weights}
-        if p.folded_bn is not None:
+        if p.batch_stats_fold:  # the layer's own weights; the BN's go to the wrapper (set_batch_norm)
+            values.setdefault("bias", np.zeros(inner.bias.shape, np.float32))
+        elif p.folded_bn is not None:
             values.update(fold_weights(src, p.folded_bn, p.spec.fold))
         names = [key(w) for w in targets]
         if len(set(names)) == len(names) and set(names) <= set(values):

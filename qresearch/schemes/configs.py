@@ -88,6 +88,8 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
         info["bn_affine"] = True
     if p.folded_bn is not None:
         info["folded_bn"] = p.folded_bn.name
+        if p.batch_stats_fold:
+            info["bn_batch_stats"] = True
     if p.concat_shared:
         info["output_shared_with"] = p.concat_shared
     if p.overrides:

@@ -49,7 +49,8 @@ class Report(dict):
             a = ", ".join(f"{k}:{_fmt(v.get('pre') or v.get('post'))}" for k, v in row["activations"].items()) or "-"
             extra = []
             if row.get("folded_bn"):
-                extra.append(f"BN {row['folded_bn']} folded")
+                extra.append(f"BN {row['folded_bn']} folded" + (" (trained with batch statistics)"
+                                                               if row.get("bn_batch_stats") else ""))
             if row.get("bn_affine"):
                 extra.append("unfoldable BN as a per-channel affine (int8 DEPTHWISE_CONV_2D 1x1)")
             if row.get("output_shared_with"):
@@ -87,7 +88,7 @@ def describe(qat_model, print_report: bool = False, data=None) -> Report:
                    "activations": {k: {w: _qinfo(q) for w, q in v.items() if q is not None}
                                    for k, v in cfg.activations.items()},
                    "output": _qinfo(cfg.output)}
-            for key in ("folded_bn", "bn_affine", "output_shared_with", "overrides"):
+            for key in ("folded_bn", "bn_batch_stats", "bn_affine", "output_shared_with", "overrides"):
                 if key in cfg.info:
                     row[key] = cfg.info[key]
             rows.append(row)
@@ -190,7 +191,7 @@ def quantized_weights(qat_model) -> Dict[str, Dict[str, np.ndarray]]:
         if not isinstance(layer, QuantizeWrapper) or not layer.built:
             continue
         values = {}
-        for attr, (weight, quantizer, qvars) in zip(layer.quantize_config.weights, layer._weight_vars):
+        for attr, (weight, quantizer, qvars) in zip(layer.quantize_config.weights, layer._live_weights()):
             values[attr] = np.asarray(quantizer(weight, False, weights=qvars))
         if values:
             out[layer.layer.name] = values

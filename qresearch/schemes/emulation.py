@@ -67,7 +67,7 @@ def sole_consumer(layer):
 
 
 class IntegerEmulation:
-    """Mixin of ``QuantizeWrapper`` (uses its quantizer state: ``_weight_vars``, ``_activation_vars``,
+    """Mixin of ``QuantizeWrapper`` (uses its quantizer state: ``_live_weights()``, ``_activation_vars``,
     ``_output_quantizers``, ``_input_source(s)``, and its ``_q``/``_float_call``/``_call_layer``)."""
 
     def _output_source(self):
@@ -101,7 +101,7 @@ class IntegerEmulation:
         return out_q(y, False, weights=out_v)
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
-        weight, wq, wv = plan.weight
+        weight, wq, wv = self._live_weights()[0]  # BatchStatsFold: the folded kernel, not the variable
         w_range = K.fake_quant_range(wq, wv, weight)
         if w_range is None:
             return self._float_call(inputs, False, kwargs)
@@ -128,7 +128,7 @@ class IntegerEmulation:
         and integer weights (float32 holds these sums exactly below 2^24), and the integer bias (None without
         one) quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores
         it); the kernel set's ``accumulate`` adds them as its hardware does."""
-        weight, wq, wv = plan.weight
+        weight, wq, wv = self._live_weights()[0]
         attr = next(iter(self.quantize_config.weights))
         w_scale = tf.cast(w_grid.scale, tf.float32)
         try:
@@ -148,7 +148,7 @@ class IntegerEmulation:
         try:
             y = self._call_layer(x_int, False, kwargs)
         finally:
-            set_attr(self.layer, attr, weight)
+            set_attr(self.layer, attr, self._weight_vars[0][0])  # the variable: the layer stays as it was
             if bias is not None:
                 self.layer.bias = bias
             if fn is not None:

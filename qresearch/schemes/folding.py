@@ -3,13 +3,34 @@
 One formula: ``g = γ/√(σ²+ε)``, ``b' = β + (b-μ)·g``. Folded into a linear conv/dense with bias ``b``:
 ``w' = w·g`` (over the weight's output-channel axis, per the layer's fold rule) and ``b'``. A BN that
 cannot be folded becomes a ``ChannelAffine`` with kernel ``g`` and bias ``b'`` for ``b = 0``.
-The fold rules are registered per layer kind in ``layers.py`` (``LayerSpec.fold``).
+The fold rules are registered per layer kind in ``layers.py`` (``LayerSpec.fold``). The factor and the rules
+take numpy arrays (the static fold, at build time) or TF tensors (``BatchStatsFold``, every step: the folded
+kernel is recomputed from the trained weights), with the same float32 operations in the same order.
 """
 from __future__ import annotations
 
 from typing import Dict, Tuple
 
 import numpy as np
+
+from qresearch._compat import tf
+
+
+def _is_tf(x) -> bool:
+    return not isinstance(x, (np.ndarray, np.generic, float, int))
+
+
+def fold_factor(gamma, variance, epsilon):
+    """``γ/√(σ²+ε)``, per channel."""
+    if _is_tf(variance):
+        return gamma / tf.sqrt(variance + epsilon)
+    return (gamma / np.sqrt(variance + epsilon)).astype(np.float32)
+
+
+def _reshape(g, shape):
+    if _is_tf(g):
+        return tf.reshape(g, shape)
+    return np.reshape(g, shape)
 
 
 def bn_affine(bn, bias=0.0) -> Tuple[np.ndarray, np.ndarray]:
@@ -18,7 +39,7 @@ def bn_affine(bn, bias=0.0) -> Tuple[np.ndarray, np.ndarray]:
     mean, var = bn.moving_mean.numpy(), bn.moving_variance.numpy()
     gamma = bn.gamma.numpy() if bn.gamma is not None else np.ones_like(mean)
     beta = bn.beta.numpy() if bn.beta is not None else np.zeros_like(mean)
-    g = (gamma / np.sqrt(var + bn.epsilon)).astype(np.float32)
+    g = fold_factor(gamma, var, bn.epsilon)
     return g, (beta + (bias - mean) * g).astype(np.float32)
 
 
@@ -30,12 +51,12 @@ def scale_last_axis(kernel: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 def scale_depthwise(kernel: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Depthwise kernels ``(..., in, multiplier)``: output channel ``c = i·multiplier + m``."""
-    return kernel * g.reshape(kernel.shape[-2], kernel.shape[-1])
+    return kernel * _reshape(g, (kernel.shape[-2], kernel.shape[-1]))
 
 
 def scale_transposed(kernel: np.ndarray, g: np.ndarray) -> np.ndarray:
     """Transposed convs ``(..., out, in)``: output channels on the second-to-last axis."""
-    return kernel * g.reshape(-1, 1)
+    return kernel * _reshape(g, (-1, 1))
 
 
 def fold_weights(layer, bn, fold) -> Dict[str, np.ndarray]:

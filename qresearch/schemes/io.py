@@ -86,7 +86,10 @@ def qresearch_objects():
     from qresearch.quantizers.registry import QUANTIZERS, keras_name
     from qresearch.schemes import wrappers
 
+    from qresearch.schemes.batch_stats_fold import BatchStatsFold
+
     objs = dict(wrappers.CUSTOM_OBJECTS)
+    objs["qresearch>BatchStatsFold"] = BatchStatsFold
     objs["qresearch>QATModel"] = QATModel
     for name in QUANTIZERS.names():
         objs[keras_name(name)] = QUANTIZERS.get(name)

@@ -9,12 +9,14 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
    them needs its own int8 range).
 2. ``classify``: every layer gets its ``LayerSpec`` and kind, or is skipped/left float; a layer with
    neither raises ``UnsupportedLayerError`` naming the ``register_layer`` fix.
-3. ``fold_batch_norms``: ``bn_folding: fold`` folds a BN into the linear conv/dense before it
-   (``LayerSpec.fold``; maths in ``folding.py``).
+3. ``fold_batch_norms``: ``bn_folding: fold`` (or ``fold_batch_stats``) folds a BN into the linear conv/dense
+   before it (``LayerSpec.fold``; maths in ``folding.py``).
 4. ``affine_batch_norms``: with ``quantize_ops: all`` a BN that cannot be folded becomes a
    ``ChannelAffine`` (TFLite runs an int8 1x1 DEPTHWISE_CONV_2D instead of float MUL/ADD).
 5. ``rewire_folded``: consumers of a folded BN read the conv's output.
 6. ``resolve_quantizers``: each layer's weight/activation specs (scheme, first/last bits, overrides).
+6b. ``fold_with_batch_stats``: with ``bn_folding: fold_batch_stats`` a fold whose weight is quantized trains
+   with batch statistics and a correction, frozen after ``bn_freeze_steps`` (``batch_stats_fold.py``).
 7. ``place_output_quantizers``: TFLite's rules: none between conv/dense/add/BN and a ReLU after it,
    fixed ranges for softmax/sigmoid/tanh, none on SAME-scale ops.
 8. ``infer_signs``: unsigned activation grids only where a tensor is known non-negative.
@@ -134,7 +136,7 @@ def _unsupported_message(unsupported, annotated: bool = False) -> str:
 
 # ------------------------------------------------------------------ 3-5: batch normalization
 def fold_batch_norms(plan: ModelPlan) -> None:
-    if plan.scheme.bn_folding != "fold":
+    if not plan.scheme.folds_bn:
         return
     for p in plan.layers:
         if p.kind != "bn":
@@ -172,7 +174,7 @@ def affine_batch_norms(plan: ModelPlan) -> None:
     MUL/ADD: when every op is integer (quantize_ops: all) it becomes a per-channel affine with quantized
     weights, which TFLite runs as an int8 1x1 DEPTHWISE_CONV_2D."""
     s = plan.scheme
-    if s.bn_folding != "fold" or s.quantize_ops != "all" or s.weights is None:
+    if not s.folds_bn or s.quantize_ops != "all" or s.weights is None:
         return
     for p in plan.layers:
         if p.kind == "bn" and not p.removed and plan.calls[id(p.layer)] == 1 and _over_last_axis(p.layer, (2, 3, 4, 5)):
@@ -219,6 +221,16 @@ def resolve_quantizers(plan: ModelPlan) -> None:
                 p.overrides.append(o.match)
         p.weights_spec = w if p.spec.weights else None
         p.acts_spec = a if spec.quantize_ops != "weights_only" else None
+
+
+def fold_with_batch_stats(plan: ModelPlan) -> None:
+    """``bn_folding: fold_batch_stats``: a folded layer whose folded weight is quantized trains with batch
+    statistics (``BatchStatsFold``); one with a float weight keeps the static fold (nothing to correct for)."""
+    if plan.scheme.bn_folding != "fold_batch_stats":
+        return
+    for p in plan.layers:
+        if p.folded_bn is not None and p.weights_spec is not None and p.spec.fold[0] in p.spec.weights:
+            p.batch_stats_fold = True
 
 
 def _fused_into_next(plan: ModelPlan, q: LayerPlan) -> bool:
@@ -327,8 +339,8 @@ def place_input_quantizers(plan: ModelPlan) -> None:
 
 Pass = Callable[[ModelPlan], None]
 PASSES: Sequence[Pass] = (split_separable, classify, fold_batch_norms, affine_batch_norms, rewire_folded,
-                          resolve_quantizers, place_output_quantizers, infer_signs, share_concat_ranges,
-                          place_input_quantizers)
+                          resolve_quantizers, fold_with_batch_stats, place_output_quantizers, infer_signs,
+                          share_concat_ranges, place_input_quantizers)
 
 
 def make_plan(graph: Graph, scheme: SchemeSpec, annotations=None, passes: Sequence[Pass] = PASSES) -> ModelPlan:

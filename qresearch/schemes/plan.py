@@ -19,6 +19,7 @@ class LayerPlan:
         self.kind = "float"
         self.float_reason: Optional[str] = None
         self.folded_bn = None                         # the BatchNormalization folded into this layer
+        self.batch_stats_fold = False                 # ... trained with batch statistics (BatchStatsFold)
         self.affine = False                           # an unfoldable BN deployed as a ChannelAffine
         self.removed = False                          # a BN folded away
         self.weights_spec = None

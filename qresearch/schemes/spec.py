@@ -16,7 +16,12 @@ from typing import Any, Dict, List, Mapping, Optional
 
 from qresearch.errors import ConfigError
 
-BN_FOLDING = ("fold", "no_fold")
+BN_FOLDING = ("fold", "no_fold", "fold_batch_stats")
+#: What each ``bn_folding`` deploys as: a target that requires "fold" is satisfied by ``fold_batch_stats`` too
+#: (trained with batch statistics, it exports the static fold's conv: batch_stats_fold.py).
+BN_DEPLOYS_AS = {"fold": "fold", "fold_batch_stats": "fold", "no_fold": "no_fold"}
+#: ``bn_freeze_steps``' default: training steps with batch statistics before they freeze (fold_batch_stats).
+DEFAULT_BN_FREEZE_STEPS = 1000
 QUANTIZE_OPS = ("weights_only", "compute", "all")
 # TFLite's fixed int8 output ranges (tflite-int8-spec.md §5): softmax/logistic (1/256, -128), tanh (1/128, 0).
 DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
@@ -28,8 +33,13 @@ NAME_KEYS = ("quantizer", "name")
 COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
 #: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
-FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "quantize_ops",
-          "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
+FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
+          "quantize_ops", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
+
+
+def bn_folding_satisfies(scheme_value: str, required: str) -> bool:
+    """Whether a scheme's ``bn_folding`` gives what a target requires ("any", or what it deploys as)."""
+    return required in ("any", scheme_value) or BN_DEPLOYS_AS.get(scheme_value) == required
 
 
 def _quantizer_name(part: Mapping[str, Any]) -> Optional[str]:
@@ -105,7 +115,11 @@ class SchemeSpec:
     overrides: ``[{match, weights, activations}]`` applied in order (later wins).
     skip: regexes on layer names or layer class names left in float.
     first_last_bits: bit width of the first and last compute layers (weights and outputs).
-    bn_folding: "fold" (BN folded into the preceding conv/dense kernel) or "no_fold".
+    bn_folding: "fold" (BN folded into the preceding conv/dense kernel), "no_fold" (BN stays, float), or
+      "fold_batch_stats" (folded, trained with batch statistics and a correction until frozen: Krishnamoorthi
+      2018 §3.2.2; deploys as "fold").
+    bn_freeze_steps: with fold_batch_stats, training steps that use batch statistics before the moving ones
+      freeze (null: never; 0: frozen from the start). Ignored otherwise.
     quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
     fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
     quantizer_lr_multiplier: learning rate of quantizer parameters (steps, clips, offsets) over the model's.
@@ -122,6 +136,7 @@ class SchemeSpec:
     skip: List[str] = dataclasses.field(default_factory=list)
     first_last_bits: Optional[int] = None
     bn_folding: str = "fold"
+    bn_freeze_steps: Optional[int] = DEFAULT_BN_FREEZE_STEPS
     quantize_ops: str = "all"
     fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
@@ -132,6 +147,11 @@ class SchemeSpec:
 
     def __post_init__(self):
         self.validate()
+
+    @property
+    def folds_bn(self) -> bool:
+        """BN after a linear conv/dense is folded into it (statically or with batch statistics)."""
+        return BN_DEPLOYS_AS[self.bn_folding] == "fold"
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -171,6 +191,7 @@ class SchemeSpec:
             "skip": list(self.skip),
             "first_last_bits": self.first_last_bits,
             "bn_folding": self.bn_folding,
+            "bn_freeze_steps": self.bn_freeze_steps,
             "quantize_ops": self.quantize_ops,
             "fixed_output_ranges": {k: list(v) for k, v in self.fixed_output_ranges.items()},
             **{k: getattr(self, k) for k in TRAINING_FIELDS},
@@ -205,6 +226,10 @@ class SchemeSpec:
         self.first_last_bits = _check_bits(self.first_last_bits, "first_last_bits")
         if self.bn_folding not in BN_FOLDING:
             raise ConfigError(f"scheme key 'bn_folding' must be one of {BN_FOLDING}, got {self.bn_folding!r}")
+        n = self.bn_freeze_steps
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise ConfigError(f"scheme key 'bn_freeze_steps' must be an integer >= 0 (training steps with batch "
+                              f"statistics before they freeze; null: never), got {n!r}")
         if self.quantize_ops not in QUANTIZE_OPS:
             raise ConfigError(f"scheme key 'quantize_ops' must be one of {QUANTIZE_OPS}, got {self.quantize_ops!r}")
         if self.fixed_output_ranges is None:

@@ -17,6 +17,7 @@ def _own_weights(layer) -> list:
     """The layer's weights that are not quantizer state (for a wrapper: its inner layer's)."""
     inner = getattr(layer, "layer", None)
     weights = inner.weights if inner is not None and hasattr(layer, "quantize_config") else layer.weights
+    weights = list(weights) + list(getattr(layer, "bn_weights", []))  # BatchStatsFold: its BN too
     return [w for w in weights if not is_quantizer_variable(w)]
 
 

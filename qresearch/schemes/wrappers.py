@@ -207,7 +207,7 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         layer_training = training
         if calibrating():
             training, layer_training = True, False
-        quantized = [self._q(q, w, training, v) for w, q, v in self._weight_vars]
+        quantized = [self._q(q, w, training, v) for w, q, v in self._live_weights()]
         self.quantize_config.set_quantize_weights(self.layer, quantized)
         weight_attrs = {attr: w for attr, (w, _, _) in zip(self.quantize_config.weights, self._weight_vars)}
 
@@ -232,6 +232,11 @@ class QuantizeWrapper(IntegerEmulation, _QW):
             raise RuntimeError(f"layer {self.layer.name!r} returns several tensors; give it "
                                "quantize_output=False in register_layer")
         return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
+
+    def _live_weights(self):
+        """``(weight, quantizer, its variables)`` per quantized weight, as this call quantizes it: the weight
+        variables themselves here; ``BatchStatsFold`` gives its BN-folded kernel instead."""
+        return self._weight_vars
 
     def _call_layer(self, inputs, training, kwargs):
         """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""

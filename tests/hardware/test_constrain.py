@@ -222,3 +222,25 @@ def test_adapt_bits_false_refuses_a_width_the_target_lacks():
     assert out.weights["bits"] == 8 and any("bits" in n for n in notes)
     ok = {**spec, "weights": {**spec["weights"], "bits": 8}}
     assert hw.constrain(ok, "tflite_int8", adapt=True, adapt_bits=False)[0].weights["bits"] == 8
+
+
+@pytest.mark.parametrize("target", ["tflite_int8", "academic"])
+def test_fold_batch_stats_deploys_as_a_fold(target):
+    # a target requiring "fold" keeps fold_batch_stats (it exports the static fold's conv); one that forbids
+    # folding sets no_fold, noted like any target-set field
+    t = hw.get(target)
+    out, coercions = hw.constrain(tfl(bn_folding="fold_batch_stats", bn_freeze_steps=5), target, adapt=True)
+    d = as_dict(out)
+    if t.bn_folding == "fold":
+        assert d["bn_folding"] == "fold_batch_stats" and d["bn_freeze_steps"] == 5
+        assert not any("bn_folding" in c for c in coercions)
+    else:
+        assert t.bn_folding == "no_fold" and d["bn_folding"] == "no_fold"
+        assert any("bn_folding: 'fold_batch_stats' -> 'no_fold'" in c for c in coercions)
+
+
+def test_a_target_requiring_batch_stats_folding_sets_it():
+    t = hw.Target.from_dict(dict(hw.get("tflite_int8").to_dict(), name="bs", bn_folding="fold_batch_stats"))
+    out, coercions = hw.constrain(tfl(bn_folding="fold"), t)
+    assert as_dict(out)["bn_folding"] == "fold_batch_stats"
+    assert any("bn_folding: 'fold' -> 'fold_batch_stats'" in c for c in coercions)

@@ -11,6 +11,8 @@ import pytest
 import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras
+from qresearch.quantizers.base import is_quantizer_variable
+from qresearch.schemes import BatchStatsFold
 from qresearch.schemes.build import set_kernels
 
 import deploy_models
@@ -141,3 +143,70 @@ def test_quantize_without_emulation():
     assert all("kernels" not in getattr(getattr(layer, "quantize_config", None), "info", {}) for layer in q.layers)
     with pytest.raises(qresearch.UnknownNameError, match="unknown integer kernel set 'arm'"):
         qresearch.quantize(m, "tflite_int8", hardware="tflite_int8", kernels="arm")
+
+
+# bn_folding: fold_batch_stats (schemes/batch_stats_fold.py): 23 QAT steps, the statistics frozen after 10
+BATCH_STATS = dict(SCHEMES["lsq"], bn_folding="fold_batch_stats", bn_freeze_steps=10)
+
+
+def test_fold_batch_stats_deploys_bit_for_bit(data):
+    q = qat(data, deploy_models.mobilenet_like, BATCH_STATS)
+    folds = [layer for layer in q.layers if isinstance(layer, BatchStatsFold)]
+    assert [w.layer.name for w in folds] == ["stem", "dw0", "pw0", "dw1", "pw1", "expand"]
+    assert all(int(w.bn_steps.numpy()) > w.freeze_steps == 10 for w in folds)  # both phases ran
+    r = hw.verify(q, "tflite_int8", data[2], data[3])
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert not {"QUANTIZE", "DEQUANTIZE"} & set(r["ops"]), r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3, r  # every output integer equal
+    assert r["argmax_agreement"] == 1.0 and r["simulated_accuracy"] > 0.15
+
+
+def test_fold_batch_stats_exports_the_static_folds_model(data):
+    """The converted model is the static fold's (bn_folding: fold) built from the final weights: the folded
+    kernel and bias in an ordinary conv, byte for byte the same flatbuffer."""
+    q = qat(data, deploy_models.mobilenet_like, BATCH_STATS)
+    static = qresearch.quantize(deploy_models.mobilenet_like(), dict(BATCH_STATS, bn_folding="fold"),
+                                hardware="tflite_int8")
+    assert [type(layer).__name__ for layer in static.layers] == \
+        [("QuantizeWrapper" if isinstance(layer, BatchStatsFold) else type(layer).__name__) for layer in q.layers]
+    for mine, theirs in zip(q.layers, static.layers):
+        if isinstance(mine, BatchStatsFold):
+            kernel, bias = mine.folded()
+            attr = next(iter(mine.quantize_config.weights))
+            getattr(theirs.layer, attr).assign(kernel)
+            theirs.layer.bias.assign(bias)
+            qvars = [[v for v in layer.weights if is_quantizer_variable(v)] for layer in (mine, theirs)]
+            for a, b in zip(*qvars):
+                b.assign(a)
+        else:
+            theirs.set_weights(mine.get_weights())
+    x = data[2][:256]
+    np.testing.assert_array_equal(np.asarray(q(x, training=False)), np.asarray(static(x, training=False)))
+    image = np.random.default_rng(0).integers(-128, 128, (1, 8, 8, 1)).astype(np.int8)
+    mine, theirs = (_contents(hw.convert(m, "tflite_int8"), image) for m in (q, static))
+    assert mine == theirs
+
+
+def _contents(flatbuffer, image):
+    """The ops (with their input/output tensor indices) and every tensor's shape, type, quantization and
+    data after running ``image`` (weights, biases, activations) of a .tflite model (names left out: they
+    carry the Keras op names)."""
+    from qresearch.hardware.deploy import make_interpreter
+
+    interp = make_interpreter(flatbuffer)
+    interp.allocate_tensors()
+    interp.set_tensor(interp.get_input_details()[0]["index"], image)
+    interp.invoke()
+    ops = [(o["op_name"], tuple(o["inputs"]), tuple(o["outputs"])) for o in interp._get_ops_details()]
+    tensors = []
+    for t in interp.get_tensor_details():
+        if not t["name"]:  # a kernel's scratch buffer, not a tensor of the model
+            continue
+        qp = t["quantization_parameters"]
+        try:
+            value = interp.get_tensor(t["index"]).tobytes()
+        except ValueError:  # an intermediate tensor
+            value = None
+        tensors.append((tuple(t["shape"]), str(t["dtype"]), qp["scales"].tobytes(), qp["zero_points"].tobytes(),
+                        qp["quantized_dimension"], value))
+    return ops, tensors

@@ -23,7 +23,7 @@ def _model():
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
         "split_separable", "classify", "fold_batch_norms", "affine_batch_norms", "rewire_folded",
-        "resolve_quantizers", "place_output_quantizers", "infer_signs", "share_concat_ranges",
+        "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers", "infer_signs", "share_concat_ranges",
         "place_input_quantizers"]
 
 
