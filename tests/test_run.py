@@ -460,16 +460,32 @@ def test_bn_reestimation_after_qat_where_bn_stays(tmp_path):
         qconfig.validate(_compose(tmp_path, ["training.bn_reestimation_batches=-1"]))
 
 
-def test_fold_batch_stats_through_the_runner_on_tflite_int8(tmp_path):
-    # tflite_int8 requires a fold: fold_batch_stats deploys as one, so the target keeps it (no coercion)
+FOLD_BATCH_STATS = ["dataset=digits", "training=fast", "dataset.train_samples=400", "dataset.test_samples=200",
+                    "logger=disabled", "scheme=tflite_int8", "hardware=tflite_int8", "model=resnet20",
+                    "model.depth=8", "model.width=4", "scheme.bn_folding=fold_batch_stats", "scheme.bn_freeze_steps=3"]
+
+
+def _compose_bare(tmp_path, overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[
-            "dataset=digits", "training=fast", "dataset.train_samples=400", "dataset.test_samples=200",
-            f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "logger=disabled",
-            "scheme=tflite_int8", "hardware=tflite_int8", "model=resnet20", "model.depth=8", "model.width=4",
-            "scheme.bn_folding=fold_batch_stats", "scheme.bn_freeze_steps=3"])
-    assert run_job(cfg) >= 0
+        return compose(config_name="config", overrides=[f"paths.output_dir={tmp_path}/out",
+                                                        f"paths.cache_dir={tmp_path}/cache", *overrides])
+
+
+def test_a_target_requiring_a_fold_keeps_fold_batch_stats(tmp_path):
+    # tflite_int8 requires a fold: fold_batch_stats deploys as one, so the target keeps it (no coercion);
+    # academic keeps BN float and says so
+    _, spec, notes = check_scheme(experiment(_compose_bare(tmp_path, FOLD_BATCH_STATS)))
+    assert spec["bn_folding"] == "fold_batch_stats" and spec["bn_freeze_steps"] == 3
+    assert not any("bn_folding" in n for n in notes), notes
+    _, spec, notes = check_scheme(experiment(_compose_bare(tmp_path, [*FOLD_BATCH_STATS[:-6], "scheme=lsq",
+                                                                      "hardware=academic", *FOLD_BATCH_STATS[-2:]])))
+    assert spec["bn_folding"] == "no_fold" and any("bn_folding" in n for n in notes), notes
+
+
+@pytest.mark.slow  # a ResNet-8 trained, converted and verified: the parity tests cover the deployment
+def test_fold_batch_stats_through_the_runner_on_tflite_int8(tmp_path):
+    assert run_job(_compose_bare(tmp_path, FOLD_BATCH_STATS)) >= 0
     rec, _ = _result(tmp_path)
     assert rec["status"] == "completed", rec["error"]
     assert rec["config"]["scheme"]["bn_folding"] == "fold_batch_stats"
