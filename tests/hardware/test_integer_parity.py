@@ -149,8 +149,20 @@ def test_quantize_without_emulation():
 BATCH_STATS = dict(SCHEMES["lsq"], bn_folding="fold_batch_stats", bn_freeze_steps=10)
 
 
-def test_fold_batch_stats_deploys_bit_for_bit(data):
-    q = qat(data, deploy_models.mobilenet_like, BATCH_STATS)
+def batch_stats_qat(float_models, data):
+    """The session's float MobileNet-like, QAT with fold_batch_stats for one epoch (23 steps)."""
+    key = ("batch_stats", str(BATCH_STATS))
+    if key not in _MODELS:
+        xtr, ytr, _, _ = data
+        keras.utils.set_random_seed(0)
+        q = qresearch.quantize(float_models["mobilenet_like"], BATCH_STATS, hardware="tflite_int8",
+                               calibration_data=xtr[:256])
+        _MODELS[key] = train(q, xtr, ytr, epochs=1, lr=1e-3)
+    return _MODELS[key]
+
+
+def test_fold_batch_stats_deploys_bit_for_bit(float_models, data):
+    q = batch_stats_qat(float_models, data)
     folds = [layer for layer in q.layers if isinstance(layer, BatchStatsFold)]
     assert [w.layer.name for w in folds] == ["stem", "dw0", "pw0", "dw1", "pw1", "expand"]
     assert all(int(w.bn_steps.numpy()) > w.freeze_steps == 10 for w in folds)  # both phases ran
@@ -161,10 +173,10 @@ def test_fold_batch_stats_deploys_bit_for_bit(data):
     assert r["argmax_agreement"] == 1.0 and r["simulated_accuracy"] > 0.15
 
 
-def test_fold_batch_stats_exports_the_static_folds_model(data):
+def test_fold_batch_stats_exports_the_static_folds_model(float_models, data):
     """The converted model is the static fold's (bn_folding: fold) built from the final weights: the folded
     kernel and bias in an ordinary conv, byte for byte the same flatbuffer."""
-    q = qat(data, deploy_models.mobilenet_like, BATCH_STATS)
+    q = batch_stats_qat(float_models, data)
     static = qresearch.quantize(deploy_models.mobilenet_like(), dict(BATCH_STATS, bn_folding="fold"),
                                 hardware="tflite_int8")
     assert [type(layer).__name__ for layer in static.layers] == \
