@@ -121,10 +121,8 @@ def test_training_forward_is_unchanged(float_models, data):
     assert not np.array_equal(float_inference, np.asarray(q(x, training=False)))
 
 
-def test_verify_emulates_the_kernel_set_it_runs(data):
-    # its own model (4 float epochs, 1 QAT epoch): XNNPACK's unemulated ADD gives 98.8% argmax agreement
-    # on the session's longer-trained one, under this test's 99% bound
-    q = qat(data, deploy_models.mobilenet_like, SCHEMES["lsq"])
+def test_verify_emulates_the_kernel_set_it_runs(float_models, data):
+    q = mobilenet_qat(float_models, data, "lsq")
     x, y = data[2][:256], data[3][:256]
     ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref")
     assert ref["kernels"] == "builtin_ref" and ref["max_abs_diff_lsb"] < 1e-3, ref
