@@ -73,6 +73,7 @@ class IntegerEmulation:
     def _output_source(self):
         return (self._output_quantizers[0], self._output_quantizer_vars) if self._output_quantizers else None
 
+    @tf.autograph.experimental.do_not_convert  # static Python over the model's structure
     def _integer_plan(self) -> Optional[Plan]:
         """This layer's ``Plan``, or None where it keeps the float simulation (decided once, when the
         graph around it is complete)."""
@@ -84,6 +85,9 @@ class IntegerEmulation:
             object.__setattr__(self, "_integer_plan_cache", plan or False)
         return plan
 
+    # Integer kernels are plain Python over static facts (no control flow on tensors): AutoGraph's
+    # source-to-source conversion of every function they reach took seconds per traced model.
+    @tf.autograph.experimental.do_not_convert
     def _integer_call(self, inputs, kwargs, kernels, plan: Plan):
         handler = kernels.handler(plan.op)
         out_grid = grid(plan.out)
