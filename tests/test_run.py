@@ -367,6 +367,8 @@ def test_bad_labels_fail_the_run_at_the_data_stage_with_the_cause(tmp_path):
     assert rec["status"] == "failed" and rec["error"]["stage"] == "data" and rec["error"]["type"] == "DataError"
     assert "y_train[35] = 12 is outside [0, 10)" in rec["error"]["message"]
     assert "float_s" not in rec["times"]
+
+
 def test_cli_brings_your_own_quantizer_data_and_model(tmp_path):
     """One fresh process, as a user runs it from their project folder: a plugin quantizer, an npz file
     (uint8 pixels, classes inferred), a model builder by _target_ (model=custom picked for it)."""
