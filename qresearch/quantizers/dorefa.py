@@ -90,19 +90,21 @@ def clipped_unit_ste(x, bits: int):
 
     The backward pass is written out (``tf.custom_gradient``) with autodiff's float operations (the
     gradient of ``·/levels`` then of ``·levels``, kept where the clip kept ``x``), one mask instead of
-    clip_by_value's two, each direction one XLA-fused pass (``quantizers/fused.py``): bit-identical
-    gradients (tests/quantizers/test_dorefa.py), fewer passes over ``x``.
+    clip_by_value's two, in one XLA-fused pass (``quantizers/fused.py``; the forward stays plain TF, see
+    there): bit-identical gradients (tests/quantizers/test_dorefa.py, test_fused.py), fewer passes over ``x``.
     """
     from qresearch.quantizers import fused
 
     levels = float(2**bits - 1)
     eager = tf.executing_eagerly()   # the plain ops round ·/levels differently eagerly (see fused._unit_scaling)
-    forward_pass, backward_pass = fused.unit_forward(levels, eager), fused.unit_backward(levels, eager)
+    backward_pass = fused.unit_backward(levels, eager)
     lv = tf.constant(levels)
 
     @tf.custom_gradient
     def forward(x):
-        y, kept = forward_pass(x, lv)   # the backward keeps this 1-byte mask, not x and the clipped x
+        c = tf.maximum(tf.minimum(x, 1.0), 0.0)   # tf.clip_by_value's two ops
+        y = ops.quantize_unit_ste(c, bits)
+        kept = tf.equal(c, x)   # both clip masks in one; the backward keeps this 1-byte mask, not x and c
 
         def backward(dy):
             return backward_pass(dy, kept, lv)
