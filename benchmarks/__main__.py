@@ -7,7 +7,8 @@
    that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
 2. eval: inference of the tflite_int8 preset through the integer-kernel emulation, over the plain
    fake-quant graph (export mode) and the LiteRT interpreter (builtin kernels, as ``verify`` runs it) on
-   the same images; graph (tf.function, as ``predict``/``evaluate``) and eager (as ``verify``) calls.
+   the same images; graph (tf.function, as ``predict``/``evaluate``) and eager calls, and
+   ``deploy.simulate`` (``verify``'s simulation).
 3. memory: peak bytes in use during a training step (TF's allocator statistics; the CPU allocator is
    switched to BFC in a subprocess so that they exist), QAT over float, per model and contestant.
 4. sweep: a sweep's wall time with a cold and a warm float-baseline cache (and a resumed re-run),
@@ -141,7 +142,7 @@ def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, p
     import qresearch
     from qresearch._compat import keras, tf
     from qresearch.hardware import deploy
-    from qresearch.schemes import integer
+    from qresearch import kernels as integer  # export_mode (was schemes.integer before the kernels package)
 
     x, _ = _data(input_shape, batch_size, batches)
     keras.backend.clear_session()
@@ -193,7 +194,8 @@ def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, p
         "float model eval, graph": over_chunks(graph(float_model)),
         "LiteRT interpreter (builtin kernels)": litert,
         "fake-quant eval, eager (export mode)": over_chunks(eager(q, export=True)),
-        "emulated integer eval, eager (as verify)": over_chunks(eager(q)),
+        "emulated integer eval, eager calls": over_chunks(eager(q)),
+        "emulated, deploy.simulate (as verify)": lambda _: deploy.simulate(q, x, batch_size),
     }
     for fn in modes.values():  # warm up
         fn(None)

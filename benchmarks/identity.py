@@ -20,6 +20,7 @@ def results(model_name, shape, preset):
     from qresearch import models
     from qresearch._compat import keras
     from qresearch import kernels as integer
+    from qresearch.hardware import deploy
 
     rng = np.random.default_rng(1)
     x = rng.random((128,) + shape, dtype=np.float32)
@@ -37,6 +38,10 @@ def results(model_name, shape, preset):
     out["infer_eager"] = q(x[:16], training=False).numpy()
     with integer.export_mode():
         out["export_out"] = q(x[:32], training=False).numpy()
+    # deploy.simulate as verify runs it: each kernel-set emulation, a partial last batch
+    for kernels, emulation in deploy.EMULATIONS.items():
+        with integer.emulated_kernels(emulation):
+            out[f"simulate_{kernels}"] = deploy.simulate(q, x[:40], batch_size=16)
     return out
 
 

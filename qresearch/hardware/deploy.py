@@ -170,13 +170,17 @@ def _predictions(out: np.ndarray, threshold: float) -> np.ndarray:
 
 
 def simulate(qat_model, x, batch_size: int = 256) -> np.ndarray:
-    """The QAT model's outputs in inference mode (training=False)."""
+    """The QAT model's outputs in inference mode (training=False), through a graph function traced once per
+    model and emulation state (``kernels.traced``): the same bits as eager calls, without the emulation's
+    per-call Python."""
     from qresearch._compat import tf
+    from qresearch.kernels.traced import inference_function
 
+    x = np.asarray(x, np.float32)
+    run = inference_function(qat_model, x.shape[1:])
     outs = []
     for start in range(0, len(x), batch_size):
-        xb = tf.convert_to_tensor(np.asarray(x[start:start + batch_size], np.float32))
-        outs.append(np.asarray(qat_model(xb, training=False)))
+        outs.append(np.asarray(run(tf.convert_to_tensor(x[start:start + batch_size]))))
     return np.concatenate(outs)
 
 

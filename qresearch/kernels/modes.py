@@ -63,6 +63,12 @@ def emulated_kernels(name: Optional[str]):
     return _state_set("override", name)
 
 
+def trace_key():
+    """What a layer's trace reads from this module (the kernel-set override, export mode): a traced
+    function is reusable exactly while this key is unchanged."""
+    return getattr(_state, "override", None), exporting()
+
+
 def active_kernels(own: Optional[str]) -> Optional[IntegerKernels]:
     """The kernel set a layer configured with ``own`` emulates now (None: float simulation)."""
     if exporting():

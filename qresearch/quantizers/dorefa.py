@@ -90,8 +90,15 @@ def clipped_unit_ste(x, bits: int):
 
     The backward pass is written out (``tf.custom_gradient``) with autodiff's float operations (the
     gradient of ``·/levels`` then of ``·levels``, kept where the clip kept ``x``), one mask instead of
-    clip_by_value's two: bit-identical gradients (tests/quantizers/test_dorefa.py), fewer passes over ``x``.
+    clip_by_value's two, in one XLA-fused pass (``quantizers/fused.py``; the forward stays plain TF, see
+    there): bit-identical gradients (tests/quantizers/test_dorefa.py, test_fused.py), fewer passes over ``x``.
     """
+    from qresearch.quantizers import fused
+
+    levels = float(2**bits - 1)
+    eager = tf.executing_eagerly()   # the plain ops round ·/levels differently eagerly (see fused._unit_scaling)
+    backward_pass = fused.unit_backward(levels, eager)
+    lv = tf.constant(levels)
 
     @tf.custom_gradient
     def forward(x):
@@ -100,9 +107,7 @@ def clipped_unit_ste(x, bits: int):
         kept = tf.equal(c, x)   # both clip masks in one; the backward keeps this 1-byte mask, not x and c
 
         def backward(dy):
-            levels = float(2**bits - 1)
-            g = (dy / levels) * levels   # RealDiv's, then Mul's gradient (round_ste passes it through)
-            return tf.where(kept, g, tf.zeros([], dy.dtype))
+            return backward_pass(dy, kept, lv)
 
         return y, backward
 

@@ -159,26 +159,30 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     The backward pass is written out (``tf.custom_gradient``) with the very float operations autodiff
     builds for this graph, minus its redundant passes over ``x``: one mask for the clip instead of two
     (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
-    exactly, so the divide is not redone). Gradients and trained values are bit-identical to plain
-    autodiff (``tests/quantizers/test_ops.py`` compares them), at about 2/3 of its cost.
+    exactly, so the divide is not redone). The backward's elementwise part is one XLA-fused pass
+    (``quantizers/fused.py``) that recomputes the clip mask and ``q`` from ``t``, the one full-size tensor
+    kept for it. The forward stays plain TF ops: fused, it left the trained steps of residual Adds on
+    mobilenet_tiny one ulp off (grappler rewrites the surrounding graph differently; not pinned down).
+    Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
+    ``test_fused.py``, ``benchmarks/identity.py``).
     """
+    from qresearch.quantizers import fused
+
     lo, hi = -float(qn), float(qp)
     extra = () if offset is None else (offset,)
+    backward_pass = fused.uniform_backward(lo, hi)
 
     @tf.custom_gradient
     def forward(x, scale, *offset):
         shifted = x - offset[0] if offset else x
         t = shifted / scale
         c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
-        q = c + (tf.round(c) - c)               # round_ste's forward value, bit for bit
-        y = q * scale
+        y = (c + (tf.round(c) - c)) * scale     # round_ste's forward value, bit for bit
         if offset:
             y = y + offset[0]
-        # The backward keeps t, q and this 1-byte mask alive, not x, the shifted x and c as well.
-        kept = tf.equal(c, t)
 
         def backward(dy):
-            return _uniform_ste_grads(dy, t, kept, q, scale, offset)
+            return _uniform_ste_grads(dy, *backward_pass(dy, t, scale), scale, offset)
 
         return y, backward
 
@@ -194,21 +198,19 @@ def plain(*values):
     return tuple(tf.convert_to_tensor(v) if isinstance(v, tf.distribute.DistributedValues) else v for v in values)
 
 
-def _uniform_ste_grads(dy, t, kept, q, scale, offset):
-    """Autodiff's gradients of ``uniform_ste``, op for op where it matters for the bits:
-    Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the gradient where the clip kept its input, else
-    +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to s), Sub/Add (``-g`` / ``g`` to the offset),
-    each reduced over the broadcast axes by TF's own helper (``q`` stands for every full-shape tensor: only
-    its static shape is read). A sum of negated terms is the negated sum (rounding to nearest is
-    symmetric), so negations are applied after the reductions, on small tensors."""
+def _uniform_ste_grads(dy, g_shifted, q_dy, g_t_ts, scale, offset):
+    """Autodiff's gradients of ``uniform_ste`` from the fused pass's terms (``fused.uniform_backward``),
+    op for op where it matters for the bits: Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the
+    gradient where the clip kept its input, else +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to
+    s), Sub/Add (``-g`` / ``g`` to the offset), each reduced over the broadcast axes by TF's own helper
+    (``dy`` has the full shape: only its static shape is read). A sum of negated terms is the negated sum
+    (rounding to nearest is symmetric), so negations are applied after the reductions, on small tensors."""
     from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
 
     def reduced(param, g):
-        return math_grad._ReduceGradientArgs(q, param, None, g)[1]
+        return math_grad._ReduceGradientArgs(dy, param, None, g)[1]
 
-    g_t = tf.where(kept, dy * scale, tf.zeros([], dy.dtype))
-    g_shifted = g_t / scale
-    g_scale = reduced(scale, q * dy) - reduced(scale, g_t * (t / scale))
+    g_scale = reduced(scale, q_dy) - reduced(scale, g_t_ts)
     if not offset:
         return g_shifted, g_scale
     g_offset = reduced(offset[0], dy) - reduced(offset[0], g_shifted)

@@ -101,36 +101,28 @@ def pact_ste(x, a, qp: int, signed: bool):
 
     The backward pass is written out (``tf.custom_gradient``) with the float operations autodiff builds for
     ``where(x >= α, α·ones, relu(x))`` and friends, without the ``α·ones`` tensors and the identity
-    reductions of SelectV2's gradient: bit-identical gradients (tests/quantizers/test_pact.py), fewer
-    passes over ``x``.
+    reductions of SelectV2's gradient, each direction one XLA-fused pass (``quantizers/fused.py``) that
+    recomputes the masks from ``x``: bit-identical gradients (tests/quantizers/test_pact.py), fewer passes
+    over ``x`` and nothing full-size kept but ``x``.
     """
+    from tensorflow.python.ops import math_grad  # TF's broadcast reduction, for identical sums
+
+    from qresearch.quantizers import fused
+
+    forward_pass, backward_pass = fused.pact_forward(signed), fused.pact_backward(signed)
 
     @tf.custom_gradient
     def forward(x, a):
-        upper = x >= a
-        lower = x <= -a if signed else None
-        inner = x if signed else tf.nn.relu(x)
-        y = tf.where(upper, a, inner)   # a, not a·ones: the same values
-        if signed:
-            y = tf.where(lower, -a, y)
-        step = a / qp
-        v = y / step
-        out = (v + (tf.round(v) - v)) * step   # round_ste's forward value, bit for bit
+        step = a / qp   # small (a's shape); held constant in the backward pass
+        out = forward_pass(x, a, step)
 
         def backward(dy):
-            from tensorflow.python.ops import math_grad  # TF's broadcast reduction, for identical sums
-
             def to_alpha(g):
-                return math_grad._ReduceGradientArgs(a, inner, g, None)[0]   # inner: x's shape, kept anyway
+                return math_grad._ReduceGradientArgs(a, x, g, None)[0]
 
-            zero = tf.zeros([], dy.dtype)
-            g_y = (dy * step) / step                    # Mul's then RealDiv's gradient (step held constant)
-            if signed:
-                g_inner = tf.where(lower, zero, g_y)
-                g_a = to_alpha(tf.where(upper, g_inner, zero)) - to_alpha(tf.where(lower, g_y, zero))
-                return tf.where(upper, zero, g_inner), g_a
-            g_x = tf.raw_ops.ReluGrad(gradients=tf.where(upper, zero, g_y), features=inner)
-            return g_x, to_alpha(tf.where(upper, g_y, zero))
+            g_x, *terms = backward_pass(dy, x, a, step)
+            g_a = to_alpha(terms[0]) - to_alpha(terms[1]) if signed else to_alpha(terms[0])
+            return g_x, g_a
 
         return out, backward
 

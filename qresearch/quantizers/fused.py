@@ -1,0 +1,121 @@
+"""XLA-fused elementwise passes of the learned quantizers' training forward and backward.
+
+A learned quantizer's training step is a chain of cheap elementwise ops over each quantized tensor
+(about 10 forward, 10 backward); TensorFlow runs each as its own kernel, one pass over memory each,
+which on a small model costs more than the convolutions. Each chain here is one ``jit_compile``
+function: XLA fuses it into one pass. The values are the same bits: XLA CPU's elementwise float ops are
+IEEE (no fast-math), ``round`` is half to even as TF's Round. Two things are kept out of XLA because
+they would change bits: reductions (XLA sums in another order) and a multiply feeding an add (XLA CPU
+always lets LLVM contract ``a*b + c`` into one FMA, which rounds once instead of twice).
+Tests compare every output bit for bit with the plain TF graph (tests/quantizers/test_ops.py,
+test_pact.py, test_dorefa.py).
+
+XLA's algebraic simplifier also rewrites some float expressions that TF computes as written: measured,
+``(x/s)/s`` became ``x/(s·s)`` for a per-channel ``s`` (other bits). So a pass never divides a quotient it
+computed itself: LSQ's backward takes the forward's ``t = x/s`` as an input. It recomputes the rest (the
+clip, its mask, ``q``) from ``t`` instead of keeping them alive from the forward to the backward: peak
+memory of a step drops, and in one fused pass recomputing costs less than reading them back.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from qresearch._compat import tf
+
+
+def _jit(fn):
+    """``fn`` compiled by XLA, its outputs with the static shape of its inputs broadcast together.
+
+    ``reduce_retracing`` shares a trace between tensors of every size, which leaves the outputs' static
+    shapes unknown; they are set back to what the plain TF ops would have, so shape-dependent graph
+    rewrites (grappler) see what they saw before."""
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+
+    def call(*args):
+        outs = compiled(*args)
+        if not tf.executing_eagerly():
+            shape = functools.reduce(tf.broadcast_static_shape, [tf.convert_to_tensor(a).shape for a in args])
+            for out in tf.nest.flatten(outs):
+                out.set_shape(shape)
+        return outs
+
+    return call
+
+
+@functools.lru_cache(maxsize=None)
+def uniform_backward(lo: float, hi: float):
+    """``(dy, t, s) -> (g_shifted, q·dy, g_t·(t/s))`` for ``t = (x - b)/s``: autodiff's elementwise gradient
+    terms of ``ops.uniform_ste`` (see ``ops._uniform_ste_grads``); the two products are reduced by the caller."""
+
+    def fn(dy, t, s):
+        c = tf.maximum(tf.minimum(t, hi), lo)
+        q = c + (tf.round(c) - c)
+        g_t = tf.where(tf.equal(c, t), dy * s, tf.zeros([], dy.dtype))
+        return g_t / s, q * dy, g_t * (t / s)
+
+    return _jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def pact_forward(signed: bool):
+    """``(x, a, step) -> round_ste(clip(x)/step)·step``, clipped to ``[0, a]`` (``[-a, a]`` when signed).
+    ``step = a/qp`` comes in computed: XLA would rewrite ``y/(a/qp)`` as ``(y·qp)/a``."""
+
+    def fn(x, a, step):
+        y = tf.where(x >= a, a, x if signed else tf.nn.relu(x))
+        if signed:
+            y = tf.where(x <= -a, -a, y)
+        v = y / step
+        return (v + (tf.round(v) - v)) * step
+
+    return _jit(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def pact_backward(signed: bool):
+    """``(dy, x, a, step) -> (g_x, terms of g_a)``: autodiff's elementwise gradients of ``pact_forward`` with
+    the step held constant (see ``pact.pact_ste``); the caller reduces the ``g_a`` terms."""
+
+    def fn(dy, x, a, step):
+        zero = tf.zeros([], dy.dtype)
+        upper = x >= a
+        g_y = (dy * step) / step   # Mul's then RealDiv's gradient
+        if signed:
+            lower = x <= -a
+            g_inner = tf.where(lower, zero, g_y)
+            return tf.where(upper, zero, g_inner), tf.where(upper, g_inner, zero), tf.where(lower, g_y, zero)
+        # TF's ReluGrad kernel multiplies by the mask (a negative gradient gives -0 where x <= 0); XLA's
+        # ReluGrad and a multiply by the cast mask both become a select (+0): the product by 0 written out
+        g = tf.where(upper, zero, g_y)
+        g_x = tf.where(x > 0, g, g * zero)
+        return g_x, tf.where(upper, g_y, zero)
+
+    return _jit(fn)
+
+
+# DoReFa's forward stays plain TF: fused, ``c·levels + (round - c·levels)`` became an FMA in some traces
+# (a trace with relaxed shapes: 1176 of 43758 values differed), though not in the first.
+
+
+def _unit_scaling(levels: float, eager: bool):
+    """How ``·/levels`` is computed: eagerly TF divides; in a graph grappler turns a division by a constant
+    into a multiplication by its float32 reciprocal (XLA would too), so the plain graph and the plain
+    eager call differ in the last bit and each mode keeps its own. Eagerly ``levels`` is an argument of
+    the pass (XLA cannot fold what it does not see as a constant)."""
+    if eager:
+        return lambda v, lv: v / lv
+    inverse = np.float32(1.0) / np.float32(levels)   # IEEE float32 division, as grappler folds it
+    return lambda v, lv: v * inverse
+
+
+@functools.lru_cache(maxsize=None)
+def unit_backward(levels: float, eager: bool):
+    """``(dy, kept, levels) -> (dy/levels)·levels`` where the clip kept ``x``, else +0."""
+    divide = _unit_scaling(levels, eager)
+
+    def fn(dy, kept, lv):
+        return tf.where(kept, divide(dy, lv) * levels, tf.zeros([], dy.dtype))
+
+    return _jit(fn)

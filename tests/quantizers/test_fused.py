@@ -1,0 +1,103 @@
+"""The XLA-fused training passes (quantizers/fused.py) against plain TF autodiff, bit for bit, on tensors
+large and oddly sized enough for XLA's vectorised loops and their tails, with NaN, ±inf, ±0, rounding ties
+and clip edges in the input and in the incoming gradient; in a tf.function (as in training) and eagerly
+(as in calibration). XLA rewrites some float expressions (FMA contraction, ``(a/b)/c``, ReluGrad's
+select): a pass that picked one up would fail here."""
+import numpy as np
+import pytest
+
+from qresearch._compat import tf
+from qresearch.quantizers import ops
+from qresearch.quantizers.dorefa import clipped_unit_ste
+from qresearch.quantizers.pact import pact_ste
+
+from .test_ops import _uniform_ste_autodiff
+from .test_pact import _pact_autodiff
+
+SHAPE = (33, 17, 13, 6)
+
+
+@pytest.fixture(params=[(33, 17, 13, 6), (5, 7, 3, 6)], ids=["first_trace", "relaxed_trace"], autouse=True)
+def _shape(request):
+    """Each check on a second shape too: the shared traces are then retraced with relaxed shapes, which
+    changes XLA's code (an FMA appeared only there in a fused DoReFa forward)."""
+    global SHAPE
+    SHAPE = request.param
+
+
+def _inputs(scale, seed):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal(SHAPE) * 4 * scale).astype("float32")
+    edges = np.float32(scale) * np.array([0.5, 1.5, -2.5, 7.0, -8.0, 15.0, 9.0, 1e-3, -1e-3], "float32")
+    x.flat[:13] = np.concatenate([edges, [np.nan, np.inf, -np.inf, -0.0]]).astype("float32")
+    dy = rng.standard_normal(SHAPE).astype("float32")
+    dy.flat[100:104] = [np.nan, np.inf, -0.0, 0.0]
+    dy.flat[:13] = -np.abs(dy.flat[:13])   # negative gradients at the edges: the sign of zero shows
+    return x, dy
+
+
+def _outputs(fn, x, dy, params, graph):
+    """``[y, dx, dparam...]`` of ``fn(x, *params)`` for the incoming gradient ``dy``."""
+    def step(xt, dyt, *ps):
+        with tf.GradientTape() as tape:
+            tape.watch([xt, *ps])
+            y = fn(xt, *ps)
+        return [y] + tape.gradient(y, [xt, *ps], output_gradients=dyt)
+
+    args = [tf.constant(x), tf.constant(dy)] + [tf.constant(p) for p in params]
+    if not graph:
+        return [t.numpy() for t in step(*args)]
+    # placeholders for every input, as in a model (a constant scale would let grappler rewrite the reference)
+    spec = tf.TensorSpec((None,) + SHAPE[1:], tf.float32)
+    concrete = tf.function(step).get_concrete_function(
+        spec, spec, *[tf.TensorSpec(np.shape(p), tf.float32) for p in params])
+    return [t.numpy() for t in concrete(*args)]
+
+
+def _assert_same_bits(fused, reference):
+    assert len(fused) == len(reference)
+    for got, want in zip(fused, reference):
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("case", ["per_tensor", "per_channel", "offset", "offset_per_channel", "unsigned"])
+def test_uniform_ste_bits(case, graph):
+    qn, qp = (0, 15) if case == "unsigned" else (8, 7)
+    channel = case.endswith("per_channel")
+    s = (np.linspace(0.05, 0.4, 6, dtype="float32").reshape(1, 1, 1, 6) if channel else np.float32(0.23))
+    x, dy = _inputs(0.23, 1)
+    params = [s] + ([np.float32(-0.4) * np.ones_like(s)] if case.startswith("offset") else [])
+
+    def run(f):
+        return _outputs(lambda t, *p: f(t, p[0], qn, qp, *p[1:]), x, dy, params, graph)
+
+    _assert_same_bits(run(ops.uniform_ste), run(_uniform_ste_autodiff))
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_pact_ste_bits(signed, per_channel, graph):
+    a = np.linspace(0.9, 2.5, 6, dtype="float32").reshape(1, 1, 1, 6) if per_channel else np.float32(2.1)
+    x, dy = _inputs(0.3, 2)
+    x.flat[20:24] = [a.flat[0], -a.flat[0], a.flat[0] / 2, -a.flat[0] / 2]
+    qp = 7 if signed else 15
+
+    def run(f):
+        return _outputs(lambda t, at: f(t, at, qp, signed), x, dy, [a], graph)
+
+    _assert_same_bits(run(pact_ste), run(_pact_autodiff))
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_clipped_unit_ste_bits(bits, graph):
+    x, dy = _inputs(0.25, 3)
+    x.flat[20:24] = [0.0, 1.0, 0.5 / (2**bits - 1), 1.5 / (2**bits - 1)]
+
+    def run(f):
+        return _outputs(f, x, dy, [], graph)
+
+    reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), bits))
+    _assert_same_bits(run(lambda t: clipped_unit_ste(t, bits)), reference)
