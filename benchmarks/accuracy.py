@@ -273,6 +273,9 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="float-baseline cache (default $QRESEARCH_CACHE_DIR or outputs/cache; '' = none)")
     p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
+                        "(e.g. once the other recipe's results exist, for the robustness check)")
     args = p.parse_args(argv)
     if args.quick:  # the quick settings, except where given explicitly
         for k, v in QUICK.items():
@@ -318,6 +321,13 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
             "qat_epochs": epochs, "float_epochs": float_epochs, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tensorflow": tf.__version__, "cpus": os.cpu_count()}
     jsonl = out / "results.jsonl"
+    if args.report_only:
+        old = out / "results.json"
+        meta = json.loads(old.read_text())["args"] if old.is_file() else meta
+        write_outputs(out, read_jsonl(jsonl), meta, meta.get("bits", bits), other, other_recipe,
+                      plot=not args.no_plot)
+        log((out / "table.md").read_text())
+        return {"out": out}
     records = read_jsonl(jsonl) if args.resume else []
     if not args.resume and jsonl.exists():
         jsonl.unlink()

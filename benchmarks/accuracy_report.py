@@ -276,7 +276,7 @@ def checks_text(results: List[Dict[str, Any]]) -> str:
     for r in results:
         where = r["dataset"] + (f", {POLICIES[r['policy']]}" if r.get("policy") else "")
         lines.append(f"- [{_verdict(r['met'])}] {r['target']} ({where}): {r['detail']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines or ["(no target applies to these results)"]) + "\n"
 
 
 def plot(summary: Dict[str, Dict[str, Any]], path) -> Optional[str]:
