@@ -254,39 +254,62 @@ def _all(values: Iterable[Optional[bool]]) -> Optional[bool]:
     return None if not values or all(v is None for v in values) else True
 
 
-def relations(summary: Dict[str, Dict[str, Any]]) -> Dict[Tuple[str, str, int, str], Optional[bool]]:
+def _margin(s, a: Key, b: Key, margin: float = 0.0) -> Optional[Tuple[float, float]]:
+    """(mean(a) - mean(b) - margin, the larger of the two cells' stds over seeds); None if either is missing."""
+    ca, cb = s["cells"].get(a), s["cells"].get(b)
+    if _mean(s, *a) is None or _mean(s, *b) is None:
+        return None
+    return ca["mean"] - cb["mean"] - margin, max(ca["std"] or 0.0, cb["std"] or 0.0)
+
+
+def relations(summary: Dict[str, Dict[str, Any]]) -> Dict[Tuple[str, str, int, str], Dict[str, Any]]:
     """The pairwise QAT relations the targets assert, per (dataset, policy, bits, relation): learned >=
-    minmax_nbit, minmax_nbit >= tfmot n-bit (W4, W3), lsq >= minmax_nbit + 10 pt (W2)."""
-    rel: Dict[Tuple[str, str, int, str], Optional[bool]] = {}
+    minmax_nbit, minmax_nbit >= tfmot n-bit (W4, W3), lsq >= minmax_nbit + 10 pt (W2). Each: ``holds`` (as
+    ``_geq``), ``diff`` (the left side minus the right, pt fraction) and ``noise`` (the larger std)."""
+    rel: Dict[Tuple[str, str, int, str], Dict[str, Any]] = {}
+
+    def put(ds, s, policy, b, name, left: Key, right: Key, margin=0.0):
+        if left in s["cells"] and right in s["cells"]:
+            m = _margin(s, left, right, margin)
+            rel[(ds, policy, b, name)] = {"holds": _geq(_mean(s, *left), _mean(s, *right), margin),
+                                          "diff": None if m is None else m[0], "noise": None if m is None else m[1]}
+
     for ds, s in summary.items():
         for policy in POLICIES:
             for b in (4, 3):
-                mm = _mean(s, "minmax_nbit", policy, b, "qat")
                 for p in LEARNED:
-                    if (p, policy, b, "qat") in s["cells"] and ("minmax_nbit", policy, b, "qat") in s["cells"]:
-                        rel[(ds, policy, b, f"{p} >= minmax_nbit")] = _geq(_mean(s, p, policy, b, "qat"), mm)
-                if ("minmax_nbit", policy, b, "qat") in s["cells"] and (TFMOT_NBIT, "all", b, "qat") in s["cells"]:
-                    rel[(ds, policy, b, "minmax_nbit >= tfmot n-bit")] = _geq(mm, _mean(s, TFMOT_NBIT, "all", b, "qat"))
-            if ("lsq", policy, 2, "qat") in s["cells"] and ("minmax_nbit", policy, 2, "qat") in s["cells"]:
-                rel[(ds, policy, 2, "lsq >= minmax_nbit + 10")] = _geq(_mean(s, "lsq", policy, 2, "qat"),
-                                                                       _mean(s, "minmax_nbit", policy, 2, "qat"), 0.10)
+                    put(ds, s, policy, b, f"{p} >= minmax_nbit", (p, policy, b, "qat"), ("minmax_nbit", policy, b, "qat"))
+                put(ds, s, policy, b, "minmax_nbit >= tfmot n-bit", ("minmax_nbit", policy, b, "qat"),
+                    (TFMOT_NBIT, "all", b, "qat"))
+            put(ds, s, policy, 2, "lsq >= minmax_nbit + 10", ("lsq", policy, 2, "qat"),
+                ("minmax_nbit", policy, 2, "qat"), 0.10)
     return rel
 
 
 def robustness(summary, other, other_recipe: str) -> List[Dict[str, Any]]:
-    """The same ordering under both recipes: every relation measured under both holds or fails alike."""
+    """The same ordering under both recipes: every relation measured under both holds or fails alike. A flip
+    whose difference is within the seeds' std under both recipes is labelled so (the seeds cannot order it)."""
     a, b = relations(summary), relations(other)
     out = []
+
+    def noisy(k):
+        return all(r[k]["diff"] is not None and abs(r[k]["diff"]) <= r[k]["noise"] for r in (a, b))
+
+    def diff(r):
+        return "–" if r["diff"] is None else f"{100 * r['diff']:+.2f}"
+
     for ds in sorted({k[0] for k in a} & {k[0] for k in b}):
         common = sorted(k for k in a if k in b and k[0] == ds)
-        flips = [k for k in common if a[k] != b[k]]
+        flips = [k for k in common if a[k]["holds"] != b[k]["holds"]]
+        real = [k for k in flips if not noisy(k)]
         out.append({"target": f"same ordering with {other_recipe}", "dataset": ds, "policy": None,
                     "met": None if not common else not flips,
-                    "detail": f"{len(common)} relations compared" + (
-                        "; flipped: " + "; ".join(f"W{k[2]} {POLICIES[k[1]]}: {k[3]} "
-                                                   f"({'holds' if a[k] else 'fails'} here, "
-                                                   f"{'holds' if b[k] else 'fails'} there)" for k in flips)
-                        if flips else "")})
+                    "detail": f"{len(common)} relations compared, {len(flips)} flipped"
+                    + (f" ({len(flips) - len(real)} of them within the seeds' std under both recipes)" if flips else "")
+                    + ("; flipped: " + "; ".join(
+                        f"W{k[2]} {POLICIES[k[1]]}: {k[3]} ({'holds' if a[k]['holds'] else 'fails'} here, "
+                        f"{diff(a[k])} pt; {'holds' if b[k]['holds'] else 'fails'} there, {diff(b[k])} pt"
+                        f"{', within seed std' if noisy(k) else ''})" for k in flips) if flips else "")})
     return out
 
 
