@@ -181,7 +181,8 @@ def check_targets(summary: Dict[str, Dict[str, Any]],
                 res = {p: _geq(_mean(s, p, policy, 4, "ptq"), mm(4, "ptq")) for p in learned}
                 add("PTQ W4A4: every learned quantizer >= minmax_nbit", ds, policy, _all(res.values()),
                     f"minmax_nbit {_pct(mm(4, 'ptq'))}; " + ", ".join(
-                        f"{p} {_pct(_mean(s, p, policy, 4, 'ptq'))}{_below(s, (p, policy, 4, 'ptq'), ('minmax_nbit', policy, 4, 'ptq'), ok)}"
+                        f"{p} {_pct(_mean(s, p, policy, 4, 'ptq'))}"
+                        f"{_below(s, (p, policy, 4, 'ptq'), ('minmax_nbit', policy, 4, 'ptq'), ok)}"
                         for p, ok in res.items())
                     + _also(s, presets, policy, 4, "ptq"))
             # QAT W4A4 / W3A3: every learned built-in >= minmax_nbit >= tfmot n-bit
@@ -194,7 +195,8 @@ def check_targets(summary: Dict[str, Dict[str, Any]],
                 add(f"QAT W{b}A{b}: every learned built-in >= minmax_nbit >= tfmot n-bit", ds, policy,
                     _all(list(res.values()) + ([chain] if chain is not None else [])),
                     f"tfmot n-bit (every layer) {_pct(tf_nbit)}, minmax_nbit {_pct(mm(b, 'qat'))}"
-                    f"{_below(s, ('minmax_nbit', policy, b, 'qat'), (TFMOT_NBIT, 'all', b, 'qat'), chain is not False)}; "
+                    f"{_below(s, ('minmax_nbit', policy, b, 'qat'), (TFMOT_NBIT, 'all', b, 'qat'), chain is not False)}"
+                    "; "
                     + ", ".join(
                         f"{p} {_pct(_mean(s, p, policy, b, 'qat'))}"
                         f"{_below(s, (p, policy, b, 'qat'), ('minmax_nbit', policy, b, 'qat'), ok)}"
@@ -278,7 +280,8 @@ def relations(summary: Dict[str, Dict[str, Any]]) -> Dict[Tuple[str, str, int, s
         for policy in POLICIES:
             for b in (4, 3):
                 for p in LEARNED:
-                    put(ds, s, policy, b, f"{p} >= minmax_nbit", (p, policy, b, "qat"), ("minmax_nbit", policy, b, "qat"))
+                    put(ds, s, policy, b, f"{p} >= minmax_nbit", (p, policy, b, "qat"),
+                        ("minmax_nbit", policy, b, "qat"))
                 put(ds, s, policy, b, "minmax_nbit >= tfmot n-bit", ("minmax_nbit", policy, b, "qat"),
                     (TFMOT_NBIT, "all", b, "qat"))
             put(ds, s, policy, 2, "lsq >= minmax_nbit + 10", ("lsq", policy, 2, "qat"),
