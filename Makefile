@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# Issue #12's accuracy benchmark (not a test): tfmot vs every preset, W8 PTQ and W4/W3/W2 PTQ + QAT, both layer
+# policies, 2 seeds, MNIST LeNet-5 and CIFAR-10 ResNet-8 -> outputs/benchmarks/accuracy/ (notes/accuracy.md).
+# Options: make bench-accuracy ARGS="--recipe tfmot --datasets mnist --bits 4,2"
+bench-accuracy: $(STAMP)
+	$(PY) -m benchmarks.accuracy $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb

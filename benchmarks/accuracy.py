@@ -1,0 +1,398 @@
+"""Accuracy against bit width, tfmot side by side with every built-in preset (issue #12, item 5).
+
+``python -m benchmarks.accuracy [--datasets mnist,cifar10] [--seeds 0,1] [--bits 8,4,3,2] [--presets all]
+[--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--quick] [--resume]``
+(``make bench-accuracy``: the defaults).
+
+Protocol (docs/benchmark-protocol.md), in one process per dataset:
+- per seed, ONE float model (LeNet-5 on MNIST, a ResNet-8 on CIFAR-10: ``resnet20`` with depth 8), trained once
+  with the runner's float recipe (conf/training/default.yaml ``float``; cached like the runner's baselines);
+  every contestant starts from a copy of its weights;
+- ONE calibration set: ``calibration_samples`` (256, the runner's) training images drawn by the seed, the same
+  images in the same order for everyone (``qresearch.quantize(..., calibration_data=...)`` for the presets; tfmot's
+  own recipe for tfmot: a training-mode pass over them with learning rate 0, BatchNorm statistics restored);
+- ONE QAT budget: the runner's QAT recipe (``--recipe default``: conf/training/default.yaml ``qat``, Adam 5e-4
+  cosine, batch 64) or tfmot's (``--recipe tfmot``: Adam 1e-4 constant), same epochs, batch size and data order
+  (``Dataset.train_pipeline`` seeded by the seed) for everyone.
+Contestants: tfmot's stock ``quantize_model`` (8-bit; PTQ and QAT, a reference row), tfmot's experimental
+``DefaultNBitQuantizeScheme(n, n)`` (every layer n-bit), and every built-in preset (``qresearch.schemes.names()``
+less ``mixed``, which is lsq under a budget) with both widths set to n as the runner's ``bits=n`` does
+(``config.with_bits``), each with every layer at n bits (``first_last_bits: null``) and with the first and last
+layers at 8 bits (``first_last_bits: 8``). At W8 presets and tfmot n-bit run PTQ only (the W8A8 PTQ target; both
+layer policies are then the same model); at lower widths PTQ (calibration only) and QAT from it. No hardware
+target: each preset as written (BN folded where the preset says so).
+
+Writes, under ``--out`` (default outputs/benchmarks/accuracy/<recipe>/): ``results.jsonl`` (one line per run, appended
+as soon as it finishes: a crash or a timeout loses nothing; ``--resume`` skips what is there), ``results.json``
+(arguments, every per-seed record, the summary), ``table.md`` (one table per dataset and the target checks) and
+``accuracy_vs_bits.png``. A contestant that fails is recorded as failed, with the error, and the benchmark goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from benchmarks import accuracy_report as report
+
+#: dataset -> model config and default sizes (train subset, test subset; None = all), float/QAT epochs
+DATASETS: Dict[str, Dict[str, Any]] = {
+    "mnist": {"model": {"name": "lenet5"}, "label": "LeNet-5", "train_subset": 6000, "test_subset": None,
+              "float_epochs": 8, "epochs": 1},
+    "cifar10": {"model": {"name": "resnet20", "depth": 8}, "label": "ResNet-8", "train_subset": 5000,
+                "test_subset": 2000, "float_epochs": 20, "epochs": 1},
+    # no download, no files: the quick smoke run and the test
+    "digits": {"model": {"name": "lenet5"}, "label": "LeNet-5", "train_subset": None, "test_subset": None,
+               "float_epochs": 30, "epochs": 3},
+}
+RECIPES = ("default", "tfmot")
+TFMOT_QAT = {"optimizer": "adam", "learning_rate": 1e-4, "schedule": "constant"}
+#: --quick: a smoke run of the whole path in seconds
+QUICK = {"datasets": "digits", "seeds": "0", "bits": "4", "presets": "lsq", "policies": "fl8",
+         "train_subset": "digits=256", "test_subset": "digits=200", "float_epochs": "2", "epochs": "1"}
+NOT_BENCHMARKED = ("mixed",)  # lsq's quantizers under a per-layer budget: with no budget it is the lsq preset
+
+
+def _per_dataset(value: Optional[str], datasets: Sequence[str], key: str, cast=int) -> Dict[str, Any]:
+    """``"N"`` (every dataset) or ``"mnist=N,cifar10=M"`` -> {dataset: value} (defaults from DATASETS)."""
+    out = {d: DATASETS[d][key] for d in datasets}
+    if value in (None, ""):
+        return out
+    for part in str(value).split(","):
+        name, _, v = part.rpartition("=")
+        v = None if v.lower() in ("all", "none", "0") else cast(v)
+        for d in ([name] if name else datasets):
+            if d in out:
+                out[d] = v
+    return out
+
+
+def _phases(recipe: str, qat_epochs: int, float_epochs: int):
+    """The runner's float and QAT phases (conf/training/default.yaml), QAT optimizer from ``recipe``."""
+    import yaml
+
+    from qresearch.config import phase_config
+    from qresearch.paths import CONF_DIR
+
+    conf = yaml.safe_load((CONF_DIR / "training" / "default.yaml").read_text())
+    fl = dict(conf["float"], epochs=int(float_epochs))
+    qat = dict(conf["qat"], epochs=int(qat_epochs))
+    if recipe == "tfmot":
+        qat.update(TFMOT_QAT)
+    return phase_config(fl), phase_config(qat), int(conf.get("calibration_samples", 256)), \
+        int(conf.get("eval_batch_size", 256))
+
+
+# ------------------------------------------------------------------ contestants
+def preset_scheme(preset: str, bits: int, policy: str) -> Dict[str, Any]:
+    """The preset with both widths at ``bits`` (the runner's ``bits=``) and the layer policy applied."""
+    from qresearch import schemes
+    from qresearch.config import with_bits
+
+    spec = with_bits(schemes.get(preset).to_dict(), bits)
+    spec["first_last_bits"] = 8 if policy == "fl8" else None
+    return spec
+
+
+def tfmot_calibrate(qmodel, calibration: np.ndarray, batch_size: int = 32) -> None:
+    """tfmot's users' calibration: one training-mode pass at learning rate 0 (quantizer ranges move, weights do
+    not), BatchNorm moving statistics restored afterwards."""
+    from qresearch._compat import keras
+
+    saved = [(v, v.numpy()) for v in qmodel.variables if "moving_mean" in v.name or "moving_variance" in v.name]
+    qmodel.compile(optimizer=keras.optimizers.SGD(0.0),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    qmodel.fit(calibration, np.zeros(len(calibration), np.int32), batch_size=batch_size, epochs=1, shuffle=False,
+               verbose=0)
+    for v, value in saved:
+        v.assign(value)
+
+
+def build_contestant(contestant: str, policy: str, bits: int, float_model, calibration: np.ndarray):
+    """(QAT model calibrated, quantizer-training settings or None)."""
+    import qresearch
+    from qresearch._compat import tfmot
+    from qresearch.config import quantizer_training
+
+    qk = tfmot.quantization.keras
+    if contestant == report.TFMOT_STOCK:
+        q = qk.quantize_model(float_model)
+        tfmot_calibrate(q, calibration)
+        return q, None
+    if contestant == report.TFMOT_NBIT:
+        from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
+            default_n_bit_quantize_scheme as n_bit)
+
+        q = qk.quantize_apply(qk.quantize_annotate_model(float_model),
+                              n_bit.DefaultNBitQuantizeScheme(num_bits_weight=bits, num_bits_activation=bits))
+        tfmot_calibrate(q, calibration)
+        return q, None
+    spec = preset_scheme(contestant, bits, policy)
+    return qresearch.quantize(float_model, spec, calibration_data=calibration), quantizer_training(spec)
+
+
+def plan(presets: Sequence[str], bits: Sequence[int], policies: Sequence[str]) -> List[Tuple[str, str, int, bool]]:
+    """(contestant, policy, bits, with QAT) in the order they run: per width, tfmot then the presets."""
+    runs = []
+    for b in bits:
+        if b == 8:
+            runs.append((report.TFMOT_STOCK, "all", 8, True))
+        runs.append((report.TFMOT_NBIT, "all", b, b != 8))
+        for p in presets:
+            for pol in (("all",) if b == 8 else policies):
+                runs.append((p, pol, b, b != 8))
+    return runs
+
+
+# ------------------------------------------------------------------ one dataset, one seed
+def float_model(ds, ds_cfg, model_cfg, phase, seed: int, cache_dir: Optional[str]):
+    """The seed's float model (the runner's float-baseline cache when ``cache_dir``), its weights."""
+    from qresearch import models, training
+    from qresearch._compat import keras
+
+    def build():
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        return models.build_model(model_cfg, ds.input_shape, ds.num_classes)
+
+    def train(m):
+        return training.fit(m, ds, phase, "float", seed, verbose=0)
+
+    key = training.baseline_key(ds_cfg, model_cfg, phase, seed, data_fingerprint=ds.fingerprint())
+    model, info = training.float_baseline(build, train, key, cache_dir or None)
+    return model.get_weights(), info
+
+
+def run_one(ds, model_cfg, weights, calibration, contestant: str, policy: str, bits: int, with_qat: bool,
+            qat_phase, seed: int, eval_batch: int) -> Dict[str, Any]:
+    """PTQ and (``with_qat``) QAT of one contestant from the seed's float weights; failures recorded."""
+    from qresearch import models, training
+    from qresearch._compat import keras
+    from qresearch.evaluation import test_accuracy
+
+    rec: Dict[str, Any] = {"contestant": contestant, "policy": policy, "bits": bits, "ptq": None, "qat": None,
+                           "qat_skipped": not with_qat, "status": "failed", "error": None}
+    t0 = time.perf_counter()
+    try:
+        keras.backend.clear_session()
+        keras.utils.set_random_seed(seed)
+        fmodel = models.build_model(model_cfg, ds.input_shape, ds.num_classes)
+        fmodel.set_weights(weights)
+        q, qtrain = build_contestant(contestant, policy, bits, fmodel, calibration)
+        rec["ptq"] = test_accuracy(q, ds, eval_batch)
+        rec["ptq_s"] = time.perf_counter() - t0
+        if with_qat:
+            keras.utils.set_random_seed(seed)
+            fit = training.fit(q, ds, qat_phase, "qat", seed, verbose=0, quantizer=qtrain)
+            rec["qat"] = test_accuracy(q, ds, eval_batch)
+            rec["qat_steps"], rec["qat_step_s"] = fit["steps"], fit["step_time_s"]
+            if not math.isfinite(rec["qat"]) or not all(np.isfinite(w).all() for w in q.get_weights()):
+                raise FloatingPointError("QAT left non-finite weights")
+        rec["status"] = "completed"
+    except Exception as exc:  # one contestant's failure must not end the benchmark
+        rec["error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        rec["traceback"] = traceback.format_exc()[-4000:]
+        if with_qat and rec["qat"] is not None and not math.isfinite(rec["qat"]):
+            rec["qat"] = None
+    rec["wall_s"] = time.perf_counter() - t0
+    return rec
+
+
+# ------------------------------------------------------------------ outputs
+def _key(r: Dict[str, Any]) -> Tuple:
+    return (r["dataset"], int(r["seed"]), r["contestant"], r["policy"], int(r["bits"]))
+
+
+def read_jsonl(path: Path) -> List[Dict[str, Any]]:
+    out = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:  # a line cut by a kill
+                pass
+    return out
+
+
+def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any], bits: Sequence[int],
+                  other: Optional[Path] = None, other_recipe: str = "", plot: bool = True) -> Dict[str, Any]:
+    """results.json, table.md (tables + target checks) and the plot, from every record so far."""
+    summary = report.summarize(records)
+    other_summary = None
+    if other is not None and other.is_file():
+        other_summary = report.summarize(json.loads(other.read_text())["records"])
+    checks = report.check_targets(summary, other_summary, f"recipe {other_recipe}")
+    text = [f"# Accuracy vs bits: recipe `{args.get('recipe')}`\n",
+            f"`python -m benchmarks.accuracy {args.get('argv', '')}`\n"]
+    for ds in summary:
+        text.append(report.markdown_table(summary, ds, bits))
+    text.append("## Targets (issue #12)\n")
+    text.append(report.checks_text(checks))
+    (out / "table.md").write_text("\n".join(text))
+    plain = {ds: {**{k: v for k, v in s.items() if k != "cells"},
+                  "cells": [{"contestant": k[0], "policy": k[1], "bits": k[2], "phase": k[3], **c}
+                            for k, c in s["cells"].items()]} for ds, s in summary.items()}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps({"args": args, "records": records, "summary": plain, "checks": checks},
+                              indent=1, default=str))
+    os.replace(tmp, out / "results.json")
+    if plot:
+        report.plot(summary, out / "accuracy_vs_bits.png")
+    return {"summary": summary, "checks": checks}
+
+
+# ------------------------------------------------------------------ main
+def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
+    p.add_argument("--datasets", default="mnist,cifar10", help="comma list of mnist, cifar10, digits")
+    p.add_argument("--seeds", default="0,1", help="comma list (>= 2 for mean ± std)")
+    p.add_argument("--bits", default="8,4,3,2", help="widths of weights = activations; 8: PTQ only")
+    p.add_argument("--presets", default="all", help="comma list of built-in presets, or 'all' (less mixed)")
+    p.add_argument("--policies", default="all,fl8", help="layer policies: all (every layer n-bit), fl8 "
+                                                         "(first/last layers 8-bit)")
+    p.add_argument("--train-subset", default=None, help="training images: N or mnist=N,cifar10=M (defaults: "
+                   + ", ".join(f"{d}={c['train_subset']}" for d, c in DATASETS.items()) + ")")
+    p.add_argument("--test-subset", default=None, help="test images: N or ds=N,... ('all': every test image)")
+    p.add_argument("--epochs", default=None, help="QAT epochs: N or ds=N,... (defaults: "
+                   + ", ".join(f"{d}={c['epochs']}" for d, c in DATASETS.items()) + ")")
+    p.add_argument("--float-epochs", default=None, help="float epochs: N or ds=N,...")
+    p.add_argument("--recipe", default="default", choices=RECIPES,
+                   help="QAT optimizer: default (the runner's, Adam 5e-4 cosine) or tfmot (Adam 1e-4 constant)")
+    p.add_argument("--quick", action="store_true", help="a tiny smoke run (digits, lsq + tfmot n-bit, W4, 1 seed)")
+    p.add_argument("--resume", action="store_true", help="keep results.jsonl's runs and run only the rest")
+    p.add_argument("--out", default=None, help="output folder (default outputs/benchmarks/accuracy/<recipe>)")
+    p.add_argument("--cache-dir", default=None,
+                   help="float-baseline cache (default $QRESEARCH_CACHE_DIR or outputs/cache; '' = none)")
+    p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
+    p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
+                        "(e.g. once the other recipe's results exist, for the robustness check)")
+    args = p.parse_args(argv)
+    if args.quick:  # the quick settings, except where given explicitly
+        for k, v in QUICK.items():
+            if getattr(args, k) == p.get_default(k):
+                setattr(args, k, v)
+    return args
+
+
+def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lambda m: print(m, flush=True)
+         ) -> Dict[str, Any]:
+    args = parse(argv)
+    import qresearch  # noqa: F401  (tf_keras before TensorFlow)
+    from qresearch import schemes
+    from qresearch._compat import tf
+    from qresearch.data import load_dataset
+
+    datasets = [d for d in args.datasets.split(",") if d]
+    unknown = [d for d in datasets if d not in DATASETS]
+    if unknown:
+        raise SystemExit(f"--datasets: unknown {unknown}; known: {', '.join(DATASETS)}")
+    seeds = [int(s) for s in args.seeds.split(",") if s != ""]
+    bits = [int(b) for b in args.bits.split(",") if b]
+    policies = [p for p in args.policies.split(",") if p]
+    presets = [p for p in schemes.names() if p not in NOT_BENCHMARKED] if args.presets == "all" else \
+        [p for p in args.presets.split(",") if p]
+    unknown = [p for p in presets if p not in schemes.names()]
+    if unknown:
+        raise SystemExit(f"--presets: unknown {unknown}; built-in: {', '.join(schemes.names())}")
+    train_n = _per_dataset(args.train_subset, datasets, "train_subset")
+    test_n = _per_dataset(args.test_subset, datasets, "test_subset")
+    epochs = _per_dataset(args.epochs, datasets, "epochs")
+    float_epochs = _per_dataset(args.float_epochs, datasets, "float_epochs")
+    root = Path(os.environ.get("QRESEARCH_OUTPUT_DIR", "outputs")) / "benchmarks" / "accuracy"
+    out = Path(args.out) if args.out else root / ("quick" if args.quick else args.recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = args.cache_dir if args.cache_dir is not None else \
+        os.environ.get("QRESEARCH_CACHE_DIR", str(Path(os.environ.get("QRESEARCH_OUTPUT_DIR", "outputs")) / "cache"))
+    other_recipe = next(r for r in RECIPES if r != args.recipe)
+    other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
+    argv_text = " ".join(sys.argv[1:] if argv is None else list(argv))
+    meta = {"argv": argv_text, "recipe": args.recipe, "datasets": datasets, "seeds": seeds, "bits": bits,
+            "presets": presets, "policies": policies, "train_subset": train_n, "test_subset": test_n,
+            "qat_epochs": epochs, "float_epochs": float_epochs, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "tensorflow": tf.__version__, "cpus": os.cpu_count()}
+    jsonl = out / "results.jsonl"
+    if args.report_only:
+        old = out / "results.json"
+        meta = json.loads(old.read_text())["args"] if old.is_file() else meta
+        write_outputs(out, read_jsonl(jsonl), meta, meta.get("bits", bits), other, other_recipe,
+                      plot=not args.no_plot)
+        log((out / "table.md").read_text())
+        return {"out": out}
+    records = read_jsonl(jsonl) if args.resume else []
+    if not args.resume and jsonl.exists():
+        jsonl.unlink()
+    done = {_key(r) for r in records}
+    tf.config.experimental.enable_op_determinism()
+    t_start = time.perf_counter()
+    for name in datasets:
+        fl_phase, qat_phase, calib_n, eval_batch = _phases(args.recipe, epochs[name], float_epochs[name])
+        ds_cfg = {"name": name, "train_samples": train_n[name], "test_samples": test_n[name], "split_seed": 0}
+        if args.data_dir:
+            ds_cfg["data_dir"] = args.data_dir
+        try:
+            ds = load_dataset(ds_cfg, cache_dir=cache or None)
+        except Exception as exc:  # a dataset that cannot be loaded here must not lose the others
+            log(f"{name}: not loaded ({type(exc).__name__}: {exc}); skipped")
+            continue
+        model_cfg = DATASETS[name]["model"]
+        label = DATASETS[name]["label"]
+        meta.setdefault("data", {})[name] = {"train": ds.train_size, "test": ds.test_size, "model": label,
+                                             "model_config": model_cfg, "calibration_samples": calib_n,
+                                             "qat": {k: getattr(v, "value", v) for k, v in vars(qat_phase).items()},
+                                             "float": {k: getattr(v, "value", v) for k, v in vars(fl_phase).items()}}
+        log(f"\n{name} / {label}: {ds.train_size} train, {ds.test_size} test images; float {fl_phase.epochs} "
+            f"epochs, QAT {qat_phase.epochs} epochs {qat_phase.optimizer.value} {qat_phase.learning_rate:g} "
+            f"{qat_phase.schedule.value}, batch {qat_phase.batch_size}; calibration {calib_n} images")
+        runs = plan(presets, bits, policies)
+        for seed in seeds:
+            todo = [r for r in runs if (name, seed, r[0], r[1], r[2]) not in done]
+            if not todo:
+                continue
+            t0 = time.perf_counter()
+            weights, info = float_model(ds, ds_cfg, model_cfg, fl_phase, seed, cache)
+            from qresearch import models
+            from qresearch._compat import keras
+            from qresearch.evaluation import test_accuracy
+
+            keras.backend.clear_session()
+            fm = models.build_model(model_cfg, ds.input_shape, ds.num_classes)
+            fm.set_weights(weights)
+            float_acc = test_accuracy(fm, ds, eval_batch)
+            log(f"seed {seed}: float {100 * float_acc:.2f}% (cache {info.get('cache')}, "
+                f"{time.perf_counter() - t0:.0f}s)")
+            calibration = ds.calibration(calib_n, seed)
+            for contestant, policy, b, with_qat in todo:
+                rec = run_one(ds, model_cfg, weights, calibration, contestant, policy, b, with_qat, qat_phase, seed,
+                              eval_batch)
+                rec.update(dataset=name, model=label, num_classes=ds.num_classes, seed=seed, float=float_acc,
+                           recipe=args.recipe)
+                records.append(rec)
+                with open(jsonl, "a") as fh:
+                    fh.write(json.dumps(rec, default=str) + "\n")
+                done.add(_key(rec))
+                qat = "" if not with_qat else f" QAT {100 * rec['qat']:.1f}" if rec["qat"] is not None else " QAT –"
+                ptq = f"{100 * rec['ptq']:.1f}" if rec["ptq"] is not None else "–"
+                log(f"  seed {seed} W{b}A{b} {contestant:22s} {policy:3s} PTQ {ptq}{qat} ({rec['wall_s']:.0f}s)"
+                    + (f"  FAILED {rec['error'][:160]}" if rec["status"] != "completed" else ""))
+                write_outputs(out, records, meta, bits, other, other_recipe, plot=False)
+            write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
+    meta["wall_s"] = time.perf_counter() - t_start
+    result = write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
+    log("\n" + (out / "table.md").read_text())
+    log(f"wrote {out / 'table.md'}, {out / 'results.json'}, {jsonl}"
+        + ("" if args.no_plot else f", {out / 'accuracy_vs_bits.png'}") + f" ({meta['wall_s']:.0f}s)")
+    return {**result, "out": out, "records": records}
+
+
+if __name__ == "__main__":
+    main()

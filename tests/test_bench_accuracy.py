@@ -1,0 +1,112 @@
+"""benchmarks/accuracy.py (``make bench-accuracy``): the --quick path end to end, and the target checker on
+constructed results."""
+import json
+
+import pytest
+
+from benchmarks import accuracy_report as report
+
+
+def _rec(ds, seed, contestant, policy, bits, ptq, qat=None, flt=0.95, status="completed", error=None):
+    return {"dataset": ds, "seed": seed, "contestant": contestant, "policy": policy, "bits": bits, "float": flt,
+            "ptq": ptq, "qat": qat, "qat_skipped": qat is None and status == "completed" and bits == 8,
+            "status": status, "error": error, "num_classes": 10, "model": "LeNet-5"}
+
+
+def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(tmp_path, monkeypatch):
+    """One quick run (digits, W4, 1 seed): lsq and tfmot n-bit complete, a contestant that raises (pot, made to
+    fail here) is recorded as failed and the benchmark goes on."""
+    from benchmarks import accuracy
+
+    real = accuracy.build_contestant
+
+    def build(contestant, *a, **k):
+        if contestant == "pot":
+            raise RuntimeError("boom")
+        return real(contestant, *a, **k)
+
+    monkeypatch.setattr(accuracy, "build_contestant", build)
+    res = accuracy.main(["--quick", "--presets", "lsq,pot", "--out", str(tmp_path), "--cache-dir", ""],
+                        log=lambda m: None)
+    for name in ("table.md", "results.json", "results.jsonl", "accuracy_vs_bits.png"):
+        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
+    data = json.loads((tmp_path / "results.json").read_text())
+    recs = {(r["contestant"], r["policy"], r["bits"]): r for r in data["records"]}
+    assert set(recs) == {(report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("pot", "fl8", 4)}
+    assert recs[("pot", "fl8", 4)]["status"] == "failed" and "boom" in recs[("pot", "fl8", 4)]["error"]
+    for key in ((report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4)):
+        r = recs[key]
+        assert r["status"] == "completed", r.get("error")
+        assert 0.0 <= r["ptq"] <= 1.0 and 0.0 <= r["qat"] <= 1.0 and 0.0 <= r["float"] <= 1.0
+    table = (tmp_path / "table.md").read_text()
+    assert "W4A4 PTQ" in table and "W4A4 QAT" in table and "| lsq | yes |" in table and "| pot | yes | failed" in table
+    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # written run by run
+    assert res["summary"]["digits"]["float"]["n"] == 1
+
+
+def _constructed(lsq_w2=0.60, lsq_w4_ptq=0.93, nan_seed=False):
+    recs = []
+    for seed in (0, 1):
+        for p in ("lsq", "minmax_nbit", "dorefa"):
+            recs.append(_rec("mnist", seed, p, "all", 8, 0.95 if p != "dorefa" else 0.10))
+        recs.append(_rec("mnist", seed, report.TFMOT_NBIT, "all", 4, 0.80, 0.90))
+        for pol in ("all", "fl8"):
+            recs.append(_rec("mnist", seed, "minmax_nbit", pol, 4, 0.92, 0.93))
+            recs.append(_rec("mnist", seed, "lsq", pol, 4, lsq_w4_ptq, 0.94))
+            recs.append(_rec("mnist", seed, "dorefa", pol, 4, 0.20, 0.80))  # not a learned quantizer: not judged
+            recs.append(_rec("mnist", seed, "minmax_nbit", pol, 2, 0.10, 0.40))
+            recs.append(_rec("mnist", seed, "lsq", pol, 2, 0.30, lsq_w2))
+            recs.append(_rec("mnist", seed, "dorefa", pol, 2, 0.10, 0.12))
+    if nan_seed:
+        recs = [r for r in recs if not (r["contestant"] == "lsq" and r["bits"] == 2 and r["seed"] == 1
+                                        and r["policy"] == "all")]
+        recs.append(_rec("mnist", 1, "lsq", "all", 2, 0.3, None, status="failed", error="NaNLossError: loss nan"))
+    return recs
+
+
+def test_target_checker_judges_a_constructed_result():
+    s = report.summarize(_constructed())
+    assert s["mnist"]["float"]["mean"] == pytest.approx(0.95)
+    # W8 presets count for both layer policies (the same model)
+    assert s["mnist"]["cells"][("lsq", "fl8", 8, "ptq")]["n"] == 2
+    checks = {(c["target"], c["policy"]): c for c in report.check_targets(s)}
+    assert checks[("PTQ W8A8: every built-in within 0.5 pt of float", None)]["met"] is False  # dorefa at 10%
+    assert "outside: dorefa" in checks[("PTQ W8A8: every built-in within 0.5 pt of float", None)]["detail"]
+    assert checks[("PTQ W4A4: every learned quantizer >= minmax_nbit", "all")]["met"] is True
+    assert checks[("QAT W4A4: every learned built-in >= minmax_nbit >= tfmot n-bit", "all")]["met"] is True
+    assert checks[("QAT W2A2: lsq >= minmax_nbit + 10 pt", "all")]["met"] is True  # 60 vs 40
+    chance = [c for c in checks.values() if c["target"].startswith("QAT W2A2: no built-in at chance")]
+    assert chance and all(c["met"] is False and "dorefa" in c["detail"] for c in chance)  # dorefa at 12%
+
+    s = report.summarize(_constructed(lsq_w2=0.45, lsq_w4_ptq=0.91))
+    checks = {(c["target"], c["policy"]): c["met"] for c in report.check_targets(s)}
+    assert checks[("PTQ W4A4: every learned quantizer >= minmax_nbit", "fl8")] is False  # 91 < 92
+    assert checks[("QAT W2A2: lsq >= minmax_nbit + 10 pt", "fl8")] is False  # 45 < 40 + 10
+
+
+def test_a_failed_seed_fails_its_targets_and_robustness_compares_recipes():
+    s = report.summarize(_constructed(nan_seed=True))
+    cell = s["mnist"]["cells"][("lsq", "all", 2, "qat")]
+    assert cell["failed"] == 1 and cell["n"] == 1 and "NaNLossError" in cell["errors"][0]
+    checks = {(c["target"], c["policy"]): c["met"] for c in report.check_targets(s)}
+    assert checks[("QAT W2A2: lsq >= minmax_nbit + 10 pt", "all")] is False
+    assert checks[("QAT W2A2: lsq >= minmax_nbit + 10 pt", "fl8")] is True
+    assert "failed" in report.markdown_table(s, "mnist", [8, 4, 2])
+
+    same = report.check_targets(report.summarize(_constructed()), report.summarize(_constructed()), "tfmot")
+    flipped = report.check_targets(report.summarize(_constructed()), report.summarize(_constructed(lsq_w2=0.45)),
+                                   "tfmot")
+    rob = lambda checks: [c for c in checks if c["target"].startswith("same ordering")][0]  # noqa: E731
+    assert rob(same)["met"] is True
+    assert rob(flipped)["met"] is False and "lsq >= minmax_nbit + 10" in rob(flipped)["detail"]
+
+
+def test_cifar_targets_use_the_drop_from_float():
+    recs = []
+    for seed, flt in ((0, 0.80), (1, 0.82)):
+        for b, acc in ((4, 0.80), (3, 0.75), (2, 0.65)):
+            recs.append(_rec("cifar10", seed, "lsq", "fl8", b, acc - 0.1, acc, flt=flt))
+    checks = {c["target"]: c for c in report.check_targets(report.summarize(recs)) if c["policy"] == "fl8"}
+    assert checks["CIFAR-10: lsq QAT W4A4 >= float - 1.5 pt"]["met"] is True  # 80 vs 81 - 1.5
+    assert checks["CIFAR-10: lsq QAT W3A3 >= float - 4 pt"]["met"] is False  # 75 vs 81 - 4
+    assert checks["CIFAR-10: lsq QAT W2A2 >= float - 12 pt"]["met"] is False  # 65 vs 81 - 12
