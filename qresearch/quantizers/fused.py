@@ -25,6 +25,14 @@ import numpy as np
 from qresearch._compat import tf
 
 
+def local(*tensors):
+    """``tensors`` read through Identity ops in the graph being built. A backward that passes a forward
+    tensor straight into a compiled function inside a ``tf.cond`` branch's gradient leaves the capture
+    unresolved ("Could not find external tensor capture"): through an ordinary op, cond's gradient makes
+    the tensor a branch output as it does for any other op. Identity changes no bit."""
+    return tuple(tf.identity(t) for t in tensors)
+
+
 def _jit(fn):
     """``fn`` compiled by XLA, its outputs with the static shape of its inputs broadcast together.
 

@@ -101,3 +101,27 @@ def test_clipped_unit_ste_bits(bits, graph):
 
     reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), bits))
     _assert_same_bits(run(lambda t: clipped_unit_ste(t, bits)), reference)
+
+
+@pytest.mark.parametrize("quantize", [lambda w, s: ops.uniform_ste(w, s, 8, 7),
+                                      lambda w, s: ops.uniform_ste(w, s, 8, 7, offset=s * 0.5),
+                                      lambda w, s: pact_ste(w, s * 10.0, 15, False),
+                                      lambda w, s: clipped_unit_ste(w * s, 4)],
+                         ids=["lsq", "lsq_plus", "pact", "dorefa"])
+def test_gradients_through_a_cond_branch_equal_those_outside_it(quantize):
+    """A quantizer inside ``tf.cond`` (a tensor ``training`` flag, fold_batch_stats' freeze): the fused
+    backward's inputs must reach the branch's gradient (they once were unresolved captures)."""
+    x = tf.Variable(np.random.default_rng(0).standard_normal(SHAPE[-2:]).astype("float32"))
+    s = tf.Variable(0.1)
+    take = tf.Variable(True)
+
+    @tf.function
+    def grads(in_cond):
+        with tf.GradientTape() as tape:
+            w = x * 2.0
+            y = tf.cond(take, lambda: quantize(w, s), lambda: w) if in_cond else quantize(w, s)
+            loss = tf.reduce_sum(y * y)
+        return tape.gradient(loss, [x, s])
+
+    for inside, outside in zip(grads(True), grads(False)):
+        assert np.array_equal(inside.numpy().view(np.uint32), outside.numpy().view(np.uint32))
