@@ -193,7 +193,8 @@ def _emulated_kernels(qat_model, kernels: str):
 
 
 def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = False,
-           batch_size: int = 256, representative_data=None, kernels: str = KERNELS) -> Dict[str, Any]:
+           batch_size: int = 256, representative_data=None, kernels: str = KERNELS,
+           tflite_model: Optional[bytes] = None) -> Dict[str, Any]:
     """Deploy ``qat_model`` to ``target`` (a TFLite target) and compare with the simulation.
 
     Returns a dict with: deployed_accuracy, simulated_accuracy (fractions of ``y``), argmax_agreement,
@@ -206,6 +207,8 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     emulation of this kernel set (``EMULATIONS``, reported as ``simulated_kernels``): bit-exact for the
     default and "builtin_ref" on the ops qresearch/kernels covers. With the emulation off the float
     simulation rounds once per tensor and keeps biases float, so outputs differ by a few LSB.
+    ``tflite_model``: ``qat_model`` already converted for ``target`` (``convert``, or ``return_model=True`` of an
+    earlier call), to check it under another kernel set without converting again.
     Raises ``NoRuntimeError`` for targets with ``runtime: none``.
     """
     target = get_target(target)
@@ -214,7 +217,8 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     if len(x) == 0:
         raise ConfigError("verify needs at least one sample")
     t0 = time.perf_counter()
-    tflite_model = convert(qat_model, target, representative_data)
+    if tflite_model is None:
+        tflite_model = convert(qat_model, target, representative_data)
     t1 = time.perf_counter()
     q_out, (s_in, z_in), (s_out, z_out) = run_tflite(tflite_model, x, batch_size, kernels)
     t2 = time.perf_counter()

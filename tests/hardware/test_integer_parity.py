@@ -124,9 +124,10 @@ def test_training_forward_is_unchanged(float_models, data):
 def test_verify_emulates_the_kernel_set_it_runs(float_models, data):
     q = mobilenet_qat(float_models, data, "lsq")
     x, y = data[2][:256], data[3][:256]
-    ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref")
+    ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref", return_model=True)
     assert ref["kernels"] == "builtin_ref" and ref["max_abs_diff_lsb"] < 1e-3, ref
-    xnn = hw.verify(q, "tflite_int8", x, y, kernels="builtin")  # XNNPACK: conv/MEAN emulated, ADD not
+    # the same flatbuffer under XNNPACK (verify's tflite_model: no second conversion); conv/MEAN emulated, ADD not
+    xnn = hw.verify(q, "tflite_int8", x, y, kernels="builtin", tflite_model=ref["tflite_model"])
     # XNNPACK's ADD is not emulated: a few LSB apart, and argmaxes where logits are that close
     assert xnn["kernels"] == "builtin" and xnn["max_abs_diff_lsb"] <= 4 and xnn["argmax_agreement"] >= 0.97
 
@@ -159,22 +160,19 @@ def batch_stats_qat(float_models, data):
     return _MODELS[key]
 
 
-def test_fold_batch_stats_deploys_bit_for_bit(float_models, data):
+def test_fold_batch_stats_deploys_bit_for_bit_as_the_static_fold(float_models, data):
+    """Deployed outputs equal the emulation's, and the converted model is the static fold's (bn_folding: fold)
+    built from the final weights: the folded kernel and bias in an ordinary conv, the same ops and tensors."""
     q = batch_stats_qat(float_models, data)
     folds = [layer for layer in q.layers if isinstance(layer, BatchStatsFold)]
     assert [w.layer.name for w in folds] == ["stem", "dw0", "pw0", "dw1", "pw1", "expand"]
     assert all(int(w.bn_steps.numpy()) > w.freeze_steps == 10 for w in folds)  # both phases ran
-    r = hw.verify(q, "tflite_int8", data[2], data[3])
+    r = hw.verify(q, "tflite_int8", data[2], data[3], return_model=True)
     assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
     assert not {"QUANTIZE", "DEQUANTIZE"} & set(r["ops"]), r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3, r  # every output integer equal
     assert r["argmax_agreement"] == 1.0 and r["simulated_accuracy"] > 0.15
 
-
-def test_fold_batch_stats_exports_the_static_folds_model(float_models, data):
-    """The converted model is the static fold's (bn_folding: fold) built from the final weights: the folded
-    kernel and bias in an ordinary conv, byte for byte the same flatbuffer."""
-    q = batch_stats_qat(float_models, data)
     static = qresearch.quantize(deploy_models.mobilenet_like(), dict(BATCH_STATS, bn_folding="fold"),
                                 hardware="tflite_int8")
     assert [type(layer).__name__ for layer in static.layers] == \
@@ -193,7 +191,7 @@ def test_fold_batch_stats_exports_the_static_folds_model(float_models, data):
     x = data[2][:256]
     np.testing.assert_array_equal(np.asarray(q(x, training=False)), np.asarray(static(x, training=False)))
     image = np.random.default_rng(0).integers(-128, 128, (1, 8, 8, 1)).astype(np.int8)
-    mine, theirs = (_contents(hw.convert(m, "tflite_int8"), image) for m in (q, static))
+    mine, theirs = (_contents(m, image) for m in (r["tflite_model"], hw.convert(static, "tflite_int8")))
     assert mine == theirs
 
 
