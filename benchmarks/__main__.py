@@ -67,14 +67,11 @@ def _contestants(calibration) -> List[Any]:
     import qresearch
     from qresearch import schemes
     from qresearch._compat import tfmot
-    from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
-        default_n_bit_quantize_scheme as n_bit)
 
-    qk = tfmot.quantization.keras
-    out = [("tfmot quantize_model (stock 8-bit)", qk.quantize_model),
-           ("tfmot DefaultNBitQuantizeScheme 4/4",
-            lambda m: qk.quantize_apply(qk.quantize_annotate_model(m), n_bit.DefaultNBitQuantizeScheme(
-                num_bits_weight=4, num_bits_activation=4)))]
+    from benchmarks.accuracy import tfmot_nbit
+
+    out = [("tfmot quantize_model (stock 8-bit)", tfmot.quantization.keras.quantize_model),
+           ("tfmot DefaultNBitQuantizeScheme 4/4", lambda m: tfmot_nbit(m, 4))]
     for preset in schemes.names():
         out.append((f"qresearch {preset}",
                     lambda m, p=preset: qresearch.quantize(m, p, calibration_data=calibration)))

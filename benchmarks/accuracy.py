@@ -116,23 +116,29 @@ def tfmot_calibrate(qmodel, calibration: np.ndarray, batch_size: int = 32) -> No
         v.assign(value)
 
 
+def tfmot_nbit(float_model, bits: int):
+    """tfmot's experimental ``DefaultNBitQuantizeScheme`` with weights and activations at ``bits`` (every layer)."""
+    from qresearch._compat import tfmot
+    from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
+        default_n_bit_quantize_scheme as n_bit)
+
+    qk = tfmot.quantization.keras
+    return qk.quantize_apply(qk.quantize_annotate_model(float_model),
+                             n_bit.DefaultNBitQuantizeScheme(num_bits_weight=bits, num_bits_activation=bits))
+
+
 def build_contestant(contestant: str, policy: str, bits: int, float_model, calibration: np.ndarray):
     """(QAT model calibrated, quantizer-training settings or None)."""
     import qresearch
     from qresearch._compat import tfmot
     from qresearch.config import quantizer_training
 
-    qk = tfmot.quantization.keras
     if contestant == report.TFMOT_STOCK:
-        q = qk.quantize_model(float_model)
+        q = tfmot.quantization.keras.quantize_model(float_model)
         tfmot_calibrate(q, calibration)
         return q, None
     if contestant == report.TFMOT_NBIT:
-        from tensorflow_model_optimization.python.core.quantization.keras.experimental.default_n_bit import (
-            default_n_bit_quantize_scheme as n_bit)
-
-        q = qk.quantize_apply(qk.quantize_annotate_model(float_model),
-                              n_bit.DefaultNBitQuantizeScheme(num_bits_weight=bits, num_bits_activation=bits))
+        q = tfmot_nbit(float_model, bits)
         tfmot_calibrate(q, calibration)
         return q, None
     spec = preset_scheme(contestant, bits, policy)

@@ -25,23 +25,21 @@ import numpy as np
 from qresearch._compat import tf
 
 
-def local(*tensors):
-    """``tensors`` read through Identity ops in the graph being built. A backward that passes a forward
-    tensor straight into a compiled function inside a ``tf.cond`` branch's gradient leaves the capture
-    unresolved ("Could not find external tensor capture"): through an ordinary op, cond's gradient makes
-    the tensor a branch output as it does for any other op. Identity changes no bit."""
-    return tuple(tf.identity(t) for t in tensors)
-
-
 def _jit(fn):
     """``fn`` compiled by XLA, its outputs with the static shape of its inputs broadcast together.
 
     ``reduce_retracing`` shares a trace between tensors of every size, which leaves the outputs' static
     shapes unknown; they are set back to what the plain TF ops would have, so shape-dependent graph
     rewrites (grappler) see what they saw before."""
-    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True, autograph=False)  # no tensor control flow
 
     def call(*args):
+        if not tf.executing_eagerly():
+            # Inputs through Identity ops of the graph being built: a forward tensor passed straight into a
+            # compiled function from a backward inside a tf.cond branch's gradient stays an unresolved capture
+            # ("Could not find external tensor capture"); an ordinary op's input becomes a branch output as
+            # cond's gradient makes any other. Identity changes no bit.
+            args = tuple(tf.identity(a) for a in args)
         outs = compiled(*args)
         if not tf.executing_eagerly():
             shape = functools.reduce(tf.broadcast_static_shape, [tf.convert_to_tensor(a).shape for a in args])

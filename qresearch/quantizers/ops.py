@@ -182,7 +182,7 @@ def uniform_ste(x, scale, qn, qp, offset=None):
             y = y + offset[0]
 
         def backward(dy):
-            return _uniform_ste_grads(dy, *backward_pass(dy, *fused.local(t, scale)), scale, offset)
+            return _uniform_ste_grads(dy, *backward_pass(dy, t, scale), scale, offset)
 
         return y, backward
 

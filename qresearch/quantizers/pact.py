@@ -120,7 +120,7 @@ def pact_ste(x, a, qp: int, signed: bool):
             def to_alpha(g):
                 return math_grad._ReduceGradientArgs(a, x, g, None)[0]
 
-            g_x, *terms = backward_pass(dy, *fused.local(x, a, step))
+            g_x, *terms = backward_pass(dy, x, a, step)
             g_a = to_alpha(terms[0]) - to_alpha(terms[1]) if signed else to_alpha(terms[0])
             return g_x, g_a
 

@@ -160,10 +160,11 @@ def _candidate_errors_eagerly(q, x, fractions, lo, hi):
     qn, qp = q.init_grid
     f = tf.reshape(fractions, [-1, 1])
     s, o = _step_and_offset(q, f * lo, f * hi)
-    return _grid_errors(x, tf.maximum(s, 1e-12), o + tf.zeros_like(s), tf.constant(-float(qn)), tf.constant(float(qp)))
+    return _grid_errors(x, tf.maximum(s, 1e-12), o, tf.constant(-float(qn)), tf.constant(float(qp)))
 
 
-@tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 3 + [tf.TensorSpec([], tf.float32)] * 2)
+@tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 3 + [tf.TensorSpec([], tf.float32)] * 2,
+             autograph=False)
 def _grid_errors(x, steps, offsets, lowest, highest):
     """Per candidate k: ``Σ_rows (x - Q_k(x))²`` on the grid ``[lowest, highest]·steps[k] + offsets[k]``. The
     grid is an input, never a graph constant: grappler would turn a division by a constant into a
