@@ -3,10 +3,12 @@ FakeQuant range a quantizer hands TensorFlow, and the moves between float values
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Tuple
 
 from qresearch._compat import tf
 from qresearch.quantizers import ops
+from qresearch.quantizers.fused import xla_pass
 
 
 def round_half_away(x):
@@ -89,10 +91,12 @@ def clamp_dequantize(q, out_grid: Grid, fused: str = "linear"):
     return tf.cast((q - out_grid.zero_point) * out_grid.scale, tf.float32)
 
 
-def clamp_dequantize_offsets(offsets_, out_grid: Grid, fused: str):
-    """``clamp_dequantize(offsets + Z)`` without adding and removing ``Z`` on the whole tensor: every value
-    is an integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``
-    (the bounds are per-tensor scalars)."""
-    lo, hi = clamp_bounds(out_grid, fused)
-    q = tf.clip_by_value(offsets_, lo - out_grid.zero_point, hi - out_grid.zero_point)
-    return tf.cast(q * out_grid.scale, tf.float32)
+@functools.lru_cache(maxsize=None)
+def _integer_values():
+    return xla_pass(lambda x, scale: round_half_away(x / scale))
+
+
+def integer_values(x, scale):
+    """``round_half_away(x / scale)`` (float32 in and out): the integers a tensor on a grid holds, ``q - Z``,
+    in one XLA pass (float division and rounding, IEEE: the bits of the plain ops)."""
+    return _integer_values()(tf.cast(x, tf.float32), tf.cast(scale, tf.float32))

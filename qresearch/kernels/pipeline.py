@@ -98,13 +98,17 @@ class PipelineKernels(IntegerKernels):
         lo, hi = -(2 ** (self.bias_bits - 1)), 2 ** (self.bias_bits - 1) - 1
         return tf.clip_by_value(q, tf.constant(lo, tf.int64), tf.constant(hi, tf.int64))
 
-    def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):
+    def requantize_params(self, real_multiplier, op: str = "CONV_2D"):
         if self.requantization == "shift":
             # power-of-two scales: m = 2^-k exactly (refused before training otherwise; the nearest k here)
             m = tf.convert_to_tensor(real_multiplier, tf.float64)
-            k = tf.cast(tf.round(-tf.math.log(m) / tf.math.log(tf.constant(2.0, tf.float64))), tf.int64)
-            return round_shift(acc, k, self.rounding if self.rounding != "gemmlowp" else "half_away_from_zero")
-        return super().rescale(acc, real_multiplier, op)
+            return (tf.cast(tf.round(-tf.math.log(m) / tf.math.log(tf.constant(2.0, tf.float64))), tf.int64),)
+        return super().requantize_params(real_multiplier, op)
+
+    def apply_requantize(self, acc, params, op: str = "CONV_2D"):
+        if self.requantization == "shift":
+            return round_shift(acc, params[0], self.rounding if self.rounding != "gemmlowp" else "half_away_from_zero")
+        return super().apply_requantize(acc, params, op)
 
 
 def pipeline_kernels(name: str, accumulator_bits: int = 32, overflow: str = "saturate", bias_bits: int = 32,

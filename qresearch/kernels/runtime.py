@@ -5,7 +5,7 @@ an op the table lacks keeps the float fake-quant simulation. ``KERNELS`` is the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Mapping, Optional
+from typing import Callable, Mapping, Optional, Tuple
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
@@ -51,11 +51,30 @@ class IntegerKernels:
         """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it."""
         return tf.cast(round_half_away(bias_over_scale), tf.int64)
 
+    def requantize_params(self, real_multiplier, op: str = "CONV_2D") -> Tuple:
+        """The integer constants ``apply_requantize`` needs for a real multiplier (per channel or scalar):
+        computed apart from the accumulator, so that the elementwise part is integer arithmetic only."""
+        return quantize_multiplier(real_multiplier)
+
+    def apply_requantize(self, acc, params: Tuple, op: str = "CONV_2D"):
+        """``acc`` (int64) times the multiplier ``params`` stand for, as the kernel of op ``op`` rounds it."""
+        fn = (self.op_requantize or {}).get(op, self.requantize)
+        return fn(acc, *params)
+
     def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):
         """``acc`` (int64) times the real multiplier, as the kernel of op ``op`` rounds it."""
-        multiplier, shift = quantize_multiplier(real_multiplier)
-        fn = (self.op_requantize or {}).get(op, self.requantize)
-        return fn(acc, multiplier, shift)
+        return self.apply_requantize(acc, self.requantize_params(real_multiplier, op), op)
+
+    def fused(self, key, build: Callable[[], Callable]) -> Callable:
+        """The XLA pass ``build()`` makes for ``key``, built once per kernel set (``tflite_ops``' elementwise
+        tails: integer arithmetic, the same bits compiled or not)."""
+        cache = self.__dict__.get("_fused")
+        if cache is None:
+            cache = {}
+            object.__setattr__(self, "_fused", cache)  # frozen dataclass: a cache, not a field
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
 
 
 KERNELS: Registry[IntegerKernels] = Registry(

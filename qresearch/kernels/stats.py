@@ -29,6 +29,11 @@ def recording() -> Iterator[Dict[str, Dict[str, Any]]]:
         _state.stats = old
 
 
+def active() -> bool:
+    """True where ``record`` would keep values: inside ``recording()``, running eagerly."""
+    return getattr(_state, "stats", None) is not None and tf.executing_eagerly()
+
+
 def record(layer: Optional[str], acc, bits: int) -> None:
     """Add one batch's accumulators of ``layer`` (called by the kernel sets' ``accumulate``)."""
     stats = getattr(_state, "stats", None)

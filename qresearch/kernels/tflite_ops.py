@@ -9,12 +9,14 @@ integers are carried as int64 or as integer-valued float64.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Dict, List, Mapping
 
 from qresearch._compat import tf
+from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
-from qresearch.kernels.grid import (Grid, clamp_dequantize, clamp_dequantize_offsets, offsets,
-                                    round_half_away)
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, round_half_away
+from qresearch.quantizers.fused import xla_pass
 
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
 # TFLite ops whose int8 kernel is the conv / fully-connected inner loop: an int32 accumulator requantized
@@ -38,14 +40,42 @@ Handler = Callable[[Any, OpCall], Any]  # (kernel set, call) -> float32 output o
 
 
 # ----------------------------------------------------------------------------- conv / fully connected
-def requantize_accumulator(kernels, acc, in_grid: Grid, weight_scale, out_grid: Grid,
-                           activation: str = "linear", op: str = "CONV_2D"):
+def as_int64(dot):
+    """An integer-valued dot product (int64, or a float tensor holding integers) as int64."""
+    return dot if dot.dtype == tf.int64 else tf.cast(tf.round(dot), tf.int64)
+
+
+def requantize_accumulator(kernels, dot, in_grid: Grid, weight_scale, out_grid: Grid,
+                           activation: str = "linear", op: str = "CONV_2D", bias=None, layer=None):
     """A conv / depthwise / fully connected output as the int8 kernel computes it (tflite-int8-spec §2.3)
-    from its int32 accumulator ``acc`` (int64, bias included): requantized by ``S_in·S_w[c]/S_out`` (per
-    output channel, the last axis, or a scalar), the output zero point added, the fused activation
-    applied as the kernel's integer clamp. Returns the dequantized float32 output on ``out_grid``."""
-    q = kernels.rescale(acc, in_grid.scale * weight_scale / out_grid.scale, op)
-    return clamp_dequantize_offsets(tf.cast(q, tf.float64), out_grid, activation)
+    from its dot product ``dot`` (int64 or integer-valued float) and integer ``bias`` (int64, or None): the
+    kernel set's accumulator (``accumulate``), requantized by ``S_in·S_w[c]/S_out`` (per output channel, the
+    last axis, or a scalar), the output zero point added, the fused activation applied as the kernel's
+    integer clamp. Returns the dequantized float32 output on ``out_grid``.
+
+    The multipliers and bounds are computed first (per channel); the rest is integer arithmetic over every
+    element, run as one XLA pass (``_conv_tail``). Recording accumulator statistics (eagerly) keeps the
+    plain ops: they read the accumulator's values."""
+    params = kernels.requantize_params(in_grid.scale * weight_scale / out_grid.scale, op)
+    lo, hi = clamp_bounds(out_grid, activation)
+    args = (lo - out_grid.zero_point, hi - out_grid.zero_point, out_grid.scale)
+    if stats.active():
+        acc = kernels.accumulate(as_int64(dot), bias, layer)
+        return _requantized(kernels, op, acc, params, *args)
+    bias = tf.zeros([], tf.int64) if bias is None else bias  # + 0: the same accumulator
+    tail = kernels.fused(("conv", op, len(params)), lambda: xla_pass(functools.partial(_conv_tail, kernels, op)))
+    return tail(dot, bias, *args, *params)
+
+
+def _requantized(kernels, op, acc, params, lo, hi, scale):
+    """``clamp_dequantize(q + Z)`` without adding and removing ``Z`` over the whole tensor: every value is an
+    integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``."""
+    q = tf.clip_by_value(tf.cast(kernels.apply_requantize(acc, params, op), tf.float64), lo, hi)
+    return tf.cast(q * scale, tf.float32)
+
+
+def _conv_tail(kernels, op, dot, bias, lo, hi, scale, *params):
+    return _requantized(kernels, op, kernels.accumulate(as_int64(dot), bias), params, lo, hi, scale)
 
 
 # ----------------------------------------------------------------------------- QUANTIZE
@@ -125,24 +155,35 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
     grids. SUB always takes the scalar path (measured). With ``kernels.add_vector`` ADD rescales its
     inputs with the vector path's single rounding (``SRDHM(x << (20 + e), M)``): LiteRT's x86 build runs
     ADD 16 elements at a time (the last ``size % 16`` elements of a buffer take the scalar path, which
-    batched inference of 16·k elements never reaches)."""
-    twice_max = 2.0 * tf.maximum(g1.scale, g2.scale)
+    batched inference of 16·k elements never reaches).
 
-    def rescaled(x, g):
-        q = offsets(x, g)
-        multiplier, shift = quantize_multiplier(g.scale / twice_max)
-        if kernels.add_vector and not subtract:
+    The multipliers are computed first; the elementwise rest is one XLA pass (``_add_tail``)."""
+    twice_max = 2.0 * tf.maximum(g1.scale, g2.scale)
+    m1, s1 = quantize_multiplier(g1.scale / twice_max)
+    m2, s2 = quantize_multiplier(g2.scale / twice_max)
+    mo, so = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
+    lo, hi = clamp_bounds(out_grid, fused)
+    vector = bool(kernels.add_vector and not subtract)
+    tail = kernels.fused(("add", vector, subtract),
+                         lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract)))
+    return tail(x1, x2, g1.scale, g2.scale, m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi, out_grid.scale)
+
+
+def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi, scale):
+    def rescaled(x, input_scale, multiplier, shift):
+        q = tf.cast(round_half_away(tf.cast(x, tf.float64) / input_scale), tf.int64)  # offsets
+        if vector:
             left = 20 + shift
             shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
                                tf.bitwise.right_shift(q, tf.maximum(-left, 0)))
             return srdhm(shifted, multiplier)
         return kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
 
-    a, b = rescaled(x1, g1), rescaled(x2, g2)
+    a, b = rescaled(x1, scale1, m1, s1), rescaled(x2, scale2, m2, s2)
     total = a - b if subtract else a + b
-    multiplier, shift = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
-    q = tf.cast(kernels.scalar_requantize(total, multiplier, shift), tf.float64) + out_grid.zero_point
-    return clamp_dequantize(q, out_grid, fused)
+    q = tf.cast(kernels.scalar_requantize(total, mo, so), tf.float64) + zero_point
+    q = tf.clip_by_value(q, lo, hi)
+    return tf.cast((q - zero_point) * scale, tf.float32)  # clamp_dequantize
 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
@@ -190,9 +231,8 @@ def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
 
 # ----------------------------------------------------------------------------- the handler table
 def _conv(kernels, c: OpCall):
-    acc = kernels.accumulate(c.operands[0], c.attrs.get("bias"), c.attrs.get("layer"))
-    return requantize_accumulator(kernels, acc, c.in_grids[0], c.attrs["weight_scale"], c.out_grid,
-                                  c.fused, op=c.attrs["op"])
+    return requantize_accumulator(kernels, c.operands[0], c.in_grids[0], c.attrs["weight_scale"], c.out_grid,
+                                  c.fused, op=c.attrs["op"], bias=c.attrs.get("bias"), layer=c.attrs.get("layer"))
 
 
 def _two_inputs(fn, **fixed):

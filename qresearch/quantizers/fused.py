@@ -25,7 +25,7 @@ import numpy as np
 from qresearch._compat import tf
 
 
-def _jit(fn):
+def xla_pass(fn):
     """``fn`` compiled by XLA, its outputs with the static shape of its inputs broadcast together.
 
     ``reduce_retracing`` shares a trace between tensors of every size, which leaves the outputs' static
@@ -61,7 +61,7 @@ def uniform_backward(lo: float, hi: float):
         g_t = tf.where(tf.equal(c, t), dy * s, tf.zeros([], dy.dtype))
         return g_t / s, q * dy, g_t * (t / s)
 
-    return _jit(fn)
+    return xla_pass(fn)
 
 
 @functools.lru_cache(maxsize=None)
@@ -76,7 +76,7 @@ def pact_forward(signed: bool):
         v = y / step
         return (v + (tf.round(v) - v)) * step
 
-    return _jit(fn)
+    return xla_pass(fn)
 
 
 @functools.lru_cache(maxsize=None)
@@ -98,7 +98,7 @@ def pact_backward(signed: bool):
         g_x = tf.where(x > 0, g, g * zero)
         return g_x, tf.where(upper, g_y, zero)
 
-    return _jit(fn)
+    return xla_pass(fn)
 
 
 # DoReFa's forward stays plain TF: fused, ``c·levels + (round - c·levels)`` became an FMA in some traces
@@ -124,4 +124,4 @@ def unit_backward(levels: float, eager: bool):
     def fn(dy, kept, lv):
         return tf.where(kept, divide(dy, lv) * levels, tf.zeros([], dy.dtype))
 
-    return _jit(fn)
+    return xla_pass(fn)

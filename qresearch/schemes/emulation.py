@@ -128,7 +128,7 @@ class IntegerEmulation:
         return self._q(final[0], y, False, final[1])
 
     def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
-        """``(dot, bias)`` of this conv / dense layer (int64): the layer run on the integer input offsets ``q - Z``
+        """``(dot, bias)`` of this conv / dense layer: the layer run on the integer input offsets ``q - Z``
         and integer weights (float32 holds these sums exactly below 2^24), and the integer bias (None without
         one) quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores
         it); the kernel set's ``accumulate`` adds them as its hardware does."""
@@ -140,8 +140,7 @@ class IntegerEmulation:
         except (ValueError, IndexError):
             w_scale = tf.reshape(w_scale, [-1]) if w_scale.shape.rank else w_scale
         w_int = tf.round(self._q(wq, weight, False, wv) / w_scale)
-        x_int = tf.cast(K.round_half_away(tf.cast(inputs, tf.float32) / tf.cast(in_grid.scale, tf.float32)),
-                        inputs.dtype)
+        x_int = tf.cast(K.integer_values(inputs, in_grid.scale), inputs.dtype)
         bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) else None
         fn = getattr(self.layer, "activation", None)
         set_attr(self.layer, attr, w_int)
@@ -157,11 +156,10 @@ class IntegerEmulation:
                 self.layer.bias = bias
             if fn is not None:
                 self.layer.activation = fn
-        acc = tf.cast(tf.round(y), tf.int64)
         if bias is None:
-            return acc, None
+            return y, None
         s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
-        return acc, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
+        return y, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
 
 
 # ----------------------------------------------------------------------------- planning
