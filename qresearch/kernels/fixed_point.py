@@ -10,22 +10,25 @@ from qresearch._compat import tf
 
 
 def quantize_multiplier(m):
-    """``(M, shift)`` with ``m ≈ M·2^(shift-31)``, ``M`` in [2^30, 2^31) (TFLite ``QuantizeMultiplier``)."""
+    """``(M, shift)`` with ``m ≈ M·2^(shift-31)``, ``M`` in [2^30, 2^31) (TFLite ``QuantizeMultiplier``).
+
+    ``m = frac·2^shift`` with ``frac`` in [0.5, 1) is read off the float64 bits (frexp: the exponent field and
+    the mantissa under exponent -1), exactly and in a few integer ops; ``M = round(frac·2^31)`` (exact: a
+    power-of-two scaling, then ``+ 0.5`` and floor); ``M = 2^31`` moves to ``2^30`` and ``shift + 1``.
+    ``m <= 0``, subnormal, or ``shift < -31`` give ``(0, 0)``."""
     m = tf.convert_to_tensor(m, tf.float64)
-    positive = m > 0
-    safe = tf.where(positive, m, tf.ones_like(m))
-    shift = tf.floor(tf.math.log(safe) / tf.math.log(tf.constant(2.0, tf.float64))) + 1.0
-    frac = safe / tf.pow(tf.constant(2.0, tf.float64), shift)
-    shift = tf.where(frac >= 1.0, shift + 1.0, tf.where(frac < 0.5, shift - 1.0, shift))  # log rounding
-    frac = safe / tf.pow(tf.constant(2.0, tf.float64), shift)
-    fixed = tf.floor(frac * 2.0 ** 31 + 0.5)
-    overflow = fixed >= 2.0 ** 31
-    fixed = tf.where(overflow, fixed / 2.0, fixed)
-    shift = tf.where(overflow, shift + 1.0, shift)
-    flush = tf.logical_or(tf.logical_not(positive), shift < -31.0)
-    fixed = tf.where(flush, tf.zeros_like(fixed), fixed)
-    shift = tf.where(flush, tf.zeros_like(shift), shift)
-    return tf.cast(fixed, tf.int64), tf.cast(shift, tf.int64)
+    bits = tf.bitcast(m, tf.int64)
+    exponent = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 52), 0x7FF)
+    shift = exponent - 1022
+    mantissa = tf.bitwise.bitwise_and(bits, (1 << 52) - 1)
+    frac = tf.bitcast(tf.bitwise.bitwise_or(mantissa, 1022 << 52), tf.float64)   # in [0.5, 1)
+    fixed = tf.cast(tf.floor(frac * 2.0 ** 31 + 0.5), tf.int64)
+    overflow = fixed >= 2 ** 31
+    fixed = tf.where(overflow, tf.bitwise.right_shift(fixed, 1), fixed)
+    shift = tf.where(overflow, shift + 1, shift)
+    flush = tf.logical_or(tf.logical_or(m <= 0.0, exponent == 0), shift < -31)
+    zero = tf.zeros_like(fixed)
+    return tf.where(flush, zero, fixed), tf.where(flush, zero, shift)
 
 
 def pow2(e):

@@ -2,8 +2,10 @@
 FakeQuant range a quantizer hands TensorFlow, and the moves between float values and grid offsets."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import threading
 from typing import Optional, Tuple
 
 from qresearch._compat import tf
@@ -62,10 +64,37 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     return Grid(scale, zp, qmin, qmax)
 
 
+_calls = threading.local()
+
+
+@contextlib.contextmanager
+def one_call():
+    """Scope of one model call (``QATModel.__call__``): no quantizer variable changes inside it, so each
+    quantizer's grid is derived once per graph being built (the emulation asks for a tensor's grid as one
+    layer's output and again as the next layer's input; each derivation is ~40 scalar ops per call)."""
+    if getattr(_calls, "grids", None) is not None:  # a model called inside another's call
+        yield
+        return
+    _calls.grids = {}
+    try:
+        yield
+    finally:
+        _calls.grids = None
+
+
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:
     """The integer grid of a quantizer's output, or None if its inference pass is not one FakeQuant."""
+    cache = getattr(_calls, "grids", None)
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()  # a cond branch: its own
+    key = (id(quantizer), id(qvars), id(graph))
+    hit = cache.get(key) if cache is not None else None
+    if hit is not None and hit[0] is quantizer and hit[1] is qvars and hit[2] is graph:
+        return hit[3]
     rng = fake_quant_range(quantizer, qvars, tf.zeros([1]))
-    return grid_of(*rng) if rng is not None else None
+    g = grid_of(*rng) if rng is not None else None
+    if cache is not None:
+        cache[key] = (quantizer, qvars, graph, g)  # holding them: no id is reused while the call lasts
+    return g
 
 
 def offsets(x, g: Grid):

@@ -11,10 +11,10 @@ Tests compare every output bit for bit with the plain TF graph (tests/quantizers
 test_pact.py, test_dorefa.py).
 
 XLA's algebraic simplifier also rewrites some float expressions that TF computes as written: measured,
-``(x/s)/s`` became ``x/(s·s)`` for a per-channel ``s`` (other bits). So a pass never divides a quotient it
-computed itself: LSQ's backward takes the forward's ``t = x/s`` as an input. It recomputes the rest (the
-clip, its mask, ``q``) from ``t`` instead of keeping them alive from the forward to the backward: peak
-memory of a step drops, and in one fused pass recomputing costs less than reading them back.
+``(x/s)/s`` became ``x/(s·s)`` for a per-channel ``s`` (other bits). So a pass that divides a quotient it
+computed itself first makes the quotient ``opaque``. LSQ's backward recomputes ``t = x/s``, the clip, its
+mask and ``q`` from ``x`` instead of keeping them alive from the forward to the backward: peak memory of a
+step drops, and in one fused pass recomputing costs less than reading them back.
 """
 from __future__ import annotations
 
@@ -50,12 +50,26 @@ def xla_pass(fn):
     return call
 
 
-@functools.lru_cache(maxsize=None)
-def uniform_backward(lo: float, hi: float):
-    """``(dy, t, s) -> (g_shifted, q·dy, g_t·(t/s))`` for ``t = (x - b)/s``: autodiff's elementwise gradient
-    terms of ``ops.uniform_ste`` (see ``ops._uniform_ste_grads``); the two products are reduced by the caller."""
+_SAME_WIDTH_INT = {tf.float16: tf.int16, tf.bfloat16: tf.int16, tf.float32: tf.int32, tf.float64: tf.int64}
 
-    def fn(dy, t, s):
+
+def opaque(v, zero):
+    """``v`` unchanged, hidden from XLA's algebraic simplifier: its bits xor a runtime zero (an argument of
+    the pass, so not a constant to fold). The simplifier would rewrite ``(x/s)/s`` as ``x/(s·s)``."""
+    as_int = _SAME_WIDTH_INT[v.dtype]
+    return tf.bitcast(tf.bitwise.bitwise_xor(tf.bitcast(v, as_int), tf.cast(zero, as_int)), v.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def uniform_backward(lo: float, hi: float, with_offset: bool = False):
+    """``(dy, x, s, zero[, b]) -> (g_shifted, q·dy, g_t·(t/s))`` for ``t = (x - b)/s``: autodiff's elementwise
+    gradient terms of ``ops.uniform_ste`` (see ``ops._uniform_ste_grads``); the two products are reduced by
+    the caller. ``t`` is recomputed here from ``x`` (the forward's own ops: the same bits), so a training
+    step keeps the input ``x``, which the layer before keeps anyway, instead of a second full-size ``t``;
+    ``zero`` (int32 0) makes it ``opaque`` to the simplifier."""
+
+    def fn(dy, x, s, zero, *offset):  # one pass per arity: a relaxed trace cannot vary it
+        t = opaque((x - offset[0] if with_offset else x) / s, zero)
         c = tf.maximum(tf.minimum(t, hi), lo)
         q = c + (tf.round(c) - c)
         g_t = tf.where(tf.equal(c, t), dy * s, tf.zeros([], dy.dtype))

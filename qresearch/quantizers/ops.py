@@ -160,8 +160,8 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     builds for this graph, minus its redundant passes over ``x``: one mask for the clip instead of two
     (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
     exactly, so the divide is not redone). The backward's elementwise part is one XLA-fused pass
-    (``quantizers/fused.py``) that recomputes the clip mask and ``q`` from ``t``, the one full-size tensor
-    kept for it. The forward stays plain TF ops: fused, it left the trained steps of residual Adds on
+    (``quantizers/fused.py``) that recomputes ``t``, the clip mask and ``q`` from ``x``: a step keeps no
+    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. The forward stays plain TF ops: fused, it left the trained steps of residual Adds on
     mobilenet_tiny one ulp off (grappler rewrites the surrounding graph differently; not pinned down).
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
     ``test_fused.py``, ``benchmarks/identity.py``).
@@ -170,7 +170,7 @@ def uniform_ste(x, scale, qn, qp, offset=None):
 
     lo, hi = -float(qn), float(qp)
     extra = () if offset is None else (offset,)
-    backward_pass = fused.uniform_backward(lo, hi)
+    backward_pass = fused.uniform_backward(lo, hi, offset is not None)
 
     @tf.custom_gradient
     def forward(x, scale, *offset):
@@ -182,7 +182,8 @@ def uniform_ste(x, scale, qn, qp, offset=None):
             y = y + offset[0]
 
         def backward(dy):
-            return _uniform_ste_grads(dy, *backward_pass(dy, t, scale), scale, offset)
+            terms = backward_pass(dy, x, scale, tf.zeros([], tf.int32), *offset)  # t recomputed from x
+            return _uniform_ste_grads(dy, *terms, scale, offset)
 
         return y, backward
 

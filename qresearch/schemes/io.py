@@ -49,7 +49,8 @@ class QATModel(keras.Model):
             # Keras opens a fresh call context for this call, so carry "export" down to the layers.
             with integer.export_mode():
                 return super().__call__(*args, **kwargs)
-        return super().__call__(*args, **kwargs)
+        with integer.one_call():
+            return super().__call__(*args, **kwargs)
 
     def save(self, filepath, *args, **kwargs):
         check_format(filepath)

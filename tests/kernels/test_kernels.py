@@ -72,6 +72,18 @@ def test_quantize_multiplier_matches_frexp(m):
         assert 2 ** 30 <= int(fixed[0]) < 2 ** 31
 
 
+def test_quantize_multiplier_matches_frexp_on_many_values_and_around_powers_of_two():
+    rng = np.random.default_rng(0)
+    powers = 2.0 ** np.arange(-40, 12)
+    m = np.concatenate([np.exp(rng.uniform(np.log(1e-12), np.log(1e3), 5000)), powers,
+                        np.nextafter(powers, 0), np.nextafter(powers, np.inf),
+                        (2 ** 31 - 0.5) / 2 ** 31 * powers])  # rounds up to M = 2^31: moves to 2^30
+    fixed, shift = integer.quantize_multiplier(tf.constant(m, tf.float64))
+    assert list(zip(fixed.numpy().tolist(), shift.numpy().tolist())) == [ref_quantize_multiplier(v) for v in m]
+    scalar = integer.quantize_multiplier(tf.constant(0.3, tf.float64))  # a scalar, as per-tensor grids give
+    assert (int(scalar[0]), int(scalar[1])) == ref_quantize_multiplier(0.3)
+
+
 def test_quantize_multiplier_flushes_tiny_and_zero():
     fixed, shift = integer.quantize_multiplier(tf.constant([0.0, 1e-11, 2.0 ** -40], tf.float64))
     assert fixed.numpy().tolist() == [0, ref_quantize_multiplier(1e-11)[0], 0]
