@@ -75,25 +75,50 @@ def one_call():
     if getattr(_calls, "grids", None) is not None:  # a model called inside another's call
         yield
         return
-    _calls.grids = {}
+    _calls.grids, _calls.fused = {}, {}
     try:
         yield
     finally:
-        _calls.grids = None
+        _calls.grids = _calls.fused = None
+
+
+def _source_key(quantizer, qvars):
+    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()  # a cond branch: its own
+    return (id(quantizer), id(qvars), id(graph)), (quantizer, qvars, graph)
+
+
+def mark_fused(quantizer, qvars) -> None:
+    """Record, for this model call and graph, that an integer kernel computed the output of the ReLU layer
+    whose output quantizer this is (TFLite fuses that ReLU into the kernel before it): ``fused_upstream``."""
+    fused = getattr(_calls, "fused", None)
+    if fused is not None:
+        key, held = _source_key(quantizer, qvars)
+        fused[key] = held  # holding them: no id is reused while the call lasts
+
+
+def fused_upstream(quantizer, qvars) -> bool:
+    """True if the kernel before has computed this ReLU layer's output in this call and graph: its values
+    are already clamped onto this quantizer's grid, which a ReLU and a FakeQuant on that grid keep as they
+    are, so the layer passes them on (the deployed model has no op there either)."""
+    fused = getattr(_calls, "fused", None)
+    if not fused:
+        return False
+    key, held = _source_key(quantizer, qvars)
+    hit = fused.get(key)
+    return hit is not None and all(a is b for a, b in zip(hit, held))
 
 
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:
     """The integer grid of a quantizer's output, or None if its inference pass is not one FakeQuant."""
     cache = getattr(_calls, "grids", None)
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()  # a cond branch: its own
-    key = (id(quantizer), id(qvars), id(graph))
+    key, held = _source_key(quantizer, qvars)
     hit = cache.get(key) if cache is not None else None
-    if hit is not None and hit[0] is quantizer and hit[1] is qvars and hit[2] is graph:
-        return hit[3]
+    if hit is not None and all(a is b for a, b in zip(hit[0], held)):
+        return hit[1]
     rng = fake_quant_range(quantizer, qvars, tf.zeros([1]))
     g = grid_of(*rng) if rng is not None else None
     if cache is not None:
-        cache[key] = (quantizer, qvars, graph, g)  # holding them: no id is reused while the call lasts
+        cache[key] = (held, g)  # holding them: no id is reused while the call lasts
     return g
 
 

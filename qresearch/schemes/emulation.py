@@ -44,6 +44,7 @@ class Plan:
     weight: Optional[Tuple] = None  # (variable, quantizer, its variables) of a conv's weight
     out: Optional[Tuple] = None
     fused: str = "linear"
+    consumer_fused: bool = False  # ``out`` and ``fused`` are the following ReLU layer's (K.mark_fused)
 
 
 Matcher = Callable[[Any, str], Optional[Plan]]  # (wrapper, op) -> Plan without out/fused, or None
@@ -100,6 +101,8 @@ class IntegerEmulation:
         operands = [self.layer.call(inputs)] if plan.operand == "layer_output" else \
             (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
         y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs))
+        if plan.consumer_fused:
+            K.mark_fused(out_q, out_v)
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         return out_q(y, False, weights=out_v)
@@ -116,6 +119,8 @@ class IntegerEmulation:
         y = out_q(handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs)), False, weights=out_v)
         fn = getattr(self.layer, "activation", None)
         if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
+            if plan.consumer_fused:
+                K.mark_fused(out_q, out_v)
             return y
         if not self._output_quantizers:
             return fn(y)
@@ -188,7 +193,7 @@ def _plan(w) -> Optional[Plan]:
         if set(acts) == {"pre"}:
             return dataclasses.replace(base, out=acts["pre"], fused="linear")
         if fused_consumer is not None and fused == "linear":
-            return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1])
+            return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
         return None
     if w._activation_vars:
         return None
@@ -201,7 +206,7 @@ def _plan(w) -> Optional[Plan]:
     if out:
         return dataclasses.replace(base, out=out)
     if fused_consumer is not None and fuses:
-        return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1])
+        return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
     return None
 
 

@@ -194,8 +194,11 @@ class QuantizeWrapper(IntegerEmulation, _QW):
             training = keras.backend.learning_phase()
         kernels = None if calibrating() else K.active_kernels(self.quantize_config.info.get("kernels"))
         plan = self._integer_plan() if kernels is not None else None
+        static = training if isinstance(training, (bool, int)) else tf.get_static_value(training)
+        if kernels is not None and static is not None and not bool(static) and self._output_quantizers \
+                and K.fused_upstream(*self._output_source()):
+            return inputs  # a ReLU the integer kernel before computed (emulation.Plan.consumer_fused)
         if plan is not None:
-            static = training if isinstance(training, (bool, int)) else tf.get_static_value(training)
             if static is not None and not bool(static):
                 return self._integer_call(inputs, kwargs, kernels, plan)
             if static is None:

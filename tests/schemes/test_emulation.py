@@ -100,3 +100,37 @@ def test_integer_op_may_depend_on_the_layer():
     spec = qresearch.schemes.layer_spec(L.Activation("softmax"))
     assert spec.integer_op_of(L.Activation("softmax")) == "SOFTMAX"
     assert spec.integer_op_of(L.Activation("tanh")) is None
+
+
+def _conv_relu6_model():
+    inp = keras.Input((6, 6, 2))
+    h = L.Conv2D(4, 3, padding="same", name="conv")(inp)   # no output quantizer: TFLite fuses the ReLU6
+    h = L.ReLU(6.0, name="relu6")(h)
+    h = L.Conv2D(3, 1, name="conv2")(h)
+    h = L.ReLU(name="relu")(h)
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, L.Dense(5)(h))
+
+
+def test_a_relu_fused_into_the_kernel_before_passes_its_values_on_unchanged(data):
+    """The conv computes the ReLU's output (its clamp, the ReLU's grid); the ReLU layer then returns its
+    input, which equals what a ReLU and its FakeQuant would make of it; the model's outputs are the same
+    bits with the ReLU layers run as before (a plain Keras model call opens no ``one_call`` scope)."""
+    q = qresearch.quantize(_conv_relu6_model(), "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    relus = [layer for layer in q.layers if getattr(layer, "layer", None) is not None
+             and layer.layer.name in ("relu6", "relu")]
+    assert len(relus) == 2
+    seen = {}
+    for w in relus:
+        w.call = (lambda call, name: lambda x, *a, **k: seen.setdefault(name, (x, call(x, *a, **k)))[1])(
+            w.call, w.layer.name)
+    out = q(data, training=False)
+    for name, (x, y) in seen.items():
+        assert y is x, name   # passed on, no op
+    ran = {}
+    for w in relus:  # the same ReLU layers run as before: ReLU and FakeQuant on the kernel's output
+        del w.call
+        ran[w.layer.name] = w.call(seen[w.layer.name][0], training=False)
+        np.testing.assert_array_equal(np.asarray(ran[w.layer.name]), np.asarray(seen[w.layer.name][0]))
+    plain = keras.Model(q.inputs, q.outputs)(data, training=False)  # outside QATModel: the ReLUs run
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
