@@ -21,7 +21,8 @@ This package sits between ``quantizers`` and ``schemes``: it imports only ``quan
 """
 from qresearch.kernels.fixed_point import quantize_multiplier, srdhm
 from qresearch.kernels.grid import (Grid, fake_quant_range, grid_of, grid_of_quantizer, integer_values,
-                                    fused_upstream, mark_fused, one_call, round_half_away)
+                                    fused_upstream, mark_fused, note_offsets, offsets_of, one_call,
+                                    pure_fake_quant, round_half_away)
 from qresearch.kernels.modes import active_kernels, emulated_kernels, export_mode, exporting, in_saving_trace
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
 from qresearch.kernels.tflite_ops import (CONV_OPS, FUSED_ACTIVATIONS, MAX_SOFTMAX_CLASSES, TFLITE_OPS, OpCall,
@@ -33,6 +34,6 @@ from qresearch.kernels import builtin  # noqa: F401  (registers the TFLite kerne
 __all__ = [
     "CONV_OPS", "FUSED_ACTIVATIONS", "Grid", "IntegerKernels", "KERNELS", "MAX_SOFTMAX_CLASSES", "OpCall",
     "PipelineKernels", "TFLITE_OPS", "accumulator_stats", "active_kernels", "pipeline_kernels", "average_pool", "average_pool_counts", "emulated_kernels", "export_mode",
-    "exporting", "fake_quant_range", "grid_of", "grid_of_quantizer", "integer_values", "one_call", "mark_fused", "fused_upstream", "in_saving_trace", "mean", "mean_keepdims",
+    "exporting", "fake_quant_range", "grid_of", "grid_of_quantizer", "integer_values", "one_call", "mark_fused", "fused_upstream", "note_offsets", "offsets_of", "pure_fake_quant", "in_saving_trace", "mean", "mean_keepdims",
     "quantize_multiplier", "round_half_away", "softmax", "srdhm",
 ]

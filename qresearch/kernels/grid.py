@@ -20,11 +20,16 @@ def round_half_away(x):
 def fake_quant_range(quantizer, qvars, like) -> Optional[Tuple]:
     """``(min, max, bits, narrow_range)`` that ``quantizer`` hands TF FakeQuant in inference, or None if
     its inference pass is not one FakeQuant call. Plain arithmetic on the quantizer's variables."""
+    return _fake_quant_call(quantizer, qvars, like)[0]
+
+
+def _fake_quant_call(quantizer, qvars, like):
+    """``(fake_quant_range, pure)``: ``pure`` when the one FakeQuant gets ``like`` itself (no clip before it)."""
     seen = []
     original = ops.fake_quant
 
     def record(x, range_min, range_max, bits, narrow_range, channel_axes=None):
-        seen.append((range_min, range_max, bits, narrow_range))
+        seen.append(((range_min, range_max, bits, narrow_range), x is like))
         return x
 
     ops.fake_quant = record
@@ -32,7 +37,7 @@ def fake_quant_range(quantizer, qvars, like) -> Optional[Tuple]:
         quantizer(like, False, weights=qvars)
     finally:
         ops.fake_quant = original
-    return seen[0] if len(seen) == 1 else None
+    return seen[0] if len(seen) == 1 else (None, False)
 
 
 @dataclasses.dataclass
@@ -75,11 +80,11 @@ def one_call():
     if getattr(_calls, "grids", None) is not None:  # a model called inside another's call
         yield
         return
-    _calls.grids, _calls.fused = {}, {}
+    _calls.grids, _calls.fused, _calls.offsets = {}, {}, {}
     try:
         yield
     finally:
-        _calls.grids = _calls.fused = None
+        _calls.grids = _calls.fused = _calls.offsets = None
 
 
 def _source_key(quantizer, qvars):
@@ -108,18 +113,49 @@ def fused_upstream(quantizer, qvars) -> bool:
     return hit is not None and all(a is b for a, b in zip(hit, held))
 
 
+def note_offsets(y, offsets_, source=None) -> None:
+    """Record, for this model call, the integer offsets ``q - Z`` (float32) a kernel computed the tensor ``y``
+    from, on the grid of ``source`` (its ``(quantizer, variables)``; None: the kernel's own output grid)."""
+    table = getattr(_calls, "offsets", None)
+    if table is not None:
+        key, held = _source_key(*source) if source is not None else _source_key(None, None)
+        table[(id(y),) + key] = (y, held, offsets_)
+
+
+def offsets_of(y, source=None):
+    """The offsets ``note_offsets`` recorded for the tensor ``y`` on the grid of ``source``, or None."""
+    table = getattr(_calls, "offsets", None)
+    if not table:
+        return None
+    key, held = _source_key(*source) if source is not None else _source_key(None, None)
+    hit = table.get((id(y),) + key)
+    if hit is None or hit[0] is not y or not all(a is b for a, b in zip(hit[1], held)):
+        return None
+    return hit[2]
+
+
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:
     """The integer grid of a quantizer's output, or None if its inference pass is not one FakeQuant."""
+    return _grid_and_purity(quantizer, qvars)[0]
+
+
+def pure_fake_quant(quantizer, qvars) -> bool:
+    """True if ``quantizer``'s inference pass is one FakeQuant of its input and nothing else (no clip before
+    it, as signed PACT's ``max(x, -α)``): on-grid values then keep their grid points through it."""
+    return _grid_and_purity(quantizer, qvars)[1]
+
+
+def _grid_and_purity(quantizer, qvars):
     cache = getattr(_calls, "grids", None)
     key, held = _source_key(quantizer, qvars)
     hit = cache.get(key) if cache is not None else None
     if hit is not None and all(a is b for a, b in zip(hit[0], held)):
         return hit[1]
-    rng = fake_quant_range(quantizer, qvars, tf.zeros([1]))
-    g = grid_of(*rng) if rng is not None else None
+    rng, pure = _fake_quant_call(quantizer, qvars, tf.zeros([1]))
+    found = (grid_of(*rng) if rng is not None else None, pure)
     if cache is not None:
-        cache[key] = (held, g)  # holding them: no id is reused while the call lasts
-    return g
+        cache[key] = (held, found)  # holding them: no id is reused while the call lasts
+    return found
 
 
 def offsets(x, g: Grid):

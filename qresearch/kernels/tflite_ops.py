@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Mapping
 from qresearch._compat import tf
 from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
-from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, round_half_away
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, note_offsets, offsets, round_half_away
 from qresearch.quantizers.fused import xla_pass
 
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -61,17 +61,22 @@ def requantize_accumulator(kernels, dot, in_grid: Grid, weight_scale, out_grid: 
     args = (lo - out_grid.zero_point, hi - out_grid.zero_point, out_grid.scale)
     if stats.active():
         acc = kernels.accumulate(as_int64(dot), bias, layer)
-        return _requantized(kernels, op, acc, params, *args)
-    bias = tf.zeros([], tf.int64) if bias is None else bias  # + 0: the same accumulator
-    tail = kernels.fused(("conv", op, len(params)), lambda: xla_pass(functools.partial(_conv_tail, kernels, op)))
-    return tail(dot, bias, *args, *params)
+        y, offsets_ = _requantized(kernels, op, acc, params, *args)
+    else:
+        bias = tf.zeros([], tf.int64) if bias is None else bias  # + 0: the same accumulator
+        tail = kernels.fused(("conv", op, len(params)),
+                             lambda: xla_pass(functools.partial(_conv_tail, kernels, op)))
+        y, offsets_ = tail(dot, bias, *args, *params)
+    note_offsets(y, offsets_)
+    return y
 
 
 def _requantized(kernels, op, acc, params, lo, hi, scale):
     """``clamp_dequantize(q + Z)`` without adding and removing ``Z`` over the whole tensor: every value is an
-    integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``."""
+    integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``.
+    Returns the float32 output and its integer offsets ``q - Z`` (float32, exact below 2^24)."""
     q = tf.clip_by_value(tf.cast(kernels.apply_requantize(acc, params, op), tf.float64), lo, hi)
-    return tf.cast(q * scale, tf.float32)
+    return tf.cast(q * scale, tf.float32), tf.cast(q, tf.float32)
 
 
 def _conv_tail(kernels, op, dot, bias, lo, hi, scale, *params):
@@ -166,7 +171,10 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
     vector = bool(kernels.add_vector and not subtract)
     tail = kernels.fused(("add", vector, subtract),
                          lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract)))
-    return tail(x1, x2, g1.scale, g2.scale, m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi, out_grid.scale)
+    y, offsets_ = tail(x1, x2, g1.scale, g2.scale, m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi,
+                       out_grid.scale)
+    note_offsets(y, offsets_)
+    return y
 
 
 def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi, scale):
@@ -182,8 +190,8 @@ def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2,
     a, b = rescaled(x1, scale1, m1, s1), rescaled(x2, scale2, m2, s2)
     total = a - b if subtract else a + b
     q = tf.cast(kernels.scalar_requantize(total, mo, so), tf.float64) + zero_point
-    q = tf.clip_by_value(q, lo, hi)
-    return tf.cast((q - zero_point) * scale, tf.float32)  # clamp_dequantize
+    offsets_ = tf.clip_by_value(q, lo, hi) - zero_point
+    return tf.cast(offsets_ * scale, tf.float32), tf.cast(offsets_, tf.float32)  # clamp_dequantize, q - Z
 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):

@@ -105,7 +105,7 @@ class IntegerEmulation:
             K.mark_fused(out_q, out_v)
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
-        return out_q(y, False, weights=out_v)
+        return _handing_on(y, out_q(y, False, weights=out_v), plan.out)
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
         weight, wq, wv = self._live_weights()[0]  # BatchStatsFold: the folded kernel, not the variable
@@ -116,7 +116,8 @@ class IntegerEmulation:
         acc, bias = self._integer_accumulator(inputs, kwargs, kernels, plan, in_grid, w_grid)
         out_q, out_v = plan.out
         attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name, bias=bias)
-        y = out_q(handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs)), False, weights=out_v)
+        raw = handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs))
+        y = _handing_on(raw, out_q(raw, False, weights=out_v), plan.out)
         fn = getattr(self.layer, "activation", None)
         if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
             if plan.consumer_fused:
@@ -145,7 +146,10 @@ class IntegerEmulation:
         except (ValueError, IndexError):
             w_scale = tf.reshape(w_scale, [-1]) if w_scale.shape.rank else w_scale
         w_int = tf.round(self._q(wq, weight, False, wv) / w_scale)
-        x_int = tf.cast(K.integer_values(inputs, in_grid.scale), inputs.dtype)
+        x_int = K.offsets_of(inputs, plan.sources[0][:2])  # the integers the kernel before computed
+        if x_int is None:
+            x_int = K.integer_values(inputs, in_grid.scale)
+        x_int = tf.cast(x_int, inputs.dtype)
         bias = getattr(self.layer, "bias", None) if getattr(self.layer, "use_bias", False) else None
         fn = getattr(self.layer, "activation", None)
         set_attr(self.layer, attr, w_int)
@@ -165,6 +169,17 @@ class IntegerEmulation:
             return y, None
         s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
         return y, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
+
+
+def _handing_on(raw, y, out):
+    """``y``, the output quantizer's pass over a kernel's output ``raw``, carrying the integer offsets the
+    kernel computed (``K.note_offsets``): the next kernel reads them, as TFLite hands the int8 tensor on,
+    rather than rounding ``y / S`` again: where the quantizer's pass is one FakeQuant (``K.pure_fake_quant``),
+    which keeps on-grid values on their grid points; a clip before it (signed PACT) can move them."""
+    offsets = K.offsets_of(raw)
+    if offsets is not None and K.pure_fake_quant(*out[:2]):
+        K.note_offsets(y, offsets, out)
+    return y
 
 
 # ----------------------------------------------------------------------------- planning

@@ -196,7 +196,7 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         plan = self._integer_plan() if kernels is not None else None
         static = training if isinstance(training, (bool, int)) else tf.get_static_value(training)
         if kernels is not None and static is not None and not bool(static) and self._output_quantizers \
-                and K.fused_upstream(*self._output_source()):
+                and K.fused_upstream(*self._output_source()) and K.pure_fake_quant(*self._output_source()):
             return inputs  # a ReLU the integer kernel before computed (emulation.Plan.consumer_fused)
         if plan is not None:
             if static is not None and not bool(static):

@@ -188,3 +188,21 @@ def test_softmax_closed_form_cases():
     half = integer.softmax(tf.constant([[0.0, -2.0, -2.0]]), in_grid, out_grid).numpy()
     e = np.exp(-2.0)
     assert np.allclose(half * 256, np.round(np.array([1, e, e]) / (1 + 2 * e) * 256))
+
+
+@pytest.mark.parametrize("config, pure", [
+    ({"name": "minmax", "bits": 8}, True),
+    ({"name": "lsq", "bits": 8}, True),
+    ({"name": "pact", "bits": 8}, True),                       # [0, α]: the FakeQuant range clips
+    ({"name": "pact", "bits": 8, "signed": True}, False),      # max(x, -α) before FakeQuant
+])
+def test_pure_fake_quant_tells_a_quantizer_that_clips_before_its_fakequant(config, pure):
+    """Only a pass that is one FakeQuant of its input keeps on-grid values on their grid points, so only
+    then does the emulation hand a kernel's integers on to the next kernel (schemes/emulation.py)."""
+    from qresearch._compat import keras
+    from qresearch.quantizers import create
+
+    q = create(config, role="activations")
+    qvars = q.build(None, "output", keras.layers.Layer())
+    assert integer.pure_fake_quant(q, qvars) is pure
+    assert integer.grid_of_quantizer(q, qvars) is not None

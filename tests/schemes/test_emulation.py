@@ -134,3 +134,19 @@ def test_a_relu_fused_into_the_kernel_before_passes_its_values_on_unchanged(data
         np.testing.assert_array_equal(np.asarray(ran[w.layer.name]), np.asarray(seen[w.layer.name][0]))
     plain = keras.Model(q.inputs, q.outputs)(data, training=False)  # outside QATModel: the ReLUs run
     np.testing.assert_array_equal(np.asarray(out), np.asarray(plain))
+
+
+def test_a_kernel_reads_the_integers_the_kernel_before_computed(data, monkeypatch):
+    """conv2's input integers are the ones conv computed (TFLite hands the int8 tensor on): no second
+    rounding of y / S; the same bits as rounding again (offsets_of disabled)."""
+    import qresearch.schemes.emulation as emulation
+
+    q = qresearch.quantize(_conv_relu6_model(), "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    rounded = []
+    original = K.integer_values
+    monkeypatch.setattr(emulation.K, "integer_values", lambda *a: rounded.append(1) or original(*a))
+    handed_on = np.asarray(q(data, training=False))
+    assert len(rounded) == 2  # conv's input (the model's QUANTIZE) and the Dense's (MEAN's output)
+    monkeypatch.setattr(emulation.K, "offsets_of", lambda *a: None)
+    np.testing.assert_array_equal(handed_on, np.asarray(q(data, training=False)))
+    assert len(rounded) == 2 + 3  # conv2 rounds too
