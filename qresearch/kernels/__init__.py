@@ -10,6 +10,7 @@ to the kernel set's handler). Exports never see this (``modes.exporting``).
 
 Layout (one job each):
 - ``grid``: integer grids from FakeQuant ranges; ``fixed_point``: multipliers and requantization roundings;
+- ``calls``: what the emulation takes as fixed within one model call (grids, fused ReLUs, handed-on integers);
 - ``tflite_ops``: the int8 arithmetic of each TFLite op and the table of op handlers ``TFLITE_OPS``;
 - ``runtime``: ``IntegerKernels`` (a kernel set: rounding rules + op table) and the ``KERNELS`` registry;
 - ``builtin``: the registered TFLite kernel sets; ``modes``: when the emulation runs;
@@ -20,8 +21,8 @@ Layout (one job each):
 This package sits between ``quantizers`` and ``schemes``: it imports only ``quantizers`` and below.
 """
 from qresearch.kernels.fixed_point import quantize_multiplier, srdhm
+from qresearch.kernels.calls import fused_upstream, mark_fused, note_offsets, offsets_of, one_call
 from qresearch.kernels.grid import (Grid, fake_quant_range, grid_of, grid_of_quantizer, integer_values,
-                                    fused_upstream, mark_fused, note_offsets, offsets_of, one_call,
                                     pure_fake_quant, round_half_away)
 from qresearch.kernels.modes import active_kernels, emulated_kernels, export_mode, exporting, in_saving_trace
 from qresearch.kernels.runtime import KERNELS, IntegerKernels

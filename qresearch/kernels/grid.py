@@ -2,13 +2,12 @@
 FakeQuant range a quantizer hands TensorFlow, and the moves between float values and grid offsets."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import threading
 from typing import Optional, Tuple
 
 from qresearch._compat import tf
+from qresearch.kernels import calls
 from qresearch.quantizers import ops
 from qresearch.quantizers.fused import xla_pass
 
@@ -69,71 +68,6 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     return Grid(scale, zp, qmin, qmax)
 
 
-_calls = threading.local()
-
-
-@contextlib.contextmanager
-def one_call():
-    """Scope of one model call (``QATModel.__call__``): no quantizer variable changes inside it, so each
-    quantizer's grid is derived once per graph being built (the emulation asks for a tensor's grid as one
-    layer's output and again as the next layer's input; each derivation is ~40 scalar ops per call)."""
-    if getattr(_calls, "grids", None) is not None:  # a model called inside another's call
-        yield
-        return
-    _calls.grids, _calls.fused, _calls.offsets = {}, {}, {}
-    try:
-        yield
-    finally:
-        _calls.grids = _calls.fused = _calls.offsets = None
-
-
-def _source_key(quantizer, qvars):
-    graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()  # a cond branch: its own
-    return (id(quantizer), id(qvars), id(graph)), (quantizer, qvars, graph)
-
-
-def mark_fused(quantizer, qvars) -> None:
-    """Record, for this model call and graph, that an integer kernel computed the output of the ReLU layer
-    whose output quantizer this is (TFLite fuses that ReLU into the kernel before it): ``fused_upstream``."""
-    fused = getattr(_calls, "fused", None)
-    if fused is not None:
-        key, held = _source_key(quantizer, qvars)
-        fused[key] = held  # holding them: no id is reused while the call lasts
-
-
-def fused_upstream(quantizer, qvars) -> bool:
-    """True if the kernel before has computed this ReLU layer's output in this call and graph: its values
-    are already clamped onto this quantizer's grid, which a ReLU and a FakeQuant on that grid keep as they
-    are, so the layer passes them on (the deployed model has no op there either)."""
-    fused = getattr(_calls, "fused", None)
-    if not fused:
-        return False
-    key, held = _source_key(quantizer, qvars)
-    hit = fused.get(key)
-    return hit is not None and all(a is b for a, b in zip(hit, held))
-
-
-def note_offsets(y, offsets_, source=None) -> None:
-    """Record, for this model call, the integer offsets ``q - Z`` (float32) a kernel computed the tensor ``y``
-    from, on the grid of ``source`` (its ``(quantizer, variables)``; None: the kernel's own output grid)."""
-    table = getattr(_calls, "offsets", None)
-    if table is not None:
-        key, held = _source_key(*source) if source is not None else _source_key(None, None)
-        table[(id(y),) + key] = (y, held, offsets_)
-
-
-def offsets_of(y, source=None):
-    """The offsets ``note_offsets`` recorded for the tensor ``y`` on the grid of ``source``, or None."""
-    table = getattr(_calls, "offsets", None)
-    if not table:
-        return None
-    key, held = _source_key(*source) if source is not None else _source_key(None, None)
-    hit = table.get((id(y),) + key)
-    if hit is None or hit[0] is not y or not all(a is b for a, b in zip(hit[1], held)):
-        return None
-    return hit[2]
-
-
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:
     """The integer grid of a quantizer's output, or None if its inference pass is not one FakeQuant."""
     return _grid_and_purity(quantizer, qvars)[0]
@@ -146,15 +80,12 @@ def pure_fake_quant(quantizer, qvars) -> bool:
 
 
 def _grid_and_purity(quantizer, qvars):
-    cache = getattr(_calls, "grids", None)
-    key, held = _source_key(quantizer, qvars)
-    hit = cache.get(key) if cache is not None else None
-    if hit is not None and all(a is b for a, b in zip(hit[0], held)):
-        return hit[1]
-    rng, pure = _fake_quant_call(quantizer, qvars, tf.zeros([1]))
-    found = (grid_of(*rng) if rng is not None else None, pure)
-    if cache is not None:
-        cache[key] = (held, found)  # holding them: no id is reused while the call lasts
+    """Derived once per model call (``calls.one_call``)."""
+    found = calls.recall("grids", (quantizer, qvars))
+    if found is None:
+        rng, pure = _fake_quant_call(quantizer, qvars, tf.zeros([1]))
+        found = (grid_of(*rng) if rng is not None else None, pure)
+        calls.remember("grids", (quantizer, qvars), found)
     return found
 
 

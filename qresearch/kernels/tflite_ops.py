@@ -15,7 +15,8 @@ from typing import Any, Callable, Dict, List, Mapping
 from qresearch._compat import tf
 from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
-from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, note_offsets, offsets, round_half_away
+from qresearch.kernels.calls import note_offsets
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, round_half_away
 from qresearch.quantizers.fused import xla_pass
 
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
