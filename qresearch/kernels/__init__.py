@@ -35,6 +35,8 @@ from qresearch.kernels import builtin  # noqa: F401  (registers the TFLite kerne
 __all__ = [
     "CONV_OPS", "FUSED_ACTIVATIONS", "Grid", "IntegerKernels", "KERNELS", "MAX_SOFTMAX_CLASSES", "OpCall",
     "PipelineKernels", "TFLITE_OPS", "accumulator_stats", "active_kernels", "pipeline_kernels", "average_pool", "average_pool_counts", "emulated_kernels", "export_mode",
-    "exporting", "fake_quant_range", "grid_of", "grid_of_quantizer", "integer_values", "one_call", "mark_fused", "fused_upstream", "note_offsets", "offsets_of", "pure_fake_quant", "in_saving_trace", "mean", "mean_keepdims",
+    "exporting", "fake_quant_range", "fused_upstream", "grid_of", "grid_of_quantizer", "in_saving_trace",
+    "integer_values", "mark_fused", "mean", "mean_keepdims", "note_offsets", "offsets_of", "one_call",
+    "pure_fake_quant",
     "quantize_multiplier", "round_half_away", "softmax", "srdhm",
 ]

@@ -91,7 +91,12 @@ def _grid_and_purity(quantizer, qvars):
 
 def offsets(x, g: Grid):
     """``q - Z`` of float values on grid ``g`` (int64)."""
-    return tf.cast(round_half_away(tf.cast(x, tf.float64) / g.scale), tf.int64)
+    return offsets_on(x, g.scale)
+
+
+def offsets_on(x, scale):
+    """``q - Z`` (int64) of float values on a grid of step ``scale`` (float64)."""
+    return tf.cast(round_half_away(tf.cast(x, tf.float64) / scale), tf.int64)
 
 
 def clamp_bounds(out_grid: Grid, fused: str):

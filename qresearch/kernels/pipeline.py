@@ -107,7 +107,8 @@ class PipelineKernels(IntegerKernels):
 
     def apply_requantize(self, acc, params, op: str = "CONV_2D"):
         if self.requantization == "shift":
-            return round_shift(acc, params[0], self.rounding if self.rounding != "gemmlowp" else "half_away_from_zero")
+            rounding = self.rounding if self.rounding != "gemmlowp" else "half_away_from_zero"
+            return round_shift(acc, params[0], rounding)
         return super().apply_requantize(acc, params, op)
 
 

@@ -16,7 +16,7 @@ from qresearch._compat import tf
 from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
 from qresearch.kernels.calls import note_offsets
-from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, round_half_away
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, offsets_on, round_half_away
 from qresearch.quantizers.fused import xla_pass
 
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -178,9 +178,10 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
     return y
 
 
-def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi, scale):
+def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi,
+              scale):
     def rescaled(x, input_scale, multiplier, shift):
-        q = tf.cast(round_half_away(tf.cast(x, tf.float64) / input_scale), tf.int64)  # offsets
+        q = offsets_on(x, input_scale)
         if vector:
             left = 20 + shift
             shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),

@@ -161,8 +161,9 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
     exactly, so the divide is not redone). The backward's elementwise part is one XLA-fused pass
     (``quantizers/fused.py``) that recomputes ``t``, the clip mask and ``q`` from ``x``: a step keeps no
-    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. The forward stays plain TF ops: fused, it left the trained steps of residual Adds on
-    mobilenet_tiny one ulp off (grappler rewrites the surrounding graph differently; not pinned down).
+    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. The
+    forward stays plain TF ops: fused, it left the trained steps of residual Adds on mobilenet_tiny one ulp
+    off (grappler rewrites the surrounding graph differently; not pinned down).
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
     ``test_fused.py``, ``benchmarks/identity.py``).
     """

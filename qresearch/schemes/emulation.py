@@ -101,11 +101,9 @@ class IntegerEmulation:
         operands = [self.layer.call(inputs)] if plan.operand == "layer_output" else \
             (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
         y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs))
-        if plan.consumer_fused:
-            K.mark_fused(out_q, out_v)
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
-        return _handing_on(y, out_q(y, False, weights=out_v), plan.out)
+        return _passed_on(y, out_q(y, False, weights=out_v), plan)
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
         weight, wq, wv = self._live_weights()[0]  # BatchStatsFold: the folded kernel, not the variable
@@ -117,11 +115,9 @@ class IntegerEmulation:
         out_q, out_v = plan.out
         attrs = dict(plan.attrs, weight_scale=tf.reshape(w_grid.scale, [-1]), layer=self.name, bias=bias)
         raw = handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs))
-        y = _handing_on(raw, out_q(raw, False, weights=out_v), plan.out)
+        y = _passed_on(raw, out_q(raw, False, weights=out_v), plan)
         fn = getattr(self.layer, "activation", None)
         if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
-            if plan.consumer_fused:
-                K.mark_fused(out_q, out_v)
             return y
         if not self._output_quantizers:
             return fn(y)
@@ -171,14 +167,18 @@ class IntegerEmulation:
         return y, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
 
 
-def _handing_on(raw, y, out):
-    """``y``, the output quantizer's pass over a kernel's output ``raw``, carrying the integer offsets the
-    kernel computed (``K.note_offsets``): the next kernel reads them, as TFLite hands the int8 tensor on,
-    rather than rounding ``y / S`` again: where the quantizer's pass is one FakeQuant (``K.pure_fake_quant``),
-    which keeps on-grid values on their grid points; a clip before it (signed PACT) can move them."""
+def _passed_on(raw, y, plan: Plan):
+    """``y``, the output quantizer's pass over a kernel's output ``raw``, as the next layers see it (for this
+    model call, ``kernels.calls``): a following ReLU the kernel fused is marked done, and the integer offsets
+    the kernel computed go with ``y``, so the next kernel reads them, as TFLite hands the int8 tensor on,
+    rather than rounding ``y / S`` again. Only where the quantizer's pass is one FakeQuant
+    (``K.pure_fake_quant``), which keeps on-grid values on their grid points (a clip before it can move them)."""
+    out_q, out_v = plan.out[:2]
+    if plan.consumer_fused:
+        K.mark_fused(out_q, out_v)
     offsets = K.offsets_of(raw)
-    if offsets is not None and K.pure_fake_quant(*out[:2]):
-        K.note_offsets(y, offsets, out)
+    if offsets is not None and K.pure_fake_quant(out_q, out_v):
+        K.note_offsets(y, offsets, (out_q, out_v))
     return y
 
 
