@@ -12,6 +12,7 @@ import inspect
 import math
 from typing import Any, ClassVar, Dict, Optional, Sequence, Tuple
 
+from qresearch import _autograph
 from qresearch._compat import tf, tfmot
 from qresearch.errors import ConfigError
 from qresearch.quantizers import ops, replicas
@@ -229,8 +230,9 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
 
     def __call__(self, inputs, training, weights, **kwargs):
         axes = weights.get("channel_axes")
+        quantize = _autograph.user_code(self.quantize)  # a plugin's quantize converts as before
         if not (training and self.init_active() and self.init_keys(weights)):
-            return self.quantize(inputs, bool(training), weights, axes)
+            return quantize(inputs, bool(training), weights, axes)
         from qresearch.quantizers.init import collect
 
         collector = collect.current()
@@ -238,7 +240,7 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
             collector.observe(self, inputs, weights, axes)  # set after the last calibration batch
             return inputs
         with tf.control_dependencies([self.init_in_graph(inputs, weights, axes)]):
-            return self.quantize(inputs, True, weights, axes)
+            return quantize(inputs, True, weights, axes)
 
     # ------------------------------------------------------ initialisation
     def init_active(self) -> bool:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 
+from qresearch import _autograph
 from qresearch._compat import keras, tf
 from qresearch.schemes.attrs import get_attr, set_attr
 from qresearch.schemes.folding import fold_factor
@@ -129,6 +130,7 @@ class BatchStatsFold(QuantizeWrapper):
             self.layer.bias = bias_var
 
     # ------------------------------------------------------------------ forward
+    @_autograph.static
     def call(self, inputs, training=None, **kwargs):
         if training is None:
             training = keras.backend.learning_phase()

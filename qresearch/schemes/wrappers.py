@@ -18,6 +18,7 @@ import inspect
 import threading
 from typing import Any, Dict, Optional
 
+from qresearch import _autograph
 from qresearch._compat import keras, tf, tfmot
 from qresearch.quantizers import ops
 from qresearch.quantizers.base import Quantizer
@@ -186,9 +187,12 @@ class QuantizeWrapper(IntegerEmulation, _QW):
 
     @staticmethod
     def _q(quantizer, x, training, qvars):
+        if not isinstance(quantizer, Quantizer):  # a tfmot quantizer of the user's: converted as before
+            quantizer = _autograph.user_code(quantizer)
         return smart_cond(training, lambda: quantizer(x, True, weights=qvars),
                           lambda: quantizer(x, False, weights=qvars))
 
+    @_autograph.static  # the layer's own call and plugin quantizers still convert (_autograph.user_code)
     def call(self, inputs, training=None, **kwargs):
         if training is None:
             training = keras.backend.learning_phase()
@@ -243,16 +247,17 @@ class QuantizeWrapper(IntegerEmulation, _QW):
 
     def _call_layer(self, inputs, training, kwargs):
         """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""
+        call = _autograph.user_code(self.layer.call)
         if "training" in inspect.signature(self.layer.call).parameters:
-            return self.layer.call(inputs, training=training, **kwargs)
-        return self.layer.call(inputs, **kwargs)
+            return call(inputs, training=training, **kwargs)
+        return call(inputs, **kwargs)
 
     def _quantized_activation(self, fn, built, training):
         def activation(x, *args, **kwargs):
             if "pre" in built:
                 q, v = built["pre"]
                 x = self._q(q, x, training, v)
-            x = fn(x, *args, **kwargs)
+            x = _autograph.user_code(fn)(x, *args, **kwargs)
             if "post" in built:
                 q, v = built["post"]
                 x = self._q(q, x, training, v)
@@ -276,6 +281,7 @@ class QuantizeInput(_QL):
         super().__init__(quantizer, **kwargs)
         self.kernels = kernels  # integer kernel set emulated in inference (qresearch.kernels)
 
+    @_autograph.static
     def call(self, inputs, training=None):
         if calibrating():
             training = True
