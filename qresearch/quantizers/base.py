@@ -326,7 +326,9 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
                        lambda: tf.constant(False))
 
     def quantize(self, x, training: bool, weights: Dict[str, Any], axes):
-        """Fake-quantize ``x``. ``training`` is a Python bool (tfmot's smart_cond branches)."""
+        """Fake-quantize ``x``. ``training`` is a Python bool (tfmot's smart_cond branches). A plugin's
+        ``quantize`` goes through AutoGraph under ``tf.function``, so a Python ``if`` on a tensor works as in
+        any Keras layer; qresearch's own quantizers branch on static facts only and skip it (``_autograph``)."""
         raise NotImplementedError(f"{type(self).__name__} must implement quantize()")
 
     def get_config(self) -> Dict[str, Any]:
