@@ -87,7 +87,7 @@ def test_freeze_holds_steps_for_n_steps_then_they_move():
 
 def test_settings_in_fit():
     """Through Keras fit (a traced train step), with a real quantized layer."""
-    from tests.quantizers.conftest import quantize_model, small_cnn, toy_data
+    from quantizers.conftest import quantize_model, small_cnn, toy_data  # the module pytest loaded (one KernelActivationConfig)
 
     x, y = toy_data(32)
     model = quantize_model(small_cnn(), {"name": "lsq", "bits": 4}, {"name": "lsq", "bits": 4})
