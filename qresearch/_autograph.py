@@ -4,8 +4,8 @@ Under ``tf.function`` (``fit``, ``predict``, Keras' functional construction) Ker
 ``call`` with AutoGraph, and AutoGraph converts, call by call, every function that code reaches: for a
 quantized model that is our wrappers, quantizers and kernels, whose Python branches only on static facts
 (layer kinds, bit widths, flags), never on tensor values. Their conversion and the per-call dispatch of
-converted code cost ~10% of building and tracing a model (measured: tests/schemes/test_presets.py, 48 s
--> 43 s). So our wrappers' ``call`` runs unconverted (``static``), and the code we do not own — a wrapped
+converted code cost ~20% of building, calibrating and tracing a model (measured: notes/performance.md,
+"third session"). So our wrappers' ``call`` runs unconverted (``static``), and the code we do not own — a wrapped
 layer's ``call``, a plugin quantizer — runs through ``user_code``: converted as it would be without the
 wrapper, under the AutoGraph status of the wrapper's caller (a Python ``if`` on a tensor in a custom layer
 still becomes a ``tf.cond``).
