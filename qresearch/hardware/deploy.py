@@ -1,8 +1,8 @@
 """Verified deployment to TFLite: convert a QAT model, run it with integer I/O, compare.
 
-``verify(qat_model, target, x, y)`` converts with ``TFLiteConverter.from_keras_model`` to an
-integer-only model, runs it with LiteRT's *builtin* kernels (no XNNPACK delegate: the reference
-rounding of tflite-int8-spec.md §2.2), feeds inputs quantized by the spec's QUANTIZE rule
+``verify(qat_model, target, x, y)`` converts the model's serving function (what
+``TFLiteConverter.from_keras_model`` would convert) to an integer-only model, runs it with LiteRT's
+*builtin* kernels (no XNNPACK delegate: the reference rounding of tflite-int8-spec.md §2.2), feeds inputs quantized by the spec's QUANTIZE rule
 (``clamp(round_half_away(x / S) + Z)``), and compares with the QAT model in inference mode.
 The structure of the flatbuffer is checked against the target (see ``inspect_model``).
 """
@@ -69,7 +69,7 @@ def convert(qat_model, target, representative_data=None) -> bytes:
 
     target = get_target(target)
     _require_runtime(target)
-    converter = tf.lite.TFLiteConverter.from_keras_model(qat_model)
+    converter = _converter(qat_model)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     facts = target.runtime_facts
     if facts.converter_ops is not None:
@@ -77,9 +77,37 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
-    # The converter saves the model to a SavedModel first: Keras traces it for saving, where every layer
-    # builds the plain FakeQuant graph, not the integer-kernel emulation (qresearch/kernels `exporting`).
     return converter.convert()
+
+
+def _converter(model):
+    """A TFLite converter of ``model(x, training=False)``, traced once in export mode (the plain FakeQuant
+    graph, not the integer-kernel emulation: qresearch/kernels ``exporting``).
+
+    ``TFLiteConverter.from_keras_model`` saves the whole Keras model to a temporary SavedModel first, and
+    Keras' saving traces every layer's call with and without ``training`` (measured: ~80% of a
+    MobileNet-like's conversion). The serving function alone, with the model's variables, gives the same
+    flatbuffer (same ops, tensors, quantization and values: tests/hardware/test_converter_flow.py) with the
+    same signature names. A model without symbolic inputs (subclassed, never called functionally) goes
+    through ``from_keras_model``."""
+    from qresearch._compat import tf
+    from qresearch.kernels import export_mode
+
+    if getattr(model, "inputs", None) is None:
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=name) for t, name in zip(model.inputs, model.input_names)]
+    structure = model.input
+
+    @tf.function(input_signature=specs)
+    def serving_default(*inputs):
+        outputs = model(tf.nest.pack_sequence_as(structure, list(inputs)), training=False)
+        return dict(zip(model.output_names, tf.nest.flatten(outputs)))
+
+    with export_mode():
+        function = serving_default.get_concrete_function()
+    holder = tf.Module()   # what the converter's SavedModel step saves: the variables the function reads
+    holder.model_variables = list(model.variables)
+    return tf.lite.TFLiteConverter.from_concrete_functions([function], holder)
 
 
 def make_interpreter(tflite_model: bytes, kernels: str = KERNELS):

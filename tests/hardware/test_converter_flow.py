@@ -146,3 +146,55 @@ def test_saved_then_loaded_model_still_emulates(setup, tmp_path):
     for loaded in (qresearch.load_model(str(tmp_path / "qat")), keras.models.load_model(str(tmp_path / "qat"))):
         np.testing.assert_array_equal(loaded.predict(x, verbose=0), before)
         np.testing.assert_array_equal(loaded(x, training=False).numpy(), before)
+
+
+def _two_in_two_out():
+    L = keras.layers
+    image, extra = keras.Input((8, 8, 1), name="image"), keras.Input((4,), name="extra")
+    h = L.Flatten()(L.Conv2D(4, 3, activation="relu")(image))
+    h = L.Concatenate()([L.Dense(8, activation="relu")(h), L.Dense(8, activation="relu")(extra)])
+    return keras.Model([image, extra], [L.Dense(10, name="logits")(h), L.Dense(1, name="score")(h)])
+
+
+def _flatbuffer_facts(tflite_model, inputs):
+    """Signatures, I/O details and every op and tensor (shape, type, quantization, values after running
+    ``inputs``, by input name), names of inner tensors left out (they carry the trace's op names)."""
+    it = make_interpreter(tflite_model)
+    it.allocate_tensors()
+    for detail in it.get_input_details():
+        it.set_tensor(detail["index"], next(v for name, v in inputs.items() if name in detail["name"]))
+    it.invoke()
+    io = [(d["name"], tuple(d["shape"]), d["quantization"]) for d in it.get_input_details() + it.get_output_details()]
+    ops = [(o["op_name"], tuple(o["inputs"]), tuple(o["outputs"])) for o in it._get_ops_details()]
+    tensors = []
+    for t in it.get_tensor_details():
+        try:
+            value = it.get_tensor(t["index"]).tobytes()
+        except ValueError:  # an intermediate tensor
+            value = None
+        qp = t["quantization_parameters"]
+        tensors.append((tuple(t["shape"]), str(t["dtype"]), qp["scales"].tobytes(), qp["zero_points"].tobytes(),
+                        value))
+    return it.get_signature_list(), io, ops, tensors
+
+
+def test_convert_traces_the_serving_function_as_from_keras_model_would(data):
+    """``convert`` traces ``model(x, training=False)`` itself instead of saving the whole Keras model (Keras'
+    saving traces every layer twice more): on a model with two inputs and two outputs, the flatbuffer has
+    the same signatures, I/O, ops and tensors as TensorFlow's ``from_keras_model`` with the same settings."""
+    rng = np.random.default_rng(0)
+    xtr = data[0][:128]
+    calibration = [xtr, rng.standard_normal((len(xtr), 4)).astype(np.float32)]
+    keras.utils.set_random_seed(0)
+    q = qresearch.quantize(_two_in_two_out(), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=calibration)
+    mine = hw.convert(q, "tflite_int8")
+    converter = tf.lite.TFLiteConverter.from_keras_model(q)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    theirs = converter.convert()
+    inputs = {"image": rng.integers(-128, 128, (1, 8, 8, 1)).astype(np.int8),
+              "extra": rng.integers(-128, 128, (1, 4)).astype(np.int8)}
+    facts = _flatbuffer_facts(mine, inputs)
+    assert facts[0] == {"serving_default": {"inputs": ["extra", "image"], "outputs": ["quant_logits", "quant_score"]}}
+    assert facts == _flatbuffer_facts(theirs, inputs)
