@@ -123,12 +123,16 @@ def make_optimizer(phase: PhaseConfig, total_steps: int):
 def compile_model(model, phase: PhaseConfig, steps_per_epoch: int, quantizer: Optional[QuantizerTraining] = None):
     """``quantizer``: how quantizer parameters train (``quantizer_training``); default: no weight decay on them."""
     from qresearch import quantizer_training
+    from qresearch._prebuild import build_metrics, build_optimizer
 
     total = int(phase.epochs) * int(steps_per_epoch)
     optimizer = quantizer_training.configure(make_optimizer(phase, total), model, quantizer or QuantizerTraining())
     model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])
+    # fit then traces its step once, not twice (qresearch._prebuild); the labels are class indices
+    build_optimizer(model)
+    build_metrics(model, np.zeros((1,), np.int32))
     return model
 
 

@@ -36,9 +36,9 @@ def check_format(path) -> None:
 class QATModel(keras.Model):
     """The functional model ``quantize`` returns.
 
-    Refuses ``.keras``/``.h5`` files with a message naming the fix, and keeps
-    ``qresearch_info`` (scheme, hardware, coercions, float layers) in its config,
-    so ``describe`` works on a loaded model too.
+    Refuses ``.keras``/``.h5`` files with a message naming the fix, creates its training variables
+    before ``fit`` traces its step (``qresearch._prebuild``), and keeps ``qresearch_info`` (scheme,
+    hardware, coercions, float layers) in its config, so ``describe`` works on a loaded model too.
     """
 
     def __call__(self, *args, **kwargs):
@@ -51,6 +51,20 @@ class QATModel(keras.Model):
                 return super().__call__(*args, **kwargs)
         with integer.one_call():
             return super().__call__(*args, **kwargs)
+
+    def compile(self, *args, **kwargs):
+        from qresearch._prebuild import build_optimizer
+
+        super().compile(*args, **kwargs)
+        build_optimizer(self)  # fit then traces its step once, not twice
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        from qresearch._prebuild import build_metrics, labels_of
+
+        labels = labels_of(x, y)
+        if labels is not None:
+            build_metrics(self, labels)  # as compile's optimizer build: one trace of the step
+        return super().fit(x, y, *args, **kwargs)
 
     def save(self, filepath, *args, **kwargs):
         check_format(filepath)
