@@ -77,3 +77,18 @@ def test_the_runner_creates_a_float_models_training_variables_at_compile():
     assert history == ref_history
     for a, b in zip(weights, ref_weights):
         np.testing.assert_array_equal(a, b)
+
+
+def test_evaluate_before_any_fit_traces_once_with_keras_numbers():
+    rng = np.random.default_rng(2)
+    x, y = rng.random((32, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 32)
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    q = _qat_model(x)
+    q.compile(keras.optimizers.Adam(1e-2), loss, metrics=["accuracy"])
+    mine = q.evaluate(x, y, batch_size=16, verbose=0)
+    reference = _qat_model(x)
+    keras.Model.compile(reference, keras.optimizers.Adam(1e-2), loss, metrics=["accuracy"])
+    theirs = keras.Model.evaluate(reference, x, y, batch_size=16, verbose=0)
+    assert (q.test_function.experimental_get_tracing_count(),
+            reference.test_function.experimental_get_tracing_count()) == (1, 2)
+    assert mine == theirs

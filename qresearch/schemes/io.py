@@ -66,6 +66,14 @@ class QATModel(keras.Model):
             build_metrics(self, labels)  # as compile's optimizer build: one trace of the step
         return super().fit(x, y, *args, **kwargs)
 
+    def evaluate(self, x=None, y=None, *args, **kwargs):
+        from qresearch._prebuild import build_metrics, labels_of
+
+        labels = labels_of(x, y)
+        if labels is not None:
+            build_metrics(self, labels)  # evaluate before any fit: one trace of the test step too
+        return super().evaluate(x, y, *args, **kwargs)
+
     def save(self, filepath, *args, **kwargs):
         check_format(filepath)
         return super().save(filepath, *args, **kwargs)
