@@ -43,9 +43,19 @@ def build_metrics(model, y_true) -> None:
             model.compiled_metrics.build(y_pred, y_true)
 
 
-def labels_of(x, y):
-    """What ``fit(x, y)`` trains on as labels, for ``build_metrics``: ``y``, or the second element of a
-    ``tf.data.Dataset``'s elements; None when neither is known before iterating (a generator, a Sequence)."""
+def build_metrics_for(model, x, y) -> None:
+    """``build_metrics`` for the labels ``fit(x, y)``/``evaluate(x, y)`` will see, where they are known
+    before iterating: ``y``, or the second element of a ``tf.data.Dataset``'s elements (not for a
+    generator or a Sequence: Keras then creates the variables in the first trace, as it would)."""
+    labels = _labels_of(x, y)
+    # dense labels only (a ragged or sparse spec: left to Keras)
+    if labels is not None and all(isinstance(leaf, tf.TensorSpec) or
+                                  (not isinstance(leaf, tf.TypeSpec) and hasattr(leaf, "shape"))
+                                  for leaf in tf.nest.flatten(labels)):
+        build_metrics(model, labels)
+
+
+def _labels_of(x, y):
     if isinstance(y, (list, tuple)) and y and np.isscalar(y[0]):
         return np.asarray(y)   # a plain list of labels, not one array per output
     if y is not None:

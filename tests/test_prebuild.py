@@ -92,3 +92,21 @@ def test_evaluate_before_any_fit_traces_once_with_keras_numbers():
     assert (q.test_function.experimental_get_tracing_count(),
             reference.test_function.experimental_get_tracing_count()) == (1, 2)
     assert mine == theirs
+
+
+def test_labels_unknown_before_iterating_are_left_to_keras():
+    """A generator, and a dataset with ragged labels: Keras creates the metrics in the first trace, as before."""
+    rng = np.random.default_rng(3)
+    x, y = rng.random((32, 8, 8, 1), dtype=np.float32), rng.integers(0, 10, 32)
+    q = _qat_model(x)
+    q.compile(keras.optimizers.Adam(1e-2), keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+              metrics=["accuracy"])
+    q.fit((batch for batch in [(x[:16], y[:16]), (x[16:], y[16:])]), steps_per_epoch=2, verbose=0)
+    assert q.compiled_metrics.built and q.train_function.experimental_get_tracing_count() == 2
+
+    from qresearch._prebuild import build_metrics_for
+    ragged = tf.data.Dataset.from_tensor_slices((x, tf.ragged.constant([[1]] * 32))).batch(16)
+    fresh = _qat_model(x)
+    fresh.compile(keras.optimizers.Adam(1e-2), "mse", metrics=["mae"])
+    build_metrics_for(fresh, ragged, None)
+    assert not fresh.compiled_metrics.built

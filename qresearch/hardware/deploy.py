@@ -2,8 +2,9 @@
 
 ``verify(qat_model, target, x, y)`` converts the model's serving function (what
 ``TFLiteConverter.from_keras_model`` would convert) to an integer-only model, runs it with LiteRT's
-*builtin* kernels (no XNNPACK delegate: the reference rounding of tflite-int8-spec.md §2.2), feeds inputs quantized by the spec's QUANTIZE rule
-(``clamp(round_half_away(x / S) + Z)``), and compares with the QAT model in inference mode.
+*builtin* kernels (no XNNPACK delegate: the reference rounding of tflite-int8-spec.md §2.2), feeds
+inputs quantized by the spec's QUANTIZE rule (``clamp(round_half_away(x / S) + Z)``), and compares
+with the QAT model in inference mode.
 The structure of the flatbuffer is checked against the target (see ``inspect_model``).
 """
 from __future__ import annotations

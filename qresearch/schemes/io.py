@@ -59,19 +59,15 @@ class QATModel(keras.Model):
         build_optimizer(self)  # fit then traces its step once, not twice
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        from qresearch._prebuild import build_metrics, labels_of
+        from qresearch._prebuild import build_metrics_for
 
-        labels = labels_of(x, y)
-        if labels is not None:
-            build_metrics(self, labels)  # as compile's optimizer build: one trace of the step
+        build_metrics_for(self, x, y)  # as compile's optimizer build: one trace of the step
         return super().fit(x, y, *args, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, **kwargs):
-        from qresearch._prebuild import build_metrics, labels_of
+        from qresearch._prebuild import build_metrics_for
 
-        labels = labels_of(x, y)
-        if labels is not None:
-            build_metrics(self, labels)  # evaluate before any fit: one trace of the test step too
+        build_metrics_for(self, x, y)  # evaluate before any fit: one trace of the test step too
         return super().evaluate(x, y, *args, **kwargs)
 
     def save(self, filepath, *args, **kwargs):
