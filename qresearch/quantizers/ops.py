@@ -65,13 +65,29 @@ def reduce_finite(fn, x, axes, empty):
 
 
 def reduce_finite_range(x, axes, empty):
-    """``(reduce_finite(tf.reduce_min, ...), reduce_finite(tf.reduce_max, ...))`` in 5 passes over ``x``
-    instead of 12 (a min-max quantizer's statistics, every training step): one finiteness mask for both,
-    the neutral values as scalars (not ``neutral * ones_like(x)``), and no ``reduce_any``: a slice has
-    no finite entry exactly when its masked min is still ``+max`` and its masked max still ``-max`` (a
-    finite ``v`` would give ``min <= v <= max``). Same values as the two calls. No tf.cond: a cheaper
-    variant that skipped the mask for finite batches under a tf.cond doubled mobilenet_tiny's step peak
-    memory (measured), for about 3 passes fewer."""
+    """``(reduce_finite(tf.reduce_min, ...), reduce_finite(tf.reduce_max, ...))``: a min-max quantizer's
+    statistics, every training step, in the two passes of the plain ``min``/``max`` when ``x`` is finite.
+
+    TF's Min and Max propagate NaN, and an infinity shows in the min or the max, so both plain results
+    are finite exactly when every entry reduced is (``tests/quantizers/test_ops.py`` checks it on the
+    kernels). Then they are the finite-only ones, bit for bit: the masked reductions would see the same
+    values in the same order. Otherwise the masked reductions (``_masked_range``) give the answer; they
+    always run, but on ``x`` cut to length 0 along a reduced axis when it is finite, so they cost a few
+    tiny ops. No tf.cond: one measured on mobilenet_tiny doubled the step's peak memory. Under XLA
+    (``jit_compile``), where a slice's size must be static, the masked reductions run on all of ``x``."""
+    if _in_xla() or (axes is not None and not list(axes)):  # (no axis reduced: nothing to save)
+        return _masked_range(x, axes, empty)
+    lo, hi = tf.reduce_min(x, axis=axes), tf.reduce_max(x, axis=axes)
+    finite = tf.reduce_all(tf.logical_and(tf.math.is_finite(lo), tf.math.is_finite(hi)))
+    rest_lo, rest_hi = _masked_range(_cut_unless(x, axes, finite), axes, empty)
+    return tf.where(finite, lo, rest_lo), tf.where(finite, hi, rest_hi)
+
+
+def _masked_range(x, axes, empty):
+    """Min and max over the finite entries of ``x`` (``empty`` for a slice with none) in 5 passes: one
+    finiteness mask for both, scalar neutral values, and "no finite entry" read from the results (the
+    masked min still ``+max`` and the masked max still ``-max``; a finite ``v`` would give ``min <= v <=
+    max``) instead of a ``reduce_any``. Same values as ``reduce_finite`` for each."""
     finite = tf.math.is_finite(x)
     top, bottom = tf.constant(x.dtype.max, x.dtype), tf.constant(x.dtype.min, x.dtype)
     lo = tf.reduce_min(tf.where(finite, x, top), axis=axes)
@@ -79,6 +95,28 @@ def reduce_finite_range(x, axes, empty):
     none = tf.logical_and(tf.equal(lo, top), tf.equal(hi, bottom))
     fill = tf.cast(empty, x.dtype)
     return tf.where(none, fill, lo), tf.where(none, fill, hi)
+
+
+def _cut_unless(x, axes, keep):
+    """``x`` when ``keep`` is false, else ``x`` cut to length 0 along its first reduced axis (so the
+    reductions over ``axes`` keep their output shape). TF's Slice hands a whole-tensor slice on without
+    a copy."""
+    rank = x.shape.rank
+    if axes is None or rank is None:
+        x, axis, rank = tf.reshape(x, [-1]), 0, 1
+    else:
+        axis = min(a % rank for a in axes)
+    shape = tf.shape(x)
+    length = tf.where(keep, tf.zeros([], shape.dtype), shape[axis])
+    return tf.slice(x, tf.zeros([rank], shape.dtype), tf.tensor_scatter_nd_update(shape, [[axis]], [length]))
+
+
+def _in_xla() -> bool:
+    """Whether ops built now are compiled by XLA (a ``jit_compile`` function)."""
+    from tensorflow.python.ops import control_flow_util
+
+    return not tf.executing_eagerly() and control_flow_util.GraphOrParentsInXlaContext(
+        tf.compat.v1.get_default_graph())
 
 
 def move_channels_last(x, channel_axes: Sequence[int]):

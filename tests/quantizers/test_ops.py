@@ -73,6 +73,46 @@ def test_reduce_finite_range_equals_the_two_reductions():
     assert lo.numpy()[6] == hi.numpy()[6] == -7.0
 
 
+def test_tf_min_and_max_show_every_non_finite_entry():
+    """What ``reduce_finite_range``'s fast path rests on: a slice with a NaN or an infinity has a
+    non-finite plain min or max (TF's kernels propagate NaN), whatever its size, layout and position."""
+    rng = np.random.default_rng(1)
+    reduce = tf.function(lambda t, axes: (tf.reduce_min(t, axes), tf.reduce_max(t, axes)))
+    for shape in [(7,), (4097,), (32, 5), (16, 12, 12, 6), (3, 3, 6, 16)]:
+        for trial in range(8):
+            x = rng.standard_normal(shape).astype("float32")
+            x.reshape(-1)[rng.integers(0, x.size, 2)] = [np.nan, np.inf, -np.inf][trial % 3]
+            axes = list(range(len(shape) - 1)) if trial % 2 and len(shape) > 1 else None
+            lo, hi = (np.atleast_1d(v.numpy()) for v in reduce(tf.constant(x), axes))
+            rows = np.moveaxis(x, -1, 0).reshape(shape[-1], -1) if axes else x.reshape(1, -1)
+            np.testing.assert_array_equal(np.isfinite(lo) & np.isfinite(hi), np.isfinite(rows).all(axis=1))
+
+
+@pytest.mark.parametrize("mode", ["eager", "graph", "xla"])
+@pytest.mark.parametrize("axes", [None, [0, 1, 2]])
+def test_reduce_finite_range_bits_with_and_without_non_finite_entries(mode, axes):
+    """The same bits as the masked reductions (zeros' signs included) for finite and non-finite inputs;
+    under XLA (which reduces in its own order, so a zero's sign may differ) the same values."""
+    rng = np.random.default_rng(2)
+    finite = np.maximum(rng.standard_normal((8, 6, 6, 4)).astype("float32"), 0.0)  # ReLU-like: min is 0
+    finite[..., 1] = -0.0
+    broken = finite.copy()
+    broken[1, 2, 3, 0], broken[0, 0, 0, 2] = np.nan, -np.inf
+    fn = {"eager": ops.reduce_finite_range,
+          "graph": tf.function(ops.reduce_finite_range, autograph=False),
+          "xla": tf.function(ops.reduce_finite_range, jit_compile=True, autograph=False)}[mode]
+    for x in (finite, broken):
+        lo, hi = fn(tf.constant(x), axes, -7.0)
+        want_lo, want_hi = ops._masked_range(tf.constant(x), axes, -7.0)
+        assert lo.shape == want_lo.shape
+        bits = (lambda v: v.numpy()) if mode == "xla" else (lambda v: v.numpy().view("uint32"))
+        np.testing.assert_array_equal(bits(lo), bits(want_lo))
+        np.testing.assert_array_equal(bits(hi), bits(want_hi))
+    if axes:  # per channel: only the broken channels move off the plain min
+        np.testing.assert_array_equal(lo.numpy()[[1, 3]], finite[..., [1, 3]].min(axis=(0, 1, 2)))
+        assert lo.numpy()[2] == finite[..., 2].min()
+
+
 def test_lsq_grad_factor_and_counts():
     assert float(ops.lsq_grad_factor(100.0, 7)) == pytest.approx(1 / np.sqrt(700))
     x = tf.zeros((8, 5, 3))
