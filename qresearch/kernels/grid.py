@@ -27,7 +27,7 @@ def _fake_quant_call(quantizer, qvars, like):
     seen = []
     original = ops.fake_quant
 
-    def record(x, range_min, range_max, bits, narrow_range, channel_axes=None):
+    def record(x, range_min, range_max, bits, narrow_range, channel_axes=None, **_options):
         seen.append(((range_min, range_max, bits, narrow_range), x is like))
         return x
 

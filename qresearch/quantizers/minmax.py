@@ -99,4 +99,8 @@ class MinMaxQuantizer(Quantizer):
         else:
             lo, hi = weights["min"], weights["max"]
         fq_min, fq_max = self.fake_quant_range(lo, hi)
-        return ops.fake_quant(x, fq_min, fq_max, self.bits, self.narrow_range, axes)
+        # a tracked range is not trained (unless a subclass made it trainable): while training, the
+        # backward gives x's gradient only
+        trained = any(getattr(weights[k], "trainable", False) for k in ("min", "max"))
+        return ops.fake_quant(x, fq_min, fq_max, self.bits, self.narrow_range, axes,
+                              range_gradients=trained or not training)

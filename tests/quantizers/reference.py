@@ -42,8 +42,9 @@ def nudge(rmin, rmax, bits, narrow):
         zp = qmin
     elif zp_from_min > qmax:
         zp = qmax
-    else:  # std::round: half away from zero (zp_from_min >= 0 here)
-        zp = f32(np.floor(zp_from_min + f32(0.5)))
+    else:  # std::round: half away from zero (zp_from_min >= 0 here); + 0.5 in float64 is exact, where
+        # float32 would round 0.49999997 + 0.5 up to 1
+        zp = f32(np.floor(np.float64(zp_from_min) + 0.5))
     return (qmin - zp) * scale, (qmax - zp) * scale, scale, inv_scale
 
 

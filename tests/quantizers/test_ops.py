@@ -113,6 +113,70 @@ def test_reduce_finite_range_bits_with_and_without_non_finite_entries(mode, axes
         assert lo.numpy()[2] == finite[..., 2].min()
 
 
+def _ranges_with_zero_points_near_ties(rng, channels, bits, narrow):
+    """Per-channel (min, max) whose unrounded zero points ``qmin - min/scale`` include values within an
+    ulp of ``k + 0.5`` (where half-up and half-even rounding, or ``floor(v + 0.5)``, could part), zero,
+    clamped ones and ordinary ones."""
+    qmin, qmax = (1 if narrow else 0), 2 ** bits - 1
+    span = rng.uniform(0.05, 4.0, channels).astype("float32")
+    scale = span / np.float32(qmax - qmin)
+    zp = rng.uniform(qmin, qmax, channels).astype("float32")
+    zp[: channels // 2] = np.floor(zp[: channels // 2]) + 0.5
+    zp[1: channels // 2: 3] = np.nextafter(zp[1: channels // 2: 3], np.float32(0))
+    zp[2: channels // 2: 3] = np.nextafter(zp[2: channels // 2: 3], np.float32(1e9))
+    zp[-3:] = [qmin - 1.0, qmax + 2.0, qmin]
+    lo = np.minimum((np.float32(qmin) - zp) * scale, 0).astype("float32")
+    hi = (lo + span).astype("float32")
+    lo[-4] = hi[-4] = 0.0   # a zero range (an all-zero channel): TF's kernel gives zeros
+    return lo, hi
+
+
+@pytest.mark.parametrize("bits,narrow", [(8, False), (8, True), (4, False), (2, True)])
+def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow):
+    """``fake_quant(..., range_gradients=False)``: the same forward and the same input gradient, bit for
+    bit, as TF's per-channel FakeQuant and its gradient, on ranges whose zero points sit on rounding
+    ties, inputs on the nudged edges and on the midpoints between levels."""
+    rng = np.random.default_rng(bits + narrow)
+    lo, hi = _ranges_with_zero_points_near_ties(rng, 60, bits, narrow)
+    x = (rng.standard_normal((60, 60)) * 2).astype("float32")
+    n_lo, n_hi = (t.numpy() for t in ops.nudged_range(tf.constant(lo), tf.constant(hi), bits, narrow))
+    x[:3], x[3:6] = n_lo, n_hi                             # on the edges (NaN in the zero-range channel)
+    x[26, :20], x[27, :20], x[28, :20] = np.nan, np.inf, -np.inf
+    step = (n_hi - n_lo) / np.float32(2 ** bits - 1 - narrow)
+    for r in range(6, 26):                                 # on and next to midpoints between levels
+        mid = (n_lo + (rng.integers(0, 2 ** bits - 1 - narrow, 60) + np.float32(0.5)) * step).astype("float32")
+        x[r] = np.nextafter(mid, np.float32(r % 3 - 1) * np.float32(1e9)) if r % 3 != 1 else mid
+    dy = rng.standard_normal((60, 60)).astype("float32")
+    v_lo, v_hi = tf.Variable(lo), tf.Variable(hi)   # variables: grappler folds no range into constants
+
+    @tf.function(autograph=False)
+    def both(x, dy):
+        out = []
+        for fast in (False, True):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = ops.fake_quant(x, tf.identity(v_lo), tf.identity(v_hi), bits, narrow, [1],
+                                   range_gradients=not fast)
+            out += [y, tape.gradient(y, x, output_gradients=dy)]
+        return out
+
+    y_tf, g_tf, y_fast, g_fast = (t.numpy().view("uint32") for t in both(tf.constant(x), tf.constant(dy)))
+    np.testing.assert_array_equal(y_fast, y_tf)
+    np.testing.assert_array_equal(g_fast, g_tf)
+    assert (g_tf == np.float32(-0.0).view("uint32")).any()   # some cut negative gradients: -0, as TF's
+
+
+def test_nudged_range_matches_the_reference_nudge():
+    rng = np.random.default_rng(5)
+    for bits, narrow in [(8, False), (8, True), (3, False)]:
+        lo, hi = _ranges_with_zero_points_near_ties(rng, 30, bits, narrow)
+        got_lo, got_hi = (t.numpy() for t in ops.nudged_range(tf.constant(lo), tf.constant(hi), bits, narrow))
+        with np.errstate(divide="ignore", invalid="ignore"):   # the zero range: NaN in both
+            want = [ref.nudge(a, b, bits, narrow)[:2] for a, b in zip(lo, hi)]
+        np.testing.assert_array_equal(got_lo, [w[0] for w in want])
+        np.testing.assert_array_equal(got_hi, [w[1] for w in want])
+
+
 def test_lsq_grad_factor_and_counts():
     assert float(ops.lsq_grad_factor(100.0, 7)) == pytest.approx(1 / np.sqrt(700))
     x = tf.zeros((8, 5, 3))
