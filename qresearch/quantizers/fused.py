@@ -79,6 +79,19 @@ def uniform_backward(lo: float, hi: float, with_offset: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
+def uniform_forward(lo: float, hi: float):
+    """``(x, s, zero) -> (c + (round(c) - c))·s`` with ``c = clip(x/s, lo, hi)``: LSQ's forward
+    (``ops.uniform_ste`` without an offset) in one pass. ``zero`` is unused: one signature for every pass
+    that may need an ``opaque`` value."""
+
+    def fn(x, s, zero):
+        c = tf.maximum(tf.minimum(x / s, hi), lo)
+        return (c + (tf.round(c) - c)) * s
+
+    return xla_pass(fn)
+
+
+@functools.lru_cache(maxsize=None)
 def pact_forward(signed: bool):
     """``(x, a, step) -> round_ste(clip(x)/step)·step``, clipped to ``[0, a]`` (``[-a, a]`` when signed).
     ``step = a/qp`` comes in computed: XLA would rewrite ``y/(a/qp)`` as ``(y·qp)/a``."""

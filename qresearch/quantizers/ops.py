@@ -290,9 +290,10 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
     exactly, so the divide is not redone). The backward's elementwise part is one XLA-fused pass
     (``quantizers/fused.py``) that recomputes ``t``, the clip mask and ``q`` from ``x``: a step keeps no
-    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. The
-    forward stays plain TF ops: fused, it left the trained steps of residual Adds on mobilenet_tiny one ulp
-    off (grappler rewrites the surrounding graph differently; not pinned down).
+    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. Without an
+    offset the forward is one XLA pass too (``fused.uniform_forward``); with one (LSQ+) it stays plain TF:
+    fused, it left one trained kernel of mobilenet_tiny's LSQ+ model an ulp off in ``benchmarks.identity``
+    (grappler rewrites the plain graph around the offset differently; not pinned down).
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
     ``test_fused.py``, ``benchmarks/identity.py``).
     """
@@ -300,16 +301,17 @@ def uniform_ste(x, scale, qn, qp, offset=None):
 
     lo, hi = -float(qn), float(qp)
     extra = () if offset is None else (offset,)
+    forward_pass = fused.uniform_forward(lo, hi) if offset is None else None
     backward_pass = fused.uniform_backward(lo, hi, offset is not None)
 
     @tf.custom_gradient
     def forward(x, scale, *offset):
-        shifted = x - offset[0] if offset else x
-        t = shifted / scale
-        c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
-        y = (c + (tf.round(c) - c)) * scale     # round_ste's forward value, bit for bit
-        if offset:
-            y = y + offset[0]
+        if forward_pass is not None:   # one pass, the ops below
+            y = forward_pass(x, scale, tf.zeros([], tf.int32))
+        else:
+            t = (x - offset[0]) / scale
+            c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
+            y = (c + (tf.round(c) - c)) * scale + offset[0]     # round_ste's forward value, bit for bit
 
         def backward(dy):
             terms = backward_pass(dy, x, scale, tf.zeros([], tf.int32), *offset)  # t recomputed from x
