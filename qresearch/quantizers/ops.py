@@ -196,7 +196,7 @@ def _with_input_backward(bits: int, narrow_range: bool):
 
 
 def _nudge(range_min, range_max, bits: int, narrow_range: bool):
-    """``(nudged_min, nudged_max, scale, zero_point)`` of TF's FakeQuant ``Nudge``
+    """``(nudged_min, nudged_max, scale)`` of TF's FakeQuant ``Nudge``
     (tensorflow/core/kernels/fake_quant_ops_functor.h), in the same float32 operations, elementwise.
 
     The scale is ``(max - min) / (qmax - qmin)``; the zero point ``qmin - min/scale`` is clamped to
@@ -214,7 +214,7 @@ def _nudge(range_min, range_max, bits: int, narrow_range: bool):
     rounded = whole + tf.cast(from_min - whole >= 0.5, dtype)
     zero_point = tf.where(from_min < qmin, tf.constant(qmin, dtype),
                           tf.where(from_min > qmax, tf.constant(qmax, dtype), rounded))
-    return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale, zero_point
+    return (qmin - zero_point) * scale, (qmax - zero_point) * scale, scale
 
 
 def nudged_range(range_min, range_max, bits: int, narrow_range: bool):
@@ -233,7 +233,7 @@ def per_channel_forward(x, range_min, range_max, bits: int, narrow_range: bool):
     Used while training only: the export graph keeps TF's op, which the converter reads."""
     qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** bits - 1)
     dtype = range_min.dtype
-    lo, hi, scale, _ = _nudge(range_min, range_max, bits, narrow_range)
+    lo, hi, scale = _nudge(range_min, range_max, bits, narrow_range)
     inverse = tf.constant(qmax - qmin, dtype) / (range_max - range_min)
     quant_zero = tf.floor(-lo * inverse + 0.5)
     index = (tf.minimum(tf.maximum(x, lo), hi) - lo) * inverse
