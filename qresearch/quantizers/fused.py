@@ -80,11 +80,10 @@ def uniform_backward(lo: float, hi: float, with_offset: bool = False):
 
 @functools.lru_cache(maxsize=None)
 def uniform_forward(lo: float, hi: float):
-    """``(x, s, zero) -> (c + (round(c) - c))·s`` with ``c = clip(x/s, lo, hi)``: LSQ's forward
-    (``ops.uniform_ste`` without an offset) in one pass. ``zero`` is unused: one signature for every pass
-    that may need an ``opaque`` value."""
+    """``(x, s) -> (c + (round(c) - c))·s`` with ``c = clip(x/s, lo, hi)``: LSQ's forward (``ops.uniform_ste``
+    without an offset) in one pass."""
 
-    def fn(x, s, zero):
+    def fn(x, s):
         c = tf.maximum(tf.minimum(x / s, hi), lo)
         return (c + (tf.round(c) - c)) * s
 

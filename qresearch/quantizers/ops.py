@@ -152,8 +152,8 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
 
     ``range_gradients=False`` says the caller never trains the range (a min-max quantizer's tracked
     range, while training): per channel, the forward and the input's gradient are then whole-tensor
-    ops (``per_channel_forward``, ``per_channel_input_backward``) with the bits of TF's kernels, which
-    make a pass per channel (three in the gradient).
+    ops (``_per_channel_tracked``) with the bits of TF's kernels, which make a pass per channel (three
+    in the gradient).
     """
     if channel_axes is None:
         return tf.quantization.fake_quant_with_min_max_vars(
@@ -161,7 +161,7 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
         )
     per_channel = tf.quantization.fake_quant_with_min_max_vars_per_channel
     if not range_gradients and bits <= 8:  # (TF's kernel keeps the nudged zero point in a uint8)
-        per_channel = _with_input_backward(bits, narrow_range)
+        per_channel = _per_channel_tracked
     rank = x.shape.rank
     if [a % rank for a in channel_axes] == [rank - 1]:
         # Channels already last: no reshape, which would hide the quantized axis from the
@@ -176,23 +176,22 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
     return restore(y)
 
 
-def _with_input_backward(bits: int, narrow_range: bool):
-    """``fake_quant_with_min_max_vars_per_channel`` as whole-tensor ops (``per_channel_forward``) whose
-    backward is ``per_channel_input_backward`` (no gradient for the range)."""
+def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
+    """``fake_quant_with_min_max_vars_per_channel``'s signature and bits; the forward
+    (``_per_channel_forward``) and the input's gradient (``_per_channel_input_backward``) as whole-tensor
+    ops, no gradient for the range. The nudged range is derived once for both passes."""
+    if x.shape.rank is None or x.shape.rank < 2:   # (BiasAdd wants a matrix or more; a vector is small)
+        return tf.quantization.fake_quant_with_min_max_vars_per_channel(
+            x, range_min, range_max, num_bits=num_bits, narrow_range=narrow_range)
+    lo, hi, scale = _nudge(range_min, range_max, num_bits, narrow_range)
+    empty = _zero_range(range_min, range_max)
 
-    def call(x, range_min, range_max, num_bits, narrow_range):
-        if x.shape.rank is None or x.shape.rank < 2:   # (BiasAdd wants a matrix or more; a vector is small)
-            return tf.quantization.fake_quant_with_min_max_vars_per_channel(
-                x, range_min, range_max, num_bits=num_bits, narrow_range=narrow_range)
+    @tf.custom_gradient
+    def forward(x):
+        y = _per_channel_forward(x, range_min, range_max, lo, hi, scale, empty, num_bits, narrow_range)
+        return y, lambda dy: _per_channel_input_backward(dy, x, lo, hi, empty)
 
-        @tf.custom_gradient
-        def forward(x):
-            y = per_channel_forward(x, range_min, range_max, num_bits, narrow_range)
-            return y, lambda dy: per_channel_input_backward(dy, x, range_min, range_max, num_bits, narrow_range)
-
-        return forward(x)
-
-    return call
+    return forward(x)
 
 
 def _nudge(range_min, range_max, bits: int, narrow_range: bool):
@@ -222,25 +221,25 @@ def nudged_range(range_min, range_max, bits: int, narrow_range: bool):
     return _nudge(range_min, range_max, bits, narrow_range)[:2]
 
 
-def per_channel_forward(x, range_min, range_max, bits: int, narrow_range: bool):
-    """``fake_quant_with_min_max_vars_per_channel`` (channels last) in whole-tensor TF ops, the same bits.
+def _per_channel_forward(x, range_min, range_max, lo, hi, scale, empty, bits: int, narrow_range: bool):
+    """``fake_quant_with_min_max_vars_per_channel`` (channels last) in whole-tensor TF ops, the same bits,
+    given the nudged range ``lo, hi, scale`` (``_nudge``) and the zero-range channels ``empty``.
 
     TF's kernel makes a pass per channel, which on a wide layer costs several times a per-tensor
     FakeQuant (measured: a 3x3x256x512 kernel 24 ms against 4.6). Its arithmetic, as the installed
-    kernel computes it (``tests/quantizers/reference.py``): the nudged range, the inverse scale
-    ``(qmax - qmin) / (max - min)`` recomputed (not ``1/scale``), ``index = (clamp(x) - nudged_min) · inv``
-    and ``(floor(index - floor(-nudged_min · inv + 0.5) + 0.5)) · scale``; a zero range gives zeros.
+    kernel computes it (``tests/quantizers/reference.py``): the inverse scale ``(qmax - qmin) / (max -
+    min)`` recomputed (not ``1/scale``), ``index = (clamp(x) - nudged_min) · inv`` and
+    ``(floor(index - floor(-nudged_min · inv + 0.5) + 0.5)) · scale``; a zero range gives zeros.
     Used while training only: the export graph keeps TF's op, which the converter reads."""
     qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** bits - 1)
     dtype = range_min.dtype
-    lo, hi, scale = _nudge(range_min, range_max, bits, narrow_range)
     inverse = tf.constant(qmax - qmin, dtype) / (range_max - range_min)
     quant_zero = tf.floor(-lo * inverse + 0.5)
     index = (tf.minimum(tf.maximum(x, lo), hi) - lo) * inverse
     # ``index - quant_zero`` as a BiasAdd (the same IEEE sum): grappler's constant push-down would
     # rewrite ``(index - quant_zero) + 0.5`` as ``index + (0.5 - quant_zero)``, another rounding
     y = tf.floor(tf.nn.bias_add(index, -quant_zero) + 0.5) * scale
-    return tf.where(_zero_range(range_min, range_max), tf.zeros([], dtype), y)   # +0 even for a NaN input
+    return tf.where(empty, tf.zeros([], dtype), y)   # +0 even for a NaN input
 
 
 def _zero_range(range_min, range_max):
@@ -249,12 +248,11 @@ def _zero_range(range_min, range_max):
     return tf.logical_and(tf.equal(range_min, 0.0), tf.equal(range_max, 0.0))
 
 
-def per_channel_input_backward(dy, x, range_min, range_max, bits: int, narrow_range: bool):
-    """The input's gradient of ``fake_quant_with_min_max_vars_per_channel`` (channels last), as TF's
-    kernel computes it: ``dy · (nudged_min <= x <= nudged_max ? 1 : 0)``, a product (``-0`` where a
-    negative ``dy`` is cut), not a select; ``dy`` itself in a zero-range channel."""
-    lo, hi = nudged_range(range_min, range_max, bits, narrow_range)
-    inside = tf.logical_or(tf.logical_and(x >= lo, x <= hi), _zero_range(range_min, range_max))
+def _per_channel_input_backward(dy, x, lo, hi, empty):
+    """The input's gradient of ``fake_quant_with_min_max_vars_per_channel`` (channels last) for the nudged
+    range ``[lo, hi]``, as TF's kernel computes it: ``dy · (lo <= x <= hi ? 1 : 0)``, a product (``-0``
+    where a negative ``dy`` is cut), not a select; ``dy`` itself in a zero-range channel (``empty``)."""
+    inside = tf.logical_or(tf.logical_and(x >= lo, x <= hi), empty)
     return dy * tf.cast(inside, dy.dtype)
 
 
@@ -307,7 +305,7 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     @tf.custom_gradient
     def forward(x, scale, *offset):
         if forward_pass is not None:   # one pass, the ops below
-            y = forward_pass(x, scale, tf.zeros([], tf.int32))
+            y = forward_pass(x, scale)
         else:
             t = (x - offset[0]) / scale
             c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
