@@ -1,7 +1,8 @@
 """Accuracy against bit width, tfmot side by side with every built-in preset (issue #12, item 5).
 
 ``python -m benchmarks.accuracy [--datasets mnist,cifar10] [--seeds 0,1] [--bits 8,4,3,2] [--presets all]
-[--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--quick] [--resume]``
+[--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--set KEY=VALUE ..] [--quick]
+[--resume]``
 (``make bench-accuracy``: the defaults).
 
 Protocol (docs/benchmark-protocol.md), in one process per dataset:
@@ -92,14 +93,62 @@ def _phases(recipe: str, qat_epochs: int, float_epochs: int):
 
 
 # ------------------------------------------------------------------ contestants
-def preset_scheme(preset: str, bits: int, policy: str) -> Dict[str, Any]:
-    """The preset with both widths at ``bits`` (the runner's ``bits=``) and the layer policy applied."""
+#: Scheme keys the benchmark's own axes set (``--bits``, ``--policies``): ``--set`` may not change them.
+AXIS_KEYS = ("weights.bits", "activations.bits", "first_last_bits")
+
+
+def parse_settings(items: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """``--set KEY=VALUE`` -> ``{dotted key: value}`` (the value read as YAML: ``no_fold``, ``8``, ``null``)."""
+    import yaml
+
+    settings: Dict[str, Any] = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE, e.g. --set bn_folding=no_fold or "
+                             "--set weights.init=max")
+        if key in AXIS_KEYS:
+            raise SystemExit(f"--set {key}: the benchmark sets it (--bits for the widths, --policies for "
+                             "first_last_bits)")
+        settings[key] = yaml.safe_load(value)
+    return settings
+
+
+def apply_settings(spec: Dict[str, Any], settings: Dict[str, Any]) -> Dict[str, Any]:
+    """``spec`` with every dotted ``--set`` key set (the path's parents must exist in the preset)."""
+    for key, value in settings.items():
+        node, *path = spec, *key.split(".")
+        for i, part in enumerate(path[:-1]):
+            if not isinstance(node.get(part), dict):
+                raise SystemExit(f"--set {key}: {'.'.join(path[:i + 1])!r} is not a section of the preset's scheme "
+                                 f"(sections: {', '.join(k for k, v in spec.items() if isinstance(v, dict))})")
+            node = node[part]
+        node[path[-1]] = value
+    return spec
+
+
+def preset_scheme(preset: str, bits: int, policy: str, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The preset with both widths at ``bits`` (the runner's ``bits=``), the ``--set`` keys and the layer policy
+    applied."""
     from qresearch import schemes
     from qresearch.config import with_bits
 
-    spec = with_bits(schemes.get(preset).to_dict(), bits)
+    spec = apply_settings(with_bits(schemes.get(preset).to_dict(), bits), settings or {})
     spec["first_last_bits"] = 8 if policy == "fl8" else None
     return spec
+
+
+def check_settings(presets: Sequence[str], settings: Dict[str, Any]) -> None:
+    """Refuse, before anything runs, a ``--set`` that leaves some preset invalid (naming the preset and why)."""
+    from qresearch.errors import ConfigError
+    from qresearch.schemes.spec import SchemeSpec
+
+    for preset in presets:
+        try:
+            SchemeSpec.from_dict(preset_scheme(preset, 4, "all", settings))
+        except ConfigError as exc:
+            raise SystemExit(f"--set makes preset {preset!r} invalid: {exc} (restrict --presets, or drop the key)")
 
 
 def tfmot_calibrate(qmodel, calibration: np.ndarray, batch_size: int = 32) -> None:
@@ -127,8 +176,9 @@ def tfmot_nbit(float_model, bits: int):
                              n_bit.DefaultNBitQuantizeScheme(num_bits_weight=bits, num_bits_activation=bits))
 
 
-def build_contestant(contestant: str, policy: str, bits: int, float_model, calibration: np.ndarray):
-    """(QAT model calibrated, quantizer-training settings or None)."""
+def build_contestant(contestant: str, policy: str, bits: int, float_model, calibration: np.ndarray,
+                     settings: Optional[Dict[str, Any]] = None):
+    """(QAT model calibrated, quantizer-training settings or None); ``settings`` (``--set``) for presets only."""
     import qresearch
     from qresearch._compat import tfmot
     from qresearch.config import quantizer_training
@@ -141,7 +191,7 @@ def build_contestant(contestant: str, policy: str, bits: int, float_model, calib
         q = tfmot_nbit(float_model, bits)
         tfmot_calibrate(q, calibration)
         return q, None
-    spec = preset_scheme(contestant, bits, policy)
+    spec = preset_scheme(contestant, bits, policy, settings)
     return qresearch.quantize(float_model, spec, calibration_data=calibration), quantizer_training(spec)
 
 
@@ -178,7 +228,7 @@ def float_model(ds, ds_cfg, model_cfg, phase, seed: int, cache_dir: Optional[str
 
 
 def run_one(ds, model_cfg, weights, calibration, contestant: str, policy: str, bits: int, with_qat: bool,
-            qat_phase, seed: int, eval_batch: int) -> Dict[str, Any]:
+            qat_phase, seed: int, eval_batch: int, settings: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """PTQ and (``with_qat``) QAT of one contestant from the seed's float weights; failures recorded."""
     from qresearch import models, training
     from qresearch._compat import keras
@@ -192,7 +242,7 @@ def run_one(ds, model_cfg, weights, calibration, contestant: str, policy: str, b
         keras.utils.set_random_seed(seed)
         fmodel = models.build_model(model_cfg, ds.input_shape, ds.num_classes)
         fmodel.set_weights(weights)
-        q, qtrain = build_contestant(contestant, policy, bits, fmodel, calibration)
+        q, qtrain = build_contestant(contestant, policy, bits, fmodel, calibration, settings)
         rec["ptq"] = test_accuracy(q, ds, eval_batch)
         rec["ptq_s"] = time.perf_counter() - t0
         if with_qat:
@@ -278,6 +328,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--cache-dir", default=None,
                    help="float-baseline cache (default $QRESEARCH_CACHE_DIR or outputs/cache; '' = none)")
     p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
+    p.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="change every preset's scheme (dotted key, YAML value; repeatable), e.g. "
+                        "--set bn_folding=no_fold, --set weights.init=max; tfmot's rows are unchanged. Use its own "
+                        "--out: results are keyed without it")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
@@ -310,6 +364,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
     unknown = [p for p in presets if p not in schemes.names()]
     if unknown:
         raise SystemExit(f"--presets: unknown {unknown}; built-in: {', '.join(schemes.names())}")
+    settings = parse_settings(args.settings)
+    check_settings(presets, settings)
     train_n = _per_dataset(args.train_subset, datasets, "train_subset")
     test_n = _per_dataset(args.test_subset, datasets, "test_subset")
     epochs = _per_dataset(args.epochs, datasets, "epochs")
@@ -323,7 +379,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
     other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
     argv_text = " ".join(sys.argv[1:] if argv is None else list(argv))
     meta = {"argv": argv_text, "recipe": args.recipe, "datasets": datasets, "seeds": seeds, "bits": bits,
-            "presets": presets, "policies": policies, "train_subset": train_n, "test_subset": test_n,
+            "presets": presets, "policies": policies, "settings": settings, "train_subset": train_n,
+            "test_subset": test_n,
             "qat_epochs": epochs, "float_epochs": float_epochs, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "tensorflow": tf.__version__, "cpus": os.cpu_count()}
     jsonl = out / "results.jsonl"
@@ -379,7 +436,7 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
             calibration = ds.calibration(calib_n, seed)
             for contestant, policy, b, with_qat in todo:
                 rec = run_one(ds, model_cfg, weights, calibration, contestant, policy, b, with_qat, qat_phase, seed,
-                              eval_batch)
+                              eval_batch, settings)
                 rec.update(dataset=name, model=label, num_classes=ds.num_classes, seed=seed, float=float_acc,
                            recipe=args.recipe)
                 records.append(rec)

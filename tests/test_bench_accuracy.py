@@ -19,18 +19,22 @@ def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(t
     from benchmarks import accuracy
 
     real = accuracy.build_contestant
+    settings_seen = {}
 
-    def build(contestant, *a, **k):
+    def build(contestant, policy, bits, float_model, calibration, settings=None):
+        settings_seen[contestant] = settings
         if contestant == "pot":
             raise RuntimeError("boom")
-        return real(contestant, *a, **k)
+        return real(contestant, policy, bits, float_model, calibration, settings)
 
     monkeypatch.setattr(accuracy, "build_contestant", build)
-    res = accuracy.main(["--quick", "--presets", "lsq,pot", "--out", str(tmp_path), "--cache-dir", ""],
-                        log=lambda m: None)
+    res = accuracy.main(["--quick", "--presets", "lsq,pot", "--out", str(tmp_path), "--cache-dir", "",
+                         "--set", "bn_freeze_steps=5"], log=lambda m: None)
+    assert settings_seen["lsq"] == {"bn_freeze_steps": 5}   # --set reaches every run (LeNet-5 has no BN)
     for name in ("table.md", "results.json", "results.jsonl", "accuracy_vs_bits.png"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     data = json.loads((tmp_path / "results.json").read_text())
+    assert data["args"]["settings"] == {"bn_freeze_steps": 5}
     recs = {(r["contestant"], r["policy"], r["bits"]): r for r in data["records"]}
     assert set(recs) == {(report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("pot", "fl8", 4)}
     assert recs[("pot", "fl8", 4)]["status"] == "failed" and "boom" in recs[("pot", "fl8", 4)]["error"]
@@ -42,6 +46,29 @@ def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(t
     assert "W4A4 PTQ" in table and "W4A4 QAT" in table and "| lsq | yes |" in table and "| pot | yes | failed" in table
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # written run by run
     assert res["summary"]["digits"]["float"]["n"] == 1
+
+
+def test_set_changes_every_preset_and_refuses_what_it_cannot_apply():
+    from benchmarks import accuracy
+
+    settings = accuracy.parse_settings(["bn_folding=no_fold", "weights.init=max", "bn_freeze_steps=null"])
+    assert settings == {"bn_folding": "no_fold", "weights.init": "max", "bn_freeze_steps": None}
+    spec = accuracy.preset_scheme("minmax_nbit", 3, "fl8", settings)
+    assert spec["bn_folding"] == "no_fold" and spec["weights"]["init"] == "max" and spec["bn_freeze_steps"] is None
+    assert spec["weights"]["bits"] == 3 and spec["activations"]["bits"] == 3 and spec["first_last_bits"] == 8
+    assert accuracy.preset_scheme("minmax_nbit", 3, "fl8")["bn_folding"] == "fold"   # the preset itself untouched
+    for bad, fragment in ((["bn_folding"], "KEY=VALUE"), (["weights.bits=3"], "--bits"),
+                          (["first_last_bits=8"], "--policies")):
+        with pytest.raises(SystemExit, match=fragment):
+            accuracy.parse_settings(bad)
+    with pytest.raises(SystemExit, match="'overrides' is not a section.*weights"):
+        accuracy.preset_scheme("lsq", 4, "all", {"overrides.x.y": 1})
+    # a key some preset cannot take stops the benchmark before anything runs, naming the preset
+    accuracy.check_settings(["lsq", "minmax_nbit"], {"weights.init": "mse"})
+    with pytest.raises(SystemExit, match=r"preset 'a2q' invalid.*init must be one of"):
+        accuracy.check_settings(["lsq", "a2q"], {"weights.init": "mse"})
+    with pytest.raises(SystemExit, match=r"preset 'lsq' invalid.*bn_folding"):
+        accuracy.check_settings(["lsq"], {"bn_folding": "sometimes"})
 
 
 def _constructed(lsq_w2=0.60, lsq_w4_ptq=0.93, nan_seed=False):
