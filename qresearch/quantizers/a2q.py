@@ -33,9 +33,19 @@ Gradients: straight-through rounding (both roundings), autodiff through the clip
 paper; its penalty ``λ·Σ max(d - T - t, 0)`` that pulls ``d`` back to ``T + t`` is added to the layer's losses
 when ``norm_penalty`` λ > 0).
 
-Initialisation (first training or calibration batch, once): ``s = max|v| / Qp`` and ``g = ||v||_1`` per channel,
-so ``w = v`` and, with a loose accumulator, the grid is the min-max one. Until then the inference pass uses the
-same estimate from the current weights.
+Initialisation (first training or calibration batch, once), ``init``:
+
+- ``paper`` (the paper's rule): ``s = max|v| / Qp`` and ``g = ||v||_1`` per channel, so ``w = v`` and, with a
+  loose accumulator, the grid is the min-max one. Where the bound binds (``||v||_1 / s > L``), ``g`` is clipped
+  to ``L·s``: the channel's weights shrink by the factor ``L·s / ||v||_1`` (measured in notes/a2q.md). A2Q+
+  (Colbert et al., ICML 2024, arXiv:2401.10432) names A2Q's initialisation as a source of needless error.
+- ``max`` (the default of the preset, notes/a2q.md): ``s = max(max|v| / Qp, ||v||_1 / L)``, ``g = ||v||_1``. Where
+  the bound is loose this is ``paper``; where it binds, ``w / s`` is the same vector as ``paper``'s (so the same
+  integers) but the step is ``||v||_1 / L``, so ``s·q`` keeps the weights' scale instead of shrinking them. (Not
+  A2Q+'s Euclidean-projection init, which changes ``v`` itself.)
+
+Other rules (``percentile``, ``mse``) are refused. Until initialised, the inference pass uses the same estimate
+from the current weights.
 
 Inference: the same integers ``q`` times ``s``, through one TF FakeQuant over ``[-Qn·s, Qp·s]`` per channel
 (identity on the grid), so the TFLite converter stores exactly these integers and the integer emulation reads
@@ -115,6 +125,15 @@ class A2QQuantizer(Quantizer):
                 f"({max_input_magnitude(self.input_bits, self.input_signed)}): every weight would be 0. Fix: "
                 f"accumulator_bits >= {need}, or fewer input_bits")
 
+    #: ``init`` rules A2Q implements (see the module docstring); the others are refused.
+    INITS = ("paper", "max")
+
+    def check_init(self) -> None:
+        if self.init not in self.INITS:
+            raise ConfigError(
+                f"quantizer {self.registry_name!r}: init must be one of {', '.join(map(repr, self.INITS))} "
+                f"(A2Q starts its step and norm from the weights, not from a clip search), got {self.init!r}")
+
     # ------------------------------------------------------------- the bound
     @property
     def budget(self) -> int:
@@ -162,7 +181,8 @@ class A2QQuantizer(Quantizer):
 
     # ------------------------------------------------------------ the math
     def initial_params(self, x, axes, norm_axes):
-        """``(t, d)`` = ``(log2(max|v| / Qp), log2(||v||_1))`` per channel, over finite values.
+        """``(t, d)`` = ``(log2(max|v| / Qp), log2(||v||_1))`` per channel, over finite values; with
+        ``init: max`` the step is at least ``||v||_1 / L`` (one step for the tensor: the largest channel's).
 
         Channels with no usable value (all zero or non-finite) get ``t = d = 0``.
         """
@@ -171,6 +191,9 @@ class A2QQuantizer(Quantizer):
         mag = tf.where(finite, tf.abs(x), tf.zeros_like(x))
         max_abs = tf.reduce_max(mag, axis=self.reduce_axes(x, axes))
         l1 = tf.reduce_sum(mag, axis=self.reduce_axes(x, norm_axes))
+        if self.init == "max":
+            per_step = l1 if axes is not None else tf.reduce_max(l1)
+            max_abs = tf.maximum(max_abs, per_step * (float(qp) / float(self.budget)))
         t = tf.where(max_abs > 0.0, tf.math.log(tf.maximum(max_abs, TINY) * ops.reciprocal(qp)) / math.log(2.0),
                      tf.zeros_like(max_abs))
         d = tf.where(l1 > 0.0, tf.math.log(tf.maximum(l1, TINY)) / math.log(2.0), tf.zeros_like(l1))

@@ -142,6 +142,45 @@ def test_bound_holds_before_initialisation_and_in_every_channel_layout():
     assert w["initialized"].numpy() == 0.0
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_init_max_keeps_the_weights_scale_with_the_same_integers(per_channel):
+    """``init: max``: step ``max(max|v|/Qp, ||v||_1/L)`` (for the tensor: the largest channel's), norm ``||v||_1``.
+    Where the bound binds it holds ``paper``'s integers on a larger step, so ``s·q`` is nearer ``v`` (not shrunk);
+    where it does not, it is ``paper``."""
+    x = kernel((5, 5, 6, 8), seed=11)
+    x[..., :3] *= np.random.RandomState(1).rand(5, 5, 6, 3) < 0.1   # sparse channels: the bound is loose there
+    bits, p, n = 4, 16, 8
+    L, qp = budget(p, n, False), 2 ** (bits - 1) - 1
+    paper, full = a2q(bits, p, n, per_channel=per_channel), a2q(bits, p, n, per_channel=per_channel, init="max")
+    wp, wf = build(paper, x.shape), build(full, x.shape)
+    yp, yf = run(paper, x, wp), run(full, x, wf)
+    l1, max_abs = np.abs(x).sum(axis=(0, 1, 2)), np.abs(x).max(axis=(0, 1, 2))
+    expect = np.maximum(max_abs / qp, l1 / L) if per_channel else max(max_abs.max() / qp, l1.max() / L)
+    s_full = np.exp2(np.float64(wf["log2_step"].numpy())).astype(np.float32)
+    np.testing.assert_allclose(s_full, expect, rtol=1e-5)
+    np.testing.assert_allclose(2.0 ** wf["log2_norm"].numpy(), l1, rtol=1e-5)
+    s_paper = np.exp2(np.float64(wp["log2_step"].numpy())).astype(np.float32)
+    ints_p, ints_f = integers_of(yp, s_paper), integers_of(yf, s_full)
+    binds = (np.abs(np.round(x / s_paper)).sum(axis=(0, 1, 2)) > L)
+    assert binds.any() and not binds.all(), "the case needs binding and loose channels"
+    assert (np.abs(ints_f).sum(axis=(0, 1, 2)) <= L).all()
+    if per_channel:
+        np.testing.assert_array_equal(ints_f, ints_p)      # same integers, only the step differs
+        np.testing.assert_array_equal(yf[..., ~binds], yp[..., ~binds])
+    err = lambda y: np.square(y.astype(np.float64) - x).sum(axis=(0, 1, 2))  # noqa: E731
+    # Rounded toward zero, s·q never overshoots v, so a larger step only brings it nearer; here over the channels
+    # the bound binds (some keep nearest rounding, which can overshoot: not asserted channel by channel).
+    assert err(yf)[binds].sum() < 0.8 * err(yp)[binds].sum(), (err(yf), err(yp))
+    # Inference holds the same integers on the same step.
+    np.testing.assert_array_equal(integers_of(run(full, x, wf, training=False), s_full), ints_f)
+
+
+@pytest.mark.parametrize("rule", ["mse", "percentile"])
+def test_init_rules_a2q_does_not_implement_are_refused(rule):
+    with pytest.raises(ConfigError, match=r"init must be one of 'paper', 'max'.*" + rule):
+        a2q(4, 16, 8, init=rule)
+
+
 def test_zero_channel_and_zero_kernel_give_zeros():
     x = kernel((8, 3))
     x[:, 1] = 0.0
