@@ -333,8 +333,17 @@ def place_input_quantizers(plan: ModelPlan) -> None:
             continue
         needs = p.quantized and p.acts_spec is not None and (
             (p.kind == "compute" and p.spec.quantized_input)
-            or (plan.scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")))
+            or (plan.scheme.quantize_ops == "all" and p.kind in ("merge", "output", "fixed", "bn")
+                and not _reads_fused_compute(plan, p)))
         p.input_spec = p.acts_spec if needs else None
+
+
+def _reads_fused_compute(plan: ModelPlan, p) -> bool:
+    """A BN right after the linear conv/dense it fuses with (kept by ``no_fold``): it normalises the conv's
+    accumulator, which neither TFLite (it folds the pair) nor the papers' float BN quantizes in between."""
+    prods = [plan.producers.get(r) for r in p.node.in_refs]
+    return p.kind == "bn" and bool(prods) and all(
+        q is not None and q.kind == "compute" and _fused_into_next(plan, q) for q in prods)
 
 
 Pass = Callable[[ModelPlan], None]
