@@ -11,6 +11,12 @@ Not TFLite-exact: the weight grid ``{2i/(2^k-1) - 1}`` has no exact zero
 integer zero point reproduces it. Activations are: their grid is FakeQuant over
 ``[0, c]``, which the inference path uses. No power-of-two scale format.
 
+Signed activations (an extension; the paper quantizes only clipped, non-negative activations): with
+``signed: true`` (what a scheme sets for a tensor not known to be non-negative: a BN output feeding a residual
+Add, a normalised model input) the grid is the symmetric ``c·round(m·clip(x/c, -1, 1))/m``, ``m = 2^(k-1) - 1``
+(zero exact; FakeQuant over ``[-c, c]`` with a narrow range at inference), instead of clipping the negative half
+to 0, which broke residual networks (CIFAR-10 ResNet-8 at chance: notes/accuracy.md).
+
 Activation clip ``c`` (an extension; the paper clips at 1 and relies on the preceding layers' scale):
 with ``init: paper`` it is the paper's 1 and no variable exists; any other ``init`` rule adds a
 non-trainable clip ``c`` set from the data, and the forward is ``c·quantize_k(clip(x/c, 0, 1))``.
@@ -25,36 +31,46 @@ from qresearch.quantizers.base import Quantizer, check_choice
 from qresearch.quantizers.registry import register
 
 MODES = ("auto", "weights", "activations")
+WEIGHT_SCALES = ("unit", "max")
 
 
 @register("dorefa")
 class DoReFaQuantizer(Quantizer):
     """DoReFa weight or activation quantizer, picked by ``mode``.
 
-    Args (besides the common ones; ``symmetric`` and ``signed`` do not apply, the grids
-    are fixed, and ``narrow_range`` must be false):
+    Args (besides the common ones; ``symmetric`` does not apply, the grids are fixed, and ``narrow_range``
+    must be false):
+      signed: activations only: false (default) clips to ``[0, c]`` as the paper, true uses the symmetric
+        grid over ``[-c, c]`` (module docstring). Weights ignore it.
+      weight_scale: ``"unit"`` (the paper: the weight grid lies in ``[-1, 1]`` whatever the weights' scale) or
+        ``"max"`` (that grid times ``max|w|`` over the same axes as the tanh's max, so ``w_q ≈ w`` where tanh is
+        near-linear: a float model's function survives; an extension, see notes/accuracy.md).
       mode: ``"weights"``, ``"activations"`` or ``"auto"`` (activations when tfmot builds
         the quantizer without a static shape, weights otherwise). ``create(..., role=)``
         sets it from the role.
     """
 
     supports_pot_scales = False
-    role_defaults = {"weights": {"mode": "weights"}, "activations": {"mode": "activations"}}
+    role_defaults = {"weights": {"mode": "weights"}, "activations": {"mode": "activations", "signed": False}}
     init_params = {"clip": "clip"}
 
     def __init__(self, bits=8, symmetric=True, narrow_range=False, per_channel=False, axis=None,
-                 signed=True, scale_format="float32", mode="auto"):
+                 signed=False, scale_format="float32", mode="auto", weight_scale="unit"):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
+        self.weight_scale = check_choice(self.registry_name, "weight_scale", weight_scale, WEIGHT_SCALES)
         if narrow_range:
             raise ConfigError("quantizer 'dorefa': narrow_range must be false (DoReFa's grid has 2^bits levels)")
         self.mode = check_choice(self.registry_name, "mode", mode, MODES)
 
     @property
     def init_range(self):
-        return "unsigned"
+        return "symmetric" if self.signed else "unsigned"
 
     @property
     def init_grid(self):
+        if self.signed:
+            m = 2 ** (self.bits - 1) - 1
+            return m, m
         return 0, 2**self.bits - 1
 
     def build_params(self, shape, name, layer):
@@ -70,6 +86,9 @@ class DoReFaQuantizer(Quantizer):
     def quantize(self, x, training, weights, axes):
         if self.is_weights(weights):
             return self.quantize_weights(x, axes)
+        if self.signed:
+            c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS) if "clip" in weights else 1.0
+            return self.quantize_signed(x, training, c)
         if "clip" not in weights:
             return ops.fake_quant(x, 0.0, 1.0, self.bits, False) if not training else clipped_unit_ste(x, self.bits)
         c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS)
@@ -77,12 +96,23 @@ class DoReFaQuantizer(Quantizer):
             return ops.fake_quant(x, 0.0, c, self.bits, False)
         return clipped_unit_ste(x / c, self.bits) * c
 
+    def quantize_signed(self, x, training, c):
+        """``c·round(m·clip(x/c, -1, 1))/m``, ``m = 2^(k-1) - 1``: straight-through inside the clip, 0 outside."""
+        m = float(2 ** (self.bits - 1) - 1)
+        if not training:
+            return ops.fake_quant(x, -c, c, self.bits, True)
+        return ops.round_ste(tf.clip_by_value(x / c, -1.0, 1.0) * m) / m * c
+
     def quantize_weights(self, w, axes):
         t = tf.tanh(w)
         reduce = self.reduce_axes(w, axes)
         m = ops.reduce_finite(tf.reduce_max, tf.abs(t), reduce, empty=0.0)
         m = self.broadcast(tf.maximum(m, ops.EPS), w, axes)
-        return 2.0 * ops.quantize_unit_ste(t / (2.0 * m) + 0.5, self.bits) - 1.0
+        y = 2.0 * ops.quantize_unit_ste(t / (2.0 * m) + 0.5, self.bits) - 1.0
+        if self.weight_scale == "unit":
+            return y
+        scale = ops.reduce_finite(tf.reduce_max, tf.abs(w), reduce, empty=0.0)
+        return y * self.broadcast(tf.maximum(scale, ops.EPS), w, axes)
 
 
 def clipped_unit_ste(x, bits: int):

@@ -38,6 +38,61 @@ def test_activations_forward(bits):
     assert_grid_close(run(q, x, w, training=False), ref.fake_quant(x, 0.0, 1.0, bits, False), step)
 
 
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("init", ["paper", "max"])
+def test_signed_activations_keep_the_negative_half(bits, init):
+    """``signed: true`` (a scheme's choice for a tensor not known non-negative): ``c·round(m·clip(x/c,-1,1))/m``,
+    ``m = 2^(k-1) - 1``, against numpy; zero exact; inference is FakeQuant over [-c, c], narrow; the gradient is
+    straight through inside the clip."""
+    x = (rng.randn(16, 12) * 0.8).astype("float32")
+    x[0, :3] = [0.0, -6.0, 5.0]
+    q = create({"name": "dorefa", "bits": bits, "signed": True, "init": init}, role="activations")
+    assert q.init_range == "symmetric" and q.init_grid == (2 ** (bits - 1) - 1,) * 2
+    w = build(q, None)
+    if init == "max":
+        run(q, x, w)                                  # the first training batch sets the clip from the data
+        assert w["clip"].numpy() == 6.0               # max|x|, not max(x): the symmetric range
+        w["clip"].assign(3.0)                         # initialised once; a clip that cuts both tails
+    c = np.float32(w["clip"].numpy()) if init == "max" else np.float32(1.0)
+    m = 2 ** (bits - 1) - 1
+    want = (np.round(np.clip(x / c, -1, 1) * m) / m * c).astype("float32")
+    y = run(q, x, w)
+    assert_grid_close(y, want, c / m)
+    assert (y[x < -c / m] < 0).all() and y[0, 0] == 0.0 and np.isclose(y.min(), -c) and np.isclose(y.max(), c)
+    assert_grid_close(run(q, x, w, training=False), ref.fake_quant(x, -c, c, bits, True), c / m)
+    r = rng.randn(*x.shape).astype("float32")
+    (gx,) = grads(q, x, w, r, [])
+    np.testing.assert_allclose(gx, np.where(np.abs(x) <= c, r, 0.0), rtol=1e-6)
+
+
+def test_activations_default_to_the_papers_unsigned_grid():
+    assert not create("dorefa", role="activations").signed and not create("dorefa").signed
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_weight_scale_max_keeps_the_weights_scale(per_channel):
+    """``weight_scale: max``: the paper's grid times max|w| (same axes); forward and gradient against numpy."""
+    x = (rng.randn(3, 4, 6) * np.linspace(0.005, 0.05, 6)).astype("float32")   # a trained conv's scale
+    axes = (2,) if per_channel else None
+    red = (0, 1) if per_channel else None
+    q = create({"name": "dorefa", "bits": 4, "per_channel": per_channel, "weight_scale": "max"}, role="weights")
+    w = build(q, x.shape)
+    big = np.abs(x).max(axis=red, keepdims=per_channel)
+    unit = ref.dorefa_weights(x, 4, axes)
+    y = run(q, x, w)
+    assert_grid_close(y, unit * big, 2 / 15 * big.max())
+    assert np.abs(y - x).max() < 0.1 * np.abs(unit - x).max()   # near the weights, not in [-1, 1]
+    r = rng.randn(*x.shape).astype("float32")
+    (gx,) = grads(q, x, w, r, [])
+    # d/dw (M·u): M·du/dw + [w = argmax |w|]·sign(w)·Σ r·u   (M = max|w| over the reduced axes)
+    is_max = (np.abs(x) == big).astype(np.float64)
+    want = big * ref.dorefa_weights_grad(x, r, axes) + is_max * np.sign(x) * np.sum(
+        r * unit, axis=red, keepdims=per_channel)
+    np.testing.assert_allclose(gx, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="weight_scale"):
+        create({"name": "dorefa", "weight_scale": "mean"})
+
+
 def test_auto_mode_follows_how_tfmot_builds():
     q = create({"name": "dorefa", "bits": 2})
     assert q.mode == "auto"
