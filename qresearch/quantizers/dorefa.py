@@ -7,9 +7,10 @@ channel with ``per_channel`` and, as in the authors' tensorpack code, is part of
 the graph (it receives gradient).
 
 Not TFLite-exact: the weight grid ``{2i/(2^k-1) - 1}`` has no exact zero
-(at 2 bits: ±1/3, ±1) and lies in ``[-1, 1]`` whatever the weights' scale, so no
-integer zero point reproduces it. Activations are: their grid is FakeQuant over
-``[0, c]``, which the inference path uses. No power-of-two scale format.
+(at 2 bits: ±1/3, ±1) and lies in ``[-1, 1]`` whatever the weights' scale (``weight_scale: unit``;
+``max`` multiplies it by ``max|w|``), so no integer zero point reproduces it. Activations are: their
+grid is FakeQuant over ``[0, c]`` (``[-c, c]`` when signed), which the inference path uses. No
+power-of-two scale format.
 
 Signed activations (an extension; the paper quantizes only clipped, non-negative activations): with
 ``signed: true`` (what a scheme sets for a tensor not known to be non-negative: a BN output feeding a residual
