@@ -233,6 +233,8 @@ class A2QQuantizer(Quantizer):
 
             with tf.control_dependencies([self.init_from_data(flag, [t_var, d_var], estimate)]):
                 t, d = tf.identity(t_var), tf.identity(d_var)
+        elif self.set_at_trace(flag):  # traced after initialisation: no estimate on the inference path
+            t, d = t_var, d_var
         else:  # before any data: the estimate from the current weights, not the placeholder zeros
             t0, d0 = self.initial_params(x, axes, norm_axes)
             ready = flag > 0.0

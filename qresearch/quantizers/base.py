@@ -289,6 +289,12 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         return tf.reduce_any(valid)
 
     @staticmethod
+    def set_at_trace(flag) -> bool:
+        """Whether ``flag`` (an "initialised" flag) is already 1 where a graph is being traced: the graph
+        then needs neither the initialisation nor a placeholder estimate (never true in an eager call)."""
+        return _already_set(flag)
+
+    @staticmethod
     def init_from_data(flag, variables, estimate):
         """A quantizer's own data-dependent initialisation outside the ``init`` rules (A2Q's norm and step),
         once: assign ``estimate()`` -> ``(values, valid)`` to ``variables`` while ``flag`` is 0, writing only

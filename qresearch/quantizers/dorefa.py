@@ -87,12 +87,11 @@ class DoReFaQuantizer(Quantizer):
     def quantize(self, x, training, weights, axes):
         if self.is_weights(weights):
             return self.quantize_weights(x, axes)
+        c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS) if "clip" in weights else None
         if self.signed:
-            c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS) if "clip" in weights else 1.0
-            return self.quantize_signed(x, training, c)
-        if "clip" not in weights:
+            return self.quantize_signed(x, training, 1.0 if c is None else c)
+        if c is None:
             return ops.fake_quant(x, 0.0, 1.0, self.bits, False) if not training else clipped_unit_ste(x, self.bits)
-        c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS)
         if not training:
             return ops.fake_quant(x, 0.0, c, self.bits, False)
         return clipped_unit_ste(x / c, self.bits) * c

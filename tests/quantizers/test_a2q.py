@@ -181,6 +181,26 @@ def test_init_rules_a2q_does_not_implement_are_refused(rule):
         a2q(4, 16, 8, init=rule)
 
 
+def test_inference_traced_after_initialisation_carries_no_estimate():
+    """Before any data the inference pass estimates the step from the weights (tested above); a graph traced
+    once the flag is set reads the variables only (the estimate's logs are absent), with the same values."""
+    x = kernel((3, 3, 8, 4), seed=5)
+    q = a2q(4, 16, 8)
+    w = build(q, x.shape)
+
+    def inference_graph():
+        fn = tf.function(lambda v: q(v, False, w))
+        return fn, {op.type for op in fn.get_concrete_function(tf.constant(x)).graph.get_operations()}
+
+    fn, ops_before = inference_graph()
+    assert "Log" in ops_before
+    run(q, x, w)                                   # the training pass initialises t and d
+    eager = run(q, x, w, training=False)
+    fn, ops_after = inference_graph()
+    assert "Log" not in ops_after
+    np.testing.assert_array_equal(fn(tf.constant(x)).numpy(), eager)
+
+
 def test_zero_channel_and_zero_kernel_give_zeros():
     x = kernel((8, 3))
     x[:, 1] = 0.0
