@@ -241,17 +241,11 @@ def _quantize(exp: Experiment, float_model, ds, spec: Dict[str, Any], target, st
     """The calibrated QAT model; with ``start`` (a QAT model of the same float model at another width),
     its layer weights first, then calibration sets the quantizers at this width."""
     import qresearch
-    from qresearch import schemes
-    from qresearch.schemes.transfer import copy_layer_weights
 
     calib = ds.calibration(int(exp.training.calibration_samples), int(exp.seed))
     with scope(exp):  # quantizer variables mirrored; calibration assigns them in the cross-replica context
-        qat_model = qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
-                                       calibration_data=calib if start is None else None)
-        if start is not None:
-            copy_layer_weights(start, qat_model)
-            schemes.calibrate(qat_model, calib)
-    return qat_model
+        return qresearch.quantize(float_model, spec, hardware=target, adapt=exp.adapt, constrained=True,
+                                  calibration_data=calib, weights_from=start)
 
 
 def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,

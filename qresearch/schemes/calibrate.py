@@ -47,6 +47,15 @@ def _batches(data, n_inputs: int, max_batches: int, batch_size: int = 32):
     yield from split(np.asarray(data) if not tf.is_tensor(data) else data)
 
 
+#: Calibration batches read (of ``batch_size`` samples when the data is one array).
+MAX_BATCHES = 8
+
+
+def batches_of(data, n_inputs: int, max_batches: int = MAX_BATCHES) -> list:
+    """The input batches ``calibrate`` reads from ``data`` (any form ``calibrate`` takes)."""
+    return list(_batches(data, n_inputs, max_batches))
+
+
 def _require_finite_batches(batches) -> None:
     """A NaN in calibration data makes every range it reaches NaN: the model predicts at chance, silently."""
     flat = [tf.nest.flatten(x) for x in batches]
@@ -73,10 +82,10 @@ def _require_input_shapes(qat_model, batches) -> None:
                     f"(N, {', '.join(str(d) for d in want)}), (x, y), a list of batches or a tf.data.Dataset.")
 
 
-def calibrate(qat_model, data, max_batches: int = 8) -> int:
+def calibrate(qat_model, data, max_batches: int = MAX_BATCHES) -> int:
     """Initialise ranges and step sizes: quantizers in training mode, layers (BN, dropout) in
     inference mode, no weight update. Returns the number of batches seen."""
-    batches = list(_batches(data, len(qat_model.inputs), max_batches))  # a few batches: checked before use
+    batches = batches_of(data, len(qat_model.inputs), max_batches)  # a few batches: checked before use
     _require_finite_batches(batches)
     _require_input_shapes(qat_model, batches)
     if not batches:

@@ -25,7 +25,7 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from qresearch._compat import keras
 from qresearch.errors import ConfigError, UnsupportedLayerError
@@ -282,8 +282,9 @@ def _fixed_name(layer):
 
 
 def infer_signs(plan: ModelPlan) -> None:
-    """Sign of every tensor: unsigned grids (LSQ/PACT activations) only where values are >= 0."""
-    nonneg: Dict[str, bool] = {r: False for r in plan.graph.input_refs}
+    """Sign of every tensor: unsigned grids (LSQ/PACT activations) only where values are >= 0. A model input
+    is >= 0 where ``plan.input_nonneg`` says so (``input_sign``, read from calibration data by ``api.quantize``)."""
+    nonneg: Dict[str, bool] = {r: bool(plan.input_nonneg.get(r, False)) for r in plan.graph.input_refs}
     for p in plan.layers:
         if p.removed:
             continue
@@ -352,9 +353,11 @@ PASSES: Sequence[Pass] = (split_separable, classify, fold_batch_norms, affine_ba
                           share_concat_ranges, place_input_quantizers)
 
 
-def make_plan(graph: Graph, scheme: SchemeSpec, annotations=None, passes: Sequence[Pass] = PASSES) -> ModelPlan:
-    """Run ``passes`` in order over a new plan of ``graph`` (from ``read_model``)."""
-    plan = ModelPlan(graph, scheme, annotations)
+def make_plan(graph: Graph, scheme: SchemeSpec, annotations=None, passes: Sequence[Pass] = PASSES,
+              input_nonneg: Optional[Dict[str, bool]] = None) -> ModelPlan:
+    """Run ``passes`` in order over a new plan of ``graph`` (from ``read_model``). ``input_nonneg``: model
+    input ref -> its values are >= 0 (``schemes.input_sign.input_nonneg``); absent inputs are signed."""
+    plan = ModelPlan(graph, scheme, annotations, input_nonneg)
     for run in passes:
         run(plan)
     return plan

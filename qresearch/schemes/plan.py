@@ -56,10 +56,13 @@ class LayerPlan:
 class ModelPlan:
     """The graph, the scheme and every layer's plan, with the graph's indices the passes share."""
 
-    def __init__(self, graph: Graph, scheme: SchemeSpec, annotations: Optional[Annotations] = None):
+    def __init__(self, graph: Graph, scheme: SchemeSpec, annotations: Optional[Annotations] = None,
+                 input_nonneg: Optional[Dict[str, bool]] = None):
         self.graph = graph
         self.scheme = scheme
         self.annotations = annotations or Annotations()
+        # model input ref -> known >= 0 (``input_sign``: from calibration data, or forced); absent: signed
+        self.input_nonneg: Dict[str, bool] = dict(input_nonneg or {})
         self.layers: List[LayerPlan] = []
         self.calls: Dict[int, int] = {}               # id(layer) -> how many nodes call it (shared layers)
         self.producers: Dict[str, LayerPlan] = {}

@@ -23,6 +23,9 @@ BN_DEPLOYS_AS = {"fold": "fold", "fold_batch_stats": "fold", "no_fold": "no_fold
 #: ``bn_freeze_steps``' default: training steps with batch statistics before they freeze (fold_batch_stats).
 DEFAULT_BN_FREEZE_STEPS = 1000
 QUANTIZE_OPS = ("weights_only", "compute", "all")
+#: The grid of a model input's quantizer: read from the calibration data (unsigned where every value is >= 0),
+#: or fixed. A hardware target or a scheme that sets ``signed`` itself still wins.
+INPUT_SIGNS = ("data", "signed", "unsigned")
 # TFLite's fixed int8 output ranges (tflite-int8-spec.md §5): softmax/logistic (1/256, -128), tanh (1/128, 0).
 DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
     "softmax": [0.0, 0.99609375],
@@ -34,7 +37,7 @@ COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "
 #: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
-          "quantize_ops", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
+          "quantize_ops", "input_sign", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
 
 
 def bn_folding_satisfies(scheme_value: str, required: str) -> bool:
@@ -121,6 +124,9 @@ class SchemeSpec:
     bn_freeze_steps: with fold_batch_stats, training steps that use batch statistics before the moving ones
       freeze (null: never; 0: frozen from the start). Ignored otherwise.
     quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
+    input_sign: the grid of each model input's activation quantizer: "data" (unsigned where every calibration
+      value of that input is >= 0, e.g. pixels in [0, 1]; signed without calibration data), "signed" or
+      "unsigned". Only where the activation spec does not set ``signed`` itself.
     fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
     quantizer_lr_multiplier: learning rate of quantizer parameters (steps, clips, offsets) over the model's.
     quantizer_weight_decay: whether the optimizer's weight decay applies to them (off: steps are not
@@ -138,6 +144,7 @@ class SchemeSpec:
     bn_folding: str = "fold"
     bn_freeze_steps: Optional[int] = DEFAULT_BN_FREEZE_STEPS
     quantize_ops: str = "all"
+    input_sign: str = "data"
     fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
     name: Optional[str] = None
@@ -193,6 +200,7 @@ class SchemeSpec:
             "bn_folding": self.bn_folding,
             "bn_freeze_steps": self.bn_freeze_steps,
             "quantize_ops": self.quantize_ops,
+            "input_sign": self.input_sign,
             "fixed_output_ranges": {k: list(v) for k, v in self.fixed_output_ranges.items()},
             **{k: getattr(self, k) for k in TRAINING_FIELDS},
         }
@@ -232,6 +240,9 @@ class SchemeSpec:
                               f"statistics before they freeze; null: never), got {n!r}")
         if self.quantize_ops not in QUANTIZE_OPS:
             raise ConfigError(f"scheme key 'quantize_ops' must be one of {QUANTIZE_OPS}, got {self.quantize_ops!r}")
+        if self.input_sign not in INPUT_SIGNS:
+            raise ConfigError(f"scheme key 'input_sign' must be one of {INPUT_SIGNS} (data: unsigned where the "
+                              f"calibration data of that input is >= 0), got {self.input_sign!r}")
         if self.fixed_output_ranges is None:
             self.fixed_output_ranges = {}
         if not isinstance(self.fixed_output_ranges, Mapping):
