@@ -47,3 +47,28 @@ def test_another_model_is_refused_naming_the_layer():
     other = keras.Model(inp, L.Dense(M.CLASSES, name="other")(L.Flatten()(inp)))
     with pytest.raises(ConfigError, match="progressive bits: .*same model and scheme"):
         copy_layer_weights(a, qresearch.quantize(other, "lsq"))
+
+
+def test_quantize_weights_from_copies_then_calibrates_at_the_new_width():
+    """``quantize(..., weights_from=hi)`` (the runner's progressive widths): the layer weights are hi's and the
+    quantizers start from them (the steps of the weights moved x1.5), planned on the same data as hi."""
+    float_model = model()
+    x = np.abs(M.data(64)[0])   # non-negative: both widths plan the unsigned input grid
+    hi = qresearch.quantize(float_model, "lsq", calibration_data=x)
+    for v in hi.trainable_variables:
+        if not is_quantizer_variable(v):
+            v.assign(v * 1.5)
+    lo_scheme = dict(qresearch.schemes.get("lsq").to_dict(), weights={"quantizer": "lsq", "bits": 2, "per_channel": True,
+                                                                       "init": "max"})
+    lo = qresearch.quantize(float_model, lo_scheme, calibration_data=x, weights_from=hi)
+    fresh = qresearch.quantize(float_model, lo_scheme, calibration_data=x)
+    assert lo.qresearch_info["unsigned_inputs"] == hi.qresearch_info["unsigned_inputs"] != []
+    for a, b in zip(hi.weights, lo.weights):
+        if a.name == b.name and not is_quantizer_variable(a) and "optimizer_step" not in a.name:
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
+    steps = {v.name: v.numpy() for v in lo.weights if v.name.endswith("kernel_step:0")}
+    assert steps
+    fresh_steps = [v for v in fresh.weights if v.name.endswith("kernel_step:0")]
+    assert len(fresh_steps) == len(steps)
+    for v, (name, step) in zip(fresh_steps, steps.items()):  # init max: max|w|/Qp of the copied (x1.5) kernels
+        np.testing.assert_allclose(step, 1.5 * v.numpy(), rtol=1e-6, err_msg=name)
