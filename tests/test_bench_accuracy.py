@@ -2,6 +2,7 @@
 constructed results."""
 import json
 
+import numpy as np
 import pytest
 
 from benchmarks import accuracy_report as report
@@ -137,3 +138,16 @@ def test_cifar_targets_use_the_drop_from_float():
     assert checks["CIFAR-10: lsq QAT W4A4 >= float - 1.5 pt"]["met"] is True  # 80 vs 81 - 1.5
     assert checks["CIFAR-10: lsq QAT W3A3 >= float - 4 pt"]["met"] is False  # 75 vs 81 - 4
     assert checks["CIFAR-10: lsq QAT W2A2 >= float - 12 pt"]["met"] is False  # 65 vs 81 - 12
+
+
+def test_dorefa_weight_error_is_the_tanh_s_and_zero_where_it_keeps_the_shape():
+    from benchmarks.dorefa_weight_error import relative_errors
+
+    # one magnitude per channel: tanh keeps every |w| equal to the max, so both grids hit ±max exactly
+    two_levels = np.array([[0.9, -0.9], [-0.9, 0.9], [0.9, 0.9]], "float64") * np.array([1.0, 0.3])
+    assert relative_errors(two_levels, 8) == (0.0, 0.0)
+    w = np.random.default_rng(0).standard_normal((3, 3, 8, 4)) * 0.4
+    dorefa, linear = relative_errors(w, 8)
+    assert linear < 0.01 < dorefa   # the same 255 levels: the error is the tanh's compression
+    small_dorefa, small_linear = relative_errors(w * 0.01, 8)   # tanh(w) ≈ w: the two agree
+    assert abs(small_dorefa - small_linear) < 1e-3
