@@ -1,6 +1,6 @@
 """The sign of each model input, for its activation quantizer's grid (``SchemeSpec.input_sign``).
 
-Pixels in [0, 1] on a signed grid waste half of it: a 2-bit signed LSQ grid has three levels in use
+Pixels in [0, 1] on a signed grid waste half of it: a 2-bit signed LSQ grid has two levels in use
 ({0, 1} of {-2, -1, 0, 1}) where the unsigned one has four. With ``input_sign: data`` an input whose
 calibration values are all >= 0 gets the unsigned grid, as a tensor after ReLU does.
 """
