@@ -265,8 +265,10 @@ def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,
     metrics = {"ptq_accuracy": acc, "weight_memory_bits": memory.get("quantized_bits"),
                "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio"),
                **cost_metrics}
+    unsigned = list((getattr(qat_model, "qresearch_info", None) or {}).get("unsigned_inputs", []))
     return qat_model, metrics, {"quantized_layers": len(report.get("layers") or []),
-                                "float_layers": report.get("float_layers"), "cost": cost}
+                                "float_layers": report.get("float_layers"), "cost": cost,
+                                "unsigned_inputs": unsigned}  # input_sign's outcome (scheme key)
 
 
 def qat(exp: Experiment, qat_model, ds, log_fn: LogFn) -> Dict[str, Any]:

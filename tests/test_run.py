@@ -53,6 +53,7 @@ def test_single_run_writes_result_and_wandb(tmp_path, monkeypatch):
     assert m["deployed_accuracy"] is None and "no runtime" in rec["deploy"]["skipped"]
     assert m["weight_memory_bits"] < m["float_weight_memory_bits"]
     assert rec["labels"]["algorithm"] == "minmax" and rec["labels"]["weight_bits"] == 4
+    assert len(rec["unsigned_inputs"]) == 1   # the digits' pixels are >= 0: input_sign: data plans them unsigned
     assert rec["config"]["seed"] == 3 and len(rec["config_hash"]) == 16
     assert rec["float_baseline"]["cache"] == "miss"
     for stage in ("setup", "data", "float", "float_eval", "ptq", "qat", "qat_eval", "total"):
