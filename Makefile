@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-all bench bench-accuracy clean
+.PHONY: setup demo test test-slow test-all bench bench-accuracy clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,18 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m qresearch.demo
 
-# Fast suite (long tests are marked `slow` and run by `make test-all` / `make bench`), on two pytest-xdist
+# Fast suite (long tests are marked `slow`: tests/slow.txt, keras.applications models), on two pytest-xdist
 # workers: one test file per worker at a time, the deployment tests together (tests/conftest.py).
+# `make test-slow` runs the slow ones; CI (.ci/run) runs both; `make test-all` runs everything in one session.
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 -m slow
+
 test-all: $(STAMP)
-	$(PY) -m pytest -q -m ''
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 -m ''
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

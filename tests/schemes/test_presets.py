@@ -16,8 +16,16 @@ def custom_layer_registered():
     schemes.register_layer(M.ScaledDense, weights=["kernel"], activations=["activation"], quantize_output=True)
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("model_name", list(M.BUILDERS))
+def _grid():
+    """Every (model, preset); the fast suite runs one diagonal (each model and each preset at least once), the
+    rest is marked ``slow`` (``make test-slow``, CI)."""
+    models = list(M.BUILDERS)
+    diagonal = {(models[i % len(models)], PRESETS[i % len(PRESETS)]) for i in range(max(len(models), len(PRESETS)))}
+    return [pytest.param(m, p, marks=() if (m, p) in diagonal else pytest.mark.slow)
+            for m in models for p in PRESETS]
+
+
+@pytest.mark.parametrize("model_name, preset", _grid())
 def test_preset_quantizes_and_trains(model_name, preset):
     keras.utils.set_random_seed(0)
     model = M.BUILDERS[model_name]()
