@@ -22,14 +22,15 @@ demo: $(STAMP)
 # workers: one test file per worker at a time, the deployment tests together (tests/conftest.py).
 # `make test-slow` runs the slow ones; CI (.ci/run) runs both; `make test-all` runs everything in one session.
 TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(PYTEST)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 -m slow
+	$(PYTEST) -m slow
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15 -m ''
+	$(PYTEST) -m ''
 
 bench: $(STAMP)
 	$(PY) -m benchmarks

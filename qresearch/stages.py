@@ -237,6 +237,11 @@ def progressive(exp: Experiment, float_model, ds, target, log_fn: LogFn) -> Tupl
     return model, facts
 
 
+def _info(qat_model) -> Dict[str, Any]:
+    """What ``qresearch.quantize`` recorded on the model (``qresearch_info``); {} for a model it did not make."""
+    return getattr(qat_model, "qresearch_info", None) or {}
+
+
 def _quantize(exp: Experiment, float_model, ds, spec: Dict[str, Any], target, start=None):
     """The calibrated QAT model; with ``start`` (a QAT model of the same float model at another width),
     its layer weights first, then calibration sets the quantizers at this width."""
@@ -265,7 +270,7 @@ def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,
     metrics = {"ptq_accuracy": acc, "weight_memory_bits": memory.get("quantized_bits"),
                "float_weight_memory_bits": memory.get("float32_bits"), "weight_memory_ratio": memory.get("ratio"),
                **cost_metrics}
-    unsigned = list((getattr(qat_model, "qresearch_info", None) or {}).get("unsigned_inputs", []))
+    unsigned = list(_info(qat_model).get("unsigned_inputs", []))
     return qat_model, metrics, {"quantized_layers": len(report.get("layers") or []),
                                 "float_layers": report.get("float_layers"), "cost": cost,
                                 "unsigned_inputs": unsigned}  # input_sign's outcome (scheme key)
@@ -312,7 +317,7 @@ def evaluate_qat(exp: Experiment, qat_model, ds, target) -> Tuple[Dict[str, Any]
 
     batch = int(exp.training.eval_batch_size)
     metrics: Dict[str, Any] = {"qat_accuracy": test_accuracy(qat_model, ds, batch)}
-    emulated = (getattr(qat_model, "qresearch_info", None) or {}).get("kernels")
+    emulated = _info(qat_model).get("kernels")
     if not emulated:
         return metrics, {}
     with kernels.emulated_kernels("none"):
