@@ -1,4 +1,5 @@
-"""XLA-fused elementwise passes of the learned quantizers' training forward and backward.
+"""XLA-fused elementwise passes of the quantizers' training forward and backward (the learned quantizers',
+and a wide per-channel min-max FakeQuant's).
 
 A learned quantizer's training step is a chain of cheap elementwise ops over each quantized tensor
 (about 10 forward, 10 backward); TensorFlow runs each as its own kernel, one pass over memory each,
@@ -149,5 +150,37 @@ def unit_backward(levels: float, eager: bool):
 
     def fn(dy, kept, lv):
         return tf.where(kept, divide(dy, lv) * levels, tf.zeros([], dy.dtype))
+
+    return xla_pass(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def per_channel_forward():
+    """``(x, lo, hi, inverse, quant_zero, scale, empty, zero) -> y``: TF's per-channel FakeQuant forward
+    (channels last) in one pass, given the nudged range ``lo, hi, scale`` (``ops._nudge``), the recomputed
+    inverse scale ``(qmax - qmin)/(max - min)``, ``quant_zero = floor(-lo·inverse + 0.5)`` and the
+    zero-range channels ``empty``. The kernel's arithmetic, as ``tests/quantizers/reference.py`` documents
+    it: ``index = (clamp(x, lo, hi) - lo)·inverse``, ``floor(index - quant_zero + 0.5)·scale``, and +0 in a
+    zero-range channel whatever ``x`` (NaN included). The product is made ``opaque`` before
+    ``- quant_zero``, which XLA CPU would contract with it into an FMA."""
+
+    def fn(x, lo, hi, inverse, quant_zero, scale, empty, zero):
+        index = opaque((tf.minimum(tf.maximum(x, lo), hi) - lo) * inverse, zero)
+        y = tf.floor((index - quant_zero) + 0.5) * scale
+        return tf.where(empty, tf.zeros([], x.dtype), y)
+
+    return xla_pass(fn)
+
+
+@functools.lru_cache(maxsize=None)
+def per_channel_input_backward():
+    """``(dy, x, lo, hi, empty) -> dy·(lo <= x <= hi or empty ? 1 : 0)``: the input's gradient of TF's
+    per-channel FakeQuant for the nudged range, in one pass. TF's kernel multiplies by the mask (-0 where a
+    negative ``dy`` is cut, NaN where an infinite one is); XLA would turn that product into a select of ``dy``
+    and +0, so the select's other side is written as ``dy·0``."""
+
+    def fn(dy, x, lo, hi, empty):
+        inside = tf.logical_or(tf.logical_and(x >= lo, x <= hi), empty)
+        return tf.where(inside, dy, dy * tf.zeros([], dy.dtype))
 
     return xla_pass(fn)

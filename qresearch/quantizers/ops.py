@@ -151,8 +151,8 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
     TFLite converter reads, so 8-bit models convert unchanged.
 
     ``range_gradients=False`` says the caller never trains the range (a min-max quantizer's tracked
-    range, while training): per channel, the forward and the input's gradient are then whole-tensor
-    ops (``_per_channel_tracked``) with the bits of TF's kernels, which make a pass per channel (three
+    range, while training): per channel, a large tensor's forward and input gradient then run in XLA
+    passes with the bits of TF's kernels (``_per_channel_tracked``), which make a pass per channel (three
     in the gradient).
     """
     if channel_axes is None:
@@ -176,20 +176,38 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
     return restore(y)
 
 
+#: Below this many elements a tracked per-channel FakeQuant runs TF's own kernels, above it the XLA passes
+#: (``_per_channel_tracked``). Measured, forward + input gradient per call, 4 bits (notes/performance.md, "ninth
+#: session"): TF's kernel makes a strided pass per channel (~15 ns an element at 784x120, ~90 at 3x3x256x512);
+#: an XLA pass costs ~3 ns an element plus a launch of about a TF kernel's whole cost on a small tensor. They
+#: cross between 10k (120x84: TF's kernel faster) and 94k elements (784x120: XLA 2.4x faster).
+FUSED_PER_CHANNEL_MIN_ELEMENTS = 16384
+
+
 def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
-    """``fake_quant_with_min_max_vars_per_channel``'s signature and bits; the forward
-    (``_per_channel_forward``) and the input's gradient (``_per_channel_input_backward``) as whole-tensor
-    ops, no gradient for the range. The nudged range is derived once for both passes."""
-    if x.shape.rank is None or x.shape.rank < 2:   # (BiasAdd wants a matrix or more; a vector is small)
+    """``fake_quant_with_min_max_vars_per_channel``'s signature and bits (channels last), no gradient for the
+    range. A small tensor (``FUSED_PER_CHANNEL_MIN_ELEMENTS``) runs TF's kernels as they are. A large one runs
+    the same arithmetic in two XLA passes (``fused.per_channel_forward`` and
+    ``fused.per_channel_input_backward``) from the nudged range derived once here: TF's kernels make a pass
+    per channel (three in the gradient), which on a wide layer costs many times a per-tensor FakeQuant."""
+    size = x.shape.num_elements()
+    if size is not None and size < FUSED_PER_CHANNEL_MIN_ELEMENTS:
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             x, range_min, range_max, num_bits=num_bits, narrow_range=narrow_range)
+    from qresearch.quantizers import fused
+
     lo, hi, scale = _nudge(range_min, range_max, num_bits, narrow_range)
+    qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** num_bits - 1)
+    # TF's kernel recomputes the inverse scale (not 1/scale) and the quantized zero from it
+    inverse = tf.constant(qmax - qmin, range_min.dtype) / (range_max - range_min)
+    quant_zero = tf.floor(-lo * inverse + 0.5)
     empty = _zero_range(range_min, range_max)
+    zero = tf.zeros([], tf.int32)
 
     @tf.custom_gradient
     def forward(x):
-        y = _per_channel_forward(x, range_min, range_max, lo, hi, scale, empty, num_bits, narrow_range)
-        return y, lambda dy: _per_channel_input_backward(dy, x, lo, hi, empty)
+        y = fused.per_channel_forward()(x, lo, hi, inverse, quant_zero, scale, empty, zero)
+        return y, lambda dy: fused.per_channel_input_backward()(dy, x, lo, hi, empty)
 
     return forward(x)
 
@@ -221,39 +239,10 @@ def nudged_range(range_min, range_max, bits: int, narrow_range: bool):
     return _nudge(range_min, range_max, bits, narrow_range)[:2]
 
 
-def _per_channel_forward(x, range_min, range_max, lo, hi, scale, empty, bits: int, narrow_range: bool):
-    """``fake_quant_with_min_max_vars_per_channel`` (channels last) in whole-tensor TF ops, the same bits,
-    given the nudged range ``lo, hi, scale`` (``_nudge``) and the zero-range channels ``empty``.
-
-    TF's kernel makes a pass per channel, which on a wide layer costs several times a per-tensor
-    FakeQuant (measured: a 3x3x256x512 kernel 24 ms against 4.6). Its arithmetic, as the installed
-    kernel computes it (``tests/quantizers/reference.py``): the inverse scale ``(qmax - qmin) / (max -
-    min)`` recomputed (not ``1/scale``), ``index = (clamp(x) - nudged_min) · inv`` and
-    ``(floor(index - floor(-nudged_min · inv + 0.5) + 0.5)) · scale``; a zero range gives zeros.
-    Used while training only: the export graph keeps TF's op, which the converter reads."""
-    qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** bits - 1)
-    dtype = range_min.dtype
-    inverse = tf.constant(qmax - qmin, dtype) / (range_max - range_min)
-    quant_zero = tf.floor(-lo * inverse + 0.5)
-    index = (tf.minimum(tf.maximum(x, lo), hi) - lo) * inverse
-    # ``index - quant_zero`` as a BiasAdd (the same IEEE sum): grappler's constant push-down would
-    # rewrite ``(index - quant_zero) + 0.5`` as ``index + (0.5 - quant_zero)``, another rounding
-    y = tf.floor(tf.nn.bias_add(index, -quant_zero) + 0.5) * scale
-    return tf.where(empty, tf.zeros([], dtype), y)   # +0 even for a NaN input
-
-
 def _zero_range(range_min, range_max):
     """Channels whose range is ``[0, 0]`` (an all-zero kernel channel): TF's kernels special-case them,
     zeros forward and the gradient passed through."""
     return tf.logical_and(tf.equal(range_min, 0.0), tf.equal(range_max, 0.0))
-
-
-def _per_channel_input_backward(dy, x, lo, hi, empty):
-    """The input's gradient of ``fake_quant_with_min_max_vars_per_channel`` (channels last) for the nudged
-    range ``[lo, hi]``, as TF's kernel computes it: ``dy · (lo <= x <= hi ? 1 : 0)``, a product (``-0``
-    where a negative ``dy`` is cut), not a select; ``dy`` itself in a zero-range channel (``empty``)."""
-    inside = tf.logical_or(tf.logical_and(x >= lo, x <= hi), empty)
-    return dy * tf.cast(inside, dy.dtype)
 
 
 def symmetric_range(max_abs, bits: int, signed: bool, narrow_range: bool):

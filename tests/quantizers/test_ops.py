@@ -131,11 +131,14 @@ def _ranges_with_zero_points_near_ties(rng, channels, bits, narrow):
     return lo, hi
 
 
+@pytest.mark.parametrize("mode", ["graph", "eager"])
 @pytest.mark.parametrize("bits,narrow", [(8, False), (8, True), (4, False), (2, True)])
-def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow):
-    """``fake_quant(..., range_gradients=False)``: the same forward and the same input gradient, bit for
-    bit, as TF's per-channel FakeQuant and its gradient, on ranges whose zero points sit on rounding
-    ties, inputs on the nudged edges and on the midpoints between levels."""
+def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow, mode, monkeypatch):
+    """``fake_quant(..., range_gradients=False)`` through the XLA passes (every size sent there): the same
+    forward and the same input gradient, bit for bit, as TF's per-channel FakeQuant and its gradient, on
+    ranges whose zero points sit on rounding ties, inputs on the nudged edges and on the midpoints between
+    levels, NaN and infinities."""
+    monkeypatch.setattr(ops, "FUSED_PER_CHANNEL_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(bits + narrow)
     lo, hi = _ranges_with_zero_points_near_ties(rng, 60, bits, narrow)
     x = (rng.standard_normal((60, 60)) * 2).astype("float32")
@@ -149,7 +152,6 @@ def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow):
     dy = rng.standard_normal((60, 60)).astype("float32")
     v_lo, v_hi = tf.Variable(lo), tf.Variable(hi)   # variables: grappler folds no range into constants
 
-    @tf.function(autograph=False)
     def both(x, dy):
         out = []
         for fast in (False, True):
@@ -160,10 +162,32 @@ def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow):
             out += [y, tape.gradient(y, x, output_gradients=dy)]
         return out
 
-    y_tf, g_tf, y_fast, g_fast = (t.numpy().view("uint32") for t in both(tf.constant(x), tf.constant(dy)))
+    run = tf.function(both, autograph=False) if mode == "graph" else both
+    y_tf, g_tf, y_fast, g_fast = (t.numpy().view("uint32") for t in run(tf.constant(x), tf.constant(dy)))
     np.testing.assert_array_equal(y_fast, y_tf)
     np.testing.assert_array_equal(g_fast, g_tf)
     assert (g_tf == np.float32(-0.0).view("uint32")).any()   # some cut negative gradients: -0, as TF's
+
+
+def test_a_tracked_per_channel_fake_quant_runs_tf_kernel_when_small_and_xla_passes_when_large():
+    """The size rule of ``_per_channel_tracked``: TF's per-channel kernel below
+    ``FUSED_PER_CHANNEL_MIN_ELEMENTS``, the XLA passes (no per-channel FakeQuant op) from it on."""
+    def ops_in_training_graph(shape):
+        lo, hi = -tf.ones(shape[-1:]), tf.ones(shape[-1:])
+
+        def step(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = ops.fake_quant(x, lo, hi, 4, True, [len(shape) - 1], range_gradients=False)
+            return tape.gradient(y, x)
+
+        graph = tf.function(step, autograph=False).get_concrete_function(tf.TensorSpec(shape)).graph
+        return {op.type for op in graph.get_operations()}
+
+    small = (ops.FUSED_PER_CHANNEL_MIN_ELEMENTS // 16 - 1, 16)
+    large = (ops.FUSED_PER_CHANNEL_MIN_ELEMENTS // 16, 16)
+    assert {"FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVarsPerChannelGradient"} <= ops_in_training_graph(small)
+    assert not {t for t in ops_in_training_graph(large) if t.startswith("FakeQuant")}
 
 
 def test_nudged_range_matches_the_reference_nudge():
