@@ -70,12 +70,18 @@ class MinMaxQuantizer(Quantizer):
         if replicas.active():  # the global batch's range on every replica (training.strategy=mirrored)
             batch_min, batch_max = replicas.reduce_min(batch_min), replicas.reduce_max(batch_max)
         lo, hi, seen = weights["min"], weights["max"], weights["seen"]
+        # A step traced once the flag is set (after calibration, or after the first batch) leaves out its
+        # test and its write: the flag never goes back to 0, and they cost a handful of ops per step.
+        may_be_first = not self.set_at_trace(seen)
         if self.range_tracking == "ema":
             d = self.ema_decay
-            first = tf.equal(seen, 0.0)
-            batch_min = tf.where(first, batch_min, d * lo + (1 - d) * batch_min)
-            batch_max = tf.where(first, batch_max, d * hi + (1 - d) * batch_max)
-        return tf.group(lo.assign(batch_min), hi.assign(batch_max), seen.assign(1.0))
+            moved_min, moved_max = d * lo + (1 - d) * batch_min, d * hi + (1 - d) * batch_max
+            if may_be_first:
+                first = tf.equal(seen, 0.0)
+                moved_min, moved_max = tf.where(first, batch_min, moved_min), tf.where(first, batch_max, moved_max)
+            batch_min, batch_max = moved_min, moved_max
+        updates = [lo.assign(batch_min), hi.assign(batch_max)]
+        return tf.group(*updates, *([seen.assign(1.0)] if may_be_first else []))
 
     def fake_quant_range(self, lo, hi):
         """The (min, max) handed to FakeQuant for a tracked range."""

@@ -69,6 +69,32 @@ def test_ema_tracking():
     np.testing.assert_allclose([w["min"].numpy(), w["max"].numpy()], [-1.2, 2.2], rtol=1e-6)
 
 
+def test_a_step_traced_after_the_first_batch_tracks_the_same_range_without_the_flag():
+    """A graph traced once ``seen`` is set leaves out the first-batch test and the flag's write, and moves
+    the range to the same bits as a graph traced before it."""
+    q = create({"name": "minmax", "ema_decay": 0.9})
+    w = build(q, None)
+    a, b = np.array([-1.0, 2.0], "float32"), np.array([-3.1, 4.7], "float32")
+    before = tf.function(lambda x: q(x, True, w), autograph=False)
+    before(a)                                    # traced with seen = 0: the first batch sets the range
+    assert (w["min"].numpy(), w["max"].numpy()) == (-1.0, 2.0)
+    after = tf.function(lambda x: q(x, True, w), autograph=False)
+    def count(fn, op_type):
+        graph = fn.get_concrete_function(tf.TensorSpec([2])).graph
+        return len([op for op in graph.get_operations() if op.type == op_type])
+
+    assert (count(before, "AssignVariableOp"), count(after, "AssignVariableOp")) == (3, 2)  # seen, min, max
+    assert count(after, "Equal") == count(before, "Equal") - 1                             # seen == 0
+    start = [v.numpy() for v in (w["min"], w["max"])]
+    after(b)
+    got = [v.numpy() for v in (w["min"], w["max"])]
+    w["min"].assign(start[0]), w["max"].assign(start[1])
+    before(b)
+    np.testing.assert_array_equal([v.numpy().view("uint32") for v in (w["min"], w["max"])],
+                                  [v.view("uint32") for v in got])
+    assert got[0] != -1.0 and w["seen"].numpy() == 1.0
+
+
 def test_gradient_is_straight_through_inside_the_nudged_range():
     x = (rng.randn(200) * 2).astype("float32")
     q = create({"name": "minmax", "bits": 4, "range_tracking": "last_value"})
