@@ -71,16 +71,16 @@ def reduce_finite_range(x, axes, empty):
     TF's Min and Max propagate NaN, and an infinity shows in the min or the max, so both plain results
     are finite exactly when every entry reduced is (``tests/quantizers/test_ops.py`` checks it on the
     kernels). Then they are the finite-only ones, bit for bit: the masked reductions would see the same
-    values in the same order. Otherwise the masked reductions (``_masked_range``) give the answer; they
-    always run, but on ``x`` cut to length 0 along a reduced axis when it is finite, so they cost a few
-    tiny ops. No tf.cond: one measured on mobilenet_tiny doubled the step's peak memory. Under XLA
-    (``jit_compile``), where a slice's size must be static, the masked reductions run on all of ``x``."""
+    values in the same order. Otherwise a ``tf.cond`` runs the masked reductions (``_masked_range``). The
+    branch not taken costs nothing; the last sessions' form (the masked reductions always run, on ``x``
+    cut to length 0 when finite) cost about 20 small ops per quantizer per step, and the cond did not
+    raise the step's peak memory (notes/performance.md, "ninth session"). Under XLA (``jit_compile``) the
+    masked reductions run on all of ``x``, fused."""
     if _in_xla() or (axes is not None and not list(axes)):  # (no axis reduced: nothing to save)
         return _masked_range(x, axes, empty)
     lo, hi = tf.reduce_min(x, axis=axes), tf.reduce_max(x, axis=axes)
     finite = tf.reduce_all(tf.logical_and(tf.math.is_finite(lo), tf.math.is_finite(hi)))
-    rest_lo, rest_hi = _masked_range(_cut_unless(x, axes, finite), axes, empty)
-    return tf.where(finite, lo, rest_lo), tf.where(finite, hi, rest_hi)
+    return tf.cond(finite, lambda: (lo, hi), lambda: _masked_range(x, axes, empty))
 
 
 def _masked_range(x, axes, empty):
@@ -95,20 +95,6 @@ def _masked_range(x, axes, empty):
     none = tf.logical_and(tf.equal(lo, top), tf.equal(hi, bottom))
     fill = tf.cast(empty, x.dtype)
     return tf.where(none, fill, lo), tf.where(none, fill, hi)
-
-
-def _cut_unless(x, axes, keep):
-    """``x`` when ``keep`` is false, else ``x`` cut to length 0 along its first reduced axis (so the
-    reductions over ``axes`` keep their output shape). TF's Slice hands a whole-tensor slice on without
-    a copy."""
-    rank = x.shape.rank
-    if axes is None or rank is None:
-        x, axis, rank = tf.reshape(x, [-1]), 0, 1
-    else:
-        axis = min(a % rank for a in axes)
-    shape = tf.shape(x)
-    length = tf.where(keep, tf.zeros([], shape.dtype), shape[axis])
-    return tf.slice(x, tf.zeros([rank], shape.dtype), tf.tensor_scatter_nd_update(shape, [[axis]], [length]))
 
 
 def _in_xla() -> bool:
