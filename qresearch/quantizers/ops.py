@@ -71,11 +71,10 @@ def reduce_finite_range(x, axes, empty):
     TF's Min and Max propagate NaN, and an infinity shows in the min or the max, so both plain results
     are finite exactly when every entry reduced is (``tests/quantizers/test_ops.py`` checks it on the
     kernels). Then they are the finite-only ones, bit for bit: the masked reductions would see the same
-    values in the same order. Otherwise a ``tf.cond`` runs the masked reductions (``_masked_range``). The
-    branch not taken costs nothing; the last sessions' form (the masked reductions always run, on ``x``
-    cut to length 0 when finite) cost about 20 small ops per quantizer per step, and the cond did not
-    raise the step's peak memory (notes/performance.md, "ninth session"). Under XLA (``jit_compile``) the
-    masked reductions run on all of ``x``, fused."""
+    values in the same order. Otherwise a ``tf.cond`` runs the masked reductions (``_masked_range``); the
+    branch not taken costs nothing. (Running them always, on ``x`` cut to length 0 when finite, cost about
+    20 small ops per quantizer per step; the cond did not raise a step's peak memory: notes/performance.md,
+    "ninth session".) Under XLA (``jit_compile``) the masked reductions run on all of ``x``, fused."""
     if _in_xla() or (axes is not None and not list(axes)):  # (no axis reduced: nothing to save)
         return _masked_range(x, axes, empty)
     lo, hi = tf.reduce_min(x, axis=axes), tf.reduce_max(x, axis=axes)

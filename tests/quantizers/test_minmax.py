@@ -79,6 +79,7 @@ def test_a_step_traced_after_the_first_batch_tracks_the_same_range_without_the_f
     before(a)                                    # traced with seen = 0: the first batch sets the range
     assert (w["min"].numpy(), w["max"].numpy()) == (-1.0, 2.0)
     after = tf.function(lambda x: q(x, True, w), autograph=False)
+
     def count(fn, op_type):
         graph = fn.get_concrete_function(tf.TensorSpec([2])).graph
         return len([op for op in graph.get_operations() if op.type == op_type])
