@@ -189,6 +189,31 @@ def test_a_tracked_per_channel_fake_quant_runs_tf_kernel_when_small_and_xla_pass
     tf_kernels = {"FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVarsPerChannelGradient"}
     assert tf_kernels <= ops_in_training_graph(small)
     assert not {t for t in ops_in_training_graph(large) if t.startswith("FakeQuant")}
+    assert not {t for t in ops_in_training_graph((None, 16)) if t.startswith("FakeQuant")}  # size unknown
+
+
+def test_a_per_channel_fake_quant_of_unknown_batch_size_has_the_bits_of_tf_kernel():
+    """An activation-like input (batch size unknown when traced) goes through the XLA passes and gives TF's
+    kernel's bits, forward and input gradient, for every batch size it is called with."""
+    rng = np.random.default_rng(7)
+    lo, hi = _ranges_with_zero_points_near_ties(rng, 12, 4, False)
+    v_lo, v_hi = tf.Variable(lo), tf.Variable(hi)
+
+    def step(x, dy, tracked):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = ops.fake_quant(x, tf.identity(v_lo), tf.identity(v_hi), 4, False, [1], range_gradients=not tracked)
+        return y, tape.gradient(y, x, output_gradients=dy)
+
+    spec = [tf.TensorSpec((None, 12)), tf.TensorSpec((None, 12))]
+    ours = tf.function(lambda x, dy: step(x, dy, True), input_signature=spec, autograph=False)
+    theirs = tf.function(lambda x, dy: step(x, dy, False), input_signature=spec, autograph=False)
+    for rows in (5, 300):
+        x = (rng.standard_normal((rows, 12)) * 2).astype("float32")
+        x[0, :4] = [np.nan, np.inf, -np.inf, 0.0]
+        dy = rng.standard_normal((rows, 12)).astype("float32")
+        for got, want in zip(ours(x, dy), theirs(x, dy)):
+            np.testing.assert_array_equal(got.numpy().view("uint32"), want.numpy().view("uint32"))
 
 
 def test_nudged_range_matches_the_reference_nudge():
