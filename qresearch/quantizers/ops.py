@@ -162,7 +162,7 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
 
 
 #: Below this many elements a tracked per-channel FakeQuant runs TF's own kernels, above it the XLA passes
-#: (``_per_channel_tracked``). Measured, forward + input gradient per call, 4 bits (notes/performance.md, "ninth
+#: (``_per_channel_tracked``); LSQ's ``uniform_ste`` likewise runs plain autodiff below it. Measured, forward + input gradient per call, 4 bits (notes/performance.md, "ninth
 #: session"): TF's kernel makes a strided pass per channel (~15 ns an element at 784x120, ~90 at 3x3x256x512);
 #: an XLA pass costs ~3 ns an element plus a launch of about a TF kernel's whole cost on a small tensor. They
 #: cross between 10k (120x84: TF's kernel faster) and 94k elements (784x120: XLA 2.4x faster).
@@ -267,10 +267,17 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     fused, it left one trained kernel of mobilenet_tiny's LSQ+ model an ulp off in ``benchmarks.identity``
     (grappler rewrites the plain graph around the offset differently; not pinned down).
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
-    ``test_fused.py``, ``benchmarks/identity.py``).
+    ``test_fused.py``, ``benchmarks/identity.py``). A tensor of known size under
+    ``FUSED_PER_CHANNEL_MIN_ELEMENTS`` (a small kernel) runs that plain autodiff graph instead: there an XLA
+    launch costs more than the ops it fuses (notes/performance.md, "ninth session").
     """
     from qresearch.quantizers import fused
 
+    size = x.shape.num_elements()
+    if size is not None and size < FUSED_PER_CHANNEL_MIN_ELEMENTS:
+        shifted = x if offset is None else x - offset
+        y = round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp))) * scale
+        return y if offset is None else y + offset
     lo, hi = -float(qn), float(qp)
     extra = () if offset is None else (offset,)
     forward_pass = fused.uniform_forward(lo, hi) if offset is None else None
