@@ -161,22 +161,23 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
     return restore(y)
 
 
-#: Below this many elements a tracked per-channel FakeQuant runs TF's own kernels, above it the XLA passes
-#: (``_per_channel_tracked``); LSQ's ``uniform_ste`` likewise runs plain autodiff below it. Measured, forward + input gradient per call, 4 bits (notes/performance.md, "ninth
-#: session"): TF's kernel makes a strided pass per channel (~15 ns an element at 784x120, ~90 at 3x3x256x512);
-#: an XLA pass costs ~3 ns an element plus a launch of about a TF kernel's whole cost on a small tensor. They
-#: cross between 10k (120x84: TF's kernel faster) and 94k elements (784x120: XLA 2.4x faster).
-FUSED_PER_CHANNEL_MIN_ELEMENTS = 16384
+#: Below this many elements a tracked per-channel FakeQuant runs TF's own kernels and LSQ's ``uniform_ste``
+#: plain autodiff; from it on, both run XLA passes. Measured on the per-channel FakeQuant, forward + input
+#: gradient per call, 4 bits (notes/performance.md, "ninth session"): TF's kernel makes a strided pass per
+#: channel (~15 ns an element at 784x120, ~90 at 3x3x256x512); an XLA pass costs ~3 ns an element plus a
+#: launch of about a TF kernel's whole cost on a small tensor. They cross between 10k (120x84: TF's kernel
+#: faster) and 94k elements (784x120: XLA 2.4x faster).
+FUSED_MIN_ELEMENTS = 16384
 
 
 def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
     """``fake_quant_with_min_max_vars_per_channel``'s signature and bits (channels last), no gradient for the
-    range. A small tensor (``FUSED_PER_CHANNEL_MIN_ELEMENTS``) runs TF's kernels as they are. A large one runs
+    range. A small tensor (``FUSED_MIN_ELEMENTS``) runs TF's kernels as they are. A large one runs
     the same arithmetic in two XLA passes (``fused.per_channel_forward`` and
     ``fused.per_channel_input_backward``) from the nudged range derived once here: TF's kernels make a pass
     per channel (three in the gradient), which on a wide layer costs many times a per-tensor FakeQuant."""
     size = x.shape.num_elements()
-    if size is not None and size < FUSED_PER_CHANNEL_MIN_ELEMENTS:
+    if size is not None and size < FUSED_MIN_ELEMENTS:
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             x, range_min, range_max, num_bits=num_bits, narrow_range=narrow_range)
     from qresearch.quantizers import fused
@@ -268,13 +269,13 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     (grappler rewrites the plain graph around the offset differently; not pinned down).
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
     ``test_fused.py``, ``benchmarks/identity.py``). A tensor of known size under
-    ``FUSED_PER_CHANNEL_MIN_ELEMENTS`` (a small kernel) runs that plain autodiff graph instead: there an XLA
+    ``FUSED_MIN_ELEMENTS`` (a small kernel) runs that plain autodiff graph instead: there an XLA
     launch costs more than the ops it fuses (notes/performance.md, "ninth session").
     """
     from qresearch.quantizers import fused
 
     size = x.shape.num_elements()
-    if size is not None and size < FUSED_PER_CHANNEL_MIN_ELEMENTS:
+    if size is not None and size < FUSED_MIN_ELEMENTS:
         shifted = x if offset is None else x - offset
         y = round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp))) * scale
         return y if offset is None else y + offset

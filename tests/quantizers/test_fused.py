@@ -63,7 +63,7 @@ def _assert_same_bits(fused, reference):
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("case", ["per_tensor", "per_channel", "offset", "offset_per_channel", "unsigned"])
 def test_uniform_ste_bits(case, graph, monkeypatch):
-    monkeypatch.setattr(ops, "FUSED_PER_CHANNEL_MIN_ELEMENTS", 0)   # every size through the XLA passes
+    monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 0)   # every size through the XLA passes
     qn, qp = (0, 15) if case == "unsigned" else (8, 7)
     channel = case.endswith("per_channel")
     s = (np.linspace(0.05, 0.4, 6, dtype="float32").reshape(1, 1, 1, 6) if channel else np.float32(0.23))
@@ -78,7 +78,7 @@ def test_uniform_ste_bits(case, graph, monkeypatch):
 
 @pytest.mark.parametrize("case", ["per_tensor", "offset_per_channel"])
 def test_uniform_ste_on_a_small_tensor_runs_plain_autodiff_with_the_fused_bits(case, monkeypatch):
-    """Under ``FUSED_PER_CHANNEL_MIN_ELEMENTS`` (a small kernel) ``uniform_ste`` is plain autodiff, no XLA call,
+    """Under ``FUSED_MIN_ELEMENTS`` (a small kernel) ``uniform_ste`` is plain autodiff, no XLA call,
     and gives the fused passes' bits."""
     x = np.random.default_rng(3).standard_normal((5, 5, 6, 16)).astype("float32")
     dy = np.random.default_rng(4).standard_normal(x.shape).astype("float32")
@@ -95,12 +95,12 @@ def test_uniform_ste_on_a_small_tensor_runs_plain_autodiff_with_the_fused_bits(c
 
         return [t.numpy() for t in step(tf.constant(x), tf.constant(dy), *map(tf.constant, params))]
 
-    assert x.size < ops.FUSED_PER_CHANNEL_MIN_ELEMENTS
+    assert x.size < ops.FUSED_MIN_ELEMENTS
     graph = tf.function(lambda t: ops.uniform_ste(t, tf.constant(s), 8, 7), autograph=False) \
         .get_concrete_function(tf.TensorSpec(x.shape)).graph
     assert not [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")]
     plain = run()
-    monkeypatch.setattr(ops, "FUSED_PER_CHANNEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 0)
     _assert_same_bits(run(), plain)
 
 
@@ -140,7 +140,7 @@ def test_clipped_unit_ste_bits(bits, graph):
 def test_gradients_through_a_cond_branch_equal_those_outside_it(quantize, monkeypatch):
     """A quantizer inside ``tf.cond`` (a tensor ``training`` flag, fold_batch_stats' freeze): the fused
     backward's inputs must reach the branch's gradient (they once were unresolved captures)."""
-    monkeypatch.setattr(ops, "FUSED_PER_CHANNEL_MIN_ELEMENTS", 0)   # the XLA passes at this size too
+    monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 0)   # the XLA passes at this size too
     x = tf.Variable(np.random.default_rng(0).standard_normal(SHAPE[-2:]).astype("float32"))
     s = tf.Variable(0.1)
     take = tf.Variable(True)

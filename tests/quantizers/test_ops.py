@@ -138,7 +138,7 @@ def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow, mo
     forward and the same input gradient, bit for bit, as TF's per-channel FakeQuant and its gradient, on
     ranges whose zero points sit on rounding ties, inputs on the nudged edges and on the midpoints between
     levels, NaN and infinities."""
-    monkeypatch.setattr(ops, "FUSED_PER_CHANNEL_MIN_ELEMENTS", 0)
+    monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 0)
     rng = np.random.default_rng(bits + narrow)
     lo, hi = _ranges_with_zero_points_near_ties(rng, 60, bits, narrow)
     x = (rng.standard_normal((60, 60)) * 2).astype("float32")
@@ -171,7 +171,7 @@ def test_per_channel_input_backward_has_the_bits_of_tf_gradient(bits, narrow, mo
 
 def test_a_tracked_per_channel_fake_quant_runs_tf_kernel_when_small_and_xla_passes_when_large():
     """The size rule of ``_per_channel_tracked``: TF's per-channel kernel below
-    ``FUSED_PER_CHANNEL_MIN_ELEMENTS``, the XLA passes (no per-channel FakeQuant op) from it on."""
+    ``FUSED_MIN_ELEMENTS``, the XLA passes (no per-channel FakeQuant op) from it on."""
     def ops_in_training_graph(shape):
         lo, hi = -tf.ones(shape[-1:]), tf.ones(shape[-1:])
 
@@ -184,8 +184,8 @@ def test_a_tracked_per_channel_fake_quant_runs_tf_kernel_when_small_and_xla_pass
         graph = tf.function(step, autograph=False).get_concrete_function(tf.TensorSpec(shape)).graph
         return {op.type for op in graph.get_operations()}
 
-    small = (ops.FUSED_PER_CHANNEL_MIN_ELEMENTS // 16 - 1, 16)
-    large = (ops.FUSED_PER_CHANNEL_MIN_ELEMENTS // 16, 16)
+    small = (ops.FUSED_MIN_ELEMENTS // 16 - 1, 16)
+    large = (ops.FUSED_MIN_ELEMENTS // 16, 16)
     tf_kernels = {"FakeQuantWithMinMaxVarsPerChannel", "FakeQuantWithMinMaxVarsPerChannelGradient"}
     assert tf_kernels <= ops_in_training_graph(small)
     assert not {t for t in ops_in_training_graph(large) if t.startswith("FakeQuant")}
