@@ -80,13 +80,15 @@ def uniform_backward(lo: float, hi: float, with_offset: bool = False):
 
 
 @functools.lru_cache(maxsize=None)
-def uniform_forward(lo: float, hi: float):
-    """``(x, s) -> (c + (round(c) - c))·s`` with ``c = clip(x/s, lo, hi)``: LSQ's forward (``ops.uniform_ste``
-    without an offset) in one pass."""
+def uniform_forward(lo: float, hi: float, with_offset: bool = False):
+    """``(x, s, zero[, b]) -> (c + (round(c) - c))·s [+ b]`` with ``c = clip((x [- b])/s, lo, hi)``: LSQ's
+    forward (``ops.uniform_ste``), and LSQ+'s with the offset ``b``, in one pass. With an offset the product
+    is made ``opaque`` (``zero``: int32 0) before ``+ b``, which XLA CPU would contract with it into an FMA."""
 
-    def fn(x, s):
-        c = tf.maximum(tf.minimum(x / s, hi), lo)
-        return (c + (tf.round(c) - c)) * s
+    def fn(x, s, zero, *offset):  # one pass per arity: a relaxed trace cannot vary it
+        c = tf.maximum(tf.minimum((x - offset[0] if with_offset else x) / s, hi), lo)
+        y = (c + (tf.round(c) - c)) * s
+        return opaque(y, zero) + offset[0] if with_offset else y
 
     return xla_pass(fn)
 
@@ -128,8 +130,10 @@ def pact_backward(signed: bool):
     return xla_pass(fn)
 
 
-# DoReFa's forward stays plain TF: fused, ``c·levels + (round - c·levels)`` became an FMA in some traces
-# (a trace with relaxed shapes: 1176 of 43758 values differed), though not in the first.
+# DoReFa's forward stays plain TF. Fused, ``c·levels + (round - c·levels)`` became an FMA in some traces (a
+# trace with relaxed shapes: 1176 of 43758 values differed), though not in the first; with ``c·levels`` made
+# ``opaque`` the pass gave the plain forward's bits in a model, but the kernels' gradients moved by up to a few
+# thousand ulps (notes/performance.md, "tenth session"; cause not found).
 
 
 def _unit_scaling(levels: float, eager: bool):

@@ -269,10 +269,11 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     (``c == t`` is ``-qn <= t <= qp``), and ``(-t)/s`` for RealDiv's ``(-x/s)/s`` (``-x/s`` is ``-t``
     exactly, so the divide is not redone). The backward's elementwise part is one XLA-fused pass
     (``quantizers/fused.py``) that recomputes ``t``, the clip mask and ``q`` from ``x``: a step keeps no
-    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. Without an
-    offset the forward is one XLA pass too (``fused.uniform_forward``); with one (LSQ+) it stays plain TF:
-    fused, it left one trained kernel of mobilenet_tiny's LSQ+ model an ulp off in ``benchmarks.identity``
-    (grappler rewrites the plain graph around the offset differently; not pinned down).
+    full-size tensor for it but ``x``, which the layer before keeps for its own gradient anyway. The forward
+    is one XLA pass too (``fused.uniform_forward``), with or without the offset. (With the offset it was
+    plain TF until the tenth session: grappler's arithmetic optimizer rewrote that plain chain in some graphs,
+    so one step of mobilenet_tiny's LSQ+ model in ``benchmarks.identity`` took other bits than the formula;
+    the pass computes the formula as written. notes/performance.md, "tenth session".)
     Gradients and trained values are bit-identical to plain autodiff (``tests/quantizers/test_ops.py``,
     ``test_fused.py``, ``benchmarks/identity.py``). A tensor of known size under
     ``FUSED_MIN_ELEMENTS`` (a small kernel) runs that plain autodiff graph instead: there an XLA
@@ -286,20 +287,16 @@ def uniform_ste(x, scale, qn, qp, offset=None):
 
     lo, hi = -float(qn), float(qp)
     extra = () if offset is None else (offset,)
-    forward_pass = fused.uniform_forward(lo, hi) if offset is None else None
+    forward_pass = fused.uniform_forward(lo, hi, offset is not None)
     backward_pass = fused.uniform_backward(lo, hi, offset is not None)
 
     @tf.custom_gradient
     def forward(x, scale, *offset):
-        if forward_pass is not None:   # one pass, the ops below
-            y = forward_pass(x, scale)
-        else:
-            t = (x - offset[0]) / scale
-            c = tf.maximum(tf.minimum(t, hi), lo)   # tf.clip_by_value's two ops
-            y = (c + (tf.round(c) - c)) * scale + offset[0]     # round_ste's forward value, bit for bit
+        zero = tf.zeros([], tf.int32)
+        y = forward_pass(x, scale, zero, *offset)
 
         def backward(dy):
-            terms = backward_pass(dy, x, scale, tf.zeros([], tf.int32), *offset)  # t recomputed from x
+            terms = backward_pass(dy, x, scale, zero, *offset)  # t recomputed from x
             return _uniform_ste_grads(dy, *terms, scale, offset)
 
         return y, backward
