@@ -120,8 +120,11 @@ def clipped_unit_ste(x, bits: int):
 
     The backward pass is written out (``tf.custom_gradient``) with autodiff's float operations (the
     gradient of ``·/levels`` then of ``·levels``, kept where the clip kept ``x``), one mask instead of
-    clip_by_value's two, in one XLA-fused pass (``quantizers/fused.py``; the forward stays plain TF, see
-    there): bit-identical gradients (tests/quantizers/test_dorefa.py, test_fused.py), fewer passes over ``x``.
+    clip_by_value's two, in one XLA-fused pass (``quantizers/fused.py``); the forward is one pass too
+    (``fused.unit_forward``). Values and gradients are autodiff's bits (tests/quantizers/test_dorefa.py,
+    test_fused.py). (Until the tenth session the forward was plain TF, and in a model grappler's arithmetic
+    optimizer re-associated its ``·(1/levels)`` with the caller's ``·c``: up to 2 ulp from the formula;
+    notes/performance.md, "tenth session".)
     """
     from qresearch.quantizers import fused
 
@@ -130,11 +133,12 @@ def clipped_unit_ste(x, bits: int):
     backward_pass = fused.unit_backward(levels, eager)
     lv = tf.constant(levels)
 
+    forward_pass = fused.unit_forward(levels, eager)
+
     @tf.custom_gradient
     def forward(x):
-        c = tf.maximum(tf.minimum(x, 1.0), 0.0)   # tf.clip_by_value's two ops
-        y = ops.quantize_unit_ste(c, bits)
-        kept = tf.equal(c, x)   # both clip masks in one; the backward keeps this 1-byte mask, not x and c
+        # the value and both clip masks in one (the backward keeps this 1-byte mask, not x and c)
+        y, kept = forward_pass(x, lv, tf.zeros([], tf.int32))
 
         def backward(dy):
             return backward_pass(dy, kept, lv)

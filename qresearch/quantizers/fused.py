@@ -130,12 +130,6 @@ def pact_backward(signed: bool):
     return xla_pass(fn)
 
 
-# DoReFa's forward stays plain TF. Fused, ``c·levels + (round - c·levels)`` became an FMA in some traces (a
-# trace with relaxed shapes: 1176 of 43758 values differed), though not in the first; with ``c·levels`` made
-# ``opaque`` the pass gave the plain forward's bits in a model, but the kernels' gradients moved by up to a few
-# thousand ulps (notes/performance.md, "tenth session"; cause not found).
-
-
 def _unit_scaling(levels: float, eager: bool):
     """How ``·/levels`` is computed: eagerly TF divides; in a graph grappler turns a division by a constant
     into a multiplication by its float32 reciprocal (XLA would too), so the plain graph and the plain
@@ -145,6 +139,23 @@ def _unit_scaling(levels: float, eager: bool):
         return lambda v, lv: v / lv
     inverse = np.float32(1.0) / np.float32(levels)   # IEEE float32 division, as grappler folds it
     return lambda v, lv: v * inverse
+
+
+@functools.lru_cache(maxsize=None)
+def unit_forward(levels: float, eager: bool):
+    """``(x, levels, zero) -> (quantize_k(clip(x, 0, 1)), kept)``: DoReFa's activation forward
+    (``dorefa.clipped_unit_ste``) in one pass, and the mask of where the clip kept ``x``. ``c·levels`` is made
+    ``opaque`` (``zero``: int32 0): in a trace with relaxed shapes XLA CPU contracted it with the
+    ``+ (round - c·levels)`` that follows into an FMA (1176 of 43758 values differed), though not in the
+    first trace."""
+    divide = _unit_scaling(levels, eager)
+
+    def fn(x, lv, zero):
+        c = tf.maximum(tf.minimum(x, 1.0), 0.0)
+        v = opaque(c * levels, zero)
+        return divide(v + (tf.round(v) - v), lv), tf.equal(c, x)
+
+    return xla_pass(fn)
 
 
 @functools.lru_cache(maxsize=None)
