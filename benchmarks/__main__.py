@@ -88,9 +88,24 @@ def _data(input_shape, batch_size: int, batches: int = 8):
     return x, y
 
 
-def step_times(model_name: str, input_shape, steps: int, batch_size: int, rounds: int = 3) -> List[Dict[str, Any]]:
-    """Median step time of every model, in ``rounds`` interleaved rounds (float first in each), so a
-    change of machine load hits every model alike; the ratio is taken per round, then the median."""
+#: Without ``--rounds``, rounds run until this many seconds of timed steps are spent (at least ``MIN_ROUNDS``, at
+#: most ``MAX_ROUNDS``): a LeNet-5 round takes ~2 s, so 3 rounds left its ratios ±0.1–0.3 apart between runs
+#: (notes/performance.md, "tenth session"); a mobilenet_tiny round takes ~25 s.
+ROUND_BUDGET_S, MIN_ROUNDS, MAX_ROUNDS = 45.0, 3, 15
+
+
+def more_rounds(done: int, spent_s: float, rounds: Optional[int] = None) -> bool:
+    """Whether to time another round: ``rounds`` when given, else until ``ROUND_BUDGET_S`` is spent."""
+    if rounds is not None:
+        return done < rounds
+    return done < MIN_ROUNDS or (done < MAX_ROUNDS and spent_s < ROUND_BUDGET_S)
+
+
+def step_times(model_name: str, input_shape, steps: int, batch_size: int,
+               rounds: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Median step time of every model, in interleaved rounds (float first in each; ``rounds``, or as many as
+    ``more_rounds`` allows), so a change of machine load hits every model alike; the ratio is taken per round,
+    then the median."""
     import statistics
 
     import qresearch.run  # noqa: F401  (drops Keras' expected "retracing" warnings)
@@ -111,7 +126,9 @@ def step_times(model_name: str, input_shape, steps: int, batch_size: int, rounds
         _time_steps(model, ds, 3)
     times: Dict[str, List[float]] = {name: [] for name in built}
     ratios: Dict[str, List[float]] = {name: [] for name in built}
-    for r in range(rounds):
+    r, started = 0, time.perf_counter()
+    while more_rounds(r, time.perf_counter() - started, rounds):
+        r += 1
         base = _time_steps(built["float"], ds, steps)
         times["float"].append(base)
         ratios["float"].append(1.0)
@@ -120,7 +137,7 @@ def step_times(model_name: str, input_shape, steps: int, batch_size: int, rounds
                 t = _time_steps(model, ds, steps)
                 times[name].append(t)
                 ratios[name].append(t / base)
-        print(f"  round {r + 1}/{rounds}: float {1e3 * base:.2f} ms/step", flush=True)
+        print(f"  round {r}: float {1e3 * base:.2f} ms/step", flush=True)
     rows = [{"name": name, "step_s": statistics.median(times[name]), "ratio": statistics.median(ratios[name]),
              "ratios": ratios[name]} for name in built]
     rows += [{"name": name, "step_s": None, "ratio": None, "error": err} for name, err in errors.items()]
@@ -300,7 +317,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model and round (median)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help=f"interleaved step-timing rounds (default: until {ROUND_BUDGET_S:.0f} s of timed steps, "
+                         f"{MIN_ROUNDS} to {MAX_ROUNDS} rounds)")
     ap.add_argument("--float-epochs", type=int, default=60, help="float epochs in the sweep benchmark")
     ap.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--input", default=None, help=argparse.SUPPRESS)
@@ -319,7 +338,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shape = MODELS.get(model, (28, 28, 1))
         if "steps" in parts:
             print(f"\nQAT step time / float step time: {model}, input {shape}, batch {args.batch}, "
-                  f"median of {args.steps} steps x {args.rounds} rounds, Adam", flush=True)
+                  f"median of {args.steps} steps x {args.rounds or 'adaptive'} rounds, Adam", flush=True)
             rows = step_times(model, shape, args.steps, args.batch, args.rounds)
             report.setdefault("step_times", {})[model] = rows
             _table(f"training step, {model} (x ref = x float)", rows, "step_s", "ms/step", 1e3, ".2f")
