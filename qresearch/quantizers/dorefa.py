@@ -98,10 +98,11 @@ class DoReFaQuantizer(Quantizer):
 
     def quantize_signed(self, x, training, c):
         """``c·round(m·clip(x/c, -1, 1))/m``, ``m = 2^(k-1) - 1``: straight-through inside the clip, 0 outside."""
-        m = float(2 ** (self.bits - 1) - 1)
         if not training:
             return ops.fake_quant(x, -c, c, self.bits, True)
-        return ops.round_ste(tf.clip_by_value(x / c, -1.0, 1.0) * m) / m * c
+        if isinstance(c, float):   # the paper's clip at 1: x/1 and ·1 change no bit
+            return clipped_unit_ste(x, self.bits, signed=True)
+        return clipped_unit_ste(x / c, self.bits, signed=True) * c
 
     def quantize_weights(self, w, axes):
         t = tf.tanh(w)
@@ -115,8 +116,9 @@ class DoReFaQuantizer(Quantizer):
         return y * self.broadcast(tf.maximum(scale, ops.EPS), w, axes)
 
 
-def clipped_unit_ste(x, bits: int):
-    """DoReFa's activation forward ``quantize_k(clip(x, 0, 1))`` (straight-through round).
+def clipped_unit_ste(x, bits: int, signed: bool = False):
+    """DoReFa's activation forward ``quantize_k(clip(x, 0, 1))`` (straight-through round); with ``signed``, the
+    signed grid ``round(m·clip(x, -1, 1))/m``, ``m = 2^(k-1) - 1`` (``quantize_signed``).
 
     The backward pass is written out (``tf.custom_gradient``) with autodiff's float operations (the
     gradient of ``·/levels`` then of ``·levels``, kept where the clip kept ``x``), one mask instead of
@@ -128,12 +130,11 @@ def clipped_unit_ste(x, bits: int):
     """
     from qresearch.quantizers import fused
 
-    levels = float(2**bits - 1)
+    levels = float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
     eager = tf.executing_eagerly()   # the plain ops round ·/levels differently eagerly (see fused._unit_scaling)
+    forward_pass = fused.unit_forward(levels, eager, -1.0 if signed else 0.0)
     backward_pass = fused.unit_backward(levels, eager)
     lv = tf.constant(levels)
-
-    forward_pass = fused.unit_forward(levels, eager)
 
     @tf.custom_gradient
     def forward(x):

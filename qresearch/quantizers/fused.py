@@ -5,9 +5,9 @@ A learned quantizer's training step is a chain of cheap elementwise ops over eac
 (about 10 forward, 10 backward); TensorFlow runs each as its own kernel, one pass over memory each,
 which on a small model costs more than the convolutions. Each chain here is one ``jit_compile``
 function: XLA fuses it into one pass. The values are the same bits: XLA CPU's elementwise float ops are
-IEEE (no fast-math), ``round`` is half to even as TF's Round. Two things are kept out of XLA because
-they would change bits: reductions (XLA sums in another order) and a multiply feeding an add (XLA CPU
-always lets LLVM contract ``a*b + c`` into one FMA, which rounds once instead of twice).
+IEEE (no fast-math), ``round`` is half to even as TF's Round. Two things would change bits: reductions
+(XLA sums in another order), which stay out of XLA, and a multiply feeding an add (XLA CPU always lets LLVM
+contract ``a*b + c`` into one FMA, which rounds once instead of twice), whose product a pass makes ``opaque``.
 Tests compare every output bit for bit with the plain TF graph (tests/quantizers/test_ops.py,
 test_pact.py, test_dorefa.py).
 
@@ -142,16 +142,17 @@ def _unit_scaling(levels: float, eager: bool):
 
 
 @functools.lru_cache(maxsize=None)
-def unit_forward(levels: float, eager: bool):
-    """``(x, levels, zero) -> (quantize_k(clip(x, 0, 1)), kept)``: DoReFa's activation forward
-    (``dorefa.clipped_unit_ste``) in one pass, and the mask of where the clip kept ``x``. ``c·levels`` is made
+def unit_forward(levels: float, eager: bool, low: float = 0.0):
+    """``(x, levels, zero) -> (quantize_k(clip(x, low, 1)), kept)``: DoReFa's activation forward
+    (``dorefa.clipped_unit_ste``; ``low`` -1 for its signed grid) in one pass, and the mask of where the clip
+    kept ``x``. ``c·levels`` is made
     ``opaque`` (``zero``: int32 0): in a trace with relaxed shapes XLA CPU contracted it with the
     ``+ (round - c·levels)`` that follows into an FMA (1176 of 43758 values differed), though not in the
     first trace."""
     divide = _unit_scaling(levels, eager)
 
     def fn(x, lv, zero):
-        c = tf.maximum(tf.minimum(x, 1.0), 0.0)
+        c = tf.maximum(tf.minimum(x, 1.0), low)
         v = opaque(c * levels, zero)
         return divide(v + (tf.round(v) - v), lv), tf.equal(c, x)
 

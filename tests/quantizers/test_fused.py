@@ -120,16 +120,21 @@ def test_pact_ste_bits(signed, per_channel, graph):
 
 
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_clipped_unit_ste_bits(bits, graph):
+def test_clipped_unit_ste_bits(bits, signed, graph):
+    levels = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     x, dy = _inputs(0.25, 3)
-    x.flat[20:24] = [0.0, 1.0, 0.5 / (2**bits - 1), 1.5 / (2**bits - 1)]
+    x.flat[20:28] = [0.0, 1.0, 0.5 / levels, 1.5 / levels, -1.0, -0.5 / levels, -1.5 / levels, -1.0 - 1e-7]
 
     def run(f):
         return _outputs(f, x, dy, [], graph)
 
-    reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), bits))
-    _assert_same_bits(run(lambda t: clipped_unit_ste(t, bits)), reference)
+    if signed:   # DoReFa's signed activations (dorefa.quantize_signed) with the clip at 1
+        reference = run(lambda t: ops.round_ste(tf.clip_by_value(t, -1.0, 1.0) * float(levels)) / float(levels))
+    else:
+        reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), bits))
+    _assert_same_bits(run(lambda t: clipped_unit_ste(t, bits, signed=signed)), reference)
 
 
 @pytest.mark.parametrize("quantize", [lambda w, s: ops.uniform_ste(w, s, 8, 7),
