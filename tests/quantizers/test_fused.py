@@ -160,3 +160,16 @@ def test_gradients_through_a_cond_branch_equal_those_outside_it(quantize, monkey
 
     for inside, outside in zip(grads(True), grads(False)):
         assert np.array_equal(inside.numpy().view(np.uint32), outside.numpy().view(np.uint32))
+
+
+@pytest.mark.parametrize("forward", [lambda t: ops.uniform_ste(t, tf.constant(0.23), 8, 7, tf.constant(-0.4)),
+                                     lambda t: clipped_unit_ste(t, 4),
+                                     lambda t: clipped_unit_ste(t, 4, signed=True)],
+                         ids=["lsq_plus", "dorefa", "dorefa_signed"])
+def test_a_training_forward_on_an_activation_is_one_xla_call(forward):
+    """LSQ+'s and DoReFa's forwards on an activation (batch unknown when traced) run as one XLA call, none of
+    their elementwise ops outside it (the plain chain was 7–9 passes over the tensor)."""
+    graph = tf.function(forward, autograph=False).get_concrete_function(tf.TensorSpec((None,) + SHAPE[1:])).graph
+    types = [op.type for op in graph.get_operations()]
+    assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 1
+    assert not {"RealDiv", "Round", "Minimum", "Maximum", "Mul", "Sub", "AddV2"} & set(types)
