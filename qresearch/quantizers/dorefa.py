@@ -88,21 +88,14 @@ class DoReFaQuantizer(Quantizer):
         if self.is_weights(weights):
             return self.quantize_weights(x, axes)
         c = tf.maximum(tf.convert_to_tensor(weights["clip"]), ops.EPS) if "clip" in weights else None
-        if self.signed:
-            return self.quantize_signed(x, training, 1.0 if c is None else c)
-        if c is None:
-            return ops.fake_quant(x, 0.0, 1.0, self.bits, False) if not training else clipped_unit_ste(x, self.bits)
+        # unsigned: quantize_k over [0, c]; signed: c·round(m·clip(x/c, -1, 1))/m, m = 2^(k-1) - 1 (a symmetric
+        # narrow grid). Straight-through inside the clip, 0 outside; c is 1 (the paper's) without a clip variable.
         if not training:
-            return ops.fake_quant(x, 0.0, c, self.bits, False)
-        return clipped_unit_ste(x / c, self.bits) * c
-
-    def quantize_signed(self, x, training, c):
-        """``c·round(m·clip(x/c, -1, 1))/m``, ``m = 2^(k-1) - 1``: straight-through inside the clip, 0 outside."""
-        if not training:
-            return ops.fake_quant(x, -c, c, self.bits, True)
-        if isinstance(c, float):   # the paper's clip at 1: x/1 and ·1 change no bit
-            return clipped_unit_ste(x, self.bits, signed=True)
-        return clipped_unit_ste(x / c, self.bits, signed=True) * c
+            top = 1.0 if c is None else c
+            return ops.fake_quant(x, -top if self.signed else 0.0, top, self.bits, self.signed)
+        if c is None:   # x/1 and ·1 would change no bit
+            return clipped_unit_ste(x, self.bits, self.signed)
+        return clipped_unit_ste(x / c, self.bits, self.signed) * c
 
     def quantize_weights(self, w, axes):
         t = tf.tanh(w)
@@ -118,7 +111,7 @@ class DoReFaQuantizer(Quantizer):
 
 def clipped_unit_ste(x, bits: int, signed: bool = False):
     """DoReFa's activation forward ``quantize_k(clip(x, 0, 1))`` (straight-through round); with ``signed``, the
-    signed grid ``round(m·clip(x, -1, 1))/m``, ``m = 2^(k-1) - 1`` (``quantize_signed``).
+    signed grid ``round(m·clip(x, -1, 1))/m``, ``m = 2^(k-1) - 1``.
 
     The backward pass is written out (``tf.custom_gradient``) with autodiff's float operations (the
     gradient of ``·/levels`` then of ``·levels``, kept where the clip kept ``x``), one mask instead of

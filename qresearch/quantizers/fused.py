@@ -145,10 +145,9 @@ def _unit_scaling(levels: float, eager: bool):
 def unit_forward(levels: float, eager: bool, low: float = 0.0):
     """``(x, levels, zero) -> (quantize_k(clip(x, low, 1)), kept)``: DoReFa's activation forward
     (``dorefa.clipped_unit_ste``; ``low`` -1 for its signed grid) in one pass, and the mask of where the clip
-    kept ``x``. ``c·levels`` is made
-    ``opaque`` (``zero``: int32 0): in a trace with relaxed shapes XLA CPU contracted it with the
-    ``+ (round - c·levels)`` that follows into an FMA (1176 of 43758 values differed), though not in the
-    first trace."""
+    kept ``x``. ``c·levels`` is made ``opaque`` (``zero``: int32 0): in a trace with relaxed shapes XLA CPU
+    contracted it with the ``+ (round - c·levels)`` that follows into an FMA (1176 of 43758 values
+    differed), though not in the first trace."""
     divide = _unit_scaling(levels, eager)
 
     def fn(x, lv, zero):

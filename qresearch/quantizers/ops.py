@@ -189,7 +189,7 @@ def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
     from qresearch.quantizers import fused
 
     lo, hi, scale = _nudge(range_min, range_max, num_bits, narrow_range)
-    qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** num_bits - 1)
+    qmin, qmax = _fake_quant_levels(num_bits, narrow_range)
     # TF's kernel recomputes the inverse scale (not 1/scale) and the quantized zero from it
     inverse = tf.constant(qmax - qmin, range_min.dtype) / (range_max - range_min)
     quant_zero = tf.floor(-lo * inverse + 0.5)
@@ -204,6 +204,11 @@ def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
     return forward(x)
 
 
+def _fake_quant_levels(bits: int, narrow_range: bool):
+    """``(qmin, qmax)`` of TF's FakeQuant, as floats: ``[0, 2^b - 1]``, or ``[1, 2^b - 1]`` with ``narrow_range``."""
+    return (1.0 if narrow_range else 0.0), float(2 ** bits - 1)
+
+
 def _nudge(range_min, range_max, bits: int, narrow_range: bool):
     """``(nudged_min, nudged_max, scale)`` of TF's FakeQuant ``Nudge``
     (tensorflow/core/kernels/fake_quant_ops_functor.h), in the same float32 operations, elementwise.
@@ -215,7 +220,7 @@ def _nudge(range_min, range_max, bits: int, narrow_range: bool):
     non-zero divisor): grappler would turn a ``RealDiv`` by a constant into a product with its
     reciprocal, another rounding. TF's CPU kernels are built without FMA (TF says so at start-up), so no
     product and sum are contracted there either."""
-    qmin, qmax = (1.0 if narrow_range else 0.0), float(2 ** bits - 1)
+    qmin, qmax = _fake_quant_levels(bits, narrow_range)
     dtype = range_min.dtype
     scale = tf.math.divide_no_nan(range_max - range_min, tf.constant(qmax - qmin, dtype))
     from_min = qmin - range_min / scale

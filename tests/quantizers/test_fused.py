@@ -130,7 +130,7 @@ def test_clipped_unit_ste_bits(bits, signed, graph):
     def run(f):
         return _outputs(f, x, dy, [], graph)
 
-    if signed:   # DoReFa's signed activations (dorefa.quantize_signed) with the clip at 1
+    if signed:   # DoReFa's signed activations (DoReFaQuantizer.quantize) with the clip at 1
         reference = run(lambda t: ops.round_ste(tf.clip_by_value(t, -1.0, 1.0) * float(levels)) / float(levels))
     else:
         reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), bits))
