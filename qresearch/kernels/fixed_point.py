@@ -6,6 +6,9 @@ broadcast against the accumulator's last axis.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable, Tuple
+
 from qresearch._compat import tf
 
 
@@ -45,35 +48,74 @@ def srdhm(x, multiplier):
     return tf.bitwise.right_shift(x * multiplier + tf.constant(2 ** 30, tf.int64), tf.constant(31, tf.int64))
 
 
-def double_rounding(ties: str):
-    """SRDHM, then a right shift by ``-shift`` rounding ties ``"up"`` or ``"away"`` from zero
-    (gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2)."""
-    def requantize(x, multiplier, shift):
-        left = tf.maximum(shift, 0)
-        right = tf.maximum(-shift, 0)
-        if ties == "up":
-            # floor((floor((x·2^l·M + 2^30) / 2^31) + h) / 2^r), h = 2^(r-1) (0 if r = 0), is
-            # floor((x·(M·2^l) + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one,
-            # an integer added inside a floor moves out of it, and the product is the same integer. So the
-            # whole requantization is one multiply, one add and one shift of the accumulator; the
-            # constants are per-channel vectors (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
-            offset = tf.constant(2 ** 30, tf.int64) + tf.bitwise.left_shift(
-                tf.bitwise.right_shift(pow2(right), 1), tf.constant(31, tf.int64))
-            return tf.bitwise.right_shift(x * (multiplier * pow2(left)) + offset, right + 31)
-        y = srdhm(x * pow2(left), multiplier)
-        mask = pow2(right) - 1
-        remainder = tf.bitwise.bitwise_and(y, mask)
-        threshold = tf.bitwise.right_shift(mask, 1) + tf.cast(y < 0, tf.int64)
-        return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)
+@dataclasses.dataclass(frozen=True)
+class Requantizer:
+    """A requantization rule ``(x, M, shift) -> int64`` in two parts: ``constants(M, shift)``, the integers it
+    derives from the multiplier and shift (per-channel vectors or scalars), and ``apply(x, *constants)``, the
+    elementwise arithmetic. Split so that an elementwise pass (an XLA loop over the accumulator) gets the
+    constants ready: a per-channel constant derived inside the loop is derived again for every element.
+    Called whole it is the function it was."""
 
-    return requantize
+    constants: Callable
+    apply: Callable
+
+    def __call__(self, x, multiplier, shift):
+        return self.apply(x, *self.constants(multiplier, shift))
 
 
-def single_rounding(x, multiplier, shift):
-    """One rounding: ``(x·M + 2^(s-1)) >> s`` with ``s = 31 - shift`` (XNNPACK)."""
+def parts(requantize) -> Tuple[Callable, Callable]:
+    """``(constants, apply)`` of a requantization rule; a plain function ``(x, M, shift)`` (a plugin's, a
+    pipeline's) takes ``(M, shift)`` as its constants."""
+    if isinstance(requantize, Requantizer):
+        return requantize.constants, requantize.apply
+    return (lambda multiplier, shift: (multiplier, shift)), requantize
+
+
+def _shifts(shift):
+    return tf.maximum(shift, 0), tf.maximum(-shift, 0)
+
+
+def _up_constants(multiplier, shift):
+    # floor((floor((x·2^l·M + 2^30) / 2^31) + h) / 2^r), h = 2^(r-1) (0 if r = 0), is
+    # floor((x·(M·2^l) + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one, an
+    # integer added inside a floor moves out of it, and the product is the same integer. So the whole
+    # requantization is one multiply, one add and one shift of the accumulator; the constants are
+    # per-channel vectors (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
+    left, right = _shifts(shift)
+    offset = tf.constant(2 ** 30, tf.int64) + tf.bitwise.left_shift(
+        tf.bitwise.right_shift(pow2(right), 1), tf.constant(31, tf.int64))
+    return multiplier * pow2(left), offset, right + 31
+
+
+def _up_apply(x, scaled_multiplier, offset, total_shift):
+    return tf.bitwise.right_shift(x * scaled_multiplier + offset, total_shift)
+
+
+def _away_constants(multiplier, shift):
+    left, right = _shifts(shift)
+    mask = pow2(right) - 1
+    return pow2(left), multiplier, right, mask, tf.bitwise.right_shift(mask, 1)
+
+
+def _away_apply(x, scale_left, multiplier, right, mask, half_mask):
+    y = srdhm(x * scale_left, multiplier)
+    remainder = tf.bitwise.bitwise_and(y, mask)
+    threshold = half_mask + tf.cast(y < 0, tf.int64)
+    return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)
+
+
+def _single_constants(multiplier, shift):
     total = 31 - shift
-    return tf.bitwise.right_shift(x * multiplier + tf.bitwise.right_shift(pow2(total), 1), total)
+    return multiplier, tf.bitwise.right_shift(pow2(total), 1), total
 
 
-round_up = double_rounding("up")
-round_away = double_rounding("away")
+def _single_apply(x, multiplier, half, total):
+    return tf.bitwise.right_shift(x * multiplier + half, total)
+
+
+#: SRDHM, then a right shift by ``-shift`` rounding ties up (``round_up``) or away from zero
+#: (``round_away``: gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2).
+round_up = Requantizer(_up_constants, _up_apply)
+round_away = Requantizer(_away_constants, _away_apply)
+#: One rounding: ``(x·M + 2^(s-1)) >> s`` with ``s = 31 - shift`` (XNNPACK).
+single_rounding = Requantizer(_single_constants, _single_apply)

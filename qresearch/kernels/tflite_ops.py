@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Dict, List, Mapping
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
@@ -28,13 +28,19 @@ MAX_SOFTMAX_CLASSES = 1024  # the emulated sum is unrolled over the classes
 @dataclasses.dataclass
 class OpCall:
     """One op as the emulation hands it to a handler: its operands (float tensors on their grids, or the
-    int64 accumulator of a conv), the input and output grids, the fused activation and op attributes."""
+    int64 accumulator of a conv), the input and output grids, the fused activation and op attributes;
+    ``offsets``: per operand, the integer offsets ``q - Z`` (float32) the kernel before handed on with it
+    (``calls.offsets_of``), or None: a handler may read them instead of rounding ``x / S`` again."""
 
     operands: List[Any]
     in_grids: List[Grid]
     out_grid: Grid
     fused: str = "linear"
     attrs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    offsets: Optional[List[Any]] = None
+
+    def operand_offsets(self, i: int):
+        return self.offsets[i] if self.offsets else None
 
 
 Handler = Callable[[Any, OpCall], Any]  # (kernel set, call) -> float32 output on call.out_grid
@@ -54,34 +60,45 @@ def requantize_accumulator(kernels, dot, in_grid: Grid, weight_scale, out_grid: 
     last axis, or a scalar), the output zero point added, the fused activation applied as the kernel's
     integer clamp. Returns the dequantized float32 output on ``out_grid``.
 
-    The multipliers and bounds are computed first (per channel); the rest is integer arithmetic over every
-    element, run as one XLA pass (``_conv_tail``). Recording accumulator statistics (eagerly) keeps the
-    plain ops: they read the accumulator's values."""
+    The multipliers, their derived constants and the bounds are computed first (per channel); the rest is
+    integer arithmetic over every element, run as one XLA pass (``_conv_tail``). Recording accumulator
+    statistics (eagerly) keeps the plain ops: they read the accumulator's values."""
     params = kernels.requantize_params(in_grid.scale * weight_scale / out_grid.scale, op)
     lo, hi = clamp_bounds(out_grid, activation)
-    args = (lo - out_grid.zero_point, hi - out_grid.zero_point, out_grid.scale)
+    bounds = (lo - out_grid.zero_point, hi - out_grid.zero_point)
     if stats.active():
         acc = kernels.accumulate(as_int64(dot), bias, layer)
-        y, offsets_ = _requantized(kernels, op, acc, params, *args)
+        offsets_ = _requantized(kernels, op, acc, params, *bounds)
     else:
         bias = tf.zeros([], tf.int64) if bias is None else bias  # + 0: the same accumulator
         tail = kernels.fused(("conv", op, len(params)),
                              lambda: xla_pass(functools.partial(_conv_tail, kernels, op)))
-        y, offsets_ = tail(dot, bias, *args, *params)
+        offsets_ = tail(dot, bias, *bounds, *params)
+    y = on_grid(offsets_, out_grid.scale)
     note_offsets(y, offsets_)
     return y
 
 
-def _requantized(kernels, op, acc, params, lo, hi, scale):
-    """``clamp_dequantize(q + Z)`` without adding and removing ``Z`` over the whole tensor: every value is an
-    integer below 2^53 in float64, so ``clip(q + Z, lo, hi) - Z`` is exactly ``clip(q, lo - Z, hi - Z)``.
-    Returns the float32 output and its integer offsets ``q - Z`` (float32, exact below 2^24)."""
+def _requantized(kernels, op, acc, params, lo, hi):
+    """The integer offsets ``q - Z`` (float32, exact below 2^24) of the requantized ``acc``, clamped:
+    ``clip(q + Z, lo, hi) - Z`` without adding and removing ``Z`` over the whole tensor (every value is an
+    integer below 2^53 in float64, so it is exactly ``clip(q, lo - Z, hi - Z)``)."""
     q = tf.clip_by_value(tf.cast(kernels.apply_requantize(acc, params, op), tf.float64), lo, hi)
-    return tf.cast(q * scale, tf.float32), tf.cast(q, tf.float32)
+    return tf.cast(q, tf.float32)
 
 
-def _conv_tail(kernels, op, dot, bias, lo, hi, scale, *params):
-    return _requantized(kernels, op, kernels.accumulate(as_int64(dot), bias), params, lo, hi, scale)
+def _conv_tail(kernels, op, dot, bias, lo, hi, *params):
+    # One output: XLA CPU does not fuse two outputs of one chain into one loop; it ran the int64 chain once
+    # per output (measured: the conv tails' time nearly halved with one).
+    return _requantized(kernels, op, kernels.accumulate(as_int64(dot), bias), params, lo, hi)
+
+
+def on_grid(offsets_, scale):
+    """Float32 values of integer offsets ``q - Z`` (float32) on a grid of step ``scale`` (float64 holding a
+    float32): ``float32(q)·float32(S)`` in float32 is the dequantization ``float32((q - Z)·S)`` in float64
+    bit for bit: both round the exact product once (|q| < 2^24 and S's 24-bit mantissa: it has at most 48
+    significant bits, exact in float64)."""
+    return offsets_ * tf.cast(scale, tf.float32)
 
 
 # ----------------------------------------------------------------------------- QUANTIZE
@@ -155,7 +172,8 @@ def average_pool_counts(height: int, width: int, pool, strides, padding: str):
 
 
 # ----------------------------------------------------------------------------- elementwise
-def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", subtract: bool = False):
+def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", subtract: bool = False,
+        offsets1=None, offsets2=None):
     """ADD / SUB of two same-shape int8 tensors (tflite-int8-spec §5): inputs rescaled to
     ``2·max(S1, S2)/2^20``, summed, requantized to the output. ``x1``/``x2``: float tensors on their
     grids. SUB always takes the scalar path (measured). With ``kernels.add_vector`` ADD rescales its
@@ -163,25 +181,29 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
     ADD 16 elements at a time (the last ``size % 16`` elements of a buffer take the scalar path, which
     batched inference of 16·k elements never reaches).
 
-    The multipliers are computed first; the elementwise rest is one XLA pass (``_add_tail``)."""
+    The multipliers are computed first; the elementwise rest is one XLA pass (``_add_tail``). ``offsets1`` /
+    ``offsets2``: the inputs' integer offsets ``q - Z`` (float32) where the kernel before handed them on: the
+    integers ``round(x / S)`` would give again (``calls.note_offsets``)."""
     twice_max = 2.0 * tf.maximum(g1.scale, g2.scale)
     m1, s1 = quantize_multiplier(g1.scale / twice_max)
     m2, s2 = quantize_multiplier(g2.scale / twice_max)
     mo, so = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
     lo, hi = clamp_bounds(out_grid, fused)
     vector = bool(kernels.add_vector and not subtract)
-    tail = kernels.fused(("add", vector, subtract),
-                         lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract)))
-    y, offsets_ = tail(x1, x2, g1.scale, g2.scale, m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi,
-                       out_grid.scale)
+    given = (offsets1 is not None, offsets2 is not None)
+    tail = kernels.fused(("add", vector, subtract, given),
+                         lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract, given)))
+    offsets_ = tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale,
+                    m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi)
+    y = on_grid(offsets_, out_grid.scale)
     note_offsets(y, offsets_)
     return y
 
 
-def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi,
-              scale):
-    def rescaled(x, input_scale, multiplier, shift):
-        q = offsets_on(x, input_scale)
+def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo,
+              hi):
+    def rescaled(x, input_scale, multiplier, shift, is_offsets):
+        q = tf.cast(x, tf.int64) if is_offsets else offsets_on(x, input_scale)
         if vector:
             left = 20 + shift
             shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
@@ -189,11 +211,10 @@ def _add_tail(kernels, vector, subtract, x1, x2, scale1, scale2, m1, s1, m2, s2,
             return srdhm(shifted, multiplier)
         return kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
 
-    a, b = rescaled(x1, scale1, m1, s1), rescaled(x2, scale2, m2, s2)
+    a, b = rescaled(x1, scale1, m1, s1, given[0]), rescaled(x2, scale2, m2, s2, given[1])
     total = a - b if subtract else a + b
     q = tf.cast(kernels.scalar_requantize(total, mo, so), tf.float64) + zero_point
-    offsets_ = tf.clip_by_value(q, lo, hi) - zero_point
-    return tf.cast(offsets_ * scale, tf.float32), tf.cast(offsets_, tf.float32)  # clamp_dequantize, q - Z
+    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
@@ -251,6 +272,13 @@ def _two_inputs(fn, **fixed):
     return handler
 
 
+def _add(**fixed):
+    def handler(kernels, c: OpCall):
+        return add(kernels, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid, c.fused,
+                   offsets1=c.operand_offsets(0), offsets2=c.operand_offsets(1), **fixed)
+    return handler
+
+
 def _mean(fn):
     def handler(kernels, c: OpCall):
         return fn(kernels, c.operands[0], c.attrs["count"], c.in_grids[0], c.out_grid)
@@ -265,8 +293,8 @@ TFLITE_OPS: Dict[str, Handler] = {
     "MEAN": _mean(mean),
     "MEAN_KEEPDIMS": _mean(mean_keepdims),
     "AVERAGE_POOL_2D": lambda k, c: average_pool(c.operands[0], c.attrs["counts"], c.out_grid),
-    "ADD": _two_inputs(add),
-    "SUB": _two_inputs(add, subtract=True),
+    "ADD": _add(),
+    "SUB": _add(subtract=True),
     "MUL": _two_inputs(multiply),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid),

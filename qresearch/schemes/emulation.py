@@ -100,7 +100,9 @@ class IntegerEmulation:
             return self._integer_conv(inputs, kwargs, kernels, handler, plan, in_grids[0], out_grid)
         operands = [self.layer.call(inputs)] if plan.operand == "layer_output" else \
             (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
-        y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs))
+        offsets = [K.offsets_of(x, src[:2]) for x, src in zip(operands, plan.sources)] \
+            if plan.operand == "inputs" else None
+        y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs, offsets))
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         return _passed_on(y, out_q(y, False, weights=out_v), plan)

@@ -114,6 +114,21 @@ def test_requantize_over_the_int32_range_and_many_multipliers(kind):
         assert got.tolist() == [ref_requantize(int(a), m, kind) for a in acc], (kind, m)
 
 
+@pytest.mark.parametrize("kind", ["tflite_builtin", "tflite_reference", "xnnpack"])
+def test_per_channel_constants_broadcast_over_the_last_axis(kind):
+    """A conv's multipliers are one per output channel (the last axis): the constants ``requantize_params``
+    derives from them (per channel, outside the elementwise pass) requantize each column as its own scalar
+    multiplier does in the integer reference."""
+    rng = np.random.RandomState(3)
+    multipliers = [0.0031, 0.047, 0.25, 0.9, 1.7, 2.0 ** -20 * 3]
+    acc = rng.randint(-2 ** 24, 2 ** 24, size=(50, len(multipliers))).astype(np.int64)
+    kernels = integer.KERNELS.get(kind)
+    params = kernels.requantize_params(tf.constant(multipliers, tf.float64))
+    got = kernels.apply_requantize(tf.constant(acc), params).numpy()
+    want = [[ref_requantize(int(a), m, kind) for a, m in zip(row, multipliers)] for row in acc]
+    assert got.tolist() == want
+
+
 def test_rounding_rules_differ_only_where_they_should():
     """m = 0.25 is (2^30, shift -1): SRDHM halves, the shift halves again. -2/4 = -0.5 rounds to 0 (ties
     up) or -1 (half away); -7/4 = -1.75 rounds twice, -3.5 -> -3 -> -1.5, to -1 (ties up) or -2."""

@@ -150,3 +150,30 @@ def test_a_kernel_reads_the_integers_the_kernel_before_computed(data, monkeypatc
     monkeypatch.setattr(emulation.K, "offsets_of", lambda *a: None)
     np.testing.assert_array_equal(handed_on, np.asarray(q(data, training=False)))
     assert len(rounded) == 2 + 3  # conv2 rounds too
+
+
+def _residual_model():
+    inp = keras.Input((6, 6, 2))
+    a = L.Conv2D(4, 3, padding="same", activation="relu", name="conv_a")(inp)
+    b = L.Conv2D(4, 1, name="conv_b")(a)
+    h = L.Add(name="add")([a, b])
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inp, L.Dense(5)(h))
+
+
+def test_add_reads_the_integers_its_inputs_kernels_computed(data, monkeypatch):
+    """ADD's operands come from two conv kernels: it reads their integers (as TFLite's ADD reads the int8
+    tensors), not ``round(x / S)`` of their float values; the same bits as rounding again."""
+    import qresearch.schemes.emulation as emulation
+    from qresearch.kernels import tflite_ops
+
+    q = qresearch.quantize(_residual_model(), "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    seen = []
+    original = tflite_ops.add
+    monkeypatch.setattr(tflite_ops, "add", lambda *a, **k: seen.append(k) or original(*a, **k))
+    handed_on = np.asarray(q(data, training=False))
+    assert len(seen) == 1 and seen[0]["offsets1"] is not None and seen[0]["offsets2"] is not None
+    monkeypatch.setattr(emulation.K, "offsets_of", lambda *a: None)
+    rounded = np.asarray(q(data, training=False))
+    assert seen[-1]["offsets1"] is None and seen[-1]["offsets2"] is None
+    np.testing.assert_array_equal(handed_on, rounded)
