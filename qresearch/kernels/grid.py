@@ -89,6 +89,16 @@ def _grid_and_purity(quantizer, qvars):
     return found
 
 
+def hand_on(raw, y, quantizer, qvars):
+    """``y``, ``quantizer``'s inference pass over a kernel's output ``raw``, carries the integer offsets the
+    kernel noted for ``raw`` on to the next kernel (``calls.note_offsets``), where that pass is one FakeQuant
+    (``pure_fake_quant``: on-grid values keep their grid points; a clip before it could move them)."""
+    found = calls.offsets_of(raw)
+    if found is not None and pure_fake_quant(quantizer, qvars):
+        calls.note_offsets(y, found, (quantizer, qvars))
+    return y
+
+
 def offsets(x, g: Grid):
     """``q - Z`` of float values on grid ``g`` (int64)."""
     return offsets_on(x, g.scale)

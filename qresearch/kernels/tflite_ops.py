@@ -103,10 +103,23 @@ def on_grid(offsets_, scale):
 
 # ----------------------------------------------------------------------------- QUANTIZE
 def quantize_input(x, grid: Grid):
-    """TFLite QUANTIZE (float -> int8): ``clamp(round_half_away(x / S) + Z)``, float32 division."""
-    scale32 = tf.cast(grid.scale, tf.float32)
-    q = round_half_away(tf.cast(x / scale32, tf.float64)) + grid.zero_point
-    return clamp_dequantize(q, grid)
+    """TFLite QUANTIZE (float -> int8): ``clamp(round_half_away(x / S) + Z)``, float32 division; one XLA pass
+    (``_quantize_tail``) to the integer offsets, handed on to the next kernel."""
+    offsets_ = _quantize_pass()(x, tf.cast(grid.scale, tf.float32), grid.zero_point,
+                                tf.constant(float(grid.qmin), tf.float64), tf.constant(float(grid.qmax), tf.float64))
+    y = on_grid(offsets_, grid.scale)
+    note_offsets(y, offsets_)
+    return y
+
+
+def _quantize_tail(x, scale32, zero_point, lo, hi):
+    q = round_half_away(tf.cast(x / scale32, tf.float64)) + zero_point
+    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
+
+
+@functools.lru_cache(maxsize=None)
+def _quantize_pass():
+    return xla_pass(_quantize_tail)
 
 
 # ----------------------------------------------------------------------------- pooling

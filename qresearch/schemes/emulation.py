@@ -178,10 +178,7 @@ def _passed_on(raw, y, plan: Plan):
     out_q, out_v = plan.out[:2]
     if plan.consumer_fused:
         K.mark_fused(out_q, out_v)
-    offsets = K.offsets_of(raw)
-    if offsets is not None and K.pure_fake_quant(out_q, out_v):
-        K.note_offsets(y, offsets, (out_q, out_v))
-    return y
+    return K.hand_on(raw, y, out_q, out_v)
 
 
 # ----------------------------------------------------------------------------- planning

@@ -301,7 +301,8 @@ class QuantizeInput(_QL):
             return super().call(inputs, training=False)
         g = K.grid_of(*rng)
         y = handler(kernels, K.OpCall([tf.cast(inputs, tf.float32)], [], g))
-        return tf.cast(self.quantizer(y, False, weights=self.quantizer_vars), inputs.dtype)
+        out = tf.cast(self.quantizer(y, False, weights=self.quantizer_vars), inputs.dtype)
+        return K.hand_on(y, out, self.quantizer, self.quantizer_vars) if out.dtype == tf.float32 else out
 
     def get_config(self):
         return dict(super().get_config(), kernels=self.kernels)

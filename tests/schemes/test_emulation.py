@@ -137,8 +137,9 @@ def test_a_relu_fused_into_the_kernel_before_passes_its_values_on_unchanged(data
 
 
 def test_a_kernel_reads_the_integers_the_kernel_before_computed(data, monkeypatch):
-    """conv2's input integers are the ones conv computed (TFLite hands the int8 tensor on): no second
-    rounding of y / S; the same bits as rounding again (offsets_of disabled)."""
+    """conv's input integers are the ones the model's QUANTIZE computed, conv2's the ones conv computed
+    (TFLite hands the int8 tensor on): no second rounding of y / S; the same bits as rounding again
+    (offsets_of disabled)."""
     import qresearch.schemes.emulation as emulation
 
     q = qresearch.quantize(_conv_relu6_model(), "tflite_int8", hardware="tflite_int8", calibration_data=data)
@@ -146,10 +147,10 @@ def test_a_kernel_reads_the_integers_the_kernel_before_computed(data, monkeypatc
     original = K.integer_values
     monkeypatch.setattr(emulation.K, "integer_values", lambda *a: rounded.append(1) or original(*a))
     handed_on = np.asarray(q(data, training=False))
-    assert len(rounded) == 2  # conv's input (the model's QUANTIZE) and the Dense's (MEAN's output)
+    assert len(rounded) == 1  # the Dense's input (MEAN's output: not an integer kernel's offsets)
     monkeypatch.setattr(emulation.K, "offsets_of", lambda *a: None)
     np.testing.assert_array_equal(handed_on, np.asarray(q(data, training=False)))
-    assert len(rounded) == 2 + 3  # conv2 rounds too
+    assert len(rounded) == 1 + 3  # conv and conv2 round too
 
 
 def _residual_model():
