@@ -63,7 +63,7 @@ def _fresh(model_name: str, input_shape):
 
 def _contestants(calibration) -> List[Any]:
     """(name, build(float model) -> QAT model): tfmot's stock 8-bit and experimental n-bit (4/4) schemes,
-    then every built-in preset (calibrated on the same images)."""
+    then every built-in preset (calibrated on the same images), then lsq with its model input's step fixed."""
     import qresearch
     from qresearch import schemes
     from qresearch._compat import tfmot
@@ -75,6 +75,10 @@ def _contestants(calibration) -> List[Any]:
     for preset in schemes.names():
         out.append((f"qresearch {preset}",
                     lambda m, p=preset: qresearch.quantize(m, p, calibration_data=calibration)))
+    # what learning the model input's step costs: the first layer's input gradient (notes/performance.md)
+    lsq_fixed_input = dict(schemes.get("lsq").to_dict(), train_input_quantizers=False)
+    out.append(("qresearch lsq, train_input_quantizers: false",
+                lambda m: qresearch.quantize(m, lsq_fixed_input, calibration_data=calibration)))
     return out
 
 

@@ -116,8 +116,11 @@ def build(plan: ModelPlan):
                     if src is None:
                         a = model_input_spec(a)
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
+                    # a model input's quantizer: trained only if the scheme says so (its gradient is the
+                    # first layer's input gradient, computed for it alone)
+                    trainable = src is not None or scheme.train_input_quantizers
                     q = QuantizeInput(quantizer(a, "activations", "input quantizer"),
-                                      name=unique(_safe(f"quantize_{base}")))
+                                      name=unique(_safe(f"quantize_{base}")), trainable=trainable)
                     input_quantizers[ref] = q(t)
                 tensors[ref + "#q"] = input_quantizers[ref]
         view = dict(tensors)

@@ -37,7 +37,7 @@ COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "
 #: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
-          "quantize_ops", "input_sign", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
+          "quantize_ops", "input_sign", "train_input_quantizers", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
 
 
 def bn_folding_satisfies(scheme_value: str, required: str) -> bool:
@@ -127,6 +127,11 @@ class SchemeSpec:
     input_sign: the grid of each model input's activation quantizer: "data" (unsigned where every calibration
       value of that input is >= 0, e.g. pixels in [0, 1]; signed without calibration data), "signed" or
       "unsigned". Only where the activation spec does not set ``signed`` itself.
+    train_input_quantizers: whether the model inputs' quantizer parameters (a learned step, clip or offset)
+      train with the model (true, the default) or keep the values calibration gave them (false). Their
+      gradient is the first layer's input gradient, which nothing else needs: on a small model with a large
+      input it is a large part of a QAT step (LeNet-5, lsq: 1.67x float with it, 1.35x without;
+      notes/performance.md, 2026-12-04).
     fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
     quantizer_lr_multiplier: learning rate of quantizer parameters (steps, clips, offsets) over the model's.
     quantizer_weight_decay: whether the optimizer's weight decay applies to them (off: steps are not
@@ -145,6 +150,7 @@ class SchemeSpec:
     bn_freeze_steps: Optional[int] = DEFAULT_BN_FREEZE_STEPS
     quantize_ops: str = "all"
     input_sign: str = "data"
+    train_input_quantizers: bool = True
     fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
     name: Optional[str] = None
@@ -201,6 +207,7 @@ class SchemeSpec:
             "bn_freeze_steps": self.bn_freeze_steps,
             "quantize_ops": self.quantize_ops,
             "input_sign": self.input_sign,
+            "train_input_quantizers": self.train_input_quantizers,
             "fixed_output_ranges": {k: list(v) for k, v in self.fixed_output_ranges.items()},
             **{k: getattr(self, k) for k in TRAINING_FIELDS},
         }
@@ -243,6 +250,9 @@ class SchemeSpec:
         if self.input_sign not in INPUT_SIGNS:
             raise ConfigError(f"scheme key 'input_sign' must be one of {INPUT_SIGNS} (data: unsigned where the "
                               f"calibration data of that input is >= 0), got {self.input_sign!r}")
+        if not isinstance(self.train_input_quantizers, bool):
+            raise ConfigError(f"scheme key 'train_input_quantizers' must be true or false (false: the model inputs' "
+                              f"quantizers keep their calibrated values), got {self.train_input_quantizers!r}")
         if self.fixed_output_ranges is None:
             self.fixed_output_ranges = {}
         if not isinstance(self.fixed_output_ranges, Mapping):

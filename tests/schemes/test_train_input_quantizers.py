@@ -1,0 +1,80 @@
+"""``train_input_quantizers``: a model input's learned quantizer parameters train with the model (the default)
+or keep the values calibration gave them (false), in which case the first layer's input gradient, needed by
+them alone, is not computed; every other quantizer trains either way."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch._compat import keras, tf
+from qresearch.errors import ConfigError
+
+from .helpers import input_quantizers
+
+LSQ4 = {"weights": {"quantizer": "lsq", "bits": 4}, "activations": {"quantizer": "lsq", "bits": 4, "init": "max"}}
+
+
+def _model():
+    inp = keras.Input((8, 8, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, activation="relu", name="conv")(inp)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inp, keras.layers.Dense(3, name="dense")(x))
+
+
+def _data(n=32):
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(n, 8, 8, 1)).astype("float32"), rng.integers(0, 3, n).astype("int32")
+
+
+def _quantized(train_inputs):
+    x, _ = _data()
+    return qresearch.quantize(_model(), dict(LSQ4, train_input_quantizers=train_inputs), calibration_data=x)
+
+
+def _step_values(q):  # the learned steps (not their "initialized" flags, not the optimizer's step counters)
+    return {v.name: v.numpy().copy() for v in q.variables
+            if v.name.endswith("step:0") and not v.name.endswith("optimizer_step:0")}
+
+
+def _train_one_step(q):
+    x, y = _data()
+    q.compile(optimizer=keras.optimizers.Adam(1e-2),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(x, y, batch_size=32, epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("train_inputs", [True, False])
+def test_the_input_step_trains_only_if_asked_and_the_others_train_either_way(train_inputs):
+    q = _quantized(train_inputs)
+    layer, = input_quantizers(q)
+    input_steps = {v.name for v in layer.weights if "step" in v.name}
+    assert input_steps and bool(layer.trainable_weights) == train_inputs
+    before = _step_values(q)
+    _train_one_step(q)
+    after = _step_values(q)
+    moved = {name for name in before if not np.array_equal(before[name], after[name])}
+    assert bool(input_steps & moved) == train_inputs
+    assert moved - input_steps == set(before) - input_steps  # the conv's and the dense's steps all moved
+
+
+@pytest.mark.parametrize("train_inputs, backprops", [(True, 1), (False, 0)])
+def test_a_frozen_input_step_drops_the_first_layers_input_gradient(train_inputs, backprops):
+    q = _quantized(train_inputs)
+    x, y = _data()
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @tf.function
+    def grads(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, q(x, training=True))
+        return tape.gradient(loss, q.trainable_variables)
+
+    graph = grads.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+    # TF's Conv2D gradient always builds its input gradient; unconsumed, it is pruned before it runs
+    used = [op for op in graph.get_operations()
+            if op.type == "Conv2DBackpropInput" and any(o.consumers() for o in op.outputs)]
+    assert len(used) == backprops
+
+
+def test_a_non_boolean_is_refused_with_the_key_named():
+    with pytest.raises(ConfigError, match="train_input_quantizers"):
+        qresearch.quantize(_model(), dict(LSQ4, train_input_quantizers="no"))
