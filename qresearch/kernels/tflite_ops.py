@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import quantize_multiplier, round_away, round_up, srdhm
+from qresearch.kernels.fixed_point import parts, quantize_multiplier, round_away, round_up, srdhm
 from qresearch.kernels.calls import note_offsets
-from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets, offsets_on, round_half_away
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets_on, round_half_away
 from qresearch.quantizers.fused import xla_pass
 
 FUSED_ACTIVATIONS = ("linear", "relu", "relu6")
@@ -163,11 +163,23 @@ def mean_keepdims(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
 
 def average_pool(y_avg, counts, grid: Grid):
     """AVERAGE_POOL_2D: the raw int8 sum over the window's valid taps divided by their number ``counts``,
-    rounded half away from raw 0 (not from Z); the output keeps the input's grid."""
-    counts = tf.cast(counts, tf.float64)
-    acc = round_half_away(counts * (tf.cast(y_avg, tf.float64) / grid.scale + grid.zero_point))
+    rounded half away from raw 0 (not from Z); the output keeps the input's grid. One XLA pass to the
+    integer offsets (``_average_pool_tail``)."""
+    lo, hi = clamp_bounds(grid, "linear")
+    offsets_ = _pass(_average_pool_tail)(y_avg, tf.cast(counts, tf.float64), grid.scale, grid.zero_point, lo, hi)
+    return on_grid(offsets_, grid.scale)
+
+
+def _average_pool_tail(y_avg, counts, scale, zero_point, lo, hi):
+    acc = round_half_away(counts * (tf.cast(y_avg, tf.float64) / scale + zero_point))
     q = tf.sign(acc) * tf.math.floordiv(tf.abs(acc) + tf.math.floordiv(counts, 2.0), counts)
-    return clamp_dequantize(q, grid)
+    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
+
+
+@functools.lru_cache(maxsize=None)
+def _pass(tail):
+    """``tail`` as one XLA pass, built once (the elementwise rest of an op; its constants are arguments)."""
+    return xla_pass(tail)
 
 
 def average_pool_counts(height: int, width: int, pool, strides, padding: str):
@@ -232,13 +244,22 @@ def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
     """MUL of two same-shape int8 tensors: ``MBQM((q1 - Z1)(q2 - Z2), S1·S2/S_out)`` with the multiplier
-    formed in float32 (``float(float(S1·S2) / S_out)``, measured), scalar rounding."""
+    formed in float32 (``float(float(S1·S2) / S_out)``, measured), scalar rounding. The multiplier's
+    constants are computed first; the elementwise rest is one XLA pass (``_multiply_tail``)."""
     s1, s2, so = (tf.cast(tf.cast(g.scale, tf.float32), tf.float32) for g in (g1, g2, out_grid))
     real = tf.cast((s1 * s2) / so, tf.float64)
-    product = offsets(x1, g1) * offsets(x2, g2)
-    multiplier, shift = quantize_multiplier(real)
-    q = tf.cast(kernels.scalar_requantize(product, multiplier, shift), tf.float64) + out_grid.zero_point
-    return clamp_dequantize(q, out_grid, fused)
+    constants, apply = parts(kernels.scalar_requantize)
+    params = constants(*quantize_multiplier(real))
+    lo, hi = clamp_bounds(out_grid, fused)
+    tail = kernels.fused(("mul", len(params)), lambda: xla_pass(functools.partial(_multiply_tail, apply)))
+    offsets_ = tail(x1, x2, g1.scale, g2.scale, out_grid.zero_point, lo, hi, *params)
+    return on_grid(offsets_, out_grid.scale)
+
+
+def _multiply_tail(apply, x1, x2, scale1, scale2, zero_point, lo, hi, *params):
+    product = offsets_on(x1, scale1) * offsets_on(x2, scale2)
+    q = tf.cast(apply(product, *params), tf.float64) + zero_point
+    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z
 
 
 # ----------------------------------------------------------------------------- activations
@@ -265,12 +286,22 @@ def softmax(x, in_grid: Grid, out_grid: Grid):
 
 def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
     """LEAKY_RELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else times ``alpha·S_in/S_out``
-    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``."""
-    q = offsets(x, in_grid)
-    identity = kernels.scalar_requantize(q, *quantize_multiplier(in_grid.scale / out_grid.scale))
-    scaled = kernels.scalar_requantize(q, *quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
-    y = tf.cast(tf.where(q >= 0, identity, scaled), tf.float64) + out_grid.zero_point
-    return clamp_dequantize(y, out_grid)
+    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``. The multipliers' constants
+    are computed first; the elementwise rest is one XLA pass (``_leaky_relu_tail``)."""
+    constants, apply = parts(kernels.scalar_requantize)
+    identity = constants(*quantize_multiplier(in_grid.scale / out_grid.scale))
+    scaled = constants(*quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
+    lo, hi = clamp_bounds(out_grid, "linear")
+    tail = kernels.fused(("leaky_relu", len(identity)),
+                         lambda: xla_pass(functools.partial(_leaky_relu_tail, apply, len(identity))))
+    offsets_ = tail(x, in_grid.scale, out_grid.zero_point, lo, hi, *identity, *scaled)
+    return on_grid(offsets_, out_grid.scale)
+
+
+def _leaky_relu_tail(apply, n, x, scale, zero_point, lo, hi, *params):
+    q = offsets_on(x, scale)
+    y = tf.cast(tf.where(q >= 0, apply(q, *params[:n]), apply(q, *params[n:])), tf.float64) + zero_point
+    return tf.cast(tf.clip_by_value(y, lo, hi) - zero_point, tf.float32)  # q - Z
 
 
 # ----------------------------------------------------------------------------- the handler table
