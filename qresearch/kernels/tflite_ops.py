@@ -93,6 +93,13 @@ def _conv_tail(kernels, op, dot, bias, lo, hi, *params):
     return _requantized(kernels, op, kernels.accumulate(as_int64(dot), bias), params, lo, hi)
 
 
+def clamped_offsets(q, zero_point, lo, hi):
+    """A tail's one output: the integer offsets ``clip(q, lo, hi) - Z`` (float32, exact) of integer-valued
+    float64 ``q``. One output, because XLA CPU runs a chain once per output it feeds (``_conv_tail``); the
+    float values are ``on_grid`` of these, outside the pass."""
+    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)
+
+
 def on_grid(offsets_, scale):
     """Float32 values of integer offsets ``q - Z`` (float32) on a grid of step ``scale`` (float64 holding a
     float32): ``float32(q)·float32(S)`` in float32 is the dequantization ``float32((q - Z)·S)`` in float64
@@ -114,7 +121,7 @@ def quantize_input(x, grid: Grid):
 
 def _quantize_tail(x, scale32, zero_point, lo, hi):
     q = round_half_away(tf.cast(x / scale32, tf.float64)) + zero_point
-    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
+    return clamped_offsets(q, zero_point, lo, hi)
 
 
 @functools.lru_cache(maxsize=None)
@@ -173,7 +180,7 @@ def average_pool(y_avg, counts, grid: Grid):
 def _average_pool_tail(y_avg, counts, scale, zero_point, lo, hi):
     acc = round_half_away(counts * (tf.cast(y_avg, tf.float64) / scale + zero_point))
     q = tf.sign(acc) * tf.math.floordiv(tf.abs(acc) + tf.math.floordiv(counts, 2.0), counts)
-    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
+    return clamped_offsets(q, zero_point, lo, hi)
 
 
 @functools.lru_cache(maxsize=None)
@@ -239,7 +246,7 @@ def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, 
     a, b = rescaled(x1, scale1, m1, s1, given[0]), rescaled(x2, scale2, m2, s2, given[1])
     total = a - b if subtract else a + b
     q = tf.cast(kernels.scalar_requantize(total, mo, so), tf.float64) + zero_point
-    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z (one output: ``_conv_tail``)
+    return clamped_offsets(q, zero_point, lo, hi)
 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
@@ -259,7 +266,7 @@ def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "
 def _multiply_tail(apply, x1, x2, scale1, scale2, zero_point, lo, hi, *params):
     product = offsets_on(x1, scale1) * offsets_on(x2, scale2)
     q = tf.cast(apply(product, *params), tf.float64) + zero_point
-    return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)  # q - Z
+    return clamped_offsets(q, zero_point, lo, hi)
 
 
 # ----------------------------------------------------------------------------- activations
@@ -301,7 +308,7 @@ def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
 def _leaky_relu_tail(apply, n, x, scale, zero_point, lo, hi, *params):
     q = offsets_on(x, scale)
     y = tf.cast(tf.where(q >= 0, apply(q, *params[:n]), apply(q, *params[n:])), tf.float64) + zero_point
-    return tf.cast(tf.clip_by_value(y, lo, hi) - zero_point, tf.float32)  # q - Z
+    return clamped_offsets(y, zero_point, lo, hi)
 
 
 # ----------------------------------------------------------------------------- the handler table
