@@ -108,12 +108,18 @@ def on_grid(offsets_, scale):
     return offsets_ * tf.cast(scale, tf.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def _pass(tail):
+    """``tail`` as one XLA pass, built once (the elementwise rest of an op; its constants are arguments)."""
+    return xla_pass(tail)
+
+
 # ----------------------------------------------------------------------------- QUANTIZE
 def quantize_input(x, grid: Grid):
     """TFLite QUANTIZE (float -> int8): ``clamp(round_half_away(x / S) + Z)``, float32 division; one XLA pass
     (``_quantize_tail``) to the integer offsets, handed on to the next kernel."""
-    offsets_ = _quantize_pass()(x, tf.cast(grid.scale, tf.float32), grid.zero_point,
-                                tf.constant(float(grid.qmin), tf.float64), tf.constant(float(grid.qmax), tf.float64))
+    lo, hi = clamp_bounds(grid, "linear")
+    offsets_ = _pass(_quantize_tail)(x, tf.cast(grid.scale, tf.float32), grid.zero_point, lo, hi)
     y = on_grid(offsets_, grid.scale)
     note_offsets(y, offsets_)
     return y
@@ -122,11 +128,6 @@ def quantize_input(x, grid: Grid):
 def _quantize_tail(x, scale32, zero_point, lo, hi):
     q = round_half_away(tf.cast(x / scale32, tf.float64)) + zero_point
     return clamped_offsets(q, zero_point, lo, hi)
-
-
-@functools.lru_cache(maxsize=None)
-def _quantize_pass():
-    return xla_pass(_quantize_tail)
 
 
 # ----------------------------------------------------------------------------- pooling
@@ -181,12 +182,6 @@ def _average_pool_tail(y_avg, counts, scale, zero_point, lo, hi):
     acc = round_half_away(counts * (tf.cast(y_avg, tf.float64) / scale + zero_point))
     q = tf.sign(acc) * tf.math.floordiv(tf.abs(acc) + tf.math.floordiv(counts, 2.0), counts)
     return clamped_offsets(q, zero_point, lo, hi)
-
-
-@functools.lru_cache(maxsize=None)
-def _pass(tail):
-    """``tail`` as one XLA pass, built once (the elementwise rest of an op; its constants are arguments)."""
-    return xla_pass(tail)
 
 
 def average_pool_counts(height: int, width: int, pool, strides, padding: str):
