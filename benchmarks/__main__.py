@@ -1,7 +1,8 @@
 """``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,mobilenet_tiny] [--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
-   ``quantize_model`` and experimental n-bit scheme (4/4 bits), all measured in one process per model on
+   ``quantize_model`` and experimental n-bit scheme (4/4 bits), and lsq with its model input's step fixed
+   (``train_input_quantizers: false``), all measured in one process per model on
    the same model, data and optimizer (median training-step time, in interleaved rounds so that a change
    of machine load hits every model alike; each ratio is the median over rounds of time / float time in
    that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
