@@ -74,9 +74,7 @@ def requantize_accumulator(kernels, dot, in_grid: Grid, weight_scale, out_grid: 
         tail = kernels.fused(("conv", op, len(params)),
                              lambda: xla_pass(functools.partial(_conv_tail, kernels, op)))
         offsets_ = tail(dot, bias, *bounds, *params)
-    y = on_grid(offsets_, out_grid.scale)
-    note_offsets(y, offsets_)
-    return y
+    return dequantized(offsets_, out_grid.scale)
 
 
 def _requantized(kernels, op, acc, params, lo, hi):
@@ -96,16 +94,25 @@ def _conv_tail(kernels, op, dot, bias, lo, hi, *params):
 def clamped_offsets(q, zero_point, lo, hi):
     """A tail's one output: the integer offsets ``clip(q, lo, hi) - Z`` (float32, exact) of integer-valued
     float64 ``q``. One output, because XLA CPU runs a chain once per output it feeds (``_conv_tail``); the
-    float values are ``on_grid`` of these, outside the pass."""
+    float values are made from these outside the pass (``dequantized``)."""
     return tf.cast(tf.clip_by_value(q, lo, hi) - zero_point, tf.float32)
 
 
-def on_grid(offsets_, scale):
-    """Float32 values of integer offsets ``q - Z`` (float32) on a grid of step ``scale`` (float64 holding a
-    float32): ``float32(q)·float32(S)`` in float32 is the dequantization ``float32((q - Z)·S)`` in float64
-    bit for bit: both round the exact product once (|q| < 2^24 and S's 24-bit mantissa: it has at most 48
-    significant bits, exact in float64)."""
-    return offsets_ * tf.cast(scale, tf.float32)
+def dequantized(offsets_, scale):
+    """A tail's float output from its integer offsets ``q - Z`` (float32) on a grid of step ``scale`` (float64
+    holding a float32), the integers handed on to the next kernel (``calls.note_offsets``), as TFLite hands
+    the int8 tensor on. ``float32(q)·float32(S)`` in float32 is the dequantization ``float32((q - Z)·S)`` in
+    float64 bit for bit: both round the exact product once (|q| < 2^24 and S's 24-bit mantissa: it has at
+    most 48 significant bits, exact in float64)."""
+    y = offsets_ * tf.cast(scale, tf.float32)
+    note_offsets(y, offsets_)
+    return y
+
+
+def integers(x, scale, handed_on: bool):
+    """``q - Z`` (int64) inside a tail: ``x`` itself where it holds the offsets a kernel handed on, else
+    ``round_half_away(x / S)`` of its float values (the same integers)."""
+    return tf.cast(x, tf.int64) if handed_on else offsets_on(x, scale)
 
 
 @functools.lru_cache(maxsize=None)
@@ -120,9 +127,7 @@ def quantize_input(x, grid: Grid):
     (``_quantize_tail``) to the integer offsets, handed on to the next kernel."""
     lo, hi = clamp_bounds(grid, "linear")
     offsets_ = _pass(_quantize_tail)(x, tf.cast(grid.scale, tf.float32), grid.zero_point, lo, hi)
-    y = on_grid(offsets_, grid.scale)
-    note_offsets(y, offsets_)
-    return y
+    return dequantized(offsets_, grid.scale)
 
 
 def _quantize_tail(x, scale32, zero_point, lo, hi):
@@ -175,7 +180,7 @@ def average_pool(y_avg, counts, grid: Grid):
     integer offsets (``_average_pool_tail``)."""
     lo, hi = clamp_bounds(grid, "linear")
     offsets_ = _pass(_average_pool_tail)(y_avg, tf.cast(counts, tf.float64), grid.scale, grid.zero_point, lo, hi)
-    return on_grid(offsets_, grid.scale)
+    return dequantized(offsets_, grid.scale)
 
 
 def _average_pool_tail(y_avg, counts, scale, zero_point, lo, hi):
@@ -222,15 +227,13 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
                          lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract, given)))
     offsets_ = tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale,
                     m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi)
-    y = on_grid(offsets_, out_grid.scale)
-    note_offsets(y, offsets_)
-    return y
+    return dequantized(offsets_, out_grid.scale)
 
 
 def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo,
               hi):
-    def rescaled(x, input_scale, multiplier, shift, is_offsets):
-        q = tf.cast(x, tf.int64) if is_offsets else offsets_on(x, input_scale)
+    def rescaled(x, input_scale, multiplier, shift, handed_on):
+        q = integers(x, input_scale, handed_on)
         if vector:
             left = 20 + shift
             shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
@@ -244,22 +247,27 @@ def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, 
     return clamped_offsets(q, zero_point, lo, hi)
 
 
-def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear"):
+def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", offsets1=None,
+             offsets2=None):
     """MUL of two same-shape int8 tensors: ``MBQM((q1 - Z1)(q2 - Z2), S1·S2/S_out)`` with the multiplier
     formed in float32 (``float(float(S1·S2) / S_out)``, measured), scalar rounding. The multiplier's
-    constants are computed first; the elementwise rest is one XLA pass (``_multiply_tail``)."""
+    constants are computed first; the elementwise rest is one XLA pass (``_multiply_tail``). ``offsets1`` /
+    ``offsets2``: as ``add``'s."""
     s1, s2, so = (tf.cast(tf.cast(g.scale, tf.float32), tf.float32) for g in (g1, g2, out_grid))
     real = tf.cast((s1 * s2) / so, tf.float64)
     constants, apply = parts(kernels.scalar_requantize)
     params = constants(*quantize_multiplier(real))
     lo, hi = clamp_bounds(out_grid, fused)
-    tail = kernels.fused(("mul", len(params)), lambda: xla_pass(functools.partial(_multiply_tail, apply)))
-    offsets_ = tail(x1, x2, g1.scale, g2.scale, out_grid.zero_point, lo, hi, *params)
-    return on_grid(offsets_, out_grid.scale)
+    given = (offsets1 is not None, offsets2 is not None)
+    tail = kernels.fused(("mul", len(params), given),
+                         lambda: xla_pass(functools.partial(_multiply_tail, apply, given)))
+    offsets_ = tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale,
+                    out_grid.zero_point, lo, hi, *params)
+    return dequantized(offsets_, out_grid.scale)
 
 
-def _multiply_tail(apply, x1, x2, scale1, scale2, zero_point, lo, hi, *params):
-    product = offsets_on(x1, scale1) * offsets_on(x2, scale2)
+def _multiply_tail(apply, given, x1, x2, scale1, scale2, zero_point, lo, hi, *params):
+    product = integers(x1, scale1, given[0]) * integers(x2, scale2, given[1])
     q = tf.cast(apply(product, *params), tf.float64) + zero_point
     return clamped_offsets(q, zero_point, lo, hi)
 
@@ -286,22 +294,25 @@ def softmax(x, in_grid: Grid, out_grid: Grid):
     return clamp_dequantize(qo, out_grid)
 
 
-def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid):
+def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid, offsets_in=None):
     """LEAKY_RELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else times ``alpha·S_in/S_out``
     (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``. The multipliers' constants
-    are computed first; the elementwise rest is one XLA pass (``_leaky_relu_tail``)."""
+    are computed first; the elementwise rest is one XLA pass (``_leaky_relu_tail``). ``offsets_in``: the input's
+    handed-on integers, as ``add``'s."""
     constants, apply = parts(kernels.scalar_requantize)
     identity = constants(*quantize_multiplier(in_grid.scale / out_grid.scale))
     scaled = constants(*quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
     lo, hi = clamp_bounds(out_grid, "linear")
-    tail = kernels.fused(("leaky_relu", len(identity)),
-                         lambda: xla_pass(functools.partial(_leaky_relu_tail, apply, len(identity))))
-    offsets_ = tail(x, in_grid.scale, out_grid.zero_point, lo, hi, *identity, *scaled)
-    return on_grid(offsets_, out_grid.scale)
+    given = offsets_in is not None
+    tail = kernels.fused(("leaky_relu", len(identity), given),
+                         lambda: xla_pass(functools.partial(_leaky_relu_tail, apply, len(identity), given)))
+    offsets_ = tail(x if offsets_in is None else offsets_in, in_grid.scale, out_grid.zero_point, lo, hi,
+                    *identity, *scaled)
+    return dequantized(offsets_, out_grid.scale)
 
 
-def _leaky_relu_tail(apply, n, x, scale, zero_point, lo, hi, *params):
-    q = offsets_on(x, scale)
+def _leaky_relu_tail(apply, n, given, x, scale, zero_point, lo, hi, *params):
+    q = integers(x, scale, given)
     y = tf.cast(tf.where(q >= 0, apply(q, *params[:n]), apply(q, *params[n:])), tf.float64) + zero_point
     return clamped_offsets(y, zero_point, lo, hi)
 
@@ -314,14 +325,8 @@ def _conv(kernels, c: OpCall):
 
 def _two_inputs(fn, **fixed):
     def handler(kernels, c: OpCall):
-        return fn(kernels, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid, c.fused, **fixed)
-    return handler
-
-
-def _add(**fixed):
-    def handler(kernels, c: OpCall):
-        return add(kernels, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid, c.fused,
-                   offsets1=c.operand_offsets(0), offsets2=c.operand_offsets(1), **fixed)
+        return fn(kernels, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid, c.fused,
+                  offsets1=c.operand_offsets(0), offsets2=c.operand_offsets(1), **fixed)
     return handler
 
 
@@ -339,11 +344,12 @@ TFLITE_OPS: Dict[str, Handler] = {
     "MEAN": _mean(mean),
     "MEAN_KEEPDIMS": _mean(mean_keepdims),
     "AVERAGE_POOL_2D": lambda k, c: average_pool(c.operands[0], c.attrs["counts"], c.out_grid),
-    "ADD": _add(),
-    "SUB": _add(subtract=True),
+    "ADD": _two_inputs(add),
+    "SUB": _two_inputs(add, subtract=True),
     "MUL": _two_inputs(multiply),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
-    "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid),
+    "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
+                                          c.operand_offsets(0)),
 }
 
 

@@ -170,8 +170,13 @@ def test_add_reads_the_integers_its_inputs_kernels_computed(data, monkeypatch):
 
     q = qresearch.quantize(_residual_model(), "tflite_int8", hardware="tflite_int8", calibration_data=data)
     seen = []
-    original = tflite_ops.add
-    monkeypatch.setattr(tflite_ops, "add", lambda *a, **k: seen.append(k) or original(*a, **k))
+    original = tflite_ops.TFLITE_OPS["ADD"]
+
+    def spy(kernels, call):  # what ADD's handler hands ``add``
+        seen.append({"offsets1": call.operand_offsets(0), "offsets2": call.operand_offsets(1)})
+        return original(kernels, call)
+
+    monkeypatch.setitem(tflite_ops.TFLITE_OPS, "ADD", spy)
     handed_on = np.asarray(q(data, training=False))
     assert len(seen) == 1 and seen[0]["offsets1"] is not None and seen[0]["offsets2"] is not None
     monkeypatch.setattr(emulation.K, "offsets_of", lambda *a: None)
