@@ -60,15 +60,20 @@ def test_two_replicas_match_one_device(runs, case):
         assert two["quantizer_vars"][name] == pytest.approx(value, rel=rel, abs=1e-6), name
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["plain", "fused"])
 @pytest.mark.parametrize("scheme", ["lsq", "pact_lsq", "dorefa"])
-def test_calibration_under_a_mirrored_scope(scheme):
+def test_calibration_under_a_mirrored_scope(scheme, fused, monkeypatch):
     """Mirrored kernels and steps passed to the custom-gradient quantizers (eager calibration in the
-    scope) once failed with "grad_fn must accept keyword argument 'variables'" (ops.plain)."""
+    scope) once failed with "grad_fn must accept keyword argument 'variables'" (ops.plain); ``fused``: these
+    small kernels through the XLA passes a large one takes (DoReFa's weight transform among them)."""
     import numpy as np
 
     import qresearch
     from qresearch._compat import keras, tf
-    from qresearch.quantizers import replicas
+    from qresearch.quantizers import ops, replicas
+
+    if fused:
+        monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 0)
 
     strategy = distribute.make("mirrored", ["/cpu:0"])
     x = np.random.default_rng(0).normal(size=(32, 8)).astype("float32")

@@ -98,6 +98,13 @@ class DoReFaQuantizer(Quantizer):
         return clipped_unit_ste(x / c, self.bits, self.signed) * c
 
     def quantize_weights(self, w, axes):
+        if ops.below_fused_size(w):   # a small kernel: plain autodiff (an XLA call costs more than its ops)
+            return self.weights_autodiff(w, axes)
+        return fused_weights(w, self.bits, self.reduce_axes(w, axes), self.weight_scale == "max")
+
+    def weights_autodiff(self, w, axes):
+        """The weight transform as plain TF ops, differentiated by autodiff (the reference of
+        ``fused_weights``; what a kernel under ``ops.FUSED_MIN_ELEMENTS`` runs)."""
         t = tf.tanh(w)
         reduce = self.reduce_axes(w, axes)
         m = ops.reduce_finite(tf.reduce_max, tf.abs(t), reduce, empty=0.0)
@@ -140,3 +147,38 @@ def clipped_unit_ste(x, bits: int, signed: bool = False):
         return y, backward
 
     return forward(*ops.plain(x))
+
+
+def fused_weights(w, bits: int, reduce, scaled: bool):
+    """DoReFa's weight transform (``DoReFaQuantizer.weights_autodiff``) in three XLA passes
+    (``fused.dorefa_weights``) and TF's Tanh and two sums, with autodiff's bits for the value and the gradient
+    (tests/quantizers/test_fused.py). The plain chain is ~10 forward and ~25 backward ops over the weight, and
+    a step kept about ten weight-sized tensors of it alive until the backward (TF runs a gradient op as soon
+    as its inputs exist: ``sign(t)``, ``-t``, the max's indicators). Here the step keeps ``tanh(w)`` only; the
+    backward recomputes the rest from it and ``w``."""
+    from qresearch.quantizers import fused
+
+    levels = float(2**bits - 1)
+    eager = tf.executing_eagerly()   # the plain ops round ·/levels differently eagerly (see fused._unit_scaling)
+    reduce = tuple(reduce)
+    forward_pass, terms_pass, backward_pass = fused.dorefa_weights(levels, eager, reduce, scaled, ops.EPS)
+    lv = tf.constant(levels)
+    kept = [1 if i in reduce else d for i, d in enumerate(w.shape)]
+
+    @tf.custom_gradient
+    def forward(w):
+        t = tf.tanh(w)
+        zero = tf.zeros([], tf.int32)
+        y, stats = forward_pass(t, w, lv, zero)
+        if not eager:   # shapes a relaxed trace leaves unknown
+            y.set_shape(w.shape)
+            for s in stats:
+                s.set_shape(kept)
+
+        def backward(dy):
+            sums = [tf.reduce_sum(p, axis=reduce, keepdims=True) for p in terms_pass(dy, t, *stats, lv, zero)]
+            return backward_pass(dy, t, w, *sums, *stats, lv, zero)
+
+        return y, backward
+
+    return forward(*ops.plain(w))

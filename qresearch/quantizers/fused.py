@@ -199,3 +199,84 @@ def per_channel_input_backward():
         return tf.where(inside, dy, dy * tf.zeros([], dy.dtype))
 
     return xla_pass(fn)
+
+
+def _finite_max(v, reduce):
+    """``(raw, any, count)`` of ``ops.reduce_finite(tf.reduce_max, v, ...)`` over ``reduce`` (kept dims): the
+    max of the finite entries (the float32 lowest where none is), whether any is finite, and how many entries
+    equal the max (the divisor of TF's Max gradient). A max and a count of ones are exact in any order."""
+    finite = tf.math.is_finite(v)
+    masked = tf.where(finite, v, tf.constant(np.finfo(np.float32).min, v.dtype))
+    raw = tf.reduce_max(masked, axis=reduce, keepdims=True)
+    count = tf.reduce_sum(tf.cast(tf.equal(raw, masked), v.dtype), axis=reduce, keepdims=True)
+    return raw, tf.reduce_any(finite, axis=reduce, keepdims=True), count
+
+
+def _max_gradient(v, g, raw, any_finite, count, floor):
+    """Autodiff's gradient reaching ``v`` through ``max(reduce_finite(max, |.|), floor)`` for the gradient ``g`` of
+    that maximum: Maximum's (``g`` where the max is >= ``floor``), the Select of ``reduce_finite``'s empty case,
+    Max's (``(equal / count)·g``: shared between ties), the Select of its finite mask (+0 elsewhere)."""
+    zero = tf.zeros([], g.dtype)
+    g = tf.where(any_finite, tf.where(tf.where(any_finite, raw, zero) >= floor, g, zero), zero)
+    finite = tf.math.is_finite(v)
+    masked = tf.where(finite, v, tf.constant(np.finfo(np.float32).min, v.dtype))
+    return tf.where(finite, (tf.cast(tf.equal(raw, masked), g.dtype) / count) * g, zero)
+
+
+@functools.lru_cache(maxsize=None)
+def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floor: float):
+    """DoReFa's weight transform (``dorefa.DoReFaQuantizer.quantize_weights``) as three XLA passes over the
+    weight, given ``t = tanh(w)`` (TF's Tanh: XLA's approximates it otherwise):
+
+    - ``forward(t, w, lv, zero) -> (y, stats)``: the max reductions of ``|t|`` (and of ``|w|`` when ``scaled``)
+      over ``reduce`` and ``y = (2·quantize_k(t/(2m) + 1/2) - 1)[·max|w|]``;
+    - ``terms(dy, t, stats, lv, zero) -> (p_d[, p_s])``: the elementwise products whose sums over ``reduce`` are
+      the gradients of ``2m`` (RealDiv's ``g·((-t/d)/d)``) and of ``max|w|`` (Mul's ``y·dy``), summed by TF's own
+      reduction (an XLA sum adds in another order);
+    - ``backward(dy, t, w, sum_d[, sum_s], stats, lv, zero) -> g_w``: the rest of autodiff's gradient, op for op.
+
+    ``stats`` is ``(raw, any, count)`` of ``|t|`` then of ``|w|``. The quotient ``t/d`` is ``opaque`` (XLA would
+    rewrite ``(t/d)/d``), so are ``v·levels`` before ``+ (round - v)`` and ``t·t`` before ``1 - ·`` (FMA). ``floor``
+    is ``ops.EPS``."""
+    divide = _unit_scaling(levels, eager)
+
+    def scales(stats):
+        m = tf.maximum(tf.where(stats[1], stats[0], tf.zeros([], stats[0].dtype)), floor)
+        s = tf.maximum(tf.where(stats[4], stats[3], tf.zeros([], stats[3].dtype)), floor) if scaled else None
+        return 2.0 * m, s
+
+    def transform(t, d, lv, zero):
+        r = opaque(t / d, zero)
+        v = opaque((r + 0.5) * levels, zero)
+        return opaque(divide(v + (tf.round(v) - v), lv), zero) * 2.0 - 1.0, r
+
+    def upstream(dy, s, lv):
+        g_y = dy * s if scaled else dy
+        return divide(g_y * 2.0, lv) * levels   # Mul's (2·q), RealDiv's (/levels), Mul's (·levels) gradients
+
+    def forward(t, w, lv, zero):
+        stats = _finite_max(tf.abs(t), reduce) + (_finite_max(tf.abs(w), reduce) if scaled else ())
+        d, s = scales(stats)
+        y = transform(t, d, lv, zero)[0]
+        return (y * s if scaled else y), stats
+
+    def terms(dy, t, *rest):
+        *stats, lv, zero = rest
+        d, s = scales(stats)
+        y, r = transform(t, d, lv, zero)
+        p_d = upstream(dy, s, lv) * ((-r) / d)
+        return (p_d, dy * y) if scaled else (p_d,)
+
+    def backward(dy, t, w, *rest):
+        sums, (*stats, lv, zero) = rest[:1 + scaled], rest[1 + scaled:]
+        d, s = scales(stats)
+        g_r = upstream(dy, s, lv)
+        g_m = _max_gradient(tf.abs(t), sums[0] * 2.0, *stats[:3], floor)
+        g_t = g_m * tf.sign(t) + g_r / d   # AddN, in the order autodiff lists the two (a NaN keeps its sign)
+        g_w = g_t * (1.0 - opaque(t * t, zero))   # TanhGrad: grad·(1 - y·y)
+        if scaled:
+            g_w = g_w + _max_gradient(tf.abs(w), sums[1], *stats[3:], floor) * tf.sign(w)
+        return g_w
+
+    compiled = tf.function(forward, jit_compile=True, reduce_retracing=True, autograph=False)
+    return compiled, xla_pass(terms), xla_pass(backward)

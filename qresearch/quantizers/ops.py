@@ -170,7 +170,7 @@ def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_a
 FUSED_MIN_ELEMENTS = 16384
 
 
-def _below_fused_size(x) -> bool:
+def below_fused_size(x) -> bool:
     """Whether ``x`` has a known size under ``FUSED_MIN_ELEMENTS`` (a small kernel; not an activation, whose
     batch size is unknown when traced)."""
     size = x.shape.num_elements()
@@ -183,7 +183,7 @@ def _per_channel_tracked(x, range_min, range_max, num_bits, narrow_range):
     the same arithmetic in two XLA passes (``fused.per_channel_forward`` and
     ``fused.per_channel_input_backward``) from the nudged range derived once here: TF's kernels make a pass
     per channel (three in the gradient), which on a wide layer costs many times a per-tensor FakeQuant."""
-    if _below_fused_size(x):
+    if below_fused_size(x):
         return tf.quantization.fake_quant_with_min_max_vars_per_channel(
             x, range_min, range_max, num_bits=num_bits, narrow_range=narrow_range)
     from qresearch.quantizers import fused
@@ -284,7 +284,7 @@ def uniform_ste(x, scale, qn, qp, offset=None):
     ``FUSED_MIN_ELEMENTS`` (a small kernel) runs that plain autodiff graph instead: there an XLA
     launch costs more than the ops it fuses (notes/performance.md, "ninth session").
     """
-    if _below_fused_size(x):
+    if below_fused_size(x):
         shifted = x if offset is None else x - offset
         y = round_ste(tf.clip_by_value(shifted / scale, -float(qn), float(qp))) * scale
         return y if offset is None else y + offset

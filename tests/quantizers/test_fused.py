@@ -9,6 +9,7 @@ import pytest
 from qresearch._compat import tf
 from qresearch.quantizers import ops
 from qresearch.quantizers.dorefa import clipped_unit_ste
+from qresearch.quantizers.dorefa import fused_weights as dorefa_fused_weights
 from qresearch.quantizers.pact import pact_ste
 
 from .test_ops import _uniform_ste_autodiff
@@ -140,8 +141,9 @@ def test_clipped_unit_ste_bits(bits, signed, graph):
 @pytest.mark.parametrize("quantize", [lambda w, s: ops.uniform_ste(w, s, 8, 7),
                                       lambda w, s: ops.uniform_ste(w, s, 8, 7, offset=s * 0.5),
                                       lambda w, s: pact_ste(w, s * 10.0, 15, False),
-                                      lambda w, s: clipped_unit_ste(w * s, 4)],
-                         ids=["lsq", "lsq_plus", "pact", "dorefa"])
+                                      lambda w, s: clipped_unit_ste(w * s, 4),
+                                      lambda w, s: dorefa_fused_weights(w * s, 4, (0,), True)],
+                         ids=["lsq", "lsq_plus", "pact", "dorefa", "dorefa_weights"])
 def test_gradients_through_a_cond_branch_equal_those_outside_it(quantize, monkeypatch):
     """A quantizer inside ``tf.cond`` (a tensor ``training`` flag, fold_batch_stats' freeze): the fused
     backward's inputs must reach the branch's gradient (they once were unresolved captures)."""
@@ -173,3 +175,77 @@ def test_a_training_forward_on_an_activation_is_one_xla_call(forward):
     types = [op.type for op in graph.get_operations()]
     assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 1
     assert not {"RealDiv", "Round", "Minimum", "Maximum", "Mul", "Sub", "AddV2"} & set(types)
+
+
+def _weights(shape, seed, per_channel):
+    """A weight tensor with a tie for the max in a channel, non-finite entries in another, ±0 and rounding ties,
+    a channel under the floor of the max;
+    its incoming gradient with a NaN in one channel when ``per_channel`` (a per-tensor gradient would be NaN
+    everywhere, and then only the NaN's sign bit tells how it was reached)."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal(shape) * 0.2).astype("float32")
+    flat = w.reshape(-1, shape[-1])
+    flat[3, 0] = flat[7, 0] = np.abs(flat[:, 0]).max() * 1.5   # two maxima of |w| (and of |tanh w|): shared
+    flat[5, 0] = -flat[3, 0]                                   # and a third, negative
+    flat[:4, 1] = [np.inf, -np.inf, np.nan, -0.0]
+    flat[:3, 2] = [0.0, -0.0, np.arctanh(0.5).astype("float32")]
+    flat[:, 4] *= 1e-9   # its max under ops.EPS: the floor takes over, no gradient through the max
+    dy = rng.standard_normal(shape).astype("float32")
+    dy.reshape(-1, shape[-1])[8:11, 3] = [np.nan if per_channel else 1.0, -0.0, 0.0]
+    if not per_channel:
+        w.reshape(-1, shape[-1])[:3, 1] = [np.inf, -np.inf, 1e30]
+    return w, dy
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("weight_scale", ["unit", "max"])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
+def test_dorefa_weights_bits(shape, bits, per_channel, weight_scale, graph):
+    """DoReFa's fused weight transform (three XLA passes, TF's Tanh and sums) against the plain chain under
+    autodiff: the value and the weight's gradient, bit for bit, with the NaN of a non-finite channel."""
+    from qresearch.quantizers import create
+
+    q = create({"name": "dorefa", "bits": bits, "per_channel": per_channel, "weight_scale": weight_scale},
+               role="weights")
+    axes = [len(shape) - 1] if per_channel else None
+    w, dy = _weights(shape, bits, per_channel)
+
+    def run(f):
+        def step(wt, dyt):
+            with tf.GradientTape() as tape:
+                tape.watch(wt)
+                y = f(wt)
+            return [y, tape.gradient(y, wt, output_gradients=dyt)]
+
+        if not graph:
+            return [t.numpy() for t in step(tf.constant(w), tf.constant(dy))]
+        spec = tf.TensorSpec(shape, tf.float32)
+        return [t.numpy() for t in tf.function(step).get_concrete_function(spec, spec)(tf.constant(w),
+                                                                                       tf.constant(dy))]
+
+    fused = run(lambda t: dorefa_fused_weights(t, bits, q.reduce_axes(t, axes), weight_scale == "max"))
+    reference = run(lambda t: q.weights_autodiff(t, axes))
+    _assert_same_bits(fused, reference)
+
+
+def test_dorefa_weights_of_a_large_kernel_run_in_three_xla_calls():
+    """A kernel over ``ops.FUSED_MIN_ELEMENTS`` takes the fused weight transform in a training step: TF's Tanh,
+    the two sums and three XLA calls, none of the chain's elementwise ops or their gradients outside them."""
+    from qresearch.quantizers import create
+
+    q = create({"name": "dorefa", "bits": 4, "per_channel": True, "weight_scale": "max"}, role="weights")
+    w = tf.Variable(np.random.default_rng(0).standard_normal((400, 120)).astype("float32"))
+    assert w.shape.num_elements() >= ops.FUSED_MIN_ELEMENTS
+
+    @tf.function(autograph=False)
+    def step():
+        with tf.GradientTape() as tape:
+            y = q.quantize_weights(w, [1])
+        return tape.gradient(y, w, output_gradients=tf.ones_like(y))
+
+    types = [op.type for op in step.get_concrete_function().graph.get_operations()]
+    assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 3
+    assert types.count("Tanh") == 1 and types.count("Sum") == 2
+    assert not {"TanhGrad", "Sign", "RealDiv", "Round", "Abs", "Max", "Mul"} & set(types)
