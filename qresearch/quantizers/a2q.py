@@ -31,7 +31,8 @@ exactly, not up to float32 round-off.
 Gradients: straight-through rounding (both roundings), autodiff through the clip, the normalisation, ``2^t``,
 ``2^d`` and the ``min`` (while the constraint binds, ``g`` follows ``t`` and ``d`` gets no gradient, as in the
 paper; its penalty ``λ·Σ max(d - T - t, 0)`` that pulls ``d`` back to ``T + t`` is added to the layer's losses
-when ``norm_penalty`` λ > 0).
+when ``norm_penalty`` λ > 0). A kernel of ``ops.FUSED_MIN_ELEMENTS`` or more trains through the same arithmetic
+in three XLA passes (``fused_training_weights``: the same bits, far less memory).
 
 Initialisation (first training or calibration batch, once), ``init``:
 
@@ -199,17 +200,23 @@ class A2QQuantizer(Quantizer):
         d = tf.where(l1 > 0.0, tf.math.log(tf.maximum(l1, TINY)) / math.log(2.0), tf.zeros_like(l1))
         return t, d
 
+    def step_and_norm(self, t, d):
+        """``(s, s64, g)``: the float32 step ``2^t`` (what FakeQuant and TFLite see), it in float64, and the norm
+        ``g = min(2^d, L·s)`` (float64)."""
+        t = tf.convert_to_tensor(t)
+        if self.scale_format == "pot":
+            t = t + tf.stop_gradient(tf.math.ceil(t) - t)
+        s = tf.pow(2.0, t)
+        s64 = tf.cast(s, tf.float64)
+        # A per-tensor step (shape ()) broadcasts against the per-channel norms: the bound is per channel.
+        g = tf.minimum(tf.pow(tf.constant(2.0, tf.float64), tf.cast(d, tf.float64)), float(self.budget) * s64)
+        return s, s64, g
+
     def integers(self, x, t, d, axes, norm_axes):
         """``(q, s)``: the integer weights (float64, straight-through) and the float32 step."""
         qn, qp = self.grid
         budget = float(self.budget)
-        t = tf.convert_to_tensor(t)
-        if self.scale_format == "pot":
-            t = t + tf.stop_gradient(tf.math.ceil(t) - t)
-        s = tf.pow(2.0, t)                                     # float32: the step FakeQuant and TFLite see
-        s64 = tf.cast(s, tf.float64)
-        # A per-tensor step (shape ()) broadcasts against the per-channel norms: the bound is per channel.
-        g = tf.minimum(tf.pow(tf.constant(2.0, tf.float64), tf.cast(d, tf.float64)), budget * s64)
+        s, s64, g = self.step_and_norm(t, d)
         v = tf.cast(x, tf.float64)
         reduce = self.reduce_axes(x, norm_axes)
         l1 = tf.maximum(tf.reduce_sum(tf.abs(v), axis=reduce, keepdims=True), TINY)
@@ -239,6 +246,11 @@ class A2QQuantizer(Quantizer):
             t0, d0 = self.initial_params(x, axes, norm_axes)
             ready = flag > 0.0
             t, d = tf.where(ready, t_var, t0), tf.where(ready, d_var, d0)
+        if training and not ops.below_fused_size(x):   # (a small kernel: plain autodiff, cheaper than XLA calls)
+            s, s64, g = self.step_and_norm(t, d)
+            return fused_training_weights(x, self.broadcast(g, x, norm_axes), self.broadcast(s64, x, axes),
+                                          self.broadcast(tf.cast(s, tf.float64), x, axes), self.grid,
+                                          float(self.budget), self.reduce_axes(x, norm_axes))
         q, s = self.integers(x, t, d, axes, norm_axes)
         s_b = self.broadcast(tf.cast(s, tf.float64), x, axes)
         y = tf.cast(q * s_b, x.dtype)
@@ -246,3 +258,46 @@ class A2QQuantizer(Quantizer):
             return y
         # One FakeQuant per channel, identity on this grid: the converter and the emulation read its range.
         return ops.fake_quant(y, -qn * s, qp * s, self.bits, self.narrow_range, axes)
+
+
+def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
+    """The training value of ``A2QQuantizer.quantize`` (``integers`` times the step) for the broadcast norm
+    ``g_b``, step ``s_b`` and output step ``so_b`` (float64), in three XLA passes (``fused.a2q_weights``) and
+    TF's sums, with autodiff's bits for the value and the four gradients (tests/quantizers/test_fused.py). The
+    plain float64 chain kept about ten weight-sized float64 tensors from the forward to the backward; here
+    the step keeps none but ``x``. The norm and step arithmetic (``step_and_norm``) stays plain autodiff."""
+    from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
+
+    from qresearch.quantizers import fused
+
+    qn, qp = grid
+    reduce = tuple(reduce)
+    forward_pass, terms_pass, backward_pass = fused.a2q_weights(float(qn), float(qp), budget, reduce)
+    kept = [1 if i in reduce else n for i, n in enumerate(x.shape)]
+
+    @tf.custom_gradient
+    def forward(x, g_b, s_b, so_b):
+        zero = tf.zeros([], tf.int32)
+        raw = tf.reduce_sum(tf.abs(tf.cast(x, tf.float64)), axis=reduce, keepdims=True)
+        l1 = tf.maximum(raw, TINY)
+        den = l1 * s_b
+        y, fits = forward_pass(x, g_b, den, so_b, zero)
+        if not tf.executing_eagerly():   # shapes a relaxed trace leaves unknown
+            y.set_shape(x.shape)
+            fits.set_shape(kept)
+
+        def backward(dy):
+            p_so, p_den, p_g = terms_pass(dy, x, g_b, den, so_b, fits, zero)
+
+            def reduced(param, p):
+                return math_grad._ReduceGradientArgs(p, param, None, p)[1]
+
+            g_den = reduced(den, p_den)
+            g_l1 = reduced(l1, g_den * s_b)
+            g_l1 = tf.where(raw >= TINY, g_l1, tf.zeros_like(g_l1))   # Maximum's gradient
+            g_x = backward_pass(dy, x, g_b, den, so_b, g_l1, zero)
+            return g_x, reduced(g_b, p_g), reduced(s_b, l1 * g_den), reduced(so_b, p_so)
+
+        return y, backward
+
+    return forward(*ops.plain(x, g_b, s_b, so_b))

@@ -1,5 +1,5 @@
 """XLA-fused elementwise passes of the quantizers' training forward and backward (the learned quantizers',
-and a wide per-channel min-max FakeQuant's).
+a wide per-channel min-max FakeQuant's, and DoReFa's and A2Q's weight transforms of a large kernel).
 
 A learned quantizer's training step is a chain of cheap elementwise ops over each quantized tensor
 (about 10 forward, 10 backward); TensorFlow runs each as its own kernel, one pass over memory each,
@@ -277,6 +277,60 @@ def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floo
         if scaled:
             g_w = g_w + _max_gradient(tf.abs(w), sums[1], *stats[3:], floor) * tf.sign(w)
         return g_w
+
+    compiled = tf.function(forward, jit_compile=True, reduce_retracing=True, autograph=False)
+    return compiled, xla_pass(terms), xla_pass(backward)
+
+
+@functools.lru_cache(maxsize=None)
+def a2q_weights(qn: float, qp: float, budget: float, reduce: tuple):
+    """A2Q's training transform of a weight (``a2q.A2QQuantizer.integers`` and the product with the step) as
+    three XLA passes, given the broadcast norm ``g_b``, the l1 norms ``l1`` (TF's sum: an XLA sum adds in another
+    order), the denominator ``den = l1·s_b`` and the output step ``so_b`` (float64; the graph casts the step
+    twice, so its two gradients are rounded to float32 apart):
+
+    - ``forward(x, g_b, den, so_b) -> (y, fits)``: ``u = clip((g_b·v)/den, -qn, qp)``, nearest rounding where a
+      channel's ``Σ|round(u)| <= budget`` (exact: a sum of integers) else toward zero, ``y = f32((u + (q - u))·so_b)``;
+    - ``terms(dy, x, g_b, den, so_b, fits, zero) -> (p_so, p_den, p_g)``: the products whose sums are the
+      gradients of ``so_b`` (Mul's ``q·dy``), of ``den`` (RealDiv's ``g·((-n/den)/den)``) and of ``g_b`` (Mul's
+      ``(g/den)·v``), summed by TF;
+    - ``backward(dy, x, g_b, den, g_l1, zero) -> g_x``: ``f32((g/den)·g_b + g_l1·sign(v))`` (Mul's and, through
+      the l1 norm's Sum and Abs, Abs's gradient, added as AddN adds them), ``g`` being the straight-through
+      gradient cut where the clip cut ``u`` (Minimum's ``<=``, Maximum's ``>=``).
+
+    The quotient ``(g_b·v)/den`` is ``opaque`` where it is divided again (XLA would rewrite ``(n/d)/d``)."""
+
+    def quotient(x, g_b, den, zero):
+        v = tf.cast(x, tf.float64)
+        return v, opaque((g_b * v) / den, zero)
+
+    def clipped(u_raw):
+        low = tf.minimum(u_raw, qp)
+        return low, tf.maximum(low, -qn)
+
+    def integers(u, fits):
+        return tf.where(fits, tf.round(u), tf.sign(u) * tf.floor(tf.abs(u)))
+
+    def forward(x, g_b, den, so_b, zero):
+        u = clipped(quotient(x, g_b, den, zero)[1])[1]
+        fits = tf.reduce_sum(tf.abs(tf.round(u)), axis=reduce, keepdims=True) <= budget
+        return tf.cast((u + (integers(u, fits) - u)) * so_b, tf.float32), fits
+
+    def upstream(dy, u_raw, low, so_b):
+        zero = tf.zeros([], tf.float64)
+        g = tf.cast(dy, tf.float64)
+        return g, tf.where(u_raw <= qp, tf.where(low >= -qn, g * so_b, zero), zero)
+
+    def terms(dy, x, g_b, den, so_b, fits, zero):
+        v, u_raw = quotient(x, g_b, den, zero)
+        low, u = clipped(u_raw)
+        g, g_u = upstream(dy, u_raw, low, so_b)
+        return (u + (integers(u, fits) - u)) * g, g_u * ((-u_raw) / den), (g_u / den) * v
+
+    def backward(dy, x, g_b, den, so_b, g_l1, zero):
+        v, u_raw = quotient(x, g_b, den, zero)
+        g_u = upstream(dy, u_raw, clipped(u_raw)[0], so_b)[1]
+        return tf.cast((g_u / den) * g_b + g_l1 * tf.sign(v), tf.float32)
 
     compiled = tf.function(forward, jit_compile=True, reduce_retracing=True, autograph=False)
     return compiled, xla_pass(terms), xla_pass(backward)

@@ -249,3 +249,86 @@ def test_dorefa_weights_of_a_large_kernel_run_in_three_xla_calls():
     assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 3
     assert types.count("Tanh") == 1 and types.count("Sum") == 2
     assert not {"TanhGrad", "Sign", "RealDiv", "Round", "Abs", "Max", "Mul"} & set(types)
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("accumulator_bits", [14, 32], ids=["bound_binds", "bound_loose"])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
+def test_a2q_training_weights_bits(shape, bits, per_channel, accumulator_bits, graph):
+    """A2Q's fused training transform (three XLA passes and TF's sums) against ``A2QQuantizer.integers`` times
+    the step under autodiff: the value and the gradients of the weight, the log2 step and the log2 norm, bit for
+    bit (a zero channel, a NaN in the incoming gradient, steps on which weights fall on rounding ties)."""
+    from qresearch.quantizers import create
+    from qresearch.quantizers.a2q import fused_training_weights
+
+    q = create({"name": "a2q", "bits": bits, "per_channel": per_channel, "accumulator_bits": accumulator_bits,
+                "input_bits": 4}, role="weights")
+    axes = [len(shape) - 1] if per_channel else None
+    norm_axes = (len(shape) - 1,)
+    rng = np.random.default_rng(bits)
+    x = (rng.standard_normal(shape) * 0.2).astype("float32")
+    flat = x.reshape(-1, shape[-1])
+    flat[:, 5] = 0.0
+    flat[:4, 1] = [0.25, -0.25, 0.75, -0.0]
+    dy = rng.standard_normal(shape).astype("float32")
+    if per_channel:
+        dy.reshape(-1, shape[-1])[8:11, 3] = [np.nan, -0.0, 0.0]
+    t0, d0 = (v.numpy() for v in q.initial_params(tf.constant(x), axes, norm_axes))
+    t0 = (t0 - 1.0 + np.round(rng.standard_normal(t0.shape) * 0.3)).astype("float32")  # steps 2^k: ties
+
+    def plain(xt, t, d):
+        qv, s = q.integers(xt, t, d, axes, norm_axes)
+        return tf.cast(qv * q.broadcast(tf.cast(s, tf.float64), xt, axes), tf.float32)
+
+    def fused(xt, t, d):
+        s, s64, g = q.step_and_norm(t, d)
+        return fused_training_weights(xt, q.broadcast(g, xt, norm_axes), q.broadcast(s64, xt, axes),
+                                      q.broadcast(tf.cast(s, tf.float64), xt, axes), q.grid, float(q.budget),
+                                      q.reduce_axes(xt, norm_axes))
+
+    def run(f):
+        def step(xt, dyt, t, d):
+            with tf.GradientTape() as tape:
+                tape.watch([xt, t, d])
+                y = f(xt, t, d)
+            return [y] + tape.gradient(y, [xt, t, d], output_gradients=dyt)
+
+        args = [tf.constant(a) for a in (x, dy, t0, d0)]
+        if not graph:
+            return [v.numpy() for v in step(*args)]
+        specs = [tf.TensorSpec(a.shape, tf.float32) for a in args]
+        return [v.numpy() for v in tf.function(step).get_concrete_function(*specs)(*args)]
+
+    _assert_same_bits(run(fused), run(plain))
+
+
+@pytest.mark.parametrize("preset", ["dorefa", "a2q"])
+def test_a_model_trains_to_the_same_bits_with_the_fused_weight_transforms(preset, monkeypatch):
+    """Two training steps of a model whose large kernel takes DoReFa's or A2Q's fused weight transform leave
+    every weight and quantizer variable with the bits of the same steps run on the plain ops (calibration,
+    the quantizers' data-dependent starts and the training function included)."""
+    import qresearch
+    from qresearch._compat import keras
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 160)).astype("float32")
+    y = rng.integers(0, 10, 64)
+
+    def train():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((160,)), keras.layers.Dense(128, activation="relu"),
+                                  keras.layers.Dense(10)])
+        q = qresearch.quantize(model, preset, calibration_data=x[:32])
+        q.compile(optimizer=keras.optimizers.Adam(1e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        q.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0)
+        return [v.numpy() for v in q.variables]
+
+    assert 160 * 128 >= ops.FUSED_MIN_ELEMENTS
+    fused = train()
+    monkeypatch.setattr(ops, "FUSED_MIN_ELEMENTS", 10**9)   # every tensor through the plain ops
+    plain = train()
+    _assert_same_bits([np.asarray(v, np.float32).ravel() for v in fused if v.dtype == np.float32],
+                      [np.asarray(v, np.float32).ravel() for v in plain if v.dtype == np.float32])
