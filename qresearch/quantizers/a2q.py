@@ -32,7 +32,7 @@ Gradients: straight-through rounding (both roundings), autodiff through the clip
 ``2^d`` and the ``min`` (while the constraint binds, ``g`` follows ``t`` and ``d`` gets no gradient, as in the
 paper; its penalty ``λ·Σ max(d - T - t, 0)`` that pulls ``d`` back to ``T + t`` is added to the layer's losses
 when ``norm_penalty`` λ > 0). A kernel of ``ops.FUSED_MIN_ELEMENTS`` or more trains through the same arithmetic
-in three XLA passes (``fused_training_weights``: the same bits, far less memory).
+in five XLA passes (``fused_training_weights``: the same bits, far less memory).
 
 Initialisation (first training or calibration batch, once), ``init``:
 
@@ -262,7 +262,7 @@ class A2QQuantizer(Quantizer):
 
 def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
     """The training value of ``A2QQuantizer.quantize`` (``integers`` times the step) for the broadcast norm
-    ``g_b``, step ``s_b`` and output step ``so_b`` (float64), in three XLA passes (``fused.a2q_weights``) and
+    ``g_b``, step ``s_b`` and output step ``so_b`` (float64), in five XLA passes (``fused.a2q_weights``) and
     TF's sums, with autodiff's bits for the value and the four gradients (tests/quantizers/test_fused.py). The
     plain float64 chain kept about ten weight-sized float64 tensors from the forward to the backward; here
     the step keeps none but ``x``. The norm and step arithmetic (``step_and_norm``) stays plain autodiff."""
@@ -272,7 +272,7 @@ def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
 
     qn, qp = grid
     reduce = tuple(reduce)
-    forward_pass, terms_pass, backward_pass = fused.a2q_weights(float(qn), float(qp), budget, reduce)
+    forward_pass, term_passes, backward_pass = fused.a2q_weights(float(qn), float(qp), budget, reduce)
     kept = [1 if i in reduce else n for i, n in enumerate(x.shape)]
 
     @tf.custom_gradient
@@ -287,16 +287,20 @@ def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
             fits.set_shape(kept)
 
         def backward(dy):
-            p_so, p_den, p_g = terms_pass(dy, x, g_b, den, so_b, fits, zero)
-
             def reduced(param, p):
                 return math_grad._ReduceGradientArgs(p, param, None, p)[1]
 
-            g_den = reduced(den, p_den)
+            def summed(k, param, after):
+                with tf.control_dependencies(after):   # one float64 product alive at a time
+                    return reduced(param, term_passes[k](dy, x, g_b, den, so_b, fits, zero))
+
+            g_so = summed(0, so_b, [])
+            g_den = summed(1, den, [g_so])
+            g_g = summed(2, g_b, [g_den])
             g_l1 = reduced(l1, g_den * s_b)
             g_l1 = tf.where(raw >= TINY, g_l1, tf.zeros_like(g_l1))   # Maximum's gradient
             g_x = backward_pass(dy, x, g_b, den, so_b, g_l1, zero)
-            return g_x, reduced(g_b, p_g), reduced(s_b, l1 * g_den), reduced(so_b, p_so)
+            return g_x, g_g, reduced(s_b, l1 * g_den), g_so
 
         return y, backward
 

@@ -150,7 +150,7 @@ def clipped_unit_ste(x, bits: int, signed: bool = False):
 
 
 def fused_weights(w, bits: int, reduce, scaled: bool):
-    """DoReFa's weight transform (``DoReFaQuantizer.weights_autodiff``) in three XLA passes
+    """DoReFa's weight transform (``DoReFaQuantizer.weights_autodiff``) in XLA passes
     (``fused.dorefa_weights``) and TF's Tanh and two sums, with autodiff's bits for the value and the gradient
     (tests/quantizers/test_fused.py). The plain chain is ~10 forward and ~25 backward ops over the weight, and
     a step kept about ten weight-sized tensors of it alive until the backward (TF runs a gradient op as soon
@@ -161,7 +161,7 @@ def fused_weights(w, bits: int, reduce, scaled: bool):
     levels = float(2**bits - 1)
     eager = tf.executing_eagerly()   # the plain ops round ·/levels differently eagerly (see fused._unit_scaling)
     reduce = tuple(reduce)
-    forward_pass, terms_pass, backward_pass = fused.dorefa_weights(levels, eager, reduce, scaled, ops.EPS)
+    forward_pass, term_passes, backward_pass = fused.dorefa_weights(levels, eager, reduce, scaled, ops.EPS)
     lv = tf.constant(levels)
     kept = [1 if i in reduce else d for i, d in enumerate(w.shape)]
 
@@ -176,7 +176,13 @@ def fused_weights(w, bits: int, reduce, scaled: bool):
                 s.set_shape(kept)
 
         def backward(dy):
-            sums = [tf.reduce_sum(p, axis=reduce, keepdims=True) for p in terms_pass(dy, t, *stats, lv, zero)]
+            def summed(k, after):
+                with tf.control_dependencies(after):   # one weight-sized product alive at a time
+                    return tf.reduce_sum(term_passes[k](dy, t, *stats, lv, zero), axis=reduce, keepdims=True)
+
+            sums = [summed(0, [])]
+            if scaled:
+                sums.append(summed(1, sums))
             return backward_pass(dy, t, w, *sums, *stats, lv, zero)
 
         return y, backward

@@ -225,14 +225,14 @@ def _max_gradient(v, g, raw, any_finite, count, floor):
 
 @functools.lru_cache(maxsize=None)
 def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floor: float):
-    """DoReFa's weight transform (``dorefa.DoReFaQuantizer.quantize_weights``) as three XLA passes over the
+    """DoReFa's weight transform (``dorefa.DoReFaQuantizer.quantize_weights``) as XLA passes over the
     weight, given ``t = tanh(w)`` (TF's Tanh: XLA's approximates it otherwise):
 
     - ``forward(t, w, lv, zero) -> (y, stats)``: the max reductions of ``|t|`` (and of ``|w|`` when ``scaled``)
       over ``reduce`` and ``y = (2·quantize_k(t/(2m) + 1/2) - 1)[·max|w|]``;
-    - ``terms(dy, t, stats, lv, zero) -> (p_d[, p_s])``: the elementwise products whose sums over ``reduce`` are
-      the gradients of ``2m`` (RealDiv's ``g·((-t/d)/d)``) and of ``max|w|`` (Mul's ``y·dy``), summed by TF's own
-      reduction (an XLA sum adds in another order);
+    - ``terms[k](dy, t, stats, lv, zero)``: the elementwise products whose sums over ``reduce`` are the
+      gradients of ``2m`` (RealDiv's ``g·((-t/d)/d)``) and of ``max|w|`` (Mul's ``y·dy``), summed by TF's own
+      reduction (an XLA sum adds in another order); a pass each, so one is summed before the next exists;
     - ``backward(dy, t, w, sum_d[, sum_s], stats, lv, zero) -> g_w``: the rest of autodiff's gradient, op for op.
 
     ``stats`` is ``(raw, any, count)`` of ``|t|`` then of ``|w|``. The quotient ``t/d`` is ``opaque`` (XLA would
@@ -260,12 +260,13 @@ def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floo
         y = transform(t, d, lv, zero)[0]
         return (y * s if scaled else y), stats
 
-    def terms(dy, t, *rest):
-        *stats, lv, zero = rest
-        d, s = scales(stats)
-        y, r = transform(t, d, lv, zero)
-        p_d = upstream(dy, s, lv) * ((-r) / d)
-        return (p_d, dy * y) if scaled else (p_d,)
+    def term(k):
+        def fn(dy, t, *rest):
+            *stats, lv, zero = rest
+            d, s = scales(stats)
+            y, r = transform(t, d, lv, zero)
+            return upstream(dy, s, lv) * ((-r) / d) if k == 0 else dy * y
+        return xla_pass(fn)
 
     def backward(dy, t, w, *rest):
         sums, (*stats, lv, zero) = rest[:1 + scaled], rest[1 + scaled:]
@@ -279,21 +280,22 @@ def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floo
         return g_w
 
     compiled = tf.function(forward, jit_compile=True, reduce_retracing=True, autograph=False)
-    return compiled, xla_pass(terms), xla_pass(backward)
+    return compiled, [term(k) for k in range(1 + scaled)], xla_pass(backward)
 
 
 @functools.lru_cache(maxsize=None)
 def a2q_weights(qn: float, qp: float, budget: float, reduce: tuple):
     """A2Q's training transform of a weight (``a2q.A2QQuantizer.integers`` and the product with the step) as
-    three XLA passes, given the broadcast norm ``g_b``, the l1 norms ``l1`` (TF's sum: an XLA sum adds in another
-    order), the denominator ``den = l1·s_b`` and the output step ``so_b`` (float64; the graph casts the step
+    XLA passes (forward, a product per gradient sum, backward), given the broadcast norm ``g_b``, the l1 norms
+    ``l1`` (TF's sum: an XLA sum adds in another order), the denominator ``den = l1·s_b`` and the output step ``so_b`` (float64; the graph casts the step
     twice, so its two gradients are rounded to float32 apart):
 
     - ``forward(x, g_b, den, so_b) -> (y, fits)``: ``u = clip((g_b·v)/den, -qn, qp)``, nearest rounding where a
       channel's ``Σ|round(u)| <= budget`` (exact: a sum of integers) else toward zero, ``y = f32((u + (q - u))·so_b)``;
-    - ``terms(dy, x, g_b, den, so_b, fits, zero) -> (p_so, p_den, p_g)``: the products whose sums are the
-      gradients of ``so_b`` (Mul's ``q·dy``), of ``den`` (RealDiv's ``g·((-n/den)/den)``) and of ``g_b`` (Mul's
-      ``(g/den)·v``), summed by TF;
+    - ``terms[k](dy, x, g_b, den, so_b, fits, zero)``: one pass per product whose sum is a gradient: of ``so_b``
+      (Mul's ``q·dy``), of ``den`` (RealDiv's ``g·((-n/den)/den)``), of ``g_b`` (Mul's ``(g/den)·v``), summed by
+      TF; one pass each, so the caller can sum one before the next exists (three float64 weight-sized
+      buffers at once were a LeNet-5 step's peak);
     - ``backward(dy, x, g_b, den, g_l1, zero) -> g_x``: ``f32((g/den)·g_b + g_l1·sign(v))`` (Mul's and, through
       the l1 norm's Sum and Abs, Abs's gradient, added as AddN adds them), ``g`` being the straight-through
       gradient cut where the clip cut ``u`` (Minimum's ``<=``, Maximum's ``>=``).
@@ -321,11 +323,15 @@ def a2q_weights(qn: float, qp: float, budget: float, reduce: tuple):
         g = tf.cast(dy, tf.float64)
         return g, tf.where(u_raw <= qp, tf.where(low >= -qn, g * so_b, zero), zero)
 
-    def terms(dy, x, g_b, den, so_b, fits, zero):
-        v, u_raw = quotient(x, g_b, den, zero)
-        low, u = clipped(u_raw)
-        g, g_u = upstream(dy, u_raw, low, so_b)
-        return (u + (integers(u, fits) - u)) * g, g_u * ((-u_raw) / den), (g_u / den) * v
+    def term(k):
+        def fn(dy, x, g_b, den, so_b, fits, zero):
+            v, u_raw = quotient(x, g_b, den, zero)
+            low, u = clipped(u_raw)
+            g, g_u = upstream(dy, u_raw, low, so_b)
+            if k == 0:
+                return (u + (integers(u, fits) - u)) * g
+            return g_u * ((-u_raw) / den) if k == 1 else (g_u / den) * v
+        return xla_pass(fn)
 
     def backward(dy, x, g_b, den, so_b, g_l1, zero):
         v, u_raw = quotient(x, g_b, den, zero)
@@ -333,4 +339,4 @@ def a2q_weights(qn: float, qp: float, budget: float, reduce: tuple):
         return tf.cast((g_u / den) * g_b + g_l1 * tf.sign(v), tf.float32)
 
     compiled = tf.function(forward, jit_compile=True, reduce_retracing=True, autograph=False)
-    return compiled, xla_pass(terms), xla_pass(backward)
+    return compiled, [term(k) for k in range(3)], xla_pass(backward)

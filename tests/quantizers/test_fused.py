@@ -203,7 +203,7 @@ def _weights(shape, seed, per_channel):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
 def test_dorefa_weights_bits(shape, bits, per_channel, weight_scale, graph):
-    """DoReFa's fused weight transform (three XLA passes, TF's Tanh and sums) against the plain chain under
+    """DoReFa's fused weight transform (XLA passes, TF's Tanh and sums) against the plain chain under
     autodiff: the value and the weight's gradient, bit for bit, with the NaN of a non-finite channel."""
     from qresearch.quantizers import create
 
@@ -230,9 +230,10 @@ def test_dorefa_weights_bits(shape, bits, per_channel, weight_scale, graph):
     _assert_same_bits(fused, reference)
 
 
-def test_dorefa_weights_of_a_large_kernel_run_in_three_xla_calls():
+def test_dorefa_weights_of_a_large_kernel_run_in_xla_calls():
     """A kernel over ``ops.FUSED_MIN_ELEMENTS`` takes the fused weight transform in a training step: TF's Tanh,
-    the two sums and three XLA calls, none of the chain's elementwise ops or their gradients outside them."""
+    the two sums and four XLA calls (forward, a product per sum, backward), none of the chain's elementwise ops
+    or their gradients outside them."""
     from qresearch.quantizers import create
 
     q = create({"name": "dorefa", "bits": 4, "per_channel": True, "weight_scale": "max"}, role="weights")
@@ -246,7 +247,7 @@ def test_dorefa_weights_of_a_large_kernel_run_in_three_xla_calls():
         return tape.gradient(y, w, output_gradients=tf.ones_like(y))
 
     types = [op.type for op in step.get_concrete_function().graph.get_operations()]
-    assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 3
+    assert types.count("PartitionedCall") + types.count("StatefulPartitionedCall") == 4
     assert types.count("Tanh") == 1 and types.count("Sum") == 2
     assert not {"TanhGrad", "Sign", "RealDiv", "Round", "Abs", "Max", "Mul"} & set(types)
 
@@ -257,7 +258,7 @@ def test_dorefa_weights_of_a_large_kernel_run_in_three_xla_calls():
 @pytest.mark.parametrize("bits", [2, 4, 8])
 @pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
 def test_a2q_training_weights_bits(shape, bits, per_channel, accumulator_bits, graph):
-    """A2Q's fused training transform (three XLA passes and TF's sums) against ``A2QQuantizer.integers`` times
+    """A2Q's fused training transform (XLA passes and TF's sums) against ``A2QQuantizer.integers`` times
     the step under autodiff: the value and the gradients of the weight, the log2 step and the log2 norm, bit for
     bit (a zero channel, a NaN in the incoming gradient, steps on which weights fall on rounding ties)."""
     from qresearch.quantizers import create
