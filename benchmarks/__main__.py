@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,7 +112,6 @@ def step_times(model_name: str, input_shape, steps: int, batch_size: int,
     """Median step time of every model, in interleaved rounds (float first in each; ``rounds``, or as many as
     ``more_rounds`` allows), so a change of machine load hits every model alike; the ratio is taken per round,
     then the median."""
-    import statistics
 
     import qresearch.run  # noqa: F401  (drops Keras' expected "retracing" warnings)
     from qresearch._compat import keras, tf
@@ -154,7 +154,6 @@ def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, p
     """Inference time of ``preset`` on the same images: fake-quant graph (export mode), integer-kernel
     emulation, float model, LiteRT interpreter; graph calls (tf.function) and eager calls. Interleaved
     rounds; each ratio is the median over rounds of time / fake-quant graph time in that round."""
-    import statistics
 
     import numpy as np
 
@@ -229,23 +228,43 @@ def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, p
              "ratio": statistics.median([t / b for t, b in zip(ts, times[base])])} for name, ts in times.items()]
 
 
-def memory_peaks(model_name: str, input_shape, batch_size: int, steps: int = 3) -> List[Dict[str, Any]]:
-    """Peak bytes in use during training steps, per contestant, measured in a subprocess whose CPU
+#: Memory-worker processes per model: on LeNet-5 one run's ratios moved by up to 0.4 from the next (the
+#: executor's schedule decides which temporaries are alive together; notes/performance.md, twelfth session).
+MEMORY_RUNS = 3
+
+
+def memory_peaks(model_name: str, input_shape, batch_size: int, steps: int = 3,
+                 runs: int = MEMORY_RUNS) -> List[Dict[str, Any]]:
+    """Peak bytes in use during training steps, per contestant, measured in ``runs`` subprocesses whose CPU
     allocator keeps statistics (``TF_CPU_ALLOCATOR_USE_BFC``). For each contestant: bytes in use before
     it is built, then the peak over ``steps`` steps after a warm-up step; its footprint is the
     difference (weights, quantizer variables, optimizer slots, the step's activations and gradients).
-    oneDNN's own scratch buffers are not in TF's allocator and not counted."""
+    oneDNN's own scratch buffers are not in TF's allocator and not counted. Combined by ``combine_runs``."""
     env = {**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true", "WANDB_MODE": "disabled"}
     cmd = [sys.executable, "-m", "benchmarks", "--memory-worker", model_name,
            "--input", ",".join(map(str, input_shape)), "--batch", str(batch_size), "--steps", str(steps)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
-    if not lines:  # (TF may exit non-zero at interpreter shutdown after printing its result)
-        raise RuntimeError(f"memory worker failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
-    rows = json.loads(lines[-1])
-    base = rows[0]["peak_bytes"]
-    for r in rows:
-        r["ratio"] = r["peak_bytes"] / base if r.get("peak_bytes") else None
+    results = []
+    for _ in range(runs):
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("[")]
+        if not lines:  # (TF may exit non-zero at interpreter shutdown after printing its result)
+            raise RuntimeError(f"memory worker failed:\n{(proc.stdout + proc.stderr)[-3000:]}")
+        results.append(json.loads(lines[-1]))
+    return combine_runs(results)
+
+
+def combine_runs(results: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
+    """One row per contestant from several workers' rows (the float model first in each): the median peak,
+    the median of the per-run ratios to that run's float peak (measured in the same process), and their
+    range over the runs (``ratio_range``)."""
+    rows = []
+    for i, first in enumerate(results[0]):
+        peaks = [run[i]["peak_bytes"] for run in results]
+        ratios = [run[i]["peak_bytes"] / run[0]["peak_bytes"] for run in results if run[i].get("peak_bytes")]
+        rows.append({"name": first["name"], "peak_bytes": statistics.median(peaks) if all(peaks) else None,
+                     "ratio": statistics.median(ratios) if len(ratios) == len(results) else None,
+                     "ratio_range": [min(ratios), max(ratios)] if len(ratios) == len(results) else None,
+                     "runs": len(results)})
     return rows
 
 
@@ -302,11 +321,15 @@ def sweep_times(work: Path, float_epochs: int = 60) -> List[Dict[str, Any]]:
 
 
 def _table(title: str, rows, value_key: str, value_label: str, scale: float, fmt: str) -> None:
-    print(f"\n{title}\n| {'':44s} | {value_label:>9s} | x ref |\n|{'-' * 46}|{'-' * 11}|------:|")
+    spread = any(r.get("ratio_range") for r in rows)   # several runs: their range beside the median
+    extra = (" x ref over runs |", "----------------:|") if spread else ("", "")
+    print(f"\n{title}\n| {'':44s} | {value_label:>9s} | x ref |{extra[0]}\n|{'-' * 46}|{'-' * 11}|------:|{extra[1]}")
     for r in rows:
         v = f"{scale * r[value_key]:{fmt}}" if r.get(value_key) else "failed"
         ratio = f"{r['ratio']:.2f}" if r.get("ratio") else "–"
-        print(f"| {r['name']:44s} | {v:>9s} | {ratio:>5s} |")
+        low, high = r.get("ratio_range") or (None, None)
+        more = (f" {f'{low:.2f}–{high:.2f}' if low else '–':>16s} |") if spread else ""
+        print(f"| {r['name']:44s} | {v:>9s} | {ratio:>5s} |{more}")
         if r.get("error"):
             print(f"|   {r['error'][:100]}")
 
@@ -354,7 +377,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             _table(f"inference, {model} (x ref = x fake-quant graph eval)", rows, "s_per_image", "us/image",
                    1e6, ".1f")
         if "memory" in parts:
-            print(f"\nPeak memory of a training step, {model}, batch {args.batch} (subprocess)", flush=True)
+            print(f"\nPeak memory of a training step, {model}, batch {args.batch} (median of {MEMORY_RUNS} "
+                  "subprocesses)", flush=True)
             rows = memory_peaks(model, shape, args.batch)
             report.setdefault("memory", {})[model] = rows
             _table(f"peak bytes in use during a training step, {model} (x ref = x float)", rows, "peak_bytes",

@@ -1,4 +1,4 @@
-"""``make bench``'s step timing: how many interleaved rounds it runs (benchmarks/__main__.py)."""
+"""``make bench``'s step timing: how many interleaved rounds it runs; its memory runs combined (benchmarks/__main__.py)."""
 from benchmarks.__main__ import MAX_ROUNDS, MIN_ROUNDS, ROUND_BUDGET_S, more_rounds
 
 
@@ -24,3 +24,18 @@ def test_an_expensive_model_still_gets_the_minimum_of_rounds():
     while more_rounds(done, done * ROUND_BUDGET_S):   # one round alone spends the budget
         done += 1
     assert done == MIN_ROUNDS
+
+
+def test_memory_runs_combine_to_the_median_ratio_and_its_range():
+    from benchmarks.__main__ import combine_runs
+
+    def run(float_peak, lsq_peak):
+        return [{"name": "float", "peak_bytes": float_peak}, {"name": "lsq", "peak_bytes": lsq_peak}]
+
+    rows = combine_runs([run(100, 150), run(80, 160), run(100, 170)])
+    assert [r["name"] for r in rows] == ["float", "lsq"]
+    assert rows[0]["ratio"] == 1.0 and rows[0]["peak_bytes"] == 100
+    # per-run ratios 1.5, 2.0, 1.7 (each over its own float): the median and the range, not 160 / 100
+    assert rows[1]["ratio"] == 1.7 and rows[1]["ratio_range"] == [1.5, 2.0] and rows[1]["peak_bytes"] == 160
+    failed = combine_runs([run(100, None), run(100, 150)])[1]
+    assert failed["ratio"] is None and failed["peak_bytes"] is None
