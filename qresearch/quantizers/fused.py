@@ -287,16 +287,16 @@ def dorefa_weights(levels: float, eager: bool, reduce: tuple, scaled: bool, floo
 def a2q_weights(qn: float, qp: float, budget: float, reduce: tuple):
     """A2Q's training transform of a weight (``a2q.A2QQuantizer.integers`` and the product with the step) as
     XLA passes (forward, a product per gradient sum, backward), given the broadcast norm ``g_b``, the l1 norms
-    ``l1`` (TF's sum: an XLA sum adds in another order), the denominator ``den = l1·s_b`` and the output step ``so_b`` (float64; the graph casts the step
-    twice, so its two gradients are rounded to float32 apart):
+    ``l1`` (TF's sum: an XLA sum adds in another order), the denominator ``den = l1·s_b`` and the output step
+    ``so_b`` (float64; the graph casts the step twice, so its two gradients are rounded to float32 apart):
 
-    - ``forward(x, g_b, den, so_b) -> (y, fits)``: ``u = clip((g_b·v)/den, -qn, qp)``, nearest rounding where a
+    - ``forward(x, g_b, den, so_b, zero) -> (y, fits)``: ``u = clip((g_b·v)/den, -qn, qp)``, nearest rounding where a
       channel's ``Σ|round(u)| <= budget`` (exact: a sum of integers) else toward zero, ``y = f32((u + (q - u))·so_b)``;
     - ``terms[k](dy, x, g_b, den, so_b, fits, zero)``: one pass per product whose sum is a gradient: of ``so_b``
       (Mul's ``q·dy``), of ``den`` (RealDiv's ``g·((-n/den)/den)``), of ``g_b`` (Mul's ``(g/den)·v``), summed by
       TF; one pass each, so the caller can sum one before the next exists (three float64 weight-sized
       buffers at once were a LeNet-5 step's peak);
-    - ``backward(dy, x, g_b, den, g_l1, zero) -> g_x``: ``f32((g/den)·g_b + g_l1·sign(v))`` (Mul's and, through
+    - ``backward(dy, x, g_b, den, so_b, g_l1, zero) -> g_x``: ``f32((g/den)·g_b + g_l1·sign(v))`` (Mul's and, through
       the l1 norm's Sum and Abs, Abs's gradient, added as AddN adds them), ``g`` being the straight-through
       gradient cut where the clip cut ``u`` (Minimum's ``<=``, Maximum's ``>=``).
 
