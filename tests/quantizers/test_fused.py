@@ -261,11 +261,21 @@ def test_a2q_training_weights_bits(shape, bits, per_channel, accumulator_bits, g
     """A2Q's fused training transform (XLA passes and TF's sums) against ``A2QQuantizer.integers`` times
     the step under autodiff: the value and the gradients of the weight, the log2 step and the log2 norm, bit for
     bit (a zero channel, a NaN in the incoming gradient, steps on which weights fall on rounding ties)."""
+    _check_a2q_training_weights(shape, bits, per_channel, accumulator_bits, graph, "float32")
+
+
+@pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
+@pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
+def test_a2q_training_weights_bits_with_power_of_two_steps(per_channel, graph):
+    _check_a2q_training_weights((3, 3, 17, 24), 4, per_channel, 14, graph, "pot")
+
+
+def _check_a2q_training_weights(shape, bits, per_channel, accumulator_bits, graph, scale_format):
     from qresearch.quantizers import create
     from qresearch.quantizers.a2q import fused_training_weights
 
     q = create({"name": "a2q", "bits": bits, "per_channel": per_channel, "accumulator_bits": accumulator_bits,
-                "input_bits": 4}, role="weights")
+                "input_bits": 4, "scale_format": scale_format}, role="weights")
     axes = [len(shape) - 1] if per_channel else None
     norm_axes = (len(shape) - 1,)
     rng = np.random.default_rng(bits)
