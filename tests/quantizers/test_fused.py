@@ -178,10 +178,10 @@ def test_a_training_forward_on_an_activation_is_one_xla_call(forward):
 
 
 def _weights(shape, seed, per_channel):
-    """A weight tensor with a tie for the max in a channel, non-finite entries in another, ±0 and rounding ties,
-    a channel under the floor of the max;
-    its incoming gradient with a NaN in one channel when ``per_channel`` (a per-tensor gradient would be NaN
-    everywhere, and then only the NaN's sign bit tells how it was reached)."""
+    """``(w, dy)``: weights with ties for the max in a channel, non-finite entries (NaN only ``per_channel``) in
+    another, ±0 and a rounding tie, and a channel whose max is under the floor ``EPS``; an incoming gradient
+    with ±0 and, ``per_channel``, a NaN in one channel (per tensor a NaN makes the whole gradient NaN, and
+    then only a NaN's sign bit would tell how it was reached)."""
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal(shape) * 0.2).astype("float32")
     flat = w.reshape(-1, shape[-1])
