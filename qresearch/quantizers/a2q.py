@@ -266,8 +266,6 @@ def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
     TF's sums, with autodiff's bits for the value and the four gradients (tests/quantizers/test_fused.py). The
     plain float64 chain kept about ten weight-sized float64 tensors from the forward to the backward; here
     the step keeps none but ``x``. The norm and step arithmetic (``step_and_norm``) stays plain autodiff."""
-    from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
-
     from qresearch.quantizers import fused
 
     qn, qp = grid
@@ -287,20 +285,17 @@ def fused_training_weights(x, g_b, s_b, so_b, grid, budget: float, reduce):
             fits.set_shape(kept)
 
         def backward(dy):
-            def reduced(param, p):
-                return math_grad._ReduceGradientArgs(p, param, None, p)[1]
-
             def summed(k, param, after):
                 with tf.control_dependencies(after):   # one float64 product alive at a time
-                    return reduced(param, term_passes[k](dy, x, g_b, den, so_b, fits, zero))
+                    return ops.summed_to(param, term_passes[k](dy, x, g_b, den, so_b, fits, zero))
 
             g_so = summed(0, so_b, [])
             g_den = summed(1, den, [g_so])
             g_g = summed(2, g_b, [g_den])
-            g_l1 = reduced(l1, g_den * s_b)
+            g_l1 = ops.summed_to(l1, g_den * s_b)
             g_l1 = tf.where(raw >= TINY, g_l1, tf.zeros_like(g_l1))   # Maximum's gradient
             g_x = backward_pass(dy, x, g_b, den, so_b, g_l1, zero)
-            return g_x, g_g, reduced(s_b, l1 * g_den), g_so
+            return g_x, g_g, ops.summed_to(s_b, l1 * g_den), g_so
 
         return y, backward
 

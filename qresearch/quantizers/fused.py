@@ -201,12 +201,17 @@ def per_channel_input_backward():
     return xla_pass(fn)
 
 
+def _finite_masked(v):
+    """``(finite, v with its non-finite entries at the float32 lowest)``: what ``ops.reduce_finite`` maxes."""
+    finite = tf.math.is_finite(v)
+    return finite, tf.where(finite, v, tf.constant(np.finfo(np.float32).min, v.dtype))
+
+
 def _finite_max(v, reduce):
     """``(raw, any, count)`` of ``ops.reduce_finite(tf.reduce_max, v, ...)`` over ``reduce`` (kept dims): the
     max of the finite entries (the float32 lowest where none is), whether any is finite, and how many entries
     equal the max (the divisor of TF's Max gradient). A max and a count of ones are exact in any order."""
-    finite = tf.math.is_finite(v)
-    masked = tf.where(finite, v, tf.constant(np.finfo(np.float32).min, v.dtype))
+    finite, masked = _finite_masked(v)
     raw = tf.reduce_max(masked, axis=reduce, keepdims=True)
     count = tf.reduce_sum(tf.cast(tf.equal(raw, masked), v.dtype), axis=reduce, keepdims=True)
     return raw, tf.reduce_any(finite, axis=reduce, keepdims=True), count
@@ -218,8 +223,7 @@ def _max_gradient(v, g, raw, any_finite, count, floor):
     Max's (``(equal / count)·g``: shared between ties), the Select of its finite mask (+0 elsewhere)."""
     zero = tf.zeros([], g.dtype)
     g = tf.where(any_finite, tf.where(tf.where(any_finite, raw, zero) >= floor, g, zero), zero)
-    finite = tf.math.is_finite(v)
-    masked = tf.where(finite, v, tf.constant(np.finfo(np.float32).min, v.dtype))
+    finite, masked = _finite_masked(v)
     return tf.where(finite, (tf.cast(tf.equal(raw, masked), g.dtype) / count) * g, zero)
 
 

@@ -318,22 +318,25 @@ def plain(*values):
     return tuple(tf.convert_to_tensor(v) if isinstance(v, tf.distribute.DistributedValues) else v for v in values)
 
 
+def summed_to(param, g):
+    """``g`` (of the broadcast shape) summed over the axes ``param`` was broadcast along, to ``param``'s shape,
+    by TF's own broadcast-reduction helper: the sums autodiff makes, bit for bit (an XLA sum adds in another
+    order). What every fused backward uses for the gradient of a broadcast step, clip or scale."""
+    from tensorflow.python.ops import math_grad
+
+    return math_grad._ReduceGradientArgs(g, param, None, g)[1]
+
+
 def _uniform_ste_grads(dy, g_shifted, q_dy, g_t_ts, scale, offset):
     """Autodiff's gradients of ``uniform_ste`` from the fused pass's terms (``fused.uniform_backward``),
     op for op where it matters for the bits: Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the
     gradient where the clip kept its input, else +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to
-    s), Sub/Add (``-g`` / ``g`` to the offset), each reduced over the broadcast axes by TF's own helper
-    (``dy`` has the full shape: only its static shape is read). A sum of negated terms is the negated sum
+    s), Sub/Add (``-g`` / ``g`` to the offset), each reduced over the broadcast axes (``summed_to``). A sum of negated terms is the negated sum
     (rounding to nearest is symmetric), so negations are applied after the reductions, on small tensors."""
-    from tensorflow.python.ops import math_grad  # TF's own broadcast-reduction helper, for identical sums
-
-    def reduced(param, g):
-        return math_grad._ReduceGradientArgs(dy, param, None, g)[1]
-
-    g_scale = reduced(scale, q_dy) - reduced(scale, g_t_ts)
+    g_scale = summed_to(scale, q_dy) - summed_to(scale, g_t_ts)
     if not offset:
         return g_shifted, g_scale
-    g_offset = reduced(offset[0], dy) - reduced(offset[0], g_shifted)
+    g_offset = summed_to(offset[0], dy) - summed_to(offset[0], g_shifted)
     return g_shifted, g_scale, g_offset
 
 

@@ -105,8 +105,6 @@ def pact_ste(x, a, qp: int, signed: bool):
     recomputes the masks from ``x``: bit-identical gradients (tests/quantizers/test_pact.py), fewer passes
     over ``x`` and nothing full-size kept but ``x``.
     """
-    from tensorflow.python.ops import math_grad  # TF's broadcast reduction, for identical sums
-
     from qresearch.quantizers import fused
 
     forward_pass, backward_pass = fused.pact_forward(signed), fused.pact_backward(signed)
@@ -117,11 +115,8 @@ def pact_ste(x, a, qp: int, signed: bool):
         out = forward_pass(x, a, step)
 
         def backward(dy):
-            def to_alpha(g):
-                return math_grad._ReduceGradientArgs(a, x, g, None)[0]
-
             g_x, *terms = backward_pass(dy, x, a, step)
-            g_a = to_alpha(terms[0]) - to_alpha(terms[1]) if signed else to_alpha(terms[0])
+            g_a = ops.summed_to(a, terms[0]) - ops.summed_to(a, terms[1]) if signed else ops.summed_to(a, terms[0])
             return g_x, g_a
 
         return out, backward
