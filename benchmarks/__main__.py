@@ -112,7 +112,6 @@ def step_times(model_name: str, input_shape, steps: int, batch_size: int,
     """Median step time of every model, in interleaved rounds (float first in each; ``rounds``, or as many as
     ``more_rounds`` allows), so a change of machine load hits every model alike; the ratio is taken per round,
     then the median."""
-
     import qresearch.run  # noqa: F401  (drops Keras' expected "retracing" warnings)
     from qresearch._compat import keras, tf
 
@@ -154,7 +153,6 @@ def eval_times(model_name: str, input_shape, batch_size: int, rounds: int = 5, p
     """Inference time of ``preset`` on the same images: fake-quant graph (export mode), integer-kernel
     emulation, float model, LiteRT interpreter; graph calls (tf.function) and eager calls. Interleaved
     rounds; each ratio is the median over rounds of time / fake-quant graph time in that round."""
-
     import numpy as np
 
     import qresearch
@@ -259,11 +257,14 @@ def combine_runs(results: List[List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     range over the runs (``ratio_range``)."""
     rows = []
     for i, first in enumerate(results[0]):
-        peaks = [run[i]["peak_bytes"] for run in results]
-        ratios = [run[i]["peak_bytes"] / run[0]["peak_bytes"] for run in results if run[i].get("peak_bytes")]
-        rows.append({"name": first["name"], "peak_bytes": statistics.median(peaks) if all(peaks) else None,
-                     "ratio": statistics.median(ratios) if len(ratios) == len(results) else None,
-                     "ratio_range": [min(ratios), max(ratios)] if len(ratios) == len(results) else None,
+        peaks = [run[i].get("peak_bytes") for run in results]
+        if not all(peaks):   # failed in a run: no figure
+            rows.append({"name": first["name"], "peak_bytes": None, "ratio": None, "ratio_range": None,
+                         "runs": len(results)})
+            continue
+        ratios = [peak / run[0]["peak_bytes"] for peak, run in zip(peaks, results)]
+        rows.append({"name": first["name"], "peak_bytes": statistics.median(peaks),
+                     "ratio": statistics.median(ratios), "ratio_range": [min(ratios), max(ratios)],
                      "runs": len(results)})
     return rows
 
