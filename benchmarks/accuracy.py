@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.accuracy [--datasets mnist,cifar10] [--seeds 0,1] [--bits 8,4,3,2] [--presets all]
 [--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--set KEY=VALUE ..] [--quick]
-[--resume]``
+[--resume] [--model DATASET=MODEL ..]``
 (``make bench-accuracy``: the defaults).
 
 Protocol (docs/benchmark-protocol.md), in one process per dataset:
@@ -73,6 +73,40 @@ def _per_dataset(value: Optional[str], datasets: Sequence[str], key: str, cast=i
         for d in ([name] if name else datasets):
             if d in out:
                 out[d] = v
+    return out
+
+
+def parse_models(items: Optional[Sequence[str]]) -> Dict[str, Dict[str, Any]]:
+    """``--model DATASET=MODEL`` -> {dataset: {"model": config, "label": text}}.
+
+    MODEL is a registered name (``mobilenet_tiny``), a YAML mapping of a model config (``{name: resnet20,
+    depth: 14}``, ``{_target_: pkg.mod.build, width: 32}``) or a dotted path to an importable builder
+    ``fn(input_shape, num_classes) -> tf_keras.Model`` (a model not in the project)."""
+    import yaml
+
+    from qresearch import models
+
+    out: Dict[str, Dict[str, Any]] = {}
+    for item in items or ():
+        dataset, sep, text = item.partition("=")
+        dataset, text = dataset.strip(), text.strip()
+        if not sep or not dataset or not text:
+            raise SystemExit(f"--model {item!r}: expected DATASET=MODEL, e.g. --model cifar10=mobilenet_tiny or "
+                             "--model cifar10=mypkg.models.build")
+        if dataset not in DATASETS:
+            raise SystemExit(f"--model {item!r}: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
+        value = yaml.safe_load(text)
+        if isinstance(value, str):
+            value = {"_target_": value} if "." in value else {"name": value}
+        if not isinstance(value, dict) or bool(value.get("name")) == bool(value.get("_target_")):
+            raise SystemExit(f"--model {item!r}: give a registered model name, a dotted builder path, or a "
+                             "mapping with exactly one of 'name' and '_target_'")
+        if value.get("name") and value["name"] not in models.MODELS:
+            raise SystemExit(f"--model {item!r}: unknown model {value['name']!r}; registered: "
+                             f"{', '.join(models.MODELS.names())}, or a builder's dotted path pkg.mod.fn")
+        options = ", ".join(f"{k}={v}" for k, v in value.items() if k not in ("name", "_target_"))
+        label = str(value.get("name") or value["_target_"]) + (f" ({options})" if options else "")
+        out[dataset] = {"model": value, "label": label}
     return out
 
 
@@ -309,6 +343,10 @@ def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any]
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
     p.add_argument("--datasets", default="mnist,cifar10", help="comma list of mnist, cifar10, digits")
+    p.add_argument("--model", dest="models", action="append", default=[], metavar="DATASET=MODEL",
+                   help="another model for a dataset (repeatable): a registered name (--model cifar10=mobilenet_tiny), "
+                        "a YAML model config ('cifar10={name: resnet20, depth: 14}') or an importable builder "
+                        "pkg.mod.fn(input_shape, num_classes) (defaults: mnist LeNet-5, cifar10 ResNet-8)")
     p.add_argument("--seeds", default="0,1", help="comma list (>= 2 for mean ± std)")
     p.add_argument("--bits", default="8,4,3,2", help="widths of weights = activations; 8: PTQ only")
     p.add_argument("--presets", default="all", help="comma list of built-in presets, or 'all' (less mixed)")
@@ -366,6 +404,7 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
         raise SystemExit(f"--presets: unknown {unknown}; built-in: {', '.join(schemes.names())}")
     settings = parse_settings(args.settings)
     check_settings(presets, settings)
+    chosen_models = parse_models(args.models)
     train_n = _per_dataset(args.train_subset, datasets, "train_subset")
     test_n = _per_dataset(args.test_subset, datasets, "test_subset")
     epochs = _per_dataset(args.epochs, datasets, "epochs")
@@ -407,8 +446,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
         except Exception as exc:  # a dataset that cannot be loaded here must not lose the others
             log(f"{name}: not loaded ({type(exc).__name__}: {exc}); skipped")
             continue
-        model_cfg = DATASETS[name]["model"]
-        label = DATASETS[name]["label"]
+        model_cfg = chosen_models.get(name, DATASETS[name])["model"]
+        label = chosen_models.get(name, DATASETS[name])["label"]
         meta.setdefault("data", {})[name] = {"train": ds.train_size, "test": ds.test_size, "model": label,
                                              "model_config": model_cfg, "calibration_samples": calib_n,
                                              "qat": {k: getattr(v, "value", v) for k, v in vars(qat_phase).items()},

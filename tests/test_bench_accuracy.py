@@ -30,12 +30,16 @@ def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(t
 
     monkeypatch.setattr(accuracy, "build_contestant", build)
     res = accuracy.main(["--quick", "--presets", "lsq,pot", "--out", str(tmp_path), "--cache-dir", "",
-                         "--set", "bn_freeze_steps=5"], log=lambda m: None)
+                         "--set", "bn_freeze_steps=5", "--model", "digits={name: lenet5, filters: [4, 8]}"],
+                        log=lambda m: None)
     assert settings_seen["lsq"] == {"bn_freeze_steps": 5}   # --set reaches every run (LeNet-5 has no BN)
     for name in ("table.md", "results.json", "results.jsonl", "accuracy_vs_bits.png"):
         assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["args"]["settings"] == {"bn_freeze_steps": 5}
+    # --model: every run used the model given, and the outputs say which
+    assert data["args"]["data"]["digits"]["model_config"] == {"name": "lenet5", "filters": [4, 8]}
+    assert {r["model"] for r in data["records"]} == {"lenet5 (filters=[4, 8])"}
     recs = {(r["contestant"], r["policy"], r["bits"]): r for r in data["records"]}
     assert set(recs) == {(report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("pot", "fl8", 4)}
     assert recs[("pot", "fl8", 4)]["status"] == "failed" and "boom" in recs[("pot", "fl8", 4)]["error"]
@@ -70,6 +74,34 @@ def test_set_changes_every_preset_and_refuses_what_it_cannot_apply():
         accuracy.check_settings(["lsq", "a2q"], {"weights.init": "mse"})
     with pytest.raises(SystemExit, match=r"preset 'lsq' invalid.*bn_folding"):
         accuracy.check_settings(["lsq"], {"bn_folding": "sometimes"})
+
+
+def _held_out_builder(input_shape, num_classes):
+    from qresearch._compat import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Flatten()(inp)
+    return keras.Model(inp, keras.layers.Dense(num_classes, name="logits")(x))
+
+
+def test_model_option_takes_a_registered_name_a_config_or_a_builder_not_in_the_project():
+    from benchmarks import accuracy
+    from qresearch import models
+
+    got = accuracy.parse_models(["cifar10=mobilenet_tiny", "mnist={name: resnet20, depth: 8}",
+                                 f"digits={__name__}._held_out_builder"])
+    assert got["cifar10"] == {"model": {"name": "mobilenet_tiny"}, "label": "mobilenet_tiny"}
+    assert got["mnist"] == {"model": {"name": "resnet20", "depth": 8}, "label": "resnet20 (depth=8)"}
+    assert got["digits"]["model"] == {"_target_": f"{__name__}._held_out_builder"}
+    built = models.build_model(got["digits"]["model"], (8, 8, 1), 10)   # the benchmark's own build path
+    assert built.output_shape == (None, 10) and built.layers[-1].name == "logits"
+    assert accuracy.parse_models([]) == {}
+    for bad, fragment in (("cifar10", "DATASET=MODEL"), ("imagenet=lenet5", "unknown dataset 'imagenet'"),
+                          ("mnist=lenet9", "unknown model 'lenet9'.*lenet5"),
+                          ("mnist={depth: 8}", "exactly one of 'name' and '_target_'"),
+                          ("mnist={name: lenet5, _target_: a.b}", "exactly one of")):
+        with pytest.raises(SystemExit, match=fragment):
+            accuracy.parse_models([bad])
 
 
 def _constructed(lsq_w2=0.60, lsq_w4_ptq=0.93, nan_seed=False):
