@@ -1,4 +1,4 @@
-"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,mobilenet_tiny] [--steps 20]``.
+"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,mobilenet_tiny,pkg.mod.fn:32x32x3] [--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
    ``quantize_model`` and experimental n-bit scheme (4/4 bits), and lsq with its model input's step fixed
@@ -32,7 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def _compile(model):
@@ -55,12 +55,32 @@ def _time_steps(model, ds, steps: int) -> float:
 MODELS = {"lenet5": (28, 28, 1), "mobilenet_tiny": (32, 32, 3)}
 
 
+def model_config(model_name: str) -> Dict[str, Any]:
+    """A zoo name (``lenet5``) or an importable builder's dotted path (``pkg.mod.build``: a model not in the
+    project) -> the model config ``build_model`` takes."""
+    return {"_target_": model_name} if "." in model_name else {"name": model_name}
+
+
+def parse_model_arg(entry: str) -> Tuple[str, Tuple[int, ...]]:
+    """``--models`` entry ``NAME[:HxWxC]`` -> (name, input shape); the zoo's shapes by default, else 32x32x3."""
+    name, _, shape = entry.partition(":")
+    if shape:
+        try:
+            dims = tuple(int(d) for d in shape.lower().split("x"))
+        except ValueError:
+            dims = ()
+        if len(dims) != 3 or min(dims) < 1:
+            raise SystemExit(f"--models {entry!r}: the input shape must be HxWxC, e.g. {name}:32x32x3")
+        return name, dims
+    return name, MODELS.get(name, (32, 32, 3))
+
+
 def _fresh(model_name: str, input_shape):
     from qresearch import models
     from qresearch._compat import keras
 
     keras.utils.set_random_seed(0)
-    return models.build_model({"name": model_name}, input_shape, 10)
+    return models.build_model(model_config(model_name), input_shape, 10)
 
 
 def _contestants(calibration) -> List[Any]:
@@ -343,7 +363,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", default=None,
                     help="comma-separated subset of steps,eval,memory,sweep,mixed,stream (default: all)")
-    ap.add_argument("--models", default=",".join(MODELS), help=f"zoo models (default {','.join(MODELS)})")
+    ap.add_argument("--models", default=",".join(MODELS),
+                    help=f"zoo models or importable builders pkg.mod.fn, each NAME[:HxWxC] (default "
+                         f"{','.join(MODELS)}; other models' input 32x32x3 unless given)")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per model and round (median)")
     ap.add_argument("--rounds", type=int, default=None,
@@ -360,11 +382,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     unknown = parts - set(PARTS)
     if unknown:
         ap.error(f"--only: unknown {sorted(unknown)}")
-    names = [m for m in args.models.split(",") if m]
+    names = [parse_model_arg(m) for m in args.models.split(",") if m]
     report: Dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "cpus": os.cpu_count()}
 
-    for model in names:
-        shape = MODELS.get(model, (28, 28, 1))
+    for model, shape in names:
         if "steps" in parts:
             print(f"\nQAT step time / float step time: {model}, input {shape}, batch {args.batch}, "
                   f"median of {args.steps} steps x {args.rounds or 'adaptive'} rounds, Adam", flush=True)

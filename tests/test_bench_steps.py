@@ -39,3 +39,29 @@ def test_memory_runs_combine_to_the_median_ratio_and_its_range():
     assert rows[1]["ratio"] == 1.7 and rows[1]["ratio_range"] == [1.5, 2.0] and rows[1]["peak_bytes"] == 160
     failed = combine_runs([run(100, None), run(100, 150)])[1]
     assert failed["ratio"] is None and failed["peak_bytes"] is None
+
+
+def _held_out_builder(input_shape, num_classes):
+    from qresearch._compat import keras
+
+    inp = keras.Input(input_shape)
+    x = keras.layers.Conv2D(4, 3, name="conv")(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inp, keras.layers.Dense(num_classes, name="logits")(x))
+
+
+def test_models_may_be_zoo_names_or_builders_not_in_the_project_with_their_input_shape():
+    import pytest
+
+    from benchmarks.__main__ import _fresh, parse_model_arg
+
+    assert parse_model_arg("lenet5") == ("lenet5", (28, 28, 1))
+    assert parse_model_arg("mobilenet_tiny") == ("mobilenet_tiny", (32, 32, 3))
+    path = f"{__name__}._held_out_builder"
+    assert parse_model_arg(path) == (path, (32, 32, 3))
+    assert parse_model_arg(path + ":16x12x1") == (path, (16, 12, 1))
+    model = _fresh(*parse_model_arg(path + ":16x12x1"))   # what every part of the bench builds
+    assert model.input_shape == (None, 16, 12, 1) and model.output_shape == (None, 10)
+    for bad in ("lenet5:28x28", "lenet5:axbxc", "lenet5:0x28x1"):
+        with pytest.raises(SystemExit, match="HxWxC"):
+            parse_model_arg(bad)
