@@ -13,11 +13,12 @@ from qresearch.registry import Registry
 from qresearch import schemes  # noqa: F401
 from qresearch.schemes import UnregisteredClassError, load_model
 from qresearch.api import quantize
+from qresearch.quantizer_training import configure_optimizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DataError", "IncompatibleTargetError", "KerasVersionError", "PluginImportError",
     "QResearchError", "Registry", "UnknownNameError", "UnregisteredClassError", "UnsupportedLayerError",
-    "import_plugins", "keras", "load_model", "quantize", "quantizers", "schemes", "tf", "tfmot",
+    "configure_optimizer", "import_plugins", "keras", "load_model", "quantize", "quantizers", "schemes", "tf", "tfmot",
 ]

@@ -41,6 +41,25 @@ def configure(optimizer, model, settings: QuantizerTraining):
     return optimizer
 
 
+def configure_optimizer(optimizer, model):
+    """``optimizer`` set up for a ``qresearch.quantize`` model with that model's scheme's quantizer-training
+    settings (``quantizer_lr_multiplier``, ``quantizer_weight_decay``, ``freeze_quantizer_steps``), as the
+    runner trains it: ``qat.compile(qresearch.configure_optimizer(keras.optimizers.Adam(5e-4), qat), ...)``.
+    ``optimizer`` is an optimizer instance (not a string); call before the first training step."""
+    from qresearch.config import quantizer_training
+
+    info = getattr(model, "qresearch_info", None)
+    if not isinstance(info, dict) or "scheme" not in info:
+        raise ValueError(f"configure_optimizer: model {getattr(model, 'name', model)!r} was not made by "
+                         "qresearch.quantize (it has no qresearch_info['scheme']); pass the model quantize "
+                         "returned, or call qresearch.quantizer_training.configure(optimizer, model, "
+                         "qresearch.config.quantizer_training(scheme_dict)) yourself")
+    if isinstance(optimizer, str) or not hasattr(optimizer, "apply_gradients"):
+        raise TypeError(f"configure_optimizer: expected a tf_keras optimizer instance, got {optimizer!r}; "
+                        "e.g. qresearch.keras.optimizers.Adam(5e-4)")
+    return configure(optimizer, model, quantizer_training(info["scheme"]))
+
+
 def _scaled_class(base: type) -> type:
     """``base`` with quantizer-parameter updates rescaled (the same class name: saved configs load as ``base``)."""
     if base not in _CLASSES:

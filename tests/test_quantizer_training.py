@@ -123,3 +123,52 @@ def test_hydra_overrides_without_plus():
     exp = config.experiment(cfg)
     assert exp.quantizer_training == QuantizerTraining(lr_multiplier=10.0, freeze_steps=100)
     assert exp.scheme["activations"]["init"] == "mse" and exp.scheme["weights"]["init_percentile"] == 99.5
+
+
+def _lsq_model(multiplier):
+    import qresearch
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    x = keras.layers.Dense(5, activation="relu", name="hidden")(inp)
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(x))
+    scheme = {"weights": {"quantizer": "lsq", "bits": 4, "per_channel": True},
+              "activations": {"quantizer": "lsq", "bits": 4}, "quantizer_lr_multiplier": multiplier}
+    x_cal = np.random.default_rng(0).normal(size=(64, 6)).astype("float32")
+    return qresearch.quantize(model, scheme, calibration_data=x_cal), x_cal
+
+
+def test_configure_optimizer_gives_an_api_user_the_scheme_s_settings():
+    """qresearch.configure_optimizer: a model from qresearch.quantize trains its quantizer parameters at the
+    scheme's multiplier × the optimizer's learning rate (one SGD step: the update is k × the plain one), every
+    other weight as the plain optimizer moves it."""
+    import qresearch
+
+    y = np.arange(64) % 3
+    moved = {}
+    for name, k, make in (("plain", 0.25, lambda q: keras.optimizers.SGD(0.1)),
+                          ("configured", 0.25, lambda q: qresearch.configure_optimizer(keras.optimizers.SGD(0.1), q))):
+        q, x = _lsq_model(k)
+        q.compile(make(q), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        before = [v.numpy() for v in q.trainable_variables]
+        q.train_on_batch(x, y)
+        moved[name] = [(v.name, v.numpy() - b, qt.is_quantizer_param(v)) for v, b in zip(q.trainable_variables, before)]
+    assert 0 < sum(is_q for _, _, is_q in moved["plain"]) < len(moved["plain"])
+    for (name, delta, is_q), (_, got, _) in zip(moved["plain"], moved["configured"]):
+        assert np.any(delta != 0), name   # every variable took a step
+        expected = 0.25 * delta if is_q else delta
+        # float32 rounding of v0 + k·(v1 - v0) and of the differences: a few ulp of values below 1
+        np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-7, err_msg=name)
+        assert np.abs(delta).min() > 1e-5, name   # so k = 1 would fail the comparison above
+
+
+def test_configure_optimizer_refuses_what_it_cannot_configure():
+    import qresearch
+
+    q, _ = _lsq_model(0.5)
+    with pytest.raises(TypeError, match="optimizer instance.*Adam"):
+        qresearch.configure_optimizer("adam", q)
+    plain = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    with pytest.raises(ValueError, match="not made by qresearch.quantize"):
+        qresearch.configure_optimizer(keras.optimizers.Adam(), plain)
+    assert type(qresearch.configure_optimizer(keras.optimizers.Adam(), _lsq_model(1.0)[0])) is keras.optimizers.Adam
