@@ -104,6 +104,14 @@ def parse_models(items: Optional[Sequence[str]]) -> Dict[str, Dict[str, Any]]:
         if value.get("name") and value["name"] not in models.MODELS:
             raise SystemExit(f"--model {item!r}: unknown model {value['name']!r}; registered: "
                              f"{', '.join(models.MODELS.names())}, or a builder's dotted path pkg.mod.fn")
+        if value.get("_target_"):  # fail before anything trains, with how to fix the path
+            from qresearch.errors import ConfigError
+            from qresearch.plugins import import_object
+
+            try:
+                import_object(value["_target_"], "--model", models.BUILDER_CONTRACT)
+            except ConfigError as exc:
+                raise SystemExit(str(exc)) from exc
         options = ", ".join(f"{k}={v}" for k, v in value.items() if k not in ("name", "_target_"))
         label = str(value.get("name") or value["_target_"]) + (f" ({options})" if options else "")
         out[dataset] = {"model": value, "label": label}

@@ -99,7 +99,9 @@ def test_model_option_takes_a_registered_name_a_config_or_a_builder_not_in_the_p
     for bad, fragment in (("cifar10", "DATASET=MODEL"), ("imagenet=lenet5", "unknown dataset 'imagenet'"),
                           ("mnist=lenet9", "unknown model 'lenet9'.*lenet5"),
                           ("mnist={depth: 8}", "exactly one of 'name' and '_target_'"),
-                          ("mnist={name: lenet5, _target_: a.b}", "exactly one of")):
+                          ("mnist={name: lenet5, _target_: a.b}", "exactly one of"),
+                          ("mnist=no_such_pkg.build", "cannot be imported.*PYTHONPATH"),
+                          (f"mnist={__name__}.no_builder", "has no 'no_builder'")):
         with pytest.raises(SystemExit, match=fragment):
             accuracy.parse_models([bad])
 
