@@ -36,9 +36,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 
 def _compile(model):
+    """Adam for every contestant; a qresearch model's with its scheme's quantizer-training settings (the
+    learned presets' step learning-rate multiplier), as the runner trains it."""
+    import qresearch
     from qresearch._compat import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(1e-4),
+    optimizer = keras.optimizers.Adam(1e-4)
+    if isinstance(getattr(model, "qresearch_info", None), dict):
+        optimizer = qresearch.configure_optimizer(optimizer, model)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
     return model
 
