@@ -172,3 +172,14 @@ def test_configure_optimizer_refuses_what_it_cannot_configure():
     with pytest.raises(ValueError, match="not made by qresearch.quantize"):
         qresearch.configure_optimizer(keras.optimizers.Adam(), plain)
     assert type(qresearch.configure_optimizer(keras.optimizers.Adam(), _lsq_model(1.0)[0])) is keras.optimizers.Adam
+
+
+def test_configure_optimizer_works_on_a_saved_and_loaded_model(tmp_path):
+    """A QAT model saved and loaded keeps its scheme, so a resumed training gets the same settings."""
+    import qresearch
+
+    q, _ = _lsq_model(0.25)
+    q.save(str(tmp_path / "qat"))
+    again = qresearch.load_model(str(tmp_path / "qat"), compile=False)
+    opt = qresearch.configure_optimizer(keras.optimizers.SGD(0.1), again)
+    assert type(opt) is not keras.optimizers.SGD and opt._quantizer_settings.lr_multiplier == 0.25
