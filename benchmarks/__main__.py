@@ -1,4 +1,5 @@
-"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,mobilenet_tiny,pkg.mod.fn:32x32x3] [--steps 20]``.
+"""``python -m benchmarks [--only steps,eval,memory,sweep,mixed,stream] [--models lenet5,pkg.mod.fn:32x32x3]
+[--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
    ``quantize_model`` and experimental n-bit scheme (4/4 bits), and lsq with its model input's step fixed
@@ -61,12 +62,6 @@ def _time_steps(model, ds, steps: int) -> float:
 MODELS = {"lenet5": (28, 28, 1), "mobilenet_tiny": (32, 32, 3)}
 
 
-def model_config(model_name: str) -> Dict[str, Any]:
-    """A zoo name (``lenet5``) or an importable builder's dotted path (``pkg.mod.build``: a model not in the
-    project) -> the model config ``build_model`` takes."""
-    return {"_target_": model_name} if "." in model_name else {"name": model_name}
-
-
 def parse_model_arg(entry: str) -> Tuple[str, Tuple[int, ...]]:
     """``--models`` entry ``NAME[:HxWxC]`` -> (name, input shape); the zoo's shapes by default, else 32x32x3."""
     name, _, shape = entry.partition(":")
@@ -86,7 +81,7 @@ def _fresh(model_name: str, input_shape):
     from qresearch._compat import keras
 
     keras.utils.set_random_seed(0)
-    return models.build_model(model_config(model_name), input_shape, 10)
+    return models.build_model(models.model_config(model_name), input_shape, 10)
 
 
 def _contestants(calibration) -> List[Any]:

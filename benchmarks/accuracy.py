@@ -97,7 +97,7 @@ def parse_models(items: Optional[Sequence[str]]) -> Dict[str, Dict[str, Any]]:
             raise SystemExit(f"--model {item!r}: unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
         value = yaml.safe_load(text)
         if isinstance(value, str):
-            value = {"_target_": value} if "." in value else {"name": value}
+            value = models.model_config(value)
         if not isinstance(value, dict) or bool(value.get("name")) == bool(value.get("_target_")):
             raise SystemExit(f"--model {item!r}: give a registered model name, a dotted builder path, or a "
                              "mapping with exactly one of 'name' and '_target_'")
@@ -454,8 +454,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
         except Exception as exc:  # a dataset that cannot be loaded here must not lose the others
             log(f"{name}: not loaded ({type(exc).__name__}: {exc}); skipped")
             continue
-        model_cfg = chosen_models.get(name, DATASETS[name])["model"]
-        label = chosen_models.get(name, DATASETS[name])["label"]
+        chosen = chosen_models.get(name) or DATASETS[name]
+        model_cfg, label = chosen["model"], chosen["label"]
         meta.setdefault("data", {})[name] = {"train": ds.train_size, "test": ds.test_size, "model": label,
                                              "model_config": model_cfg, "calibration_samples": calib_n,
                                              "qat": {k: getattr(v, "value", v) for k, v in vars(qat_phase).items()},

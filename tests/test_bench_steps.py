@@ -1,4 +1,5 @@
-"""``make bench``'s step timing: how many interleaved rounds it runs; its memory runs combined (benchmarks/__main__.py)."""
+"""``make bench``'s step timing: how many interleaved rounds it runs; its memory runs combined; the models it
+takes (benchmarks/__main__.py)."""
 from benchmarks.__main__ import MAX_ROUNDS, MIN_ROUNDS, ROUND_BUDGET_S, more_rounds
 
 

@@ -38,6 +38,12 @@ def _import(path: str) -> Callable[..., Any]:
     return import_object(path, "model._target_", BUILDER_CONTRACT)
 
 
+def model_config(name_or_path: str) -> dict:
+    """A registered name (``lenet5``) or an importable builder's dotted path (``pkg.mod.build``) -> the model
+    config ``build_model`` takes."""
+    return {"_target_": name_or_path} if "." in name_or_path else {"name": name_or_path}
+
+
 def build_model(cfg: Mapping[str, Any], input_shape: Sequence[int], num_classes: int):
     """Build the float model a ``model`` config node describes."""
     cfg = dict(cfg)

@@ -331,8 +331,9 @@ def _uniform_ste_grads(dy, g_shifted, q_dy, g_t_ts, scale, offset):
     """Autodiff's gradients of ``uniform_ste`` from the fused pass's terms (``fused.uniform_backward``),
     op for op where it matters for the bits: Mul (``dy·s`` to q, ``q·dy`` to s), Maximum/Minimum (the
     gradient where the clip kept its input, else +0), RealDiv (``g/s`` to the numerator, ``g·((-n/s)/s)`` to
-    s), Sub/Add (``-g`` / ``g`` to the offset), each reduced over the broadcast axes (``summed_to``). A sum of negated terms is the negated sum
-    (rounding to nearest is symmetric), so negations are applied after the reductions, on small tensors."""
+    s), Sub/Add (``-g`` / ``g`` to the offset), each reduced over the broadcast axes (``summed_to``). A sum of
+    negated terms is the negated sum (rounding to nearest is symmetric), so negations are applied after the
+    reductions, on small tensors."""
     g_scale = summed_to(scale, q_dy) - summed_to(scale, g_t_ts)
     if not offset:
         return g_shifted, g_scale
