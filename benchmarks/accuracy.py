@@ -21,7 +21,8 @@ less ``mixed``, which is lsq under a budget) with both widths set to n as the ru
 (``config.with_bits``), each with every layer at n bits (``first_last_bits: null``) and with the first and last
 layers at 8 bits (``first_last_bits: 8``). At W8 presets and tfmot n-bit run PTQ only (the W8A8 PTQ target; both
 layer policies are then the same model); at lower widths PTQ (calibration only) and QAT from it. No hardware
-target: each preset as written (BN folded where the preset says so).
+target: each preset as written (BN folded where the preset says so; where it stays, re-estimated after QAT over the
+preset's ``bn_reestimation_batches`` as the runner does; tfmot's models as their users run them, without).
 
 Writes, under ``--out`` (default outputs/benchmarks/accuracy/<recipe>/): ``results.jsonl`` (one line per run, appended
 as soon as it finishes: a crash or a timeout loses nothing; ``--resume`` skips what is there), ``results.json``
@@ -237,6 +238,17 @@ def build_contestant(contestant: str, policy: str, bits: int, float_model, calib
     return qresearch.quantize(float_model, spec, calibration_data=calibration), quantizer_training(spec)
 
 
+def reestimate_as_the_runner(qmodel, ds, batch_size: int, seed: int) -> Optional[Dict[str, Any]]:
+    """A preset's BN re-estimation after QAT (its ``bn_reestimation_batches`` where BN stays), as the runner runs
+    it; None for tfmot's models (their users do not re-estimate) and where the scheme asks for none."""
+    from qresearch.schemes.bn_reestimate import reestimate_on_dataset
+    from qresearch.schemes.spec import SchemeSpec
+
+    info = getattr(qmodel, "qresearch_info", None)
+    batches = SchemeSpec.from_dict(info["scheme"]).reestimated_bn_batches if isinstance(info, dict) else 0
+    return reestimate_on_dataset(qmodel, ds, batches, int(batch_size), seed) if batches else None
+
+
 def plan(presets: Sequence[str], bits: Sequence[int], policies: Sequence[str]) -> List[Tuple[str, str, int, bool]]:
     """(contestant, policy, bits, with QAT) in the order they run: per width, tfmot then the presets."""
     runs = []
@@ -290,6 +302,7 @@ def run_one(ds, model_cfg, weights, calibration, contestant: str, policy: str, b
         if with_qat:
             keras.utils.set_random_seed(seed)
             fit = training.fit(q, ds, qat_phase, "qat", seed, verbose=0, quantizer=qtrain)
+            rec["bn_reestimation"] = reestimate_as_the_runner(q, ds, qat_phase.batch_size, seed)
             rec["qat"] = test_accuracy(q, ds, eval_batch)
             rec["qat_steps"], rec["qat_step_s"] = fit["steps"], fit["step_time_s"]
             if not math.isfinite(rec["qat"]) or not all(np.isfinite(w).all() for w in q.get_weights()):

@@ -14,11 +14,13 @@ from qresearch import schemes  # noqa: F401
 from qresearch.schemes import UnregisteredClassError, load_model
 from qresearch.api import quantize
 from qresearch.quantizer_training import configure_optimizer
+from qresearch.schemes.bn_reestimate import reestimate_bn_statistics
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DataError", "IncompatibleTargetError", "KerasVersionError", "PluginImportError",
     "QResearchError", "Registry", "UnknownNameError", "UnregisteredClassError", "UnsupportedLayerError",
-    "configure_optimizer", "import_plugins", "keras", "load_model", "quantize", "quantizers", "schemes", "tf", "tfmot",
+    "configure_optimizer", "import_plugins", "keras", "load_model", "quantize", "quantizers", "reestimate_bn_statistics",
+    "schemes", "tf", "tfmot",
 ]

@@ -132,8 +132,9 @@ class TrainingConfig:
     timing_steps: int = 20           # steps of the float model timed against QAT steps
     verbose: int = 2                 # Keras fit verbosity: 0 silent, 1 progress bar, 2 one line per epoch
     strategy: str = "none"           # none | mirrored (tf.distribute.MirroredStrategy; qresearch.distribute)
-    bn_reestimation_batches: int = 0  # > 0: after QAT, BN layers that stay get moving statistics re-estimated
-                                      # over this many training batches (schemes/bn_reestimate.py)
+    # After QAT, BN layers that stay get their moving statistics re-estimated over this many training batches
+    # (schemes/bn_reestimate.py). null: the scheme's ``bn_reestimation_batches`` (acts with no_fold); 0: off.
+    bn_reestimation_batches: Optional[int] = None
     devices: Optional[List[str]] = None  # mirrored: the devices ("/gpu:0", ...); null = every GPU (else CPU)
     # Declared last: in this class body the field name shadows the builtin ``float``.
     float: PhaseConfig = field(default_factory=PhaseConfig)
@@ -272,10 +273,13 @@ def _hash_of(data: Mapping[str, Any]) -> str:
         data["training"] = {k: v for k, v in data["training"].items()
                             if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)
                             and not (k == "bn_reestimation_batches" and not v)}
-    if isinstance(data.get("scheme"), Mapping) and data["scheme"].get("bn_folding") != "fold_batch_stats":
-        # bn_freeze_steps acts only with fold_batch_stats: elsewhere it changes nothing (and records from before
-        # the field keep their hashes)
-        data["scheme"] = {k: v for k, v in data["scheme"].items() if k != "bn_freeze_steps"}
+    if isinstance(data.get("scheme"), Mapping):
+        # bn_freeze_steps acts only with fold_batch_stats, bn_reestimation_batches only with no_fold: elsewhere
+        # (or at 0) they change nothing, and records from before the fields keep their hashes
+        bn = data["scheme"].get("bn_folding")
+        data["scheme"] = {k: v for k, v in data["scheme"].items()
+                          if not (k == "bn_freeze_steps" and bn != "fold_batch_stats")
+                          and not (k == "bn_reestimation_batches" and (bn != "no_fold" or not v))}
     return stable_hash(data)
 
 
@@ -430,9 +434,9 @@ def validate(cfg, check_data: bool = True) -> None:
     from qresearch.distribute import STRATEGIES
 
     bn = exp.training.bn_reestimation_batches
-    if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
-        raise ConfigError(f"training.bn_reestimation_batches must be an integer >= 0 (0: off; e.g. 50 batches of "
-                          f"training images after QAT), got {bn!r}")
+    if bn is not None and (isinstance(bn, bool) or not isinstance(bn, int) or bn < 0):
+        raise ConfigError(f"training.bn_reestimation_batches must be null (the scheme's bn_reestimation_batches) "
+                          f"or an integer >= 0 (0: off; e.g. 50 batches of training images after QAT), got {bn!r}")
     if exp.training.strategy not in STRATEGIES:
         raise _choice_error("training.strategy", exp.training.strategy, STRATEGIES)
     if exp.training.devices and exp.training.strategy == "none":

@@ -153,9 +153,10 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         rec.metric(qat_step_time_s=qat_step,
                    step_time_ratio=(qat_step / float_step) if qat_step and float_step else None)
 
-    if exp.training.bn_reestimation_batches > 0:
+    reestimation = stages.bn_reestimation_batches(exp, spec)
+    if reestimation > 0:
         with rec.stage("bn_reestimation"):
-            rec["bn_reestimation"] = stages.reestimate_bn(exp, qat_model, ds)
+            rec["bn_reestimation"] = stages.reestimate_bn(exp, qat_model, ds, reestimation)
 
     with rec.stage("qat_eval"):
         metrics, hardware_facts = stages.evaluate_qat(exp, qat_model, ds, target)

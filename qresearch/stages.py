@@ -295,14 +295,20 @@ def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
     return os.path.join(exp.paths.cache_dir, "checkpoints", phase, key) if exp.paths.cache_dir else None
 
 
-def reestimate_bn(exp: Experiment, qat_model, ds) -> Dict[str, Any]:
-    """BN re-estimation after QAT (``training.bn_reestimation_batches``) on training images drawn by the seed."""
-    from qresearch.schemes.bn_reestimate import reestimate_batch_norm
+def bn_reestimation_batches(exp: Experiment, spec: Dict[str, Any]) -> int:
+    """Batches of BN re-estimation after QAT: ``training.bn_reestimation_batches`` where set, else the scheme's
+    (``bn_reestimation_batches`` where ``bn_folding`` is no_fold, else 0)."""
+    from qresearch.schemes.spec import SchemeSpec
 
-    batches, size = int(exp.training.bn_reestimation_batches), int(exp.training.qat.batch_size)
-    x, _ = ds.train_sample(batches * size, int(exp.seed))
-    return {"layers": reestimate_batch_norm(qat_model, x, batch_size=size, batches=batches), "batches": batches,
-            "images": int(len(x))}
+    n = exp.training.bn_reestimation_batches
+    return int(n) if n is not None else SchemeSpec.from_dict(spec).reestimated_bn_batches
+
+
+def reestimate_bn(exp: Experiment, qat_model, ds, batches: int) -> Dict[str, Any]:
+    """BN re-estimation after QAT over ``batches`` batches of training images drawn by the seed."""
+    from qresearch.schemes.bn_reestimate import reestimate_on_dataset
+
+    return reestimate_on_dataset(qat_model, ds, batches, int(exp.training.qat.batch_size), int(exp.seed))
 
 
 ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)

@@ -185,3 +185,26 @@ def test_dorefa_weight_error_is_the_tanh_s_and_zero_where_it_keeps_the_shape():
     assert linear < 0.01 < dorefa   # the same 255 levels: the error is the tanh's compression
     small_dorefa, small_linear = relative_errors(w * 0.01, 8)   # tanh(w) ≈ w: the two agree
     assert abs(small_dorefa - small_linear) < 1e-3
+
+
+def test_presets_that_keep_bn_have_it_re_estimated_after_qat_as_the_runner_does():
+    import qresearch
+    from benchmarks import accuracy
+    from qresearch._compat import keras
+    from qresearch.data import load_dataset
+
+    ds = load_dataset({"name": "digits", "train_samples": 200, "test_samples": 50})
+    inp = keras.Input(ds.input_shape)
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, use_bias=False)(inp))
+    model = keras.Model(inp, keras.layers.Dense(ds.num_classes)(keras.layers.Flatten()(keras.layers.ReLU()(h))))
+    x, _ = ds.train_sample(64, 0)
+    bn_mean = lambda q: np.asarray(next(v for v in q.variables if "moving_mean" in v.name))  # noqa: E731
+    lsq = qresearch.quantize(model, "lsq", calibration_data=x)           # no_fold: the BN stays
+    before = bn_mean(lsq)
+    rec = accuracy.reestimate_as_the_runner(lsq, ds, batch_size=32, seed=0)
+    assert rec == {"layers": 1, "batches": 50, "images": 200}          # 50 batches asked, 200 images there
+    assert not np.allclose(bn_mean(lsq), before)
+    folded = qresearch.quantize(model, "minmax_nbit", calibration_data=x)
+    assert accuracy.reestimate_as_the_runner(folded, ds, batch_size=32, seed=0) is None
+    tfmot_model = accuracy.tfmot_nbit(model, 4)
+    assert accuracy.reestimate_as_the_runner(tfmot_model, ds, batch_size=32, seed=0) is None

@@ -365,3 +365,35 @@ def test_bn_freeze_steps_counts_in_the_hash_only_with_fold_batch_stats():
     a, b = (qconfig.config_hash(_compose(["scheme=lsq", "scheme.bn_folding=fold_batch_stats", f"scheme.bn_freeze_steps={n}"]))
             for n in (5, 6))
     assert len({base, a, b}) == 3
+
+
+def test_bn_reestimation_batches_counts_in_the_hash_only_where_bn_stays():
+    fold = ["scheme=minmax_nbit"]   # its YAML has no bn_reestimation_batches: a record from before the field
+    assert "bn_reestimation_batches" not in qconfig.to_dict(_compose(fold))["scheme"]
+    base = qconfig.config_hash(_compose(fold))
+    assert base == qconfig.config_hash(_compose(fold + ["+scheme.bn_reestimation_batches=9"]))
+
+    def no_fold(*more):
+        return qconfig.config_hash(_compose(["scheme=minmax_nbit", "scheme.bn_folding=no_fold", *more]))
+
+    assert no_fold("+scheme.bn_reestimation_batches=0") == no_fold()   # 0 (off) hashes as before the field
+    assert len({base, no_fold(), no_fold("+scheme.bn_reestimation_batches=5"),
+                no_fold("+scheme.bn_reestimation_batches=6")}) == 4
+    # the runner's override: null (the scheme's, the default) and 0 leave the hash alone; a number counts
+    assert no_fold("training.bn_reestimation_batches=0") == no_fold()
+    assert no_fold("training.bn_reestimation_batches=5") != no_fold()
+
+
+def test_the_runner_re_estimates_bn_with_the_scheme_s_batches_unless_training_overrides_them():
+    from qresearch import stages
+
+    def batches(overrides):
+        exp = qconfig.experiment(_compose(overrides))
+        qconfig.validate(exp)
+        return stages.bn_reestimation_batches(exp, exp.scheme)
+
+    assert batches(["scheme=lsq"]) == 50                                   # as shipped: no_fold, 50 batches
+    assert batches(["scheme=lsq", "scheme.bn_folding=fold"]) == 0           # nothing stays to re-estimate
+    assert batches(["scheme=lsq", "training.bn_reestimation_batches=0"]) == 0
+    assert batches(["scheme=minmax_nbit", "training.bn_reestimation_batches=7"]) == 7
+    assert batches(["scheme=minmax_nbit", "scheme.bn_folding=no_fold"]) == 0   # its scheme asks for none

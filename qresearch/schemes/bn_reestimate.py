@@ -7,11 +7,15 @@ final network over some training data and setting each BN's moving statistics to
 batch means and variances there removes that lag (BN re-estimation: Nagel et al., "Overcoming Oscillations in
 Quantization-Aware Training", ICML 2022, §4; Krishnamoorthi 2018 §3.2 discusses the same mismatch). Quantizers
 run in inference mode (their ranges and steps do not move); only the BN layers see training-mode batches.
+
+The lag is worst with Keras' default BN momentum (0.99) and a short QAT: on a CIFAR-10 ResNet with that momentum,
+lsq at W2 (no_fold, 2 epochs) went 34-42% -> 52-53% with 50 batches (notes/accuracy.md, 2026-12-05). How many
+batches is the scheme's ``bn_reestimation_batches``, or the runner's ``training.bn_reestimation_batches``.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import List
+from typing import List, Optional
 
 from qresearch._compat import keras, tf
 
@@ -64,3 +68,31 @@ def reestimate_batch_norm(model, x, batch_size: int = 64, batches: int = 50) -> 
             model(tf.convert_to_tensor(x[start:start + batch_size]), training=False)
             step[0] += 1
     return len(layers)
+
+
+def reestimate_on_dataset(model, ds, batches: int, batch_size: int, seed: int) -> dict:
+    """``reestimate_batch_norm`` over ``batches`` batches of training images drawn by ``seed`` (the calibration
+    rule, ``ds.train_sample``): what the runner and the accuracy benchmark run after QAT."""
+    x, _ = ds.train_sample(batches * batch_size, seed)
+    return {"layers": reestimate_batch_norm(model, x, batch_size=batch_size, batches=batches), "batches": batches,
+            "images": int(len(x))}
+
+
+def reestimate_bn_statistics(model, x, batches: Optional[int] = None, batch_size: int = 64) -> int:
+    """After QAT of a ``qresearch.quantize`` model, re-estimate the moving statistics of the BN layers that stay
+    over ``x`` (training images), as the runner does: ``batches`` None takes the model's scheme's
+    (``bn_reestimation_batches`` where ``bn_folding`` is no_fold, else 0: nothing to do). Returns the number of
+    BN layers re-estimated."""
+    if batches is None:
+        from qresearch.schemes.spec import SchemeSpec
+
+        info = getattr(model, "qresearch_info", None)
+        if not isinstance(info, dict) or "scheme" not in info:
+            raise ValueError(f"reestimate_bn_statistics: model {getattr(model, 'name', model)!r} was not made by "
+                             "qresearch.quantize (no qresearch_info['scheme'] to read bn_reestimation_batches "
+                             "from); pass batches=N")
+        batches = SchemeSpec.from_dict(info["scheme"]).reestimated_bn_batches
+    if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
+        raise ValueError(f"reestimate_bn_statistics: batches must be an integer >= 0 or None (the scheme's), "
+                         f"got {batches!r}")
+    return reestimate_batch_norm(model, x, batch_size=batch_size, batches=batches)

@@ -37,7 +37,8 @@ COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "
 #: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
-          "quantize_ops", "input_sign", "train_input_quantizers", "fixed_output_ranges", "name") + tuple(TRAINING_FIELDS)
+          "bn_reestimation_batches", "quantize_ops", "input_sign", "train_input_quantizers", "fixed_output_ranges",
+          "name") + tuple(TRAINING_FIELDS)
 
 
 def bn_folding_satisfies(scheme_value: str, required: str) -> bool:
@@ -123,6 +124,8 @@ class SchemeSpec:
       2018 §3.2.2; deploys as "fold").
     bn_freeze_steps: with fold_batch_stats, training steps that use batch statistics before the moving ones
       freeze (null: never; 0: frozen from the start). Ignored otherwise.
+    bn_reestimation_batches: with no_fold, training batches over which each BN's moving statistics are
+      re-estimated after QAT (0: off; Nagel et al. 2022 §4). Ignored otherwise (no BN is left to re-estimate).
     quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
     input_sign: the grid of each model input's activation quantizer: "data" (unsigned where every calibration
       value of that input is >= 0, e.g. pixels in [0, 1]; signed without calibration data), "signed" or
@@ -148,6 +151,7 @@ class SchemeSpec:
     first_last_bits: Optional[int] = None
     bn_folding: str = "fold"
     bn_freeze_steps: Optional[int] = DEFAULT_BN_FREEZE_STEPS
+    bn_reestimation_batches: int = 0
     quantize_ops: str = "all"
     input_sign: str = "data"
     train_input_quantizers: bool = True
@@ -165,6 +169,11 @@ class SchemeSpec:
     def folds_bn(self) -> bool:
         """BN after a linear conv/dense is folded into it (statically or with batch statistics)."""
         return BN_DEPLOYS_AS[self.bn_folding] == "fold"
+
+    @property
+    def reestimated_bn_batches(self) -> int:
+        """Batches of BN re-estimation after QAT: ``bn_reestimation_batches`` where BN stays, else 0."""
+        return self.bn_reestimation_batches if self.bn_folding == "no_fold" else 0
 
     # ------------------------------------------------------------ building
     @classmethod
@@ -205,6 +214,7 @@ class SchemeSpec:
             "first_last_bits": self.first_last_bits,
             "bn_folding": self.bn_folding,
             "bn_freeze_steps": self.bn_freeze_steps,
+            "bn_reestimation_batches": self.bn_reestimation_batches,
             "quantize_ops": self.quantize_ops,
             "input_sign": self.input_sign,
             "train_input_quantizers": self.train_input_quantizers,
@@ -245,6 +255,10 @@ class SchemeSpec:
         if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
             raise ConfigError(f"scheme key 'bn_freeze_steps' must be an integer >= 0 (training steps with batch "
                               f"statistics before they freeze; null: never), got {n!r}")
+        n = self.bn_reestimation_batches
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"scheme key 'bn_reestimation_batches' must be an integer >= 0 (training batches "
+                              f"that re-estimate BN statistics after QAT where BN stays; 0: off), got {n!r}")
         if self.quantize_ops not in QUANTIZE_OPS:
             raise ConfigError(f"scheme key 'quantize_ops' must be one of {QUANTIZE_OPS}, got {self.quantize_ops!r}")
         if self.input_sign not in INPUT_SIGNS:

@@ -5,7 +5,7 @@ import pytest
 
 import qresearch
 from qresearch._compat import keras
-from qresearch.schemes.bn_reestimate import batch_norm_layers, reestimate_batch_norm
+from qresearch.schemes.bn_reestimate import batch_norm_layers, reestimate_batch_norm, reestimate_bn_statistics
 
 
 def _model():
@@ -51,3 +51,32 @@ def test_nothing_to_do_without_batch_norm():
     q = qresearch.quantize(keras.Model(inp, keras.layers.Dense(2)(inp)), "minmax_nbit",
                            calibration_data=np.ones((8, 4), "float32"))
     assert batch_norm_layers(q) == [] and reestimate_batch_norm(q, np.ones((8, 4), "float32")) == 0
+
+
+def test_the_public_call_takes_the_batches_from_the_model_s_scheme(qat_and_data):
+    # lsq keeps BN (no_fold) and re-estimates over 50 batches: all 8 batches of 32 here; batches=1 uses the first
+    q, x = qat_and_data
+    bn = q.get_layer("bn")
+    inputs = keras.Model(q.inputs, bn.input)
+    batches = [np.asarray(inputs(x[s:s + 32], training=False)) for s in range(0, 256, 32)]
+    assert qresearch.reestimate_bn_statistics is reestimate_bn_statistics
+    assert reestimate_bn_statistics(q, x, batch_size=32) == 1
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), np.mean([b.mean(axis=(0, 1, 2)) for b in batches], 0),
+                               rtol=1e-5, atol=1e-6)
+    assert reestimate_bn_statistics(q, x, batches=1, batch_size=32) == 1
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), batches[0].mean(axis=(0, 1, 2)), rtol=1e-5, atol=1e-6)
+
+
+def test_the_public_call_does_nothing_where_the_scheme_folds_and_names_the_fix_elsewhere():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).random((64, 8, 8, 1)).astype("float32")
+    shipped = qresearch.quantize(_model(), "lsq", calibration_data=x)
+    assert reestimate_bn_statistics(shipped, x) == 1   # lsq as shipped (no_fold): its BN is re-estimated
+    fold = qresearch.quantize(_model(), dict(qresearch.schemes.get("lsq").to_dict(), bn_folding="fold"),
+                              calibration_data=x)
+    assert fold.qresearch_info["scheme"]["bn_reestimation_batches"] == 50
+    assert reestimate_bn_statistics(fold, x) == 0     # fold: the scheme's 50 batches do not act
+    with pytest.raises(ValueError, match="not made by qresearch.quantize.*pass batches=N"):
+        reestimate_bn_statistics(_model(), x)
+    with pytest.raises(ValueError, match="batches must be an integer >= 0"):
+        reestimate_bn_statistics(fold, x, batches=-2)

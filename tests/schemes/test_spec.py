@@ -44,6 +44,8 @@ def test_name_key_accepted_for_quantizer():
     ({"overrides": [{"match": "x", "weights": {"bits": 40}}]}, ["overrides[0].weights", "bits"]),
     ({"fixed_output_ranges": {"softmax": [0.5, 0.2]}}, ["fixed_output_ranges.softmax"]),
     ({"skip": [3]}, ["skip"]),
+    ({"bn_reestimation_batches": -1}, ["bn_reestimation_batches", "integer >= 0"]),
+    ({"bn_reestimation_batches": 2.5}, ["bn_reestimation_batches", "integer >= 0"]),
 ])
 def test_validation_names_key_and_fix(bad, words):
     with pytest.raises(ConfigError) as exc:
@@ -62,6 +64,23 @@ def test_presets_registered_and_valid():
     assert int8.weights["bits"] == int8.activations["bits"] == 8 and int8.bn_folding == "fold"
     pact_lsq = get("pact_lsq")
     assert pact_lsq.weights["quantizer"] == "lsq" and pact_lsq.activations["quantizer"] == "pact"
+
+
+def test_bn_reestimation_acts_only_where_bn_stays():
+    assert SchemeSpec.from_dict({}).bn_reestimation_batches == 0   # off unless a scheme asks
+    for folding, expected in (("no_fold", 50), ("fold", 0), ("fold_batch_stats", 0)):
+        spec = SchemeSpec.from_dict({"bn_folding": folding, "bn_reestimation_batches": 50})
+        assert spec.reestimated_bn_batches == expected, folding
+        assert SchemeSpec.from_dict(spec.to_dict()).bn_reestimation_batches == 50   # kept through to_dict
+
+
+def test_learned_presets_keep_bn_float_and_reestimate_it():
+    # measured in notes/accuracy.md (2026-12-05); the deployable presets fold
+    for name in ("lsq", "lsq_plus", "pact_lsq"):
+        spec = get(name)
+        assert spec.bn_folding == "no_fold" and spec.reestimated_bn_batches == 50, name
+    for name in ("tflite_int8", "minmax_nbit", "pot", "a2q"):
+        assert get(name).bn_folding == "fold" and get(name).reestimated_bn_batches == 0, name
 
 
 def test_register_and_unknown_preset():
