@@ -446,18 +446,18 @@ def test_progressive_bits_start_the_run_from_a_higher_width(tmp_path):
 
 
 def test_bn_reestimation_after_qat_where_bn_stays(tmp_path):
-    # academic forbids BN folding: a ResNet-8's BN layers stay, and get re-estimated after QAT
+    # lsq keeps BN (no_fold, as academic requires): a ResNet-8's BN layers stay, and get re-estimated after QAT
+    # over the scheme's 50 batches (training.bn_reestimation_batches overrides: tests/test_config.py)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[
             "dataset=digits", "training=fast", "dataset.train_samples=400", "dataset.test_samples=200",
             f"paths.output_dir={tmp_path}/out", f"paths.cache_dir={tmp_path}/cache", "logger=disabled", "scheme=lsq",
-            "bits=4", "hardware=academic", "model=resnet20", "model.depth=8", "model.width=4",
-            "training.bn_reestimation_batches=2"])
+            "bits=4", "hardware=academic", "model=resnet20", "model.depth=8", "model.width=4"])
     assert run_job(cfg) >= 0
     rec, _ = _result(tmp_path)
     assert rec["status"] == "completed", rec["error"]
-    assert rec["bn_reestimation"]["layers"] > 0 and rec["bn_reestimation"]["batches"] == 2
+    assert rec["bn_reestimation"]["layers"] > 0 and rec["bn_reestimation"]["batches"] == 50
     assert rec["times"]["bn_reestimation_s"] >= 0
     with pytest.raises(Exception, match="bn_reestimation_batches must be null .* or an integer >= 0"):
         qconfig.validate(_compose(tmp_path, ["training.bn_reestimation_batches=-1"]))
