@@ -199,12 +199,13 @@ def test_presets_that_keep_bn_have_it_re_estimated_after_qat_as_the_runner_does(
     model = keras.Model(inp, keras.layers.Dense(ds.num_classes)(keras.layers.Flatten()(keras.layers.ReLU()(h))))
     x, _ = ds.train_sample(64, 0)
     bn_mean = lambda q: np.asarray(next(v for v in q.variables if "moving_mean" in v.name))  # noqa: E731
-    lsq = qresearch.quantize(model, "lsq", calibration_data=x)           # no_fold: the BN stays
+    lsq = qresearch.quantize(model, dict(qresearch.schemes.get("lsq").to_dict(), bn_folding="no_fold"),
+                             calibration_data=x)                          # the BN stays: 50 batches
     before = bn_mean(lsq)
     rec = accuracy.reestimate_as_the_runner(lsq, ds, batch_size=32, seed=0)
     assert rec == {"layers": 1, "batches": 50, "images": 200}          # 50 batches asked, 200 images there
     assert not np.allclose(bn_mean(lsq), before)
-    folded = qresearch.quantize(model, "minmax_nbit", calibration_data=x)
+    folded = qresearch.quantize(model, "lsq", calibration_data=x)        # as shipped: fold
     assert accuracy.reestimate_as_the_runner(folded, ds, batch_size=32, seed=0) is None
     tfmot_model = accuracy.tfmot_nbit(model, 4)
     assert accuracy.reestimate_as_the_runner(tfmot_model, ds, batch_size=32, seed=0) is None

@@ -392,8 +392,8 @@ def test_the_runner_re_estimates_bn_with_the_scheme_s_batches_unless_training_ov
         qconfig.validate(exp)
         return stages.bn_reestimation_batches(exp, exp.scheme)
 
-    assert batches(["scheme=lsq"]) == 50                                   # as shipped: no_fold, 50 batches
-    assert batches(["scheme=lsq", "scheme.bn_folding=fold"]) == 0           # nothing stays to re-estimate
-    assert batches(["scheme=lsq", "training.bn_reestimation_batches=0"]) == 0
+    assert batches(["scheme=lsq"]) == 0                                      # as shipped: fold, nothing stays
+    assert batches(["scheme=lsq", "scheme.bn_folding=no_fold"]) == 50       # BN stays: the preset's 50 batches
+    assert batches(["scheme=lsq", "scheme.bn_folding=no_fold", "training.bn_reestimation_batches=0"]) == 0
     assert batches(["scheme=minmax_nbit", "training.bn_reestimation_batches=7"]) == 7
     assert batches(["scheme=minmax_nbit", "scheme.bn_folding=no_fold"]) == 0   # its scheme asks for none

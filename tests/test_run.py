@@ -446,8 +446,8 @@ def test_progressive_bits_start_the_run_from_a_higher_width(tmp_path):
 
 
 def test_bn_reestimation_after_qat_where_bn_stays(tmp_path):
-    # lsq keeps BN (no_fold, as academic requires): a ResNet-8's BN layers stay, and get re-estimated after QAT
-    # over the scheme's 50 batches (training.bn_reestimation_batches overrides: tests/test_config.py)
+    # academic requires no_fold: a ResNet-8's BN layers stay, and get re-estimated after QAT over lsq's 50 batches
+    # (training.bn_reestimation_batches overrides them: tests/test_config.py)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[

@@ -54,7 +54,7 @@ def test_nothing_to_do_without_batch_norm():
 
 
 def test_the_public_call_takes_the_batches_from_the_model_s_scheme(qat_and_data):
-    # lsq keeps BN (no_fold) and re-estimates over 50 batches: all 8 batches of 32 here; batches=1 uses the first
+    # academic keeps BN (no_fold) and lsq re-estimates over 50 batches: all 8 of 32 here; batches=1 uses the first
     q, x = qat_and_data
     bn = q.get_layer("bn")
     inputs = keras.Model(q.inputs, bn.input)
@@ -70,10 +70,10 @@ def test_the_public_call_takes_the_batches_from_the_model_s_scheme(qat_and_data)
 def test_the_public_call_does_nothing_where_the_scheme_folds_and_names_the_fix_elsewhere():
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).random((64, 8, 8, 1)).astype("float32")
-    shipped = qresearch.quantize(_model(), "lsq", calibration_data=x)
-    assert reestimate_bn_statistics(shipped, x) == 1   # lsq as shipped (no_fold): its BN is re-estimated
-    fold = qresearch.quantize(_model(), dict(qresearch.schemes.get("lsq").to_dict(), bn_folding="fold"),
-                              calibration_data=x)
+    no_fold = qresearch.quantize(_model(), dict(qresearch.schemes.get("lsq").to_dict(), bn_folding="no_fold"),
+                                 calibration_data=x)
+    assert reestimate_bn_statistics(no_fold, x) == 1   # BN stays: the preset's 50 batches re-estimate it
+    fold = qresearch.quantize(_model(), "lsq", calibration_data=x)   # as shipped
     assert fold.qresearch_info["scheme"]["bn_reestimation_batches"] == 50
     assert reestimate_bn_statistics(fold, x) == 0     # fold: the scheme's 50 batches do not act
     with pytest.raises(ValueError, match="not made by qresearch.quantize.*pass batches=N"):
