@@ -274,12 +274,13 @@ def _hash_of(data: Mapping[str, Any]) -> str:
                             if not (k == "strategy" and v in (None, "none")) and not (k == "devices" and not v)
                             and not (k == "bn_reestimation_batches" and not v)}
     if isinstance(data.get("scheme"), Mapping):
-        # bn_freeze_steps acts only with fold_batch_stats, bn_reestimation_batches only with no_fold: elsewhere
-        # (or at 0) they change nothing, and records from before the fields keep their hashes
+        # bn_freeze_steps acts only with fold_batch_stats: elsewhere it changes nothing. bn_reestimation_batches
+        # counts unless 0: it acts with no_fold, which a target can set over the scheme's fold (academic does).
+        # At their defaults, records from before the fields keep their hashes.
         bn = data["scheme"].get("bn_folding")
         data["scheme"] = {k: v for k, v in data["scheme"].items()
                           if not (k == "bn_freeze_steps" and bn != "fold_batch_stats")
-                          and not (k == "bn_reestimation_batches" and (bn != "no_fold" or not v))}
+                          and not (k == "bn_reestimation_batches" and not v)}
     return stable_hash(data)
 
 

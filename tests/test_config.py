@@ -367,21 +367,19 @@ def test_bn_freeze_steps_counts_in_the_hash_only_with_fold_batch_stats():
     assert len({base, a, b}) == 3
 
 
-def test_bn_reestimation_batches_counts_in_the_hash_only_where_bn_stays():
-    fold = ["scheme=minmax_nbit"]   # its YAML has no bn_reestimation_batches: a record from before the field
-    assert "bn_reestimation_batches" not in qconfig.to_dict(_compose(fold))["scheme"]
-    base = qconfig.config_hash(_compose(fold))
-    assert base == qconfig.config_hash(_compose(fold + ["+scheme.bn_reestimation_batches=9"]))
+def test_bn_reestimation_batches_counts_in_the_hash_unless_it_is_0():
+    # it counts under fold too: a target can turn the scheme's fold into no_fold (academic does), where it acts
+    def hashed(*more):
+        return qconfig.config_hash(_compose(["scheme=minmax_nbit", *more]))
 
-    def no_fold(*more):
-        return qconfig.config_hash(_compose(["scheme=minmax_nbit", "scheme.bn_folding=no_fold", *more]))
-
-    assert no_fold("+scheme.bn_reestimation_batches=0") == no_fold()   # 0 (off) hashes as before the field
-    assert len({base, no_fold(), no_fold("+scheme.bn_reestimation_batches=5"),
-                no_fold("+scheme.bn_reestimation_batches=6")}) == 4
+    assert "bn_reestimation_batches" not in qconfig.to_dict(_compose(["scheme=minmax_nbit"]))["scheme"]
+    assert hashed("+scheme.bn_reestimation_batches=0") == hashed()   # 0 (off) hashes as before the field
+    assert hashed("scheme.bn_folding=no_fold", "+scheme.bn_reestimation_batches=0") == hashed("scheme.bn_folding=no_fold")
+    assert len({hashed(), hashed("+scheme.bn_reestimation_batches=5"), hashed("+scheme.bn_reestimation_batches=6"),
+                hashed("scheme.bn_folding=no_fold", "+scheme.bn_reestimation_batches=5")}) == 4
     # the runner's override: null (the scheme's, the default) and 0 leave the hash alone; a number counts
-    assert no_fold("training.bn_reestimation_batches=0") == no_fold()
-    assert no_fold("training.bn_reestimation_batches=5") != no_fold()
+    assert hashed("training.bn_reestimation_batches=0") == hashed()
+    assert hashed("training.bn_reestimation_batches=5") != hashed()
 
 
 def test_the_runner_re_estimates_bn_with_the_scheme_s_batches_unless_training_overrides_them():
@@ -397,3 +395,17 @@ def test_the_runner_re_estimates_bn_with_the_scheme_s_batches_unless_training_ov
     assert batches(["scheme=lsq", "scheme.bn_folding=no_fold", "training.bn_reestimation_batches=0"]) == 0
     assert batches(["scheme=minmax_nbit", "training.bn_reestimation_batches=7"]) == 7
     assert batches(["scheme=minmax_nbit", "scheme.bn_folding=no_fold"]) == 0   # its scheme asks for none
+
+
+def test_the_bn_sweep_crosses_the_learned_presets_with_every_bn_strategy():
+    from qresearch import stages
+    from qresearch.sweep_callback import SweepSummary
+
+    cfg = _compose(["+sweep=bn"], hydra_node=True)
+    params = dict(cfg.hydra.sweeper.params)
+    assert params["scheme.bn_folding"] == "fold,no_fold,fold_batch_stats"
+    assert params["scheme"] == "lsq,lsq_plus,pact_lsq" and params["bits"] == "4,3,2"
+    assert cfg.model.name == "resnet20" and cfg.model.depth == 8 and cfg.sweep_name == "bn"
+    SweepSummary().on_multirun_start(cfg)   # every job's config is valid before any starts
+    job = qconfig.experiment(_compose(["+sweep=bn", "scheme=lsq", "scheme.bn_folding=no_fold", "bits=2"]))
+    assert stages.bn_reestimation_batches(job, job.scheme) == 50   # no_fold: the preset's re-estimation acts

@@ -224,8 +224,7 @@ def test_the_mixed_node_at_its_defaults_keeps_old_hashes_and_any_setting_counts(
     old = {k: v for k, v in plain.items() if k != "mixed"}  # a record from before the node existed
     old["training"] = {k: v for k, v in old["training"].items()  # ... and these keys, at their defaults
                        if k not in ("strategy", "devices", "bn_reestimation_batches")}
-    old["scheme"] = {k: v for k, v in old["scheme"].items()   # (fold_batch_stats only; no_fold only)
-                     if k not in ("bn_freeze_steps", "bn_reestimation_batches")}
+    old["scheme"] = {k: v for k, v in old["scheme"].items() if k != "bn_freeze_steps"}  # (fold_batch_stats only)
     assert qconfig.config_hash(plain) == qconfig.stable_hash({k: v for k, v in old.items()
                                                               if k not in qconfig.NON_SEMANTIC_KEYS})
     hashes = {qconfig.config_hash(_compose(tmp_path, ["scheme=lsq", o])) for o in
