@@ -406,6 +406,7 @@ def test_the_bn_sweep_crosses_the_learned_presets_with_every_bn_strategy():
     assert params["scheme.bn_folding"] == "fold,no_fold,fold_batch_stats"
     assert params["scheme"] == "lsq,lsq_plus,pact_lsq" and params["bits"] == "4,3,2"
     assert cfg.model.name == "resnet20" and cfg.model.depth == 8 and cfg.sweep_name == "bn"
+    assert cfg.get("hardware") is None   # no target: academic would set no_fold over every strategy
     SweepSummary().on_multirun_start(cfg)   # every job's config is valid before any starts
     job = qconfig.experiment(_compose(["+sweep=bn", "scheme=lsq", "scheme.bn_folding=no_fold", "bits=2"]))
     assert stages.bn_reestimation_batches(job, job.scheme) == 50   # no_fold: the preset's re-estimation acts
