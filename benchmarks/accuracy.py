@@ -241,11 +241,9 @@ def build_contestant(contestant: str, policy: str, bits: int, float_model, calib
 def reestimate_as_the_runner(qmodel, ds, batch_size: int, seed: int) -> Optional[Dict[str, Any]]:
     """A preset's BN re-estimation after QAT (its ``bn_reestimation_batches`` where BN stays), as the runner runs
     it; None for tfmot's models (their users do not re-estimate) and where the scheme asks for none."""
-    from qresearch.schemes.bn_reestimate import reestimate_on_dataset
-    from qresearch.schemes.spec import SchemeSpec
+    from qresearch.schemes.bn_reestimate import reestimate_on_dataset, scheme_batches
 
-    info = getattr(qmodel, "qresearch_info", None)
-    batches = SchemeSpec.from_dict(info["scheme"]).reestimated_bn_batches if isinstance(info, dict) else 0
+    batches = scheme_batches(qmodel)
     return reestimate_on_dataset(qmodel, ds, batches, int(batch_size), seed) if batches else None
 
 

@@ -298,10 +298,10 @@ def checkpoint_dir(exp: Experiment, phase: str, key: str) -> Optional[str]:
 def bn_reestimation_batches(exp: Experiment, spec: Dict[str, Any]) -> int:
     """Batches of BN re-estimation after QAT: ``training.bn_reestimation_batches`` where set, else the scheme's
     (``bn_reestimation_batches`` where ``bn_folding`` is no_fold, else 0)."""
-    from qresearch.schemes.spec import SchemeSpec
+    from qresearch.schemes.spec import reestimated_bn_batches
 
     n = exp.training.bn_reestimation_batches
-    return int(n) if n is not None else SchemeSpec.from_dict(spec).reestimated_bn_batches
+    return int(n) if n is not None else reestimated_bn_batches(spec)
 
 
 def reestimate_bn(exp: Experiment, qat_model, ds, batches: int) -> Dict[str, Any]:

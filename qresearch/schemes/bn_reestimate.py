@@ -78,20 +78,26 @@ def reestimate_on_dataset(model, ds, batches: int, batch_size: int, seed: int) -
             "images": int(len(x))}
 
 
+def scheme_batches(model) -> Optional[int]:
+    """The batches a ``qresearch.quantize`` model's scheme re-estimates BN over (0 where BN was folded); None for a
+    model not made by ``qresearch.quantize`` (tfmot's, a float model)."""
+    from qresearch.schemes.spec import reestimated_bn_batches
+
+    info = getattr(model, "qresearch_info", None)
+    return reestimated_bn_batches(info["scheme"]) if isinstance(info, dict) and "scheme" in info else None
+
+
 def reestimate_bn_statistics(model, x, batches: Optional[int] = None, batch_size: int = 64) -> int:
     """After QAT of a ``qresearch.quantize`` model, re-estimate the moving statistics of the BN layers that stay
     over ``x`` (training images), as the runner does: ``batches`` None takes the model's scheme's
     (``bn_reestimation_batches`` where ``bn_folding`` is no_fold, else 0: nothing to do). Returns the number of
     BN layers re-estimated."""
     if batches is None:
-        from qresearch.schemes.spec import SchemeSpec
-
-        info = getattr(model, "qresearch_info", None)
-        if not isinstance(info, dict) or "scheme" not in info:
+        batches = scheme_batches(model)
+        if batches is None:
             raise ValueError(f"reestimate_bn_statistics: model {getattr(model, 'name', model)!r} was not made by "
                              "qresearch.quantize (no qresearch_info['scheme'] to read bn_reestimation_batches "
                              "from); pass batches=N")
-        batches = SchemeSpec.from_dict(info["scheme"]).reestimated_bn_batches
     if isinstance(batches, bool) or not isinstance(batches, int) or batches < 0:
         raise ValueError(f"reestimate_bn_statistics: batches must be an integer >= 0 or None (the scheme's), "
                          f"got {batches!r}")

@@ -41,6 +41,12 @@ FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_
           "name") + tuple(TRAINING_FIELDS)
 
 
+def reestimated_bn_batches(scheme: Mapping[str, Any]) -> int:
+    """Batches of BN re-estimation after QAT that a (validated) scheme dict asks for: its
+    ``bn_reestimation_batches`` where ``bn_folding`` is no_fold (BN stays), else 0. Reads the dict: no rebuild."""
+    return int(scheme.get("bn_reestimation_batches") or 0) if scheme.get("bn_folding", "fold") == "no_fold" else 0
+
+
 def bn_folding_satisfies(scheme_value: str, required: str) -> bool:
     """Whether a scheme's ``bn_folding`` gives what a target requires ("any", or what it deploys as)."""
     return required in ("any", scheme_value) or BN_DEPLOYS_AS.get(scheme_value) == required
@@ -173,7 +179,7 @@ class SchemeSpec:
     @property
     def reestimated_bn_batches(self) -> int:
         """Batches of BN re-estimation after QAT: ``bn_reestimation_batches`` where BN stays, else 0."""
-        return self.bn_reestimation_batches if self.bn_folding == "no_fold" else 0
+        return reestimated_bn_batches(vars(self))
 
     # ------------------------------------------------------------ building
     @classmethod
