@@ -240,7 +240,7 @@ class _Checker:
         t = self.t
         self.overrides = d.get("overrides") or []
         self.new_overrides: List[Dict[str, Any]] = []
-        quantizes_acts = t.quantize_ops in ("compute", "all")
+        quantizes_acts = t.quantize_ops != "weights_only"
 
         for role in ROLES:
             q = d.get(role)

@@ -20,7 +20,7 @@ YAML layout (every key is validated; see ``conf/hardware/tflite_int8.yaml``)::
       signed: any                   # true: signed grid required (zero point 0 in signed storage) | false | any
       scale_format: [float32, pot]  # allowed scale forms
     activations: {...same keys; granularity is always per_tensor...}
-    quantize_ops: all               # weights_only | compute | all
+    quantize_ops: all               # weights_only | inputs | compute | all (spec.QUANTIZE_OPS)
     bn_folding: fold                # fold (required; fold_batch_stats deploys as one) | no_fold (required) |
                                     # fold_batch_stats (required) | any
     first_last_bits: null           # int: first/last compute layers run at this precision
@@ -46,7 +46,9 @@ from qresearch.errors import ConfigError
 from qresearch.hardware.costs import CostTable
 from qresearch.hardware.pipeline import PipelineSpec, parse_pipeline
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS, RUNTIMES, Runtime
-QUANTIZE_OPS = ("weights_only", "compute", "all")
+
+# schemes.spec.QUANTIZE_OPS (target data imports no schemes: tests/test_layering.py; equal: test_targets.py)
+QUANTIZE_OPS = ("weights_only", "inputs", "compute", "all")
 # schemes.spec.BN_FOLDING + "any" (a test checks). "fold" is satisfied by a scheme's fold_batch_stats too (it
 # deploys as a fold); "fold_batch_stats" requires training with batch statistics.
 BN_FOLDING = ("fold", "no_fold", "fold_batch_stats", "any")

@@ -126,11 +126,18 @@ class Widths:
     a_out: int
 
 
-def resolve_widths(layers, choice: Mapping[str, int], base_bits: int = 8) -> Dict[str, Widths]:
+def resolve_widths(layers, choice: Mapping[str, int], base_bits: int = 8,
+                   own_inputs: bool = False) -> Dict[str, Widths]:
     """Explicit widths from a per-layer choice ``{name: b}`` (weights and output activations at b),
     the input width from each layer's source (``qresearch.mixed.graph``); a layer missing from
-    ``choice`` is at ``base_bits``; an input from a merge is at ``base_bits``."""
+    ``choice`` is at ``base_bits``; an input from a merge is at ``base_bits``. ``own_inputs``
+    (``quantize_ops: inputs``): inputs at the layer's own b, outputs at their reader's b (``graph.read_by``) or float."""
     b = {c.name: int(choice.get(c.name, base_bits)) for c in layers}
+    if own_inputs:
+        def stored(c):  # one width for every reader: one shared quantizer; else the tensor stays float
+            widths = {b[r] for r in c.read_by}
+            return widths.pop() if len(widths) == 1 else FLOAT_BITS
+        return {c.name: Widths(b[c.name], b[c.name], stored(c)) for c in layers}
     return {c.name: Widths(b[c.name], b[c.source] if c.source is not None else int(base_bits), b[c.name])
             for c in layers}
 
@@ -177,8 +184,11 @@ def totals(rows: List[Mapping[str, Any]]) -> Dict[str, int]:
     return out
 
 
-def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, table=None) -> Dict[str, Any]:
+def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, table=None,
+         own_inputs: bool = False) -> Dict[str, Any]:
     """``{"layers": rows, "totals": {...}}`` for ``choice`` = ``{layer: bits}`` (missing: ``base_bits``).
+    ``own_inputs``: every layer reads its input at its own width (a scheme with ``quantize_ops: inputs``;
+    ``qresearch.mixed.graph``).
 
     ``choice`` may also map a layer to ``Widths`` (explicit weight/input/output widths).
     With ``table`` (a ``CostTable``, its dict, or a ``Target``: its ``costs``, if any), each row and the
@@ -186,10 +196,11 @@ def cost(model, choice: Optional[Mapping[str, int]] = None, base_bits: int = 8, 
     """
     from qresearch.mixed.graph import compute_layers
 
-    layers = compute_layers(model)
+    layers = compute_layers(model, own_inputs)
     choice = dict(choice or {})
     explicit = {k: v for k, v in choice.items() if isinstance(v, Widths)}
-    widths = resolve_widths(layers, {k: v for k, v in choice.items() if not isinstance(v, Widths)}, base_bits)
+    widths = resolve_widths(layers, {k: v for k, v in choice.items() if not isinstance(v, Widths)}, base_bits,
+                            own_inputs)
     widths.update(explicit)
     rows = layer_rows(model, widths, layers)
     out = {"layers": rows, "totals": totals(rows)}

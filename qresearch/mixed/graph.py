@@ -14,6 +14,12 @@ single-input, non-compute layers (ReLU, BatchNormalization, pooling, Flatten, Dr
 - to anything else (an ``Add``, a ``Concatenate``: several inputs): the scheme's base activation
   width, a constant (``source = None``).
 
+With ``quantize_ops: inputs`` (``own_inputs=True``) no layer quantizes its output: every compute layer
+quantizes the tensor it reads with its own activation spec, so every source is the layer itself, and a
+layer's output is stored at the width its compute readers quantize it to (``read_by``: the layers reading
+it through single-consumer non-compute layers, where only compute layers read it, and all at one width: they
+share one input quantizer), else in float (read at several widths, by an ``Add`` too, or by nothing).
+
 Only flat Sequential/functional models whose layers are each called once are traced; nested
 models and shared layers are refused with a message.
 """
@@ -35,6 +41,7 @@ class ComputeLayer:
     output_shape: Tuple
     source: Optional[str]          # a compute layer's name, SELF, or None (base activation width)
     chain: List[str]               # non-compute layers whose output width follows this layer's
+    read_by: List[str] = dataclasses.field(default_factory=list)  # own inputs: the compute layers reading the output
 
 
 def _inbound(layer) -> List[object]:
@@ -56,8 +63,23 @@ def _shape(s):
     return tuple(s)
 
 
-def compute_layers(model) -> List[ComputeLayer]:
-    """The compute layers of ``model`` in graph order, each with its shapes, source and chain."""
+def _read_by(layer, model, is_compute) -> List[str]:
+    """The compute layers whose input quantizers hold ``layer``'s output; [] where a non-compute layer reads it."""
+    order = {id(x): i for i, x in enumerate(model.layers)}
+    t = layer
+    while True:
+        outs = sorted({id(n.outbound_layer): n.outbound_layer for n in t.outbound_nodes
+                       if id(n.outbound_layer) in order}.values(), key=lambda x: order[id(x)])
+        if outs and all(is_compute.get(o.name) for o in outs):
+            return [o.name for o in outs]
+        if len(outs) != 1:
+            return []
+        t = outs[0]
+
+
+def compute_layers(model, own_inputs: bool = False) -> List[ComputeLayer]:
+    """The compute layers of ``model`` in graph order, each with its shapes, source and chain
+    (``own_inputs``: each reads its input at its own width, ``quantize_ops: inputs``)."""
     from qresearch._compat import keras
     from qresearch.mixed.cost import mac_rule
 
@@ -97,9 +119,10 @@ def compute_layers(model) -> List[ComputeLayer]:
                 if root not in (None, SELF):
                     chains.setdefault(root, []).append(layer.name)
             continue
-        src = root_of(layer)
+        src = SELF if own_inputs else root_of(layer)
         out.append(ComputeLayer(layer.name, layer, _shape(layer.input_shape), _shape(layer.output_shape),
-                                source=layer.name if src == SELF else src, chain=[]))
+                                source=layer.name if src == SELF else src, chain=[],
+                                read_by=_read_by(layer, model, is_compute) if own_inputs else []))
     for c in out:
         c.chain = chains.get(c.name, [])
     return out

@@ -70,11 +70,12 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
         opts["calibration_data"] = calibration_data
     sens = SENSITIVITY[method](model, data, spec, bits=sorted(set(allowed) | set(fixed.values())), **opts)
     table = _table(target)
-    rows = cost(model)["layers"]
+    own = spec.quantize_ops == "inputs"  # each layer reads its input at its own width (mixed.graph)
+    rows = cost(model, own_inputs=own)["layers"]
     alloc = allocate(rows, sens["scores"], budget, allowed, fixed=fixed, method=solver, table=table)
     widths = alloc["widths"]
     return {"scheme": to_scheme(spec, widths, model, name="mixed_" + "_".join(f"{k}{b['fraction']:g}" for k, b in alloc["budgets"].items())),
-            "widths": widths, "allocation": alloc, "cost": cost(model, widths, table=table),
+            "widths": widths, "allocation": alloc, "cost": cost(model, widths, table=table, own_inputs=own),
             "reference": cost(model, {c.name: 8 for c in layers}, table=table), "sensitivity": sens}
 
 

@@ -46,7 +46,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", name)
 
 
-def _float_reason(p: LayerPlan) -> str:
+def _float_reason(p: LayerPlan, quantize_ops: str) -> str:
+    if quantize_ops == "inputs" and p.kind != "passthrough" and p.acts_spec is not None:
+        return "float by quantize_ops: inputs (only compute layers' inputs are quantized)"
     if p.kind == "passthrough":
         return "pass-through: shares its input's range (no quantizer needed)"
     if p.fused_with:
@@ -110,19 +112,22 @@ def build(plan: ModelPlan):
         for ref in dict.fromkeys(node.in_refs):
             t = tensors[ref]
             if p.input_spec is not None and not is_quantized(ref) and t.dtype.is_floating:
-                if ref not in input_quantizers:
-                    a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
-                    src = producers.get(ref)
-                    if src is None:
-                        a = model_input_spec(a)
+                a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
+                src = producers.get(ref)
+                if src is None:
+                    a = model_input_spec(a)
+                # one quantizer per float tensor; with quantize_ops: inputs one per distinct spec, so each
+                # compute layer reads its input at its own width (a mixed-precision choice)
+                key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
+                if key not in input_quantizers:
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     # a model input's quantizer: trained only if the scheme says so (its gradient is the
                     # first layer's input gradient, computed for it alone)
                     trainable = src is not None or scheme.train_input_quantizers
                     q = QuantizeInput(quantizer(a, "activations", "input quantizer"),
                                       name=unique(_safe(f"quantize_{base}")), trainable=trainable)
-                    input_quantizers[ref] = q(t)
-                tensors[ref + "#q"] = input_quantizers[ref]
+                    input_quantizers[key] = q(t)
+                tensors[ref + "#q"] = input_quantizers[key]
         view = dict(tensors)
         for ref in node.in_refs:
             if ref + "#q" in tensors:
@@ -157,7 +162,7 @@ def build(plan: ModelPlan):
             else:
                 layer = inner
                 if p.float_reason is None:
-                    p.float_reason = _float_reason(p)
+                    p.float_reason = _float_reason(p, scheme.quantize_ops)
             made[id(p.layer)] = layer
             copies.append((inner, p, layer))
         layer = made[id(p.layer)]

@@ -18,7 +18,7 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
 6b. ``fold_with_batch_stats``: with ``bn_folding: fold_batch_stats`` a fold whose weight is quantized trains
    with batch statistics and a correction, frozen after ``bn_freeze_steps`` (``batch_stats_fold.py``).
 7. ``place_output_quantizers``: TFLite's rules: none between conv/dense/add/BN and a ReLU after it,
-   fixed ranges for softmax/sigmoid/tanh, none on SAME-scale ops.
+   fixed ranges for softmax/sigmoid/tanh, none on SAME-scale ops; none at all with ``quantize_ops: inputs``.
 8. ``infer_signs``: unsigned activation grids only where a tensor is known non-negative.
 9. ``share_concat_ranges``: one range after a concat, none on its producers.
 10. ``place_input_quantizers``: float tensors entering quantized layers get a ``QuantizeInput``.
@@ -255,7 +255,9 @@ def place_output_quantizers(plan: ModelPlan) -> None:
     for p in plan.layers:
         if not p.has_acts:
             continue
-        if p.kind == "compute":
+        if spec.quantize_ops == "inputs":
+            want = False  # every quantized tensor is a compute layer's input (place_input_quantizers)
+        elif p.kind == "compute":
             want = p.spec.quantize_output
         elif p.kind in ("activation", "bn"):
             want = spec.quantize_ops == "all" or id(p) in fused_tail

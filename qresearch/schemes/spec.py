@@ -22,7 +22,10 @@ BN_FOLDING = ("fold", "no_fold", "fold_batch_stats")
 BN_DEPLOYS_AS = {"fold": "fold", "fold_batch_stats": "fold", "no_fold": "no_fold"}
 #: ``bn_freeze_steps``' default: training steps with batch statistics before they freeze (fold_batch_stats).
 DEFAULT_BN_FREEZE_STEPS = 1000
-QUANTIZE_OPS = ("weights_only", "compute", "all")
+#: Which tensors a scheme quantizes, fewest first: weights only; + the inputs of compute layers (conv/dense: the
+#: papers' and MQBench's academic convention, residual adds, BN and activations in float); + compute layers'
+#: outputs; every op's input and output (what an integer-only runtime such as TFLite runs).
+QUANTIZE_OPS = ("weights_only", "inputs", "compute", "all")
 #: The grid of a model input's quantizer: read from the calibration data (unsigned where every value is >= 0),
 #: or fixed. A hardware target or a scheme that sets ``signed`` itself still wins.
 INPUT_SIGNS = ("data", "signed", "unsigned")
@@ -132,7 +135,9 @@ class SchemeSpec:
       freeze (null: never; 0: frozen from the start). Ignored otherwise.
     bn_reestimation_batches: with no_fold, training batches over which each BN's moving statistics are
       re-estimated after QAT (0: off; Nagel et al. 2022 §4). Ignored otherwise (no BN is left to re-estimate).
-    quantize_ops: "weights_only", "compute" (weights + compute outputs) or "all".
+    quantize_ops: "weights_only", "inputs" (weights + the inputs of compute layers, everything between them float:
+      the convention of the LSQ/PACT papers and MQBench's academic setting), "compute" (weights + compute layers'
+      inputs and outputs) or "all" (every op's input and output: integer-only runtimes).
     input_sign: the grid of each model input's activation quantizer: "data" (unsigned where every calibration
       value of that input is >= 0, e.g. pixels in [0, 1]; signed without calibration data), "signed" or
       "unsigned". Only where the activation spec does not set ``signed`` itself.

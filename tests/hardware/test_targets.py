@@ -5,7 +5,9 @@ import yaml
 import qresearch
 from qresearch import hardware as hw
 from qresearch.errors import ConfigError, UnknownNameError
+from qresearch.hardware import target as target_module
 from qresearch.paths import CONF_DIR
+from qresearch.schemes import spec as spec_module
 
 BUILTINS = ["academic", "npu_w4a8", "pot_dsp", "snpe", "tensorrt", "tflite_int16x8", "tflite_int8"]
 
@@ -42,7 +44,8 @@ def test_facts_of_builtins():
     t16 = hw.get("tflite_int16x8")
     assert t16.activations.bits == (16,) and t16.activations.symmetric_required and t16.weights.bits == (8,)
     ac = hw.get("academic")
-    assert ac.first_last_bits == 8 and ac.bn_folding == "no_fold" and not ac.has_runtime
+    assert ac.first_last_bits == 8 and ac.bn_folding == "no_fold" and not ac.has_runtime and ac.quantize_ops == "inputs"
+    assert target_module.QUANTIZE_OPS == spec_module.QUANTIZE_OPS  # the same choices on both sides
     assert ac.weights.allowed_granularity("conv") == ("per_tensor",)
     trt = hw.get("tensorrt")
     assert trt.weights.allowed_granularity("conv") == ("per_channel",)

@@ -61,3 +61,24 @@ def test_resnet_add_relu_realised(preset):
     got = qat_widths(q)
     for r in cost(model, choice)["layers"]:
         assert got[r["name"]] == Widths(r["w_bits"], r["a_in_bits"], r["a_out_bits"]), r["name"]
+
+
+@pytest.mark.parametrize("model_cfg", [{"name": "lenet5"}, {"name": "resnet20", "depth": 8, "width": 4},
+                                       {"name": "mobilenet_tiny", "blocks": [[16, 1], [24, 2]]}])
+def test_inputs_mode_widths_realised(model_cfg):
+    """quantize_ops: inputs (the academic target's): each layer reads its input at its own width, outputs stay
+    float until their first compute reader quantizes them; the cost model with own_inputs is what the QAT model has."""
+    model = build_model(model_cfg, (8, 8, 3), 10)
+    rng = np.random.default_rng(2)
+    choice = {c.name: int(rng.choice([8, 4, 3, 2])) for c in compute_layers(model)}
+    spec = dict(to_scheme("lsq", choice, model), quantize_ops="inputs")
+    q = qresearch.quantize(model, spec, calibration_data=rng.random((8, 8, 8, 3), "float32"))
+    got = qat_widths(q)
+    rows = cost(model, choice, own_inputs=True)["layers"]
+    for r in rows:
+        assert got[r["name"]] == Widths(r["w_bits"], r["a_in_bits"], r["a_out_bits"]), r["name"]
+        assert r["a_in_bits"] == r["w_bits"] == choice[r["name"]]
+    assert rows[-1]["a_out_bits"] == 32  # the logits: nothing reads them
+    assert qat_cost(model, q)["totals"] == cost(model, choice, own_inputs=True)["totals"]
+    assert cost(model, choice, own_inputs=True)["totals"]["bops"] == sum(
+        r["macs"] * choice[r["name"]] ** 2 for r in rows)

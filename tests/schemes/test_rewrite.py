@@ -224,6 +224,36 @@ def test_weights_only_and_compute_modes():
     assert not has_output_quantizer(q, "gap") and has_output_quantizer(q, "logits")
 
 
+def test_inputs_mode_quantizes_only_what_compute_layers_read():
+    """quantize_ops: inputs (the papers' and MQBench's academic convention): every compute layer reads a quantized
+    tensor, nothing else is quantized: the residual Add adds float values, its output is off any grid."""
+    scheme = dict(schemes.get("lsq").to_dict(), quantize_ops="inputs")
+    model = randomize_bn(M.mobilenet_like())
+    q = qresearch.quantize(model, scheme, calibration_data=X)
+    assert not any(w.quantize_config.output is not None for w in wrappers(q).values())
+    read = {l.name: l for l in input_quantizers(q)}
+    assert set(read) == {"quantize_image", "quantize_stem_relu", "quantize_dw_relu", "quantize_gap"}
+    # each one feeds a compute layer, and the tensors between (ReLU6 outputs, the Add, the pooling) stay float
+    taps = keras.Model(q.inputs, [q.get_layer(n).output for n in ("quantize_stem_relu", "stem_relu", "residual")])
+    on_grid, relu, added = (np.asarray(t) for t in taps(X))
+    codes = np.unique(on_grid)
+    assert len(codes) <= 2 ** 4 and codes.min() >= 0  # unsigned 4-bit after ReLU6
+    assert len(np.unique(relu)) > 2 ** 4 and len(np.unique(added)) > 2 ** 4 * 2
+    # the Add's output is the float sum of the (float) ReLU6 and the pointwise conv's float output
+    pw = keras.Model(q.inputs, q.get_layer("residual").input)
+    a, b = (np.asarray(t) for t in pw(X))
+    np.testing.assert_array_equal(added, a + b)
+    np.testing.assert_array_equal(a, relu)
+
+
+def test_academic_target_quantizes_compute_inputs_only():
+    q = qresearch.quantize(M.mobilenet_like(), "minmax_nbit", hardware="academic", adapt=True, calibration_data=X)
+    assert "quantize_ops: 'all' -> 'inputs' (set by target academic)" in q.qresearch_info["coercions"]
+    assert not any(w.quantize_config.output is not None for w in wrappers(q).values())
+    assert {l.name for l in input_quantizers(q)} == {"quantize_image", "quantize_stem_relu", "quantize_dw_relu",
+                                                    "quantize_gap"}
+
+
 # ------------------------------------------------------- custom layers, nesting
 def test_custom_layer_registered_once_works_with_every_quantizer():
     for preset in ("tflite_int8", "lsq", "pact_lsq"):
