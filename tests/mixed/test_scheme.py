@@ -18,6 +18,7 @@ def test_lenet_widths_realised(preset):
     choice = _choice(model, [8, 3, 2, 4, 8])
     spec = to_scheme(preset, choice, model)
     assert spec["first_last_bits"] is None
+    spec["quantize_ops"] = "all"  # every op: inputs at their producer's width (inputs: test_inputs_mode_...)
     # one override per compute layer, naming it and its chain (pooling, flatten) exactly
     assert [o["match"] for o in spec["overrides"]] == ["(?:conv_0|pool_0)", "(?:conv_1|pool_1|flatten)",
                                                       "dense_0", "dense_1", "logits"]
@@ -37,7 +38,7 @@ def test_mobilenet_bn_relu_chain_and_add_realised():
     model = build_model({"name": "mobilenet_tiny", "blocks": [[16, 1], [24, 2]]}, (8, 8, 1), 10)
     layers = compute_layers(model)
     choice = _choice(model, [8, 4, 3, 2, 4, 3, 2, 8, 4])
-    q = qresearch.quantize(model, to_scheme("lsq", choice, model),
+    q = qresearch.quantize(model, dict(to_scheme("lsq", choice, model), quantize_ops="all"),
                            calibration_data=np.random.default_rng(0).random((16, 8, 8, 1), "float32"))
     got = qat_widths(q)
     expected = cost(model, choice)["layers"]
@@ -56,7 +57,7 @@ def test_resnet_add_relu_realised(preset):
     model = build_model({"name": "resnet20", "depth": 8, "width": 4}, (8, 8, 3), 10)
     rng = np.random.default_rng(1)
     choice = {c.name: int(rng.choice([8, 4, 3, 2])) for c in compute_layers(model)}
-    q = qresearch.quantize(model, to_scheme(preset, choice, model),
+    q = qresearch.quantize(model, dict(to_scheme(preset, choice, model), quantize_ops="all"),
                            calibration_data=rng.random((8, 8, 8, 3), "float32"))
     got = qat_widths(q)
     for r in cost(model, choice)["layers"]:

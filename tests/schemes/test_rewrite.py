@@ -247,7 +247,8 @@ def test_inputs_mode_quantizes_only_what_compute_layers_read():
 
 
 def test_academic_target_quantizes_compute_inputs_only():
-    q = qresearch.quantize(M.mobilenet_like(), "minmax_nbit", hardware="academic", adapt=True, calibration_data=X)
+    every_op = dict(schemes.get("minmax_nbit").to_dict(), quantize_ops="all")
+    q = qresearch.quantize(M.mobilenet_like(), every_op, hardware="academic", adapt=True, calibration_data=X)
     assert "quantize_ops: 'all' -> 'inputs' (set by target academic)" in q.qresearch_info["coercions"]
     assert not any(w.quantize_config.output is not None for w in wrappers(q).values())
     assert {l.name for l in input_quantizers(q)} == {"quantize_image", "quantize_stem_relu", "quantize_dw_relu",
@@ -257,10 +258,18 @@ def test_academic_target_quantizes_compute_inputs_only():
 # ------------------------------------------------------- custom layers, nesting
 def test_custom_layer_registered_once_works_with_every_quantizer():
     for preset in ("tflite_int8", "lsq", "pact_lsq"):
-        q = qresearch.quantize(M.custom_layer_model(), preset, calibration_data=X)
+        # every op quantized (the research presets' own quantize_ops, inputs, quantizes no layer's output)
+        q = qresearch.quantize(M.custom_layer_model(), dict(schemes.get(preset).to_dict(), quantize_ops="all"),
+                               calibration_data=X)
         cfg = wrappers(q)["scaled"].quantize_config
         assert list(cfg.weights) == ["kernel"] and cfg.output is not None
         assert cfg.output.signed is False or cfg.output.registry_name == "minmax"  # after relu: unsigned grid
+        if preset != "tflite_int8":  # as shipped: its kernel is quantized and so is what it reads
+            q = qresearch.quantize(M.custom_layer_model(), preset, calibration_data=X)
+            w = wrappers(q)["scaled"]
+            assert list(w.quantize_config.weights) == ["kernel"] and w.quantize_config.output is None
+            reads = w.input._keras_history.layer
+            assert reads in input_quantizers(q) and reads.quantizer.signed is False  # after relu: unsigned
 
 
 class Unregistered(L.Layer):
