@@ -182,6 +182,13 @@ def preset_scheme(preset: str, bits: int, policy: str, settings: Optional[Dict[s
     return spec
 
 
+def quantize_ops_of(contestant: str, settings: Optional[Dict[str, Any]] = None) -> str:
+    """Which tensors a contestant quantizes: a preset's ``quantize_ops`` (after ``--set``); tfmot's schemes: every op."""
+    if contestant in (report.TFMOT_STOCK, report.TFMOT_NBIT):
+        return "all"
+    return preset_scheme(contestant, 4, "all", settings)["quantize_ops"]
+
+
 def check_settings(presets: Sequence[str], settings: Dict[str, Any]) -> None:
     """Refuse, before anything runs, a ``--set`` that leaves some preset invalid (naming the preset and why)."""
     from qresearch.errors import ConfigError
@@ -287,7 +294,8 @@ def run_one(ds, model_cfg, weights, calibration, contestant: str, policy: str, b
     from qresearch.evaluation import test_accuracy
 
     rec: Dict[str, Any] = {"contestant": contestant, "policy": policy, "bits": bits, "ptq": None, "qat": None,
-                           "qat_skipped": not with_qat, "status": "failed", "error": None}
+                           "qat_skipped": not with_qat, "status": "failed", "error": None,
+                           "quantize_ops": quantize_ops_of(contestant, settings)}
     t0 = time.perf_counter()
     try:
         keras.backend.clear_session()
@@ -334,6 +342,9 @@ def read_jsonl(path: Path) -> List[Dict[str, Any]]:
 def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any], bits: Sequence[int],
                   other: Optional[Path] = None, other_recipe: str = "", plot: bool = True) -> Dict[str, Any]:
     """results.json, table.md (tables + target checks) and the plot, from every record so far."""
+    for r in records:  # records written before the field existed: the contestant's scheme as it is now
+        if "quantize_ops" not in r:
+            r["quantize_ops"] = quantize_ops_of(r["contestant"], args.get("settings") or {})
     summary = report.summarize(records)
     other_summary = None
     if other is not None and other.is_file():

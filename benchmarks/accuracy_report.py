@@ -25,6 +25,10 @@ TFMOT_NBIT = "tfmot n-bit"
 LEARNED = ("lsq", "lsq_plus", "pact_lsq")
 ALSO_SHOWN = ("a2q",)
 POLICIES = {"all": "every layer n-bit", "fl8": "first/last 8-bit"}
+#: Which tensors a row quantizes (its scheme's ``quantize_ops``; tfmot's schemes quantize every op): rows that
+#: differ here are different experiments (docs/benchmark-protocol.md, "say what is quantized").
+TENSORS = {"weights_only": "weights only", "inputs": "conv/dense inputs", "compute": "conv/dense inputs + outputs",
+           "all": "every op"}
 PHASES = ("ptq", "qat")
 #: A 10-class model within this many points of chance (10%) "has collapsed" (docs/benchmark-protocol.md).
 CHANCE_MARGIN = 0.05
@@ -52,6 +56,8 @@ def summarize(records: Iterable[Dict[str, Any]]) -> Dict[str, Dict[str, Any]]:
         if r.get("float") is not None:
             floats.setdefault(ds, {})[r["seed"]] = r["float"]
         policies = [r["policy"]]
+        if r.get("quantize_ops"):
+            out[ds].setdefault("tensors", {})[r["contestant"]] = r["quantize_ops"]
         if int(r["bits"]) == 8 and r["policy"] == "all" and r["contestant"] not in (TFMOT_STOCK, TFMOT_NBIT):
             policies.append("fl8")
         for policy in policies:
@@ -126,12 +132,14 @@ def markdown_table(summary: Dict[str, Dict[str, Any]], dataset: str, bits: Seque
     head = (f"**{dataset}** ({s.get('model')}): float {_pct(f['mean'])} ± {100 * (f['std'] or 0):.1f} "
             f"(seeds: {', '.join(_pct(v) for v in f['values'])}); chance {100 * s['chance']:.0f}%; "
             f"test accuracy %, mean ± std over {f['n']} seeds\n\n")
-    lines = ["| contestant | first/last 8-bit | " + " | ".join(f"W{b}A{b} {ph.upper()}" for b, ph in cols) + " |",
-             "|---|---|" + "---:|" * len(cols)]
+    lines = ["| contestant | first/last 8-bit | quantized | " + " | ".join(f"W{b}A{b} {ph.upper()}" for b, ph in cols)
+             + " |", "|---|---|---|" + "---:|" * len(cols)]
+    tensors = s.get("tensors", {})
     for contestant, policy in contestant_order({dataset: s}):
         name, fl = row_label(contestant, policy)
+        ops = tensors.get(contestant)
         cells = [_cell_text(s["cells"].get((contestant, policy, b, ph)), s["chance"]) for b, ph in cols]
-        lines.append(f"| {name} | {fl} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | {fl} | {TENSORS.get(ops, ops or '')} | " + " | ".join(cells) + " |")
     return head + "\n".join(lines) + "\n"
 
 

@@ -209,3 +209,17 @@ def test_presets_that_keep_bn_have_it_re_estimated_after_qat_as_the_runner_does(
     assert accuracy.reestimate_as_the_runner(folded, ds, batch_size=32, seed=0) is None
     tfmot_model = accuracy.tfmot_nbit(model, 4)
     assert accuracy.reestimate_as_the_runner(tfmot_model, ds, batch_size=32, seed=0) is None
+
+
+def test_the_table_says_which_tensors_each_row_quantizes():
+    from benchmarks import accuracy
+
+    assert accuracy.quantize_ops_of("lsq") == "inputs" and accuracy.quantize_ops_of("tflite_int8") == "all"
+    assert accuracy.quantize_ops_of("lsq", {"quantize_ops": "all"}) == "all"
+    assert accuracy.quantize_ops_of(report.TFMOT_NBIT) == "all"
+    recs = [dict(r, quantize_ops=accuracy.quantize_ops_of(r["contestant"])) for r in _constructed()]
+    table = report.markdown_table(report.summarize(recs), "mnist", [8, 4, 2])
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[2] for line in table.splitlines()
+            if line.startswith("| ") and "contestant" not in line}
+    assert rows["lsq"] == rows["minmax_nbit"] == "conv/dense inputs"
+    assert rows["tfmot `DefaultNBitQuantizeScheme(n, n)`"] == "every op"
