@@ -47,7 +47,8 @@ def _safe(name: str) -> str:
 
 
 def _float_reason(p: LayerPlan, quantize_ops: str) -> str:
-    if quantize_ops == "inputs" and p.kind != "passthrough" and p.acts_spec is not None:
+    if quantize_ops == "inputs" and p.kind in ("activation", "bn", "merge", "passthrough", "output", "fixed",
+                                               "concat"):
         return "float by quantize_ops: inputs (only compute layers' inputs are quantized)"
     if p.kind == "passthrough":
         return "pass-through: shares its input's range (no quantizer needed)"

@@ -244,6 +244,9 @@ def test_inputs_mode_quantizes_only_what_compute_layers_read():
     a, b = (np.asarray(t) for t in pw(X))
     np.testing.assert_array_equal(added, a + b)
     np.testing.assert_array_equal(a, relu)
+    floats = str(schemes.describe(q)).split("float layers:")[1]
+    assert all(f"{n} " in floats for n in ("stem_relu", "dw_relu", "residual", "gap"))
+    assert floats.count("float by quantize_ops: inputs") == 4
 
 
 def test_academic_target_quantizes_compute_inputs_only():
