@@ -48,7 +48,8 @@ def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(t
         assert r["status"] == "completed", r.get("error")
         assert 0.0 <= r["ptq"] <= 1.0 and 0.0 <= r["qat"] <= 1.0 and 0.0 <= r["float"] <= 1.0
     table = (tmp_path / "table.md").read_text()
-    assert "W4A4 PTQ" in table and "W4A4 QAT" in table and "| lsq | yes |" in table and "| pot | yes | failed" in table
+    assert "W4A4 PTQ" in table and "W4A4 QAT" in table and "| lsq | yes |" in table
+    assert "| pot | yes | conv/dense inputs | failed" in table
     assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # written run by run
     assert res["summary"]["digits"]["float"]["n"] == 1
 
