@@ -26,7 +26,8 @@ preset's ``bn_reestimation_batches`` as the runner does; tfmot's models as their
 
 Writes, under ``--out`` (default outputs/benchmarks/accuracy/<recipe>/): ``results.jsonl`` (one line per run, appended
 as soon as it finishes: a crash or a timeout loses nothing; ``--resume`` skips what is there), ``results.json``
-(arguments, every per-seed record, the summary), ``table.md`` (one table per dataset and the target checks) and
+(arguments, every per-seed record, the summary), ``table.md`` (one table per dataset, each row with the tensors it
+quantizes, and the target checks) and
 ``accuracy_vs_bits.png``. A contestant that fails is recorded as failed, with the error, and the benchmark goes on.
 """
 from __future__ import annotations
