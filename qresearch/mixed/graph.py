@@ -63,9 +63,9 @@ def _shape(s):
     return tuple(s)
 
 
-def _read_by(layer, model, is_compute) -> List[str]:
-    """The compute layers whose input quantizers hold ``layer``'s output; [] where a non-compute layer reads it."""
-    order = {id(x): i for i, x in enumerate(model.layers)}
+def _read_by(layer, order: Dict[int, int], is_compute) -> List[str]:
+    """The compute layers whose input quantizers hold ``layer``'s output; [] where a non-compute layer reads it.
+    ``order``: id(layer) -> its index among the model's layers (consumers in other models are not followed)."""
     t = layer
     while True:
         outs = sorted({id(n.outbound_layer): n.outbound_layer for n in t.outbound_nodes
@@ -90,6 +90,7 @@ def compute_layers(model, own_inputs: bool = False) -> List[ComputeLayer]:
             raise ConfigError(f"layer {layer.name!r} is a nested model: mixed precision needs a flat model "
                               "(inline it, e.g. build the functional graph without sub-models)")
     is_compute = {layer.name: mac_rule(layer) is not None for layer in model.layers}
+    order = {id(x): i for i, x in enumerate(model.layers)}
     roots: Dict[str, Optional[str]] = {}
 
     def root_of(layer) -> Optional[str]:
@@ -122,7 +123,7 @@ def compute_layers(model, own_inputs: bool = False) -> List[ComputeLayer]:
         src = SELF if own_inputs else root_of(layer)
         out.append(ComputeLayer(layer.name, layer, _shape(layer.input_shape), _shape(layer.output_shape),
                                 source=layer.name if src == SELF else src, chain=[],
-                                read_by=_read_by(layer, model, is_compute) if own_inputs else []))
+                                read_by=_read_by(layer, order, is_compute) if own_inputs else []))
     for c in out:
         c.chain = chains.get(c.name, [])
     return out
