@@ -343,9 +343,12 @@ def read_jsonl(path: Path) -> List[Dict[str, Any]]:
 def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any], bits: Sequence[int],
                   other: Optional[Path] = None, other_recipe: str = "", plot: bool = True) -> Dict[str, Any]:
     """results.json, table.md (tables + target checks) and the plot, from every record so far."""
+    known: Dict[str, str] = {}
     for r in records:  # records written before the field existed: the contestant's scheme as it is now
         if "quantize_ops" not in r:
-            r["quantize_ops"] = quantize_ops_of(r["contestant"], args.get("settings") or {})
+            if r["contestant"] not in known:
+                known[r["contestant"]] = quantize_ops_of(r["contestant"], args.get("settings") or {})
+            r["quantize_ops"] = known[r["contestant"]]
     summary = report.summarize(records)
     other_summary = None
     if other is not None and other.is_file():

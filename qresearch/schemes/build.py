@@ -113,13 +113,14 @@ def build(plan: ModelPlan):
         for ref in dict.fromkeys(node.in_refs):
             t = tensors[ref]
             if p.input_spec is not None and not is_quantized(ref) and t.dtype.is_floating:
-                a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
                 src = producers.get(ref)
-                if src is None:
-                    a = model_input_spec(a)
-                # one quantizer per float tensor; with quantize_ops: inputs one per distinct spec, so each
-                # compute layer reads its input at its own width (a mixed-precision choice)
-                key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
+                key, a = ref, None
+                if scheme.quantize_ops == "inputs" or ref not in input_quantizers:
+                    a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
+                    a = model_input_spec(a) if src is None else a
+                    # one quantizer per float tensor; with quantize_ops: inputs one per distinct spec, so each
+                    # compute layer reads its input at its own width (a mixed-precision choice)
+                    key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
                 if key not in input_quantizers:
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
                     # a model input's quantizer: trained only if the scheme says so (its gradient is the
