@@ -2,12 +2,12 @@
 [--steps 20]``.
 
 1. steps: QAT step time over float step time for every built-in scheme preset and for tfmot's stock
-   ``quantize_model`` and experimental n-bit scheme (4/4 bits), lsq with its model input's step fixed
-   (``train_input_quantizers: false``) and lsq quantizing every op (``quantize_ops: all``, as tfmot's schemes
-   do; the research presets quantize compute layers' inputs), all measured in one process per model on
-   the same model, data and optimizer (median training-step time, in interleaved rounds so that a change
-   of machine load hits every model alike; each ratio is the median over rounds of time / float time in
-   that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
+   ``quantize_model`` and experimental n-bit scheme (4/4 bits), lsq with its 8-bit model input's step trained
+   (``train_input_quantizers: true``; the preset keeps it calibrated) and lsq quantizing every op
+   (``quantize_ops: all``, as tfmot's schemes do; the research presets quantize compute layers' inputs), all
+   measured in one process per model on the same model, data and optimizer (median training-step time, in
+   interleaved rounds so that a change of machine load hits every model alike; each ratio is the median over
+   rounds of time / float time in that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
 2. eval: inference of the tflite_int8 preset through the integer-kernel emulation, over the plain
    fake-quant graph (export mode) and the LiteRT interpreter (builtin kernels, as ``verify`` runs it) on
    the same images; graph (tf.function, as ``predict``/``evaluate``) and eager calls, and
@@ -87,7 +87,7 @@ def _fresh(model_name: str, input_shape):
 
 def _contestants(calibration) -> List[Any]:
     """(name, build(float model) -> QAT model): tfmot's stock 8-bit and experimental n-bit (4/4) schemes,
-    then every built-in preset (calibrated on the same images), then lsq with its model input's step fixed and
+    then every built-in preset (calibrated on the same images), then lsq with its model input's step trained and
     lsq quantizing every op."""
     import qresearch
     from qresearch import schemes
@@ -100,10 +100,10 @@ def _contestants(calibration) -> List[Any]:
     for preset in schemes.names():
         out.append((f"qresearch {preset}",
                     lambda m, p=preset: qresearch.quantize(m, p, calibration_data=calibration)))
-    # what learning the model input's step costs: the first layer's input gradient (notes/performance.md)
-    lsq_fixed_input = dict(schemes.get("lsq").to_dict(), train_input_quantizers=False)
-    out.append(("qresearch lsq, train_input_quantizers: false",
-                lambda m: qresearch.quantize(m, lsq_fixed_input, calibration_data=calibration)))
+    # what learning the 8-bit model input's step would cost: the first layer's input gradient (notes/performance.md)
+    lsq_trained_input = dict(schemes.get("lsq").to_dict(), train_input_quantizers=True)
+    out.append(("qresearch lsq, train_input_quantizers: true",
+                lambda m: qresearch.quantize(m, lsq_trained_input, calibration_data=calibration)))
     # every op's output quantized, as tfmot's schemes do (the research presets quantize compute inputs only)
     lsq_every_op = dict(schemes.get("lsq").to_dict(), quantize_ops="all")
     out.append(("qresearch lsq, quantize_ops: all",

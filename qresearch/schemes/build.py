@@ -18,6 +18,7 @@ from qresearch.schemes.configs import act_spec, layer_config, model_input_spec, 
 from qresearch.schemes.folding import affine_weights, fold_weights
 from qresearch.schemes.io import QATModel
 from qresearch.schemes.plan import LayerPlan, ModelPlan
+from qresearch.schemes.spec import trains_model_input
 from qresearch.schemes.wrappers import ChannelAffine, QuantizeInput, QuantizeLike, QuantizeWrapper, has_attrs
 
 _log = logging.getLogger(__name__)
@@ -123,11 +124,12 @@ def build(plan: ModelPlan):
                     key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
                 if key not in input_quantizers:
                     base = src.layer.name if src is not None else input_names.get(ref, "input")
+                    qz = quantizer(a, "activations", "input quantizer")
                     # a model input's quantizer: trained only if the scheme says so (its gradient is the
                     # first layer's input gradient, computed for it alone)
-                    trainable = src is not None or scheme.train_input_quantizers
-                    q = QuantizeInput(quantizer(a, "activations", "input quantizer"),
-                                      name=unique(_safe(f"quantize_{base}")), trainable=trainable)
+                    trainable = src is not None or trains_model_input(scheme.train_input_quantizers,
+                                                                      getattr(qz, "bits", 8))
+                    q = QuantizeInput(qz, name=unique(_safe(f"quantize_{base}")), trainable=trainable)
                     input_quantizers[key] = q(t)
                 tensors[ref + "#q"] = input_quantizers[key]
         view = dict(tensors)

@@ -12,7 +12,7 @@ import copy
 import dataclasses
 import difflib
 import re
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 from qresearch.errors import ConfigError
 
@@ -29,6 +29,10 @@ QUANTIZE_OPS = ("weights_only", "inputs", "compute", "all")
 #: The grid of a model input's quantizer: read from the calibration data (unsigned where every value is >= 0),
 #: or fixed. A hardware target or a scheme that sets ``signed`` itself still wins.
 INPUT_SIGNS = ("data", "signed", "unsigned")
+#: ``train_input_quantizers``: whether a model input's quantizer parameters train. "below_8_bits": only where its
+#: grid is narrower than 8 bits (an 8-bit grid over a calibrated range leaves little to learn, and the training
+#: costs the first layer's input gradient; notes/performance.md, 2026-12-06).
+TRAIN_INPUT_QUANTIZERS = (True, False, "below_8_bits")
 # TFLite's fixed int8 output ranges (tflite-int8-spec.md §5): softmax/logistic (1/256, -128), tanh (1/128, 0).
 DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
     "softmax": [0.0, 0.99609375],
@@ -42,6 +46,11 @@ TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": Fal
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
           "bn_reestimation_batches", "quantize_ops", "input_sign", "train_input_quantizers", "fixed_output_ranges",
           "name") + tuple(TRAINING_FIELDS)
+
+
+def trains_model_input(setting: Union[bool, str], bits: int) -> bool:
+    """Whether a model input's quantizer of ``bits`` bits trains its parameters under ``train_input_quantizers``."""
+    return setting == "below_8_bits" and bits < 8 if isinstance(setting, str) else bool(setting)
 
 
 def reestimated_bn_batches(scheme: Mapping[str, Any]) -> int:
@@ -142,10 +151,11 @@ class SchemeSpec:
       value of that input is >= 0, e.g. pixels in [0, 1]; signed without calibration data), "signed" or
       "unsigned". Only where the activation spec does not set ``signed`` itself.
     train_input_quantizers: whether the model inputs' quantizer parameters (a learned step, clip or offset)
-      train with the model (true, the default) or keep the values calibration gave them (false). Their
+      train with the model (true, the default of a scheme dict), keep the values calibration gave them (false),
+      or train only where that input is quantized below 8 bits ("below_8_bits", the learned presets'). Their
       gradient is the first layer's input gradient, which nothing else needs: on a small model with a large
-      input it is a large part of a QAT step (LeNet-5, lsq: 1.67x float with it, 1.35x without;
-      notes/performance.md, 2026-12-04).
+      input it is a large part of a QAT step (LeNet-5, lsq: 1.41x float with it, 1.29x without;
+      notes/performance.md, 2026-12-06).
     fixed_output_ranges: ``{softmax: [min, max], ...}`` forced on those ops' outputs.
     quantizer_lr_multiplier: learning rate of quantizer parameters (steps, clips, offsets) over the model's.
     quantizer_weight_decay: whether the optimizer's weight decay applies to them (off: steps are not
@@ -165,7 +175,7 @@ class SchemeSpec:
     bn_reestimation_batches: int = 0
     quantize_ops: str = "all"
     input_sign: str = "data"
-    train_input_quantizers: bool = True
+    train_input_quantizers: Union[bool, str] = True
     fixed_output_ranges: Dict[str, List[float]] = dataclasses.field(
         default_factory=lambda: copy.deepcopy(DEFAULT_FIXED_OUTPUT_RANGES))
     name: Optional[str] = None
@@ -275,9 +285,11 @@ class SchemeSpec:
         if self.input_sign not in INPUT_SIGNS:
             raise ConfigError(f"scheme key 'input_sign' must be one of {INPUT_SIGNS} (data: unsigned where the "
                               f"calibration data of that input is >= 0), got {self.input_sign!r}")
-        if not isinstance(self.train_input_quantizers, bool):
-            raise ConfigError(f"scheme key 'train_input_quantizers' must be true or false (false: the model inputs' "
-                              f"quantizers keep their calibrated values), got {self.train_input_quantizers!r}")
+        if not any(self.train_input_quantizers is v or (isinstance(v, str) and self.train_input_quantizers == v)
+                   for v in TRAIN_INPUT_QUANTIZERS):
+            raise ConfigError(f"scheme key 'train_input_quantizers' must be true, false or 'below_8_bits' (false: the "
+                              f"model inputs' quantizers keep their calibrated values; below_8_bits: they train only "
+                              f"where quantized below 8 bits), got {self.train_input_quantizers!r}")
         if self.fixed_output_ranges is None:
             self.fixed_output_ranges = {}
         if not isinstance(self.fixed_output_ranges, Mapping):

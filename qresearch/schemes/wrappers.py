@@ -282,8 +282,9 @@ class QuantizeInput(_QL):
         self.kernels = kernels  # integer kernel set emulated in inference (qresearch.kernels)
 
     def add_weight(self, *args, trainable=None, **kwargs):
-        # Built non-trainable (a model input's quantizer under ``train_input_quantizers: false``): its parameters
-        # are not trainable variables, so a gradient tape does not even record the path to them.
+        # Built non-trainable (a model input's quantizer under ``train_input_quantizers: false``, or
+        # ``below_8_bits`` at 8 bits): its parameters are not trainable variables, so a gradient tape does not even
+        # record the path to them.
         return super().add_weight(*args, trainable=(trainable is None or bool(trainable)) and self.trainable,
                                   **kwargs)
 
