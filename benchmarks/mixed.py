@@ -6,11 +6,13 @@
 Protocol (docs/benchmark-protocol.md): per seed, one float LeNet-5 trained once; every contestant
 starts from a copy of its weights, is calibrated on the same 512 training images and fine-tuned with
 the same QAT recipe (Adam, cosine from lr 5e-4, batch 64, same data order). The scheme is the ``lsq``
-preset (LSQ weights per channel and activations; first and last layers at 8 bits, as uniform rows
-and mixed rows alike; ``--all-layers``: every layer at the chosen width). Mixed rows: per-layer widths from {8, 6, 4, 3, 2} chosen by the integer program
-with the measured (post-training, one layer at a time, on 512 training images) or the Hessian
-(HAWQ-V2) sensitivity, under a BOPs budget equal to uniform W3A3's BOPs, or 80% of uniform W4A4's, or uniform W2A2's, and under
-uniform W3A3's BOPs and weight memory together.
+preset (LSQ weights per channel and activations, its initialisation and settings; first and last layers at 8
+bits, as uniform rows and mixed rows alike; ``--all-layers``: every layer at the chosen width). Uniform rows are
+built as mixed rows are (``mixed.to_scheme`` with every layer's width), so they differ in widths only. Mixed
+rows: per-layer widths from {8, 6, 4, 3, 2} chosen by the integer program with the measured (post-training, one
+layer at a time, on 512 training images) or the Hessian (HAWQ-V2) sensitivity, under a BOPs budget equal to
+uniform W3A3's BOPs, or 80% of uniform W4A4's, or uniform W2A2's, and under uniform W3A3's BOPs and weight memory
+together.
 BOPs are the realised ones (``qresearch.mixed.qat_cost`` of each QAT model). Reports test accuracy
 mean ± std over seeds and writes JSON under ``outputs/benchmarks/mixed_<dataset>.json``.
 """
@@ -52,6 +54,19 @@ def _clone(model):
     return copy
 
 
+def uniform_widths(model, bits: int, first_last: bool) -> Dict[str, int]:
+    """Every compute layer at ``bits`` (first and last at 8 with ``first_last``): a uniform row goes through
+    ``mixed.to_scheme`` as the mixed rows do, so the two differ in their widths only (until 2026-12-06 uniform
+    rows replaced the preset's quantizer specs by bare ``{quantizer: lsq, bits}``, dropping its ``init: mse``)."""
+    from qresearch import mixed
+
+    names = [c.name for c in mixed.compute_layers(model)]
+    widths = {name: bits for name in names}
+    if first_last:
+        widths[names[0]] = widths[names[-1]] = 8
+    return widths
+
+
 def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last: bool = True
              ) -> Dict[str, Dict[str, Any]]:
     import qresearch
@@ -80,14 +95,13 @@ def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last:
 
     base = dict(qresearch.schemes.get("lsq").to_dict(), first_last_bits=8 if first_last else None)
     for b in (8, 4, 3, 2):
-        train(f"uniform W{b}A{b}", dict(base, weights={"quantizer": "lsq", "bits": b, "per_channel": True},
-                                        activations={"quantizer": "lsq", "bits": b}))
+        train(f"uniform W{b}A{b}", mixed.to_scheme(base, uniform_widths(fmodel, b, first_last), fmodel))
     budgets = {"@W3A3 BOPs": rows["uniform W3A3"]["bops_rel"], "@0.8xW4A4 BOPs": 0.8 * rows["uniform W4A4"]["bops_rel"],
                "@W2A2 BOPs": rows["uniform W2A2"]["bops_rel"]}
     sens = {"measured": mixed.sensitivity(fmodel, measure, "lsq", bits=BITS, calibration_data=calib),
             "hessian": mixed.hessian_sensitivity(fmodel, measure, "lsq", bits=BITS, samples=32)}
     first, last = mixed.compute_layers(fmodel)[0].name, mixed.compute_layers(fmodel)[-1].name
-    frows = mixed.cost(fmodel)["layers"]
+    frows = mixed.cost(fmodel, own_inputs=mixed.reads_own_inputs(base))["layers"]  # priced as the rows run
     budgets = {k: {"bops": v} for k, v in budgets.items()}
     budgets["@W3A3 BOPs+memory"] = {"bops": rows["uniform W3A3"]["bops_rel"], "memory": rows["uniform W3A3"]["memory_rel"]}
     for label, budget in budgets.items():

@@ -16,6 +16,13 @@ def base_spec(scheme) -> SchemeSpec:
     return SchemeSpec.from_dict(scheme)
 
 
+def reads_own_inputs(scheme) -> bool:
+    """Whether every compute layer under ``scheme`` (a preset name, dict or SchemeSpec) reads its input at its own
+    width (``quantize_ops: inputs``): the ``own_inputs`` of ``cost`` that prices it. The research presets do; a
+    cost model built without it prices each input at its producer's width and misleads ``allocate``."""
+    return base_spec(scheme).quantize_ops == "inputs"
+
+
 def to_scheme(base_scheme, widths: Mapping[str, int], model=None, name: Optional[str] = None,
               base_bits: Optional[int] = 8) -> Dict[str, Any]:
     """``base_scheme`` with one override per layer in ``widths``: ``weights.bits`` and

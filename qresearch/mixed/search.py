@@ -7,7 +7,7 @@ from qresearch.errors import ConfigError
 from qresearch.mixed.allocate import SOLVERS, allocate  # noqa: F401  (SOLVERS: the config's valid names)
 from qresearch.mixed.cost import cost
 from qresearch.mixed.graph import compute_layers
-from qresearch.mixed.scheme import base_spec, to_scheme
+from qresearch.mixed.scheme import base_spec, reads_own_inputs, to_scheme
 from qresearch.mixed.sensitivity import hessian_sensitivity, sensitivity
 
 SENSITIVITY = {"measured": sensitivity, "hessian": hessian_sensitivity}
@@ -70,7 +70,7 @@ def search(model, data, scheme, budget, bits: Sequence[int] = (8, 4, 3, 2), targ
         opts["calibration_data"] = calibration_data
     sens = SENSITIVITY[method](model, data, spec, bits=sorted(set(allowed) | set(fixed.values())), **opts)
     table = _table(target)
-    own = spec.quantize_ops == "inputs"  # each layer reads its input at its own width (mixed.graph)
+    own = reads_own_inputs(spec)  # each layer reads its input at its own width (mixed.graph)
     rows = cost(model, own_inputs=own)["layers"]
     alloc = allocate(rows, sens["scores"], budget, allowed, fixed=fixed, method=solver, table=table)
     widths = alloc["widths"]

@@ -5,7 +5,7 @@ import pytest
 import qresearch
 from qresearch import schemes
 from qresearch.models import build_model
-from qresearch.mixed import Widths, compute_layers, cost, qat_cost, qat_widths, to_scheme
+from qresearch.mixed import Widths, compute_layers, cost, qat_cost, qat_widths, reads_own_inputs, to_scheme
 
 
 def _choice(model, widths):
@@ -83,3 +83,10 @@ def test_inputs_mode_widths_realised(model_cfg):
     assert qat_cost(model, q)["totals"] == cost(model, choice, own_inputs=True)["totals"]
     assert cost(model, choice, own_inputs=True)["totals"]["bops"] == sum(
         r["macs"] * choice[r["name"]] ** 2 for r in rows)
+
+
+@pytest.mark.parametrize("quantize_ops, own", [("inputs", True), ("all", False), ("compute", False)])
+def test_the_cost_model_reads_inputs_as_the_scheme_quantizes_them(quantize_ops, own):
+    scheme = dict(schemes.get("lsq").to_dict(), quantize_ops=quantize_ops)
+    assert reads_own_inputs(scheme) is own
+    assert reads_own_inputs("lsq") is True and reads_own_inputs("tflite_int8") is False
