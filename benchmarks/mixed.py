@@ -1,9 +1,9 @@
 """Mixed precision at the BOPs of uniform W3A3 against uniform W3A3 and W4A4 (issue #14's target).
 
 ``python -m benchmarks.mixed [--dataset digits|mnist|cifar10] [--seeds 0 1] [--float-epochs 30] [--qat-epochs 5]
-[--train-samples N] [--test-samples N] [--all-layers]``
+[--train-samples N] [--test-samples N] [--model resnet20 --depth 8] [--all-layers]``
 
-Protocol (docs/benchmark-protocol.md): per seed, one float LeNet-5 trained once; every contestant
+Protocol (docs/benchmark-protocol.md): per seed, one float LeNet-5 (or ``--model``) trained once; every contestant
 starts from a copy of its weights, is calibrated on the same 512 training images and fine-tuned with
 the same QAT recipe (Adam, cosine from lr 5e-4, batch 64, same data order). The scheme is the ``lsq``
 preset (LSQ weights per channel and activations, its initialisation and settings; first and last layers at 8
@@ -22,7 +22,7 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -67,14 +67,14 @@ def uniform_widths(model, bits: int, first_last: bool) -> Dict[str, int]:
     return widths
 
 
-def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last: bool = True
-             ) -> Dict[str, Dict[str, Any]]:
+def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last: bool = True,
+             model_cfg: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
     import qresearch
     from qresearch import keras, mixed
     from qresearch.models import build_model
 
     keras.utils.set_random_seed(seed)
-    fmodel = build_model({"name": "lenet5"}, ds.x_train.shape[1:], ds.num_classes)
+    fmodel = build_model(model_cfg or {"name": "lenet5"}, ds.x_train.shape[1:], ds.num_classes)
     _fit(fmodel, ds.x_train, ds.y_train, float_epochs, 3e-3, seed)
     rows: Dict[str, Dict[str, Any]] = {"float": {"accuracy": _acc(fmodel, ds.x_test, ds.y_test), "bops_rel": 1.0}}
     rng = np.random.default_rng(seed)
@@ -128,6 +128,13 @@ def summarize(per_seed: List[Dict[str, Dict[str, Any]]]) -> List[Dict[str, Any]]
     return out
 
 
+def fmodel_label(model_cfg: Dict[str, Any]) -> str:
+    """``LeNet-5`` for the default model, else the zoo name with its depth (``resnet20-8``)."""
+    if model_cfg == {"name": "lenet5"}:
+        return "LeNet-5"
+    return model_cfg["name"] + (f"-{model_cfg['depth']}" if model_cfg.get("depth") else "")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dataset", default="digits")
@@ -139,6 +146,8 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="a folder with mnist.npz / cifar10-jpeg.tar.gz")
     p.add_argument("--cache-dir", default=None, help="where decoded datasets are cached (CIFAR-10 JPEGs)")
     p.add_argument("--out", default="outputs/benchmarks")
+    p.add_argument("--model", default="lenet5", help="a model-zoo name (qresearch.models), e.g. resnet20")
+    p.add_argument("--depth", type=int, default=None, help="the zoo model's depth where it takes one (resnet20: 8)")
     p.add_argument("--all-layers", action="store_true",
                    help="every layer at the allocated/uniform width (default: first and last layers 8-bit)")
     args = p.parse_args(argv)
@@ -148,11 +157,12 @@ def main(argv=None):
 
     ds = load_dataset({"name": args.dataset, "train_samples": args.train_samples or None,
                        "test_samples": args.test_samples or None, "data_dir": args.data_dir}, cache_dir=args.cache_dir)
+    model_cfg = {"name": args.model, **({"depth": args.depth} if args.depth else {})}
     per_seed = [run_seed(ds, s, args.float_epochs, args.qat_epochs, lambda m: print(m, flush=True),
-                         first_last=not args.all_layers) for s in args.seeds]
+                         first_last=not args.all_layers, model_cfg=model_cfg) for s in args.seeds]
     table = summarize(per_seed)
     layers = "every layer n-bit" if args.all_layers else "first/last layers 8-bit"
-    print(f"\nLeNet-5 on {args.dataset} ({len(ds.x_train)} train / {len(ds.x_test)} test images), lsq ({layers}), {len(args.seeds)} seeds, "
+    print(f"\n{fmodel_label(model_cfg)} on {args.dataset} ({len(ds.x_train)} train / {len(ds.x_test)} test images), lsq ({layers}), {len(args.seeds)} seeds, "
           f"float {args.float_epochs} + QAT {args.qat_epochs} epochs; chance {100 / ds.num_classes:.0f}%")
     print(f"{'contestant':30} {'test acc %':>16} {'BOPs / W8A8':>12} {'weights / W8':>13}")
     for r in table:
@@ -160,7 +170,8 @@ def main(argv=None):
               f"{r['memory_rel']:>13.4f}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"mixed_{args.dataset}{'_all_layers' if args.all_layers else ''}.json"
+    model_tag = "" if model_cfg == {"name": "lenet5"} else "_" + fmodel_label(model_cfg).lower().replace("-", "")
+    path = out / f"mixed_{args.dataset}{model_tag}{'_all_layers' if args.all_layers else ''}.json"
     path.write_text(json.dumps({"args": vars(args), "summary": table, "per_seed": per_seed}, indent=1, default=str))
     print(f"wrote {path}")
 
