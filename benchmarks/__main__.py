@@ -7,7 +7,8 @@
    (``quantize_ops: all``, as tfmot's schemes do; the research presets quantize compute layers' inputs), all
    measured in one process per model on the same model, data and optimizer (median training-step time, in
    interleaved rounds so that a change of machine load hits every model alike; each ratio is the median over
-   rounds of time / float time in that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs, BatchNormalization, residual Add).
+   rounds of time / float time in that round). Models: LeNet-5 and mobilenet_tiny (depthwise convs,
+   BatchNormalization, residual Add).
 2. eval: inference of the tflite_int8 preset through the integer-kernel emulation, over the plain
    fake-quant graph (export mode) and the LiteRT interpreter (builtin kernels, as ``verify`` runs it) on
    the same images; graph (tf.function, as ``predict``/``evaluate``) and eager calls, and

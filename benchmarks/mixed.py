@@ -162,8 +162,9 @@ def main(argv=None):
                          first_last=not args.all_layers, model_cfg=model_cfg) for s in args.seeds]
     table = summarize(per_seed)
     layers = "every layer n-bit" if args.all_layers else "first/last layers 8-bit"
-    print(f"\n{fmodel_label(model_cfg)} on {args.dataset} ({len(ds.x_train)} train / {len(ds.x_test)} test images), lsq ({layers}), {len(args.seeds)} seeds, "
-          f"float {args.float_epochs} + QAT {args.qat_epochs} epochs; chance {100 / ds.num_classes:.0f}%")
+    print(f"\n{fmodel_label(model_cfg)} on {args.dataset} ({len(ds.x_train)} train / {len(ds.x_test)} test images), "
+          f"lsq ({layers}), {len(args.seeds)} seeds, float {args.float_epochs} + QAT {args.qat_epochs} epochs; "
+          f"chance {100 / ds.num_classes:.0f}%")
     print(f"{'contestant':30} {'test acc %':>16} {'BOPs / W8A8':>12} {'weights / W8':>13}")
     for r in table:
         print(f"{r['name']:30} {r['accuracy_mean']:>9.2f} ± {r['accuracy_std']:<4.2f} {r['bops_rel']:>12.4f} "

@@ -3,7 +3,8 @@ budget, and the choice as a plain scheme. Formulas and sources: ``notes/mixed.md
 
 Public API: ``cost``, ``format_table``, ``CostTable``, ``register_mac_rule``, ``compute_layers``,
 ``sensitivity``, ``hessian_sensitivity``, ``hutchinson_traces``, ``allocate``, ``brute_force``,
-``to_scheme``, ``reads_own_inputs``, ``qat_widths``, ``qat_cost``, ``describe`` (a QAT model with its cost table), ``search``.
+``to_scheme``, ``reads_own_inputs``, ``qat_widths``, ``qat_cost``, ``describe`` (a QAT model with its cost
+table), ``search``.
 """
 from qresearch.mixed.cost import CostTable, Widths, cost, format_table, register_mac_rule, totals
 from qresearch.mixed.graph import compute_layers
