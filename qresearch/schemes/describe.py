@@ -36,6 +36,8 @@ def _fmt(d) -> str:
         s += "/ch"
     if d.get("fixed_range"):
         s += f"[{d['fixed_range'][0]:g},{d['fixed_range'][1]:g}]"
+    if d.get("fixed"):
+        s += " (not trained)"
     return s
 
 
@@ -111,8 +113,11 @@ def describe(qat_model, print_report: bool = False, data=None) -> Report:
             fbits += f_bits
             continue
         if isinstance(layer, QuantizeInput):
+            info = _qinfo(layer.quantizer)
+            if info is not None and layer.weights and not layer.trainable:
+                info["fixed"] = True   # built non-trainable (train_input_quantizers): no gradient reaches its parameters
             rows.append({"name": layer.name, "class": "QuantizeInput", "kind": "input", "weights": {},
-                         "activations": {}, "output": _qinfo(layer.quantizer)})
+                         "activations": {}, "output": info})
             continue
         if isinstance(layer, QuantizeLike):
             source = layer._source

@@ -105,3 +105,14 @@ def test_the_learned_presets_keep_an_8_bit_model_inputs_step_calibrated(preset):
                             calibration_data=x)
     layer = _model_input_quantizer(q4)
     assert layer.quantizer.bits == 4 and layer.trainable_weights
+
+
+def test_describe_says_which_input_quantizer_does_not_train():
+    from qresearch.schemes.describe import describe
+
+    x, _ = _data()
+    rows = {r["name"]: r for r in describe(qresearch.quantize(_model(), "lsq", calibration_data=x))["layers"]}
+    assert rows["quantize_image"]["output"].get("fixed") is True
+    assert not any(r["output"].get("fixed") for name, r in rows.items()
+                   if r["kind"] == "input" and name != "quantize_image")
+    assert "lsq8 (not trained)" in str(describe(qresearch.quantize(_model(), "lsq", calibration_data=x)))
