@@ -113,11 +113,11 @@ def describe(qat_model, print_report: bool = False, data=None) -> Report:
             fbits += f_bits
             continue
         if isinstance(layer, QuantizeInput):
-            info = _qinfo(layer.quantizer)
-            if info is not None and layer.weights and not layer.trainable:
-                info["fixed"] = True   # built non-trainable (train_input_quantizers): no gradient reaches its parameters
+            out = _qinfo(layer.quantizer)
+            if out is not None and layer.weights and not layer.trainable:
+                out["fixed"] = True   # built non-trainable (train_input_quantizers): no gradient reaches its parameters
             rows.append({"name": layer.name, "class": "QuantizeInput", "kind": "input", "weights": {},
-                         "activations": {}, "output": info})
+                         "activations": {}, "output": out})
             continue
         if isinstance(layer, QuantizeLike):
             source = layer._source
