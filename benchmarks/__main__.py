@@ -422,11 +422,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # QRESEARCH_DATA_DIR / ../shared/datasets where there is no network); digits first: seconds, and no
         # download. LeNet-5 at uniform W3A3 is within ~1 pt of float (no room for a gain); ResNet-8 is 4.7 pt
         # under (notes/mixed.md, 2026-12-06)
-        for dataset, extra in (("digits", []),
-                               ("mnist", ["--float-epochs", "3", "--qat-epochs", "1"]),
-                               ("cifar10", ["--model", "resnet20", "--depth", "8", "--train-samples", "5000",
-                                            "--test-samples", "2000", "--float-epochs", "15", "--qat-epochs", "2"])):
-            model = "ResNet-8" if "--model" in extra else "LeNet-5"
+        for dataset, model, extra in (
+                ("digits", "LeNet-5", []),
+                ("mnist", "LeNet-5", ["--float-epochs", "3", "--qat-epochs", "1"]),
+                ("cifar10", "ResNet-8", ["--model", "resnet20", "--depth", "8", "--train-samples", "5000",
+                                         "--test-samples", "2000", "--float-epochs", "15", "--qat-epochs", "2"])):
             print(f"\nMixed precision (benchmarks/mixed.py, {dataset} {model}, every layer allocated, 2 seeds)",
                   flush=True)
             try:

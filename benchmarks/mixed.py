@@ -100,7 +100,8 @@ def run_seed(ds, seed: int, float_epochs: int, qat_epochs: int, log, first_last:
                "@W2A2 BOPs": rows["uniform W2A2"]["bops_rel"]}
     sens = {"measured": mixed.sensitivity(fmodel, measure, "lsq", bits=BITS, calibration_data=calib),
             "hessian": mixed.hessian_sensitivity(fmodel, measure, "lsq", bits=BITS, samples=32)}
-    first, last = mixed.compute_layers(fmodel)[0].name, mixed.compute_layers(fmodel)[-1].name
+    layers = mixed.compute_layers(fmodel)
+    first, last = layers[0].name, layers[-1].name
     frows = mixed.cost(fmodel, own_inputs=mixed.reads_own_inputs(base))["layers"]  # priced as the rows run
     budgets = {k: {"bops": v} for k, v in budgets.items()}
     budgets["@W3A3 BOPs+memory"] = {"bops": rows["uniform W3A3"]["bops_rel"], "memory": rows["uniform W3A3"]["memory_rel"]}

@@ -285,8 +285,8 @@ class SchemeSpec:
         if self.input_sign not in INPUT_SIGNS:
             raise ConfigError(f"scheme key 'input_sign' must be one of {INPUT_SIGNS} (data: unsigned where the "
                               f"calibration data of that input is >= 0), got {self.input_sign!r}")
-        if not any(self.train_input_quantizers is v or (isinstance(v, str) and self.train_input_quantizers == v)
-                   for v in TRAIN_INPUT_QUANTIZERS):
+        v = self.train_input_quantizers
+        if not (isinstance(v, bool) or (isinstance(v, str) and v in TRAIN_INPUT_QUANTIZERS)):
             raise ConfigError(f"scheme key 'train_input_quantizers' must be true, false or 'below_8_bits' (false: the "
                               f"model inputs' quantizers keep their calibrated values; below_8_bits: they train only "
                               f"where quantized below 8 bits), got {self.train_input_quantizers!r}")
