@@ -228,6 +228,14 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         """Create this quantizer's variables on ``layer``; override in subclasses."""
         return {}
 
+    def latent_weights(self, w, axes):
+        """The value a weight variable starts QAT from, given the float model's weight ``w`` (numpy) and this
+        tensor's channel ``axes``; None keeps ``w``. A quantizer whose training transform is not the identity
+        before rounding (DoReFa's tanh) returns the value the transform maps back to ``w``, so the QAT model
+        starts from the float model's function; ``schemes.build`` assigns it once, after the float weights
+        are copied (a QAT model's own weights, ``weights_from`` or a saved model, are not transformed)."""
+        return None
+
     def __call__(self, inputs, training, weights, **kwargs):
         axes = weights.get("channel_axes")
         quantize = _autograph.user_code(self.quantize)  # a plugin's quantize converts as before

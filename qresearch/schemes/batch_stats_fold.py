@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
+
 from qresearch import _autograph
 from qresearch._compat import keras, tf
 from qresearch.schemes.attrs import get_attr, set_attr
@@ -106,6 +108,18 @@ class BatchStatsFold(QuantizeWrapper):
         attr, rule = self._fold
         g = fold_factor(self.bn_gamma, self.bn_moving_variance, self.batch_norm["epsilon"])
         return rule(self._kernel, g), self.bn_beta + (self.layer.bias - self.bn_moving_mean) * g
+
+    def _latent_value(self, attr, weight, quantizer, axes):
+        """The quantizer sees ``W·g`` (``g = γ/σ``, moving statistics): its latent value of that, unfolded by
+        ``1/g`` (a channel with ``g = 0`` contributes nothing either way and gets 0)."""
+        fold_attr, rule = self._fold
+        if attr != fold_attr:
+            return super()._latent_value(attr, weight, quantizer, axes)
+        g = fold_factor(self.bn_gamma.numpy(), self.bn_moving_variance.numpy(), self.batch_norm["epsilon"])
+        latent = quantizer.latent_weights(rule(weight.numpy(), g), axes)
+        if latent is None:
+            return None
+        return rule(latent, np.divide(1.0, g, out=np.zeros_like(g), where=g != 0))
 
     def _live_weights(self):
         if self._live_kernel is None:

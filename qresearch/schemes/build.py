@@ -202,6 +202,9 @@ def build(plan: ModelPlan):
         _copy_weights(inner, p)
         if isinstance(layer, BatchStatsFold):
             layer.set_batch_norm(p.folded_bn)
+    for inner, p, layer in copies:   # the float weights are in place: quantizers that train a latent weight map them
+        if isinstance(layer, QuantizeWrapper):
+            layer.start_latent_weights(shared=inner is p.layer)
     return qmodel
 
 

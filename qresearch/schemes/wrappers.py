@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import logging
 import threading
 from typing import Any, Dict, Optional
 
@@ -33,6 +34,7 @@ from tensorflow_model_optimization.python.core.quantization.keras.quantize_layer
     QuantizeLayer as _QL)
 
 _QW = tfmot.quantization.keras.QuantizeWrapperV2
+_log = logging.getLogger(__name__)
 
 _state = threading.local()
 
@@ -244,6 +246,28 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         """``(weight, quantizer, its variables)`` per quantized weight, as this call quantizes it: the weight
         variables themselves here; ``BatchStatsFold`` gives its BN-folded kernel instead."""
         return self._weight_vars
+
+    def start_latent_weights(self, shared: bool = False) -> None:
+        """Set each quantized weight to its quantizer's ``latent_weights`` of the float weight (where it has
+        one): once, by ``schemes.build``, after the float model's weights are copied in. ``shared``: the wrapped
+        layer is the float model's own (a custom layer its config cannot rebuild), whose weights stay as they are."""
+        for attr, (weight, quantizer, qvars) in zip(self.quantize_config.weights, self._weight_vars):
+            if not isinstance(quantizer, Quantizer):   # a tfmot quantizer of the user's has no latent rule
+                continue
+            latent = self._latent_value(attr, weight, quantizer, qvars.get("channel_axes"))
+            if latent is None:
+                continue
+            if shared:
+                _log.warning("layer %r shares its weights with the float model, so its %s starts from the float "
+                             "weight, not from %s's latent weight (latent_init). Fix: give %s a get_config() that "
+                             "returns every __init__ argument, so the QAT model gets its own copy.",
+                             self.layer.name, attr, quantizer.registry_name, type(self.layer).__name__)
+                continue
+            weight.assign(latent)
+
+    def _latent_value(self, attr, weight, quantizer, axes):
+        """The new value of ``weight`` (None: unchanged): the quantizer's latent weight of what it quantizes."""
+        return quantizer.latent_weights(weight.numpy(), axes)
 
     def _call_layer(self, inputs, training, kwargs):
         """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""

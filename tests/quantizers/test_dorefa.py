@@ -176,3 +176,60 @@ def test_activation_gradient_bit_identical_to_autodiff():
     reference = run(lambda t: ops.quantize_unit_ste(tf.clip_by_value(t, 0.0, 1.0), 4))
     for got, want in zip(run(lambda t: clipped_unit_ste(t, 4)), reference):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _linear_grid(w, bits, red):
+    """The ``2^bits - 1``-level grid over ``[-M, M]``, ``M = max|w|`` over ``red``, applied to ``w`` (float64)."""
+    levels = 2**bits - 1
+    m = np.abs(w.astype(np.float64)).max(axis=red, keepdims=True)
+    return m * (2 * np.round((w / (2 * m) + 0.5) * levels) / levels - 1), m
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("shape", [(3, 4, 6), (64, 64, 6)])   # plain autodiff; the fused passes (> 16384)
+def test_latent_init_inverse_gives_back_the_float_weights(bits, per_channel, shape):
+    """``latent_init: inverse``: the transform of the latent weight is the linear grid over [-M, M] applied to the
+    float weight (closed form in numpy), where the float weight itself is compressed by the tanh."""
+    w = (rng.randn(*shape) * np.linspace(0.2, 2.5, shape[-1])).astype("float32")   # M up to ~9 (a folded BN)
+    axes = (2,) if per_channel else None
+    red = (0, 1) if per_channel else None
+    q = create({"name": "dorefa", "bits": bits, "per_channel": per_channel, "weight_scale": "max",
+                "latent_init": "inverse"}, role="weights")
+    u = q.latent_weights(w, axes)
+    assert u.dtype == np.float32 and np.isfinite(u).all()
+    want, m = _linear_grid(w, bits, red)
+    np.testing.assert_allclose(np.abs(u).max(axis=red, keepdims=True), m, rtol=1e-6)   # max|u| = M
+    y = run(q, u, build(q, u.shape))
+    step = 2 * m / (2**bits - 1)
+    off = np.abs(y - want) / step
+    assert off.max() <= 1 + 1e-4                            # float round-off flips a value at a level's midpoint
+    assert np.mean(off < 1e-3) > 0.99
+    if bits == 8:   # where the grid is fine, the tanh's compression is most of the float weight's error
+        as_float = run(q, w, build(q, w.shape))
+        assert np.abs(y - w).mean() < 0.5 * np.abs(as_float - w).mean()
+
+
+def test_latent_init_inverse_with_the_unit_grid_keeps_the_shape():
+    w = (rng.randn(5, 8) * 1.5).astype("float32")
+    q = create({"name": "dorefa", "bits": 8, "weight_scale": "unit", "latent_init": "inverse"}, role="weights")
+    y = run(q, q.latent_weights(w, None), build(q, w.shape))
+    want, m = _linear_grid(w, 8, None)
+    np.testing.assert_allclose(y, want / m, atol=2 / 255 + 1e-6)   # w/M on the paper's [-1, 1] grid
+
+
+def test_latent_init_edge_cases():
+    w = rng.randn(6, 3).astype("float32")
+    w[:, 0] = 0.0            # an all-zero channel stays 0
+    w[0, 1] = 40.0           # tanh(40) is 1 even in float64: saturates, stays finite
+    q = create({"name": "dorefa", "per_channel": True, "weight_scale": "max", "latent_init": "inverse"},
+               role="weights")
+    u = q.latent_weights(w, (1,))
+    assert np.isfinite(u).all()
+    np.testing.assert_array_equal(u[:, 0], 0.0)
+    np.testing.assert_allclose(u[:, 2], np.arctanh(w[:, 2] * np.tanh(np.abs(w[:, 2]).max()) / np.abs(w[:, 2]).max()),
+                               rtol=1e-6)
+    assert create({"name": "dorefa"}, role="weights").latent_weights(w, None) is None        # latent_init: float
+    assert create({"name": "dorefa", "latent_init": "inverse"}, role="activations").latent_weights(w, None) is None
+    with pytest.raises(ConfigError, match="latent_init"):
+        create({"name": "dorefa", "latent_init": "atanh"})
