@@ -252,8 +252,8 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         one): once, by ``schemes.build``, after the float model's weights are copied in. ``shared``: the wrapped
         layer is the float model's own (a custom layer its config cannot rebuild), whose weights stay as they are."""
         for attr, (weight, quantizer, qvars) in zip(self.quantize_config.weights, self._weight_vars):
-            if not isinstance(quantizer, Quantizer):   # a tfmot quantizer of the user's has no latent rule
-                continue
+            if not isinstance(quantizer, Quantizer) or type(quantizer).latent_weights is Quantizer.latent_weights:
+                continue   # no latent rule (a tfmot quantizer of the user's, most of ours): no copy of the weight
             latent = self._latent_value(attr, weight, quantizer, qvars.get("channel_axes"))
             if latent is None:
                 continue
