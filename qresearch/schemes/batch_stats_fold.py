@@ -109,12 +109,12 @@ class BatchStatsFold(QuantizeWrapper):
         g = fold_factor(self.bn_gamma, self.bn_moving_variance, self.batch_norm["epsilon"])
         return rule(self._kernel, g), self.bn_beta + (self.layer.bias - self.bn_moving_mean) * g
 
-    def _latent_value(self, attr, weight, quantizer, axes):
+    def _latent_value(self, weight, quantizer, axes):
         """The quantizer sees ``W·g`` (``g = γ/σ``, moving statistics): its latent value of that, unfolded by
         ``1/g`` (a channel with ``g = 0`` contributes nothing either way and gets 0)."""
-        fold_attr, rule = self._fold
-        if attr != fold_attr:
-            return super()._latent_value(attr, weight, quantizer, axes)
+        rule = self._fold[1]
+        if weight is not self._kernel:
+            return super()._latent_value(weight, quantizer, axes)
         g = fold_factor(self.bn_gamma.numpy(), self.bn_moving_variance.numpy(), self.batch_norm["epsilon"])
         latent = quantizer.latent_weights(rule(weight.numpy(), g), axes)
         if latent is None:

@@ -19,7 +19,8 @@ from qresearch.schemes.folding import affine_weights, fold_weights
 from qresearch.schemes.io import QATModel
 from qresearch.schemes.plan import LayerPlan, ModelPlan
 from qresearch.schemes.spec import trains_model_input
-from qresearch.schemes.wrappers import ChannelAffine, QuantizeInput, QuantizeLike, QuantizeWrapper, has_attrs
+from qresearch.schemes.wrappers import (ChannelAffine, QuantizeInput, QuantizeLike, QuantizeWrapper, has_attrs,
+                                        start_latent_weights)
 
 _log = logging.getLogger(__name__)
 WRAPPER_PREFIX = "quant_"
@@ -203,8 +204,8 @@ def build(plan: ModelPlan):
         if isinstance(layer, BatchStatsFold):
             layer.set_batch_norm(p.folded_bn)
     for inner, p, layer in copies:   # the float weights are in place: quantizers that train a latent weight map them
-        if isinstance(layer, QuantizeWrapper):
-            layer.start_latent_weights(shared=inner is p.layer)
+        if layer is not inner:
+            start_latent_weights(layer, shared=inner is p.layer)
     return qmodel
 
 

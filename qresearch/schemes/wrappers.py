@@ -247,26 +247,9 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         variables themselves here; ``BatchStatsFold`` gives its BN-folded kernel instead."""
         return self._weight_vars
 
-    def start_latent_weights(self, shared: bool = False) -> None:
-        """Set each quantized weight to its quantizer's ``latent_weights`` of the float weight (where it has
-        one): once, by ``schemes.build``, after the float model's weights are copied in. ``shared``: the wrapped
-        layer is the float model's own (a custom layer its config cannot rebuild), whose weights stay as they are."""
-        for attr, (weight, quantizer, qvars) in zip(self.quantize_config.weights, self._weight_vars):
-            if not isinstance(quantizer, Quantizer) or type(quantizer).latent_weights is Quantizer.latent_weights:
-                continue   # no latent rule (a tfmot quantizer of the user's, most of ours): no copy of the weight
-            latent = self._latent_value(attr, weight, quantizer, qvars.get("channel_axes"))
-            if latent is None:
-                continue
-            if shared:
-                _log.warning("layer %r shares its weights with the float model, so its %s starts from the float "
-                             "weight, not from %s's latent weight (latent_init). Fix: give %s a get_config() that "
-                             "returns every __init__ argument, so the QAT model gets its own copy.",
-                             self.layer.name, attr, quantizer.registry_name, type(self.layer).__name__)
-                continue
-            weight.assign(latent)
-
-    def _latent_value(self, attr, weight, quantizer, axes):
-        """The new value of ``weight`` (None: unchanged): the quantizer's latent weight of what it quantizes."""
+    def _latent_value(self, weight, quantizer, axes):
+        """The new value of ``weight`` (None: unchanged): the quantizer's latent weight of what it quantizes
+        (``start_latent_weights``)."""
         return quantizer.latent_weights(weight.numpy(), axes)
 
     def _call_layer(self, inputs, training, kwargs):
@@ -345,6 +328,29 @@ class QuantizeInput(_QL):
         return cls(quantizer=quantizer, **config)
 
 
+
+
+def start_latent_weights(wrapper, shared: bool = False) -> None:
+    """Set each weight ``wrapper`` quantizes (ours, or tfmot's wrapper with a user's ``QuantizeConfig``) to its
+    quantizer's ``latent_weights`` of the float weight, where it has one: once, by ``schemes.build``, after the
+    float model's weights are copied in. ``shared``: the wrapped layer is the float model's own (a custom layer its
+    config cannot rebuild), whose weights stay as they are."""
+    latent_of = getattr(wrapper, "_latent_value", None) or \
+        (lambda weight, quantizer, axes: quantizer.latent_weights(weight.numpy(), axes))
+    for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", ()):
+        if not isinstance(quantizer, Quantizer) or type(quantizer).latent_weights is Quantizer.latent_weights:
+            continue   # no latent rule (a tfmot quantizer, most of ours): no copy of the weight
+        latent = latent_of(weight, quantizer, qvars.get("channel_axes"))
+        if latent is None:
+            continue
+        if shared:
+            _log.warning("layer %r shares its weights with the float model, so its %s starts from the float weight, "
+                         "not from %s's latent weight (latent_init). Fix: give %s a get_config() that returns every "
+                         "__init__ argument, so the QAT model gets its own copy.", wrapper.layer.name,
+                         weight.name.split("/")[-1].split(":")[0], quantizer.registry_name,
+                         type(wrapper.layer).__name__)
+            continue
+        weight.assign(latent)
 
 
 def _range_source(tensor, depth: int = 8):

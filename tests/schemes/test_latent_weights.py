@@ -79,3 +79,23 @@ def test_a_shared_layer_keeps_its_float_weights_and_says_why(caplog):
     np.testing.assert_array_equal(model.layers[-1].kernel.numpy(), before)
     assert any("shares its weights with the float model" in r.getMessage() and "get_config" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_users_quantize_config_gets_the_latent_weight_too():
+    """tfmot's annotate flow: a user's QuantizeConfig that uses qresearch's DoReFa quantizer (ConfigWrapper)."""
+    from qresearch import tfmot
+    from qresearch.quantizers import create
+
+    from .test_annotate import KernelOnlyConfig, _model, _quantize
+
+    dorefa = create({"name": "dorefa", "bits": 8, "weight_scale": "max", "latent_init": "inverse"}, role="weights")
+    model = _model(KernelOnlyConfig(dorefa))
+    kernel = model.get_layer("quantize_annotate").layer.kernel   # tfmot's annotation wraps Dense "a"
+    kernel.assign(kernel * 8.0)   # up to ~5: in the tanh's flat part
+    w = kernel.numpy()
+    q = _quantize(model)
+    wrapper = next(l for l in q.layers if isinstance(l, tfmot.quantization.keras.QuantizeWrapperV2)
+                   and l.layer.name == "a")
+    np.testing.assert_allclose(wrapper.layer.kernel.numpy(), dorefa.latent_weights(w, None), rtol=1e-6)
+    assert np.abs(wrapper.layer.kernel.numpy() - w).max() > 0.1   # mapped, not the float weight
+    np.testing.assert_array_equal(kernel.numpy(), w)              # the float model's own kernel is untouched
