@@ -90,7 +90,8 @@ def test_a_users_quantize_config_gets_the_latent_weight_too():
 
     dorefa = create({"name": "dorefa", "bits": 8, "weight_scale": "max", "latent_init": "inverse"}, role="weights")
     model = _model(KernelOnlyConfig(dorefa))
-    kernel = model.get_layer("quantize_annotate").layer.kernel   # tfmot's annotation wraps Dense "a"
+    annotated = next(l for l in model.layers if getattr(getattr(l, "layer", None), "name", None) == "a")
+    kernel = annotated.layer.kernel   # tfmot's annotation wraps Dense "a" (its own name counts up per process)
     kernel.assign(kernel * 8.0)   # up to ~5: in the tanh's flat part
     w = kernel.numpy()
     q = _quantize(model)
