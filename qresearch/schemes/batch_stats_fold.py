@@ -31,7 +31,7 @@ from qresearch._compat import keras, tf
 from qresearch.schemes.attrs import get_attr, set_attr
 from qresearch.schemes.folding import fold_factor
 from qresearch.schemes.layers import layer_spec
-from qresearch.schemes.wrappers import QuantizeWrapper, calibrating, smart_cond
+from qresearch.schemes.wrappers import QuantizeWrapper, calibrating, latent_value, smart_cond
 
 #: The BN facts the layer needs (from the BatchNormalization it replaces).
 BN_KEYS = ("momentum", "epsilon", "center", "scale", "unbiased_variance")
@@ -114,7 +114,7 @@ class BatchStatsFold(QuantizeWrapper):
         ``1/g`` (a channel with ``g = 0`` contributes nothing either way and gets 0)."""
         rule = self._fold[1]
         if weight is not self._kernel:
-            return super()._latent_value(weight, quantizer, axes)
+            return latent_value(weight, quantizer, axes)
         g = fold_factor(self.bn_gamma.numpy(), self.bn_moving_variance.numpy(), self.batch_norm["epsilon"])
         latent = quantizer.latent_weights(rule(weight.numpy(), g), axes)
         if latent is None:

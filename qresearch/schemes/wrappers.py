@@ -247,11 +247,6 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         variables themselves here; ``BatchStatsFold`` gives its BN-folded kernel instead."""
         return self._weight_vars
 
-    def _latent_value(self, weight, quantizer, axes):
-        """The new value of ``weight`` (None: unchanged): the quantizer's latent weight of what it quantizes
-        (``start_latent_weights``)."""
-        return quantizer.latent_weights(weight.numpy(), axes)
-
     def _call_layer(self, inputs, training, kwargs):
         """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""
         call = _autograph.user_code(self.layer.call)
@@ -328,6 +323,9 @@ class QuantizeInput(_QL):
         return cls(quantizer=quantizer, **config)
 
 
+def latent_value(weight, quantizer, axes):
+    """The new value of ``weight`` (None: unchanged): ``quantizer``'s latent weight of it."""
+    return quantizer.latent_weights(weight.numpy(), axes)
 
 
 def start_latent_weights(wrapper, shared: bool = False) -> None:
@@ -335,8 +333,7 @@ def start_latent_weights(wrapper, shared: bool = False) -> None:
     quantizer's ``latent_weights`` of the float weight, where it has one: once, by ``schemes.build``, after the
     float model's weights are copied in. ``shared``: the wrapped layer is the float model's own (a custom layer its
     config cannot rebuild), whose weights stay as they are."""
-    latent_of = getattr(wrapper, "_latent_value", None) or \
-        (lambda weight, quantizer, axes: quantizer.latent_weights(weight.numpy(), axes))
+    latent_of = getattr(wrapper, "_latent_value", latent_value)   # BatchStatsFold: through its fold
     for weight, quantizer, qvars in getattr(wrapper, "_weight_vars", ()):
         if not isinstance(quantizer, Quantizer) or type(quantizer).latent_weights is Quantizer.latent_weights:
             continue   # no latent rule (a tfmot quantizer, most of ours): no copy of the weight
