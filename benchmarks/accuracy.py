@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.accuracy [--datasets mnist,cifar10] [--seeds 0,1] [--bits 8,4,3,2] [--presets all]
 [--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--set KEY=VALUE ..] [--quick]
-[--resume] [--model DATASET=MODEL ..]``
+[--resume] [--model DATASET=MODEL ..] [--compare-with DIR]``
 (``make bench-accuracy``: the defaults).
 
 Protocol (docs/benchmark-protocol.md), in one process per dataset:
@@ -375,6 +375,20 @@ def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any]
     return {"summary": summary, "checks": checks}
 
 
+def compared_results(folder: Path, recipe: str) -> Tuple[Path, str]:
+    """``--compare-with``: (its results.json, its recipe); refuses a folder without results or of the same recipe
+    (the robustness check compares the two optimizers)."""
+    path = folder / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"--compare-with {folder}: no results.json there; run the benchmark with "
+                         f"--recipe {next(r for r in RECIPES if r != recipe)} --out {folder} first")
+    theirs = (json.loads(path.read_text()).get("args") or {}).get("recipe")
+    if theirs == recipe:
+        raise SystemExit(f"--compare-with {folder}: its results are recipe {theirs!r}, as this run's; the robustness "
+                         f"check compares the two recipes ({', '.join(RECIPES)})")
+    return path, str(theirs or next(r for r in RECIPES if r != recipe))
+
+
 # ------------------------------------------------------------------ main
 def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.split("\n\n")[0])
@@ -406,6 +420,10 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="change every preset's scheme (dotted key, YAML value; repeatable), e.g. "
                         "--set bn_folding=no_fold, --set weights.init=max; tfmot's rows are unchanged. Use its own "
                         "--out: results are keyed without it")
+    p.add_argument("--compare-with", default=None, metavar="DIR",
+                   help="the output folder of the same benchmark under the other --recipe (its results.json), for "
+                        "the robustness check (default: outputs/benchmarks/accuracy/<other recipe> when --out is "
+                        "not given)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
@@ -452,6 +470,8 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
         os.environ.get("QRESEARCH_CACHE_DIR", str(Path(os.environ.get("QRESEARCH_OUTPUT_DIR", "outputs")) / "cache"))
     other_recipe = next(r for r in RECIPES if r != args.recipe)
     other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
+    if args.compare_with is not None:
+        other, other_recipe = compared_results(Path(args.compare_with), args.recipe)
     argv_text = " ".join(sys.argv[1:] if argv is None else list(argv))
     meta = {"argv": argv_text, "recipe": args.recipe, "datasets": datasets, "seeds": seeds, "bits": bits,
             "presets": presets, "policies": policies, "settings": settings, "train_subset": train_n,

@@ -164,6 +164,32 @@ def test_a_failed_seed_fails_its_targets_and_robustness_compares_recipes():
     assert rob(flipped)["met"] is False and "lsq >= minmax_nbit + 10" in rob(flipped)["detail"]
 
 
+def test_compare_with_runs_the_robustness_check_on_any_two_output_folders(tmp_path):
+    """--compare-with DIR: the other recipe's results wherever they were written (e.g. a held-out model's runs
+    under their own --out); a folder without results, or of the same recipe, is refused before anything runs."""
+    from benchmarks import accuracy
+
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for folder, recs in ((ours, _constructed()), (theirs, _constructed(lsq_w2=0.45))):
+        folder.mkdir()
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    accuracy.main(["--report-only", "--no-plot", "--recipe", "tfmot", "--out", str(theirs)], log=lambda m: None)
+    def checks():
+        return json.loads((ours / "results.json").read_text())["checks"]
+
+    accuracy.main(["--report-only", "--no-plot", "--out", str(ours), "--compare-with", str(theirs)], log=lambda m: None)
+    rob = [c for c in checks() if c["target"].startswith("same ordering")]
+    assert [c["target"] for c in rob] == ["same ordering with recipe tfmot"]
+    assert rob[0]["met"] is False and "lsq >= minmax_nbit + 10" in rob[0]["detail"]
+    assert "[NOT MET] same ordering with recipe tfmot (mnist)" in (ours / "table.md").read_text()
+    accuracy.main(["--report-only", "--no-plot", "--out", str(ours)], log=lambda m: None)
+    assert not any(c["target"].startswith("same ordering") for c in checks())
+    with pytest.raises(SystemExit, match="no results.json there.*--recipe tfmot"):
+        accuracy.main(["--report-only", "--out", str(ours), "--compare-with", str(tmp_path / "none")])
+    with pytest.raises(SystemExit, match="recipe 'tfmot', as this run's"):
+        accuracy.main(["--report-only", "--recipe", "tfmot", "--out", str(theirs), "--compare-with", str(theirs)])
+
+
 def test_cifar_targets_use_the_drop_from_float():
     recs = []
     for seed, flt in ((0, 0.80), (1, 0.82)):
