@@ -174,6 +174,7 @@ def test_compare_with_runs_the_robustness_check_on_any_two_output_folders(tmp_pa
         folder.mkdir()
         (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     accuracy.main(["--report-only", "--no-plot", "--recipe", "tfmot", "--out", str(theirs)], log=lambda m: None)
+
     def checks():
         return json.loads((ours / "results.json").read_text())["checks"]
 
