@@ -39,7 +39,7 @@ bench: $(STAMP)
 # policies, 2 seeds, MNIST LeNet-5 and CIFAR-10 ResNet-8 -> outputs/benchmarks/accuracy/ (notes/accuracy.md).
 # Options: make bench-accuracy ARGS="--recipe tfmot --datasets mnist --bits 4,2"
 bench-accuracy: $(STAMP)
-	$(PY) -m benchmarks.accuracy $(ARGS)
+	$(PY) -m benchmarks.accuracy --recipe-check $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.accuracy [--datasets mnist,cifar10] [--seeds 0,1] [--bits 8,4,3,2] [--presets all]
 [--train-subset N|ds=N,..] [--epochs N|ds=N,..] [--recipe default|tfmot] [--set KEY=VALUE ..] [--quick]
-[--resume] [--model DATASET=MODEL ..] [--compare-with DIR]``
+[--resume] [--model DATASET=MODEL ..] [--compare-with DIR] [--recipe-check]``
 (``make bench-accuracy``: the defaults).
 
 Protocol (docs/benchmark-protocol.md), in one process per dataset:
@@ -375,6 +375,32 @@ def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any]
     return {"summary": summary, "checks": checks}
 
 
+#: The presets the recipe robustness check compares (``accuracy_report.relations``), with tfmot n-bit.
+ROBUSTNESS_PRESETS = report.LEARNED + ("minmax_nbit",)
+
+
+def recipe_check_run(args: argparse.Namespace, argv: Optional[Sequence[str]], presets: Sequence[str],
+                     bits: Sequence[int], out: Path, root: Path, other_recipe: str
+                     ) -> Optional[Tuple[List[str], Path]]:
+    """``--recipe-check``: (the other recipe's arguments, its output folder), or None when nothing here is
+    compared (no W4/W3/W2, none of ``ROBUSTNESS_PRESETS``). The arguments are this run's with the recipe, the
+    presets, the widths and the folder replaced (argparse keeps the last of a repeated option)."""
+    widths = [b for b in bits if b in (4, 3, 2)]
+    compared = [p for p in ROBUSTNESS_PRESETS if p in presets]
+    if not widths or not compared:
+        return None
+    folder = root / other_recipe if out == root / args.recipe else Path(f"{out}-{other_recipe}")
+    given = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(list(given)):   # the other run compares nothing itself
+        if a == "--compare-with":
+            given[i:i + 2] = [None, None]
+        elif a.startswith("--compare-with="):
+            given[i] = None
+    given = [a for a in given if a is not None]
+    return given + ["--recipe", other_recipe, "--presets", ",".join(compared), "--bits", ",".join(map(str, widths)),
+                    "--out", str(folder), "--no-recipe-check"], folder
+
+
 def compared_results(folder: Path, recipe: str) -> Tuple[Path, str]:
     """``--compare-with``: (its results.json, its recipe); refuses a folder without results or of the same recipe
     (the robustness check compares the two optimizers)."""
@@ -424,6 +450,11 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help="the output folder of the same benchmark under the other --recipe (its results.json), for "
                         "the robustness check (default: outputs/benchmarks/accuracy/<other recipe> when --out is "
                         "not given)")
+    p.add_argument("--recipe-check", action=argparse.BooleanOptionalAction, default=False,
+                   help="then run the other --recipe on what the recipe robustness check compares (lsq, lsq_plus, "
+                        "pact_lsq, minmax_nbit and tfmot n-bit at W4/W3/W2, same datasets, seeds, policies, budget) "
+                        "into <out>-<other recipe> (the sibling <other recipe> folder by default) and add the check "
+                        "(make bench-accuracy does)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
@@ -472,6 +503,9 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
     other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
     if args.compare_with is not None:
         other, other_recipe = compared_results(Path(args.compare_with), args.recipe)
+    check_run = recipe_check_run(args, argv, presets, bits, out, root, other_recipe) if args.recipe_check else None
+    if check_run is not None:
+        other = check_run[1] / "results.json"
     argv_text = " ".join(sys.argv[1:] if argv is None else list(argv))
     meta = {"argv": argv_text, "recipe": args.recipe, "datasets": datasets, "seeds": seeds, "bits": bits,
             "presets": presets, "policies": policies, "settings": settings, "train_subset": train_n,
@@ -544,6 +578,9 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
                     + (f"  FAILED {rec['error'][:160]}" if rec["status"] != "completed" else ""))
                 write_outputs(out, records, meta, bits, other, other_recipe, plot=False)
             write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
+    if check_run is not None:
+        log(f"\nrecipe check: {other_recipe} on {', '.join(ROBUSTNESS_PRESETS)} -> {check_run[1]}")
+        main(check_run[0], log=log)
     meta["wall_s"] = time.perf_counter() - t_start
     result = write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
     log("\n" + (out / "table.md").read_text())

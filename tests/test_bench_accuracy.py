@@ -15,8 +15,9 @@ def _rec(ds, seed, contestant, policy, bits, ptq, qat=None, flt=0.95, status="co
 
 
 def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(tmp_path, monkeypatch):
-    """One quick run (digits, W4, 1 seed): lsq and tfmot n-bit complete, a contestant that raises (pot, made to
-    fail here) is recorded as failed and the benchmark goes on."""
+    """One quick run (digits, W4, 1 seed): lsq, minmax_nbit and tfmot n-bit complete, a contestant that raises (pot,
+    made to fail here) is recorded as failed and the benchmark goes on; --recipe-check then runs tfmot's recipe on
+    what the robustness check compares (not pot) into <out>-tfmot and adds the check."""
     from benchmarks import accuracy
 
     real = accuracy.build_contestant
@@ -29,29 +30,38 @@ def test_quick_run_writes_table_plot_and_json_and_survives_a_failed_contestant(t
         return real(contestant, policy, bits, float_model, calibration, settings)
 
     monkeypatch.setattr(accuracy, "build_contestant", build)
-    res = accuracy.main(["--quick", "--presets", "lsq,pot", "--out", str(tmp_path), "--cache-dir", "",
-                         "--set", "bn_freeze_steps=5", "--model", "digits={name: lenet5, filters: [4, 8]}"],
-                        log=lambda m: None)
+    out = tmp_path / "quick"
+    res = accuracy.main(["--quick", "--presets", "lsq,pot,minmax_nbit", "--out", str(out), "--cache-dir", "",
+                         "--set", "bn_freeze_steps=5", "--model", "digits={name: lenet5, filters: [4, 8]}",
+                         "--recipe-check"], log=lambda m: None)
     assert settings_seen["lsq"] == {"bn_freeze_steps": 5}   # --set reaches every run (LeNet-5 has no BN)
     for name in ("table.md", "results.json", "results.jsonl", "accuracy_vs_bits.png"):
-        assert (tmp_path / name).is_file() and (tmp_path / name).stat().st_size > 0, name
-    data = json.loads((tmp_path / "results.json").read_text())
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    data = json.loads((out / "results.json").read_text())
     assert data["args"]["settings"] == {"bn_freeze_steps": 5}
     # --model: every run used the model given, and the outputs say which
     assert data["args"]["data"]["digits"]["model_config"] == {"name": "lenet5", "filters": [4, 8]}
     assert {r["model"] for r in data["records"]} == {"lenet5 (filters=[4, 8])"}
     recs = {(r["contestant"], r["policy"], r["bits"]): r for r in data["records"]}
-    assert set(recs) == {(report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("pot", "fl8", 4)}
+    assert set(recs) == {(report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("pot", "fl8", 4), ("minmax_nbit", "fl8", 4)}
     assert recs[("pot", "fl8", 4)]["status"] == "failed" and "boom" in recs[("pot", "fl8", 4)]["error"]
-    for key in ((report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4)):
+    for key in ((report.TFMOT_NBIT, "all", 4), ("lsq", "fl8", 4), ("minmax_nbit", "fl8", 4)):
         r = recs[key]
         assert r["status"] == "completed", r.get("error")
         assert 0.0 <= r["ptq"] <= 1.0 and 0.0 <= r["qat"] <= 1.0 and 0.0 <= r["float"] <= 1.0
-    table = (tmp_path / "table.md").read_text()
+    table = (out / "table.md").read_text()
     assert "W4A4 PTQ" in table and "W4A4 QAT" in table and "| lsq | yes |" in table
     assert "| pot | yes | conv/dense inputs | failed" in table
-    assert len((tmp_path / "results.jsonl").read_text().splitlines()) == 3  # written run by run
+    assert len((out / "results.jsonl").read_text().splitlines()) == 4  # written run by run
     assert res["summary"]["digits"]["float"]["n"] == 1
+    # --recipe-check: tfmot's recipe on lsq, minmax_nbit and tfmot n-bit, same data and model, its own folder
+    theirs = json.loads((tmp_path / "quick-tfmot" / "results.json").read_text())
+    assert theirs["args"]["recipe"] == "tfmot" and theirs["args"]["presets"] == ["lsq", "minmax_nbit"]
+    assert {(r["contestant"], r["status"]) for r in theirs["records"]} == \
+        {(report.TFMOT_NBIT, "completed"), ("lsq", "completed"), ("minmax_nbit", "completed")}
+    assert {r["model"] for r in theirs["records"]} == {"lenet5 (filters=[4, 8])"}
+    rob = [c for c in data["checks"] if c["target"].startswith("same ordering")]
+    assert [c["target"] for c in rob] == ["same ordering with recipe tfmot"] and "2 relations compared" in rob[0]["detail"]
 
 
 def test_set_changes_every_preset_and_refuses_what_it_cannot_apply():
