@@ -381,10 +381,10 @@ ROBUSTNESS_PRESETS = report.LEARNED + ("minmax_nbit",)
 
 def recipe_check_run(args: argparse.Namespace, argv: Optional[Sequence[str]], presets: Sequence[str],
                      bits: Sequence[int], out: Path, root: Path, other_recipe: str
-                     ) -> Optional[Tuple[List[str], Path]]:
-    """``--recipe-check``: (the other recipe's arguments, its output folder), or None when nothing here is
-    compared (no W4/W3/W2, none of ``ROBUSTNESS_PRESETS``). The arguments are this run's with the recipe, the
-    presets, the widths and the folder replaced (argparse keeps the last of a repeated option)."""
+                     ) -> Optional[Tuple[List[str], Path, str]]:
+    """``--recipe-check``: (the other recipe's arguments, its output folder, its presets), or None when nothing
+    here is compared (no W4/W3/W2, none of ``ROBUSTNESS_PRESETS``). The arguments are this run's with the recipe,
+    the presets, the widths and the folder replaced (argparse keeps the last of a repeated option)."""
     widths = [b for b in bits if b in (4, 3, 2)]
     compared = [p for p in ROBUSTNESS_PRESETS if p in presets]
     if not widths or not compared:
@@ -398,7 +398,7 @@ def recipe_check_run(args: argparse.Namespace, argv: Optional[Sequence[str]], pr
             given[i] = None
     given = [a for a in given if a is not None]
     return given + ["--recipe", other_recipe, "--presets", ",".join(compared), "--bits", ",".join(map(str, widths)),
-                    "--out", str(folder), "--no-recipe-check"], folder
+                    "--out", str(folder), "--no-recipe-check"], folder, ",".join(compared)
 
 
 def compared_results(folder: Path, recipe: str) -> Tuple[Path, str]:
@@ -579,7 +579,7 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
                 write_outputs(out, records, meta, bits, other, other_recipe, plot=False)
             write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
     if check_run is not None:
-        log(f"\nrecipe check: {other_recipe} on {', '.join(ROBUSTNESS_PRESETS)} -> {check_run[1]}")
+        log(f"\nrecipe check: {other_recipe} on tfmot n-bit and {check_run[2]} -> {check_run[1]}")
         main(check_run[0], log=log)
     meta["wall_s"] = time.perf_counter() - t_start
     result = write_outputs(out, records, meta, bits, other, other_recipe, plot=not args.no_plot)
