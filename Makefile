@@ -36,8 +36,9 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 # Issue #12's accuracy benchmark (not a test): tfmot vs every preset, W8 PTQ and W4/W3/W2 PTQ + QAT, both layer
-# policies, 2 seeds, MNIST LeNet-5 and CIFAR-10 ResNet-8 -> outputs/benchmarks/accuracy/ (notes/accuracy.md).
-# Options: make bench-accuracy ARGS="--recipe tfmot --datasets mnist --bits 4,2"
+# policies, 2 seeds, MNIST LeNet-5 and CIFAR-10 ResNet-8 -> outputs/benchmarks/accuracy/ (notes/accuracy.md);
+# then tfmot's QAT recipe on what the "same ordering under both recipes" target compares (--recipe-check).
+# Options: make bench-accuracy ARGS="--datasets mnist --bits 4,2" (ARGS=--no-recipe-check: one recipe only)
 bench-accuracy: $(STAMP)
 	$(PY) -m benchmarks.accuracy --recipe-check $(ARGS)
 
