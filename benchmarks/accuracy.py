@@ -379,9 +379,8 @@ def write_outputs(out: Path, records: List[Dict[str, Any]], args: Dict[str, Any]
 ROBUSTNESS_PRESETS = report.LEARNED + ("minmax_nbit",)
 
 
-def recipe_check_run(args: argparse.Namespace, argv: Optional[Sequence[str]], presets: Sequence[str],
-                     bits: Sequence[int], out: Path, root: Path, other_recipe: str
-                     ) -> Optional[Tuple[List[str], Path, str]]:
+def recipe_check_run(argv: Optional[Sequence[str]], presets: Sequence[str], bits: Sequence[int], out: Path,
+                     other_recipe: str) -> Optional[Tuple[List[str], Path, str]]:
     """``--recipe-check``: (the other recipe's arguments, its output folder, its presets), or None when nothing
     here is compared (no W4/W3/W2, none of ``ROBUSTNESS_PRESETS``). The arguments are this run's with the recipe,
     the presets, the widths and the folder replaced (argparse keeps the last of a repeated option)."""
@@ -389,7 +388,8 @@ def recipe_check_run(args: argparse.Namespace, argv: Optional[Sequence[str]], pr
     compared = [p for p in ROBUSTNESS_PRESETS if p in presets]
     if not widths or not compared:
         return None
-    folder = root / other_recipe if out == root / args.recipe else Path(f"{out}-{other_recipe}")
+    # its own folder, never the sibling <other recipe> one, whose full run (if any) it must not overwrite
+    folder = Path(f"{out}-{other_recipe}")
     given = list(sys.argv[1:] if argv is None else argv)
     for i, a in enumerate(list(given)):   # the other run compares nothing itself
         if a == "--compare-with":
@@ -453,8 +453,8 @@ def parse(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--recipe-check", action=argparse.BooleanOptionalAction, default=False,
                    help="then run the other --recipe on what the recipe robustness check compares (lsq, lsq_plus, "
                         "pact_lsq, minmax_nbit and tfmot n-bit at W4/W3/W2, same datasets, seeds, policies, budget) "
-                        "into <out>-<other recipe> (the sibling <other recipe> folder by default) and add the check "
-                        "(make bench-accuracy does)")
+                        "into <out>-<other recipe> (e.g. outputs/benchmarks/accuracy/default-tfmot) and add the "
+                        "check (make bench-accuracy does)")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rewrite table, checks, JSON and plot from the output folder's results.jsonl "
@@ -503,7 +503,7 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
     other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
     if args.compare_with is not None:
         other, other_recipe = compared_results(Path(args.compare_with), args.recipe)
-    check_run = recipe_check_run(args, argv, presets, bits, out, root, other_recipe) if args.recipe_check else None
+    check_run = recipe_check_run(argv, presets, bits, out, other_recipe) if args.recipe_check else None
     if check_run is not None:
         other = check_run[1] / "results.json"
     argv_text = " ".join(sys.argv[1:] if argv is None else list(argv))

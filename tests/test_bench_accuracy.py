@@ -202,6 +202,25 @@ def test_compare_with_runs_the_robustness_check_on_any_two_output_folders(tmp_pa
         accuracy.main(["--report-only", "--recipe", "tfmot", "--out", str(theirs), "--compare-with", str(theirs)])
 
 
+def test_recipe_check_runs_the_compared_presets_into_its_own_folder(tmp_path):
+    """--recipe-check's second run: this run's arguments with the other recipe, only the compared presets and
+    widths, its own folder next to this one (a full run of the other recipe in the sibling folder stays as it is),
+    no comparison of its own; nothing when nothing here is compared."""
+    from benchmarks import accuracy
+
+    out = tmp_path / "accuracy" / "default"
+    argv, folder, names = accuracy.recipe_check_run(
+        ["--seeds", "0,1", "--compare-with", "x", "--bits", "8,4,2", "--recipe-check"], ["lsq", "pot", "minmax_nbit"],
+        [8, 4, 2], out, "tfmot")
+    assert folder == tmp_path / "accuracy" / "default-tfmot" and names == "lsq,minmax_nbit"
+    args = accuracy.parse(argv)
+    assert (args.recipe, args.presets, args.bits, args.out, args.seeds) == \
+        ("tfmot", "lsq,minmax_nbit", "4,2", str(folder), "0,1")
+    assert args.compare_with is None and args.recipe_check is False
+    assert accuracy.recipe_check_run([], ["lsq"], [8], out, "tfmot") is None
+    assert accuracy.recipe_check_run([], ["pot", "dorefa"], [4], out, "tfmot") is None
+
+
 def test_cifar_targets_use_the_drop_from_float():
     recs = []
     for seed, flt in ((0, 0.80), (1, 0.82)):
