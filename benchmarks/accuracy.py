@@ -390,13 +390,10 @@ def recipe_check_run(argv: Optional[Sequence[str]], presets: Sequence[str], bits
         return None
     # its own folder, never the sibling <other recipe> one, whose full run (if any) it must not overwrite
     folder = Path(f"{out}-{other_recipe}")
-    given = list(sys.argv[1:] if argv is None else argv)
-    for i, a in enumerate(list(given)):   # the other run compares nothing itself
-        if a == "--compare-with":
-            given[i:i + 2] = [None, None]
-        elif a.startswith("--compare-with="):
-            given[i] = None
-    given = [a for a in given if a is not None]
+    given = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("--compare-with=")]
+    if "--compare-with" in given:   # the other run compares nothing itself
+        at = given.index("--compare-with")
+        del given[at:at + 2]
     return given + ["--recipe", other_recipe, "--presets", ",".join(compared), "--bits", ",".join(map(str, widths)),
                     "--out", str(folder), "--no-recipe-check"], folder, ",".join(compared)
 
