@@ -13,6 +13,7 @@ from qresearch.registry import Registry
 from qresearch import schemes  # noqa: F401
 from qresearch.schemes import UnregisteredClassError, load_model
 from qresearch.api import quantize
+from qresearch.deploy_fold import fold_for_deployment
 from qresearch.quantizer_training import configure_optimizer
 from qresearch.schemes.bn_reestimate import reestimate_bn_statistics
 
@@ -21,6 +22,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ConfigError", "DataError", "IncompatibleTargetError", "KerasVersionError", "PluginImportError",
     "QResearchError", "Registry", "UnknownNameError", "UnregisteredClassError", "UnsupportedLayerError",
-    "configure_optimizer", "import_plugins", "keras", "load_model", "quantize", "quantizers", "reestimate_bn_statistics",
+    "configure_optimizer", "fold_for_deployment", "import_plugins", "keras", "load_model", "quantize", "quantizers", "reestimate_bn_statistics",
     "schemes", "tf", "tfmot",
 ]

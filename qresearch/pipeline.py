@@ -158,8 +158,17 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         with rec.stage("bn_reestimation"):
             rec["bn_reestimation"] = stages.reestimate_bn(exp, qat_model, ds, reestimation)
 
+    deployable = qat_model  # what the target runs: the trained model, or its folded twin
+    if stages.folds_at_deployment(spec, target):
+        with rec.stage("deploy_fold"):
+            deployable, rec["deploy_fold"], before = stages.fold_for_deployment(exp, qat_model, float_model, ds,
+                                                                                spec, target)
+            rec.metric(**before)
+            log.info("BN folded into the trained weights for %s: %d layers, integers moved in %s",
+                     target.name, len(rec["deploy_fold"]["folded"]), rec["deploy_fold"]["requantized"] or "none")
+
     with rec.stage("qat_eval"):
-        metrics, hardware_facts = stages.evaluate_qat(exp, qat_model, ds, target)
+        metrics, hardware_facts = stages.evaluate_qat(exp, deployable, ds, target)
         rec.metric(**metrics)
         rec.data.update(hardware_facts)
         if "qat_fakequant_accuracy" in metrics:
@@ -168,7 +177,7 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         else:
             log.info("QAT accuracy %.4f", rec["metrics"]["qat_accuracy"])
         if exp.save_model:
-            qat_model.save(str(rec.ctx.output_dir / "qat_model"))
+            qat_model.save(str(rec.ctx.output_dir / "qat_model"))  # as trained (a no_fold model folds again)
 
     rec.metric(deployed_accuracy=None)
     if target is None or not exp.deploy or not target.has_runtime:
@@ -177,7 +186,7 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
         return
     with rec.stage("deploy"):
         try:
-            rep = stages.deploy(exp, qat_model, target, ds)
+            rep = stages.deploy(exp, deployable, target, ds)
             rec["deploy"] = rep
             rec.metric(deployed_accuracy=rep.get("deployed_accuracy"),
                        deploy_argmax_agreement=rep.get("argmax_agreement"),

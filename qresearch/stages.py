@@ -231,7 +231,8 @@ def progressive(exp: Experiment, float_model, ds, target, log_fn: LogFn) -> Tupl
         with scope(exp):
             fit = training.fit(model, ds, step.training.qat, f"qat_{bits}bit", int(exp.seed),
                                verbose=int(exp.training.verbose), log_fn=log_fn, quantizer=step.quantizer_training)
-        facts.append({"bits": bits, "qat_accuracy": evaluate_qat(step, model, ds, target)[0]["qat_accuracy"],
+        runs = deployable(step, model, float_model, spec, target)
+        facts.append({"bits": bits, "qat_accuracy": evaluate_qat(step, runs, ds, target)[0]["qat_accuracy"],
                       "wall_s": fit["wall_s"]})
         log.info("progressive: %d-bit QAT accuracy %.4f", bits, facts[-1]["qat_accuracy"])
     return model, facts
@@ -262,7 +263,7 @@ def ptq(exp: Experiment, float_model, ds, spec: Dict[str, Any], target,
     from qresearch.evaluation import test_accuracy
 
     qat_model = _quantize(exp, float_model, ds, spec, target, start)
-    acc = test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
+    acc = test_accuracy(deployable(exp, qat_model, float_model, spec, target), ds, int(exp.training.eval_batch_size))
     report = mixed.describe(qat_model, float_model, table=target)
     log.info("%s", report["sections"]["cost"])
     memory = dict(report.get("memory") or {})
@@ -309,6 +310,36 @@ def reestimate_bn(exp: Experiment, qat_model, ds, batches: int) -> Dict[str, Any
     from qresearch.schemes.bn_reestimate import reestimate_on_dataset
 
     return reestimate_on_dataset(qat_model, ds, batches, int(exp.training.qat.batch_size), int(exp.seed))
+
+
+def folds_at_deployment(spec: Dict[str, Any], target) -> bool:
+    """Whether the trained model keeps BN (``no_fold``) for a target that deploys a fold: ``hardware.constrain``
+    let it through (``folds_kept_bn_at_deployment``), so the fold happens after training."""
+    return target is not None and target.bn_folding == "fold" and spec.get("bn_folding") == "no_fold"
+
+
+def deployable(exp: Experiment, qat_model, float_model, spec: Dict[str, Any], target):
+    """The model the target runs: ``qat_model``, or where BN folds at deployment its folded twin
+    (``qresearch.fold_for_deployment``), whose integer emulation is the deployed model's."""
+    if not folds_at_deployment(spec, target):
+        return qat_model
+    from qresearch.deploy_fold import fold_for_deployment as fold
+
+    with scope(exp):
+        return fold(qat_model, float_model)
+
+
+def fold_for_deployment(exp: Experiment, qat_model, float_model, ds, spec: Dict[str, Any], target
+                        ) -> Tuple[Any, Dict[str, Any], Dict[str, Any]]:
+    """The folded twin of a trained no_fold model, which the evaluation and the deployment check then run.
+    Returns (twin, its fold report, {"qat_unfolded_accuracy": the trained model's float fake-quant accuracy})."""
+    from qresearch import kernels
+    from qresearch.evaluation import test_accuracy
+
+    with kernels.emulated_kernels("none"):
+        before = test_accuracy(qat_model, ds, int(exp.training.eval_batch_size))
+    twin = deployable(exp, qat_model, float_model, spec, target)
+    return twin, twin.qresearch_info["deploy_fold"], {"qat_unfolded_accuracy": before}
 
 
 ACCUMULATOR_SAMPLES = 512  # test images run eagerly to read the accumulators (seconds on small models)

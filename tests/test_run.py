@@ -494,3 +494,24 @@ def test_fold_batch_stats_through_the_runner_on_tflite_int8(tmp_path):
     assert rec["config"]["scheme"]["bn_folding"] == "fold_batch_stats"
     assert not any("bn_folding" in c for c in rec.get("coercions", []))
     assert rec["deploy"]["argmax_agreement"] == 1.0 and rec["deploy"]["max_abs_diff_lsb"] < 1e-3, rec["deploy"]
+
+
+NO_FOLD_ON_TFLITE = [*FOLD_BATCH_STATS[:-2], "scheme.bn_folding=no_fold"]
+
+
+@pytest.mark.slow  # a ResNet-8 trained, folded, converted and verified: test_deploy_fold covers the fold itself
+def test_no_fold_trains_with_bn_and_deploys_folded_on_tflite_int8(tmp_path):
+    # tflite_int8 requires a fold; no_fold with per-channel weights keeps BN in training and folds it into the
+    # trained grids after it (fold_for_deployment): the deployed model is the folded twin, bit for bit
+    assert run_job(_compose_bare(tmp_path, NO_FOLD_ON_TFLITE)) >= 0
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec["error"]
+    assert rec["scheme"]["bn_folding"] == "no_fold"
+    assert any("'no_fold' kept" in c for c in rec["coercions"]), rec["coercions"]
+    fold = rec["deploy_fold"]
+    assert len(fold["folded"]) >= 7 and fold["requantized"] == [], fold
+    assert rec["times"]["deploy_fold_s"] >= 0
+    assert rec["deploy"]["argmax_agreement"] == 1.0 and rec["deploy"]["max_abs_diff_lsb"] < 1e-3, rec["deploy"]
+    m = rec["metrics"]
+    assert m["deployed_accuracy"] == m["qat_accuracy"]   # the emulation of the twin is the deployed model
+    assert abs(m["qat_fakequant_accuracy"] - m["qat_unfolded_accuracy"]) <= 0.02, m

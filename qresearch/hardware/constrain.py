@@ -324,7 +324,11 @@ class _Checker:
                               note=f"first_last_bits: {flb!r} -> {value!r} (target {t.name})")
 
         self.fill(d, "quantize_ops", t.quantize_ops)
-        if not bn_folding_satisfies(d.get("bn_folding", "fold"), t.bn_folding):
+        folding = d.get("bn_folding", "fold")
+        if folds_kept_bn_at_deployment(d, t):
+            self.coercions.append(f"bn_folding: 'no_fold' kept: BN trains as the scheme says and folds into the "
+                                  f"trained per-channel weight grids for target {t.name} (fold_for_deployment)")
+        elif not bn_folding_satisfies(folding, t.bn_folding):
             self.fill(d, "bn_folding", t.bn_folding)
         if t.fixed_output_params:
             self.fill(d, "fixed_output_ranges", t.fixed_output_ranges)
@@ -365,6 +369,18 @@ class _Checker:
             except ConfigError as exc:
                 self.conflicts.append(Conflict(where, dict(q), f"a quantizer spec valid on {self.t.name}",
                                                f"the constrained spec does not build: {exc}", coercible=False))
+
+
+def folds_kept_bn_at_deployment(d: Mapping[str, Any], t: Target) -> bool:
+    """Whether a scheme dict trained with ``bn_folding: no_fold`` deploys on ``t``, which requires a fold, through
+    ``qresearch.fold_for_deployment`` rather than being set to ``fold``: the fold is exact where the weight grid is
+    per output channel on float scales (``schemes/refold.py``), so the scheme's weights must be both and the target
+    must allow float scales. A power-of-two scale times γ/σ is no power of two: such schemes train the fold."""
+    if d.get("bn_folding", "fold") != "no_fold" or t.bn_folding != "fold" or not d.get("weights"):
+        return False
+    _, _, eff = _quantizer_info(d["weights"], "weights")
+    return bool(eff.get("per_channel")) and eff.get("scale_format", "float32") == "float32" \
+        and "float32" in t.weights.scale_format
 
 
 def constrain(spec, target, adapt: bool = False, adapt_bits: bool = True) -> Tuple[SchemeSpec, List[str]]:

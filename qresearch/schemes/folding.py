@@ -59,13 +59,15 @@ def scale_transposed(kernel: np.ndarray, g: np.ndarray) -> np.ndarray:
     return kernel * _reshape(g, (-1, 1))
 
 
-def fold_weights(layer, bn, fold) -> Dict[str, np.ndarray]:
+def fold_weights(layer, bn, fold, weight=None) -> Dict[str, np.ndarray]:
     """Folded ``{weight attr: w', "bias": b'}`` for ``layer`` followed by ``bn``; ``fold`` is the layer's
-    ``LayerSpec.fold``: ``(weight attr, rule)``."""
+    ``LayerSpec.fold``: ``(weight attr, rule)``. ``weight``: the value to fold in place of the layer's own (a
+    trained quantizer's output, folded at deployment: ``refold.py``)."""
     attr, rule = fold
     bias = layer.bias.numpy() if getattr(layer, "use_bias", False) and layer.bias is not None else 0.0
     g, folded_bias = bn_affine(bn, bias)
-    return {attr: rule(getattr(layer, attr).numpy(), g), "bias": folded_bias}
+    w = getattr(layer, attr).numpy() if weight is None else np.asarray(weight, np.float32)
+    return {attr: rule(w, g), "bias": folded_bias}
 
 
 def affine_weights(bn):

@@ -13,7 +13,7 @@ from qresearch.errors import ConfigError
 from qresearch.quantizers.base import is_quantizer_variable
 
 
-def _own_weights(layer) -> list:
+def own_weights(layer) -> list:
     """The layer's weights that are not quantizer state (for a wrapper: its inner layer's)."""
     inner = getattr(layer, "layer", None)
     weights = inner.weights if inner is not None and hasattr(layer, "quantize_config") else layer.weights
@@ -32,7 +32,7 @@ def copy_layer_weights(source, target) -> List[str]:
                           "layers; both must be built from the same model and scheme")
     copied = []
     for src_layer, layer in zip(source.layers, target.layers):
-        src, dst = _own_weights(src_layer), _own_weights(layer)
+        src, dst = own_weights(src_layer), own_weights(layer)
         kinds = (type(getattr(src_layer, "layer", src_layer)).__name__, type(getattr(layer, "layer", layer)).__name__)
         shapes = ([tuple(w.shape) for w in src], [tuple(w.shape) for w in dst])
         if kinds[0] != kinds[1] or shapes[0] != shapes[1]:

@@ -239,6 +239,21 @@ def test_fold_batch_stats_deploys_as_a_fold(target):
         assert any("bn_folding: 'fold_batch_stats' -> 'no_fold'" in c for c in coercions)
 
 
+@pytest.mark.parametrize("weights, target, kept", [
+    ({"quantizer": "lsq", "per_channel": True, "narrow_range": True}, "tflite_int8", True),
+    ({"quantizer": "minmax", "per_channel": False, "symmetric": True, "narrow_range": True}, "tflite_int8", False),
+    ({"quantizer": "lsq", "per_channel": True, "narrow_range": True, "scale_format": "pot"}, "pot_dsp", False)])
+def test_no_fold_is_kept_where_the_fold_can_happen_at_deployment(weights, target, kept):
+    # A fold of per-channel float-scale grids is exact after training (qresearch.fold_for_deployment), so a target
+    # requiring a fold lets BN train; per-tensor or power-of-two scales cannot take γ/σ exactly: fold in training
+    out, coercions = hw.constrain(tfl(w=dict(weights, bits=8), bn_folding="no_fold"), target, adapt=True)
+    assert as_dict(out)["bn_folding"] == ("no_fold" if kept else "fold")
+    notes = [c for c in coercions if c.startswith("bn_folding")]
+    assert notes == ([f"bn_folding: 'no_fold' kept: BN trains as the scheme says and folds into the trained "
+                      f"per-channel weight grids for target {target} (fold_for_deployment)"] if kept
+                     else [f"bn_folding: 'no_fold' -> 'fold' (set by target {target})"]), coercions
+
+
 def test_a_target_requiring_batch_stats_folding_sets_it():
     t = hw.Target.from_dict(dict(hw.get("tflite_int8").to_dict(), name="bs", bn_folding="fold_batch_stats"))
     out, coercions = hw.constrain(tfl(bn_folding="fold"), t)

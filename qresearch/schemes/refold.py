@@ -1,0 +1,281 @@
+"""A trained ``bn_folding: no_fold`` QAT model carried into its folded twin, for a target that deploys the fold.
+
+Training keeps BN (batch statistics, as LSQ's and PACT's papers and tfmot's own QAT train); a runtime such as
+TFLite folds BN into the layer before it. With ``g = γ/√(σ²+ε)`` per output channel (``folding.py``), ``Q(W)·g``
+lies on the grid of step ``s·|g|`` where ``Q(W)`` lies on step ``s``: the same integers, negated where ``g < 0``
+(which a symmetric narrow-range grid holds). So a weight grid per output channel folds exactly.
+
+The twin is the float model built with ``bn_folding: fold`` and a min-max weight quantizer (``FOLDED_WEIGHTS``)
+on each layer a BN folds into; ``carry_trained_state`` then gives it:
+
+- each folded layer: the kernel ``Q(W)·g`` and bias ``β + (b-μ)·g`` (``folding.fold_weights``), and the range
+  the trained quantizer hands FakeQuant times ``|g|`` (symmetric grids) or times ``g``, ends swapped where
+  ``g < 0`` (asymmetric ones);
+- a ``ChannelAffine`` (a BN no layer absorbs, made integer under ``quantize_ops: all``): the BN's affine on its
+  own min-max range (one value per channel: exact per channel);
+- every other layer weight and quantizer variable, by layer and role. A folded layer's output quantizer is the
+  BN's where the BN carried it.
+
+A per-tensor grid does not fold exactly (``Q(W)·g`` is on no one grid): that layer's folded kernel is quantized on
+its own min-max range. The report gives, per folded layer, the largest change of a weight in steps of its new
+grid: 0 where the integers are the trained ones.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Mapping
+
+import numpy as np
+
+from qresearch._compat import keras, tf
+from qresearch.errors import ConfigError
+from qresearch.kernels.grid import fake_quant_range, grid_of
+from qresearch.schemes.folding import affine_weights, bn_affine, fold_weights
+from qresearch.schemes.layers import layer_spec
+from qresearch.schemes.transfer import own_weights
+from qresearch.schemes.wrappers import ChannelAffine, QuantizeInput, QuantizeWrapper
+
+#: The weight quantizer of a folded layer in the twin: it holds a range and quantizes with it in inference.
+FOLDED_WEIGHTS = {"quantizer": "minmax", "range_tracking": "last_value", "init": "paper"}
+#: A weight whose folded value moved by more than this many steps of its new grid is reported as requantized.
+EXACT_STEPS = 1e-3
+
+
+def _label(name: str) -> str:
+    return f"fold_for_deployment: layer {name!r}"
+
+
+def batch_norms(model) -> Dict[str, Any]:
+    """Every BatchNormalization of a QAT model by name (plain, or inside a wrapper with an output quantizer)."""
+    found = {}
+    for layer in model.layers:
+        inner = getattr(layer, "layer", layer)
+        if isinstance(inner, keras.layers.BatchNormalization):
+            found[inner.name] = inner
+    return found
+
+
+def wrappers_by_inner(model) -> Dict[str, Any]:
+    """qresearch's wrappers of a QAT model by the name of the layer they wrap."""
+    return {layer.layer.name: layer for layer in model.layers if isinstance(layer, QuantizeWrapper)}
+
+
+def _weight_entry(wrapper, attr: str):
+    """``(weight, quantizer, its variables)`` of the wrapper's weight ``attr``, or None (left float)."""
+    attrs = list(wrapper.quantize_config.weights)
+    return wrapper._weight_vars[attrs.index(attr)] if attr in attrs else None
+
+
+def _quantized_weight(wrapper):
+    """The entry (``_weight_entry``) of the weight the layer's fold rule scales."""
+    return _weight_entry(wrapper, layer_spec(wrapper.layer).fold[0])
+
+
+def has_quantized_fold_weight(wrapper) -> bool:
+    """Whether the weight ``wrapper``'s fold rule scales is quantized (not left float)."""
+    return _quantized_weight(wrapper) is not None
+
+
+def trained_grid_symmetric(wrapper) -> bool:
+    """Whether the trained weight grid of ``wrapper``'s folded weight has zero point 0 in every channel."""
+    weight, quantizer, qvars = _quantized_weight(wrapper)
+    rng = fake_quant_range(quantizer, qvars, weight)
+    if rng is None:
+        return bool(getattr(quantizer, "symmetric", True))
+    return bool(np.all(grid_of(*rng).zero_point.numpy() == 0.0))
+
+
+def folded_weight_overrides(folded_symmetric: Mapping[str, bool], affine: List[str]) -> List[dict]:
+    """Scheme overrides giving each folded layer (name -> its trained grid is symmetric) and each
+    ``ChannelAffine`` the twin's min-max weight quantizer; its width and granularity stay the scheme's."""
+    out = [{"match": re.escape(n), "weights": dict(FOLDED_WEIGHTS, symmetric=s)} for n, s in folded_symmetric.items()]
+    return out + [{"match": re.escape(n), "weights": dict(FOLDED_WEIGHTS, symmetric=True)} for n in affine]
+
+
+def _assign_range(quantizer, qvars, lo, hi) -> None:
+    qvars["min"].assign(np.reshape(lo, qvars["min"].shape).astype(np.float32))
+    qvars["max"].assign(np.reshape(hi, qvars["max"].shape).astype(np.float32))
+    if "seen" in qvars:
+        qvars["seen"].assign(1.0)
+
+
+def _own_range(value, qvars, symmetric: bool):
+    """The min-max range of ``value`` per the quantizer's channels (its parameter shape)."""
+    shape = tuple(qvars["min"].shape)
+    axes = qvars.get("channel_axes")
+    keep = tuple(axes) if axes else ()
+    reduce = tuple(i for i in range(value.ndim) if i not in keep)
+    lo, hi = value.min(axis=reduce), value.max(axis=reduce)
+    if symmetric:
+        hi = np.maximum(-lo, hi)
+        lo = -hi
+    return np.reshape(lo, shape), np.reshape(hi, shape)
+
+
+def _steps_moved(quantizer, qvars, value) -> float:
+    """The largest change of ``value``'s entries through ``quantizer`` (inference), in steps of its grid."""
+    out = quantizer(tf.constant(value), False, weights=qvars).numpy()
+    rng = fake_quant_range(quantizer, qvars, tf.constant(value))
+    scale = grid_of(*rng).scale.numpy().astype(np.float32) if rng is not None else np.float32(1.0)
+    scale = np.asarray(quantizer.broadcast(tf.constant(scale), tf.constant(value), qvars.get("channel_axes")))
+    return float(np.max(np.abs(out - value) / np.maximum(scale, np.finfo(np.float32).tiny))) if value.size else 0.0
+
+
+def _fold_layer(src, dst, bn, symmetric: bool) -> float:
+    """Set the twin's folded layer ``dst`` from the trained ``src`` and its BN; returns the steps moved."""
+    attr, _ = layer_spec(src.layer).fold
+    trained = _quantized_weight(src)
+    weight = trained[1](trained[0], False, weights=trained[2]).numpy() if trained is not None else None
+    values = fold_weights(src.layer, bn, layer_spec(src.layer).fold, weight=weight)
+    getattr(dst.layer, attr).assign(values[attr])
+    dst.layer.bias.assign(values["bias"])
+    target = _quantized_weight(dst)
+    if trained is None or target is None:
+        return 0.0
+    _, quantizer, qvars = target
+    rng = fake_quant_range(trained[1], trained[2], trained[0])
+    g = bn_factor(bn)
+    if rng is not None and np.size(rng[0]) == g.size:
+        lo, hi = (np.asarray(v, np.float64) for v in rng[:2])
+        gg = np.reshape(g, lo.shape).astype(np.float64)
+        if symmetric:  # zero point 0: the positive end sets the step (ops.symmetric_range), the integers flip sign
+            hi = hi * np.abs(gg)
+            lo = -hi
+        else:
+            lo, hi = np.where(gg >= 0, lo * gg, hi * gg), np.where(gg >= 0, hi * gg, lo * gg)
+    else:  # a per-tensor grid: Q(W)·g is on no one grid, so the folded kernel gets its own range
+        lo, hi = _own_range(values[attr], qvars, symmetric)
+    _assign_range(quantizer, qvars, lo, hi)
+    return _steps_moved(quantizer, qvars, values[attr])
+
+
+def bn_factor(bn) -> np.ndarray:
+    """``γ/√(σ²+ε)`` of a BN in inference mode (float32, per channel)."""
+    return bn_affine(bn)[0]
+
+
+def _affine_layer(bn, dst) -> float:
+    """The twin's ``ChannelAffine`` for a BN the trained model kept in float: its affine, on its own range."""
+    kernel, bias = affine_weights(bn)
+    dst.layer.depthwise_kernel.assign(kernel)
+    dst.layer.bias.assign(bias)
+    target = _weight_entry(dst, "depthwise_kernel")
+    if target is None:
+        return 0.0
+    _, quantizer, qvars = target
+    _assign_range(quantizer, qvars, *_own_range(kernel, qvars, symmetric=True))
+    return _steps_moved(quantizer, qvars, kernel)
+
+
+def quantizer_roles(layer) -> Dict[str, Mapping[str, Any]]:
+    """A qresearch layer's quantizer variables by role: ``weights:<attr>``, ``activation:<attr>:<pre|post>``,
+    ``output``, ``input`` (a ``QuantizeInput``)."""
+    if isinstance(layer, QuantizeInput):
+        return {"input": layer.quantizer_vars}
+    roles: Dict[str, Mapping[str, Any]] = {}
+    if not isinstance(layer, QuantizeWrapper):
+        return roles
+    for attr, (_, _, qvars) in zip(layer.quantize_config.weights, layer._weight_vars):
+        roles[f"weights:{attr}"] = qvars
+    for attr, built in layer._activation_vars.items():
+        for where, (_, qvars) in built.items():
+            roles[f"activation:{attr}:{where}"] = qvars
+    if layer._output_quantizers:
+        roles["output"] = layer._output_quantizer_vars
+    return roles
+
+
+def _copy_vars(src: Mapping[str, Any], dst: Mapping[str, Any], where: str) -> None:
+    for key, var in dst.items():
+        if not isinstance(var, tf.Variable):
+            continue
+        if key not in src or tuple(src[key].shape) != tuple(var.shape):
+            raise ConfigError(f"{where}: the trained model has no quantizer variable {key!r} of shape "
+                              f"{tuple(var.shape)}; fold_for_deployment needs the float model the QAT model was "
+                              "quantized from, with the same scheme")
+        var.assign(src[key])
+
+
+def _copy_weights(src, dst, where: str) -> None:
+    mine, theirs = own_weights(src), own_weights(dst)
+    if [tuple(w.shape) for w in mine] != [tuple(w.shape) for w in theirs]:
+        raise ConfigError(f"{where}: its weights {[tuple(w.shape) for w in theirs]} do not match the trained "
+                          f"model's {[tuple(w.shape) for w in mine]}; fold_for_deployment needs the float model "
+                          "the QAT model was quantized from")
+    for s, d in zip(mine, theirs):
+        d.assign(s)
+
+
+def _copy_all(src, dst, where: str) -> None:
+    values = src.get_weights()
+    if [np.shape(v) for v in values] != [tuple(w.shape) for w in dst.weights]:
+        raise ConfigError(f"{where}: its weights do not match the trained model's; fold_for_deployment needs the "
+                          "float model the QAT model was quantized from")
+    dst.set_weights(values)
+
+
+def carry_trained_state(trained, twin, folded: Mapping[str, str], symmetric: Mapping[str, bool]) -> Dict[str, Any]:
+    """Give ``twin`` (built with ``bn_folding: fold``) the state of ``trained`` (``no_fold``); ``folded`` maps each
+    layer a BN folds into to that BN. Returns ``{"folded": {layer: bn}, "affine": [...], "steps_moved":
+    {layer: steps}, "requantized": [layers whose integers moved]}``."""
+    bns = batch_norms(trained)
+    sources = {layer.name: layer for layer in trained.layers}
+    src_wrappers = wrappers_by_inner(trained)
+    # a tensor the BN produced in the trained model is the folded layer's in the twin (its input quantizers)
+    alias = {f"quantize_{conv}": f"quantize_{bn}" for conv, bn in folded.items()}
+    moved: Dict[str, float] = {}
+    affine: List[str] = []
+    for layer in twin.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        where = _label(layer.name)
+        inner_name = getattr(getattr(layer, "layer", None), "name", None)
+        if isinstance(layer, QuantizeWrapper) and inner_name in folded:
+            src = src_wrappers.get(inner_name)
+            if src is None:
+                raise ConfigError(f"{where}: the trained model has no qresearch wrapper of {inner_name!r} (a layer "
+                                  "with its own QuantizeConfig cannot be folded at deployment; train it with "
+                                  "bn_folding: fold)")
+            moved[inner_name] = _fold_layer(src, layer, bns[folded[inner_name]], symmetric.get(inner_name, True))
+            roles = quantizer_roles(src)
+            bn_wrapper = src_wrappers.get(folded[inner_name])
+            for role, qvars in quantizer_roles(layer).items():
+                if role.startswith("weights:"):
+                    continue
+                given = roles.get(role) or (quantizer_roles(bn_wrapper).get(role) if bn_wrapper else None)
+                if given is None:
+                    raise ConfigError(f"{where}: the trained model has no {role} quantizer for it or its BN "
+                                      f"{folded[inner_name]!r}")
+                _copy_vars(given, qvars, f"{where} ({role})")
+            continue
+        if isinstance(layer, QuantizeWrapper) and isinstance(layer.layer, ChannelAffine):
+            bn = bns.get(inner_name)
+            if bn is None:
+                raise ConfigError(f"{where}: the trained model has no BatchNormalization {inner_name!r}")
+            moved[inner_name] = _affine_layer(bn, layer)
+            affine.append(inner_name)
+            src = src_wrappers.get(inner_name)
+            for role, qvars in quantizer_roles(layer).items():
+                if role.startswith("weights:"):
+                    continue
+                given = quantizer_roles(src).get(role) if src is not None else None
+                if given is None:
+                    raise ConfigError(f"{where}: the trained model has no {role} quantizer for its BN")
+                _copy_vars(given, qvars, f"{where} ({role})")
+            continue
+        src = sources.get(layer.name) or sources.get(alias.get(layer.name, ""))
+        if src is None:
+            raise ConfigError(f"{where}: the trained model has no layer of that name; fold_for_deployment needs "
+                              "the float model the QAT model was quantized from, with the same scheme")
+        if not isinstance(layer, (QuantizeWrapper, QuantizeInput)):
+            if layer.weights:  # a plain layer, or a user's QuantizeConfig wrapper: all its state, in order
+                _copy_all(src, layer, where)
+            continue
+        _copy_weights(src, layer, where)
+        theirs = quantizer_roles(src)
+        for role, qvars in quantizer_roles(layer).items():
+            if role not in theirs:
+                raise ConfigError(f"{where}: the trained model has no {role} quantizer there")
+            _copy_vars(theirs[role], qvars, f"{where} ({role})")
+    return {"folded": dict(folded), "affine": affine, "steps_moved": moved,
+            "requantized": sorted(n for n, s in moved.items() if s > EXACT_STEPS)}
