@@ -59,13 +59,12 @@ def fold_for_deployment(qat_model, float_model, hardware: Any = "from_model"):
         raise ConfigError(f"fold_for_deployment: layers {missing} of the float model are not qresearch wrappers in "
                           "the QAT model (a layer with its own QuantizeConfig cannot be folded at deployment; train "
                           "it with bn_folding: fold), or the QAT model was made from another float model")
-    symmetric = {name: refold.trained_grid_symmetric(trained[name]) for name in folded
-                 if refold.has_quantized_fold_weight(trained[name])}
-    overrides = [o for o in folding.to_dict()["overrides"]] + refold.folded_weight_overrides(symmetric, affine)
+    grids = {name: refold.trained_grid(trained[name]) for name in folded if refold.has_quantized_fold_weight(trained[name])}
+    overrides = list(folding.to_dict()["overrides"]) + refold.folded_weight_overrides(grids, affine)
     folding = folding.replace(overrides=overrides, input_sign=_input_sign(info, float_model))
     kernels = info.get("kernels") if hardware == "from_model" else "target"
     twin = quantize(float_model, folding, hardware=target, adapt=True, constrained=True, kernels=kernels)
-    report = refold.carry_trained_state(qat_model, twin, folded, symmetric)
+    report = refold.carry_trained_state(qat_model, twin, folded, grids)
     twin.qresearch_info["deploy_fold"] = report
     twin.qresearch_info["coercions"] = list(info.get("coercions") or [])
     return twin

@@ -76,19 +76,22 @@ def has_quantized_fold_weight(wrapper) -> bool:
     return _quantized_weight(wrapper) is not None
 
 
-def trained_grid_symmetric(wrapper) -> bool:
-    """Whether the trained weight grid of ``wrapper``'s folded weight has zero point 0 in every channel."""
+def trained_grid(wrapper) -> Dict[str, Any]:
+    """``{bits, narrow_range, symmetric}`` of the trained grid of ``wrapper``'s folded weight: the twin's min-max
+    quantizer takes them (its own role defaults, e.g. a narrow range, would clip the trained integers)."""
     weight, quantizer, qvars = _quantized_weight(wrapper)
     rng = fake_quant_range(quantizer, qvars, weight)
-    if rng is None:
-        return bool(getattr(quantizer, "symmetric", True))
-    return bool(np.all(grid_of(*rng).zero_point.numpy() == 0.0))
+    if rng is None:  # not one FakeQuant call: the quantizer's own fields (the fold then re-fits the range)
+        return {"bits": int(quantizer.bits), "narrow_range": bool(getattr(quantizer, "narrow_range", False)),
+                "symmetric": bool(getattr(quantizer, "symmetric", True))}
+    return {"bits": int(rng[2]), "narrow_range": bool(rng[3]),
+            "symmetric": bool(np.all(grid_of(*rng).zero_point.numpy() == 0.0))}
 
 
-def folded_weight_overrides(folded_symmetric: Mapping[str, bool], affine: List[str]) -> List[dict]:
-    """Scheme overrides giving each folded layer (name -> its trained grid is symmetric) and each
-    ``ChannelAffine`` the twin's min-max weight quantizer; its width and granularity stay the scheme's."""
-    out = [{"match": re.escape(n), "weights": dict(FOLDED_WEIGHTS, symmetric=s)} for n, s in folded_symmetric.items()]
+def folded_weight_overrides(grids: Mapping[str, Mapping[str, Any]], affine: List[str]) -> List[dict]:
+    """Scheme overrides giving each folded layer (name -> its ``trained_grid``) and each ``ChannelAffine`` the
+    twin's min-max weight quantizer; granularity stays the scheme's."""
+    out = [{"match": re.escape(n), "weights": dict(FOLDED_WEIGHTS, **g)} for n, g in grids.items()]
     return out + [{"match": re.escape(n), "weights": dict(FOLDED_WEIGHTS, symmetric=True)} for n in affine]
 
 
@@ -214,7 +217,8 @@ def _copy_all(src, dst, where: str) -> None:
     dst.set_weights(values)
 
 
-def carry_trained_state(trained, twin, folded: Mapping[str, str], symmetric: Mapping[str, bool]) -> Dict[str, Any]:
+def carry_trained_state(trained, twin, folded: Mapping[str, str], grids: Mapping[str, Mapping[str, Any]]
+                        ) -> Dict[str, Any]:
     """Give ``twin`` (built with ``bn_folding: fold``) the state of ``trained`` (``no_fold``); ``folded`` maps each
     layer a BN folds into to that BN. Returns ``{"folded": {layer: bn}, "affine": [...], "steps_moved":
     {layer: steps}, "requantized": [layers whose integers moved]}``."""
@@ -236,7 +240,8 @@ def carry_trained_state(trained, twin, folded: Mapping[str, str], symmetric: Map
                 raise ConfigError(f"{where}: the trained model has no qresearch wrapper of {inner_name!r} (a layer "
                                   "with its own QuantizeConfig cannot be folded at deployment; train it with "
                                   "bn_folding: fold)")
-            moved[inner_name] = _fold_layer(src, layer, bns[folded[inner_name]], symmetric.get(inner_name, True))
+            symmetric = grids.get(inner_name, {}).get("symmetric", True)
+            moved[inner_name] = _fold_layer(src, layer, bns[folded[inner_name]], symmetric)
             roles = quantizer_roles(src)
             bn_wrapper = src_wrappers.get(folded[inner_name])
             for role, qvars in quantizer_roles(layer).items():
