@@ -9,6 +9,7 @@ The structure of the flatbuffer is checked against the target (see ``inspect_mod
 """
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -19,6 +20,8 @@ from qresearch.errors import ConfigError
 from qresearch.hardware.errors import NoRuntimeError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
+
+_log = logging.getLogger(__name__)
 
 KERNELS = "builtin_without_default_delegates"
 # Kernel sets (LiteRT op resolvers). The default is the contract: TFLite's builtin kernels with the
@@ -221,6 +224,17 @@ def _emulated_kernels(qat_model, kernels: str):
     return EMULATIONS[kernels] if own else None
 
 
+def _warn_kept_batch_norms(qat_model, target) -> None:
+    """A model trained with BN kept (``no_fold``), converted as it is: the converter folds each BN into the quantized
+    weights and re-fits their ranges, so the deployed integers are not the trained ones (98.5% argmax agreement on
+    the digits MobileNet-like: notes/schemes.md). ``qresearch.fold_for_deployment`` keeps them."""
+    scheme = (getattr(qat_model, "qresearch_info", None) or {}).get("scheme") or {}
+    if target.bn_folding == "fold" and scheme.get("bn_folding") == "no_fold":
+        _log.warning("the model keeps BatchNormalization (bn_folding: no_fold): the converter folds it and re-fits the "
+                     "weight ranges, so the deployed integers are not the trained ones. Fix: deploy "
+                     "qresearch.fold_for_deployment(qat_model, float_model), the folded model with the trained integers")
+
+
 def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = False,
            batch_size: int = 256, representative_data=None, kernels: str = KERNELS,
            tflite_model: Optional[bytes] = None) -> Dict[str, Any]:
@@ -245,6 +259,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     x = np.asarray(x, np.float32)
     if len(x) == 0:
         raise ConfigError("verify needs at least one sample")
+    _warn_kept_batch_norms(qat_model, target)
     t0 = time.perf_counter()
     if tflite_model is None:
         tflite_model = convert(qat_model, target, representative_data)

@@ -200,13 +200,18 @@ def _copy_vars(src: Mapping[str, Any], dst: Mapping[str, Any], where: str) -> No
 
 
 def _copy_weights(src, dst, where: str) -> None:
-    mine, theirs = own_weights(src), own_weights(dst)
-    if [tuple(w.shape) for w in mine] != [tuple(w.shape) for w in theirs]:
-        raise ConfigError(f"{where}: its weights {[tuple(w.shape) for w in theirs]} do not match the trained "
-                          f"model's {[tuple(w.shape) for w in mine]}; fold_for_deployment needs the float model "
-                          "the QAT model was quantized from")
-    for s, d in zip(mine, theirs):
-        d.assign(s)
+    """The layer weights (not quantizer state), by name: their order in ``weights`` follows the layer's call
+    history (a wrapper's call sets the quantized kernel on the layer and puts the variable back)."""
+    def by_name(layer):  # the path inside the layer ("query/kernel:0" of a MultiHeadAttention)
+        return {w.name.split("/", 1)[-1]: w for w in own_weights(layer)}
+
+    mine, theirs = by_name(src), by_name(dst)
+    shapes = {k: tuple(w.shape) for k, w in mine.items()}
+    if shapes != {k: tuple(w.shape) for k, w in theirs.items()}:
+        raise ConfigError(f"{where}: its weights {sorted(theirs)} do not match the trained model's {shapes}; "
+                          "fold_for_deployment needs the float model the QAT model was quantized from")
+    for key, var in theirs.items():
+        var.assign(mine[key])
 
 
 def _copy_all(src, dst, where: str) -> None:

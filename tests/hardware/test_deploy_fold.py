@@ -156,6 +156,18 @@ def test_a_bn_no_layer_absorbs_deploys_as_an_integer_affine(data):
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_verify_says_when_a_model_with_bn_kept_is_converted_as_it_is(float_models, data, caplog):
+    m, q = _trained_no_fold(float_models, data)
+    x, y = data[2][:64], data[3][:64]
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        hw.verify(q, "tflite_int8", x, y)
+    assert any("Fix: deploy qresearch.fold_for_deployment" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        hw.verify(qresearch.fold_for_deployment(q, m), "tflite_int8", x, y)
+    assert not any("fold_for_deployment" in r.getMessage() for r in caplog.records)
+
+
 def test_refusals_name_the_problem(float_models, data):
     m, q = _trained_no_fold(float_models, data)
     with pytest.raises(qresearch.ConfigError, match="made by qresearch.quantize"):
