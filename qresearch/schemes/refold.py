@@ -32,7 +32,7 @@ from qresearch.errors import ConfigError
 from qresearch.kernels.grid import fake_quant_range, grid_of
 from qresearch.schemes.folding import affine_weights, bn_affine, fold_weights
 from qresearch.schemes.layers import layer_spec
-from qresearch.schemes.transfer import own_weights
+from qresearch.schemes.transfer import own_weights_by_path
 from qresearch.schemes.wrappers import ChannelAffine, QuantizeInput, QuantizeWrapper
 
 #: The weight quantizer of a folded layer in the twin: it holds a range and quantizes with it in inference.
@@ -200,12 +200,7 @@ def _copy_vars(src: Mapping[str, Any], dst: Mapping[str, Any], where: str) -> No
 
 
 def _copy_weights(src, dst, where: str) -> None:
-    """The layer weights (not quantizer state), by name: their order in ``weights`` follows the layer's call
-    history (a wrapper's call sets the quantized kernel on the layer and puts the variable back)."""
-    def by_name(layer):  # the path inside the layer ("query/kernel:0" of a MultiHeadAttention)
-        return {w.name.split("/", 1)[-1]: w for w in own_weights(layer)}
-
-    mine, theirs = by_name(src), by_name(dst)
+    mine, theirs = own_weights_by_path(src), own_weights_by_path(dst)
     shapes = {k: tuple(w.shape) for k, w in mine.items()}
     if shapes != {k: tuple(w.shape) for k, w in theirs.items()}:
         raise ConfigError(f"{where}: its weights {sorted(theirs)} do not match the trained model's {shapes}; "

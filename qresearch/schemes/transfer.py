@@ -7,7 +7,7 @@ weights; its quantizer parameters are left alone, to be set by calibration at th
 """
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Dict, List
 
 from qresearch.errors import ConfigError
 from qresearch.quantizers.base import is_quantizer_variable
@@ -21,8 +21,16 @@ def own_weights(layer) -> list:
     return [w for w in weights if not is_quantizer_variable(w)]
 
 
+def own_weights_by_path(layer) -> Dict[str, Any]:
+    """``own_weights`` by their path inside the layer ("kernel:0", "query/kernel:0"). Their order in ``weights``
+    follows the layer's call history: a wrapper's call sets the quantized kernel on the layer and puts the variable
+    back, which moves it after the bias (measured: a QAT model after one inference call, against a fresh one)."""
+    return {w.name.split("/", 1)[-1]: w for w in own_weights(layer)}
+
+
 def copy_layer_weights(source, target) -> List[str]:
-    """Assign ``source``'s layer weights to ``target``'s layers, in order; returns the layers' names.
+    """Assign ``source``'s layer weights to ``target``'s layers, layer by layer in order and weight by weight by
+    path; returns the layers' names.
 
     Both models must come from one float model through one scheme (apart from bit widths), so their layers
     correspond one to one (names may differ: Keras numbers repeated names). A layer of another type or a
@@ -32,15 +40,15 @@ def copy_layer_weights(source, target) -> List[str]:
                           "layers; both must be built from the same model and scheme")
     copied = []
     for src_layer, layer in zip(source.layers, target.layers):
-        src, dst = own_weights(src_layer), own_weights(layer)
+        src, dst = own_weights_by_path(src_layer), own_weights_by_path(layer)
         kinds = (type(getattr(src_layer, "layer", src_layer)).__name__, type(getattr(layer, "layer", layer)).__name__)
-        shapes = ([tuple(w.shape) for w in src], [tuple(w.shape) for w in dst])
+        shapes = ({k: tuple(w.shape) for k, w in src.items()}, {k: tuple(w.shape) for k, w in dst.items()})
         if kinds[0] != kinds[1] or shapes[0] != shapes[1]:
             raise ConfigError(f"progressive bits: layer {layer.name!r} ({kinds[1]}, weights {shapes[1]}) does not "
                               f"match {src_layer.name!r} ({kinds[0]}, weights {shapes[0]}) of the higher-bit "
                               "model; both must be built from the same model and scheme")
-        for s, d in zip(src, dst):
-            d.assign(s)
+        for key, var in dst.items():
+            var.assign(src[key])
         if dst:
             copied.append(layer.name)
     return copied

@@ -72,3 +72,20 @@ def test_quantize_weights_from_copies_then_calibrates_at_the_new_width():
     assert len(fresh_steps) == len(steps)
     for v, (name, step) in zip(fresh_steps, steps.items()):  # init max: max|w|/Qp of the copied (x1.5) kernels
         np.testing.assert_allclose(step, 1.5 * v.numpy(), rtol=1e-6, err_msg=name)
+
+
+def test_a_model_that_has_run_gives_its_weights_whatever_their_order():
+    # an inference call through the integer-kernel emulation moves a wrapped layer's kernel after its bias in
+    # ``weights`` (the kernel is set on the layer and put back): the copy goes by each weight's path, not by position
+    float_model = model()
+    x, _ = M.data(16)
+    hi = qresearch.quantize(float_model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
+    hi(x, training=False)
+    lo = qresearch.quantize(float_model, "tflite_int8", hardware="tflite_int8")
+    order = [[w.name for w in layer.layer.weights] for layer in (hi.get_layer("quant_logits"), lo.get_layer("quant_logits"))]
+    assert order[0] != order[1]   # what made a position-wise copy refuse (or swap same-shaped weights)
+    copy_layer_weights(hi, lo)
+    for name in ("quant_conv", "quant_logits"):
+        for attr in ("kernel", "bias"):
+            np.testing.assert_array_equal(getattr(lo.get_layer(name).layer, attr).numpy(),
+                                          getattr(hi.get_layer(name).layer, attr).numpy())
