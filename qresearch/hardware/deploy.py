@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from qresearch.errors import ConfigError
+from qresearch.hardware.bias_widening import widen_conv_biases
 from qresearch.hardware.errors import NoRuntimeError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
@@ -66,7 +67,8 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     the ops are checked afterwards by ``inspect_model``. 16x8: the
     EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 op set with int16 I/O and no
     representative dataset (with one, TF 2.21 runs its post-training calibrator over the already
-    quantized graph and fails: "Quantization to 16x8-bit not yet supported for op: 'DEQUANTIZE'").
+    quantized graph and fails: "Quantization to 16x8-bit not yet supported for op: 'DEQUANTIZE'"); its int32 conv
+    biases are then stored as the int64 the 16x8 kernels read (``bias_widening.py``).
     ``representative_data`` is only for models whose FakeQuant ranges do not cover every tensor.
     """
     from qresearch._compat import tf
@@ -81,7 +83,10 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
-    return converter.convert()
+    flatbuffer = converter.convert()
+    if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
+        flatbuffer, _ = widen_conv_biases(flatbuffer)
+    return flatbuffer
 
 
 def _converter(model):

@@ -35,7 +35,8 @@ RUNTIMES: Registry[Runtime] = Registry(
 RUNTIMES.register("none", Runtime("none"))
 RUNTIMES.register("tflite_int8", Runtime("tflite_int8", deploys=True, integer_only=True, activation_dtype="int8",
                                          tensor_dtypes=("int8", "int32")))
-# Measured in TF 2.21: DEPTHWISE_CONV_2D refuses an int32 bias, CONV_2D gives wrong outputs with one.
+# Measured in TF 2.21: DEPTHWISE_CONV_2D refuses an int32 bias, CONV_2D gives wrong outputs with one; the converter
+# stores QAT models' conv biases as int32 in 16x8, so deploy.convert widens them (bias_widening.py).
 RUNTIMES.register("tflite_int16x8", Runtime(
     "tflite_int16x8", deploys=True, integer_only=True, activation_dtype="int16",
     tensor_dtypes=("int16", "int8", "int32", "int64"),
