@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
+from qresearch.schemes.layer_calls import dense_nd
 from qresearch.schemes.layers import (FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name, fused_relu, op_name,
                                       register_layer)
 
@@ -74,7 +75,7 @@ _compute(L.DepthwiseConv1D, weights=("depthwise_kernel",), channel_axes={"depthw
 for _cls, _op in ((L.Conv1DTranspose, None), (L.Conv2DTranspose, "TRANSPOSE_CONV"), (L.Conv3DTranspose, None)):
     _compute(_cls, channel_axes={"kernel": (-2,)}, target_kind="conv_transpose",
              fold=("kernel", scale_transposed), integer_op=_op)
-_compute(L.Dense, target_kind="dense", fold=_KERNEL, integer_op="FULLY_CONNECTED")
+_compute(L.Dense, target_kind="dense", fold=_KERNEL, integer_op="FULLY_CONNECTED", call=dense_nd)  # rank > 2
 if hasattr(L, "EinsumDense"):
     _compute(L.EinsumDense, target_kind="dense")
 

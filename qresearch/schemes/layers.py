@@ -68,6 +68,10 @@ class LayerSpec:
     #: the op (a kernel set's handler name, qresearch.kernels) the integer emulation runs this layer as, or
     #: None; a function of the layer where its configuration decides (Activation("softmax") -> SOFTMAX).
     integer_op: Union[None, str, Callable] = None
+    #: ``(layer, inputs, **kwargs) -> outputs or None``: how a wrapper runs the layer in place of its own ``call``
+    #: where that call hides a quantized weight from the TFLite converter (``layer_calls.py``); None returned, or
+    #: no function: the layer's own call.
+    call: Optional[Callable] = None
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -85,7 +89,8 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
                    quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True,
                    same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
-                   keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT) -> LayerSpec:
+                   keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT,
+                   call: Optional[Callable] = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -105,7 +110,10 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       keeps_sign: its output is non-negative when every input is.
       integer_op: the op the integer-kernel emulation runs it as: a handler name of ``qresearch.kernels``
         (e.g. "CONV_2D", "ADD"), or a function of the layer returning one; matched in ``emulation.py``.
-    The last five default to the nearest registered base class's values (else empty/None/False).
+      call: ``(layer, inputs, **kwargs) -> outputs`` run by the wrapper instead of the layer's ``call`` (None
+        returned: the layer's own call), for a call that hides a quantized weight from the TFLite converter
+        (``layer_calls.py``).
+    The last six default to the nearest registered base class's values (else empty/None/False).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
         raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
@@ -124,7 +132,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
     base = next((_LAYERS[c] for c in layer_class.__mro__[1:] if c in _LAYERS), LayerSpec())
     facts = {"channel_axes": channel_axes, "target_kind": target_kind, "fold": fold, "keeps_sign": keeps_sign,
-             "integer_op": integer_op}
+             "integer_op": integer_op, "call": call}
     facts = {k: getattr(base, k) if v is _INHERIT else v for k, v in facts.items()}
     if facts["target_kind"] not in TARGET_KINDS + (None,):
         raise ConfigError(f"register_layer: target_kind must be one of {TARGET_KINDS} or None, "

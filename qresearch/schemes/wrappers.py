@@ -26,6 +26,7 @@ from qresearch.quantizers.base import Quantizer
 from qresearch import kernels as K
 from qresearch.schemes.attrs import get_attr, has_attrs, set_attr  # noqa: F401  (re-exported)
 from qresearch.schemes.emulation import IntegerEmulation
+from qresearch.schemes.layers import layer_spec
 from qresearch.quantizers.registry import register as register_quantizer
 
 # tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
@@ -248,7 +249,13 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         return self._weight_vars
 
     def _call_layer(self, inputs, training, kwargs):
-        """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast)."""
+        """The wrapped layer's own ``call`` (not ``__call__``: no new node, no autocast), or its registered
+        ``LayerSpec.call`` where that call would hide a quantized weight from the converter."""
+        custom = getattr(layer_spec(self.layer), "call", None)
+        if custom is not None:
+            outputs = custom(self.layer, inputs, **kwargs)
+            if outputs is not None:
+                return outputs
         call = _autograph.user_code(self.layer.call)
         if "training" in inspect.signature(self.layer.call).parameters:
             return call(inputs, training=training, **kwargs)

@@ -56,6 +56,17 @@ def keepdims_pool_cnn():
     return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
 
 
+def dense_nd_cnn():
+    """Dense on a rank-4 and on a rank-3 input: Keras runs them through tensordot (layer_calls.dense_nd)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = L.Dense(8, activation="relu", name="dense_rank4")(h)
+    h = L.Reshape((64, 8))(h)
+    h = L.Dense(4, activation="relu", name="dense_rank3")(h)
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+
+
 _MODELS = {}
 
 
@@ -92,6 +103,17 @@ def test_simulated_outputs_equal_deployed_bit_for_bit(float_models, data, builde
     assert r["max_abs_diff_lsb"] < 1e-3, r  # every output integer equal
     assert r["argmax_agreement"] == 1.0 and r["deployed_accuracy"] == r["simulated_accuracy"]
     assert r["simulated_accuracy"] > 0.15  # above chance (10 classes): a working model, not a constant
+
+
+def test_dense_on_rank_3_and_4_inputs_deploys_integer_only_bit_for_bit(data):
+    # Keras' tensordot reshaped the kernel and the converter kept it float behind a DEQUANTIZE, among SHAPE/GATHER
+    # ops (structural issues, not integer-only); the wrapper's dense_nd gives RESHAPE, FULLY_CONNECTED, RESHAPE
+    q = qat(data, dense_nd_cnn, SCHEMES["lsq"])
+    r = hw.verify(q, "tflite_int8", data[2], data[3])
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert set(r["ops"]) == {"CONV_2D", "FULLY_CONNECTED", "RESHAPE"}, r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+    assert r["simulated_accuracy"] > 0.15
 
 
 def test_float_simulation_drifts_where_the_emulation_does_not(float_models, data):
