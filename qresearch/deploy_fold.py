@@ -59,7 +59,8 @@ def fold_for_deployment(qat_model, float_model, hardware: Any = "from_model"):
         raise ConfigError(f"fold_for_deployment: layers {missing} of the float model are not qresearch wrappers in "
                           "the QAT model (a layer with its own QuantizeConfig cannot be folded at deployment; train "
                           "it with bn_folding: fold), or the QAT model was made from another float model")
-    grids = {name: refold.trained_grid(trained[name]) for name in folded if refold.has_quantized_fold_weight(trained[name])}
+    grids = {name: refold.trained_grid(trained[name]) for name in folded
+             if refold.has_quantized_fold_weight(trained[name])}
     overrides = list(folding.to_dict()["overrides"]) + refold.folded_weight_overrides(grids, affine)
     folding = folding.replace(overrides=overrides, input_sign=_input_sign(info, float_model))
     kernels = info.get("kernels") if hardware == "from_model" else "target"

@@ -19,7 +19,8 @@ import numpy as np
 CONV_BIAS_INPUTS = (("CONV_2D", 2), ("DEPTHWISE_CONV_2D", 2))
 
 
-def widen_conv_biases(tflite_model: bytes, ops: Iterable[Tuple[str, int]] = CONV_BIAS_INPUTS) -> Tuple[bytes, List[str]]:
+def widen_conv_biases(tflite_model: bytes, ops: Iterable[Tuple[str, int]] = CONV_BIAS_INPUTS
+                      ) -> Tuple[bytes, List[str]]:
     """``tflite_model`` with every int32 bias of ``ops`` stored as int64; returns it and the widened tensors' names."""
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils

@@ -217,6 +217,21 @@ def _copy_all(src, dst, where: str) -> None:
     dst.set_weights(values)
 
 
+def _carry_roles(layer, given_for, where: str) -> None:
+    """Every quantizer role of the twin's ``layer`` but its weights, from ``given_for(role)`` (None: missing)."""
+    for role, qvars in quantizer_roles(layer).items():
+        if role.startswith("weights:"):
+            continue
+        given = given_for(role)
+        if given is None:
+            raise ConfigError(f"{where}: the trained model has no {role} quantizer for it")
+        _copy_vars(given, qvars, f"{where} ({role})")
+
+
+def _roles_of(layer) -> Dict[str, Mapping[str, Any]]:
+    return quantizer_roles(layer) if layer is not None else {}
+
+
 def carry_trained_state(trained, twin, folded: Mapping[str, str], grids: Mapping[str, Mapping[str, Any]]
                         ) -> Dict[str, Any]:
     """Give ``twin`` (built with ``bn_folding: fold``) the state of ``trained`` (``no_fold``); ``folded`` maps each
@@ -235,52 +250,40 @@ def carry_trained_state(trained, twin, folded: Mapping[str, str], grids: Mapping
         where = _label(layer.name)
         inner_name = getattr(getattr(layer, "layer", None), "name", None)
         if isinstance(layer, QuantizeWrapper) and inner_name in folded:
-            src = src_wrappers.get(inner_name)
+            src, bn_name = src_wrappers.get(inner_name), folded[inner_name]
             if src is None:
                 raise ConfigError(f"{where}: the trained model has no qresearch wrapper of {inner_name!r} (a layer "
                                   "with its own QuantizeConfig cannot be folded at deployment; train it with "
                                   "bn_folding: fold)")
-            symmetric = grids.get(inner_name, {}).get("symmetric", True)
-            moved[inner_name] = _fold_layer(src, layer, bns[folded[inner_name]], symmetric)
-            roles = quantizer_roles(src)
-            bn_wrapper = src_wrappers.get(folded[inner_name])
-            for role, qvars in quantizer_roles(layer).items():
-                if role.startswith("weights:"):
-                    continue
-                given = roles.get(role) or (quantizer_roles(bn_wrapper).get(role) if bn_wrapper else None)
-                if given is None:
-                    raise ConfigError(f"{where}: the trained model has no {role} quantizer for it or its BN "
-                                      f"{folded[inner_name]!r}")
-                _copy_vars(given, qvars, f"{where} ({role})")
-            continue
-        if isinstance(layer, QuantizeWrapper) and isinstance(layer.layer, ChannelAffine):
-            bn = bns.get(inner_name)
-            if bn is None:
+            moved[inner_name] = _fold_layer(src, layer, bns[bn_name], grids.get(inner_name, {}).get("symmetric", True))
+            # the output quantizer sits on the conv, or on its BN where the BN fed an op that needs its own range
+            bn_roles = _roles_of(src_wrappers.get(bn_name))
+            _carry_roles(layer, lambda role: _roles_of(src).get(role) or bn_roles.get(role), where)
+        elif isinstance(layer, QuantizeWrapper) and isinstance(layer.layer, ChannelAffine):
+            if inner_name not in bns:
                 raise ConfigError(f"{where}: the trained model has no BatchNormalization {inner_name!r}")
-            moved[inner_name] = _affine_layer(bn, layer)
+            moved[inner_name] = _affine_layer(bns[inner_name], layer)
             affine.append(inner_name)
-            src = src_wrappers.get(inner_name)
-            for role, qvars in quantizer_roles(layer).items():
-                if role.startswith("weights:"):
-                    continue
-                given = quantizer_roles(src).get(role) if src is not None else None
-                if given is None:
-                    raise ConfigError(f"{where}: the trained model has no {role} quantizer for its BN")
-                _copy_vars(given, qvars, f"{where} ({role})")
-            continue
-        src = sources.get(layer.name) or sources.get(alias.get(layer.name, ""))
-        if src is None:
-            raise ConfigError(f"{where}: the trained model has no layer of that name; fold_for_deployment needs "
-                              "the float model the QAT model was quantized from, with the same scheme")
-        if not isinstance(layer, (QuantizeWrapper, QuantizeInput)):
-            if layer.weights:  # a plain layer, or a user's QuantizeConfig wrapper: all its state, in order
-                _copy_all(src, layer, where)
-            continue
-        _copy_weights(src, layer, where)
-        theirs = quantizer_roles(src)
-        for role, qvars in quantizer_roles(layer).items():
-            if role not in theirs:
-                raise ConfigError(f"{where}: the trained model has no {role} quantizer there")
-            _copy_vars(theirs[role], qvars, f"{where} ({role})")
+            _carry_roles(layer, _roles_of(src_wrappers.get(inner_name)).get, where)
+        else:
+            src = sources.get(layer.name) or sources.get(alias.get(layer.name, ""))
+            if src is None:
+                raise ConfigError(f"{where}: the trained model has no layer of that name; fold_for_deployment "
+                                  "needs the float model the QAT model was quantized from, with the same scheme")
+            _carry_same(src, layer, where)
     return {"folded": dict(folded), "affine": affine, "steps_moved": moved,
             "requantized": sorted(n for n, s in moved.items() if s > EXACT_STEPS)}
+
+
+def _carry_same(src, layer, where: str) -> None:
+    """A layer the fold leaves as it was: its weights and every quantizer state."""
+    if not isinstance(layer, (QuantizeWrapper, QuantizeInput)):
+        if layer.weights:  # a plain layer, or a user's QuantizeConfig wrapper: all its state, in order
+            _copy_all(src, layer, where)
+        return
+    _copy_weights(src, layer, where)
+    theirs = quantizer_roles(src)
+    for role, qvars in quantizer_roles(layer).items():
+        if role not in theirs:
+            raise ConfigError(f"{where}: the trained model has no {role} quantizer there")
+        _copy_vars(theirs[role], qvars, f"{where} ({role})")

@@ -18,7 +18,8 @@ def test_dense_nd_is_dense_call_bit_for_bit(shape):
         mine, theirs = dense_nd(layer, x), layer.call(x)
     np.testing.assert_array_equal(mine.numpy(), theirs.numpy())
     assert mine.shape == theirs.shape
-    for a, b in zip(tape.gradient(mine, [x, layer.kernel, layer.bias]), tape.gradient(theirs, [x, layer.kernel, layer.bias])):
+    wrt = [x, layer.kernel, layer.bias]
+    for a, b in zip(tape.gradient(mine, wrt), tape.gradient(theirs, wrt)):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

@@ -1,6 +1,7 @@
 """``schemes.refold`` through ``qresearch.fold_for_deployment``: a no_fold model's folded twin computes what the
 trained model computes, on the scheme tests' models (a split SeparableConv, convs with and without bias, first/last
-layers at 8 bits, non-narrow 4-bit grids) with non-trivial BN statistics. Deployment: tests/hardware/test_deploy_fold.py.
+layers at 8 bits, non-narrow 4-bit grids) with non-trivial BN statistics. Deployment:
+tests/hardware/test_deploy_fold.py.
 """
 import numpy as np
 import pytest

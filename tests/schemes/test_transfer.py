@@ -82,7 +82,7 @@ def test_a_model_that_has_run_gives_its_weights_whatever_their_order():
     hi = qresearch.quantize(float_model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
     hi(x, training=False)
     lo = qresearch.quantize(float_model, "tflite_int8", hardware="tflite_int8")
-    order = [[w.name for w in layer.layer.weights] for layer in (hi.get_layer("quant_logits"), lo.get_layer("quant_logits"))]
+    order = [[w.name for w in m.get_layer("quant_logits").layer.weights] for m in (hi, lo)]
     assert order[0] != order[1]   # what made a position-wise copy refuse (or swap same-shaped weights)
     copy_layer_weights(hi, lo)
     for name in ("quant_conv", "quant_logits"):
