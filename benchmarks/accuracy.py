@@ -66,6 +66,11 @@ QUICK = {"datasets": "digits", "seeds": "0", "bits": "4", "presets": "lsq", "pol
 NOT_BENCHMARKED = ("mixed",)  # lsq's quantizers under a per-layer budget: with no budget it is the lsq preset
 
 
+def other_recipe_of(recipe: str) -> str:
+    """The recipe the robustness check compares ``recipe`` with."""
+    return next(r for r in RECIPES if r != recipe)
+
+
 def _per_dataset(value: Optional[str], datasets: Sequence[str], key: str, cast=int) -> Dict[str, Any]:
     """``"N"`` (every dataset) or ``"mnist=N,cifar10=M"`` -> {dataset: value} (defaults from DATASETS)."""
     out = {d: DATASETS[d][key] for d in datasets}
@@ -404,12 +409,12 @@ def compared_results(folder: Path, recipe: str) -> Tuple[Path, str]:
     path = folder / "results.json"
     if not path.is_file():
         raise SystemExit(f"--compare-with {folder}: no results.json there; run the benchmark with "
-                         f"--recipe {next(r for r in RECIPES if r != recipe)} --out {folder} first")
+                         f"--recipe {other_recipe_of(recipe)} --out {folder} first")
     theirs = (json.loads(path.read_text()).get("args") or {}).get("recipe")
     if theirs == recipe:
         raise SystemExit(f"--compare-with {folder}: its results are recipe {theirs!r}, as this run's; the robustness "
                          f"check compares the two recipes ({', '.join(RECIPES)})")
-    return path, str(theirs or next(r for r in RECIPES if r != recipe))
+    return path, str(theirs or other_recipe_of(recipe))
 
 
 # ------------------------------------------------------------------ main
@@ -496,7 +501,7 @@ def main(argv: Optional[Sequence[str]] = None, log: Callable[[str], None] = lamb
     out.mkdir(parents=True, exist_ok=True)
     cache = args.cache_dir if args.cache_dir is not None else \
         os.environ.get("QRESEARCH_CACHE_DIR", str(Path(os.environ.get("QRESEARCH_OUTPUT_DIR", "outputs")) / "cache"))
-    other_recipe = next(r for r in RECIPES if r != args.recipe)
+    other_recipe = other_recipe_of(args.recipe)
     other = (out.parent / other_recipe / "results.json") if not args.out and not args.quick else None
     if args.compare_with is not None:
         other, other_recipe = compared_results(Path(args.compare_with), args.recipe)

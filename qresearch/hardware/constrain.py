@@ -324,11 +324,10 @@ class _Checker:
                               note=f"first_last_bits: {flb!r} -> {value!r} (target {t.name})")
 
         self.fill(d, "quantize_ops", t.quantize_ops)
-        folding = d.get("bn_folding", "fold")
         if folds_kept_bn_at_deployment(d, t):
             self.coercions.append(f"bn_folding: 'no_fold' kept: BN trains as the scheme says and folds into the "
                                   f"trained per-channel weight grids for target {t.name} (fold_for_deployment)")
-        elif not bn_folding_satisfies(folding, t.bn_folding):
+        elif not bn_folding_satisfies(d.get("bn_folding", "fold"), t.bn_folding):
             self.fill(d, "bn_folding", t.bn_folding)
         if t.fixed_output_params:
             self.fill(d, "fixed_output_ranges", t.fixed_output_ranges)

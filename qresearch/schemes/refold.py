@@ -30,6 +30,7 @@ import numpy as np
 from qresearch._compat import keras, tf
 from qresearch.errors import ConfigError
 from qresearch.kernels.grid import fake_quant_range, grid_of
+from qresearch.schemes.bn_reestimate import batch_norm_layers
 from qresearch.schemes.folding import affine_weights, bn_affine, fold_weights
 from qresearch.schemes.layers import layer_spec
 from qresearch.schemes.transfer import own_weights_by_path
@@ -43,16 +44,6 @@ EXACT_STEPS = 1e-3
 
 def _label(name: str) -> str:
     return f"fold_for_deployment: layer {name!r}"
-
-
-def batch_norms(model) -> Dict[str, Any]:
-    """Every BatchNormalization of a QAT model by name (plain, or inside a wrapper with an output quantizer)."""
-    found = {}
-    for layer in model.layers:
-        inner = getattr(layer, "layer", layer)
-        if isinstance(inner, keras.layers.BatchNormalization):
-            found[inner.name] = inner
-    return found
 
 
 def wrappers_by_inner(model) -> Dict[str, Any]:
@@ -137,7 +128,7 @@ def _fold_layer(src, dst, bn, symmetric: bool) -> float:
         return 0.0
     _, quantizer, qvars = target
     rng = fake_quant_range(trained[1], trained[2], trained[0])
-    g = bn_factor(bn)
+    g = bn_affine(bn)[0]   # γ/√(σ²+ε) per channel
     if rng is not None and np.size(rng[0]) == g.size:
         lo, hi = (np.asarray(v, np.float64) for v in rng[:2])
         gg = np.reshape(g, lo.shape).astype(np.float64)
@@ -150,11 +141,6 @@ def _fold_layer(src, dst, bn, symmetric: bool) -> float:
         lo, hi = _own_range(values[attr], qvars, symmetric)
     _assign_range(quantizer, qvars, lo, hi)
     return _steps_moved(quantizer, qvars, values[attr])
-
-
-def bn_factor(bn) -> np.ndarray:
-    """``γ/√(σ²+ε)`` of a BN in inference mode (float32, per channel)."""
-    return bn_affine(bn)[0]
 
 
 def _affine_layer(bn, dst) -> float:
@@ -237,7 +223,7 @@ def carry_trained_state(trained, twin, folded: Mapping[str, str], grids: Mapping
     """Give ``twin`` (built with ``bn_folding: fold``) the state of ``trained`` (``no_fold``); ``folded`` maps each
     layer a BN folds into to that BN. Returns ``{"folded": {layer: bn}, "affine": [...], "steps_moved":
     {layer: steps}, "requantized": [layers whose integers moved]}``."""
-    bns = batch_norms(trained)
+    bns = {bn.name: bn for bn in batch_norm_layers(trained)}
     sources = {layer.name: layer for layer in trained.layers}
     src_wrappers = wrappers_by_inner(trained)
     # a tensor the BN produced in the trained model is the folded layer's in the twin (its input quantizers)
