@@ -6,7 +6,9 @@ from typing import Any, Dict
 from qresearch.errors import ConfigError
 from qresearch.quantizers import create
 from qresearch.quantizers.registry import get as get_quantizer, parameters
+from qresearch._compat import keras
 from qresearch.schemes import layers as L
+from qresearch.schemes.lowered_activations import lowering
 from qresearch.schemes.plan import LayerPlan
 from qresearch.schemes.spec import SchemeSpec
 from qresearch.schemes.wrappers import FixedRangeQuantizer, LayerQuantizeConfig, get_attr
@@ -41,6 +43,20 @@ def act_spec(a: Dict[str, Any], nonneg: bool) -> Dict[str, Any]:
     return out
 
 
+def _fixed_range(op, bits, scheme: SchemeSpec) -> FixedRangeQuantizer:
+    lo, hi = scheme.fixed_output_ranges[op]
+    return FixedRangeQuantizer(bits=bits, range_min=lo, range_max=hi)
+
+
+def _inner_quantizer(fn, a, scheme: SchemeSpec):
+    """The fixed-grid quantizer of the tensor inside an activation the runtime runs as several ops (swish: its
+    LOGISTIC output), where the scheme fixes that op's range; else None (lowered_activations.py)."""
+    rule = lowering(fn)
+    if rule is None or rule.inner not in scheme.fixed_output_ranges:
+        return None
+    return _fixed_range(rule.inner, a.get("bits", 8), scheme)
+
+
 def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
     layer = p.layer
     weights = {}
@@ -73,14 +89,20 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             if not p.spec.quantize_output and fn is not None:
                 post = act_spec(a, nonneg=name in L.NON_NEGATIVE_ACTIVATIONS)
                 entry["post"] = quantizer(post, "activations", f"layer {layer.name!r} activations")
+            inner = _inner_quantizer(fn, a, scheme) if entry["pre"] and (p.output or entry["post"]) else None
+            if inner is not None:
+                entry["inner"] = inner
             if entry["pre"] or entry["post"]:
                 acts[attr] = entry
+        if isinstance(layer, keras.layers.Activation) and p.output and p.kind == "output":
+            inner = _inner_quantizer(layer.activation, a, scheme)  # the layer's call is its activation
+            if inner is not None:
+                acts["activation"] = {"pre": None, "post": None, "inner": inner}
     output = None
     if p.output:
         bits = a.get("bits", 8)
         if p.fixed_name and p.fixed_name in scheme.fixed_output_ranges:
-            lo, hi = scheme.fixed_output_ranges[p.fixed_name]
-            output = FixedRangeQuantizer(bits=bits, range_min=lo, range_max=hi)
+            output = _fixed_range(p.fixed_name, bits, scheme)
         else:
             output = quantizer(act_spec(a, p.nonneg_out), "activations", f"layer {layer.name!r} output")
     info = {"kind": p.kind}

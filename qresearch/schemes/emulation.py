@@ -28,6 +28,7 @@ from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
 from qresearch.schemes.layers import activation_name, fused_relu, layer_spec, own_spec
+from qresearch.schemes.lowered_activations import Lowering, lowering
 
 Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
 
@@ -40,7 +41,8 @@ class Plan:
     op: str
     sources: List[Source]
     attrs: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    operand: str = "inputs"  # "inputs" | "layer_output" (the float op result, e.g. MEAN) | "accumulator"
+    # "inputs" | "layer_output" (the float op result, e.g. MEAN) | "accumulator" | "lowered" (input and inner tensor)
+    operand: str = "inputs"
     weight: Optional[Tuple] = None  # (variable, quantizer, its variables) of a conv's weight
     out: Optional[Tuple] = None
     fused: str = "linear"
@@ -98,6 +100,9 @@ class IntegerEmulation:
         out_q, out_v = plan.out
         if plan.operand == "accumulator":
             return self._integer_conv(inputs, kwargs, kernels, handler, plan, in_grids[0], out_grid)
+        if plan.operand == "lowered":
+            return self._lowered_call(kernels, inputs, plan.sources[0], plan.sources[1], plan.attrs["lowering"],
+                                      plan.out)
         operands = [self.layer.call(inputs)] if plan.operand == "layer_output" else \
             (list(inputs) if isinstance(inputs, (list, tuple)) else [inputs])
         offsets = [K.offsets_of(x, src[:2]) for x, src in zip(operands, plan.sources)] \
@@ -124,12 +129,29 @@ class IntegerEmulation:
         if not self._output_quantizers:
             return fn(y)
         final = self._output_source()
+        inner = self._activation_vars.get("activation", {}).get("inner")
+        if inner is not None:  # swish: LOGISTIC, MUL
+            return self._lowered_call(kernels, y, plan.out, inner, lowering(fn), final)
         softmax = kernels.handler("SOFTMAX")
         if activation_name(fn) == "softmax" and softmax is not None and _softmax_ok(y):
             y = softmax(kernels, K.OpCall([y], [out_grid], grid(final)))
         else:
             y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
         return self._q(final[0], y, False, final[1])
+
+    def _lowered_call(self, kernels, x, x_source, inner, rule: Lowering, final):
+        """An activation the runtime runs as two ops (``lowered_activations.py``) on ``x`` (on ``x_source``'s
+        grid): the inner op in float onto its fixed grid (as a LOGISTIC layer's output is simulated), then the
+        combining op through the kernel set, onto the ``final`` quantizer's grid."""
+        inner_q, inner_v = inner[:2]
+        t = inner_q(rule.inner_fn(x), False, weights=inner_v)
+        handler = kernels.handler(rule.combine)
+        grids = [grid(x_source), grid(inner)]
+        out_grid = grid(final)
+        if handler is None or out_grid is None or None in grids:
+            return self._q(final[0], rule.combine_fn(x, t), False, final[1])
+        raw = handler(kernels, K.OpCall([x, t], grids, out_grid, "linear", {}, [K.offsets_of(x, x_source[:2]), None]))
+        return K.hand_on(raw, final[0](raw, False, weights=final[1]), final[0], final[1])
 
     def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
         """``(dot, bias)`` of this conv / dense layer: the layer run on the integer input offsets ``q - Z``
@@ -204,13 +226,13 @@ def _plan(w) -> Optional[Plan]:
         fused = activation_name(getattr(w.layer, "activation", None))
         if not acts and out and fused in K.FUSED_ACTIVATIONS:
             return dataclasses.replace(base, out=out, fused=fused)
-        if set(acts) == {"pre"}:
+        if set(acts) in ({"pre"}, {"pre", "inner"}):
             return dataclasses.replace(base, out=acts["pre"], fused="linear")
         if fused_consumer is not None and fused == "linear":
             return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
         return None
     if w._activation_vars:
-        return None
+        return _lowered_plan(w, out)
     spec = layer_spec(w.layer)
     op = spec.integer_op_of(w.layer) if spec is not None else None
     matcher, fuses = _MATCHERS.get(op, (None, False))
@@ -222,6 +244,17 @@ def _plan(w) -> Optional[Plan]:
     if fused_consumer is not None and fuses:
         return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
     return None
+
+
+def _lowered_plan(w, out) -> Optional[Plan]:
+    """An Activation layer whose function the runtime runs as two ops (swish: LOGISTIC, then MUL)."""
+    built = w._activation_vars.get("activation", {})
+    source = getattr(w, "_input_source", None)
+    rule = lowering(getattr(w.layer, "activation", None))
+    if set(w._activation_vars) != {"activation"} or set(built) != {"inner"} or not out or not source or rule is None:
+        return None
+    inner_q, inner_v = built["inner"]
+    return Plan(rule.combine, [source, (inner_q, inner_v, w.name)], {"lowering": rule}, operand="lowered", out=out)
 
 
 def _conv_plan(w) -> Optional[Plan]:

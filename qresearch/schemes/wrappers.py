@@ -27,6 +27,7 @@ from qresearch import kernels as K
 from qresearch.schemes.attrs import get_attr, has_attrs, set_attr  # noqa: F401  (re-exported)
 from qresearch.schemes.emulation import IntegerEmulation
 from qresearch.schemes.layers import layer_spec
+from qresearch.schemes.lowered_activations import lowered
 from qresearch.quantizers.registry import register as register_quantizer
 
 # tfmot's public API exports neither QuantizeLayer nor smart_cond; both live at these paths in 0.8.
@@ -90,7 +91,8 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     Args:
       weights: ``{attribute name: Quantizer}``.
       activations: ``{attribute name: {"pre": Quantizer|None, "post": Quantizer|None}}``: quantizers on
-        the input and output of the activation function held in that attribute.
+        the input and output of the activation function held in that attribute, and ``"inner"`` where the
+        runtime runs that function as several ops (``lowered_activations.py``: swish's sigmoid grid).
       output: the output quantizer, or None.
       info: plain-data notes for reports (kind, folded BN, bit widths).
     """
@@ -122,8 +124,7 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     def get_config(self):
         return {
             "weights": {k: _ser(q) for k, q in self.weights.items()},
-            "activations": {k: {"pre": _ser(v.get("pre")), "post": _ser(v.get("post"))}
-                            for k, v in self.activations.items()},
+            "activations": {k: {where: _ser(q) for where, q in v.items()} for k, v in self.activations.items()},
             "output": _ser(self.output),
             "info": self.info,
         }
@@ -132,7 +133,7 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
     def from_config(cls, config):
         return cls(
             weights={k: _de(c) for k, c in config.get("weights", {}).items()},
-            activations={k: {"pre": _de(v.get("pre")), "post": _de(v.get("post"))}
+            activations={k: {where: _de(c) for where, c in v.items()}
                          for k, v in config.get("activations", {}).items()},
             output=_de(config.get("output")),
             info=config.get("info"),
@@ -177,7 +178,7 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         self._activation_vars = {}
         for attr, qs in cfg.activations.items():
             built = {}
-            for where in ("pre", "post"):
+            for where in ("pre", "inner", "post"):
                 q = qs.get(where)
                 if q is not None:
                     built[where] = (q, q.build(None, f"{attr}_{where}", self))
@@ -262,6 +263,10 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         return call(inputs, **kwargs)
 
     def _quantized_activation(self, fn, built, training):
+        if "inner" in built:
+            q, v = built["inner"]
+            fn = lowered(fn, lambda t: self._q(q, t, training, v))
+
         def activation(x, *args, **kwargs):
             if "pre" in built:
                 q, v = built["pre"]

@@ -1,8 +1,8 @@
 """The simulation's integer-kernel emulation against the TFLite interpreter: bit-exact outputs.
 
 MobileNet-like (conv + folded BN + ReLU6, depthwise, residual ADD, MEAN, fully connected), an
-average-pooling CNN and a gated CNN (sigmoid LUT, MUL, SUB), quantized with LSQ at its paper init (coarse 8-bit steps, where a float simulation
-drifts from the deployed model) and with PACT; every op of these models is emulated, so the
+average-pooling CNN, a gated CNN (sigmoid LUT, MUL, SUB) and a swish CNN (LOGISTIC, MUL), quantized with LSQ at
+its paper init (coarse 8-bit steps, where a float simulation drifts from the deployed model) and with PACT; every op of these models is emulated, so the
 simulated int8 outputs equal the deployed ones exactly.
 """
 import numpy as np
@@ -44,6 +44,16 @@ def gated_cnn():
     h = L.Subtract()([L.Multiply()([a, b]), c])
     h = L.Flatten()(h)
     return keras.Model(inp, L.Dense(10)(h))
+
+
+def swish_cnn():
+    """Swish as a layer and as a conv's activation: TFLite runs each as LOGISTIC (sigmoid's fixed grid), then MUL."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same")(inp)
+    h = L.Activation("swish")(h)
+    h = L.Conv2D(8, 3, padding="same", activation="swish")(h)
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
 
 
 def keepdims_pool_cnn():
@@ -88,8 +98,9 @@ def qat(data, builder, scheme):
 
 @pytest.mark.parametrize("builder, scheme", [(mobilenet_qat, "lsq"), (mobilenet_qat, "pact"),
                                              (avgpool_cnn, "lsq"), (gated_cnn, "pact"),
-                                             (keepdims_pool_cnn, "lsq")],
-                         ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact", "keepdims-lsq"])
+                                             (keepdims_pool_cnn, "lsq"), (swish_cnn, "pact")],
+                         ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact", "keepdims-lsq",
+                              "swish-pact"])
 def test_simulated_outputs_equal_deployed_bit_for_bit(float_models, data, builder, scheme):
     if builder is mobilenet_qat:
         q = mobilenet_qat(float_models, data, scheme)
