@@ -18,6 +18,7 @@ import numpy as np
 
 from qresearch.errors import ConfigError
 from qresearch.hardware.bias_widening import widen_conv_biases
+from qresearch.hardware.fixed_output_params import pin_fixed_outputs
 from qresearch.hardware.errors import NoRuntimeError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
@@ -68,7 +69,8 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8 op set with int16 I/O and no
     representative dataset (with one, TF 2.21 runs its post-training calibrator over the already
     quantized graph and fails: "Quantization to 16x8-bit not yet supported for op: 'DEQUANTIZE'"); its int32 conv
-    biases are then stored as the int64 the 16x8 kernels read (``bias_widening.py``).
+    biases are then stored as the int64 the 16x8 kernels read (``bias_widening.py``), and its LOGISTIC outputs
+    with the parameters its kernel computes in (``fixed_output_params.py``).
     ``representative_data`` is only for models whose FakeQuant ranges do not cover every tensor.
     """
     from qresearch._compat import tf
@@ -86,6 +88,8 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     flatbuffer = converter.convert()
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
         flatbuffer, _ = widen_conv_biases(flatbuffer)
+    if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
+        flatbuffer, _ = pin_fixed_outputs(flatbuffer, target.fixed_output_params, facts.activation_dtype)
     return flatbuffer
 
 

@@ -28,6 +28,9 @@ class Runtime:
     symmetric_activations: bool = False
     #: the dtype conv biases must be stored in (the 16x8 spec: int64), None: not checked
     conv_bias_dtype: Optional[str] = None
+    #: the converter may store a fixed-output op's output with other parameters than its kernel computes in
+    #: (TF 2.21, int16 LOGISTIC): ``deploy.convert`` writes the target's (fixed_output_params.py)
+    pins_fixed_outputs: bool = False
 
 
 RUNTIMES: Registry[Runtime] = Registry(
@@ -41,7 +44,7 @@ RUNTIMES.register("tflite_int16x8", Runtime(
     "tflite_int16x8", deploys=True, integer_only=True, activation_dtype="int16",
     tensor_dtypes=("int16", "int8", "int32", "int64"),
     converter_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", symmetric_activations=True,
-    conv_bias_dtype="int64"))
+    conv_bias_dtype="int64", pins_fixed_outputs=True))
 
 # TFLite ops whose output (scale, zero_point) the runtime fixes, and the Keras activation name of each
 # (the keys of a target's and a scheme's fixed_output_ranges).
