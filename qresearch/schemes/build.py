@@ -233,6 +233,9 @@ def _copy_weights(inner, p: LayerPlan) -> None:
     else:
         if targets:
             inner.set_weights(src.get_weights())
+    # Normalization's mean and variance are constants computed from its adapted weights in finalize_state (as
+    # Keras' loading calls it); without it the copy keeps the 0 and 1 it was built with
+    inner.finalize_state()
 
 
 def set_kernels(qmodel, kernels: Optional[str]) -> None:

@@ -193,6 +193,7 @@ def _copy_weights(src, dst, where: str) -> None:
                           "fold_for_deployment needs the float model the QAT model was quantized from")
     for key, var in theirs.items():
         var.assign(mine[key])
+    dst.finalize_state()   # constants computed from weights (Normalization's mean and variance)
 
 
 def _copy_all(src, dst, where: str) -> None:
@@ -201,6 +202,7 @@ def _copy_all(src, dst, where: str) -> None:
         raise ConfigError(f"{where}: its weights do not match the trained model's; fold_for_deployment needs the "
                           "float model the QAT model was quantized from")
     dst.set_weights(values)
+    dst.finalize_state()
 
 
 def _carry_roles(layer, given_for, where: str) -> None:

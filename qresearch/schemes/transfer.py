@@ -49,6 +49,7 @@ def copy_layer_weights(source, target) -> List[str]:
                               "model; both must be built from the same model and scheme")
         for key, var in dst.items():
             var.assign(src[key])
+        layer.finalize_state()   # constants computed from weights (Normalization's mean and variance)
         if dst:
             copied.append(layer.name)
     return copied

@@ -163,6 +163,11 @@ class QuantizeWrapper(IntegerEmulation, _QW):
             object.__setattr__(self, "_input_shapes", [tuple(t.shape[1:]) for t in inputs])
         return super().__call__(inputs, *args, **kwargs)
 
+    def finalize_state(self):
+        # Keras calls this on the model's layers after loading weights; a preprocessing layer (Normalization)
+        # recomputes its constants from its adapted weights here, and Keras does not reach a wrapped one
+        self.layer.finalize_state()
+
     def build(self, input_shape):
         self._trainable_weights.extend(self.layer.trainable_weights)  # QuantizeWrapperV2's weight order
         keras.layers.Wrapper.build(self, input_shape)
