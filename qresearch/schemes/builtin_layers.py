@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
-from qresearch.schemes.layer_calls import dense_nd
+from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd
 from qresearch.schemes.layers import (FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name, fused_relu, op_name,
                                       register_layer)
 
@@ -96,9 +96,10 @@ register_layer(L.Activation, kind=_activation_layer_kind,
                integer_op=lambda layer: "SOFTMAX" if activation_name(layer.activation) == "softmax" else None)
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
-for _cls in (L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.Rescaling, L.Normalization,
-             L.UnitNormalization):
+for _cls in (L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.UnitNormalization):
     register_layer(_cls, kind="output")
+register_layer(L.Rescaling, kind="output", split=RESCALING)
+register_layer(L.Normalization, kind="output", split=NORMALIZATION)
 for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),
                   (L.GlobalAveragePooling3D, None)):
     register_layer(_cls, kind="output", keeps_sign=True, integer_op=_op)

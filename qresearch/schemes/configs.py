@@ -98,6 +98,10 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             inner = _inner_quantizer(layer.activation, a, scheme)  # the layer's call is its activation
             if inner is not None:
                 acts["activation"] = {"pre": None, "post": None, "inner": inner}
+    inner = None
+    if p.output and p.spec.split is not None and p.spec.split.applies(layer):
+        # the tensor between the two ops the converter makes of the layer (Rescaling with an offset: MUL, ADD)
+        inner = quantizer(act_spec(a, nonneg=False), "activations", f"layer {layer.name!r} inner tensor")
     output = None
     if p.output:
         bits = a.get("bits", 8)
@@ -116,4 +120,4 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
         info["output_shared_with"] = p.concat_shared
     if p.overrides:
         info["overrides"] = list(p.overrides)
-    return LayerQuantizeConfig(weights=weights, activations=acts, output=output, info=info)
+    return LayerQuantizeConfig(weights=weights, activations=acts, output=output, info=info, inner=inner)

@@ -57,6 +57,10 @@ class Report(dict):
                 extra.append("unfoldable BN as a per-channel affine (int8 DEPTHWISE_CONV_2D 1x1)")
             if row.get("output_shared_with"):
                 extra.append(f"output range shared with {row['output_shared_with']}")
+            extra += [f"{k} as the runtime's two ops, the tensor between on {_fmt(v['inner'])}"
+                      for k, v in row["activations"].items() if v.get("inner")]
+            if row.get("inner"):
+                extra.append(f"two ops, the tensor between on {_fmt(row['inner'])}")
             lines.append(f"{row['name']:32} {row['class']:22} {w:34} {a:12} {_fmt(row['output']):18} "
                          + "; ".join(extra))
         if self["float_layers"]:
@@ -93,6 +97,8 @@ def describe(qat_model, print_report: bool = False, data=None) -> Report:
             for key in ("folded_bn", "bn_batch_stats", "bn_affine", "output_shared_with", "overrides"):
                 if key in cfg.info:
                     row[key] = cfg.info[key]
+            if cfg.inner is not None:
+                row["inner"] = _qinfo(cfg.inner)
             rows.append(row)
             by_var = {}
             for attr, q in cfg.weights.items():

@@ -8,10 +8,21 @@ integer-only (measured on the digits CNN with a Dense on rank 3 and rank 4 input
 what tensordot computes, in the same float operations (the input reshaped to ``[-1, in]``, one MatMul with the
 kernel as it is, the result reshaped back), and the converter gives RESHAPE, an int8 FULLY_CONNECTED and RESHAPE,
 bit for bit with the integer emulation.
+
+A preprocessing layer at a model's input computes an affine map in two elementwise ops (Rescaling with an offset:
+``x·scale`` then ``+ offset``; Normalization: ``x - mean`` then ``/ std``). With one quantizer after the layer, the
+converter has no range for the tensor between the ops and runs both in float, between a DEQUANTIZE and a QUANTIZE
+(measured: keras.applications' MobileNetV3 with its default ``include_preprocessing`` was not integer-only).
+``RESCALING`` and ``NORMALIZATION`` are their ``LayerSpec.split``: the same float operations, with that tensor through a quantizer, which the
+converter turns into an int8 MUL and ADD (or SUB and MUL) with quantized constants.
 """
 from __future__ import annotations
 
-from qresearch._compat import tf
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
+
+from qresearch._compat import keras, tf
 
 
 def dense_nd(layer, inputs, **kwargs):
@@ -29,3 +40,32 @@ def dense_nd(layer, inputs, **kwargs):
     else:
         y = tf.reshape(y, tf.concat([tf.shape(x)[:-1], [layer.units]], axis=0))
     return layer.activation(y) if layer.activation is not None else y
+
+
+class Split(NamedTuple):
+    """A layer call the converter makes two ops of: whether it does for this layer (``applies``: neither op is the
+    identity, decided once on the float layer), and the call with the tensor between them through a quantizer."""
+    applies: Callable[[Any], bool]
+    run: Callable[[Any, Any, Callable], Any]   # (layer, inputs, quantize_inner) -> outputs
+
+
+def _rescaling(layer, inputs, quantize_inner):
+    dtype = layer.compute_dtype
+    x = tf.cast(inputs, dtype)
+    return quantize_inner(x * tf.cast(layer.scale, dtype)) + tf.cast(layer.offset, dtype)
+
+
+def _normalization(layer, inputs, quantize_inner):
+    x = tf.cast(layer._standardize_inputs(inputs), layer.compute_dtype)
+    std = tf.maximum(tf.sqrt(layer.variance), keras.backend.epsilon())
+    if layer.invert:
+        return layer.mean + quantize_inner(x * std)
+    return quantize_inner(x - layer.mean) / std
+
+
+#: ``Rescaling.call`` as MUL then ADD
+RESCALING = Split(lambda layer: not (np.all(np.asarray(layer.scale) == 1) or np.all(np.asarray(layer.offset) == 0)),
+                  _rescaling)
+#: ``Normalization.call`` as SUB then DIV (``invert``: MUL then ADD)
+NORMALIZATION = Split(lambda layer: not (np.all(np.asarray(layer.mean) == 0) or np.all(np.asarray(layer.variance) == 1)),
+                      _normalization)

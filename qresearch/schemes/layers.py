@@ -72,6 +72,11 @@ class LayerSpec:
     #: where that call hides a quantized weight from the TFLite converter (``layer_calls.py``); None returned, or
     #: no function: the layer's own call.
     call: Optional[Callable] = None
+    #: a ``layer_calls.Split``: the layer's call as the two ops the TFLite converter makes of it (Rescaling with an
+    #: offset: MUL, ADD), with the tensor between them through a quantizer. Where it applies to a layer whose output
+    #: is quantized, that tensor gets the scheme's activation quantizer, so the converter can give both ops integer
+    #: kernels.
+    split: Optional[Any] = None
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -90,7 +95,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
                    same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
                    keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT,
-                   call: Optional[Callable] = _INHERIT) -> LayerSpec:
+                   call: Optional[Callable] = _INHERIT, split: Optional[Any] = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -113,7 +118,9 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       call: ``(layer, inputs, **kwargs) -> outputs`` run by the wrapper instead of the layer's ``call`` (None
         returned: the layer's own call), for a call that hides a quantized weight from the TFLite converter
         (``layer_calls.py``).
-    The last six default to the nearest registered base class's values (else empty/None/False).
+      split: a ``layer_calls.Split``: the layer's call as the two ops the converter makes of it, with the tensor
+        between them quantized where the layer's output is.
+    The last seven default to the nearest registered base class's values (else empty/None/False).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
         raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
@@ -132,7 +139,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
     base = next((_LAYERS[c] for c in layer_class.__mro__[1:] if c in _LAYERS), LayerSpec())
     facts = {"channel_axes": channel_axes, "target_kind": target_kind, "fold": fold, "keeps_sign": keeps_sign,
-             "integer_op": integer_op, "call": call}
+             "integer_op": integer_op, "call": call, "split": split}
     facts = {k: getattr(base, k) if v is _INHERIT else v for k, v in facts.items()}
     if facts["target_kind"] not in TARGET_KINDS + (None,):
         raise ConfigError(f"register_layer: target_kind must be one of {TARGET_KINDS} or None, "

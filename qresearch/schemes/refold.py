@@ -157,8 +157,8 @@ def _affine_layer(bn, dst) -> float:
 
 
 def quantizer_roles(layer) -> Dict[str, Mapping[str, Any]]:
-    """A qresearch layer's quantizer variables by role: ``weights:<attr>``, ``activation:<attr>:<pre|post>``,
-    ``output``, ``input`` (a ``QuantizeInput``)."""
+    """A qresearch layer's quantizer variables by role: ``weights:<attr>``, ``activation:<attr>:<pre|inner|post>``,
+    ``output``, ``inner`` (``LayerSpec.split``), ``input`` (a ``QuantizeInput``)."""
     if isinstance(layer, QuantizeInput):
         return {"input": layer.quantizer_vars}
     roles: Dict[str, Mapping[str, Any]] = {}
@@ -171,6 +171,8 @@ def quantizer_roles(layer) -> Dict[str, Mapping[str, Any]]:
             roles[f"activation:{attr}:{where}"] = qvars
     if layer._output_quantizers:
         roles["output"] = layer._output_quantizer_vars
+    if layer.quantize_config.inner is not None:
+        roles["inner"] = layer._inner_quantizer_vars
     return roles
 
 

@@ -95,14 +95,17 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
         runtime runs that function as several ops (``lowered_activations.py``: swish's sigmoid grid).
       output: the output quantizer, or None.
       info: plain-data notes for reports (kind, folded BN, bit widths).
+      inner: the quantizer of the tensor between the two ops the converter makes of the layer's call
+        (``LayerSpec.split``: Rescaling with an offset), or None.
     """
 
     def __init__(self, weights: Optional[Dict[str, Any]] = None, activations: Optional[Dict[str, Any]] = None,
-                 output=None, info: Optional[Dict[str, Any]] = None):
+                 output=None, info: Optional[Dict[str, Any]] = None, inner=None):
         self.weights = dict(weights or {})
         self.activations = {k: dict(v) for k, v in (activations or {}).items()}
         self.output = output
         self.info = dict(info or {})
+        self.inner = inner
 
     # tfmot API
     def get_weights_and_quantizers(self, layer):
@@ -127,6 +130,7 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
             "activations": {k: {where: _ser(q) for where, q in v.items()} for k, v in self.activations.items()},
             "output": _ser(self.output),
             "info": self.info,
+            **({"inner": _ser(self.inner)} if self.inner is not None else {}),
         }
 
     @classmethod
@@ -137,6 +141,7 @@ class LayerQuantizeConfig(tfmot.quantization.keras.QuantizeConfig):
                          for k, v in config.get("activations", {}).items()},
             output=_de(config.get("output")),
             info=config.get("info"),
+            inner=_de(config.get("inner")),
         )
 
     def __eq__(self, other):
@@ -192,6 +197,8 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         self._output_quantizers = cfg.get_output_quantizers(self.layer)
         if self._output_quantizers:
             self._output_quantizer_vars = self._output_quantizers[0].build(None, "output", self)
+        if cfg.inner is not None:
+            self._inner_quantizer_vars = cfg.inner.build(None, "inner", self)
         self.built = True
 
     @staticmethod
@@ -233,7 +240,12 @@ class QuantizeWrapper(IntegerEmulation, _QW):
             originals[attr] = fn
             setattr(self.layer, attr, self._quantized_activation(fn, built, training))
         try:
-            outputs = self._call_layer(inputs, layer_training, kwargs)
+            if self.quantize_config.inner is not None:   # the converter's two ops, the tensor between quantized
+                inner, inner_vars = self.quantize_config.inner, self._inner_quantizer_vars
+                outputs = layer_spec(self.layer).split.run(self.layer, inputs,
+                                                           lambda t: self._q(inner, t, training, inner_vars))
+            else:
+                outputs = self._call_layer(inputs, layer_training, kwargs)
         finally:
             # Put the variables and functions back: the wrapped layer stays a normal layer between calls
             # (its weights list, get_weights and get_config unchanged).

@@ -164,3 +164,27 @@ def test_a_float_output_layer_is_compared_as_floats(data):
     assert r["output_quantization"][0] == 0  # a float output
     assert r["argmax_agreement"] > 0.99 and r["max_abs_diff_lsb"] < 0.05  # logits differ by float rounding
     assert abs(r["deployed_accuracy"] - r["simulated_accuracy"]) < 0.01 and r["deployed_accuracy"] > 0.8
+
+
+@pytest.mark.parametrize("offset", [-1.0, 0.0])
+def test_preprocessing_layers_on_raw_pixels_deploy_integer_only(data, offset):
+    """Rescaling with an offset (MobileNetV3's, EfficientNetV2's) and an adapted Normalization (EfficientNet's,
+    ConvNeXt's) on raw pixels: the converter makes two elementwise ops of each; with the tensor between them
+    quantized (LayerSpec.split) both are int8 (before: float MUL/ADD/SUB between a DEQUANTIZE and a QUANTIZE)."""
+    xtr, ytr, xte, yte = (v * 255.0 if i in (0, 2) else v for i, v in enumerate(data))
+    L = keras.layers
+    norm = L.Normalization()
+    norm.adapt(xtr[:256] / 127.5 + offset)
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    h = norm(L.Rescaling(1 / 127.5, offset=offset)(inp))
+    h = L.Conv2D(8, 3, padding="same", activation="relu")(h)
+    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), xtr, ytr, epochs=3)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    expected = {"MUL": 2, "SUB": 1, "ADD": 1 if offset else 0}
+    assert {op: r["ops"].get(op, 0) for op in ("MUL", "SUB", "ADD")} == expected, r["ops"]
+    # the constant operands' MUL/ADD/SUB are not emulated: the float simulation within an LSB of them
+    assert r["argmax_agreement"] >= 0.99 and r["max_abs_diff_lsb"] <= 1.01, r
+    assert abs(r["deployed_accuracy"] - r["simulated_accuracy"]) <= 0.01 and r["deployed_accuracy"] > 0.8, r

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import qresearch
-from qresearch import keras
+from qresearch import keras, tf
 from qresearch.schemes.transfer import copy_layer_weights
 
 X = np.random.default_rng(0).uniform(0, 255, size=(128, 6)).astype(np.float32) * np.arange(1, 7, dtype=np.float32)
@@ -53,3 +53,43 @@ def test_the_statistics_survive_save_load_and_progressive_copy(models, tmp_path)
     _wrapped_norm(lower).adapt(X[:8] * 3)   # other statistics, as a model trained elsewhere would hold
     copy_layer_weights(q, lower)
     np.testing.assert_array_equal(_wrapped_norm(lower).mean.numpy(), m.get_layer("norm").mean.numpy())
+
+
+# ---------------------------------------------------------------- two-op preprocessing (LayerSpec.split)
+def _preprocessed(pre):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    h = keras.layers.Dense(8, activation="relu")(pre(inp))
+    return keras.Model(inp, keras.layers.Dense(3)(h))
+
+
+def _wrapper(qat, name):
+    return next(l for l in qat.layers if getattr(getattr(l, "layer", None), "name", None) == name)
+
+
+def test_a_rescaling_with_an_offset_quantizes_the_tensor_between_its_mul_and_add():
+    q = qresearch.quantize(_preprocessed(keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="pre")), "tflite_int8",
+                           calibration_data=X)
+    w = _wrapper(q, "pre")
+    assert w.quantize_config.inner is not None
+    probe = keras.Model(q.inputs, [w.input, w.output])
+    x, y = (t.numpy() for t in probe(X, training=False))
+    inner = w.quantize_config.inner(tf.constant(x * np.float32(1 / 127.5)), False, weights=w._inner_quantizer_vars)
+    expected = w._output_quantizers[0](inner - 1.0, False, weights=w._output_quantizer_vars).numpy()
+    np.testing.assert_array_equal(y, expected)
+    # the inner grid was calibrated on x·scale: min-max over the calibration data, which holds 0
+    lo, hi = (float(w._inner_quantizer_vars[k].numpy()) for k in ("min", "max"))
+    assert lo == 0.0 and hi == pytest.approx(x.max() / 127.5, rel=1e-5), (lo, hi)
+
+
+@pytest.mark.parametrize("pre, split", [(lambda: keras.layers.Rescaling(1 / 255, name="pre"), False),
+                                        (lambda: keras.layers.Rescaling(1.0, offset=-0.5, name="pre"), False),
+                                        (lambda: keras.layers.Normalization(mean=3.0, variance=4.0, name="pre"), True),
+                                        (lambda: keras.layers.Normalization(mean=0.0, variance=4.0, name="pre"), False)],
+                         ids=["scale-only", "offset-only", "normalization", "mean-0"])
+def test_only_a_two_op_layer_gets_an_inner_quantizer_and_only_where_its_output_is_quantized(pre, split):
+    m = _preprocessed(lambda x: pre()(x))
+    q = qresearch.quantize(m, "tflite_int8", calibration_data=X)
+    assert (_wrapper(q, "pre").quantize_config.inner is not None) == split
+    r = qresearch.quantize(m, "lsq", calibration_data=X)   # conv/dense inputs only: no quantized output there
+    assert all(getattr(getattr(l, "quantize_config", None), "inner", None) is None for l in r.layers)
