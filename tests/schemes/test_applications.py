@@ -15,6 +15,8 @@ BUILDERS = {
     "EfficientNetB0": lambda: A.EfficientNetB0(input_shape=(32, 32, 3), weights=None, classes=4),
     "ResNet50": lambda: A.ResNet50(input_shape=(32, 32, 3), weights=None, classes=4),
     "DenseNet121": lambda: A.DenseNet121(input_shape=(32, 32, 3), weights=None, classes=4),
+    # LayerScale (registered in builtin_layers), LayerNormalization, GELU, Dense on rank-4 inputs, preprocessing
+    "ConvNeXtTiny": lambda: A.ConvNeXtTiny(input_shape=(32, 32, 3), weights=None, classes=4),
 }
 
 
