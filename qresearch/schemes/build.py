@@ -16,6 +16,7 @@ from qresearch.schemes import annotate as A
 from qresearch.schemes.batch_stats_fold import BatchStatsFold, batch_norm_config
 from qresearch.schemes.configs import act_spec, layer_config, model_input_spec, quantizer
 from qresearch.schemes.folding import affine_weights, fold_weights
+from qresearch.schemes.layers import layer_spec
 from qresearch.schemes.io import QATModel
 from qresearch.schemes.plan import LayerPlan, ModelPlan
 from qresearch.schemes.spec import trains_model_input
@@ -98,6 +99,7 @@ def build(plan: ModelPlan):
         new_inputs.append(x)
         tensors[ref] = x
     producers = plan.producers
+    consumers = graph.consumers()
     quantized_refs = set()
 
     def is_quantized(ref):
@@ -177,8 +179,9 @@ def build(plan: ModelPlan):
             kwargs = dict(zip(names, args[1:]), **kwargs)
             args = args[:1]
         out = layer(*args, **kwargs)
-        if (p.spec is not None and p.spec.same_grid and scheme.quantize_ops == "all" and p.acts_spec is not None
-                and tf.is_tensor(out) and all(is_quantized(r) for r in node.in_refs)):
+        if (p.spec is not None and scheme.quantize_ops == "all" and p.acts_spec is not None and tf.is_tensor(out)
+                and all(is_quantized(r) for r in node.in_refs)
+                and (p.spec.same_grid or (p.kind == "passthrough" and _feeds_same_grid_among_others(node, consumers)))):
             out = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))(out)
         if id(p.layer) in after_ops and tf.is_tensor(out):
             qname = unique(_safe(f"quantize_{p.layer.name}"))
@@ -207,6 +210,17 @@ def build(plan: ModelPlan):
         if layer is not inner:
             start_latent_weights(layer, shared=inner is p.layer)
     return qmodel
+
+
+def _feeds_same_grid_among_others(node, consumers) -> bool:
+    """A grid-keeping op (max pooling, padding) whose output feeds a re-quantized one (average pooling) and other
+    layers. Without its own FakeQuant the TFLite converter meets the average pool's range coming back through it
+    and runs the other consumers in float, after a DEQUANTIZE (measured: InceptionV3's max pool feeding its
+    branches' convs and an average pool, TF 2.21). Its output lies on its input's grid, so a ``QuantizeLike``
+    after it changes no value and gives the converter a range there."""
+    readers = [c for r in node.out_refs for c in consumers.get(r, [])]
+    return len(readers) > 1 and any(
+        getattr(layer_spec(c.layer), "same_grid", False) for c in readers)
 
 
 def _copy_weights(inner, p: LayerPlan) -> None:
