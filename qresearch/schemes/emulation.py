@@ -211,7 +211,11 @@ def _plan(w) -> Optional[Plan]:
         consumer = sole_consumer(w)
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
                 and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
-            fused_consumer = (consumer._output_source(), fused_relu(consumer.layer))
+            fused_consumer = (consumer._output_source(), fused_relu(consumer.layer), True)
+        elif consumer is not None and fused_relu(consumer) is not None and _concat_with_grid(sole_consumer(consumer)):
+            # a plain ReLU layer (its range is the concatenation's) between this layer and a Concatenate: the
+            # converter fuses it here and computes onto the concatenation's grid; the ReLU then leaves those values
+            fused_consumer = (sole_consumer(consumer)._output_source(), fused_relu(consumer), False)
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
@@ -229,7 +233,8 @@ def _plan(w) -> Optional[Plan]:
         if set(acts) in ({"pre"}, {"pre", "inner"}):
             return dataclasses.replace(base, out=acts["pre"], fused="linear")
         if fused_consumer is not None and fused == "linear":
-            return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
+            return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1],
+                                       consumer_fused=fused_consumer[2])
         return None
     if w._activation_vars:
         return _lowered_plan(w, out)
@@ -242,7 +247,8 @@ def _plan(w) -> Optional[Plan]:
     if out:
         return dataclasses.replace(base, out=out)
     if fused_consumer is not None and fuses:
-        return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1], consumer_fused=True)
+        return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1],
+                                   consumer_fused=fused_consumer[2])
     return None
 
 
@@ -255,6 +261,11 @@ def _lowered_plan(w, out) -> Optional[Plan]:
         return None
     inner_q, inner_v = built["inner"]
     return Plan(rule.combine, [source, (inner_q, inner_v, w.name)], {"lowering": rule}, operand="lowered", out=out)
+
+
+def _concat_with_grid(layer) -> bool:
+    return isinstance(layer, IntegerEmulation) and bool(layer._output_quantizers) \
+        and layer.quantize_config.info.get("kind") == "concat"
 
 
 def _conv_plan(w) -> Optional[Plan]:
