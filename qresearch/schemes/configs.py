@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from qresearch._compat import keras
 from qresearch.errors import ConfigError
 from qresearch.quantizers import create
 from qresearch.quantizers.registry import get as get_quantizer, parameters
-from qresearch._compat import keras
 from qresearch.schemes import layers as L
 from qresearch.schemes.lowered_activations import lowering
 from qresearch.schemes.plan import LayerPlan

@@ -13,8 +13,8 @@ A preprocessing layer at a model's input computes an affine map in two elementwi
 ``x·scale`` then ``+ offset``; Normalization: ``x - mean`` then ``/ std``). With one quantizer after the layer, the
 converter has no range for the tensor between the ops and runs both in float, between a DEQUANTIZE and a QUANTIZE
 (measured: keras.applications' MobileNetV3 with its default ``include_preprocessing`` was not integer-only).
-``RESCALING`` and ``NORMALIZATION`` are their ``LayerSpec.split``: the same float operations, with that tensor through a quantizer, which the
-converter turns into an int8 MUL and ADD (or SUB and MUL) with quantized constants.
+``RESCALING`` and ``NORMALIZATION`` are their ``LayerSpec.split``: the same float operations, with that tensor
+through a quantizer, which the converter turns into an int8 MUL and ADD (or SUB and MUL) with quantized constants.
 """
 from __future__ import annotations
 
@@ -63,9 +63,11 @@ def _normalization(layer, inputs, quantize_inner):
     return quantize_inner(x - layer.mean) / std
 
 
+def _neither_is(a, identity_a, b, identity_b) -> bool:
+    return not (np.all(np.asarray(a) == identity_a) or np.all(np.asarray(b) == identity_b))
+
+
 #: ``Rescaling.call`` as MUL then ADD
-RESCALING = Split(lambda layer: not (np.all(np.asarray(layer.scale) == 1) or np.all(np.asarray(layer.offset) == 0)),
-                  _rescaling)
+RESCALING = Split(lambda layer: _neither_is(layer.scale, 1, layer.offset, 0), _rescaling)
 #: ``Normalization.call`` as SUB then DIV (``invert``: MUL then ADD)
-NORMALIZATION = Split(lambda layer: not (np.all(np.asarray(layer.mean) == 0) or np.all(np.asarray(layer.variance) == 1)),
-                      _normalization)
+NORMALIZATION = Split(lambda layer: _neither_is(layer.mean, 0, layer.variance, 1), _normalization)

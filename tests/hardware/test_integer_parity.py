@@ -2,8 +2,8 @@
 
 MobileNet-like (conv + folded BN + ReLU6, depthwise, residual ADD, MEAN, fully connected), an
 average-pooling CNN, a gated CNN (sigmoid LUT, MUL, SUB) and a swish CNN (LOGISTIC, MUL), quantized with LSQ at
-its paper init (coarse 8-bit steps, where a float simulation drifts from the deployed model) and with PACT; every op of these models is emulated, so the
-simulated int8 outputs equal the deployed ones exactly.
+its paper init (coarse 8-bit steps, where a float simulation drifts from the deployed model) and with PACT;
+every op of these models is emulated, so the simulated int8 outputs equal the deployed ones exactly.
 """
 import numpy as np
 import pytest

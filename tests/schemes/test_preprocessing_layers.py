@@ -82,11 +82,12 @@ def test_a_rescaling_with_an_offset_quantizes_the_tensor_between_its_mul_and_add
     assert lo == 0.0 and hi == pytest.approx(x.max() / 127.5, rel=1e-5), (lo, hi)
 
 
-@pytest.mark.parametrize("pre, split", [(lambda: keras.layers.Rescaling(1 / 255, name="pre"), False),
-                                        (lambda: keras.layers.Rescaling(1.0, offset=-0.5, name="pre"), False),
-                                        (lambda: keras.layers.Normalization(mean=3.0, variance=4.0, name="pre"), True),
-                                        (lambda: keras.layers.Normalization(mean=0.0, variance=4.0, name="pre"), False)],
-                         ids=["scale-only", "offset-only", "normalization", "mean-0"])
+@pytest.mark.parametrize("pre, split", [
+    (lambda: keras.layers.Rescaling(1 / 255, name="pre"), False),
+    (lambda: keras.layers.Rescaling(1.0, offset=-0.5, name="pre"), False),
+    (lambda: keras.layers.Normalization(mean=3.0, variance=4.0, name="pre"), True),
+    (lambda: keras.layers.Normalization(mean=0.0, variance=4.0, name="pre"), False)],
+    ids=["scale-only", "offset-only", "normalization", "mean-0"])
 def test_only_a_two_op_layer_gets_an_inner_quantizer_and_only_where_its_output_is_quantized(pre, split):
     m = _preprocessed(lambda x: pre()(x))
     q = qresearch.quantize(m, "tflite_int8", calibration_data=X)
