@@ -3,7 +3,9 @@
 Checks (tflite-int8-spec.md §1, §3, §5, §10.3):
 - every op's tensors are integer: int8/int32 (int8 runtime) or int16/int8/int32/int64 (16x8);
 - no QUANTIZE/DEQUANTIZE except at the model's edges (an int->int QUANTIZE inside is a
-  requantization the simulation did not model, e.g. a Concatenate whose inputs' ranges differ);
+  requantization the simulation did not model), apart from a QUANTIZE read only by CONCATENATIONs: the
+  converter's requantization of an input on another grid, which the simulation rounds at the concatenation's
+  range (and the integer emulation computes as LiteRT does, ``kernels.tflite_ops.concatenation``);
 - weights of CONV_2D/DEPTHWISE_CONV_2D/FULLY_CONNECTED/TRANSPOSE_CONV: zero point 0, narrow range
   when the target asks, granularity the target allows for that layer kind;
 - bias scale = input scale x weight scale;
@@ -57,6 +59,10 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
     issues: List[str] = []
     float_ops = 0
     hist = Counter(op["op_name"] for op in ops)
+    readers: Dict[int, List[str]] = {}   # tensor -> the ops reading it
+    for op in ops:
+        for i in op["inputs"]:
+            readers.setdefault(i, []).append(op["op_name"])
 
     def name(i):
         return tensors[i]["name"] if i in tensors else f"#{i}"
@@ -72,7 +78,7 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
             float_ops += 1
             issues.append(f"{where}: non-integer tensors ({', '.join(bad)}); allowed "
                           f"{sorted(d.name for d in allowed)}")
-        if kind == "QUANTIZE" and not all(i in graph_inputs for i in ins):
+        if kind == "QUANTIZE" and not all(i in graph_inputs for i in ins) and not _into_concatenation(outs, readers):
             issues.append(f"{where}: QUANTIZE inside the graph (requantization from {name(ins[0])!r}): "
                           "neighbouring quantizers disagree on (scale, zero_point), the simulation did not "
                           "model this extra rounding")
@@ -169,3 +175,8 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
 
 def _one_channel(values, qdim) -> bool:
     return values.ndim == 0 or values.shape[qdim] == 1
+
+
+def _into_concatenation(outs, readers) -> bool:
+    """Every output of a QUANTIZE read only by CONCATENATION ops."""
+    return bool(outs) and all(readers.get(o) and set(readers[o]) == {"CONCATENATION"} for o in outs)

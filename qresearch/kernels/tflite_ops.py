@@ -272,6 +272,30 @@ def _multiply_tail(apply, given, x1, x2, scale1, scale2, zero_point, lo, hi, *pa
     return clamped_offsets(q, zero_point, lo, hi)
 
 
+def concatenation(kernels, operands, in_grids: List[Grid], out_grid: Grid, axis: int, offsets):
+    """CONCATENATION onto one grid. TFLite's int8 kernel needs every input on the output's (S, Z): the converter
+    puts a QUANTIZE before an input on another grid (DenseNet's concatenation of a concatenation), which LiteRT
+    runs as ``clamp(MBQM(q - Z_in, S_in/S_out) + Z_out)``, the multiplier from the scales in double (quantize.cc),
+    rounded as the kernel set's conv outputs are (builtin: SRDHM, then a right shift rounding ties up; measured
+    against LiteRT on both signs: with two roundings a value with a fraction in [0.25, 0.5) goes one step up
+    where ``S_in/S_out < 0.5``). An input on the output's grid passes as it is (multiplier 1 leaves its
+    integers)."""
+    constants, apply = parts((kernels.op_requantize or {}).get("QUANTIZE", kernels.requantize))
+    lo, hi = clamp_bounds(out_grid, "linear")
+    pieces = []
+    for x, g, given in zip(operands, in_grids, offsets):
+        params = constants(*quantize_multiplier(tf.cast(g.scale, tf.float64) / tf.cast(out_grid.scale, tf.float64)))
+        tail = kernels.fused(("requantize", len(params), given is not None),
+                             lambda: xla_pass(functools.partial(_requantize_tail, apply, given is not None)))
+        pieces.append(tail(x if given is None else given, g.scale, out_grid.zero_point, lo, hi, *params))
+    return dequantized(tf.concat(pieces, axis=axis), out_grid.scale)
+
+
+def _requantize_tail(apply, handed_on, x, scale, out_zero_point, lo, hi, *params):
+    q = tf.cast(apply(integers(x, scale, handed_on), *params), tf.float64) + out_zero_point
+    return clamped_offsets(q, out_zero_point, lo, hi)
+
+
 # ----------------------------------------------------------------------------- activations
 def softmax(x, in_grid: Grid, out_grid: Grid):
     """int8 SOFTMAX (beta 1, last axis) as LiteRT's x86 kernel computes it (measured bit-exact against
@@ -347,6 +371,8 @@ TFLITE_OPS: Dict[str, Handler] = {
     "ADD": _two_inputs(add),
     "SUB": _two_inputs(add, subtract=True),
     "MUL": _two_inputs(multiply),
+    "CONCATENATION": lambda k, c: concatenation(k, c.operands, c.in_grids, c.out_grid, c.attrs["axis"],
+                                                [c.operand_offsets(i) for i in range(len(c.operands))]),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
                                           c.operand_offsets(0)),

@@ -106,7 +106,7 @@ for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D,
 for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None),
                   (L.Maximum, None), (L.Minimum, None), (L.Dot, None)):
     register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average, L.Maximum))
-register_layer(L.Concatenate, kind="concat")
+register_layer(L.Concatenate, kind="concat", integer_op="CONCATENATION")
 try:  # keras.applications.ConvNeXt*: x·γ per channel (float γ; TFLite: MUL by a quantized constant)
     from tf_keras.src.applications.convnext import LayerScale
     register_layer(LayerScale, kind="output", keeps_sign=False)

@@ -12,7 +12,8 @@ registered here per op (``register_matcher``). The plans:
   quantized pre-activation (a LUT activation such as sigmoid follows): its int32 accumulator is
   requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
-  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU;
+  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU, CONCATENATION (an input on another grid requantized
+  as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
   fuses the two) computes the fused result itself, with the ReLU's output grid; the ReLU then leaves
@@ -335,7 +336,43 @@ def _elementwise(w, op) -> Optional[Plan]:
     return Plan(op, list(sources))
 
 
+def _concatenation(w, op) -> Optional[Plan]:
+    """Quantized inputs, each on a known grid: its producer's, or this layer's own where the producer computes
+    straight onto it (a conv whose output range the concatenation took over, ``output_shared_with``, or a conv
+    whose plain ReLU layer feeds it)."""
+    sources, nodes, out = getattr(w, "_input_sources", None), getattr(w, "_inbound_nodes", None), w._output_source()
+    if own_spec(type(w.layer)) is None or not sources or not nodes or not out:
+        return None
+    if isinstance(sole_consumer(w), (keras.layers.Flatten, keras.layers.Reshape)):
+        # TF 2.21 moves this concatenation's FakeQuant past the reshape, computes it on an input's grid and
+        # requantizes its output (measured on a dense block): another op order, left to the float simulation
+        return None
+    resolved = []
+    for source, tensor in zip(sources, nodes[0].keras_inputs):
+        producer = tensor._keras_history.layer
+        if not source and (_shares_output(producer, w) or (fused_relu(producer) is not None and
+                                                           _shares_output(sole_consumer_before(producer), producer))):
+            source = out
+        if not source:
+            return None
+        resolved.append(source)
+    return Plan(op, resolved, {"axis": w.layer.axis})
+
+
+def _shares_output(producer, consumer) -> bool:
+    return isinstance(producer, IntegerEmulation) and not producer._output_quantizers \
+        and sole_consumer(producer) is consumer
+
+
+def sole_consumer_before(layer):
+    """The layer whose output ``layer`` reads, where it reads one tensor."""
+    nodes = getattr(layer, "_inbound_nodes", None)
+    inputs = nodes[0].keras_inputs if nodes else []
+    return inputs[0]._keras_history.layer if len(inputs) == 1 else None
+
+
 register_matcher("MEAN", _mean)
+register_matcher("CONCATENATION", _concatenation)
 register_matcher("SOFTMAX", _softmax)
 register_matcher("LEAKY_RELU", _leaky_relu)
 for _op in ("ADD", "SUB", "MUL"):

@@ -214,3 +214,22 @@ def test_an_inception_block_deploys_integer_only_bit_for_bit(data):
     # every branch's conv (its ReLU a plain layer, its range the concatenation's) computes onto the concatenation's
     # grid in the emulation as in the converter: bit for bit
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
+def test_a_dense_block_deploys_bit_for_bit(data):
+    """DenseNet's pattern: each concatenation reads the one before, which the converter requantizes onto its grid
+    with a QUANTIZE (kernels' ``concatenation``; two roundings where the grids' ratio is under 1/2)."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    for _ in range(3):
+        h = L.Conv2D(4, 3, padding="same")(L.ReLU()(L.BatchNormalization()(x)))
+        x = L.Concatenate()([x, h])
+    model = train(keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x))), xtr, ytr, epochs=3)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["ops"]["QUANTIZE"] == 3 and r["ops"]["CONCATENATION"] == 3, r["ops"]
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]   # modeled requantizations
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
