@@ -23,6 +23,7 @@ KERNELS.register("tflite_reference", IntegerKernels(
     description="LiteRT reference kernels (BUILTIN_REF): SRDHM then RoundingDivideByPOT, except fully "
                 "connected, which rounds once (measured)"))
 KERNELS.register("xnnpack", IntegerKernels(
-    "xnnpack", single_rounding, round_away, ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION"),
+    "xnnpack", single_rounding, round_away,
+    ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION"),
     description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; MEAN stays on the builtin "
                 "kernel; ADD/MUL and a concatenation's requantized inputs are not emulated"))

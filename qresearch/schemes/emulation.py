@@ -350,8 +350,9 @@ def _concatenation(w, op) -> Optional[Plan]:
     resolved = []
     for source, tensor in zip(sources, nodes[0].keras_inputs):
         producer = tensor._keras_history.layer
-        if not source and (_shares_output(producer, w) or (fused_relu(producer) is not None and
-                                                           _shares_output(sole_consumer_before(producer), producer))):
+        relu_onto_this = fused_relu(producer) is not None and sole_consumer(producer) is w \
+            and _shares_output(_producer_of(producer), producer)
+        if not source and (_shares_output(producer, w) or relu_onto_this):
             source = out
         if not source:
             return None
@@ -364,7 +365,7 @@ def _shares_output(producer, consumer) -> bool:
         and sole_consumer(producer) is consumer
 
 
-def sole_consumer_before(layer):
+def _producer_of(layer):
     """The layer whose output ``layer`` reads, where it reads one tensor."""
     nodes = getattr(layer, "_inbound_nodes", None)
     inputs = nodes[0].keras_inputs if nodes else []
