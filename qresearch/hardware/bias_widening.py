@@ -15,6 +15,8 @@ from typing import Iterable, List, Tuple
 
 import numpy as np
 
+from qresearch.hardware.flatbuffer_edits import edited, op_codes, schema, tensor_name
+
 #: TFLite ops whose bias the 16x8 kernels read as int64: (op name, bias input index).
 CONV_BIAS_INPUTS = (("CONV_2D", 2), ("DEPTHWISE_CONV_2D", 2))
 
@@ -22,12 +24,14 @@ CONV_BIAS_INPUTS = (("CONV_2D", 2), ("DEPTHWISE_CONV_2D", 2))
 def widen_conv_biases(tflite_model: bytes, ops: Iterable[Tuple[str, int]] = CONV_BIAS_INPUTS
                       ) -> Tuple[bytes, List[str]]:
     """``tflite_model`` with every int32 bias of ``ops`` stored as int64; returns it and the widened tensors' names."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    return edited(tflite_model, lambda model: widen_biases(model, ops))
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
-    wanted = {getattr(schema.BuiltinOperator, name): index for name, index in ops}
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+def widen_biases(model, ops: Iterable[Tuple[str, int]] = CONV_BIAS_INPUTS) -> List[str]:
+    """``widen_conv_biases`` on a flatbuffer's object form (``flatbuffer_edits``); returns the widened tensors."""
+    tflite = schema()
+    wanted = {getattr(tflite.BuiltinOperator, name): index for name, index in ops}
+    codes = op_codes(model)
     widened: List[str] = []
     done = set()   # buffers already widened (the converter may share one between tensors)
     for graph in model.subgraphs:
@@ -37,15 +41,12 @@ def widen_conv_biases(tflite_model: bytes, ops: Iterable[Tuple[str, int]] = CONV
                 continue
             tensor = graph.tensors[op.inputs[index]]
             buffer = model.buffers[tensor.buffer]
-            if tensor.type != schema.TensorType.INT32 or buffer.data is None:
+            if tensor.type != tflite.TensorType.INT32 or buffer.data is None:
                 continue
             if tensor.buffer not in done:
                 values = np.frombuffer(bytes(bytearray(buffer.data)), dtype="<i4").astype("<i8")
                 buffer.data = np.frombuffer(values.tobytes(), dtype=np.uint8)
                 done.add(tensor.buffer)
-            tensor.type = schema.TensorType.INT64
-            name = tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name)
-            widened.append(name)
-    if not widened:
-        return tflite_model, widened
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), widened
+            tensor.type = tflite.TensorType.INT64
+            widened.append(tensor_name(tensor))
+    return widened

@@ -17,8 +17,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from qresearch.errors import ConfigError
-from qresearch.hardware.bias_widening import widen_conv_biases
-from qresearch.hardware.fixed_output_params import pin_fixed_outputs
+from qresearch.hardware.bias_widening import widen_biases
+from qresearch.hardware.fixed_output_params import pin_outputs
+from qresearch.hardware.flatbuffer_edits import edited
 from qresearch.hardware.errors import NoRuntimeError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
@@ -86,11 +87,12 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data)
     flatbuffer = converter.convert()
+    edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
-        flatbuffer, _ = widen_conv_biases(flatbuffer)
+        edits.append(widen_biases)
     if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
-        flatbuffer, _ = pin_fixed_outputs(flatbuffer, target.fixed_output_params, facts.activation_dtype)
-    return flatbuffer
+        edits.append(lambda model: pin_outputs(model, target.fixed_output_params, facts.activation_dtype))
+    return edited(flatbuffer, *edits)[0] if edits else flatbuffer
 
 
 def _converter(model):

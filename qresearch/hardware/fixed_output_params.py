@@ -14,6 +14,7 @@ from typing import List, Mapping
 
 import numpy as np
 
+from qresearch.hardware.flatbuffer_edits import edited, op_codes, schema, tensor_name
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS
 
 _TENSOR_TYPES = {"int8": "INT8", "int16": "INT16"}
@@ -22,14 +23,16 @@ _TENSOR_TYPES = {"int8": "INT8", "int16": "INT16"}
 def pin_fixed_outputs(tflite_model: bytes, fixed_params: Mapping[str, object], dtype: str) -> tuple:
     """``tflite_model`` with every fixed-output op's ``dtype`` output stored with ``fixed_params[activation name]``
     (a target's ``fixed_output_params``: ``scale``, ``zero_point``); returns it and the re-pinned tensors' names."""
-    from tensorflow.lite.python import schema_py_generated as schema
-    from tensorflow.lite.tools import flatbuffer_utils
+    return edited(tflite_model, lambda model: pin_outputs(model, fixed_params, dtype))
 
-    model = flatbuffer_utils.read_model_from_bytearray(bytearray(tflite_model))
-    wanted = {getattr(schema.BuiltinOperator, op): fixed_params[name] for op, name in FIXED_OUTPUT_OPS.items()
-              if name in fixed_params and hasattr(schema.BuiltinOperator, op)}
-    tensor_type = getattr(schema.TensorType, _TENSOR_TYPES[dtype])
-    codes = [max(c.builtinCode, c.deprecatedBuiltinCode) for c in model.operatorCodes]
+
+def pin_outputs(model, fixed_params: Mapping[str, object], dtype: str) -> List[str]:
+    """``pin_fixed_outputs`` on a flatbuffer's object form (``flatbuffer_edits``); returns the re-pinned tensors."""
+    tflite = schema()
+    wanted = {getattr(tflite.BuiltinOperator, op): fixed_params[name] for op, name in FIXED_OUTPUT_OPS.items()
+              if name in fixed_params and hasattr(tflite.BuiltinOperator, op)}
+    tensor_type = getattr(tflite.TensorType, _TENSOR_TYPES[dtype])
+    codes = op_codes(model)
     pinned: List[str] = []
     for graph in model.subgraphs:
         for op in graph.operators:
@@ -45,11 +48,9 @@ def pin_fixed_outputs(tflite_model: bytes, fixed_params: Mapping[str, object], d
                 continue
             q.scale = np.array([scale], dtype=np.float32)
             q.zeroPoint = np.array([zero_point], dtype=np.int64)
-            pinned.append(tensor.name.decode() if isinstance(tensor.name, bytes) else str(tensor.name))
-            _drop_identity_requantize(graph, op.outputs[0], codes, schema.BuiltinOperator.QUANTIZE, model)
-    if not pinned:
-        return tflite_model, pinned
-    return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), pinned
+            pinned.append(tensor_name(tensor))
+            _drop_identity_requantize(graph, op.outputs[0], codes, tflite.BuiltinOperator.QUANTIZE, model)
+    return pinned
 
 
 def _drop_identity_requantize(graph, index: int, codes, quantize_code: int, model) -> None:
