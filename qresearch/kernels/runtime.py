@@ -51,20 +51,21 @@ class IntegerKernels:
         """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it."""
         return tf.cast(round_half_away(bias_over_scale), tf.int64)
 
-    def _requantizer(self, op: str):
+    def requantizer(self, op: str):
+        """The requantization rule of op ``op``'s outputs (``op_requantize``, else the conv outputs' ``requantize``)."""
         return (self.op_requantize or {}).get(op, self.requantize)
 
     def requantize_params(self, real_multiplier, op: str = "CONV_2D") -> Tuple:
         """The integer constants ``apply_requantize`` needs for a real multiplier (per channel or scalar):
         the multiplier and shift and what the op's rounding derives from them (``fixed_point.parts``),
         computed apart from the accumulator, so that the elementwise part is integer arithmetic only."""
-        constants, _ = parts(self._requantizer(op))
+        constants, _ = parts(self.requantizer(op))
         return constants(*quantize_multiplier(real_multiplier))
 
     def apply_requantize(self, acc, params: Tuple, op: str = "CONV_2D"):
         """``acc`` (int64) requantized with the constants of ``requantize_params``, as the kernel of op ``op``
         rounds it."""
-        _, apply = parts(self._requantizer(op))
+        _, apply = parts(self.requantizer(op))
         return apply(acc, *params)
 
     def rescale(self, acc, real_multiplier, op: str = "CONV_2D"):

@@ -280,7 +280,7 @@ def concatenation(kernels, operands, in_grids: List[Grid], out_grid: Grid, axis:
     against LiteRT on both signs: with two roundings a value with a fraction in [0.25, 0.5) goes one step up
     where ``S_in/S_out < 0.5``). An input on the output's grid passes as it is (multiplier 1 leaves its
     integers)."""
-    constants, apply = parts((kernels.op_requantize or {}).get("QUANTIZE", kernels.requantize))
+    constants, apply = parts(kernels.requantizer("QUANTIZE"))
     lo, hi = clamp_bounds(out_grid, "linear")
     pieces = []
     for x, g, given in zip(operands, in_grids, offsets):

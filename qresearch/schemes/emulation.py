@@ -209,14 +209,14 @@ def _plan(w) -> Optional[Plan]:
     out = w._output_source()
     fused_consumer = None
     if not out and not w._activation_vars:
-        consumer = sole_consumer(w)
+        consumer, concat = sole_consumer(w), _concat_through_relu(w)
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
                 and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
             fused_consumer = (consumer._output_source(), fused_relu(consumer.layer), True)
-        elif consumer is not None and fused_relu(consumer) is not None and _concat_with_grid(sole_consumer(consumer)):
+        elif concat is not None:
             # a plain ReLU layer (its range is the concatenation's) between this layer and a Concatenate: the
             # converter fuses it here and computes onto the concatenation's grid; the ReLU then leaves those values
-            fused_consumer = (sole_consumer(consumer)._output_source(), fused_relu(consumer), False)
+            fused_consumer = (concat._output_source(), fused_relu(consumer), False)
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
@@ -264,9 +264,15 @@ def _lowered_plan(w, out) -> Optional[Plan]:
     return Plan(rule.combine, [source, (inner_q, inner_v, w.name)], {"lowering": rule}, operand="lowered", out=out)
 
 
-def _concat_with_grid(layer) -> bool:
-    return isinstance(layer, IntegerEmulation) and bool(layer._output_quantizers) \
-        and layer.quantize_config.info.get("kind") == "concat"
+def _concat_through_relu(w):
+    """The Concatenate wrapper (with a range) that wrapper ``w``'s output reaches through a plain ReLU layer, the
+    sole reader of each, where ``w`` has no range of its own: its kernel computes onto that grid; else None."""
+    relu = sole_consumer(w) if _shares_output(w, sole_consumer(w)) else None
+    concat = sole_consumer(relu) if relu is not None and fused_relu(relu) is not None else None
+    if isinstance(concat, IntegerEmulation) and concat._output_quantizers \
+            and concat.quantize_config.info.get("kind") == "concat":
+        return concat
+    return None
 
 
 def _conv_plan(w) -> Optional[Plan]:
@@ -350,9 +356,7 @@ def _concatenation(w, op) -> Optional[Plan]:
     resolved = []
     for source, tensor in zip(sources, nodes[0].keras_inputs):
         producer = tensor._keras_history.layer
-        relu_onto_this = fused_relu(producer) is not None and sole_consumer(producer) is w \
-            and _shares_output(_producer_of(producer), producer)
-        if not source and (_shares_output(producer, w) or relu_onto_this):
+        if not source and (_shares_output(producer, w) or _concat_through_relu(_producer_of(producer)) is w):
             source = out
         if not source:
             return None
