@@ -51,8 +51,22 @@ def _runtime_targets() -> List[str]:
     return [n for n in TARGETS.names() if TARGETS.get(n).has_runtime]
 
 
-def _representative(x, n: int = 64):
-    sample = np.asarray(x[:n], dtype=np.float32)
+def model_input(model, x) -> np.ndarray:
+    """``x`` as ``model`` reads it: indices (an integer ``Input``, e.g. token ids read by an ``Embedding``) as that
+    integer type, everything else as float32. Indices given as floats must be whole numbers."""
+    inputs = getattr(model, "inputs", None) or []
+    dtype = inputs[0].dtype if len(inputs) == 1 else None
+    if dtype is None or not dtype.is_integer:
+        return np.asarray(x, np.float32)
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.integer) and not np.array_equal(x, np.round(x)):
+        raise ConfigError(f"the model's input is {dtype.name} (indices) but x holds fractional values: "
+                          "pass the indices themselves")
+    return x.astype(dtype.as_numpy_dtype)
+
+
+def _representative(x, model, n: int = 64):
+    sample = model_input(model, x[:n])
 
     def gen():
         for i in range(len(sample)):
@@ -85,7 +99,7 @@ def convert(qat_model, target, representative_data=None) -> bytes:
         converter.target_spec.supported_ops = [getattr(tf.lite.OpsSet, facts.converter_ops)]
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
     if representative_data is not None:
-        converter.representative_dataset = _representative(representative_data)
+        converter.representative_dataset = _representative(representative_data, qat_model)
     flatbuffer = converter.convert()
     edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
@@ -146,7 +160,8 @@ def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
 
 
 def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KERNELS):
-    """Run the model on float ``x``; returns (integer outputs, input (S, Z), output (S, Z))."""
+    """Run the model on ``x`` (float, quantized here by the input's (S, Z); or indices, for an input the converter
+    left integer with no scale, fed as they are); returns (integer outputs, input (S, Z), output (S, Z))."""
     interp = make_interpreter(tflite_model, kernels)
     inp = interp.get_input_details()
     out = interp.get_output_details()
@@ -157,12 +172,13 @@ def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KER
     in_dtype = inp["dtype"]
     s_in, z_in = inp["quantization"]
     s_out, z_out = out["quantization"]
-    if not np.issubdtype(in_dtype, np.integer) or s_in == 0:
+    x = np.asarray(x)
+    indices = np.issubdtype(in_dtype, np.integer) and s_in == 0 and np.issubdtype(x.dtype, np.integer)
+    if not indices and (not np.issubdtype(in_dtype, np.integer) or s_in == 0):
         raise ConfigError(f"the converted model's input is {np.dtype(in_dtype).name} with scale {s_in}: "
                           "the QAT model needs an input quantizer so the input can be integer")
-    x = np.asarray(x)
     n = len(x)
-    xq = quantize_input(x, s_in, z_in, in_dtype)
+    xq = x.astype(in_dtype) if indices else quantize_input(x, s_in, z_in, in_dtype)
     batch = max(1, min(batch_size, n))
     try:
         interp.resize_tensor_input(inp["index"], [batch] + list(x.shape[1:]), strict=False)
@@ -219,8 +235,8 @@ def simulate(qat_model, x, batch_size: int = 256) -> np.ndarray:
     from qresearch._compat import tf
     from qresearch.kernels.traced import inference_function
 
-    x = np.asarray(x, np.float32)
-    run = inference_function(qat_model, x.shape[1:])
+    x = model_input(qat_model, x)
+    run = inference_function(qat_model, x.shape[1:], x.dtype)
     outs = []
     for start in range(0, len(x), batch_size):
         outs.append(np.asarray(run(tf.convert_to_tensor(x[start:start + batch_size]))))
@@ -267,7 +283,7 @@ def verify(qat_model, target, x, y, *, save_path=None, return_model: bool = Fals
     """
     target = get_target(target)
     _require_runtime(target)
-    x = np.asarray(x, np.float32)
+    x = model_input(qat_model, x)
     if len(x) == 0:
         raise ConfigError("verify needs at least one sample")
     _warn_kept_batch_norms(qat_model, target)

@@ -233,3 +233,25 @@ def test_a_dense_block_deploys_bit_for_bit(data):
     assert r["ops"]["QUANTIZE"] == 3 and r["ops"]["CONCATENATION"] == 3, r["ops"]
     assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]   # modeled requantizations
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
+def test_a_token_model_is_verified_on_its_indices():
+    """An ``Embedding`` reads integer indices: the converted model's input is int32 with no scale, fed as it is (before,
+    verify refused it: "needs an input quantizer"). The simulation reads the same indices."""
+    L = keras.layers
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 100, size=(1280, 16)).astype("int32")
+    y = (np.isin(x, np.arange(10)).sum(1) > 1).astype("int32")
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,), dtype="int32")
+    h = L.GlobalMaxPooling1D()(L.Conv1D(8, 3, activation="relu")(L.Embedding(100, 8)(inp)))
+    model = train(keras.Model(inp, L.Dense(2)(h)), x[:1024], y[:1024], epochs=15, from_logits=True)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x[:128])
+    r = hw.verify(q, "tflite_int8", x[1024:], y[1024:])
+    assert r["input_quantization"] == (0.0, 0) and "GATHER" in r["ops"], r
+    assert r["simulated_accuracy"] > 0.7, r
+    assert r["argmax_agreement"] >= 0.99 and r["max_abs_diff_lsb"] <= 1.0 + 1e-6, r
+    # token ids given as whole floats are the same indices; fractions are refused
+    assert hw.verify(q, "tflite_int8", x[1024:].astype("float32"), y[1024:])["deployed_accuracy"] == r["deployed_accuracy"]
+    with pytest.raises(qresearch.errors.ConfigError, match="fractional values: pass the indices"):
+        hw.verify(q, "tflite_int8", x[1024:] + 0.5, y[1024:])
