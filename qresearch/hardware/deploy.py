@@ -100,13 +100,40 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data, qat_model)
-    flatbuffer = converter.convert()
+    try:
+        flatbuffer = converter.convert()
+    except Exception as err:
+        recurrent = _recurrent_layers(qat_model)
+        if recurrent:
+            raise ConfigError(
+                f"{target.name}: the TFLite converter (TF {tf.__version__}) cannot convert the quantization-aware "
+                f"recurrent layer(s) {', '.join(recurrent)}: it fails on their loop ({_first_error_line(err)}; with "
+                "a fixed batch size, an LSTM fails on the fake-quantized kernels' types). TFLite's integer LSTM comes "
+                "from post-training quantization of the float model only. Fix: train and compare without a deploying "
+                "target (hardware=None, or a simulated one such as 'academic'); deploy the float model with TF's own "
+                "flow (TFLiteConverter, a representative dataset, a fixed batch size)") from err
+        raise
     edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
         edits.append(widen_biases)
     if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
         edits.append(lambda model: pin_outputs(model, target.fixed_output_params, facts.activation_dtype))
     return edited(flatbuffer, *edits)[0] if edits else flatbuffer
+
+
+def _recurrent_layers(model) -> List[str]:
+    """'name (Class)' of every recurrent layer in ``model`` (wrapped ones included)."""
+    from qresearch._compat import keras
+
+    kinds = (keras.layers.RNN, keras.layers.Bidirectional)
+    return [f"{layer.name!r} ({type(layer).__name__})" for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, kinds)]
+
+
+def _first_error_line(err: Exception) -> str:
+    """The converter's own message, without the MLIR location dump that precedes it."""
+    lines = [ln.strip() for ln in str(err).splitlines() if "error:" in ln]
+    return lines[0].split("error:", 1)[1].strip() if lines else type(err).__name__
 
 
 def _converter(model):

@@ -255,3 +255,17 @@ def test_a_token_model_is_verified_on_its_indices():
     assert hw.verify(q, "tflite_int8", x[1024:].astype("float32"), y[1024:])["deployed_accuracy"] == r["deployed_accuracy"]
     with pytest.raises(qresearch.errors.ConfigError, match="fractional values: pass the indices"):
         hw.verify(q, "tflite_int8", x[1024:] + 0.5, y[1024:])
+
+
+def test_a_recurrent_model_that_cannot_convert_gets_a_short_error():
+    """TF 2.21's converter fails on a quantization-aware LSTM's loop with a page of MLIR locations; the error names the
+    layer, the converter's own line and the way out."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 6, 4)).astype("float32")
+    inp = keras.Input((6, 4))
+    model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(4, name="lstm")(inp)))
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
+    with pytest.raises(qresearch.errors.ConfigError,
+                       match=r"cannot convert the quantization-aware recurrent layer\(s\) 'lstm' \(LSTM\): .*Fix:") as err:
+        hw.verify(q, "tflite_int8", x, np.zeros(32))
+    assert "loc(" not in str(err.value) and len(str(err.value)) < 1000
