@@ -77,6 +77,10 @@ def quantize(model, scheme, hardware=None, calibration_data=None, adapt: bool = 
         if configured:
             coercions += layer_checks.check_user_configs(configured, target)
     qmodel = build(plan)
+    if target is not None:
+        from qresearch.hardware.deploy import warn_unconvertible  # lazily: the converter's modules
+
+        warn_unconvertible(qmodel, target)
     kernel_set = _kernel_set(kernels, target)
     if kernel_set:
         set_kernels(qmodel, kernel_set)

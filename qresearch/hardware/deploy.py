@@ -130,6 +130,15 @@ def _recurrent_layers(model) -> List[str]:
             if isinstance(layer, kinds)]
 
 
+def warn_unconvertible(qat_model, target) -> None:
+    """Say at ``quantize`` time, before any training, what ``convert`` will refuse (recurrent layers)."""
+    recurrent = _recurrent_layers(qat_model)
+    if recurrent and target.has_runtime:
+        _log.warning("%s: the model trains and simulates, but the TFLite converter cannot convert the "
+                     "quantization-aware recurrent layer(s) %s, so deploying and verify will fail "
+                     "(qresearch.hardware.convert's error says why and what to do)", target.name, ", ".join(recurrent))
+
+
 def _first_error_line(err: Exception) -> str:
     """The converter's own message, without the MLIR location dump that precedes it."""
     lines = [ln.strip() for ln in str(err).splitlines() if "error:" in ln]

@@ -183,6 +183,12 @@ def build(plan: ModelPlan):
                 and all(is_quantized(r) for r in node.in_refs)
                 and (p.spec.same_grid or (p.kind == "passthrough" and _feeds_same_grid_among_others(node, consumers)))):
             out = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))(out)
+        if (scheme.quantize_ops == "all" and isinstance(layer, QuantizeWrapper) and tf.is_tensor(out)
+                and layer.output_grid_source() is not None):
+            # gathered weight values (an Embedding): on the weight's grid, as GATHER keeps it in TFLite; an
+            # activation quantizer of its own would cost a requantizing QUANTIZE the simulation does not model
+            out = QuantizeLike(name=unique(_safe(f"quantize_{p.layer.name}")))(out)
+            quantized_refs.update(node.out_refs)
         if id(p.layer) in after_ops and tf.is_tensor(out):
             qname = unique(_safe(f"quantize_{p.layer.name}"))
             out = QuantizeInput(after_ops[id(p.layer)], name=qname)(out)

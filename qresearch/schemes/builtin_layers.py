@@ -87,7 +87,8 @@ for _cls in (L.LSTM, L.GRU, L.SimpleRNN, getattr(L, "ConvLSTM2D", None)):
         register_layer(_cls, weights=_RNN_WEIGHTS, kind="compute")
 register_layer(L.Bidirectional, weights=[f"{d}_layer.{w}" for d in ("forward", "backward") for w in _RNN_WEIGHTS],
                kind="compute")
-register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False)
+register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind="compute", quantized_input=False,
+               output_grid="embeddings")
 
 # ------------------------------------------------------------------ everything else
 register_layer(L.BatchNormalization, kind="bn")

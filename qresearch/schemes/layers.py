@@ -77,6 +77,10 @@ class LayerSpec:
     #: is quantized, that tensor gets the scheme's activation quantizer, so the converter can give both ops integer
     #: kernels.
     split: Optional[Any] = None
+    #: the weight whose values the output is made of (an Embedding's table: GATHER keeps its (S, Z)). With every op
+    #: quantized and that weight per tensor, the output is on the weight's grid: a ``QuantizeLike`` of the weight's
+    #: quantizer, not a quantizer of its own that the converter would reach by a requantizing QUANTIZE.
+    output_grid: Optional[str] = None
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -95,7 +99,8 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
                    same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
                    keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT,
-                   call: Optional[Callable] = _INHERIT, split: Optional[Any] = _INHERIT) -> LayerSpec:
+                   call: Optional[Callable] = _INHERIT, split: Optional[Any] = _INHERIT,
+                   output_grid: Optional[str] = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -120,7 +125,9 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         (``layer_calls.py``).
       split: a ``layer_calls.Split``: the layer's call as the two ops the converter makes of it, with the tensor
         between them quantized where the layer's output is.
-    The last seven default to the nearest registered base class's values (else empty/None/False).
+      output_grid: the weight whose values the output is made of (gathered, not computed): with every op quantized
+        (``quantize_ops: all``) and that weight per tensor, the output keeps the weight's grid.
+    The last eight default to the nearest registered base class's values (else empty/None/False).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
         raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
@@ -139,7 +146,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
     base = next((_LAYERS[c] for c in layer_class.__mro__[1:] if c in _LAYERS), LayerSpec())
     facts = {"channel_axes": channel_axes, "target_kind": target_kind, "fold": fold, "keeps_sign": keeps_sign,
-             "integer_op": integer_op, "call": call, "split": split}
+             "integer_op": integer_op, "call": call, "split": split, "output_grid": output_grid}
     facts = {k: getattr(base, k) if v is _INHERIT else v for k, v in facts.items()}
     if facts["target_kind"] not in TARGET_KINDS + (None,):
         raise ConfigError(f"register_layer: target_kind must be one of {TARGET_KINDS} or None, "

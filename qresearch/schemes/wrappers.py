@@ -261,6 +261,15 @@ class QuantizeWrapper(IntegerEmulation, _QW):
                                "quantize_output=False in register_layer")
         return self._q(self._output_quantizers[0], outputs, training, self._output_quantizer_vars)
 
+    def output_grid_source(self):
+        """(quantizer, variables, name) of the per-tensor weight quantizer whose grid the layer's output keeps
+        (``LayerSpec.output_grid``: an Embedding's gathered table), or None."""
+        attr = getattr(layer_spec(self.layer), "output_grid", None)
+        for (w_attr, (_, quantizer, qvars)) in zip(self.quantize_config.weights, getattr(self, "_weight_vars", ())):
+            if w_attr == attr and not getattr(quantizer, "per_channel", False):
+                return quantizer, qvars, self.name
+        return None
+
     def _live_weights(self):
         """``(weight, quantizer, its variables)`` per quantized weight, as this call quantizes it: the weight
         variables themselves here; ``BatchStatsFold`` gives its BN-folded kernel instead."""
@@ -390,7 +399,7 @@ def _range_source(tensor, depth: int = 8):
         if isinstance(layer, QuantizeWrapper):
             if layer._output_quantizers:
                 return layer._output_quantizers[0], layer._output_quantizer_vars, layer.name
-            return None
+            return layer.output_grid_source()
         if isinstance(layer, QuantizeInput):
             return (layer.quantizer, layer.quantizer_vars, layer.name) if layer.quantizer else None
         if isinstance(layer, QuantizeLike):
@@ -411,7 +420,8 @@ class QuantizeLike(keras.layers.Layer):
 
     After ops whose int8 kernel keeps the input's (S, Z) but whose float result leaves the grid
     (AVERAGE_POOL_2D, bilinear resize), so the simulation rounds where TFLite rounds. The range is
-    the producer's: read, never updated here.
+    the producer's: read, never updated here. After a layer whose output is made of a weight's values
+    (an Embedding: ``LayerSpec.output_grid``), the grid is that weight's.
     """
 
     def __init__(self, kernels=None, **kwargs):
@@ -426,7 +436,9 @@ class QuantizeLike(keras.layers.Layer):
         if self._source is None and hasattr(inputs, "_keras_history"):
             layer = inputs._keras_history.layer
             node = layer._inbound_nodes[inputs._keras_history.node_index] if layer._inbound_nodes else None
-            if node is not None and len(node.keras_inputs) == 1:
+            if isinstance(layer, QuantizeWrapper) and layer.output_grid_source() is not None:
+                self._source = layer.output_grid_source()   # the output is made of the weight's values
+            elif node is not None and len(node.keras_inputs) == 1:
                 self._source = _range_source(node.keras_inputs[0])
                 shape = node.keras_inputs[0].shape
                 if isinstance(layer, keras.layers.AveragePooling2D) and layer.data_format == "channels_last" \
