@@ -1,8 +1,8 @@
 """The widths a QAT model really has: read from its quantizers, not from the scheme that asked.
 
 For every quantized compute layer: the weight width (its kernel quantizer), the input width (the
-nearest quantizer upstream: a ``QuantizeInput`` or a wrapper's output quantizer, through layers
-that have none) and the output width (its own output quantizer or, if fused away, the first one
+nearest quantizer upstream: a ``QuantizeInput``, a ``QuantizeLike``'s source or a wrapper's output quantizer,
+through layers that have none) and the output width (its own output quantizer or, if fused away, the first one
 downstream along a single path). Float tensors count 32 bits. ``qat_cost`` then prices the float
 model at exactly those widths: the numbers ``describe``/``result.json`` should show for a run.
 """
@@ -21,12 +21,14 @@ def _bits(q) -> Optional[int]:
 
 
 def _output_quantizer(layer):
-    from qresearch.schemes import QuantizeInput, QuantizeWrapper
+    from qresearch.schemes import QuantizeInput, QuantizeLike, QuantizeWrapper
 
     if isinstance(layer, QuantizeInput):
         return layer.quantizer
     if isinstance(layer, QuantizeWrapper):
         return layer.quantize_config.output
+    if isinstance(layer, QuantizeLike) and layer._source is not None:   # another quantizer's grid (an Embedding's table)
+        return layer._source[0]
     return None
 
 

@@ -90,3 +90,17 @@ def test_the_cost_model_reads_inputs_as_the_scheme_quantizes_them(quantize_ops, 
     scheme = dict(schemes.get("lsq").to_dict(), quantize_ops=quantize_ops)
     assert reads_own_inputs(scheme) is own
     assert reads_own_inputs("lsq") is True and reads_own_inputs("tflite_int8") is False
+
+
+def test_an_embeddings_output_is_read_at_its_tables_width():
+    """With every op quantized, an Embedding's output stays on its table's grid (a QuantizeLike of the table's
+    quantizer, no quantizer of its own): the layer reading it reads 8 bits, not float."""
+    from qresearch import keras
+
+    inp = keras.Input((12,), dtype="int32")
+    h = keras.layers.Conv1D(8, 3, name="conv")(keras.layers.Embedding(50, 8, name="embed")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(keras.layers.GlobalMaxPooling1D()(h)))
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8",
+                           calibration_data=np.random.default_rng(0).integers(0, 50, (16, 12)))
+    assert qat_widths(q)["conv"] == Widths(8, 8, 8)
+    assert qat_cost(model, q)["totals"] == cost(model, {c.name: 8 for c in compute_layers(model)})["totals"]
