@@ -217,6 +217,20 @@ def test_npz_single_set_is_split_by_a_seeded_fraction_and_classes_can_be_given(t
         data.load_dataset({**cfg, "num_classes": 2})
 
 
+def test_npz_vectors_load_and_refuse_image_augmentation(tmp_path):
+    """(N, D) arrays (features, token ids) are samples too: float32 like images, ids exactly; augmenting them is
+    refused with the fix."""
+    from user_code import write_tokens
+
+    path = write_tokens(tmp_path / "tokens.npz", n=40, length=6)
+    ds = data.load_dataset({"name": "npz", "path": str(path)})
+    with np.load(path) as f:
+        np.testing.assert_array_equal(ds.x_train, f["x_train"].astype(np.float32))
+    assert ds.input_shape == (6,) and ds.num_classes == 2 and ds.x_train.dtype == np.float32
+    with pytest.raises(ConfigError, match=r"augment flips and crops images .* shape \(6,\)\. Fix: dataset.augment=false"):
+        data.load_dataset({"name": "npz", "path": str(path), "augment": True}).train_pipeline(8, seed=0)
+
+
 def test_a_stray_label_is_not_taken_for_extra_classes(tmp_path):
     # labels 0..9 plus one 12: inferring 13 classes would leave 10 and 11 empty, silently
     rng = np.random.default_rng(0)
@@ -245,8 +259,9 @@ def test_npz_file_errors_name_the_file_the_keys_and_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="dataset=npz needs dataset.path="):
         data.load_dataset({"name": "npz", "path": None})
     flat = tmp_path / "flat.npz"
-    np.savez(flat, x=np.zeros((10, 3)), y=np.zeros(10))
-    with pytest.raises(ConfigError, match=r"shape \(\d+, 3\): images must be a non-empty \(N, H, W\)"):
+    np.savez(flat, x=np.zeros(10), y=np.zeros(10))
+    with pytest.raises(ConfigError, match=r"shape \(\d+,\): inputs must be a non-empty array of images \(N, H, W\) "
+                                          r"or \(N, H, W, C\), or of vectors \(N, D\)"):
         data.load_dataset({"name": "npz", "path": str(flat)})
     frac = tmp_path / "frac.npz"
     np.savez(frac, x=np.zeros((10, 2, 2)), y=np.full(10, 0.5))

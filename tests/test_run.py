@@ -391,6 +391,26 @@ def test_cli_brings_your_own_quantizer_data_and_model(tmp_path):
     assert rec["config"]["plugins"] == ["qr_cli_plugin"]
 
 
+def test_a_token_model_on_its_own_data_runs_and_deploys(tmp_path, monkeypatch):
+    """Vectors of token ids (N, D) in an npz, a model with an Embedding, the TFLite int8 target: trained, quantized
+    and verified on the ids (before: the npz loader refused (N, D) arrays, verify refused an integer input)."""
+    from user_code import write_data_and_models, write_tokens
+
+    write_data_and_models(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = write_tokens(tmp_path / "tokens.npz")
+    cfg = _compose_bare(tmp_path, ["logger=disabled", "dataset=npz", f"dataset.path={path}", "model=custom",
+                                   "model._target_=user_models.tokens", "hardware=tflite_int8", "scheme=tflite_int8",
+                                   "bits=8", "training=fast", "training.float.epochs=5"])
+    run_job(cfg)
+    rec, _ = _result(tmp_path)
+    assert rec["status"] == "completed", rec.get("error")
+    assert rec["dataset"]["input_shape"] == [16] and rec["dataset"]["num_classes"] == 2
+    dep = rec["deploy"]
+    assert dep["integer_only"] and dep["structural_issues"] == [] and dep["input_quantization"] == [0.0, 0], dep
+    assert dep["argmax_agreement"] == 1.0 and rec["metrics"]["deployed_accuracy"] == rec["metrics"]["qat_accuracy"]
+
+
 def test_a_plugin_that_cannot_be_imported_fails_the_job_with_a_record(tmp_path):
     cfg = _compose(tmp_path, ["logger=disabled", "plugins=[qr_plugin_not_there]"])
     assert math.isnan(run_job(cfg))

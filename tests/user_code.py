@@ -63,6 +63,14 @@ def build(input_shape, num_classes, width=16):
     x = keras.layers.Flatten()(inp)
     x = keras.layers.Dense(width, activation="relu", name="hidden")(x)
     return keras.Model(inp, keras.layers.Dense(num_classes, name="logits")(x), name="user_mlp")
+
+
+def tokens(input_shape, num_classes, vocab=100):
+    """A token classifier: integer ids (an int32 Input) read by an Embedding."""
+    inp = keras.Input(input_shape, dtype="int32", name="ids")
+    x = keras.layers.Embedding(vocab, 8, name="embed")(inp)
+    x = keras.layers.GlobalMaxPooling1D()(keras.layers.Conv1D(8, 3, activation="relu", name="conv")(x))
+    return keras.Model(inp, keras.layers.Dense(num_classes, name="logits")(x), name="user_tokens")
 '''
 
 
@@ -89,6 +97,16 @@ def write_npz(path: Path, n=90, classes=3, size=8, single=False, **extra) -> Pat
     else:
         k = 2 * n // 3
         np.savez(path, x_train=x[:k], y_train=y[:k], x_test=x[k:], y_test=y[k:], **extra)
+    return Path(path)
+
+
+def write_tokens(path: Path, n=400, length=16, vocab=100) -> Path:
+    """int32 token ids (N, length) and labels: whether at least two ids are under 10."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, vocab, (n, length)).astype(np.int32)
+    y = (np.isin(x, np.arange(10)).sum(1) > 1).astype(np.int32)
+    k = 3 * n // 4
+    np.savez(path, x_train=x[:k], y_train=y[:k], x_test=x[k:], y_test=y[k:])
     return Path(path)
 
 

@@ -57,7 +57,7 @@ class DataUnavailableError(QResearchError, FileNotFoundError):
 
 @dataclass
 class Dataset:
-    """Train and test arrays: images float32 (N, H, W, C), labels int32 (N,)."""
+    """Train and test arrays: images float32 (N, H, W, C) (or vectors (N, D)), labels int32 (N,)."""
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
@@ -92,6 +92,9 @@ class Dataset:
         ds = tf.data.Dataset.from_tensor_slices((self.x_train, self.y_train))
         ds = ds.shuffle(len(self.x_train), seed=seed, reshuffle_each_iteration=True)
         if self.augment if augment is None else augment:
+            if len(self.input_shape) != 3:
+                raise ConfigError(f"dataset {self.name!r}: augment flips and crops images (H, W, C), but its samples "
+                                  f"have shape {self.input_shape}. Fix: dataset.augment=false")
             ds = ds.enumerate().map(_augmenter(seed, self.input_shape), num_parallel_calls=tf.data.AUTOTUNE,
                                     deterministic=True)
         ds = ds.batch(batch_size)
@@ -430,7 +433,9 @@ def _labels(y: Any, split: str, n: int, where: str) -> np.ndarray:
 
 def dataset_from_arrays(name: str, x_train: Any, y_train: Any, x_test: Any, y_test: Any,
                         num_classes: Optional[int] = None, scale: Any = None, source: str = "") -> Dataset:
-    """A Dataset from plain arrays: images (N, H, W) or (N, H, W, C) of any numeric dtype, integer labels.
+    """A Dataset from plain arrays: images (N, H, W) or (N, H, W, C), or vectors (N, D) (features, token ids), of
+    any numeric dtype; integer labels. (Token ids become float32 like everything else: exact below 2^24, and an
+    ``Embedding`` casts them back; ``verify`` feeds a model with an integer input whole numbers as integers.)
 
     Images become float32 multiplied by ``scale`` (None: the values as given); ``num_classes``
     defaults to the largest label + 1. ``source`` (a file, a function) is named in errors.
@@ -442,9 +447,10 @@ def dataset_from_arrays(name: str, x_train: Any, y_train: Any, x_test: Any, y_te
         x = np.asarray(x)
         if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
             raise ConfigError(f"x_{split}{where} has dtype {x.dtype}: images must be numeric arrays")
-        if x.ndim not in (3, 4) or len(x) == 0:
-            raise ConfigError(f"x_{split}{where} has shape {x.shape}: images must be a non-empty (N, H, W) or "
-                              f"(N, H, W, C) array")
+        if x.ndim not in (2, 3, 4) or len(x) == 0:
+            raise ConfigError(f"x_{split}{where} has shape {x.shape}: inputs must be a non-empty array of images "
+                              f"(N, H, W) or (N, H, W, C), or of vectors (N, D): features, or token ids for an "
+                              f"Embedding")
         x = _images(x).astype(np.float32)
         if factor is not None:
             x *= np.float32(factor)
