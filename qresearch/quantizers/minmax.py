@@ -94,6 +94,11 @@ class MinMaxQuantizer(Quantizer):
             return ops.symmetric_range(max_abs, self.bits, self.signed, self.narrow_range)
         return tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
 
+    def range_of(self, x, lo, hi, axes):
+        """The (min, max) FakeQuant gets for ``x``, whose tracked range is (lo, hi); a subclass may choose it from
+        ``x`` itself (``pot``'s ``pot_rounding: mse``)."""
+        return self.fake_quant_range(lo, hi)
+
     def quantize(self, x, training, weights, axes):
         from qresearch.quantizers.init import collect
 
@@ -104,7 +109,7 @@ class MinMaxQuantizer(Quantizer):
                 lo, hi = tf.identity(weights["min"]), tf.identity(weights["max"])
         else:
             lo, hi = weights["min"], weights["max"]
-        fq_min, fq_max = self.fake_quant_range(lo, hi)
+        fq_min, fq_max = self.range_of(x, lo, hi, axes)
         # a tracked range is not trained (unless a subclass made it trainable): while training, the
         # backward gives x's gradient only
         trained = any(getattr(weights[k], "trainable", False) for k in ("min", "max"))

@@ -163,6 +163,16 @@ def pot_scale(max_abs, qp, rounding="ceil"):
     return f32(2.0) ** (np.ceil(e) if rounding == "ceil" else np.round(e))
 
 
+def pot_mse_scale(x, qn, qp, channel_axis=None):
+    """Of 2^ceil(log2(max|x|/Qp)) and half of it, the one with the smaller squared quantization error (per channel
+    along ``channel_axis``, the last axis here)."""
+    if channel_axis is None:
+        upper = pot_scale(np.abs(x).max(), qp)
+        errs = [np.sum((np.clip(np.round(x / s), -qn, qp) * s - x) ** 2) for s in (upper / 2, upper)]
+        return upper / 2 if errs[0] < errs[1] else upper
+    return np.array([pot_mse_scale(x[..., c], qn, qp) for c in range(x.shape[-1])], f32)
+
+
 def pot_forward(x, scale, qn, qp):
     """Symmetric grid with a power-of-two step; half-up rounding as TF FakeQuant."""
     return (np.clip(np.floor(x / scale + f32(0.5)), -qn, qp) * scale).astype(f32)

@@ -39,6 +39,33 @@ def test_ceil_never_clips_round_may():
         assert (np.abs(y[0]) < 0.59) == clipped
 
 
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mse_rounding_picks_the_power_with_the_smaller_error(bits, per_channel):
+    """``pot_rounding: mse``: per channel, the ceil power or the one below, whichever quantizes the weights with the
+    smaller squared error (numpy reference); at 2 bits the lower power wins where ceil leaves most weights at 0."""
+    x = (rng.randn(4, 3, 6) * np.linspace(0.05, 3, 6)).astype("float32")
+    q = create({"name": "pot", "bits": bits, "per_channel": per_channel, "pot_rounding": "mse"}, role="weights")
+    w = build(q, x.shape)
+    y = run(q, x, w)
+    qn, qp = ref.grid(bits, signed=True, narrow=True)
+    scale = ref.pot_mse_scale(x, qn, qp, channel_axis=-1 if per_channel else None)
+    np.testing.assert_array_equal(y, ref.pot_forward(x, scale, qn, qp))
+    np.testing.assert_array_equal(run(q, x, w, training=False), y)
+    ceil = ref.pot_scale(np.abs(x).max(axis=(0, 1)) if per_channel else np.abs(x).max(), qp)
+    assert np.all((scale == ceil) | (scale == ceil / 2))
+    if bits == 2:   # ternary: the ceil step puts every |w| < max|w|/2 on 0
+        assert np.all(scale == ceil / 2)
+    (gx,) = grads(q, x, w, np.ones_like(x), [], training=False)   # straight through inside the chosen range
+    np.testing.assert_array_equal(gx, (np.abs(x) <= qp * (scale if not per_channel else scale.reshape(1, 1, -1)))
+                                  .astype("float32"))
+
+
+def test_mse_rounding_is_for_weights_only():
+    with pytest.raises(ConfigError, match="pot_rounding 'mse' .* needs range_tracking 'last_value' .* batch"):
+        create({"name": "pot", "pot_rounding": "mse"}, role="activations")
+
+
 def test_activation_ranges_are_tracked_like_minmax():
     q = create({"name": "pot", "bits": 4, "signed": False, "ema_decay": 0.5}, role="activations")
     assert isinstance(q, MinMaxQuantizer)
