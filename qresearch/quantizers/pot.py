@@ -7,7 +7,7 @@ al. 2019), to the nearest power in the log domain (``round``), or, for weights,
 to whichever of the two powers around ``max|x| / Qp`` (the ceil and the one
 below it) quantizes the tensor with the smaller squared error, per channel
 where per-channel (``mse``: the MSE range setting of Nagel et al. 2021, "A White
-Paper on Neural Network Quantization", §3.4, over the two power-of-two
+Paper on Neural Network Quantization", arXiv:2106.08295, §3.1, over the two power-of-two
 candidates). ``ceil`` never clips, which 8-bit grids want; at 2-3 bits it puts
 most weights under half a step, on 0, where the lower power keeps them.
 The forward is TF FakeQuant over ``[-Qn·2^k, Qp·2^k]``: zero point exact, TFLite-convertible.
