@@ -278,3 +278,24 @@ def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog):
                        match=r"cannot convert the quantization-aware recurrent layer\(s\) 'lstm' \(LSTM\): .*Fix:") as err:
         hw.verify(q, "tflite_int8", x, np.zeros(32))
     assert "loc(" not in str(err.value) and len(str(err.value)) < 1000
+
+
+def test_pot_weights_chosen_by_mse_deploy_bit_for_bit(data):
+    """``pot_rounding: mse`` computes each channel's range from the weights (the ceil power or the one below): the
+    converter folds that computation into the weights' quantization, and the emulation reads the same range."""
+    xtr, ytr, xte, yte = data
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(keras.layers.Conv2D(8, 3, activation="relu")(inp))
+    model = train(keras.Model(inp, keras.layers.Dense(10)(keras.layers.Flatten()(h))), xtr, ytr, epochs=3)
+    scheme = {"weights": {"quantizer": "pot", "bits": 8, "per_channel": True, "pot_rounding": "mse"},
+              "activations": {"quantizer": "minmax", "bits": 8}, "overrides": [{"match": "Dense",
+                                                                                 "weights": {"per_channel": False}}]}
+    q = qresearch.quantize(model, scheme, hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    check_parity(r)
+    assert r["max_abs_diff_lsb"] < 1e-3, r
+    kernel = q.get_layer("quant_conv").layer.kernel.numpy().reshape(-1, 16)
+    ceil = 2.0 ** np.ceil(np.log2(np.abs(kernel).max(0) / 127))
+    err = [np.sum((np.clip(np.round(kernel / s), -127, 127) * s - kernel) ** 2, axis=0) for s in (ceil / 2, ceil)]
+    assert (err[0] < err[1]).any() and (err[0] >= err[1]).any()   # both powers are in use: the case is exercised
