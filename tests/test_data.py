@@ -227,7 +227,8 @@ def test_npz_vectors_load_and_refuse_image_augmentation(tmp_path):
     with np.load(path) as f:
         np.testing.assert_array_equal(ds.x_train, f["x_train"].astype(np.float32))
     assert ds.input_shape == (6,) and ds.num_classes == 2 and ds.x_train.dtype == np.float32
-    with pytest.raises(ConfigError, match=r"augment flips and crops images .* shape \(6,\)\. Fix: dataset.augment=false"):
+    with pytest.raises(ConfigError, match=r"augment flips and crops images .* shape \(6,\)\. "
+                                          r"Fix: dataset.augment=false"):
         data.load_dataset({"name": "npz", "path": str(path), "augment": True}).train_pipeline(8, seed=0)
 
 

@@ -255,7 +255,8 @@ def test_a_token_model_is_verified_on_its_indices(tmp_path):
     assert r["integer_only"] and r["structural_issues"] == [] and "QUANTIZE" not in r["ops"], r
     assert r["argmax_agreement"] == 1.0 and r["max_abs_diff_lsb"] < 1e-3, r
     # token ids given as whole floats are the same indices; fractions are refused
-    assert hw.verify(q, "tflite_int8", x[1024:].astype("float32"), y[1024:])["deployed_accuracy"] == r["deployed_accuracy"]
+    as_floats = hw.verify(q, "tflite_int8", x[1024:].astype("float32"), y[1024:])
+    assert as_floats["deployed_accuracy"] == r["deployed_accuracy"]
     with pytest.raises(qresearch.errors.ConfigError, match="fractional values: pass the indices"):
         hw.verify(q, "tflite_int8", x[1024:] + 0.5, y[1024:])
     q.save(str(tmp_path / "qat"))   # the table's grid is found again when the saved model is rebuilt
@@ -274,8 +275,8 @@ def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog):
     with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):   # said before any training
         q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
     assert "cannot convert the quantization-aware recurrent layer(s) 'lstm' (LSTM)" in caplog.text
-    with pytest.raises(qresearch.errors.ConfigError,
-                       match=r"cannot convert the quantization-aware recurrent layer\(s\) 'lstm' \(LSTM\): .*Fix:") as err:
+    with pytest.raises(qresearch.errors.ConfigError, match=r"cannot convert the quantization-aware recurrent "
+                                                           r"layer\(s\) 'lstm' \(LSTM\): .*Fix:") as err:
         hw.verify(q, "tflite_int8", x, np.zeros(32))
     assert "loc(" not in str(err.value) and len(str(err.value)) < 1000
 
