@@ -58,6 +58,9 @@ class PotQuantizer(MinMaxQuantizer):
     def pot(self, scale):
         return ops.pot_ste(scale, "ceil" if self.pot_rounding == "mse" else self.pot_rounding)
 
+    def range_from_input(self) -> bool:
+        return self.pot_rounding == "mse"
+
     def range_of(self, x, lo, hi, axes):
         fq_min, fq_max = self.fake_quant_range(lo, hi)
         if self.pot_rounding != "mse":

@@ -266,7 +266,9 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         (``LayerSpec.output_grid``: an Embedding's gathered table), or None."""
         attr = getattr(layer_spec(self.layer), "output_grid", None)
         for (w_attr, (_, quantizer, qvars)) in zip(self.quantize_config.weights, getattr(self, "_weight_vars", ())):
-            if w_attr == attr and not getattr(quantizer, "per_channel", False):
+            # a range read from the tensor itself (pot's mse choice) would be re-chosen from the gathered rows
+            from_input = getattr(quantizer, "range_from_input", lambda: False)()
+            if w_attr == attr and not getattr(quantizer, "per_channel", False) and not from_input:
                 return quantizer, qvars, self.name
         return None
 

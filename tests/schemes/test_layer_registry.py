@@ -140,3 +140,37 @@ def test_bn_affine_is_bn_in_inference():
     g, b = folding.bn_affine(bn)
     x = np.random.default_rng(2).normal(size=(4, 5)).astype("float32")
     np.testing.assert_allclose(x * g + b, model(x, training=False).numpy(), atol=1e-5)
+
+
+def _token_model():
+    inp = keras.Input((10,), dtype="int32")
+    h = L.Conv1D(4, 3, name="conv")(L.Embedding(30, 6, name="embed")(inp))
+    return keras.Model(inp, L.Dense(2, name="logits")(L.Flatten()(h)))
+
+
+@pytest.mark.parametrize("weights, gathered_on_table_grid", [
+    ({"quantizer": "minmax", "bits": 8}, True),
+    ({"quantizer": "lsq", "bits": 4}, True),
+    ({"quantizer": "minmax", "bits": 8, "per_channel": True}, False),   # one grid per column: no single grid
+    ({"quantizer": "pot", "bits": 4, "pot_rounding": "mse"}, False),    # a range chosen from the tensor itself
+])
+def test_output_grid_keeps_an_embeddings_rows_on_its_tables_grid(weights, gathered_on_table_grid):
+    """``LayerSpec.output_grid``: with every op quantized, the gathered rows stay on the per-tensor table's grid (a
+    ``QuantizeLike`` of the table's quantizer) instead of getting an activation quantizer of their own."""
+    assert registry.layer_spec(L.Embedding).output_grid == "embeddings"
+    ids = np.random.default_rng(0).integers(0, 30, (16, 10))
+    scheme = {"weights": dict(weights, per_channel=weights.get("per_channel", False)),
+              "activations": {"quantizer": "minmax", "bits": 8}, "quantize_ops": "all"}
+    q = qresearch.quantize(_token_model(), scheme, calibration_data=ids)
+    after = q.get_layer("quant_conv")._inbound_nodes[0].inbound_layers
+    assert isinstance(after, schemes.QuantizeLike) == gathered_on_table_grid, type(after)
+    if gathered_on_table_grid:
+        wrapper = q.get_layer("quant_embed")
+        assert after.source_name == wrapper.name
+        rows = keras.Model(q.inputs, wrapper.output)(ids[:4])
+        np.testing.assert_array_equal(after(rows), rows)   # the rows are already on that grid
+    else:
+        assert isinstance(after, schemes.QuantizeInput)
+    # quantizing conv/dense inputs only (the research presets): the conv reads the rows through its own quantizer
+    inputs_only = qresearch.quantize(_token_model(), dict(scheme, quantize_ops="inputs"), calibration_data=ids)
+    assert isinstance(inputs_only.get_layer("quant_conv")._inbound_nodes[0].inbound_layers, schemes.QuantizeInput)
