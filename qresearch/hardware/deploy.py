@@ -62,7 +62,7 @@ def model_input(model, x) -> np.ndarray:
     if not np.issubdtype(x.dtype, np.integer) and not np.array_equal(x, np.round(x)):
         raise ConfigError(f"the model's input is {dtype.name} (indices) but x holds fractional values: "
                           "pass the indices themselves")
-    return x.astype(dtype.as_numpy_dtype)
+    return x.astype(dtype.as_numpy_dtype, copy=False)
 
 
 def _representative(x, model, n: int = 64):

@@ -27,8 +27,8 @@ def _output_quantizer(layer):
         return layer.quantizer
     if isinstance(layer, QuantizeWrapper):
         return layer.quantize_config.output
-    if isinstance(layer, QuantizeLike) and layer._source is not None:   # another quantizer's grid (an Embedding's)
-        return layer._source[0]
+    if isinstance(layer, QuantizeLike):   # another quantizer's grid (an Embedding's table)
+        return layer.source_quantizer
     return None
 
 

@@ -161,6 +161,11 @@ class Quantizer(tfmot.quantization.keras.quantizers.Quantizer):
         """``(qn, qp)``: integers lie in ``[-qn, qp]`` (symmetric signed) or ``[0, qp]``."""
         return ops.integer_grid(self.bits, self.signed and self.symmetric, self.narrow_range)
 
+    def range_from_input(self) -> bool:
+        """Whether the range is chosen from the tensor being quantized (``pot``'s ``pot_rounding: mse``): then
+        calling the quantizer on another tensor does not put it on the same grid."""
+        return False
+
     def pot(self, scale):
         """Apply the power-of-two scale format, if configured."""
         return ops.pot_ste(scale) if self.scale_format == "pot" else scale

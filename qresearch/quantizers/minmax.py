@@ -94,10 +94,6 @@ class MinMaxQuantizer(Quantizer):
             return ops.symmetric_range(max_abs, self.bits, self.signed, self.narrow_range)
         return tf.minimum(lo, 0.0), tf.maximum(hi, 0.0)
 
-    def range_from_input(self) -> bool:
-        """Whether ``range_of`` reads ``x`` (then another tensor on this grid cannot be re-quantized by calling it)."""
-        return False
-
     def range_of(self, x, lo, hi, axes):
         """The (min, max) FakeQuant gets for ``x``, whose tracked range is (lo, hi); a subclass may choose it from
         ``x`` itself (``pot``'s ``pot_rounding: mse``)."""

@@ -267,8 +267,7 @@ class QuantizeWrapper(IntegerEmulation, _QW):
         attr = getattr(layer_spec(self.layer), "output_grid", None)
         for (w_attr, (_, quantizer, qvars)) in zip(self.quantize_config.weights, getattr(self, "_weight_vars", ())):
             # a range read from the tensor itself (pot's mse choice) would be re-chosen from the gathered rows
-            from_input = getattr(quantizer, "range_from_input", lambda: False)()
-            if w_attr == attr and not getattr(quantizer, "per_channel", False) and not from_input:
+            if w_attr == attr and not quantizer.per_channel and not quantizer.range_from_input():
                 return quantizer, qvars, self.name
         return None
 
@@ -438,8 +437,9 @@ class QuantizeLike(keras.layers.Layer):
         if self._source is None and hasattr(inputs, "_keras_history"):
             layer = inputs._keras_history.layer
             node = layer._inbound_nodes[inputs._keras_history.node_index] if layer._inbound_nodes else None
-            if isinstance(layer, QuantizeWrapper) and layer.output_grid_source() is not None:
-                self._source = layer.output_grid_source()   # the output is made of the weight's values
+            weight_grid = layer.output_grid_source() if isinstance(layer, QuantizeWrapper) else None
+            if weight_grid is not None:
+                self._source = weight_grid   # the output is made of the weight's values
             elif node is not None and len(node.keras_inputs) == 1:
                 self._source = _range_source(node.keras_inputs[0])
                 shape = node.keras_inputs[0].shape
@@ -452,6 +452,11 @@ class QuantizeLike(keras.layers.Layer):
     @property
     def source_name(self):
         return self._source[2] if self._source else None
+
+    @property
+    def source_quantizer(self):
+        """The quantizer whose grid this layer re-quantizes onto, or None."""
+        return self._source[0] if self._source else None
 
     def call(self, inputs):
         if self._source is None:
