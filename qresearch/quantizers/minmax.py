@@ -10,6 +10,12 @@ shifted grid; ``../shared/docs/tflite-int8-spec.md`` §4).
 calibration batch, or the first training batch) instead of tracking it during calibration; in training
 the range is then tracked from there (``last_value`` ranges follow each step's weights, so for weights
 the rule matters for post-training quantization only).
+
+``range_rule: mse`` (weights: ``range_tracking: last_value``) tracks, at every training step, the candidate
+range ``k/K · (min, max)`` (``k = 1..K``, ``K = MSE_RANGE_CANDIDATES``) that quantizes the tensor with the
+smallest squared error, per channel where per-channel: the MSE range setting of Nagel et al. 2021, "A White
+Paper on Neural Network Quantization", arXiv:2106.08295, §3.1, re-chosen as the weights train. ``max`` (the
+default) keeps the tracked range, which never clips: at 2-3 bits it puts most weights on 0.
 """
 from __future__ import annotations
 
@@ -20,6 +26,10 @@ from qresearch.quantizers.base import Quantizer, check_choice, check_number
 from qresearch.quantizers.registry import register
 
 RANGE_TRACKING = ("ema", "last_value")
+RANGE_RULES = ("max", "mse")
+#: Candidate ranges of ``range_rule: mse`` (5% apart): each call quantizes K copies of the tensor, so K is
+#: what the search costs per training step.
+MSE_RANGE_CANDIDATES = 20
 
 
 @register("minmax")
@@ -30,6 +40,8 @@ class MinMaxQuantizer(Quantizer):
       range_tracking: ``"ema"`` (moving average, decay ``ema_decay``) or ``"last_value"``.
       ema_decay: moving-average decay; the first batch sets the range directly.
       init_min, init_max: range before any data is seen (tfmot's ±6).
+      range_rule: ``"max"`` (track the observed range) or ``"mse"`` (track the fraction of it with the least
+        squared error on the tensor; ``range_tracking: last_value`` only).
     """
 
     role_defaults = {
@@ -41,10 +53,18 @@ class MinMaxQuantizer(Quantizer):
 
     def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", range_tracking="ema", ema_decay=0.99,
-                 init_min=-6.0, init_max=6.0):
+                 init_min=-6.0, init_max=6.0, range_rule="max"):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
         check_choice(name, "range_tracking", range_tracking, RANGE_TRACKING)
+        check_choice(name, "range_rule", range_rule, RANGE_RULES)
+        if range_rule == "mse" and range_tracking != "last_value":
+            raise ConfigError(f"quantizer {name!r}: range_rule 'mse' picks the range from the tensor it quantizes, "
+                              f"so it needs range_tracking 'last_value' (weights), got {range_tracking!r}: an "
+                              "activation's range would change with its batch. For activations use init: mse")
+        if range_rule == "mse" and scale_format == "pot":
+            raise ConfigError(f"quantizer {name!r}: range_rule 'mse' scales the range by fractions, which are not "
+                              "powers of two; use the 'pot' quantizer with pot_rounding: mse")
         ema_decay = check_number(name, "ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
         init_min = check_number(name, "init_min", init_min, high=0.0)
         init_max = check_number(name, "init_max", init_max, low=0.0)
@@ -55,6 +75,7 @@ class MinMaxQuantizer(Quantizer):
         self.ema_decay = ema_decay
         self.init_min = init_min
         self.init_max = init_max
+        self.range_rule = range_rule
 
     def build_params(self, shape, name, layer):
         return {
@@ -80,6 +101,9 @@ class MinMaxQuantizer(Quantizer):
                 first = tf.equal(seen, 0.0)
                 moved_min, moved_max = tf.where(first, batch_min, moved_min), tf.where(first, batch_max, moved_max)
             batch_min, batch_max = moved_min, moved_max
+        elif self.range_rule == "mse":
+            f = self.mse_fraction(x, batch_min, batch_max, axes)
+            batch_min, batch_max = f * batch_min, f * batch_max
         updates = [lo.assign(batch_min), hi.assign(batch_max)]
         return tf.group(*updates, *([seen.assign(1.0)] if may_be_first else []))
 
@@ -98,6 +122,22 @@ class MinMaxQuantizer(Quantizer):
         """The (min, max) FakeQuant gets for ``x``, whose tracked range is (lo, hi); a subclass may choose it from
         ``x`` itself (``pot``'s ``pot_rounding: mse``)."""
         return self.fake_quant_range(lo, hi)
+
+    def mse_fraction(self, x, lo, hi, axes):
+        """The f in (1, (K-1)/K, ..., 1/K) whose range ``f · (lo, hi)`` quantizes ``x`` with the smallest
+        ``Σ (x - Q_f(x))²``, per channel; a tie keeps the larger range. All candidates in one pass over ``K``
+        copies of ``x``: a training-step computation only (the converter does not fold an op that grows its input
+        K-fold, so the chosen range is stored, not recomputed, for inference)."""
+        k = MSE_RANGE_CANDIDATES
+        fractions = tf.range(k, 0, -1, dtype=x.dtype) / float(k)
+        fq_min, fq_max = (tf.stop_gradient(self.broadcast(r, x, axes))[None] for r in self.fake_quant_range(lo, hi))
+        f = tf.reshape(fractions, [k] + [1] * x.shape.rank)
+        levels = 2 ** self.bits - (2 if self.narrow_range else 1)
+        step = tf.maximum(f * (fq_max - fq_min) / float(levels), ops.EPS)
+        xs = tf.stop_gradient(x)[None]
+        xq = tf.clip_by_value(tf.round((xs - f * fq_min) / step), 0.0, float(levels)) * step + f * fq_min
+        errors = tf.reduce_sum(tf.square(xq - xs), axis=[a + 1 for a in self.reduce_axes(x, axes)])
+        return tf.gather(fractions, tf.argmin(errors, axis=0))
 
     def quantize(self, x, training, weights, axes):
         from qresearch.quantizers.init import collect

@@ -53,7 +53,7 @@ class PotQuantizer(MinMaxQuantizer):
                               f"so it needs range_tracking 'last_value' (weights), got {range_tracking!r}: an "
                               "activation's scale would change with its batch. Use 'ceil' or 'round' there")
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format,
-                         range_tracking, ema_decay, init_min, init_max)
+                         range_tracking, ema_decay, init_min, init_max, range_rule="max")
 
     def pot(self, scale):
         return ops.pot_ste(scale, "ceil" if self.pot_rounding == "mse" else self.pot_rounding)

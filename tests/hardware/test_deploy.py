@@ -300,3 +300,43 @@ def test_pot_weights_chosen_by_mse_deploy_bit_for_bit(data):
     ceil = 2.0 ** np.ceil(np.log2(np.abs(kernel).max(0) / 127))
     err = [np.sum((np.clip(np.round(kernel / s), -127, 127) * s - kernel) ** 2, axis=0) for s in (ceil / 2, ceil)]
     assert (err[0] < err[1]).any() and (err[0] >= err[1]).any()   # both powers are in use: the case is exercised
+
+
+def _mse_choice(kernel, bits=8):
+    """numpy: per column of ``kernel``, the k of the range k/20·max|w| with the least squared error (ties: larger)."""
+    kernel = kernel.astype("float64")
+    qp = 2 ** (bits - 1) - 1
+    errors = []
+    for f in np.arange(20, 0, -1) / 20:
+        s = f * np.abs(kernel).max(0) / qp
+        errors.append(np.sum((np.clip(np.round(kernel / s), -qp, qp) * s - kernel) ** 2, axis=0))
+    return np.arange(20, 0, -1)[np.argmin(errors, axis=0)]
+
+
+def test_minmax_weights_ranged_by_mse_deploy_bit_for_bit(data):
+    """``range_rule: mse`` tracks each channel's range as the fraction of max|w| with the least squared error: the
+    converter reads the stored range as it reads a max range, and the emulation reads the same."""
+    xtr, ytr, xte, yte = data
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(keras.layers.Conv2D(8, 3, activation="relu")(inp))
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
+    model = train(model, xtr, ytr, epochs=3)
+    # At 8 bits clipping rarely pays on a trained layer; this one's weights lie on the grid of 0.95·max but for
+    # its max, so clipping that one weight (cost 0.05²) beats rounding 2,559 others (about 2,559 / (12·127²)).
+    dense = model.get_layer("logits").kernel
+    on_grid = np.clip(np.round(dense.numpy() / np.abs(dense.numpy()).max() * 127), -127, 127) * (0.95 / 127)
+    on_grid[0, 0] = 1.0
+    dense.assign(on_grid.astype("float32"))
+    scheme = {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True, "range_rule": "mse"},
+              "activations": {"quantizer": "minmax", "bits": 8},
+              "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
+    q = qresearch.quantize(model, scheme, hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    check_parity(r)
+    assert r["max_abs_diff_lsb"] < 1e-3, r
+    # both kinds exercised: a range clipped, and 72-weight channels that keep the whole range at 8 bits
+    assert _mse_choice(q.get_layer("quant_logits").layer.kernel.numpy().reshape(-1, 1)) == 19
+    stored = [v.numpy() for v in q.get_layer("quant_logits").weights if v.name.endswith("kernel_max:0")]
+    assert stored == [pytest.approx(0.95)], [v.name for v in q.get_layer("quant_logits").weights]
+    assert (_mse_choice(q.get_layer("quant_conv").layer.kernel.numpy().reshape(-1, 16)) == 20).all()

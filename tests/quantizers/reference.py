@@ -70,6 +70,19 @@ def fake_quant_per_channel(x, rmins, rmaxs, bits, narrow, axis=-1):
     return np.moveaxis(out, -1, axis)
 
 
+def mse_fraction_errors(x, rmin, rmax, bits, narrow, candidates):
+    """``Σ (x - Q_f(x))²`` for f = K/K, (K-1)/K, ..., 1/K, on the plain grid of ``f·[rmin, rmax]`` (round half to
+    even, no nudging): the errors a per-step MSE range search compares."""
+    x = np.asarray(x, dtype=np.float64)
+    levels = 2**bits - (2 if narrow else 1)
+    errors = []
+    for k in range(candidates, 0, -1):
+        lo, hi = k / candidates * rmin, k / candidates * rmax
+        step = max((hi - lo) / levels, 1e-8)
+        errors.append(np.sum((np.clip(np.round((x - lo) / step), 0, levels) * step + lo - x) ** 2))
+    return np.array(errors)
+
+
 def fake_quant_ste_mask(x, rmin, rmax, bits, narrow):
     nmin, nmax, _, _ = nudge(rmin, rmax, bits, narrow)
     return ((x >= nmin) & (x <= nmax)).astype(f32)

@@ -5,6 +5,7 @@ import pytest
 from . import reference as ref
 from .conftest import BITS, build, grads, run
 from qresearch._compat import keras, tf
+from qresearch.errors import ConfigError
 from qresearch.quantizers import create
 
 rng = np.random.RandomState(0)
@@ -138,3 +139,59 @@ def test_edge_cases(case):
     elif case == "nan":
         assert (lo, hi) == (x[finite].min(), x[finite].max())
         np.testing.assert_array_equal(y[finite], ref.fake_quant(x, min(lo, 0), max(hi, 0), 8, False)[finite])
+
+
+def test_mse_range_rule_closed_form():
+    """2-bit narrow grid {-s, 0, s} over ten 0.3s and one 1.0: 10(f - 0.3)² + (1 - f)² is least at f = 4/11; of the
+    candidates k/20, 0.35 (0.4475) beats 0.4 (0.46) and 1.0 (0.9, every 0.3 on 0)."""
+    x = np.array([1.0] + [0.3] * 10, "float32")
+    q = create({"name": "minmax", "bits": 2, "range_rule": "mse"}, role="weights")
+    w = build(q, x.shape)
+    np.testing.assert_allclose(run(q, x, w), np.full(11, 0.35, "float32"), rtol=1e-6)
+    np.testing.assert_allclose(run(q, x, w, training=False), np.full(11, 0.35, "float32"), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bits", BITS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mse_range_rule_picks_the_fraction_with_the_least_error(bits, per_channel):
+    """``range_rule: mse``: the FakeQuant range is ``f·`` the max range, with f the candidate whose grid has the least
+    squared error on the weights (numpy reference, per channel); the gradient is straight through inside it."""
+    x = (rng.randn(3, 3, 8, 6) * np.linspace(0.1, 3, 6)).astype("float32")
+    x[0, 0, 0] = 6 * np.linspace(0.1, 3, 6)   # an outlier per channel: the max range puts most weights on 0
+    q = create({"name": "minmax", "bits": bits, "per_channel": per_channel, "range_rule": "mse"}, role="weights")
+    layer = keras.layers.Conv2D(6, 3)
+    layer.build((None, 8, 8, 8))
+    w = build(q, x.shape, layer)
+    y = run(q, x, w)
+    axes = [3] if per_channel else None
+    lo, hi = (t.numpy() for t in q.range_of(tf.constant(x), w["min"], w["max"], axes))
+    qn, qp = ref.grid(bits, True, narrow=True)
+    top = np.abs(x).max(axis=(0, 1, 2)) if per_channel else np.abs(x).max()
+    fractions = np.atleast_1d(hi / top)
+    channels = [x[..., c] for c in range(6)] if per_channel else [x]
+    for f, xc, m in zip(fractions, channels, np.atleast_1d(top)):
+        errors = ref.mse_fraction_errors(xc, -m, m, bits, True, 20)
+        chosen = errors[20 - int(round(f * 20))]
+        assert chosen <= errors.min() * (1 + 1e-5), (f, errors)
+    if bits <= 3:
+        assert np.all(fractions < 1)   # clipping the outlier pays at 2-3 bits
+    expected = (ref.fake_quant_per_channel(x, lo, hi, bits, True) if per_channel
+                else ref.fake_quant(x, lo, hi, bits, True))
+    np.testing.assert_array_equal(y, expected)
+    np.testing.assert_array_equal(run(q, x, w, training=False), y)
+    (gx,) = grads(q, x, w, np.ones_like(x), [], training=False)
+    if per_channel:
+        inside = np.stack([ref.fake_quant_ste_mask(x[..., c], lo[c], hi[c], bits, True) for c in range(6)], -1)
+    else:
+        inside = ref.fake_quant_ste_mask(x, lo, hi, bits, True)
+    np.testing.assert_array_equal(gx, inside)
+    assert (gx == 0).any() == (fractions < 1).any()
+
+
+def test_mse_range_rule_is_for_weights_with_float_scales():
+    with pytest.raises(ConfigError, match="range_rule 'mse' .* needs range_tracking 'last_value' .* init: mse"):
+        create({"name": "minmax", "range_rule": "mse"}, role="activations")
+    with pytest.raises(ConfigError, match="range_rule 'mse' .* not powers of two.* pot_rounding: mse"):
+        create({"name": "minmax", "range_rule": "mse", "scale_format": "pot"}, role="weights")
+    with pytest.raises(ConfigError, match="range_rule"):
+        create({"name": "minmax", "range_rule": "percentile"}, role="weights")

@@ -44,7 +44,7 @@ def test_ceil_never_clips_round_may():
 def test_mse_rounding_picks_the_power_with_the_smaller_error(bits, per_channel):
     """``pot_rounding: mse``: per channel, the ceil power or the one below, whichever quantizes the weights with the
     smaller squared error (numpy reference); at 2 bits the lower power wins where ceil leaves most weights at 0."""
-    x = (rng.randn(4, 3, 6) * np.linspace(0.05, 3, 6)).astype("float32")
+    x = (np.random.RandomState(bits).randn(4, 3, 6) * np.linspace(0.05, 3, 6)).astype("float32")
     q = create({"name": "pot", "bits": bits, "per_channel": per_channel, "pot_rounding": "mse"}, role="weights")
     w = build(q, x.shape)
     y = run(q, x, w)
