@@ -105,6 +105,11 @@ def _contestants(calibration) -> List[Any]:
     lsq_trained_input = dict(schemes.get("lsq").to_dict(), train_input_quantizers=True)
     out.append(("qresearch lsq, train_input_quantizers: true",
                 lambda m: qresearch.quantize(m, lsq_trained_input, calibration_data=calibration)))
+    # what the per-step MSE range search of the weights costs (``range_rule: mse``, notes/accuracy.md)
+    int8_mse = dict(schemes.get("tflite_int8").to_dict())
+    int8_mse["weights"] = dict(int8_mse["weights"], range_rule="mse")
+    out.append(("qresearch tflite_int8, weights.range_rule: mse",
+                lambda m: qresearch.quantize(m, int8_mse, calibration_data=calibration)))
     # every op's output quantized, as tfmot's schemes do (the research presets quantize compute inputs only)
     lsq_every_op = dict(schemes.get("lsq").to_dict(), quantize_ops="all")
     out.append(("qresearch lsq, quantize_ops: all",

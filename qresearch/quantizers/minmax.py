@@ -11,11 +11,13 @@ calibration batch, or the first training batch) instead of tracking it during ca
 the range is then tracked from there (``last_value`` ranges follow each step's weights, so for weights
 the rule matters for post-training quantization only).
 
-``range_rule: mse`` (weights: ``range_tracking: last_value``) tracks, at every training step, the candidate
-range ``k/K · (min, max)`` (``k = 1..K``, ``K = MSE_RANGE_CANDIDATES``) that quantizes the tensor with the
-smallest squared error, per channel where per-channel: the MSE range setting of Nagel et al. 2021, "A White
-Paper on Neural Network Quantization", arXiv:2106.08295, §3.1, re-chosen as the weights train. ``max`` (the
-default) keeps the tracked range, which never clips: at 2-3 bits it puts most weights on 0.
+``range_rule: mse`` (weights: ``range_tracking: last_value``) tracks the range ``f · (min, max)``, with f the
+candidate ``k/K`` (``k = 1..K``, ``K = MSE_RANGE_CANDIDATES``) that quantizes the tensor with the smallest squared
+error, per channel where per-channel: the MSE range setting of Nagel et al. 2021, "A White Paper on Neural Network
+Quantization", arXiv:2106.08295, §3.1. f is searched on the first call and again every ``range_search_every``
+training steps (the search costs about a float step on LeNet-5, where min and max cost nothing); between
+searches the range is f times each step's (min, max). ``max`` (the default) keeps the tracked range, which never
+clips: at 2-3 bits it puts most weights on 0.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class MinMaxQuantizer(Quantizer):
       init_min, init_max: range before any data is seen (tfmot's ±6).
       range_rule: ``"max"`` (track the observed range) or ``"mse"`` (track the fraction of it with the least
         squared error on the tensor; ``range_tracking: last_value`` only).
+      range_search_every: with ``range_rule: mse``, training steps between searches of the fraction (1: every step).
     """
 
     role_defaults = {
@@ -53,7 +56,7 @@ class MinMaxQuantizer(Quantizer):
 
     def __init__(self, bits=8, symmetric=False, narrow_range=False, per_channel=False, axis=None,
                  signed=True, scale_format="float32", range_tracking="ema", ema_decay=0.99,
-                 init_min=-6.0, init_max=6.0, range_rule="max"):
+                 init_min=-6.0, init_max=6.0, range_rule="max", range_search_every=50):
         super().__init__(bits, symmetric, narrow_range, per_channel, axis, signed, scale_format)
         name = self.registry_name
         check_choice(name, "range_tracking", range_tracking, RANGE_TRACKING)
@@ -65,6 +68,10 @@ class MinMaxQuantizer(Quantizer):
         if range_rule == "mse" and scale_format == "pot":
             raise ConfigError(f"quantizer {name!r}: range_rule 'mse' scales the range by fractions, which are not "
                               "powers of two; use the 'pot' quantizer with pot_rounding: mse")
+        range_search_every = check_number(name, "range_search_every", range_search_every, low=1)
+        if range_search_every != int(range_search_every):
+            raise ConfigError(f"quantizer {name!r}: range_search_every must be a whole number of steps >= 1, got "
+                              f"{range_search_every!r}")
         ema_decay = check_number(name, "ema_decay", ema_decay, low=0.0, high=1.0, high_open=True)
         init_min = check_number(name, "init_min", init_min, high=0.0)
         init_max = check_number(name, "init_max", init_max, low=0.0)
@@ -76,13 +83,18 @@ class MinMaxQuantizer(Quantizer):
         self.init_min = init_min
         self.init_max = init_max
         self.range_rule = range_rule
+        self.range_search_every = int(range_search_every)
 
     def build_params(self, shape, name, layer):
-        return {
+        params = {
             "min": self.add_variable(layer, f"{name}_min", shape, self.init_min, trainable=False),
             "max": self.add_variable(layer, f"{name}_max", shape, self.init_max, trainable=False),
             "seen": self.add_flag(layer, f"{name}_seen"),
         }
+        if self.range_rule == "mse":   # the chosen fraction, and the calls left until the next search
+            params["fraction"] = self.add_variable(layer, f"{name}_fraction", shape, 1.0, trainable=False)
+            params["search_in"] = self.add_variable(layer, f"{name}_search_in", (), 0.0, trainable=False)
+        return params
 
     def observe(self, x, weights, axes):
         """Update the tracked range from a batch (finite values only)."""
@@ -101,10 +113,15 @@ class MinMaxQuantizer(Quantizer):
                 first = tf.equal(seen, 0.0)
                 moved_min, moved_max = tf.where(first, batch_min, moved_min), tf.where(first, batch_max, moved_max)
             batch_min, batch_max = moved_min, moved_max
-        elif self.range_rule == "mse":
-            f = self.mse_fraction(x, batch_min, batch_max, axes)
+        updates = []
+        if self.range_rule == "mse":
+            fraction, search_in = weights["fraction"], weights["search_in"]
+            f = tf.cond(search_in <= 0.0, lambda: self.mse_fraction(x, batch_min, batch_max, axes),
+                        lambda: tf.identity(fraction))
+            left = tf.where(search_in <= 0.0, float(self.range_search_every - 1), search_in - 1.0)
+            updates += [fraction.assign(f), search_in.assign(left)]
             batch_min, batch_max = f * batch_min, f * batch_max
-        updates = [lo.assign(batch_min), hi.assign(batch_max)]
+        updates += [lo.assign(batch_min), hi.assign(batch_max)]
         return tf.group(*updates, *([seen.assign(1.0)] if may_be_first else []))
 
     def fake_quant_range(self, lo, hi):

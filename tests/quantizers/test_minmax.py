@@ -195,3 +195,26 @@ def test_mse_range_rule_is_for_weights_with_float_scales():
         create({"name": "minmax", "range_rule": "mse", "scale_format": "pot"}, role="weights")
     with pytest.raises(ConfigError, match="range_rule"):
         create({"name": "minmax", "range_rule": "percentile"}, role="weights")
+
+
+def test_mse_fraction_is_searched_every_range_search_every_steps():
+    """Between searches the range is the kept fraction times each step's max|x|; the search runs on the first call
+    and every ``range_search_every`` calls after it."""
+    outlier = np.array([1.0] + [0.3] * 10, "float32")   # 2 bits: f = 0.35 (test_mse_range_rule_closed_form)
+    spread = np.linspace(-2.0, 2.0, 11).astype("float32")   # evenly spread: f = 0.7 at 2 bits
+    q = create({"name": "minmax", "bits": 2, "range_rule": "mse", "range_search_every": 3}, role="weights")
+    w = build(q, outlier.shape)
+
+    def top(x):
+        run(q, x, w)
+        return float(w["max"].numpy()), float(w["fraction"].numpy())
+
+    assert top(outlier) == pytest.approx((0.35, 0.35))
+    assert top(spread) == pytest.approx((0.35 * 2.0, 0.35))   # kept: 0.35 · max|x|
+    assert top(spread) == pytest.approx((0.35 * 2.0, 0.35))
+    searched = top(spread)
+    errors = ref.mse_fraction_errors(spread, -2.0, 2.0, 2, True, 20)
+    assert searched[1] == pytest.approx(1 - np.argmin(errors) / 20) and searched[1] != pytest.approx(0.35)
+    assert searched[0] == pytest.approx(2.0 * searched[1])
+    with pytest.raises(ConfigError, match="range_search_every"):
+        create({"name": "minmax", "range_rule": "mse", "range_search_every": 2.5}, role="weights")
