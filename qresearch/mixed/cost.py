@@ -4,7 +4,8 @@ under a bit assignment.
 Definitions (per inference of one sample, batch 1):
 
 - MACs: multiply-accumulates of the layer, from its config and its input/output shapes, by a rule
-  registered per layer class in ``MAC_RULES`` (below, each rule states its formula).
+  registered per layer class in ``MAC_RULES`` (below, each rule states its formula). An ``Embedding`` is a
+  layer with a rule and no MACs: a lookup, whose table is weight memory at the layer's width.
 - weight memory [bits] = (quantized weight elements) x w_bits + (bias elements) x 32.
   The bias stays 32-bit (it is added in the int32 accumulator: TFLite int8 spec, Jacob et al.
   2018 §2.4). Parameters of non-compute layers (BatchNormalization, ...) are not counted:
@@ -94,6 +95,12 @@ def _transpose(layer, in_shape, out_shape):
                  ("kernel",))]
 
 
+def _lookup(layer, in_shape, out_shape):
+    # a table lookup multiplies nothing; its table is weight memory at the layer's width (often most of a token
+    # model's weights), and its output an activation at that width (it stays on the table's grid)
+    return [Part("lookup", 0, ("embeddings",))]
+
+
 MAC_RULES = Registry("MAC rule")
 
 
@@ -106,7 +113,7 @@ for _name, _rule in (("Dense", _dense), ("Conv1D", _conv), ("Conv2D", _conv), ("
                      ("DepthwiseConv1D", _depthwise), ("DepthwiseConv2D", _depthwise),
                      ("SeparableConv1D", _separable), ("SeparableConv2D", _separable),
                      ("Conv1DTranspose", _transpose), ("Conv2DTranspose", _transpose),
-                     ("Conv3DTranspose", _transpose)):
+                     ("Conv3DTranspose", _transpose), ("Embedding", _lookup)):
     register_mac_rule(_name, _rule)
 
 

@@ -106,3 +106,19 @@ def test_cost_table():
         cost(conv_dw_dense(), {"conv": 3}, table={"mac": {"default": {"w8a8": 1.0}}})
     with pytest.raises(ConfigError, match="w<bits>a<bits>"):
         CostTable.from_dict({"mac": {"default": {"8x8": 1.0}}})
+
+
+def test_an_embeddings_table_is_weight_memory_at_its_width():
+    """An Embedding multiplies nothing; its table (here most of the model's weights) is weight memory at the
+    layer's width and its output an activation at that width, so a memory budget can lower it."""
+    inp = keras.Input((12,), dtype="int32")
+    h = L.Conv1D(4, 3, name="conv")(L.Embedding(500, 8, name="embed")(inp))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.Flatten()(h)))
+    rows = {r["name"]: r for r in cost(model, {"embed": 4, "conv": 8, "fc": 8})["layers"]}
+    assert [c.name for c in compute_layers(model)] == ["embed", "conv", "fc"]
+    assert rows["embed"]["macs"] == rows["embed"]["bops"] == 0
+    assert rows["embed"]["params"] == 500 * 8 and rows["embed"]["weight_bits"] == 500 * 8 * 4
+    assert rows["embed"]["activation_bits"] == 12 * 8 * 4
+    assert rows["conv"]["a_in_bits"] == 4 and rows["conv"]["bops"] == (10 * 4) * (3 * 8) * 8 * 4
+    all8 = cost(model)["totals"]["weight_bits"]
+    assert all8 == 500 * 8 * 8 + (3 * 8 * 4) * 8 + 4 * 32 + (40 * 2) * 8 + 2 * 32

@@ -105,3 +105,21 @@ def test_target_limits_the_widths(trained):
     with pytest.raises(qresearch.ConfigError, match="none of the candidate widths"):
         search(model, (ds.x_train[:128], ds.y_train[:128]), "lsq", {"bops": 0.5}, target="npu_w4a8",
                method="hessian", samples=2)
+
+
+def test_a_memory_budget_lowers_an_embeddings_table():
+    """A token model whose Embedding table holds most of its weights: a memory budget of 0.45 of 8 bits can only
+    be met with the table below 8 bits, and the quantized model realises the priced widths."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 400, (128, 10))
+    labels = (ids[:, 0] % 2).astype("int32")
+    inp = keras.Input((10,), dtype="int32")
+    h = keras.layers.Conv1D(4, 3, name="conv")(keras.layers.Embedding(400, 8, name="embed")(inp))
+    model = keras.Model(inp, keras.layers.Dense(2, name="logits")(keras.layers.Flatten()(h)))
+    out = search(model, (ids, labels), "minmax_nbit", {"memory": 0.45}, bits=(8, 4, 2), method="hessian",
+                 samples=2, fixed={})
+    assert out["allocation"]["feasible"]
+    assert out["widths"]["embed"] < 8
+    assert out["cost"]["totals"]["weight_bits"] <= 0.45 * out["reference"]["totals"]["weight_bits"]
+    q = qresearch.quantize(model, out["scheme"], calibration_data=ids[:64])
+    assert qat_cost(model, q)["totals"] == out["cost"]["totals"]
