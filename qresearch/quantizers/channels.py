@@ -13,15 +13,21 @@ _AXES: Dict[Tuple[type, str], Tuple[int, ...]] = {}
 DEFAULT_AXES: Tuple[int, ...] = (-1,)
 
 
+def _key(weight_name: str) -> str:
+    """A weight's name as registered (``_query_dense.kernel``) and as a quantizer is built for it (a variable
+    name: ``layer/_query_dense_kernel:0``) alike."""
+    return weight_name.split("/")[-1].split(":")[0].replace(".", "_")
+
+
 def register_channel_axes(layer_class: type, weight_name: str, axes) -> None:
-    """Declare the channel axes of ``layer_class``'s weight ``weight_name``."""
-    _AXES[(layer_class, weight_name)] = tuple(axes) if isinstance(axes, (list, tuple)) else (int(axes),)
+    """Declare the channel axes of ``layer_class``'s weight ``weight_name`` (a dotted path for a sublayer's)."""
+    _AXES[(layer_class, _key(weight_name))] = tuple(axes) if isinstance(axes, (list, tuple)) else (int(axes),)
 
 
 def channel_axes_for(layer, weight_name: str) -> Tuple[int, ...]:
     """Channel axes of ``layer``'s weight (``layer`` may be a tfmot wrapper)."""
     inner = getattr(layer, "layer", layer)
-    short = weight_name.split("/")[-1].split(":")[0]
+    short = _key(weight_name)
     for cls in type(inner).__mro__:
         if (cls, short) in _AXES:
             return _AXES[(cls, short)]

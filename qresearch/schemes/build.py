@@ -76,6 +76,23 @@ def _relative(var) -> str:
     return "/".join(parts[1:]) if len(parts) > 1 else parts[0]
 
 
+def _attribute_paths(layer, prefix: str = "", seen=None) -> Dict[int, str]:
+    """``id(variable) -> its attribute path in layer`` ("value_proj.kernel"): the same in a clone, whose sublayers
+    get other generated names ("dense_7/kernel" for "dense_2/kernel")."""
+    seen = set() if seen is None else seen
+    if id(layer) in seen:
+        return {}
+    seen.add(id(layer))
+    out: Dict[int, str] = {}
+    for name, value in vars(layer).items():
+        if isinstance(value, tf.Variable):
+            out.setdefault(id(value), prefix + name)
+        elif isinstance(value, keras.layers.Layer):
+            for key, path in _attribute_paths(value, f"{prefix}{name}.", seen).items():
+                out.setdefault(key, path)
+    return out
+
+
 def build(plan: ModelPlan):
     """The QAT model (``io.QATModel``) of ``plan``, with the float model's weights."""
     graph, plans, scheme = plan.graph, plan.layers, plan.scheme
@@ -239,7 +256,9 @@ def _copy_weights(inner, p: LayerPlan) -> None:
         inner.bias.assign(bias)
         return
     targets = inner.weights
-    for key in (_short, _relative):  # by weight name, then by path inside the layer (sublayers)
+    paths = {**_attribute_paths(src), **_attribute_paths(inner)}
+    # by weight name, then by path inside the layer (sublayers), then by attribute (sublayers' generated names)
+    for key in (_short, _relative, lambda w: paths.get(id(w))):
         values = {key(w): w.numpy() for w in src.weights}
         if p.batch_stats_fold:  # the layer's own weights; the BN's go to the wrapper (set_batch_norm)
             values.setdefault("bias", np.zeros(inner.bias.shape, np.float32))

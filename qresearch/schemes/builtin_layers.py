@@ -78,6 +78,12 @@ for _cls, _op in ((L.Conv1DTranspose, None), (L.Conv2DTranspose, "TRANSPOSE_CONV
 _compute(L.Dense, target_kind="dense", fold=_KERNEL, integer_op="FULLY_CONNECTED", call=dense_nd)  # rank > 2
 if hasattr(L, "EinsumDense"):
     _compute(L.EinsumDense, target_kind="dense")
+# Attention: the four projections' kernels (EinsumDense sublayers) are quantized, per output channel (a
+# query/key/value kernel is (d, heads, key_dim): every head's every dimension is a channel); the scores, their
+# softmax and the weighted sum stay float (on TFLite: float islands that ``verify`` lists).
+_ATTENTION = ("_query_dense.kernel", "_key_dense.kernel", "_value_dense.kernel", "_output_dense.kernel")
+register_layer(L.MultiHeadAttention, weights=list(_ATTENTION), kind="compute", target_kind="dense",
+               channel_axes={w: ((-1,) if w.startswith("_output") else (-2, -1)) for w in _ATTENTION})
 
 # Recurrent layers: the cell's kernels are quantized (dotted paths); gate math stays float (TFLite's
 # fully-int8 LSTM kernel, with a 16-bit cell state, is not simulated).

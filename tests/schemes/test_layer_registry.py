@@ -104,7 +104,7 @@ def test_target_kind_is_checked_and_keras_aliases_resolve():
         schemes.register_layer(OutInDense, weights=["kernel"], target_kind="matmul")
     assert registry.target_kind_of_name("Convolution2D") == "conv"
     assert registry.target_kind_of_name("Conv2DTranspose") == "conv_transpose"
-    assert registry.classes_of_target_kind("dense") == ["Dense", "EinsumDense"]
+    assert registry.classes_of_target_kind("dense") == ["Dense", "EinsumDense", "MultiHeadAttention"]
 
 
 @pytest.mark.parametrize("make, rule", [
@@ -174,3 +174,40 @@ def test_output_grid_keeps_an_embeddings_rows_on_its_tables_grid(weights, gather
     # quantizing conv/dense inputs only (the research presets): the conv reads the rows through its own quantizer
     inputs_only = qresearch.quantize(_token_model(), dict(scheme, quantize_ops="inputs"), calibration_data=ids)
     assert isinstance(inputs_only.get_layer("quant_conv")._inbound_nodes[0].inbound_layers, schemes.QuantizeInput)
+
+
+def _attention_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 8))
+    h = L.Dense(12, name="embed")(inp)
+    h = L.LayerNormalization()(L.Add()([h, L.MultiHeadAttention(2, 4, name="mha")(h, h)]))
+    return keras.Model(inp, L.Dense(3, name="logits")(L.GlobalAveragePooling1D()(h)))
+
+
+def test_multi_head_attention_quantizes_its_projections_per_head_channel(tmp_path):
+    """MultiHeadAttention is built in: its four projections' kernels are quantized, a query/key/value kernel
+    (d, heads, key_dim) per (head, dimension) channel (a dotted weight's registered axes reach its quantizer), the
+    output kernel per output feature; the QAT model trains, and saves and loads."""
+    x = np.random.default_rng(0).normal(size=(32, 6, 8)).astype("float32")
+    y = np.arange(32) % 3
+    q = qresearch.quantize(_attention_model(), "minmax_nbit", calibration_data=x)
+    mha = q.get_layer("quant_mha")
+    ranges = {v.name.split("/")[-1][:-2]: tuple(v.shape) for v in mha.weights if v.name.endswith("kernel_max:0")}
+    assert ranges == {"_query_dense_kernel_max": (2, 4), "_key_dense_kernel_max": (2, 4),
+                      "_value_dense_kernel_max": (2, 4), "_output_dense_kernel_max": (12,)}
+    # each (head, dimension) column of the query kernel on its own grid
+    kernel = mha.layer._query_dense.kernel.numpy()
+    quantized = mha.quantize_config.weights["_query_dense.kernel"](tf.constant(kernel), False,
+                                                                   weights=mha._weight_vars[0][2])
+    steps = np.abs(kernel).max(axis=0) / 7   # 4 bits, narrow: levels -7..7 (the attention is not first or last)
+    np.testing.assert_allclose(quantized.numpy() / steps, np.round(quantized.numpy() / steps), atol=1e-3)
+    q.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    q.fit(x, y, epochs=1, verbose=0)
+    q.save(tmp_path / "attention")
+    again = qresearch.load_model(tmp_path / "attention")
+    np.testing.assert_array_equal(again.predict(x, verbose=0), q.predict(x, verbose=0))
+
+
+def test_channel_axes_of_a_dotted_weight_reach_its_quantizer():
+    assert channels.channel_axes_for(L.MultiHeadAttention(2, 4), "quant_mha/_key_dense_kernel:0") == (-2, -1)
+    assert channels.channel_axes_for(L.MultiHeadAttention(2, 4), "_output_dense.kernel") == (-1,)
