@@ -5,7 +5,9 @@ Definitions (per inference of one sample, batch 1):
 
 - MACs: multiply-accumulates of the layer, from its config and its input/output shapes, by a rule
   registered per layer class in ``MAC_RULES`` (below, each rule states its formula). An ``Embedding`` is a
-  layer with a rule and no MACs: a lookup, whose table is weight memory at the layer's width.
+  layer with a rule and no MACs: a lookup, whose table is weight memory at the layer's width. A recurrent layer
+  (LSTM, GRU, SimpleRNN, Bidirectional of one) counts its cell's products over a fixed sequence length; the gate
+  arithmetic (element-wise) is not counted.
 - weight memory [bits] = (quantized weight elements) x w_bits + (bias elements) x 32.
   The bias stays 32-bit (it is added in the int32 accumulator: TFLite int8 spec, Jacob et al.
   2018 §2.4). Parameters of non-compute layers (BatchNormalization, ...) are not counted:
@@ -40,6 +42,7 @@ class Part:
     name: str
     macs: int
     weights: Tuple[str, ...]     # attributes quantized at w_bits
+    bias: str = "bias"           # the attribute holding the bias it adds (32-bit), if the layer has one
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +98,34 @@ def _transpose(layer, in_shape, out_shape):
                  ("kernel",))]
 
 
+#: multiply stages per step of a recurrent cell: one product of the input and one of the state per gate
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+
+
+def _steps(layer, in_shape) -> int:
+    if in_shape[1] is None:
+        from qresearch.errors import ConfigError
+
+        raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) reads sequences of unknown length: the "
+                          "cost model prices a fixed length. Fix: give the model's Input a length, e.g. "
+                          "keras.Input((T, features))")
+    return int(in_shape[1])
+
+
+def _recurrent(layer, in_shape, out_shape, prefix=""):
+    # every step: gates x units x (input features + units), the cell's kernel and recurrent kernel
+    cell = layer.cell
+    units, gates = int(cell.units), _GATES[type(layer).__name__]
+    macs = _steps(layer, in_shape) * gates * units * (int(in_shape[-1]) + units)
+    return [Part(f"{prefix}recurrent", macs, (f"{prefix}cell.kernel", f"{prefix}cell.recurrent_kernel"),
+                 bias=f"{prefix}cell.bias")]
+
+
+def _bidirectional(layer, in_shape, out_shape):
+    return [part for d in ("forward_layer", "backward_layer")
+            for part in _recurrent(getattr(layer, d), in_shape, out_shape, prefix=f"{d}.")]
+
+
 def _lookup(layer, in_shape, out_shape):
     # a table lookup multiplies nothing; its table is weight memory at the layer's width (often most of a token
     # model's weights), and its output an activation at that width (it stays on the table's grid)
@@ -113,7 +144,8 @@ for _name, _rule in (("Dense", _dense), ("Conv1D", _conv), ("Conv2D", _conv), ("
                      ("DepthwiseConv1D", _depthwise), ("DepthwiseConv2D", _depthwise),
                      ("SeparableConv1D", _separable), ("SeparableConv2D", _separable),
                      ("Conv1DTranspose", _transpose), ("Conv2DTranspose", _transpose),
-                     ("Conv3DTranspose", _transpose), ("Embedding", _lookup)):
+                     ("Conv3DTranspose", _transpose), ("Embedding", _lookup), ("LSTM", _recurrent),
+                     ("GRU", _recurrent), ("SimpleRNN", _recurrent), ("Bidirectional", _bidirectional)):
     register_mac_rule(_name, _rule)
 
 
@@ -151,7 +183,12 @@ def resolve_widths(layers, choice: Mapping[str, int], base_bits: int = 8,
 
 # ------------------------------------------------------------------ the table
 def _param_count(layer, attr) -> int:
-    var = getattr(layer, attr, None)
+    from qresearch.schemes.attrs import get_attr   # dotted paths: a recurrent cell's kernels
+
+    try:
+        var = get_attr(layer, attr)
+    except AttributeError:
+        var = None
     return 0 if var is None else _prod(var.shape)
 
 
@@ -166,7 +203,7 @@ def layer_rows(model, widths: Mapping[str, Widths], layers=None) -> List[Dict[st
         parts = mac_rule(c.layer).parts(c.layer, c.input_shape, c.output_shape)
         macs = sum(p.macs for p in parts)
         qparams = sum(_param_count(c.layer, a) for p in parts for a in p.weights)
-        bias = _param_count(c.layer, "bias") if getattr(c.layer, "use_bias", False) else 0
+        bias = sum(_param_count(c.layer, b) for b in dict.fromkeys(p.bias for p in parts))   # None: no bias
         out_elems = _out_elements(c.output_shape)
         rows.append({
             "name": c.name, "class": type(c.layer).__name__, "source": c.source,

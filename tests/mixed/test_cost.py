@@ -122,3 +122,26 @@ def test_an_embeddings_table_is_weight_memory_at_its_width():
     assert rows["conv"]["a_in_bits"] == 4 and rows["conv"]["bops"] == (10 * 4) * (3 * 8) * 8 * 4
     all8 = cost(model)["totals"]["weight_bits"]
     assert all8 == 500 * 8 * 8 + (3 * 8 * 4) * 8 + 4 * 32 + (40 * 2) * 8 + 2 * 32
+
+
+def test_recurrent_layers_by_hand():
+    """Per step, gates x units x (features + units) products (the cell's kernel and recurrent kernel), over the
+    sequence; a Bidirectional counts both directions."""
+    inp = keras.Input((10, 5))
+    h = L.LSTM(8, return_sequences=True, name="lstm")(inp)
+    h = L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi")(h)
+    h = L.GRU(6, name="gru")(h)
+    rows = {r["name"]: r for r in cost(keras.Model(inp, L.Dense(2, name="fc")(h)))["layers"]}
+    assert rows["lstm"]["macs"] == 10 * 4 * 8 * (5 + 8) and rows["lstm"]["params"] == 5 * 32 + 8 * 32
+    assert rows["lstm"]["bias_params"] == 32 and rows["lstm"]["out_elements"] == 10 * 8
+    assert rows["bi"]["macs"] == 2 * 10 * 4 * 4 * (8 + 4) and rows["bi"]["params"] == 2 * (8 * 16 + 4 * 16)
+    assert rows["bi"]["bias_params"] == 2 * 16 and rows["gru"]["bias_params"] == 2 * 18   # GRU: reset_after
+    assert rows["gru"]["macs"] == 10 * 3 * 6 * (8 + 6) and rows["gru"]["params"] == 8 * 18 + 6 * 18
+    assert rows["gru"]["a_in_bits"] == 8 and rows["gru"]["bops"] == rows["gru"]["macs"] * 8 * 8
+
+
+def test_a_sequence_of_unknown_length_is_refused_with_the_fix():
+    inp = keras.Input((None, 5))
+    model = keras.Model(inp, L.Dense(2)(L.LSTM(4, name="lstm")(inp)))
+    with pytest.raises(ConfigError, match=r"'lstm' \(LSTM\) reads sequences of unknown length.*keras.Input"):
+        cost(model)

@@ -104,3 +104,17 @@ def test_an_embeddings_output_is_read_at_its_tables_width():
                            calibration_data=np.random.default_rng(0).integers(0, 50, (16, 12)))
     assert qat_widths(q)["conv"] == Widths(8, 8, 8)
     assert qat_cost(model, q)["totals"] == cost(model, {c.name: 8 for c in compute_layers(model)})["totals"]
+
+
+def test_a_recurrent_models_realised_widths_are_the_priced_ones():
+    """LSTM, Bidirectional and GRU are priced (mixed/cost.py) at the widths the quantized model really has."""
+    from qresearch import keras
+
+    L = keras.layers
+    inp = keras.Input((10, 5))
+    h = L.Bidirectional(L.LSTM(4, return_sequences=True), name="bi")(L.LSTM(8, return_sequences=True, name="lstm")(inp))
+    model = keras.Model(inp, L.Dense(2, name="fc")(L.GRU(6, name="gru")(h)))
+    q = qresearch.quantize(model, "minmax_nbit", calibration_data=np.random.default_rng(0).random((16, 10, 5)))
+    assert set(qat_widths(q)) == {"lstm", "bi", "gru", "fc"}
+    priced = cost(model, {"lstm": 8, "bi": 4, "gru": 4, "fc": 8}, own_inputs=True)   # first/last at 8
+    assert qat_cost(model, q)["totals"] == priced["totals"] and priced["totals"]["macs"] > 10_000
