@@ -160,7 +160,8 @@ def test_per_layer_kind_granularity():
     # Per-channel fits conv layers; the target fills per-tensor overrides for Dense (reported).
     out, coercions = hw.constrain(spec(), "test_micro_like")
     added = {o["match"]: o["weights"] for o in as_dict(out)["overrides"]}
-    assert added == {"Dense": {"per_channel": False}, "EinsumDense": {"per_channel": False}}
+    assert added == {"Dense": {"per_channel": False}, "EinsumDense": {"per_channel": False},
+                     "MultiHeadAttention": {"per_channel": False}}
     assert any("dense layers" in c and "set by target" in c for c in coercions)
     hw.constrain(out, "test_micro_like")
     # A scheme override already settling Dense is kept as is.
