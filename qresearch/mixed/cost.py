@@ -7,7 +7,8 @@ Definitions (per inference of one sample, batch 1):
   registered per layer class in ``MAC_RULES`` (below, each rule states its formula). An ``Embedding`` is a
   layer with a rule and no MACs: a lookup, whose table is weight memory at the layer's width. A recurrent layer
   (LSTM, GRU, SimpleRNN, Bidirectional of one) counts its cell's products over a fixed sequence length; the gate
-  arithmetic (element-wise) is not counted.
+  arithmetic (element-wise) is not counted. A MultiHeadAttention counts its four projections; its scores and
+  weighted sum (activations times activations, float in the simulation) are not counted.
 - weight memory [bits] = (quantized weight elements) x w_bits + (bias elements) x 32.
   The bias stays 32-bit (it is added in the int32 accumulator: TFLite int8 spec, Jacob et al.
   2018 §2.4). Parameters of non-compute layers (BatchNormalization, ...) are not counted:
@@ -126,6 +127,30 @@ def _bidirectional(layer, in_shape, out_shape):
             for part in _recurrent(getattr(layer, d), in_shape, out_shape, prefix=f"{d}.")]
 
 
+def _positions(layer, shape) -> int:
+    """How many vectors a sequence/image tensor holds (all but its batch and feature axes)."""
+    if any(d is None for d in shape[1:-1]):
+        from qresearch.errors import ConfigError
+
+        raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) reads inputs of unknown length: the "
+                          "cost model prices a fixed length. Fix: give the model's Input a length, e.g. "
+                          "keras.Input((T, features))")
+    return _prod(shape[1:-1])
+
+
+def _attention(layer, in_shape, out_shape):
+    # the four projections: each position of the query (the value, for key and value) times the kernel; the
+    # scores and the weighted sum multiply activations by activations (float here) and are not counted
+    query, value = tuple(layer._query_shape), tuple(layer._value_shape)
+    key = tuple(layer._key_shape) if getattr(layer, "_key_shape", None) is not None else value
+    parts = []
+    for name, shape in (("query", query), ("key", key), ("value", value), ("output", query)):
+        dense = getattr(layer, f"_{name}_dense")
+        parts.append(Part(name, _positions(layer, shape) * _prod(dense.kernel.shape), (f"_{name}_dense.kernel",),
+                          bias=f"_{name}_dense.bias"))
+    return parts
+
+
 def _lookup(layer, in_shape, out_shape):
     # a table lookup multiplies nothing; its table is weight memory at the layer's width (often most of a token
     # model's weights), and its output an activation at that width (it stays on the table's grid)
@@ -145,7 +170,8 @@ for _name, _rule in (("Dense", _dense), ("Conv1D", _conv), ("Conv2D", _conv), ("
                      ("SeparableConv1D", _separable), ("SeparableConv2D", _separable),
                      ("Conv1DTranspose", _transpose), ("Conv2DTranspose", _transpose),
                      ("Conv3DTranspose", _transpose), ("Embedding", _lookup), ("LSTM", _recurrent),
-                     ("GRU", _recurrent), ("SimpleRNN", _recurrent), ("Bidirectional", _bidirectional)):
+                     ("GRU", _recurrent), ("SimpleRNN", _recurrent), ("Bidirectional", _bidirectional),
+                     ("MultiHeadAttention", _attention)):
     register_mac_rule(_name, _rule)
 
 

@@ -12,7 +12,8 @@ single-input, non-compute layers (ReLU, BatchNormalization, pooling, Flatten, Dr
 - to the model input: the input quantizer takes the activation spec of its first consumer, i.e.
   of the layer itself, so the source is the layer itself (input width = its own ``b``);
 - to anything else (an ``Add``, a ``Concatenate``: several inputs): the scheme's base activation
-  width, a constant (``source = None``).
+  width, a constant (``source = None``). A compute layer reading several tensors (cross-attention) reads them at
+  that base width too; one reading the same tensor twice (self-attention) reads it as one.
 
 With ``quantize_ops: inputs`` (``own_inputs=True``) no layer quantizes its output: every compute layer
 quantizes the tensor it reads with its own activation spec, so every source is the layer itself, and a
@@ -55,9 +56,10 @@ def _inbound(layer) -> List[object]:
     return list(inbound) if isinstance(inbound, (list, tuple)) else [inbound]
 
 
-def _shape(s):
+def _shape(s, first: bool = False):
+    """One tensor's shape; ``first``: the first of several (an attention's query: its rule reads the others)."""
     if isinstance(s, list):
-        if len(s) != 1:
+        if len(s) != 1 and not first:
             raise ConfigError(f"a compute layer with {len(s)} inputs/outputs is not supported")
         s = s[0]
     return tuple(s)
@@ -96,6 +98,8 @@ def compute_layers(model, own_inputs: bool = False) -> List[ComputeLayer]:
     def root_of(layer) -> Optional[str]:
         """The compute layer (or SELF/None) whose output reaches ``layer``'s input."""
         inbound = _inbound(layer)
+        if is_compute.get(layer.name):   # self-attention reads one tensor as query and value
+            inbound = list({id(x): x for x in inbound}.values())
         if len(inbound) != 1:
             return None
         prev = inbound[0]
@@ -121,7 +125,7 @@ def compute_layers(model, own_inputs: bool = False) -> List[ComputeLayer]:
                     chains.setdefault(root, []).append(layer.name)
             continue
         src = SELF if own_inputs else root_of(layer)
-        out.append(ComputeLayer(layer.name, layer, _shape(layer.input_shape), _shape(layer.output_shape),
+        out.append(ComputeLayer(layer.name, layer, _shape(layer.input_shape, first=True), _shape(layer.output_shape),
                                 source=layer.name if src == SELF else src, chain=[],
                                 read_by=_read_by(layer, order, is_compute) if own_inputs else []))
     for c in out:

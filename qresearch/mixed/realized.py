@@ -40,7 +40,7 @@ def _inbound(layer):
 
 
 def _in_bits(layer) -> int:
-    prev = _inbound(layer)
+    prev = list({id(x): x for x in _inbound(layer)}.values())   # self-attention reads one tensor twice
     while len(prev) == 1:
         bits = _bits(_output_quantizer(prev[0]))
         if bits is not None:

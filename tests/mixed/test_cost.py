@@ -145,3 +145,21 @@ def test_a_sequence_of_unknown_length_is_refused_with_the_fix():
     model = keras.Model(inp, L.Dense(2)(L.LSTM(4, name="lstm")(inp)))
     with pytest.raises(ConfigError, match=r"'lstm' \(LSTM\) reads sequences of unknown length.*keras.Input"):
         cost(model)
+
+
+def test_attention_counts_its_four_projections():
+    """Each projection: the positions it reads (the query's for query and output, the value's for key and value)
+    times its kernel; the bias is the four projections'. Self- and cross-attention."""
+    inp = keras.Input((6, 8))
+    h = L.Dense(12, name="embed")(inp)
+    h = L.LayerNormalization()(L.Add()([h, L.MultiHeadAttention(2, 4, name="mha")(h, h)]))
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling1D()(h)))
+    rows = {r["name"]: r for r in cost(model, {"embed": 8, "mha": 4, "fc": 8})["layers"]}
+    assert rows["mha"]["macs"] == 6 * (12 * 2 * 4) * 4 and rows["mha"]["params"] == 4 * 96
+    assert rows["mha"]["bias_params"] == 3 * 8 + 12 and rows["mha"]["weight_bits"] == 384 * 4 + 36 * 32
+    assert rows["mha"]["a_in_bits"] == 8 and rows["mha"]["bops"] == 2304 * 4 * 8   # reads the Dense (one tensor)
+    assert cost(model, {"embed": 2})["layers"][1]["a_in_bits"] == 2
+    query, memory = keras.Input((5, 8)), keras.Input((7, 8))
+    cross = keras.Model([query, memory], L.MultiHeadAttention(2, 4, name="cross")(query, memory))
+    (row,) = cost(cross)["layers"]
+    assert row["macs"] == 5 * 64 + 7 * 64 + 7 * 64 + 5 * 64

@@ -118,3 +118,21 @@ def test_a_recurrent_models_realised_widths_are_the_priced_ones():
     assert set(qat_widths(q)) == {"lstm", "bi", "gru", "fc"}
     priced = cost(model, {"lstm": 8, "bi": 4, "gru": 4, "fc": 8}, own_inputs=True)   # first/last at 8
     assert qat_cost(model, q)["totals"] == priced["totals"] and priced["totals"]["macs"] > 10_000
+
+
+@pytest.mark.parametrize("preset", ["minmax_nbit", "tflite_int8"])
+def test_an_attention_models_realised_widths_are_the_priced_ones(preset):
+    """MultiHeadAttention is priced (its projections) at the widths the quantized model has, reading its input
+    as quantized (conv/dense inputs, or every op)."""
+    from qresearch import keras
+
+    L = keras.layers
+    inp = keras.Input((6, 8))
+    h = L.Dense(12, name="embed")(inp)
+    h = L.LayerNormalization()(L.Add()([h, L.MultiHeadAttention(2, 4, name="mha")(h, h)]))
+    model = keras.Model(inp, L.Dense(3, name="fc")(L.GlobalAveragePooling1D()(h)))
+    q = qresearch.quantize(model, preset, calibration_data=np.random.default_rng(0).random((16, 6, 8)))
+    assert {"embed", "mha", "fc"} <= set(qat_widths(q))
+    own = reads_own_inputs(preset)
+    bits = {"embed": 8, "mha": 4, "fc": 8} if preset == "minmax_nbit" else {"embed": 8, "mha": 8, "fc": 8}
+    assert qat_cost(model, q)["totals"] == cost(model, bits, own_inputs=own)["totals"]
