@@ -129,9 +129,13 @@ def run_stages(exp: Experiment, rec: JobRecord) -> None:
                      m["totals"]["bops"] / m["reference"]["bops"],
                      m["totals"]["weight_bits"] / m["reference"]["weight_bits"])
             if not m["allocation"].get("feasible", True):  # kept: the report places it by its real cost
-                log.warning("mixed precision: no choice of widths meets %s (layers held at fixed widths cost "
-                            "more); the run goes on with the closest choice the greedy search found",
-                            rec["labels"]["mixed_budget"])
+                least = ", ".join(f"{k} {b['least_relative_cost']:.3f}" for k, b in m["allocation"]["budgets"].items()
+                                  if not b["feasible"])
+                log.warning("mixed precision: no choice of widths meets %s: with every free layer at the narrowest "
+                            "width the least reachable is %s of all-8-bit (the layers held at fixed widths, e.g. "
+                            "first/last at first_last_bits, cost the rest). Fix: raise the budget, or lower or drop "
+                            "first_last_bits. The run goes on with the closest choice the greedy search found",
+                            rec["labels"]["mixed_budget"], least)
             if rec.logger is not None:
                 rec.logger.summary({"mixed/widths": m["widths"], "mixed/solver": m["solver"]})
 

@@ -239,3 +239,15 @@ def test_the_mixed_node_at_its_defaults_keeps_old_hashes_and_any_setting_counts(
     hashes = {qconfig.config_hash(_compose(tmp_path, ["scheme=lsq", o])) for o in
               ("mixed.algorithm=pact_lsq", "mixed.samples=64", "mixed.budget.bops=0.3", "mixed.budget.bops=0.4")}
     assert len(hashes) == 4 and qconfig.config_hash(plain) not in hashes
+
+
+def test_an_unreachable_budget_warns_with_the_least_reachable_cost_and_goes_on(tmp_path, caplog):
+    # first/last (dense_0, logits) held at 8 bits, each layer reading its input at its own width: dense_1 at 2
+    # bits leaves (2048·64 + 1024·4 + 320·64) / (3392·64) = 0.717 of all-8-bit BOPs at the least, over 0.5
+    with caplog.at_level("WARNING", logger="qresearch.run"):
+        rec, _ = _run(tmp_path, MIXED + ["mixed.bits=[8,2]", "mixed.samples=32", "mixed.budget.bops=0.5"])
+    assert rec["status"] == "completed", rec["error"]
+    assert not rec["mixed"]["allocation"]["feasible"]
+    assert rec["mixed"]["allocation"]["budgets"]["bops"]["least_relative_cost"] == pytest.approx(
+        (2048 * 64 + 1024 * 4 + 320 * 64) / (3392 * 64))
+    assert "no choice of widths meets bops=0.5" in caplog.text and "least reachable is bops 0." in caplog.text

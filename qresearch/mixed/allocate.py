@@ -121,7 +121,8 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
       method: "ilp" (scipy.optimize.milp; falls back to greedy when scipy is missing, the solver
         fails or runs out of ``time_limit`` without a solution) or "greedy".
     Returns:
-      ``{"widths", "objective", "budgets": {kind: {fraction, limit, cost, reference, relative_cost}},
+      ``{"widths", "objective", "budgets": {kind: {fraction, limit, cost, reference, relative_cost,
+      least_relative_cost (every free layer at the narrowest width)}},
       "solver", "status", "feasible"}``, and for the first budget kind ``kind``, ``fraction``, ``cost``,
       ``budget`` (the limit), ``reference``, ``relative_cost``.
     """
@@ -147,10 +148,13 @@ def allocate(rows: Sequence[Mapping[str, Any]], sensitivities: Mapping[str, Mapp
         result = _greedy(rows, sensitivities, options, limits, base_bits, table)
     widths, solver, status = result
     budgets = {}
+    narrowest = {n: min(bs) for n, bs in options.items()}   # every cost grows with the widths: the least reachable
     for k in fracs:
         c = assignment_cost(rows, widths, k, base_bits, table)
+        least = assignment_cost(rows, narrowest, k, base_bits, table)
         budgets[k] = {"fraction": fracs[k], "limit": limits[k], "cost": c, "reference": refs[k],
-                      "relative_cost": c / refs[k] if refs[k] else 0.0, "feasible": c <= limits[k] * (1 + 1e-9)}
+                      "relative_cost": c / refs[k] if refs[k] else 0.0, "feasible": c <= limits[k] * (1 + 1e-9),
+                      "least_relative_cost": least / refs[k] if refs[k] else 0.0}
     first = next(iter(fracs))
     b0 = budgets[first]
     return {"widths": widths, "objective": objective(sensitivities, widths), "budgets": budgets,

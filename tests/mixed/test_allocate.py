@@ -123,6 +123,15 @@ def test_infeasible_ilp_falls_back_to_greedy():
     got = allocate(rows, sensitivities(rows, 0), {"bops": 0.01}, BITS)
     assert got["solver"] == "greedy" and not got["feasible"]
     assert set(got["widths"].values()) == {2}
+    # the least any choice reaches: every layer at 2 bits, or the held ones at theirs
+    least = got["budgets"]["bops"]["least_relative_cost"]
+    assert least == pytest.approx(assignment_cost(rows, {r["name"]: 2 for r in rows}, "bops") /
+                                  reference_cost(rows, "bops")) and least > 0.01
+    held = allocate(rows, sensitivities(rows, 0), {"bops": 0.01}, BITS, fixed={"c0": 8, "logits": 8})
+    narrowest = dict({r["name"]: 2 for r in rows}, c0=8, logits=8)
+    held_least = held["budgets"]["bops"]["least_relative_cost"]
+    assert held_least == pytest.approx(assignment_cost(rows, narrowest, "bops") / reference_cost(rows, "bops"))
+    assert held_least > least
 
 
 def test_bad_budgets_fail_clearly():
