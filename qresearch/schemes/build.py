@@ -3,6 +3,7 @@
 weights (folded where a BN was folded) copied in."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import re
@@ -93,8 +94,36 @@ def _attribute_paths(layer, prefix: str = "", seen=None) -> Dict[int, str]:
     return out
 
 
+@contextlib.contextmanager
+def _float32_policy():
+    """The QAT model computes in float32 whatever the global mixed-precision policy (TF's FakeQuant takes float32
+    only): the layers it adds (wrappers, input quantizers) are made under a float32 policy, the model's own layers
+    are copied as float32 (``_in_float32``)."""
+    policy = keras.mixed_precision.global_policy()
+    if policy.name == "float32":
+        yield
+        return
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+
+
+def _in_float32(layer):
+    """A copy of ``layer`` that computes in float32 (its weights are copied in later, as for any clone)."""
+    config = layer.get_config()
+    config["dtype"] = "float32"
+    return type(layer).from_config(config)
+
+
 def build(plan: ModelPlan):
     """The QAT model (``io.QATModel``) of ``plan``, with the float model's weights."""
+    with _float32_policy():
+        return _build(plan)
+
+
+def _build(plan: ModelPlan):
     graph, plans, scheme = plan.graph, plan.layers, plan.scheme
     used = set()
 
@@ -164,6 +193,11 @@ def build(plan: ModelPlan):
                 inner = ChannelAffine(name=name, dtype=p.layer.dtype)
             else:
                 inner = _clone_layer(p.layer, name, must_copy=p.folded_bn is not None)
+                if inner.compute_dtype in ("float16", "bfloat16"):
+                    # the simulation runs in float32: a wrapped mixed-precision layer casts its input to float16
+                    # itself (FakeQuant takes float32), and a float16 layer between two quantizers moves values
+                    # off their grid (11-bit mantissa), which TFLite's int8 kernels never do
+                    inner = _in_float32(inner)
             if p.folded_bn is not None:
                 cfg = inner.get_config()
                 cfg["use_bias"] = True

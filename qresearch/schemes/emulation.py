@@ -16,8 +16,8 @@ registered here per op (``register_matcher``). The plans:
   as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
-  fuses the two) computes the fused result itself, with the ReLU's output grid; the ReLU then leaves
-  those values as they are.
+  fuses the two) or an ``Activation("linear")`` layer (the converter drops it) computes the fused result itself,
+  with that layer's output grid; the layer then leaves those values as they are.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from qresearch import kernels as K
 from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
-from qresearch.schemes.layers import activation_name, fused_relu, layer_spec, own_spec
+from qresearch.schemes.layers import activation_name, fused_activation, layer_spec, own_spec
 from qresearch.schemes.lowered_activations import Lowering, lowering
 
 Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
@@ -211,12 +211,12 @@ def _plan(w) -> Optional[Plan]:
     if not out and not w._activation_vars:
         consumer, concat = sole_consumer(w), _concat_through_relu(w)
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
-                and not consumer._activation_vars and fused_relu(consumer.layer) is not None:
-            fused_consumer = (consumer._output_source(), fused_relu(consumer.layer), True)
+                and not consumer._activation_vars and fused_activation(consumer.layer) is not None:
+            fused_consumer = (consumer._output_source(), fused_activation(consumer.layer), True)
         elif concat is not None:
             # a plain ReLU layer (its range is the concatenation's) between this layer and a Concatenate: the
             # converter fuses it here and computes onto the concatenation's grid; the ReLU then leaves those values
-            fused_consumer = (concat._output_source(), fused_relu(consumer), False)
+            fused_consumer = (concat._output_source(), fused_activation(consumer), False)
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
@@ -268,7 +268,7 @@ def _concat_through_relu(w):
     """The Concatenate wrapper (with a range) that wrapper ``w``'s output reaches through a plain ReLU layer, the
     sole reader of each, where ``w`` has no range of its own: its kernel computes onto that grid; else None."""
     relu = sole_consumer(w) if _shares_output(w, sole_consumer(w)) else None
-    concat = sole_consumer(relu) if relu is not None and fused_relu(relu) is not None else None
+    concat = sole_consumer(relu) if relu is not None and fused_activation(relu) is not None else None
     if isinstance(concat, IntegerEmulation) and concat._output_quantizers \
             and concat.quantize_config.info.get("kind") == "concat":
         return concat

@@ -241,6 +241,14 @@ def fused_relu(layer) -> Optional[str]:
     return None
 
 
+def fused_activation(layer) -> Optional[str]:
+    """``fused_relu``, and "linear" for an ``Activation("linear")`` layer (the converter drops it: the op before
+    computes onto its output grid; Keras' mixed-precision guide ends a model with one in float32)."""
+    if isinstance(layer, keras.layers.Activation) and activation_name(layer.activation) == "linear":
+        return "linear"
+    return fused_relu(layer)
+
+
 def op_name(layer) -> Optional[str]:
     """The TF op of a TFOpLambda/SlicingOpLambda layer (``x * 2``, ``tf.nn.relu(x)``, ``x[:, 1:]``)."""
     symbol = getattr(layer, "symbol", None)

@@ -251,3 +251,43 @@ def _contents(flatbuffer, image):
         tensors.append((tuple(t["shape"]), str(t["dtype"]), qp["scales"].tobytes(), qp["zero_points"].tobytes(),
                         qp["quantized_dimension"], value))
     return ops, tensors
+
+
+def _logits_then_linear(dtype=None):
+    """A CNN ending in ``Activation("linear")`` (in float32: Keras' mixed-precision guide's last layer)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, 3)(L.Conv2D(8, 3, activation="relu")(inp))))
+    return keras.Model(inp, L.Activation("linear", dtype=dtype)(L.Dense(10)(L.Flatten()(h))))
+
+
+def _qat_then_verify(model, data):
+    xtr, ytr, xte, yte = data
+    q = qresearch.quantize(train(model, xtr, ytr, epochs=3), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=xtr[:256])
+    train(q, xtr, ytr, epochs=1, lr=1e-4)
+    return q, hw.verify(q, "tflite_int8", xte, yte)
+
+
+def test_a_linear_activation_layer_after_the_logits_is_dropped_as_the_converter_does(data):
+    """The converter drops ``Activation("linear")``: the fully connected layer before it requantizes straight onto
+    its grid. The emulation did not plan that (the layer ran as a float simulation): 1 LSB after QAT."""
+    keras.utils.set_random_seed(0)
+    _, r = _qat_then_verify(_logits_then_linear(), data)
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+def test_a_mixed_precision_model_quantizes_to_a_float32_simulation(data):
+    """Built under ``mixed_float16``: the QAT model computes in float32 (TF's FakeQuant takes float32; a float16
+    layer between two quantizers would move values off their grid), trains, and deploys bit for bit."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        keras.utils.set_random_seed(0)
+        model = _logits_then_linear(dtype="float32")
+        assert model.layers[1].compute_dtype == "float16"
+        q, r = _qat_then_verify(model, data)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    assert {layer.compute_dtype for layer in q.layers} == {"float32"}
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
