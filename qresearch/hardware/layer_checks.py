@@ -141,7 +141,7 @@ def require_annotated(graph, annotations: Annotations, hardware, adapt: bool) ->
     for node in graph.nodes:
         spec = layer_spec(node.layer)
         if annotations.annotated(node) or (spec is not None and spec.kind_of(node.layer) == "passthrough"
-                                           and not spec.same_grid):
+                                           and not spec.same_grid_of(node.layer)):
             continue
         left[id(node.layer)] = node.layer
     if not left:

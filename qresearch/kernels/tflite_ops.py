@@ -354,6 +354,47 @@ def _two_inputs(fn, **fixed):
     return handler
 
 
+def resize_bilinear_taps(size_in: int, size_out: int, half_pixel_centers: bool = True, align_corners: bool = False):
+    """Per output position along one axis: the two input taps and the upper tap's weight in 1/1024 steps, as
+    TFLite's int8 RESIZE_BILINEAR computes them (reference_ops, which every int8 build runs: a 10-bit fixed-point
+    scale and position, C integer division). Returns int arrays (lower, upper, weight); the lower tap's weight is
+    1024 - weight (negative positions near the border weigh the lower tap over 1024: the two taps coincide)."""
+    import numpy as np
+
+    def c_div(a, b):   # C's integer division: truncates toward zero
+        return np.sign(a) * (np.abs(a) // b)
+
+    if align_corners and size_out > 1:
+        scale = ((1 << 10) * (size_in - 1) + (size_out - 1) // 2) // (size_out - 1)
+    else:
+        scale = ((1 << 10) * size_in + size_out // 2) // size_out
+    pos = np.arange(size_out, dtype=np.int64) * scale
+    if half_pixel_centers:
+        pos = pos + scale // 2 - (1 << 9)
+    lower = np.maximum(c_div(pos, 1 << 10), 0)
+    upper = np.minimum(c_div(pos + (1 << 10) - 1, 1 << 10), size_in - 1)
+    return lower, upper, pos - (1 << 10) * lower
+
+
+def resize_bilinear(x, size, grid: Grid, half_pixel_centers: bool = True, align_corners: bool = False):
+    """RESIZE_BILINEAR on an int8 NHWC tensor ``x`` (float values on ``grid``) to ``size`` (H', W'): the four raw
+    int8 taps weighted in int64 (1/1024 steps per axis, so 2^20 in all), rounded half away from 0 by a truncating
+    division by 2^20; the output keeps the input's grid (no clamp: a convex combination stays in range)."""
+    h_in, w_in = int(x.shape[1]), int(x.shape[2])
+    y0, y1, wy = resize_bilinear_taps(h_in, int(size[0]), half_pixel_centers, align_corners)
+    x0, x1, wx = resize_bilinear_taps(w_in, int(size[1]), half_pixel_centers, align_corners)
+    raw = tf.cast(offsets_on(x, grid.scale), tf.float64) + grid.zero_point   # the stored int8 values, exact
+    rows = [tf.gather(raw, tf.constant(i), axis=1) for i in (y0, y1)]
+    taps = [[tf.gather(r, tf.constant(j), axis=2) for j in (x0, x1)] for r in rows]
+    wy = tf.constant(wy.reshape(1, -1, 1, 1), tf.float64)
+    wx = tf.constant(wx.reshape(1, 1, -1, 1), tf.float64)
+    one = float(1 << 10)
+    total = (taps[0][0] * (one - wy) * (one - wx) + taps[1][0] * wy * (one - wx)
+             + taps[0][1] * (one - wy) * wx + taps[1][1] * wy * wx)   # |total| <= 128·2^20: exact in float64
+    q = tf.sign(total) * tf.math.floordiv(tf.abs(total) + float(1 << 19), float(1 << 20))
+    return dequantized(tf.cast(q - grid.zero_point, tf.float32), grid.scale)
+
+
 def _mean(fn):
     def handler(kernels, c: OpCall):
         return fn(kernels, c.operands[0], c.attrs["count"], c.in_grids[0], c.out_grid)
@@ -368,6 +409,9 @@ TFLITE_OPS: Dict[str, Handler] = {
     "MEAN": _mean(mean),
     "MEAN_KEEPDIMS": _mean(mean_keepdims),
     "AVERAGE_POOL_2D": lambda k, c: average_pool(c.operands[0], c.attrs["counts"], c.out_grid),
+    "RESIZE_BILINEAR": lambda k, c: resize_bilinear(c.operands[0], c.attrs["size"], c.in_grids[0],
+                                                    c.attrs.get("half_pixel_centers", True),
+                                                    c.attrs.get("align_corners", False)),
     "ADD": _two_inputs(add),
     "SUB": _two_inputs(add, subtract=True),
     "MUL": _two_inputs(multiply),

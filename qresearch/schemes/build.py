@@ -232,8 +232,11 @@ def _build(plan: ModelPlan):
         out = layer(*args, **kwargs)
         if (p.spec is not None and scheme.quantize_ops == "all" and p.acts_spec is not None and tf.is_tensor(out)
                 and all(is_quantized(r) for r in node.in_refs)
-                and (p.spec.same_grid or (p.kind == "passthrough" and _feeds_same_grid_among_others(node, consumers)))):
-            out = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))(out)
+                and (p.spec.same_grid_of(p.layer)
+                     or (p.kind == "passthrough" and _feeds_same_grid_among_others(node, consumers)))):
+            requantize = QuantizeLike(name=unique(_safe(f"requantize_{p.layer.name}")))
+            # a bilinear resize: the emulation recomputes it from its input (RESIZE_BILINEAR's own rounding)
+            out = requantize([out, args[0]] if _bilinear_resize(p.layer) and tf.is_tensor(args[0]) else out)
         if (scheme.quantize_ops == "all" and isinstance(layer, QuantizeWrapper) and tf.is_tensor(out)
                 and layer.output_grid_source() is not None):
             # gathered weight values (an Embedding): on the weight's grid, as GATHER keeps it in TFLite; an
@@ -269,6 +272,11 @@ def _build(plan: ModelPlan):
     return qmodel
 
 
+def _bilinear_resize(layer) -> bool:
+    return isinstance(layer, (keras.layers.Resizing, keras.layers.UpSampling2D)) \
+        and getattr(layer, "interpolation", None) == "bilinear" and not getattr(layer, "crop_to_aspect_ratio", False)
+
+
 def _feeds_same_grid_among_others(node, consumers) -> bool:
     """A grid-keeping op (max pooling, padding) whose output feeds a re-quantized one (average pooling) and other
     layers. Without its own FakeQuant the TFLite converter meets the average pool's range coming back through it
@@ -277,7 +285,7 @@ def _feeds_same_grid_among_others(node, consumers) -> bool:
     after it changes no value and gives the converter a range there."""
     readers = [c for r in node.out_refs for c in consumers.get(r, [])]
     return len(readers) > 1 and any(
-        getattr(layer_spec(c.layer), "same_grid", False) for c in readers)
+        layer_spec(c.layer) is not None and layer_spec(c.layer).same_grid_of(c.layer) for c in readers)
 
 
 def _copy_weights(inner, p: LayerPlan) -> None:

@@ -119,7 +119,13 @@ try:  # keras.applications.ConvNeXt*: x·γ per channel (float γ; TFLite: MUL b
     register_layer(LayerScale, kind="output", keeps_sign=False)
 except ImportError:  # pragma: no cover - tf_keras layout differs
     pass
-for _name in ("Identity", "Resizing", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
+def _bilinear(layer) -> bool:
+    """RESIZE_BILINEAR keeps its input's (S, Z) and rounds the interpolation onto that grid."""
+    return getattr(layer, "interpolation", "nearest") == "bilinear"
+
+
+register_layer(L.Resizing, quantize_output=False, kind="passthrough", same_grid=_bilinear)
+for _name in ("Identity", "CenterCrop", "RandomFlip", "RandomRotation", "RandomZoom",
               "RandomTranslation", "RandomContrast", "RandomCrop", "RandomBrightness", "RandomHeight",
               "RandomWidth"):
     if hasattr(L, _name):  # preprocessing/augmentation: data movement or identity at inference
@@ -138,4 +144,5 @@ for _cls in (L.Flatten, L.Reshape, L.Dropout, L.SpatialDropout1D, L.SpatialDropo
              L.AveragePooling3D, L.GlobalMaxPooling1D, L.GlobalMaxPooling2D, L.GlobalMaxPooling3D,
              L.Permute, L.RepeatVector, L.UpSampling1D, L.UpSampling2D, L.UpSampling3D, L.Masking):
     register_layer(_cls, quantize_output=False, kind="passthrough",
-                   same_grid=_cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D))
+                   same_grid=(_bilinear if _cls is L.UpSampling2D else
+                              _cls in (L.AveragePooling1D, L.AveragePooling2D, L.AveragePooling3D)))

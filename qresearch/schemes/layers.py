@@ -54,9 +54,9 @@ class LayerSpec:
     #: False for layers tfmot's wrapper cannot call (TF op layers): their output quantizer is a
     #: separate layer after them.
     wrap: bool = True
-    #: SAME-scale op whose float result leaves the input's grid (average pooling): re-quantize the output
-    #: onto the input's grid, as the int8 kernel does.
-    same_grid: bool = False
+    #: SAME-scale op whose float result leaves the input's grid (average pooling, bilinear resizing): re-quantize
+    #: the output onto the input's grid, as the int8 kernel does. A callable decides per layer (its config).
+    same_grid: Union[bool, Callable] = False
     #: weight attr -> its output-channel axes (per-channel quantizers); unlisted weights use the last axis.
     channel_axes: Mapping[str, Tuple[int, ...]] = dataclasses.field(default_factory=dict)
     #: the layer kind a hardware target constrains ("conv", "conv1d", "conv_transpose", "dense"), or None.
@@ -88,6 +88,9 @@ class LayerSpec:
     def integer_op_of(self, layer) -> Optional[str]:
         return self.integer_op(layer) if callable(self.integer_op) else self.integer_op
 
+    def same_grid_of(self, layer) -> bool:
+        return bool(self.same_grid(layer)) if callable(self.same_grid) else self.same_grid
+
 
 _LAYERS: Dict[type, LayerSpec] = {}
 _DECLARED_KIND: Dict[type, str] = {}  # classes given a target_kind themselves (not inherited from a base)
@@ -96,7 +99,7 @@ _DECLARED_KIND: Dict[type, str] = {}  # classes given a target_kind themselves (
 def register_layer(layer_class: type, weights: Sequence[str] = (), activations: Sequence[str] = (),
                    quantize_output: bool = True, kind: Optional[Union[str, Callable]] = None,
                    quantized_input: Optional[bool] = None, overwrite: bool = True, wrap: bool = True,
-                   same_grid: bool = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
+                   same_grid: Union[bool, Callable] = False, channel_axes: Mapping[str, Sequence[int]] = _INHERIT,
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
                    keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT,
                    call: Optional[Callable] = _INHERIT, split: Optional[Any] = _INHERIT,
@@ -154,7 +157,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
     facts["channel_axes"] = {w: (tuple(a) if isinstance(a, (list, tuple)) else (int(a),))
                              for w, a in dict(facts["channel_axes"]).items()}
     spec = LayerSpec(tuple(weights), tuple(activations), bool(quantize_output), kind, bool(quantized_input),
-                     bool(wrap), bool(same_grid), **facts)
+                     bool(wrap), same_grid if callable(same_grid) else bool(same_grid), **facts)
     if layer_class in _LAYERS and not overwrite:
         raise QResearchError(f"layer {layer_class.__name__} already has a config; pass overwrite=True")
     _LAYERS[layer_class] = spec

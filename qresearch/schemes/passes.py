@@ -92,7 +92,7 @@ def _not_annotated(p: LayerPlan) -> None:
     spec = L.layer_spec(p.layer)
     p.skipped_kind = spec.kind_of(p.layer) if spec is not None else None
     p.float_reason = A.NOT_ANNOTATED
-    if p.skipped_kind == "passthrough" and not spec.same_grid:
+    if p.skipped_kind == "passthrough" and not spec.same_grid_of(p.layer):
         p.kind = "passthrough"
         p.float_reason = f"{A.NOT_ANNOTATED} (pass-through: keeps its input's range)"
 

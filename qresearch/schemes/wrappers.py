@@ -434,9 +434,11 @@ class QuantizeLike(keras.layers.Layer):
         return dict(super().get_config(), kernels=self.kernels)
 
     def __call__(self, inputs, *args, **kwargs):
-        if self._source is None and hasattr(inputs, "_keras_history"):
-            layer = inputs._keras_history.layer
-            node = layer._inbound_nodes[inputs._keras_history.node_index] if layer._inbound_nodes else None
+        # [output, the op's input] after a bilinear resize: the emulation recomputes RESIZE_BILINEAR from the input
+        first = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
+        if self._source is None and hasattr(first, "_keras_history"):
+            layer = first._keras_history.layer
+            node = layer._inbound_nodes[first._keras_history.node_index] if layer._inbound_nodes else None
             weight_grid = layer.output_grid_source() if isinstance(layer, QuantizeWrapper) else None
             if weight_grid is not None:
                 self._source = weight_grid   # the output is made of the weight's values
@@ -447,6 +449,8 @@ class QuantizeLike(keras.layers.Layer):
                         and shape.rank == 4 and None not in (shape[1], shape[2]):
                     object.__setattr__(self, "_pool_counts", K.average_pool_counts(
                         int(shape[1]), int(shape[2]), layer.pool_size, layer.strides, layer.padding))
+                if isinstance(inputs, (list, tuple)) and first.shape.rank == 4 and None not in first.shape[1:3]:
+                    object.__setattr__(self, "_resize_size", (int(first.shape[1]), int(first.shape[2])))
         return super().__call__(inputs, *args, **kwargs)
 
     @property
@@ -459,9 +463,20 @@ class QuantizeLike(keras.layers.Layer):
         return self._source[0] if self._source else None
 
     def call(self, inputs):
+        resize_input = None
+        if isinstance(inputs, (list, tuple)):
+            inputs, resize_input = inputs
         if self._source is None:
             return inputs
         quantizer, qvars, _ = self._source
+        size = getattr(self, "_resize_size", None)
+        if resize_input is not None and size is not None:
+            kernels = K.active_kernels(self.kernels)
+            handler = kernels.handler("RESIZE_BILINEAR") if kernels is not None else None
+            g = K.grid_of_quantizer(quantizer, qvars) if handler is not None else None
+            if g is not None:   # RESIZE_BILINEAR's 10-bit weights and its rounding
+                y = handler(kernels, K.OpCall([resize_input], [g], g, attrs={"size": size}))
+                return quantizer(y, False, weights=qvars)
         counts = getattr(self, "_pool_counts", None)
         kernels = K.active_kernels(self.kernels) if counts is not None else None
         handler = kernels.handler("AVERAGE_POOL_2D") if kernels is not None else None

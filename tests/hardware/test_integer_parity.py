@@ -291,3 +291,27 @@ def test_a_mixed_precision_model_quantizes_to_a_float32_simulation(data):
         keras.mixed_precision.set_global_policy(policy)
     assert {layer.compute_dtype for layer in q.layers} == {"float32"}
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+def _bilinear_cnn():
+    """Up-sampling by bilinear resizes: 8x8 -> 12x12 (Resizing) and 6x6 -> 12x12 (UpSampling2D), both
+    half-pixel centred: RESIZE_BILINEAR, which keeps its input's grid and rounds with 10-bit weights."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    a = L.Resizing(12, 12, interpolation="bilinear")(L.Conv2D(8, 3, padding="same", activation="relu")(inp))
+    b = L.UpSampling2D(2, interpolation="bilinear")(L.Conv2D(8, 3, activation="relu")(inp))
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(L.Concatenate()([a, b]))
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+
+
+def test_bilinear_resizing_is_emulated_bit_for_bit(data, tmp_path):
+    """The float resize of on-grid values leaves the grid: the simulation re-quantizes it onto the input's grid and
+    the emulation recomputes TFLite's int8 kernel (1 LSB and a different accuracy before)."""
+    keras.utils.set_random_seed(0)
+    q, r = _qat_then_verify(_bilinear_cnn(), data)
+    assert r["ops"].get("RESIZE_BILINEAR") == 2, r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+    q.save(tmp_path / "bilinear")
+    x = data[2][:64]
+    np.testing.assert_array_equal(qresearch.load_model(tmp_path / "bilinear").predict(x, verbose=0),
+                                  q.predict(x, verbose=0))
