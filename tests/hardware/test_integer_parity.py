@@ -315,3 +315,18 @@ def test_bilinear_resizing_is_emulated_bit_for_bit(data, tmp_path):
     x = data[2][:64]
     np.testing.assert_array_equal(qresearch.load_model(tmp_path / "bilinear").predict(x, verbose=0),
                                   q.predict(x, verbose=0))
+
+
+def test_one_dimensional_depthwise_convolutions_are_emulated(data):
+    """DepthwiseConv1D, and SeparableConv1D's depthwise half, run as DEPTHWISE_CONV_2D after an EXPAND_DIMS: the
+    emulation plans them as it plans the 2-D one (they were a float simulation: 1 LSB)."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8))
+    h = L.SeparableConv1D(16, 3, activation="relu")(inp)
+    h = L.DepthwiseConv1D(3, depth_multiplier=2, activation="relu")(h)
+    model = keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling1D()(h)))
+    rows = tuple(a[..., 0] if a.ndim == 4 else a for a in data)   # each digit as 8 steps of 8 features
+    _, r = _qat_then_verify(model, rows)
+    assert r["ops"].get("DEPTHWISE_CONV_2D") == 2, r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
