@@ -341,6 +341,32 @@ def _leaky_relu_tail(apply, n, given, x, scale, zero_point, lo, hi, *params):
     return clamped_offsets(y, zero_point, lo, hi)
 
 
+def prelu(kernels, x, alpha, in_grid: Grid, out_grid: Grid, offsets_in=None):
+    """PRELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else ``(q - Z_in)·a`` times ``S_in·S_a/S_out``,
+    plus ``Z_out``; ``a`` is the float alpha as the converter stores it (measured, TF 2.21): int8 per tensor,
+    zero point 0, ``S_a = float32(max|alpha| / 127)``, ``a = round_half_away(alpha / S_a)``."""
+    alpha = tf.cast(tf.convert_to_tensor(alpha), tf.float64)
+    top = tf.reduce_max(tf.abs(alpha))
+    s_alpha = tf.cast(tf.cast(top / 127.0, tf.float32), tf.float64)
+    a = tf.where(top > 0, round_half_away(alpha / tf.where(top > 0, s_alpha, 1.0)), tf.zeros_like(alpha))
+    constants, apply = parts(kernels.scalar_requantize)
+    identity = constants(*quantize_multiplier(in_grid.scale / out_grid.scale))
+    scaled = constants(*quantize_multiplier(in_grid.scale * s_alpha / out_grid.scale))
+    lo, hi = clamp_bounds(out_grid, "linear")
+    given = offsets_in is not None
+    tail = kernels.fused(("prelu", len(identity), given),
+                         lambda: xla_pass(functools.partial(_prelu_tail, apply, len(identity), given)))
+    offsets_ = tail(x if offsets_in is None else offsets_in, tf.cast(a, tf.int64), in_grid.scale,
+                    out_grid.zero_point, lo, hi, *identity, *scaled)
+    return dequantized(offsets_, out_grid.scale)
+
+
+def _prelu_tail(apply, n, given, x, a, scale, zero_point, lo, hi, *params):
+    q = integers(x, scale, given)
+    y = tf.cast(tf.where(q >= 0, apply(q, *params[:n]), apply(q * a, *params[n:])), tf.float64) + zero_point
+    return clamped_offsets(y, zero_point, lo, hi)
+
+
 # ----------------------------------------------------------------------------- the handler table
 def _conv(kernels, c: OpCall):
     return requantize_accumulator(kernels, c.operands[0], c.in_grids[0], c.attrs["weight_scale"], c.out_grid,
@@ -420,6 +446,7 @@ TFLITE_OPS: Dict[str, Handler] = {
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
                                           c.operand_offsets(0)),
+    "PRELU": lambda k, c: prelu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid, c.operand_offsets(0)),
 }
 
 

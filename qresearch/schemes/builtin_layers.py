@@ -103,7 +103,8 @@ register_layer(L.Activation, kind=_activation_layer_kind,
                integer_op=lambda layer: "SOFTMAX" if activation_name(layer.activation) == "softmax" else None)
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
-for _cls in (L.PReLU, L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.UnitNormalization):
+register_layer(L.PReLU, kind="output", integer_op="PRELU")
+for _cls in (L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.UnitNormalization):
     register_layer(_cls, kind="output")
 register_layer(L.Rescaling, kind="output", split=RESCALING)
 register_layer(L.Normalization, kind="output", split=NORMALIZATION)

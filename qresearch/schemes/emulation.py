@@ -12,7 +12,7 @@ registered here per op (``register_matcher``). The plans:
   quantized pre-activation (a LUT activation such as sigmoid follows): its int32 accumulator is
   requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
-  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU, CONCATENATION (an input on another grid requantized
+  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU, PRELU, CONCATENATION (an input on another grid requantized
   as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
@@ -332,6 +332,13 @@ def _leaky_relu(w, op) -> Optional[Plan]:
     return Plan(op, [source], {"alpha": float(w.layer.alpha)})
 
 
+def _prelu(w, op) -> Optional[Plan]:
+    source = getattr(w, "_input_source", None)
+    if own_spec(type(w.layer)) is None or not source:
+        return None
+    return Plan(op, [source], {"alpha": w.layer.alpha})
+
+
 def _elementwise(w, op) -> Optional[Plan]:
     """Two quantized same-shape tensors (no broadcasting: other kernel paths)."""
     sources = getattr(w, "_input_sources", None)
@@ -380,5 +387,6 @@ register_matcher("MEAN", _mean)
 register_matcher("CONCATENATION", _concatenation)
 register_matcher("SOFTMAX", _softmax)
 register_matcher("LEAKY_RELU", _leaky_relu)
+register_matcher("PRELU", _prelu)
 for _op in ("ADD", "SUB", "MUL"):
     register_matcher(_op, _elementwise, fuses_following_relu=True)

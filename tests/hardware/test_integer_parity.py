@@ -330,3 +330,18 @@ def test_one_dimensional_depthwise_convolutions_are_emulated(data):
     _, r = _qat_then_verify(model, rows)
     assert r["ops"].get("DEPTHWISE_CONV_2D") == 2, r["ops"]
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+@pytest.mark.parametrize("shared_axes", [None, [1, 2]])
+def test_prelu_is_emulated_with_the_converters_alpha(data, shared_axes):
+    """PRELU: alpha as the converter stores it (int8, zero point 0, scale max|alpha|/127), two multipliers; per
+    element and per channel, negative slopes included (a float simulation before: 1 LSB)."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.PReLU(alpha_initializer=keras.initializers.RandomUniform(-0.3, 0.6), shared_axes=shared_axes)(
+        L.Conv2D(8, 3, padding="same")(inp))
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(L.Conv2D(8, 3, strides=2)(h))))
+    _, r = _qat_then_verify(model, data)
+    assert r["ops"].get("PRELU") == 1, r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
