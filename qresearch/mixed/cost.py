@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from qresearch.errors import ConfigError
 from qresearch.hardware.costs import CostTable
 from qresearch.registry import Registry
 
@@ -103,21 +104,20 @@ def _transpose(layer, in_shape, out_shape):
 _GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
 
 
-def _steps(layer, in_shape) -> int:
-    if in_shape[1] is None:
-        from qresearch.errors import ConfigError
-
-        raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) reads sequences of unknown length: the "
+def _positions(layer, shape) -> int:
+    """How many vectors a sequence/image tensor holds (all but its batch and feature axes)."""
+    if any(d is None for d in shape[1:-1]):
+        raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) reads inputs of unknown length: the "
                           "cost model prices a fixed length. Fix: give the model's Input a length, e.g. "
                           "keras.Input((T, features))")
-    return int(in_shape[1])
+    return _prod(shape[1:-1])
 
 
 def _recurrent(layer, in_shape, out_shape, prefix=""):
     # every step: gates x units x (input features + units), the cell's kernel and recurrent kernel
     cell = layer.cell
     units, gates = int(cell.units), _GATES[type(layer).__name__]
-    macs = _steps(layer, in_shape) * gates * units * (int(in_shape[-1]) + units)
+    macs = _positions(layer, in_shape) * gates * units * (int(in_shape[-1]) + units)
     return [Part(f"{prefix}recurrent", macs, (f"{prefix}cell.kernel", f"{prefix}cell.recurrent_kernel"),
                  bias=f"{prefix}cell.bias")]
 
@@ -125,17 +125,6 @@ def _recurrent(layer, in_shape, out_shape, prefix=""):
 def _bidirectional(layer, in_shape, out_shape):
     return [part for d in ("forward_layer", "backward_layer")
             for part in _recurrent(getattr(layer, d), in_shape, out_shape, prefix=f"{d}.")]
-
-
-def _positions(layer, shape) -> int:
-    """How many vectors a sequence/image tensor holds (all but its batch and feature axes)."""
-    if any(d is None for d in shape[1:-1]):
-        from qresearch.errors import ConfigError
-
-        raise ConfigError(f"layer {layer.name!r} ({type(layer).__name__}) reads inputs of unknown length: the "
-                          "cost model prices a fixed length. Fix: give the model's Input a length, e.g. "
-                          "keras.Input((T, features))")
-    return _prod(shape[1:-1])
 
 
 def _attention(layer, in_shape, out_shape):

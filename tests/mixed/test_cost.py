@@ -143,7 +143,7 @@ def test_recurrent_layers_by_hand():
 def test_a_sequence_of_unknown_length_is_refused_with_the_fix():
     inp = keras.Input((None, 5))
     model = keras.Model(inp, L.Dense(2)(L.LSTM(4, name="lstm")(inp)))
-    with pytest.raises(ConfigError, match=r"'lstm' \(LSTM\) reads sequences of unknown length.*keras.Input"):
+    with pytest.raises(ConfigError, match=r"'lstm' \(LSTM\) reads inputs of unknown length.*keras.Input"):
         cost(model)
 
 
