@@ -273,8 +273,11 @@ def _build(plan: ModelPlan):
 
 
 def _bilinear_resize(layer) -> bool:
+    """A resize the emulation recomputes as RESIZE_BILINEAR from its input (NHWC, half-pixel centres, no crop: what
+    ``Resizing`` and ``UpSampling2D`` run through ``tf.image.resize``)."""
     return isinstance(layer, (keras.layers.Resizing, keras.layers.UpSampling2D)) \
-        and getattr(layer, "interpolation", None) == "bilinear" and not getattr(layer, "crop_to_aspect_ratio", False)
+        and getattr(layer, "interpolation", None) == "bilinear" and not getattr(layer, "crop_to_aspect_ratio", False) \
+        and getattr(layer, "data_format", "channels_last") == "channels_last"
 
 
 def _feeds_same_grid_among_others(node, consumers) -> bool:
