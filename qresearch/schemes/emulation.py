@@ -12,7 +12,7 @@ registered here per op (``register_matcher``). The plans:
   quantized pre-activation (a LUT activation such as sigmoid follows): its int32 accumulator is
   requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
-  quantized tensors, SOFTMAX over the last axis, LEAKY_RELU, PRELU, CONCATENATION (an input on another grid requantized
+  quantized tensors (MUL also by one that broadcasts: a squeeze-excite scale), SOFTMAX over the last axis, LEAKY_RELU, PRELU, CONCATENATION (an input on another grid requantized
   as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
@@ -340,13 +340,21 @@ def _prelu(w, op) -> Optional[Plan]:
 
 
 def _elementwise(w, op) -> Optional[Plan]:
-    """Two quantized same-shape tensors (no broadcasting: other kernel paths)."""
+    """Two quantized same-shape tensors; for MUL also two that broadcast (a squeeze-excite scale: the broadcast
+    kernel multiplies element by element as the other does). ADD/SUB broadcast through other kernel paths."""
     sources = getattr(w, "_input_sources", None)
     shapes = getattr(w, "_input_shapes", None)
-    if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) \
-            or shapes is None or shapes[0] != shapes[1]:
+    if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) or shapes is None:
+        return None
+    if shapes[0] != shapes[1] and not (op == "MUL" and (_broadcast_to(shapes[1], shapes[0])
+                                                        or _broadcast_to(shapes[0], shapes[1]))):
         return None
     return Plan(op, list(sources))
+
+
+def _broadcast_to(small, big) -> bool:
+    """Whether a tensor of shape ``small`` (batch axis left out) broadcasts to ``big`` (same rank, 1 or equal)."""
+    return len(small) == len(big) and all(s in (1, b) for s, b in zip(small, big))
 
 
 def _concatenation(w, op) -> Optional[Plan]:
