@@ -142,19 +142,16 @@ class MinMaxQuantizer(Quantizer):
 
     def mse_fraction(self, x, lo, hi, axes):
         """The f in (1, (K-1)/K, ..., 1/K) whose range ``f · (lo, hi)`` quantizes ``x`` with the smallest
-        ``Σ (x - Q_f(x))²``, per channel; a tie keeps the larger range. All candidates in one pass over ``K``
-        copies of ``x``: a training-step computation only (the converter does not fold an op that grows its input
-        K-fold, so the chosen range is stored, not recomputed, for inference)."""
-        k = MSE_RANGE_CANDIDATES
-        fractions = tf.range(k, 0, -1, dtype=x.dtype) / float(k)
-        fq_min, fq_max = (tf.stop_gradient(self.broadcast(r, x, axes))[None] for r in self.fake_quant_range(lo, hi))
-        f = tf.reshape(fractions, [k] + [1] * x.shape.rank)
-        levels = 2 ** self.bits - (2 if self.narrow_range else 1)
-        step = tf.maximum(f * (fq_max - fq_min) / float(levels), ops.EPS)
-        xs = tf.stop_gradient(x)[None]
-        xq = tf.clip_by_value(tf.round((xs - f * fq_min) / step), 0.0, float(levels)) * step + f * fq_min
-        errors = tf.reduce_sum(tf.square(xq - xs), axis=[a + 1 for a in self.reduce_axes(x, axes)])
-        return tf.gather(fractions, tf.argmin(errors, axis=0))
+        ``Σ (x - Q_f(x))²``, per channel (the ``init: mse`` rule's search, ``init.rules.candidate_errors``, on this
+        tensor); a tie keeps the larger range. A training-step computation only: the converter does not fold the
+        search, so the chosen range is stored, not recomputed, for inference."""
+        from qresearch.quantizers.init.rules import candidate_errors
+        from qresearch.quantizers.init.stats import as_rows
+
+        fractions = tf.range(MSE_RANGE_CANDIDATES, 0, -1, dtype=tf.float32) / float(MSE_RANGE_CANDIDATES)
+        fq_min, fq_max = (tf.reshape(tf.stop_gradient(r), [-1]) for r in self.fake_quant_range(lo, hi))
+        errors = candidate_errors(self, as_rows(tf.stop_gradient(x), axes), fractions, fq_min, fq_max)
+        return tf.reshape(tf.gather(fractions, tf.argmin(errors, axis=0)), tf.shape(lo))
 
     def quantize(self, x, training, weights, axes):
         from qresearch.quantizers.init import collect

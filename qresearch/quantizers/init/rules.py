@@ -145,7 +145,7 @@ def mse_range(q, stats):
         lo = _lower(q, hi)
     fractions = tf.range(1, MSE_CANDIDATES + 1, dtype=tf.float32) / float(MSE_CANDIDATES)
     if tf.executing_eagerly():
-        errors = _candidate_errors_eagerly(q, stats.sample, fractions, lo, hi)
+        errors = candidate_errors(q, stats.sample, fractions, lo, hi)
     else:
         # One candidate at a time (map_fn): memory stays one sample's size, whatever the number of candidates.
         errors = tf.map_fn(lambda f: quantization_error(q, stats.sample, f * lo, f * hi), fractions)
@@ -153,10 +153,11 @@ def mse_range(q, stats):
     return best * lo, best * hi
 
 
-def _candidate_errors_eagerly(q, x, fractions, lo, hi):
-    """``quantization_error`` of every candidate, the same numbers as the map_fn above: each candidate's
-    grid is computed here, element for element as there, and the per-candidate loop runs as one traced
-    function (eager map_fn dispatches ~6 ops per candidate from Python: seconds per calibration)."""
+def candidate_errors(q, x, fractions, lo, hi):
+    """``quantization_error`` of every candidate range ``f · [lo, hi]`` on rows ``x`` (``[K, channels]``), the same
+    numbers as the map_fn above: each candidate's grid is computed here, element for element as there, and the
+    per-candidate loop runs as one traced function (eager map_fn dispatches ~6 ops per candidate from Python:
+    seconds per calibration). Also ``minmax``'s ``range_rule: mse`` search in a training step."""
     qn, qp = q.init_grid
     f = tf.reshape(fractions, [-1, 1])
     s, o = _step_and_offset(q, f * lo, f * hi)
