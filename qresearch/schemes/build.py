@@ -301,9 +301,16 @@ def _copy_weights(inner, p: LayerPlan) -> None:
         inner.bias.assign(bias)
         return
     targets = inner.weights
-    paths = {**_attribute_paths(src), **_attribute_paths(inner)}
+    paths = {}
+
+    def by_attribute(w):   # the walk over both layers' attributes, once, and only when names do not match
+        if not paths:
+            paths.update(_attribute_paths(src))
+            paths.update(_attribute_paths(inner))
+        return paths.get(id(w))
+
     # by weight name, then by path inside the layer (sublayers), then by attribute (sublayers' generated names)
-    for key in (_short, _relative, lambda w: paths.get(id(w))):
+    for key in (_short, _relative, by_attribute):
         values = {key(w): w.numpy() for w in src.weights}
         if p.batch_stats_fold:  # the layer's own weights; the BN's go to the wrapper (set_batch_norm)
             values.setdefault("bias", np.zeros(inner.bias.shape, np.float32))
