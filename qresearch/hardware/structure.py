@@ -164,6 +164,7 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
                        "refuses int32, CONV_2D gives wrong outputs)")
         s_b, _, _ = _q(b)
         s_in, _, _ = _q(tensors[in_idx])
+        out += _saturated_bias(interp, b, s_in, s_w, where)
         if len(s_b) and len(s_in) == 1:
             expect = s_in[0] * (s_w if len(s_w) == len(s_b) else s_w[:1])
             rel = np.max(np.abs(s_b - expect) / np.maximum(expect, 1e-30))
@@ -171,6 +172,31 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
                 out.append(f"{where}: bias scale differs from input scale x weight scale (relative error "
                            f"{rel:.2g})")
     return out
+
+
+def _saturated_bias(interp, b, s_in, s_w, where) -> List[str]:
+    """A bias the converter stored at the int32 limits: its scale ``S_in·S_w`` is too small for it, which happens
+    where a range under 1e-6 (``kernels.grid.NARROWEST``) got the converter's tiny scale."""
+    try:
+        values = np.asarray(interp.get_tensor(b["index"])).astype(np.int64).ravel()
+    except ValueError:
+        return []
+    if np.dtype(b["dtype"]) != np.int32 or not values.size:
+        return []
+    hit = np.flatnonzero((values >= 2 ** 31 - 1) | (values <= -2 ** 31))
+    if not hit.size:
+        return []
+    narrowest = 1e-6 / 127   # a scale the converter gives only a range under 1e-6 (kernels.grid.NARROWEST)
+    if len(s_in) == 1 and s_in[0] < narrowest:
+        cause = (f"its input's scale {s_in[0]:.3g} is the converter's for a range under 1e-6: the input is constant "
+                 "zero (a layer whose outputs never leave 0, e.g. a ReLU that never fires); remove that layer or "
+                 "keep it alive")
+    elif len(s_w) and float(np.min(s_w)) < narrowest:
+        cause = f"its weight scale {float(np.min(s_w)):.3g} is the converter's for an all-zero kernel; remove the layer"
+    else:
+        cause = "the bias is over 2^31 times S_in·S_w; widen the input's or the weights' range"
+    return [f"{where}: bias {b['name']!r} saturates int32 in {hit.size} of {values.size} channels "
+            f"({hit[:4].tolist()}): the deployed layer adds ±2^31·S_b there, not its bias. Cause: {cause}"]
 
 
 def _one_channel(values, qdim) -> bool:

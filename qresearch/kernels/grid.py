@@ -25,17 +25,17 @@ def fake_quant_range(quantizer, qvars, like) -> Optional[Tuple]:
 def _fake_quant_call(quantizer, qvars, like):
     """``(fake_quant_range, pure)``: ``pure`` when the one FakeQuant gets ``like`` itself (no clip before it)."""
     seen = []
-    original = ops.fake_quant
+    original = ops.fake_quant_op
 
-    def record(x, range_min, range_max, bits, narrow_range, channel_axes=None, **_options):
+    def record(x, range_min, range_max, bits, narrow_range, channel_axes=None, *_options):
         seen.append(((range_min, range_max, bits, narrow_range), x is like))
         return x
 
-    ops.fake_quant = record
+    ops.fake_quant_op = record
     try:
         quantizer(like, False, weights=qvars)
     finally:
-        ops.fake_quant = original
+        ops.fake_quant_op = original
     return seen[0] if len(seen) == 1 else (None, False)
 
 
@@ -49,21 +49,32 @@ class Grid:
     qmax: int
 
 
+#: The TFLite converter (TF 2.21) stores any FakeQuant range narrower than this as ``[-NARROWEST/2, NARROWEST/2]``
+#: (measured: ``[0, 0]``, ``[0, 1e-7]`` and ``[-1e-8, 1e-8]`` all get scale ``1e-6/255``, zero point -1; a zero
+#: weight channel ``1e-6/254``, zero point 0): a dead activation, or an all-zero kernel (``ops.fake_quant`` gives a
+#: narrow channel of a wider kernel another channel's range).
+NARROWEST = ops.NARROWEST
+
+
 def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     """Scale ``(max - min) / (qmax - qmin)`` in double, stored as float32; the zero point from whichever
-    end has the smaller error, clamped and rounded half away (tflite-int8-spec.md §4.2). A zero range
-    gets scale 1 (the converter's rule)."""
+    end has the smaller error, clamped and rounded half away (tflite-int8-spec.md §4.2). A range narrower than
+    ``NARROWEST`` is the converter's ``[-NARROWEST/2, NARROWEST/2]``."""
     qmin = -(2 ** (bits - 1)) + (1 if narrow_range else 0)
     qmax = 2 ** (bits - 1) - 1
     lo = tf.cast(tf.convert_to_tensor(range_min), tf.float64)
     hi = tf.cast(tf.convert_to_tensor(range_max), tf.float64)
-    scale = (hi - lo) / float(qmax - qmin)
-    scale = tf.where(tf.abs(hi - lo) < 2.220446049250313e-16, tf.ones_like(scale), scale)
-    scale = tf.cast(tf.cast(scale, tf.float32), tf.float64)
+    narrow = hi - lo < NARROWEST
+    half = NARROWEST / 2 * tf.ones_like(lo)
+    lo, hi = tf.where(narrow, -half, lo), tf.where(narrow, half, hi)
+    scale = tf.cast(tf.cast((hi - lo) / float(qmax - qmin), tf.float32), tf.float64)
     zp_min, zp_max = qmin - lo / scale, qmax - hi / scale
     err_min = abs(qmin) + tf.abs(lo / scale)
     err_max = abs(qmax) + tf.abs(hi / scale)
     zp = tf.where(err_min < err_max, zp_min, zp_max)
+    # the centred narrow range's zero point is the grid's midpoint (-0.5 at 8 bits: stored as -1), which the
+    # float32 scale above would move off its tie
+    zp = tf.where(narrow, (qmin + qmax) / 2 * tf.ones_like(zp), zp)
     zp = round_half_away(tf.clip_by_value(zp, float(qmin), float(qmax)))
     return Grid(scale, zp, qmin, qmax)
 

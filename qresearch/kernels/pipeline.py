@@ -80,7 +80,6 @@ class PipelineKernels(IntegerKernels):
     """A kernel set from a target's pipeline (module doc)."""
 
     overflow: str = "saturate"
-    bias_bits: int = 32
     bias_add: str = "accumulator"
     requantization: str = "fixed_point"
     rounding: str = "half_away_from_zero"
@@ -92,11 +91,6 @@ class PipelineKernels(IntegerKernels):
             return held if bias is None else held + bias
         stats.record(layer, dot + bias, self.accumulator_bits)
         return accumulate(dot + bias, self.accumulator_bits, self.overflow)
-
-    def quantize_bias(self, bias_over_scale):
-        q = super().quantize_bias(bias_over_scale)
-        lo, hi = -(2 ** (self.bias_bits - 1)), 2 ** (self.bias_bits - 1) - 1
-        return tf.clip_by_value(q, tf.constant(lo, tf.int64), tf.constant(hi, tf.int64))
 
     def requantize_params(self, real_multiplier, op: str = "CONV_2D"):
         if self.requantization == "shift":

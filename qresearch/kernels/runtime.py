@@ -24,7 +24,8 @@ class IntegerKernels:
     ``scalar_requantize``: the kernels' scalar MultiplyByQuantizedMultiplier (MEAN, ADD's output, ...);
     ``add_vector``: ADD rescales its inputs with the vector path's single rounding (``tflite_ops.add``);
     ``accumulator_bits``: the accumulators' width (TFLite: int32, never exceeded by its 8-bit ops in
-    practice, so not modelled here; ``pipeline.PipelineKernels`` models narrow ones).
+    practice, so not modelled here; ``pipeline.PipelineKernels`` models narrow ones); ``bias_bits``: the
+    signed width the bias is saturated to (TFLite: int32).
     """
 
     name: str
@@ -35,6 +36,7 @@ class IntegerKernels:
     op_requantize: Optional[Mapping[str, Callable]] = None
     description: str = ""
     accumulator_bits: int = 32
+    bias_bits: int = 32
 
     def handler(self, op: Optional[str]) -> Optional[Handler]:
         """The handler of ``op``, or None: that op keeps the float simulation."""
@@ -48,8 +50,11 @@ class IntegerKernels:
         return acc
 
     def quantize_bias(self, bias_over_scale):
-        """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it."""
-        return tf.cast(round_half_away(bias_over_scale), tf.int64)
+        """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it: saturated to
+        ``bias_bits`` (measured on TFLite: a bias over a dead input's or an all-zero weight channel's
+        ``grid.NARROWEST`` scale is stored as ±2^31)."""
+        lo, hi = -(2.0 ** (self.bias_bits - 1)), 2.0 ** (self.bias_bits - 1) - 1
+        return tf.cast(tf.clip_by_value(round_half_away(bias_over_scale), lo, hi), tf.int64)
 
     def requantizer(self, op: str):
         """The requantization rule of op ``op``'s outputs (``op_requantize``, else the conv outputs' ``requantize``)."""

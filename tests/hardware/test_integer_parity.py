@@ -362,3 +362,26 @@ def test_a_squeeze_excite_multiply_is_emulated(data, scale_first):
     _, r = _qat_then_verify(model, data)
     assert r["ops"].get("MUL") == 1, r["ops"]
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+def test_a_dead_input_deploys_a_saturated_bias_the_emulation_and_verify_show(data):
+    """A squeeze-excite bottleneck whose ReLU never fires (all-zero kernel, bias -1): its output range is [0, 0],
+    which the converter stores with scale 1e-6/255, so the next conv's bias over S_in·S_w saturates int32. The
+    emulation took scale 1 (16-27 LSB off on such a model); it now follows the converter, and ``verify`` names
+    each saturated bias and its cause."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    dead = L.Conv2D(4, 1, activation="relu", kernel_initializer="zeros",
+                    bias_initializer=keras.initializers.Constant(-1.0))(L.GlobalAveragePooling2D(keepdims=True)(h))
+    s = L.Conv2D(16, 1, bias_initializer=keras.initializers.RandomUniform(-0.5, 0.5))(dead)
+    h = L.Multiply()([h, L.Activation("sigmoid")(s)])
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(L.Conv2D(8, 3, strides=2, activation="relu")(h))))
+    _, r = _qat_then_verify(model, data)
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+    saturated = [i for i in r["structural_issues"] if "saturates int32" in i]
+    # the bottleneck's own all-zero kernel (bias -1, its ReLU gives 0 either way), and the conv reading it
+    assert len(saturated) == 2, r["structural_issues"]
+    assert "all-zero kernel" in saturated[0] and "constant zero" in saturated[1], saturated
+

@@ -145,8 +145,14 @@ def test_grid_of_follows_the_converter():
     assert float(g.zero_point) == 0.0 and (g.qmin, g.qmax) == (-127, 127)
     g = integer.grid_of(tf.constant(-1.0), tf.constant(3.0), 8, False)
     assert float(g.zero_point) == round(-128 + 1.0 / (4.0 / 255))  # -64.25 -> -64
-    g = integer.grid_of(tf.constant(0.0), tf.constant(0.0), 8, False)       # all-zero tensor
-    assert float(g.scale) == 1.0
+    # a range under 1e-6 (a dead activation, an all-zero weight channel): the converter's [-5e-7, 5e-7]
+    for lo, hi in ((0.0, 0.0), (0.0, 1e-7), (-1e-8, 1e-8)):
+        g = integer.grid_of(tf.constant(lo), tf.constant(hi), 8, False)
+        assert float(g.scale) == float(np.float32(1e-6 / 255)) and float(g.zero_point) == -1.0
+    g = integer.grid_of(tf.constant([0.0, -1.0]), tf.constant([0.0, 1.0]), 8, True)     # per channel, weights
+    assert np.allclose(g.scale.numpy(), np.float32([1e-6 / 254, 2 / 254])) and np.all(g.zero_point.numpy() == 0)
+    g = integer.grid_of(tf.constant(0.0), tf.constant(2e-6), 8, False)      # just over: the range as given
+    assert float(g.scale) == float(np.float32(np.float32(2e-6) / 255.0)) and float(g.zero_point) == -128.0
 
 
 def test_average_pool_counts_skip_padding():
