@@ -168,4 +168,4 @@ class MinMaxQuantizer(Quantizer):
         # backward gives x's gradient only
         trained = any(getattr(weights[k], "trainable", False) for k in ("min", "max"))
         return ops.fake_quant(x, fq_min, fq_max, self.bits, self.narrow_range, axes,
-                              range_gradients=trained or not training)
+                              range_gradients=trained or not training, training=training)

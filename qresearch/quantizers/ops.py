@@ -127,19 +127,50 @@ def move_channels_last(x, channel_axes: Sequence[int]):
     return flat, restore
 
 
+#: The TFLite converter stores a FakeQuant range narrower than this as ``[-NARROWEST/2, NARROWEST/2]``
+#: (``kernels.grid.grid_of`` has the measurements): for a weight channel, a scale ``1e-6/254`` under which the
+#: channel's bias overflows int32.
+NARROWEST = 1e-6
+
+
 def fake_quant(x, range_min, range_max, bits: int, narrow_range: bool, channel_axes=None,
-               range_gradients: bool = True):
+               range_gradients: bool = True, training: bool = False):
     """TensorFlow FakeQuant (nudged range, TFLite-convertible) per tensor or per channel.
 
     ``range_min``/``range_max`` are scalars, or have the shape of ``channel_axes``.
     Uses ``tf.quantization.fake_quant_with_min_max_vars[_per_channel]``, the ops the
-    TFLite converter reads, so 8-bit models convert unchanged.
+    TFLite converter reads, so 8-bit models convert unchanged (``fake_quant_op``).
+
+    Outside training (``training=False``: inference, the converter's trace, the emulation's grids) a channel
+    narrower than ``NARROWEST`` (an all-zero channel: a pruned or dead filter) quantizes on the widest channel's
+    range (``deployable_channel_ranges``): its weights stay 0, and the converter does not store its bias over a
+    ``1e-6/254`` scale, where it saturates int32 (measured: a bias of 0.5 deployed as 0.066).
 
     ``range_gradients=False`` says the caller never trains the range (a min-max quantizer's tracked
     range, while training): per channel, a large tensor's forward and input gradient then run in XLA
     passes with the bits of TF's kernels (``_per_channel_tracked``), which make a pass per channel (three
     in the gradient).
     """
+    if channel_axes is not None and not training:
+        range_min, range_max = deployable_channel_ranges(range_min, range_max)
+    return fake_quant_op(x, range_min, range_max, bits, narrow_range, channel_axes, range_gradients)
+
+
+def deployable_channel_ranges(range_min, range_max):
+    """Per-channel ranges with every channel narrower than ``NARROWEST`` on the widest channel's range; unchanged
+    where every channel is that narrow (nothing to borrow from: ``verify`` reports the saturated bias)."""
+    width = range_max - range_min
+    narrow = tf.logical_and(width < NARROWEST, tf.reduce_max(width) >= NARROWEST)
+    widest = tf.argmax(tf.reshape(width, [-1]))
+    lo = tf.where(narrow, tf.gather(tf.reshape(range_min, [-1]), widest), range_min)
+    hi = tf.where(narrow, tf.gather(tf.reshape(range_max, [-1]), widest), range_max)
+    return lo, hi
+
+
+def fake_quant_op(x, range_min, range_max, bits: int, narrow_range: bool, channel_axes=None,
+                  range_gradients: bool = True):
+    """The FakeQuant op call of ``fake_quant`` (``kernels.grid`` records its arguments: the range the converter
+    reads)."""
     if channel_axes is None:
         return tf.quantization.fake_quant_with_min_max_vars(
             x, range_min, range_max, num_bits=bits, narrow_range=narrow_range

@@ -385,3 +385,24 @@ def test_a_dead_input_deploys_a_saturated_bias_the_emulation_and_verify_show(dat
     assert len(saturated) == 2, r["structural_issues"]
     assert "all-zero kernel" in saturated[0] and "constant zero" in saturated[1], saturated
 
+
+def test_an_all_zero_filter_keeps_its_bias_on_tflite(data):
+    """A pruned filter (all-zero kernel channel, bias kept): its range [0, 0] would be stored with scale 1e-6/254
+    and its bias saturated (0.5 deployed as 0.066). It quantizes on the widest channel's range instead: the
+    deployed channel outputs its bias, equal to the simulation's, and no bias saturates."""
+    L = keras.layers
+    xtr, ytr, xte, yte = data
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    conv = L.Conv2D(8, 3, padding="same")
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(L.ReLU()(conv(inp)))))
+    train(model, xtr, ytr, epochs=2)
+    kernel, bias = conv.get_weights()
+    kernel[..., 0], bias[0] = 0.0, 0.5
+    conv.set_weights([kernel, bias])
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+    assert not [i for i in r["structural_issues"] if "saturates" in i], r["structural_issues"]
+    channel = keras.Model(q.inputs, q.layers[2].output)(xte[:8], training=False).numpy()[..., 0]
+    assert np.allclose(channel, 0.5, atol=0.01), channel.ravel()[:8]
