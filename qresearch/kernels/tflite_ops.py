@@ -12,6 +12,8 @@ import dataclasses
 import functools
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
+import numpy as np
+
 from qresearch._compat import tf
 from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import parts, quantize_multiplier, round_away, round_up, srdhm
@@ -191,8 +193,6 @@ def _average_pool_tail(y_avg, counts, scale, zero_point, lo, hi):
 
 def average_pool_counts(height: int, width: int, pool, strides, padding: str):
     """Valid taps per output position of a 2-D pooling window (TFLite skips padded taps), shape (1, H', W', 1)."""
-    import numpy as np
-
     def axis(n, k, s):
         out = (n + s - 1) // s if padding == "same" else (n - k + s) // s
         pad = max(0, ((out - 1) * s + k - n) // 2) if padding == "same" else 0
@@ -204,14 +204,19 @@ def average_pool_counts(height: int, width: int, pool, strides, padding: str):
 
 
 # ----------------------------------------------------------------------------- elementwise
+#: Per output element, how LiteRT's optimized int8 ADD rescales the two inputs (``add_paths``).
+SCALAR, VECTOR, FLOORED = 0, 1, 2
+
+
 def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", subtract: bool = False,
         offsets1=None, offsets2=None):
-    """ADD / SUB of two same-shape int8 tensors (tflite-int8-spec §5): inputs rescaled to
-    ``2·max(S1, S2)/2^20``, summed, requantized to the output. ``x1``/``x2``: float tensors on their
-    grids. SUB always takes the scalar path (measured). With ``kernels.add_vector`` ADD rescales its
-    inputs with the vector path's single rounding (``SRDHM(x << (20 + e), M)``): LiteRT's x86 build runs
-    ADD 16 elements at a time (the last ``size % 16`` elements of a buffer take the scalar path, which
-    batched inference of 16·k elements never reaches).
+    """ADD / SUB of two int8 tensors of the same shape or of shapes that broadcast (tflite-int8-spec §5): inputs
+    rescaled to ``2·max(S1, S2)/2^20``, summed, requantized to the output. ``x1``/``x2``: float tensors on their
+    grids. SUB always takes the scalar path (measured, broadcasts too). With ``kernels.add_vector`` ADD
+    rescales its inputs as LiteRT's x86 build does (``add_paths``): 16 elements at a time with one rounding
+    (``SRDHM(x << (20 + e), M)``), the scalar path on what is left of a buffer (which batched inference of
+    16·k elements never reaches), and, where one input broadcasts along the innermost axis, 8 at a time with the
+    shift after the multiply flooring (``SRDHM(x << 20, M) >> -e``).
 
     The multipliers are computed first; the elementwise rest is one XLA pass (``_add_tail``). ``offsets1`` /
     ``offsets2``: the inputs' integer offsets ``q - Z`` (float32) where the kernel before handed them on: the
@@ -221,30 +226,69 @@ def add(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linea
     m2, s2 = quantize_multiplier(g2.scale / twice_max)
     mo, so = quantize_multiplier(twice_max / (2.0 ** 20 * out_grid.scale))
     lo, hi = clamp_bounds(out_grid, fused)
-    vector = bool(kernels.add_vector and not subtract)
+    paths = add_paths(x1.shape[1:], x2.shape[1:]) if kernels.add_vector and not subtract else SCALAR
     given = (offsets1 is not None, offsets2 is not None)
-    tail = kernels.fused(("add", vector, subtract, given),
-                         lambda: xla_pass(functools.partial(_add_tail, kernels, vector, subtract, given)))
+    key = paths if isinstance(paths, int) else (paths.shape, paths.tobytes())
+    tail = kernels.fused(("add", key, subtract, given),
+                         lambda: xla_pass(functools.partial(_add_tail, kernels, paths, subtract, given)))
     offsets_ = tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale,
                     m1, s1, m2, s2, mo, so, out_grid.zero_point, lo, hi)
     return dequantized(offsets_, out_grid.scale)
 
 
-def _add_tail(kernels, vector, subtract, given, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo,
-              hi):
+def add_paths(shape1, shape2):
+    """How LiteRT's optimized int8 ADD (``BroadcastAddFivefold``) rescales each element of one example's output:
+    ``VECTOR`` everywhere for equal shapes; where one input broadcasts, per run of the kernel's inner loop
+    (measured against LiteRT, tests/kernels/test_elementwise.py):
+    - the innermost axes equal in both (length ``n``, e.g. a (1, 1, C) scale): ``AddElementwise(n)``, the first
+      ``16·floor(n/16)`` elements ``VECTOR``, the rest ``SCALAR``;
+    - the innermost axes broadcast in one input (length ``n``, e.g. an (H, W, 1) map): ``AddScalarBroadcast(n)``,
+      the first ``8·floor(n/8)`` ``FLOORED``, the rest ``SCALAR``.
+    An int array of the output's shape, ``VECTOR`` (an int) for equal shapes, None for shapes it does not
+    model (neither broadcasts to the other)."""
+    shape1, shape2 = tuple(shape1), tuple(shape2)
+    if shape1 == shape2:
+        return VECTOR
+    big = shape1 if all(b in (1, a) for a, b in zip(shape1, shape2)) else shape2
+    small = shape2 if big is shape1 else shape1
+    if len(big) != len(small) or not all(s in (1, b) for s, b in zip(small, big)) or None in big:
+        return None
+    equal = [s == b for s, b in zip(small, big)]
+    inner = next((i for i in range(len(big) - 1, -1, -1) if equal[i] != equal[-1]), -1) + 1
+    n = int(np.prod(big[inner:]))
+    lanes, fast = (16, VECTOR) if equal[-1] else (8, FLOORED)
+    position = np.arange(int(np.prod(big))).reshape(big) % n
+    return np.where(position < lanes * (n // lanes), fast, SCALAR).astype(np.int8)
+
+
+def _add_tail(kernels, paths, subtract, given, x1, x2, scale1, scale2, m1, s1, m2, s2, mo, so, zero_point, lo, hi):
     def rescaled(x, input_scale, multiplier, shift, handed_on):
         q = integers(x, input_scale, handed_on)
-        if vector:
+        found = {}
+        if _uses(paths, VECTOR):
             left = 20 + shift
-            shifted = tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
-                               tf.bitwise.right_shift(q, tf.maximum(-left, 0)))
-            return srdhm(shifted, multiplier)
-        return kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
+            found[VECTOR] = srdhm(tf.where(left >= 0, tf.bitwise.left_shift(q, tf.maximum(left, 0)),
+                                           tf.bitwise.right_shift(q, tf.maximum(-left, 0))), multiplier)
+        if _uses(paths, FLOORED):
+            found[FLOORED] = tf.bitwise.right_shift(srdhm(tf.bitwise.left_shift(q, 20), multiplier),
+                                                    tf.maximum(-shift, 0))
+        if _uses(paths, SCALAR):
+            found[SCALAR] = kernels.scalar_requantize(tf.bitwise.left_shift(q, 20), multiplier, shift)
+        if isinstance(paths, int):
+            return found[paths]
+        out = None
+        for path, value in found.items():
+            out = value if out is None else tf.where(tf.constant(paths == path), value, out)
+        return out
 
     a, b = rescaled(x1, scale1, m1, s1, given[0]), rescaled(x2, scale2, m2, s2, given[1])
     total = a - b if subtract else a + b
     q = tf.cast(kernels.scalar_requantize(total, mo, so), tf.float64) + zero_point
     return clamped_offsets(q, zero_point, lo, hi)
+
+
+def _uses(paths, path) -> bool:
+    return paths == path if isinstance(paths, int) else bool(np.any(paths == path))
 
 
 def multiply(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str = "linear", offsets1=None,
@@ -385,8 +429,6 @@ def resize_bilinear_taps(size_in: int, size_out: int, half_pixel_centers: bool =
     TFLite's int8 RESIZE_BILINEAR computes them (reference_ops, which every int8 build runs: a 10-bit fixed-point
     scale and position, C integer division). Returns int arrays (lower, upper, weight); the lower tap's weight is
     1024 - weight (negative positions near the border weigh the lower tap over 1024: the two taps coincide)."""
-    import numpy as np
-
     def c_div(a, b):   # C's integer division: truncates toward zero
         return np.sign(a) * (np.abs(a) // b)
 

@@ -340,14 +340,14 @@ def _prelu(w, op) -> Optional[Plan]:
 
 
 def _elementwise(w, op) -> Optional[Plan]:
-    """Two quantized same-shape tensors; for MUL also two that broadcast (a squeeze-excite scale: the broadcast
-    kernel multiplies element by element as the other does). ADD/SUB broadcast through other kernel paths."""
+    """Two quantized tensors of the same shape, or of known shapes one of which broadcasts to the other (a
+    squeeze-excite scale, a one-channel map: the kernels' broadcast paths are modelled, ``tflite_ops.add_paths``)."""
     sources = getattr(w, "_input_sources", None)
     shapes = getattr(w, "_input_shapes", None)
     if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) or shapes is None:
         return None
-    if shapes[0] != shapes[1] and not (op == "MUL" and (_broadcast_to(shapes[1], shapes[0])
-                                                        or _broadcast_to(shapes[0], shapes[1]))):
+    if shapes[0] != shapes[1] and (None in tuple(shapes[0]) + tuple(shapes[1])
+                                   or not (_broadcast_to(shapes[1], shapes[0]) or _broadcast_to(shapes[0], shapes[1]))):
         return None
     return Plan(op, list(sources))
 

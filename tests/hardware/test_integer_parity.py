@@ -364,6 +364,22 @@ def test_a_squeeze_excite_multiply_is_emulated(data, scale_first):
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+@pytest.mark.parametrize("op", ["ADD", "SUB"])
+def test_an_add_or_subtract_of_a_one_channel_map_is_emulated(data, op):
+    """ADD/SUB of a feature map and an (H, W, 1) map broadcast along the channels: LiteRT's ADD takes its
+    scalar-broadcast loop there (8 lanes with a flooring shift, the rest scalar; SUB the scalar path). A float
+    simulation before: 1 LSB (SUB)."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    h = (L.Add() if op == "ADD" else L.Subtract())([L.Conv2D(1, 1)(h), h])
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(L.Conv2D(8, 3, strides=2, activation="relu")(h))))
+    _, r = _qat_then_verify(model, data)
+    assert r["ops"].get(op) == 1, r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
 def test_a_dead_input_deploys_a_saturated_bias_the_emulation_and_verify_show(data):
     """A squeeze-excite bottleneck whose ReLU never fires (all-zero kernel, bias -1): its output range is [0, 0],
     which the converter stores with scale 1e-6/255, so the next conv's bias over S_in·S_w saturates int32. The

@@ -1,0 +1,93 @@
+"""ADD, SUB and MUL of two int8 tensors that broadcast (a squeeze-excite scale (1, 1, C), a one-channel map
+(H, W, 1)) against LiteRT's kernels, every int8 value of the large operand against random values of the small one,
+both operand orders: the emulation (``tflite_ops.add`` / ``multiply``) gives LiteRT's integers. 30 channels, so that
+ADD's inner loops have both their vector part and their scalar rest (``tflite_ops.add_paths``)."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from qresearch import tf
+from qresearch.kernels import KERNELS
+from qresearch.kernels.grid import Grid
+from qresearch.kernels.tflite_ops import FLOORED, SCALAR, VECTOR, add, add_paths, multiply
+
+BIG = (1, 16, 16, 30)
+RANGES = ((-0.7, 1.3), (-2.1, 0.4), (-1.5, 2.5))   # the big operand, the small one, the output
+
+
+def _litert(op, small_shape, small_first):
+    """LiteRT's int8 outputs for every int8 value in the big operand (tiled) and random ones in the small."""
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    fq = tf.quantization.fake_quant_with_min_max_vars
+    fn = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply}[op]
+
+    @tf.function(input_signature=[tf.TensorSpec(BIG), tf.TensorSpec(small_shape)])
+    def graph(big, small):
+        a, b = fq(big, *RANGES[0]), fq(small, *RANGES[1])
+        return fq(fn(b, a) if small_first else fn(a, b), *RANGES[2])
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    interpreter = Interpreter(model_content=converter.convert(),
+                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    interpreter.allocate_tensors()
+    assert [o["op_name"] for o in interpreter._get_ops_details()] == [op]
+    inputs = sorted(interpreter.get_input_details(), key=lambda d: -int(np.prod(d["shape"])))
+    rng = np.random.default_rng(0)
+    q_big = np.resize(np.arange(-128, 128), BIG).astype(np.int8)
+    q_small = rng.integers(-128, 128, small_shape).astype(np.int8)
+    for d, q in zip(inputs, (q_big, q_small)):
+        interpreter.set_tensor(d["index"], q)
+    interpreter.invoke()
+    out = interpreter.get_output_details()[0]
+    grids = [d["quantization"] for d in inputs] + [out["quantization"]]
+    return grids, q_big, q_small, interpreter.get_tensor(out["index"]).astype(int)
+
+
+def _grid(scale, zero_point):
+    return Grid(tf.constant(float(np.float32(scale)), tf.float64), tf.constant(float(zero_point), tf.float64),
+                -128, 127)
+
+
+def _emulated(kernels, op, grids, q_big, q_small, small_first):
+    g_big, g_small, g_out = (_grid(*g) for g in grids)
+    x_big = tf.constant((q_big.astype(np.float32) - grids[0][1]) * np.float32(grids[0][0]))
+    x_small = tf.constant((q_small.astype(np.float32) - grids[1][1]) * np.float32(grids[1][0]))
+    fn = multiply if op == "MUL" else add
+    extra = {"subtract": True} if op == "SUB" else {}
+    operands = [x_small, x_big, g_small, g_big] if small_first else [x_big, x_small, g_big, g_small]
+    y = fn(kernels, operands[0], operands[1], operands[2], operands[3], g_out, **extra).numpy()
+    return np.round(y / np.float32(grids[2][0])).astype(int) + grids[2][1]
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("small_shape", [(1, 1, 1, 30), (1, 16, 16, 1), (1, 1, 1, 1)],
+                         ids=["channel-scale", "one-channel-map", "scalar"])
+@pytest.mark.parametrize("small_first", [False, True], ids=["big-first", "small-first"])
+@pytest.mark.parametrize("op", ["ADD", "SUB", "MUL"])
+def test_broadcast_elementwise_equals_litert(op, small_shape, small_first):
+    grids, q_big, q_small, expected = _litert(op, small_shape, small_first)
+    kernels = KERNELS.get("tflite_builtin")
+    np.testing.assert_array_equal(_emulated(kernels, op, grids, q_big, q_small, small_first), expected)
+    if op == "ADD" and small_shape != (1, 1, 1, 1):  # the data tells the paths apart: the scalar path alone misses
+        # (a lone broadcast value's rescaled sum meets no rounding tie here either way)
+        scalar = dataclasses.replace(kernels, add_vector=False)
+        assert np.any(_emulated(scalar, op, grids, q_big, q_small, small_first) != expected)
+
+
+def test_add_paths_follow_litert_inner_loops():
+    v, s, f = VECTOR, SCALAR, FLOORED
+    assert add_paths((4, 4, 8), (4, 4, 8)) == VECTOR
+    channel_scale = add_paths((2, 2, 20), (1, 1, 20))           # AddElementwise(20) per pixel
+    assert channel_scale.shape == (2, 2, 20) and np.all(channel_scale == [v] * 16 + [s] * 4)
+    assert np.array_equal(add_paths((1, 1, 20), (2, 2, 20)), channel_scale)
+    one_channel = add_paths((2, 2, 1), (2, 2, 12))              # AddScalarBroadcast(12) per pixel
+    assert np.all(one_channel == [f] * 8 + [s] * 4)
+    scalar = add_paths((2, 3, 4), (1, 1, 1))                    # AddScalarBroadcast(24): one run
+    assert np.all(scalar == f)
+    rows = add_paths((3, 4, 20), (3, 1, 20))                     # (H, 1, C): a run of C
+    assert np.all(rows == [v] * 16 + [s] * 4)
+    assert add_paths((3, 1, 20), (1, 4, 20)) is None            # both broadcast: not modelled
