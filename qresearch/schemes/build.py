@@ -16,6 +16,7 @@ from qresearch.errors import ConfigError
 from qresearch.schemes import annotate as A
 from qresearch.schemes.batch_stats_fold import BatchStatsFold, batch_norm_config
 from qresearch.schemes.configs import act_spec, layer_config, model_input_spec, quantizer
+from qresearch.schemes.emulation import fuses_following_relu
 from qresearch.schemes.folding import affine_weights, fold_weights
 from qresearch.schemes.layers import layer_spec
 from qresearch.schemes.io import QATModel
@@ -215,7 +216,9 @@ def _build(plan: ModelPlan):
             elif p.batch_stats_fold:
                 layer = BatchStatsFold(inner, cfg, batch_norm=batch_norm_config(p.folded_bn),
                                        freeze_steps=scheme.bn_freeze_steps, name=unique(WRAPPER_PREFIX + inner.name))
-            elif cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None):
+            elif cfg is not None and (cfg.weights or cfg.activations or cfg.output is not None
+                                      or (scheme.quantize_ops == "all"   # its ReLU holds the range: emulated
+                                          and fuses_following_relu(p.spec.integer_op_of(inner)))):
                 layer = QuantizeWrapper(inner, cfg, name=unique(WRAPPER_PREFIX + inner.name))
             else:
                 layer = inner

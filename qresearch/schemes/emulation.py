@@ -60,6 +60,12 @@ def register_matcher(op: str, matcher: Matcher, fuses_following_relu: bool = Fal
     _MATCHERS[op] = (matcher, fuses_following_relu)
 
 
+def fuses_following_relu(op: Optional[str]) -> bool:
+    """Whether the kernel of ``op`` computes a following ReLU layer's output (ADD/SUB/MUL): such a layer is
+    wrapped even where it quantizes nothing itself (the ReLU holds the range), so the emulation can plan it."""
+    return bool(op) and _MATCHERS.get(op, (None, False))[1]
+
+
 def grid(source) -> Optional[K.Grid]:
     """The integer grid of a (quantizer, variables, ...) source."""
     return K.grid_of_quantizer(source[0], source[1])

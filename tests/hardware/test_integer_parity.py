@@ -422,3 +422,18 @@ def test_an_all_zero_filter_keeps_its_bias_on_tflite(data):
     assert not [i for i in r["structural_issues"] if "saturates" in i], r["structural_issues"]
     channel = keras.Model(q.inputs, q.layers[2].output)(xte[:8], training=False).numpy()[..., 0]
     assert np.allclose(channel, 0.5, atol=0.01), channel.ravel()[:8]
+
+
+@pytest.mark.parametrize("op", ["MUL", "SUB"])
+def test_an_elementwise_op_with_a_relu_layer_after_it_is_emulated(data, op):
+    """MUL/SUB then a ReLU layer: the ReLU holds the range and the op quantizes nothing itself, so it was not wrapped
+    and stayed a float simulation (MUL: 1 LSB). It is wrapped now; the kernel computes onto the ReLU's grid."""
+    L = keras.layers
+    keras.utils.set_random_seed(12)
+    inp = keras.Input((8, 8, 1))
+    a = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = (L.Multiply() if op == "MUL" else L.Subtract())([a, L.Conv2D(8, 3, padding="same")(a)])
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(L.ReLU()(h))
+    q, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), data)
+    assert r["ops"].get(op) == 1 and "RELU" not in r["ops"], r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
