@@ -60,9 +60,12 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
     float_ops = 0
     hist = Counter(op["op_name"] for op in ops)
     readers: Dict[int, List[str]] = {}   # tensor -> the ops reading it
+    producers: Dict[int, str] = {}       # tensor -> the op writing it
     for op in ops:
         for i in op["inputs"]:
             readers.setdefault(i, []).append(op["op_name"])
+        for o in op["outputs"]:
+            producers[o] = op["op_name"]
 
     def name(i):
         return tensors[i]["name"] if i in tensors else f"#{i}"
@@ -78,7 +81,8 @@ def inspect_model(tflite_model: bytes, target) -> Dict[str, Any]:
             float_ops += 1
             issues.append(f"{where}: non-integer tensors ({', '.join(bad)}); allowed "
                           f"{sorted(d.name for d in allowed)}")
-        if kind == "QUANTIZE" and not all(i in graph_inputs for i in ins) and not _into_concatenation(outs, readers):
+        if kind == "QUANTIZE" and not all(i in graph_inputs for i in ins) and not _into_concatenation(outs, readers) \
+                and not _concatenation_into_reshape(ins, outs, producers, readers):
             issues.append(f"{where}: QUANTIZE inside the graph (requantization from {name(ins[0])!r}): "
                           "neighbouring quantizers disagree on (scale, zero_point), the simulation did not "
                           "model this extra rounding")
@@ -201,6 +205,13 @@ def _saturated_bias(interp, b, s_in, s_w, where) -> List[str]:
 
 def _one_channel(values, qdim) -> bool:
     return values.ndim == 0 or values.shape[qdim] == 1
+
+
+def _concatenation_into_reshape(ins, outs, producers, readers) -> bool:
+    """A QUANTIZE from a CONCATENATION to the RESHAPE after it: TF 2.21 moves a concatenation's FakeQuant past a
+    reshape and requantizes there; the emulation models it (``schemes.emulation.concat_grid_source``)."""
+    return bool(ins) and all(producers.get(i) == "CONCATENATION" for i in ins) \
+        and bool(outs) and all(readers.get(o) and set(readers[o]) == {"RESHAPE"} for o in outs)
 
 
 def _into_concatenation(outs, readers) -> bool:

@@ -72,8 +72,12 @@ def grid(source) -> Optional[K.Grid]:
 
 
 def sole_consumer(layer):
-    nodes = getattr(layer, "_outbound_nodes", [])
-    return nodes[0].outbound_layer if len(nodes) == 1 else None
+    """The one layer reading ``layer``'s output, or None. A wrapper that built its inner layer on a first call
+    (``QuantizeWrapper.__call__``) left a node to that inner layer too: it is the wrapper's, not a second reader."""
+    readers = [n.outbound_layer for n in getattr(layer, "_outbound_nodes", [])]
+    inner = {id(getattr(r, "layer", None)) for r in readers}
+    readers = [r for r in readers if id(r) not in inner]
+    return readers[0] if len(readers) == 1 else None
 
 
 class IntegerEmulation:
@@ -219,16 +223,16 @@ def _plan(w) -> Optional[Plan]:
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
                 and not consumer._activation_vars and fused_activation(consumer.layer) is not None:
             fused_consumer = (consumer._output_source(), fused_activation(consumer.layer), True)
-        elif concat is not None:
+        elif concat is not None and concat_grid_source(concat) is not None:
             # a plain ReLU layer (its range is the concatenation's) between this layer and a Concatenate: the
             # converter fuses it here and computes onto the concatenation's grid; the ReLU then leaves those values
-            fused_consumer = (concat._output_source(), fused_activation(consumer), False)
+            fused_consumer = (concat_grid_source(concat), fused_activation(consumer), False)
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
         consumer = sole_consumer(w)
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers:
-            out = consumer._output_source()
+            out = concat_grid_source(consumer)
     if w._weight_vars:
         base = _conv_plan(w)
         if base is None or not set(w.quantize_config.activations) <= {"activation"}:
@@ -364,25 +368,47 @@ def _broadcast_to(small, big) -> bool:
 
 
 def _concatenation(w, op) -> Optional[Plan]:
-    """Quantized inputs, each on a known grid: its producer's, or this layer's own where the producer computes
-    straight onto it (a conv whose output range the concatenation took over, ``output_shared_with``, or a conv
-    whose plain ReLU layer feeds it)."""
+    """Quantized inputs, each on a known grid: its producer's, or the grid the producer computes straight onto (a
+    conv whose output range the concatenation took over, ``output_shared_with``, or a conv whose plain ReLU layer
+    feeds it): the concatenation's own (``concat_grid_source``)."""
     sources, nodes, out = getattr(w, "_input_sources", None), getattr(w, "_inbound_nodes", None), w._output_source()
     if own_spec(type(w.layer)) is None or not sources or not nodes or not out:
         return None
-    if isinstance(sole_consumer(w), (keras.layers.Flatten, keras.layers.Reshape)):
-        # TF 2.21 moves this concatenation's FakeQuant past the reshape, computes it on an input's grid and
-        # requantizes its output (measured on a dense block): another op order, left to the float simulation
+    onto = concat_grid_source(w)
+    if onto is None:
         return None
     resolved = []
     for source, tensor in zip(sources, nodes[0].keras_inputs):
         producer = tensor._keras_history.layer
         if not source and (_shares_output(producer, w) or _concat_through_relu(_producer_of(producer)) is w):
-            source = out
+            source = onto
         if not source:
             return None
         resolved.append(source)
     return Plan(op, resolved, {"axis": w.layer.axis})
+
+
+def concat_grid_source(concat):
+    """The grid the producers that share a Concatenate's range compute onto: its own; but where it is read through
+    a reshape (Flatten, Reshape, a Dense over a feature map), the one input grid of its own among its inputs.
+    There TF 2.21's converter moves the concatenation's FakeQuant past the reshape, runs the concatenation on an
+    input's grid (the largest scale among those with a FakeQuant; measured) with the sharing producers computing
+    onto it, and requantizes its output with a QUANTIZE, the rounding the CONCATENATION kernel gives an input on
+    another grid. Where every input shares the range, that grid is the concatenation's own (no QUANTIZE). With two
+    inputs of their own the choice depends on the scales: left to the float simulation (None)."""
+    own = {id(s[0]): tuple(s[:2]) for s in getattr(concat, "_input_sources", None) or [] if s}
+    if not own or not _read_through_reshape(concat):
+        return concat._output_source()
+    return next(iter(own.values())) if len(own) == 1 else None
+
+
+def _read_through_reshape(layer) -> bool:
+    consumer = sole_consumer(layer)
+    if isinstance(consumer, (keras.layers.Flatten, keras.layers.Reshape)):
+        return True
+    inner = getattr(consumer, "layer", None)
+    shape = getattr(consumer, "_input_shape", None)
+    return isinstance(inner, keras.layers.Dense) and shape is not None and len(shape) > 2
 
 
 def _shares_output(producer, consumer) -> bool:
