@@ -207,13 +207,18 @@ def _one_channel(values, qdim) -> bool:
     return values.ndim == 0 or values.shape[qdim] == 1
 
 
+#: Ops whose inputs and output share one grid in TFLite's int8 kernels.
+SAME_GRID_MERGES = ("CONCATENATION", "MAXIMUM", "MINIMUM")
+
+
 def _concatenation_into_reshape(ins, outs, producers, readers) -> bool:
-    """A QUANTIZE from a CONCATENATION to the RESHAPE after it: TF 2.21 moves a concatenation's FakeQuant past a
-    reshape and requantizes there; the emulation models it (``schemes.emulation.concat_grid_source``)."""
-    return bool(ins) and all(producers.get(i) == "CONCATENATION" for i in ins) \
+    """A QUANTIZE from a CONCATENATION (MAXIMUM, MINIMUM) to the RESHAPE after it: TF 2.21 moves the op's FakeQuant
+    past a reshape and requantizes there; the emulation models it (``schemes.emulation.concat_grid_source``)."""
+    return bool(ins) and all(producers.get(i) in SAME_GRID_MERGES for i in ins) \
         and bool(outs) and all(readers.get(o) and set(readers[o]) == {"RESHAPE"} for o in outs)
 
 
 def _into_concatenation(outs, readers) -> bool:
-    """Every output of a QUANTIZE read only by CONCATENATION ops."""
-    return bool(outs) and all(readers.get(o) and set(readers[o]) == {"CONCATENATION"} for o in outs)
+    """Every output of a QUANTIZE read only by CONCATENATION (MAXIMUM, MINIMUM) ops: an input on another grid,
+    which the emulation requantizes as the QUANTIZE does."""
+    return bool(outs) and all(readers.get(o) and set(readers[o]) <= set(SAME_GRID_MERGES) for o in outs)

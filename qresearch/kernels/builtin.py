@@ -24,6 +24,6 @@ KERNELS.register("tflite_reference", IntegerKernels(
                 "connected, which rounds once (measured)"))
 KERNELS.register("xnnpack", IntegerKernels(
     "xnnpack", single_rounding, round_away,
-    ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION"),
+    ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
     description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; MEAN stays on the builtin "
                 "kernel; ADD/MUL and a concatenation's requantized inputs are not emulated"))

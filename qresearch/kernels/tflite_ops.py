@@ -324,6 +324,13 @@ def concatenation(kernels, operands, in_grids: List[Grid], out_grid: Grid, axis:
     against LiteRT on both signs: with two roundings a value with a fraction in [0.25, 0.5) goes one step up
     where ``S_in/S_out < 0.5``). An input on the output's grid passes as it is (multiplier 1 leaves its
     integers)."""
+    return dequantized(tf.concat(onto_grid(kernels, operands, in_grids, out_grid, offsets), axis=axis),
+                       out_grid.scale)
+
+
+def onto_grid(kernels, operands, in_grids: List[Grid], out_grid: Grid, offsets):
+    """Each operand's integer offsets ``q - Z_out`` on ``out_grid``, requantized by a QUANTIZE where it is on
+    another grid (``concatenation``'s rounding)."""
     constants, apply = parts(kernels.requantizer("QUANTIZE"))
     lo, hi = clamp_bounds(out_grid, "linear")
     pieces = []
@@ -332,7 +339,15 @@ def concatenation(kernels, operands, in_grids: List[Grid], out_grid: Grid, axis:
         tail = kernels.fused(("requantize", len(params), given is not None),
                              lambda: xla_pass(functools.partial(_requantize_tail, apply, given is not None)))
         pieces.append(tail(x if given is None else given, g.scale, out_grid.zero_point, lo, hi, *params))
-    return dequantized(tf.concat(pieces, axis=axis), out_grid.scale)
+    return pieces
+
+
+def extremum(kernels, operands, in_grids: List[Grid], out_grid: Grid, offsets, largest: bool):
+    """MAXIMUM / MINIMUM of two int8 tensors (broadcasting as TF does): the integers of each on the output's grid
+    (a QUANTIZE before an input on another grid, as for CONCATENATION), compared; the kernel itself only
+    compares."""
+    a, b = onto_grid(kernels, operands, in_grids, out_grid, offsets)
+    return dequantized(tf.maximum(a, b) if largest else tf.minimum(a, b), out_grid.scale)
 
 
 def _requantize_tail(apply, handed_on, x, scale, out_zero_point, lo, hi, *params):
@@ -483,6 +498,10 @@ TFLITE_OPS: Dict[str, Handler] = {
     "ADD": _two_inputs(add),
     "SUB": _two_inputs(add, subtract=True),
     "MUL": _two_inputs(multiply),
+    "MAXIMUM": lambda k, c: extremum(k, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
+                                     largest=True),
+    "MINIMUM": lambda k, c: extremum(k, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
+                                     largest=False),
     "CONCATENATION": lambda k, c: concatenation(k, c.operands, c.in_grids, c.out_grid, c.attrs["axis"],
                                                 [c.operand_offsets(i) for i in range(len(c.operands))]),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),

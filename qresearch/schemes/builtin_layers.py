@@ -111,10 +111,13 @@ register_layer(L.Normalization, kind="output", split=NORMALIZATION)
 for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),
                   (L.GlobalAveragePooling3D, None)):
     register_layer(_cls, kind="output", keeps_sign=True, integer_op=_op)
-for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None),
-                  (L.Maximum, None), (L.Minimum, None), (L.Dot, None)):
-    register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average, L.Maximum))
+for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None), (L.Dot, None)):
+    register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average))
 register_layer(L.Concatenate, kind="concat", integer_op="CONCATENATION")
+# TFLite's MAXIMUM/MINIMUM compare integers on one grid, as CONCATENATION keeps one (measured: the converter
+# requantizes an input on another grid with a QUANTIZE and computes a sole producer straight onto the output's)
+register_layer(L.Maximum, kind="concat", integer_op="MAXIMUM")
+register_layer(L.Minimum, kind="concat", integer_op="MINIMUM")
 try:  # keras.applications.ConvNeXt*: x·γ per channel (float γ; TFLite: MUL by a quantized constant)
     from tf_keras.src.applications.convnext import LayerScale
     register_layer(LayerScale, kind="output", keeps_sign=False)

@@ -385,6 +385,8 @@ def _concatenation(w, op) -> Optional[Plan]:
         if not source:
             return None
         resolved.append(source)
+    if op != "CONCATENATION":   # MAXIMUM / MINIMUM: binary
+        return Plan(op, resolved) if len(resolved) == 2 else None
     return Plan(op, resolved, {"axis": w.layer.axis})
 
 
@@ -424,7 +426,8 @@ def _producer_of(layer):
 
 
 register_matcher("MEAN", _mean)
-register_matcher("CONCATENATION", _concatenation)
+for _op in ("CONCATENATION", "MAXIMUM", "MINIMUM"):
+    register_matcher(_op, _concatenation)
 register_matcher("SOFTMAX", _softmax)
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher("PRELU", _prelu)

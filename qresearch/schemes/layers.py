@@ -11,7 +11,8 @@ op the integer-kernel emulation reproduces for it (``integer_op``). The roles (`
 - ``activation``: ReLU/ReLU6/linear; fuses into a preceding compute/merge/BN layer (one output quantizer
   after the activation, none between).
 - ``merge``: Add, Subtract, Multiply, ... (own output quantizer; a ReLU after it fuses).
-- ``concat``: one output quantizer after the concat, producers' output quantizers removed (TFLite SAME rule).
+- ``concat``: one output quantizer after the concat, producers' output quantizers removed (TFLite SAME rule;
+  also Maximum/Minimum, whose kernels compare integers on one grid).
 - ``fixed``: softmax/sigmoid/tanh: output range fixed by the scheme's ``fixed_output_ranges``.
 - ``bn``: BatchNormalization (folded per the scheme's ``bn_folding``, else float with a quantized output).
 - ``output``: float math, quantized output (GlobalAveragePooling → TFLite MEAN, LayerNormalization, ...).

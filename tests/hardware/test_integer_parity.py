@@ -437,3 +437,22 @@ def test_an_elementwise_op_with_a_relu_layer_after_it_is_emulated(data, op):
     q, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), data)
     assert r["ops"].get(op) == 1 and "RELU" not in r["ops"], r["ops"]
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+@pytest.mark.parametrize("op, head", [("MAXIMUM", "conv"), ("MINIMUM", "flatten")])
+def test_maximum_and_minimum_compare_on_one_grid(data, op, head):
+    """Maximum/Minimum of a layer's output and a conv of it. TFLite's MAXIMUM/MINIMUM compare integers on one grid:
+    the converter requantizes the input on another grid with a QUANTIZE and computes the conv straight onto the
+    output's grid (through a Flatten, onto the other input's, then a QUANTIZE after). They were merges with ranges
+    of their own and a float simulation: 2-105 LSB, up to 6% of argmaxes flipped, `verify` listing the QUANTIZEs."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    h = (L.Maximum() if op == "MAXIMUM" else L.Minimum())([h, L.Conv2D(8, 1)(h)])
+    if head == "conv":
+        h = L.Conv2D(8, 3, strides=2, activation="relu")(h)
+    _, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), data)
+    assert r["ops"].get(op) == 1 and r["ops"].get("QUANTIZE") == 1, r["ops"]
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert r["max_abs_diff_lsb"] < 1e-3, r
