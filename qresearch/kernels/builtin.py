@@ -13,9 +13,8 @@ from qresearch.kernels.tflite_ops import TFLITE_OPS, without
 
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
-    op_requantize={"TRANSPOSE_CONV": round_away},
-    description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
-                "requantize with SRDHM then a shift rounding ties up; TRANSPOSE_CONV, MEAN and ADD's output "
+    description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC/"
+                "TRANSPOSE_CONV requantize with SRDHM then a shift rounding ties up; MEAN and ADD's output "
                 "with SRDHM then RoundingDivideByPOT (half away)"))
 KERNELS.register("tflite_reference", IntegerKernels(
     "tflite_reference", round_away, round_away, ops=without(TFLITE_OPS, "MEAN_KEEPDIMS"), add_vector=False,
