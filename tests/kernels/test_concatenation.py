@@ -5,27 +5,21 @@ import pytest
 
 from qresearch import tf
 from qresearch.kernels import KERNELS
-from qresearch.kernels.grid import Grid
 from qresearch.kernels.tflite_ops import concatenation
+
+from litert_graphs import grid, litert_interpreter
 
 
 def _litert_requantize(in_range, out_range):
     """Every int8 value through a QUANTIZE the converter puts between two FakeQuant ranges (a max pool keeps the
     first grid); returns (input (S, Z), output (S, Z), inputs, LiteRT's outputs)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     fq = tf.quantization.fake_quant_with_min_max_vars
 
     @tf.function(input_signature=[tf.TensorSpec([1, 16, 16, 1])])
     def graph(x):
         return fq(tf.nn.max_pool2d(fq(x, *in_range), 1, 1, "VALID"), *out_range)
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    interpreter = Interpreter(model_content=converter.convert(),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = litert_interpreter(graph)
     inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
     ops = [o["op_name"] for o in interpreter._get_ops_details()]
     assert "QUANTIZE" in ops, ops
@@ -33,11 +27,6 @@ def _litert_requantize(in_range, out_range):
     interpreter.set_tensor(inp["index"], q.reshape(1, 16, 16, 1))
     interpreter.invoke()
     return inp["quantization"], out["quantization"], q, interpreter.get_tensor(out["index"]).ravel().astype(int)
-
-
-def _grid(scale, zero_point):
-    return Grid(tf.constant(float(np.float32(scale)), tf.float64), tf.constant(float(zero_point), tf.float64),
-                -128, 127)
 
 
 # the converter warns that a hand-written int8 input has no calibration statistics: its FakeQuant gives the range
@@ -51,7 +40,7 @@ def _grid(scale, zero_point):
 def test_requantized_inputs_equal_litert_quantize(in_range, out_range):
     (s_in, z_in), (s_out, z_out), q, expected = _litert_requantize(in_range, out_range)
     x = tf.constant(((q.astype(np.float32) - z_in) * np.float32(s_in)).reshape(1, 256, 1))
-    y = concatenation(KERNELS.get("tflite_builtin"), [x, x], [_grid(s_in, z_in)] * 2, _grid(s_out, z_out), -1,
+    y = concatenation(KERNELS.get("tflite_builtin"), [x, x], [grid(s_in, z_in)] * 2, grid(s_out, z_out), -1,
                       [None, None]).numpy()
     got = np.round(y / np.float32(s_out)).astype(int) + z_out
     np.testing.assert_array_equal(got[..., 0].ravel(), expected)

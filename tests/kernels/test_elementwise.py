@@ -9,8 +9,9 @@ import pytest
 
 from qresearch import tf
 from qresearch.kernels import KERNELS
-from qresearch.kernels.grid import Grid
 from qresearch.kernels.tflite_ops import FLOORED, SCALAR, VECTOR, add, add_paths, multiply
+
+from litert_graphs import grid, litert_interpreter
 
 BIG = (1, 16, 16, 30)
 RANGES = ((-0.7, 1.3), (-2.1, 0.4), (-1.5, 2.5))   # the big operand, the small one, the output
@@ -18,8 +19,6 @@ RANGES = ((-0.7, 1.3), (-2.1, 0.4), (-1.5, 2.5))   # the big operand, the small 
 
 def _litert(op, small_shape, small_first):
     """LiteRT's int8 outputs for every int8 value in the big operand (tiled) and random ones in the small."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
     fq = tf.quantization.fake_quant_with_min_max_vars
     fn = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply}[op]
 
@@ -28,12 +27,7 @@ def _litert(op, small_shape, small_first):
         a, b = fq(big, *RANGES[0]), fq(small, *RANGES[1])
         return fq(fn(b, a) if small_first else fn(a, b), *RANGES[2])
 
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    interpreter = Interpreter(model_content=converter.convert(),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
-    interpreter.allocate_tensors()
+    interpreter = litert_interpreter(graph)
     assert [o["op_name"] for o in interpreter._get_ops_details()] == [op]
     inputs = sorted(interpreter.get_input_details(), key=lambda d: -int(np.prod(d["shape"])))
     rng = np.random.default_rng(0)
@@ -47,13 +41,8 @@ def _litert(op, small_shape, small_first):
     return grids, q_big, q_small, interpreter.get_tensor(out["index"]).astype(int)
 
 
-def _grid(scale, zero_point):
-    return Grid(tf.constant(float(np.float32(scale)), tf.float64), tf.constant(float(zero_point), tf.float64),
-                -128, 127)
-
-
 def _emulated(kernels, op, grids, q_big, q_small, small_first):
-    g_big, g_small, g_out = (_grid(*g) for g in grids)
+    g_big, g_small, g_out = (grid(*g) for g in grids)
     x_big = tf.constant((q_big.astype(np.float32) - grids[0][1]) * np.float32(grids[0][0]))
     x_small = tf.constant((q_small.astype(np.float32) - grids[1][1]) * np.float32(grids[1][0]))
     fn = multiply if op == "MUL" else add
