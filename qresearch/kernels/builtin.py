@@ -7,15 +7,16 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs (and the other ops of ``tflite_ops``
   (gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2); fully connected rounds once.
 - ``xnnpack`` (the interpreter's default delegate): one rounding, ``(x·M + 2^(s-1)) >> s``.
 """
-from qresearch.kernels.fixed_point import round_away, round_up, single_rounding
+from qresearch.kernels.fixed_point import round_away, round_up, round_up_in_lanes_of_8, single_rounding
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
 from qresearch.kernels.tflite_ops import TFLITE_OPS, without
 
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
-    description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC/"
-                "TRANSPOSE_CONV requantize with SRDHM then a shift rounding ties up; MEAN and ADD's output "
-                "with SRDHM then RoundingDivideByPOT (half away)"))
+    op_requantize={"TRANSPOSE_CONV": round_up_in_lanes_of_8},
+    description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
+                "requantize with SRDHM then a shift rounding ties up (TRANSPOSE_CONV in lanes of 8 channels; "
+                "the last C % 8 channels, MEAN and ADD's output with SRDHM then RoundingDivideByPOT, half away)"))
 KERNELS.register("tflite_reference", IntegerKernels(
     "tflite_reference", round_away, round_away, ops=without(TFLITE_OPS, "MEAN_KEEPDIMS"), add_vector=False,
     op_requantize={"FULLY_CONNECTED": single_rounding},

@@ -119,3 +119,19 @@ round_up = Requantizer(_up_constants, _up_apply)
 round_away = Requantizer(_away_constants, _away_apply)
 #: One rounding: ``(x·M + 2^(s-1)) >> s`` with ``s = 31 - shift`` (XNNPACK).
 single_rounding = Requantizer(_single_constants, _single_apply)
+
+
+def _lanes_constants(multiplier, shift):
+    return _up_constants(multiplier, shift) + _away_constants(multiplier, shift)
+
+
+def _lanes_apply(x, *constants):
+    channels = tf.shape(x, out_type=tf.int64)[-1]
+    vector = tf.range(channels) < 8 * (channels // 8)
+    return tf.where(vector, _up_apply(x, *constants[:3]), _away_apply(x, *constants[3:]))
+
+
+#: LiteRT's optimized per-channel ``Quantize`` of an int32 buffer (TRANSPOSE_CONV's output): channels in lanes of 8
+#: as ``round_up``, the last ``C % 8`` channels one by one as ``round_away`` (measured: 8 and 12 output channels,
+#: and 4, all of them on the one-by-one path).
+round_up_in_lanes_of_8 = Requantizer(_lanes_constants, _lanes_apply)
