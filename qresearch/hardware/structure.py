@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from qresearch.hardware.runtimes import FIXED_OUTPUT_OPS
+from qresearch.kernels.grid import NARROWEST
 
 # TFLite ops with int8 weights: (the target layer kind whose granularity applies, weight input, bias input).
 # The target kinds are LayerSpec.target_kind; a TFLite op is not a Keras layer, so this is TFLite's table.
@@ -190,7 +191,7 @@ def _saturated_bias(interp, b, s_in, s_w, where) -> List[str]:
     hit = np.flatnonzero((values >= 2 ** 31 - 1) | (values <= -2 ** 31))
     if not hit.size:
         return []
-    narrowest = 1e-6 / 127   # a scale the converter gives only a range under 1e-6 (kernels.grid.NARROWEST)
+    narrowest = NARROWEST / 127   # a scale the converter gives only a range under NARROWEST
     if len(s_in) == 1 and s_in[0] < narrowest:
         cause = (f"its input's scale {s_in[0]:.3g} is the converter's for a range under 1e-6: the input is constant "
                  "zero (a layer whose outputs never leave 0, e.g. a ReLU that never fires); remove that layer or "

@@ -220,13 +220,14 @@ def _plan(w) -> Optional[Plan]:
     fused_consumer = None
     if not out and not w._activation_vars:
         consumer, concat = sole_consumer(w), _concat_through_relu(w)
+        onto = concat_grid_source(concat) if concat is not None else None
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers \
                 and not consumer._activation_vars and fused_activation(consumer.layer) is not None:
             fused_consumer = (consumer._output_source(), fused_activation(consumer.layer), True)
-        elif concat is not None and concat_grid_source(concat) is not None:
+        elif onto is not None:
             # a plain ReLU layer (its range is the concatenation's) between this layer and a Concatenate: the
             # converter fuses it here and computes onto the concatenation's grid; the ReLU then leaves those values
-            fused_consumer = (concat_grid_source(concat), fused_activation(consumer), False)
+            fused_consumer = (onto, fused_activation(consumer), False)
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
