@@ -284,14 +284,22 @@ def _bilinear_resize(layer) -> bool:
 
 
 def _feeds_same_grid_among_others(node, consumers) -> bool:
-    """A grid-keeping op (max pooling, padding) whose output feeds a re-quantized one (average pooling) and other
-    layers. Without its own FakeQuant the TFLite converter meets the average pool's range coming back through it
-    and runs the other consumers in float, after a DEQUANTIZE (measured: InceptionV3's max pool feeding its
-    branches' convs and an average pool, TF 2.21). Its output lies on its input's grid, so a ``QuantizeLike``
-    after it changes no value and gives the converter a range there."""
+    """A grid-keeping op (max pooling, padding) whose output feeds a re-quantized one (average pooling) or a merge
+    on one grid (a concatenation, Maximum, Minimum) and other layers. Without its own FakeQuant the TFLite converter
+    meets that reader's range coming back through it: after an average pool it ran the other consumers in float,
+    after a DEQUANTIZE (InceptionV3's max pool feeding its branches' convs and an average pool); before a
+    concatenation it requantized the op's output onto the concatenation's grid with a QUANTIZE that every reader
+    then reads (a DenseNet transition's pool feeding the block's concatenation and conv: 2 LSB; both measured, TF
+    2.21). Its output lies on its input's grid, so a ``QuantizeLike`` after it changes no value and gives the
+    converter a range there: the merge then requantizes that input itself, as the emulation runs it."""
     readers = [c for r in node.out_refs for c in consumers.get(r, [])]
-    return len(readers) > 1 and any(
-        layer_spec(c.layer) is not None and layer_spec(c.layer).same_grid_of(c.layer) for c in readers)
+    return len(readers) > 1 and any(_holds_a_grid_of_its_own(c.layer) for c in readers)
+
+
+def _holds_a_grid_of_its_own(layer) -> bool:
+    """A reader whose range the converter would push back through a grid-keeping op before it."""
+    spec = layer_spec(layer)
+    return spec is not None and (spec.same_grid_of(layer) or spec.kind_of(layer) == "concat")
 
 
 def _copy_weights(inner, p: LayerPlan) -> None:
