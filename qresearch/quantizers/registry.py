@@ -17,6 +17,12 @@ QUANTIZERS: Registry = Registry(
 KERAS_PACKAGE, KERAS_PREFIX = "qresearch", "quantizer:"
 ROLES = ("weights", "activations")
 SPEC_NAME_KEYS = ("name", "quantizer")
+#: A spec's ``low_bits: {max_bits: N, <field>: <value>, ...}``: fields that replace the spec's own where its width is
+#: at most N bits (a preset's range rule for 2-3-bit grids, where the 8-bit one fails), so a preset stays one
+#: scheme across a bit-width sweep. Its fields are checked as the spec's own, whether they apply or not.
+LOW_BITS_KEY = "low_bits"
+#: The fields that make a quantizer's grid: a hardware target constrains them, so ``low_bits`` may not change them.
+GRID_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
 
 
 def register(name: str, *, overwrite: bool = False):
@@ -96,17 +102,40 @@ def create(spec: Union[str, Mapping[str, Any], Any], role: Optional[str] = None,
     kwargs = dict(cls.role_defaults.get(role, {})) if role else {}
     kwargs.update(fields)
     valid = parameters(cls)
-    unknown = [k for k in kwargs if k not in valid]
+    max_bits, low = _low_bits(kwargs.pop(LOW_BITS_KEY, None), name)
+    unknown = [k for k in list(kwargs) + [k for k in low if k not in kwargs] if k not in valid]
     if unknown:
         hints = []
         for k in unknown:
-            close = difflib.get_close_matches(k, list(valid), n=1)
+            close = difflib.get_close_matches(k, list(valid) + [LOW_BITS_KEY], n=1)
             hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ConfigError(f"quantizer {name!r} has no field {', '.join(hints)}. "
-                          f"Valid fields: {', '.join(valid)}.")
+                          f"Valid fields: {', '.join(valid)}, {LOW_BITS_KEY}.")
+    if low and kwargs.get("bits", valid.get("bits")) <= max_bits:
+        kwargs.update(low)
     try:
         return cls(**kwargs)
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"quantizer {name!r}: bad spec {kwargs!r}: {exc}") from exc
+
+
+def _low_bits(value, name: str):
+    """``(max_bits, fields)`` of a spec's ``low_bits`` entry (``(0, {})`` without one)."""
+    if value is None:
+        return 0, {}
+    if not isinstance(value, Mapping) or "max_bits" not in value:
+        raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY} must be a dict with max_bits and the fields that apply "
+                          f"at or below that width, e.g. {{max_bits: 3, range_rule: mse}}; got {value!r}")
+    fields = dict(value)
+    max_bits = fields.pop("max_bits")
+    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 2 <= max_bits <= 16:
+        raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY}.max_bits must be a bit width in [2, 16], got "
+                          f"{max_bits!r}")
+    fixed = [k for k in GRID_FIELDS + SPEC_NAME_KEYS + (LOW_BITS_KEY,) if k in fields]
+    if fixed:
+        raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY} cannot set {', '.join(fixed)}: it chooses how a "
+                          "range is found or starts; the algorithm and its grid (what a hardware target checks) are "
+                          "the spec's own")
+    return max_bits, fields

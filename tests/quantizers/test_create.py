@@ -108,6 +108,39 @@ def test_bad_fields_name_the_field(spec, fragments):
         assert fragment in msg, (fragment, msg)
 
 
+LOW = {"max_bits": 3, "range_rule": "mse", "init": "mse"}
+
+
+@pytest.mark.parametrize("bits, rule, init", [(2, "mse", "mse"), (3, "mse", "mse"), (4, "max", "paper"),
+                                              (8, "max", "paper")])
+def test_low_bits_fields_apply_at_or_below_their_width(bits, rule, init):
+    q = create({"name": "minmax", "bits": bits, "low_bits": LOW}, role="weights")
+    assert (q.range_rule, q.init, q.bits) == (rule, init, bits)
+    assert "low_bits" not in q.get_config()   # the quantizer holds what applied: it saves and loads as itself
+    assert create({"name": "minmax", **q.get_config()}) == q
+
+
+@pytest.mark.parametrize("low, fragments", [
+    ({"max_bits": 3, "range_rul": "mse"}, ["'range_rul'", "did you mean 'range_rule'"]),  # checked at 8 bits too
+    ({"range_rule": "mse"}, ["low_bits", "max_bits"]),
+    ({"max_bits": 1, "range_rule": "mse"}, ["max_bits", "[2, 16]"]),
+    ({"max_bits": 3, "bits": 2}, ["cannot set bits", "hardware target"]),
+    ({"max_bits": 3, "symmetric": False}, ["cannot set symmetric"]),
+    ({"max_bits": 3, "quantizer": "lsq"}, ["cannot set quantizer"]),
+    ("mse", ["low_bits must be a dict"]),
+])
+def test_bad_low_bits_name_the_problem(low, fragments):
+    with pytest.raises(ConfigError) as info:
+        create({"name": "minmax", "bits": 8, "low_bits": low}, role="weights")
+    for fragment in fragments:
+        assert fragment in str(info.value), (fragment, str(info.value))
+
+
+def test_a_misspelt_low_bits_is_suggested():
+    with pytest.raises(ConfigError, match="did you mean 'low_bits'"):
+        create({"name": "minmax", "low_bit": LOW})
+
+
 def test_bad_specs():
     with pytest.raises(ConfigError, match="has no 'name'.*lsq"):
         create({"bits": 4})

@@ -64,3 +64,25 @@ def test_compiled_training(model_name, preset):
     hist = q.fit(x, y, batch_size=16, epochs=2, verbose=0)
     assert all(np.isfinite(hist.history["loss"]))
     assert np.isfinite(q.evaluate(x, y, verbose=0)[0])
+
+
+@pytest.mark.parametrize("bits, rule, init", [(2, "mse", "mse"), (3, "mse", "mse"), (4, "max", "paper")])
+def test_tflite_int8_searches_ranges_below_4_bits_only(bits, rule, init):
+    """The preset's ``low_bits``: at 2-3 bits MSE weight ranges and MSE activation starts; 4 bits and the first/last
+    layers' 8 bits keep tfmot's max ranges (notes/accuracy.md, twenty-fourth session)."""
+    keras.utils.set_random_seed(0)
+    model = M.BUILDERS["resnet_like"]()
+    x, _ = M.data(16)
+    spec = schemes.get("tflite_int8").to_dict()
+    for role in ("weights", "activations"):
+        spec[role]["bits"] = bits
+    spec["first_last_bits"] = 8
+    q = qresearch.quantize(model, spec, calibration_data=x)
+    seen = {}
+    for name, w in wrappers(q).items():
+        for quantizer in w.quantize_config.weights.values():
+            seen.setdefault(quantizer.bits, set()).add(("weights", quantizer.range_rule))
+        for quantizer in w._output_quantizers:
+            seen.setdefault(quantizer.bits, set()).add(("activations", quantizer.init))
+    assert seen[8] == {("weights", "max"), ("activations", "paper")}, seen
+    assert seen[bits] == {("weights", rule), ("activations", init)}, seen
