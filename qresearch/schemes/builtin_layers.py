@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
-from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd
+from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd, dilated_conv
 from qresearch.schemes.layers import (FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name, fused_relu, op_name,
                                       register_layer)
 
@@ -59,14 +59,15 @@ def _compute(cls, weights=("kernel",), **facts):
 
 
 # Order within a target kind is the order constrain() lists (and adds overrides for) that kind's classes.
-_compute(L.Conv2D, target_kind="conv", fold=_KERNEL, integer_op="CONV_2D")
+_compute(L.Conv2D, target_kind="conv", fold=_KERNEL, integer_op="CONV_2D", call=dilated_conv)
 _compute(L.DepthwiseConv2D, weights=("depthwise_kernel",), channel_axes={"depthwise_kernel": (2, 3)},
-         target_kind="conv", fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D")
+         target_kind="conv", fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D",
+         call=dilated_conv)
 _compute(L.SeparableConv2D, weights=("depthwise_kernel", "pointwise_kernel"),
          channel_axes={"depthwise_kernel": (2, 3)}, target_kind="conv",
          fold=("pointwise_kernel", scale_last_axis), integer_op=None)  # split in two ops by graph.py
 _compute(L.Conv3D, target_kind="conv", fold=_KERNEL, integer_op=None)
-_compute(L.Conv1D, target_kind="conv1d", fold=_KERNEL, integer_op="CONV_2D")
+_compute(L.Conv1D, target_kind="conv1d", fold=_KERNEL, integer_op="CONV_2D", call=dilated_conv)
 _compute(L.SeparableConv1D, weights=("depthwise_kernel", "pointwise_kernel"),
          channel_axes={"depthwise_kernel": (1, 2)}, target_kind="conv1d",
          fold=("pointwise_kernel", scale_last_axis), integer_op=None)

@@ -235,6 +235,30 @@ def test_a_dense_block_deploys_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+def test_dilated_convs_deploy_integer_only_bit_for_bit(data):
+    """Dilated convs (DeepLab's atrous Conv2D with BN, a dilated depthwise, a TCN's causal Conv1D): Keras runs them
+    through SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND, which the converter left in float around a float conv after a
+    DEQUANTIZE of the kernel; run as one dilated op (``layer_calls.dilated_conv``) they are int8 convs. QAT trains
+    through them first (the depthwise one's gradient is Keras' own)."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", dilation_rate=(2, 3), use_bias=False)(x)))
+    x = L.DepthwiseConv2D(3, padding="same", dilation_rate=2, activation="relu")(x)
+    seq = L.Reshape((x.shape[1] * x.shape[2], 8))(x)
+    y = L.Conv1D(8, 3, padding="causal", dilation_rate=4, activation="relu")(seq)
+    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(L.Add()([seq, y])))), xtr, ytr, epochs=2)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    train(q, xtr, ytr, epochs=1, lr=1e-4)
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert not {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "DEQUANTIZE"} & set(r["ops"]), r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+    assert r["deployed_accuracy"] > 0.8, r
+
+
 def test_a_grid_keeping_op_read_by_a_concatenation_and_a_conv_deploys_bit_for_bit(data):
     """A DenseNet transition's pattern: a max pool's (and a padding's) output read by a concatenation and by a conv
     whose output the concatenation takes over. Without a FakeQuant after the pool the converter requantized its
