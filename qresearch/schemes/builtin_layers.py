@@ -72,7 +72,8 @@ _compute(L.SeparableConv1D, weights=("depthwise_kernel", "pointwise_kernel"),
          channel_axes={"depthwise_kernel": (1, 2)}, target_kind="conv1d",
          fold=("pointwise_kernel", scale_last_axis), integer_op=None)
 _compute(L.DepthwiseConv1D, weights=("depthwise_kernel",), channel_axes={"depthwise_kernel": (1, 2)},
-         target_kind=None, fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D")
+         target_kind=None, fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D",
+         call=dilated_conv)
 for _cls, _op in ((L.Conv1DTranspose, None), (L.Conv2DTranspose, "TRANSPOSE_CONV"), (L.Conv3DTranspose, None)):
     _compute(_cls, channel_axes={"kernel": (-2,)}, target_kind="conv_transpose",
              fold=("kernel", scale_transposed), integer_op=_op)

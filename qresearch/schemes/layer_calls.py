@@ -50,8 +50,8 @@ def dense_nd(layer, inputs, **kwargs):
 
 
 def dilated_conv(layer, inputs, **kwargs):
-    """``Conv1D`` / ``Conv2D`` / ``DepthwiseConv2D`` ``call`` for a dilated kernel as one conv op; None: the layer's
-    own call (no dilation, groups, channels first, or arguments it does not take)."""
+    """``Conv1D`` / ``Conv2D`` / ``DepthwiseConv1D`` / ``DepthwiseConv2D`` ``call`` for a dilated kernel as one conv
+    op; None: the layer's own call (no dilation, groups, channels first, or arguments it does not take)."""
     rate = tuple(getattr(layer, "dilation_rate", ()) or ())
     if kwargs or not tf.is_tensor(inputs) or all(r == 1 for r in rate) or getattr(layer, "groups", 1) != 1 \
             or getattr(layer, "data_format", "channels_last") != "channels_last":
@@ -60,6 +60,13 @@ def dilated_conv(layer, inputs, **kwargs):
     padding = layer.padding.upper()
     if type(layer) is keras.layers.DepthwiseConv2D:   # a subclass may compute something else
         y = _depthwise_dilated(x, tf.convert_to_tensor(layer.depthwise_kernel), layer.strides, padding, rate)
+    elif type(layer) is keras.layers.DepthwiseConv1D:   # Keras' own layout: (N, 1, L, C), a (1, k) kernel
+        kernel = tf.expand_dims(tf.convert_to_tensor(layer.depthwise_kernel), 0)
+        y = _depthwise_dilated(tf.expand_dims(x, 1), kernel, (1, layer.strides[0]), padding, (1, rate[0]))
+        if layer.use_bias:
+            y = tf.nn.bias_add(y, layer.bias)
+        y = tf.squeeze(y, [1])
+        return layer.activation(y) if layer.activation is not None else y
     elif type(layer) is keras.layers.Conv1D:
         if padding == "CAUSAL":
             x, padding = tf.pad(x, layer._compute_causal_padding(x)), "VALID"

@@ -449,6 +449,11 @@ class QuantizeLike(keras.layers.Layer):
                         and shape.rank == 4 and None not in (shape[1], shape[2]):
                     object.__setattr__(self, "_pool_counts", K.average_pool_counts(
                         int(shape[1]), int(shape[2]), layer.pool_size, layer.strides, layer.padding))
+                elif isinstance(layer, keras.layers.AveragePooling1D) and layer.data_format == "channels_last" \
+                        and shape.rank == 3 and shape[1] is not None:   # AVERAGE_POOL_2D over (1, L)
+                    counts = K.average_pool_counts(1, int(shape[1]), (1,) + tuple(layer.pool_size),
+                                                   (1,) + tuple(layer.strides), layer.padding)
+                    object.__setattr__(self, "_pool_counts", counts[0])
                 if isinstance(inputs, (list, tuple)) and first.shape.rank == 4 and None not in first.shape[1:3]:
                     object.__setattr__(self, "_resize_size", (int(first.shape[1]), int(first.shape[2])))
         return super().__call__(inputs, *args, **kwargs)

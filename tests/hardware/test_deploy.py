@@ -235,11 +235,12 @@ def test_a_dense_block_deploys_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
-def test_dilated_convs_deploy_integer_only_bit_for_bit(data):
-    """Dilated convs (DeepLab's atrous Conv2D with BN, a dilated depthwise, a TCN's causal Conv1D): Keras runs them
-    through SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND, which the converter left in float around a float conv after a
-    DEQUANTIZE of the kernel; run as one dilated op (``layer_calls.dilated_conv``) they are int8 convs. QAT trains
-    through them first (the depthwise one's gradient is Keras' own)."""
+def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(data):
+    """Dilated convs (DeepLab's atrous Conv2D with BN, dilated depthwise 2-D and 1-D, a TCN's causal Conv1D): Keras
+    runs them through SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND, which the converter left in float around a float conv
+    after a DEQUANTIZE of the kernel; run as one dilated op (``layer_calls.dilated_conv``) they are int8 convs. QAT
+    trains through them first (the depthwise ones' gradient is Keras' own). An AveragePooling1D (AVERAGE_POOL_2D
+    over (1, L), with padded edges) was rounded as a float mean: 3 LSB, 0.7% of argmaxes."""
     xtr, ytr, xte, yte = data
     L = keras.layers
     keras.utils.set_random_seed(0)
@@ -249,6 +250,8 @@ def test_dilated_convs_deploy_integer_only_bit_for_bit(data):
     x = L.DepthwiseConv2D(3, padding="same", dilation_rate=2, activation="relu")(x)
     seq = L.Reshape((x.shape[1] * x.shape[2], 8))(x)
     y = L.Conv1D(8, 3, padding="causal", dilation_rate=4, activation="relu")(seq)
+    y = L.DepthwiseConv1D(3, padding="same", dilation_rate=2, activation="relu")(y)
+    y = L.AveragePooling1D(3, strides=1, padding="same")(y)
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(L.Add()([seq, y])))), xtr, ytr, epochs=2)
     q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
     train(q, xtr, ytr, epochs=1, lr=1e-4)

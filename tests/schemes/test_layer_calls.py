@@ -45,6 +45,8 @@ DILATED = {
     "conv1d_causal": (lambda: keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=4, activation="relu"),
                       (2, 16, 3)),
     "conv1d_same": (lambda: keras.layers.Conv1D(4, 3, padding="same", dilation_rate=2), (2, 11, 3)),
+    "depthwise1d": (lambda: keras.layers.DepthwiseConv1D(3, padding="same", dilation_rate=3, activation="relu"),
+                    (2, 13, 3)),
 }
 
 
