@@ -151,3 +151,31 @@ def split_separable(graph: Graph, keep=lambda layer: False) -> None:
         out.append(GNode(dw, n.call_args, n.call_kwargs, n.flat_args, n.in_slots, [mid], n.prefix, layer))
         out.append(GNode(pw, (None,), {}, [None], [(mid, 0)], list(n.out_refs), n.prefix, layer))
     graph.nodes = out
+
+
+def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
+    """Replace each Add / Multiply of three or more inputs by a chain of two-input ones, ``((a + b) + c) + ...``:
+    Keras sums in that order, and the TFLite converter makes the same chain of ADD (MUL) ops, whose partial sums
+    need int8 ranges of their own (with one quantizer after the layer they had none, and the chain ran in float
+    between a DEQUANTIZE and a QUANTIZE). The last link keeps the layer's name. ``keep(layer)``: leave as is."""
+    K = keras.layers
+    counts: Dict[int, int] = {}
+    for n in graph.nodes:
+        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+    out: List[GNode] = []
+    for n in graph.nodes:
+        layer = n.layer
+        if type(layer) not in (K.Add, K.Multiply) or counts[id(layer)] > 1 or keep(layer) or len(n.in_slots) < 3 \
+                or n.call_kwargs or len(n.call_args) != 1 or len(n.flat_args) != len(n.in_slots):
+            out.append(n)
+            continue
+        refs = [r for r, _ in sorted(n.in_slots, key=lambda slot: slot[1])]
+        last = len(refs) - 1
+        partial = refs[0]
+        for i, ref in enumerate(refs[1:], start=1):
+            link = type(layer)(name=layer.name if i == last else f"{layer.name}_partial_{i}", dtype=layer.dtype_policy)
+            result = list(n.out_refs) if i == last else [f"{n.out_refs[0]}#partial{i}"]
+            out.append(GNode(link, ([None, None],), {}, [None, None], [(partial, 0), (ref, 1)], result, n.prefix,
+                             layer))
+            partial = result[0]
+    graph.nodes = out

@@ -7,6 +7,8 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
 
 1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
    them needs its own int8 range).
+1b. ``split_nary_merges``: with ``quantize_ops: all``, an Add / Multiply of three or more inputs → a chain of
+   two-input ones (TFLite's chain of ADD / MUL ops; each partial result needs its own int8 range).
 2. ``classify``: every layer gets its ``LayerSpec`` and kind, or is skipped/left float; a layer with
    neither raises ``UnsupportedLayerError`` naming the ``register_layer`` fix.
 3. ``fold_batch_norms``: ``bn_folding: fold`` (or ``fold_batch_stats``) folds a BN into the linear conv/dense
@@ -31,7 +33,7 @@ from qresearch._compat import keras
 from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.schemes import annotate as A
 from qresearch.schemes import layers as L
-from qresearch.schemes.graph import Graph, flatten, split_separable as _split_graph
+from qresearch.schemes.graph import Graph, flatten, split_nary_merges as _split_merges, split_separable as _split_graph
 from qresearch.schemes.plan import LayerPlan, ModelPlan
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
 
@@ -58,6 +60,14 @@ def split_separable(plan: ModelPlan) -> None:
     spec, annotations = plan.scheme, plan.annotations
     _split_graph(plan.graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
                  or annotations.keeps_whole(layer))
+
+
+def split_nary_merges(plan: ModelPlan) -> None:
+    spec, annotations = plan.scheme, plan.annotations
+    if spec.quantize_ops != "all":   # the partial sums get no quantizer of their own: the layer stays one
+        return
+    _split_merges(plan.graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
+                  or annotations.keeps_whole(layer))
 
 
 def classify(plan: ModelPlan) -> None:
@@ -350,8 +360,8 @@ def _reads_fused_compute(plan: ModelPlan, p) -> bool:
 
 
 Pass = Callable[[ModelPlan], None]
-PASSES: Sequence[Pass] = (split_separable, classify, fold_batch_norms, affine_batch_norms, rewire_folded,
-                          resolve_quantizers, fold_with_batch_stats, place_output_quantizers, infer_signs,
+PASSES: Sequence[Pass] = (split_separable, split_nary_merges, classify, fold_batch_norms, affine_batch_norms,
+                          rewire_folded, resolve_quantizers, fold_with_batch_stats, place_output_quantizers, infer_signs,
                           share_concat_ranges, place_input_quantizers)
 
 

@@ -262,6 +262,25 @@ def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(dat
     assert r["deployed_accuracy"] > 0.8, r
 
 
+def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
+    """An Add and a Multiply of three inputs: the converter chains two ADD (MUL) ops, and with one quantizer after
+    the layer the partial result had no range, so the chain ran in float between a DEQUANTIZE and a QUANTIZE.
+    Split into two-input layers (``split_nary_merges``) each partial result has its own grid."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = L.Add()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
+    x = L.Multiply()([x, L.Conv2D(8, 1, activation="sigmoid")(x), L.Conv2D(8, 1, activation="sigmoid")(x)])
+    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert r["ops"]["ADD"] == 2 and r["ops"]["MUL"] == 2 and "DEQUANTIZE" not in r["ops"], r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
 def test_a_grid_keeping_op_read_by_a_concatenation_and_a_conv_deploys_bit_for_bit(data):
     """A DenseNet transition's pattern: a max pool's (and a padding's) output read by a concatenation and by a conv
     whose output the concatenation takes over. Without a FakeQuant after the pool the converter requantized its

@@ -38,7 +38,8 @@ def test_dense_nd_leaves_rank_2_and_unknown_inner_sizes_right():
 
 
 DILATED = {
-    "conv2d": (lambda: keras.layers.Conv2D(5, 3, padding="same", dilation_rate=(2, 3), activation="relu"), (2, 9, 9, 3)),
+    "conv2d": (lambda: keras.layers.Conv2D(5, 3, padding="same", dilation_rate=(2, 3), activation="relu"),
+               (2, 9, 9, 3)),
     "conv2d_valid": (lambda: keras.layers.Conv2D(4, 2, dilation_rate=2), (2, 7, 8, 3)),
     "depthwise": (lambda: keras.layers.DepthwiseConv2D(3, padding="same", dilation_rate=2, depth_multiplier=2),
                   (2, 8, 8, 3)),

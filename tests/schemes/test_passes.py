@@ -22,7 +22,7 @@ def _model():
 
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
-        "split_separable", "classify", "fold_batch_norms", "affine_batch_norms", "rewire_folded",
+        "split_separable", "split_nary_merges", "classify", "fold_batch_norms", "affine_batch_norms", "rewire_folded",
         "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers", "infer_signs", "share_concat_ranges",
         "place_input_quantizers"]
 
@@ -30,7 +30,7 @@ def test_the_passes_and_their_order():
 def test_a_prefix_runs_alone():
     spec = qresearch.schemes.presets.resolve(SCHEME)
     graph, annotations = P.read_model(_model())
-    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:2])
+    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:3])
     kinds = {p.layer.name: p.kind for p in plan.layers}
     assert kinds["conv"] == "compute" and kinds["bn"] == "bn" and not any(p.removed for p in plan.layers)
     P.fold_batch_norms(plan)
@@ -53,3 +53,39 @@ def test_a_researchers_pass_slots_in():
     q = build(P.make_plan(graph, spec, annotations))
     assert has_output_quantizer(q, "head")
     assert q.predict(np.zeros((1, 8, 8, 3), "float32"), verbose=0).shape == (1, 2)
+
+
+def _three_way_merges():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="a")(inp)
+    s = L.Add(name="sum3")([x, L.Conv2D(4, 1, name="b")(inp), L.Conv2D(4, 1, name="c")(inp)])
+    p = L.Multiply(name="prod4")([s, x, L.Conv2D(4, 1, name="d")(inp), L.Conv2D(4, 1, name="e")(inp)])
+    return keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(p)))
+
+
+def test_merges_of_three_or_more_inputs_become_chains_of_two_input_ones():
+    """``split_nary_merges``: ((a + b) + c), as Keras sums and as the converter chains ADD ops, each partial result
+    with its own output quantizer where every op is quantized; the float model's outputs are unchanged."""
+    model = _three_way_merges()
+    spec = qresearch.schemes.presets.resolve(SCHEME)
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, spec, annotations)
+    chain = [(p.layer.name, type(p.layer).__name__, len(p.node.in_refs)) for p in plan.layers
+             if isinstance(p.layer, (L.Add, L.Multiply))]
+    assert chain == [("sum3_partial_1", "Add", 2), ("sum3", "Add", 2), ("prod4_partial_1", "Multiply", 2),
+                     ("prod4_partial_2", "Multiply", 2), ("prod4", "Multiply", 2)], chain
+    q = build(plan)
+    for name in ("sum3_partial_1", "sum3", "prod4_partial_1", "prod4_partial_2", "prod4"):
+        assert has_output_quantizer(q, name), name
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)   # 16-bit grids on the data's ranges: the chain computes the sum
+    np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
+def test_merges_stay_whole_where_only_layer_inputs_are_quantized():
+    spec = qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs"))
+    graph, annotations = P.read_model(_three_way_merges())
+    plan = P.make_plan(graph, spec, annotations)
+    assert [p.layer.name for p in plan.layers if isinstance(p.layer, (L.Add, L.Multiply))] == ["sum3", "prod4"]
