@@ -234,6 +234,8 @@ def _plan(w) -> Optional[Plan]:
         consumer = sole_consumer(w)
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers:
             out = concat_grid_source(consumer)
+        elif _shared_merge(consumer, sole_consumer(consumer)):
+            out = _merge_grid_source(consumer)
     if w._weight_vars:
         base = _conv_plan(w)
         if base is None or not set(w.quantize_config.activations) <= {"activation"}:
@@ -383,6 +385,8 @@ def _concatenation(w, op) -> Optional[Plan]:
         producer = tensor._keras_history.layer
         if not source and (_shares_output(producer, w) or _concat_through_relu(_producer_of(producer)) is w):
             source = onto
+        elif not source and _shared_merge(producer, w):
+            source = _merge_grid_source(producer)
         if not source:
             return None
         resolved.append(source)
@@ -412,6 +416,35 @@ def _read_through_reshape(layer) -> bool:
     inner = getattr(consumer, "layer", None)
     shape = getattr(consumer, "_input_shape", None)
     return isinstance(inner, keras.layers.Dense) and shape is not None and len(shape) > 2
+
+
+def _shared_merge(layer, consumer) -> bool:
+    """An unwrapped merge on one grid (a Maximum inside a concatenation) whose range its sole reader ``consumer``
+    holds: it has no quantizer, and the converter runs it on the grid ``consumer`` runs on."""
+    spec = layer_spec(layer) if layer is not None and not isinstance(layer, IntegerEmulation) else None
+    return spec is not None and spec.kind_of(layer) == "concat" and sole_consumer(layer) is consumer
+
+
+def _merge_grid_source(merge):
+    """The grid an unwrapped merge sharing its reader's range runs on (a Maximum inside a concatenation): as the
+    converter runs it (measured), the grid of its one input with a range of its own, the producers sharing the range
+    computing onto it and the reader requantizing the result; with no such input, its reader's; with two, None."""
+    from qresearch.schemes.wrappers import _range_source
+
+    nodes = getattr(merge, "_inbound_nodes", None)
+    own = {}
+    for tensor in (nodes[0].keras_inputs if nodes else []):
+        source = _range_source(tensor)
+        if source is not None:
+            own[id(source[0])] = tuple(source[:2])
+    if len(own) > 1:
+        return None
+    if own:
+        return next(iter(own.values()))
+    reader = sole_consumer(merge)
+    if isinstance(reader, IntegerEmulation) and reader._output_quantizers:
+        return concat_grid_source(reader)
+    return None
 
 
 def _shares_output(producer, consumer) -> bool:

@@ -281,6 +281,33 @@ def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+@pytest.mark.parametrize("written_with", ["keras_layers", "tf_ops"])
+def test_a_maximum_inside_a_concatenation_deploys_bit_for_bit(data, written_with):
+    """``concat([x, max(x, conv(x))])`` then ``· mean``: the Maximum shares the concatenation's range and has no
+    quantizer; the converter runs it on ``x``'s grid (the conv computing onto it) and requantizes its result for the
+    concatenation. The emulation had the conv in float (1 LSB, 8 after the MUL, 0.3% of argmaxes; nothing listed by
+    ``verify``). Written with TF ops (``tf.nn.relu6``, ``tf.concat``, ``tf.maximum``, ``x * tf.reduce_mean``) the
+    same model was simulated in float op by op; planned as the Keras layers they are, it runs their kernels."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    if written_with == "tf_ops":
+        x = tf.nn.relu6(L.Conv2D(8, 3, padding="same")(inp))
+        x = tf.concat([x, tf.maximum(x, L.Conv2D(8, 1)(x))], axis=-1)
+        x = x * tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+    else:
+        x = L.ReLU(6.0)(L.Conv2D(8, 3, padding="same")(inp))
+        x = L.Concatenate()([x, L.Maximum()([x, L.Conv2D(8, 1)(x)])])
+        x = L.Multiply()([x, L.GlobalAveragePooling2D(keepdims=True)(x)])
+    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    assert r["ops"]["MAXIMUM"] == 1 and r["ops"]["MEAN"] == 1, r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
 def test_a_grid_keeping_op_read_by_a_concatenation_and_a_conv_deploys_bit_for_bit(data):
     """A DenseNet transition's pattern: a max pool's (and a padding's) output read by a concatenation and by a conv
     whose output the concatenation takes over. Without a FakeQuant after the pool the converter requantized its

@@ -2,7 +2,7 @@
 import numpy as np
 
 import qresearch
-from qresearch import keras
+from qresearch import keras, tf
 from qresearch.schemes import passes as P
 from qresearch.schemes.build import build
 
@@ -22,15 +22,15 @@ def _model():
 
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
-        "split_separable", "split_nary_merges", "classify", "fold_batch_norms", "affine_batch_norms", "rewire_folded",
-        "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers", "infer_signs", "share_concat_ranges",
+        "keras_layers_for_tf_ops", "split_separable", "split_nary_merges", "classify", "fold_batch_norms",
+        "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers", "infer_signs", "share_concat_ranges",
         "place_input_quantizers"]
 
 
 def test_a_prefix_runs_alone():
     spec = qresearch.schemes.presets.resolve(SCHEME)
     graph, annotations = P.read_model(_model())
-    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:3])
+    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:4])
     kinds = {p.layer.name: p.kind for p in plan.layers}
     assert kinds["conv"] == "compute" and kinds["bn"] == "bn" and not any(p.removed for p in plan.layers)
     P.fold_batch_norms(plan)
@@ -89,3 +89,33 @@ def test_merges_stay_whole_where_only_layer_inputs_are_quantized():
     graph, annotations = P.read_model(_three_way_merges())
     plan = P.make_plan(graph, spec, annotations)
     assert [p.layer.name for p in plan.layers if isinstance(p.layer, (L.Add, L.Multiply))] == ["sum3", "prod4"]
+
+
+def _tf_op_model():
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="a")(inp)
+    y = tf.nn.relu6(L.Conv2D(4, 1, name="b")(inp))
+    z = tf.concat([x + y, tf.maximum(x, y), x * tf.reduce_mean(y, axis=[1, 2], keepdims=True)], axis=-1)
+    return keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(z * 0.5)))   # a constant operand stays a TF op
+
+
+def test_tf_ops_that_are_keras_layers_become_those_layers():
+    """``keras_layers_for_tf_ops``: each TF op a Keras layer computes is planned as that layer (so the integer
+    emulation runs it); an op with a constant operand stays; the computation is the same."""
+    model = _tf_op_model()
+    spec = qresearch.schemes.presets.resolve(SCHEME)
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, spec, annotations)
+    kinds = sorted(type(p.layer).__name__ for p in plan.layers if not isinstance(p.layer, (L.Conv2D, L.Dense)))
+    assert kinds == ["Add", "Concatenate", "Flatten", "GlobalAveragePooling2D", "Maximum", "Multiply", "ReLU",
+                     "TFOpLambda"], kinds
+    assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["math.multiply"]
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
+    inputs_only = qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs"))
+    graph, annotations = P.read_model(model)
+    kept = P.make_plan(graph, inputs_only, annotations)
+    assert sum(type(p.layer).__name__ == "TFOpLambda" for p in kept.layers) == 7
