@@ -118,14 +118,20 @@ def flatten(model) -> Graph:
     return Graph(inputs, [_kid(t) for t in inputs], outputs, nested, nodes, model.name)
 
 
+def _call_counts(graph: Graph) -> Dict[int, int]:
+    """id(layer) -> how many nodes call it: a shared layer is split in no node (its weights are shared)."""
+    counts: Dict[int, int] = {}
+    for n in graph.nodes:
+        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+    return counts
+
+
 def split_separable(graph: Graph, keep=lambda layer: False) -> None:
     """Replace each SeparableConv1D/2D by a DepthwiseConv + 1x1 Conv pair, as TFLite runs it, so the
     tensor between them gets its own quantizer (tfmot does the same in its layout transform).
     ``keep(layer)`` true leaves a layer as is (e.g. skipped layers)."""
     K = keras.layers
-    counts: Dict[int, int] = {}
-    for n in graph.nodes:
-        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+    counts = _call_counts(graph)
     out: List[GNode] = []
     for n in graph.nodes:
         layer = n.layer
@@ -160,9 +166,7 @@ def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
     need int8 ranges of their own (with one quantizer after the layer they had none, and the chain ran in float
     between a DEQUANTIZE and a QUANTIZE). The last link keeps the layer's name. ``keep(layer)``: leave as is."""
     K = keras.layers
-    counts: Dict[int, int] = {}
-    for n in graph.nodes:
-        counts[id(n.layer)] = counts.get(id(n.layer), 0) + 1
+    counts = _call_counts(graph)
     out: List[GNode] = []
     for n in graph.nodes:
         layer = n.layer

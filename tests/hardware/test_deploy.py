@@ -235,6 +235,18 @@ def test_a_dense_block_deploys_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+def deployed_integer_only(model, data, qat_epochs: int = 0):
+    """``verify`` of the model quantized for tflite_int8 (calibrated, then QAT-trained ``qat_epochs``), asserted
+    integer-only with no structural issue."""
+    xtr, ytr, xte, yte = data
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    if qat_epochs:
+        train(q, xtr, ytr, epochs=qat_epochs, lr=1e-4)
+    r = hw.verify(q, "tflite_int8", xte, yte)
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    return r
+
+
 def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(data):
     """Dilated convs (DeepLab's atrous Conv2D with BN, dilated depthwise 2-D and 1-D, a TCN's causal Conv1D): Keras
     runs them through SPACE_TO_BATCH_ND / BATCH_TO_SPACE_ND, which the converter left in float around a float conv
@@ -253,10 +265,7 @@ def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(dat
     y = L.DepthwiseConv1D(3, padding="same", dilation_rate=2, activation="relu")(y)
     y = L.AveragePooling1D(3, strides=1, padding="same")(y)
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(L.Add()([seq, y])))), xtr, ytr, epochs=2)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
-    train(q, xtr, ytr, epochs=1, lr=1e-4)
-    r = hw.verify(q, "tflite_int8", xte, yte)
-    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    r = deployed_integer_only(model, data, qat_epochs=1)
     assert not {"SPACE_TO_BATCH_ND", "BATCH_TO_SPACE_ND", "DEQUANTIZE"} & set(r["ops"]), r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
     assert r["deployed_accuracy"] > 0.8, r
@@ -274,9 +283,7 @@ def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
     x = L.Add()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
     x = L.Multiply()([x, L.Conv2D(8, 1, activation="sigmoid")(x), L.Conv2D(8, 1, activation="sigmoid")(x)])
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
-    r = hw.verify(q, "tflite_int8", xte, yte)
-    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    r = deployed_integer_only(model, data)
     assert r["ops"]["ADD"] == 2 and r["ops"]["MUL"] == 2 and "DEQUANTIZE" not in r["ops"], r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
@@ -301,9 +308,7 @@ def test_a_maximum_inside_a_concatenation_deploys_bit_for_bit(data, written_with
         x = L.Concatenate()([x, L.Maximum()([x, L.Conv2D(8, 1)(x)])])
         x = L.Multiply()([x, L.GlobalAveragePooling2D(keepdims=True)(x)])
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
-    r = hw.verify(q, "tflite_int8", xte, yte)
-    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    r = deployed_integer_only(model, data)
     assert r["ops"]["MAXIMUM"] == 1 and r["ops"]["MEAN"] == 1, r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
@@ -321,9 +326,7 @@ def test_a_grid_keeping_op_read_by_a_concatenation_and_a_conv_deploys_bit_for_bi
     x = L.ZeroPadding2D(1)(L.Conv2D(8, 1, activation="relu")(x))
     x = L.Concatenate()([x, L.Conv2D(8, 3, padding="same", activation="relu")(x)])
     model = train(keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(x))), xtr, ytr, epochs=2)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
-    r = hw.verify(q, "tflite_int8", xte, yte)
-    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
+    r = deployed_integer_only(model, data)
     # each concatenation requantizes its pool/padding input (a QUANTIZE before it, modelled); the convs read that
     # input on its own grid
     assert r["ops"]["QUANTIZE"] == 2 and r["ops"]["CONCATENATION"] == 2, r["ops"]
