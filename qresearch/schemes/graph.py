@@ -225,8 +225,9 @@ def _keras_layer_for(n: GNode):
     name = re.sub(r"[^A-Za-z0-9_]", "_", n.layer.name)
     common = dict(name=name, dtype=n.layer.dtype_policy)
     if symbol in _BINARY_OPS:
-        if len(refs) != 2 or any(v is not None for v in others):
-            return None
+        ranks = {getattr(getattr(n.flat_args[i], "shape", None), "rank", None) for _, i in n.in_slots}
+        if len(refs) != 2 or any(v is not None for v in others) or len(ranks) != 1 or None in ranks:
+            return None   # Keras' merge layers align unequal ranks otherwise than TF's broadcasting
         return getattr(K, _BINARY_OPS[symbol])(**common), refs
     if symbol in _RELU_OPS:
         if len(refs) != 1 or any(v is not None for v in others):
