@@ -193,9 +193,9 @@ def _saturated_bias(interp, b, s_in, s_w, where) -> List[str]:
         return []
     narrowest = NARROWEST / 127   # a scale the converter gives only a range under NARROWEST
     if len(s_in) == 1 and s_in[0] < narrowest:
-        cause = (f"its input's scale {s_in[0]:.3g} is the converter's for a range under 1e-6: the input is constant "
-                 "zero (a layer whose outputs never leave 0, e.g. a ReLU that never fires); remove that layer or "
-                 "keep it alive")
+        cause = (f"its input's scale {s_in[0]:.3g} is the converter's for a range under {NARROWEST:g}: the input is "
+                 "constant zero (a layer whose outputs never leave 0, e.g. a ReLU that never fires); remove that "
+                 "layer or keep it alive")
     elif len(s_w) and float(np.min(s_w)) < narrowest:
         cause = f"its weight scale {float(np.min(s_w)):.3g} is the converter's for an all-zero kernel; remove the layer"
     else:

@@ -439,6 +439,13 @@ def _two_inputs(fn, **fixed):
     return handler
 
 
+def _extremum_of(largest: bool):
+    def handler(kernels, c: OpCall):
+        return extremum(kernels, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
+                        largest=largest)
+    return handler
+
+
 def resize_bilinear_taps(size_in: int, size_out: int, half_pixel_centers: bool = True, align_corners: bool = False):
     """Per output position along one axis: the two input taps and the upper tap's weight in 1/1024 steps, as
     TFLite's int8 RESIZE_BILINEAR computes them (reference_ops, which every int8 build runs: a 10-bit fixed-point
@@ -498,10 +505,8 @@ TFLITE_OPS: Dict[str, Handler] = {
     "ADD": _two_inputs(add),
     "SUB": _two_inputs(add, subtract=True),
     "MUL": _two_inputs(multiply),
-    "MAXIMUM": lambda k, c: extremum(k, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
-                                     largest=True),
-    "MINIMUM": lambda k, c: extremum(k, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
-                                     largest=False),
+    "MAXIMUM": _extremum_of(largest=True),
+    "MINIMUM": _extremum_of(largest=False),
     "CONCATENATION": lambda k, c: concatenation(k, c.operands, c.in_grids, c.out_grid, c.attrs["axis"],
                                                 [c.operand_offsets(i) for i in range(len(c.operands))]),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),

@@ -403,10 +403,15 @@ def concat_grid_source(concat):
     onto it, and requantizes its output with a QUANTIZE, the rounding the CONCATENATION kernel gives an input on
     another grid. Where every input shares the range, that grid is the concatenation's own (no QUANTIZE). With two
     inputs of their own the choice depends on the scales: left to the float simulation (None)."""
-    own = {id(s[0]): tuple(s[:2]) for s in getattr(concat, "_input_sources", None) or [] if s}
+    own = _own_grids(getattr(concat, "_input_sources", None) or [])
     if not own or not _read_through_reshape(concat):
         return concat._output_source()
     return next(iter(own.values())) if len(own) == 1 else None
+
+
+def _own_grids(sources):
+    """The distinct (quantizer, variables) among a merge's input sources (None: an input without a range)."""
+    return {id(s[0]): tuple(s[:2]) for s in sources if s}
 
 
 def _read_through_reshape(layer) -> bool:
@@ -432,11 +437,7 @@ def _merge_grid_source(merge):
     from qresearch.schemes.wrappers import _range_source
 
     nodes = getattr(merge, "_inbound_nodes", None)
-    own = {}
-    for tensor in (nodes[0].keras_inputs if nodes else []):
-        source = _range_source(tensor)
-        if source is not None:
-            own[id(source[0])] = tuple(source[:2])
+    own = _own_grids([_range_source(t) for t in (nodes[0].keras_inputs if nodes else [])])
     if len(own) > 1:
         return None
     if own:

@@ -193,14 +193,15 @@ _BINARY_OPS = {"__operators__.add": "Add", "math.add": "Add", "math.multiply": "
 _RELU_OPS = {"nn.relu": None, "nn.relu6": 6.0}
 
 
-def keras_layers_for_tf_ops(graph: Graph) -> None:
+def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     """Replace TF ops applied to Keras tensors that a Keras layer computes the same way (``x + y``,
     ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``) by that
     layer, so they are planned, quantized and emulated as the layer is: a TF op layer is simulated in float and
-    quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs). Others stay as they are."""
+    quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs). Others, and those
+    ``keep(layer)`` names (skipped ones), stay as they are."""
     out: List[GNode] = []
     for n in graph.nodes:
-        made = _keras_layer_for(n)
+        made = None if keep(n.layer) else _keras_layer_for(n)
         if made is None:
             out.append(n)
             continue

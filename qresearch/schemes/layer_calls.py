@@ -62,11 +62,8 @@ def dilated_conv(layer, inputs, **kwargs):
         y = _depthwise_dilated(x, tf.convert_to_tensor(layer.depthwise_kernel), layer.strides, padding, rate)
     elif type(layer) is keras.layers.DepthwiseConv1D:   # Keras' own layout: (N, 1, L, C), a (1, k) kernel
         kernel = tf.expand_dims(tf.convert_to_tensor(layer.depthwise_kernel), 0)
-        y = _depthwise_dilated(tf.expand_dims(x, 1), kernel, (1, layer.strides[0]), padding, (1, rate[0]))
-        if layer.use_bias:
-            y = tf.nn.bias_add(y, layer.bias)
-        y = tf.squeeze(y, [1])
-        return layer.activation(y) if layer.activation is not None else y
+        y = tf.squeeze(_depthwise_dilated(tf.expand_dims(x, 1), kernel, (1, layer.strides[0]), padding,
+                                          (1, rate[0])), [1])
     elif type(layer) is keras.layers.Conv1D:
         if padding == "CAUSAL":
             x, padding = tf.pad(x, layer._compute_causal_padding(x)), "VALID"

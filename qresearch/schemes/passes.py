@@ -62,21 +62,21 @@ def _activation(layer) -> str:
 # ------------------------------------------------------------------ 1-2: what each layer is
 def keras_layers_for_tf_ops(plan: ModelPlan) -> None:
     if plan.scheme.quantize_ops == "all":   # elsewhere neither form is quantized: the user's graph stays
-        _keras_layers(plan.graph)
+        _keras_layers(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
 
 
 def split_separable(plan: ModelPlan) -> None:
-    spec, annotations = plan.scheme, plan.annotations
-    _split_graph(plan.graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
-                 or annotations.keeps_whole(layer))
+    _split_graph(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
 
 
 def split_nary_merges(plan: ModelPlan) -> None:
-    spec, annotations = plan.scheme, plan.annotations
-    if spec.quantize_ops != "all":   # the partial sums get no quantizer of their own: the layer stays one
-        return
-    _split_merges(plan.graph, keep=lambda layer: any(layer_matches(s, layer) for s in spec.skip)
-                  or annotations.keeps_whole(layer))
+    if plan.scheme.quantize_ops == "all":   # elsewhere the partial sums get no quantizer: the layer stays one
+        _split_merges(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
+
+
+def _kept_whole(plan: ModelPlan, layer) -> bool:
+    """A layer the split passes leave as it is: skipped by the scheme, or annotated whole by the user."""
+    return any(layer_matches(s, layer) for s in plan.scheme.skip) or plan.annotations.keeps_whole(layer)
 
 
 def classify(plan: ModelPlan) -> None:

@@ -23,8 +23,8 @@ def _model():
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
         "keras_layers_for_tf_ops", "split_separable", "split_nary_merges", "classify", "fold_batch_norms",
-        "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers", "infer_signs", "share_concat_ranges",
-        "place_input_quantizers"]
+        "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers",
+        "infer_signs", "share_concat_ranges", "place_input_quantizers"]
 
 
 def test_a_prefix_runs_alone():
@@ -119,3 +119,8 @@ def test_tf_ops_that_are_keras_layers_become_those_layers():
     graph, annotations = P.read_model(model)
     kept = P.make_plan(graph, inputs_only, annotations)
     assert sum(type(p.layer).__name__ == "TFOpLambda" for p in kept.layers) == 7
+    skipped = qresearch.schemes.presets.resolve(dict(SCHEME, skip=[r"tf\.concat.*"]))   # a skipped op stays as is
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, skipped, annotations)
+    assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["concat",
+                                                                                               "math.multiply"]
