@@ -9,7 +9,7 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs (and the other ops of ``tflite_ops``
 """
 from qresearch.kernels.fixed_point import round_away, round_up, round_up_in_lanes_of_8, single_rounding
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
-from qresearch.kernels.tflite_ops import TFLITE_OPS, without
+from qresearch.kernels.tflite_ops import TFLITE_OPS, XNNPACK_LUT_OPS, without
 
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
@@ -24,6 +24,7 @@ KERNELS.register("tflite_reference", IntegerKernels(
                 "connected, which rounds once (measured)"))
 KERNELS.register("xnnpack", IntegerKernels(
     "xnnpack", single_rounding, round_away,
-    ops=without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
+    ops={**without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
+         **XNNPACK_LUT_OPS},
     description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; MEAN stays on the builtin "
                 "kernel; ADD/MUL and a concatenation's requantized inputs are not emulated"))

@@ -8,8 +8,8 @@ from __future__ import annotations
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
 from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd, dilated_conv
-from qresearch.schemes.layers import (FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name, fused_relu, op_name,
-                                      register_layer)
+from qresearch.schemes.layers import (ACTIVATION_OPS, FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name,
+                                      fused_relu, op_name, register_layer)
 
 L = keras.layers
 
@@ -102,7 +102,7 @@ register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind=
 register_layer(L.BatchNormalization, kind="bn")
 register_layer(L.ReLU, kind=_relu_kind)
 register_layer(L.Activation, kind=_activation_layer_kind,
-               integer_op=lambda layer: "SOFTMAX" if activation_name(layer.activation) == "softmax" else None)
+               integer_op=lambda layer: ACTIVATION_OPS.get(activation_name(layer.activation)))
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
 register_layer(L.PReLU, kind="output", integer_op="PRELU")

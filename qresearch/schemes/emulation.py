@@ -12,8 +12,9 @@ registered here per op (``register_matcher``). The plans:
   quantized pre-activation (a LUT activation such as sigmoid follows): its int32 accumulator is
   requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
-  quantized tensors (MUL also by one that broadcasts: a squeeze-excite scale), SOFTMAX over the last axis, LEAKY_RELU, PRELU, CONCATENATION (an input on another grid requantized
-  as the QUANTIZE the converter puts before it);
+  quantized tensors (MUL also by one that broadcasts: a squeeze-excite scale), SOFTMAX over the last axis, the
+  table activations LOGISTIC, TANH and GELU (also as a conv's activation, and swish's LOGISTIC), LEAKY_RELU, PRELU,
+  CONCATENATION (an input on another grid requantized as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
   fuses the two) or an ``Activation("linear")`` layer (the converter drops it) computes the fused result itself,
@@ -28,7 +29,7 @@ from qresearch import kernels as K
 from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
-from qresearch.schemes.layers import activation_name, fused_activation, layer_spec, own_spec
+from qresearch.schemes.layers import ACTIVATION_OPS, activation_name, fused_activation, layer_spec, own_spec
 from qresearch.schemes.lowered_activations import Lowering, lowering
 
 Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
@@ -119,6 +120,8 @@ class IntegerEmulation:
         offsets = [K.offsets_of(x, src[:2]) for x, src in zip(operands, plan.sources)] \
             if plan.operand == "inputs" else None
         y = handler(kernels, K.OpCall(operands, in_grids, out_grid, plan.fused, plan.attrs, offsets))
+        if y is None:  # a call the handler does not model (an int16 table activation)
+            return self._float_call(inputs, False, kwargs)
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         return _passed_on(y, out_q(y, False, weights=out_v), plan)
@@ -143,25 +146,36 @@ class IntegerEmulation:
         inner = self._activation_vars.get("activation", {}).get("inner")
         if inner is not None:  # swish: LOGISTIC, MUL
             return self._lowered_call(kernels, y, plan.out, inner, lowering(fn), final)
-        softmax = kernels.handler("SOFTMAX")
-        if activation_name(fn) == "softmax" and softmax is not None and _softmax_ok(y):
-            y = softmax(kernels, K.OpCall([y], [out_grid], grid(final)))
-        else:
-            y = fn(y)  # a LUT activation (sigmoid, tanh, ...) on the requantized pre-activation
-        return self._q(final[0], y, False, final[1])
+        name = activation_name(fn)
+        if name == "softmax" and not _softmax_ok(y):
+            return self._q(final[0], fn(y), False, final[1])
+        return self._activation_op(kernels, ACTIVATION_OPS.get(name), fn, y, plan.out, final)
+
+    def _activation_op(self, kernels, op, fn, x, x_source, final):
+        """The activation op ``op`` (SOFTMAX or a table activation; float form ``fn``) on ``x`` (on ``x_source``'s
+        grid) through the kernel set, onto the ``final`` quantizer's grid; the float simulation where the kernel set
+        has no handler or declines the call."""
+        handler = kernels.handler(op)
+        in_grid, out_grid = grid(x_source), grid(final)
+        raw = None
+        if handler is not None and in_grid is not None and out_grid is not None:
+            raw = handler(kernels, K.OpCall([x], [in_grid], out_grid, offsets=[K.offsets_of(x, x_source[:2])]))
+        if raw is None:
+            return self._q(final[0], fn(x), False, final[1])
+        return K.hand_on(raw, final[0](raw, False, weights=final[1]), final[0], final[1])
 
     def _lowered_call(self, kernels, x, x_source, inner, rule: Lowering, final):
         """An activation the runtime runs as two ops (``lowered_activations.py``) on ``x`` (on ``x_source``'s
         grid): the inner op in float onto its fixed grid (as a LOGISTIC layer's output is simulated), then the
         combining op through the kernel set, onto the ``final`` quantizer's grid."""
-        inner_q, inner_v = inner[:2]
-        t = inner_q(rule.inner_fn(x), False, weights=inner_v)
+        t = self._activation_op(kernels, ACTIVATION_OPS.get(rule.inner), rule.inner_fn, x, x_source, inner)
         handler = kernels.handler(rule.combine)
         grids = [grid(x_source), grid(inner)]
         out_grid = grid(final)
         if handler is None or out_grid is None or None in grids:
             return self._q(final[0], rule.combine_fn(x, t), False, final[1])
-        raw = handler(kernels, K.OpCall([x, t], grids, out_grid, "linear", {}, [K.offsets_of(x, x_source[:2]), None]))
+        offsets = [K.offsets_of(x, x_source[:2]), K.offsets_of(t, inner[:2])]
+        raw = handler(kernels, K.OpCall([x, t], grids, out_grid, "linear", {}, offsets))
         return K.hand_on(raw, final[0](raw, False, weights=final[1]), final[0], final[1])
 
     def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
@@ -338,6 +352,12 @@ def _softmax(w, op) -> Optional[Plan]:
     return Plan(op, [source])
 
 
+def _table_activation(w, op) -> Optional[Plan]:
+    """A table activation (LOGISTIC, TANH, GELU) of a quantized input."""
+    source = getattr(w, "_input_source", None)
+    return Plan(op, [source]) if source else None
+
+
 def _leaky_relu(w, op) -> Optional[Plan]:
     source = getattr(w, "_input_source", None)
     if own_spec(type(w.layer)) is None or not source:  # a subclass may compute something else
@@ -464,6 +484,8 @@ register_matcher("MEAN", _mean)
 for _op in ("CONCATENATION", "MAXIMUM", "MINIMUM"):
     register_matcher(_op, _concatenation)
 register_matcher("SOFTMAX", _softmax)
+for _op in ("LOGISTIC", "TANH", "GELU"):
+    register_matcher(_op, _table_activation)
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher("PRELU", _prelu)
 for _op in ("ADD", "SUB", "MUL"):

@@ -39,6 +39,9 @@ TARGET_KINDS = ("conv", "conv1d", "conv_transpose", "dense")
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
 # Ops whose output range the runtime fixes (the scheme's fixed_output_ranges keys).
 FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
+# Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
+# (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX kernel its own arithmetic.
+ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU"}
 # Outputs that are >= 0 whatever the input (unsigned activation grids after them).
 NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "softmax", "sigmoid")
 _INHERIT: Any = object()  # a fact not given to register_layer: taken from the nearest registered base

@@ -333,6 +333,29 @@ def test_a_grid_keeping_op_read_by_a_concatenation_and_a_conv_deploys_bit_for_bi
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+def test_table_activations_run_their_kernels_and_deploy_bit_for_bit(data):
+    """sigmoid, tanh and gelu as layers and as a conv's activation: LOGISTIC, TANH and GELU, whose int8 kernels
+    look each input up in a table (``tflite_ops.lut_activation``; against LiteRT entry by entry in
+    tests/kernels/test_tables.py). Each runs through the kernel set, not the float simulation."""
+    from qresearch.schemes.build import set_kernels
+
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.Conv2D(8, 3, padding="same", activation="tanh")(inp)
+    x = L.Activation("gelu")(L.Conv2D(8, 3, padding="same")(x))
+    x = L.Activation("sigmoid")(L.Dense(16)(L.Flatten()(x)))
+    model = train(keras.Model(inp, L.Dense(10)(x)), xtr, ytr, epochs=2)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    set_kernels(q, "tflite_builtin")
+    planned = [p.op for p in (getattr(l, "_integer_plan", lambda: None)() for l in q.layers) if p is not None]
+    assert {"GELU", "LOGISTIC"} <= set(planned), planned   # the conv's tanh is its fused tail
+    r = deployed_integer_only(model, data)
+    assert {"TANH", "GELU", "LOGISTIC"} <= set(r["ops"]), r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
 @pytest.mark.parametrize("head", ["flatten", "dense_over_the_map"])
 def test_a_concatenation_read_through_a_reshape_deploys_bit_for_bit(data, head):
     """A concatenation of a layer's output and a conv of it, read through a reshape (a Flatten, or a Dense over the

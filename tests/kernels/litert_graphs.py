@@ -6,16 +6,18 @@ from qresearch import tf
 from qresearch.kernels.grid import Grid
 
 
-def litert_interpreter(graph):
+def litert_interpreter(graph, resolver=None):
     """The int8 model of ``graph`` (a ``tf.function`` with an input signature, FakeQuant ops giving its ranges),
-    allocated in LiteRT's interpreter with the builtin kernels (what ``verify`` compares against)."""
+    allocated in LiteRT's interpreter with the builtin kernels (what ``verify`` compares against; ``resolver``:
+    another ``OpResolverType`` by name, "BUILTIN" adds the XNNPACK delegate)."""
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     converter = tf.lite.TFLiteConverter.from_concrete_functions([graph.get_concrete_function()], graph)
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.inference_input_type = converter.inference_output_type = tf.int8
     interpreter = Interpreter(model_content=converter.convert(),
-                              experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                              experimental_op_resolver_type=getattr(OpResolverType,
+                                                                     resolver or "BUILTIN_WITHOUT_DEFAULT_DELEGATES"))
     interpreter.allocate_tensors()
     return interpreter
 

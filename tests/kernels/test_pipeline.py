@@ -277,7 +277,7 @@ def _bad(**pipe):
     (dict(accumulator_bits=10), "cannot hold even one product of 4-bit weights and 8-bit activations \\(12 bits\\); widen it"),
     (dict(accumulator_bits=20), "can overflow, so say what the hardware does: overflow: saturate or overflow: wrap"),
     (dict(requantize="shift"), "shift requantization needs power-of-two scales.*weights.scale_format: \\[pot\\]"),
-    (dict(ops=["CONV_2D", "GELU"]), "no integer handler for \\['GELU'\\]"),
+    (dict(ops=["CONV_2D", "HARD_SWISH"]), "no integer handler for \\['HARD_SWISH'\\]"),
     (dict(overflow="clip"), "pipeline.overflow: one of"),
     (dict(accumulator_bits=32, bias_add="later"), "pipeline.bias_add: one of"),
     (dict(accumulator_bits=40), "pipeline.accumulator_bits: an integer in \\[8, 32\\]"),

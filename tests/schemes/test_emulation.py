@@ -99,7 +99,8 @@ def test_a_custom_layer_registered_with_an_integer_op_runs_that_kernel(pair, dat
 def test_integer_op_may_depend_on_the_layer():
     spec = qresearch.schemes.layer_spec(L.Activation("softmax"))
     assert spec.integer_op_of(L.Activation("softmax")) == "SOFTMAX"
-    assert spec.integer_op_of(L.Activation("tanh")) is None
+    assert spec.integer_op_of(L.Activation("tanh")) == "TANH"
+    assert spec.integer_op_of(L.Activation("elu")) is None   # the converter leaves ELU in float
 
 
 def _conv_relu6_model():
