@@ -47,6 +47,15 @@ class Grid:
     zero_point: tf.Tensor   # float64, integer-valued
     qmin: int
     qmax: int
+    # ``(max - min) / (qmax - qmin)`` in double, before the float32 rounding (None: ``scale``). The converter
+    # quantizes a bias onto the product of these (measured, TF 2.21: a bias 0.0003 LSB from a tie was stored on
+    # the other side of it than the float32 scales give)
+    exact_scale: Optional[tf.Tensor] = None
+
+    @property
+    def bias_scale(self):
+        """This grid's factor of a bias scale ``S_in·S_w``, as the converter computes it."""
+        return self.scale if self.exact_scale is None else self.exact_scale
 
 
 #: The TFLite converter (TF 2.21) stores any FakeQuant range narrower than this as ``[-NARROWEST/2, NARROWEST/2]``
@@ -67,7 +76,8 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     narrow = hi - lo < NARROWEST
     half = NARROWEST / 2 * tf.ones_like(lo)
     lo, hi = tf.where(narrow, -half, lo), tf.where(narrow, half, hi)
-    scale = tf.cast(tf.cast((hi - lo) / float(qmax - qmin), tf.float32), tf.float64)
+    exact = (hi - lo) / float(qmax - qmin)
+    scale = tf.cast(tf.cast(exact, tf.float32), tf.float64)
     zp_min, zp_max = qmin - lo / scale, qmax - hi / scale
     err_min = abs(qmin) + tf.abs(lo / scale)
     err_max = abs(qmax) + tf.abs(hi / scale)
@@ -76,7 +86,7 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     # float32 scale above would move off its tie
     zp = tf.where(narrow, (qmin + qmax) / 2 * tf.ones_like(zp), zp)
     zp = round_half_away(tf.clip_by_value(zp, float(qmin), float(qmax)))
-    return Grid(scale, zp, qmin, qmax)
+    return Grid(scale, zp, qmin, qmax, exact)
 
 
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:

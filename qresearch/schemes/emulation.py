@@ -181,8 +181,9 @@ class IntegerEmulation:
     def _integer_accumulator(self, inputs, kwargs, kernels, plan: Plan, in_grid, w_grid):
         """``(dot, bias)`` of this conv / dense layer: the layer run on the integer input offsets ``q - Z``
         and integer weights (float32 holds these sums exactly below 2^24), and the integer bias (None without
-        one) quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w`` as the converter stores
-        it); the kernel set's ``accumulate`` adds them as its hardware does."""
+        one) quantized by the kernel set (``quantize_bias``: rounded onto ``S_in·S_w``, each factor the double
+        ``Grid.bias_scale``, as the converter stores it); the kernel set's ``accumulate`` adds them as its hardware
+        does."""
         weight, wq, wv = self._live_weights()[0]
         attr = next(iter(self.quantize_config.weights))
         w_scale = tf.cast(w_grid.scale, tf.float32)
@@ -212,7 +213,7 @@ class IntegerEmulation:
                 self.layer.activation = fn
         if bias is None:
             return y, None
-        s_bias = in_grid.scale * tf.reshape(w_grid.scale, [-1])
+        s_bias = in_grid.bias_scale * tf.reshape(w_grid.bias_scale, [-1])
         return y, kernels.quantize_bias(tf.cast(tf.convert_to_tensor(bias), tf.float64) / s_bias)
 
 

@@ -356,6 +356,37 @@ def test_table_activations_run_their_kernels_and_deploy_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+def test_a_bias_on_a_tie_is_rounded_as_the_converter_rounds_it():
+    """The converter quantizes a bias onto ``S_in·S_w`` in double, each scale before its float32 rounding
+    (``Grid.bias_scale``; found on a dense layer 0.0003 LSB from a tie). Biases set on the ties of that product, on
+    a zero input and an output grid of the same step (each bias unit one output LSB): the deployed outputs are the
+    emulated ones, and the float32 scales would have put some of them on the other side."""
+    from qresearch import kernels as K
+
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((16,))
+    model = keras.Model(inp, L.Dense(64)(inp))
+    x = np.random.default_rng(0).uniform(-1, 1, (256, 16)).astype(np.float32)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
+    dense = next(l for l in q.layers if isinstance(getattr(l, "layer", None), L.Dense))
+    in_grid = K.grid_of_quantizer(*dense._input_source[:2])
+    weight, wq, wv = dense._weight_vars[0]
+    w_grid = K.grid_of(*K.fake_quant_range(wq, wv, weight))
+    exact = float(in_grid.exact_scale) * np.asarray(w_grid.exact_scale, np.float64)
+    stored = float(in_grid.scale) * np.asarray(w_grid.scale, np.float64)
+    k = np.arange(64) - 32
+    bias = ((k + 0.5) * exact).astype(np.float32)
+    dense.layer.bias.assign(bias)
+    step = float(np.max(exact))
+    dense._output_quantizer_vars["min"].assign(-128 * step)
+    dense._output_quantizer_vars["max"].assign(127 * step)
+    half_away = lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5)
+    assert (half_away(bias / exact) != half_away(bias / stored)).any()   # the test can fail
+    r = hw.verify(q, "tflite_int8", np.zeros((4, 16), np.float32), np.zeros(4, int))
+    assert r["max_abs_diff_lsb"] < 1e-3, r
+
+
 @pytest.mark.parametrize("head", ["flatten", "dense_over_the_map"])
 def test_a_concatenation_read_through_a_reshape_deploys_bit_for_bit(data, head):
     """A concatenation of a layer's output and a conv of it, read through a reshape (a Flatten, or a Dense over the
