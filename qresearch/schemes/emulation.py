@@ -261,7 +261,9 @@ def _plan(w) -> Optional[Plan]:
             return dataclasses.replace(base, out=out, fused=fused)
         if set(acts) in ({"pre"}, {"pre", "inner"}):
             return dataclasses.replace(base, out=acts["pre"], fused="linear")
-        if fused_consumer is not None and fused == "linear":
+        if fused_consumer is not None and fused in ("linear", fused_consumer[1]):
+            # a following ReLU layer the converter fuses here; one that repeats the kernel's own ReLU it drops
+            # (measured: ReLU then ReLU6 stays two ops, with the kernel in float, which ``verify`` lists)
             return dataclasses.replace(base, out=fused_consumer[0], fused=fused_consumer[1],
                                        consumer_fused=fused_consumer[2])
         return None
