@@ -22,8 +22,8 @@ This package sits between ``quantizers`` and ``schemes``: it imports only ``quan
 """
 from qresearch.kernels.fixed_point import quantize_multiplier, srdhm
 from qresearch.kernels.calls import fused_upstream, mark_fused, note_offsets, offsets_of, one_call
-from qresearch.kernels.grid import (Grid, fake_quant_range, grid_of, grid_of_quantizer, hand_on, integer_values,
-                                    pure_fake_quant, round_half_away)
+from qresearch.kernels.grid import (Grid, constant_operand, fake_quant_range, grid_of, grid_of_quantizer, hand_on,
+                                    integer_values, pure_fake_quant, round_half_away)
 from qresearch.kernels.modes import active_kernels, emulated_kernels, export_mode, exporting, in_saving_trace
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
 from qresearch.kernels.tflite_ops import (CONV_OPS, FUSED_ACTIVATIONS, MAX_SOFTMAX_CLASSES, TFLITE_OPS, OpCall,
@@ -34,9 +34,9 @@ from qresearch.kernels import builtin  # noqa: F401  (registers the TFLite kerne
 
 __all__ = [
     "CONV_OPS", "FUSED_ACTIVATIONS", "Grid", "IntegerKernels", "KERNELS", "MAX_SOFTMAX_CLASSES", "OpCall",
-    "PipelineKernels", "TFLITE_OPS", "accumulator_stats", "active_kernels", "pipeline_kernels", "average_pool", "average_pool_counts", "emulated_kernels", "export_mode",
-    "exporting", "fake_quant_range", "fused_upstream", "grid_of", "grid_of_quantizer", "hand_on", "in_saving_trace",
-    "integer_values", "mark_fused", "mean", "mean_keepdims", "note_offsets", "offsets_of", "one_call",
-    "pure_fake_quant",
+    "PipelineKernels", "TFLITE_OPS", "accumulator_stats", "active_kernels", "average_pool", "average_pool_counts",
+    "constant_operand", "emulated_kernels", "export_mode", "exporting", "fake_quant_range", "fused_upstream",
+    "grid_of", "grid_of_quantizer", "hand_on", "in_saving_trace", "integer_values", "mark_fused", "mean",
+    "mean_keepdims", "note_offsets", "offsets_of", "one_call", "pipeline_kernels", "pure_fake_quant",
     "quantize_multiplier", "round_half_away", "softmax", "srdhm",
 ]

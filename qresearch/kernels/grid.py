@@ -54,7 +54,8 @@ class Grid:
 
     @property
     def bias_scale(self):
-        """This grid's factor of a bias scale ``S_in·S_w``, as the converter computes it."""
+        """This grid's scale as the converter quantizes values onto it (a bias: the factors of ``S_in·S_w``;
+        a constant operand, ``constant_operand``)."""
         return self.scale if self.exact_scale is None else self.exact_scale
 
 
@@ -87,6 +88,18 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     zp = tf.where(narrow, (qmin + qmax) / 2 * tf.ones_like(zp), zp)
     zp = round_half_away(tf.clip_by_value(zp, float(qmin), float(qmax)))
     return Grid(scale, zp, qmin, qmax, exact)
+
+
+def constant_operand(value, rank: int):
+    """A constant operand of ADD / SUB / MUL as the converter stores it (TF 2.21; measured on 40 random constants
+    and the preprocessing layers' scales and means): int8 per tensor, on the grid of the range ``[min(c, 0),
+    max(c, 0)]``, each value rounded half away onto it. Returns ``(values, grid)``: the stored values as float32 on
+    that grid, shaped to ``rank`` with leading ones (the operand broadcasts against a tensor of that rank)."""
+    c = tf.cast(tf.convert_to_tensor(value), tf.float32)
+    g = grid_of(tf.minimum(tf.reduce_min(c), 0.0), tf.maximum(tf.reduce_max(c), 0.0), 8, False)
+    q = tf.clip_by_value(round_half_away(tf.cast(c, tf.float64) / g.bias_scale) + g.zero_point, -128.0, 127.0)
+    values = tf.cast((q - g.zero_point) * g.scale, tf.float32)
+    return tf.reshape(values, [1] * (rank - c.shape.rank) + c.shape.as_list()), g
 
 
 def grid_of_quantizer(quantizer, qvars) -> Optional[Grid]:

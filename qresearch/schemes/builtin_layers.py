@@ -8,8 +8,8 @@ from __future__ import annotations
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
 from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd, dilated_conv
-from qresearch.schemes.layers import (ACTIVATION_OPS, FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, activation_name,
-                                      fused_relu, op_name, register_layer)
+from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS,
+                                      activation_name, fused_relu, op_name, register_layer)
 
 L = keras.layers
 
@@ -108,8 +108,8 @@ register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
 register_layer(L.PReLU, kind="output", integer_op="PRELU")
 for _cls in (L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.UnitNormalization):
     register_layer(_cls, kind="output")
-register_layer(L.Rescaling, kind="output", split=RESCALING)
-register_layer(L.Normalization, kind="output", split=NORMALIZATION)
+register_layer(L.Rescaling, kind="output", split=RESCALING, integer_op=CONSTANT_OPS)
+register_layer(L.Normalization, kind="output", split=NORMALIZATION, integer_op=CONSTANT_OPS)
 for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),
                   (L.GlobalAveragePooling3D, None)):
     register_layer(_cls, kind="output", keeps_sign=True, integer_op=_op)

@@ -29,7 +29,8 @@ from qresearch import kernels as K
 from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
-from qresearch.schemes.layers import ACTIVATION_OPS, activation_name, fused_activation, layer_spec, own_spec
+from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_name, fused_activation, layer_spec,
+                                      own_spec)
 from qresearch.schemes.lowered_activations import Lowering, lowering
 
 Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
@@ -112,6 +113,8 @@ class IntegerEmulation:
         out_q, out_v = plan.out
         if plan.operand == "accumulator":
             return self._integer_conv(inputs, kwargs, kernels, handler, plan, in_grids[0], out_grid)
+        if plan.operand == "constants":
+            return self._constant_ops_call(kernels, inputs, kwargs, plan)
         if plan.operand == "lowered":
             return self._lowered_call(kernels, inputs, plan.sources[0], plan.sources[1], plan.attrs["lowering"],
                                       plan.out)
@@ -125,6 +128,22 @@ class IntegerEmulation:
         # The quantizer's own inference pass: identity on its grid, plus any clip it applies before
         # FakeQuant (signed PACT's max(x, -α), a MAXIMUM op in TFLite).
         return _passed_on(y, out_q(y, False, weights=out_v), plan)
+
+    def _constant_ops_call(self, kernels, x, kwargs, plan: Plan):
+        """Elementwise ops with constant operands in a row (``plan.attrs["steps"]``: Rescaling, Normalization),
+        each onto the next quantizer's grid (the split's inner one, then the output's); each constant stored as the
+        converter stores it (``K.constant_operand``)."""
+        source = plan.sources[0]
+        for (op, value), target in zip(plan.attrs["steps"], plan.attrs["onto"] + [plan.out]):
+            handler, in_grid, out_grid = kernels.handler(op), grid(source), grid(target)
+            if handler is None or in_grid is None or out_grid is None or x.shape.rank is None:
+                return self._float_call(x, False, kwargs)
+            c, c_grid = K.constant_operand(value, x.shape.rank)
+            raw = handler(kernels, K.OpCall([x, c], [in_grid, c_grid], out_grid,
+                                            offsets=[K.offsets_of(x, source[:2]), None]))
+            x = K.hand_on(raw, target[0](raw, False, weights=target[1]), target[0], target[1])
+            source = target
+        return x
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
         weight, wq, wv = self._live_weights()[0]  # BatchStatsFold: the folded kernel, not the variable
@@ -361,6 +380,25 @@ def _table_activation(w, op) -> Optional[Plan]:
     return Plan(op, [source]) if source else None
 
 
+def _constant_ops(w, op) -> Optional[Plan]:
+    """A layer the converter runs as ADD / SUB / MUL with constant operands: its split's two steps through the
+    inner quantizer (Rescaling with an offset, Normalization), or a Rescaling that is one op."""
+    from qresearch.schemes.layer_calls import rescaling_op
+
+    source, spec = getattr(w, "_input_source", None), own_spec(type(w.layer))
+    if not source or spec is None or spec.split is None:
+        return None
+    inner = w.quantize_config.inner
+    if inner is not None:
+        steps, onto = spec.split.steps(w.layer), [(inner, w._inner_quantizer_vars, w.name)]
+    else:
+        one = rescaling_op(w.layer) if isinstance(w.layer, keras.layers.Rescaling) else None
+        if one is None:
+            return None
+        steps, onto = [one], []
+    return Plan(steps[0][0], [source], {"steps": steps, "onto": onto}, operand="constants")
+
+
 def _leaky_relu(w, op) -> Optional[Plan]:
     source = getattr(w, "_input_source", None)
     if own_spec(type(w.layer)) is None or not source:  # a subclass may compute something else
@@ -490,6 +528,7 @@ register_matcher("SOFTMAX", _softmax)
 for _op in ("LOGISTIC", "TANH", "GELU"):
     register_matcher(_op, _table_activation)
 register_matcher("LEAKY_RELU", _leaky_relu)
+register_matcher(CONSTANT_OPS, _constant_ops)
 register_matcher("PRELU", _prelu)
 for _op in ("ADD", "SUB", "MUL"):
     register_matcher(_op, _elementwise, fuses_following_relu=True)

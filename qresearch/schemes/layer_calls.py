@@ -25,7 +25,7 @@ through a quantizer, which the converter turns into an int8 MUL and ADD (or SUB 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, List, NamedTuple, Tuple
 
 import numpy as np
 
@@ -97,9 +97,11 @@ def _depthwise_dilated(x, kernel, strides, padding, rate):
 
 class Split(NamedTuple):
     """A layer call the converter makes two ops of: whether it does for this layer (``applies``: neither op is the
-    identity, decided once on the float layer), and the call with the tensor between them through a quantizer."""
+    identity, decided once on the float layer), the call with the tensor between them through a quantizer, and
+    the two ops with their constant operands as the converter gets them (``steps``: the integer emulation's)."""
     applies: Callable[[Any], bool]
     run: Callable[[Any, Any, Callable], Any]   # (layer, inputs, quantize_inner) -> outputs
+    steps: Callable[[Any], List[Tuple[str, Any]]]   # layer -> [(TFLite op, its constant operand)], in order
 
 
 def _rescaling(layer, inputs, quantize_inner):
@@ -116,11 +118,34 @@ def _normalization(layer, inputs, quantize_inner):
     return quantize_inner(x - layer.mean) / std
 
 
+def _rescaling_steps(layer):
+    return [("MUL", layer.scale), ("ADD", layer.offset)]
+
+
+def _normalization_steps(layer):
+    """The constants the converter folds: ``std`` as the call computes it, and the division by it as a MUL by
+    ``1/std`` (float32; measured: a division by a constant deploys as MUL by its reciprocal)."""
+    std = tf.maximum(tf.sqrt(layer.variance), keras.backend.epsilon())
+    if layer.invert:
+        return [("MUL", std), ("ADD", layer.mean)]
+    return [("SUB", layer.mean), ("MUL", 1.0 / std)]
+
+
+def rescaling_op(layer):
+    """A Rescaling that is one op (its offset 0 or its scale 1; Python numbers): that op and its constant, else
+    None (two ops: ``RESCALING``, or none)."""
+    scale_is_one, offset_is_zero = np.all(np.asarray(layer.scale) == 1), np.all(np.asarray(layer.offset) == 0)
+    if scale_is_one == offset_is_zero:
+        return None
+    return ("ADD", layer.offset) if scale_is_one else ("MUL", layer.scale)
+
+
 def _neither_is(a, identity_a, b, identity_b) -> bool:
     return not (np.all(np.asarray(a) == identity_a) or np.all(np.asarray(b) == identity_b))
 
 
 #: ``Rescaling.call`` as MUL then ADD
-RESCALING = Split(lambda layer: _neither_is(layer.scale, 1, layer.offset, 0), _rescaling)
+RESCALING = Split(lambda layer: _neither_is(layer.scale, 1, layer.offset, 0), _rescaling, _rescaling_steps)
 #: ``Normalization.call`` as SUB then DIV (``invert``: MUL then ADD)
-NORMALIZATION = Split(lambda layer: _neither_is(layer.mean, 0, layer.variance, 1), _normalization)
+NORMALIZATION = Split(lambda layer: _neither_is(layer.mean, 0, layer.variance, 1), _normalization,
+                      _normalization_steps)

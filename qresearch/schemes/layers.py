@@ -42,6 +42,8 @@ FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
 # Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
 # (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX kernel its own arithmetic.
 ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU"}
+# The integer_op of a layer the converter runs as elementwise ops with constant operands (emulation.py)
+CONSTANT_OPS = "CONSTANT_OPS"
 # Outputs that are >= 0 whatever the input (unsigned activation grids after them).
 NON_NEGATIVE_ACTIVATIONS = ("relu", "relu6", "softmax", "sigmoid")
 _INHERIT: Any = object()  # a fact not given to register_layer: taken from the nearest registered base
@@ -127,6 +129,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
       keeps_sign: its output is non-negative when every input is.
       integer_op: the op the integer-kernel emulation runs it as: a handler name of ``qresearch.kernels``
         (e.g. "CONV_2D", "ADD"), or a function of the layer returning one; matched in ``emulation.py``.
+        ``CONSTANT_OPS``: ADD / SUB / MUL with constant operands (the ``split``'s steps, or a one-op Rescaling).
       call: ``(layer, inputs, **kwargs) -> outputs`` run by the wrapper instead of the layer's ``call`` (None
         returned: the layer's own call), for a call that hides a quantized weight from the TFLite converter
         (``layer_calls.py``).

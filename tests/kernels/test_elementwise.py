@@ -80,3 +80,32 @@ def test_add_paths_follow_litert_inner_loops():
     rows = add_paths((3, 4, 20), (3, 1, 20))                     # (H, 1, C): a run of C
     assert np.all(rows == [v] * 16 + [s] * 4)
     assert add_paths((3, 1, 20), (1, 4, 20)) is None            # both broadcast: not modelled
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("op", ["MUL", "ADD", "SUB"])
+def test_constant_operands_are_stored_as_the_converter_stores_them(op):
+    """``x op c`` with a constant ``c`` (a preprocessing layer's scale or mean): the converter stores ``c`` int8 per
+    tensor on the grid of ``[min(c, 0), max(c, 0)]``; ``constant_operand`` gives that grid and those integers."""
+    from qresearch.kernels import constant_operand
+
+    fq = tf.quantization.fake_quant_with_min_max_vars
+    fn = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply}[op]
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        c = (rng.normal(size=12) * rng.uniform(0.01, 10)).astype(np.float32)
+        c = np.abs(c) if i == 0 else -np.abs(c) if i == 1 else c
+
+        @tf.function(input_signature=[tf.TensorSpec((1, 4, 12))])
+        def graph(x):
+            return fq(fn(fq(x, -1.3, 2.1), c), -30.0, 35.0)
+
+        interpreter = litert_interpreter(graph)
+        kernel = next(o for o in interpreter._get_ops_details() if o["op_name"] == op)
+        stored = next(d for d in interpreter.get_tensor_details() if d["index"] == kernel["inputs"][1])
+        q = interpreter.get_tensor(stored["index"]).astype(int)
+        values, g = constant_operand(c, 3)
+        assert values.shape == (1, 1, 12)
+        assert (float(g.scale), int(g.zero_point)) == (float(np.float32(stored["quantization"][0])),
+                                                       stored["quantization"][1])
+        np.testing.assert_array_equal(np.round(values.numpy()[0, 0] / float(g.scale)) + g.zero_point.numpy(), q)
