@@ -164,25 +164,35 @@ def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
     """Replace each Add / Multiply of three or more inputs by a chain of two-input ones, ``((a + b) + c) + ...``:
     Keras sums in that order, and the TFLite converter makes the same chain of ADD (MUL) ops, whose partial sums
     need int8 ranges of their own (with one quantizer after the layer they had none, and the chain ran in float
-    between a DEQUANTIZE and a QUANTIZE). The last link keeps the layer's name. ``keep(layer)``: leave as is."""
+    between a DEQUANTIZE and a QUANTIZE). The last link keeps the layer's name. An Average of n inputs is that
+    chain of Adds, then ``Rescaling(1/n)`` under the layer's name: the converter makes its division a MUL by
+    ``1/n``, which ran in float for the same reason (measured). ``keep(layer)``: leave as is."""
     K = keras.layers
     counts = _call_counts(graph)
     out: List[GNode] = []
     for n in graph.nodes:
         layer = n.layer
-        if type(layer) not in (K.Add, K.Multiply) or counts[id(layer)] > 1 or keep(layer) or len(n.in_slots) < 3 \
-                or n.call_kwargs or len(n.call_args) != 1 or len(n.flat_args) != len(n.in_slots):
+        average = type(layer) is K.Average
+        if type(layer) not in (K.Add, K.Multiply, K.Average) or counts[id(layer)] > 1 or keep(layer) \
+                or len(n.in_slots) < (2 if average else 3) or n.call_kwargs or len(n.call_args) != 1 \
+                or len(n.flat_args) != len(n.in_slots):
             out.append(n)
             continue
         refs = [r for r, _ in sorted(n.in_slots, key=lambda slot: slot[1])]
         last = len(refs) - 1
         partial = refs[0]
         for i, ref in enumerate(refs[1:], start=1):
-            link = type(layer)(name=layer.name if i == last else f"{layer.name}_partial_{i}", dtype=layer.dtype_policy)
-            result = list(n.out_refs) if i == last else [f"{n.out_refs[0]}#partial{i}"]
+            final = i == last and not average
+            link = (K.Add if average else type(layer))(
+                name=layer.name if final else f"{layer.name}_{'sum' if i == last else f'partial_{i}'}",
+                dtype=layer.dtype_policy)
+            result = list(n.out_refs) if final else [f"{n.out_refs[0]}#partial{i}"]
             out.append(GNode(link, ([None, None],), {}, [None, None], [(partial, 0), (ref, 1)], result, n.prefix,
                              layer))
             partial = result[0]
+        if average:
+            scale = K.Rescaling(1.0 / len(refs), name=layer.name, dtype=layer.dtype_policy)
+            out.append(GNode(scale, (None,), {}, [None], [(partial, 0)], list(n.out_refs), n.prefix, layer))
     graph.nodes = out
 
 

@@ -11,7 +11,8 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
 1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
    them needs its own int8 range).
 1b. ``split_nary_merges``: with ``quantize_ops: all``, an Add / Multiply of three or more inputs → a chain of
-   two-input ones (TFLite's chain of ADD / MUL ops; each partial result needs its own int8 range).
+   two-input ones (TFLite's chain of ADD / MUL ops; each partial result needs its own int8 range); an Average →
+   that chain of Adds, then ``Rescaling(1/n)`` (the converter's MUL).
 2. ``classify``: every layer gets its ``LayerSpec`` and kind, or is skipped/left float; a layer with
    neither raises ``UnsupportedLayerError`` naming the ``register_layer`` fix.
 3. ``fold_batch_norms``: ``bn_folding: fold`` (or ``fold_batch_stats``) folds a BN into the linear conv/dense

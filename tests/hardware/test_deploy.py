@@ -283,7 +283,8 @@ def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(dat
 def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
     """An Add and a Multiply of three inputs: the converter chains two ADD (MUL) ops, and with one quantizer after
     the layer the partial result had no range, so the chain ran in float between a DEQUANTIZE and a QUANTIZE.
-    Split into two-input layers (``split_nary_merges``) each partial result has its own grid."""
+    Split into two-input layers (``split_nary_merges``) each partial result has its own grid. An Average (ADD then
+    MUL by 1/2) ran in float the same way."""
     xtr, ytr, xte, yte = data
     L = keras.layers
     keras.utils.set_random_seed(0)
@@ -291,9 +292,10 @@ def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
     x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
     x = L.Add()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
     x = L.Multiply()([x, L.Conv2D(8, 1, activation="sigmoid")(x), L.Conv2D(8, 1, activation="sigmoid")(x)])
+    x = L.Average()([x, L.Conv2D(8, 1)(x)])   # ADD, then MUL by 1/2 (split_nary_merges: then a Rescaling)
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
     r = deployed_integer_only(model, data)
-    assert r["ops"]["ADD"] == 2 and r["ops"]["MUL"] == 2 and "DEQUANTIZE" not in r["ops"], r["ops"]
+    assert r["ops"]["ADD"] == 3 and r["ops"]["MUL"] == 3 and "DEQUANTIZE" not in r["ops"], r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 

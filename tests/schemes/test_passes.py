@@ -84,6 +84,31 @@ def test_merges_of_three_or_more_inputs_become_chains_of_two_input_ones():
     np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
+def test_an_average_becomes_a_sum_then_a_rescaling():
+    """An Average of n inputs: the Add chain, then ``Rescaling(1/n)`` under its name (the converter's ADDs and MUL by
+    ``1/n``), each result with its own output quantizer; the float model's outputs are unchanged."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="a")(inp)
+    m2 = L.Average(name="mean2")([x, L.Conv2D(4, 1, name="b")(inp)])
+    m3 = L.Average(name="mean3")([m2, x, L.Conv2D(4, 1, name="c")(inp)])
+    model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(m3)))
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    chain = [(p.layer.name, type(p.layer).__name__) for p in plan.layers
+             if isinstance(p.layer, (L.Add, L.Average, L.Rescaling))]
+    assert chain == [("mean2_sum", "Add"), ("mean2", "Rescaling"), ("mean3_partial_1", "Add"), ("mean3_sum", "Add"),
+                     ("mean3", "Rescaling")], chain
+    assert [p.layer.scale for p in plan.layers if isinstance(p.layer, L.Rescaling)] == [1 / 2, 1 / 3]
+    q = build(plan)
+    for name, _ in chain:
+        assert has_output_quantizer(q, name), name
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
 def test_merges_stay_whole_where_only_layer_inputs_are_quantized():
     spec = qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs"))
     graph, annotations = P.read_model(_three_way_merges())
