@@ -10,6 +10,8 @@ import dataclasses
 import re
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
+
 from qresearch._compat import keras, tf
 from qresearch.errors import UnsupportedLayerError
 
@@ -205,10 +207,10 @@ _RELU_OPS = {"nn.relu": None, "nn.relu6": 6.0}
 
 def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     """Replace TF ops applied to Keras tensors that a Keras layer computes the same way (``x + y``,
-    ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``) by that
-    layer, so they are planned, quantized and emulated as the layer is: a TF op layer is simulated in float and
-    quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs). Others, and those
-    ``keep(layer)`` names (skipped ones), stay as they are."""
+    ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``:
+    a ``Rescaling``) by that layer, so they are planned, quantized and emulated as the layer is: a TF op layer is
+    simulated in float and quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs).
+    Others, and those ``keep(layer)`` names (skipped ones), stay as they are."""
     out: List[GNode] = []
     for n in graph.nodes:
         made = None if keep(n.layer) else _keras_layer_for(n)
@@ -220,6 +222,28 @@ def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
         out.append(GNode(layer, args, {}, [None] * len(refs), [(r, i) for i, r in enumerate(refs)], list(n.out_refs),
                          n.prefix, n.layer))
     graph.nodes = out
+
+
+def _scalar_operand(n: GNode, others):
+    """``x * c``, ``c * x``, ``x + c``, ``c + x``, ``x - c`` or ``x / c`` for a float tensor ``x`` and a number ``c``
+    (a preprocessing step written as TF ops: ``inputs / 255.0``): the ``Rescaling`` computing it (a TF op layer
+    is simulated in float, and its constant deploys quantized: ``kernels.constant_operand``), else None."""
+    symbol, values = n.layer.symbol, [v for v in others if v is not None and not isinstance(v, str)]   # str: a name
+    if len(n.in_slots) != 1 or len(values) != 1 or np.ndim(values[0]) != 0:
+        return None
+    tensor = n.flat_args[n.in_slots[0][1]]
+    if not getattr(getattr(tensor, "dtype", None), "is_floating", False):
+        return None
+    c, first = float(np.asarray(values[0])), n.in_slots[0][1] == 0
+    scale_offset = {"math.multiply": (c, 0.0), "__operators__.add": (1.0, c), "math.add": (1.0, c)}.get(symbol)
+    if first and symbol == "math.subtract":
+        scale_offset = (1.0, -c)
+    if first and symbol == "math.truediv" and c != 0:
+        scale_offset = (1.0 / c, 0.0)
+    if scale_offset is None:
+        return None
+    name = re.sub(r"[^A-Za-z0-9_]", "_", n.layer.name)
+    return keras.layers.Rescaling(*scale_offset, name=name, dtype=n.layer.dtype_policy)
 
 
 def _keras_layer_for(n: GNode):
@@ -235,6 +259,9 @@ def _keras_layer_for(n: GNode):
     kwargs.pop("name", None)
     name = re.sub(r"[^A-Za-z0-9_]", "_", n.layer.name)
     common = dict(name=name, dtype=n.layer.dtype_policy)
+    scalar = _scalar_operand(n, others)
+    if scalar is not None:
+        return scalar, refs
     if symbol in _BINARY_OPS:
         ranks = {getattr(getattr(n.flat_args[i], "shape", None), "rank", None) for _, i in n.in_slots}
         if len(refs) != 2 or any(v is not None for v in others) or len(ranks) != 1 or None in ranks:

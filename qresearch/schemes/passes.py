@@ -6,8 +6,8 @@ insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])`
 (``annotate.unwrap``).
 
 0. ``keras_layers_for_tf_ops``: with ``quantize_ops: all``, TF ops on Keras tensors that a Keras layer computes
-   (``x + y``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ...) become that layer, which the
-   integer emulation runs as TFLite does (a TF op layer is simulated in float).
+   (``x + y``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``, ...) become that layer,
+   which the integer emulation runs as TFLite does (a TF op layer is simulated in float).
 1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
    them needs its own int8 range).
 1b. ``split_nary_merges``: with ``quantize_ops: all``, an Add / Multiply of three or more inputs → a chain of

@@ -299,6 +299,26 @@ def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
+def test_preprocessing_written_as_tf_ops_deploys_bit_for_bit(data):
+    """``inputs / 2.0 - 0.25`` and ``x * 0.7`` on Keras tensors: TF op layers were simulated in float; planned as
+    ``Rescaling`` layers (``keras_layers_for_tf_ops``) they run the MUL / ADD kernels with their constants stored as
+    the converter stores them."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp / 2.0 - 0.25)
+    x = L.Conv2D(8, 3, padding="same")(x) * 0.7
+    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
+    set_kernels(q, "tflite_builtin")
+    planned = [p.attrs["steps"] for p in (getattr(l, "_integer_plan", lambda: None)() for l in q.layers)
+               if p is not None and p.operand == "constants"]
+    assert [[op for op, _ in steps] for steps in planned] == [["MUL"], ["ADD"], ["MUL"]], planned
+    r = deployed_integer_only(model, data)
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+
+
 @pytest.mark.parametrize("written_with", ["keras_layers", "tf_ops"])
 def test_a_maximum_inside_a_concatenation_deploys_bit_for_bit(data, written_with):
     """``concat([x, max(x, conv(x))])`` then ``· mean``: the Maximum shares the concatenation's range and has no

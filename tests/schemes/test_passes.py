@@ -1,5 +1,6 @@
 """Planning as named passes: the order is data, a prefix runs alone, a researcher's pass slots in."""
 import numpy as np
+import pytest
 
 import qresearch
 from qresearch import keras, tf
@@ -122,20 +123,42 @@ def _tf_op_model():
     x = L.Conv2D(4, 1, name="a")(inp)
     y = tf.nn.relu6(L.Conv2D(4, 1, name="b")(inp))
     z = tf.concat([x + y, tf.maximum(x, y), x * tf.reduce_mean(y, axis=[1, 2], keepdims=True)], axis=-1)
-    return keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(z * 0.5)))   # a constant operand stays a TF op
+    # a number times a tensor becomes a Rescaling; a number minus one (two ops as a Rescaling) stays a TF op
+    return keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(1.0 - z * 0.5)))
+
+
+@pytest.mark.parametrize("op, expected", [
+    (lambda x: x * 0.5, (0.5, 0.0)), (lambda x: 0.5 * x, (0.5, 0.0)), (lambda x: x + 2.0, (1.0, 2.0)),
+    (lambda x: 2.0 + x, (1.0, 2.0)), (lambda x: x - 2.0, (1.0, -2.0)), (lambda x: x / 4.0, (0.25, 0.0)),
+    (lambda x: tf.multiply(x, 3), (3.0, 0.0)), (lambda x: 2.0 - x, None), (lambda x: 2.0 / x, None)],
+    ids=["x*c", "c*x", "x+c", "c+x", "x-c", "x/c", "tf.multiply", "c-x", "c/x"])
+def test_a_tf_op_with_a_number_becomes_a_rescaling(op, expected):
+    """``inputs / 255.0`` and the like: one tensor and a number, a ``Rescaling(scale, offset)`` (one MUL or ADD with a
+    constant, emulated as the converter stores it); ``c - x`` and ``c / x`` stay TF ops."""
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2, name="head")(op(inp)))
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    found = [(p.layer.scale, p.layer.offset) for p in plan.layers if isinstance(p.layer, L.Rescaling)]
+    assert found == ([expected] if expected else []), found
+    x = np.random.default_rng(0).uniform(0.5, 2, size=(4, 4)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
 def test_tf_ops_that_are_keras_layers_become_those_layers():
     """``keras_layers_for_tf_ops``: each TF op a Keras layer computes is planned as that layer (so the integer
-    emulation runs it); an op with a constant operand stays; the computation is the same."""
+    emulation runs it), ``z * 0.5`` a Rescaling; ``1.0 - z`` stays; the computation is the same."""
     model = _tf_op_model()
     spec = qresearch.schemes.presets.resolve(SCHEME)
     graph, annotations = P.read_model(model)
     plan = P.make_plan(graph, spec, annotations)
     kinds = sorted(type(p.layer).__name__ for p in plan.layers if not isinstance(p.layer, (L.Conv2D, L.Dense)))
     assert kinds == ["Add", "Concatenate", "Flatten", "GlobalAveragePooling2D", "Maximum", "Multiply", "ReLU",
-                     "TFOpLambda"], kinds
-    assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["math.multiply"]
+                     "Rescaling", "TFOpLambda"], kinds
+    assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["math.subtract"]
+    assert [(p.layer.scale, p.layer.offset) for p in plan.layers if isinstance(p.layer, L.Rescaling)] == [(0.5, 0.0)]
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
     wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
                               calibration_data=x)
@@ -143,9 +166,9 @@ def test_tf_ops_that_are_keras_layers_become_those_layers():
     inputs_only = qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs"))
     graph, annotations = P.read_model(model)
     kept = P.make_plan(graph, inputs_only, annotations)
-    assert sum(type(p.layer).__name__ == "TFOpLambda" for p in kept.layers) == 7
+    assert sum(type(p.layer).__name__ == "TFOpLambda" for p in kept.layers) == 8
     skipped = qresearch.schemes.presets.resolve(dict(SCHEME, skip=[r"tf\.concat.*"]))   # a skipped op stays as is
     graph, annotations = P.read_model(model)
     plan = P.make_plan(graph, skipped, annotations)
     assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["concat",
-                                                                                               "math.multiply"]
+                                                                                               "math.subtract"]

@@ -346,9 +346,10 @@ def test_tf_op_layers_are_classified_not_rejected():
     """x * 0.5, tf.nn.relu, tf.concat, slicing, tf.reshape (TFOpLambda layers tfmot rejects)."""
     q = qresearch.quantize(M.tf_ops(), "tflite_int8", calibration_data=X)
     names = " ".join(l.name for l in q.layers)
-    assert "quantize_tf_math_multiply" in names   # x * 0.5 (a constant operand): an output quantizer after the op
-    # tf.nn.relu and tf.concat are planned as the Keras layers they are (keras_layers_for_tf_ops): wrapped
+    # tf.nn.relu, tf.concat and x * 0.5 are planned as the Keras layers they are (keras_layers_for_tf_ops: ReLU,
+    # Concatenate, Rescaling): wrapped
     assert "quant_tf_nn_relu" in names and "quant_tf_concat" in names and "quantize_tf_concat" not in names
+    assert "quant_tf_math_multiply" in names and "quantize_tf_math_multiply" not in names
     assert "quantize_tf_reshape" not in names  # reshape / slicing share their input's range
     assert not has_output_quantizer(q, "conv")  # conv → tf.nn.relu fused
     floats = {r["name"].split("_")[0]: r["reason"] for r in schemes.describe(q)["float_layers"]}
