@@ -26,5 +26,6 @@ KERNELS.register("xnnpack", IntegerKernels(
     "xnnpack", single_rounding, round_away,
     ops={**without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
          **XNNPACK_LUT_OPS},
-    description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; MEAN stays on the builtin "
-                "kernel; ADD/MUL and a concatenation's requantized inputs are not emulated"))
+    description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; LOGISTIC/TANH tables in double, "
+                "rounded half to even; MEAN and GELU stay on the builtin kernels; ADD/MUL and a concatenation's "
+                "requantized inputs are not emulated"))

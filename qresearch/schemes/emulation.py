@@ -29,6 +29,7 @@ from qresearch import kernels as K
 from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
+from qresearch.schemes.layer_calls import rescaling_op
 from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_name, fused_activation, layer_spec,
                                       own_spec)
 from qresearch.schemes.lowered_activations import Lowering, lowering
@@ -185,8 +186,8 @@ class IntegerEmulation:
 
     def _lowered_call(self, kernels, x, x_source, inner, rule: Lowering, final):
         """An activation the runtime runs as two ops (``lowered_activations.py``) on ``x`` (on ``x_source``'s
-        grid): the inner op in float onto its fixed grid (as a LOGISTIC layer's output is simulated), then the
-        combining op through the kernel set, onto the ``final`` quantizer's grid."""
+        grid): the inner op onto its fixed grid (``_activation_op``: swish's LOGISTIC table), then the combining
+        op through the kernel set, onto the ``final`` quantizer's grid."""
         t = self._activation_op(kernels, ACTIVATION_OPS.get(rule.inner), rule.inner_fn, x, x_source, inner)
         handler = kernels.handler(rule.combine)
         grids = [grid(x_source), grid(inner)]
@@ -383,8 +384,6 @@ def _table_activation(w, op) -> Optional[Plan]:
 def _constant_ops(w, op) -> Optional[Plan]:
     """A layer the converter runs as ADD / SUB / MUL with constant operands: its split's two steps through the
     inner quantizer (Rescaling with an offset, Normalization), or a Rescaling that is one op."""
-    from qresearch.schemes.layer_calls import rescaling_op
-
     source, spec = getattr(w, "_input_source", None), own_spec(type(w.layer))
     if not source or spec is None or spec.split is None:
         return None
