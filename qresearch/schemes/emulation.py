@@ -134,16 +134,17 @@ class IntegerEmulation:
         """Elementwise ops with constant operands in a row (``plan.attrs["steps"]``: Rescaling, Normalization),
         each onto the next quantizer's grid (the split's inner one, then the output's); each constant stored as the
         converter stores it (``K.constant_operand``)."""
-        source = plan.sources[0]
-        for (op, value), target in zip(plan.attrs["steps"], plan.attrs["onto"] + [plan.out]):
-            handler, in_grid, out_grid = kernels.handler(op), grid(source), grid(target)
-            if handler is None or in_grid is None or out_grid is None or x.shape.rank is None:
-                return self._float_call(x, False, kwargs)
+        steps, sources = plan.attrs["steps"], plan.sources + plan.attrs["onto"] + [plan.out]
+        handlers = [kernels.handler(op) for op, _ in steps]
+        grids = [grid(s) for s in sources]
+        if None in handlers or None in grids or x.shape.rank is None:   # every step integer, or none
+            return self._float_call(x, False, kwargs)
+        for i, ((_, value), handler) in enumerate(zip(steps, handlers)):
             c, c_grid = K.constant_operand(value, x.shape.rank)
-            raw = handler(kernels, K.OpCall([x, c], [in_grid, c_grid], out_grid,
-                                            offsets=[K.offsets_of(x, source[:2]), None]))
+            target = sources[i + 1]
+            raw = handler(kernels, K.OpCall([x, c], [grids[i], c_grid], grids[i + 1],
+                                            offsets=[K.offsets_of(x, sources[i][:2]), None]))
             x = K.hand_on(raw, target[0](raw, False, weights=target[1]), target[0], target[1])
-            source = target
         return x
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):

@@ -184,3 +184,24 @@ def test_add_reads_the_integers_its_inputs_kernels_computed(data, monkeypatch):
     rounded = np.asarray(q(data, training=False))
     assert seen[-1]["offsets1"] is None and seen[-1]["offsets2"] is None
     np.testing.assert_array_equal(handed_on, rounded)
+
+
+def test_a_preprocessing_layer_runs_integer_in_all_its_steps_or_none(data):
+    """Rescaling with an offset is MUL then ADD with constants: a kernel set with MUL but no ADD keeps the whole layer
+    in the float simulation (not the float layer applied again to the MUL's result)."""
+    from qresearch.schemes.build import set_kernels
+
+    inp = keras.Input((6, 6, 2))
+    h = L.Rescaling(0.5, offset=-0.25)(inp)
+    model = keras.Model(inp, L.Dense(5)(L.Flatten()(L.Conv2D(4, 3, activation="relu")(h))))
+    q = qresearch.quantize(model, "tflite_int8", calibration_data=data)
+    _recording("tflite_builtin", "no_add", drop=("ADD", "SUB"))
+    rescaling = next(l for l in q.layers if isinstance(getattr(l, "layer", None), L.Rescaling))
+    probe = keras.Model(q.inputs, rescaling.output)
+    set_kernels(q, None)
+    floats = probe(data, training=False).numpy()
+    set_kernels(q, "no_add")
+    np.testing.assert_array_equal(probe(data, training=False).numpy(), floats)
+    set_kernels(q, "tflite_builtin")
+    integer = probe(data, training=False).numpy()
+    np.testing.assert_allclose(integer, floats, atol=float(np.abs(floats).max()) / 64)   # one grid, maybe 1 LSB apart
