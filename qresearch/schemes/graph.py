@@ -224,10 +224,11 @@ def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     graph.nodes = out
 
 
-def _scalar_operand(n: GNode, others):
+def _scalar_operand(n: GNode, others, common):
     """``x * c``, ``c * x``, ``x + c``, ``c + x``, ``x - c`` or ``x / c`` for a float tensor ``x`` and a number ``c``
     (a preprocessing step written as TF ops: ``inputs / 255.0``): the ``Rescaling`` computing it (a TF op layer
-    is simulated in float, and its constant deploys quantized: ``kernels.constant_operand``), else None."""
+    is simulated in float, and its constant deploys quantized: ``kernels.constant_operand``), else None.
+    ``common``: the new layer's name and dtype."""
     symbol, values = n.layer.symbol, [v for v in others if v is not None and not isinstance(v, str)]   # str: a name
     if len(n.in_slots) != 1 or len(values) != 1 or np.ndim(values[0]) != 0:
         return None
@@ -240,10 +241,7 @@ def _scalar_operand(n: GNode, others):
         scale_offset = (1.0, -c)
     if first and symbol == "math.truediv" and c != 0:
         scale_offset = (1.0 / c, 0.0)
-    if scale_offset is None:
-        return None
-    name = re.sub(r"[^A-Za-z0-9_]", "_", n.layer.name)
-    return keras.layers.Rescaling(*scale_offset, name=name, dtype=n.layer.dtype_policy)
+    return None if scale_offset is None else keras.layers.Rescaling(*scale_offset, **common)
 
 
 def _keras_layer_for(n: GNode):
@@ -259,7 +257,7 @@ def _keras_layer_for(n: GNode):
     kwargs.pop("name", None)
     name = re.sub(r"[^A-Za-z0-9_]", "_", n.layer.name)
     common = dict(name=name, dtype=n.layer.dtype_policy)
-    scalar = _scalar_operand(n, others)
+    scalar = _scalar_operand(n, others, common)
     if scalar is not None:
         return scalar, refs
     if symbol in _BINARY_OPS:

@@ -110,9 +110,14 @@ def _rescaling(layer, inputs, quantize_inner):
     return quantize_inner(x * tf.cast(layer.scale, dtype)) + tf.cast(layer.offset, dtype)
 
 
+def _std(layer):
+    """A Normalization's divisor, as its call computes it."""
+    return tf.maximum(tf.sqrt(layer.variance), keras.backend.epsilon())
+
+
 def _normalization(layer, inputs, quantize_inner):
     x = tf.cast(layer._standardize_inputs(inputs), layer.compute_dtype)
-    std = tf.maximum(tf.sqrt(layer.variance), keras.backend.epsilon())
+    std = _std(layer)
     if layer.invert:
         return layer.mean + quantize_inner(x * std)
     return quantize_inner(x - layer.mean) / std
@@ -125,7 +130,7 @@ def _rescaling_steps(layer):
 def _normalization_steps(layer):
     """The constants the converter folds: ``std`` as the call computes it, and the division by it as a MUL by
     ``1/std`` (float32; measured: a division by a constant deploys as MUL by its reciprocal)."""
-    std = tf.maximum(tf.sqrt(layer.variance), keras.backend.epsilon())
+    std = _std(layer)
     if layer.invert:
         return [("MUL", std), ("ADD", layer.mean)]
     return [("SUB", layer.mean), ("MUL", 1.0 / std)]
