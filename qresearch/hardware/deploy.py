@@ -28,8 +28,8 @@ _log = logging.getLogger(__name__)
 
 KERNELS = "builtin_without_default_delegates"
 # Kernel sets (LiteRT op resolvers). The default is the contract: TFLite's builtin kernels with the
-# reference double rounding (tflite-int8-spec.md §2.2). "builtin" adds the XNNPACK delegate (single
-# rounding, as most phones run it); "builtin_ref" the unoptimized reference kernels.
+# reference double rounding (tflite-int8-spec.md §2.2). "builtin" adds the XNNPACK delegate (float32
+# requantization, as most phones run it); "builtin_ref" the unoptimized reference kernels.
 KERNEL_SETS = {"builtin_without_default_delegates": "BUILTIN_WITHOUT_DEFAULT_DELEGATES", "builtin": "BUILTIN",
                "builtin_ref": "BUILTIN_REF"}
 # The simulation's integer-kernel emulation (qresearch/kernels) that matches each kernel set.

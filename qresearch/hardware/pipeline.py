@@ -11,6 +11,7 @@ Example (``conf/hardware/npu_w4a8_acc16.yaml``)::
       bias_add: accumulator       # accumulator: the sum starts at the bias (TFLite) | requantize: added after
                                   # the MACs, in the wider requantization stage (the bias does not use the width)
       requantize: fixed_point     # fixed_point (31-bit multiplier + shift) | shift (power-of-two scales only)
+                                  # | float32 (float32 scale, XNNPACK's rule with rounding: half_even)
       rounding: half_away_from_zero   # half_away_from_zero | half_up | half_even | floor | gemmlowp
       ops: [CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED]  # default: conv, depthwise, dense, transposed conv
 """
@@ -23,7 +24,7 @@ from qresearch.errors import ConfigError
 
 OVERFLOWS = ("saturate", "wrap")
 BIAS_ADDS = ("accumulator", "requantize")
-REQUANTIZATIONS = ("fixed_point", "shift")
+REQUANTIZATIONS = ("fixed_point", "shift", "float32")
 ROUNDINGS = ("half_away_from_zero", "half_up", "half_even", "floor", "gemmlowp")
 KEYS = ("accumulator_bits", "overflow", "bias_bits", "bias_add", "requantize", "rounding", "ops")
 MIN_ACC, MAX_ACC = 8, 32  # above 32 bits the int64 emulation of acc·M could overflow
@@ -99,6 +100,10 @@ def parse_pipeline(d: Any, *, source: Optional[str], accumulator_bits: int, roun
     rnd = d.get("rounding", rounding)
     if rnd not in ROUNDINGS:
         raise ConfigError(f"{_where(source, 'rounding')}: one of {ROUNDINGS}, got {rnd!r}")
+    if requantize == "float32" and rnd == "gemmlowp":
+        raise ConfigError(f"{_where(source, 'rounding')}: gemmlowp is a fixed-point rounding (two roundings of an "
+                          f"integer product); with requantize: float32 use one of "
+                          f"{[r for r in ROUNDINGS if r != 'gemmlowp']} (XNNPACK: half_even)")
     ops = d.get("ops")
     if ops is not None:
         if isinstance(ops, str) or not all(isinstance(o, str) for o in ops) or not ops:

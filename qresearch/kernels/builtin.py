@@ -5,11 +5,12 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs (and the other ops of ``tflite_ops``
   SaturatingRoundingDoublingHighMul (half away from zero), then a right shift rounding ties up.
 - ``tflite_reference`` (``BUILTIN_REF`` kernels): the same, the shift rounding half away from zero
   (gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2); fully connected rounds once.
-- ``xnnpack`` (the interpreter's default delegate): one rounding, ``(x·M + 2^(s-1)) >> s``.
+- ``xnnpack`` (the interpreter's default delegate): conv / depthwise / transposed conv / fully connected
+  requantize in float32, ``round_half_even(float32(acc)·float32(S_in·S_w/S_out))`` (``float32_half_even``).
 """
-from qresearch.kernels.fixed_point import round_away, round_up, round_up_in_lanes_of_8, single_rounding
+from qresearch.kernels.fixed_point import float32_half_even, round_away, round_up, round_up_in_lanes_of_8, single_rounding
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
-from qresearch.kernels.tflite_ops import TFLITE_OPS, XNNPACK_LUT_OPS, without
+from qresearch.kernels.tflite_ops import TFLITE_OPS, XNNPACK_LUT_OPS, XNNPACK_MEAN_OPS, without
 
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
@@ -23,9 +24,10 @@ KERNELS.register("tflite_reference", IntegerKernels(
     description="LiteRT reference kernels (BUILTIN_REF): SRDHM then RoundingDivideByPOT, except fully "
                 "connected, which rounds once (measured)"))
 KERNELS.register("xnnpack", IntegerKernels(
-    "xnnpack", single_rounding, round_away,
-    ops={**without(TFLITE_OPS, "MEAN_KEEPDIMS", "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
-         **XNNPACK_LUT_OPS},
-    description="XNNPACK (LiteRT's default delegate): conv/FC with one rounding; LOGISTIC/TANH tables in double, "
+    "xnnpack", float32_half_even, round_away,
+    ops={**without(TFLITE_OPS, "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
+         **XNNPACK_LUT_OPS, **XNNPACK_MEAN_OPS},
+    op_requantize={"TRANSPOSE_CONV": round_up_in_lanes_of_8},
+    description="XNNPACK (LiteRT's default delegate): conv/FC requantized in float32, half to even; LOGISTIC/TANH tables in double, "
                 "rounded half to even; MEAN and GELU stay on the builtin kernels; ADD/MUL and a concatenation's "
                 "requantized inputs are not emulated"))

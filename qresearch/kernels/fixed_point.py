@@ -48,18 +48,31 @@ def srdhm(x, multiplier):
     return tf.bitwise.right_shift(x * multiplier + tf.constant(2 ** 30, tf.int64), tf.constant(31, tf.int64))
 
 
+def double_multiplier(in_scale, weight_scale, out_scale):
+    """``S_in·S_w/S_out`` in double, as TFLite's kernels form a conv's real multiplier (float64 in and out)."""
+    return in_scale * weight_scale / out_scale
+
+
 @dataclasses.dataclass(frozen=True)
 class Requantizer:
     """A requantization rule ``(x, M, shift) -> int64`` in two parts: ``constants(M, shift)``, the integers it
     derives from the multiplier and shift (per-channel vectors or scalars), and ``apply(x, *constants)``, the
     elementwise arithmetic. Split so that an elementwise pass (an XLA loop over the accumulator) gets the
     constants ready: a per-channel constant derived inside the loop is derived again for every element.
-    Called whole it is the function it was."""
+    Called whole it is the function it was.
+
+    ``real``: ``constants`` takes the real multiplier itself (float64), not ``(M, shift)``: a runtime that
+    requantizes in floating point; ``multiplier(S_in, S_w, S_out)``: how the runtime forms that real multiplier
+    from a conv's scales (float64 tensors holding float32 values)."""
 
     constants: Callable
     apply: Callable
+    real: bool = False
+    multiplier: Callable = double_multiplier
 
     def __call__(self, x, multiplier, shift):
+        if self.real:
+            raise TypeError("a floating-point requantizer takes the real multiplier: use IntegerKernels.rescale")
         return self.apply(x, *self.constants(multiplier, shift))
 
 
@@ -117,8 +130,36 @@ def _single_apply(x, multiplier, half, total):
 #: (``round_away``: gemmlowp ``RoundingDivideByPOT``; tflite-int8-spec.md §2.2).
 round_up = Requantizer(_up_constants, _up_apply)
 round_away = Requantizer(_away_constants, _away_apply)
-#: One rounding: ``(x·M + 2^(s-1)) >> s`` with ``s = 31 - shift`` (XNNPACK).
+#: One rounding: ``(x·M + 2^(s-1)) >> s`` with ``s = 31 - shift`` (LiteRT's reference FULLY_CONNECTED).
 single_rounding = Requantizer(_single_constants, _single_apply)
+
+
+def float32_multiplier(in_scale, weight_scale, out_scale):
+    """``S_in·S_w/S_out`` in float32 arithmetic, left to right (XNNPACK's C ``float`` expression), as float64."""
+    f32 = [tf.cast(s, tf.float32) for s in (in_scale, weight_scale, out_scale)]
+    return tf.cast(f32[0] * f32[1] / f32[2], tf.float64)
+
+
+def _float32_constants(real_multiplier):
+    return (tf.cast(real_multiplier, tf.float32),)
+
+
+def float32_requantizer(rounding: Callable) -> Requantizer:
+    """Requantization in float32: ``rounding(float32(acc) · scale)``, ``scale = S_in·S_w/S_out`` formed in float32;
+    ``rounding`` maps the exact float32 product (as float64) to integers."""
+    def apply(x, scale):
+        # int64 -> float64 is exact below 2^53, so the float32 cast rounds once, as C's (float) of an int32
+        product = tf.cast(tf.cast(tf.cast(x, tf.float64), tf.float32) * scale, tf.float64)
+        return tf.cast(rounding(product), tf.int64)
+
+    return Requantizer(_float32_constants, apply, real=True, multiplier=float32_multiplier)
+
+
+#: XNNPACK's "fp32" requantization of qs8/qc8 conv, depthwise and fully connected outputs:
+#: ``round_half_even(float32(acc) · scale)`` (tf.round: the magic-bias add / cvtps2dq of its kernels rounds to
+#: even), ``scale = S_in·S_w/S_out`` formed in float32. Measured against LiteRT's XNNPACK delegate
+#: (tests/kernels/test_xnnpack.py; notes/schemes.md, twenty-sixth session).
+float32_half_even = float32_requantizer(tf.round)
 
 
 def _lanes_constants(multiplier, shift):

@@ -12,8 +12,9 @@ hardware would:
   against the width) or ``requantize`` (the bias is added after the MACs, at the wider precision of the
   requantization stage: only the dot product lives in the accumulator);
 - ``requantize``: ``fixed_point`` (a 31-bit multiplier ``M`` and a shift, as ``quantize_multiplier``, one
-  rounding of ``acc·M / 2^(31-shift)``) or ``shift`` (power-of-two scales only: ``acc / 2^k`` rounded,
-  no multiplier);
+  rounding of ``acc·M / 2^(31-shift)``), ``shift`` (power-of-two scales only: ``acc / 2^k`` rounded,
+  no multiplier) or ``float32`` (``float32(acc)·float32(S_in·S_w/S_out)`` in float32, then rounded: XNNPACK's
+  rule with ``half_even``; ops other than conv / fully connected keep the fixed-point form);
 - ``rounding`` of that step: ``half_away_from_zero``, ``half_up``, ``half_even``, ``floor`` (a bare
   arithmetic shift), or ``gemmlowp`` (TFLite's two roundings: SRDHM then RoundingDivideByPOT);
 - ``ops``: the ops that run integer (default: conv, depthwise, fully connected, transposed conv); other ops
@@ -27,7 +28,8 @@ from typing import Optional, Sequence
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import pow2, round_away
+from qresearch.kernels.fixed_point import float32_requantizer, pow2, round_away
+from qresearch.kernels.grid import round_half_away
 from qresearch.kernels.runtime import IntegerKernels
 from qresearch.kernels.tflite_ops import CONV_OPS, TFLITE_OPS
 
@@ -64,6 +66,18 @@ def fixed_point(rounding: str):
         return round_shift(x * multiplier, 31 - shift, rounding)
 
     return requantize
+
+
+# How ``requantize: float32`` rounds the float32 product (exact in float64); gemmlowp is refused with it
+FLOAT_ROUNDINGS = {"half_even": tf.round, "half_away_from_zero": round_half_away,
+                   "half_up": lambda y: tf.floor(y + 0.5), "floor": tf.floor}
+
+
+def float32_scale(rounding: str):
+    """Requantization ``round(float32(acc)·float32(S_in·S_w/S_out))`` with ``rounding``."""
+    if rounding not in FLOAT_ROUNDINGS:
+        raise ValueError(f"requantize: float32 rounds with one of {sorted(FLOAT_ROUNDINGS)}, not {rounding!r}")
+    return float32_requantizer(FLOAT_ROUNDINGS[rounding])
 
 
 def accumulate(acc, bits: int, overflow: str):
@@ -116,7 +130,10 @@ def pipeline_kernels(name: str, accumulator_bits: int = 32, overflow: str = "sat
     if unknown:
         raise ValueError(f"pipeline {name!r}: no integer handler for ops {unknown}; known: {sorted(TFLITE_OPS)}")
     fn = fixed_point(rounding)
-    return PipelineKernels(name, fn, fn, ops={op: TFLITE_OPS[op] for op in ops}, add_vector=False,
+    conv_fn = float32_scale(rounding) if requantize == "float32" else fn
+    # float32 applies to conv / fully connected outputs; a concatenation's QUANTIZE keeps the fixed-point form
+    return PipelineKernels(name, conv_fn, fn, ops={op: TFLITE_OPS[op] for op in ops}, add_vector=False,
+                           op_requantize={"QUANTIZE": fn} if requantize == "float32" else None,
                            accumulator_bits=int(accumulator_bits), description=description, overflow=overflow,
                            bias_bits=int(bias_bits), requantization=requantize, rounding=rounding,
                            bias_add=bias_add)

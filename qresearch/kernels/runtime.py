@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Optional, Tuple
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import parts, quantize_multiplier
+from qresearch.kernels.fixed_point import double_multiplier, parts, quantize_multiplier
 from qresearch.kernels.grid import round_half_away
 from qresearch.kernels.tflite_ops import Handler
 from qresearch.registry import Registry
@@ -60,11 +60,21 @@ class IntegerKernels:
         """The requantization rule of op ``op``'s outputs (``op_requantize``, else the conv outputs' ``requantize``)."""
         return (self.op_requantize or {}).get(op, self.requantize)
 
+    def multiplier(self, in_scale, weight_scale, out_scale, op: str = "CONV_2D"):
+        """The real multiplier ``S_in·S_w/S_out`` of op ``op`` as its kernel forms it (float64 tensor): in double
+        (TFLite), or as the op's requantizer says (``Requantizer.multiplier``: XNNPACK's float32)."""
+        form = getattr(self.requantizer(op), "multiplier", double_multiplier)
+        return form(in_scale, weight_scale, out_scale)
+
     def requantize_params(self, real_multiplier, op: str = "CONV_2D") -> Tuple:
-        """The integer constants ``apply_requantize`` needs for a real multiplier (per channel or scalar):
-        the multiplier and shift and what the op's rounding derives from them (``fixed_point.parts``),
-        computed apart from the accumulator, so that the elementwise part is integer arithmetic only."""
-        constants, _ = parts(self.requantizer(op))
+        """The constants ``apply_requantize`` needs for a real multiplier (per channel or scalar): the multiplier
+        and shift and what the op's rounding derives from them (``fixed_point.parts``), or, for a floating-point
+        requantizer (``Requantizer.real``), its scale; computed apart from the accumulator, so that the
+        elementwise part is arithmetic on the accumulator only."""
+        rule = self.requantizer(op)
+        constants, _ = parts(rule)
+        if getattr(rule, "real", False):
+            return constants(tf.convert_to_tensor(real_multiplier, tf.float64))
         return constants(*quantize_multiplier(real_multiplier))
 
     def apply_requantize(self, acc, params: Tuple, op: str = "CONV_2D"):

@@ -65,7 +65,7 @@ def requantize_accumulator(kernels, dot, in_grid: Grid, weight_scale, out_grid: 
     The multipliers, their derived constants and the bounds are computed first (per channel); the rest is
     integer arithmetic over every element, run as one XLA pass (``_conv_tail``). Recording accumulator
     statistics (eagerly) keeps the plain ops: they read the accumulator's values."""
-    params = kernels.requantize_params(in_grid.scale * weight_scale / out_grid.scale, op)
+    params = kernels.requantize_params(kernels.multiplier(in_grid.scale, weight_scale, out_grid.scale, op), op)
     lo, hi = clamp_bounds(out_grid, activation)
     bounds = (lo - out_grid.zero_point, hi - out_grid.zero_point)
     if stats.active():
@@ -173,6 +173,18 @@ def mean_keepdims(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
     away = round_away(acc, multiplier, shift)
     mask = tf.constant([c < vector for c in range(channels)])
     q = tf.cast(tf.where(mask, up, away), tf.float64) + bias
+    return clamp_dequantize(q, out_grid)
+
+
+def xnnpack_mean(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
+    """MEAN as XNNPACK computes it (qs8 reduce; keepdims or not): the int32 sum ``Σq - Z_in·n`` converted to
+    float32, times ``float32(S_in/S_out)·float32(1/n)`` (float32 arithmetic), rounded half to even, plus
+    ``Z_out``. Measured against LiteRT's XNNPACK delegate: 0 mismatches in 114,624 outputs over n = 25, 36,
+    49, 64 (that data does not separate the float32 orderings or the tie rule; this one is XNNPACK's source's)."""
+    f32 = tf.float32
+    acc = round_half_away(tf.cast(y_mean, tf.float64) * float(count) / in_grid.scale)
+    scale = (tf.cast(in_grid.scale, f32) / tf.cast(out_grid.scale, f32)) * (1.0 / tf.constant(float(count), f32))
+    q = tf.cast(tf.round(tf.cast(acc, f32) * scale), tf.float64) + out_grid.zero_point
     return clamp_dequantize(q, out_grid)
 
 
@@ -331,11 +343,11 @@ def concatenation(kernels, operands, in_grids: List[Grid], out_grid: Grid, axis:
 def onto_grid(kernels, operands, in_grids: List[Grid], out_grid: Grid, offsets):
     """Each operand's integer offsets ``q - Z_out`` on ``out_grid``, requantized by a QUANTIZE where it is on
     another grid (``concatenation``'s rounding)."""
-    constants, apply = parts(kernels.requantizer("QUANTIZE"))
+    _, apply = parts(kernels.requantizer("QUANTIZE"))
     lo, hi = clamp_bounds(out_grid, "linear")
     pieces = []
     for x, g, given in zip(operands, in_grids, offsets):
-        params = constants(*quantize_multiplier(tf.cast(g.scale, tf.float64) / tf.cast(out_grid.scale, tf.float64)))
+        params = kernels.requantize_params(tf.cast(g.scale, tf.float64) / tf.cast(out_grid.scale, tf.float64), "QUANTIZE")
         tail = kernels.fused(("requantize", len(params), given is not None),
                              lambda: xla_pass(functools.partial(_requantize_tail, apply, given is not None)))
         pieces.append(tail(x if given is None else given, g.scale, out_grid.zero_point, lo, hi, *params))
@@ -581,6 +593,8 @@ TFLITE_OPS: Dict[str, Handler] = {
 }
 # XNNPACK's table activations (``builtin.py``'s xnnpack set)
 XNNPACK_LUT_OPS: Dict[str, Handler] = _lut(XNNPACK_LUT_FUNCTIONS, half_even=True)
+# XNNPACK's MEAN (``builtin.py``'s xnnpack set): one float32 rule with or without keepdims
+XNNPACK_MEAN_OPS: Dict[str, Handler] = {"MEAN": _mean(xnnpack_mean), "MEAN_KEEPDIMS": _mean(xnnpack_mean)}
 
 
 def without(table: Mapping[str, Handler], *ops: str) -> Dict[str, Handler]:

@@ -244,16 +244,17 @@ def test_a_dense_block_deploys_bit_for_bit(data):
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
-def deployed_integer_only(model, data, qat_epochs: int = 0):
+def deployed_integer_only(model, data, qat_epochs: int = 0, return_model: bool = False):
     """``verify`` of the model quantized for tflite_int8 (calibrated, then QAT-trained ``qat_epochs``), asserted
-    integer-only with no structural issue."""
+    integer-only with no structural issue; ``return_model``: with the quantized model (``model``) and its
+    flatbuffer (``tflite_model``), to verify again under another kernel set."""
     xtr, ytr, xte, yte = data
     q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
     if qat_epochs:
         train(q, xtr, ytr, epochs=qat_epochs, lr=1e-4)
-    r = hw.verify(q, "tflite_int8", xte, yte)
+    r = hw.verify(q, "tflite_int8", xte, yte, return_model=return_model)
     assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
-    return r
+    return dict(r, model=q) if return_model else r
 
 
 def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(data):
@@ -394,9 +395,32 @@ def test_table_activations_run_their_kernels_and_deploy_bit_for_bit(data):
     set_kernels(q, "tflite_builtin")
     planned = [p.op for p in (getattr(l, "_integer_plan", lambda: None)() for l in q.layers) if p is not None]
     assert {"GELU", "LOGISTIC"} <= set(planned), planned   # the conv's tanh is its fused tail
-    r = deployed_integer_only(model, data)
+    r = deployed_integer_only(model, data, return_model=True)
     assert {"TANH", "GELU", "LOGISTIC"} <= set(r["ops"]), r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+    # under XNNPACK too (its own tables, and its float32 conv requantization: 1 LSB off with the fixed-point one)
+    xnn = hw.verify(r["model"], "tflite_int8", data[2], data[3], kernels="builtin", tflite_model=r["tflite_model"])
+    assert xnn["max_abs_diff_lsb"] < 1e-3 and xnn["argmax_agreement"] == 1.0, xnn
+
+
+def test_xnnpack_convs_and_means_deploy_bit_for_bit(data):
+    """Under the builtin kernels with the XNNPACK delegate (``verify(kernels="builtin")``, the ``xnnpack`` emulation):
+    conv, depthwise and dense outputs requantized in float32, and MEAN with and without keepdims in float32
+    (tests/kernels/test_xnnpack.py checks each op on chosen inputs). Both were 1-3 LSB off with the set's fixed-point
+    rules (measured on models like this one, notes/schemes.md)."""
+    xtr, ytr, xte, yte = data
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    x = L.DepthwiseConv2D(3, padding="same", activation="relu")(L.Conv2D(12, 3, padding="same", activation="relu")(inp))
+    x = L.Conv2D(16, 1)(x)
+    squeeze = L.Conv2D(16, 1, activation="relu")(L.GlobalAveragePooling2D(keepdims=True)(x))
+    x = L.GlobalAveragePooling2D()(L.Add()([x, squeeze]))
+    model = train(keras.Model(inp, L.Dense(10)(x)), xtr, ytr, epochs=2)
+    r = deployed_integer_only(model, data, return_model=True)
+    assert {"MEAN", "DEPTHWISE_CONV_2D"} <= set(r["ops"]) and r["max_abs_diff_lsb"] < 1e-3, r
+    xnn = hw.verify(r["model"], "tflite_int8", xte, yte, kernels="builtin", tflite_model=r["tflite_model"])
+    assert xnn["max_abs_diff_lsb"] < 1e-3 and xnn["argmax_agreement"] == 1.0, xnn
 
 
 def test_a_bias_on_a_tie_is_rounded_as_the_converter_rounds_it():

@@ -83,7 +83,15 @@ def multiplier(m):
     return big, int(e)
 
 
-def requantize(acc, m, pipe):
+FLOAT_ROUNDING = {"half_even": np.rint, "half_away_from_zero": lambda y: np.sign(y) * np.floor(np.abs(y) + 0.5),
+                  "half_up": lambda y: np.floor(y + 0.5), "floor": np.floor}
+
+
+def requantize(acc, m, pipe, factors=None):
+    if pipe["requantize"] == "float32":   # float32(acc)·float32(S_in·S_w/S_out), the scale formed in float32
+        f = np.float32
+        s_in, s_w, s_out = (f(v) for v in factors)
+        return int(FLOAT_ROUNDING[pipe["rounding"]](float(f(acc) * f(f(s_in * s_w) / s_out))))
     if pipe["requantize"] == "shift":
         k = int(round(-np.log2(m)))
         assert 2.0 ** -k == m  # power-of-two scales: exact
@@ -128,7 +136,7 @@ def ref_layer(offsets, wrapper, in_grid, pipe, acc_log):
     flat, flat_out = held.reshape(-1, held.shape[-1]), out.reshape(-1, out.shape[-1])
     for c in range(held.shape[-1]):
         m = s_in * scales[c] / s_out
-        flat_out[:, c] = [requantize(int(v), m, pipe) for v in flat[:, c]]
+        flat_out[:, c] = [requantize(int(v), m, pipe, (s_in, scales[c], s_out)) for v in flat[:, c]]
     relu = keras.activations.serialize(layer.activation) == "relu"
     q = np.clip(out + z_out, max(qmin, z_out) if relu else qmin, qmax)
     return (q - z_out).astype(np.int64), (s_out, z_out, qmin, qmax)
@@ -199,14 +207,17 @@ PIPES = [dict(accumulator_bits=32, overflow="wrap", bias_bits=32, requantize="fi
          dict(accumulator_bits=12, overflow="wrap", bias_bits=10, requantize="fixed_point", rounding="half_even"),
          dict(accumulator_bits=14, overflow="saturate", bias_bits=32, requantize="fixed_point", rounding="floor"),
          dict(accumulator_bits=12, overflow="wrap", bias_bits=24, bias_add="requantize", requantize="fixed_point",
-              rounding="half_away_from_zero")]
+              rounding="half_away_from_zero"),
+         dict(accumulator_bits=32, overflow="wrap", bias_bits=32, requantize="float32", rounding="half_even"),
+         dict(accumulator_bits=16, overflow="saturate", bias_bits=16, requantize="float32", rounding="half_away_from_zero")]
 
 
 @pytest.mark.parametrize("builder", [mlp, cnn])
 @pytest.mark.parametrize("pipe", PIPES, ids=lambda p: f"acc{p['accumulator_bits']}-{p['overflow']}-{p['rounding']}"
-                                                     f"-bias_{p.get('bias_add', 'accumulator')}")
+                                                     f"-bias_{p.get('bias_add', 'accumulator')}-{p['requantize']}")
 def test_pipeline_matches_the_numpy_reference_bit_for_bit(builder, pipe):
-    tgt = target(f"ref_{builder.__name__}_{pipe['accumulator_bits']}_{pipe['overflow']}_{pipe.get('bias_add')}", **pipe)
+    tgt = target(f"ref_{builder.__name__}_{pipe['accumulator_bits']}_{pipe['overflow']}_{pipe.get('bias_add')}_"
+                 f"{pipe['requantize']}", **pipe)
     q, x = quantized(builder, tgt)
     assert q.qresearch_info["kernels"] == tgt.name
     y = q(x, training=False).numpy()
@@ -236,8 +247,9 @@ def test_shift_requantization_on_power_of_two_scales():
 
 @pytest.mark.parametrize("builder", [mlp, cnn])
 def test_a_wide_pipeline_with_xnnpack_rounding_equals_the_xnnpack_emulation(builder):
-    # XNNPACK: QUANTIZE half away, conv/FC with one rounding half up, int32 accumulators, int32 bias
-    tgt = target(f"wide_{builder.__name__}", accumulator_bits=32, overflow="wrap", rounding="half_up")
+    # XNNPACK: QUANTIZE half away, conv/FC requantized in float32 rounding half to even, int32 accumulators and bias
+    tgt = target(f"wide_{builder.__name__}", accumulator_bits=32, overflow="wrap", requantize="float32",
+                 rounding="half_even")
     q, x = quantized(builder, tgt)
     ours = q(x, training=False).numpy()
     with emulated_kernels("xnnpack"):
@@ -277,6 +289,7 @@ def _bad(**pipe):
     (dict(accumulator_bits=10), "cannot hold even one product of 4-bit weights and 8-bit activations \\(12 bits\\); widen it"),
     (dict(accumulator_bits=20), "can overflow, so say what the hardware does: overflow: saturate or overflow: wrap"),
     (dict(requantize="shift"), "shift requantization needs power-of-two scales.*weights.scale_format: \\[pot\\]"),
+    (dict(requantize="float32", rounding="gemmlowp"), "gemmlowp is a fixed-point rounding.*XNNPACK: half_even"),
     (dict(ops=["CONV_2D", "HARD_SWISH"]), "no integer handler for \\['HARD_SWISH'\\]"),
     (dict(overflow="clip"), "pipeline.overflow: one of"),
     (dict(accumulator_bits=32, bias_add="later"), "pipeline.bias_add: one of"),

@@ -1,0 +1,128 @@
+"""The ``xnnpack`` kernel set against LiteRT's XNNPACK delegate (``OpResolverType.BUILTIN``), op by op: a FakeQuant
+graph converted to int8, its integers read back from the interpreter, the emulation's integers compared.
+
+Conv / fully connected outputs are requantized in float32 (``fixed_point.float32_half_even``). The two rounding
+rules agree on all but about 1 output in 10^5, so the inputs are chosen: every pair of int8 inputs of a two-input
+conv is searched for the ones where float32 and a fixed-point single rounding part, and those are run."""
+import numpy as np
+import pytest
+
+from qresearch import tf
+from qresearch.kernels import KERNELS
+from qresearch.kernels.fixed_point import quantize_multiplier, single_rounding
+from qresearch.kernels.tflite_ops import mean as builtin_mean, xnnpack_mean
+
+from litert_graphs import grid, int8_model, litert_interpreter
+
+fq = tf.quantization.fake_quant_with_min_max_vars
+CHANNELS = 64
+PAIRS = 1024     # inputs run per op: the pairs where the rules part, then random ones
+# Weight seeds whose integers have input pairs where the rules part (checked in the test): a dense layer has one
+# weight scale, and most seeds' have none (seeds 0-11: only 1, with 68 pairs)
+SEEDS = {"CONV_2D": 0, "FULLY_CONNECTED": 1}
+
+
+def _graph(op, rng):
+    """A two-input conv (1x1, per-channel weights) or dense (per-tensor weights) with a bias, on PAIRS rows."""
+    w = rng.normal(0, 1, (2, CHANNELS)).astype(np.float32)
+    b = rng.normal(0, 2, CHANNELS).astype(np.float32)
+    if op == "CONV_2D":
+        wmax = np.abs(w).max(axis=0)
+
+        @tf.function(input_signature=[tf.TensorSpec((1, PAIRS, 1, 2))])
+        def graph(x):
+            k = tf.quantization.fake_quant_with_min_max_vars_per_channel(w[None, None], -wmax, wmax, narrow_range=True)
+            return fq(tf.nn.conv2d(fq(x, -1.0, 2.0), k, 1, "SAME") + b, -3.0, 2.5)
+    else:
+        wmax = float(np.abs(w).max())
+
+        @tf.function(input_signature=[tf.TensorSpec((PAIRS, 2))])
+        def graph(x):
+            return fq(tf.matmul(fq(x, -1.0, 2.0), fq(w, -wmax, wmax, narrow_range=True)) + b, -3.0, 2.5)
+    return graph
+
+
+def _stored(interpreter, op):
+    """The op's integer weights (2, C), bias, input (S, Z), weight scales and output (S, Z), as the flatbuffer holds
+    them (read from an interpreter without delegates: XNNPACK takes the tensors it runs)."""
+    call = next(o for o in interpreter._get_ops_details() if o["op_name"] == op)
+    details = {t["index"]: t for t in interpreter.get_tensor_details()}
+    x, w, b = call["inputs"]
+    weights = interpreter.get_tensor(w).astype(np.int64).reshape(CHANNELS, 2).T
+    w_scales = np.broadcast_to(np.float32(details[w]["quantization_parameters"]["scales"]), (CHANNELS,))
+    return (weights, interpreter.get_tensor(b).astype(np.int64), details[x]["quantization"], w_scales,
+            details[call["outputs"][0]]["quantization"])
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("op", ["CONV_2D", "FULLY_CONNECTED"])
+def test_conv_and_dense_outputs_are_requantized_in_float32(op):
+    rng = np.random.default_rng(SEEDS[op])
+    graph = _graph(op, rng)
+    model = int8_model(graph)
+    weights, bias, (s_in, z_in), s_w, (s_out, z_out) = _stored(litert_interpreter(graph, model=model), op)
+    a, b = (v.reshape(-1) for v in np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij"))
+    acc = (a[:, None] - z_in) * weights[0] + (b[:, None] - z_in) * weights[1] + bias   # every input pair, (65536, C)
+
+    kernels = KERNELS.get("xnnpack")
+    scales = [tf.constant(np.float64(np.float32(v))) for v in (s_in, s_w, s_out)]
+    xnnpack = np.clip(kernels.rescale(tf.constant(acc), kernels.multiplier(*scales, op), op).numpy() + z_out, -128, 127)
+    fixed, shift = quantize_multiplier(scales[0] * scales[1] / scales[2])
+    single = np.clip(single_rounding(tf.constant(acc), fixed, shift).numpy() + z_out, -128, 127)
+    parting = np.nonzero((xnnpack != single).any(axis=1))[0]
+    assert 0 < len(parting) < PAIRS, len(parting)   # the data tells the two rules apart
+    rows = np.concatenate([parting, rng.choice(np.setdiff1d(np.arange(len(a)), parting), PAIRS - len(parting),
+                                               replace=False)])
+
+    interpreter = litert_interpreter(graph, "BUILTIN", model=model)
+    assert "DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]   # XNNPACK ran it
+    i, o = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(i["index"], np.stack([a[rows], b[rows]], -1).astype(np.int8).reshape(i["shape"]))
+    interpreter.invoke()
+    got = interpreter.get_tensor(o["index"]).astype(np.int64).reshape(PAIRS, CHANNELS)
+    np.testing.assert_array_equal(xnnpack[rows], got)
+    assert (single[rows] != got).sum() >= len(parting)   # the fixed-point rule misses each of them
+
+
+def test_float32_requantization_matches_numpy_over_the_int32_range():
+    """float32(acc) rounds above 2^24; the product is float32, then rounded half to even (numpy as reference)."""
+    rng = np.random.default_rng(5)
+    acc = np.concatenate([rng.integers(-2 ** 31, 2 ** 31, 2000), rng.integers(-2 ** 25, 2 ** 25, 2000),
+                          np.arange(-300, 300)]).astype(np.int64)
+    kernels = KERNELS.get("xnnpack")
+    for m in np.exp2(rng.uniform(-30, 2, 10)).tolist() + [0.5, 0.25]:   # 0.25 / 0.5: exact ties, to even
+        got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
+        want = np.rint(acc.astype(np.float32) * np.float32(m)).astype(np.int64)
+        np.testing.assert_array_equal(got, want, err_msg=str(m))
+    assert kernels.rescale(tf.constant([2, 6, -2, -6], tf.int64), tf.constant(0.25, tf.float64)).numpy().tolist() \
+        == [0, 2, 0, -2]   # 0.5 -> 0, 1.5 -> 2: half to even
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_mean_equals_xnnpack(keepdims):
+    """MEAN over 7x7 (n = 49: 1/n is not a power of two) as XNNPACK's delegate computes it, with and without
+    keepdims; the builtin kernel's fixed-point MEAN (the set's rule before) gives other integers on the same data."""
+    rng = np.random.default_rng(2)
+
+    @tf.function(input_signature=[tf.TensorSpec((64, 7, 7, 16))])
+    def graph(x):
+        return fq(tf.reduce_mean(fq(x, -2.0, 3.0), axis=[1, 2], keepdims=keepdims), -0.7, 1.1)
+
+    interpreter = litert_interpreter(graph, "BUILTIN")
+    assert "DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]
+    i, o = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    x = rng.integers(-128, 128, (64, 7, 7, 16)).astype(np.int8)
+    interpreter.set_tensor(i["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(o["index"]).astype(np.int64).reshape(64, 16)
+
+    g_in, g_out = grid(*i["quantization"]), grid(*o["quantization"])
+    y_mean = tf.constant(((x.astype(np.float64) - i["quantization"][1]) * g_in.scale.numpy()).mean(axis=(1, 2)),
+                         tf.float32)
+
+    def integers(y):
+        return np.round(y.numpy().reshape(64, 16) / np.float32(g_out.scale.numpy())).astype(np.int64) + o["quantization"][1]
+
+    np.testing.assert_array_equal(integers(xnnpack_mean(None, y_mean, 49, g_in, g_out)), got)
+    assert (integers(builtin_mean(KERNELS.get("tflite_builtin"), y_mean, 49, g_in, g_out)) != got).any()
