@@ -10,7 +10,7 @@ DEPTHWISE_CONV_2D / FULLY_CONNECTED outputs (and the other ops of ``tflite_ops``
 """
 from qresearch.kernels.fixed_point import float32_half_even, round_away, round_up, round_up_in_lanes_of_8, single_rounding
 from qresearch.kernels.runtime import KERNELS, IntegerKernels
-from qresearch.kernels.tflite_ops import TFLITE_OPS, XNNPACK_LUT_OPS, XNNPACK_MEAN_OPS, without
+from qresearch.kernels.tflite_ops import TFLITE_OPS, XNNPACK_LUT_OPS, XNNPACK_OPS, without
 
 KERNELS.register("tflite_builtin", IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
@@ -26,7 +26,7 @@ KERNELS.register("tflite_reference", IntegerKernels(
 KERNELS.register("xnnpack", IntegerKernels(
     "xnnpack", float32_half_even, round_away,
     ops={**without(TFLITE_OPS, "ADD", "SUB", "MUL", "CONCATENATION", "MAXIMUM", "MINIMUM"),
-         **XNNPACK_LUT_OPS, **XNNPACK_MEAN_OPS},
+         **XNNPACK_LUT_OPS, **XNNPACK_OPS},
     op_requantize={"TRANSPOSE_CONV": round_up_in_lanes_of_8},
     description="XNNPACK (LiteRT's default delegate): conv/FC requantized in float32, half to even; LOGISTIC/TANH tables in double, "
                 "rounded half to even; MEAN and GELU stay on the builtin kernels; ADD/MUL and a concatenation's "

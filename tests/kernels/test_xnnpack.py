@@ -10,7 +10,8 @@ import pytest
 from qresearch import tf
 from qresearch.kernels import KERNELS
 from qresearch.kernels.fixed_point import quantize_multiplier, single_rounding
-from qresearch.kernels.tflite_ops import mean as builtin_mean, xnnpack_mean
+from qresearch.kernels.tflite_ops import leaky_relu as builtin_leaky_relu, mean as builtin_mean, \
+    resize_bilinear as builtin_resize_bilinear, xnnpack_leaky_relu, xnnpack_mean, xnnpack_resize_bilinear
 
 from litert_graphs import grid, int8_model, litert_interpreter
 
@@ -126,3 +127,67 @@ def test_mean_equals_xnnpack(keepdims):
 
     np.testing.assert_array_equal(integers(xnnpack_mean(None, y_mean, 49, g_in, g_out)), got)
     assert (integers(builtin_mean(KERNELS.get("tflite_builtin"), y_mean, 49, g_in, g_out)) != got).any()
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("alpha, delegated", [(0.2, True), (1.5, True), (0.001, False)])
+def test_leaky_relu_equals_xnnpack(alpha, delegated):
+    """Every int8 input: XNNPACK's 8-bit multipliers where its operator takes the scales; with ``S_in/S_out·alpha``
+    under 2^-8 (alpha 0.001 here) the delegate leaves the op to the builtin kernel, and so does the emulation."""
+    @tf.function(input_signature=[tf.TensorSpec((1, 256))])
+    def graph(x):
+        return fq(tf.nn.leaky_relu(fq(x, -2.0, 3.0), alpha), -0.6, 3.0)
+
+    interpreter = litert_interpreter(graph, "BUILTIN")
+    assert ("DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]) == delegated
+    i, o = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    interpreter.set_tensor(i["index"], np.arange(-128, 128, dtype=np.int8)[None])
+    interpreter.invoke()
+    got = interpreter.get_tensor(o["index"])[0].astype(np.int64)
+    g_in, g_out = grid(*i["quantization"]), grid(*o["quantization"])
+    x = tf.constant((np.arange(-128, 128, dtype=np.float32) - i["quantization"][1]) * np.float32(g_in.scale.numpy()))
+
+    def integers(y):
+        return np.round(y.numpy() / np.float32(g_out.scale.numpy())).astype(np.int64) + o["quantization"][1]
+
+    emulated = integers(xnnpack_leaky_relu(KERNELS.get("xnnpack"), x, alpha, g_in, g_out))
+    builtin = integers(builtin_leaky_relu(KERNELS.get("tflite_builtin"), x, alpha, g_in, g_out))
+    np.testing.assert_array_equal(emulated, got)
+    assert (builtin != got).any() == delegated
+
+
+RESIZES = [((4, 4), (8, 8), "half_pixel"), ((5, 7), (7, 12), "half_pixel"), ((6, 6), (4, 3), "half_pixel"),
+           ((5, 5), (9, 9), "align_corners"), ((4, 6), (7, 9), "legacy")]
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("size_in, size_out, mode", RESIZES, ids=lambda v: str(v))
+def test_resize_bilinear_equals_xnnpack(size_in, size_out, mode):
+    """Up and down, half-pixel centers, align_corners and TF1's legacy positions: XNNPACK's 11-bit weights, where
+    the builtin kernel's 10-bit ones (the set's rule before) give other integers."""
+    @tf.function(input_signature=[tf.TensorSpec((8, *size_in, 4))])
+    def graph(x):
+        x = fq(x, -2.0, 3.0)
+        if mode == "half_pixel":
+            return fq(tf.image.resize(x, size_out, method="bilinear"), -2.0, 3.0)
+        return fq(tf.compat.v1.image.resize_bilinear(x, size_out, align_corners=mode == "align_corners",
+                                                     half_pixel_centers=False), -2.0, 3.0)
+
+    interpreter = litert_interpreter(graph, "BUILTIN")
+    assert "DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]
+    i, o = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    assert i["quantization"] == o["quantization"]
+    x = np.random.default_rng(0).integers(-128, 128, (8, *size_in, 4)).astype(np.int8)
+    interpreter.set_tensor(i["index"], x)
+    interpreter.invoke()
+    got = interpreter.get_tensor(o["index"]).astype(np.int64)
+    g = grid(*i["quantization"])
+    step = np.float32(g.scale.numpy())
+    xf = tf.constant((x.astype(np.float32) - i["quantization"][1]) * step)
+    args = (size_out, g, mode == "half_pixel", mode == "align_corners")
+
+    def integers(y):
+        return np.round(y.numpy() / step).astype(np.int64) + i["quantization"][1]
+
+    np.testing.assert_array_equal(integers(xnnpack_resize_bilinear(xf, *args)), got)
+    assert (integers(builtin_resize_bilinear(xf, *args)) != got).any()
