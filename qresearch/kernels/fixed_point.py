@@ -176,3 +176,22 @@ def _lanes_apply(x, *constants):
 #: as ``round_up``, the last ``C % 8`` channels one by one as ``round_away`` (measured: 8 and 12 output channels,
 #: and 4, all of them on the one-by-one path).
 round_up_in_lanes_of_8 = Requantizer(_lanes_constants, _lanes_apply)
+
+
+def _q8_constants(real_multiplier):
+    # XNNPACK's qs8 convert takes S_in/S_out in [2^-8, 2^7]; outside, the delegate leaves the QUANTIZE to the
+    # builtin kernel (``round_up``)
+    scale = tf.cast(real_multiplier, tf.float32)
+    accepted = (scale >= 2.0 ** -8) & (scale <= 2.0 ** 7)
+    return (tf.cast(tf.round(256.0 * scale), tf.int64), accepted) + _up_constants(*quantize_multiplier(real_multiplier))
+
+
+def _q8_apply(x, multiplier, accepted, *builtin):
+    return tf.where(accepted, tf.bitwise.right_shift(x * multiplier + 128, 8), _up_apply(x, *builtin))
+
+
+#: XNNPACK's int8 -> int8 QUANTIZE (qs8 convert): an 8-bit fractional multiplier ``M = lrintf(256·S_in/S_out)``
+#: (float32), ``floor(((q - Z_in)·M + 128) / 256)``: rounded half up. Measured against the delegate: 0 mismatches
+#: in 1.8M outputs (a concatenation's requantized input), where float32 rounding missed 10%. ``S_in/S_out`` is
+#: taken as float32 of its double quotient.
+q8_convert = Requantizer(_q8_constants, _q8_apply, real=True)

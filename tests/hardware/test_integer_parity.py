@@ -159,10 +159,9 @@ def test_verify_emulates_the_kernel_set_it_runs(float_models, data):
     x, y = data[2][:256], data[3][:256]
     ref = hw.verify(q, "tflite_int8", x, y, kernels="builtin_ref", return_model=True)
     assert ref["kernels"] == "builtin_ref" and ref["max_abs_diff_lsb"] < 1e-3, ref
-    # the same flatbuffer under XNNPACK (verify's tflite_model: no second conversion); conv/MEAN emulated, ADD not
+    # the same flatbuffer under XNNPACK (verify's tflite_model: no second conversion): its conv, MEAN and ADD
     xnn = hw.verify(q, "tflite_int8", x, y, kernels="builtin", tflite_model=ref["tflite_model"])
-    # XNNPACK's ADD is not emulated: a few LSB apart, and argmaxes where logits are that close
-    assert xnn["kernels"] == "builtin" and xnn["max_abs_diff_lsb"] <= 4 and xnn["argmax_agreement"] >= 0.97
+    assert xnn["kernels"] == "builtin" and xnn["max_abs_diff_lsb"] < 1e-3 and xnn["argmax_agreement"] == 1.0, xnn
 
 
 # Saving and loading keeps the emulation bit for bit: test_converter_flow.py::test_saved_then_loaded_model_still_emulates

@@ -10,8 +10,9 @@ import pytest
 from qresearch import tf
 from qresearch.kernels import KERNELS
 from qresearch.kernels.fixed_point import quantize_multiplier, single_rounding
-from qresearch.kernels.tflite_ops import leaky_relu as builtin_leaky_relu, mean as builtin_mean, \
-    resize_bilinear as builtin_resize_bilinear, xnnpack_leaky_relu, xnnpack_mean, xnnpack_resize_bilinear
+from qresearch.kernels.tflite_ops import add as builtin_add, leaky_relu as builtin_leaky_relu, mean as builtin_mean, \
+    multiply as builtin_multiply, resize_bilinear as builtin_resize_bilinear, xnnpack_add, xnnpack_leaky_relu, \
+    xnnpack_mean, xnnpack_multiply, xnnpack_resize_bilinear
 
 from litert_graphs import grid, int8_model, litert_interpreter
 
@@ -150,7 +151,7 @@ def test_leaky_relu_equals_xnnpack(alpha, delegated):
     def integers(y):
         return np.round(y.numpy() / np.float32(g_out.scale.numpy())).astype(np.int64) + o["quantization"][1]
 
-    emulated = integers(xnnpack_leaky_relu(KERNELS.get("xnnpack"), x, alpha, g_in, g_out))
+    emulated = integers(xnnpack_leaky_relu(KERNELS.get("tflite_builtin"), x, alpha, g_in, g_out))
     builtin = integers(builtin_leaky_relu(KERNELS.get("tflite_builtin"), x, alpha, g_in, g_out))
     np.testing.assert_array_equal(emulated, got)
     assert (builtin != got).any() == delegated
@@ -191,3 +192,80 @@ def test_resize_bilinear_equals_xnnpack(size_in, size_out, mode):
 
     np.testing.assert_array_equal(integers(xnnpack_resize_bilinear(xf, *args)), got)
     assert (integers(builtin_resize_bilinear(xf, *args)) != got).any()
+
+
+# Ranges where the builtin kernels' two roundings part from XNNPACK's one on ~3% of the pairs (on others, e.g.
+# (-2, 3), (-1, 1.5) -> (-3, 4), ADD and SUB agree everywhere)
+BINARY = [("ADD", (0.0, 6.0), (-2.5, 2.5), (-2.0, 8.0), True), ("SUB", (0.0, 6.0), (-2.5, 2.5), (-2.0, 8.0), True),
+          ("MUL", (0.0, 6.0), (-2.5, 2.5), (-2.0, 8.0), True),
+          # S_2/S_out under 2^-10: XNNPACK's operator refuses it, the interpreter runs the builtin kernel
+          ("ADD", (-2.0, 3.0), (-0.002, 0.002), (-3.0, 4.0), False)]
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("op, range1, range2, out_range, delegated", BINARY, ids=lambda v: str(v))
+def test_add_sub_mul_equal_xnnpack(op, range1, range2, out_range, delegated):
+    """Every pair of int8 inputs: XNNPACK's ADD/SUB (21-bit multipliers, one rounding) and MUL (float32), or the
+    builtin kernel where the delegate leaves the op; the builtin kernel's rule gives other integers where XNNPACK
+    runs it."""
+    fn = {"ADD": tf.add, "SUB": tf.subtract, "MUL": tf.multiply}[op]
+
+    @tf.function(input_signature=[tf.TensorSpec((1, 65536)), tf.TensorSpec((1, 65536))])
+    def graph(a, b):
+        return fq(fn(fq(a, *range1), fq(b, *range2)), *out_range)
+
+    interpreter = litert_interpreter(graph, "BUILTIN")
+    assert ("DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]) == delegated
+    inputs = sorted(interpreter.get_input_details(), key=lambda d: d["index"])
+    pairs = np.meshgrid(np.arange(-128, 128), np.arange(-128, 128), indexing="ij")
+    for d, q in zip(inputs, pairs):
+        interpreter.set_tensor(d["index"], q.reshape(1, -1).astype(np.int8))
+    interpreter.invoke()
+    o = interpreter.get_output_details()[0]
+    got = interpreter.get_tensor(o["index"]).astype(np.int64)
+    grids = [grid(*d["quantization"]) for d in inputs]
+    xs = [tf.constant((q.reshape(1, -1).astype(np.float32) - d["quantization"][1]) * np.float32(g.scale.numpy()))
+          for q, d, g in zip(pairs, inputs, grids)]
+    g_out = grid(*o["quantization"])
+
+    def integers(y):
+        return np.round(y.numpy() / np.float32(g_out.scale.numpy())).astype(np.int64) + o["quantization"][1]
+
+    builtin = KERNELS.get("tflite_builtin")
+    xnnpack_fn, builtin_fn, fixed = {"ADD": (xnnpack_add, builtin_add, {}),
+                                     "SUB": (xnnpack_add, builtin_add, {"subtract": True}),
+                                     "MUL": (xnnpack_multiply, builtin_multiply, {})}[op]
+    np.testing.assert_array_equal(integers(xnnpack_fn(builtin, *xs, *grids, g_out, **fixed)), got)
+    assert (integers(builtin_fn(builtin, *xs, *grids, g_out, **fixed)) != got).any() == delegated
+
+
+@pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
+@pytest.mark.parametrize("in_range, out_range, xnnpack_rule", [((-2.0, 3.0), (-1.7, 4.1), True),
+                                                               ((-1.0, 0.5), (-3.0, 3.0), True),
+                                                               ((-0.01, 0.01), (-3.0, 3.0), False)])
+def test_a_concatenations_requantized_input_equals_xnnpack(in_range, out_range, xnnpack_rule):
+    """A concatenation's input on another grid: the converter puts an int8 -> int8 QUANTIZE before it. Every input:
+    XNNPACK's 8-bit multiplier; with ``S_in/S_out`` under 2^-8 (XNNPACK's operator refuses it) the builtin
+    kernel's rounding."""
+    @tf.function(input_signature=[tf.TensorSpec((1, 256)), tf.TensorSpec((1, 256))])
+    def graph(x, other):
+        return fq(tf.concat([fq(x, *in_range), fq(other, *out_range)], axis=-1), *out_range)
+
+    interpreter = litert_interpreter(graph, "BUILTIN")
+    names = [o["op_name"] for o in interpreter._get_ops_details()]
+    assert names == ["QUANTIZE", "CONCATENATION", "DELEGATE"], names
+    o = interpreter.get_output_details()[0]
+    i = next(d for d in interpreter.get_input_details() if d["quantization"] != o["quantization"])
+    for d in interpreter.get_input_details():
+        interpreter.set_tensor(d["index"], np.arange(-128, 128, dtype=np.int8)[None])
+    interpreter.invoke()
+    got = interpreter.get_tensor(o["index"])[0, :256].astype(np.int64)
+    (s_in, z_in), (s_out, z_out) = i["quantization"], o["quantization"]
+    offsets = tf.constant(np.arange(-128, 128) - z_in, tf.int64)
+    ratio = tf.constant(float(np.float32(s_in)) / float(np.float32(s_out)), tf.float64)
+
+    def requantized(kernel_set):
+        return np.clip(KERNELS.get(kernel_set).rescale(offsets, ratio, "QUANTIZE").numpy() + z_out, -128, 127)
+
+    np.testing.assert_array_equal(requantized("xnnpack"), got)
+    assert (requantized("tflite_builtin") != got).any() == xnnpack_rule
