@@ -1,10 +1,10 @@
 """Simulated hardware targets (as data), scheme-vs-target checks and verified TFLite deployment.
 
 Public API: ``Target``, ``get``, ``names``, ``register``, ``constrain``, ``verify``,
-``convert``, ``NoRuntimeError``, ``Runtime``/``RUNTIMES``. Built-in targets are ``conf/hardware/*.yaml``.
+``convert``, ``NoRuntimeError``, ``KernelSetError``, ``Runtime``/``RUNTIMES``. Built-in targets are ``conf/hardware/*.yaml``.
 """
 from qresearch.hardware.constrain import Conflict, constrain
-from qresearch.hardware.errors import NoRuntimeError
+from qresearch.hardware.errors import KernelSetError, NoRuntimeError
 from qresearch.hardware.registry import TARGETS, get, load_builtins, names, register
 from qresearch.hardware.runtimes import RUNTIMES, Runtime
 from qresearch.hardware.target import FixedRange, Target, TensorRules
@@ -20,6 +20,6 @@ def __getattr__(name):  # deployment pulls in the interpreter: import it on firs
     raise AttributeError(f"module 'qresearch.hardware' has no attribute {name!r}")
 
 
-__all__ = ["Conflict", "FixedRange", "NoRuntimeError", "RUNTIMES", "Runtime", "TARGETS", "Target", "TensorRules", "constrain",
-           "convert", "get", "inspect_model", "load_builtins", "names", "register", "run_tflite", "simulate",
+__all__ = ["Conflict", "FixedRange", "KernelSetError", "NoRuntimeError", "RUNTIMES", "Runtime", "TARGETS", "Target",
+           "TensorRules", "constrain", "convert", "get", "inspect_model", "load_builtins", "names", "register", "run_tflite", "simulate",
            "verify"]

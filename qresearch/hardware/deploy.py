@@ -19,8 +19,9 @@ import numpy as np
 from qresearch.errors import ConfigError
 from qresearch.hardware.bias_widening import widen_biases
 from qresearch.hardware.fixed_output_params import pin_outputs
+from qresearch.hardware import xnnpack_limits
 from qresearch.hardware.flatbuffer_edits import edited
-from qresearch.hardware.errors import NoRuntimeError
+from qresearch.hardware.errors import KernelSetError, NoRuntimeError
 from qresearch.hardware.registry import get as get_target
 from qresearch.hardware.structure import inspect_model
 
@@ -197,7 +198,19 @@ def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
 
 def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KERNELS):
     """Run the model on ``x`` (float, quantized here by the input's (S, Z); or indices, for an input the converter
-    left integer with no scale, fed as they are); returns (integer outputs, input (S, Z), output (S, Z))."""
+    left integer with no scale, fed as they are); returns (integer outputs, input (S, Z), output (S, Z)).
+    Raises ``KernelSetError`` where the XNNPACK delegate cannot prepare the model, saying which ops and why."""
+    try:
+        return _run_tflite(tflite_model, x, batch_size, kernels)
+    except RuntimeError as error:
+        if kernels != "builtin" or "XNNPACK" not in str(error):
+            raise
+        reference = make_interpreter(tflite_model, KERNELS)
+        reference.allocate_tensors()
+        raise KernelSetError(xnnpack_limits.failure_message(reference, error)) from error
+
+
+def _run_tflite(tflite_model: bytes, x, batch_size: int, kernels: str):
     interp = make_interpreter(tflite_model, kernels)
     inp = interp.get_input_details()
     out = interp.get_output_details()

@@ -39,6 +39,13 @@ def pow2(e):
     return tf.bitwise.left_shift(tf.ones_like(e), e)
 
 
+def wrap_int32(x):
+    """int64 ``x`` as an int32 register holds it (two's complement wrap-around): identity on [-2^31, 2^31).
+    TFLite's kernels add a saturated int32 bias to the products and shift a multiplier's left part in int32 with
+    no saturation, so a bias stored as ±2^31 (over a dead input's collapsed scale) or a large multiplier wraps."""
+    return tf.bitwise.bitwise_and(x + 2 ** 31, 2 ** 32 - 1) - 2 ** 31
+
+
 def srdhm(x, multiplier):
     """gemmlowp SaturatingRoundingDoublingHighMul (int64 in and out): ``(x·M + nudge) / 2^31`` truncated,
     with nudge ``2^30`` for ``x·M >= 0`` and ``1 - 2^30`` below. For negative ``v = x·M + 1 - 2^30``,
@@ -90,18 +97,18 @@ def _shifts(shift):
 
 def _up_constants(multiplier, shift):
     # floor((floor((x·2^l·M + 2^30) / 2^31) + h) / 2^r), h = 2^(r-1) (0 if r = 0), is
-    # floor((x·(M·2^l) + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one, an
-    # integer added inside a floor moves out of it, and the product is the same integer. So the whole
-    # requantization is one multiply, one add and one shift of the accumulator; the constants are
-    # per-channel vectors (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
+    # floor((x·2^l·M + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one, an
+    # integer added inside a floor moves out of it. So the whole requantization is one shift (x·2^l, in int32:
+    # ``wrap_int32``), one multiply, one add and one shift; the constants are per-channel vectors
+    # (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
     left, right = _shifts(shift)
     offset = tf.constant(2 ** 30, tf.int64) + tf.bitwise.left_shift(
         tf.bitwise.right_shift(pow2(right), 1), tf.constant(31, tf.int64))
-    return multiplier * pow2(left), offset, right + 31
+    return left, multiplier, offset, right + 31
 
 
-def _up_apply(x, scaled_multiplier, offset, total_shift):
-    return tf.bitwise.right_shift(x * scaled_multiplier + offset, total_shift)
+def _up_apply(x, left, multiplier, offset, total_shift):
+    return tf.bitwise.right_shift(wrap_int32(tf.bitwise.left_shift(x, left)) * multiplier + offset, total_shift)
 
 
 def _away_constants(multiplier, shift):
@@ -111,7 +118,7 @@ def _away_constants(multiplier, shift):
 
 
 def _away_apply(x, scale_left, multiplier, right, mask, half_mask):
-    y = srdhm(x * scale_left, multiplier)
+    y = srdhm(wrap_int32(x * scale_left), multiplier)
     remainder = tf.bitwise.bitwise_and(y, mask)
     threshold = half_mask + tf.cast(y < 0, tf.int64)
     return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)
@@ -169,7 +176,7 @@ def _lanes_constants(multiplier, shift):
 def _lanes_apply(x, *constants):
     channels = tf.shape(x, out_type=tf.int64)[-1]
     vector = tf.range(channels) < 8 * (channels // 8)
-    return tf.where(vector, _up_apply(x, *constants[:3]), _away_apply(x, *constants[3:]))
+    return tf.where(vector, _up_apply(x, *constants[:4]), _away_apply(x, *constants[4:]))
 
 
 #: LiteRT's optimized per-channel ``Quantize`` of an int32 buffer (TRANSPOSE_CONV's output): channels in lanes of 8

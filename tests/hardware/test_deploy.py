@@ -582,3 +582,25 @@ def test_minmax_weights_ranged_by_mse_deploy_bit_for_bit(data):
     stored = [v.numpy() for v in q.get_layer("quant_logits").weights if v.name.endswith("kernel_max:0")]
     assert stored == [pytest.approx(0.95)], [v.name for v in q.get_layer("quant_logits").weights]
     assert (_mse_choice(q.get_layer("quant_conv").layer.kernel.numpy().reshape(-1, 16)) == 20).all()
+
+
+def test_a_model_xnnpack_cannot_prepare_gets_an_error_naming_the_op():
+    """A conv whose ReLU output is always 0 in calibration gets the converter's collapsed range (scale ~4e-9), so its
+    requantization scale S_in·S_w/S_out is ~1e3: XNNPACK's operator refuses it and LiteRT fails the whole model
+    under the delegate. ``verify(kernels="builtin")`` says which op and why; the builtin kernels run the model."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    dead = L.Conv2D(4, 1, activation="relu", kernel_initializer=keras.initializers.Constant(0.1),
+                    bias_initializer=keras.initializers.Constant(-100.0))   # negative on every input
+    x = dead(L.Conv2D(8, 3, padding="same", activation="relu")(inp))
+    x = L.Concatenate()([L.Conv2D(8, 1, bias_initializer=keras.initializers.Constant(0.5))(x), inp])
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(x)))
+    data = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    labels = np.zeros(64, np.int64)
+    ref = hw.verify(q, "tflite_int8", data, labels, return_model=True)
+    assert ref["max_abs_diff_lsb"] < 1e-3
+    with pytest.raises(hw.KernelSetError, match=r"XNNPACK.*op 1 CONV_2D -> .*S_in·S_w/S_out from .*e\+03"
+                                                r".*dead activation.*kernels='builtin_without_default_delegates'"):
+        hw.verify(q, "tflite_int8", data, labels, kernels="builtin", tflite_model=ref["tflite_model"])

@@ -48,8 +48,13 @@ def ref_requantize(x: int, m: float, kind: str) -> int:
     if kind == "single":
         total = 31 - shift
         return (x * fixed + 2 ** (total - 1)) >> total
-    y = ref_srdhm(x * 2 ** max(shift, 0), fixed)
+    y = ref_srdhm(ref_int32(x * 2 ** max(shift, 0)), fixed)   # TFLite: x * (1 << left_shift) in int32
     return (ref_shift_up if kind == "tflite_builtin" else ref_shift_away)(y, max(-shift, 0))
+
+
+def ref_int32(v: int) -> int:
+    """``v`` in an int32 register (two's complement wrap-around)."""
+    return (v + 2 ** 31) % 2 ** 32 - 2 ** 31
 
 
 def test_srdhm_is_the_gemmlowp_formula():
@@ -129,6 +134,31 @@ def test_per_channel_constants_broadcast_over_the_last_axis(kind):
     got = kernels.apply_requantize(tf.constant(acc), params).numpy()
     want = [[ref_requantize(int(a), m, kind) for a, m in zip(row, multipliers)] for row in acc]
     assert got.tolist() == want
+
+
+@pytest.mark.parametrize("kind", ["tflite_builtin", "tflite_reference"])
+def test_a_multiplier_over_one_shifts_the_accumulator_left_in_int32(kind):
+    """m >= 1 is a left shift of the accumulator in int32 (TFLite's ``x * (1 << left_shift)``, no saturation): a
+    dead input's collapsed output scale (~4e-9) gives m ~ 1e3 and an accumulator of ~-2.5e7 then wraps (measured on
+    LiteRT: a ReLU conv negative everywhere gave 127, not 0, tests/hardware/test_deploy.py)."""
+    rng = np.random.RandomState(4)
+    acc = np.concatenate([rng.randint(-2 ** 31, 2 ** 31, 300), [-24621014, -24545449, 2 ** 20, -(2 ** 20)],
+                          rng.randint(-300, 300, 100)]).astype(np.int64)
+    kernels = integer.KERNELS.get(kind)
+    for m in (1.0, 1.5, 3.75, 1035.70056354, 2.0 ** 20 * 1.3):
+        got = kernels.rescale(tf.constant(acc), tf.constant(m, tf.float64)).numpy()
+        assert got.tolist() == [ref_requantize(int(a), m, kind) for a in acc], (kind, m)
+    wrapped = kernels.rescale(tf.constant([-24621014], tf.int64), tf.constant(1035.70056354, tf.float64)).numpy()
+    assert wrapped[0] > 0   # the product's sign flipped: what the kernel computes, not -2.5e10
+
+
+def test_the_accumulator_wraps_in_int32():
+    """A bias saturated to 2^31 - 1 (over a dead input's scale) plus the products wraps, as the int32 accumulator of
+    the TFLite kernels does (the emulation before kept it in int64)."""
+    kernels = integer.KERNELS.get("tflite_builtin")
+    dot = tf.constant([10, -10, 0, 2 ** 31], tf.int64)
+    bias = tf.constant(2 ** 31 - 1, tf.int64)
+    assert kernels.accumulate(dot, bias).numpy().tolist() == [ref_int32(int(d) + 2 ** 31 - 1) for d in (10, -10, 0, 2 ** 31)]
 
 
 def test_rounding_rules_differ_only_where_they_should():
