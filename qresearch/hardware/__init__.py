@@ -1,7 +1,8 @@
 """Simulated hardware targets (as data), scheme-vs-target checks and verified TFLite deployment.
 
 Public API: ``Target``, ``get``, ``names``, ``register``, ``constrain``, ``verify``,
-``convert``, ``NoRuntimeError``, ``KernelSetError``, ``Runtime``/``RUNTIMES``. Built-in targets are ``conf/hardware/*.yaml``.
+``convert``, ``NoRuntimeError``, ``KernelSetError``, ``Runtime``/``RUNTIMES``. Built-in targets are
+``conf/hardware/*.yaml``.
 """
 from qresearch.hardware.constrain import Conflict, constrain
 from qresearch.hardware.errors import KernelSetError, NoRuntimeError
@@ -21,5 +22,5 @@ def __getattr__(name):  # deployment pulls in the interpreter: import it on firs
 
 
 __all__ = ["Conflict", "FixedRange", "KernelSetError", "NoRuntimeError", "RUNTIMES", "Runtime", "TARGETS", "Target",
-           "TensorRules", "constrain", "convert", "get", "inspect_model", "load_builtins", "names", "register", "run_tflite", "simulate",
-           "verify"]
+           "TensorRules", "constrain", "convert", "get", "inspect_model", "load_builtins", "names", "register",
+           "run_tflite", "simulate", "verify"]

@@ -158,7 +158,8 @@ def test_the_accumulator_wraps_in_int32():
     kernels = integer.KERNELS.get("tflite_builtin")
     dot = tf.constant([10, -10, 0, 2 ** 31], tf.int64)
     bias = tf.constant(2 ** 31 - 1, tf.int64)
-    assert kernels.accumulate(dot, bias).numpy().tolist() == [ref_int32(int(d) + 2 ** 31 - 1) for d in (10, -10, 0, 2 ** 31)]
+    want = [ref_int32(d + 2 ** 31 - 1) for d in (10, -10, 0, 2 ** 31)]
+    assert kernels.accumulate(dot, bias).numpy().tolist() == want
 
 
 def test_rounding_rules_differ_only_where_they_should():

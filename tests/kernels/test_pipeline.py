@@ -209,7 +209,8 @@ PIPES = [dict(accumulator_bits=32, overflow="wrap", bias_bits=32, requantize="fi
          dict(accumulator_bits=12, overflow="wrap", bias_bits=24, bias_add="requantize", requantize="fixed_point",
               rounding="half_away_from_zero"),
          dict(accumulator_bits=32, overflow="wrap", bias_bits=32, requantize="float32", rounding="half_even"),
-         dict(accumulator_bits=16, overflow="saturate", bias_bits=16, requantize="float32", rounding="half_away_from_zero")]
+         dict(accumulator_bits=16, overflow="saturate", bias_bits=16, requantize="float32",
+              rounding="half_away_from_zero")]
 
 
 @pytest.mark.parametrize("builder", [mlp, cnn])

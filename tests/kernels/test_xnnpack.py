@@ -100,34 +100,49 @@ def test_float32_requantization_matches_numpy_over_the_int32_range():
         == [0, 2, 0, -2]   # 0.5 -> 0, 1.5 -> 2: half to even
 
 
+def _rows_summing_to(sums, n):
+    """int8 rows of ``n`` values, row k summing to ``sums[k]`` (as even as possible)."""
+    base = np.floor_divide(sums, n)
+    return (base[:, None] + (np.arange(n)[None, :] < (sums - base * n)[:, None])).astype(np.int8)
+
+
 @pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
 @pytest.mark.parametrize("keepdims", [False, True])
-def test_mean_equals_xnnpack(keepdims):
-    """MEAN over 7x7 (n = 49: 1/n is not a power of two) as XNNPACK's delegate computes it, with and without
-    keepdims; the builtin kernel's fixed-point MEAN (the set's rule before) gives other integers on the same data."""
-    rng = np.random.default_rng(2)
+def test_mean_equals_xnnpack_on_every_sum(keepdims):
+    """MEAN over 7x7 (n = 49: 1/n is not a power of two), with and without keepdims, on every possible int8 sum: as
+    XNNPACK's delegate computes it. The builtin kernel's fixed-point MEAN (the set's rule before) and the float32
+    rule with the zero point subtracted from the sum first (the first rule tried) each give other integers."""
+    n, channels = 49, 16
+    sums = np.arange(-128 * n, 127 * n + 1)
+    sums = np.concatenate([sums, np.zeros(-len(sums) % channels, np.int64)])
+    rows = len(sums) // channels
 
-    @tf.function(input_signature=[tf.TensorSpec((64, 7, 7, 16))])
+    @tf.function(input_signature=[tf.TensorSpec((rows, 7, 7, channels))])
     def graph(x):
-        return fq(tf.reduce_mean(fq(x, -2.0, 3.0), axis=[1, 2], keepdims=keepdims), -0.7, 1.1)
+        # ranges where the float32 bias of the zero points moves 2 sums across a tie (1 in 75 of random ranges do)
+        return fq(tf.reduce_mean(fq(x, -2.179, 2.261), axis=[1, 2], keepdims=keepdims), -1.403, 2.293)
 
     interpreter = litert_interpreter(graph, "BUILTIN")
     assert "DELEGATE" in [o["op_name"] for o in interpreter._get_ops_details()]
     i, o = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
-    x = rng.integers(-128, 128, (64, 7, 7, 16)).astype(np.int8)
-    interpreter.set_tensor(i["index"], x)
+    (s_in, z_in), (s_out, z_out) = i["quantization"], o["quantization"]
+    x = _rows_summing_to(sums, n).reshape(rows, channels, 7, 7).transpose(0, 2, 3, 1)
+    interpreter.set_tensor(i["index"], np.ascontiguousarray(x))
     interpreter.invoke()
-    got = interpreter.get_tensor(o["index"]).astype(np.int64).reshape(64, 16)
+    got = interpreter.get_tensor(o["index"]).astype(np.int64).reshape(rows, channels)
 
-    g_in, g_out = grid(*i["quantization"]), grid(*o["quantization"])
-    y_mean = tf.constant(((x.astype(np.float64) - i["quantization"][1]) * g_in.scale.numpy()).mean(axis=(1, 2)),
-                         tf.float32)
+    g_in, g_out = grid(s_in, z_in), grid(s_out, z_out)
+    y_mean = tf.constant((sums.reshape(rows, channels) - n * z_in) * float(np.float32(s_in)) / n, tf.float32)
 
     def integers(y):
-        return np.round(y.numpy().reshape(64, 16) / np.float32(g_out.scale.numpy())).astype(np.int64) + o["quantization"][1]
+        return np.round(y.numpy().reshape(rows, channels) / np.float32(s_out)).astype(np.int64) + z_out
 
-    np.testing.assert_array_equal(integers(xnnpack_mean(None, y_mean, 49, g_in, g_out)), got)
-    assert (integers(builtin_mean(KERNELS.get("tflite_builtin"), y_mean, 49, g_in, g_out)) != got).any()
+    np.testing.assert_array_equal(integers(xnnpack_mean(None, y_mean, n, g_in, g_out)), got)
+    assert (integers(builtin_mean(KERNELS.get("tflite_builtin"), y_mean, n, g_in, g_out)) != got).any()
+    f32 = np.float32
+    scale = f32(f32(f32(s_in) / f32(s_out)) * f32(f32(1) / f32(n)))
+    centred = np.clip(np.rint(f32(sums - n * z_in) * scale) + z_out, -128, 127).reshape(rows, channels)
+    assert (centred != got).any()
 
 
 @pytest.mark.filterwarnings("ignore:Statistics for quantized inputs were expected")
