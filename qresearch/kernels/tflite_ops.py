@@ -341,9 +341,8 @@ def xnnpack_add(builtin, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str 
     ``k = 20 - exponent(max |s_i|)``, multipliers ``lrintf(s_i·2^k)`` (the largest in [2^20, 2^21)), then
     ``Z_out + ((q1 - Z1)·M1 + (q2 - Z2)·M2 + 2^(k-1)) >> k``: one rounding, half up. XNNPACK refuses ``|s_i|``
     outside ``[2^-10, 2^8)``; the delegate then leaves the op to the builtin kernel (``add`` with the kernel set
-    ``builtin``). Measured against
-    the delegate: 0 mismatches on every input pair (tests/kernels/test_xnnpack.py) and 1.2M outputs of trained
-    models, where the builtin kernel's rule misses."""
+    ``builtin``). Measured against the delegate: 0 mismatches on every input pair (tests/kernels/test_xnnpack.py)
+    and 1.2M outputs of trained models, where the builtin kernel's rule misses."""
     f32 = tf.float32
     scales = [tf.cast(g.scale, f32) / tf.cast(out_grid.scale, f32) for g in (g1, g2)]
     largest = tf.maximum(scales[0], scales[1])
@@ -355,11 +354,14 @@ def xnnpack_add(builtin, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str 
     lo, hi = clamp_bounds(out_grid, fused)
     given = (offsets1 is not None, offsets2 is not None)
     tail = builtin.fused(("xnnpack_add", given), lambda: xla_pass(functools.partial(_xnnpack_add_tail, given)))
-    offsets_ = tail(
-        x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale,
-        tf.cast(shift, tf.int64), *multipliers, out_grid.zero_point, lo, hi)
-    refused = add(builtin, x1, x2, g1, g2, out_grid, fused, subtract, offsets1, offsets2)
-    return tf.where(accepted, dequantized(offsets_, out_grid.scale), refused)
+
+    def xnnpack():
+        return dequantized(tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale,
+                                g2.scale, tf.cast(shift, tf.int64), *multipliers, out_grid.zero_point, lo, hi),
+                           out_grid.scale)
+
+    return tf.cond(accepted, xnnpack,
+                   lambda: add(builtin, x1, x2, g1, g2, out_grid, fused, subtract, offsets1, offsets2))
 
 
 def _xnnpack_add_tail(given, x1, x2, scale1, scale2, shift, m1, m2, zero_point, lo, hi):
@@ -380,11 +382,12 @@ def xnnpack_multiply(builtin, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused:
     lo, hi = clamp_bounds(out_grid, fused)
     given = (offsets1 is not None, offsets2 is not None)
     tail = builtin.fused(("xnnpack_mul", given), lambda: xla_pass(functools.partial(_xnnpack_multiply_tail, given)))
-    offsets_ = tail(
-        x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale, g2.scale, scale,
-        out_grid.zero_point, lo, hi)
-    refused = multiply(builtin, x1, x2, g1, g2, out_grid, fused, offsets1, offsets2)
-    return tf.where(accepted, dequantized(offsets_, out_grid.scale), refused)
+
+    def xnnpack():
+        return dequantized(tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale,
+                                g2.scale, scale, out_grid.zero_point, lo, hi), out_grid.scale)
+
+    return tf.cond(accepted, xnnpack, lambda: multiply(builtin, x1, x2, g1, g2, out_grid, fused, offsets1, offsets2))
 
 
 def _xnnpack_multiply_tail(given, x1, x2, scale1, scale2, scale, zero_point, lo, hi):
@@ -483,8 +486,8 @@ def xnnpack_leaky_relu(builtin, x, alpha: float, in_grid: Grid, out_grid: Grid, 
     ``s+ = S_in/S_out`` and ``s- = s+·alpha`` (float32), ``Z_out + floor(((q - Z_in)·M± + 128) / 256)``. XNNPACK
     refuses ``s+`` outside ``[2^-8, 2^7]``, ``s-`` outside ``(-2^7, 2^7]`` or ``|s-| < 2^-8``; the delegate then
     leaves the op to the builtin kernel (``leaky_relu`` with the kernel set ``builtin``). Measured against the
-    delegate: 0 mismatches in 1.2M outputs
-    (alpha 0.2) and at alpha 0.005-1.5; alpha 0.001 (``|s-| < 2^-8``) ran the builtin kernel, 0 mismatches."""
+    delegate: 0 mismatches in 1.2M outputs (alpha 0.2) and at alpha 0.005-1.5; alpha 0.001 (``|s-| < 2^-8``) ran
+    the builtin kernel, 0 mismatches."""
     f32 = tf.float32
     positive = tf.cast(in_grid.scale, f32) / tf.cast(out_grid.scale, f32)
     negative = positive * tf.constant(float(alpha), f32)
@@ -495,10 +498,12 @@ def xnnpack_leaky_relu(builtin, x, alpha: float, in_grid: Grid, out_grid: Grid, 
     given = offsets_in is not None
     tail = builtin.fused(("xnnpack_leaky_relu", given),
                          lambda: xla_pass(functools.partial(_xnnpack_leaky_relu_tail, given)))
-    offsets_ = tail(
-        x if offsets_in is None else offsets_in, in_grid.scale, out_grid.zero_point, lo, hi, *multipliers)
-    refused = leaky_relu(builtin, x, alpha, in_grid, out_grid, offsets_in)
-    return tf.where(accepted, dequantized(offsets_, out_grid.scale), refused)
+
+    def xnnpack():
+        return dequantized(tail(x if offsets_in is None else offsets_in, in_grid.scale, out_grid.zero_point, lo, hi,
+                                *multipliers), out_grid.scale)
+
+    return tf.cond(accepted, xnnpack, lambda: leaky_relu(builtin, x, alpha, in_grid, out_grid, offsets_in))
 
 
 def _xnnpack_leaky_relu_tail(given, x, scale, zero_point, lo, hi, positive, negative):
