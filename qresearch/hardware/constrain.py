@@ -32,8 +32,8 @@ from qresearch.quantizers.registry import ROLES
 from qresearch.schemes import presets
 from qresearch.schemes.layers import TARGET_KINDS, classes_of_target_kind, target_kind_of_name
 from qresearch.schemes.spec import SchemeSpec, bn_folding_satisfies
+from qresearch.spec_keys import NAME_KEYS
 
-NAME_KEYS = ("quantizer", "name")
 # Plain defaults when a quantizer class cannot be looked up (mirrors quantizers.base.Quantizer).
 BASE_DEFAULTS = {"bits": 8, "symmetric": False, "narrow_range": False, "per_channel": False,
                  "signed": True, "scale_format": "float32"}

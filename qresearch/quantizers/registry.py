@@ -8,6 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from qresearch._compat import keras
 from qresearch.errors import ConfigError, QResearchError
 from qresearch.registry import Registry
+from qresearch.spec_keys import GRID_FIELDS, NAME_KEYS
 
 QUANTIZERS: Registry = Registry(
     "quantizer", how_to_add="decorate a Quantizer subclass with @qresearch.quantizers.register('NAME') in a "
@@ -16,13 +17,10 @@ QUANTIZERS: Registry = Registry(
 # Each quantizer is Keras-serializable as "qresearch>quantizer:<name>": the name a saved model stores.
 KERAS_PACKAGE, KERAS_PREFIX = "qresearch", "quantizer:"
 ROLES = ("weights", "activations")
-SPEC_NAME_KEYS = ("name", "quantizer")
 #: A spec's ``low_bits: {max_bits: N, <field>: <value>, ...}``: fields that replace the spec's own where its width is
 #: at most N bits (a preset's range rule for 2-3-bit grids, where the 8-bit one fails), so a preset stays one
 #: scheme across a bit-width sweep. Its fields are checked as the spec's own, whether they apply or not.
 LOW_BITS_KEY = "low_bits"
-#: The fields that make a quantizer's grid: a hardware target constrains them, so ``low_bits`` may not change them.
-GRID_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
 
 
 def register(name: str, *, overwrite: bool = False):
@@ -91,7 +89,7 @@ def create(spec: Union[str, Mapping[str, Any], Any], role: Optional[str] = None,
     fields = dict(spec)
     fields.update(overrides)
     name = None
-    for key in SPEC_NAME_KEYS:
+    for key in NAME_KEYS:
         if key in fields:
             name = fields.pop(key)
     if name is None:
@@ -133,7 +131,7 @@ def _low_bits(value, name: str):
     if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 2 <= max_bits <= 16:
         raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY}.max_bits must be a bit width in [2, 16], got "
                           f"{max_bits!r}")
-    fixed = [k for k in GRID_FIELDS + SPEC_NAME_KEYS + (LOW_BITS_KEY,) if k in fields]
+    fixed = [k for k in GRID_FIELDS + NAME_KEYS + (LOW_BITS_KEY,) if k in fields]
     if fixed:
         raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY} cannot set {', '.join(fixed)}: it chooses how a "
                           "range is found or starts; the algorithm and its grid (what a hardware target checks) are "

@@ -15,6 +15,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from qresearch.errors import ConfigError
+from qresearch.spec_keys import GRID_FIELDS, NAME_KEYS
 
 BN_FOLDING = ("fold", "no_fold", "fold_batch_stats")
 #: What each ``bn_folding`` deploys as: a target that requires "fold" is satisfied by ``fold_batch_stats`` too
@@ -39,8 +40,6 @@ DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
     "sigmoid": [0.0, 0.99609375],
     "tanh": [-1.0, 0.9921875],
 }
-NAME_KEYS = ("quantizer", "name")
-COMMON_QUANTIZER_FIELDS = ("bits", "symmetric", "narrow_range", "per_channel", "axis", "signed", "scale_format")
 #: How quantizer parameters (steps, clips, offsets) train: read by the training stage, not by the rewrite.
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
@@ -402,7 +401,7 @@ def merge_quantizer_spec(base: Optional[Dict[str, Any]], part: Optional[Dict[str
         return part
     if name is not None and name != _quantizer_name(base):
         # Another algorithm: keep only the fields every quantizer has (bits, per_channel, ...).
-        merged = {k: v for k, v in base.items() if k in COMMON_QUANTIZER_FIELDS}
+        merged = {k: v for k, v in base.items() if k in GRID_FIELDS}
         merged.update(part)
         return merged
     merged = dict(base)
