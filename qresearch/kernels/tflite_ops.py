@@ -330,6 +330,13 @@ def _multiply_tail(apply, given, x1, x2, scale1, scale2, zero_point, lo, hi, *pa
     return clamped_offsets(q, zero_point, lo, hi)
 
 
+def _where_accepted(accepted, xnnpack: Callable, builtin: Callable):
+    """XNNPACK's result where its operator accepts the scales (``accepted``, a scalar), else the builtin kernel's.
+    Both are computed: in a ``tf.cond`` branch the per-call memo (``kernels.calls``: grids, constants, handed-on
+    integers) would keep tensors that cannot leave the branch (measured: EfficientNetV2's Normalization failed)."""
+    return tf.where(accepted, xnnpack(), builtin())
+
+
 def _float32_exponent(v):
     """The binary exponent of positive float32 ``v`` (``floor(log2 v)``, read off its bits; int32)."""
     return tf.bitwise.right_shift(tf.bitcast(v, tf.int32), 23) - 127
@@ -360,8 +367,8 @@ def xnnpack_add(builtin, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused: str 
                                 g2.scale, tf.cast(shift, tf.int64), *multipliers, out_grid.zero_point, lo, hi),
                            out_grid.scale)
 
-    return tf.cond(accepted, xnnpack,
-                   lambda: add(builtin, x1, x2, g1, g2, out_grid, fused, subtract, offsets1, offsets2))
+    return _where_accepted(accepted, xnnpack,
+                           lambda: add(builtin, x1, x2, g1, g2, out_grid, fused, subtract, offsets1, offsets2))
 
 
 def _xnnpack_add_tail(given, x1, x2, scale1, scale2, shift, m1, m2, zero_point, lo, hi):
@@ -387,7 +394,8 @@ def xnnpack_multiply(builtin, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, fused:
         return dequantized(tail(x1 if offsets1 is None else offsets1, x2 if offsets2 is None else offsets2, g1.scale,
                                 g2.scale, scale, out_grid.zero_point, lo, hi), out_grid.scale)
 
-    return tf.cond(accepted, xnnpack, lambda: multiply(builtin, x1, x2, g1, g2, out_grid, fused, offsets1, offsets2))
+    return _where_accepted(accepted, xnnpack,
+                           lambda: multiply(builtin, x1, x2, g1, g2, out_grid, fused, offsets1, offsets2))
 
 
 def _xnnpack_multiply_tail(given, x1, x2, scale1, scale2, scale, zero_point, lo, hi):
@@ -503,7 +511,7 @@ def xnnpack_leaky_relu(builtin, x, alpha: float, in_grid: Grid, out_grid: Grid, 
         return dequantized(tail(x if offsets_in is None else offsets_in, in_grid.scale, out_grid.zero_point, lo, hi,
                                 *multipliers), out_grid.scale)
 
-    return tf.cond(accepted, xnnpack, lambda: leaky_relu(builtin, x, alpha, in_grid, out_grid, offsets_in))
+    return _where_accepted(accepted, xnnpack, lambda: leaky_relu(builtin, x, alpha, in_grid, out_grid, offsets_in))
 
 
 def _xnnpack_leaky_relu_tail(given, x, scale, zero_point, lo, hi, positive, negative):

@@ -131,11 +131,12 @@ class IntegerEmulation:
         return _passed_on(y, out_q(y, False, weights=out_v), plan)
 
     def _constant_ops_call(self, kernels, x, kwargs, plan: Plan):
-        """Elementwise ops with constant operands in a row (``plan.attrs["steps"]``: Rescaling, Normalization),
-        each onto the next quantizer's grid (the split's inner one, then the output's); each constant stored as the
-        converter stores it (``K.constant_operand``)."""
-        steps, sources = plan.attrs["steps"], plan.sources + plan.attrs["onto"] + [plan.out]
-        handlers = [kernels.handler(op) for op, _ in steps]
+        """Elementwise ops with constant operands in a row (``plan.attrs["ops"]``: Rescaling, Normalization),
+        each onto the next quantizer's grid (the split's inner one, then the output's); each constant read from the
+        layer in this call (``plan.attrs["steps_of"]``) and stored as the converter stores it
+        (``K.constant_operand``)."""
+        steps, sources = plan.attrs["steps_of"](self.layer), plan.sources + plan.attrs["onto"] + [plan.out]
+        handlers = [kernels.handler(op) for op in plan.attrs["ops"]]
         grids = [grid(s) for s in sources]
         if None in handlers or None in grids or x.shape.rank is None:   # every step integer, or none
             return self._float_call(x, False, kwargs)
@@ -390,13 +391,15 @@ def _constant_ops(w, op) -> Optional[Plan]:
         return None
     inner = w.quantize_config.inner
     if inner is not None:
-        steps, onto = spec.split.steps(w.layer), [(inner, w._inner_quantizer_vars, w.name)]
+        steps_of, onto = spec.split.steps, [(inner, w._inner_quantizer_vars, w.name)]
     else:
-        one = rescaling_op(w.layer) if isinstance(w.layer, keras.layers.Rescaling) else None
-        if one is None:
+        if not isinstance(w.layer, keras.layers.Rescaling) or rescaling_op(w.layer) is None:
             return None
-        steps, onto = [one], []
-    return Plan(steps[0][0], [source], {"steps": steps, "onto": onto}, operand="constants")
+        steps_of, onto = (lambda layer: [rescaling_op(layer)]), []
+    # The plan keeps the ops and how to read their constants, not the constants: a Normalization's 1/std is a
+    # tensor of the graph it is made in, and the plan outlives that trace (another kernel set, another batch size)
+    ops = [op for op, _ in steps_of(w.layer)]
+    return Plan(ops[0], [source], {"ops": ops, "steps_of": steps_of, "onto": onto}, operand="constants")
 
 
 def _leaky_relu(w, op) -> Optional[Plan]:

@@ -187,9 +187,9 @@ def test_preprocessing_layers_on_raw_pixels_deploy_integer_only(data, offset):
     plans = {l.layer.name: l._integer_plan() for l in q.layers
              if isinstance(getattr(l, "layer", None), (L.Rescaling, L.Normalization))}
     # offset 0: Rescaling is one MUL by its scale
-    assert {name: [op for op, _ in p.attrs["steps"]] for name, p in plans.items()} == {
+    assert {name: p.attrs["ops"] for name, p in plans.items()} == {
         model.layers[1].name: ["MUL", "ADD"] if offset else ["MUL"], norm.name: ["SUB", "MUL"]}
-    r = hw.verify(q, "tflite_int8", xte, yte)
+    r = hw.verify(q, "tflite_int8", xte, yte, return_model=True)
     assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
     expected = {"MUL": 2, "SUB": 1, "ADD": 1 if offset else 0}
     assert {op: r["ops"].get(op, 0) for op in ("MUL", "SUB", "ADD")} == expected, r["ops"]
@@ -197,6 +197,10 @@ def test_preprocessing_layers_on_raw_pixels_deploy_integer_only(data, offset):
     # simulation of the constant-operand ops was 1 LSB off with the offset)
     assert r["argmax_agreement"] == 1.0 and r["max_abs_diff_lsb"] < 1e-3, r
     assert r["deployed_accuracy"] > 0.8, r
+    # under XNNPACK too: another trace of the same plans (their constants re-read in it: a 1/std kept from the first
+    # trace was "out of scope" there), its SUB/MUL/ADD arithmetic
+    xnn = hw.verify(q, "tflite_int8", xte, yte, kernels="builtin", tflite_model=r["tflite_model"])
+    assert xnn["argmax_agreement"] == 1.0 and xnn["max_abs_diff_lsb"] < 1e-3, xnn
 
 
 def test_an_inception_block_deploys_integer_only_bit_for_bit(data):
@@ -313,9 +317,9 @@ def test_preprocessing_written_as_tf_ops_deploys_bit_for_bit(data):
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
     q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=xtr[:256])
     set_kernels(q, "tflite_builtin")
-    planned = [p.attrs["steps"] for p in (getattr(l, "_integer_plan", lambda: None)() for l in q.layers)
+    planned = [p.attrs["ops"] for p in (getattr(l, "_integer_plan", lambda: None)() for l in q.layers)
                if p is not None and p.operand == "constants"]
-    assert [[op for op, _ in steps] for steps in planned] == [["MUL"], ["ADD"], ["MUL"]], planned
+    assert planned == [["MUL"], ["ADD"], ["MUL"]], planned
     r = deployed_integer_only(model, data)
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
@@ -604,3 +608,19 @@ def test_a_model_xnnpack_cannot_prepare_gets_an_error_naming_the_op():
     with pytest.raises(hw.KernelSetError, match=r"XNNPACK.*op 1 CONV_2D -> .*S_in·S_w/S_out from .*e\+03"
                                                 r".*dead activation.*kernels='builtin_without_default_delegates'"):
         hw.verify(q, "tflite_int8", data, labels, kernels="builtin", tflite_model=ref["tflite_model"])
+
+
+def test_a_normalization_planned_in_one_trace_runs_in_another():
+    """The emulation's plan of a Normalization outlives the trace it is made in: made in a user's ``tf.function``,
+    then run in ``verify``'s own trace. It held the 1/std tensor of the first graph ("out of scope" in the second,
+    EfficientNetV2's preprocessing under XNNPACK); it now reads the constants in each call."""
+    L = keras.layers
+    x = np.random.default_rng(0).uniform(0, 255, (64, 8, 8, 3)).astype("float32")
+    inp = keras.Input((8, 8, 3))
+    norm = L.Normalization(mean=[120.0, 110.0, 100.0], variance=[3000.0, 2500.0, 2000.0])
+    h = L.Conv2D(4, 3, padding="same", activation="relu")(norm(inp))
+    model = keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x[:32])
+    tf.function(lambda t: q(t, training=False))(x[:4])   # the plans are made in this trace
+    r = hw.verify(q, "tflite_int8", x, np.zeros(64, np.int64))
+    assert r["max_abs_diff_lsb"] < 1e-3 and r["integer_only"], r
