@@ -332,8 +332,8 @@ def _multiply_tail(apply, given, x1, x2, scale1, scale2, zero_point, lo, hi, *pa
 
 def _where_accepted(accepted, xnnpack: Callable, builtin: Callable):
     """XNNPACK's result where its operator accepts the scales (``accepted``, a scalar), else the builtin kernel's.
-    Both are computed: in a ``tf.cond`` branch the per-call memo (``kernels.calls``: grids, constants, handed-on
-    integers) would keep tensors that cannot leave the branch (measured: EfficientNetV2's Normalization failed)."""
+    Both are computed: the per-call memo (``kernels.calls``: grids, handed-on integers) records tensors as the
+    handlers make them, and one recorded inside a ``tf.cond`` branch could not be used by the ops after it."""
     return tf.where(accepted, xnnpack(), builtin())
 
 
