@@ -11,7 +11,7 @@ import qresearch
 PKG = Path(qresearch.__file__).resolve().parent
 # Level of each part; a module may import its own level or lower ones only.
 LEVELS = {"_compat": 0, "_autograph": 0, "_prebuild": 0, "errors": 0, "paths": 0, "registry": 0, "checks": 0, "plugins": 0,
-          "quantizers": 1, "kernels": 2, "schemes": 3, "hardware": 4, "api": 5, "deploy_fold": 5}
+          "spec_keys": 0, "quantizers": 1, "kernels": 2, "schemes": 3, "hardware": 4, "api": 5, "deploy_fold": 5}
 TOP = 6  # data, models, training, results, report, logger, config, run, demo: the experiment's parts
 
 
