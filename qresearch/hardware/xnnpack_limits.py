@@ -9,8 +9,9 @@ from typing import List
 
 import numpy as np
 
+from qresearch.kernels.tflite_ops import CONV_OPS
+
 SCALE_RANGE = (2.0 ** -32, 256.0)
-CONV_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED", "TRANSPOSE_CONV")
 
 
 def refused_ops(interpreter) -> List[str]:
