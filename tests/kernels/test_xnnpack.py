@@ -1,9 +1,11 @@
 """The ``xnnpack`` kernel set against LiteRT's XNNPACK delegate (``OpResolverType.BUILTIN``), op by op: a FakeQuant
 graph converted to int8, its integers read back from the interpreter, the emulation's integers compared.
 
-Conv / fully connected outputs are requantized in float32 (``fixed_point.float32_half_even``). The two rounding
-rules agree on all but about 1 output in 10^5, so the inputs are chosen: every pair of int8 inputs of a two-input
-conv is searched for the ones where float32 and a fixed-point single rounding part, and those are run."""
+Each test feeds inputs on which the rule before (or a near candidate) gives other integers, and checks that it does:
+every int8 input (LEAKY_RELU, a concatenation's requantized input), every pair (ADD/SUB/MUL), every sum of 49 values
+(MEAN), fixed sizes and modes (RESIZE_BILINEAR). Conv / fully connected outputs are requantized in float32
+(``fixed_point.float32_half_even``), which a fixed-point single rounding matches on all but about 1 output in 10^5,
+so every pair of int8 inputs of a two-input conv is searched for the ones where the two part, and those are run."""
 import numpy as np
 import pytest
 
