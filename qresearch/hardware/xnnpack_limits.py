@@ -16,7 +16,7 @@ SCALE_RANGE = (2.0 ** -32, 256.0)
 
 def refused_ops(interpreter) -> List[str]:
     """The conv / dense ops of an allocated (builtin-kernel) interpreter whose requantization scale XNNPACK refuses,
-    each as ``"op N CONV_2D -> <output tensor>: S_in·S_w/S_out up to <v>"``."""
+    each as ``"op N CONV_2D -> <output tensor>: S_in·S_w/S_out from <min> to <max>"``."""
     details = {t["index"]: t for t in interpreter.get_tensor_details()}
 
     def scales(index):
