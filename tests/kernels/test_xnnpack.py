@@ -2,10 +2,10 @@
 graph converted to int8, its integers read back from the interpreter, the emulation's integers compared.
 
 Each test feeds inputs on which the rule before (or a near candidate) gives other integers, and checks that it does:
-every int8 input (LEAKY_RELU, a concatenation's requantized input), every pair (ADD/SUB/MUL; MEAN on every sum of
-49 values: test_mean.py), fixed sizes and modes (RESIZE_BILINEAR). Conv / fully connected outputs are requantized in float32
-(``fixed_point.float32_half_even``), which a fixed-point single rounding matches on all but about 1 output in 10^5,
-so every pair of int8 inputs of a two-input conv is searched for the ones where the two part, and those are run."""
+every int8 input (LEAKY_RELU, a concatenation's requantized input), every pair (ADD/SUB/MUL), fixed sizes and modes
+(RESIZE_BILINEAR); MEAN on every sum of 49 values is in test_mean.py. Conv / fully connected outputs are requantized
+in float32 (``fixed_point.float32_half_even``), which a fixed-point single rounding matches on all but about 1 output
+in 10^5, so every pair of int8 inputs of a two-input conv is searched for the ones where the two part, and those run."""
 import numpy as np
 import pytest
 
