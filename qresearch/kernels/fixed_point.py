@@ -39,11 +39,13 @@ def pow2(e):
     return tf.bitwise.left_shift(tf.ones_like(e), e)
 
 
-def wrap_int32(x):
-    """int64 ``x`` as an int32 register holds it (two's complement wrap-around): identity on [-2^31, 2^31).
-    TFLite's kernels add a saturated int32 bias to the products and shift a multiplier's left part in int32 with
-    no saturation, so a bias stored as ±2^31 (over a dead input's collapsed scale) or a large multiplier wraps."""
-    return tf.bitwise.bitwise_and(x + 2 ** 31, 2 ** 32 - 1) - 2 ** 31
+def wrap(x, bits: int = 32):
+    """int64 ``x`` as a signed ``bits``-wide register holds it (two's complement wrap-around): the identity on
+    [-2^(bits-1), 2^(bits-1)). TFLite's kernels add a saturated int32 bias to the products and shift a multiplier's
+    left part in int32 with no saturation, so a bias stored as ±2^31 (over a dead input's collapsed scale) or a large
+    multiplier wraps; a pipeline's ``overflow: wrap`` accumulator is the same at its width."""
+    half = 2 ** (int(bits) - 1)
+    return tf.bitwise.bitwise_and(x + half, 2 * half - 1) - half
 
 
 def srdhm(x, multiplier):
@@ -99,7 +101,7 @@ def _up_constants(multiplier, shift):
     # floor((floor((x·2^l·M + 2^30) / 2^31) + h) / 2^r), h = 2^(r-1) (0 if r = 0), is
     # floor((x·2^l·M + 2^30 + h·2^31) / 2^(31+r)): nested floor divisions by powers of two are one, an
     # integer added inside a floor moves out of it. So the whole requantization is one shift (x·2^l, in int32:
-    # ``wrap_int32``), one multiply, one add and one shift; the constants are per-channel vectors
+    # ``wrap``), one multiply, one add and one shift; the constants are per-channel vectors
     # (|sum| < 2^62 + 2^61 + 2^30 for r <= 31: no overflow).
     left, right = _shifts(shift)
     offset = tf.constant(2 ** 30, tf.int64) + tf.bitwise.left_shift(
@@ -108,7 +110,7 @@ def _up_constants(multiplier, shift):
 
 
 def _up_apply(x, left, multiplier, offset, total_shift):
-    return tf.bitwise.right_shift(wrap_int32(tf.bitwise.left_shift(x, left)) * multiplier + offset, total_shift)
+    return tf.bitwise.right_shift(wrap(tf.bitwise.left_shift(x, left)) * multiplier + offset, total_shift)
 
 
 def _away_constants(multiplier, shift):
@@ -118,7 +120,7 @@ def _away_constants(multiplier, shift):
 
 
 def _away_apply(x, scale_left, multiplier, right, mask, half_mask):
-    y = srdhm(wrap_int32(x * scale_left), multiplier)
+    y = srdhm(wrap(x * scale_left), multiplier)
     remainder = tf.bitwise.bitwise_and(y, mask)
     threshold = half_mask + tf.cast(y < 0, tf.int64)
     return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)

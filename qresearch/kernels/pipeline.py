@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import float32_requantizer, pow2, round_away
+from qresearch.kernels.fixed_point import float32_requantizer, pow2, round_away, wrap
 from qresearch.kernels.grid import round_half_away
 from qresearch.kernels.runtime import IntegerKernels
 from qresearch.kernels.tflite_ops import CONV_OPS, TFLITE_OPS
@@ -82,11 +82,10 @@ def float32_scale(rounding: str):
 
 def accumulate(acc, bits: int, overflow: str):
     """``acc`` (int64) held in a signed ``bits``-wide accumulator."""
-    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     if overflow == "saturate":
+        lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
         return tf.clip_by_value(acc, tf.constant(lo, tf.int64), tf.constant(hi, tf.int64))
-    span = tf.constant(2 ** bits, tf.int64)
-    return tf.math.floormod(acc - lo, span) + lo
+    return wrap(acc, bits)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,7 +9,7 @@ from typing import Callable, Mapping, Optional, Tuple
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import double_multiplier, parts, quantize_multiplier, wrap_int32
+from qresearch.kernels.fixed_point import double_multiplier, parts, quantize_multiplier, wrap
 from qresearch.kernels.grid import round_half_away
 from qresearch.kernels.tflite_ops import Handler
 from qresearch.registry import Registry
@@ -23,9 +23,9 @@ class IntegerKernels:
     conv / depthwise / fully connected outputs; ``op_requantize``: per op where it differs;
     ``scalar_requantize``: the kernels' scalar MultiplyByQuantizedMultiplier (MEAN, ADD's output, ...);
     ``add_vector``: ADD rescales its inputs with the vector path's single rounding (``tflite_ops.add``);
-    ``accumulator_bits``: the accumulators' width (TFLite: int32, wrapping: the products of 8-bit ops do not
+    ``accumulator_bits``: the accumulators' width, wrapping (TFLite: int32; the products of 8-bit ops do not
     reach it, but a bias saturated to ±2^31 over a dead input's collapsed scale does; ``pipeline.PipelineKernels``
-    models narrow ones and saturation); ``bias_bits``: the signed width the bias is saturated to (TFLite: int32).
+    also models saturation); ``bias_bits``: the signed width the bias is saturated to (TFLite: int32).
     """
 
     name: str
@@ -44,11 +44,11 @@ class IntegerKernels:
 
     def accumulate(self, dot, bias=None, layer: Optional[str] = None):
         """The accumulator as the kernel holds it from the dot product ``dot`` and the integer ``bias`` (int64;
-        TFLite starts the accumulator at the bias), wrapped to int32 as the register wraps; recorded for ``stats``
-        before the wrap (its overflow count)."""
+        TFLite starts the accumulator at the bias), wrapped to ``accumulator_bits`` as the register wraps;
+        recorded for ``stats`` before the wrap (its overflow count)."""
         acc = dot if bias is None else dot + bias
         stats.record(layer, acc, self.accumulator_bits)
-        return wrap_int32(acc) if self.accumulator_bits == 32 else acc
+        return wrap(acc, self.accumulator_bits)
 
     def quantize_bias(self, bias_over_scale):
         """The integer bias (int64) of ``bias / (S_in·S_w)`` (float64), as the converter stores it: saturated to

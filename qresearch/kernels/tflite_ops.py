@@ -165,8 +165,7 @@ def mean_keepdims(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
     bias = out_grid.zero_point - tf.cast(tf.sign(t) * tf.floor(tf.abs(t)), tf.float64)  # C++ truncation
     real = tf.cast(s_in / (tf.constant(float(count), f32) * s_out), tf.float64)
     multiplier, shift = quantize_multiplier(real)
-    acc = tf.cast(round_half_away(float(count) * (tf.cast(y_mean, tf.float64) / in_grid.scale + in_grid.zero_point)),
-                  tf.int64)
+    acc = tf.cast(_raw_sum(y_mean, count, in_grid), tf.int64)
     channels = int(y_mean.shape[-1])
     vector = (channels // 16) * 16
     up = round_up(acc, multiplier, shift)
@@ -174,6 +173,12 @@ def mean_keepdims(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
     mask = tf.constant([c < vector for c in range(channels)])
     q = tf.cast(tf.where(mask, up, away), tf.float64) + bias
     return clamp_dequantize(q, out_grid)
+
+
+def _raw_sum(y_mean, count: int, in_grid: Grid):
+    """The int8 sum ``Σq`` (zero point not subtracted; integer-valued float64) behind the float mean ``y_mean`` of
+    ``count`` values on ``in_grid``."""
+    return round_half_away(float(count) * (tf.cast(y_mean, tf.float64) / in_grid.scale + in_grid.zero_point))
 
 
 def xnnpack_mean(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
@@ -184,7 +189,7 @@ def xnnpack_mean(kernels, y_mean, count: int, in_grid: Grid, out_grid: Grid):
     float32 bias rounds a value off a tie (2 of 4,776 outputs, fuzz seed 240)."""
     f32 = tf.float32
     scale = (tf.cast(in_grid.scale, f32) / tf.cast(out_grid.scale, f32)) * (1.0 / tf.constant(float(count), f32))
-    raw_sum = round_half_away(float(count) * (tf.cast(y_mean, tf.float64) / in_grid.scale + in_grid.zero_point))
+    raw_sum = _raw_sum(y_mean, count, in_grid)
     bias = tf.cast(out_grid.zero_point, f32) - tf.cast(float(count) * in_grid.zero_point, f32) * scale
     q = tf.round(tf.cast(raw_sum, f32) * scale + bias)   # two float32 roundings, then to even
     return clamp_dequantize(tf.cast(q, tf.float64), out_grid)
