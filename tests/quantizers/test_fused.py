@@ -18,12 +18,16 @@ from .test_pact import _pact_autodiff
 SHAPE = (33, 17, 13, 6)
 
 
-@pytest.fixture(params=[(33, 17, 13, 6), (5, 7, 3, 6)], ids=["first_trace", "relaxed_trace"], autouse=True)
+@pytest.fixture(params=[(33, 17, 13, 6), (5, 7, 3, 6)], ids=["first_trace", "relaxed_trace"])
 def _shape(request):
-    """Each check on a second shape too: the shared traces are then retraced with relaxed shapes, which
-    changes XLA's code (an FMA appeared only there in a fused DoReFa forward)."""
+    """Each check on ``SHAPE`` on a second shape too: the shared traces are then retraced with relaxed shapes,
+    which changes XLA's code (an FMA appeared only there in a fused DoReFa forward). The weight checks take
+    their shapes as parameters, two each, and so are retraced without it."""
     global SHAPE
     SHAPE = request.param
+
+
+both_shapes = pytest.mark.usefixtures("_shape")
 
 
 def _inputs(scale, seed):
@@ -61,6 +65,7 @@ def _assert_same_bits(fused, reference):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@both_shapes
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("case", ["per_tensor", "per_channel", "offset", "offset_per_channel", "unsigned"])
 def test_uniform_ste_bits(case, graph, monkeypatch):
@@ -105,6 +110,7 @@ def test_uniform_ste_on_a_small_tensor_runs_plain_autodiff_with_the_fused_bits(c
     _assert_same_bits(run(), plain)
 
 
+@both_shapes
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("signed", [False, True])
 @pytest.mark.parametrize("per_channel", [False, True])
@@ -120,6 +126,7 @@ def test_pact_ste_bits(signed, per_channel, graph):
     _assert_same_bits(run(pact_ste), run(_pact_autodiff))
 
 
+@both_shapes
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("bits", [2, 4, 8])
@@ -138,6 +145,7 @@ def test_clipped_unit_ste_bits(bits, signed, graph):
     _assert_same_bits(run(lambda t: clipped_unit_ste(t, bits, signed=signed)), reference)
 
 
+@both_shapes
 @pytest.mark.parametrize("quantize", [lambda w, s: ops.uniform_ste(w, s, 8, 7),
                                       lambda w, s: ops.uniform_ste(w, s, 8, 7, offset=s * 0.5),
                                       lambda w, s: pact_ste(w, s * 10.0, 15, False),
@@ -164,6 +172,7 @@ def test_gradients_through_a_cond_branch_equal_those_outside_it(quantize, monkey
         assert np.array_equal(inside.numpy().view(np.uint32), outside.numpy().view(np.uint32))
 
 
+@both_shapes
 @pytest.mark.parametrize("forward", [lambda t: ops.uniform_ste(t, tf.constant(0.23), 8, 7, tf.constant(-0.4)),
                                      lambda t: clipped_unit_ste(t, 4),
                                      lambda t: clipped_unit_ste(t, 4, signed=True)],
