@@ -186,6 +186,10 @@ def test_a_training_forward_on_an_activation_is_one_xla_call(forward):
     assert not {"RealDiv", "Round", "Minimum", "Maximum", "Mul", "Sub", "AddV2"} & set(types)
 
 
+# The middle width adds no XLA code path the ends lack: `make test-slow` runs it (each case compiles its passes).
+WEIGHT_BITS = [2, pytest.param(4, marks=pytest.mark.slow), 8]
+
+
 def _weights(shape, seed, per_channel):
     """``(w, dy)``: weights with ties for the max in a channel, non-finite entries (NaN only ``per_channel``) in
     another, ±0 and a rounding tie, and a channel whose max is under the floor ``EPS``; an incoming gradient
@@ -209,7 +213,7 @@ def _weights(shape, seed, per_channel):
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("weight_scale", ["unit", "max"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", WEIGHT_BITS)
 @pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
 def test_dorefa_weights_bits(shape, bits, per_channel, weight_scale, graph):
     """DoReFa's fused weight transform (XLA passes, TF's Tanh and sums) against the plain chain under
@@ -264,7 +268,7 @@ def test_dorefa_weights_of_a_large_kernel_run_in_xla_calls():
 @pytest.mark.parametrize("graph", [True, False], ids=["graph", "eager"])
 @pytest.mark.parametrize("accumulator_bits", [14, 32], ids=["bound_binds", "bound_loose"])
 @pytest.mark.parametrize("per_channel", [True, False], ids=["per_channel", "per_tensor"])
-@pytest.mark.parametrize("bits", [2, 4, 8])
+@pytest.mark.parametrize("bits", WEIGHT_BITS)
 @pytest.mark.parametrize("shape", [(120, 84), (3, 3, 17, 24)], ids=["dense", "conv"])
 def test_a2q_training_weights_bits(shape, bits, per_channel, accumulator_bits, graph):
     """A2Q's fused training transform (XLA passes and TF's sums) against ``A2QQuantizer.integers`` times
