@@ -19,7 +19,7 @@ import numpy as np
 from qresearch.errors import ConfigError
 from qresearch.hardware.bias_widening import widen_biases
 from qresearch.hardware.fixed_output_params import pin_outputs
-from qresearch.hardware import xnnpack_limits
+from qresearch.hardware import unconvertible, xnnpack_limits
 from qresearch.hardware.flatbuffer_edits import edited
 from qresearch.hardware.errors import KernelSetError, NoRuntimeError
 from qresearch.hardware.registry import get as get_target
@@ -104,15 +104,11 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     try:
         flatbuffer = converter.convert()
     except Exception as err:
-        recurrent = _recurrent_layers(qat_model)
-        if recurrent:
+        refused = unconvertible.refused_layers(qat_model, facts)
+        if refused:
             raise ConfigError(
-                f"{target.name}: the TFLite converter (TF {tf.__version__}) cannot convert the quantization-aware "
-                f"recurrent layer(s) {', '.join(recurrent)}: it fails on their loop ({_first_error_line(err)}; with "
-                "a fixed batch size, an LSTM fails on the fake-quantized kernels' types). TFLite's integer LSTM comes "
-                "from post-training quantization of the float model only. Fix: train and compare without a deploying "
-                "target (hardware=None, or a simulated one such as 'academic'); deploy the float model with TF's own "
-                "flow (TFLiteConverter, a representative dataset, a fixed batch size)") from err
+                f"{target.name}: the TFLite converter (TF {tf.__version__}) cannot convert this QAT model "
+                f"({_first_error_line(err)}). {unconvertible.describe(refused)}") from err
         raise
     edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
@@ -122,22 +118,14 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     return edited(flatbuffer, *edits)[0] if edits else flatbuffer
 
 
-def _recurrent_layers(model) -> List[str]:
-    """'name (Class)' of every recurrent layer in ``model`` (wrapped ones included)."""
-    from qresearch._compat import keras
-
-    kinds = (keras.layers.RNN, keras.layers.Bidirectional)
-    return [f"{layer.name!r} ({type(layer).__name__})" for layer in model._flatten_layers(include_self=False)
-            if isinstance(layer, kinds)]
-
-
 def warn_unconvertible(qat_model, target) -> None:
-    """Say at ``quantize`` time, before any training, what ``convert`` will refuse (recurrent layers)."""
-    recurrent = _recurrent_layers(qat_model)
-    if recurrent and target.has_runtime:
-        _log.warning("%s: the model trains and simulates, but the TFLite converter cannot convert the "
-                     "quantization-aware recurrent layer(s) %s, so deploying and verify will fail "
-                     "(qresearch.hardware.convert's error says why and what to do)", target.name, ", ".join(recurrent))
+    """Say at ``quantize`` time, before any training, what ``convert`` will refuse (``unconvertible.py``)."""
+    if not target.has_runtime:
+        return
+    refused = unconvertible.refused_layers(qat_model, target.runtime_facts)
+    if refused:
+        _log.warning("%s: the model trains and simulates, but deploying and verify will fail: %s", target.name,
+                     unconvertible.describe(refused))
 
 
 def _first_error_line(err: Exception) -> str:

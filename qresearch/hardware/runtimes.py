@@ -31,20 +31,24 @@ class Runtime:
     #: the converter may store a fixed-output op's output with other parameters than its kernel computes in
     #: (TF 2.21, int16 LOGISTIC): ``deploy.convert`` writes the target's (fixed_output_params.py)
     pins_fixed_outputs: bool = False
+    #: what its converter cannot convert from a QAT model (names in ``unconvertible.REFUSALS``)
+    refuses: Tuple[str, ...] = ()
 
 
 RUNTIMES: Registry[Runtime] = Registry(
     "runtime", how_to_add="qresearch.hardware.runtimes.RUNTIMES.register('NAME', Runtime(...))")
 RUNTIMES.register("none", Runtime("none"))
 RUNTIMES.register("tflite_int8", Runtime("tflite_int8", deploys=True, integer_only=True, activation_dtype="int8",
-                                         tensor_dtypes=("int8", "int32")))
+                                         tensor_dtypes=("int8", "int32"), refuses=("recurrent",)))
 # Measured in TF 2.21: DEPTHWISE_CONV_2D refuses an int32 bias, CONV_2D gives wrong outputs with one; the converter
-# stores QAT models' conv biases as int32 in 16x8, so deploy.convert widens them (bias_widening.py).
+# stores QAT models' conv biases as int32 in 16x8, so deploy.convert widens them (bias_widening.py). Its refusals:
+# measured on digits CNNs with one such layer each (tests/hardware/test_unconvertible.py).
 RUNTIMES.register("tflite_int16x8", Runtime(
     "tflite_int16x8", deploys=True, integer_only=True, activation_dtype="int16",
     tensor_dtypes=("int16", "int8", "int32", "int64"),
     converter_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", symmetric_activations=True,
-    conv_bias_dtype="int64", pins_fixed_outputs=True))
+    conv_bias_dtype="int64", pins_fixed_outputs=True,
+    refuses=("recurrent", "int16_concatenation", "int16_gelu", "int16_prelu", "int16_constant_operand")))
 
 # TFLite ops whose output (scale, zero_point) the runtime fixes, and the Keras activation name of each
 # (the keys of a target's and a scheme's fixed_output_ranges).

@@ -520,9 +520,9 @@ def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog):
     model = keras.Model(inp, keras.layers.Dense(2)(keras.layers.LSTM(4, name="lstm")(inp)))
     with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):   # said before any training
         q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x)
-    assert "cannot convert the quantization-aware recurrent layer(s) 'lstm' (LSTM)" in caplog.text
-    with pytest.raises(qresearch.errors.ConfigError, match=r"cannot convert the quantization-aware recurrent "
-                                                           r"layer\(s\) 'lstm' \(LSTM\): .*Fix:") as err:
+    assert "verify will fail: 'lstm' (LSTM): quantization-aware recurrent layers" in caplog.text
+    with pytest.raises(qresearch.errors.ConfigError, match=r"cannot convert this QAT model \(.*\)\. 'lstm' \(LSTM\): "
+                                                           r"quantization-aware recurrent layers .*Fix:") as err:
         hw.verify(q, "tflite_int8", x, np.zeros(32))
     assert "loc(" not in str(err.value) and len(str(err.value)) < 1000
 

@@ -1,0 +1,121 @@
+"""Layers a runtime's converter cannot convert from a quantization-aware model, as data.
+
+Each ``Refusal`` names the layers of a QAT model it matches, what the converter fails on and the fix; a runtime
+lists the refusals that apply to it (``Runtime.refuses``). ``quantize`` warns before training
+(``deploy.warn_unconvertible``) and ``convert`` turns the converter's MLIR error, which names neither the layer nor
+the fix, into one that does. Every entry was measured on TF 2.21's converter (tests/hardware/test_unconvertible.py
+converts a model of each and fails if the converter accepts it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Tuple
+
+from qresearch.registry import Registry
+
+
+@dataclass(frozen=True)
+class Refusal:
+    #: what the converter cannot convert, and its own words
+    what: str
+    #: whether a layer of the QAT model (inner layers of wrappers included) is refused
+    matches: Callable[[object], bool]
+    fix: str
+
+
+REFUSALS: Registry[Refusal] = Registry(
+    "converter refusal", how_to_add="qresearch.hardware.unconvertible.REFUSALS.register('NAME', Refusal(...)), "
+                                    "then list NAME in the runtime's `refuses`")
+
+
+def _is(*class_names: str) -> Callable[[object], bool]:
+    def matches(layer) -> bool:
+        from qresearch._compat import keras
+
+        kinds = tuple(getattr(keras.layers, n) for n in class_names if hasattr(keras.layers, n))
+        return isinstance(layer, kinds)
+    return matches
+
+
+def _activation_name(layer) -> str:
+    """The name of ``layer``'s activation function, through tfmot's quantize-aware activation wrapper."""
+    act = getattr(layer, "activation", None)
+    for _ in range(3):   # QuantizeAwareActivation holds the function as its `activation`
+        if act is None or hasattr(act, "__name__"):
+            break
+        act = getattr(act, "activation", None)
+    return getattr(act, "__name__", "")
+
+
+# TF ops that the converter makes an ADD/SUB/MUL/DIV with a constant operand when one argument is a number (the
+# forms ``c - x`` and ``c / x`` stay TF ops; the others become a Rescaling, schemes/graph.py).
+_ARITHMETIC = {"math.multiply", "math.add", "__operators__.add", "math.subtract", "math.truediv"}
+
+
+def _constant_operand(layer) -> bool:
+    if _is("Rescaling", "Normalization")(layer):
+        return True
+    if type(layer).__name__ != "TFOpLambda" or getattr(layer, "symbol", None) not in _ARITHMETIC:
+        return False
+    from qresearch._compat import tf
+
+    for node in getattr(layer, "_inbound_nodes", []):
+        if any(_is_constant(a) for a in tf.nest.flatten(node.call_args)):
+            return True
+    return False
+
+
+def _is_constant(value) -> bool:
+    """A number, array or eager tensor (a call's constant argument), not a symbolic Keras tensor."""
+    import numpy as np
+
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float, np.number, np.ndarray)) or type(value).__name__ == "EagerTensor"
+
+
+_TO_INT8 = "deploy on tflite_int8 (the same layers convert there)"
+
+REFUSALS.register("recurrent", Refusal(
+    "quantization-aware recurrent layers (the converter fails on their loop; with a fixed batch size, an LSTM "
+    "fails on the fake-quantized kernels' types). TFLite's integer LSTM comes from post-training quantization "
+    "of the float model only",
+    _is("RNN", "Bidirectional"),
+    "train and compare without a deploying target (hardware=None, or a simulated one such as 'academic'); deploy "
+    "the float model with TF's own flow (TFLiteConverter, a representative dataset, a fixed batch size)"))
+REFUSALS.register("int16_concatenation", Refusal(
+    "CONCATENATION of int16 tensors ('tfl.concatenation' op operand #0 must be ... QI8 ..., not i16)",
+    _is("Concatenate"),
+    f"{_TO_INT8}, or join the branches otherwise (an Add of convolutions)"))
+REFUSALS.register("int16_gelu", Refusal(
+    "GELU on int16 tensors ('tfl.gelu' op operand #0 must be ... QI8 type or QUI8 type values)",
+    lambda layer: _activation_name(layer) == "gelu",
+    f"{_TO_INT8}, or use another activation (swish and tanh convert in 16x8)"))
+REFUSALS.register("int16_prelu", Refusal(
+    "PRELU with int16 inputs ('tfl.prelu' op failed to verify that binary op operands have same element type: "
+    "its alpha is stored int8)",
+    _is("PReLU"),
+    f"{_TO_INT8}, or use LeakyReLU (one slope; it converts in 16x8)"))
+REFUSALS.register("int16_constant_operand", Refusal(
+    "ADD/SUB/MUL of an int16 tensor and a constant ('binary op operands have same element type': the constant is "
+    "stored int8): Rescaling, Normalization, Average (its 1/n) and TF ops of a tensor and a number",
+    _constant_operand,
+    f"{_TO_INT8}, or apply the preprocessing outside the model (before its input) and fold constant scales into "
+    "the next layer's weights"))
+
+
+def refused_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
+    """(refusal, ['name (Class)', ...]) for every refusal of ``runtime`` that a layer of ``model`` meets."""
+    layers = list(model._flatten_layers(include_self=False))
+    found = []
+    for name in runtime.refuses:
+        refusal = REFUSALS.get(name)
+        hit = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers if refusal.matches(layer)]
+        if hit:
+            found.append((refusal, hit))
+    return found
+
+
+def describe(found: List[Tuple[Refusal, List[str]]]) -> str:
+    """One sentence per refusal: the layers, what fails, the fix."""
+    return " ".join(f"{', '.join(layers)}: {refusal.what}. Fix: {refusal.fix}." for refusal, layers in found)

@@ -1,0 +1,79 @@
+"""What TF 2.21's converter cannot convert from a QAT model in 16x8 mode (hardware/unconvertible.py): each refusal
+is converted for real, so a converter that learns the op fails the test and the entry goes. The errors and the
+warning before training name the layers and the fix, not the converter's MLIR dump."""
+import numpy as np
+import pytest
+
+import qresearch
+from qresearch import hardware as hw
+from qresearch._compat import keras, tf
+
+L = keras.layers
+
+
+def _gelu(h):
+    return L.Activation("gelu", name="gelu")(h)
+
+
+def _conv_gelu(h):
+    return L.Conv2D(8, 3, padding="same", activation="gelu", name="conv_gelu")(h)
+
+
+def _normalization(h):
+    n = L.Normalization(axis=-1, name="norm")
+    n.adapt(np.random.default_rng(0).random((16,) + tuple(h.shape[1:]), dtype=np.float32))
+    return n(h)
+
+
+#: (refusal, layer name in the message, the layer applied to an 8-channel map)
+CASES = [
+    ("int16_concatenation", "concat", lambda h: L.Concatenate(name="concat")([h, L.Conv2D(4, 1)(h)])),
+    ("int16_concatenation", "tf_concat", lambda h: tf.concat([h, L.Conv2D(4, 1)(h)], axis=-1, name="tf_concat")),
+    ("int16_gelu", "gelu", _gelu),
+    ("int16_gelu", "conv_gelu", _conv_gelu),
+    ("int16_prelu", "prelu", lambda h: L.PReLU(shared_axes=[1, 2], name="prelu")(h)),
+    ("int16_constant_operand", "rescale", lambda h: L.Rescaling(0.5, name="rescale")(h)),
+    ("int16_constant_operand", "norm", _normalization),
+    ("int16_constant_operand", "avg", lambda h: L.Average(name="avg")([h, L.Conv2D(8, 1)(h)])),
+    ("int16_constant_operand", "tf.math.subtract", lambda h: 1.0 - h),   # a TF op layer, named by Keras
+]
+
+
+def _model(layer):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = layer(L.Conv2D(8, 3, padding="same", activation="relu")(inp))
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+
+
+X = np.random.default_rng(1).random((32, 8, 8, 1), dtype=np.float32)
+
+
+@pytest.mark.parametrize("refusal, name, layer", CASES, ids=[c[1] for c in CASES])
+def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, name, layer, caplog):
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        q = qresearch.quantize(_model(layer), "tflite_int8", hardware="tflite_int16x8", adapt=True,
+                               calibration_data=X)
+    what = hw.REFUSALS.get(refusal).what
+    assert "verify will fail" in caplog.text and f"'{name}" in caplog.text and what in caplog.text, caplog.text
+    with pytest.raises(qresearch.errors.ConfigError) as err:
+        hw.convert(q, "tflite_int16x8")
+    message = str(err.value)
+    assert f"'{name}" in message and what in message and "Fix: deploy on tflite_int8" in message, message
+    assert "loc(" not in message and isinstance(err.value.__cause__, Exception)
+
+
+def test_the_refused_layers_convert_on_tflite_int8_as_the_fix_says(caplog):
+    """One model holding every 16x8 refusal: int8 converts it and nothing is said; a model with none of them is
+    not warned about on 16x8."""
+    def every(h):
+        for _, _, layer in CASES:
+            h = L.Conv2D(8, 1)(layer(h))
+        return h
+
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        q = qresearch.quantize(_model(every), "tflite_int8", hardware="tflite_int8", calibration_data=X)
+        hw.convert(q, "tflite_int8")
+        qresearch.quantize(_model(lambda h: L.Add()([h, L.Conv2D(8, 1)(h)])), "tflite_int8",
+                           hardware="tflite_int16x8", adapt=True, calibration_data=X)
+    assert "verify will fail" not in caplog.text, caplog.text
