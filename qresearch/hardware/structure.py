@@ -181,14 +181,18 @@ def _check_weights(interp, tensors, op, kind, where, target) -> List[str]:
 
 def _saturated_bias(interp, b, s_in, s_w, where) -> List[str]:
     """A bias the converter stored at the int32 limits: its scale ``S_in·S_w`` is too small for it, which happens
-    where a range under 1e-6 (``kernels.grid.NARROWEST``) got the converter's tiny scale."""
+    where a range under 1e-6 (``kernels.grid.NARROWEST``) got the converter's tiny scale. A 16x8 conv bias widened to
+    int64 (bias_widening.py) keeps the converter's int32 integers, so one at exactly those limits saturated too."""
     try:
         values = np.asarray(interp.get_tensor(b["index"])).astype(np.int64).ravel()
     except ValueError:
         return []
-    if np.dtype(b["dtype"]) != np.int32 or not values.size:
+    dtype = np.dtype(b["dtype"])
+    if dtype not in (np.int32, np.int64) or not values.size:
         return []
-    hit = np.flatnonzero((values >= 2 ** 31 - 1) | (values <= -2 ** 31))
+    limits = (values >= 2 ** 31 - 1) | (values <= -2 ** 31) if dtype == np.int32 else \
+        (values == 2 ** 31 - 1) | (values == -2 ** 31)
+    hit = np.flatnonzero(limits)
     if not hit.size:
         return []
     narrowest = NARROWEST / 127   # a scale the converter gives only a range under NARROWEST

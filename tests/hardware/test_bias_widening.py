@@ -59,3 +59,25 @@ def test_a_mobilenet_deploys_on_16x8_with_int64_conv_biases(float_models, data):
     # output's 65,536 steps (5 measured)
     assert r["argmax_agreement"] >= 0.99 and abs(r["deployed_accuracy"] - r["simulated_accuracy"]) <= 0.005, r
     assert r["deployed_accuracy"] > 0.5 and r["max_abs_diff_lsb"] <= 16, r
+
+
+def test_a_bias_saturated_over_a_dead_input_is_named_on_16x8(data):
+    """A squeeze-excite bottleneck whose ReLU never fires: the converter stores the next conv's bias saturated at the
+    int32 limits (over the dead input's tiny scale), and the widening keeps those integers in int64. ``verify`` names
+    each saturated bias as on int8 (test_integer_parity.py); it looked only at int32 biases, so 16x8 said nothing
+    while the deployed squeeze-excite scale was off (a fuzzed model: 312 of 65,536 output steps, 2% argmaxes)."""
+    L = qresearch.keras.layers
+    qresearch.keras.utils.set_random_seed(0)
+    inp = qresearch.keras.Input((8, 8, 1))
+    h = L.Conv2D(16, 3, padding="same", activation="relu")(inp)
+    dead = L.Conv2D(4, 1, activation="relu", kernel_initializer="zeros",
+                    bias_initializer=qresearch.keras.initializers.Constant(-1.0))(
+        L.GlobalAveragePooling2D(keepdims=True)(h))
+    s = L.Conv2D(16, 1, bias_initializer=qresearch.keras.initializers.RandomUniform(-0.5, 0.5))(dead)
+    h = L.Multiply()([h, L.Activation("sigmoid")(s)])
+    model = qresearch.keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+    q = qresearch.quantize(model, INT16X8, hardware="tflite_int16x8", adapt=True, calibration_data=data[0][:256])
+    r = hw.verify(q, "tflite_int16x8", data[2][:200], data[3][:200])
+    saturated = [i for i in r["structural_issues"] if "saturates int32" in i]
+    assert len(saturated) == 2, r["structural_issues"]
+    assert "all-zero kernel" in saturated[0] and "constant zero" in saturated[1], saturated
