@@ -186,7 +186,7 @@ def test_a_training_forward_on_an_activation_is_one_xla_call(forward):
     assert not {"RealDiv", "Round", "Minimum", "Maximum", "Mul", "Sub", "AddV2"} & set(types)
 
 
-# The middle width adds no XLA code path the ends lack: `make test-slow` runs it (each case compiles its passes).
+# 4 bits runs the passes 2 and 8 run, with another level count: `make test-slow` runs it (each case compiles them).
 WEIGHT_BITS = [2, pytest.param(4, marks=pytest.mark.slow), 8]
 
 
