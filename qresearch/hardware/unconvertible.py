@@ -97,8 +97,8 @@ REFUSALS.register("int16_prelu", Refusal(
     _is("PReLU"),
     f"{_TO_INT8}, or use LeakyReLU (one slope; it converts in 16x8)"))
 REFUSALS.register("int16_constant_operand", Refusal(
-    "ADD/SUB/MUL of an int16 tensor and a constant ('binary op operands have same element type': the constant is "
-    "stored int8): Rescaling, Normalization, Average (its 1/n) and TF ops of a tensor and a number",
+    "ADD/SUB/MUL/DIV of an int16 tensor and a constant ('binary op operands have same element type': the constant "
+    "is stored int8): Rescaling, Normalization, Average (its 1/n) and TF ops of a tensor and a number",
     _constant_operand,
     f"{_TO_INT8}, or apply the preprocessing outside the model (before its input) and fold constant scales into "
     "the next layer's weights"))

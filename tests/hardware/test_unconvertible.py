@@ -35,7 +35,8 @@ CASES = [
     ("int16_constant_operand", "rescale", lambda h: L.Rescaling(0.5, name="rescale")(h)),
     ("int16_constant_operand", "norm", _normalization),
     ("int16_constant_operand", "avg", lambda h: L.Average(name="avg")([h, L.Conv2D(8, 1)(h)])),
-    ("int16_constant_operand", "tf.math.subtract", lambda h: 1.0 - h),   # a TF op layer, named by Keras
+    ("int16_constant_operand", "tf.math.subtract", lambda h: 1.0 - h),   # TF op layers, named by Keras
+    ("int16_constant_operand", "tf.math.truediv", lambda h: 2.0 / L.Activation("sigmoid")(h)),
 ]
 
 
