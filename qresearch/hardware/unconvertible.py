@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Callable, List, Tuple
 
 from qresearch.registry import Registry
+from qresearch.schemes.graph import SCALAR_OPERAND_SYMBOLS
+from qresearch.schemes.layers import activation_name
 
 
 @dataclass(frozen=True)
@@ -37,25 +39,12 @@ def _is(*class_names: str) -> Callable[[object], bool]:
     return matches
 
 
-def _activation_name(layer) -> str:
-    """The name of ``layer``'s activation function, through tfmot's quantize-aware activation wrapper."""
-    act = getattr(layer, "activation", None)
-    for _ in range(3):   # QuantizeAwareActivation holds the function as its `activation`
-        if act is None or hasattr(act, "__name__"):
-            break
-        act = getattr(act, "activation", None)
-    return getattr(act, "__name__", "")
-
-
-# TF ops that the converter makes an ADD/SUB/MUL/DIV with a constant operand when one argument is a number (the
-# forms ``c - x`` and ``c / x`` stay TF ops; the others become a Rescaling, schemes/graph.py).
-_ARITHMETIC = {"math.multiply", "math.add", "__operators__.add", "math.subtract", "math.truediv"}
-
-
 def _constant_operand(layer) -> bool:
+    """A layer that runs with a constant operand: a Rescaling or Normalization, or a TF op of a tensor and a number
+    that stayed a TF op (``c - x``, ``c / x``; the other forms became a Rescaling, ``schemes.graph``)."""
     if _is("Rescaling", "Normalization")(layer):
         return True
-    if type(layer).__name__ != "TFOpLambda" or getattr(layer, "symbol", None) not in _ARITHMETIC:
+    if type(layer).__name__ != "TFOpLambda" or getattr(layer, "symbol", None) not in SCALAR_OPERAND_SYMBOLS:
         return False
     from qresearch._compat import tf
 
@@ -89,7 +78,7 @@ REFUSALS.register("int16_concatenation", Refusal(
     f"{_TO_INT8}, or join the branches otherwise (an Add of convolutions)"))
 REFUSALS.register("int16_gelu", Refusal(
     "GELU on int16 tensors ('tfl.gelu' op operand #0 must be ... QI8 type or QUI8 type values)",
-    lambda layer: _activation_name(layer) == "gelu",
+    lambda layer: activation_name(getattr(layer, "activation", None)) == "gelu",
     f"{_TO_INT8}, or use another activation (swish and tanh convert in 16x8)"))
 REFUSALS.register("int16_prelu", Refusal(
     "PRELU with int16 inputs ('tfl.prelu' op failed to verify that binary op operands have same element type: "

@@ -224,13 +224,17 @@ def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     graph.nodes = out
 
 
+#: TF op symbols that take a tensor and a number as an ADD/SUB/MUL/DIV with a constant operand (``_scalar_operand``)
+SCALAR_OPERAND_SYMBOLS = ("math.multiply", "__operators__.add", "math.add", "math.subtract", "math.truediv")
+
+
 def _scalar_operand(n: GNode, others, common):
     """``x * c``, ``c * x``, ``x + c``, ``c + x``, ``x - c`` or ``x / c`` for a float tensor ``x`` and a number ``c``
     (a preprocessing step written as TF ops: ``inputs / 255.0``): the ``Rescaling`` computing it (a TF op layer
     is simulated in float, and its constant deploys quantized: ``kernels.constant_operand``), else None.
     ``common``: the new layer's name and dtype."""
     symbol, values = n.layer.symbol, [v for v in others if v is not None and not isinstance(v, str)]   # str: a name
-    if len(n.in_slots) != 1 or len(values) != 1 or np.ndim(values[0]) != 0:
+    if symbol not in SCALAR_OPERAND_SYMBOLS or len(n.in_slots) != 1 or len(values) != 1 or np.ndim(values[0]) != 0:
         return None
     tensor = n.flat_args[n.in_slots[0][1]]
     if not getattr(getattr(tensor, "dtype", None), "is_floating", False):
