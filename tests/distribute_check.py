@@ -43,10 +43,12 @@ def loss_acc(model, ds):
 
 
 def one(scheme: str, strategy: str, calibrate: bool):
+    """``scheme``: a preset name, then ``+``-separated overrides (``tflite_int8+bits=2``)."""
+    scheme, *extra = scheme.split("+")
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         devices = "training.devices=[/cpu:0,/cpu:1]" if strategy == "mirrored" else "training.devices=null"
         cfg = compose(config_name="config",
-                      overrides=COMMON + [f"scheme={scheme}", f"training.strategy={strategy}", devices,
+                      overrides=COMMON + [f"scheme={scheme}", *extra, f"training.strategy={strategy}", devices,
                                           f"paths.cache_dir={CACHE}/{strategy}"])  # one float baseline each
     exp = config.experiment(cfg)
     config.validate(cfg)
@@ -71,6 +73,33 @@ def one(scheme: str, strategy: str, calibrate: bool):
     return out
 
 
+def mse_search():
+    """A 2-bit min-max activation quantizer with ``range_rule: mse`` whose two replicas see different halves of one
+    batch (an outlier and a bulk; a search on each half alone picks 0.25 and 0.4 of the batch's range), and the same
+    quantizer on one device fed the whole batch: the stored fraction and range of each."""
+    from qresearch.quantizers import create
+
+    halves = [np.concatenate([[6.0], np.linspace(-0.5, 1.0, 199)]).astype(np.float32),
+              np.linspace(-1.0, 3.0, 200).astype(np.float32)]
+    spec = {"name": "minmax", "bits": 2, "range_rule": "mse"}
+    out = {}
+    for where in ("one", "two"):
+        # the runs' own strategy object: a second MirroredStrategy in one process reuses collective instance keys
+        strategy = distribute.make("mirrored", ["/cpu:0", "/cpu:1"]) if where == "two" else tf.distribute.get_strategy()
+        with strategy.scope():
+            q = create(spec, role="activations")
+            w = q.build(None, "act", keras.layers.Layer())
+        if where == "two":
+            batch = strategy.experimental_distribute_values_from_function(
+                lambda ctx: tf.constant(halves[ctx.replica_id_in_sync_group]))
+            strategy.run(tf.function(lambda x: q(x, True, w)), args=(batch,))
+        else:
+            q(tf.constant(np.concatenate(halves)), True, w)
+        out[where] = {k: [np.asarray(c.numpy()).tolist() for c in getattr(w[k], "values", [w[k]])]
+                      for k in ("fraction", "min", "max")}
+    return out
+
+
 def _copies_differ(model):
     """Names of mirrored variables whose per-device copies hold different values (must be none)."""
     bad = []
@@ -87,9 +116,10 @@ def _replicas(model) -> int:
 
 if __name__ == "__main__":
     CACHE = tempfile.mkdtemp(prefix="qresearch-distribute-")
-    cases = [a.split(":") for a in sys.argv[1:]] or [["minmax_nbit", "1"], ["lsq", "0"]]
+    cases = [a.split(":") for a in sys.argv[1:]] or [["minmax_nbit", "1"], ["lsq", "0"], ["tflite_int8+bits=2", "1"]]
     try:
         result = {f"{s}:{c}:{st}": one(s, st, c == "1") for s, c in cases for st in ("none", "mirrored")}
+        result["mse_search"] = mse_search()
     finally:
         shutil.rmtree(CACHE, ignore_errors=True)
     print("RESULT " + json.dumps(result))

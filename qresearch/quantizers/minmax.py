@@ -11,13 +11,15 @@ calibration batch, or the first training batch) instead of tracking it during ca
 the range is then tracked from there (``last_value`` ranges follow each step's weights, so for weights
 the rule matters for post-training quantization only).
 
-``range_rule: mse`` (weights: ``range_tracking: last_value``) tracks the range ``f · (min, max)``, with f the
-candidate ``k/K`` (``k = 1..K``, ``K = MSE_RANGE_CANDIDATES``) that quantizes the tensor with the smallest squared
-error, per channel where per-channel: the MSE range setting of Nagel et al. 2021, "A White Paper on Neural Network
-Quantization", arXiv:2106.08295, §3.1. f is searched on the first call and again every ``range_search_every``
-training steps (the search costs about a float step on LeNet-5, where min and max cost nothing); between
-searches the range is f times each step's (min, max). ``max`` (the default) keeps the tracked range, which never
-clips: at 2-3 bits it puts most weights on 0.
+``range_rule: mse`` tracks the range ``f · (min, max)``, with f the candidate ``k/K`` (``k = 1..K``,
+``K = MSE_RANGE_CANDIDATES``) that quantizes the tensor with the smallest squared error, per channel where
+per-channel: the MSE range setting of Nagel et al. 2021, "A White Paper on Neural Network Quantization",
+arXiv:2106.08295, §3.1. f is searched on the first call and again every ``range_search_every`` training steps
+(the search costs about a float step on LeNet-5, where min and max cost nothing); between searches the range is f
+times each step's (min, max). Weights (``last_value``) take that range as it is; activations (``ema``) average
+it, f times each batch's range, so an ``init: mse`` start is not pulled back to the max range by the average
+(measured: a 2-bit model's QAT fell 11 pt below its own PTQ that way; notes/accuracy.md, twenty-eighth session).
+``max`` (the default) keeps the tracked range, which never clips: at 2-3 bits it puts most values on 0.
 """
 from __future__ import annotations
 
@@ -34,6 +36,11 @@ RANGE_RULES = ("max", "mse")
 MSE_RANGE_CANDIDATES = 20
 
 
+def _candidate_fractions():
+    """``(1, (K-1)/K, ..., 1/K)``, ``K = MSE_RANGE_CANDIDATES``: the fractions of the range ``range_rule: mse`` tries."""
+    return tf.range(MSE_RANGE_CANDIDATES, 0, -1, dtype=tf.float32) / float(MSE_RANGE_CANDIDATES)
+
+
 @register("minmax")
 class MinMaxQuantizer(Quantizer):
     """Min-max uniform quantizer.
@@ -43,7 +50,7 @@ class MinMaxQuantizer(Quantizer):
       ema_decay: moving-average decay; the first batch sets the range directly.
       init_min, init_max: range before any data is seen (tfmot's ±6).
       range_rule: ``"max"`` (track the observed range) or ``"mse"`` (track the fraction of it with the least
-        squared error on the tensor; ``range_tracking: last_value`` only).
+        squared error on the tensor; with ``ema``, the average of each batch's least-error range).
       range_search_every: with ``range_rule: mse``, training steps between searches of the fraction (1: every step).
     """
 
@@ -61,10 +68,6 @@ class MinMaxQuantizer(Quantizer):
         name = self.registry_name
         check_choice(name, "range_tracking", range_tracking, RANGE_TRACKING)
         check_choice(name, "range_rule", range_rule, RANGE_RULES)
-        if range_rule == "mse" and range_tracking != "last_value":
-            raise ConfigError(f"quantizer {name!r}: range_rule 'mse' picks the range from the tensor it quantizes, "
-                              f"so it needs range_tracking 'last_value' (weights), got {range_tracking!r}: an "
-                              "activation's range would change with its batch. For activations use init: mse")
         if range_rule == "mse" and scale_format == "pot":
             raise ConfigError(f"quantizer {name!r}: range_rule 'mse' scales the range by fractions, which are not "
                               "powers of two; use the 'pot' quantizer with pot_rounding: mse")
@@ -103,6 +106,15 @@ class MinMaxQuantizer(Quantizer):
         if replicas.active():  # the global batch's range on every replica (training.strategy=mirrored)
             batch_min, batch_max = replicas.reduce_min(batch_min), replicas.reduce_max(batch_max)
         lo, hi, seen = weights["min"], weights["max"], weights["seen"]
+        updates = []
+        if self.range_rule == "mse":
+            # The batch's range is cut to its least-error fraction before the moving average: an average of cut
+            # ranges. Cutting the average instead would compound the fraction from step to step.
+            fraction, search_in = weights["fraction"], weights["search_in"]
+            f = self.searched_fraction(x, batch_min, batch_max, axes, search_in <= 0.0, fraction)
+            left = tf.where(search_in <= 0.0, float(self.range_search_every - 1), search_in - 1.0)
+            updates += [fraction.assign(f), search_in.assign(left)]
+            batch_min, batch_max = f * batch_min, f * batch_max
         # A step traced once the flag is set (after calibration, or after the first batch) leaves out its
         # test and its write: the flag never goes back to 0, and they cost a handful of ops per step.
         may_be_first = not self.set_at_trace(seen)
@@ -113,14 +125,6 @@ class MinMaxQuantizer(Quantizer):
                 first = tf.equal(seen, 0.0)
                 moved_min, moved_max = tf.where(first, batch_min, moved_min), tf.where(first, batch_max, moved_max)
             batch_min, batch_max = moved_min, moved_max
-        updates = []
-        if self.range_rule == "mse":
-            fraction, search_in = weights["fraction"], weights["search_in"]
-            f = tf.cond(search_in <= 0.0, lambda: self.mse_fraction(x, batch_min, batch_max, axes),
-                        lambda: tf.identity(fraction))
-            left = tf.where(search_in <= 0.0, float(self.range_search_every - 1), search_in - 1.0)
-            updates += [fraction.assign(f), search_in.assign(left)]
-            batch_min, batch_max = f * batch_min, f * batch_max
         updates += [lo.assign(batch_min), hi.assign(batch_max)]
         return tf.group(*updates, *([seen.assign(1.0)] if may_be_first else []))
 
@@ -140,18 +144,33 @@ class MinMaxQuantizer(Quantizer):
         ``x`` itself (``pot``'s ``pot_rounding: mse``)."""
         return self.fake_quant_range(lo, hi)
 
-    def mse_fraction(self, x, lo, hi, axes):
-        """The f in (1, (K-1)/K, ..., 1/K) whose range ``f · (lo, hi)`` quantizes ``x`` with the smallest
-        ``Σ (x - Q_f(x))²``, per channel (the ``init: mse`` rule's search, ``init.rules.candidate_errors``, on this
-        tensor); a tie keeps the larger range. A training-step computation only: the converter does not fold the
-        search, so the chosen range is stored, not recomputed, for inference."""
+    def searched_fraction(self, x, lo, hi, axes, search, kept):
+        """Where ``search``: the f in (1, (K-1)/K, ..., 1/K) whose range ``f · (lo, hi)`` quantizes ``x`` with the
+        smallest ``Σ (x - Q_f(x))²``, per channel (the ``init: mse`` rule's search, ``init.rules.candidate_errors``,
+        on this tensor; a tie keeps the larger range); else ``kept``. A training-step computation only: the
+        converter does not fold the search, so the chosen range is stored, not recomputed, for inference.
+
+        Under a strategy each replica holds a slice of the batch: the candidates' errors are averaged over the
+        replicas, outside the search's ``tf.cond`` (where tf.distribute cannot reduce), so every copy keeps the
+        fraction one device would pick on the whole batch."""
+        if not replicas.active():
+            return tf.cond(search, lambda: self._least_error_fraction(self.mse_errors(x, lo, hi, axes), lo),
+                           lambda: tf.identity(kept))
+        errors = tf.cond(search, lambda: self.mse_errors(x, lo, hi, axes),
+                         lambda: tf.zeros([MSE_RANGE_CANDIDATES, tf.size(lo)]))
+        return tf.where(search, self._least_error_fraction(replicas.reduce_mean(errors), lo), kept)
+
+    def mse_errors(self, x, lo, hi, axes):
+        """``[K, channels]``: the squared error of each candidate range ``f · (lo, hi)`` on ``x``."""
         from qresearch.quantizers.init.rules import candidate_errors
         from qresearch.quantizers.init.stats import as_rows
 
-        fractions = tf.range(MSE_RANGE_CANDIDATES, 0, -1, dtype=tf.float32) / float(MSE_RANGE_CANDIDATES)
         fq_min, fq_max = (tf.reshape(tf.stop_gradient(r), [-1]) for r in self.fake_quant_range(lo, hi))
-        errors = candidate_errors(self, as_rows(tf.stop_gradient(x), axes), fractions, fq_min, fq_max)
-        return tf.reshape(tf.gather(fractions, tf.argmin(errors, axis=0)), tf.shape(lo))
+        return candidate_errors(self, as_rows(tf.stop_gradient(x), axes), _candidate_fractions(), fq_min, fq_max)
+
+    @staticmethod
+    def _least_error_fraction(errors, lo):
+        return tf.reshape(tf.gather(_candidate_fractions(), tf.argmin(errors, axis=0)), tf.shape(lo))
 
     def quantize(self, x, training, weights, axes):
         from qresearch.quantizers.init import collect
