@@ -559,15 +559,20 @@ def _mse_choice(kernel, bits=8):
     return np.arange(20, 0, -1)[np.argmin(errors, axis=0)]
 
 
+def _two_convs(xtr, ytr):
+    """Two ReLU convs ("conv" the second) and a Dense "logits", trained 3 epochs on digits."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(xtr.shape[1:])
+    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(keras.layers.Conv2D(8, 3, activation="relu")(inp))
+    return train(keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h))), xtr, ytr,
+                 epochs=3)
+
+
 def test_minmax_weights_ranged_by_mse_deploy_bit_for_bit(data):
     """``range_rule: mse`` tracks each channel's range as the fraction of max|w| with the least squared error: the
     converter reads the stored range as it reads a max range, and the emulation reads the same."""
     xtr, ytr, xte, yte = data
-    keras.utils.set_random_seed(0)
-    inp = keras.Input(xtr.shape[1:])
-    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(keras.layers.Conv2D(8, 3, activation="relu")(inp))
-    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h)))
-    model = train(model, xtr, ytr, epochs=3)
+    model = _two_convs(xtr, ytr)
     # At 8 bits clipping rarely pays on a trained layer; this one's weights lie on the grid of 0.95·max but for
     # its max, so clipping that one weight (cost 0.05²) beats rounding 2,559 others (about 2,559 / (12·127²)).
     dense = model.get_layer("logits").kernel
@@ -592,11 +597,7 @@ def test_minmax_activations_ranged_by_mse_deploy_bit_for_bit(data):
     """Activations with ``range_rule: mse`` track the average of each batch's least-error range during QAT: the
     converter reads that stored range as it reads a max range, and the emulation reads the same."""
     xtr, ytr, xte, yte = data
-    keras.utils.set_random_seed(0)
-    inp = keras.Input(xtr.shape[1:])
-    h = keras.layers.Conv2D(16, 3, activation="relu", name="conv")(keras.layers.Conv2D(8, 3, activation="relu")(inp))
-    model = train(keras.Model(inp, keras.layers.Dense(10, name="logits")(keras.layers.Flatten()(h))), xtr, ytr,
-                  epochs=3)
+    model = _two_convs(xtr, ytr)
     scheme = {"weights": {"quantizer": "minmax", "bits": 8, "per_channel": True},
               "activations": {"quantizer": "minmax", "bits": 8, "range_rule": "mse"},
               "overrides": [{"match": "Dense", "weights": {"per_channel": False}}]}
