@@ -37,7 +37,7 @@ MSE_RANGE_CANDIDATES = 20
 
 
 def _candidate_fractions():
-    """``(1, (K-1)/K, ..., 1/K)``, ``K = MSE_RANGE_CANDIDATES``: the fractions of the range ``range_rule: mse`` tries."""
+    """``(1, (K-1)/K, ..., 1/K)`` with ``K = MSE_RANGE_CANDIDATES``: the fractions ``range_rule: mse`` tries."""
     return tf.range(MSE_RANGE_CANDIDATES, 0, -1, dtype=tf.float32) / float(MSE_RANGE_CANDIDATES)
 
 
