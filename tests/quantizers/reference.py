@@ -83,6 +83,11 @@ def mse_fraction_errors(x, rmin, rmax, bits, narrow, candidates):
     return np.array(errors)
 
 
+def mse_fraction(x, rmin, rmax, bits, narrow, candidates=20):
+    """The fraction k/K of ``[rmin, rmax]`` with the least ``mse_fraction_errors`` (a tie keeps the larger range)."""
+    return 1 - np.argmin(mse_fraction_errors(x, rmin, rmax, bits, narrow, candidates)) / candidates
+
+
 def fake_quant_ste_mask(x, rmin, rmax, bits, narrow):
     nmin, nmax, _, _ = nudge(rmin, rmax, bits, narrow)
     return ((x >= nmin) & (x <= nmax)).astype(f32)
