@@ -13,7 +13,8 @@ registered here per op (``register_matcher``). The plans:
   requantized (CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED, TRANSPOSE_CONV);
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
   quantized tensors (MUL also by one that broadcasts: a squeeze-excite scale), SOFTMAX over the last axis, the
-  table activations LOGISTIC, TANH and GELU (also as a conv's activation, and swish's LOGISTIC), LEAKY_RELU, PRELU,
+  table activations LOGISTIC, TANH and GELU (also as a conv's activation, and swish's LOGISTIC), LEAKY_RELU (also
+  ``Activation("leaky_relu")`` and a conv's ``activation="leaky_relu"``), PRELU,
   CONCATENATION (an input on another grid requantized as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
@@ -30,8 +31,8 @@ from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
 from qresearch.schemes.layer_calls import rescaling_op
-from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_name, fused_activation, layer_spec,
-                                      own_spec)
+from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_attrs, activation_name,
+                                      fused_activation, layer_spec, own_spec)
 from qresearch.schemes.lowered_activations import Lowering, lowering
 
 Source = Tuple[Any, Any, str]  # (quantizer, its variables, layer name) that produced a tensor
@@ -179,9 +180,11 @@ class IntegerEmulation:
         has no handler or declines the call."""
         handler = kernels.handler(op)
         in_grid, out_grid = grid(x_source), grid(final)
+        attrs = activation_attrs(fn)  # LEAKY_RELU's alpha
         raw = None
-        if handler is not None and in_grid is not None and out_grid is not None:
-            raw = handler(kernels, K.OpCall([x], [in_grid], out_grid, offsets=[K.offsets_of(x, x_source[:2])]))
+        if handler is not None and in_grid is not None and out_grid is not None and attrs is not None:
+            raw = handler(kernels, K.OpCall([x], [in_grid], out_grid, attrs=attrs,
+                                            offsets=[K.offsets_of(x, x_source[:2])]))
         if raw is None:
             return self._q(final[0], fn(x), False, final[1])
         return K.hand_on(raw, final[0](raw, False, weights=final[1]), final[0], final[1])
@@ -403,9 +406,13 @@ def _constant_ops(w, op) -> Optional[Plan]:
 
 
 def _leaky_relu(w, op) -> Optional[Plan]:
+    """A LeakyReLU layer (its alpha) or an ``Activation("leaky_relu")`` (its function's alpha)."""
     source = getattr(w, "_input_source", None)
     if own_spec(type(w.layer)) is None or not source:  # a subclass may compute something else
         return None
+    if isinstance(w.layer, keras.layers.Activation):
+        attrs = activation_attrs(w.layer.activation)
+        return Plan(op, [source], attrs) if attrs is not None else None
     return Plan(op, [source], {"alpha": float(w.layer.alpha)})
 
 

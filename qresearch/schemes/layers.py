@@ -27,6 +27,8 @@ runs as FULLY_CONNECTED), as lookups of unregistered subclasses do.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from qresearch._compat import keras
@@ -41,7 +43,11 @@ FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
 FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
 # Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
 # (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX kernel its own arithmetic.
-ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU"}
+ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU",
+                  "leaky_relu": "LEAKY_RELU"}
+# The arguments of an activation function its op carries (LEAKY_RELU's alpha), by name; a call's own keyword
+# (``functools.partial(tf.nn.leaky_relu, alpha=0.1)``) wins over the function's default.
+ACTIVATION_ATTRS = {"leaky_relu": ("alpha",)}
 # The integer_op of a layer the converter runs as elementwise ops with constant operands (emulation.py)
 CONSTANT_OPS = "CONSTANT_OPS"
 # Outputs that are >= 0 whatever the input (unsigned activation grids after them).
@@ -270,7 +276,32 @@ def activation_name(fn) -> str:
         return "linear"
     if isinstance(fn, str):
         return fn
+    if isinstance(fn, functools.partial) and activation_name(fn.func) in ACTIVATION_ATTRS:
+        return activation_name(fn.func)  # its arguments are read (activation_attrs); other partials stay unknown
     return getattr(fn, "__name__", type(fn).__name__)
+
+
+def activation_attrs(fn) -> Optional[Dict[str, Any]]:
+    """The op attributes (``ACTIVATION_ATTRS``) activation function ``fn`` computes with: a partial's keywords,
+    else the function's defaults (``keras.activations.get("leaky_relu")`` is ``tf.nn.leaky_relu``, alpha 0.2);
+    None where one cannot be read (the simulation then runs the function in float)."""
+    names = ACTIVATION_ATTRS.get(activation_name(fn), ())
+    if not names:
+        return {}
+    if isinstance(fn, str):
+        fn = keras.activations.get(fn)
+    fixed = dict(fn.keywords) if isinstance(fn, functools.partial) else {}
+    try:
+        params = inspect.signature(fn.func if isinstance(fn, functools.partial) else fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    attrs = {}
+    for n in names:
+        value = fixed.get(n, params[n].default if n in params else inspect.Parameter.empty)
+        if value is inspect.Parameter.empty:
+            return None
+        attrs[n] = float(value)
+    return attrs
 
 
 def _weight_attrs(layer):

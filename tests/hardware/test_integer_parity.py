@@ -56,6 +56,17 @@ def swish_cnn():
     return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
 
 
+def leaky_cnn():
+    """leaky_relu as a function, not a LeakyReLU layer: an Activation layer (tf.nn.leaky_relu's alpha 0.2) and a
+    conv's activation. The converter makes LEAKY_RELU of each; the simulation ran them in float (1-2 LSB off)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same")(inp)
+    h = L.Activation("leaky_relu")(h)
+    h = L.Conv2D(8, 3, padding="same", activation="leaky_relu")(h)
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+
+
 def keepdims_pool_cnn():
     """GlobalAveragePooling2D(keepdims=True): the other MEAN kernel (20 channels: 16 vector + 4 tail)."""
     L = keras.layers
@@ -98,9 +109,9 @@ def qat(data, builder, scheme):
 
 @pytest.mark.parametrize("builder, scheme", [(mobilenet_qat, "lsq"), (mobilenet_qat, "pact"),
                                              (avgpool_cnn, "lsq"), (gated_cnn, "pact"),
-                                             (keepdims_pool_cnn, "lsq"), (swish_cnn, "pact")],
+                                             (keepdims_pool_cnn, "lsq"), (swish_cnn, "pact"), (leaky_cnn, "lsq")],
                          ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact", "keepdims-lsq",
-                              "swish-pact"])
+                              "swish-pact", "leaky-lsq"])
 def test_simulated_outputs_equal_deployed_bit_for_bit(float_models, data, builder, scheme):
     if builder is mobilenet_qat:
         q = mobilenet_qat(float_models, data, scheme)

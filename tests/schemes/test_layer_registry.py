@@ -211,3 +211,23 @@ def test_multi_head_attention_quantizes_its_projections_per_head_channel(tmp_pat
 def test_channel_axes_of_a_dotted_weight_reach_its_quantizer():
     assert channels.channel_axes_for(L.MultiHeadAttention(2, 4), "quant_mha/_key_dense_kernel:0") == (-2, -1)
     assert channels.channel_axes_for(L.MultiHeadAttention(2, 4), "_output_dense.kernel") == (-1,)
+
+
+def test_activation_attrs_read_leaky_relus_alpha_from_the_function_or_the_partial():
+    import functools
+
+    # the converter's LEAKY_RELU takes the alpha the function computes with: its default, or the partial's keyword
+    assert registry.activation_attrs(keras.activations.get("leaky_relu")) == {"alpha": 0.2}
+    assert registry.activation_attrs("leaky_relu") == {"alpha": 0.2}
+    slope = functools.partial(tf.nn.leaky_relu, alpha=0.05)
+    assert registry.activation_name(slope) == "leaky_relu"
+    assert registry.activation_attrs(slope) == {"alpha": 0.05}
+    x = tf.constant([-2.0, 3.0])
+    np.testing.assert_allclose(slope(x).numpy(), [-0.1, 3.0])
+    # a function without argument facts has none; a partial of one stays unknown (simulated in float)
+    assert registry.activation_attrs(keras.activations.get("sigmoid")) == {}
+    assert registry.activation_name(functools.partial(keras.activations.relu, max_value=6.0)) == "partial"
+
+    def leaky_relu(x, alpha):  # a user's function by the same name, without a default: nothing to read
+        return tf.where(x > 0, x, alpha * x)
+    assert registry.activation_attrs(leaky_relu) is None
