@@ -2,7 +2,7 @@
 
 Public API: ``Target``, ``get``, ``names``, ``register``, ``constrain``, ``verify``,
 ``convert``, ``NoRuntimeError``, ``KernelSetError``, ``Runtime``/``RUNTIMES``, ``Refusal``/``REFUSALS`` (what a
-runtime's converter cannot convert). Built-in targets are
+runtime's converter cannot convert) and ``FLOAT_KEPT`` (what it converts only in float). Built-in targets are
 ``conf/hardware/*.yaml``.
 """
 from qresearch.hardware.constrain import Conflict, constrain
@@ -10,7 +10,7 @@ from qresearch.hardware.errors import KernelSetError, NoRuntimeError
 from qresearch.hardware.registry import TARGETS, get, load_builtins, names, register
 from qresearch.hardware.runtimes import RUNTIMES, Runtime
 from qresearch.hardware.target import FixedRange, Target, TensorRules
-from qresearch.hardware.unconvertible import REFUSALS, Refusal
+from qresearch.hardware.unconvertible import FLOAT_KEPT, REFUSALS, Refusal
 
 load_builtins()
 
@@ -23,6 +23,6 @@ def __getattr__(name):  # deployment pulls in the interpreter: import it on firs
     raise AttributeError(f"module 'qresearch.hardware' has no attribute {name!r}")
 
 
-__all__ = ["Conflict", "FixedRange", "KernelSetError", "NoRuntimeError", "REFUSALS", "RUNTIMES", "Refusal", "Runtime",
-           "TARGETS", "Target", "TensorRules", "constrain", "convert", "get", "inspect_model", "load_builtins", "names",
-           "register", "run_tflite", "simulate", "verify"]
+__all__ = ["Conflict", "FLOAT_KEPT", "FixedRange", "KernelSetError", "NoRuntimeError", "REFUSALS", "RUNTIMES",
+           "Refusal", "Runtime", "TARGETS", "Target", "TensorRules", "constrain", "convert", "get", "inspect_model",
+           "load_builtins", "names", "register", "run_tflite", "simulate", "verify"]

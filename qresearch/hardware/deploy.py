@@ -119,13 +119,19 @@ def convert(qat_model, target, representative_data=None) -> bytes:
 
 
 def warn_unconvertible(qat_model, target) -> None:
-    """Say at ``quantize`` time, before any training, what ``convert`` will refuse (``unconvertible.py``)."""
+    """Say at ``quantize`` time, before any training, what ``convert`` will refuse, and what it will leave in float
+    on an integer-only runtime (``unconvertible.py``)."""
     if not target.has_runtime:
         return
-    refused = unconvertible.refused_layers(qat_model, target.runtime_facts)
+    facts = target.runtime_facts
+    refused = unconvertible.refused_layers(qat_model, facts)
     if refused:
         _log.warning("%s: the model trains and simulates, but deploying and verify will fail: %s", target.name,
                      unconvertible.describe(refused))
+    kept = unconvertible.float_kept_layers(qat_model, facts)
+    if kept:
+        _log.warning("%s: the model deploys, but not integer-only (verify lists the float ops; the simulation runs "
+                     "them in float as the interpreter does): %s", target.name, unconvertible.describe(kept))
 
 
 def _first_error_line(err: Exception) -> str:

@@ -1,10 +1,13 @@
-"""Layers a runtime's converter cannot convert from a quantization-aware model, as data.
+"""Layers a runtime's converter cannot convert from a quantization-aware model, or converts only in float, as data.
 
-Each ``Refusal`` names the layers of a QAT model it matches, what the converter fails on and the fix; a runtime
-lists the refusals that apply to it (``Runtime.refuses``). ``quantize`` warns before training
-(``deploy.warn_unconvertible``) and ``convert`` turns the converter's MLIR error, which names neither the layer nor
-the fix, into one that does. Every entry was measured on TF 2.21's converter (tests/hardware/test_unconvertible.py
-converts a model of each and fails if the converter accepts it).
+Each ``Refusal`` names the layers of a QAT model it matches, what the converter fails on (or makes of them) and the
+fix. A runtime lists the refusals that apply to it (``Runtime.refuses``) and the layers its converter leaves as
+float ops between a DEQUANTIZE and a QUANTIZE (``Runtime.keeps_float``, names in ``FLOAT_KEPT``: the model deploys
+and the simulation runs those ops in float as the interpreter does, but it is not integer-only). ``quantize`` warns
+about both before training (``deploy.warn_unconvertible``) and ``convert`` turns the converter's MLIR error, which
+names neither the layer nor the fix, into one that does. Every entry was measured on TF 2.21's converter
+(tests/hardware/test_unconvertible.py converts a model of each and fails if the converter accepts it, or makes it
+integer-only).
 """
 from __future__ import annotations
 
@@ -37,6 +40,11 @@ def _is(*class_names: str) -> Callable[[object], bool]:
         kinds = tuple(getattr(keras.layers, n) for n in class_names if hasattr(keras.layers, n))
         return isinstance(layer, kinds)
     return matches
+
+
+def _activation(*names: str) -> Callable[[object], bool]:
+    """A layer computing one of the activation functions ``names`` (an Activation layer, a conv's activation)."""
+    return lambda layer: activation_name(getattr(layer, "activation", None)) in names
 
 
 def _constant_operand(layer) -> bool:
@@ -78,8 +86,13 @@ REFUSALS.register("int16_concatenation", Refusal(
     f"{_TO_INT8}, or join the branches otherwise (an Add of convolutions)"))
 REFUSALS.register("int16_gelu", Refusal(
     "GELU on int16 tensors ('tfl.gelu' op operand #0 must be ... QI8 type or QUI8 type values)",
-    lambda layer: activation_name(getattr(layer, "activation", None)) == "gelu",
+    _activation("gelu"),
     f"{_TO_INT8}, or use another activation (swish and tanh convert in 16x8)"))
+REFUSALS.register("int16_selu", Refusal(
+    "SELU on int16 tensors ('tfl.greater' op failed to verify that comparison op operands have same element type)",
+    _activation("selu"),
+    f"{_TO_INT8} (in float ops there: FLOAT_KEPT), or use another activation (LeakyReLU, swish and tanh convert "
+    "in 16x8)"))
 REFUSALS.register("int16_prelu", Refusal(
     "PRELU with int16 inputs ('tfl.prelu' op failed to verify that binary op operands have same element type: "
     "its alpha is stored int8)",
@@ -93,12 +106,44 @@ REFUSALS.register("int16_constant_operand", Refusal(
     "the next layer's weights"))
 
 
+FLOAT_KEPT: Registry[Refusal] = Registry(
+    "float-kept layer", how_to_add="qresearch.hardware.unconvertible.FLOAT_KEPT.register('NAME', Refusal(...)), "
+                                   "then list NAME in the runtime's `keeps_float`")
+# TFLite has no op of these activations: the converter writes the float ops of TF's graph, whose inner tensors have
+# no quantization ranges. An integer-only fix is a function of ops TFLite quantizes (its own op or a lowering).
+_SWISH = "use swish (LOGISTIC and MUL: integer-only and emulated bit for bit) or another activation TFLite quantizes"
+FLOAT_KEPT.register("hard_sigmoid", Refusal(
+    "hard_sigmoid (clip(0.2·x + 0.5, 0, 1)) runs as float MUL, ADD, MINIMUM and RELU",
+    _activation("hard_sigmoid"),
+    "write MobileNetV3's hard sigmoid, keras.layers.ReLU(6.0)(x + 3.0) * (1.0 / 6.0) (ADD, RELU6, MUL: "
+    "integer-only), or use sigmoid (LOGISTIC)"))
+FLOAT_KEPT.register("elu", Refusal(
+    "ELU is kept float (the converter does not quantize TFLite's ELU op)",
+    lambda layer: _activation("elu")(layer) or _is("ELU")(layer),
+    "use LeakyReLU (LEAKY_RELU: integer-only and emulated bit for bit) or swish"))
+FLOAT_KEPT.register("selu", Refusal(
+    "selu runs as float EXP, SUB, MUL, GREATER and SELECT_V2", _activation("selu"),
+    "use LeakyReLU (LEAKY_RELU: integer-only and emulated bit for bit) or swish"))
+FLOAT_KEPT.register("softplus", Refusal("softplus runs as float EXP, ADD and LOG", _activation("softplus"), _SWISH))
+FLOAT_KEPT.register("softsign", Refusal("softsign runs as float ABS, ADD and DIV", _activation("softsign"), _SWISH))
+FLOAT_KEPT.register("mish", Refusal("mish runs as float EXP, ADD, LOG, TANH and MUL", _activation("mish"), _SWISH))
+
+
 def refused_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
     """(refusal, ['name (Class)', ...]) for every refusal of ``runtime`` that a layer of ``model`` meets."""
+    return _matching(model, REFUSALS, runtime.refuses)
+
+
+def float_kept_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
+    """(entry, ['name (Class)', ...]) for every ``FLOAT_KEPT`` entry of ``runtime`` that a layer of ``model`` meets."""
+    return _matching(model, FLOAT_KEPT, runtime.keeps_float)
+
+
+def _matching(model, registry: Registry[Refusal], names) -> List[Tuple[Refusal, List[str]]]:
     layers = list(model._flatten_layers(include_self=False))
     found = []
-    for name in runtime.refuses:
-        refusal = REFUSALS.get(name)
+    for name in names:
+        refusal = registry.get(name)
         hit = [f"{layer.name!r} ({type(layer).__name__})" for layer in layers if refusal.matches(layer)]
         if hit:
             found.append((refusal, hit))

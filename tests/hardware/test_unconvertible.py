@@ -1,6 +1,7 @@
-"""What TF 2.21's converter cannot convert from a QAT model in 16x8 mode (hardware/unconvertible.py): each refusal
-is converted for real, so a converter that learns the op fails the test and the entry goes. The errors and the
-warning before training name the layers and the fix, not the converter's MLIR dump."""
+"""What TF 2.21's converter cannot convert from a QAT model in 16x8 mode, and what it converts only in float
+(hardware/unconvertible.py): each entry is converted for real, so a converter that learns the op (or quantizes it)
+fails the test and the entry goes. The errors and the warnings before training name the layers and the fix, not the
+converter's MLIR dump."""
 import numpy as np
 import pytest
 
@@ -32,6 +33,7 @@ CASES = [
     ("int16_gelu", "gelu", _gelu),
     ("int16_gelu", "conv_gelu", _conv_gelu),
     ("int16_prelu", "prelu", lambda h: L.PReLU(shared_axes=[1, 2], name="prelu")(h)),
+    ("int16_selu", "selu", lambda h: L.Activation("selu", name="selu")(h)),
     ("int16_constant_operand", "rescale", lambda h: L.Rescaling(0.5, name="rescale")(h)),
     ("int16_constant_operand", "norm", _normalization),
     ("int16_constant_operand", "avg", lambda h: L.Average(name="avg")([h, L.Conv2D(8, 1)(h)])),
@@ -78,3 +80,43 @@ def test_the_refused_layers_convert_on_tflite_int8_as_the_fix_says(caplog):
         qresearch.quantize(_model(lambda h: L.Add()([h, L.Conv2D(8, 1)(h)])), "tflite_int8",
                            hardware="tflite_int16x8", adapt=True, calibration_data=X)
     assert "verify will fail" not in caplog.text, caplog.text
+
+
+#: (FLOAT_KEPT entry, layer name in the message, the layer applied to an 8-channel map)
+FLOAT_CASES = [
+    ("hard_sigmoid", "hsig", lambda h: L.Activation("hard_sigmoid", name="hsig")(h)),
+    ("hard_sigmoid", "conv_hsig", lambda h: L.Conv2D(8, 1, activation="hard_sigmoid", name="conv_hsig")(h)),
+    ("elu", "elu_layer", lambda h: L.ELU(name="elu_layer")(h)),
+    ("elu", "conv_elu", lambda h: L.Conv2D(8, 1, activation="elu", name="conv_elu")(h)),
+    ("selu", "selu", lambda h: L.Activation("selu", name="selu")(h)),
+    ("softplus", "softplus", lambda h: L.Activation("softplus", name="softplus")(h)),
+    ("softsign", "softsign", lambda h: L.Activation("softsign", name="softsign")(h)),
+    ("mish", "mish", lambda h: L.Activation("mish", name="mish")(h)),
+]
+_RUNTIME_CASES = [(target, *case) for target in ("tflite_int8", "tflite_int16x8") for case in FLOAT_CASES
+                  if case[0] in hw.RUNTIMES.get(target).keeps_float]
+
+
+@pytest.mark.parametrize("target, entry, name, layer", _RUNTIME_CASES,
+                         ids=[f"{c[0]}-{c[2]}" for c in _RUNTIME_CASES])
+def test_a_float_kept_layer_is_named_before_training_and_deploys_with_float_ops(target, entry, name, layer, caplog):
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        q = qresearch.quantize(_model(layer), "tflite_int8", hardware=target, adapt=True, calibration_data=X)
+    what, fix = hw.FLOAT_KEPT.get(entry).what, hw.FLOAT_KEPT.get(entry).fix
+    text = caplog.text
+    assert "not integer-only" in text and f"'{name}" in text and what in text and fix in text, text
+    assert "verify will fail" not in text, text
+    r = hw.verify(q, target, X, np.zeros(len(X), dtype=np.int64))
+    assert not r["integer_only"] and {"DEQUANTIZE", "QUANTIZE"} <= set(r["ops"]), r["ops"]
+
+
+def test_the_hard_sigmoid_fix_deploys_integer_only_without_a_warning(caplog):
+    """MobileNetV3's hard sigmoid, which the FLOAT_KEPT entry's fix names, converts to integer ops."""
+    def hard_sigmoid(h):
+        return L.ReLU(6.0)(L.Conv2D(8, 1)(h) + 3.0) * (1.0 / 6.0)
+
+    with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
+        q = qresearch.quantize(_model(hard_sigmoid), "tflite_int8", hardware="tflite_int8", calibration_data=X)
+    assert "integer-only" not in caplog.text, caplog.text
+    r = hw.verify(q, "tflite_int8", X, np.zeros(len(X), dtype=np.int64))
+    assert r["integer_only"] and r["structural_issues"] == [], r["structural_issues"]
