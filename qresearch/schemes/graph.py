@@ -203,12 +203,16 @@ def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
 _BINARY_OPS = {"__operators__.add": "Add", "math.add": "Add", "math.multiply": "Multiply",
                "math.subtract": "Subtract", "math.maximum": "Maximum", "math.minimum": "Minimum"}
 _RELU_OPS = {"nn.relu": None, "nn.relu6": 6.0}
+#: TF activation functions of one tensor and the Keras activation each is (an ``Activation`` layer then quantizes,
+#: lowers and emulates it as that activation: swish as LOGISTIC and MUL; and names a float-kept one, FLOAT_KEPT)
+_ACTIVATION_FN_OPS = {"nn.silu": "swish", "nn.elu": "elu", "nn.selu": "selu", "math.softplus": "softplus",
+                      "nn.softsign": "softsign"}
 
 
 def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     """Replace TF ops applied to Keras tensors that a Keras layer computes the same way (``x + y``,
-    ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``:
-    a ``Rescaling``) by that layer, so they are planned, quantized and emulated as the layer is: a TF op layer is
+    ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.nn.leaky_relu``, ``tf.nn.silu``,
+    ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``: a ``Rescaling``) by that layer, so they are planned, quantized and emulated as the layer is: a TF op layer is
     simulated in float and quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs).
     Others, and those ``keep(layer)`` names (skipped ones), stay as they are."""
     out: List[GNode] = []
@@ -273,6 +277,15 @@ def _keras_layer_for(n: GNode):
         if len(refs) != 1 or any(v is not None for v in others):
             return None
         return K.ReLU(max_value=_RELU_OPS[symbol], **common), refs
+    if symbol in _ACTIVATION_FN_OPS:
+        if len(refs) != 1 or any(v is not None for v in others) or kwargs.get("beta", 1.0) != 1.0:
+            return None   # silu's beta other than 1 is not swish
+        return K.Activation(_ACTIVATION_FN_OPS[symbol], **common), refs
+    if symbol == "nn.leaky_relu":
+        alpha = kwargs.get("alpha", others[0] if others else 0.2)   # tf.nn.leaky_relu's default
+        if len(refs) != 1 or len(others) > 1 or not isinstance(alpha, (int, float)):
+            return None
+        return K.LeakyReLU(alpha=float(alpha), **common), refs
     if symbol == "concat":
         values = n.call_args[0] if n.call_args else kwargs.get("values")
         axis = kwargs.get("axis", n.call_args[1] if len(n.call_args) > 1 else None)

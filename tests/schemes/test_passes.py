@@ -147,6 +147,32 @@ def test_a_tf_op_with_a_number_becomes_a_rescaling(op, expected):
     np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
 
 
+@pytest.mark.parametrize("op, expected", [
+    (lambda x: tf.nn.leaky_relu(x, alpha=0.1), ("LeakyReLU", 0.1)), (tf.nn.leaky_relu, ("LeakyReLU", 0.2)),
+    (lambda x: tf.nn.leaky_relu(x, 0.3), ("LeakyReLU", 0.3)), (tf.nn.silu, ("Activation", "swish")),
+    (tf.nn.elu, ("Activation", "elu")), (tf.nn.selu, ("Activation", "selu")),
+    (tf.math.softplus, ("Activation", "softplus")), (tf.nn.softsign, ("Activation", "softsign")),
+    (lambda x: tf.nn.silu(x, beta=2.0), None)],
+    ids=["leaky-alpha", "leaky-default", "leaky-positional", "silu", "elu", "selu", "softplus", "softsign",
+         "silu-beta"])
+def test_a_tf_activation_function_becomes_its_keras_layer(op, expected):
+    """``tf.nn.leaky_relu(x, alpha)`` a LeakyReLU (emulated as LEAKY_RELU), ``tf.nn.silu`` a swish Activation (LOGISTIC
+    and MUL), elu & co. Activations (named before training where the converter keeps them float); silu with another
+    beta is not swish and stays a TF op. The computation is the same."""
+    inp = keras.Input((4,))
+    model = keras.Model(inp, L.Dense(2, name="head")(op(inp)))
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    made = [p.layer for p in plan.layers if isinstance(p.layer, (L.LeakyReLU, L.Activation))]
+    found = [(type(m).__name__, pytest.approx(float(m.alpha)) if isinstance(m, L.LeakyReLU) else m.activation.__name__)
+             for m in made]
+    assert found == ([expected] if expected else []), found
+    x = np.random.default_rng(0).normal(size=(4, 4)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    np.testing.assert_allclose(wide(x).numpy(), model(x).numpy(), rtol=1e-3, atol=1e-3)
+
+
 def test_tf_ops_that_are_keras_layers_become_those_layers():
     """``keras_layers_for_tf_ops``: each TF op a Keras layer computes is planned as that layer (so the integer
     emulation runs it), ``z * 0.5`` a Rescaling; ``1.0 - z`` stays; the computation is the same."""
