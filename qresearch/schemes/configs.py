@@ -99,7 +99,7 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             if inner is not None:
                 acts["activation"] = {"pre": None, "post": None, "inner": inner}
     inner = None
-    if p.output and p.spec.split is not None and p.spec.split.applies(layer):
+    if (p.output or p.fused_with) and p.spec.split is not None and p.spec.split.applies(layer):
         # the tensor between the two ops the converter makes of the layer (Rescaling with an offset: MUL, ADD)
         inner = quantizer(act_spec(a, nonneg=False), "activations", f"layer {layer.name!r} inner tensor")
     output = None

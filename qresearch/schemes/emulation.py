@@ -143,10 +143,11 @@ class IntegerEmulation:
             return self._float_call(x, False, kwargs)
         for i, ((_, value), handler) in enumerate(zip(steps, handlers)):
             c, c_grid = K.constant_operand(value, x.shape.rank)
-            target = sources[i + 1]
-            raw = handler(kernels, K.OpCall([x, c], [grids[i], c_grid], grids[i + 1],
+            target, last = sources[i + 1], i == len(steps) - 1
+            raw = handler(kernels, K.OpCall([x, c], [grids[i], c_grid], grids[i + 1], plan.fused if last else "linear",
                                             offsets=[K.offsets_of(x, sources[i][:2]), None]))
-            x = K.hand_on(raw, target[0](raw, False, weights=target[1]), target[0], target[1])
+            y = target[0](raw, False, weights=target[1])
+            x = _passed_on(raw, y, plan) if last else K.hand_on(raw, y, target[0], target[1])
         return x
 
     def _integer_conv(self, inputs, kwargs, kernels, handler, plan: Plan, in_grid, out_grid):
@@ -538,7 +539,7 @@ register_matcher("SOFTMAX", _softmax)
 for _op in ("LOGISTIC", "TANH", "GELU"):
     register_matcher(_op, _table_activation)
 register_matcher("LEAKY_RELU", _leaky_relu)
-register_matcher(CONSTANT_OPS, _constant_ops)
+register_matcher(CONSTANT_OPS, _constant_ops, fuses_following_relu=True)
 register_matcher("PRELU", _prelu)
 for _op in ("ADD", "SUB", "MUL"):
     register_matcher(_op, _elementwise, fuses_following_relu=True)

@@ -258,9 +258,15 @@ def _fused_into_next(plan: ModelPlan, q: LayerPlan) -> bool:
     nxt = plan.sole_consumer(q)
     if nxt is None or not nxt.has_acts or plan.calls[id(q.layer)] > 1:
         return False
-    if nxt.kind == "activation" and q.kind in ("compute", "merge", "bn"):
+    if nxt.kind == "activation" and (q.kind in ("compute", "merge", "bn") or _constant_ops(q)):
         return True
     return nxt.kind == "bn" and q.kind == "compute" and _activation(q.layer) == "linear"
+
+
+def _constant_ops(p: LayerPlan) -> bool:
+    """A layer the converter runs as ADD/SUB/MUL with constant operands (``x + 3.0``, a Rescaling): those kernels
+    fuse a following ReLU too (measured, TF 2.21: ``ReLU(6)(x + 3)`` is one ADD onto the ReLU's range)."""
+    return p.spec is not None and p.spec.integer_op_of(p.layer) == L.CONSTANT_OPS
 
 
 def place_output_quantizers(plan: ModelPlan) -> None:

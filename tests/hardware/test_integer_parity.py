@@ -67,6 +67,19 @@ def leaky_cnn():
     return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
 
 
+def hard_swish_cnn():
+    """A ReLU after ops with constant operands: MobileNetV3's hard swish, x·ReLU6(x + 3)·(1/6) as keras.applications
+    writes it, and a Rescaling with an offset (MUL, ADD) before a ReLU. TFLite fuses each ReLU into the ADD before
+    it, onto the ReLU's range: one rounding, where two quantizers had put two (1-2 LSB)."""
+    L = keras.layers
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, padding="same")(inp)
+    h = L.Multiply()([h, L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)])
+    h = L.Conv2D(8, 3, padding="same")(h)
+    h = L.ReLU()(L.Rescaling(2.0, 0.25)(h))
+    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+
+
 def keepdims_pool_cnn():
     """GlobalAveragePooling2D(keepdims=True): the other MEAN kernel (20 channels: 16 vector + 4 tail)."""
     L = keras.layers
@@ -109,9 +122,10 @@ def qat(data, builder, scheme):
 
 @pytest.mark.parametrize("builder, scheme", [(mobilenet_qat, "lsq"), (mobilenet_qat, "pact"),
                                              (avgpool_cnn, "lsq"), (gated_cnn, "pact"),
-                                             (keepdims_pool_cnn, "lsq"), (swish_cnn, "pact"), (leaky_cnn, "lsq")],
+                                             (keepdims_pool_cnn, "lsq"), (swish_cnn, "pact"), (leaky_cnn, "lsq"),
+                                             (hard_swish_cnn, "lsq")],
                          ids=["mobilenet-lsq", "mobilenet-pact", "avgpool-lsq", "gated-pact", "keepdims-lsq",
-                              "swish-pact", "leaky-lsq"])
+                              "swish-pact", "leaky-lsq", "hard-swish-lsq"])
 def test_simulated_outputs_equal_deployed_bit_for_bit(float_models, data, builder, scheme):
     if builder is mobilenet_qat:
         q = mobilenet_qat(float_models, data, scheme)
