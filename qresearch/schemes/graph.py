@@ -212,8 +212,9 @@ _ACTIVATION_FN_OPS = {"nn.silu": "swish", "nn.elu": "elu", "nn.selu": "selu", "m
 def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     """Replace TF ops applied to Keras tensors that a Keras layer computes the same way (``x + y``,
     ``tf.multiply(x, s)``, ``tf.maximum``, ``tf.concat``, ``tf.nn.relu6``, ``tf.nn.leaky_relu``, ``tf.nn.silu``,
-    ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``: a ``Rescaling``) by that layer, so they are planned, quantized and emulated as the layer is: a TF op layer is
-    simulated in float and quantized after it, 1-2 LSB from TFLite's integer kernel (measured on digits CNNs).
+    ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``: a ``Rescaling``) by that layer, so they are planned, quantized and
+    emulated as the layer is: a TF op layer is simulated in float and quantized after it, 1-2 LSB from TFLite's
+    integer kernel (measured on digits CNNs).
     Others, and those ``keep(layer)`` names (skipped ones), stay as they are."""
     out: List[GNode] = []
     for n in graph.nodes:
