@@ -46,25 +46,24 @@ def gated_cnn():
     return keras.Model(inp, L.Dense(10)(h))
 
 
-def swish_cnn():
-    """Swish as a layer and as a conv's activation: TFLite runs each as LOGISTIC (sigmoid's fixed grid), then MUL."""
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    h = L.Conv2D(8, 3, padding="same")(inp)
-    h = L.Activation("swish")(h)
-    h = L.Conv2D(8, 3, padding="same", activation="swish")(h)
-    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+def _activation_cnn(activation: str):
+    """A CNN with ``activation`` as a layer and as a conv's activation."""
+    def build():
+        L = keras.layers
+        inp = keras.Input((8, 8, 1))
+        h = L.Conv2D(8, 3, padding="same")(inp)
+        h = L.Activation(activation)(h)
+        h = L.Conv2D(8, 3, padding="same", activation=activation)(h)
+        return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+    build.__name__ = f"{activation}_cnn"   # the key of the trained models' cache
+    return build
 
 
-def leaky_cnn():
-    """leaky_relu as a function, not a LeakyReLU layer: an Activation layer (tf.nn.leaky_relu's alpha 0.2) and a
-    conv's activation. The converter makes LEAKY_RELU of each; the simulation ran them in float (1-2 LSB off)."""
-    L = keras.layers
-    inp = keras.Input((8, 8, 1))
-    h = L.Conv2D(8, 3, padding="same")(inp)
-    h = L.Activation("leaky_relu")(h)
-    h = L.Conv2D(8, 3, padding="same", activation="leaky_relu")(h)
-    return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
+# swish: TFLite runs it as LOGISTIC (sigmoid's fixed grid), then MUL
+swish_cnn = _activation_cnn("swish")
+# leaky_relu as a function, not a LeakyReLU layer (tf.nn.leaky_relu's alpha 0.2): the converter makes LEAKY_RELU of
+# each; the simulation ran them in float (1-2 LSB off)
+leaky_cnn = _activation_cnn("leaky_relu")
 
 
 def hard_swish_cnn():
