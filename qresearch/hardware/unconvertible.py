@@ -119,7 +119,7 @@ FLOAT_KEPT.register("hard_sigmoid", Refusal(
     "integer-only), or use sigmoid (LOGISTIC)"))
 FLOAT_KEPT.register("elu", Refusal(
     "ELU is kept float (the converter does not quantize TFLite's ELU op)",
-    lambda layer: _activation("elu")(layer) or _is("ELU")(layer),
+    lambda layer, elu=_activation("elu"), elu_layer=_is("ELU"): elu(layer) or elu_layer(layer),
     "use LeakyReLU (LEAKY_RELU: integer-only and emulated bit for bit) or swish"))
 FLOAT_KEPT.register("selu", Refusal(
     "selu runs as float EXP, SUB, MUL, GREATER and SELECT_V2", _activation("selu"),
