@@ -19,6 +19,7 @@ import numpy as np
 from qresearch.errors import ConfigError
 from qresearch.hardware.bias_widening import widen_biases
 from qresearch.hardware.fixed_output_params import pin_outputs
+from qresearch.hardware.input_requantize import restore_input_quantizes
 from qresearch.hardware import unconvertible, xnnpack_limits
 from qresearch.hardware.flatbuffer_edits import edited
 from qresearch.hardware.errors import KernelSetError, NoRuntimeError
@@ -110,12 +111,40 @@ def convert(qat_model, target, representative_data=None) -> bytes:
                 f"{target.name}: the TFLite converter (TF {tf.__version__}) cannot convert this QAT model "
                 f"({_first_error_line(err)}). {unconvertible.describe(refused)}") from err
         raise
-    edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
+    # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py); first the QUANTIZE
+    # ops it drops where the input also feeds a layer on another grid (input_requantize.py)
+    edits = [lambda model: restore_input_quantizes(model, _input_grid(qat_model))]
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
         edits.append(widen_biases)
     if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
         edits.append(lambda model: pin_outputs(model, target.fixed_output_params, facts.activation_dtype))
-    return edited(flatbuffer, *edits)[0] if edits else flatbuffer
+    try:
+        return edited(flatbuffer, *edits)[0]
+    except ValueError as err:
+        raise ConfigError(f"{target.name}: {err}. Fix: put a layer between the model's input and its other "
+                          "readers (a Conv2D, or an Activation('linear') that quantizes for them), or convert "
+                          "with float I/O (TFLiteConverter, inference_input_type=tf.float32).") from err
+
+
+def _input_grid(qat_model):
+    """(scale, zero point) of the grid the quantizer of ``qat_model``'s one input puts it on; None if there is
+    not exactly one such quantizer."""
+    from qresearch.kernels.grid import fake_quant_range, grid_of
+    from qresearch.schemes import QuantizeInput
+    from qresearch._compat import tf
+
+    inputs = getattr(qat_model, "inputs", None) or []
+    if len(inputs) != 1:
+        return None
+    readers = [layer for layer in qat_model.layers if isinstance(layer, QuantizeInput)
+               and any(t is inputs[0] for node in layer._inbound_nodes for t in tf.nest.flatten(node.input_tensors))]
+    if len(readers) != 1:
+        return None
+    rng = fake_quant_range(readers[0].quantizer, readers[0].quantizer_vars, tf.zeros([1]))
+    if rng is None:
+        return None
+    grid = grid_of(*rng)
+    return float(grid.scale.numpy()), int(grid.zero_point.numpy())
 
 
 def warn_unconvertible(qat_model, target) -> None:

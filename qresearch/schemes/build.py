@@ -156,32 +156,49 @@ def _build(plan: ModelPlan):
     copies = []                        # (new inner layer, original, plan)
     input_quantizers: Dict[str, Any] = {}
     after_ops: Dict[int, Any] = {}     # id(op layer) -> output quantizer applied after it
+
+    def quantized_input(ref, reader):
+        """Float tensor ``ref`` through its input quantizer, made with ``reader``'s input spec where it has none."""
+        src = producers.get(ref)
+        key, a = ref, None
+        if scheme.quantize_ops == "inputs" or ref not in input_quantizers:
+            a = act_spec(reader.input_spec, reader.nonneg_in.get(ref, False))
+            a = model_input_spec(a) if src is None else a
+            # one quantizer per float tensor; with quantize_ops: inputs one per distinct spec, so each
+            # compute layer reads its input at its own width (a mixed-precision choice)
+            key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
+        if key not in input_quantizers:
+            base = src.layer.name if src is not None else input_names.get(ref, "input")
+            qz = quantizer(a, "activations", "input quantizer")
+            # a model input's quantizer: trained only if the scheme says so (its gradient is the
+            # first layer's input gradient, computed for it alone)
+            trainable = src is not None or trains_model_input(scheme.train_input_quantizers,
+                                                              getattr(qz, "bits", 8))
+            q = QuantizeInput(qz, name=unique(_safe(f"quantize_{base}")), trainable=trainable)
+            input_quantizers[key] = q(tensors[ref])
+        return input_quantizers[key]
+
+    # A quantized model input arrives on one integer grid (TFLite's int8 I/O): every layer reading it reads it there,
+    # not only those that quantize their inputs. A Concatenate reading the raw input would round it once onto its
+    # own grid, where the deployed model requantizes the integer input (a 1-2 LSB difference, measured).
+    one_grid_inputs = {}
+    if scheme.quantize_ops != "inputs":
+        for ref in graph.input_refs:
+            readers = [c for c in plan.consumers.get(ref, []) if not c.removed and c.input_spec is not None]
+            if readers and tensors[ref].dtype.is_floating:
+                one_grid_inputs[ref] = readers[0]
     for p in plans:
         node = p.node
         if p.removed:  # folded BN: its consumers were rewired to the conv's output
             continue
         quantized = p.quantized
         for ref in dict.fromkeys(node.in_refs):
-            t = tensors[ref]
-            if p.input_spec is not None and not is_quantized(ref) and t.dtype.is_floating:
-                src = producers.get(ref)
-                key, a = ref, None
-                if scheme.quantize_ops == "inputs" or ref not in input_quantizers:
-                    a = act_spec(p.input_spec, p.nonneg_in.get(ref, False))
-                    a = model_input_spec(a) if src is None else a
-                    # one quantizer per float tensor; with quantize_ops: inputs one per distinct spec, so each
-                    # compute layer reads its input at its own width (a mixed-precision choice)
-                    key = (ref, repr(sorted(a.items()))) if scheme.quantize_ops == "inputs" else ref
-                if key not in input_quantizers:
-                    base = src.layer.name if src is not None else input_names.get(ref, "input")
-                    qz = quantizer(a, "activations", "input quantizer")
-                    # a model input's quantizer: trained only if the scheme says so (its gradient is the
-                    # first layer's input gradient, computed for it alone)
-                    trainable = src is not None or trains_model_input(scheme.train_input_quantizers,
-                                                                      getattr(qz, "bits", 8))
-                    q = QuantizeInput(qz, name=unique(_safe(f"quantize_{base}")), trainable=trainable)
-                    input_quantizers[key] = q(t)
-                tensors[ref + "#q"] = input_quantizers[key]
+            if is_quantized(ref) or not tensors[ref].dtype.is_floating:
+                continue
+            if p.input_spec is not None:
+                tensors[ref + "#q"] = quantized_input(ref, p)
+            elif ref in one_grid_inputs:
+                tensors[ref + "#q"] = quantized_input(ref, one_grid_inputs[ref])
         view = dict(tensors)
         for ref in node.in_refs:
             if ref + "#q" in tensors:

@@ -12,7 +12,7 @@ import qresearch
 from qresearch import hardware as hw
 from qresearch._compat import keras
 from qresearch.quantizers.base import is_quantizer_variable
-from qresearch.schemes import BatchStatsFold
+from qresearch.schemes import BatchStatsFold, QuantizeInput
 from qresearch.schemes.build import set_kernels
 
 import deploy_models
@@ -495,3 +495,25 @@ def test_a_transposed_conv_with_negative_outputs_is_bit_exact(data, strides, cha
     _, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.GlobalAveragePooling2D()(h))), data)
     assert r["ops"].get("TRANSPOSE_CONV") == 1, r["ops"]
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+@pytest.mark.parametrize("reader", ["concatenate", "maximum", "pool_then_concatenate"])
+def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(data, reader):
+    """The input feeds a conv and a concatenation (a U-Net's skip of the raw input), a Maximum, or a max pool into a
+    concatenation. The merge read the float input and rounded it once onto its own grid; the converter, with int8
+    I/O, dropped the input's second QUANTIZE and wrote a model the interpreter cannot run ("Input tensor 4 lacks
+    data"). Every reader now reads the input on its one grid, and the deployed model requantizes it from there."""
+    L = keras.layers
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 1))
+    if reader == "maximum":
+        h = L.Maximum()([L.Conv2D(1, 3, padding="same")(inp), inp])
+    else:
+        h = L.Conv2D(4, 3, padding="same", activation="relu")(inp)
+        h = L.Concatenate()([h, L.MaxPooling2D(1)(inp) if reader == "pool_then_concatenate" else inp])
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(h)
+    q, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), data)
+    if reader != "pool_then_concatenate":
+        merge = next(w for w in q.layers if isinstance(getattr(w, "layer", None), (L.Concatenate, L.Maximum)))
+        assert any(isinstance(t._keras_history.layer, QuantizeInput) for t in merge.input), merge.input
+    assert r["ops"].get("QUANTIZE") == 1 and r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
