@@ -119,11 +119,27 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
         edits.append(lambda model: pin_outputs(model, target.fixed_output_params, facts.activation_dtype))
     try:
-        return edited(flatbuffer, *edits)[0]
+        flatbuffer = edited(flatbuffer, *edits)[0]
     except ValueError as err:
-        raise ConfigError(f"{target.name}: {err}. Fix: put a layer between the model's input and its other "
-                          "readers (a Conv2D, or an Activation('linear') that quantizes for them), or convert "
-                          "with float I/O (TFLiteConverter, inference_input_type=tf.float32).") from err
+        raise ConfigError(f"{target.name}: {err}. Fix: give the layers reading the model input one input quantizer "
+                          "(the same activation spec for them, by a scheme override), or deploy with float I/O "
+                          "(TFLiteConverter, inference_input_type=tf.float32).") from err
+    _check_loads(flatbuffer, qat_model, target)
+    return flatbuffer
+
+
+def _check_loads(flatbuffer: bytes, qat_model, target) -> None:
+    """A model with a layer the runtime refuses can convert and then fail when the interpreter prepares it (16x8
+    L2_NORMALIZATION): load it, and say which layer and the fix rather than the kernel's check."""
+    refused = unconvertible.refused_layers(qat_model, target.runtime_facts)
+    if not refused:
+        return
+    try:
+        make_interpreter(flatbuffer).allocate_tensors()
+    except RuntimeError as err:
+        reason = next((ln.strip() for ln in str(err).splitlines() if "failed to prepare" in ln), str(err))
+        raise ConfigError(f"{target.name}: the converted model does not load in LiteRT ({reason}). "
+                          f"{unconvertible.describe(refused)}") from err
 
 
 def _input_grid(qat_model):

@@ -42,9 +42,11 @@ RUNTIMES: Registry[Runtime] = Registry(
 RUNTIMES.register("none", Runtime("none"))
 # Measured in TF 2.21 on a conv with each activation (tests/hardware/test_unconvertible.py); 16x8 refuses selu.
 _FLOAT_ACTIVATIONS = ("hard_sigmoid", "elu", "selu", "softplus", "softsign", "mish")
+# and layers (a conv followed by each, the same tests)
+_FLOAT_LAYERS = ("layer_normalization", "multi_head_attention", "clipped_relu")
 RUNTIMES.register("tflite_int8", Runtime("tflite_int8", deploys=True, integer_only=True, activation_dtype="int8",
                                          tensor_dtypes=("int8", "int32"), refuses=("recurrent",),
-                                         keeps_float=_FLOAT_ACTIVATIONS))
+                                         keeps_float=_FLOAT_ACTIVATIONS + _FLOAT_LAYERS + ("thresholded_relu",)))
 # Measured in TF 2.21: DEPTHWISE_CONV_2D refuses an int32 bias, CONV_2D gives wrong outputs with one; the converter
 # stores QAT models' conv biases as int32 in 16x8, so deploy.convert widens them (bias_widening.py). Its refusals:
 # measured on digits CNNs with one such layer each (tests/hardware/test_unconvertible.py).
@@ -53,8 +55,9 @@ RUNTIMES.register("tflite_int16x8", Runtime(
     tensor_dtypes=("int16", "int8", "int32", "int64"),
     converter_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", symmetric_activations=True,
     conv_bias_dtype="int64", pins_fixed_outputs=True,
-    refuses=("recurrent", "int16_concatenation", "int16_gelu", "int16_prelu", "int16_selu", "int16_constant_operand"),
-    keeps_float=tuple(a for a in _FLOAT_ACTIVATIONS if a != "selu")))
+    refuses=("recurrent", "int16_concatenation", "int16_gelu", "int16_prelu", "int16_selu", "int16_constant_operand",
+             "int16_threshold", "int16_l2_normalization"),
+    keeps_float=tuple(a for a in _FLOAT_ACTIVATIONS if a != "selu") + _FLOAT_LAYERS + ("thresholded_relu",)))
 
 # TFLite ops whose output (scale, zero_point) the runtime fixes, and the Keras activation name of each
 # (the keys of a target's and a scheme's fixed_output_ranges).

@@ -62,6 +62,20 @@ def _constant_operand(layer) -> bool:
     return False
 
 
+def _thresholded(layer) -> bool:
+    """A ReLU with a threshold (``ReLU(threshold=...)``, ``ThresholdedReLU``): its comparison is a float GREATER."""
+    if _is("ThresholdedReLU")(layer):
+        return True
+    return _is("ReLU")(layer) and float(getattr(layer, "threshold", 0.0) or 0.0) != 0.0
+
+
+def _clipped_relu(layer) -> bool:
+    """A ReLU layer with a ``max_value`` other than 6 and no threshold: tf.keras clips it with float ops."""
+    if not _is("ReLU")(layer) or _thresholded(layer) or layer.max_value is None:
+        return False
+    return float(layer.max_value) != 6.0 or float(layer.negative_slope or 0.0) != 0.0
+
+
 def _is_constant(value) -> bool:
     """A number, array or eager tensor (a call's constant argument), not a symbolic Keras tensor."""
     import numpy as np
@@ -98,6 +112,16 @@ REFUSALS.register("int16_prelu", Refusal(
     "its alpha is stored int8)",
     _is("PReLU"),
     f"{_TO_INT8}, or use LeakyReLU (one slope; it converts in 16x8)"))
+REFUSALS.register("int16_threshold", Refusal(
+    "a ReLU's threshold compared on int16 tensors ('tfl.greater' op failed to verify that comparison op operands "
+    "have same element type): ReLU(threshold=...) without a negative slope, ThresholdedReLU",
+    lambda layer: _thresholded(layer) and not float(getattr(layer, "negative_slope", 0.0) or 0.0),
+    f"{_TO_INT8} (in float ops there: FLOAT_KEPT), or use a plain ReLU"))
+REFUSALS.register("int16_l2_normalization", Refusal(
+    "L2_NORMALIZATION with an int16 output (UnitNormalization): the converter writes it, and LiteRT's kernel "
+    "refuses it when the model is loaded (l2norm.cc: output float32, uint8 or int8)",
+    _is("UnitNormalization"),
+    f"{_TO_INT8}, or normalise outside the model (after its output)"))
 REFUSALS.register("int16_constant_operand", Refusal(
     "ADD/SUB/MUL/DIV of an int16 tensor and a constant ('binary op operands have same element type': the constant "
     "is stored int8): Rescaling, Normalization, Average (its 1/n) and TF ops of a tensor and a number",
@@ -127,6 +151,25 @@ FLOAT_KEPT.register("selu", Refusal(
 FLOAT_KEPT.register("softplus", Refusal("softplus runs as float EXP, ADD and LOG", _activation("softplus"), _SWISH))
 FLOAT_KEPT.register("softsign", Refusal("softsign runs as float ABS, ADD and DIV", _activation("softsign"), _SWISH))
 FLOAT_KEPT.register("mish", Refusal("mish runs as float EXP, ADD, LOG, TANH and MUL", _activation("mish"), _SWISH))
+# Layers: the converter quantizes the ops around them, not theirs. Measured on a conv followed by each (TF 2.21).
+FLOAT_KEPT.register("layer_normalization", Refusal(
+    "LayerNormalization runs as float MEAN, SQUARED_DIFFERENCE, RSQRT, MUL, SUB and ADD", _is("LayerNormalization"),
+    "keep it (the simulation computes it in float, as deployed) or, where the model allows, use BatchNormalization "
+    "after a conv or dense layer (folded into it: integer-only)"))
+FLOAT_KEPT.register("multi_head_attention", Refusal(
+    "MultiHeadAttention runs as float FULLY_CONNECTED, BATCH_MATMUL, SOFTMAX, MUL and TRANSPOSE: only its four "
+    "projection kernels are stored in int8 (DEQUANTIZE before each)", _is("MultiHeadAttention"),
+    "keep it (the simulation computes the attention in float, as deployed); an integer-only attention needs its "
+    "scores and softmax quantized by a QuantizeConfig of your own (qresearch.schemes.register_layer)"))
+FLOAT_KEPT.register("clipped_relu", Refusal(
+    "a ReLU with a max_value other than 6 (or a max_value and a negative slope) runs as float RELU and MINIMUM "
+    "(with a slope, also NEG, MUL and SUB)", _clipped_relu,
+    "use ReLU() or ReLU(6.0) (fused into the op before it), or LeakyReLU for a slope"))
+FLOAT_KEPT.register("thresholded_relu", Refusal(
+    "a ReLU with a threshold runs as float GREATER, CAST and MUL. The converter stores the threshold as an int8 "
+    "constant and LiteRT compares it with the int8 input after rescaling both: a value a fraction of a step above "
+    "the threshold can be zeroed there and kept by the simulation (measured: 18 LSB at a dense output)",
+    _thresholded, "use a plain ReLU, or ReLU6"))
 
 
 def refused_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
@@ -135,8 +178,12 @@ def refused_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
 
 
 def float_kept_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
-    """(entry, ['name (Class)', ...]) for every ``FLOAT_KEPT`` entry of ``runtime`` that a layer of ``model`` meets."""
-    return _matching(model, FLOAT_KEPT, runtime.keeps_float)
+    """(entry, ['name (Class)', ...]) for every ``FLOAT_KEPT`` entry of ``runtime`` that a layer of ``model`` meets,
+    leaving out the layers ``runtime`` refuses (those do not deploy at all)."""
+    refused = {layer for _, layers in refused_layers(model, runtime) for layer in layers}
+    kept = [(entry, [layer for layer in layers if layer not in refused])
+            for entry, layers in _matching(model, FLOAT_KEPT, runtime.keeps_float)]
+    return [(entry, layers) for entry, layers in kept if layers]
 
 
 def _matching(model, registry: Registry[Refusal], names) -> List[Tuple[Refusal, List[str]]]:

@@ -39,6 +39,10 @@ CASES = [
     ("int16_constant_operand", "avg", lambda h: L.Average(name="avg")([h, L.Conv2D(8, 1)(h)])),
     ("int16_constant_operand", "tf.math.subtract", lambda h: 1.0 - h),   # TF op layers, named by Keras
     ("int16_constant_operand", "tf.math.truediv", lambda h: 2.0 / L.Activation("sigmoid")(h)),
+    ("int16_threshold", "thr", lambda h: L.ReLU(threshold=0.5, name="thr")(h)),
+    ("int16_threshold", "thresholded", lambda h: L.ThresholdedReLU(theta=0.5, name="thresholded")(h)),
+    # converts; LiteRT refuses it when the model is loaded (convert loads it to say so)
+    ("int16_l2_normalization", "unit_norm", lambda h: L.UnitNormalization(name="unit_norm")(h)),
 ]
 
 
@@ -59,6 +63,7 @@ def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, n
                                calibration_data=X)
     what = hw.REFUSALS.get(refusal).what
     assert "verify will fail" in caplog.text and f"'{name}" in caplog.text and what in caplog.text, caplog.text
+    assert "not integer-only" not in caplog.text, caplog.text   # a refused layer is not also called float-kept
     with pytest.raises(qresearch.errors.ConfigError) as err:
         hw.convert(q, "tflite_int16x8")
     message = str(err.value)
@@ -67,7 +72,7 @@ def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, n
 
 
 def test_the_refused_layers_convert_on_tflite_int8_as_the_fix_says(caplog):
-    """One model holding every 16x8 refusal: int8 converts it and nothing is said; a model with none of them is
+    """One model holding every 16x8 refusal: int8 converts it and names no refusal; a model with none of them is
     not warned about on 16x8."""
     def every(h):
         for _, _, layer in CASES:
@@ -92,6 +97,11 @@ FLOAT_CASES = [
     ("softplus", "softplus", lambda h: L.Activation("softplus", name="softplus")(h)),
     ("softsign", "softsign", lambda h: L.Activation("softsign", name="softsign")(h)),
     ("mish", "mish", lambda h: L.Activation("mish", name="mish")(h)),
+    ("layer_normalization", "ln", lambda h: L.LayerNormalization(name="ln")(h)),
+    ("multi_head_attention", "mha", lambda h: L.MultiHeadAttention(2, 4, name="mha")(*[L.Reshape((64, 8))(h)] * 2)),
+    ("clipped_relu", "relu2", lambda h: L.ReLU(max_value=2.0, name="relu2")(h)),
+    ("clipped_relu", "leaky_clipped", lambda h: L.ReLU(max_value=6.0, negative_slope=0.1, name="leaky_clipped")(h)),
+    ("thresholded_relu", "leaky_thr", lambda h: L.ReLU(negative_slope=0.1, threshold=0.2, name="leaky_thr")(h)),
 ]
 _RUNTIME_CASES = [(target, *case) for target in ("tflite_int8", "tflite_int16x8") for case in FLOAT_CASES
                   if case[0] in hw.RUNTIMES.get(target).keeps_float]
