@@ -43,7 +43,7 @@ RUNTIMES.register("none", Runtime("none"))
 # Measured in TF 2.21 on a conv with each activation (tests/hardware/test_unconvertible.py); 16x8 refuses selu.
 _FLOAT_ACTIVATIONS = ("hard_sigmoid", "elu", "selu", "softplus", "softsign", "mish")
 # and layers (a conv followed by each, the same tests)
-_FLOAT_LAYERS = ("layer_normalization", "multi_head_attention", "clipped_relu")
+_FLOAT_LAYERS = ("layer_normalization", "multi_head_attention", "unit_normalization_axes", "clipped_relu")
 RUNTIMES.register("tflite_int8", Runtime("tflite_int8", deploys=True, integer_only=True, activation_dtype="int8",
                                          tensor_dtypes=("int8", "int32"), refuses=("recurrent",),
                                          keeps_float=_FLOAT_ACTIVATIONS + _FLOAT_LAYERS + ("thresholded_relu",)))

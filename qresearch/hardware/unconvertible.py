@@ -16,6 +16,7 @@ from typing import Callable, List, Tuple
 
 from qresearch.registry import Registry
 from qresearch.schemes.graph import SCALAR_OPERAND_SYMBOLS
+from qresearch.schemes.builtin_layers import unit_norm_over_last_axis
 from qresearch.schemes.layers import activation_name
 
 
@@ -120,7 +121,7 @@ REFUSALS.register("int16_threshold", Refusal(
 REFUSALS.register("int16_l2_normalization", Refusal(
     "L2_NORMALIZATION with an int16 output (UnitNormalization): the converter writes it, and LiteRT's kernel "
     "refuses it when the model is loaded (l2norm.cc: output float32, uint8 or int8)",
-    _is("UnitNormalization"),
+    lambda layer: _is("UnitNormalization")(layer) and unit_norm_over_last_axis(layer),
     f"{_TO_INT8}, or normalise outside the model (after its output)"))
 REFUSALS.register("int16_constant_operand", Refusal(
     "ADD/SUB/MUL/DIV of an int16 tensor and a constant ('binary op operands have same element type': the constant "
@@ -161,6 +162,11 @@ FLOAT_KEPT.register("multi_head_attention", Refusal(
     "projection kernels are stored in int8 (DEQUANTIZE before each)", _is("MultiHeadAttention"),
     "keep it (the simulation computes the attention in float, as deployed); an integer-only attention needs its "
     "scores and softmax quantized by a QuantizeConfig of your own (qresearch.schemes.register_layer)"))
+FLOAT_KEPT.register("unit_normalization_axes", Refusal(
+    "a UnitNormalization over other axes than the last runs as float SQUARE, SUM, MAXIMUM, RSQRT and MUL (over the "
+    "last axis it is one L2_NORMALIZATION: integer-only, emulated bit for bit)",
+    lambda layer: _is("UnitNormalization")(layer) and not unit_norm_over_last_axis(layer),
+    "normalise over the last axis (move the axis there with a Permute before it)"))
 FLOAT_KEPT.register("clipped_relu", Refusal(
     "a ReLU with a max_value other than 6 (or a max_value and a negative slope) runs as float RELU and MINIMUM "
     "(with a slope, also NEG, MUL and SUB)", _clipped_relu,

@@ -204,3 +204,51 @@ def _q8_apply(x, multiplier, accepted, *builtin):
 #: in 1.8M outputs (a concatenation's requantized input), where float32 rounding missed 10%. ``S_in/S_out`` is
 #: taken as float32 of its double quotient.
 q8_convert = Requantizer(_q8_constants, _q8_apply, real=True)
+
+
+INT32_MAX = 2 ** 31 - 1
+
+
+def saturating_left_shift(x, bits: int):
+    """gemmlowp ``SaturatingRoundingMultiplyByPOT<bits>`` for ``bits > 0``: ``x·2^bits`` clamped to int32."""
+    return tf.clip_by_value(x * (2 ** bits), -INT32_MAX - 1, INT32_MAX)
+
+
+def rounding_divide_by_pot(x, bits: int):
+    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^bits`` rounded to nearest, ties away from zero."""
+    mask = 2 ** bits - 1
+    remainder = tf.bitwise.bitwise_and(x, mask)
+    threshold = (mask >> 1) + tf.cast(x < 0, tf.int64)
+    return tf.bitwise.right_shift(x, bits) + tf.cast(remainder > threshold, tf.int64)
+
+
+def _leading_bit(x):
+    """The index of the highest set bit of positive int64 ``x`` < 2^31 (exact: a count of thresholds passed)."""
+    powers = tf.constant([2 ** k for k in range(1, 31)], tf.int64)
+    return tf.reduce_sum(tf.cast(x[..., None] >= powers, tf.int64), axis=-1)
+
+
+def inv_sqrt_multiplier(x):
+    """``(M, shift)`` with ``1/sqrt(x) ≈ M·2^(shift-31)``, elementwise on int64 ``x`` in [0, 2^31), as TFLite's
+    ``GetInvSqrtQuantizedMultiplierExp(x, reverse_shift=-1)`` computes it (tensorflow/lite/kernels/internal/
+    common.h): ``x`` normalised by pairs of bits into [2^27, 2^29), five Newton-Raphson steps
+    ``y ← 1.5·y - (x/2)·y³`` from ``y = 1`` in gemmlowp fixed point with 3 integer bits, times ``sqrt(2)/2``;
+    ``x <= 1`` gives ``(2^31 - 1, 0)``. The shift is returned as a left shift (the ``reverse_shift`` sign)."""
+    small = x <= 1
+    x = tf.maximum(x, 2)
+    big = x >= 2 ** 29   # at most once below 2^31
+    x = tf.where(big, x // 4, x)
+    shift = 11 + tf.cast(big, tf.int64)
+    pairs = (30 - _leading_bit(x)) // 2 - 1   # (CountLeadingZeros(x) - 1) / 2 - 1
+    shift = shift - pairs
+    x = tf.bitwise.left_shift(x, 2 * pairs)
+    half_input = rounding_divide_by_pot(tf.bitwise.right_shift(x, 1), 1)   # F3 raw of x/2
+    half_three = (1 << 28) + (1 << 27)                                       # F3 1.5
+    y = tf.fill(tf.shape(x), tf.constant(1 << 28, tf.int64))                # F3 1.0
+    for _ in range(5):
+        cube = saturating_left_shift(srdhm(srdhm(y, y), y), 6)               # F9 -> F3
+        y = saturating_left_shift(srdhm(y, half_three) - srdhm(half_input, cube), 3)   # F6 -> F3
+    y = srdhm(y, 1518500250)                                                 # times sqrt(2)/2 (F0)
+    y = tf.where(shift < 0, tf.bitwise.left_shift(y, tf.maximum(-shift, 0)), y)
+    shift = tf.maximum(shift, 0)
+    return tf.where(small, tf.constant(INT32_MAX, tf.int64), y), tf.where(small, tf.zeros_like(shift), -shift)

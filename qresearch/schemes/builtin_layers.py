@@ -106,8 +106,19 @@ register_layer(L.Activation, kind=_activation_layer_kind,
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
 register_layer(L.PReLU, kind="output", integer_op="PRELU")
-for _cls in (L.ELU, L.ThresholdedReLU, L.LayerNormalization, L.UnitNormalization):
+for _cls in (L.ELU, L.ThresholdedReLU, L.LayerNormalization):
     register_layer(_cls, kind="output")
+
+
+def unit_norm_over_last_axis(layer) -> bool:
+    """A UnitNormalization over the last axis only: the converter makes it one L2_NORMALIZATION (fixed output grid)."""
+    axes = list(layer.axis) if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+    rank = len(layer.input_shape) if getattr(layer, "_inbound_nodes", None) else None
+    return len(axes) == 1 and (axes[0] == -1 or (rank is not None and axes[0] == rank - 1))
+
+
+register_layer(L.UnitNormalization, kind=lambda layer: "fixed" if unit_norm_over_last_axis(layer) else "output",
+               integer_op=lambda layer: "L2_NORMALIZATION" if unit_norm_over_last_axis(layer) else None)
 register_layer(L.Rescaling, kind="output", split=RESCALING, integer_op=CONSTANT_OPS)
 register_layer(L.Normalization, kind="output", split=NORMALIZATION, integer_op=CONSTANT_OPS)
 for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),

@@ -304,6 +304,8 @@ def place_output_quantizers(plan: ModelPlan) -> None:
 def _fixed_name(layer):
     if isinstance(layer, keras.layers.Softmax):
         return "softmax"
+    if isinstance(layer, keras.layers.UnitNormalization):
+        return "l2_normalization"
     if L.op_name(layer) is not None:
         return L.op_name(layer)
     return _activation(layer)

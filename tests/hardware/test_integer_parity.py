@@ -517,3 +517,16 @@ def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(d
         merge = next(w for w in q.layers if isinstance(getattr(w, "layer", None), (L.Concatenate, L.Maximum)))
         assert any(isinstance(t._keras_history.layer, QuantizeInput) for t in merge.input), merge.input
     assert r["ops"].get("QUANTIZE") == 1 and r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
+def test_a_unit_normalization_runs_l2_normalization_on_its_fixed_grid_bit_for_bit(data):
+    """UnitNormalization over the channels: TFLite's L2_NORMALIZATION writes onto (1/128, 0) whatever range the
+    model had. It was a layer with a learned range simulated in float: a QUANTIZE after the op and 1 LSB off."""
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    inp = keras.Input((8, 8, 1))
+    h = L.UnitNormalization()(L.Conv2D(8, 3, padding="same")(inp))
+    h = L.Conv2D(8, 3, strides=2, activation="relu")(h)
+    q, r = _qat_then_verify(keras.Model(inp, L.Dense(10)(L.Flatten()(h))), data)
+    assert r["ops"].get("L2_NORMALIZATION") == 1 and "QUANTIZE" not in r["ops"], r["ops"]
+    assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r

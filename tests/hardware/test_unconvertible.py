@@ -99,6 +99,7 @@ FLOAT_CASES = [
     ("mish", "mish", lambda h: L.Activation("mish", name="mish")(h)),
     ("layer_normalization", "ln", lambda h: L.LayerNormalization(name="ln")(h)),
     ("multi_head_attention", "mha", lambda h: L.MultiHeadAttention(2, 4, name="mha")(*[L.Reshape((64, 8))(h)] * 2)),
+    ("unit_normalization_axes", "unit_norm_hw", lambda h: L.UnitNormalization(axis=[1, 2], name="unit_norm_hw")(h)),
     ("clipped_relu", "relu2", lambda h: L.ReLU(max_value=2.0, name="relu2")(h)),
     ("clipped_relu", "leaky_clipped", lambda h: L.ReLU(max_value=6.0, negative_slope=0.1, name="leaky_clipped")(h)),
     ("thresholded_relu", "leaky_thr", lambda h: L.ReLU(negative_slope=0.1, threshold=0.2, name="leaky_thr")(h)),
