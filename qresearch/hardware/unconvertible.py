@@ -172,9 +172,11 @@ FLOAT_KEPT.register("clipped_relu", Refusal(
     "(with a slope, also NEG, MUL and SUB)", _clipped_relu,
     "use ReLU() or ReLU(6.0) (fused into the op before it), or LeakyReLU for a slope"))
 FLOAT_KEPT.register("thresholded_relu", Refusal(
-    "a ReLU with a threshold runs as float GREATER, CAST and MUL. The converter stores the threshold as an int8 "
-    "constant and LiteRT compares it with the int8 input after rescaling both: a value a fraction of a step above "
-    "the threshold can be zeroed there and kept by the simulation (measured: 18 LSB at a dense output)",
+    "a ReLU with a threshold runs as GREATER on int8 tensors, then float CAST and MUL. LiteRT's int8 GREATER "
+    "compares both sides rescaled to steps of 1/256 (the real value times 2^8, rounded: tensorflow/lite/kernels/"
+    "internal/reference/comparisons.h, "
+    "ComparisonWithScaling), where the simulation compares floats: a value within 1/256 above the threshold is "
+    "zeroed on the device and kept in the simulation (measured: 18 LSB at a dense output)",
     _thresholded, "use a plain ReLU, or ReLU6"))
 
 
