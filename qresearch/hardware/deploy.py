@@ -18,6 +18,7 @@ import numpy as np
 
 from qresearch.errors import ConfigError
 from qresearch.hardware.bias_widening import widen_biases
+from qresearch.hardware.converter_log import held_stderr
 from qresearch.hardware.fixed_output_params import pin_outputs
 from qresearch.hardware.input_requantize import restore_input_quantizes
 from qresearch.hardware import unconvertible, xnnpack_limits
@@ -102,15 +103,22 @@ def convert(qat_model, target, representative_data=None) -> bytes:
     converter.inference_input_type = converter.inference_output_type = tf.as_dtype(facts.activation_dtype)
     if representative_data is not None:
         converter.representative_dataset = _representative(representative_data, qat_model)
-    try:
-        flatbuffer = converter.convert()
-    except Exception as err:
-        refused = unconvertible.refused_layers(qat_model, facts)
+    failure = None
+    with held_stderr() as log:
+        try:
+            flatbuffer = converter.convert()
+        except Exception as err:
+            failure = err
+    refused = unconvertible.refused_layers(qat_model, facts) if failure is not None else []
+    if not refused:
+        log.replay()
+    if failure is not None:
         if refused:
             raise ConfigError(
                 f"{target.name}: the TFLite converter (TF {tf.__version__}) cannot convert this QAT model "
-                f"({_first_error_line(err)}). {unconvertible.describe(refused)}") from err
-        raise
+                f"({_first_error_line(failure)}). {unconvertible.describe(refused)} (The converter's own "
+                f"log: {log.save()}.)") from failure
+        raise failure
     # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py); first the QUANTIZE
     # ops it drops where the input also feeds a layer on another grid (input_requantize.py)
     edits = [lambda model: restore_input_quantizes(model, _input_grid(qat_model))]
