@@ -119,15 +119,16 @@ def convert(qat_model, target, representative_data=None) -> bytes:
                 f"({_first_error_line(failure)}). {unconvertible.describe(refused)} (The converter's own "
                 f"log: {log.save()}.)") from failure
         raise failure
-    # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py); first the QUANTIZE
-    # ops it drops where the input also feeds a layer on another grid (input_requantize.py)
-    edits = [lambda model: restore_input_quantizes(model, _input_grid(qat_model))]
+    edits = []   # what the converter writes otherwise than the runtime's kernels read (flatbuffer_edits.py)
+    readers = _input_readers(qat_model)
+    if len(readers) > 1:   # the QUANTIZE ops the converter can drop where several layers read the input
+        edits.append(lambda model: restore_input_quantizes(model, _input_grid(readers)))   # (input_requantize.py)
     if facts.conv_bias_dtype == "int64":   # 16x8: the converter stores conv biases as int32 (bias_widening.py)
         edits.append(widen_biases)
     if facts.pins_fixed_outputs:   # 16x8: LOGISTIC's output stored at 1/65536 (fixed_output_params.py)
         edits.append(lambda model: pin_outputs(model, target.fixed_output_params, facts.activation_dtype))
     try:
-        flatbuffer = edited(flatbuffer, *edits)[0]
+        flatbuffer = edited(flatbuffer, *edits)[0] if edits else flatbuffer
     except ValueError as err:
         raise ConfigError(f"{target.name}: {err}. Fix: give the layers reading the model input one input quantizer "
                           "(the same activation spec for them, by a scheme override), or deploy with float I/O "
@@ -150,18 +151,25 @@ def _check_loads(flatbuffer: bytes, qat_model, target) -> None:
                           f"{unconvertible.describe(refused)}") from err
 
 
-def _input_grid(qat_model):
-    """(scale, zero point) of the grid the quantizer of ``qat_model``'s one input puts it on; None if there is
-    not exactly one such quantizer."""
-    from qresearch.kernels.grid import fake_quant_range, grid_of
-    from qresearch.schemes import QuantizeInput
+def _input_readers(qat_model) -> list:
+    """The layers of ``qat_model`` that read its one input (none for a model with several inputs)."""
     from qresearch._compat import tf
 
     inputs = getattr(qat_model, "inputs", None) or []
     if len(inputs) != 1:
-        return None
-    readers = [layer for layer in qat_model.layers if isinstance(layer, QuantizeInput)
-               and any(t is inputs[0] for node in layer._inbound_nodes for t in tf.nest.flatten(node.input_tensors))]
+        return []
+    return [layer for layer in qat_model.layers
+            if any(t is inputs[0] for node in layer._inbound_nodes for t in tf.nest.flatten(node.input_tensors))]
+
+
+def _input_grid(readers):
+    """(scale, zero point) of the grid the one ``QuantizeInput`` among the input's ``readers`` puts it on; None if
+    there is not exactly one."""
+    from qresearch.kernels.grid import fake_quant_range, grid_of
+    from qresearch.schemes import QuantizeInput
+    from qresearch._compat import tf
+
+    readers = [layer for layer in readers if isinstance(layer, QuantizeInput)]
     if len(readers) != 1:
         return None
     rng = fake_quant_range(readers[0].quantizer, readers[0].quantizer_vars, tf.zeros([1]))
