@@ -163,10 +163,11 @@ def split_separable(graph: Graph, keep=lambda layer: False) -> None:
 
 
 def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
-    """Replace each Add / Multiply of three or more inputs by a chain of two-input ones, ``((a + b) + c) + ...``:
-    Keras sums in that order, and the TFLite converter makes the same chain of ADD (MUL) ops, whose partial sums
-    need int8 ranges of their own (with one quantizer after the layer they had none, and the chain ran in float
-    between a DEQUANTIZE and a QUANTIZE). The last link keeps the layer's name. An Average of n inputs is that
+    """Replace each Add / Multiply / Maximum / Minimum of three or more inputs by a chain of two-input ones,
+    ``((a + b) + c) + ...``: Keras computes in that order, and the TFLite converter makes the same chain of ADD
+    (MUL, MAXIMUM, MINIMUM) ops, whose partial results need int8 ranges of their own (with one quantizer after the
+    layer they had none: the sums ran in float between a DEQUANTIZE and a QUANTIZE; a Minimum of three was 90 LSB
+    off, its emulation being binary). The last link keeps the layer's name. An Average of n inputs is that
     chain of Adds, then ``Rescaling(1/n)`` under the layer's name: the converter makes its division a MUL by
     ``1/n``, which ran in float for the same reason (measured). ``keep(layer)``: leave as is."""
     K = keras.layers
@@ -175,7 +176,8 @@ def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
     for n in graph.nodes:
         layer = n.layer
         average = type(layer) is K.Average
-        if type(layer) not in (K.Add, K.Multiply, K.Average) or counts[id(layer)] > 1 or keep(layer) \
+        if type(layer) not in (K.Add, K.Multiply, K.Maximum, K.Minimum, K.Average) or counts[id(layer)] > 1 \
+                or keep(layer) \
                 or len(n.in_slots) < (2 if average else 3) or n.call_kwargs or len(n.call_args) != 1 \
                 or len(n.flat_args) != len(n.in_slots):
             out.append(n)
