@@ -381,8 +381,8 @@ def _softmax(w, op) -> Optional[Plan]:
     return Plan(op, [source])
 
 
-def _table_activation(w, op) -> Optional[Plan]:
-    """A table activation (LOGISTIC, TANH, GELU) of a quantized input."""
+def _one_input(w, op) -> Optional[Plan]:
+    """An op of one quantized input: a table activation (LOGISTIC, TANH, GELU), L2_NORMALIZATION."""
     source = getattr(w, "_input_source", None)
     return Plan(op, [source]) if source else None
 
@@ -536,8 +536,8 @@ register_matcher("MEAN", _mean)
 for _op in ("CONCATENATION", "MAXIMUM", "MINIMUM"):
     register_matcher(_op, _concatenation)
 register_matcher("SOFTMAX", _softmax)
-for _op in ("LOGISTIC", "TANH", "GELU"):
-    register_matcher(_op, _table_activation)
+for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION"):
+    register_matcher(_op, _one_input)
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher(CONSTANT_OPS, _constant_ops, fuses_following_relu=True)
 register_matcher("PRELU", _prelu)
