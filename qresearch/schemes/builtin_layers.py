@@ -124,8 +124,28 @@ register_layer(L.Normalization, kind="output", split=NORMALIZATION, integer_op=C
 for _cls, _op in ((L.GlobalAveragePooling1D, "MEAN"), (L.GlobalAveragePooling2D, "MEAN"),
                   (L.GlobalAveragePooling3D, None)):
     register_layer(_cls, kind="output", keeps_sign=True, integer_op=_op)
-for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None), (L.Dot, None)):
+for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.Average, None)):
     register_layer(_cls, kind="merge", integer_op=_op, keeps_sign=_cls in (L.Add, L.Multiply, L.Average))
+
+
+def batch_matmul_adjoints(layer, ranks=None):
+    """``(adj_x, adj_y)`` of the BATCH_MATMUL a ``Dot`` of two rank-3 tensors (batch, rows, columns) is, without
+    normalisation; None for any other Dot (the float simulation stays). ``ranks``: its inputs' ranks, batch axis
+    included (default: read from the layer's call)."""
+    if ranks is None:
+        shapes = getattr(layer, "input_shape", None) if getattr(layer, "_inbound_nodes", None) else None
+        ranks = [len(s) for s in shapes] if isinstance(shapes, list) else None
+    if layer.normalize or ranks is None or list(ranks) != [3, 3]:
+        return None
+    axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
+    axes = [a % 3 for a in axes]
+    if any(a not in (1, 2) for a in axes):
+        return None
+    return axes[0] == 1, axes[1] == 2   # x contracted over its rows: x^T; y over its columns: y^T
+
+
+# the emulation's matcher takes the Dots that are one (``batch_matmul_adjoints``); the others stay float-simulated
+register_layer(L.Dot, kind="merge", keeps_sign=False, integer_op="BATCH_MATMUL")
 register_layer(L.Concatenate, kind="concat", integer_op="CONCATENATION")
 # TFLite's MAXIMUM/MINIMUM compare integers on one grid, as CONCATENATION keeps one (measured: the converter
 # requantizes an input on another grid with a QUANTIZE and computes a sole producer straight onto the output's)

@@ -437,6 +437,19 @@ def _elementwise(w, op) -> Optional[Plan]:
     return Plan(op, list(sources))
 
 
+def _batch_matmul(w, op) -> Optional[Plan]:
+    """A Dot of two quantized rank-3 tensors (``builtin_layers.batch_matmul_adjoints``)."""
+    from qresearch.schemes.builtin_layers import batch_matmul_adjoints
+
+    sources, shapes = getattr(w, "_input_sources", None), getattr(w, "_input_shapes", None)
+    if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) or shapes is None:
+        return None
+    adjoints = batch_matmul_adjoints(w.layer, [len(s) + 1 for s in shapes])   # shapes without the batch axis
+    if adjoints is None:
+        return None
+    return Plan(op, list(sources), {"adj_x": adjoints[0], "adj_y": adjoints[1]})
+
+
 def _broadcast_to(small, big) -> bool:
     """Whether a tensor of shape ``small`` (batch axis left out) broadcasts to ``big`` (same rank, 1 or equal)."""
     return len(small) == len(big) and all(s in (1, b) for s, b in zip(small, big))
@@ -541,5 +554,6 @@ for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION"):
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher(CONSTANT_OPS, _constant_ops, fuses_following_relu=True)
 register_matcher("PRELU", _prelu)
+register_matcher("BATCH_MATMUL", _batch_matmul)
 for _op in ("ADD", "SUB", "MUL"):
     register_matcher(_op, _elementwise, fuses_following_relu=True)
