@@ -231,6 +231,21 @@ def keras_layers_for_tf_ops(graph: Graph, keep=lambda layer: False) -> None:
     graph.nodes = out
 
 
+def _matmul_as_dot(n: GNode, refs, kwargs, common):
+    """``tf.matmul(a, b)`` of two rank-3 tensors (attention's ``q @ kᵀ``, ``a @ v``), transposes allowed: the ``Dot``
+    computing it (BATCH_MATMUL, emulated), else None. Only the transpose / adjoint flags (the same on real values)
+    may be given, by keyword."""
+    flags = ("transpose_a", "transpose_b", "adjoint_a", "adjoint_b")
+    ranks = [getattr(getattr(n.flat_args[i], "shape", None), "rank", None) for _, i in sorted(n.in_slots,
+                                                                                             key=lambda s: s[1])]
+    if len(refs) != 2 or ranks != [3, 3] or len(n.call_args) != 2 \
+            or any(k not in flags or not isinstance(v, bool) for k, v in kwargs.items()):
+        return None
+    first = kwargs.get("transpose_a", False) or kwargs.get("adjoint_a", False)
+    second = kwargs.get("transpose_b", False) or kwargs.get("adjoint_b", False)
+    return keras.layers.Dot(axes=(1 if first else 2, 2 if second else 1), **common)
+
+
 #: TF op symbols that take a tensor and a number as an ADD/SUB/MUL/DIV with a constant operand (``_scalar_operand``)
 SCALAR_OPERAND_SYMBOLS = ("math.multiply", "__operators__.add", "math.add", "math.subtract", "math.truediv")
 
@@ -296,6 +311,9 @@ def _keras_layer_for(n: GNode):
                 or not isinstance(axis, int):
             return None
         return K.Concatenate(axis=axis, **common), refs
+    if symbol == "linalg.matmul":
+        dot = _matmul_as_dot(n, refs, kwargs, common)
+        return (dot, refs) if dot is not None else None
     if symbol == "math.reduce_mean":
         axis = kwargs.get("axis", n.call_args[1] if len(n.call_args) > 1 else None)
         keepdims = kwargs.get("keepdims", n.call_args[2] if len(n.call_args) > 2 else False)

@@ -10,7 +10,7 @@ import pytest
 
 import qresearch
 from qresearch import hardware as hw
-from qresearch._compat import keras
+from qresearch._compat import keras, tf
 from qresearch.quantizers.base import is_quantizer_variable
 from qresearch.schemes import BatchStatsFold, QuantizeInput
 from qresearch.schemes.build import set_kernels
@@ -545,18 +545,22 @@ def test_a_wide_unit_normalization_runs_the_kernels_inverse_square_root():
     assert r["ops"] == {"L2_NORMALIZATION": 1} and r["max_abs_diff_lsb"] < 1e-3, r
 
 
-@pytest.mark.parametrize("kernels", ["builtin_without_default_delegates", "builtin"])
-def test_dot_products_run_batch_matmul_bit_for_bit(data, kernels):
-    """Attention written with Dot layers (scores q·kᵀ, softmax, then the weighted sum of v): the converter makes
-    BATCH_MATMULs, which ran as a float simulation, 1-2 LSB off. XNNPACK runs one whose second operand has zero
-    point 0 in float32 and leaves the others to the builtin kernel (both modelled: tests/kernels/
-    test_batch_matmul.py)."""
+@pytest.mark.parametrize("form, kernels", [("Dot", "builtin_without_default_delegates"), ("Dot", "builtin"),
+                                           ("tf.matmul", "builtin_without_default_delegates")])
+def test_dot_products_run_batch_matmul_bit_for_bit(data, form, kernels):
+    """Attention written with Dot layers or ``tf.matmul`` (scores q·kᵀ, softmax, then the weighted sum of v): the
+    converter makes BATCH_MATMULs, which ran as a float simulation (a matmul TF op: quantized after it), 1-2 LSB
+    off. XNNPACK runs one whose second operand has zero point 0 in float32 and leaves the others to the builtin
+    kernel (both modelled: tests/kernels/test_batch_matmul.py)."""
     L = keras.layers
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))
     s = L.Reshape((64, 8))(L.Conv2D(8, 3, padding="same", activation="relu")(inp))
-    scores = L.Softmax()(L.Dot(axes=(2, 2))([L.Dense(8)(s), L.Dense(8)(s)]))
-    h = L.Dot(axes=(2, 1))([scores, L.Dense(8)(s)])
+    q_, k_, v_ = L.Dense(8)(s), L.Dense(8)(s), L.Dense(8)(s)
+    if form == "Dot":
+        h = L.Dot(axes=(2, 1))([L.Softmax()(L.Dot(axes=(2, 2))([q_, k_])), v_])
+    else:
+        h = tf.matmul(L.Softmax()(tf.matmul(q_, k_, transpose_b=True)), v_)
     x = data[0][:64]
     q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
                            calibration_data=x)

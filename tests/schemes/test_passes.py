@@ -198,3 +198,24 @@ def test_tf_ops_that_are_keras_layers_become_those_layers():
     plan = P.make_plan(graph, skipped, annotations)
     assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["concat",
                                                                                                "math.subtract"]
+
+
+def test_a_matmul_of_rank_3_tensors_becomes_a_dot_with_its_transposes():
+    """``tf.matmul(a, b)`` on Keras tensors is planned as the ``Dot`` computing it (its BATCH_MATMUL is then
+    emulated): each transpose flag picks the contracted axis; other forms stay TF ops. The values are the same."""
+    inp = keras.Input((5, 4))
+    a, b = L.Dense(4, name="a")(inp), L.Dense(4, name="b")(inp)
+    products = [tf.matmul(a, b, transpose_b=True), tf.matmul(a, b, transpose_a=True),
+                tf.linalg.matmul(tf.matmul(a, b, adjoint_b=True), a),
+                tf.matmul(a, L.Reshape((4, 5))(b))]
+    model = keras.Model(inp, [L.Flatten()(p) for p in products] + [tf.matmul(L.Flatten()(a), tf.ones((20, 2)))])
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    dots = sorted(tuple(p.layer.axes) for p in plan.layers if isinstance(p.layer, L.Dot))
+    assert dots == [(1, 1), (2, 1), (2, 1), (2, 2), (2, 2)], dots
+    assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["linalg.matmul"]
+    x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    for got, want in zip(wide(x), model(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
