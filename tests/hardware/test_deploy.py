@@ -285,38 +285,36 @@ def test_dilated_convs_and_a_1d_average_pool_deploy_integer_only_bit_for_bit(dat
     assert r["deployed_accuracy"] > 0.8, r
 
 
-def test_merges_of_three_inputs_deploy_integer_only_bit_for_bit(data):
-    """An Add and a Multiply of three inputs: the converter chains two ADD (MUL) ops, and with one quantizer after
-    the layer the partial result had no range, so the chain ran in float between a DEQUANTIZE and a QUANTIZE.
-    Split into two-input layers (``split_nary_merges``) each partial result has its own grid. An Average (ADD then
-    MUL by 1/2) ran in float the same way."""
-    xtr, ytr, xte, yte = data
+def _sums_products_average(x):
     L = keras.layers
-    keras.utils.set_random_seed(0)
-    inp = keras.Input(xtr.shape[1:])
-    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
     x = L.Add()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
     x = L.Multiply()([x, L.Conv2D(8, 1, activation="sigmoid")(x), L.Conv2D(8, 1, activation="sigmoid")(x)])
-    x = L.Average()([x, L.Conv2D(8, 1)(x)])   # ADD, then MUL by 1/2 (split_nary_merges: then a Rescaling)
-    model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
-    r = deployed_integer_only(model, data)
-    assert r["ops"]["ADD"] == 3 and r["ops"]["MUL"] == 3 and "DEQUANTIZE" not in r["ops"], r["ops"]
-    assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
+    return L.Average()([x, L.Conv2D(8, 1)(x)])   # ADD, then MUL by 1/2 (split_nary_merges: then a Rescaling)
 
 
-def test_a_maximum_or_minimum_of_three_or_more_inputs_deploys_bit_for_bit(data):
-    """The converter chains MINIMUM (MAXIMUM) ops, each on one grid; the emulation's are binary, so a Minimum of three
-    ran as a float simulation: 90 LSB off (measured). Split like an Add (``split_nary_merges``) it is exact."""
+def _minimum_maximum(x):
+    L = keras.layers
+    x = L.Minimum()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
+    return L.Maximum()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 1)(x), L.Conv2D(8, 1, activation="relu")(x)])
+
+
+@pytest.mark.parametrize("merges, ops", [(_sums_products_average, {"ADD": 3, "MUL": 3}),
+                                         (_minimum_maximum, {"MINIMUM": 2, "MAXIMUM": 3})],
+                         ids=["add_multiply_average", "minimum_maximum"])
+def test_merges_of_three_or_more_inputs_deploy_integer_only_bit_for_bit(data, merges, ops):
+    """The converter chains two-input ADD (MUL, MINIMUM, MAXIMUM) ops. An Add or a Multiply with one quantizer after
+    the layer gave the partial result no range, so the chain ran in float between a DEQUANTIZE and a QUANTIZE; an
+    Average (ADD then MUL by 1/2) the same; a Minimum or Maximum of three ran as a float simulation (the emulation's
+    are binary): 89 LSB off, 27% argmax agreement. Split into two-input layers (``split_nary_merges``) each partial
+    result has its own grid (one grid, for MINIMUM / MAXIMUM), and all are exact."""
     xtr, ytr, xte, yte = data
     L = keras.layers
     keras.utils.set_random_seed(0)
     inp = keras.Input(xtr.shape[1:])
-    x = L.Conv2D(8, 3, padding="same", activation="relu")(inp)
-    x = L.Minimum()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 3, padding="same")(x)])
-    x = L.Maximum()([x, L.Conv2D(8, 1)(x), L.Conv2D(8, 1)(x), L.Conv2D(8, 1, activation="relu")(x)])
+    x = merges(L.Conv2D(8, 3, padding="same", activation="relu")(inp))
     model = train(keras.Model(inp, L.Dense(10)(L.Flatten()(x))), xtr, ytr, epochs=2)
     r = deployed_integer_only(model, data)
-    assert r["ops"]["MINIMUM"] == 2 and r["ops"]["MAXIMUM"] == 3, r["ops"]
+    assert {op: r["ops"].get(op) for op in ops} == ops and "DEQUANTIZE" not in r["ops"], r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3 and r["argmax_agreement"] == 1.0, r
 
 
