@@ -339,7 +339,7 @@ def _multiply_tail(apply, given, x1, x2, scale1, scale2, zero_point, lo, hi, *pa
 def batch_matmul(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, adj_x: bool = False, adj_y: bool = False,
                  offsets1=None, offsets2=None):
     """BATCH_MATMUL of two int8 tensors: ``Σ (q1 - Z1)(q2 - Z2)`` over the contracted axis (``adj_x`` / ``adj_y``:
-    the first / second operand transposed), requantized by ``S1·S2/S2_out`` as the kernel set rounds the op
+    the first / second operand transposed), requantized by ``S1·S2/S_out`` as the kernel set rounds the op
     (measured against LiteRT, tests/kernels/test_batch_matmul.py). The integer products are summed in float64:
     exact below 2^53."""
     q1 = offsets_on(x1, g1.scale) if offsets1 is None else tf.cast(offsets1, tf.int64)
@@ -348,10 +348,11 @@ def batch_matmul(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, adj_x: boo
     return requantize_accumulator(kernels, dot, g1, g2.scale, out_grid, op="BATCH_MATMUL")
 
 
-def _batch_matmul_on(kernels):
-    def handler(_, c: OpCall):
-        return batch_matmul(kernels or _, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1], c.out_grid,
-                            c.attrs["adj_x"], c.attrs["adj_y"], c.operand_offsets(0), c.operand_offsets(1))
+def _batch_matmul_on(kernels=None):
+    """The BATCH_MATMUL handler computing with ``kernels`` (None: the kernel set that calls it)."""
+    def handler(calling, c: OpCall):
+        return batch_matmul(kernels or calling, c.operands[0], c.operands[1], c.in_grids[0], c.in_grids[1],
+                            c.out_grid, c.attrs["adj_x"], c.attrs["adj_y"], c.operand_offsets(0), c.operand_offsets(1))
     return handler
 
 
@@ -760,7 +761,7 @@ TFLITE_OPS: Dict[str, Handler] = {
                                                 [c.operand_offsets(i) for i in range(len(c.operands))]),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
     "L2_NORMALIZATION": _l2_normalization,
-    "BATCH_MATMUL": _batch_matmul_on(None),
+    "BATCH_MATMUL": _batch_matmul_on(),
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
                                           c.operand_offsets(0)),
     "PRELU": lambda k, c: prelu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid, c.operand_offsets(0)),
@@ -785,7 +786,7 @@ def xnnpack_ops(builtin) -> Dict[str, Handler]:
         # the delegate takes a BATCH_MATMUL whose second operand has zero point 0 (float32 requantization, the
         # kernel set's conv rule); it leaves the others to the builtin kernel (measured)
         "BATCH_MATMUL": lambda k, c: _where_accepted(tf.equal(c.in_grids[1].zero_point, 0.0),
-                                                     lambda: _batch_matmul_on(None)(k, c),
+                                                     lambda: _batch_matmul_on()(k, c),
                                                      lambda: _batch_matmul_on(builtin)(k, c)),
         "LEAKY_RELU": lambda k, c: xnnpack_leaky_relu(builtin, c.operands[0], c.attrs["alpha"], c.in_grids[0],
                                                       c.out_grid, c.operand_offsets(0)),

@@ -30,6 +30,7 @@ from qresearch import kernels as K
 from qresearch._compat import keras, tf
 from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
+from qresearch.schemes.builtin_layers import batch_matmul_adjoints
 from qresearch.schemes.layer_calls import rescaling_op
 from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_attrs, activation_name,
                                       fused_activation, layer_spec, own_spec)
@@ -439,8 +440,6 @@ def _elementwise(w, op) -> Optional[Plan]:
 
 def _batch_matmul(w, op) -> Optional[Plan]:
     """A Dot of two quantized rank-3 tensors (``builtin_layers.batch_matmul_adjoints``)."""
-    from qresearch.schemes.builtin_layers import batch_matmul_adjoints
-
     sources, shapes = getattr(w, "_input_sources", None), getattr(w, "_input_shapes", None)
     if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) or shapes is None:
         return None

@@ -166,7 +166,7 @@ def split_nary_merges(graph: Graph, keep=lambda layer: False) -> None:
     """Replace each Add / Multiply / Maximum / Minimum of three or more inputs by a chain of two-input ones,
     ``((a + b) + c) + ...``: Keras computes in that order, and the TFLite converter makes the same chain of ADD
     (MUL, MAXIMUM, MINIMUM) ops, whose partial results need int8 ranges of their own (with one quantizer after the
-    layer they had none: the sums ran in float between a DEQUANTIZE and a QUANTIZE; a Minimum of three was 90 LSB
+    layer they had none: the sums ran in float between a DEQUANTIZE and a QUANTIZE; a Minimum of three was 89 LSB
     off, its emulation being binary). The last link keeps the layer's name. An Average of n inputs is that
     chain of Adds, then ``Rescaling(1/n)`` under the layer's name: the converter makes its division a MUL by
     ``1/n``, which ran in float for the same reason (measured). ``keep(layer)``: leave as is."""
