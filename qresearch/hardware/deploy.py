@@ -165,18 +165,12 @@ def _input_readers(qat_model) -> list:
 def _input_grid(readers):
     """(scale, zero point) of the grid the one ``QuantizeInput`` among the input's ``readers`` puts it on; None if
     there is not exactly one."""
-    from qresearch.kernels.grid import fake_quant_range, grid_of
+    from qresearch.kernels.grid import grid_of_quantizer
     from qresearch.schemes import QuantizeInput
-    from qresearch._compat import tf
 
     readers = [layer for layer in readers if isinstance(layer, QuantizeInput)]
-    if len(readers) != 1:
-        return None
-    rng = fake_quant_range(readers[0].quantizer, readers[0].quantizer_vars, tf.zeros([1]))
-    if rng is None:
-        return None
-    grid = grid_of(*rng)
-    return float(grid.scale.numpy()), int(grid.zero_point.numpy())
+    grid = grid_of_quantizer(readers[0].quantizer, readers[0].quantizer_vars) if len(readers) == 1 else None
+    return None if grid is None else (float(grid.scale.numpy()), int(grid.zero_point.numpy()))
 
 
 def warn_unconvertible(qat_model, target) -> None:
@@ -189,7 +183,7 @@ def warn_unconvertible(qat_model, target) -> None:
     if refused:
         _log.warning("%s: the model trains and simulates, but deploying and verify will fail: %s", target.name,
                      unconvertible.describe(refused))
-    kept = unconvertible.float_kept_layers(qat_model, facts)
+    kept = unconvertible.float_kept_layers(qat_model, facts, refused)
     if kept:
         _log.warning("%s: the model deploys, but not integer-only (verify lists the float ops; the simulation runs "
                      "them in float as the interpreter does): %s", target.name, unconvertible.describe(kept))

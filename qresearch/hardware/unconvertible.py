@@ -185,10 +185,12 @@ def refused_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
     return _matching(model, REFUSALS, runtime.refuses)
 
 
-def float_kept_layers(model, runtime) -> List[Tuple[Refusal, List[str]]]:
+def float_kept_layers(model, runtime, refused=None) -> List[Tuple[Refusal, List[str]]]:
     """(entry, ['name (Class)', ...]) for every ``FLOAT_KEPT`` entry of ``runtime`` that a layer of ``model`` meets,
-    leaving out the layers ``runtime`` refuses (those do not deploy at all)."""
-    refused = {layer for _, layers in refused_layers(model, runtime) for layer in layers}
+    leaving out the layers ``runtime`` refuses (those do not deploy at all; ``refused``: ``refused_layers``' answer
+    where the caller has it)."""
+    refused = {layer for _, layers in (refused_layers(model, runtime) if refused is None else refused)
+               for layer in layers}
     kept = [(entry, [layer for layer in layers if layer not in refused])
             for entry, layers in _matching(model, FLOAT_KEPT, runtime.keeps_float)]
     return [(entry, layers) for entry, layers in kept if layers]

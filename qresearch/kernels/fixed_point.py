@@ -120,7 +120,12 @@ def _away_constants(multiplier, shift):
 
 
 def _away_apply(x, scale_left, multiplier, right, mask, half_mask):
-    y = srdhm(wrap(x * scale_left), multiplier)
+    return _divide_rounding_away(srdhm(wrap(x * scale_left), multiplier), right, mask, half_mask)
+
+
+def _divide_rounding_away(y, right, mask, half_mask):
+    """gemmlowp ``RoundingDivideByPOT``: ``y / 2^right`` to nearest, ties away from zero (``mask = 2^right - 1``,
+    ``half_mask = mask >> 1``)."""
     remainder = tf.bitwise.bitwise_and(y, mask)
     threshold = half_mask + tf.cast(y < 0, tf.int64)
     return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)
@@ -214,14 +219,6 @@ def saturating_left_shift(x, bits: int):
     return tf.clip_by_value(x * (2 ** bits), -INT32_MAX - 1, INT32_MAX)
 
 
-def rounding_divide_by_pot(x, bits: int):
-    """gemmlowp ``RoundingDivideByPOT``: ``x / 2^bits`` rounded to nearest, ties away from zero."""
-    mask = 2 ** bits - 1
-    remainder = tf.bitwise.bitwise_and(x, mask)
-    threshold = (mask >> 1) + tf.cast(x < 0, tf.int64)
-    return tf.bitwise.right_shift(x, bits) + tf.cast(remainder > threshold, tf.int64)
-
-
 def _leading_bit(x):
     """The index of the highest set bit of positive int64 ``x`` < 2^31 (exact: a count of thresholds passed)."""
     powers = tf.constant([2 ** k for k in range(1, 31)], tf.int64)
@@ -242,7 +239,7 @@ def inv_sqrt_multiplier(x):
     pairs = (30 - _leading_bit(x)) // 2 - 1   # (CountLeadingZeros(x) - 1) / 2 - 1
     shift = shift - pairs
     x = tf.bitwise.left_shift(x, 2 * pairs)
-    half_input = rounding_divide_by_pot(tf.bitwise.right_shift(x, 1), 1)   # F3 raw of x/2
+    half_input = _divide_rounding_away(tf.bitwise.right_shift(x, 1), 1, 1, 0)   # F3 raw of x/2
     half_three = (1 << 28) + (1 << 27)                                       # F3 1.5
     y = tf.fill(tf.shape(x), tf.constant(1 << 28, tf.int64))                # F3 1.0
     for _ in range(5):
