@@ -19,6 +19,7 @@ from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import parts, quantize_multiplier, round_away, round_up, srdhm
 from qresearch.kernels.calls import note_offsets
 from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets_on, round_half_away
+from qresearch.kernels.hard_swish import hard_swish
 from qresearch.kernels.normalization import OUTPUT_SCALE, l2_normalization
 from qresearch.quantizers.fused import xla_pass
 
@@ -654,6 +655,11 @@ def _l2_normalization(kernels, c: OpCall):
     return None if offsets is None else dequantized(offsets, tf.constant(OUTPUT_SCALE, tf.float64))
 
 
+def _hard_swish(kernels, c: OpCall):
+    offsets = hard_swish(c.operands[0], c.in_grids[0], c.out_grid, c.operand_offsets(0))
+    return None if offsets is None else dequantized(offsets, c.out_grid.scale)
+
+
 def _extremum_of(largest: bool):
     def handler(kernels, c: OpCall):
         return extremum(kernels, c.operands, c.in_grids, c.out_grid, [c.operand_offsets(0), c.operand_offsets(1)],
@@ -761,6 +767,7 @@ TFLITE_OPS: Dict[str, Handler] = {
                                                 [c.operand_offsets(i) for i in range(len(c.operands))]),
     "SOFTMAX": lambda k, c: softmax(c.operands[0], c.in_grids[0], c.out_grid),
     "L2_NORMALIZATION": _l2_normalization,
+    "HARD_SWISH": _hard_swish,
     "BATCH_MATMUL": _batch_matmul_on(),
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
                                           c.operand_offsets(0)),

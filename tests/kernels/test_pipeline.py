@@ -291,7 +291,7 @@ def _bad(**pipe):
     (dict(accumulator_bits=20), "can overflow, so say what the hardware does: overflow: saturate or overflow: wrap"),
     (dict(requantize="shift"), "shift requantization needs power-of-two scales.*weights.scale_format: \\[pot\\]"),
     (dict(requantize="float32", rounding="gemmlowp"), "gemmlowp is a fixed-point rounding.*XNNPACK: half_even"),
-    (dict(ops=["CONV_2D", "HARD_SWISH"]), "no integer handler for \\['HARD_SWISH'\\]"),
+    (dict(ops=["CONV_2D", "RSQRT"]), "no integer handler for \\['RSQRT'\\]"),
     (dict(overflow="clip"), "pipeline.overflow: one of"),
     (dict(accumulator_bits=32, bias_add="later"), "pipeline.bias_add: one of"),
     (dict(accumulator_bits=40), "pipeline.accumulator_bits: an integer in \\[8, 32\\]"),
