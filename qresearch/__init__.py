@@ -16,12 +16,13 @@ from qresearch.api import quantize
 from qresearch.deploy_fold import fold_for_deployment
 from qresearch.quantizer_training import configure_optimizer
 from qresearch.schemes.bn_reestimate import reestimate_bn_statistics
+from qresearch.schemes.activations import hard_swish
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError", "DataError", "IncompatibleTargetError", "KerasVersionError", "PluginImportError",
     "QResearchError", "Registry", "UnknownNameError", "UnregisteredClassError", "UnsupportedLayerError",
-    "configure_optimizer", "fold_for_deployment", "import_plugins", "keras", "load_model", "quantize", "quantizers", "reestimate_bn_statistics",
-    "schemes", "tf", "tfmot",
+    "configure_optimizer", "fold_for_deployment", "hard_swish", "import_plugins", "keras", "load_model", "quantize",
+    "quantizers", "reestimate_bn_statistics", "schemes", "tf", "tfmot",
 ]

@@ -14,8 +14,9 @@ registered here per op (``register_matcher``). The plans:
 - MEAN (GlobalAveragePooling1D/2D; keepdims=True: 2-D only, MEAN_KEEPDIMS), ADD/SUB/MUL of two same-shape
   quantized tensors (MUL also by one that broadcasts: a squeeze-excite scale), SOFTMAX over the last axis, the
   table activations LOGISTIC, TANH and GELU (also as a conv's activation, and swish's LOGISTIC), LEAKY_RELU (also
-  ``Activation("leaky_relu")`` and a conv's ``activation="leaky_relu"``), PRELU,
-  CONCATENATION (an input on another grid requantized as the QUANTIZE the converter puts before it);
+  ``Activation("leaky_relu")`` and a conv's ``activation="leaky_relu"``), HARD_SWISH (``qresearch.hard_swish`` as a
+  layer or a conv's activation), L2_NORMALIZATION, BATCH_MATMUL, PRELU, CONCATENATION (an input on another grid
+  requantized as the QUANTIZE the converter puts before it);
 - a conv feeding a Concatenate that quantizes for all its inputs requantizes onto that grid;
 - a conv or elementwise layer without an output quantizer followed by a ReLU/ReLU6 layer (the converter
   fuses the two) or an ``Activation("linear")`` layer (the converter drops it) computes the fused result itself,
@@ -383,7 +384,7 @@ def _softmax(w, op) -> Optional[Plan]:
 
 
 def _one_input(w, op) -> Optional[Plan]:
-    """An op of one quantized input: a table activation (LOGISTIC, TANH, GELU), L2_NORMALIZATION."""
+    """An op of one quantized input: a table activation (LOGISTIC, TANH, GELU), L2_NORMALIZATION, HARD_SWISH."""
     source = getattr(w, "_input_source", None)
     return Plan(op, [source]) if source else None
 
@@ -548,7 +549,7 @@ register_matcher("MEAN", _mean)
 for _op in ("CONCATENATION", "MAXIMUM", "MINIMUM"):
     register_matcher(_op, _concatenation)
 register_matcher("SOFTMAX", _softmax)
-for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION"):
+for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION", "HARD_SWISH"):
     register_matcher(_op, _one_input)
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher(CONSTANT_OPS, _constant_ops, fuses_following_relu=True)

@@ -323,3 +323,55 @@ def _keras_layer_for(n: GNode):
             return None
         return K.GlobalAveragePooling2D(keepdims=keepdims, **common), refs
     return None
+
+
+def _rescaling_is(layer, scale: float, offset: float) -> bool:
+    """``layer`` is a ``Rescaling`` by ``scale`` and ``offset`` (compared in float32, as the graph computes them)."""
+    if type(layer) is not keras.layers.Rescaling:
+        return False
+    try:
+        got = np.float32(layer.scale), np.float32(layer.offset)
+    except (TypeError, ValueError):   # a per-channel scale or offset
+        return False
+    return got == (np.float32(scale), np.float32(offset))
+
+
+def fuse_hard_swish(graph: Graph, keep=lambda layer: False) -> None:
+    """Replace hard swish written as four layers, ``Multiply([x, ReLU6(x + 3)])`` then ``· (1/6)`` or ``/ 6`` (Keras
+    layers or TF ops, after ``keras_layers_for_tf_ops``), by one ``Activation(hard_swish)`` under the last layer's
+    name. The converter fuses that chain into one HARD_SWISH op, a fixed-point kernel with one rounding: the four
+    layers' quantizers rounded the ReLU6 and the product too, and ran them as float simulations (1 LSB off,
+    measured). Only the chain the converter fuses: ``x`` first in the Multiply (``relu6(x + 3) · x`` stays ADD, MUL,
+    MUL), every inner tensor read once and no model output. MobileNetV3's own order, ``x · (ReLU6(x + 3) · (1/6))``,
+    deploys as ADD, MUL, MUL from a quantized model (measured) and stays. ``keep(layer)``: leave the chain."""
+    from qresearch.schemes.activations import HARD_SWISH_DIVISOR, HARD_SWISH_SHIFT, hard_swish
+    from qresearch.schemes.layers import fused_relu
+
+    producers, consumers, counts = graph.producers(), graph.consumers(), _call_counts(graph)
+    outputs = set(graph.output_refs)
+
+    def sole_reader(ref):
+        readers = consumers.get(ref, [])
+        return readers[0] if len(readers) == 1 and ref not in outputs else None
+
+    fused: Dict[int, GNode] = {}   # id(last node) -> the fused node
+    dropped: set = set()
+    for mul in graph.nodes:
+        if type(mul.layer) is not keras.layers.Multiply or len(mul.in_slots) != 2 \
+                or len(mul.flat_args) != 2 or mul.call_kwargs:
+            continue
+        x_ref, r_ref = [r for r, _ in sorted(mul.in_slots, key=lambda slot: slot[1])]
+        relu, scale = producers.get(r_ref), sole_reader(mul.out_refs[0])
+        add = producers.get(relu.in_refs[0]) if relu is not None and len(relu.in_refs) == 1 else None
+        chain = [add, relu, mul, scale]
+        if add is None or scale is None or add.in_refs != [x_ref] or fused_relu(relu.layer) != "relu6" \
+                or not _rescaling_is(add.layer, 1.0, HARD_SWISH_SHIFT) \
+                or not _rescaling_is(scale.layer, 1.0 / HARD_SWISH_DIVISOR, 0.0) \
+                or sole_reader(add.out_refs[0]) is not relu or sole_reader(r_ref) is not mul \
+                or any(counts[id(n.layer)] > 1 or keep(n.layer) or id(n) in dropped for n in chain):
+            continue
+        layer = keras.layers.Activation(hard_swish, name=scale.layer.name, dtype=scale.layer.dtype_policy)
+        fused[id(scale)] = GNode(layer, (None,), {}, [None], [(x_ref, 0)], list(scale.out_refs), scale.prefix,
+                                 mul.layer)
+        dropped.update(id(n) for n in chain)
+    graph.nodes = [fused.get(id(n), n) for n in graph.nodes if id(n) not in dropped or id(n) in fused]

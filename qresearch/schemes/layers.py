@@ -42,9 +42,10 @@ FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
 # Ops whose output range the runtime fixes (the scheme's fixed_output_ranges keys).
 FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
 # Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
-# (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX kernel its own arithmetic.
+# (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX, LEAKY_RELU and HARD_SWISH kernels their own arithmetic
+# (``hard_swish``: qresearch's, schemes/activations.py).
 ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU",
-                  "leaky_relu": "LEAKY_RELU"}
+                  "leaky_relu": "LEAKY_RELU", "hard_swish": "HARD_SWISH"}
 # The arguments of an activation function its op carries (LEAKY_RELU's alpha), by name; a call's own keyword
 # (``functools.partial(tf.nn.leaky_relu, alpha=0.1)``) wins over the function's default.
 ACTIVATION_ATTRS = {"leaky_relu": ("alpha",)}

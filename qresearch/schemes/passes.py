@@ -1,13 +1,14 @@
 """Planning as named, ordered passes over a ``ModelPlan``: each pass makes one kind of decision.
 
-``PASSES`` is the order ``make_plan`` runs them in; a researcher can run a prefix, test one pass, or
-insert their own (``make_plan(..., passes=PASSES[:3] + (my_pass,) + PASSES[3:])``). Before them,
-``read_model`` flattens the model (nested models inlined) and unwraps tfmot annotations
-(``annotate.unwrap``).
+``PASSES`` is the order ``make_plan`` runs them in; a researcher can run a prefix, test one pass, or insert their own
+(``i = PASSES.index(classify) + 1; make_plan(..., passes=PASSES[:i] + (my_pass,) + PASSES[i:])``). Before them,
+``read_model`` flattens the model (nested models inlined) and unwraps tfmot annotations (``annotate.unwrap``).
 
 0. ``keras_layers_for_tf_ops``: with ``quantize_ops: all``, TF ops on Keras tensors that a Keras layer computes
    (``x + y``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``, ...) become that layer,
    which the integer emulation runs as TFLite does (a TF op layer is simulated in float).
+0b. ``fuse_hard_swish``: with ``quantize_ops: all``, hard swish written as ``Multiply([x, ReLU6(x + 3)]) / 6``
+   becomes one ``Activation(hard_swish)`` (the converter's one HARD_SWISH op, emulated).
 1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
    them needs its own int8 range).
 1b. ``split_nary_merges``: with ``quantize_ops: all``, an Add / Multiply of three or more inputs → a chain of
@@ -37,7 +38,8 @@ from qresearch._compat import keras
 from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.schemes import annotate as A
 from qresearch.schemes import layers as L
-from qresearch.schemes.graph import Graph, flatten, keras_layers_for_tf_ops as _keras_layers
+from qresearch.schemes.graph import Graph, flatten, fuse_hard_swish as _fuse_hard_swish
+from qresearch.schemes.graph import keras_layers_for_tf_ops as _keras_layers
 from qresearch.schemes.graph import split_nary_merges as _split_merges, split_separable as _split_graph
 from qresearch.schemes.plan import LayerPlan, ModelPlan
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
@@ -64,6 +66,11 @@ def _activation(layer) -> str:
 def keras_layers_for_tf_ops(plan: ModelPlan) -> None:
     if plan.scheme.quantize_ops == "all":   # elsewhere neither form is quantized: the user's graph stays
         _keras_layers(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
+
+
+def fuse_hard_swish(plan: ModelPlan) -> None:
+    if plan.scheme.quantize_ops == "all":   # elsewhere the chain's tensors get no quantizer: the user's graph stays
+        _fuse_hard_swish(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
 
 
 def split_separable(plan: ModelPlan) -> None:
@@ -378,9 +385,10 @@ def _reads_fused_compute(plan: ModelPlan, p) -> bool:
 
 
 Pass = Callable[[ModelPlan], None]
-PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, split_separable, split_nary_merges, classify, fold_batch_norms,
-                          affine_batch_norms, rewire_folded, resolve_quantizers, fold_with_batch_stats,
-                          place_output_quantizers, infer_signs, share_concat_ranges, place_input_quantizers)
+PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, fuse_hard_swish, split_separable, split_nary_merges, classify,
+                          fold_batch_norms, affine_batch_norms, rewire_folded, resolve_quantizers,
+                          fold_with_batch_stats, place_output_quantizers, infer_signs, share_concat_ranges,
+                          place_input_quantizers)
 
 
 def make_plan(graph: Graph, scheme: SchemeSpec, annotations=None, passes: Sequence[Pass] = PASSES,

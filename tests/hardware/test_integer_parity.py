@@ -67,13 +67,18 @@ leaky_cnn = _activation_cnn("leaky_relu")
 
 
 def hard_swish_cnn():
-    """A ReLU after ops with constant operands: MobileNetV3's hard swish, x·ReLU6(x + 3)·(1/6) as keras.applications
-    writes it, and a Rescaling with an offset (MUL, ADD) before a ReLU. TFLite fuses each ReLU into the ADD before
-    it, onto the ReLU's range: one rounding, where two quantizers had put two (1-2 LSB)."""
+    """Hard swish three ways, and a ReLU after ops with constant operands. MobileNetV3's x·ReLU6(x + 3)·(1/6) as
+    keras.applications writes it and a Rescaling with an offset (MUL, ADD) before a ReLU: TFLite fuses each ReLU into
+    the ADD before it, onto the ReLU's range (one rounding, where two quantizers had put two: 1-2 LSB).
+    ``x * relu6(x + 3) / 6`` as TF ops and a conv's ``activation=qresearch.hard_swish``: the converter makes one
+    HARD_SWISH op of each, a fixed-point kernel (the four TF ops were planned as four quantized layers: 1 LSB)."""
     L = keras.layers
     inp = keras.Input((8, 8, 1))
     h = L.Conv2D(8, 3, padding="same")(inp)
     h = L.Multiply()([h, L.ReLU(6.0)(h + 3.0) * (1.0 / 6.0)])
+    h = L.Conv2D(8, 3, padding="same", activation=qresearch.hard_swish)(h)
+    h = L.Conv2D(8, 3, padding="same")(h)
+    h = h * tf.nn.relu6(h + 3.0) / 6.0
     h = L.Conv2D(8, 3, padding="same")(h)
     h = L.ReLU()(L.Rescaling(2.0, 0.25)(h))
     return keras.Model(inp, L.Dense(10)(L.Flatten()(h)))
@@ -567,3 +572,17 @@ def test_dot_products_run_batch_matmul_bit_for_bit(data, form, kernels):
     r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)), kernels=kernels)
     assert r["ops"].get("BATCH_MATMUL") == 2 and r["integer_only"], r["ops"]
     assert r["max_abs_diff_lsb"] < 1e-3, r
+
+
+@pytest.mark.parametrize("kernels", ["builtin_without_default_delegates", "builtin"])
+def test_hard_swish_runs_the_kernels_fixed_point(kernels):
+    """Every int8 input of a HARD_SWISH: its 16-bit fixed-point products truncate, so near a rounding tie (one or two
+    of the 256 inputs of a grid) the kernel and the float ``x·relu6(x + 3)/6`` the FakeQuant rounds differ by 1 LSB.
+    The emulation computes the kernel's (tests/kernels/test_hard_swish.py)."""
+    L = keras.layers
+    x = np.linspace(-2.2, 5.3, 8 * 256, dtype="float32").reshape(8, 256)   # a grid with two such inputs
+    inp = keras.Input((256,))
+    q = qresearch.quantize(keras.Model(inp, L.Activation(qresearch.hard_swish)(inp)), "tflite_int8",
+                           hardware="tflite_int8", calibration_data=x)
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)), kernels=kernels)
+    assert r["ops"] == {"HARD_SWISH": 1} and r["max_abs_diff_lsb"] < 1e-3, r

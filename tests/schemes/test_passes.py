@@ -23,15 +23,15 @@ def _model():
 
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
-        "keras_layers_for_tf_ops", "split_separable", "split_nary_merges", "classify", "fold_batch_norms",
-        "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats", "place_output_quantizers",
-        "infer_signs", "share_concat_ranges", "place_input_quantizers"]
+        "keras_layers_for_tf_ops", "fuse_hard_swish", "split_separable", "split_nary_merges", "classify",
+        "fold_batch_norms", "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats",
+        "place_output_quantizers", "infer_signs", "share_concat_ranges", "place_input_quantizers"]
 
 
 def test_a_prefix_runs_alone():
     spec = qresearch.schemes.presets.resolve(SCHEME)
     graph, annotations = P.read_model(_model())
-    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:4])
+    plan = P.make_plan(graph, spec, annotations, passes=P.PASSES[:P.PASSES.index(P.classify) + 1])
     kinds = {p.layer.name: p.kind for p in plan.layers}
     assert kinds["conv"] == "compute" and kinds["bn"] == "bn" and not any(p.removed for p in plan.layers)
     P.fold_batch_norms(plan)
@@ -215,6 +215,41 @@ def test_a_matmul_of_rank_3_tensors_becomes_a_dot_with_its_transposes():
     assert dots == [(1, 1), (2, 1), (2, 1), (2, 2), (2, 2)], dots
     assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["linalg.matmul"]
     x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    for got, want in zip(wide(x), model(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_hard_swish_the_converter_fuses_becomes_one_activation():
+    """``fuse_hard_swish``: ``x · relu6(x + 3)`` then ``/ 6`` or ``· (1/6)``, as TF ops or Keras layers, is planned as
+    one ``Activation(hard_swish)`` under the last layer's name (the converter's one HARD_SWISH op). The chains it does
+    not fuse stay: ``relu6(x + 3) · x``, MobileNetV3's ``x · (relu6(x + 3) / 6)``, an inner tensor read twice, another
+    constant, a plain ReLU; and every chain stays where only layer inputs are quantized. The values are the same."""
+    inp = keras.Input((6, 6, 3))
+    x = L.Conv2D(4, 1, name="conv")(inp)
+    fused = [x * tf.nn.relu6(x + 3.0) / 6.0,
+             L.Rescaling(1 / 6, name="layers_div")(L.Multiply()([x, L.ReLU(6.0)(L.Rescaling(1.0, 3.0)(x))])),
+             (x * L.Activation("relu6")(3.0 + x)) * (1.0 / 6.0)]
+    shared = tf.nn.relu6(x + 3.0)
+    kept = [tf.nn.relu6(x + 3.0) * x / 6.0, x * (tf.nn.relu6(x + 3.0) / 6.0), x * shared / 6.0 + shared,
+            x * tf.nn.relu6(x + 2.0) / 6.0, x * tf.nn.relu(x + 3.0) / 6.0]
+    model = keras.Model(inp, [L.Flatten()(t) for t in fused + kept])
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    swishes = [p for p in plan.layers if L.Activation is type(p.layer)
+               and p.layer.activation is qresearch.hard_swish]
+    conv = next(p for p in plan.layers if p.layer.name == "conv")
+    assert len(swishes) == 3 and "layers_div" in [p.layer.name for p in swishes]
+    assert all(p.node.in_refs == conv.node.out_refs for p in swishes)   # each reads x itself
+    assert all(p.kind == "output" and p.spec.integer_op_of(p.layer) == "HARD_SWISH" for p in swishes)
+    assert sum(isinstance(p.layer, L.Multiply) for p in plan.layers) == len(kept)   # each kept chain's product
+    graph, annotations = P.read_model(model)
+    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
+                              annotations)
+    assert not any(L.Activation is type(p.layer) and p.layer.activation is qresearch.hard_swish
+                   for p in inputs_only.layers)
+    x = np.random.default_rng(0).normal(scale=3.0, size=(4, 6, 6, 3)).astype(np.float32)
     wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
                               calibration_data=x)
     for got, want in zip(wide(x), model(x)):
