@@ -56,7 +56,7 @@ RUNTIMES.register("tflite_int16x8", Runtime(
     converter_ops="EXPERIMENTAL_TFLITE_BUILTINS_ACTIVATIONS_INT16_WEIGHTS_INT8", symmetric_activations=True,
     conv_bias_dtype="int64", pins_fixed_outputs=True,
     refuses=("recurrent", "int16_concatenation", "int16_gelu", "int16_prelu", "int16_selu", "int16_constant_operand",
-             "int16_threshold", "int16_l2_normalization"),
+             "int16_threshold", "int16_l2_normalization", "int16_hard_swish"),
     keeps_float=tuple(a for a in _FLOAT_ACTIVATIONS if a != "selu") + _FLOAT_LAYERS + ("thresholded_relu",)))
 
 # TFLite ops whose output (scale, zero_point) the runtime fixes, and the Keras activation name of each

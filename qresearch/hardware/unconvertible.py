@@ -108,6 +108,11 @@ REFUSALS.register("int16_selu", Refusal(
     _activation("selu"),
     f"{_TO_INT8} (in float ops there: FLOAT_KEPT), or use another activation (LeakyReLU, swish and tanh convert "
     "in 16x8)"))
+REFUSALS.register("int16_hard_swish", Refusal(
+    "HARD_SWISH on int16 tensors ('tfl.hard_swish' op operand #0 must be ... QUI8 type or QI8 type values): "
+    "qresearch.hard_swish, and x * relu6(x + 3) / 6, which the converter fuses into that op",
+    _activation("hard_swish"),
+    f"{_TO_INT8}, or use swish (LOGISTIC and MUL convert in 16x8)"))
 REFUSALS.register("int16_prelu", Refusal(
     "PRELU with int16 inputs ('tfl.prelu' op failed to verify that binary op operands have same element type: "
     "its alpha is stored int8)",

@@ -32,6 +32,10 @@ CASES = [
     ("int16_concatenation", "tf_concat", lambda h: tf.concat([h, L.Conv2D(4, 1)(h)], axis=-1, name="tf_concat")),
     ("int16_gelu", "gelu", _gelu),
     ("int16_gelu", "conv_gelu", _conv_gelu),
+    ("int16_hard_swish", "hswish", lambda h: L.Activation(qresearch.hard_swish, name="hswish")(h)),
+    # four layers the plan fuses into that activation (graph.fuse_hard_swish), under the last one's name
+    ("int16_hard_swish", "hswish_div",
+     lambda h: L.Rescaling(1 / 6, name="hswish_div")(L.Multiply()([h, L.ReLU(6.0)(h + 3.0)]))),
     ("int16_prelu", "prelu", lambda h: L.PReLU(shared_axes=[1, 2], name="prelu")(h)),
     ("int16_selu", "selu", lambda h: L.Activation("selu", name="selu")(h)),
     ("int16_constant_operand", "rescale", lambda h: L.Rescaling(0.5, name="rescale")(h)),
