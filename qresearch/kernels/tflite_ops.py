@@ -342,10 +342,17 @@ def batch_matmul(kernels, x1, x2, g1: Grid, g2: Grid, out_grid: Grid, adj_x: boo
     """BATCH_MATMUL of two int8 tensors: ``Σ (q1 - Z1)(q2 - Z2)`` over the contracted axis (``adj_x`` / ``adj_y``:
     the first / second operand transposed), requantized by ``S1·S2/S_out`` as the kernel set rounds the op
     (measured against LiteRT, tests/kernels/test_batch_matmul.py). The integer products are summed in float64:
-    exact below 2^53."""
+    exact below 2^53. Operands of rank 2 (a Dot of two vectors) are one row each, as the converter's EXPAND_DIMS
+    makes them; the result is then (batch, 1)."""
     q1 = offsets_on(x1, g1.scale) if offsets1 is None else tf.cast(offsets1, tf.int64)
     q2 = offsets_on(x2, g2.scale) if offsets2 is None else tf.cast(offsets2, tf.int64)
-    dot = tf.linalg.matmul(tf.cast(q1, tf.float64), tf.cast(q2, tf.float64), adjoint_a=adj_x, adjoint_b=adj_y)
+    q1, q2 = tf.cast(q1, tf.float64), tf.cast(q2, tf.float64)
+    vectors = q1.shape.rank == 2
+    if vectors:
+        q1, q2 = q1[:, None, :], q2[:, None, :]
+    dot = tf.linalg.matmul(q1, q2, adjoint_a=adj_x, adjoint_b=adj_y)
+    if vectors:
+        dot = dot[:, 0, :]
     return requantize_accumulator(kernels, dot, g1, g2.scale, out_grid, op="BATCH_MATMUL")
 
 

@@ -130,13 +130,17 @@ for _cls, _op in ((L.Add, "ADD"), (L.Subtract, "SUB"), (L.Multiply, "MUL"), (L.A
 
 def batch_matmul_adjoints(layer, ranks=None):
     """``(adj_x, adj_y)`` of the BATCH_MATMUL a ``Dot`` of two rank-3 tensors (batch, rows, columns) is, without
-    normalisation; None for any other Dot (the float simulation stays). ``ranks``: its inputs' ranks, batch axis
-    included (default: read from the layer's call)."""
+    normalisation; a Dot of two vectors (rank 2, one dot product per example) is the BATCH_MATMUL of ``x`` as one row
+    and ``y`` as one row transposed (the converter's EXPAND_DIMS, BATCH_MATMUL): ``(False, True)``. None for any
+    other Dot (the float simulation stays). ``ranks``: its inputs' ranks, batch axis included (default: read from
+    the layer's call)."""
     if ranks is None:
         shapes = getattr(layer, "input_shape", None) if getattr(layer, "_inbound_nodes", None) else None
         ranks = [len(s) for s in shapes] if isinstance(shapes, list) else None
-    if layer.normalize or ranks is None or list(ranks) != [3, 3]:
+    if layer.normalize or ranks is None or list(ranks) not in ([3, 3], [2, 2]):
         return None
+    if list(ranks) == [2, 2]:
+        return False, True
     axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
     axes = [a % 3 for a in axes]
     if any(a not in (1, 2) for a in axes):

@@ -440,7 +440,7 @@ def _elementwise(w, op) -> Optional[Plan]:
 
 
 def _batch_matmul(w, op) -> Optional[Plan]:
-    """A Dot of two quantized rank-3 tensors (``builtin_layers.batch_matmul_adjoints``)."""
+    """A Dot of two quantized rank-3 tensors, or of two vectors (``builtin_layers.batch_matmul_adjoints``)."""
     sources, shapes = getattr(w, "_input_sources", None), getattr(w, "_input_shapes", None)
     if own_spec(type(w.layer)) is None or not sources or len(sources) != 2 or not all(sources) or shapes is None:
         return None

@@ -375,3 +375,37 @@ def fuse_hard_swish(graph: Graph, keep=lambda layer: False) -> None:
                                  mul.layer)
         dropped.update(id(n) for n in chain)
     graph.nodes = [fused.get(id(n), n) for n in graph.nodes if id(n) not in dropped or id(n) in fused]
+
+
+def split_normalized_dots(graph: Graph, keep=lambda layer: False) -> None:
+    """Replace each ``Dot(normalize=True)`` (cosine similarities: two embeddings, or rows against rows, ``q·kᵀ``) by a
+    ``UnitNormalization`` of each input over its contracted axis, then the Dot without normalisation under the layer's
+    name. The converter makes the same ops: an L2_NORMALIZATION (output grid fixed at 1/128) of an input contracted
+    over its last axis, float ops with a QUANTIZE after them of one contracted over another axis (a float-kept
+    UnitNormalization: warned), then a BATCH_MATMUL. As one layer the normalised tensors had no quantizer, and the Dot
+    ran as a float simulation (1-6 LSB, measured). ``keep(layer)``: leave as is."""
+    K = keras.layers
+    counts = _call_counts(graph)
+    out: List[GNode] = []
+    for n in graph.nodes:
+        layer = n.layer
+        if type(layer) is not K.Dot or not layer.normalize or counts[id(layer)] > 1 or keep(layer) \
+                or len(n.in_slots) != 2 or len(n.flat_args) != 2 or n.call_kwargs:
+            out.append(n)
+            continue
+        slots = sorted(n.in_slots, key=lambda slot: slot[1])
+        ranks = [getattr(getattr(n.flat_args[i], "shape", None), "rank", None) for _, i in slots]
+        axes = layer.axes if isinstance(layer.axes, (list, tuple)) else (layer.axes, layer.axes)
+        if None in ranks:
+            out.append(n)
+            continue
+        refs = []
+        for i, (ref, _) in enumerate(slots):
+            axis = -1 if axes[i] % ranks[i] == ranks[i] - 1 else axes[i] % ranks[i]
+            unit = K.UnitNormalization(axis=axis, name=f"{layer.name}_l2_normalize_{i}", dtype=layer.dtype_policy)
+            refs.append(f"{n.out_refs[0]}#normalized{i}")
+            out.append(GNode(unit, (None,), {}, [None], [(ref, 0)], [refs[-1]], n.prefix, layer))
+        dot = K.Dot(axes=layer.axes, normalize=False, name=layer.name, dtype=layer.dtype_policy)
+        out.append(GNode(dot, ([None, None],), {}, [None, None], [(refs[0], 0), (refs[1], 1)], list(n.out_refs),
+                         n.prefix, layer))
+    graph.nodes = out

@@ -14,6 +14,8 @@
 1b. ``split_nary_merges``: with ``quantize_ops: all``, an Add / Multiply of three or more inputs → a chain of
    two-input ones (TFLite's chain of ADD / MUL ops; each partial result needs its own int8 range); an Average →
    that chain of Adds, then ``Rescaling(1/n)`` (the converter's MUL).
+1c. ``split_normalized_dots``: with ``quantize_ops: all``, a ``Dot(normalize=True)`` → a ``UnitNormalization`` of
+   each input, then the Dot (the converter's L2_NORMALIZATIONs and BATCH_MATMUL).
 2. ``classify``: every layer gets its ``LayerSpec`` and kind, or is skipped/left float; a layer with
    neither raises ``UnsupportedLayerError`` naming the ``register_layer`` fix.
 3. ``fold_batch_norms``: ``bn_folding: fold`` (or ``fold_batch_stats``) folds a BN into the linear conv/dense
@@ -40,7 +42,8 @@ from qresearch.schemes import annotate as A
 from qresearch.schemes import layers as L
 from qresearch.schemes.graph import Graph, flatten, fuse_hard_swish as _fuse_hard_swish
 from qresearch.schemes.graph import keras_layers_for_tf_ops as _keras_layers
-from qresearch.schemes.graph import split_nary_merges as _split_merges, split_separable as _split_graph
+from qresearch.schemes.graph import split_nary_merges as _split_merges, split_normalized_dots as _split_dots
+from qresearch.schemes.graph import split_separable as _split_graph
 from qresearch.schemes.plan import LayerPlan, ModelPlan
 from qresearch.schemes.spec import SchemeSpec, layer_matches, merge_quantizer_spec
 
@@ -80,6 +83,11 @@ def split_separable(plan: ModelPlan) -> None:
 def split_nary_merges(plan: ModelPlan) -> None:
     if plan.scheme.quantize_ops == "all":   # elsewhere the partial sums get no quantizer: the layer stays one
         _split_merges(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
+
+
+def split_normalized_dots(plan: ModelPlan) -> None:
+    if plan.scheme.quantize_ops == "all":   # elsewhere the normalised tensors get no quantizer: the layer stays one
+        _split_dots(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
 
 
 def _kept_whole(plan: ModelPlan, layer) -> bool:
@@ -385,7 +393,8 @@ def _reads_fused_compute(plan: ModelPlan, p) -> bool:
 
 
 Pass = Callable[[ModelPlan], None]
-PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, fuse_hard_swish, split_separable, split_nary_merges, classify,
+PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, fuse_hard_swish, split_separable, split_nary_merges,
+                          split_normalized_dots, classify,
                           fold_batch_norms, affine_batch_norms, rewire_folded, resolve_quantizers,
                           fold_with_batch_stats, place_output_quantizers, infer_signs, share_concat_ranges,
                           place_input_quantizers)

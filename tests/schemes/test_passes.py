@@ -23,7 +23,8 @@ def _model():
 
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
-        "keras_layers_for_tf_ops", "fuse_hard_swish", "split_separable", "split_nary_merges", "classify",
+        "keras_layers_for_tf_ops", "fuse_hard_swish", "split_separable", "split_nary_merges", "split_normalized_dots",
+        "classify",
         "fold_batch_norms", "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats",
         "place_output_quantizers", "infer_signs", "share_concat_ranges", "place_input_quantizers"]
 
@@ -250,6 +251,36 @@ def test_hard_swish_the_converter_fuses_becomes_one_activation():
     assert not any(L.Activation is type(p.layer) and p.layer.activation is qresearch.hard_swish
                    for p in inputs_only.layers)
     x = np.random.default_rng(0).normal(scale=3.0, size=(4, 6, 6, 3)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    for got, want in zip(wide(x), model(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_a_normalized_dot_becomes_a_unit_normalization_of_each_input_then_the_dot():
+    """``split_normalized_dots``: each input of a ``Dot(normalize=True)`` is normalised over its contracted axis by a
+    ``UnitNormalization`` (over the last axis: one L2_NORMALIZATION), then the Dot runs without normalisation under
+    its name; a shared Dot and every Dot where only layer inputs are quantized stay. The values are the same."""
+    inp = keras.Input((5, 4))
+    a, b = L.Dense(4, name="a")(inp), L.Dense(4, name="b")(inp)
+    shared = L.Dot(axes=2, normalize=True, name="shared")
+    outs = [L.Dot(axes=-1, normalize=True, name="rows")([a, b]),
+            L.Dot(axes=1, normalize=True, name="vectors")([L.Flatten()(a), L.Flatten()(b)]),
+            L.Dot(axes=(2, 1), normalize=True, name="mixed")([a, L.Permute((2, 1))(b)]),
+            shared([a, b]), shared([b, a])]
+    model = keras.Model(inp, [L.Flatten()(t) for t in outs])
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    units = {p.layer.name: p.layer.axis for p in plan.layers if isinstance(p.layer, L.UnitNormalization)}
+    assert units == {"rows_l2_normalize_0": -1, "rows_l2_normalize_1": -1, "vectors_l2_normalize_0": -1,
+                     "vectors_l2_normalize_1": -1, "mixed_l2_normalize_0": -1, "mixed_l2_normalize_1": 1}, units
+    dots = {p.layer.name: p.layer.normalize for p in plan.layers if isinstance(p.layer, L.Dot)}
+    assert dots == {"rows": False, "vectors": False, "mixed": False, "shared": True}, dots
+    graph, annotations = P.read_model(model)
+    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
+                              annotations)
+    assert not any(isinstance(p.layer, L.UnitNormalization) for p in inputs_only.layers)
+    x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
     wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
                               calibration_data=x)
     for got, want in zip(wide(x), model(x)):
