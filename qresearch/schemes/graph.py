@@ -378,12 +378,12 @@ def fuse_hard_swish(graph: Graph, keep=lambda layer: False) -> None:
 
 
 def split_normalized_dots(graph: Graph, keep=lambda layer: False) -> None:
-    """Replace each ``Dot(normalize=True)`` (cosine similarities: two embeddings, or rows against rows, ``q·kᵀ``) by a
-    ``UnitNormalization`` of each input over its contracted axis, then the Dot without normalisation under the layer's
-    name. The converter makes the same ops: an L2_NORMALIZATION (output grid fixed at 1/128) of an input contracted
-    over its last axis, float ops with a QUANTIZE after them of one contracted over another axis (a float-kept
-    UnitNormalization: warned), then a BATCH_MATMUL. As one layer the normalised tensors had no quantizer, and the Dot
-    ran as a float simulation (1-6 LSB, measured). ``keep(layer)``: leave as is."""
+    """Replace each ``Dot(normalize=True)`` (cosine similarities: two embeddings, or rows against rows, ``q·kᵀ``) by
+    a ``UnitNormalization`` of each input over its contracted axis, then the Dot without normalisation under the
+    layer's name. The converter makes the same ops: an L2_NORMALIZATION (output grid fixed at 1/128) of an input
+    contracted over its last axis, float ops with a QUANTIZE after them of one contracted over another axis (a
+    float-kept UnitNormalization: warned), then a BATCH_MATMUL. As one layer the normalised tensors had no quantizer,
+    and the Dot ran as a float simulation (1-6 LSB, measured). ``keep(layer)``: leave as is."""
     K = keras.layers
     counts = _call_counts(graph)
     out: List[GNode] = []
