@@ -16,11 +16,12 @@ from qresearch.kernels.tflite_ops import TFLITE_OPS, xnnpack_ops
 
 BUILTIN = IntegerKernels(
     "tflite_builtin", round_up, round_away, ops=TFLITE_OPS, add_vector=True,
-    op_requantize={"TRANSPOSE_CONV": round_up_in_lanes_of_8, "BATCH_MATMUL": round_away},
+    op_requantize={"TRANSPOSE_CONV": round_up_in_lanes_of_8, "DEPTHWISE_CONV_2D": round_up_in_lanes_of_8,
+                   "BATCH_MATMUL": round_away},
     description="LiteRT builtin kernels without delegates (x86-64 build, ai-edge-litert 2.x): conv/FC "
-                "requantize with SRDHM then a shift rounding ties up (TRANSPOSE_CONV in lanes of 8 channels; "
-                "the last C % 8 channels, BATCH_MATMUL, MEAN and ADD's output with SRDHM then RoundingDivideByPOT, "
-                "half away)")
+                "requantize with SRDHM then a shift rounding ties up (TRANSPOSE_CONV and DEPTHWISE_CONV_2D in lanes "
+                "of 8 channels; the last C % 8 channels, BATCH_MATMUL, MEAN and ADD's output with SRDHM then "
+                "RoundingDivideByPOT, half away)")
 KERNELS.register("tflite_builtin", BUILTIN)
 KERNELS.register("tflite_reference", IntegerKernels(
     "tflite_reference", round_away, round_away, add_vector=False,

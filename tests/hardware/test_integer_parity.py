@@ -502,6 +502,21 @@ def test_a_transposed_conv_with_negative_outputs_is_bit_exact(data, strides, cha
     assert r["integer_only"] and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_a_depthwise_conv_with_channels_past_a_multiple_of_8_is_bit_exact(data):
+    """DEPTHWISE_CONV_2D on the builtin kernels rounds the last ``C % 8`` channels' ties half away from zero, the
+    others up (tests/kernels/test_depthwise.py); NASNetMobile's 11-channel separable convs were 1-4 LSB off."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.ReLU()(L.BatchNormalization()(L.Conv2D(11, 3, padding="same", use_bias=False)(inp)))
+    h = L.DepthwiseConv2D(5, strides=2, use_bias=False)(L.ZeroPadding2D(2)(h))
+    x = data[0][:128]
+    q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=x)
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)))
+    assert r["ops"].get("DEPTHWISE_CONV_2D") == 1 and r["max_abs_diff_lsb"] < 1e-3, r
+
+
 @pytest.mark.parametrize("reader", ["concatenate", "maximum", "pool_then_concatenate"])
 def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(data, reader):
     """The input feeds a conv and a concatenation (a U-Net's skip of the raw input), a Maximum, or a max pool into a
