@@ -409,3 +409,30 @@ def split_normalized_dots(graph: Graph, keep=lambda layer: False) -> None:
         out.append(GNode(dot, ([None, None],), {}, [None, None], [(refs[0], 0), (refs[1], 1)], list(n.out_refs),
                          n.prefix, layer))
     graph.nodes = out
+
+
+def merge_duplicate_relus(graph: Graph, keep=lambda layer: False) -> None:
+    """Drop each ReLU / ReLU6 (layer or ``Activation``) that repeats another of the same kind on the same tensor
+    (NASNet's cells apply ``Activation("relu")`` to one tensor in two branches); its readers read the first one's
+    output. The converter merges such identical ops into one and fuses it into the op before it, whose output is
+    then requantized straight onto the ReLU's grid; two layers kept a quantizer between (2-4 LSB, measured).
+    ``keep(layer)``: leave it."""
+    from qresearch.schemes.layers import fused_relu
+
+    first: Dict[Tuple[str, str], str] = {}   # (input ref, "relu" | "relu6") -> the first such layer's output ref
+    alias: Dict[str, str] = {}
+    out: List[GNode] = []
+    for n in graph.nodes:
+        if any(r in alias for r, _ in n.in_slots):
+            n = dataclasses.replace(n, in_slots=[(alias.get(r, r), i) for r, i in n.in_slots])
+        kind = fused_relu(n.layer)
+        if kind is not None and len(n.in_slots) == 1 and len(n.out_refs) == 1 and not n.call_kwargs \
+                and not keep(n.layer):
+            key = (n.in_slots[0][0], kind)
+            if key in first:
+                alias[n.out_refs[0]] = first[key]
+                continue
+            first[key] = n.out_refs[0]
+        out.append(n)
+    graph.output_refs = [alias.get(r, r) for r in graph.output_refs]
+    graph.nodes = out

@@ -7,6 +7,8 @@
 0. ``keras_layers_for_tf_ops``: with ``quantize_ops: all``, TF ops on Keras tensors that a Keras layer computes
    (``x + y``, ``tf.concat``, ``tf.nn.relu6``, ``tf.reduce_mean(x, [1, 2])``, ``x / 255.0``, ...) become that layer,
    which the integer emulation runs as TFLite does (a TF op layer is simulated in float).
+0a. ``merge_duplicate_relus``: with ``quantize_ops: all``, a ReLU / ReLU6 repeating another on the same tensor is
+   dropped for it (the converter merges the two and fuses the one into the op before).
 0b. ``fuse_hard_swish``: with ``quantize_ops: all``, hard swish written as ``Multiply([x, ReLU6(x + 3)]) / 6``
    becomes one ``Activation(hard_swish)`` (the converter's one HARD_SWISH op, emulated).
 1. ``split_separable``: SeparableConv → depthwise + 1x1 conv (TFLite runs two ops; the tensor between
@@ -41,7 +43,7 @@ from qresearch.errors import ConfigError, UnsupportedLayerError
 from qresearch.schemes import annotate as A
 from qresearch.schemes import layers as L
 from qresearch.schemes.graph import Graph, flatten, fuse_hard_swish as _fuse_hard_swish
-from qresearch.schemes.graph import keras_layers_for_tf_ops as _keras_layers
+from qresearch.schemes.graph import keras_layers_for_tf_ops as _keras_layers, merge_duplicate_relus as _merge_relus
 from qresearch.schemes.graph import split_nary_merges as _split_merges, split_normalized_dots as _split_dots
 from qresearch.schemes.graph import split_separable as _split_graph
 from qresearch.schemes.plan import LayerPlan, ModelPlan
@@ -69,6 +71,11 @@ def _activation(layer) -> str:
 def keras_layers_for_tf_ops(plan: ModelPlan) -> None:
     if plan.scheme.quantize_ops == "all":   # elsewhere neither form is quantized: the user's graph stays
         _keras_layers(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
+
+
+def merge_duplicate_relus(plan: ModelPlan) -> None:
+    if plan.scheme.quantize_ops == "all":   # elsewhere no ReLU output is quantized: the user's graph stays
+        _merge_relus(plan.graph, keep=lambda layer: _kept_whole(plan, layer))
 
 
 def fuse_hard_swish(plan: ModelPlan) -> None:
@@ -393,8 +400,8 @@ def _reads_fused_compute(plan: ModelPlan, p) -> bool:
 
 
 Pass = Callable[[ModelPlan], None]
-PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, fuse_hard_swish, split_separable, split_nary_merges,
-                          split_normalized_dots, classify,
+PASSES: Sequence[Pass] = (keras_layers_for_tf_ops, merge_duplicate_relus, fuse_hard_swish, split_separable,
+                          split_nary_merges, split_normalized_dots, classify,
                           fold_batch_norms, affine_batch_norms, rewire_folded, resolve_quantizers,
                           fold_with_batch_stats, place_output_quantizers, infer_signs, share_concat_ranges,
                           place_input_quantizers)

@@ -517,6 +517,23 @@ def test_a_depthwise_conv_with_channels_past_a_multiple_of_8_is_bit_exact(data):
     assert r["ops"].get("DEPTHWISE_CONV_2D") == 1 and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_two_relus_of_one_conv_deploy_as_the_converters_one_fused_relu(data):
+    """NASNet's cells apply ``Activation("relu")`` to one tensor in two branches. The converter merges the two RELU
+    ops and fuses the one into the conv, requantized straight onto its grid; two layers, each quantized, rounded the
+    conv's output first (2 LSB). The plan now merges them (``graph.merge_duplicate_relus``)."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    c = L.BatchNormalization()(L.Conv2D(8, 3, padding="same", use_bias=False)(inp))
+    a, b = L.Activation("relu")(c), L.Activation("relu")(c)
+    h = L.Add()([L.Conv2D(8, 3, padding="same")(a), L.Conv2D(8, 1)(b)])
+    x = data[0][:128]
+    q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=x)
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)))
+    assert "RELU" not in r["ops"] and r["max_abs_diff_lsb"] < 1e-3, r
+
+
 @pytest.mark.parametrize("reader", ["concatenate", "maximum", "pool_then_concatenate"])
 def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(data, reader):
     """The input feeds a conv and a concatenation (a U-Net's skip of the raw input), a Maximum, or a max pool into a

@@ -23,8 +23,8 @@ def _model():
 
 def test_the_passes_and_their_order():
     assert [p.__name__ for p in P.PASSES] == [
-        "keras_layers_for_tf_ops", "fuse_hard_swish", "split_separable", "split_nary_merges", "split_normalized_dots",
-        "classify",
+        "keras_layers_for_tf_ops", "merge_duplicate_relus", "fuse_hard_swish", "split_separable", "split_nary_merges",
+        "split_normalized_dots", "classify",
         "fold_batch_norms", "affine_batch_norms", "rewire_folded", "resolve_quantizers", "fold_with_batch_stats",
         "place_output_quantizers", "infer_signs", "share_concat_ranges", "place_input_quantizers"]
 
@@ -281,6 +281,39 @@ def test_a_normalized_dot_becomes_a_unit_normalization_of_each_input_then_the_do
                               annotations)
     assert not any(isinstance(p.layer, L.UnitNormalization) for p in inputs_only.layers)
     x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    for got, want in zip(wide(x), model(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
+def test_a_relu_repeating_another_on_the_same_tensor_is_merged_into_it():
+    """``merge_duplicate_relus``: a second ReLU (layer, ``Activation("relu")`` or ``tf.nn.relu``) on a tensor already
+    through one is dropped and its readers read the first (the converter merges the two ops, then fuses the one into
+    the conv); a ReLU6 beside a ReLU, and a ReLU of another tensor, stay; a model output renamed to the first's
+    reads the same values."""
+    inp = keras.Input((6, 6, 3))
+    c = L.Conv2D(4, 1, name="conv")(inp)
+    d = L.Conv2D(4, 1, name="other")(inp)
+    a = L.ReLU(name="relu_a")(c)
+    outs = [L.Conv2D(2, 1, name="reads_a")(a), L.Conv2D(2, 1, name="reads_b")(L.Activation("relu", name="relu_b")(c)),
+            L.Conv2D(2, 1, name="reads_c")(tf.nn.relu(c)), L.ReLU(6.0, name="relu6")(c), L.ReLU(name="relu_d")(d),
+            L.ReLU(name="relu_out")(c)]
+    model = keras.Model(inp, outs)
+    graph, annotations = P.read_model(model)
+    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    relus = [p for p in plan.layers if isinstance(p.layer, (L.ReLU, L.Activation))]
+    kept = [p for p in relus if p.layer.name not in ("relu6", "relu_d")]   # the one ReLU of the conv left
+    assert len(relus) == 3 and len(kept) == 1, [p.layer.name for p in relus]
+    a_out = kept[0].node.out_refs
+    assert all(next(p for p in plan.layers if p.layer.name == name).node.in_refs == a_out
+               for name in ("reads_a", "reads_b", "reads_c"))
+    assert plan.graph.output_refs[-1] == a_out[0]
+    graph, annotations = P.read_model(model)
+    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
+                              annotations)
+    assert sum(isinstance(p.layer, (L.ReLU, L.Activation)) for p in inputs_only.layers) == 5   # and a TF op
+    x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
     wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
                               calibration_data=x)
     for got, want in zip(wide(x), model(x)):
