@@ -144,13 +144,15 @@ def offsets_on(x, scale):
 
 
 def clamp_bounds(out_grid: Grid, fused: str):
-    """The kernel's integer clamp ``[lo, hi]`` on ``q`` (output range, fused ReLU/ReLU6)."""
+    """The kernel's integer clamp ``[lo, hi]`` on ``q`` (output range, fused ReLU/ReLU6): ReLU6's top is
+    ``Z + round(6.0f / S)``, the division in C ``float`` (``CalculateActivationRangeQuantized``, ``QuantizedReluX``)."""
     lo = tf.constant(float(out_grid.qmin), tf.float64)
     hi = tf.constant(float(out_grid.qmax), tf.float64)
     if fused in ("relu", "relu6"):
         lo = tf.maximum(lo, out_grid.zero_point)
     if fused == "relu6":
-        hi = tf.minimum(hi, out_grid.zero_point + round_half_away(6.0 / out_grid.scale))
+        six = tf.constant(6.0, tf.float32) / tf.cast(out_grid.scale, tf.float32)
+        hi = tf.minimum(hi, out_grid.zero_point + round_half_away(tf.cast(six, tf.float64)))
     return lo, hi
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from qresearch._compat import tf
 from qresearch.kernels import stats
-from qresearch.kernels.fixed_point import parts, quantize_multiplier, round_away, round_up, srdhm
+from qresearch.kernels.fixed_point import float32_multiplier, parts, quantize_multiplier, round_away, round_up, srdhm
 from qresearch.kernels.calls import note_offsets
 from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets_on, round_half_away
 from qresearch.kernels.hard_swish import hard_swish
@@ -502,12 +502,13 @@ def softmax(x, in_grid: Grid, out_grid: Grid):
 
 def leaky_relu(kernels, x, alpha: float, in_grid: Grid, out_grid: Grid, offsets_in=None):
     """LEAKY_RELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else times ``alpha·S_in/S_out``
-    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``. The multipliers' constants
-    are computed first; the elementwise rest is one XLA pass (``_leaky_relu_tail``). ``offsets_in``: the input's
-    handed-on integers, as ``add``'s."""
+    (two fixed-point multipliers, the kernels' scalar rounding), plus ``Z_out``. The real multipliers are formed in
+    float32, as ``LeakyReluPrepare``'s C ``float`` expressions are (``float32_multiplier``). The multipliers'
+    constants are computed first; the elementwise rest is one XLA pass (``_leaky_relu_tail``). ``offsets_in``: the
+    input's handed-on integers, as ``add``'s."""
     constants, apply = parts(kernels.scalar_requantize)
-    identity = constants(*quantize_multiplier(in_grid.scale / out_grid.scale))
-    scaled = constants(*quantize_multiplier(float(alpha) * in_grid.scale / out_grid.scale))
+    identity = constants(*quantize_multiplier(float32_multiplier(in_grid.scale, 1.0, out_grid.scale)))
+    scaled = constants(*quantize_multiplier(float32_multiplier(in_grid.scale, float(alpha), out_grid.scale)))
     lo, hi = clamp_bounds(out_grid, "linear")
     given = offsets_in is not None
     tail = kernels.fused(("leaky_relu", len(identity), given),
@@ -521,6 +522,26 @@ def _leaky_relu_tail(apply, n, given, x, scale, zero_point, lo, hi, *params):
     q = integers(x, scale, given)
     y = tf.cast(tf.where(q >= 0, apply(q, *params[:n]), apply(q, *params[n:])), tf.float64) + zero_point
     return clamped_offsets(y, zero_point, lo, hi)
+
+
+def relu(kernels, x, in_grid: Grid, out_grid: Grid, fused: str, offsets_in=None):
+    """RELU / RELU6 as an op of its own (a ReLU its producer does not fuse: the producer's output has other readers):
+    ``Z_out + (q - Z_in)·S_in/S_out`` by the kernels' scalar MultiplyByQuantizedMultiplier, clamped to the ReLU's
+    range on the output grid (``fused``: "relu" or "relu6"; reference/activations ``ReluX``, multiplier from
+    ``ReluPrepare``, whose ``S_in/S_out`` is a C ``float`` division: ``float32_multiplier``; in double, an input on a
+    tie in float32 lands 1 LSB lower, measured on NASNetMobile). ``offsets_in``: the input's handed-on integers."""
+    constants, apply = parts(kernels.scalar_requantize)
+    identity = constants(*quantize_multiplier(float32_multiplier(in_grid.scale, 1.0, out_grid.scale)))
+    lo, hi = clamp_bounds(out_grid, fused)
+    given = offsets_in is not None
+    tail = kernels.fused(("relu", given), lambda: xla_pass(functools.partial(_relu_tail, apply, given)))
+    offsets_ = tail(x if offsets_in is None else offsets_in, in_grid.scale, out_grid.zero_point, lo, hi, *identity)
+    return dequantized(offsets_, out_grid.scale)
+
+
+def _relu_tail(apply, given, x, scale, zero_point, lo, hi, *params):
+    q = integers(x, scale, given)
+    return clamped_offsets(tf.cast(apply(q, *params), tf.float64) + zero_point, zero_point, lo, hi)
 
 
 def xnnpack_leaky_relu(builtin, x, alpha: float, in_grid: Grid, out_grid: Grid, offsets_in=None):
@@ -557,14 +578,15 @@ def _xnnpack_leaky_relu_tail(given, x, scale, zero_point, lo, hi, positive, nega
 def prelu(kernels, x, alpha, in_grid: Grid, out_grid: Grid, offsets_in=None):
     """PRELU: ``q - Z_in`` times ``S_in/S_out`` where it is >= 0, else ``(q - Z_in)·a`` times ``S_in·S_a/S_out``,
     plus ``Z_out``; ``a`` is the float alpha as the converter stores it (measured, TF 2.21): int8 per tensor,
-    zero point 0, ``S_a = float32(max|alpha| / 127)``, ``a = round_half_away(alpha / S_a)``."""
+    zero point 0, ``S_a = float32(max|alpha| / 127)``, ``a = round_half_away(alpha / S_a)``. The real multipliers
+    are formed in float32, as ``PreluPrepare``'s C ``float`` expressions are."""
     alpha = tf.cast(tf.convert_to_tensor(alpha), tf.float64)
     top = tf.reduce_max(tf.abs(alpha))
     s_alpha = tf.cast(tf.cast(top / 127.0, tf.float32), tf.float64)
     a = tf.where(top > 0, round_half_away(alpha / tf.where(top > 0, s_alpha, 1.0)), tf.zeros_like(alpha))
     constants, apply = parts(kernels.scalar_requantize)
-    identity = constants(*quantize_multiplier(in_grid.scale / out_grid.scale))
-    scaled = constants(*quantize_multiplier(in_grid.scale * s_alpha / out_grid.scale))
+    identity = constants(*quantize_multiplier(float32_multiplier(in_grid.scale, 1.0, out_grid.scale)))
+    scaled = constants(*quantize_multiplier(float32_multiplier(in_grid.scale, s_alpha, out_grid.scale)))
     lo, hi = clamp_bounds(out_grid, "linear")
     given = offsets_in is not None
     tail = kernels.fused(("prelu", len(identity), given),
@@ -779,6 +801,8 @@ TFLITE_OPS: Dict[str, Handler] = {
     "LEAKY_RELU": lambda k, c: leaky_relu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid,
                                           c.operand_offsets(0)),
     "PRELU": lambda k, c: prelu(k, c.operands[0], c.attrs["alpha"], c.in_grids[0], c.out_grid, c.operand_offsets(0)),
+    "RELU": lambda k, c: relu(k, c.operands[0], c.in_grids[0], c.out_grid, "relu", c.operand_offsets(0)),
+    "RELU6": lambda k, c: relu(k, c.operands[0], c.in_grids[0], c.out_grid, "relu6", c.operand_offsets(0)),
     **_lut(LUT_FUNCTIONS),
 }
 def xnnpack_ops(builtin) -> Dict[str, Handler]:

@@ -27,6 +27,14 @@ def _relu_kind(layer) -> str:
     return "activation" if fused_relu(layer) else "output"
 
 
+#: a ReLU / ReLU6 layer its producer does not fuse (the producer's output has other readers) is its own op
+_RELU_OPS = {"relu": "RELU", "relu6": "RELU6"}
+
+
+def _activation_op(layer):
+    return _RELU_OPS.get(fused_relu(layer)) or ACTIVATION_OPS.get(activation_name(layer.activation))
+
+
 _OP_KINDS = {
     "passthrough": ("reshape", "transpose", "squeeze", "expand_dims", "getitem", "strided_slice", "slice",
                     "gather", "gather_nd", "pad", "identity", "split", "unstack", "tile", "reverse",
@@ -100,9 +108,8 @@ register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind=
 
 # ------------------------------------------------------------------ everything else
 register_layer(L.BatchNormalization, kind="bn")
-register_layer(L.ReLU, kind=_relu_kind)
-register_layer(L.Activation, kind=_activation_layer_kind,
-               integer_op=lambda layer: ACTIVATION_OPS.get(activation_name(layer.activation)))
+register_layer(L.ReLU, kind=_relu_kind, integer_op=lambda layer: _RELU_OPS.get(fused_relu(layer)))
+register_layer(L.Activation, kind=_activation_layer_kind, integer_op=_activation_op)
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")
 register_layer(L.PReLU, kind="output", integer_op="PRELU")

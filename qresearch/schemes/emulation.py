@@ -384,7 +384,8 @@ def _softmax(w, op) -> Optional[Plan]:
 
 
 def _one_input(w, op) -> Optional[Plan]:
-    """An op of one quantized input: a table activation (LOGISTIC, TANH, GELU), L2_NORMALIZATION, HARD_SWISH."""
+    """An op of one quantized input: a table activation (LOGISTIC, TANH, GELU), L2_NORMALIZATION, HARD_SWISH, a
+    RELU / RELU6 its producer does not fuse (a fused one's input has no grid of its own: no plan)."""
     source = getattr(w, "_input_source", None)
     return Plan(op, [source]) if source else None
 
@@ -549,7 +550,7 @@ register_matcher("MEAN", _mean)
 for _op in ("CONCATENATION", "MAXIMUM", "MINIMUM"):
     register_matcher(_op, _concatenation)
 register_matcher("SOFTMAX", _softmax)
-for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION", "HARD_SWISH"):
+for _op in ("LOGISTIC", "TANH", "GELU", "L2_NORMALIZATION", "HARD_SWISH", "RELU", "RELU6"):
     register_matcher(_op, _one_input)
 register_matcher("LEAKY_RELU", _leaky_relu)
 register_matcher(CONSTANT_OPS, _constant_ops, fuses_following_relu=True)

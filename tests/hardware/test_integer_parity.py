@@ -534,6 +534,29 @@ def test_two_relus_of_one_conv_deploy_as_the_converters_one_fused_relu(data):
     assert "RELU" not in r["ops"] and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_a_relu_its_producer_does_not_fuse_runs_the_relu_kernel(data):
+    """A ReLU after a concatenation (or after a conv other layers read too) is a RELU op of its own: ``S_in/S_out`` in
+    float32, then a fixed-point requantization (tests/kernels/test_relu.py). NASNetMobile's grids, set here (scaled by
+    2^-8: the same float32 ratio), put an input on a tie; with the ratio in double the emulation is 1 LSB off there.
+    (The float simulation it replaces happens to round this tie right; on NASNetMobile it was 1 LSB off.)"""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.Concatenate()([L.Conv2D(8, 3, padding="same")(inp), L.Conv2D(8, 1)(inp)])
+    h = L.ReLU(name="relu")(h)
+    x = data[0][:256]
+    q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=x)
+    s_in, z_in, s_out = 3.9634976387023926 / 256, -7, 2.0827791690826416 / 256   # q = 60 in: a tie in float32
+    for layer, (lo, hi) in (("quant_concatenate", (-(128 + z_in) * s_in, (127 - z_in) * s_in)),
+                            ("quant_relu", (0.0, 255 * s_out))):
+        variables = q.get_layer(layer)._output_quantizer_vars
+        variables["min"].assign(lo)
+        variables["max"].assign(hi)
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)))
+    assert r["ops"].get("RELU") == 1 and r["max_abs_diff_lsb"] < 1e-3, r
+
+
 @pytest.mark.parametrize("reader", ["concatenate", "maximum", "pool_then_concatenate"])
 def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(data, reader):
     """The input feeds a conv and a concatenation (a U-Net's skip of the raw input), a Maximum, or a max pool into a
