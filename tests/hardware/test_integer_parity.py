@@ -542,13 +542,13 @@ def test_a_relu_its_producer_does_not_fuse_runs_the_relu_kernel(data):
     L = keras.layers
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 1))
-    h = L.Concatenate()([L.Conv2D(8, 3, padding="same")(inp), L.Conv2D(8, 1)(inp)])
+    h = L.Concatenate(name="concat")([L.Conv2D(8, 3, padding="same")(inp), L.Conv2D(8, 1)(inp)])
     h = L.ReLU(name="relu")(h)
     x = data[0][:256]
     q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
                            calibration_data=x)
     s_in, z_in, s_out = 3.9634976387023926 / 256, -7, 2.0827791690826416 / 256   # q = 60 in: a tie in float32
-    for layer, (lo, hi) in (("quant_concatenate", (-(128 + z_in) * s_in, (127 - z_in) * s_in)),
+    for layer, (lo, hi) in (("quant_concat", (-(128 + z_in) * s_in, (127 - z_in) * s_in)),
                             ("quant_relu", (0.0, 255 * s_out))):
         variables = q.get_layer(layer)._output_quantizer_vars
         variables["min"].assign(lo)
