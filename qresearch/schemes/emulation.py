@@ -274,7 +274,7 @@ def _plan(w) -> Optional[Plan]:
     if not out and w.quantize_config.info.get("output_shared_with"):
         # an input of a Concatenate that quantizes for all its inputs: TFLite's CONCATENATION keeps
         # that one grid, so this layer's kernel requantizes straight onto it
-        consumer = sole_consumer(w)
+        consumer = _through_inner_concats(sole_consumer(w))
         if isinstance(consumer, IntegerEmulation) and consumer._output_quantizers:
             out = concat_grid_source(consumer)
         elif _shared_merge(consumer, sole_consumer(consumer)):
@@ -322,11 +322,22 @@ def _lowered_plan(w, out) -> Optional[Plan]:
     return Plan(rule.combine, [source, (inner_q, inner_v, w.name)], {"lowering": rule}, operand="lowered", out=out)
 
 
+def _through_inner_concats(layer):
+    """``layer``, or where it is a Concatenate without a range of its own (an inner one: InceptionV3's ``mixed9_0``
+    inside ``mixed9``; ``share_concat_ranges`` gave its range to the outer one), the concatenation it feeds, as far
+    as each is the sole reader: the one whose grid they all share."""
+    while isinstance(layer, keras.layers.Concatenate) and not isinstance(layer, IntegerEmulation):
+        layer = sole_consumer(layer)
+    return layer
+
+
 def _concat_through_relu(w):
-    """The Concatenate wrapper (with a range) that wrapper ``w``'s output reaches through a plain ReLU layer, the
-    sole reader of each, where ``w`` has no range of its own: its kernel computes onto that grid; else None."""
+    """The Concatenate wrapper (with a range) that wrapper ``w``'s output reaches through a plain ReLU layer (and
+    inner concatenations), the sole reader of each, where ``w`` has no range of its own: its kernel computes onto
+    that grid; else None."""
     relu = sole_consumer(w) if _shares_output(w, sole_consumer(w)) else None
     concat = sole_consumer(relu) if relu is not None and fused_activation(relu) is not None else None
+    concat = _through_inner_concats(concat)
     if isinstance(concat, IntegerEmulation) and concat._output_quantizers \
             and concat.quantize_config.info.get("kind") == "concat":
         return concat

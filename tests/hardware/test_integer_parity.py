@@ -557,6 +557,28 @@ def test_a_relu_its_producer_does_not_fuse_runs_the_relu_kernel(data):
     assert r["ops"].get("RELU") == 1 and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_convs_inside_a_nested_concatenation_run_the_conv_kernel(data):
+    """InceptionV3's ``mixed9``: two conv-BN-ReLU branches joined by an inner Concatenate, itself an input of the
+    outer one. The inner one has no range of its own (the outer's is shared), and the convs found no grid to compute
+    onto: float simulations, 1 LSB off on InceptionV3. They now run CONV_2D onto the outer concatenation's grid."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+
+    def conv_bn_relu(h, name):
+        return L.Activation("relu")(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", use_bias=False,
+                                                                     name=name)(h)))
+
+    inner = L.Concatenate()([conv_bn_relu(inp, "left"), conv_bn_relu(inp, "right")])
+    h = L.Concatenate()([conv_bn_relu(inp, "outer"), inner])
+    x = data[0][:256]
+    q = qresearch.quantize(keras.Model(inp, L.Flatten()(h)), "tflite_int8", hardware="tflite_int8",
+                           calibration_data=x)
+    assert all(q.get_layer(f"quant_{name}")._integer_plan() is not None for name in ("left", "right", "outer"))
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)))
+    assert r["ops"].get("CONCATENATION") == 2 and r["max_abs_diff_lsb"] < 1e-3, r
+
+
 @pytest.mark.parametrize("reader", ["concatenate", "maximum", "pool_then_concatenate"])
 def test_a_model_input_read_by_a_conv_and_a_one_grid_merge_deploys_bit_for_bit(data, reader):
     """The input feeds a conv and a concatenation (a U-Net's skip of the raw input), a Maximum, or a max pool into a
