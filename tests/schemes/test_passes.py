@@ -14,6 +14,20 @@ SCHEME = {"weights": {"quantizer": "minmax", "bits": 8}, "activations": {"quanti
           "quantize_ops": "all"}
 
 
+def _plan_of(model, **changes):
+    """The plan of ``model`` under ``SCHEME`` with ``changes``."""
+    graph, annotations = P.read_model(model)
+    return P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, **changes)), annotations)
+
+
+def _assert_values_kept_at_16_bits(model, x):
+    """The rewritten model, quantized at 16 bits, computes what the user's model does."""
+    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
+                              calibration_data=x)
+    for got, want in zip(wide(x), model(x)):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+
+
 def _model():
     keras.utils.set_random_seed(0)
     inp = keras.Input((8, 8, 3))
@@ -95,8 +109,7 @@ def test_an_average_becomes_a_sum_then_a_rescaling():
     m2 = L.Average(name="mean2")([x, L.Conv2D(4, 1, name="b")(inp)])
     m3 = L.Average(name="mean3")([m2, x, L.Conv2D(4, 1, name="c")(inp)])
     model = keras.Model(inp, L.Dense(2, name="head")(L.Flatten()(m3)))
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     chain = [(p.layer.name, type(p.layer).__name__) for p in plan.layers
              if isinstance(p.layer, (L.Add, L.Average, L.Rescaling))]
     assert chain == [("mean2_sum", "Add"), ("mean2", "Rescaling"), ("mean3_partial_1", "Add"), ("mean3_sum", "Add"),
@@ -138,8 +151,7 @@ def test_a_tf_op_with_a_number_becomes_a_rescaling(op, expected):
     constant, emulated as the converter stores it); ``c - x`` and ``c / x`` stay TF ops."""
     inp = keras.Input((4,))
     model = keras.Model(inp, L.Dense(2, name="head")(op(inp)))
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     found = [(p.layer.scale, p.layer.offset) for p in plan.layers if isinstance(p.layer, L.Rescaling)]
     assert found == ([expected] if expected else []), found
     x = np.random.default_rng(0).uniform(0.5, 2, size=(4, 4)).astype(np.float32)
@@ -162,8 +174,7 @@ def test_a_tf_activation_function_becomes_its_keras_layer(op, expected):
     beta is not swish and stays a TF op. The computation is the same."""
     inp = keras.Input((4,))
     model = keras.Model(inp, L.Dense(2, name="head")(op(inp)))
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     made = [p.layer for p in plan.layers if isinstance(p.layer, (L.LeakyReLU, L.Activation))]
     found = [(type(m).__name__, pytest.approx(float(m.alpha)) if isinstance(m, L.LeakyReLU) else m.activation.__name__)
              for m in made]
@@ -210,16 +221,12 @@ def test_a_matmul_of_rank_3_tensors_becomes_a_dot_with_its_transposes():
                 tf.linalg.matmul(tf.matmul(a, b, adjoint_b=True), a),
                 tf.matmul(a, L.Reshape((4, 5))(b))]
     model = keras.Model(inp, [L.Flatten()(p) for p in products] + [tf.matmul(L.Flatten()(a), tf.ones((20, 2)))])
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     dots = sorted(tuple(p.layer.axes) for p in plan.layers if isinstance(p.layer, L.Dot))
     assert dots == [(1, 1), (2, 1), (2, 1), (2, 2), (2, 2)], dots
     assert [p.layer.symbol for p in plan.layers if type(p.layer).__name__ == "TFOpLambda"] == ["linalg.matmul"]
     x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
-    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
-                              calibration_data=x)
-    for got, want in zip(wide(x), model(x)):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+    _assert_values_kept_at_16_bits(model, x)
 
 
 def test_hard_swish_the_converter_fuses_becomes_one_activation():
@@ -236,8 +243,7 @@ def test_hard_swish_the_converter_fuses_becomes_one_activation():
     kept = [tf.nn.relu6(x + 3.0) * x / 6.0, x * (tf.nn.relu6(x + 3.0) / 6.0), x * shared / 6.0 + shared,
             x * tf.nn.relu6(x + 2.0) / 6.0, x * tf.nn.relu(x + 3.0) / 6.0]
     model = keras.Model(inp, [L.Flatten()(t) for t in fused + kept])
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     swishes = [p for p in plan.layers if L.Activation is type(p.layer)
                and p.layer.activation is qresearch.hard_swish]
     conv = next(p for p in plan.layers if p.layer.name == "conv")
@@ -245,16 +251,11 @@ def test_hard_swish_the_converter_fuses_becomes_one_activation():
     assert all(p.node.in_refs == conv.node.out_refs for p in swishes)   # each reads x itself
     assert all(p.kind == "output" and p.spec.integer_op_of(p.layer) == "HARD_SWISH" for p in swishes)
     assert sum(isinstance(p.layer, L.Multiply) for p in plan.layers) == len(kept)   # each kept chain's product
-    graph, annotations = P.read_model(model)
-    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
-                              annotations)
+    inputs_only = _plan_of(model, quantize_ops="inputs")
     assert not any(L.Activation is type(p.layer) and p.layer.activation is qresearch.hard_swish
                    for p in inputs_only.layers)
     x = np.random.default_rng(0).normal(scale=3.0, size=(4, 6, 6, 3)).astype(np.float32)
-    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
-                              calibration_data=x)
-    for got, want in zip(wide(x), model(x)):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+    _assert_values_kept_at_16_bits(model, x)
 
 
 def test_a_normalized_dot_becomes_a_unit_normalization_of_each_input_then_the_dot():
@@ -269,22 +270,16 @@ def test_a_normalized_dot_becomes_a_unit_normalization_of_each_input_then_the_do
             L.Dot(axes=(2, 1), normalize=True, name="mixed")([a, L.Permute((2, 1))(b)]),
             shared([a, b]), shared([b, a])]
     model = keras.Model(inp, [L.Flatten()(t) for t in outs])
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     units = {p.layer.name: p.layer.axis for p in plan.layers if isinstance(p.layer, L.UnitNormalization)}
     assert units == {"rows_l2_normalize_0": -1, "rows_l2_normalize_1": -1, "vectors_l2_normalize_0": -1,
                      "vectors_l2_normalize_1": -1, "mixed_l2_normalize_0": -1, "mixed_l2_normalize_1": 1}, units
     dots = {p.layer.name: p.layer.normalize for p in plan.layers if isinstance(p.layer, L.Dot)}
     assert dots == {"rows": False, "vectors": False, "mixed": False, "shared": True}, dots
-    graph, annotations = P.read_model(model)
-    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
-                              annotations)
+    inputs_only = _plan_of(model, quantize_ops="inputs")
     assert not any(isinstance(p.layer, L.UnitNormalization) for p in inputs_only.layers)
     x = np.random.default_rng(0).normal(size=(4, 5, 4)).astype(np.float32)
-    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
-                              calibration_data=x)
-    for got, want in zip(wide(x), model(x)):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+    _assert_values_kept_at_16_bits(model, x)
 
 
 def test_a_relu_repeating_another_on_the_same_tensor_is_merged_into_it():
@@ -300,8 +295,7 @@ def test_a_relu_repeating_another_on_the_same_tensor_is_merged_into_it():
             L.Conv2D(2, 1, name="reads_c")(tf.nn.relu(c)), L.ReLU(6.0, name="relu6")(c), L.ReLU(name="relu_d")(d),
             L.ReLU(name="relu_out")(c)]
     model = keras.Model(inp, outs)
-    graph, annotations = P.read_model(model)
-    plan = P.make_plan(graph, qresearch.schemes.presets.resolve(SCHEME), annotations)
+    plan = _plan_of(model)
     relus = [p for p in plan.layers if isinstance(p.layer, (L.ReLU, L.Activation))]
     kept = [p for p in relus if p.layer.name not in ("relu6", "relu_d")]   # the one ReLU of the conv left
     assert len(relus) == 3 and len(kept) == 1, [p.layer.name for p in relus]
@@ -309,12 +303,7 @@ def test_a_relu_repeating_another_on_the_same_tensor_is_merged_into_it():
     assert all(next(p for p in plan.layers if p.layer.name == name).node.in_refs == a_out
                for name in ("reads_a", "reads_b", "reads_c"))
     assert plan.graph.output_refs[-1] == a_out[0]
-    graph, annotations = P.read_model(model)
-    inputs_only = P.make_plan(graph, qresearch.schemes.presets.resolve(dict(SCHEME, quantize_ops="inputs")),
-                              annotations)
+    inputs_only = _plan_of(model, quantize_ops="inputs")
     assert sum(isinstance(p.layer, (L.ReLU, L.Activation)) for p in inputs_only.layers) == 5   # and a TF op
     x = np.random.default_rng(0).normal(size=(4, 6, 6, 3)).astype(np.float32)
-    wide = qresearch.quantize(model, dict(SCHEME, weights=None, activations={"quantizer": "minmax", "bits": 16}),
-                              calibration_data=x)
-    for got, want in zip(wide(x), model(x)):
-        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-2, atol=1e-2)
+    _assert_values_kept_at_16_bits(model, x)
