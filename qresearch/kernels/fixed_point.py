@@ -131,6 +131,12 @@ def _divide_rounding_away(y, right, mask, half_mask):
     return tf.bitwise.right_shift(y, right) + tf.cast(remainder > threshold, tf.int64)
 
 
+def rounding_divide_by_pot(y, exponent):
+    """gemmlowp ``RoundingDivideByPOT`` by a (tensor) exponent ``>= 0``: its mask and half mask derived here."""
+    mask = tf.bitwise.left_shift(tf.ones_like(exponent), exponent) - 1
+    return _divide_rounding_away(y, exponent, mask, tf.bitwise.right_shift(mask, 1))
+
+
 def _single_constants(multiplier, shift):
     total = 31 - shift
     return multiplier, tf.bitwise.right_shift(pow2(total), 1), total

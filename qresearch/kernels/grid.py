@@ -143,6 +143,14 @@ def offsets_on(x, scale):
     return tf.cast(round_half_away(tf.cast(x, tf.float64) / scale), tf.int64)
 
 
+def table_lookup(table, x, in_grid: Grid, offsets_in=None):
+    """Each int8 input's entry of a 256-entry ``table`` (index ``q + 128``): ``x``'s integers on ``in_grid``, or the
+    handed-on ``offsets_in`` (``q - Z``)."""
+    q = offsets_on(x, in_grid.scale) if offsets_in is None else tf.cast(offsets_in, tf.int64)
+    index = tf.cast(q + tf.cast(in_grid.zero_point, tf.int64), tf.int32) + 128
+    return tf.gather(table, tf.clip_by_value(index, 0, 255))
+
+
 def clamp_bounds(out_grid: Grid, fused: str):
     """The kernel's integer clamp ``[lo, hi]`` on ``q`` (output range, fused ReLU/ReLU6): ReLU6's top is
     ``Z + round(6.0f / S)``, the division in C ``float`` (``CalculateActivationRangeQuantized``, ``QuantizedReluX``)."""

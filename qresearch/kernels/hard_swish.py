@@ -8,8 +8,8 @@ outputs of the input grid once and looks them up, as a table activation does.
 from __future__ import annotations
 
 from qresearch._compat import tf
-from qresearch.kernels.fixed_point import quantize_multiplier
-from qresearch.kernels.grid import Grid, offsets_on
+from qresearch.kernels.fixed_point import quantize_multiplier, rounding_divide_by_pot
+from qresearch.kernels.grid import Grid, table_lookup
 
 INT16_MIN, INT16_MAX = -(2 ** 15), 2 ** 15 - 1
 #: the input is moved onto a grid 2^7 finer (int8 offsets times 128 still fit int16)
@@ -46,14 +46,6 @@ def _doubling_high_mul16(a, b):
     return tf.where((a == INT16_MIN) & (b == INT16_MIN), tf.constant(INT16_MAX, tf.int64), high)
 
 
-def _rounding_divide_by_pot(x, exponent):
-    """gemmlowp RoundingDivideByPOT: ``x / 2^exponent`` rounded to nearest, ties away from zero (``exponent >= 0``)."""
-    mask = tf.bitwise.left_shift(tf.ones_like(exponent), exponent) - 1
-    threshold = tf.bitwise.right_shift(mask, 1) + tf.cast(x < 0, tf.int64)
-    up = tf.cast(tf.bitwise.bitwise_and(x, mask) > threshold, tf.int64)
-    return tf.bitwise.right_shift(x, exponent) + up
-
-
 def _saturating_left_shift16(x, amount):
     return _saturate16(x * tf.bitwise.left_shift(tf.ones_like(amount), amount))
 
@@ -77,9 +69,9 @@ def hard_swish_table(in_grid: Grid, out_grid: Grid):
     r = tf.where(e_r > 0, _saturating_left_shift16(x, tf.maximum(left - 1, 0)), x)
     r = _rounding_doubling_high_mul16(r, m_r)
     r = tf.where(e_r > 0, _saturating_left_shift16(r, tf.ones_like(left)), r)
-    r = tf.where(e_r < 0, _rounding_divide_by_pot(r, tf.maximum(-e_r, 0)), r)
+    r = tf.where(e_r < 0, rounding_divide_by_pot(r, tf.maximum(-e_r, 0)), r)
     r = tf.bitwise.right_shift(r + 2 ** 15, 1)
-    y = _rounding_divide_by_pot(_doubling_high_mul16(r, v), -e_out)
+    y = rounding_divide_by_pot(_doubling_high_mul16(r, v), -e_out)
     return tf.clip_by_value(y + tf.cast(out_grid.zero_point, tf.int64), -128, 127)
 
 
@@ -90,6 +82,4 @@ def hard_swish(x, in_grid: Grid, out_grid: Grid, offsets_in=None):
     if in_grid.qmax - in_grid.qmin > 255 or out_grid.qmax - out_grid.qmin > 255:
         return None
     table = hard_swish_table(in_grid, out_grid) - tf.cast(out_grid.zero_point, tf.int64)
-    q = offsets_on(x, in_grid.scale) if offsets_in is None else tf.cast(offsets_in, tf.int64)
-    index = tf.cast(q + tf.cast(in_grid.zero_point, tf.int64), tf.int32) + 128
-    return tf.cast(tf.gather(table, tf.clip_by_value(index, 0, 255)), tf.float32)
+    return tf.cast(table_lookup(table, x, in_grid, offsets_in), tf.float32)

@@ -18,7 +18,7 @@ from qresearch._compat import tf
 from qresearch.kernels import stats
 from qresearch.kernels.fixed_point import float32_multiplier, parts, quantize_multiplier, round_away, round_up, srdhm
 from qresearch.kernels.calls import note_offsets
-from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets_on, round_half_away
+from qresearch.kernels.grid import Grid, clamp_bounds, clamp_dequantize, offsets_on, round_half_away, table_lookup
 from qresearch.kernels.hard_swish import hard_swish
 from qresearch.kernels.normalization import OUTPUT_SCALE, l2_normalization
 from qresearch.quantizers.fused import xla_pass
@@ -651,10 +651,7 @@ def lut_activation(x, transform, in_grid: Grid, out_grid: Grid, offsets_in=None,
     stays) for a grid wider than int8: the int16 kernels compute, not tabulate."""
     if in_grid.qmax - in_grid.qmin > 255 or out_grid.qmax - out_grid.qmin > 255:
         return None
-    table = lut_table(transform, in_grid, out_grid, half_even)
-    q = offsets_on(x, in_grid.scale) if offsets_in is None else tf.cast(offsets_in, tf.int64)
-    index = tf.cast(q + tf.cast(in_grid.zero_point, tf.int64), tf.int32) + 128
-    y = tf.gather(table, tf.clip_by_value(index, 0, 255))
+    y = table_lookup(lut_table(transform, in_grid, out_grid, half_even), x, in_grid, offsets_in)
     lo, hi = clamp_bounds(out_grid, "linear")
     return dequantized(clamped_offsets(y, out_grid.zero_point, lo, hi), out_grid.scale)
 
