@@ -67,11 +67,15 @@ NARROWEST = ops.NARROWEST
 
 
 def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
-    """Scale ``(max - min) / (qmax - qmin)`` in double, stored as float32; the zero point from whichever
-    end has the smaller error, clamped and rounded half away (tflite-int8-spec.md §4.2). A range narrower than
-    ``NARROWEST`` is the converter's ``[-NARROWEST/2, NARROWEST/2]``."""
-    qmin = -(2 ** (bits - 1)) + (1 if narrow_range else 0)
-    qmax = 2 ** (bits - 1) - 1
+    """Scale ``(max - min) / (qmax - qmin)`` in double, stored as float32. The zero point as the converter forms
+    it (TF 2.21; ``tests/kernels/test_grid.py``): on the unsigned grid ``[0, 2^bits - 1]`` with that double scale,
+    from whichever end has the smaller error, clamped, rounded half away, then shifted to the signed grid. A
+    symmetric range's zero point (-0.5 on the signed grid) thus lands on 0 or -1 with the double's last bit, not
+    with the float32 scale's. A range narrower than ``NARROWEST`` is the converter's ``[-NARROWEST/2,
+    NARROWEST/2]``."""
+    offset = 2 ** (bits - 1)
+    qmin = -offset + (1 if narrow_range else 0)
+    qmax = offset - 1
     lo = tf.cast(tf.convert_to_tensor(range_min), tf.float64)
     hi = tf.cast(tf.convert_to_tensor(range_max), tf.float64)
     narrow = hi - lo < NARROWEST
@@ -79,14 +83,12 @@ def grid_of(range_min, range_max, bits: int, narrow_range: bool) -> Grid:
     lo, hi = tf.where(narrow, -half, lo), tf.where(narrow, half, hi)
     exact = (hi - lo) / float(qmax - qmin)
     scale = tf.cast(tf.cast(exact, tf.float32), tf.float64)
-    zp_min, zp_max = qmin - lo / scale, qmax - hi / scale
-    err_min = abs(qmin) + tf.abs(lo / scale)
-    err_max = abs(qmax) + tf.abs(hi / scale)
+    umin, umax = float(qmin + offset), float(qmax + offset)
+    zp_min, zp_max = umin - lo / exact, umax - hi / exact
+    err_min = umin + tf.abs(lo / exact)
+    err_max = umax + tf.abs(hi / exact)
     zp = tf.where(err_min < err_max, zp_min, zp_max)
-    # the centred narrow range's zero point is the grid's midpoint (-0.5 at 8 bits: stored as -1), which the
-    # float32 scale above would move off its tie
-    zp = tf.where(narrow, (qmin + qmax) / 2 * tf.ones_like(zp), zp)
-    zp = round_half_away(tf.clip_by_value(zp, float(qmin), float(qmax)))
+    zp = round_half_away(tf.clip_by_value(zp, umin, umax)) - offset
     return Grid(scale, zp, qmin, qmax, exact)
 
 
