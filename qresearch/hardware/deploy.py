@@ -21,7 +21,7 @@ from qresearch.hardware.bias_widening import widen_biases
 from qresearch.hardware.converter_log import held_stderr
 from qresearch.hardware.fixed_output_params import pin_outputs
 from qresearch.hardware.input_requantize import restore_input_quantizes
-from qresearch.hardware import unconvertible, xnnpack_limits
+from qresearch.hardware import reference_limits, unconvertible, xnnpack_limits
 from qresearch.hardware.flatbuffer_edits import edited
 from qresearch.hardware.errors import KernelSetError, NoRuntimeError
 from qresearch.hardware.registry import get as get_target
@@ -230,8 +230,13 @@ def make_interpreter(tflite_model: bytes, kernels: str = KERNELS):
 
     if kernels not in KERNEL_SETS:
         raise ConfigError(f"kernels must be one of {sorted(KERNEL_SETS)}, got {kernels!r}")
-    return Interpreter(model_content=tflite_model,
-                       experimental_op_resolver_type=getattr(OpResolverType, KERNEL_SETS[kernels]))
+    interpreter = Interpreter(model_content=tflite_model,
+                              experimental_op_resolver_type=getattr(OpResolverType, KERNEL_SETS[kernels]))
+    if kernels == "builtin_ref":    # what would abort the process when the interpreter prepares it
+        culprits = reference_limits.aborting_ops(interpreter)
+        if culprits:
+            raise KernelSetError(reference_limits.failure_message(culprits))
+    return interpreter
 
 
 def round_half_away(v):
@@ -248,7 +253,8 @@ def quantize_input(x, scale: float, zero_point: int, dtype) -> np.ndarray:
 def run_tflite(tflite_model: bytes, x, batch_size: int = 256, kernels: str = KERNELS):
     """Run the model on ``x`` (float, quantized here by the input's (S, Z); or indices, for an input the converter
     left integer with no scale, fed as they are); returns (integer outputs, input (S, Z), output (S, Z)).
-    Raises ``KernelSetError`` where the XNNPACK delegate cannot prepare the model, saying which ops and why."""
+    Raises ``KernelSetError`` where the XNNPACK delegate cannot prepare the model, or where the reference kernels
+    would abort the process on it, saying which ops and why."""
     try:
         return _run_tflite(tflite_model, x, batch_size, kernels)
     except RuntimeError as error:

@@ -653,6 +653,26 @@ def test_a_model_xnnpack_cannot_prepare_gets_an_error_naming_the_op():
         hw.verify(q, "tflite_int8", data, labels, kernels="builtin", tflite_model=ref["tflite_model"])
 
 
+def test_a_model_the_reference_kernels_would_abort_on_gets_an_error_naming_the_op():
+    """Logits constant over the calibration data (a Dense of zero kernel and bias) get the converter's collapsed
+    range, scale ~4e-9. LiteRT's reference SOFTMAX checks that its input scale is over 2^-26 when the interpreter
+    prepares it and aborts the process otherwise (a keras.applications MobileNetV3Large with random weights did).
+    ``verify(kernels="builtin_ref")`` raises, naming the op, before that; the default kernels run the model."""
+    L = keras.layers
+    inp = keras.Input((6, 6, 1))
+    h = L.Conv2D(4, 3, activation="relu", name="abort_conv")(inp)
+    logits = L.Dense(5, kernel_initializer="zeros", name="abort_logits")(L.Flatten(name="abort_flatten")(h))
+    model = keras.Model(inp, L.Softmax(name="abort_softmax")(logits))
+    data = np.random.default_rng(0).uniform(0, 1, (32, 6, 6, 1)).astype(np.float32)
+    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=data)
+    labels = np.zeros(32, np.int64)
+    ref = hw.verify(q, "tflite_int8", data, labels, return_model=True)
+    assert ref["max_abs_diff_lsb"] < 1e-3
+    with pytest.raises(hw.KernelSetError, match=r"reference kernels.*abort.*op \d+ SOFTMAX <- .*input scale 3.92e-09"
+                                                r".*constant over the calibration data"):
+        hw.verify(q, "tflite_int8", data, labels, kernels="builtin_ref", tflite_model=ref["tflite_model"])
+
+
 def test_a_normalization_planned_in_one_trace_runs_in_another():
     """The emulation's plan of a Normalization outlives the trace it is made in: made in a user's ``tf.function``,
     then run in ``verify``'s own trace. It held the 1/std tensor of the first graph ("out of scope" in the second,
