@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-slow test-all bench bench-accuracy clean
+.PHONY: setup demo test test-slow test-all bench bench-accuracy bench-parity clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,13 @@ bench: $(STAMP)
 # Options: make bench-accuracy ARGS="--datasets mnist --bits 4,2" (ARGS=--no-recipe-check: one recipe only)
 bench-accuracy: $(STAMP)
 	$(PY) -m benchmarks.accuracy --recipe-check $(ARGS)
+
+# Deployment parity on models not in the tests: 20 random CNNs, then the keras.applications networks, each
+# tflite_int8-quantized and verified under the three LiteRT kernel sets (benchmarks/parity.py, notes/schemes.md).
+# Options: make bench-parity ARGS="--seeds 100:140"
+bench-parity: $(STAMP)
+	$(PY) -m benchmarks.parity $(ARGS)
+	$(PY) -m benchmarks.parity --apps all $(ARGS)
 
 clean:
 	rm -rf outputs multirun wandb
