@@ -1,15 +1,16 @@
 """``python -m benchmarks.parity [--seeds 0:20] [--apps NAME,...] [--kernels SET,...]``: deployment parity on models
 the tests do not have.
 
-Each seed draws a small random CNN from the layers real networks are built of (conv / depthwise / separable convs
-with BN and ReLU, ReLU6, hard swish or sigmoid; residual Adds, concatenations, squeeze-excite products, pools;
-channel counts that are and are not multiples of 8), with random BN statistics. ``--apps`` takes keras.applications
-networks instead (random weights, 32x32 where the network allows). Every model is quantized with the tflite_int8
-preset, calibrated on random images, converted, and compared by ``hardware.verify`` with its simulation under each
-LiteRT kernel set (the simulation emulates that set's integer kernels): max |simulated - deployed| in output LSB,
-the fraction within 1 LSB, argmax agreement and whether the model is integer-only. A kernel set that cannot run a
-model (``KernelSetError``: XNNPACK's scale bounds, the reference softmax's) is a row saying why; a model that fails
-to build, quantize or convert is a row with its error; the run goes on.
+Each seed draws a small random CNN from the layers real networks are built of (conv / depthwise / separable convs with
+BN and ReLU, ReLU6, hard swish or sigmoid; residual Adds, concatenations, squeeze-excite products, pools; leaky ReLUs,
+upsampling, transposed convs, Maximum / Subtract merges; channel counts that are and are not multiples of 8), with
+random BN statistics. ``--apps`` takes keras.applications networks instead (random weights, 32x32 where the network
+allows). Every model is quantized with the tflite_int8 preset, calibrated on random images, converted, and compared by
+``hardware.verify`` with its simulation under each LiteRT kernel set (the simulation emulates that set's integer
+kernels): max |simulated - deployed| in output LSB, the fraction within 1 LSB, argmax agreement and whether the model
+is integer-only. A kernel set that cannot run a model (``KernelSetError``: XNNPACK's scale bounds, the reference
+softmax's) is a row saying why; a model that fails to build, quantize or convert is a row with its error; the run goes
+on.
 
 Prints one table and writes it as JSON under ``outputs/benchmarks/``. A benchmark, not a test: it takes minutes.
 """
@@ -98,9 +99,35 @@ def _pool(rng, L, x):
     return pool(2)(x)
 
 
+def _leaky(rng, L, x):
+    y = L.Conv2D(_channels(rng), 3, padding="same")(x)
+    return L.LeakyReLU(float(rng.choice([0.1, 0.2, 0.3])))(y)
+
+
+def _upsample(rng, L, x):
+    if x.shape[1] > 10:
+        return x
+    y = L.UpSampling2D(2, interpolation=str(rng.choice(["nearest", "bilinear"])))(x)
+    return L.Conv2D(_channels(rng), 3, strides=2, padding="same", activation="relu")(y)
+
+
+def _transpose(rng, L, x):
+    if x.shape[1] > 10:
+        return x
+    y = L.Conv2DTranspose(_channels(rng), 3, strides=2, padding="same", activation="relu")(x)
+    return L.MaxPooling2D(2)(y)
+
+
+def _extremum(rng, L, x):
+    a = L.Conv2D(x.shape[-1], 1)(x)
+    merge = L.Maximum if rng.random() < 0.5 else L.Subtract
+    return merge()([x, a])
+
+
 BLOCKS: Dict[str, Callable] = {"conv_bn_act": _conv_bn_act, "depthwise": _depthwise, "separable": _separable,
                                "residual": _residual, "concat": _concat, "squeeze_excite": _squeeze_excite,
-                               "pool": _pool}
+                               "pool": _pool, "leaky": _leaky, "upsample": _upsample, "transpose": _transpose,
+                               "extremum": _extremum}
 
 
 def random_model(seed: int):
