@@ -8,7 +8,7 @@ from __future__ import annotations
 from qresearch._compat import keras
 from qresearch.schemes.folding import scale_depthwise, scale_last_axis, scale_transposed
 from qresearch.schemes.layer_calls import NORMALIZATION, RESCALING, dense_nd, dilated_conv
-from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS,
+from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, FIXED_ACTIVATIONS, FUSABLE_ACTIVATIONS, RELU_OPS,
                                       activation_name, fused_relu, op_name, register_layer)
 
 L = keras.layers
@@ -28,11 +28,10 @@ def _relu_kind(layer) -> str:
 
 
 #: a ReLU / ReLU6 layer its producer does not fuse (the producer's output has other readers) is its own op
-_RELU_OPS = {"relu": "RELU", "relu6": "RELU6"}
 
 
 def _activation_op(layer):
-    return _RELU_OPS.get(fused_relu(layer)) or ACTIVATION_OPS.get(activation_name(layer.activation))
+    return RELU_OPS.get(fused_relu(layer)) or ACTIVATION_OPS.get(activation_name(layer.activation))
 
 
 _OP_KINDS = {
@@ -83,8 +82,9 @@ _compute(L.DepthwiseConv1D, weights=("depthwise_kernel",), channel_axes={"depthw
          target_kind=None, fold=("depthwise_kernel", scale_depthwise), integer_op="DEPTHWISE_CONV_2D",
          call=dilated_conv)
 for _cls, _op in ((L.Conv1DTranspose, None), (L.Conv2DTranspose, "TRANSPOSE_CONV"), (L.Conv3DTranspose, None)):
+    # no fused ReLU: TRANSPOSE_CONV then RELU (measured, TF 2.21; fused, the conv had no grid and ran in float)
     _compute(_cls, channel_axes={"kernel": (-2,)}, target_kind="conv_transpose",
-             fold=("kernel", scale_transposed), integer_op=_op)
+             fold=("kernel", scale_transposed), integer_op=_op, fuses_relu=False)
 _compute(L.Dense, target_kind="dense", fold=_KERNEL, integer_op="FULLY_CONNECTED", call=dense_nd)  # rank > 2
 if hasattr(L, "EinsumDense"):
     _compute(L.EinsumDense, target_kind="dense")
@@ -108,7 +108,7 @@ register_layer(L.Embedding, weights=["embeddings"], quantize_output=False, kind=
 
 # ------------------------------------------------------------------ everything else
 register_layer(L.BatchNormalization, kind="bn")
-register_layer(L.ReLU, kind=_relu_kind, integer_op=lambda layer: _RELU_OPS.get(fused_relu(layer)))
+register_layer(L.ReLU, kind=_relu_kind, integer_op=lambda layer: RELU_OPS.get(fused_relu(layer)))
 register_layer(L.Activation, kind=_activation_layer_kind, integer_op=_activation_op)
 register_layer(L.Softmax, kind="fixed", integer_op="SOFTMAX")
 register_layer(L.LeakyReLU, kind="output", integer_op="LEAKY_RELU")

@@ -84,7 +84,7 @@ def layer_config(p: LayerPlan, scheme: SchemeSpec) -> LayerQuantizeConfig:
             fn = getattr(layer, attr, None)
             name = L.activation_name(fn)
             entry = {"pre": None, "post": None}
-            if fn is not None and name not in L.FUSABLE_ACTIVATIONS:
+            if fn is not None and (name not in L.FUSABLE_ACTIVATIONS or (name != "linear" and not p.spec.fuses_relu)):
                 entry["pre"] = quantizer(act_q, "activations", f"layer {layer.name!r} activations")
             if not p.spec.quantize_output and fn is not None:
                 post = act_spec(a, nonneg=name in L.NON_NEGATIVE_ACTIVATIONS)

@@ -33,7 +33,7 @@ from qresearch.quantizers.base import Quantizer
 from qresearch.schemes.attrs import set_attr
 from qresearch.schemes.builtin_layers import batch_matmul_adjoints
 from qresearch.schemes.layer_calls import rescaling_op
-from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, activation_attrs, activation_name,
+from qresearch.schemes.layers import (ACTIVATION_OPS, CONSTANT_OPS, RELU_OPS, activation_attrs, activation_name,
                                       fused_activation, layer_spec, own_spec)
 from qresearch.schemes.lowered_activations import Lowering, lowering
 
@@ -54,6 +54,9 @@ class Plan:
     out: Optional[Tuple] = None
     fused: str = "linear"
     consumer_fused: bool = False  # ``out`` and ``fused`` are the following ReLU layer's (K.mark_fused)
+    # a conv's activation that runs as an op of its own (``out``: its input's quantizer): the grid that op
+    # requantizes onto (the layer's output quantizer, or a concatenation's it shares), or None
+    after: Optional[Tuple] = None
 
 
 Matcher = Callable[[Any, str], Optional[Plan]]  # (wrapper, op) -> Plan without out/fused, or None
@@ -164,18 +167,18 @@ class IntegerEmulation:
         raw = handler(kernels, K.OpCall([acc], [in_grid], out_grid, plan.fused, attrs))
         y = _passed_on(raw, out_q(raw, False, weights=out_v), plan)
         fn = getattr(self.layer, "activation", None)
-        if fn is None or activation_name(fn) in K.FUSED_ACTIVATIONS:
-            return y
-        if not self._output_quantizers:
-            return fn(y)
-        final = self._output_source()
-        inner = self._activation_vars.get("activation", {}).get("inner")
-        if inner is not None:  # swish: LOGISTIC, MUL
-            return self._lowered_call(kernels, y, plan.out, inner, lowering(fn), final)
         name = activation_name(fn)
+        acts = self._activation_vars.get("activation", {})
+        if name == "linear" or (name in K.FUSED_ACTIVATIONS and "pre" not in acts):   # "pre": a ReLU not fused
+            return y
+        final = plan.after or self._output_source()
+        if final is None:
+            return fn(y)
+        if acts.get("inner") is not None:  # swish: LOGISTIC, MUL
+            return self._lowered_call(kernels, y, plan.out, acts["inner"], lowering(fn), final)
         if name == "softmax" and not _softmax_ok(y):
             return self._q(final[0], fn(y), False, final[1])
-        return self._activation_op(kernels, ACTIVATION_OPS.get(name), fn, y, plan.out, final)
+        return self._activation_op(kernels, ACTIVATION_OPS.get(name) or RELU_OPS.get(name), fn, y, plan.out, final)
 
     def _activation_op(self, kernels, op, fn, x, x_source, final):
         """The activation op ``op`` (SOFTMAX or a table activation; float form ``fn``) on ``x`` (on ``x_source``'s
@@ -288,7 +291,7 @@ def _plan(w) -> Optional[Plan]:
         if not acts and out and fused in K.FUSED_ACTIVATIONS:
             return dataclasses.replace(base, out=out, fused=fused)
         if set(acts) in ({"pre"}, {"pre", "inner"}):
-            return dataclasses.replace(base, out=acts["pre"], fused="linear")
+            return dataclasses.replace(base, out=acts["pre"], fused="linear", after=out)
         if fused_consumer is not None and fused in ("linear", fused_consumer[1]):
             # a following ReLU layer the converter fuses here; one that repeats the kernel's own ReLU it drops
             # (measured: ReLU then ReLU6 stays two ops, with the kernel in float, which ``verify`` lists)

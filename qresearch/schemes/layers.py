@@ -44,6 +44,8 @@ FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
 # Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
 # (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX, LEAKY_RELU and HARD_SWISH kernels their own arithmetic
 # (``hard_swish``: qresearch's, schemes/activations.py).
+#: A ReLU that no op before it fuses runs as an op of its own (``LayerSpec.fuses_relu``, a ReLU after a concat).
+RELU_OPS = {"relu": "RELU", "relu6": "RELU6"}
 ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU",
                   "leaky_relu": "LEAKY_RELU", "hard_swish": "HARD_SWISH"}
 # The arguments of an activation function its op carries (LEAKY_RELU's alpha), by name; a call's own keyword
@@ -94,6 +96,9 @@ class LayerSpec:
     #: quantized and that weight per tensor, the output is on the weight's grid: a ``QuantizeLike`` of the weight's
     #: quantizer, not a quantizer of its own that the converter would reach by a requantizing QUANTIZE.
     output_grid: Optional[str] = None
+    #: whether the converter fuses a ReLU / ReLU6 (its activation argument, or a ReLU layer after it) into the op.
+    #: TRANSPOSE_CONV does not (TF 2.21, measured): the ReLU is an op of its own, its input a grid of its own.
+    fuses_relu: bool = True
 
     def kind_of(self, layer) -> str:
         return self.kind(layer) if callable(self.kind) else self.kind
@@ -116,7 +121,7 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
                    target_kind: Optional[str] = _INHERIT, fold: Optional[Tuple[str, Callable]] = _INHERIT,
                    keeps_sign: bool = _INHERIT, integer_op: Union[None, str, Callable] = _INHERIT,
                    call: Optional[Callable] = _INHERIT, split: Optional[Any] = _INHERIT,
-                   output_grid: Optional[str] = _INHERIT) -> LayerSpec:
+                   output_grid: Optional[str] = _INHERIT, fuses_relu: bool = _INHERIT) -> LayerSpec:
     """Teach qresearch how ``layer_class`` quantizes.
 
     Args:
@@ -144,7 +149,9 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         between them quantized where the layer's output is.
       output_grid: the weight whose values the output is made of (gathered, not computed): with every op quantized
         (``quantize_ops: all``) and that weight per tensor, the output keeps the weight's grid.
-    The last eight default to the nearest registered base class's values (else empty/None/False).
+      fuses_relu: the converter fuses a ReLU / ReLU6 after the layer into its op (default True); where it does not,
+        the layer's output before the ReLU gets a quantizer of its own, and the ReLU runs as its own op.
+    The last nine default to the nearest registered base class's values (else empty/None/False; fuses_relu True).
     """
     if not isinstance(layer_class, type) or not issubclass(layer_class, keras.layers.Layer):
         raise QResearchError(f"register_layer: {layer_class!r} must be a tf_keras Layer class "
@@ -163,7 +170,8 @@ def register_layer(layer_class: type, weights: Sequence[str] = (), activations: 
         raise ConfigError("register_layer: a layer with quantized weights must be wrapped (wrap=True)")
     base = next((_LAYERS[c] for c in layer_class.__mro__[1:] if c in _LAYERS), LayerSpec())
     facts = {"channel_axes": channel_axes, "target_kind": target_kind, "fold": fold, "keeps_sign": keeps_sign,
-             "integer_op": integer_op, "call": call, "split": split, "output_grid": output_grid}
+             "integer_op": integer_op, "call": call, "split": split, "output_grid": output_grid,
+             "fuses_relu": fuses_relu}
     facts = {k: getattr(base, k) if v is _INHERIT else v for k, v in facts.items()}
     if facts["target_kind"] not in TARGET_KINDS + (None,):
         raise ConfigError(f"register_layer: target_kind must be one of {TARGET_KINDS} or None, "

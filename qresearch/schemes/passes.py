@@ -281,8 +281,15 @@ def _fused_into_next(plan: ModelPlan, q: LayerPlan) -> bool:
     if nxt is None or not nxt.has_acts or plan.calls[id(q.layer)] > 1:
         return False
     if nxt.kind == "activation" and (q.kind in ("compute", "merge", "bn") or _constant_ops(q)):
-        return True
+        return _fuses_relu(plan, q)
     return nxt.kind == "bn" and q.kind == "compute" and _activation(q.layer) == "linear"
+
+
+def _fuses_relu(plan: ModelPlan, q: LayerPlan) -> bool:
+    """Whether the op ``q`` becomes fuses a ReLU after it (a BN folds into its producer: that op's)."""
+    if q.kind == "bn" and len(q.node.in_refs) == 1:
+        q = plan.producers.get(q.node.in_refs[0], q)
+    return q.spec is None or q.spec.fuses_relu
 
 
 def _constant_ops(p: LayerPlan) -> bool:

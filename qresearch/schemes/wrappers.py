@@ -26,7 +26,7 @@ from qresearch.quantizers.base import Quantizer
 from qresearch import kernels as K
 from qresearch.schemes.attrs import get_attr, has_attrs, set_attr  # noqa: F401  (re-exported)
 from qresearch.schemes.emulation import IntegerEmulation
-from qresearch.schemes.layers import layer_spec
+from qresearch.schemes.layers import fused_relu, layer_spec
 from qresearch.schemes.lowered_activations import lowered
 from qresearch.quantizers.registry import register as register_quantizer
 
@@ -406,6 +406,10 @@ def _range_source(tensor, depth: int = 8):
         if isinstance(layer, QuantizeLike):
             return layer._source
         if isinstance(layer, _QW):  # a wrapper with a user's QuantizeConfig (annotate.py): its grid is unknown
+            return None
+        if fused_relu(layer) is not None:
+            # a ReLU with no quantizer of its own after a quantized tensor (a transposed conv's, which no op fuses)
+            # shares a concatenation's range: its RELU op requantizes onto that grid, not its input's
             return None
         node = layer._inbound_nodes[history.node_index]
         inputs = node.keras_inputs

@@ -534,6 +534,27 @@ def test_two_relus_of_one_conv_deploy_as_the_converters_one_fused_relu(data):
     assert "RELU" not in r["ops"] and r["max_abs_diff_lsb"] < 1e-3, r
 
 
+def test_a_transposed_convs_relu_runs_as_its_own_op(data):
+    """The converter (TF 2.21) fuses no ReLU into TRANSPOSE_CONV: not its activation argument, nor a ReLU layer after
+    it, nor one after a BN folded into it. With one quantizer after conv and ReLU, as for other convs, the conv's
+    output had no grid: TRANSPOSE_CONV ran in float between a DEQUANTIZE and a QUANTIZE, 3 LSB off. Its output now
+    gets a quantizer of its own (``LayerSpec.fuses_relu``), and the ReLU runs as a RELU / RELU6 op."""
+    L = keras.layers
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 1))
+    h = L.Conv2D(8, 3, strides=2, padding="same", name="tc_stem")(inp)
+    a = L.Conv2DTranspose(11, 3, strides=2, padding="same", activation="relu6", name="tc_activation")(h)
+    b = L.Conv2DTranspose(11, 3, strides=2, padding="same", use_bias=False, name="tc_bn")(h)
+    b = L.ReLU(name="tc_relu")(L.BatchNormalization(name="tc_batch_norm")(b))
+    out = L.Dense(4, name="tc_dense")(L.Flatten(name="tc_flatten")(L.Concatenate(name="tc_concat")([a, b])))
+    x = data[0][:128]
+    q = qresearch.quantize(keras.Model(inp, out), "tflite_int8", hardware="tflite_int8", calibration_data=x)
+    r = hw.verify(q, "tflite_int8", x, np.zeros(len(x)))
+    assert r["integer_only"] and r["ops"]["TRANSPOSE_CONV"] == 2, r["ops"]
+    assert r["ops"].get("RELU6") == 1 and r["ops"].get("RELU") == 1, r["ops"]
+    assert r["max_abs_diff_lsb"] < 1e-3, r
+
+
 def test_a_relu_its_producer_does_not_fuse_runs_the_relu_kernel(data):
     """A ReLU after a concatenation (or after a conv other layers read too) is a RELU op of its own: ``S_in/S_out`` in
     float32, then a fixed-point requantization (tests/kernels/test_relu.py). NASNetMobile's grids, set here (scaled by
