@@ -146,19 +146,28 @@ def random_model(seed: int):
         x = BLOCKS[name](rng, L, x)
     x = L.GlobalAveragePooling2D()(x) if rng.random() < 0.7 else L.Flatten()(x)
     model = keras.Model(inputs, L.Dense(int(rng.choice([4, 10])))(x), name=f"parity_{seed}")
-    for layer in model.layers:       # BN statistics of a trained net, not the identity of a fresh one
-        if isinstance(layer, L.BatchNormalization):
+    return _trained_batch_norms(model, rng), names
+
+
+def _trained_batch_norms(model, rng):
+    """``model`` with random BN statistics, as a trained net has, not the identity of a fresh one (with which
+    random-weight keras.applications networks give constant logits)."""
+    from qresearch._compat import keras
+
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.center and layer.scale:
             c = layer.gamma.shape[0]
             layer.set_weights([rng.uniform(0.5, 1.5, c), rng.normal(0, 0.3, c), rng.normal(0, 0.3, c),
                                rng.uniform(0.2, 2.0, c)])
-    return model, names
+    return model
 
 
 def app_model(name: str):
     from qresearch._compat import keras
 
     keras.utils.set_random_seed(0)
-    return getattr(keras.applications, name)(input_shape=APPS[name], weights=None, classes=4), [name]
+    model = getattr(keras.applications, name)(input_shape=APPS[name], weights=None, classes=4)
+    return _trained_batch_norms(model, np.random.default_rng(0)), [name]
 
 
 # ---------------------------------------------------------------------------------------------- measurement
