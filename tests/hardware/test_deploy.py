@@ -644,13 +644,19 @@ def test_a_model_xnnpack_cannot_prepare_gets_an_error_naming_the_op():
     x = L.Concatenate()([L.Conv2D(8, 1, bias_initializer=keras.initializers.Constant(0.5))(x), inp])
     model = keras.Model(inp, L.Dense(10)(L.Flatten()(x)))
     data = np.random.default_rng(0).uniform(0, 1, (64, 8, 8, 1)).astype(np.float32)
+    _refused_by(model, data, "builtin", r"XNNPACK.*op 1 CONV_2D -> .*S_in·S_w/S_out from .*e\+03"
+                                        r".*dead activation.*kernels='builtin_without_default_delegates'")
+
+
+def _refused_by(model, data, kernels, match):
+    """``model``, tflite_int8-quantized on ``data``, deploys bit-exact on the default kernels, and ``verify`` under
+    ``kernels`` raises a ``KernelSetError`` matching ``match``."""
     q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=data)
-    labels = np.zeros(64, np.int64)
+    labels = np.zeros(len(data), np.int64)
     ref = hw.verify(q, "tflite_int8", data, labels, return_model=True)
     assert ref["max_abs_diff_lsb"] < 1e-3
-    with pytest.raises(hw.KernelSetError, match=r"XNNPACK.*op 1 CONV_2D -> .*S_in·S_w/S_out from .*e\+03"
-                                                r".*dead activation.*kernels='builtin_without_default_delegates'"):
-        hw.verify(q, "tflite_int8", data, labels, kernels="builtin", tflite_model=ref["tflite_model"])
+    with pytest.raises(hw.KernelSetError, match=match):
+        hw.verify(q, "tflite_int8", data, labels, kernels=kernels, tflite_model=ref["tflite_model"])
 
 
 def test_a_model_the_reference_kernels_would_abort_on_gets_an_error_naming_the_op():
@@ -664,13 +670,8 @@ def test_a_model_the_reference_kernels_would_abort_on_gets_an_error_naming_the_o
     logits = L.Dense(5, kernel_initializer="zeros", name="abort_logits")(L.Flatten(name="abort_flatten")(h))
     model = keras.Model(inp, L.Softmax(name="abort_softmax")(logits))
     data = np.random.default_rng(0).uniform(0, 1, (32, 6, 6, 1)).astype(np.float32)
-    q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=data)
-    labels = np.zeros(32, np.int64)
-    ref = hw.verify(q, "tflite_int8", data, labels, return_model=True)
-    assert ref["max_abs_diff_lsb"] < 1e-3
-    with pytest.raises(hw.KernelSetError, match=r"reference kernels.*abort.*op \d+ SOFTMAX <- .*input scale 3.92e-09"
-                                                r".*constant over the calibration data"):
-        hw.verify(q, "tflite_int8", data, labels, kernels="builtin_ref", tflite_model=ref["tflite_model"])
+    _refused_by(model, data, "builtin_ref", r"reference kernels.*abort.*op \d+ SOFTMAX <- .*input scale 3.92e-09"
+                                            r".*constant over the calibration data")
 
 
 def test_a_normalization_planned_in_one_trace_runs_in_another():
