@@ -27,9 +27,6 @@ def _relu_kind(layer) -> str:
     return "activation" if fused_relu(layer) else "output"
 
 
-#: a ReLU / ReLU6 layer its producer does not fuse (the producer's output has other readers) is its own op
-
-
 def _activation_op(layer):
     return RELU_OPS.get(fused_relu(layer)) or ACTIVATION_OPS.get(activation_name(layer.activation))
 

@@ -41,11 +41,12 @@ TARGET_KINDS = ("conv", "conv1d", "conv_transpose", "dense")
 FUSABLE_ACTIVATIONS = ("relu", "relu6", "linear")
 # Ops whose output range the runtime fixes (the scheme's fixed_output_ranges keys).
 FIXED_ACTIVATIONS = ("softmax", "sigmoid", "tanh", "log_softmax")
+#: A ReLU that no op before it fuses runs as an op of its own (its producer's output has other readers, or
+#: ``LayerSpec.fuses_relu`` is False).
+RELU_OPS = {"relu": "RELU", "relu6": "RELU6"}
 # Activations a runtime runs as one op of its own, by Keras name: the int8 kernel of each is a table
 # (kernels.tflite_ops.LUT_FUNCTIONS), the SOFTMAX, LEAKY_RELU and HARD_SWISH kernels their own arithmetic
 # (``hard_swish``: qresearch's, schemes/activations.py).
-#: A ReLU that no op before it fuses runs as an op of its own (``LayerSpec.fuses_relu``, a ReLU after a concat).
-RELU_OPS = {"relu": "RELU", "relu6": "RELU6"}
 ACTIVATION_OPS = {"softmax": "SOFTMAX", "sigmoid": "LOGISTIC", "tanh": "TANH", "gelu": "GELU",
                   "leaky_relu": "LEAKY_RELU", "hard_swish": "HARD_SWISH"}
 # The arguments of an activation function its op carries (LEAKY_RELU's alpha), by name; a call's own keyword

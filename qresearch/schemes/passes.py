@@ -286,7 +286,7 @@ def _fused_into_next(plan: ModelPlan, q: LayerPlan) -> bool:
 
 
 def _fuses_relu(plan: ModelPlan, q: LayerPlan) -> bool:
-    """Whether the op ``q`` becomes fuses a ReLU after it (a BN folds into its producer: that op's)."""
+    """Whether the op that ``q`` becomes fuses a ReLU after it (a BN, folded into its producer: that op's)."""
     if q.kind == "bn" and len(q.node.in_refs) == 1:
         q = plan.producers.get(q.node.in_refs[0], q)
     return q.spec is None or q.spec.fuses_relu
