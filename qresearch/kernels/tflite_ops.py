@@ -525,7 +525,8 @@ def _leaky_relu_tail(apply, n, given, x, scale, zero_point, lo, hi, *params):
 
 
 def relu(kernels, x, in_grid: Grid, out_grid: Grid, fused: str, offsets_in=None):
-    """RELU / RELU6 as an op of its own (a ReLU its producer does not fuse: the producer's output has other readers):
+    """RELU / RELU6 as an op of its own (a ReLU its producer does not fuse: the producer's output has other readers,
+    or the producer is a TRANSPOSE_CONV):
     ``Z_out + (q - Z_in)·S_in/S_out`` by the kernels' scalar MultiplyByQuantizedMultiplier, clamped to the ReLU's
     range on the output grid (``fused``: "relu" or "relu6"; reference/activations ``ReluX``, multiplier from
     ``ReluPrepare``, whose ``S_in/S_out`` is a C ``float`` division: ``float32_multiplier``; in double, an input on a

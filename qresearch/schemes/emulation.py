@@ -171,7 +171,7 @@ class IntegerEmulation:
         acts = self._activation_vars.get("activation", {})
         if name == "linear" or (name in K.FUSED_ACTIVATIONS and "pre" not in acts):   # "pre": a ReLU not fused
             return y
-        final = plan.after or self._output_source()
+        final = plan.after   # the plan's "pre" case: the output's grid, own or shared (None: neither)
         if final is None:
             return fn(y)
         if acts.get("inner") is not None:  # swish: LOGISTIC, MUL
