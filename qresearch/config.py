@@ -22,7 +22,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -336,15 +336,32 @@ def phase_dict(phase: PhaseConfig) -> Dict[str, Any]:
     return {k: getattr(v, "value", v) for k, v in dataclasses.asdict(phase).items()}
 
 
-def with_bits(scheme: Mapping[str, Any], bits: Optional[int]) -> Dict[str, Any]:
-    """The scheme with the ``bits`` shorthand applied to both roles' widths."""
+def with_bits(scheme: Mapping[str, Any], bits: Optional[int], given: Iterable[str] = ()) -> Dict[str, Any]:
+    """The scheme with the ``bits`` shorthand applied to both roles' widths, then its ``low_bits`` rule where the
+    widths are at most the rule's (``qresearch.schemes.low_bits``: the dict the runner's readers see is the one
+    the model is built with), except for the scheme keys in ``given`` (set on the command line: they win)."""
+    from qresearch.schemes import low_bits
+
     spec = copy.deepcopy(dict(scheme or {}))
     if bits is not None:
         for key in ROLE_BITS_KEYS:
             role = key.split(".")[1]
             if isinstance(spec.get(role), dict):
                 spec[role]["bits"] = int(bits)
-    return spec
+    return low_bits.resolved(spec, keep=given)
+
+
+def given_scheme_keys() -> Tuple[str, ...]:
+    """The scheme keys the running Hydra job sets on its command line (``scheme.bn_folding=fold`` ->
+    ``bn_folding``); none outside a Hydra job (a config composed in Python)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        task = list(HydraConfig.get().overrides.task)
+    except Exception:  # (not inside a Hydra job)
+        return ()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in task)
+    return tuple(k.split(".", 1)[1] for k in keys if k.startswith("scheme."))
 
 
 def experiment(cfg) -> Experiment:
@@ -356,7 +373,8 @@ def experiment(cfg) -> Experiment:
     flags = {k: data[k] for k in ("sweep_name", "resume", "deterministic", "adapt", "adapt_bits", "bits", "deploy",
                                   "save_model", "threads", "plugins", "progressive_bits") if data.get(k) is not None}
     return Experiment(config=data, hash=_hash_of(data), seed=data.get("seed"), dataset=dict(data.get("dataset") or {}),
-                      model=dict(data.get("model") or {}), scheme=with_bits(data.get("scheme"), data.get("bits")),
+                      model=dict(data.get("model") or {}),
+                      scheme=with_bits(data.get("scheme"), data.get("bits"), given=given_scheme_keys()),
                       hardware=dict(data["hardware"]) if data.get("hardware") else None, training=training,
                       logger=_typed(LoggerConfig, data.get("logger")), paths=_typed(PathsConfig, data.get("paths")),
                       mixed=mixed_config(data.get("mixed")), **flags)

@@ -102,6 +102,34 @@ def test_the_typed_config_is_built_once_from_the_hydra_config():
     assert "hydra" not in qconfig.experiment(_compose(["+sweep=smoke"], hydra_node=True)).config
 
 
+def test_the_bits_shorthand_applies_a_schemes_low_bits_rule():
+    # the dict the runner's readers (target checks, BN re-estimation) see is the one the model is built with
+    for bits, folding in (("2", "no_fold"), ("3", "no_fold"), ("4", "fold")):
+        exp = qconfig.experiment(_compose(["scheme=lsq", f"bits={bits}", "~hardware"]))
+        assert exp.scheme["bn_folding"] == folding and ("low_bits" in exp.scheme) is (folding == "fold"), bits
+    exp = qconfig.experiment(_compose(["scheme=lsq", "bits=2", "scheme.low_bits=null", "~hardware"]))
+    assert exp.scheme["bn_folding"] == "fold"
+    # widths written into the roles count as the shorthand does
+    exp = qconfig.experiment(_compose(["scheme=lsq", "scheme.weights.bits=2", "~hardware"]))
+    assert exp.scheme["bn_folding"] == "no_fold"
+
+
+def test_a_scheme_key_set_on_the_command_line_wins_over_the_low_bits_rule():
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = ["scheme=lsq", "bits=2", "scheme.bn_folding=fold_batch_stats", "~hardware"]
+    cfg = _compose(overrides, hydra_node=True)
+    HydraConfig.instance().set_config(cfg)   # what a Hydra job sees: its own command line
+    try:
+        assert qconfig.given_scheme_keys() == ("bn_folding",)
+        exp = qconfig.experiment(_compose(overrides))
+        assert exp.scheme["bn_folding"] == "fold_batch_stats" and "low_bits" not in exp.scheme
+    finally:
+        HydraConfig.instance().cfg = None
+    assert qconfig.given_scheme_keys() == ()   # outside a job: the rule applies
+    assert qconfig.experiment(_compose(overrides)).scheme["bn_folding"] == "no_fold"
+
+
 def test_launchers_compose(monkeypatch):
     # the joblib launcher takes n_jobs from $QRESEARCH_JOBS (default 2), under both names
     monkeypatch.delenv("QRESEARCH_JOBS", raising=False)
@@ -410,3 +438,6 @@ def test_the_bn_sweep_crosses_the_learned_presets_with_every_bn_strategy():
     SweepSummary().on_multirun_start(cfg)   # every job's config is valid before any starts
     job = qconfig.experiment(_compose(["+sweep=bn", "scheme=lsq", "scheme.bn_folding=no_fold", "bits=2"]))
     assert stages.bn_reestimation_batches(job, job.scheme) == 50   # no_fold: the preset's re-estimation acts
+    # the presets' low_bits rule is off in this sweep: fold at 2 bits stays fold
+    job = qconfig.experiment(_compose(["+sweep=bn", "scheme=lsq", "scheme.bn_folding=fold", "bits=2"]))
+    assert job.scheme["bn_folding"] == "fold" and stages.bn_reestimation_batches(job, job.scheme) == 0

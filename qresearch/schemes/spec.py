@@ -15,6 +15,7 @@ import re
 from typing import Any, Dict, List, Mapping, Optional, Union
 
 from qresearch.errors import ConfigError
+from qresearch.schemes import low_bits
 from qresearch.spec_keys import GRID_FIELDS, NAME_KEYS
 
 BN_FOLDING = ("fold", "no_fold", "fold_batch_stats")
@@ -44,7 +45,7 @@ DEFAULT_FIXED_OUTPUT_RANGES: Dict[str, List[float]] = {
 TRAINING_FIELDS = {"quantizer_lr_multiplier": 1.0, "quantizer_weight_decay": False, "freeze_quantizer_steps": 0}
 FIELDS = ("weights", "activations", "overrides", "skip", "first_last_bits", "bn_folding", "bn_freeze_steps",
           "bn_reestimation_batches", "quantize_ops", "input_sign", "train_input_quantizers", "fixed_output_ranges",
-          "name") + tuple(TRAINING_FIELDS)
+          "name", low_bits.KEY) + tuple(TRAINING_FIELDS)
 
 
 def trains_model_input(setting: Union[bool, str], bits: int) -> bool:
@@ -160,6 +161,9 @@ class SchemeSpec:
     quantizer_weight_decay: whether the optimizer's weight decay applies to them (off: steps are not
       pulled towards 0).
     freeze_quantizer_steps: training steps during which they stay at their initial values (warm-up).
+    low_bits: ``{max_bits: N, <field>: <value>, ...}``: BN and quantizer-training fields that replace the scheme's
+      own where its weights or activations are at most N bits (``qresearch.schemes.low_bits``). Applied when the
+      scheme is built, then dropped; kept while the widths are above N.
     """
 
     weights: Optional[Dict[str, Any]] = dataclasses.field(
@@ -181,6 +185,7 @@ class SchemeSpec:
     quantizer_lr_multiplier: float = TRAINING_FIELDS["quantizer_lr_multiplier"]
     quantizer_weight_decay: bool = TRAINING_FIELDS["quantizer_weight_decay"]
     freeze_quantizer_steps: int = TRAINING_FIELDS["freeze_quantizer_steps"]
+    low_bits: Optional[Dict[str, Any]] = None
 
     def __post_init__(self):
         self.validate()
@@ -243,6 +248,8 @@ class SchemeSpec:
         }
         if self.name is not None:
             out["name"] = self.name
+        if self.low_bits is not None:  # (a scheme without a rule keeps the dict, and the run hash, of before)
+            out[low_bits.KEY] = copy.deepcopy(self.low_bits)
         return out
 
     def replace(self, **changes) -> "SchemeSpec":
@@ -254,6 +261,7 @@ class SchemeSpec:
     def validate(self) -> None:
         self.weights = _check_quantizer_spec(self.weights, "weights", partial=False)
         self.activations = _check_quantizer_spec(self.activations, "activations", partial=False)
+        self._apply_low_bits()
         if not isinstance(self.overrides, list):
             raise ConfigError(f"scheme key 'overrides' must be a list of {{match, weights, activations}}, "
                               f"got {self.overrides!r}")
@@ -305,6 +313,22 @@ class SchemeSpec:
         self.fixed_output_ranges = ranges
         check_training_fields(self)
         self._check_quantizers()
+
+    def _apply_low_bits(self) -> None:
+        """Set the ``low_bits`` rule's fields and drop it where the widths are at most its ``max_bits``; else
+        check its fields on a copy, so a bad value fails now and not at the first low-bit run."""
+        max_bits, fields = low_bits.parse(self.low_bits)
+        if not fields:
+            return
+        if low_bits.applies(max_bits, self.weights, self.activations):
+            for key, value in fields.items():
+                setattr(self, key, value)
+            self.low_bits = None
+            return
+        try:
+            dataclasses.replace(self, low_bits=None, **fields)
+        except ConfigError as exc:
+            raise ConfigError(f"scheme key '{low_bits.KEY}': {exc}") from exc
 
     def _check_quantizers(self) -> None:
         """Build every quantizer the scheme can ask for once, so bad fields fail now."""

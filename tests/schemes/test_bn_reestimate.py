@@ -80,3 +80,18 @@ def test_the_public_call_does_nothing_where_the_scheme_folds_and_names_the_fix_e
         reestimate_bn_statistics(_model(), x)
     with pytest.raises(ValueError, match="batches must be an integer >= 0"):
         reestimate_bn_statistics(fold, x, batches=-2)
+
+
+def test_the_learned_presets_keep_bn_below_4_bits_and_re_estimate_it():
+    # lsq's low_bits rule (conf/scheme/lsq.yaml): a BN after a conv folds at 4 bits, stays (and is re-estimated over
+    # the preset's 50 batches) at 2 and 3
+    from qresearch.config import with_bits
+
+    inp = keras.Input((8, 8, 1))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 3, use_bias=False, name="conv")(inp))
+    model = keras.Model(inp, keras.layers.Dense(3, name="logits")(keras.layers.Flatten()(keras.layers.ReLU()(h))))
+    x = np.random.default_rng(2).random((64, 8, 8, 1)).astype("float32")
+    for bits, kept in ((2, 1), (3, 1), (4, 0)):
+        q = qresearch.quantize(model, with_bits(qresearch.schemes.get("lsq").to_dict(), bits), calibration_data=x)
+        assert len(batch_norm_layers(q)) == kept and reestimate_bn_statistics(q, x, batch_size=32) == kept, bits
+        assert q.qresearch_info["scheme"]["bn_folding"] == ("fold" if bits == 4 else "no_fold"), bits

@@ -74,15 +74,21 @@ def test_bn_reestimation_acts_only_where_bn_stays():
         assert SchemeSpec.from_dict(spec.to_dict()).bn_reestimation_batches == 50   # kept through to_dict
 
 
-def test_learned_presets_fold_bn_and_re_estimate_it_once_it_stays():
-    # fold keeps the #11 step cost on BN models; scheme.bn_folding=no_fold gives the W2 gain measured in
-    # notes/accuracy.md (2026-12-05) with its re-estimation already set
-    for name in ("lsq", "lsq_plus", "pact_lsq"):
+def test_learned_presets_fold_bn_at_4_bits_and_keep_it_below():
+    # fold keeps the #11 step cost on BN models at 4+ bits; at 2-3 bits BN stays and is re-estimated after QAT (the
+    # W2 gains of notes/accuracy.md, fourteenth and thirty-third sessions)
+    from qresearch.config import with_bits
+
+    for name in ("lsq", "lsq_plus", "pact_lsq", "mixed"):
         spec = get(name)
         assert spec.bn_folding == "fold" and spec.reestimated_bn_batches == 0, name
         assert spec.replace(bn_folding="no_fold").reestimated_bn_batches == 50, name
-    for name in ("tflite_int8", "minmax_nbit", "pot", "a2q"):
+        for bits, folding in ((2, "no_fold"), (3, "no_fold"), (4, "fold"), (8, "fold")):
+            at = SchemeSpec.from_dict(with_bits(spec.to_dict(), bits))
+            assert at.bn_folding == folding and at.reestimated_bn_batches == (50 if bits < 4 else 0), (name, bits)
+    for name in ("tflite_int8", "minmax_nbit", "pot", "a2q", "dorefa"):  # (no rule: fold at every width)
         assert get(name).replace(bn_folding="no_fold").reestimated_bn_batches == 0, name
+        assert SchemeSpec.from_dict(with_bits(get(name).to_dict(), 2)).bn_folding == "fold", name
 
 
 def test_register_and_unknown_preset():

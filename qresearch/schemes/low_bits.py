@@ -1,0 +1,80 @@
+"""A scheme's ``low_bits: {max_bits: N, <scheme field>: <value>, ...}``: scheme fields that replace its own where its
+width is at most N bits, so one preset can train BN one way at 4 bits and another at 2 (the scheme-level twin of a
+quantizer spec's ``low_bits``, ``qresearch.quantizers.registry``).
+
+The width is the narrower of the scheme's weight and activation ``bits`` (the sweep's ``bits=``); per-layer overrides
+and ``first_last_bits`` do not count. A rule that applies is consumed: the fields are set and ``low_bits`` leaves the
+scheme, so a later change of a field (a hardware target's coercion, ``fold_for_deployment``'s fold) is not undone. A
+rule that does not apply stays, for a later width. ``scheme.low_bits=null`` keeps the scheme's own fields at every
+width; in a run, a field set on the command line (``scheme.bn_folding=fold bits=2``) keeps its value.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
+
+from qresearch.errors import ConfigError
+from qresearch.spec_keys import NAME_KEYS
+
+KEY = "low_bits"
+#: What a scheme's rule may set: how BN trains and how quantizer parameters train. The quantizers themselves (and
+#: what a hardware target checks) are the scheme's own at every width; a quantizer's rule is its spec's ``low_bits``.
+FIELDS = ("bn_folding", "bn_freeze_steps", "bn_reestimation_batches", "quantizer_lr_multiplier",
+          "quantizer_weight_decay", "freeze_quantizer_steps")
+
+
+def parse(value) -> Tuple[int, Dict[str, Any]]:
+    """``(max_bits, fields)`` of a scheme's ``low_bits`` (``(0, {})`` for null); the shape checked, not the values
+    (the scheme checks those as its own)."""
+    if value is None:
+        return 0, {}
+    example = "{max_bits: 3, bn_folding: no_fold}"
+    if not isinstance(value, Mapping) or "max_bits" not in value:
+        raise ConfigError(f"scheme key {KEY!r} must be a dict with max_bits and the scheme fields that apply at or "
+                          f"below that width, e.g. {example}; got {value!r}")
+    fields = dict(value)
+    max_bits = fields.pop("max_bits")
+    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 2 <= max_bits <= 16:
+        raise ConfigError(f"scheme key '{KEY}.max_bits' must be a bit width in [2, 16], got {max_bits!r}")
+    other = [k for k in fields if k not in FIELDS]
+    if other:
+        raise ConfigError(f"scheme key {KEY!r} cannot set {', '.join(map(repr, other))}; it sets {', '.join(FIELDS)}. "
+                          "A quantizer's own low-bit fields go in its spec (weights.low_bits, activations.low_bits)")
+    if not fields:
+        raise ConfigError(f"scheme key {KEY!r} sets no field: give at least one of {', '.join(FIELDS)}, e.g. {example}")
+    return max_bits, fields
+
+
+def width(weights: Optional[Mapping[str, Any]], activations: Optional[Mapping[str, Any]]) -> Optional[int]:
+    """The narrower of the two quantizer specs' ``bits`` (a spec without ``bits``: its quantizer's default); None
+    where both roles stay float."""
+    from qresearch.quantizers import registry
+
+    widths = []
+    for spec in (weights, activations):
+        if not spec:
+            continue
+        bits = spec.get("bits")
+        if bits is None:
+            name = next((spec[k] for k in NAME_KEYS if k in spec), None)
+            bits = registry.parameters(registry.get(name)).get("bits") if name else None
+        if isinstance(bits, int) and not isinstance(bits, bool):
+            widths.append(bits)
+    return min(widths) if widths else None
+
+
+def applies(max_bits: int, weights, activations) -> bool:
+    w = width(weights, activations)
+    return bool(max_bits) and w is not None and w <= max_bits
+
+
+def resolved(scheme: Mapping[str, Any], keep: Iterable[str] = ()) -> Dict[str, Any]:
+    """A scheme dict with its ``low_bits`` rule applied and consumed where its width is at most ``max_bits``;
+    otherwise a copy as it is. What the runner's dict readers (target coercion, BN re-estimation) see. Fields in
+    ``keep`` (set explicitly, e.g. ``scheme.bn_folding=fold`` on the command line) keep the scheme's value."""
+    d = copy.deepcopy(dict(scheme or {}))
+    max_bits, fields = parse(d.get(KEY))
+    if applies(max_bits, d.get("weights"), d.get("activations")):
+        d.update({k: v for k, v in fields.items() if k not in set(keep)})
+        d.pop(KEY)
+    return d
