@@ -88,11 +88,12 @@ def _fresh(model_name: str, input_shape):
 
 def _contestants(calibration) -> List[Any]:
     """(name, build(float model) -> QAT model): tfmot's stock 8-bit and experimental n-bit (4/4) schemes,
-    then every built-in preset (calibrated on the same images), then lsq with its model input's step trained and
-    lsq quantizing every op."""
+    then every built-in preset (calibrated on the same images), then lsq with its model input's step trained, lsq
+    quantizing every op, and lsq at 2 bits (BN kept in training there)."""
     import qresearch
     from qresearch import schemes
     from qresearch._compat import tfmot
+    from qresearch.config import with_bits
 
     from benchmarks.accuracy import tfmot_nbit
 
@@ -114,6 +115,10 @@ def _contestants(calibration) -> List[Any]:
     lsq_every_op = dict(schemes.get("lsq").to_dict(), quantize_ops="all")
     out.append(("qresearch lsq, quantize_ops: all",
                 lambda m: qresearch.quantize(m, lsq_every_op, calibration_data=calibration)))
+    # at 2-3 bits the learned presets keep BN in training (their scheme's low_bits): what that step costs on BN models
+    lsq_2_bits = with_bits(schemes.get("lsq").to_dict(), 2)
+    out.append(("qresearch lsq at 2 bits (BN kept: low_bits)",
+                lambda m: qresearch.quantize(m, lsq_2_bits, calibration_data=calibration)))
     return out
 
 
