@@ -23,14 +23,22 @@ def model():
     return keras.Model(inp, L.Dense(M.CLASSES, name="logits")(x))
 
 
+def _lsq_bn_kept():
+    """lsq at 4 bits with BN kept, as the preset keeps it below 4 bits (its low_bits): the runner's progressive_bits
+    builds every width with the run's own width's bn_folding."""
+    return dict(qresearch.schemes.get("lsq").to_dict(), bn_folding="no_fold")
+
+
 def test_layer_weights_move_and_quantizers_are_recalibrated():
     float_model = model()
     x, y = M.data(64)
-    hi = qresearch.quantize(float_model, "lsq", calibration_data=x)
+    lo_spec = qresearch.schemes.SchemeSpec.from_dict(
+        dict(qresearch.schemes.get("lsq").to_dict(), weights={"quantizer": "lsq", "bits": 2, "per_channel": True}))
+    assert lo_spec.bn_folding == "no_fold"   # lsq keeps BN below 4 bits: the higher-bit model is built alike
+    hi = qresearch.quantize(float_model, _lsq_bn_kept(), calibration_data=x)
     for v in hi.trainable_variables:   # stand-in for training: every weight moved
         v.assign(v * 1.5)
-    lo = qresearch.quantize(float_model, qresearch.schemes.SchemeSpec.from_dict(
-        dict(qresearch.schemes.get("lsq").to_dict(), weights={"quantizer": "lsq", "bits": 2, "per_channel": True})))
+    lo = qresearch.quantize(float_model, lo_spec)
     names = copy_layer_weights(hi, lo)
     assert "quant_conv" in names or any("conv" in n for n in names)
     for a, b in zip(hi.weights, lo.weights):
@@ -54,7 +62,7 @@ def test_quantize_weights_from_copies_then_calibrates_at_the_new_width():
     quantizers start from them (the steps of the weights moved x1.5), planned on the same data as hi."""
     float_model = model()
     x = np.abs(M.data(64)[0])   # non-negative: both widths plan the unsigned input grid
-    hi = qresearch.quantize(float_model, "lsq", calibration_data=x)
+    hi = qresearch.quantize(float_model, _lsq_bn_kept(), calibration_data=x)
     for v in hi.trainable_variables:
         if not is_quantizer_variable(v):
             v.assign(v * 1.5)
@@ -72,6 +80,14 @@ def test_quantize_weights_from_copies_then_calibrates_at_the_new_width():
     assert len(fresh_steps) == len(steps)
     for v, (name, step) in zip(fresh_steps, steps.items()):  # init max: max|w|/Qp of the copied (x1.5) kernels
         np.testing.assert_allclose(step, 1.5 * v.numpy(), rtol=1e-6, err_msg=name)
+
+
+def test_a_higher_bit_model_with_other_bn_folding_is_refused_naming_the_fix():
+    float_model = model()
+    hi = qresearch.quantize(float_model, "lsq")   # 4 bits: BN folded
+    lo_scheme = dict(qresearch.schemes.get("lsq").to_dict(), weights={"quantizer": "lsq", "bits": 2})
+    with pytest.raises(ConfigError, match="bn_folding: fold and this one with bn_folding: no_fold.*low_bits: null"):
+        qresearch.quantize(float_model, lo_scheme, weights_from=hi)
 
 
 def test_a_model_that_has_run_gives_its_weights_whatever_their_order():
