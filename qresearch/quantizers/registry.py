@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from qresearch._compat import keras
 from qresearch.errors import ConfigError, QResearchError
 from qresearch.registry import Registry
-from qresearch.spec_keys import GRID_FIELDS, NAME_KEYS
+from qresearch.spec_keys import GRID_FIELDS, LOW_BITS_KEY, NAME_KEYS, split_low_bits
 
 QUANTIZERS: Registry = Registry(
     "quantizer", how_to_add="decorate a Quantizer subclass with @qresearch.quantizers.register('NAME') in a "
@@ -17,10 +17,10 @@ QUANTIZERS: Registry = Registry(
 # Each quantizer is Keras-serializable as "qresearch>quantizer:<name>": the name a saved model stores.
 KERAS_PACKAGE, KERAS_PREFIX = "qresearch", "quantizer:"
 ROLES = ("weights", "activations")
-#: A spec's ``low_bits: {max_bits: N, <field>: <value>, ...}``: fields that replace the spec's own where its width is
-#: at most N bits (a preset's range rule for 2-3-bit grids, where the 8-bit one fails), so a preset stays one
-#: scheme across a bit-width sweep. Its fields are checked as the spec's own, whether they apply or not.
-LOW_BITS_KEY = "low_bits"
+# A spec's ``low_bits: {max_bits: N, <field>: <value>, ...}`` (``spec_keys.LOW_BITS_KEY``): fields that replace the
+# spec's own where its width is at most N bits (a preset's range rule for 2-3-bit grids, where the 8-bit one fails),
+# so a preset stays one scheme across a bit-width sweep. Its fields are checked as the spec's own, whether they apply
+# or not (``create``).
 
 
 def register(name: str, *, overwrite: bool = False):
@@ -121,16 +121,7 @@ def create(spec: Union[str, Mapping[str, Any], Any], role: Optional[str] = None,
 
 def _low_bits(value, name: str):
     """``(max_bits, fields)`` of a spec's ``low_bits`` entry (``(0, {})`` without one)."""
-    if value is None:
-        return 0, {}
-    if not isinstance(value, Mapping) or "max_bits" not in value:
-        raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY} must be a dict with max_bits and the fields that apply "
-                          f"at or below that width, e.g. {{max_bits: 3, range_rule: mse}}; got {value!r}")
-    fields = dict(value)
-    max_bits = fields.pop("max_bits")
-    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 2 <= max_bits <= 16:
-        raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY}.max_bits must be a bit width in [2, 16], got "
-                          f"{max_bits!r}")
+    max_bits, fields = split_low_bits(value, f"quantizer {name!r}: {LOW_BITS_KEY}", "{max_bits: 3, range_rule: mse}")
     fixed = [k for k in GRID_FIELDS + NAME_KEYS + (LOW_BITS_KEY,) if k in fields]
     if fixed:
         raise ConfigError(f"quantizer {name!r}: {LOW_BITS_KEY} cannot set {', '.join(fixed)}: it chooses how a "

@@ -14,9 +14,7 @@ import copy
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from qresearch.errors import ConfigError
-from qresearch.spec_keys import NAME_KEYS
-
-KEY = "low_bits"
+from qresearch.spec_keys import LOW_BITS_KEY as KEY, NAME_KEYS, split_low_bits
 #: What a scheme's rule may set: how BN trains and how quantizer parameters train. The quantizers themselves (and
 #: what a hardware target checks) are the scheme's own at every width; a quantizer's rule is its spec's ``low_bits``.
 FIELDS = ("bn_folding", "bn_freeze_steps", "bn_reestimation_batches", "quantizer_lr_multiplier",
@@ -26,16 +24,10 @@ FIELDS = ("bn_folding", "bn_freeze_steps", "bn_reestimation_batches", "quantizer
 def parse(value) -> Tuple[int, Dict[str, Any]]:
     """``(max_bits, fields)`` of a scheme's ``low_bits`` (``(0, {})`` for null); the shape checked, not the values
     (the scheme checks those as its own)."""
-    if value is None:
-        return 0, {}
     example = "{max_bits: 3, bn_folding: no_fold}"
-    if not isinstance(value, Mapping) or "max_bits" not in value:
-        raise ConfigError(f"scheme key {KEY!r} must be a dict with max_bits and the scheme fields that apply at or "
-                          f"below that width, e.g. {example}; got {value!r}")
-    fields = dict(value)
-    max_bits = fields.pop("max_bits")
-    if isinstance(max_bits, bool) or not isinstance(max_bits, int) or not 2 <= max_bits <= 16:
-        raise ConfigError(f"scheme key '{KEY}.max_bits' must be a bit width in [2, 16], got {max_bits!r}")
+    max_bits, fields = split_low_bits(value, f"scheme key {KEY}", example)
+    if not max_bits:
+        return 0, {}
     other = [k for k in fields if k not in FIELDS]
     if other:
         raise ConfigError(f"scheme key {KEY!r} cannot set {', '.join(map(repr, other))}; it sets {', '.join(FIELDS)}. "
