@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Tuple
 
 from qresearch.errors import ConfigError
 from qresearch.spec_keys import LOW_BITS_KEY as KEY, NAME_KEYS, split_low_bits
+
 #: What a scheme's rule may set: how BN trains and how quantizer parameters train. The quantizers themselves (and
 #: what a hardware target checks) are the scheme's own at every width; a quantizer's rule is its spec's ``low_bits``.
 FIELDS = ("bn_folding", "bn_freeze_steps", "bn_reestimation_batches", "quantizer_lr_multiplier",
@@ -56,6 +57,7 @@ def width(weights: Optional[Mapping[str, Any]], activations: Optional[Mapping[st
 
 
 def applies(max_bits: int, weights, activations) -> bool:
+    """Whether a rule of ``max_bits`` (0: none) applies to a scheme with these quantizer specs."""
     w = width(weights, activations)
     return bool(max_bits) and w is not None and w <= max_bits
 

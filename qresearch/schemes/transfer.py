@@ -35,12 +35,13 @@ def copy_layer_weights(source, target) -> List[str]:
     Both models must come from one float model through one scheme (apart from bit widths), so their layers
     correspond one to one (names may differ: Keras numbers repeated names). A layer of another type or a
     weight of another shape is refused, naming it."""
-    folding = [((getattr(m, "qresearch_info", None) or {}).get("scheme") or {}).get("bn_folding") for m in (source, target)]
+    folding = [((getattr(m, "qresearch_info", None) or {}).get("scheme") or {}).get("bn_folding")
+               for m in (source, target)]
     if None not in folding and folding[0] != folding[1]:  # (a preset's low_bits rule keeps BN at 2-3 bits only)
-        raise ConfigError(f"progressive bits: the higher-bit model was built with bn_folding: {folding[0]} and this one "
-                          f"with bn_folding: {folding[1]}, so their layers differ (the learned presets keep BN below 4 "
-                          f"bits: their scheme's low_bits). Build the higher-bit model with bn_folding: {folding[1]} "
-                          "too (the runner's progressive_bits does), or both with low_bits: null")
+        raise ConfigError(f"progressive bits: the higher-bit model was built with bn_folding: {folding[0]} and this "
+                          f"one with bn_folding: {folding[1]}, so their layers differ (the learned presets keep BN "
+                          f"below 4 bits: their scheme's low_bits). Build the higher-bit model with bn_folding: "
+                          f"{folding[1]} too (the runner's progressive_bits does), or both with low_bits: null")
     if len(source.layers) != len(target.layers):
         raise ConfigError(f"progressive bits: the models have {len(source.layers)} and {len(target.layers)} "
                           "layers; both must be built from the same model and scheme")
