@@ -178,8 +178,8 @@ def measure(model, seed: int, kernel_sets, n_images: int = 24, high: float = Non
     from qresearch import hardware as hw
 
     rng = np.random.default_rng(seed)
-    draw = 255.0 if rng.random() < 0.5 else 1.0          # raw pixels or scaled ones
-    high = draw if high is None else high
+    draw = 255.0 if rng.random() < 0.5 else 1.0          # raw pixels or scaled ones (drawn either way: a seed's
+    high = draw if high is None else high                # images stay the same whether or not ``high`` is given)
     x = rng.uniform(0.0, high, (n_images,) + tuple(model.input_shape[1:])).astype("float32")
     q = qresearch.quantize(model, "tflite_int8", hardware="tflite_int8", calibration_data=x[:16])
     flat = None

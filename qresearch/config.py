@@ -354,13 +354,15 @@ def with_bits(scheme: Mapping[str, Any], bits: Optional[int], given: Iterable[st
 def given_scheme_keys() -> Tuple[str, ...]:
     """The scheme keys the running Hydra job sets on its command line (``scheme.bn_folding=fold`` ->
     ``bn_folding``); none outside a Hydra job (a config composed in Python)."""
+    from qresearch.labels import setting_key  # (labels reads this module's coordinate keys)
+
     try:
         from hydra.core.hydra_config import HydraConfig
 
         task = list(HydraConfig.get().overrides.task)
     except Exception:  # (not inside a Hydra job)
         return ()
-    keys = (o.split("=", 1)[0].lstrip("+~") for o in task)
+    keys = (setting_key(o) for o in task)
     return tuple(k.split(".", 1)[1] for k in keys if k.startswith("scheme."))
 
 

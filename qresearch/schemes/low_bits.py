@@ -56,10 +56,12 @@ def width(weights: Optional[Mapping[str, Any]], activations: Optional[Mapping[st
     return min(widths) if widths else None
 
 
-def applies(max_bits: int, weights, activations) -> bool:
-    """Whether a rule of ``max_bits`` (0: none) applies to a scheme with these quantizer specs."""
-    w = width(weights, activations)
-    return bool(max_bits) and w is not None and w <= max_bits
+def applied_fields(rule, weights, activations) -> Optional[Dict[str, Any]]:
+    """The fields a scheme's rule sets where it applies to these quantizer specs (the narrower width at most its
+    ``max_bits``); None where it does not (or there is no rule)."""
+    max_bits, fields = parse(rule)
+    w = width(weights, activations) if max_bits else None
+    return fields if w is not None and w <= max_bits else None
 
 
 def resolved(scheme: Mapping[str, Any], keep: Iterable[str] = ()) -> Dict[str, Any]:
@@ -67,8 +69,8 @@ def resolved(scheme: Mapping[str, Any], keep: Iterable[str] = ()) -> Dict[str, A
     otherwise a copy as it is. What the runner's dict readers (target coercion, BN re-estimation) see. Fields in
     ``keep`` (set explicitly, e.g. ``scheme.bn_folding=fold`` on the command line) keep the scheme's value."""
     d = copy.deepcopy(dict(scheme or {}))
-    max_bits, fields = parse(d.get(KEY))
-    if applies(max_bits, d.get("weights"), d.get("activations")):
+    fields = applied_fields(d.get(KEY), d.get("weights"), d.get("activations"))
+    if fields is not None:
         d.update({k: v for k, v in fields.items() if k not in set(keep)})
         d.pop(KEY)
     return d

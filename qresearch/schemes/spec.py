@@ -316,19 +316,18 @@ class SchemeSpec:
 
     def _apply_low_bits(self) -> None:
         """Set the ``low_bits`` rule's fields and drop it where the widths are at most its ``max_bits``; else
-        check its fields on a copy, so a bad value fails now and not at the first low-bit run."""
-        max_bits, fields = low_bits.parse(self.low_bits)
-        if not fields:
-            return
-        if low_bits.applies(max_bits, self.weights, self.activations):
+        check its fields on a bare scheme (they are BN and training keys only), so a bad value fails now and not at
+        the first low-bit run."""
+        fields = low_bits.applied_fields(self.low_bits, self.weights, self.activations)
+        if fields is not None:
             for key, value in fields.items():
                 setattr(self, key, value)
             self.low_bits = None
-            return
-        try:
-            dataclasses.replace(self, low_bits=None, **fields)
-        except ConfigError as exc:
-            raise ConfigError(f"scheme key '{low_bits.KEY}': {exc}") from exc
+        elif self.low_bits is not None:
+            try:
+                SchemeSpec(weights=None, activations=None, **low_bits.parse(self.low_bits)[1])
+            except ConfigError as exc:
+                raise ConfigError(f"scheme key '{low_bits.KEY}': {exc}") from exc
 
     def _check_quantizers(self) -> None:
         """Build every quantizer the scheme can ask for once, so bad fields fail now."""
