@@ -17,6 +17,11 @@ then ``values_from_range`` turns it into the parameters by their kind (``PARAM_K
   searched over ``MSE_CANDIDATES`` clips ``c = k/K · max``, per channel (Banner et al. 2019's objective;
   the grid search of Nagel et al. 2021, "A White Paper on Neural Network Quantization", §3.1, MSE range
   setting).
+- ``mse_no_shrink``: the least-MSE candidate among those that do not shrink the tensor along itself,
+  ``Σ x·Q_c(x) >= Σ x²`` per channel (else the candidate that shrinks it least). An MSE-optimal clip sits where
+  the error is orthogonal to ``Q(x)``, so ``Σ x·Q(x) = Σ Q(x)² < Σ x²``: each layer's output shrinks by
+  ``1 - MSE/Σx²``, and through a deep net the shrinkage compounds (Banner et al. 2019, §3.3, find quantized
+  weights' norm shrunk and correct it after the fact; a single learned step has no separate scale to do that).
 """
 from __future__ import annotations
 
@@ -138,12 +143,8 @@ def quantization_error(q, x, lo, hi):
 @_ranged
 def mse_range(q, stats):
     """The candidate range ``k/K · [lo, hi]`` with the least quantization MSE on the (sampled) values."""
-    if q.init_range == "asymmetric":
-        lo, hi = tf.minimum(stats.min, 0.0), tf.maximum(stats.max, 0.0)
-    else:
-        hi = stats.max_abs if q.init_range == "symmetric" else tf.maximum(stats.max, 0.0)
-        lo = _lower(q, hi)
-    fractions = tf.range(1, MSE_CANDIDATES + 1, dtype=tf.float32) / float(MSE_CANDIDATES)
+    lo, hi = _search_bounds(q, stats)
+    fractions = _candidate_fractions()
     if tf.executing_eagerly():
         errors = candidate_errors(q, stats.sample, fractions, lo, hi)
     else:
@@ -151,6 +152,36 @@ def mse_range(q, stats):
         errors = tf.map_fn(lambda f: quantization_error(q, stats.sample, f * lo, f * hi), fractions)
     best = tf.gather(fractions, tf.argmin(errors, axis=0))
     return best * lo, best * hi
+
+
+@register_init_rule("mse_no_shrink")
+@_ranged
+def mse_no_shrink_range(q, stats):
+    """The least-MSE candidate range ``k/K · [lo, hi]`` with ``Σ x·Q(x) >= Σ x²``; without one, the least shrinking."""
+    lo, hi = _search_bounds(q, stats)
+    fractions = _candidate_fractions()
+    x = stats.sample
+    qn, qp = q.init_grid
+    f = tf.reshape(fractions, [-1, 1])
+    s, o = _step_and_offset(q, f * lo, f * hi)
+    errors, projections = _grid_terms(x, tf.maximum(s, 1e-12), o, tf.constant(-float(qn)), tf.constant(float(qp)))
+    kept = projections >= tf.reduce_sum(tf.square(x), axis=0)
+    least_error_kept = tf.argmin(tf.where(kept, errors, float("inf")), axis=0)
+    best = tf.gather(fractions, tf.where(tf.reduce_any(kept, axis=0), least_error_kept,
+                                         tf.argmax(projections, axis=0)))
+    return best * lo, best * hi
+
+
+def _search_bounds(q, stats):
+    """The range the candidates are fractions of: the whole observed range, in the quantizer's range mode."""
+    if q.init_range == "asymmetric":
+        return tf.minimum(stats.min, 0.0), tf.maximum(stats.max, 0.0)
+    hi = stats.max_abs if q.init_range == "symmetric" else tf.maximum(stats.max, 0.0)
+    return _lower(q, hi), hi
+
+
+def _candidate_fractions():
+    return tf.range(1, MSE_CANDIDATES + 1, dtype=tf.float32) / float(MSE_CANDIDATES)
 
 
 def candidate_errors(q, x, fractions, lo, hi):
@@ -176,6 +207,20 @@ def _grid_errors(x, steps, offsets, lowest, highest):
         return tf.reduce_sum(tf.square(x - xq), axis=0)
 
     return tf.map_fn(error, (steps, offsets), fn_output_signature=tf.TensorSpec([None], tf.float32))
+
+
+@tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 3 + [tf.TensorSpec([], tf.float32)] * 2,
+             autograph=False)
+def _grid_terms(x, steps, offsets, lowest, highest):
+    """Per candidate k: ``Σ_rows (x - Q_k(x))²`` and ``Σ_rows x·Q_k(x)`` (``_grid_errors``' grid), one candidate
+    at a time."""
+    def terms(grid):
+        s, o = grid
+        xq = tf.clip_by_value(tf.round((x - o) / s), lowest, highest) * s + o
+        return tf.reduce_sum(tf.square(x - xq), axis=0), tf.reduce_sum(x * xq, axis=0)
+
+    spec = tf.TensorSpec([None], tf.float32)
+    return tf.map_fn(terms, (steps, offsets), fn_output_signature=(spec, spec))
 
 
 def evaluate(q, stats):

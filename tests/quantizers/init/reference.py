@@ -31,3 +31,21 @@ def mse_clip(x, qn, qp, signed=True):
     top = np.abs(x).max(0) if signed else np.maximum(x.max(0), 0)
     errors = np.stack([sym_error(x, k / K * top, qn, qp) for k in range(1, K + 1)])
     return errors, top
+
+
+def sym_projection(x, c, qn, qp):
+    """Σ x·Q(x) for the grid [-qn, qp]·(c/qp), per column."""
+    s = np.maximum(c / qp, 1e-12)
+    return (x * (np.clip(np.round(x / s), -qn, qp) * s)).sum(0)
+
+
+def no_shrink_clip(x, qn, qp):
+    """Brute force: per column, the candidate clip with the least error among those with Σ x·Q(x) >= Σ x², or
+    (none such) the one with the largest Σ x·Q(x)."""
+    top = np.abs(x).max(0)
+    clips = np.stack([k / K * top for k in range(1, K + 1)])
+    errors = np.stack([sym_error(x, c, qn, qp) for c in clips])
+    proj = np.stack([sym_projection(x, c, qn, qp) for c in clips])
+    kept = proj >= (x * x).sum(0)
+    best = np.where(kept.any(0), np.where(kept, errors, np.inf).argmin(0), proj.argmax(0))
+    return clips[best, np.arange(x.shape[1])], kept

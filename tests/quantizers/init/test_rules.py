@@ -20,7 +20,7 @@ def weights(shape=(3, 3, 4, 5), seed: int = 3):
 
 
 def test_the_known_rules_are_registered():
-    assert set(INIT_RULES.names()) >= {"paper", "max", "percentile", "mse"}
+    assert set(INIT_RULES.names()) >= {"paper", "max", "percentile", "mse", "mse_no_shrink"}
 
 
 def test_unknown_init_name_names_the_known_ones():
@@ -67,6 +67,69 @@ def test_mse_picks_the_argmin_of_a_brute_force_search(bits, per_channel):
     np.testing.assert_allclose(ref.sym_error(x, chosen, qn, qp), best, rtol=1e-5)
     if bits <= 4:  # at low bit widths the optimum clips: the rule is not max
         assert np.all(chosen < top * 0.99)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_mse_no_shrink_is_the_least_error_clip_that_keeps_the_norm(bits, per_channel):
+    w = weights()
+    q = create({"name": "lsq", "bits": bits, "per_channel": per_channel, "init": "mse_no_shrink"}, role="weights")
+    v = build(q, w.shape)
+    run(q, w, v)
+    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
+    x = ref.rows(w, 3 if per_channel else None)
+    expected, kept = ref.no_shrink_clip(x, qn, qp)
+    np.testing.assert_allclose(v["step"].numpy().reshape(-1) * qp, expected, rtol=1e-5)
+    # what the rule promises, on the quantizer's own output: where a clip keeps the norm, the tensor is not shrunk
+    # along itself (elsewhere, mostly at 2 bits, the least shrinking clip is taken: the reference above)
+    admissible = kept.any(0)
+    assert admissible.any() or bits == 2
+    xq = ref.rows(run(q, w, v), 3 if per_channel else None)
+    assert np.all(((x * xq).sum(0) >= (x * x).sum(0) * (1 - 1e-6))[admissible])
+
+
+@pytest.mark.parametrize("bits", [3, 4])
+def test_the_mse_clip_shrinks_the_tensor_and_mse_no_shrink_does_not(bits):
+    """Why the rule exists: at the MSE optimum the error is orthogonal to Q(x), so Σ x·Q(x) = Σ Q(x)² < Σ x²."""
+    w = weights()
+    qp = 2 ** (bits - 1) - 1
+    x = ref.rows(w, 3)
+    gains = {}
+    for rule in ("mse", "mse_no_shrink"):
+        q = create({"name": "lsq", "bits": bits, "per_channel": True, "init": rule}, role="weights")
+        v = build(q, w.shape)
+        xq = ref.rows(run(q, w, v), 3)
+        gains[rule] = (x * xq).sum(0) / (x * x).sum(0)
+    _, kept = ref.no_shrink_clip(x, 2 ** (bits - 1), qp)
+    admissible = kept.any(0)
+    assert np.all(gains["mse"] < 1.0) and admissible.sum() >= 3
+    assert np.all(gains["mse_no_shrink"][admissible] >= 1.0 - 1e-6)
+    assert np.all(gains["mse_no_shrink"] > gains["mse"])
+
+
+def test_mse_no_shrink_without_an_admissible_clip_takes_the_least_shrinking():
+    # at 2 bits (grid -2..1 · c) a clip above 0.754 rounds 0.377 to 0 (Σ x·Q = c < 1) and one below clips 1.0
+    # (Σ x·Q = 1.377·c <= 1.033 at c = 0.75): none reaches Σ x² = 1.142; the most is at c = 0.75
+    x = np.array([[1.0], [0.377]], np.float32)
+    expected, kept = ref.no_shrink_clip(x.astype(np.float64), 2, 1)
+    q = create({"name": "lsq", "bits": 2, "init": "mse_no_shrink"}, role="weights")
+    v = build(q, x.shape)
+    run(q, x, v)
+    assert not kept.any()
+    np.testing.assert_allclose([float(v["step"].numpy()), expected[0]], [0.75, 0.75], rtol=1e-5)
+
+
+def test_mse_no_shrink_from_calibration_batches_equals_the_in_graph_rule():
+    """Activations start from calibration statistics (eager); weights in the training graph: one answer."""
+    x = np.abs(np.random.default_rng(4).standard_normal((512, 1))).astype(np.float32) ** 2
+    expected, _ = ref.no_shrink_clip(np.maximum(x.astype(np.float64), 0), 1, 7)  # unsigned 3 bits: [0, 7]·s
+    from qresearch.quantizers.init import collecting
+    q = create({"name": "lsq", "bits": 3, "init": "mse_no_shrink"}, role="activations")
+    v = build(q, None)
+    with collecting() as c:
+        q(tf.constant(x), True, v)
+        assert c.apply() == 1
+    np.testing.assert_allclose(float(v["step"].numpy()) * 7, expected[0], rtol=1e-5)
 
 
 def test_mse_per_channel_differs_from_per_tensor():
