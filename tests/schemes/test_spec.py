@@ -91,6 +91,18 @@ def test_learned_presets_fold_bn_at_4_bits_and_keep_it_below():
         assert SchemeSpec.from_dict(with_bits(get(name).to_dict(), 2)).bn_folding == "fold", name
 
 
+def test_learned_presets_start_low_bit_weights_from_the_clip_that_does_not_shrink_them():
+    # an MSE clip shrinks each layer's output, compounding with depth; at 2-3 bits that cost 26 pt of ResNet-20's
+    # W3 PTQ (notes/initialisation.md, thirty-fourth session). Activations, and weights at 4+ bits, keep mse.
+    from qresearch.quantizers import create
+
+    for name in ("lsq", "lsq_plus", "pact_lsq", "mixed"):
+        spec = get(name)
+        for bits, rule in ((2, "mse_no_shrink"), (3, "mse_no_shrink"), (4, "mse"), (8, "mse")):
+            assert create({**spec.weights, "bits": bits}, role="weights").init == rule, (name, bits)
+            assert create({**spec.activations, "bits": bits}, role="activations").init == "mse", (name, bits)
+
+
 def test_register_and_unknown_preset():
     register("test_w2a8", {"weights": {"quantizer": "minmax", "bits": 2}}, overwrite=True)
     assert get("test_w2a8").weights["bits"] == 2
