@@ -157,7 +157,8 @@ def mse_range(q, stats):
 @register_init_rule("mse_no_shrink")
 @_ranged
 def mse_no_shrink_range(q, stats):
-    """The least-MSE candidate range ``k/K · [lo, hi]`` with ``Σ x·Q(x) >= Σ x²``; without one, the least shrinking."""
+    """The least-MSE candidate range ``k/K · [lo, hi]`` with ``Σ x·Q(x) >= Σ x²``; without one, the one with the
+    largest ``Σ x·Q(x)`` (the least shrinking)."""
     lo, hi = _search_bounds(q, stats)
     fractions = _candidate_fractions()
     x = stats.sample
