@@ -49,15 +49,20 @@ def test_percentile_is_numpys(per_channel):
     np.testing.assert_allclose(v["alpha"].numpy().reshape(-1), np.percentile(np.abs(x), 97.5, axis=0), rtol=1e-6)
 
 
+def started_lsq_weights(rule, bits, per_channel):
+    """An LSQ weight quantizer initialised by ``rule`` on ``weights()``: (quantizer, its variables, the tensor,
+    its rows × channels, qn, qp)."""
+    w = weights()
+    q = create({"name": "lsq", "bits": bits, "per_channel": per_channel, "init": rule}, role="weights")
+    v = build(q, w.shape)
+    run(q, w, v)
+    return q, v, w, ref.rows(w, 3 if per_channel else None), 2 ** (bits - 1), 2 ** (bits - 1) - 1
+
+
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_mse_picks_the_argmin_of_a_brute_force_search(bits, per_channel):
-    w = weights()
-    q = create({"name": "lsq", "bits": bits, "per_channel": per_channel, "init": "mse"}, role="weights")
-    v = build(q, w.shape)
-    run(q, w, v)
-    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
-    x = ref.rows(w, 3 if per_channel else None)
+    q, v, w, x, qn, qp = started_lsq_weights("mse", bits, per_channel)
     errors, top = ref.mse_clip(x, qn, qp)
     chosen = v["step"].numpy().reshape(-1) * qp
     # the chosen clip is one of the candidates and its error is the least (float32 vs float64: ties aside)
@@ -72,12 +77,7 @@ def test_mse_picks_the_argmin_of_a_brute_force_search(bits, per_channel):
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_mse_no_shrink_is_the_least_error_clip_that_keeps_the_norm(bits, per_channel):
-    w = weights()
-    q = create({"name": "lsq", "bits": bits, "per_channel": per_channel, "init": "mse_no_shrink"}, role="weights")
-    v = build(q, w.shape)
-    run(q, w, v)
-    qn, qp = 2 ** (bits - 1), 2 ** (bits - 1) - 1
-    x = ref.rows(w, 3 if per_channel else None)
+    q, v, w, x, qn, qp = started_lsq_weights("mse_no_shrink", bits, per_channel)
     expected, kept = ref.no_shrink_clip(x, qn, qp)
     np.testing.assert_allclose(v["step"].numpy().reshape(-1) * qp, expected, rtol=1e-5)
     # what the rule promises, on the quantizer's own output: where a clip keeps the norm, the tensor is not shrunk
@@ -91,13 +91,9 @@ def test_mse_no_shrink_is_the_least_error_clip_that_keeps_the_norm(bits, per_cha
 @pytest.mark.parametrize("bits", [3, 4])
 def test_the_mse_clip_shrinks_the_tensor_and_mse_no_shrink_does_not(bits):
     """Why the rule exists: at the MSE optimum the error is orthogonal to Q(x), so Σ x·Q(x) = Σ Q(x)² < Σ x²."""
-    w = weights()
-    qp = 2 ** (bits - 1) - 1
-    x = ref.rows(w, 3)
     gains = {}
     for rule in ("mse", "mse_no_shrink"):
-        q = create({"name": "lsq", "bits": bits, "per_channel": True, "init": rule}, role="weights")
-        v = build(q, w.shape)
+        q, v, w, x, qn, qp = started_lsq_weights(rule, bits, per_channel=True)
         xq = ref.rows(run(q, w, v), 3)
         gains[rule] = (x * xq).sum(0) / (x * x).sum(0)
     _, kept = ref.no_shrink_clip(x, 2 ** (bits - 1), qp)
