@@ -185,7 +185,9 @@ def preset_scheme(preset: str, bits: int, policy: str, settings: Optional[Dict[s
     from qresearch import schemes
     from qresearch.config import with_bits
 
-    spec = apply_settings(with_bits(schemes.get(preset).to_dict(), bits), settings or {})
+    settings = settings or {}
+    # (--set keys win over the preset's low_bits rules, as command-line keys do in a run)
+    spec = apply_settings(with_bits(schemes.get(preset).to_dict(), bits, given=settings), settings)
     spec["first_last_bits"] = 8 if policy == "fl8" else None
     return spec
 

@@ -74,6 +74,11 @@ def test_set_changes_every_preset_and_refuses_what_it_cannot_apply():
     assert spec["bn_folding"] == "no_fold" and spec["weights"]["init"] == "max" and spec["bn_freeze_steps"] is None
     assert spec["weights"]["bits"] == 3 and spec["activations"]["bits"] == 3 and spec["first_last_bits"] == 8
     assert accuracy.preset_scheme("minmax_nbit", 3, "fl8")["bn_folding"] == "fold"   # the preset itself untouched
+    # a --set key wins over the preset's low_bits rules (lsq's weights take mse_no_shrink at 2-3 bits, BN no_fold)
+    from qresearch.quantizers import create
+    lsq = accuracy.preset_scheme("lsq", 2, "all", {"weights.init": "max", "bn_folding": "fold"})
+    assert create(lsq["weights"], role="weights").init == "max" and lsq["bn_folding"] == "fold"
+    assert create(accuracy.preset_scheme("lsq", 2, "all")["weights"], role="weights").init == "mse_no_shrink"
     for bad, fragment in ((["bn_folding"], "KEY=VALUE"), (["weights.bits=3"], "--bits"),
                           (["first_last_bits=8"], "--policies")):
         with pytest.raises(SystemExit, match=fragment):

@@ -130,6 +130,26 @@ def test_a_scheme_key_set_on_the_command_line_wins_over_the_low_bits_rule():
     assert qconfig.experiment(_compose(overrides)).scheme["bn_folding"] == "no_fold"
 
 
+@pytest.mark.parametrize("bits", [2, 4])
+def test_a_quantizer_field_set_on_the_command_line_wins_over_the_roles_low_bits_rule(bits):
+    # lsq's weights take init mse_no_shrink at 2-3 bits from their spec's rule; an init sweep must get what it asks
+    from hydra.core.hydra_config import HydraConfig
+
+    from qresearch.quantizers import create
+
+    overrides = ["scheme=lsq", f"bits={bits}", "scheme.weights.init=max", "~hardware"]
+    HydraConfig.instance().set_config(_compose(overrides, hydra_node=True))
+    try:
+        scheme = qconfig.experiment(_compose(overrides)).scheme
+    finally:
+        HydraConfig.instance().cfg = None
+    assert create(scheme["weights"], role="weights").init == "max"
+    assert scheme["weights"]["low_bits"] is None   # the rule set nothing else
+    # not given: the rule applies at 2 bits
+    plain = qconfig.experiment(_compose(["scheme=lsq", f"bits={bits}", "~hardware"])).scheme
+    assert create(plain["weights"], role="weights").init == ("mse_no_shrink" if bits == 2 else "mse")
+
+
 def test_launchers_compose(monkeypatch):
     # the joblib launcher takes n_jobs from $QRESEARCH_JOBS (default 2), under both names
     monkeypatch.delenv("QRESEARCH_JOBS", raising=False)

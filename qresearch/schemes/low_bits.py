@@ -6,7 +6,8 @@ The width is the narrower of the scheme's weight and activation ``bits`` (the sw
 and ``first_last_bits`` do not count. A rule that applies is consumed: the fields are set and ``low_bits`` leaves the
 scheme, so a later change of a field (a hardware target's coercion, ``fold_for_deployment``'s fold) is not undone. A
 rule that does not apply stays, for a later width. ``scheme.low_bits=null`` keeps the scheme's own fields at every
-width; in a run, a field set on the command line (``scheme.bn_folding=fold bits=2``) keeps its value.
+width; in a run, a field set on the command line (``scheme.bn_folding=fold bits=2``) keeps its value, and so does a
+quantizer field that a role's own rule would replace (``scheme.weights.init=max bits=2``).
 """
 from __future__ import annotations
 
@@ -69,8 +70,20 @@ def resolved(scheme: Mapping[str, Any], keep: Iterable[str] = ()) -> Dict[str, A
     otherwise a copy as it is. What the runner's dict readers (target coercion, BN re-estimation) see. Fields in
     ``keep`` (set explicitly, e.g. ``scheme.bn_folding=fold`` on the command line) keep the scheme's value."""
     d = copy.deepcopy(dict(scheme or {}))
+    keep = set(keep)
     fields = applied_fields(d.get(KEY), d.get("weights"), d.get("activations"))
     if fields is not None:
-        d.update({k: v for k, v in fields.items() if k not in set(keep)})
+        d.update({k: v for k, v in fields.items() if k not in keep})
         d.pop(KEY)
+    for role in ("weights", "activations"):
+        _keep_given_quantizer_fields(d.get(role), {k.split(".", 1)[1] for k in keep if k.startswith(role + ".")})
     return d
+
+
+def _keep_given_quantizer_fields(spec, given: set) -> None:
+    """A quantizer spec's own ``low_bits`` rule (applied when the quantizer is created) without the fields given
+    explicitly (``scheme.weights.init=max bits=2``: the given init, not the rule's, at every width)."""
+    if not given or not isinstance(spec, dict) or not isinstance(spec.get(KEY), dict):
+        return
+    rule = {k: v for k, v in spec[KEY].items() if k not in given}
+    spec[KEY] = rule if set(rule) - {"max_bits"} else None
