@@ -7,7 +7,7 @@ and ``first_last_bits`` do not count. A rule that applies is consumed: the field
 scheme, so a later change of a field (a hardware target's coercion, ``fold_for_deployment``'s fold) is not undone. A
 rule that does not apply stays, for a later width. ``scheme.low_bits=null`` keeps the scheme's own fields at every
 width; in a run, a field set on the command line (``scheme.bn_folding=fold bits=2``) keeps its value, and so does a
-quantizer field that a role's own rule would replace (``scheme.weights.init=max bits=2``).
+quantizer field that a role's own rule would replace (``scheme.weights.init=max bits=2``, or a per-layer override's).
 """
 from __future__ import annotations
 
@@ -76,13 +76,15 @@ def resolved(scheme: Mapping[str, Any], keep: Iterable[str] = ()) -> Dict[str, A
         d.update({k: v for k, v in fields.items() if k not in keep})
         d.pop(KEY)
     for role in ("weights", "activations"):
-        _keep_given_quantizer_fields(d.get(role), {k.split(".", 1)[1] for k in keep if k.startswith(role + ".")})
+        keep_given_quantizer_fields(d.get(role), {k.split(".", 1)[1] for k in keep if k.startswith(role + ".")})
     return d
 
 
-def _keep_given_quantizer_fields(spec, given: set) -> None:
-    """A quantizer spec's own ``low_bits`` rule (applied when the quantizer is created) without the fields given
-    explicitly (``scheme.weights.init=max bits=2``: the given init, not the rule's, at every width)."""
+def keep_given_quantizer_fields(spec, given) -> None:
+    """Drop from a quantizer spec's own ``low_bits`` rule (applied when the quantizer is created) the fields given
+    explicitly, in place: on the command line (``scheme.weights.init=max bits=2``) or in a per-layer override. The
+    given value, not the rule's, holds at every width."""
+    given = set(given or ()) - {KEY}
     if not given or not isinstance(spec, dict) or not isinstance(spec.get(KEY), dict):
         return
     rule = {k: v for k, v in spec[KEY].items() if k not in given}

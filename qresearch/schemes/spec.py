@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Union
 
 from qresearch.errors import ConfigError
 from qresearch.schemes import low_bits
-from qresearch.spec_keys import GRID_FIELDS, NAME_KEYS
+from qresearch.spec_keys import GRID_FIELDS, LOW_BITS_KEY, NAME_KEYS
 
 BN_FOLDING = ("fold", "no_fold", "fold_batch_stats")
 #: What each ``bn_folding`` deploys as: a target that requires "fold" is satisfied by ``fold_batch_stats`` too
@@ -429,4 +429,6 @@ def merge_quantizer_spec(base: Optional[Dict[str, Any]], part: Optional[Dict[str
         return merged
     merged = dict(base)
     merged.update(part)
+    if LOW_BITS_KEY not in part:   # the override's own fields win over the base spec's low_bits rule
+        low_bits.keep_given_quantizer_fields(merged, part)
     return merged

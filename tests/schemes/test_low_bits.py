@@ -77,3 +77,23 @@ def test_a_bad_value_fails_where_the_rule_does_not_apply_yet():
         SchemeSpec.from_dict(_scheme(4, 4, rule={"max_bits": 3, "bn_folding": "maybe"}))
     with pytest.raises(ConfigError, match="bn_folding"):
         SchemeSpec.from_dict(_scheme(2, 2, rule={"max_bits": 3, "bn_folding": "maybe"}))
+
+
+def test_a_field_an_override_or_the_command_line_gives_wins_over_the_quantizers_rule():
+    from qresearch.quantizers import create
+    from qresearch.schemes.spec import merge_quantizer_spec
+
+    base = {"quantizer": "lsq", "bits": 2, "init": "mse", "init_percentile": 99.9,
+            "low_bits": {"max_bits": 3, "init": "mse_no_shrink", "init_percentile": 99.0}}
+    assert create(base, role="weights").init == "mse_no_shrink"
+    # an override's init holds at 2 bits; the rule's other field still applies
+    layer = merge_quantizer_spec(base, {"init": "max"})
+    q = create(layer, role="weights")
+    assert (q.init, q.init_percentile) == ("max", 99.0)
+    assert base["low_bits"]["init"] == "mse_no_shrink"   # the scheme's own spec is not changed
+    # an override with its own rule, or a width only, keeps the rule as it is
+    assert merge_quantizer_spec(base, {"low_bits": None})["low_bits"] is None
+    assert create(merge_quantizer_spec(base, {"bits": 3}), role="weights").init == "mse_no_shrink"
+    # given on the command line: the same, through the runner's dict
+    spec = low_bits.resolved({"weights": dict(base)}, keep=("weights.init", "weights.init_percentile"))
+    assert spec["weights"]["low_bits"] is None and create(spec["weights"], role="weights").init == "mse"
