@@ -461,3 +461,22 @@ def test_the_bn_sweep_crosses_the_learned_presets_with_every_bn_strategy():
     # the presets' low_bits rule is off in this sweep: fold at 2 bits stays fold
     job = qconfig.experiment(_compose(["+sweep=bn", "scheme=lsq", "scheme.bn_folding=fold", "bits=2"]))
     assert job.scheme["bn_folding"] == "fold" and stages.bn_reestimation_batches(job, job.scheme) == 0
+
+
+def test_the_init_sweep_names_every_weight_rule_and_each_job_gets_its_own():
+    from hydra.core.hydra_config import HydraConfig
+
+    from qresearch.quantizers import create
+    from qresearch.sweep_callback import SweepSummary
+
+    cfg = _compose(["+sweep=init"], hydra_node=True)
+    assert cfg.hydra.sweeper.params["scheme.weights.init"] == "paper,max,mse,mse_no_shrink"
+    SweepSummary().on_multirun_start(cfg)   # every job's config is valid before any starts
+    for rule in ("paper", "max", "mse", "mse_no_shrink"):   # at 2 bits, where lsq's weights have their own rule
+        overrides = ["+sweep=init", "scheme=lsq", f"scheme.weights.init={rule}", "bits=2"]
+        HydraConfig.instance().set_config(_compose(overrides, hydra_node=True))
+        try:
+            job = qconfig.experiment(_compose(overrides))
+        finally:
+            HydraConfig.instance().cfg = None
+        assert create(job.scheme["weights"], role="weights").init == rule
