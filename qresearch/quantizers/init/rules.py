@@ -135,7 +135,7 @@ def quantization_error(q, x, lo, hi):
     qn, qp = q.init_grid
     s, o = _step_and_offset(q, lo, hi)
     s = tf.maximum(s, 1e-12)
-    xq = tf.clip_by_value(tf.round((x - o) / s), -float(qn), float(qp)) * s + o
+    xq = _on_grid(x, s, o, -float(qn), float(qp))
     return tf.reduce_sum(tf.square(x - xq), axis=0)
 
 
@@ -162,10 +162,7 @@ def mse_no_shrink_range(q, stats):
     lo, hi = _search_bounds(q, stats)
     fractions = _candidate_fractions()
     x = stats.sample
-    qn, qp = q.init_grid
-    f = tf.reshape(fractions, [-1, 1])
-    s, o = _step_and_offset(q, f * lo, f * hi)
-    errors, projections = _grid_terms(x, tf.maximum(s, 1e-12), o, tf.constant(-float(qn)), tf.constant(float(qp)))
+    errors, projections = _grid_terms(x, *_candidate_grids(q, fractions, lo, hi))
     kept = projections >= tf.reduce_sum(tf.square(x), axis=0)
     least_error_kept = tf.argmin(tf.where(kept, errors, float("inf")), axis=0)
     best = tf.gather(fractions, tf.where(tf.reduce_any(kept, axis=0), least_error_kept,
@@ -190,10 +187,20 @@ def candidate_errors(q, x, fractions, lo, hi):
     numbers as the map_fn above: each candidate's grid is computed here, element for element as there, and the
     per-candidate loop runs as one traced function (eager map_fn dispatches ~6 ops per candidate from Python:
     seconds per calibration). Also ``minmax``'s ``range_rule: mse`` search in a training step."""
+    return _grid_errors(x, *_candidate_grids(q, fractions, lo, hi))
+
+
+def _candidate_grids(q, fractions, lo, hi):
+    """``(steps, offsets, lowest, highest)`` of the grids spanning each candidate range ``f · [lo, hi]``."""
     qn, qp = q.init_grid
     f = tf.reshape(fractions, [-1, 1])
     s, o = _step_and_offset(q, f * lo, f * hi)
-    return _grid_errors(x, tf.maximum(s, 1e-12), o, tf.constant(-float(qn)), tf.constant(float(qp)))
+    return tf.maximum(s, 1e-12), o, tf.constant(-float(qn)), tf.constant(float(qp))
+
+
+def _on_grid(x, s, o, lowest, highest):
+    """``x`` rounded (half to even) onto the grid ``[lowest, highest]·s + o``: the training forward's rounding."""
+    return tf.clip_by_value(tf.round((x - o) / s), lowest, highest) * s + o
 
 
 @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)] * 3 + [tf.TensorSpec([], tf.float32)] * 2,
@@ -203,8 +210,7 @@ def _grid_errors(x, steps, offsets, lowest, highest):
     grid is an input, never a graph constant: grappler would turn a division by a constant into a
     multiplication by its reciprocal, which rounds differently."""
     def error(grid):
-        s, o = grid
-        xq = tf.clip_by_value(tf.round((x - o) / s), lowest, highest) * s + o
+        xq = _on_grid(x, *grid, lowest, highest)
         return tf.reduce_sum(tf.square(x - xq), axis=0)
 
     return tf.map_fn(error, (steps, offsets), fn_output_signature=tf.TensorSpec([None], tf.float32))
@@ -216,8 +222,7 @@ def _grid_terms(x, steps, offsets, lowest, highest):
     """Per candidate k: ``Σ_rows (x - Q_k(x))²`` and ``Σ_rows x·Q_k(x)`` (``_grid_errors``' grid), one candidate
     at a time."""
     def terms(grid):
-        s, o = grid
-        xq = tf.clip_by_value(tf.round((x - o) / s), lowest, highest) * s + o
+        xq = _on_grid(x, *grid, lowest, highest)
         return tf.reduce_sum(tf.square(x - xq), axis=0), tf.reduce_sum(x * xq, axis=0)
 
     spec = tf.TensorSpec([None], tf.float32)
