@@ -2,6 +2,9 @@
 (hardware/unconvertible.py): each entry is converted for real, so a converter that learns the op (or quantizes it)
 fails the test and the entry goes. The errors and the warnings before training name the layers and the fix, not the
 converter's MLIR dump."""
+import tempfile
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -61,7 +64,9 @@ X = np.random.default_rng(1).random((32, 8, 8, 1), dtype=np.float32)
 
 
 @pytest.mark.parametrize("refusal, name, layer", CASES, ids=[c[1] for c in CASES])
-def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, name, layer, caplog, capfd):
+def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, name, layer, caplog, capfd,
+                                                                     monkeypatch, tmp_path):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the converter's log lands here, not in /tmp
     with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
         q = qresearch.quantize(_model(layer), "tflite_int8", hardware="tflite_int16x8", adapt=True,
                                calibration_data=X)
@@ -75,8 +80,8 @@ def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, n
     assert "loc(" not in message and isinstance(err.value.__cause__, Exception)
     if refusal != "int16_l2_normalization":   # a converter failure (not a model LiteRT refuses to load):
         # its MLIR dump went to the file the message names, not to the terminal before the message
-        log = message.split("converter's own log: ")[1].rsplit(".)", 1)[0]
-        assert "error:" in open(log).read()
+        log = Path(message.split("converter's own log: ")[1].rsplit(".)", 1)[0])
+        assert log.parent == tmp_path and "error:" in log.read_text()
         assert "loc(" not in capfd.readouterr().err
 
 
