@@ -4,8 +4,6 @@ qresearch.quantize for tflite_int8, converted to integer-only models and run wit
 Parity criterion (the issue's): deployed accuracy = simulated accuracy within 0.2 points and argmax
 agreement >= 99.5%.
 """
-import tempfile
-
 import numpy as np
 import pytest
 
@@ -527,10 +525,9 @@ def test_a_token_model_is_verified_on_its_indices(tmp_path):
     assert hw.verify(again, "tflite_int8", x[1024:], y[1024:])["max_abs_diff_lsb"] < 1e-3
 
 
-def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog, monkeypatch, tmp_path):
+def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog, converter_log_dir):
     """TF 2.21's converter fails on a quantization-aware LSTM's loop with a page of MLIR locations; the error names the
     layer, the converter's own line and the way out."""
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the converter's log lands here, not in /tmp
     rng = np.random.default_rng(0)
     x = rng.normal(size=(32, 6, 4)).astype("float32")
     inp = keras.Input((6, 4))
@@ -542,7 +539,7 @@ def test_a_recurrent_model_that_cannot_convert_gets_a_short_error(caplog, monkey
                                                            r"quantization-aware recurrent layers .*Fix:") as err:
         hw.verify(q, "tflite_int8", x, np.zeros(32))
     assert "loc(" not in str(err.value) and len(str(err.value)) < 1000
-    logs = list(tmp_path.glob("qresearch-converter-*.log"))   # the dump went to the file the error names
+    logs = list(converter_log_dir.glob("qresearch-converter-*.log"))   # the dump went to the file the error names
     assert len(logs) == 1 and str(logs[0]) in str(err.value) and "loc(" in logs[0].read_text()
 
 

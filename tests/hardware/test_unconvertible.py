@@ -2,7 +2,6 @@
 (hardware/unconvertible.py): each entry is converted for real, so a converter that learns the op (or quantizes it)
 fails the test and the entry goes. The errors and the warnings before training name the layers and the fix, not the
 converter's MLIR dump."""
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +64,7 @@ X = np.random.default_rng(1).random((32, 8, 8, 1), dtype=np.float32)
 
 @pytest.mark.parametrize("refusal, name, layer", CASES, ids=[c[1] for c in CASES])
 def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, name, layer, caplog, capfd,
-                                                                     monkeypatch, tmp_path):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))   # the converter's log lands here, not in /tmp
+                                                                     converter_log_dir):
     with caplog.at_level("WARNING", logger="qresearch.hardware.deploy"):
         q = qresearch.quantize(_model(layer), "tflite_int8", hardware="tflite_int16x8", adapt=True,
                                calibration_data=X)
@@ -81,7 +79,7 @@ def test_a_refused_layer_is_named_before_training_and_when_converting(refusal, n
     if refusal != "int16_l2_normalization":   # a converter failure (not a model LiteRT refuses to load):
         # its MLIR dump went to the file the message names, not to the terminal before the message
         log = Path(message.split("converter's own log: ")[1].rsplit(".)", 1)[0])
-        assert log.parent == tmp_path and "error:" in log.read_text()
+        assert log.parent == converter_log_dir and "error:" in log.read_text()
         assert "loc(" not in capfd.readouterr().err
 
 
