@@ -1,4 +1,5 @@
 """Every config group composes; bad values and keys fail at start with the valid choices."""
+import contextlib
 import sys
 from pathlib import Path
 
@@ -18,6 +19,18 @@ def _compose(overrides=(), hydra_node=False):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides), return_hydra_config=hydra_node)
+
+
+@contextlib.contextmanager
+def _hydra_job(overrides):
+    """Inside: what a Hydra job with this command line sees (``HydraConfig``); outside, no job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    HydraConfig.instance().set_config(_compose(overrides, hydra_node=True))
+    try:
+        yield
+    finally:
+        HydraConfig.instance().cfg = None
 
 
 def _options(group):
@@ -115,17 +128,11 @@ def test_the_bits_shorthand_applies_a_schemes_low_bits_rule():
 
 
 def test_a_scheme_key_set_on_the_command_line_wins_over_the_low_bits_rule():
-    from hydra.core.hydra_config import HydraConfig
-
     overrides = ["scheme=lsq", "bits=2", "scheme.bn_folding=fold_batch_stats", "~hardware"]
-    cfg = _compose(overrides, hydra_node=True)
-    HydraConfig.instance().set_config(cfg)   # what a Hydra job sees: its own command line
-    try:
+    with _hydra_job(overrides):   # what a Hydra job sees: its own command line
         assert qconfig.given_scheme_keys() == ("bn_folding",)
         exp = qconfig.experiment(_compose(overrides))
         assert exp.scheme["bn_folding"] == "fold_batch_stats" and "low_bits" not in exp.scheme
-    finally:
-        HydraConfig.instance().cfg = None
     assert qconfig.given_scheme_keys() == ()   # outside a job: the rule applies
     assert qconfig.experiment(_compose(overrides)).scheme["bn_folding"] == "no_fold"
 
@@ -133,16 +140,11 @@ def test_a_scheme_key_set_on_the_command_line_wins_over_the_low_bits_rule():
 @pytest.mark.parametrize("bits", [2, 4])
 def test_a_quantizer_field_set_on_the_command_line_wins_over_the_roles_low_bits_rule(bits):
     # lsq's weights take init mse_no_shrink at 2-3 bits from their spec's rule; an init sweep must get what it asks
-    from hydra.core.hydra_config import HydraConfig
-
     from qresearch.quantizers import create
 
     overrides = ["scheme=lsq", f"bits={bits}", "scheme.weights.init=max", "~hardware"]
-    HydraConfig.instance().set_config(_compose(overrides, hydra_node=True))
-    try:
+    with _hydra_job(overrides):
         scheme = qconfig.experiment(_compose(overrides)).scheme
-    finally:
-        HydraConfig.instance().cfg = None
     assert create(scheme["weights"], role="weights").init == "max"
     assert scheme["weights"]["low_bits"] is None   # the rule set nothing else
     # not given: the rule applies at 2 bits
@@ -464,8 +466,6 @@ def test_the_bn_sweep_crosses_the_learned_presets_with_every_bn_strategy():
 
 
 def test_the_init_sweep_names_every_weight_rule_and_each_job_gets_its_own():
-    from hydra.core.hydra_config import HydraConfig
-
     from qresearch.quantizers import create
     from qresearch.sweep_callback import SweepSummary
 
@@ -474,9 +474,6 @@ def test_the_init_sweep_names_every_weight_rule_and_each_job_gets_its_own():
     SweepSummary().on_multirun_start(cfg)   # every job's config is valid before any starts
     for rule in ("paper", "max", "mse", "mse_no_shrink"):   # at 2 bits, where lsq's weights have their own rule
         overrides = ["+sweep=init", "scheme=lsq", f"scheme.weights.init={rule}", "bits=2"]
-        HydraConfig.instance().set_config(_compose(overrides, hydra_node=True))
-        try:
+        with _hydra_job(overrides):
             job = qconfig.experiment(_compose(overrides))
-        finally:
-            HydraConfig.instance().cfg = None
         assert create(job.scheme["weights"], role="weights").init == rule
